@@ -1,0 +1,257 @@
+"""The one place where a transposed-convolution call is validated and its shapes are derived.
+
+Every backend receives a :class:`Problem` and never re-derives shapes or re-checks arguments.
+
+Notation (PyTorch's, see ``torch.nn.ConvTranspose2d``): input ``(N, C_in, H, W)``, weight
+``(C_in, C_out/groups, kH, kW)``, output ``(N, C_out, H_out, W_out)`` with, per spatial dimension,
+
+    H_out = (H - 1)·s - 2·p + d·(k - 1) + op + 1
+
+(Dumoulin & Visin, "A guide to convolution arithmetic for deep learning", 2016, relationship 14,
+written with PyTorch's padding/output_padding/dilation conventions).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "Problem",
+    "UnsupportedConfiguration",
+    "output_shape",
+    "pair",
+    "SUPPORTED_DTYPES",
+]
+
+#: dtypes the backends compute in; integer arrays are promoted to float64 first.
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class UnsupportedConfiguration(ValueError):
+    """A backend cannot compute a configuration that is itself valid (e.g. ``kron`` with stride != kernel)."""
+
+    def __init__(self, backend: str, reason: str):
+        self.backend = backend
+        self.reason = reason
+        super().__init__(f"backend {backend!r} does not support this configuration: {reason}")
+
+
+def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """``value`` as an (h, w) pair of ints >= ``minimum``; ``name`` is the argument named in errors."""
+    items = (value, value) if _is_int(value) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if len(items) != 2 or not all(_is_int(v) for v in items):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    items = (int(items[0]), int(items[1]))
+    if min(items) < minimum:
+        what = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be {what} (>= {minimum}), got {value!r}")
+    return items
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _extent(size: int, kernel: int, stride: int, padding: int, output_padding: int, dilation: int) -> int:
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+def output_shape(input_shape, weight_shape, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """Shape of ``conv_transpose2d(input, weight, ...)`` without computing it.
+
+    ``input_shape`` is ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``; the result has the same rank.
+    ``H_out = (H - 1)·stride - 2·padding + dilation·(kH - 1) + output_padding + 1``.
+    """
+    problem = Problem.from_shapes(tuple(input_shape), tuple(weight_shape), stride=stride, padding=padding,
+                                  output_padding=output_padding, dilation=dilation, groups=groups)
+    return problem.output_shape if len(input_shape) == 4 else problem.output_shape[1:]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated configuration: every shape, parameter and the compute dtype of one call."""
+
+    batch: int
+    in_channels: int
+    in_size: tuple[int, int]
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    output_padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    dtype: np.dtype = field(default=np.dtype(np.float64))
+    has_bias: bool = False
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise in place once
+        set_(self, "stride", pair(self.stride, "stride", minimum=1))
+        set_(self, "padding", pair(self.padding, "padding", minimum=0))
+        set_(self, "output_padding", pair(self.output_padding, "output_padding", minimum=0))
+        set_(self, "dilation", pair(self.dilation, "dilation", minimum=1))
+        set_(self, "in_size", pair(self.in_size, "input spatial size", minimum=1))
+        set_(self, "kernel_size", pair(self.kernel_size, "kernel size", minimum=1))
+        set_(self, "dtype", np.dtype(self.dtype))
+        if not _is_int(self.groups) or self.groups < 1:
+            raise ValueError(f"groups must be a positive int, got {self.groups!r}")
+        if not _is_int(self.batch) or self.batch < 0:
+            raise ValueError(f"batch size must be a non-negative int, got {self.batch!r}")
+        for name in ("in_channels", "out_channels"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.in_channels % self.groups:
+            raise ValueError(f"input channels ({self.in_channels}) must be divisible by groups ({self.groups})")
+        if self.out_channels % self.groups:
+            raise ValueError(f"output channels ({self.out_channels}) must be divisible by groups ({self.groups})")
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        for axis, s, d, op in zip("hw", self.stride, self.dilation, self.output_padding):
+            # PyTorch's rule (NaiveConvolutionTranspose2d.cpp): op < stride or op < dilation.
+            if not (op < s or op < d):
+                raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
+                                 f"output_padding={self.output_padding}, stride={self.stride}, "
+                                 f"dilation={self.dilation} (axis {axis})")
+        if min(self.out_size) < 1:
+            raise ValueError(f"the output would have a non-positive size {self.out_size} for input size "
+                             f"{self.in_size}, kernel {self.kernel_size}, stride {self.stride}, padding "
+                             f"{self.padding}, dilation {self.dilation}; reduce padding or enlarge the input")
+
+    # ---- construction from arrays -------------------------------------------------------------------
+    @classmethod
+    def from_shapes(cls, input_shape, weight_shape, *, stride=1, padding=0, output_padding=0, dilation=1,
+                    groups=1, dtype=np.float64, has_bias=False, output_size=None) -> "Problem":
+        """Validate the shapes of a call (input 3-D or 4-D, weight 4-D) and build its problem."""
+        if len(input_shape) not in (3, 4):
+            raise ValueError(f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got shape {input_shape}")
+        if len(weight_shape) != 4:
+            raise ValueError(f"weight must be 4-D (C_in, C_out/groups, kH, kW), got shape {weight_shape}")
+        batch, in_channels, h, w = input_shape if len(input_shape) == 4 else (1, *input_shape)
+        if weight_shape[0] != in_channels:
+            raise ValueError(f"weight.shape[0] ({weight_shape[0]}) must equal the input's channel count "
+                             f"({in_channels}); weight is (C_in, C_out/groups, kH, kW), got {weight_shape}")
+        if not _is_int(groups) or groups < 1:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        if h < 1 or w < 1:
+            raise ValueError(f"input spatial size must be positive, got shape {input_shape}")
+        kernel = (weight_shape[2], weight_shape[3])
+        if min(kernel) < 1 or weight_shape[1] < 1:
+            raise ValueError(f"weight must have positive C_out/groups, kH and kW, got shape {weight_shape}")
+        if output_size is not None:
+            output_padding = cls._output_padding_for(output_size, output_padding, input_shape, kernel,
+                                                     stride, padding, dilation)
+        return cls(batch=batch, in_channels=in_channels, in_size=(h, w), out_channels=weight_shape[1] * groups,
+                   kernel_size=kernel, stride=stride, padding=padding, output_padding=output_padding,
+                   dilation=dilation, groups=groups, dtype=dtype, has_bias=has_bias)
+
+    @staticmethod
+    def _output_padding_for(output_size, output_padding, input_shape, kernel, stride, padding, dilation):
+        """The output_padding that yields ``output_size``, as ``ConvTranspose2d.forward(x, output_size)``."""
+        if output_padding not in (0, (0, 0)):
+            raise ValueError(f"give either output_size or output_padding, not both "
+                             f"(output_size={output_size!r}, output_padding={output_padding!r})")
+        try:
+            size = tuple(int(v) if _is_int(v) else v for v in output_size)
+        except TypeError:
+            raise TypeError(f"output_size must be a sequence of ints, got {output_size!r}") from None
+        if len(size) == len(input_shape):  # a full shape: only the spatial entries matter
+            size = size[-2:]
+        if len(size) != 2 or not all(_is_int(v) for v in size):
+            raise ValueError(f"output_size must have 2 spatial entries (or {len(input_shape)} for a full "
+                             f"shape), got {output_size!r}")
+        stride = pair(stride, "stride", minimum=1)
+        padding = pair(padding, "padding", minimum=0)
+        dilation = pair(dilation, "dilation", minimum=1)
+        smallest = tuple(_extent(n, k, s, p, 0, d)
+                         for n, k, s, p, d in zip(input_shape[-2:], kernel, stride, padding, dilation))
+        largest = tuple(lo + s - 1 for lo, s in zip(smallest, stride))
+        if not all(lo <= v <= hi for v, lo, hi in zip(size, smallest, largest)):
+            raise ValueError(f"output_size {tuple(size)} is unreachable: valid sizes range from {smallest} to "
+                             f"{largest} for an input of spatial size {tuple(input_shape[-2:])}")
+        return tuple(v - lo for v, lo in zip(size, smallest))
+
+    # ---- derived shapes ------------------------------------------------------------------------------
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return tuple(_extent(n, k, s, p, op, d) for n, k, s, p, op, d in
+                     zip(self.in_size, self.kernel_size, self.stride, self.padding, self.output_padding,
+                         self.dilation))
+
+    @property
+    def canvas_size(self) -> tuple[int, int]:
+        """Extent of the uncropped scatter target: every tap lands at ``ih·s + kh·d`` (``< (H-1)·s + d·(k-1) + 1``),
+        plus ``output_padding`` rows/columns that no tap reaches when ``padding`` is 0."""
+        return tuple((n - 1) * s + d * (k - 1) + 1 + op for n, k, s, op, d in
+                     zip(self.in_size, self.kernel_size, self.stride, self.output_padding, self.dilation))
+
+    def crop(self, canvas):
+        """The output window ``canvas[..., p:p+H_out, p:p+W_out]`` of a canvas-sized array."""
+        (ph, pw), (ho, wo) = self.padding, self.out_size
+        return canvas[..., ph:ph + ho, pw:pw + wo]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.in_channels, *self.in_size)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.out_channels, *self.out_size)
+
+    @property
+    def in_per_group(self) -> int:
+        return self.in_channels // self.groups
+
+    @property
+    def out_per_group(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.groups == self.in_channels and self.out_per_group == 1
+
+    @property
+    def is_nonoverlapping(self) -> bool:
+        """stride == kernel, dilation 1: every input pixel owns its own kH×kW output block (U-Net up-conv)."""
+        return self.stride == self.kernel_size and self.dilation == (1, 1)
+
+    @property
+    def flops(self) -> int:
+        """Useful work 2·N·C_in·(C_out/groups)·H·W·kH·kW (no multiplications by inserted zeros)."""
+        return 2 * self.batch * self.in_channels * self.out_per_group * self.in_size[0] * self.in_size[1] \
+            * self.kernel_size[0] * self.kernel_size[1]
+
+    @property
+    def bytes_moved(self) -> int:
+        """Input + weight + output, each read or written once."""
+        count = (int(np.prod(self.input_shape)) + int(np.prod(self.weight_shape))
+                 + int(np.prod(self.output_shape)))
+        return count * self.dtype.itemsize
+
+    def with_(self, **changes) -> "Problem":
+        """A copy with some fields replaced (validated again)."""
+        from dataclasses import replace
+        return replace(self, **changes)
+
+    def random_arrays(self, rng: np.random.Generator | int | None = 0, *, integer: bool = False):
+        """``(input, weight, bias)`` for this problem, standard normal (or small integers if ``integer``)."""
+        rng = np.random.default_rng(rng)
+
+        def draw(shape):
+            if integer:
+                return rng.integers(-3, 4, size=shape).astype(self.dtype)
+            return rng.standard_normal(shape).astype(self.dtype)
+
+        bias = draw((self.out_channels,)) if self.has_bias else None
+        return draw(self.input_shape), draw(self.weight_shape), bias
