@@ -16,7 +16,7 @@ def outer_product_blocks(x, weight, bias, problem):
     cig, cog = problem.in_per_group, problem.out_per_group
     pixels = x.reshape(n, g, cig, h * w).transpose(1, 0, 3, 2)          # (G, N, HW, Ci_g)
     kernels = weight.reshape(g, cig, cog * kh * kw)                      # (G, Ci_g, Co_g·kH·kW)
-    blocks = np.matmul(pixels, kernels)                                  # (G, N, HW, Co_g·kH·kW)
+    blocks = np.matmul(pixels, kernels[:, None])                         # (G, N, HW, Co_g·kH·kW)
     blocks = blocks.reshape(g, n, h, w, cog, kh, kw)
     laminated = blocks.transpose(1, 0, 4, 2, 5, 3, 6).reshape(n, g * cog, h * kh, w * kw)
     if problem.output_padding == (0, 0):
