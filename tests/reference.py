@@ -10,10 +10,11 @@ def torch_or_skip():
 
 def torch_conv_transpose2d(x, w, b=None, **params):
     torch = torch_or_skip()
+    x, w = np.array(x), np.array(w)       # writable copies: torch.from_numpy warns on read-only arrays
     with torch.no_grad():
         y = torch.nn.functional.conv_transpose2d(
-            torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(w)),
-            None if b is None else torch.from_numpy(b), **params)
+            torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(np.array(b)),
+            **params)
     return y.numpy()
 
 

@@ -1,6 +1,7 @@
 """``torch``: ``torch.nn.functional.conv_transpose2d`` on the CPU, the optional oracle and the peer to beat."""
 
 import functools
+import warnings
 
 import numpy as np
 
@@ -25,7 +26,9 @@ def _probe():
 
 def torch_conv_transpose2d(x, weight, bias, problem):
     torch = _torch()
-    with torch.no_grad():
+    # torch.from_numpy warns on read-only arrays; conv_transpose2d never writes its inputs.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         y = torch.nn.functional.conv_transpose2d(
             torch.from_numpy(x), torch.from_numpy(weight), None if bias is None else torch.from_numpy(bias),
             stride=problem.stride, padding=problem.padding, output_padding=problem.output_padding,
