@@ -1,0 +1,236 @@
+"""``numba_cuda``, ``numba_cuda_atomic``, ``numba_cuda_tiled``: numba.cuda GPU kernels (gather, atomic
+scatter, shared-memory tiled gather; see ``numba_cuda_kernels`` for the formulas).
+
+The host side takes NumPy arrays (copied to the device and back; a NumPy array is returned) or CUDA device
+arrays (anything with ``__cuda_array_interface__``, or the simulator's arrays; the result is then a device
+array and nothing is copied or synchronised), so experiments can time kernels without transfers
+(:func:`time_cuda_backend`).
+
+Availability: a CUDA GPU, or numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1`` set before numba is
+imported) which runs every CUDA thread as a Python thread: correct, never a speed.
+Importing this module imports neither numba nor numba.cuda; the kernels compile on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+
+import numpy as np
+
+from ..registry import Backend, BackendUnavailable, get_backend, register
+
+__all__ = ["probe", "time_cuda_backend", "tiled_plan", "SIMULATOR_STATUS", "THREADS_PER_BLOCK",
+           "SHARED_BYTES_BUDGET"]
+
+SIMULATOR_STATUS = "simulator (correctness only; never timed as GPU speed)"
+NO_DEVICE_STATUS = "no CUDA GPU and the simulator is off (set NUMBA_ENABLE_CUDASIM=1 before importing numba)"
+
+#: Threads per block of the 1-D kernels (gather, fill, atomic scatter): a multiple of the warp size that
+#: keeps several blocks resident per SM.
+THREADS_PER_BLOCK = 256
+#: Dynamic shared memory the tiled kernel may ask for per block: well under the 48 KiB that needs no opt-in,
+#: so that several blocks share an SM.
+SHARED_BYTES_BUDGET = 16 * 1024
+
+
+@functools.lru_cache(maxsize=None)
+def probe() -> tuple[bool, str]:
+    """(usable here?, why): a real GPU, the simulator, or neither. Cached: the answer cannot change once
+    numba has been imported (``NUMBA_ENABLE_CUDASIM`` is read at import)."""
+    from numba import config
+    if config.ENABLE_CUDASIM:
+        return True, SIMULATOR_STATUS
+    try:
+        from numba import cuda
+        if not cuda.is_available():
+            return False, NO_DEVICE_STATUS
+        name = cuda.get_current_device().name
+    except Exception as exc:  # a broken driver or toolkit is "unavailable", not an import error
+        return False, f"numba.cuda cannot start: {exc}"
+    return True, f"available ({name.decode() if isinstance(name, bytes) else name})"
+
+
+def _simulator() -> bool:
+    return probe()[1] == SIMULATOR_STATUS
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(name: str, dtype: str):
+    """The cuda.jit dispatcher of one kernel for one dtype, built on first use (compiled at first launch)."""
+    from numba import cuda
+    from .numba_cuda_kernels import KERNELS
+    return cuda.jit(cache=True)(KERNELS[name][dtype])
+
+
+# ---- host arrays ↔ device arrays ----------------------------------------------------------------------------
+
+def _is_numba_device_array(value) -> bool:
+    """numba's own device arrays, real or simulated (the simulator's have no __cuda_array_interface__)."""
+    return not isinstance(value, np.ndarray) and hasattr(value, "copy_to_host")
+
+
+def _on_device(value):
+    """``value`` as a numba device array: device arrays are used in place, host arrays are copied."""
+    from numba import cuda
+    if value is None or _is_numba_device_array(value):
+        return value
+    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+        return cuda.as_cuda_array(value)
+    return cuda.to_device(np.ascontiguousarray(value))
+
+
+def _launch(run_kernels):
+    """Wrap ``run_kernels(x, weight, bias, y, problem)`` (device arrays, ``bias`` never None) as a
+    ``Backend.run``: moves host arrays in and the result out, or stays on the device."""
+
+    @functools.wraps(run_kernels)
+    def run(x, weight, bias, problem):
+        from numba import cuda
+        on_device = _is_numba_device_array(x) or hasattr(x, "__cuda_array_interface__")
+        y = cuda.device_array(problem.output_shape, dtype=problem.dtype)
+        if problem.batch > 0:
+            d_bias = _on_device(bias) if bias is not None else cuda.device_array(1, dtype=problem.dtype)
+            run_kernels(_on_device(x), _on_device(weight), d_bias, y, problem)
+        return y if on_device else y.copy_to_host()
+
+    return run
+
+
+def _phase_constants(stride: int, dilation: int) -> tuple[int, int]:
+    """``(g, inv)``: ``g = gcd(s, d)`` and the inverse of ``d/g`` modulo ``s/g`` (0 when ``s/g == 1``),
+    which give each output's first tap in closed form (see numba_cuda_kernels)."""
+    g = math.gcd(stride, dilation)
+    return g, pow(dilation // g, -1, stride // g)
+
+
+def _gather_geometry(problem):
+    (sh, sw), (ph, pw), (dh, dw) = problem.stride, problem.padding, problem.dilation
+    (gh, inv_h), (gw, inv_w) = _phase_constants(sh, dh), _phase_constants(sw, dw)
+    return (problem.has_bias, sh, sw, ph, pw, dh, dw, gh, gw, inv_h, inv_w)
+
+
+def _blocks(count: int) -> int:
+    return (count + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+
+
+def _run_gather(x, weight, bias, y, problem):
+    kernel = _kernel("gather", problem.dtype.name)
+    kernel[_blocks(y.size), THREADS_PER_BLOCK](x, weight, bias, y, *_gather_geometry(problem))
+
+
+def _run_atomic(x, weight, bias, y, problem):
+    dtype = problem.dtype.name
+    _kernel("fill_bias", dtype)[_blocks(y.size), THREADS_PER_BLOCK](bias, y, problem.has_bias)
+    (sh, sw), (ph, pw), (dh, dw) = problem.stride, problem.padding, problem.dilation
+    threads = x.size * problem.out_per_group
+    _kernel("scatter_atomic", dtype)[_blocks(threads), THREADS_PER_BLOCK](x, weight, y, sh, sw, ph, pw, dh, dw)
+
+
+def tiled_plan(problem) -> dict:
+    """Tap chunks and halo of ``tiled_gather``: the largest ``chunk_h × chunk_w`` tap block (halving the
+    side with the larger halo) whose weights plus input halo fit :data:`SHARED_BYTES_BUDGET`.
+    A TILE-row output block reads at most ``(TILE - 1 + (chunk - 1)·d) // s + 2`` input rows per chunk."""
+    from .numba_cuda_kernels import TILE
+    itemsize = problem.dtype.itemsize
+    (kh, kw), (sh, sw), (dh, dw) = problem.kernel_size, problem.stride, problem.dilation
+    chunk_h, chunk_w = kh, kw
+
+    def halo(chunk, s, d):
+        return (TILE - 1 + (chunk - 1) * d) // s + 2
+
+    while True:
+        halo_h, halo_w = halo(chunk_h, sh, dh), halo(chunk_w, sw, dw)
+        shared_bytes = (chunk_h * chunk_w + halo_h * halo_w) * itemsize
+        if shared_bytes <= SHARED_BYTES_BUDGET or (chunk_h, chunk_w) == (1, 1):
+            break
+        if (halo_h >= halo_w and chunk_h > 1) or chunk_w == 1:
+            chunk_h = (chunk_h + 1) // 2
+        else:
+            chunk_w = (chunk_w + 1) // 2
+    blocks = problem.batch * problem.out_channels * (-(-problem.out_size[0] // TILE)) \
+        * (-(-problem.out_size[1] // TILE))
+    return dict(chunk_h=chunk_h, chunk_w=chunk_w, halo_h=halo_h, halo_w=halo_w, shared_bytes=shared_bytes,
+                blocks=blocks, tile=TILE)
+
+
+def _run_tiled(x, weight, bias, y, problem):
+    plan = tiled_plan(problem)
+    kernel = _kernel("tiled_gather", problem.dtype.name)
+    kernel[plan["blocks"], (plan["tile"], plan["tile"]), 0, plan["shared_bytes"]](
+        x, weight, bias, y, *_gather_geometry(problem),
+        plan["chunk_h"], plan["chunk_w"], plan["halo_h"], plan["halo_w"])
+
+
+# ---- timing ---------------------------------------------------------------------------------------------------
+
+def time_cuda_backend(backend, problem, *, repeats: int = 10, rng=0) -> dict:
+    """Median milliseconds of one call of a CUDA backend on ``problem``, measured with CUDA events:
+    ``kernel_ms`` with device arrays in and out (kernels plus the output allocation, no transfers) and
+    ``with_transfers_ms`` from NumPy arrays to a NumPy result (host→device copies, kernels, device→host).
+    One untimed call first compiles the kernels. Refuses the simulator (its times say nothing of a GPU)."""
+    impl = get_backend(backend)
+    if impl.device != "cuda":
+        raise ValueError(f"backend must be a CUDA backend (device 'cuda'), got {impl.name!r} "
+                         f"(device {impl.device!r})")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    ok, why = impl.probe()
+    if not ok:
+        raise BackendUnavailable(f"backend {impl.name!r} cannot be timed here: {why}")
+    if impl.timing_kind != "gpu":
+        raise RuntimeError(f"backend {impl.name!r} runs in the CUDA simulator ({why}); simulator times are not "
+                           f"GPU times, so time_cuda_backend refuses to measure them")
+    reason = impl.unsupported_reason(problem)
+    if reason is not None:
+        raise ValueError(f"backend {impl.name!r} does not support {problem}: {reason}")
+    from numba import cuda
+    x, weight, bias = problem.random_arrays(rng)
+    device_args = tuple(None if a is None else cuda.to_device(a) for a in (x, weight, bias))
+
+    def median_ms(args):
+        impl.run(*args, problem)  # compile / warm up
+        cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            start, stop = cuda.event(timing=True), cuda.event(timing=True)
+            start.record()
+            impl.run(*args, problem)
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        return statistics.median(times)
+
+    return {"kernel_ms": median_ms(device_args), "with_transfers_ms": median_ms((x, weight, bias))}
+
+
+# ---- registration --------------------------------------------------------------------------------------------
+
+register(Backend(
+    name="numba_cuda",
+    description="numba.cuda gather: one thread per output element, phase-aware tap loops, bias fused, "
+                "no atomics",
+    run=_launch(_run_gather),
+    device="cuda",
+    probe=probe,
+))
+
+register(Backend(
+    name="numba_cuda_atomic",
+    description="numba.cuda scatter: one thread per input element and output channel, cuda.atomic.add "
+                "into the bias-filled output (run-to-run nondeterministic)",
+    run=_launch(_run_atomic),
+    device="cuda",
+    deterministic=False,
+    probe=probe,
+))
+
+register(Backend(
+    name="numba_cuda_tiled",
+    description="numba.cuda gather over 16x16 output tiles with the weights and input halo staged in shared "
+                "memory (per input channel and tap chunk)",
+    run=_launch(_run_tiled),
+    device="cuda",
+    probe=probe,
+))
