@@ -1,0 +1,178 @@
+"""Correctness of every backend against the ``naive`` oracle (computed in float64) on a configuration grid.
+
+Per case × backend × dtype: relative L2 error ``‖y - y_ref‖ / ‖y_ref‖``, max absolute error, whether the
+result equals the oracle bit for bit, and the adjoint-identity residual
+``|<conv2d(z), x> - <z, convT(x)>| / (‖z‖·‖convT(x)‖)`` (testbed.adjoint: the forward conv2d written
+independently in NumPy). A cell passes when both are within the dtype's tolerance (1e-12 float64,
+1e-5 float32).
+
+``--fill int`` draws input, weight and bias from the integers -3..3, so every sum is exact in float32 and
+float64: then every backend but ``fft`` (rounding in the transforms) should equal the oracle bit for bit;
+the report says which do. (The exact-integer fill is oneDNN benchdnn's trick.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from testbed.adjoint import adjoint_residual
+from testbed.descriptor import parse_descriptor
+from testbed.reporting import (heatmap_figure, load_run, markdown_table, report_header, status_table)
+from testbed.runner import call_backend, cell_rng, grid, run_sweep
+from testbed.storage import atomic_write_text
+
+from .common import finish, make_parser, selected_backends, start_run
+
+NAME = "correctness"
+TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+
+#: name: (descriptor, has_bias). Small shapes covering every parameter and the corner cases of the notes.
+GRID = {
+    "k2s2": ("mb2ic6ih5oc4kh2sh2", False),                     # U-Net up-conv, no overlap
+    "k3s2p1op1": ("mb2ic3ih5iw7oc5kh3sh2ph1oph1", True),        # output_padding rows hold computed values
+    "k4s2p1": ("mb1ic4ih6oc3kh4sh2ph1", False),                # DCGAN
+    "k3s1p1": ("mb1ic5ih7oc4kh3ph1", True),
+    "k3d2": ("mb1ic3ih6oc4kh3ph2dh2", False),
+    "g2_asym": ("g2mb1ic4ih6oc6kh3sh1sw2ph1pw0dh2", True),      # groups, asymmetric stride and padding
+    "depthwise": ("g6mb1ic6ih6oc6kh4sh2ph1", True),
+    "s_gt_k": ("mb1ic3ih4oc2kh2sh3", True),                    # gaps that hold only the bias
+    "op_ge_s": ("mb1ic2ih5oc3kh3oph1dh2", False),               # op >= stride, allowed as op < dilation
+    "rect": ("mb1ic3ih5iw6oc2kh3kw2sh2sw1ph1pw0", False),       # non-square input and kernel
+    "k1": ("mb2ic8ih5oc3kh1", True),
+    "k5s3": ("mb1ic4ih5oc3kh5sh3ph1", False),
+    "p_gt_dk": ("mb1ic2ih6oc2kh3sh2ph3", False),                # padding > d·(k-1): pure crop
+    "k2s2op1": ("mb1ic4ih4oc4kh2sh2oph1", False),
+    "g3s2d2": ("g3mb2ic6ih5oc9kh3sh2ph1oph1dh2", True),
+}
+QUICK = ("k2s2", "k3s2p1op1", "g2_asym", "depthwise")
+
+
+def cases(quick: bool) -> dict:
+    names = QUICK if quick else GRID
+    return {name: parse_descriptor(GRID[name][0], dtype=np.float64, has_bias=GRID[name][1]) for name in names}
+
+
+def make_measure(seed: int, integer_fill: bool):
+    oracles = {}
+
+    def oracle(cell, x, weight, bias):
+        key = (cell.case, str(cell.problem.dtype))
+        if key not in oracles:
+            problem64 = cell.problem.with_(dtype=np.float64)
+            as64 = (lambda a: None if a is None else a.astype(np.float64))
+            oracles[key] = call_backend("naive", problem64, as64(x), as64(weight), as64(bias))
+        return oracles[key]
+
+    def measure(cell, backend):
+        problem = cell.problem
+        rng = cell_rng(seed, cell)
+        x, weight, bias = problem.random_arrays(rng, integer=integer_fill)
+        reference = oracle(cell, x, weight, bias)
+        y = np.asarray(call_backend(backend, problem, x, weight, bias), dtype=np.float64)
+        if y.shape != reference.shape:
+            return {"status": "error", "message": f"output shape {y.shape}, expected {reference.shape}"}
+        diff = y - reference
+        ref_norm = np.linalg.norm(reference)
+        rel_l2 = float(np.linalg.norm(diff) / ref_norm) if ref_norm else float(np.linalg.norm(diff))
+        unbiased = y if bias is None else np.asarray(call_backend(backend, problem, x, weight, None))
+        residual = adjoint_residual(x, weight, unbiased, rng.standard_normal(problem.output_shape), problem)
+        tolerance = TOLERANCE[str(problem.dtype)]
+        finite = bool(np.isfinite(y).all())
+        return {"rel_l2": rel_l2, "max_abs": float(np.abs(diff).max()) if diff.size else 0.0,
+                "bitwise_equal": bool(np.array_equal(y, reference)), "adjoint_residual": residual,
+                "tolerance": tolerance,
+                "passed": finite and rel_l2 <= tolerance and residual <= tolerance}
+
+    return measure
+
+
+def build_parser():
+    parser = make_parser(NAME, __doc__, dtypes="float32,float64")
+    parser.add_argument("--fill", choices=("normal", "int"), default="normal",
+                        help="input values: standard normal (default) or small integers (exact sums)")
+    return parser
+
+
+def main(argv=None, *, out=None):
+    args = build_parser().parse_args(argv)
+    run_dir, meta = start_run(NAME, args, argv, {"fill": args.fill, "tolerance": TOLERANCE}, out=out)
+    cells = grid(cases(args.quick), selected_backends(args), args.dtypes)
+    run_sweep(cells, make_measure(args.seed, args.fill == "int"), run_dir, resume=args.resume,
+              progress=not args.no_progress, desc=NAME)
+    write_report(run_dir)
+    finish(run_dir, NAME)
+    return run_dir
+
+
+def _log10_error(frame):
+    return np.log10(np.maximum(frame["rel_l2"].astype(float), 1e-17))
+
+
+def summary_table(frame):
+    """Per backend and dtype: cells run, cells passed, worst relative L2 error and adjoint residual."""
+    ok = frame[frame["status"] == "ok"].copy()
+    if ok.empty:
+        return ok
+    ok["passed"] = ok["passed"].astype(str).str.lower() == "true"
+    return ok.groupby(["backend", "dtype"], sort=False).agg(
+        cases=("case", "count"), passed=("passed", "sum"), worst_rel_l2=("rel_l2", "max"),
+        worst_max_abs=("max_abs", "max"), worst_adjoint=("adjoint_residual", "max"))
+
+
+def bitwise_table(frame):
+    """Per backend: cells equal to the oracle bit for bit, out of the cells it ran."""
+    ok = frame[frame["status"] == "ok"].copy()
+    ok["bitwise_equal"] = ok["bitwise_equal"].astype(str).str.lower() == "true"
+    table = ok.groupby("backend", sort=False).agg(cells=("case", "count"), bitwise_equal=("bitwise_equal", "sum"))
+    table["all_bitwise"] = table["cells"] == table["bitwise_equal"]
+    return table
+
+
+def write_report(run_dir) -> str:
+    """Rebuild report.md and the heatmaps from the saved results.csv and meta.json; returns the markdown."""
+    run_dir = Path(run_dir)
+    meta, frame = load_run(run_dir)
+    parts = [report_header(meta, "Correctness against the naive oracle"),
+             f"Fill: **{meta.get('fill')}**. Tolerances (relative L2 and adjoint residual): float32 "
+             f"{TOLERANCE['float32']:g}, float64 {TOLERANCE['float64']:g}. Oracle: `naive` in float64 on the "
+             f"same (rounded) inputs.\n"]
+    if not frame.empty:
+        parts += ["## Summary per backend\n", markdown_table(summary_table(frame).reset_index(), index=False)]
+        ok = frame[frame["status"] == "ok"]
+        failed = ok[ok["passed"].astype(str).str.lower() != "true"]
+        parts.append(f"\n**{len(ok) - len(failed)} of {len(ok)} computed cells pass.**\n")
+        if len(failed):
+            parts += ["\n### Failing cells\n",
+                      markdown_table(failed[["case", "descriptor", "backend", "dtype", "rel_l2", "max_abs",
+                                             "adjoint_residual"]], index=False)]
+        if meta.get("fill") == "int":
+            bits = bitwise_table(frame)
+            exact = [b for b, row in bits.iterrows() if row["all_bitwise"]]
+            inexact = [b for b, row in bits.iterrows() if not row["all_bitwise"]]
+            parts += ["\n## Exact-integer fill: bit-for-bit equality with the oracle\n",
+                      f"Every sum is an integer below 2^24, so a backend that adds exactly what the definition "
+                      f"adds matches bit for bit. **Bitwise equal on every cell:** {', '.join(exact) or 'none'}."
+                      f" **Not bitwise equal:** {', '.join(inexact) or 'none'} (fft is expected here: its "
+                      f"transforms round).\n", markdown_table(bits)]
+        figures = []
+        for dtype, group in ok.groupby("dtype", sort=False):
+            matrix = group.assign(log10_error=_log10_error(group)).pivot_table(
+                index="backend", columns="case", values="log10_error", sort=False)
+            path = run_dir / f"heatmap_{dtype}.png"
+            heatmap_figure(matrix, f"log10 relative L2 error vs naive oracle ({dtype})",
+                           "log10(relative L2 error); -17 = exact", path, vmin=-17, vmax=0)
+            figures.append(f"![log10 error heatmap {dtype}]({path.name})")
+        parts += ["\n## Error heatmaps (backend × case)\n", "\n\n".join(figures) + "\n"]
+        columns = ["case", "descriptor", "backend", "dtype", "status", "rel_l2", "max_abs", "bitwise_equal",
+                   "adjoint_residual", "passed"]
+        parts += ["\n## Status per backend\n", status_table(frame),
+                  "\n## All cells\n", markdown_table(frame[[c for c in columns if c in frame]], index=False)]
+    text = "\n".join(parts)
+    atomic_write_text(run_dir / "report.md", text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

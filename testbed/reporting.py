@@ -1,0 +1,173 @@
+"""Report building blocks shared by the experiments: markdown tables, the run header, and the common figures
+(heatmap, grouped bars, roofline, log-log scaling). Figures use matplotlib's Agg backend and are saved
+atomically with :func:`testbed.storage.save_figure`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .storage import save_figure
+
+__all__ = ["markdown_table", "report_header", "status_table", "load_run", "heatmap_figure", "grouped_bar_figure",
+           "roofline_figure", "loglog_figure", "fit_loglog_slope", "new_figure"]
+
+
+def new_figure(*args, **kwargs):
+    """``plt.subplots`` on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt.subplots(*args, **kwargs)
+
+
+def markdown_table(frame, floatfmt: str = ".4g", index: bool = True) -> str:
+    """A pandas DataFrame as a GitHub markdown table (``DataFrame.to_markdown``, which needs ``tabulate``)."""
+    if frame is None or len(frame) == 0:
+        return "_(no rows)_\n"
+    try:
+        return frame.to_markdown(floatfmt=floatfmt, index=index) + "\n"
+    except ImportError:  # tabulate missing: a fixed-width table still reads fine in markdown
+        return "```\n" + frame.to_string(index=index) + "\n```\n"
+
+
+def load_run(run_dir):
+    """``(meta dict, results DataFrame)`` of a saved run directory."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    results = run_dir / "results.csv"
+    frame = pd.read_csv(results, keep_default_na=True) if results.exists() and results.stat().st_size else \
+        pd.DataFrame()
+    return meta, frame
+
+
+def report_header(meta: dict, title: str) -> str:
+    git = meta.get("git", {})
+    dirty = " (uncommitted changes)" if git.get("dirty") else ""
+    threads = meta.get("threads", {})
+    device = meta.get("device", {})
+    gpu = device.get("gpu") or ("CUDA simulator" if device.get("cuda_simulator") else "none")
+    lines = [f"# {title}", "",
+             f"- run: `{meta.get('run_id')}` at {meta.get('utc_time')}, commit `{git.get('commit')}`{dirty}",
+             f"- machine: {meta.get('cpu_model')}, {threads.get('cpu_count')} cores, numba threads "
+             f"{threads.get('numba_threads')}, torch threads {threads.get('torch_threads')}, GPU: {gpu}",
+             f"- versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if v),
+             f"- command: `{' '.join(str(a) for a in meta.get('command', []))}`"
+             + (" (quick mode)" if meta.get("quick") else ""),
+             f"- seed: {meta.get('seed')}"]
+    for resumed in meta.get("resumed", []):
+        lines.append(f"- resumed at {resumed.get('utc_time')} UTC by `{' '.join(resumed.get('command', []))}`")
+    return "\n".join(lines) + "\n"
+
+
+def status_table(frame) -> str:
+    """Counts of each status per backend, plus the distinct non-ok messages (unsupported/unavailable/error)."""
+    import pandas as pd
+
+    if frame.empty:
+        return "_(no rows)_\n"
+    counts = pd.crosstab(frame["backend"], frame["status"])
+    text = markdown_table(counts)
+    notes = frame[frame["status"] != "ok"][["backend", "status", "message"]].fillna("")
+    notes = notes.drop_duplicates().copy()
+    if len(notes):
+        notes["message"] = notes["message"].astype(str).str.slice(0, 160)
+        text += "\nNot-ok cells (distinct reasons):\n\n" + markdown_table(notes, index=False)
+    return text
+
+
+def heatmap_figure(matrix, title: str, colorbar_label: str, path, *, annotate_fmt: str = "{:.1f}",
+                   vmin=None, vmax=None, cmap="viridis"):
+    """A labelled heatmap of a DataFrame (rows × columns); NaN cells are drawn grey and marked '–'."""
+    rows, cols = list(matrix.index), list(matrix.columns)
+    values = matrix.to_numpy(dtype=float)
+    fig, ax = new_figure(figsize=(1.0 + 0.75 * len(cols), 1.2 + 0.4 * len(rows)))
+    masked = np.ma.masked_invalid(values)
+    import matplotlib
+    colormap = matplotlib.colormaps[cmap].copy()
+    colormap.set_bad("#dddddd")
+    image = ax.imshow(masked, aspect="auto", cmap=colormap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            text = "–" if not np.isfinite(values[i, j]) else annotate_fmt.format(values[i, j])
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if np.isfinite(values[i, j])
+                    and vmin is not None and values[i, j] < (vmin + (vmax - vmin) * 0.5) else "black")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    return save_figure(fig, path)
+
+
+def grouped_bar_figure(table, title: str, ylabel: str, path, *, log: bool = True):
+    """Grouped bars: one group per row of ``table`` (cases), one bar per column (backends); NaN bars omitted."""
+    cases, series = list(table.index), list(table.columns)
+    width = 0.8 / max(len(series), 1)
+    fig, ax = new_figure(figsize=(max(6.0, 1.2 * len(cases) + 2), 4.2))
+    x = np.arange(len(cases))
+    for i, name in enumerate(series):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, table[name].to_numpy(dtype=float), width, label=name)
+    ax.set_xticks(x, cases, rotation=20 if len(cases) > 4 else 0)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("case")
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3, which="both")
+    ax.legend(fontsize=8, ncol=min(len(series), 4), title="backend")
+    return save_figure(fig, path)
+
+
+def roofline_figure(points, peak_gflops: float, bandwidth_gbps: float, title: str, path):
+    """Roofline (Williams, Waterman & Patterson 2009): GFLOP/s against arithmetic intensity (FLOP/byte) of
+    each (backend, case) point, under ``min(peak, bandwidth × intensity)``. ``points``: DataFrame with columns
+    backend, case, intensity, gflops."""
+    fig, ax = new_figure(figsize=(7.5, 5))
+    finite = points[np.isfinite(points["gflops"]) & (points["gflops"] > 0)]
+    lo = max(min(finite["intensity"].min() if len(finite) else 0.1, 0.1) / 2, 1e-3)
+    hi = max(finite["intensity"].max() if len(finite) else 100, peak_gflops / bandwidth_gbps) * 2
+    intensity = np.geomspace(lo, hi, 200)
+    ax.plot(intensity, np.minimum(peak_gflops, bandwidth_gbps * intensity), color="black", lw=1.5,
+            label=f"ceiling: {peak_gflops:.0f} GFLOP/s GEMM, {bandwidth_gbps:.1f} GB/s copy")
+    markers = "osD^v<>ph*"
+    for i, (name, group) in enumerate(finite.groupby("backend", sort=False)):
+        ax.scatter(group["intensity"], group["gflops"], marker=markers[i % len(markers)], label=name, s=28)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte of input + weight + output)")
+    ax.set_ylabel("achieved GFLOP/s (useful work)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def fit_loglog_slope(x, y) -> float:
+    """Least-squares slope of log(y) against log(x) (the exponent of a power law), NaN if < 2 points."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if keep.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)[0])
+
+
+def loglog_figure(frame, x: str, y: str, title: str, xlabel: str, ylabel: str, path, *, series="backend"):
+    """One line per ``series`` value of ``y`` against ``x`` on log-log axes, slope in the legend."""
+    fig, ax = new_figure(figsize=(7, 4.5))
+    for name, group in frame.groupby(series, sort=False):
+        group = group.sort_values(x)
+        slope = fit_loglog_slope(group[x], group[y])
+        ax.plot(group[x], group[y], marker="o", label=f"{name} (slope {slope:.2f})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

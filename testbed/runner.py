@@ -1,0 +1,239 @@
+"""The resumable sweep runner shared by the experiments: a grid of cases × backends × dtypes, one tidy row each.
+
+Each cell's row (descriptor, every problem parameter as a column, status, the experiment's metrics) is
+appended to ``rows.jsonl`` as soon as the cell finishes (flushed and fsynced), so an interrupted sweep keeps
+its finished rows, and ``resume=True`` skips every cell already on disk. At the end (and on interruption)
+``results.csv`` is rewritten atomically from the log, one row per cell.
+
+Statuses: ``ok``; ``unsupported`` (the backend declines a valid configuration, or raises
+:class:`~testbed.problem.UnsupportedConfiguration`: not a failure); ``unavailable`` (the backend cannot run
+here, with the reason); ``error`` (any other exception, with its message; the sweep goes on);
+``simulator: not timed`` (a timing experiment never times the CUDA simulator).
+
+Timing (:func:`time_backend`): the first call is timed on its own (``first_call_s``: includes Numba's JIT
+compile or cache load), then warm-up calls, then repeats timed with ``time.perf_counter`` until a time budget
+or repeat cap is reached; the row gets the median, minimum, interquartile range and repeat count. Calls go
+through the public :func:`testbed.conv_transpose2d`, so every backend pays the same validation overhead.
+GPU backends (``Backend.timing_kind == "gpu"``) are timed by a ``time_gpu`` function of the backend's module
+when it has one (CUDA events); see :func:`time_backend` for its signature.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+from .api import conv_transpose2d
+from .descriptor import PROBLEM_COLUMNS, format_descriptor, problem_columns
+from .problem import Problem, UnsupportedConfiguration
+from .registry import Backend, BackendUnavailable, get_backend
+from .storage import RowLog, atomic_write_csv
+
+__all__ = ["Cell", "grid", "run_sweep", "run_cell", "TimingSettings", "time_backend", "time_call",
+           "call_backend", "cell_rng", "ROW_COLUMNS", "STATUSES"]
+
+STATUSES = ("ok", "unsupported", "unavailable", "error", "simulator: not timed")
+#: The leading columns of every results.csv, before the experiment's own metrics.
+ROW_COLUMNS = ("cell_key", "case", "descriptor", "backend", "dtype") + PROBLEM_COLUMNS + ("status", "message")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (case, problem in its dtype, backend) point of a sweep; ``tags`` are extra (column, value) pairs
+    that distinguish cells sharing a case (e.g. ``(("threads", 2),)``) and become columns themselves."""
+
+    case: str
+    problem: Problem
+    backend: object  # a registered name, or a Backend object (tests use unregistered ones)
+    tags: tuple = ()
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name if isinstance(self.backend, Backend) else str(self.backend)
+
+    @property
+    def key(self) -> str:
+        tags = ";".join(f"{name}={value}" for name, value in self.tags)
+        return f"{self.case}|{format_descriptor(self.problem)}|{self.backend_name}|{self.problem.dtype}|" \
+               f"{int(self.problem.has_bias)}|{tags}"
+
+    def columns(self) -> dict:
+        row = {"cell_key": self.key, "case": self.case, "descriptor": format_descriptor(self.problem),
+               "backend": self.backend_name, "dtype": str(self.problem.dtype)}
+        row.update(dict(self.tags))
+        row.update(problem_columns(self.problem))
+        return row
+
+
+def grid(cases: dict, backends: Iterable, dtypes: Iterable = (np.float32,), tags: tuple = ()) -> list[Cell]:
+    """Every ``case × dtype × backend`` cell of ``cases`` (``{name: Problem}``), cases outermost."""
+    dtypes, backends = [np.dtype(d) for d in dtypes], list(backends)
+    return [Cell(name, problem.with_(dtype=dtype), backend, tags)
+            for name, problem in cases.items() for dtype in dtypes for backend in backends]
+
+
+def cell_rng(seed: int, cell: Cell) -> np.random.Generator:
+    """A generator that depends only on the seed, the case and its problem (not the backend), so every
+    backend sees the same inputs and a resumed sweep draws what the interrupted one would have."""
+    text = f"{cell.case}|{format_descriptor(cell.problem)}|{cell.problem.dtype}|{cell.problem.has_bias}"
+    return np.random.default_rng([int(seed), zlib.crc32(text.encode())])
+
+
+def call_backend(backend, problem: Problem, x, weight, bias=None):
+    """``conv_transpose2d`` of ``problem``'s parameters through the public API with the given backend."""
+    return conv_transpose2d(x, weight, bias, stride=problem.stride, padding=problem.padding,
+                            output_padding=problem.output_padding, groups=problem.groups,
+                            dilation=problem.dilation, backend=backend)
+
+
+def run_cell(cell: Cell, measure: Callable[[Cell, Backend], dict]) -> dict:
+    """The row of one cell: its columns, a status and message, and ``measure(cell, backend)``'s metrics.
+
+    ``measure`` may put ``"status"``/``"message"`` in its result to override ``ok``.
+    """
+    row = cell.columns()
+    row.update(status="ok", message="")
+    try:
+        backend = get_backend(cell.backend)
+        ok, why = backend.probe()
+        reason = backend.unsupported_reason(cell.problem) if ok else None
+        if not ok:
+            row.update(status="unavailable", message=why)
+        elif reason is not None:
+            row.update(status="unsupported", message=reason)
+        else:
+            row.update(measure(cell, backend))
+    except UnsupportedConfiguration as exc:
+        row.update(status="unsupported", message=exc.reason)
+    except BackendUnavailable as exc:
+        row.update(status="unavailable", message=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one bad cell must not stop the sweep
+        row.update(status="error", message=f"{type(exc).__name__}: {exc}")
+    return row
+
+
+def run_sweep(cells: list[Cell], measure: Callable[[Cell, Backend], dict], out_dir, *, resume: bool = False,
+              progress: bool = True, desc: str = "sweep",
+              finalize: Optional[Callable] = None):
+    """Run every cell not yet on disk, appending each row to ``out_dir/rows.jsonl``; return the results table.
+
+    Without ``resume`` the directory must not hold rows already (ValueError), so a finished run is never
+    silently overwritten. ``finalize(frame) -> frame`` may add derived columns (e.g. speedups) before
+    ``results.csv`` is written. Returns the pandas DataFrame written to ``out_dir/results.csv``.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    log = RowLog(out_dir / "rows.jsonl")
+    previous = log.read()
+    if previous and not resume:
+        raise ValueError(f"{out_dir} already holds {len(previous)} result rows; pass resume=True (--resume) to "
+                         f"complete that run, or choose another output directory")
+    keys = [cell.key for cell in cells]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the sweep has duplicate cells (same case, problem, backend, dtype and tags)")
+    done = {row.get("cell_key") for row in previous}
+    todo = [cell for cell in cells if cell.key not in done]
+    try:
+        with tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, unit="cell",
+                  disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+            for cell in todo:
+                bar.set_postfix_str(f"{cell.case} {cell.backend_name} {cell.problem.dtype}", refresh=False)
+                log.append(run_cell(cell, measure))
+                bar.update()
+    finally:
+        frame = results_frame(log.read(), keys)
+        if finalize is not None and len(frame):
+            frame = finalize(frame)
+        atomic_write_csv(out_dir / "results.csv", frame)
+    return frame
+
+
+def results_frame(rows: list[dict], order: list[str] | None = None):
+    """The rows as a DataFrame, one per cell (the last logged row wins), in sweep order, standard columns
+    first."""
+    import pandas as pd
+
+    latest = {row["cell_key"]: row for row in rows if "cell_key" in row}
+    if order is not None:
+        rank = {key: i for i, key in enumerate(order)}
+        keys = sorted(latest, key=lambda k: (rank.get(k, len(rank)), k))
+    else:
+        keys = list(latest)
+    frame = pd.DataFrame([latest[k] for k in keys])
+    if frame.empty:
+        return pd.DataFrame(columns=list(ROW_COLUMNS))
+    standard = [c for c in ROW_COLUMNS if c in frame]
+    return frame[standard + [c for c in frame.columns if c not in ROW_COLUMNS]]
+
+
+# ---- timing ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How long to time each cell: ``warmup`` untimed calls after the first, then at least ``min_repeats``
+    and at most ``max_repeats`` timed calls, stopping once ``budget_s`` seconds of repeats have passed."""
+
+    warmup: int = 1
+    min_repeats: int = 3
+    max_repeats: int = 30
+    budget_s: float = 0.3
+
+    @classmethod
+    def quick(cls) -> "TimingSettings":
+        return cls(warmup=0, min_repeats=2, max_repeats=3, budget_s=0.01)
+
+
+def _stats(samples, first_call_s: float, method: str) -> dict:
+    samples = np.asarray(samples, dtype=float)
+    q25, q75 = np.percentile(samples, [25, 75])
+    return {"first_call_s": first_call_s, "median_s": float(np.median(samples)), "min_s": float(samples.min()),
+            "iqr_s": float(q75 - q25), "repeats": int(samples.size), "timing_method": method}
+
+
+def time_call(fn: Callable[[], object], settings: TimingSettings = TimingSettings()) -> dict:
+    """Time ``fn()`` with ``time.perf_counter``: first call, warm-up, then repeats (see :class:`TimingSettings`)."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    for _ in range(settings.warmup):
+        fn()
+    samples = []
+    deadline = time.perf_counter() + settings.budget_s
+    while len(samples) < settings.max_repeats and (len(samples) < settings.min_repeats
+                                                   or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return _stats(samples, first, "perf_counter")
+
+
+def time_backend(backend: Backend, problem: Problem, x, weight, bias=None,
+                 settings: TimingSettings = TimingSettings()) -> dict:
+    """Timing statistics of one backend on one problem, or a ``status`` saying why it was not timed.
+
+    ``timing_kind`` None (the CUDA simulator, or unavailable): not timed. ``"gpu"``: if the backend's module
+    defines ``time_gpu(backend, problem, x, weight, bias, *, warmup, repeats) -> (first_call_s, [seconds])``
+    (CUDA-event timings of the kernel on device-resident arrays), that is used; otherwise host arrays are
+    timed with perf_counter, which then includes the host↔device transfers (said in ``timing_method``).
+    """
+    kind = backend.timing_kind
+    if kind is None:
+        ok, why = backend.probe()
+        return {"status": "simulator: not timed" if ok else "unavailable", "message": why}
+    if kind == "gpu":
+        hook = getattr(sys.modules.get(getattr(backend.run, "__module__", ""), None), "time_gpu", None)
+        if hook is not None:
+            first, samples = hook(backend, problem, x, weight, bias, warmup=settings.warmup,
+                                  repeats=max(settings.min_repeats, min(settings.max_repeats, 10)))
+            return _stats(samples, first, "cuda events")
+        stats = time_call(lambda: call_backend(backend, problem, x, weight, bias), settings)
+        stats["timing_method"] = "perf_counter (host arrays, includes transfers)"
+        return stats
+    return time_call(lambda: call_backend(backend, problem, x, weight, bias), settings)
