@@ -119,7 +119,7 @@ def grouped_bar_figure(table, title: str, ylabel: str, path, *, log: bool = True
         ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3, which="both")
-    ax.legend(fontsize=8, ncol=min(len(series), 4), title="backend")
+    ax.legend(fontsize=8, title="backend", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, path)
 
 
@@ -143,7 +143,7 @@ def roofline_figure(points, peak_gflops: float, bandwidth_gbps: float, title: st
     ax.set_ylabel("achieved GFLOP/s (useful work)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, path)
 
 
@@ -169,5 +169,5 @@ def loglog_figure(frame, x: str, y: str, title: str, xlabel: str, ylabel: str, p
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, path)

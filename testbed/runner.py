@@ -14,8 +14,8 @@ Timing (:func:`time_backend`): the first call is timed on its own (``first_call_
 compile or cache load), then warm-up calls, then repeats timed with ``time.perf_counter`` until a time budget
 or repeat cap is reached; the row gets the median, minimum, interquartile range and repeat count. Calls go
 through the public :func:`testbed.conv_transpose2d`, so every backend pays the same validation overhead.
-GPU backends (``Backend.timing_kind == "gpu"``) are timed by a ``time_gpu`` function of the backend's module
-when it has one (CUDA events); see :func:`time_backend` for its signature.
+GPU backends (``Backend.timing_kind == "gpu"``) are timed by the ``time_cuda_backend`` function of the
+backend's module when it has one (CUDA events); see :func:`time_backend`.
 """
 
 from __future__ import annotations
@@ -218,22 +218,32 @@ def time_backend(backend: Backend, problem: Problem, x, weight, bias=None,
                  settings: TimingSettings = TimingSettings()) -> dict:
     """Timing statistics of one backend on one problem, or a ``status`` saying why it was not timed.
 
-    ``timing_kind`` None (the CUDA simulator, or unavailable): not timed. ``"gpu"``: if the backend's module
-    defines ``time_gpu(backend, problem, x, weight, bias, *, warmup, repeats) -> (first_call_s, [seconds])``
-    (CUDA-event timings of the kernel on device-resident arrays), that is used; otherwise host arrays are
-    timed with perf_counter, which then includes the host↔device transfers (said in ``timing_method``).
+    ``timing_kind`` None (the CUDA simulator, or unavailable): not timed. ``"gpu"``: the first call is timed
+    with perf_counter (JIT compile + transfers), then, if the backend's module defines
+    ``time_cuda_backend(name, problem, *, repeats) -> {"kernel_ms", "with_transfers_ms"}`` (CUDA-event
+    medians, testbed/backends/numba_cuda.py), ``median_s`` is its kernel time on device-resident arrays and
+    ``with_transfers_s`` its host-to-host time; without that hook host arrays are timed with perf_counter,
+    transfers included (``timing_method`` says which).
     """
     kind = backend.timing_kind
     if kind is None:
         ok, why = backend.probe()
         return {"status": "simulator: not timed" if ok else "unavailable", "message": why}
+    call = (lambda: call_backend(backend, problem, x, weight, bias))
     if kind == "gpu":
-        hook = getattr(sys.modules.get(getattr(backend.run, "__module__", ""), None), "time_gpu", None)
+        module = sys.modules.get(getattr(backend.run, "__module__", ""), None)
+        hook = getattr(module, "time_cuda_backend", None)
         if hook is not None:
-            first, samples = hook(backend, problem, x, weight, bias, warmup=settings.warmup,
-                                  repeats=max(settings.min_repeats, min(settings.max_repeats, 10)))
-            return _stats(samples, first, "cuda events")
-        stats = time_call(lambda: call_backend(backend, problem, x, weight, bias), settings)
+            start = time.perf_counter()
+            call()
+            first = time.perf_counter() - start
+            result = hook(backend.name, problem, repeats=max(settings.min_repeats, min(settings.max_repeats, 10)))
+            nan = float("nan")
+            return {"first_call_s": first, "median_s": result["kernel_ms"] / 1e3, "min_s": nan, "iqr_s": nan,
+                    "repeats": max(settings.min_repeats, min(settings.max_repeats, 10)),
+                    "with_transfers_s": result["with_transfers_ms"] / 1e3,
+                    "timing_method": "cuda events (device arrays; median only)"}
+        stats = time_call(call, settings)
         stats["timing_method"] = "perf_counter (host arrays, includes transfers)"
         return stats
-    return time_call(lambda: call_backend(backend, problem, x, weight, bias), settings)
+    return time_call(call, settings)
