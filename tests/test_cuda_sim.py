@@ -32,7 +32,7 @@ CASES = [
     ("asym_groups", 1, 4, 6, (3, 4), (3, 2), dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2)),
     ("depthwise", 2, 3, 3, (3, 3), (3, 3), dict(stride=2, padding=1, groups=3)),
     ("dilated_strided_op", 1, 2, 3, (3, 4), (2, 3), dict(stride=(3, 2), output_padding=(2, 1), dilation=(3, 2))),
-    ("gcd_stride_dilation", 1, 2, 2, (3, 3), (3, 3), dict(stride=(2, 4), padding=(1, 2), dilation=(4, 6))),
+    ("gcd_stride_dilation", 1, 2, 2, (3, 3), (3, 3), dict(stride=(4, 3), padding=(1, 2), dilation=(6, 2))),
     ("op_lt_dilation", 1, 2, 2, (3, 4), (2, 2), dict(stride=1, output_padding=1, dilation=2)),
     ("stride_gt_kernel_big_padding", 2, 2, 2, (4, 3), (3, 2), dict(stride=3, padding=(3, 1), output_padding=2)),
     ("k1s1", 1, 3, 2, (4, 5), (1, 1), dict()),
