@@ -1,0 +1,11 @@
+"""asv benchmarks: speed, peak memory, throughput and accuracy of every registered backend, tracked over commits.
+
+Every benchmark is parametrised over ``testbed.list_backends()`` (read when asv imports this package), so a new
+backend is benchmarked without edits here. A combination that cannot run raises ``NotImplementedError`` in
+``setup``, asv's convention for "skip": an unsupported configuration, a backend unavailable here (no GPU), the
+CUDA simulator (never timed), or a slow reference backend on a large case (see ``common.SLOW_ON_LARGE``).
+
+Modules: ``bench_conv`` (``time_``, ``peakmem_``, GFLOP/s and relative-error ``track_``), ``bench_compile``
+(cold and cached first-call time of the Numba backends). Run them with ``asv`` from the repository root
+(configuration: ``asv.conf.json``); ``tests/test_benchmarks.py`` runs every body once without asv.
+"""

@@ -1,0 +1,84 @@
+"""Speed, throughput, peak memory and accuracy of ``conv_transpose2d`` for every registered backend.
+
+GFLOP/s counts useful work only, ``Problem.flops = 2·N·C_in·(C_out/groups)·H·W·kH·kW``. Accuracy is the
+relative L2 error ``‖y - ref‖ / ‖ref‖`` against the ``naive`` scatter definition computed in float64 on the
+same inputs (for float32 the inputs are drawn in float32 and widened exactly), so a float32 result shows its
+own rounding, and a float64 one shows whether the algorithm is still exact to ~1e-16.
+"""
+
+import numpy as np
+
+import testbed
+
+from .common import (ACCURACY_CASES, CASES, MEMORY_CASES, SPEED_CASES, Call, relative_error, require,
+                     reset_peak_memory, seconds_per_call)
+
+BACKENDS = testbed.list_backends()
+
+
+class Speed:
+    """Time per call and throughput; the first call (Numba compilation, torch start-up) happens in setup."""
+
+    params = [BACKENDS, SPEED_CASES]
+    param_names = ["backend", "case"]
+    timeout = 300
+
+    def setup(self, backend, case):
+        self.call = Call(backend, require(backend, case, timed=True))
+        self.call()
+
+    def time_conv_transpose2d(self, backend, case):
+        self.call()
+
+    def track_gflops(self, backend, case):
+        return self.call.problem.flops / seconds_per_call(self.call) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+class Memory:
+    """Peak resident memory of the process during one call. The baseline (interpreter, numpy, numba, torch,
+    inputs) is the same for every backend: differences are the backend's buffers and output (col2im's column
+    buffer, fft's spectra). Setup makes the first call (compilation) and then restarts the peak count.
+    """
+
+    params = [BACKENDS, MEMORY_CASES]
+    param_names = ["backend", "case"]
+    timeout = 300
+
+    def setup(self, backend, case):
+        self.call = Call(backend, require(backend, case, timed=True))
+        self.call()
+        reset_peak_memory()
+
+    def peakmem_conv_transpose2d(self, backend, case):
+        self.call()
+
+
+class Accuracy:
+    """Relative L2 error against the float64 ``naive`` oracle (computed once per environment in setup_cache)."""
+
+    params = [BACKENDS, ACCURACY_CASES, ["float32", "float64"]]
+    param_names = ["backend", "case", "dtype"]
+    timeout = 300
+
+    def setup_cache(self):
+        references = {}
+        for case in ACCURACY_CASES:
+            x, weight, bias = CASES[case].random_arrays(0)
+            wide = CASES[case].with_(dtype=np.float64)
+            widened = tuple(None if a is None else a.astype(np.float64) for a in (x, weight, bias))
+            reference = Call("naive", wide, widened)()
+            references[case] = ((x, weight, bias), reference)
+        return references
+
+    def setup(self, references, backend, case, dtype):
+        problem = require(backend, case, timed=False).with_(dtype=np.dtype(dtype))
+        arrays, self.reference = references[case]
+        arrays = tuple(None if a is None else a.astype(problem.dtype) for a in arrays)
+        self.call = Call(backend, problem, arrays)
+
+    def track_relative_error(self, references, backend, case, dtype):
+        return relative_error(self.call(), self.reference)
+
+    track_relative_error.unit = "relative L2 error"

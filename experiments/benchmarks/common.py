@@ -1,0 +1,117 @@
+"""What the benchmarks share: the cases, the skip rules, the call, and a throughput timer.
+
+Cases are named problems of ``testbed.cases.SUITES``; the benchmarks call the public
+``testbed.conv_transpose2d`` (validation and dispatch included: that is what a user pays, and what the
+``tiny`` case measures).
+"""
+
+import statistics
+import time
+
+import numpy as np
+
+import testbed
+from testbed.cases import SUITES
+
+#: Every named problem of every suite, by name.
+CASES = {name: problem for cases in SUITES.values() for name, problem in cases.items()}
+
+#: The cases timed and measured for throughput: a U-Net up-convolution (stride == kernel), a DCGAN decoder
+#: layer (k4 s2 p1), a grouped and a depthwise layer, and a tiny layer where call overhead dominates.
+SPEED_CASES = ["unet1", "k4s2p1", "k4s2g8", "depthwise", "tiny_k3s2"]
+
+#: The cases of the peak-memory benchmark: the largest U-Net layer (col2im's column buffer is
+#: C_out·kH·kW·H·W values, polyphase's and fft's buffers are output-sized) and a grouped layer every
+#: backend runs.
+MEMORY_CASES = ["unet4", "k4s2g8"]
+
+#: The cases of the accuracy benchmark: stride == kernel (the only one ``kron`` supports), groups with
+#: dilation and an uneven stride, dilation at realistic size, groups at realistic size.
+ACCURACY_CASES = ["tiny_k2s2", "tiny_g2d2", "k3d2", "k4s2g8"]
+
+#: Large cases, and the backends skipped on them: one call of ``naive`` takes 4–6 s and of ``fft`` 15–80 s
+#: there on this 2-core machine, which would make the quick suite take many minutes.
+LARGE_CASES = {"unet1", "unet2", "unet3", "unet4", "k4s2p1"}
+SLOW_ON_LARGE = {"naive", "fft"}
+
+
+def call_kwargs(problem):
+    """The keyword arguments of ``conv_transpose2d`` that reproduce ``problem``."""
+    return dict(stride=problem.stride, padding=problem.padding, output_padding=problem.output_padding,
+                groups=problem.groups, dilation=problem.dilation)
+
+
+def require(backend_name, case, *, timed):
+    """The problem of ``case`` if ``backend_name`` can run it here, else ``NotImplementedError`` (asv: skip).
+
+    ``timed``: the result is a time, so the backend must also give meaningful timings (not the simulator).
+    """
+    backend = testbed.get_backend(backend_name)
+    problem = CASES[case]
+    if timed and backend.timing_kind is None:
+        raise NotImplementedError(f"{backend_name} is not timed here: {backend.status}")
+    if not backend.available:
+        raise NotImplementedError(f"{backend_name} is unavailable here: {backend.status}")
+    reason = backend.unsupported_reason(problem)
+    if reason is not None:
+        raise NotImplementedError(f"{backend_name} does not support {case}: {reason}")
+    if case in LARGE_CASES and backend_name in SLOW_ON_LARGE:
+        raise NotImplementedError(f"{backend_name} is too slow for the large case {case}")
+    return problem
+
+
+class Call:
+    """One prepared call: ``testbed.conv_transpose2d`` of ``backend`` on the random arrays of ``problem``."""
+
+    def __init__(self, backend_name, problem, arrays=None):
+        self.backend_name = backend_name
+        self.problem = problem
+        self.x, self.weight, self.bias = problem.random_arrays(0) if arrays is None else arrays
+        self.kwargs = call_kwargs(problem)
+
+    def __call__(self):
+        return testbed.conv_transpose2d(self.x, self.weight, self.bias, backend=self.backend_name,
+                                        **self.kwargs)
+
+
+def seconds_per_call(fn, *, batch_seconds=0.05, batches=3):
+    """Median over ``batches`` batches of the time per call of ``fn``; a batch repeats ``fn`` for at least
+    ``batch_seconds`` so fast calls are not lost in timer resolution."""
+    calls = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= batch_seconds:
+            break
+        calls *= max(2, min(10, int(batch_seconds / max(elapsed, 1e-9)) + 1))
+    samples = [elapsed / calls]
+    for _ in range(batches - 1):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - start) / calls)
+    return statistics.median(samples)
+
+
+def reset_peak_memory():
+    """Restart the process's peak resident-set count at its current size, so that a ``peakmem_`` benchmark
+    measures its body and not setup's warm-up call (a cold Numba compilation alone takes hundreds of MB).
+
+    Linux >= 4.0: writing ``5`` to ``/proc/self/clear_refs`` resets the high-water mark that
+    ``getrusage().ru_maxrss`` (asv's measure) reports. Elsewhere this does nothing and setup counts too.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
+
+
+def relative_error(y, reference):
+    """``‖y - ref‖₂ / ‖ref‖₂`` in float64, the metric of the project's parity tests."""
+    y = np.asarray(y, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    scale = np.linalg.norm(reference)
+    return float(np.linalg.norm(y - reference) / (scale if scale else 1.0))
