@@ -1,0 +1,98 @@
+"""The project's main job (``make run``): correctness of every backend, then speed on the tiny and unet suites.
+
+Writes ``results/main/<run-id>/`` with ``correctness/`` and ``speed/`` (each a complete run: meta.json,
+results.csv, report.md, figures) and a top-level report.md that summarises both. A couple of minutes on a
+2-core machine; ``--quick`` (seconds) runs the small correctness grid and only the tiny suite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from testbed.reporting import load_run, markdown_table, report_header
+from testbed.storage import atomic_write_text
+
+from . import correctness, speed
+from .common import finish, make_parser, start_run
+
+NAME = "main"
+SUITES = ("tiny", "unet")
+
+
+def build_parser():
+    return make_parser(NAME, __doc__)
+
+
+def part_argv(args) -> list[str]:
+    argv = ["--seed", str(args.seed)]
+    for flag in ("quick", "resume", "no_progress"):
+        if getattr(args, flag):
+            argv.append("--" + flag.replace("_", "-"))
+    if args.backends:
+        argv += ["--backends", ",".join(args.backends)]
+    return argv
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    suites = ["tiny"] if args.quick else list(SUITES)
+    run_dir, _ = start_run(NAME, args, argv, {"parts": ["correctness", "speed"], "suites": suites})
+    common = part_argv(args)
+    correctness.main(common, out=run_dir / "correctness")
+    speed.main(common + ["--suite", ",".join(suites)], out=run_dir / "speed")
+    write_report(run_dir)
+    finish(run_dir, NAME)
+    return run_dir
+
+
+def write_report(run_dir) -> str:
+    """Rebuild both parts' reports and the summary report.md from the saved results."""
+    run_dir = Path(run_dir)
+    meta, _ = load_run(run_dir)
+    parts = [report_header(meta, "Main job: correctness and speed of every backend")]
+    correctness_dir, speed_dir = run_dir / "correctness", run_dir / "speed"
+    if (correctness_dir / "meta.json").exists():
+        correctness.write_report(correctness_dir)
+        _, frame = load_run(correctness_dir)
+        if not frame.empty and "passed" in frame:
+            ok = frame[frame["status"] == "ok"]
+            passed = int((ok["passed"].astype(str).str.lower() == "true").sum())
+            parts += ["## Correctness against the naive oracle\n",
+                      f"**{passed} of {len(ok)} computed cells pass** (relative L2 error and adjoint residual "
+                      f"within 1e-5 for float32, 1e-12 for float64). Details: "
+                      f"[correctness/report.md](correctness/report.md).\n",
+                      markdown_table(correctness.summary_table(frame).reset_index(), index=False),
+                      "\n![float32 errors](correctness/heatmap_float32.png)\n"]
+    if (speed_dir / "meta.json").exists():
+        speed.write_report(speed_dir)
+        speed_meta, frame = load_run(speed_dir)
+        if not frame.empty and "median_s" in frame:
+            ok = frame[frame["status"] == "ok"].copy()
+            ok["median_ms"] = ok["median_s"] * 1e3
+            parts += ["## Speed\n",
+                      f"Median time per call (ms) and speedup over **{speed_meta.get('baseline')}**; machine "
+                      f"ceilings {speed_meta.get('gemm_gflops_f32', np.nan):.0f} GFLOP/s float32 GEMM, "
+                      f"{speed_meta.get('copy_gbps', np.nan):.1f} GB/s copy. Details: "
+                      f"[speed/report.md](speed/report.md).\n"]
+            for suite_name, group in ok.groupby("suite", sort=False):
+                for dtype, sub in group.groupby("dtype", sort=False):
+                    parts += [f"### {suite_name} ({dtype}): median ms\n",
+                              markdown_table(sub.pivot_table(index="case", columns="backend", values="median_ms",
+                                                             sort=False), floatfmt=".3g"),
+                              f"\n### {suite_name} ({dtype}): GFLOP/s\n",
+                              markdown_table(sub.pivot_table(index="case", columns="backend", values="gflops",
+                                                             sort=False), floatfmt=".3g"),
+                              f"\n### {suite_name} ({dtype}): speedup over {speed_meta.get('baseline')}\n",
+                              markdown_table(sub.pivot_table(index="case", columns="backend", values="speedup",
+                                                             sort=False), floatfmt=".3g"),
+                              f"\n![{suite_name} GFLOP/s](speed/speed_{suite_name}_{dtype}.png)\n"]
+            parts.append("![roofline](speed/roofline.png)\n")
+    text = "\n".join(parts)
+    atomic_write_text(run_dir / "report.md", text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Rebuild a saved run's report.md and figures, or compare two runs, without re-running anything.
+
+    python -m experiments.report DIR            # rewrite DIR/report.md and DIR/*.png from results.csv, meta.json
+    python -m experiments.report DIR_A DIR_B    # side by side: DIR_B/compare-<A's name>.md (also printed)
+
+Both runs must come from the same experiment. The comparison joins rows on the cell (case, problem,
+backend, dtype, tags) and shows the experiment's main metric in A and in B with the ratio B / A: for timings
+(speed, scaling; the ``speed`` part of ``main``) a ratio below 1 means B is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from testbed.reporting import load_run, markdown_table
+from testbed.storage import atomic_write_text
+
+#: experiment: (metric compared, what a ratio B/A < 1 means)
+METRICS = {
+    "speed": ("median_s", "B is faster"),
+    "scaling": ("median_s", "B is faster"),
+    "correctness": ("rel_l2", "B is more accurate"),
+    "seed": ("max_abs_diff", "B deviates less"),
+    "checkerboard": ("unevenness", "B's map is more even"),
+}
+#: the parts of a composite run (experiment: sub-directories, each a run of its own)
+PARTS = {"main": ("correctness", "speed")}
+
+
+def experiment_of(run_dir: Path) -> str:
+    meta_path = Path(run_dir) / "meta.json"
+    if not meta_path.exists():
+        raise SystemExit(f"{run_dir} is not a run directory: it has no meta.json")
+    return json.loads(meta_path.read_text())["experiment"]
+
+
+def rebuild(run_dir) -> Path:
+    """Rewrite ``run_dir``'s report (and its parts' reports) with the experiment's own ``write_report``."""
+    run_dir = Path(run_dir)
+    module = importlib.import_module(f"experiments.{experiment_of(run_dir)}")
+    module.write_report(run_dir)
+    return run_dir / "report.md"
+
+
+def compare_frames(a, b, metric: str):
+    """Rows of A and B joined on the cell, with the metric of each, both statuses and the ratio B / A."""
+    columns = ["cell_key", "case", "backend", "dtype", "status", metric]
+    extra = [c for c in ("suite", "sweep", "x", "threads") if c in a and c in b]
+    left = a[[c for c in columns + extra if c in a]]
+    right = b[["cell_key", "status", metric] if metric in b else ["cell_key", "status"]]
+    joined = left.merge(right, on="cell_key", how="outer", suffixes=("_A", "_B"), indicator=True)
+    for side, frame in (("A", a), ("B", b)):
+        if f"{metric}_{side}" not in joined:
+            joined[f"{metric}_{side}"] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        joined["ratio_B_over_A"] = joined[f"{metric}_B"].astype(float) / joined[f"{metric}_A"].astype(float)
+    # B-only rows lack A's descriptive columns: take them from the cell key
+    missing = joined["case"].isna()
+    if missing.any():
+        parts = joined.loc[missing, "cell_key"].str.split("|", expand=True)
+        joined.loc[missing, "case"], joined.loc[missing, "backend"], joined.loc[missing, "dtype"] = \
+            parts[0], parts[2], parts[3]
+    joined["in"] = joined.pop("_merge").map({"both": "A and B", "left_only": "A only", "right_only": "B only"})
+    order = ["case", *extra, "backend", "dtype", "status_A", "status_B", f"{metric}_A", f"{metric}_B",
+             "ratio_B_over_A", "in"]
+    return joined[[c for c in order if c in joined]]
+
+
+def compare(dir_a, dir_b) -> str:
+    dir_a, dir_b = Path(dir_a), Path(dir_b)
+    experiment = experiment_of(dir_a)
+    if experiment_of(dir_b) != experiment:
+        raise SystemExit(f"cannot compare a {experiment!r} run ({dir_a}) with a {experiment_of(dir_b)!r} run "
+                         f"({dir_b})")
+    meta_a, meta_b = (json.loads((d / "meta.json").read_text()) for d in (dir_a, dir_b))
+    lines = [f"# Comparison of two {experiment} runs", "",
+             f"- A: `{dir_a}` (run `{meta_a.get('run_id')}`, commit `{meta_a.get('git', {}).get('commit')}`)",
+             f"- B: `{dir_b}` (run `{meta_b.get('run_id')}`, commit `{meta_b.get('git', {}).get('commit')}`)", ""]
+    parts = [(name, dir_a / name, dir_b / name) for name in PARTS[experiment]] if experiment in PARTS else \
+        [(experiment, dir_a, dir_b)]
+    for name, part_a, part_b in parts:
+        metric, meaning = METRICS[name]
+        _, frame_a = load_run(part_a)
+        _, frame_b = load_run(part_b)
+        if frame_a.empty or frame_b.empty:
+            lines += [f"## {name}\n", "_(one of the runs has no rows)_\n"]
+            continue
+        table = compare_frames(frame_a, frame_b, metric)
+        lines += [f"## {name}: {metric}, ratio B / A (< 1: {meaning})\n",
+                  markdown_table(table, floatfmt=".4g", index=False)]
+        both = table["ratio_B_over_A"].replace([np.inf, -np.inf], np.nan).dropna()
+        both = both[both > 0]
+        if len(both):
+            lines.append(f"\nGeometric mean of B / A over {len(both)} cells with both values: "
+                         f"**{float(np.exp(np.log(both).mean())):.3g}**.\n")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="one run to rebuild, or two to compare")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the comparison goes (default DIR_B/compare-<DIR_A name>.md)")
+    args = parser.parse_args(argv)
+    if len(args.runs) == 1:
+        path = rebuild(args.runs[0])
+        print(f"rebuilt {path}")
+        return path
+    if len(args.runs) != 2:
+        parser.error(f"give one run directory (rebuild) or two (compare), got {len(args.runs)}")
+    text = compare(*args.runs)
+    out = args.out or args.runs[1] / f"compare-{args.runs[0].resolve().name}.md"
+    atomic_write_text(out, text)
+    print(text)
+    print(f"comparison written to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
