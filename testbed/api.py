@@ -73,14 +73,18 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if not ok:
         raise BackendUnavailable(f"backend {impl.name!r} is unavailable here: {why}")
 
+    on_device = is_device_array(x)
     unbatched = len(x.shape) == 3
     if unbatched:
-        x = x[None]
+        x = x.reshape((1, *x.shape))        # reshape, not x[None]: device arrays may not support None indexing
     if problem.batch == 0:
         y = np.zeros(problem.output_shape, dtype=problem.dtype)
+        if on_device:
+            from numba import cuda
+            y = cuda.to_device(y)
     else:
-        if not is_device_array(x):
+        if not on_device:
             x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
             b = None if b is None else np.ascontiguousarray(b)
         y = impl.run(x, w, b, problem)
-    return y[0] if unbatched else y
+    return y.reshape(tuple(y.shape[1:])) if unbatched else y

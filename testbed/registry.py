@@ -116,4 +116,7 @@ def backend_status() -> dict[str, str]:
 
 
 def is_device_array(value) -> bool:
-    return hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray)
+    """A CUDA device array: anything with ``__cuda_array_interface__``, or the CUDA simulator's stand-in."""
+    if isinstance(value, np.ndarray):
+        return False
+    return hasattr(value, "__cuda_array_interface__") or type(value).__module__.startswith("numba.cuda.simulator")
