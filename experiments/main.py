@@ -75,7 +75,9 @@ def write_report(run_dir) -> str:
                       f"Median time per call (ms) and speedup over **{speed_meta.get('baseline')}**; machine "
                       f"ceilings {speed_meta.get('gemm_gflops_f32', np.nan):.0f} GFLOP/s float32 GEMM, "
                       f"{speed_meta.get('copy_gbps', np.nan):.1f} GB/s copy. Details: "
-                      f"[speed/report.md](speed/report.md).\n"]
+                      f"[speed/report.md](speed/report.md)."
+                      + (f" Cells not run: {', '.join(speed_meta['excluded'])} (see `--exclude` of "
+                         f"experiments.speed)." if speed_meta.get("excluded") else "") + "\n"]
             for suite_name, group in ok.groupby("suite", sort=False):
                 for dtype, sub in group.groupby("dtype", sort=False):
                     parts += [f"### {suite_name} ({dtype}): median ms\n",

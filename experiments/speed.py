@@ -26,6 +26,10 @@ from testbed.storage import atomic_write_text
 from .common import finish, make_parser, selected_backends, start_run
 
 NAME = "speed"
+#: Cells left out unless --exclude says otherwise: on the U-Net shapes the oracle ``naive`` takes 5-15 s per
+#: call here, and ``fft`` holds the C_in·C_out kernel spectra (unet1: 1024·512·56·29 complex64 ≈ 6.8 GB, with
+#: the zero-inserted kernel ≈ 20 GB resident), more than this 24 GB machine shares safely.
+DEFAULT_EXCLUDE = "unet:naive,unet:fft"
 
 
 def suite_list(text: str) -> list[str]:
@@ -34,6 +38,25 @@ def suite_list(text: str) -> list[str]:
     if not names or any(name not in SUITES for name in names):
         raise argparse.ArgumentTypeError(f"--suite must be a comma list of {', '.join(SUITES)}; got {text!r}")
     return names
+
+
+def exclusion_list(text: str) -> list[tuple[str, str]]:
+    """argparse type: ``suite:backend`` pairs (``*`` matches any), or ``none``."""
+    import argparse
+    if text.strip().lower() == "none":
+        return []
+    pairs = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        suite_name, _, backend = item.partition(":")
+        if not backend or (suite_name != "*" and suite_name not in SUITES):
+            raise argparse.ArgumentTypeError(f"--exclude must be 'none' or a comma list of suite:backend "
+                                             f"(suite one of {', '.join(SUITES)} or *), got {text!r}")
+        pairs.append((suite_name, backend))
+    return pairs
+
+
+def excluded(pairs, suite_name: str, backend: str) -> bool:
+    return any(s in ("*", suite_name) and b in ("*", backend) for s, b in pairs)
 
 
 def default_baseline() -> str:
@@ -46,6 +69,9 @@ def build_parser():
                         help="comma list of suites (default unet,decoder,tiny; tiny with --quick)")
     parser.add_argument("--baseline", default=None,
                         help="backend the speedups are relative to (default torch if available, else col2im)")
+    parser.add_argument("--exclude", type=exclusion_list, default=exclusion_list(DEFAULT_EXCLUDE),
+                        help=f"suite:backend cells not to run, or 'none' (default {DEFAULT_EXCLUDE}: the oracle "
+                             f"takes seconds per call and fft needs ~20 GB on the U-Net shapes)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed repeats per cell after warm-up (default 0.3; 0.01 with --quick)")
     return parser
@@ -93,11 +119,13 @@ def main(argv=None, *, out=None, suites=None):
     if args.budget is not None:
         settings = TimingSettings(settings.warmup, settings.min_repeats, settings.max_repeats, args.budget)
     run_dir, meta = start_run(NAME, args, argv, lambda: {"suites": suites, "baseline": baseline,
+                                                          "excluded": [f"{s}:{b}" for s, b in args.exclude],
                                                           "timing": settings.__dict__,
                                                           **machine_ceilings(args.quick)}, out=out)
     backends = selected_backends(args)
     cells = [cell for name in suites
-             for cell in grid(suite(name), backends, args.dtypes, tags=(("suite", name),))]
+             for cell in grid(suite(name), [b for b in backends if not excluded(args.exclude, name, b)],
+                              args.dtypes, tags=(("suite", name),))]
     run_sweep(cells, make_measure(args.seed, settings), run_dir, resume=args.resume,
               progress=not args.no_progress, desc=NAME, finalize=add_speedup(meta.get("baseline", baseline)))
     write_report(run_dir)
@@ -120,6 +148,8 @@ def write_report(run_dir) -> str:
              f"speedups: **{meta.get('baseline')}** (> 1 = faster). Times are medians of warm calls through "
              f"`conv_transpose2d`; first call = the call before warm-up (includes Numba compilation or cache "
              f"load).\n"]
+    if meta.get("excluded"):
+        parts.append(f"Cells not run (--exclude): {', '.join(meta['excluded'])}.\n")
     if not frame.empty and "median_s" in frame:
         ok = frame[frame["status"] == "ok"].copy()
         ok["median_ms"] = ok["median_s"] * 1e3

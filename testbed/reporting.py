@@ -89,8 +89,7 @@ def heatmap_figure(matrix, title: str, colorbar_label: str, path, *, annotate_fm
     fig, ax = new_figure(figsize=(1.0 + 0.75 * len(cols), 1.2 + 0.4 * len(rows)))
     masked = np.ma.masked_invalid(values)
     import matplotlib
-    colormap = matplotlib.colormaps[cmap].copy()
-    colormap.set_bad("#dddddd")
+    colormap = matplotlib.colormaps[cmap].with_extremes(bad="#dddddd")
     image = ax.imshow(masked, aspect="auto", cmap=colormap, vmin=vmin, vmax=vmax)
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), rows)

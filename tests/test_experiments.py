@@ -1,0 +1,190 @@
+"""Every experiment end to end in --quick mode into a temporary directory: the files it promises, their
+columns, real PNG figures, report rebuild and comparison, and a killed run completed by --resume."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.image
+import pandas as pd
+import pytest
+
+from experiments import checkerboard, correctness, main as main_job, report, scaling, seed, speed
+from testbed.metadata import PROJECT_ROOT
+from testbed.registry import available_backends
+from testbed.runner import ROW_COLUMNS
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+META_KEYS = {"experiment", "run_id", "utc_time", "git", "versions", "cpu_model", "threads", "device", "seed",
+             "command", "quick", "backends"}
+FAST = "naive,col2im,kron"     # a few quick backends where the experiment is not about all of them
+
+
+def check_run(run_dir: Path, experiment: str, metrics=()) -> pd.DataFrame:
+    """The common promises of a run directory; returns its results table."""
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert META_KEYS <= set(meta) and meta["experiment"] == experiment
+    assert {"python", "numpy", "scipy", "numba", "pandas"} <= set(meta["versions"])
+    assert {"commit", "dirty"} <= set(meta["git"])
+    frame = pd.read_csv(run_dir / "results.csv")
+    assert len(frame) > 0 and frame["cell_key"].is_unique
+    assert set(ROW_COLUMNS) <= set(frame.columns) and set(metrics) <= set(frame.columns)
+    assert set(frame["status"]) <= {"ok", "unsupported", "unavailable", "error", "simulator: not timed"}
+    assert not (frame["status"] == "error").any(), frame[frame["status"] == "error"][["backend", "message"]]
+    text = (run_dir / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert linked, "the report links no figure"
+    for name in linked:
+        check_png(run_dir / name)
+    return frame
+
+
+def check_png(path: Path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and min(image.shape[:2]) > 100, (path, image.shape)
+    assert image.std() > 0.01, f"{path} is blank"
+
+
+def truthy(series):
+    return series.astype(str).str.lower() == "true"
+
+
+def test_every_experiment_has_help(capsys):
+    for module in (correctness, speed, scaling, seed, checkerboard, main_job):
+        with pytest.raises(SystemExit) as info:
+            module.build_parser().parse_args(["--help"])
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        for flag in ("--quick", "--out", "--backends", "--seed", "--resume"):
+            assert flag in out, (module.NAME, flag)
+
+
+def test_unknown_backend_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        correctness.build_parser().parse_args(["--backends", "naive,nonesuch"])
+    assert "unknown: nonesuch" in capsys.readouterr().err
+
+
+def test_correctness_quick(tmp_path):
+    run_dir = correctness.main(["--quick", "--no-progress", "--out", str(tmp_path / "run")])
+    frame = check_run(run_dir, "correctness", ["rel_l2", "max_abs", "bitwise_equal", "adjoint_residual",
+                                               "passed"])
+    assert set(frame["backend"]) == set(available_backends())
+    assert set(frame["dtype"]) == {"float32", "float64"}
+    ok = frame[frame["status"] == "ok"]
+    assert truthy(ok["passed"]).all(), ok[~truthy(ok["passed"])]
+    assert (ok.loc[ok["backend"] == "naive", "rel_l2"] <= 1e-6).all()
+
+
+def test_correctness_integer_fill_reports_bitwise_backends(tmp_path):
+    run_dir = correctness.main(["--quick", "--no-progress", "--fill", "int", "--dtypes", "float32",
+                                "--backends", "naive,fft,col2im", "--out", str(tmp_path / "run")])
+    frame = check_run(run_dir, "correctness", ["bitwise_equal"])
+    assert truthy(frame.loc[frame["backend"] == "naive", "bitwise_equal"]).all()
+    text = (run_dir / "report.md").read_text()
+    assert "Bitwise equal on every cell:** naive" in text
+
+
+def test_speed_quick(tmp_path):
+    run_dir = speed.main(["--quick", "--no-progress", "--backends", FAST, "--baseline", "col2im",
+                          "--out", str(tmp_path / "run")])
+    frame = check_run(run_dir, "speed", ["first_call_s", "median_s", "min_s", "iqr_s", "repeats", "gflops",
+                                         "gbps", "speedup", "flops", "bytes_moved"])
+    ok = frame[frame["status"] == "ok"]
+    assert (ok["median_s"] > 0).all() and (ok["min_s"] <= ok["median_s"]).all()
+    assert (ok.loc[ok["backend"] == "col2im", "speedup"] == 1).all()
+    assert set(frame["suite"]) == {"tiny"}
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["gemm_gflops_f32"] > 0 and meta["copy_gbps"] > 0
+    assert (frame.loc[frame["case"].eq("tiny_k3s2") & frame["backend"].eq("kron"), "status"] == "unsupported").all()
+
+
+def test_scaling_quick(tmp_path):
+    run_dir = scaling.main(["--quick", "--no-progress", "--backends", FAST + ",numba_cpu",
+                            "--out", str(tmp_path / "run")])
+    frame = check_run(run_dir, "scaling", ["median_s", "sweep", "x"])
+    assert {"size", "channels"} <= set(frame["sweep"])
+    text = (run_dir / "report.md").read_text()
+    assert "Fitted log-log slopes" in text
+    assert ("threads" in set(frame["sweep"])) or "Skipped:" in text
+
+
+def test_scaling_skips_threads_without_numba_cpu(tmp_path):
+    run_dir = scaling.main(["--quick", "--no-progress", "--backends", "kron", "--out", str(tmp_path / "run")])
+    assert "Skipped: numba_cpu is not" in (run_dir / "report.md").read_text()
+
+
+def test_seed_quick(tmp_path, capsys):
+    run_dir = seed.main(["--quick", "--no-progress", "--out", str(tmp_path / "run")])
+    frame = check_run(run_dir, "seed", ["blocks_exact", "max_abs_diff", "passed", "upsampling"])
+    ok = frame[frame["status"] == "ok"]
+    assert truthy(ok["passed"]).all()
+    assert set(ok["upsampling"]) == {2, 3, 4}
+    assert truthy(ok.loc[ok["backend"] == "naive", "blocks_exact"]).all()
+    assert "6 blocks of 2x2 == kernel × pixel exactly" in capsys.readouterr().out
+
+
+def test_checkerboard_quick(tmp_path):
+    run_dir = checkerboard.main(["--quick", "--no-progress", "--out", str(tmp_path / "run")])
+    frame = check_run(run_dir, "checkerboard", ["unevenness", "stride_divides_kernel", "passed"])
+    naive = frame[frame["backend"] == "naive"].set_index("case")
+    assert naive.loc["k3s2", "unevenness"] > 0.5 and naive.loc["k5s3", "unevenness"] > 0.5
+    assert (naive.loc[["k2s2", "k4s2", "k3s1"], "unevenness"] == 0).all()
+    assert truthy(frame.loc[frame["status"] == "ok", "passed"]).all()
+
+
+def test_main_quick_then_rebuild_and_compare(tmp_path):
+    first = main_job.main(["--quick", "--no-progress", "--backends", FAST, "--out", str(tmp_path / "a")])
+    check_run(first / "correctness", "correctness")
+    check_run(first / "speed", "speed")
+    summary = (first / "report.md").read_text()
+    assert "## Correctness against the naive oracle" in summary and "## Speed" in summary
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", summary):
+        check_png(first / name)
+
+    # rebuild from the saved files only: remove the report and figures, then bring them back
+    for path in list(first.rglob("*.png")) + list(first.rglob("report.md")):
+        path.unlink()
+    report.main([str(first)])
+    assert (first / "report.md").read_text() == summary
+    check_png(first / "speed" / "roofline.png")
+
+    second = speed.main(["--quick", "--no-progress", "--backends", "naive,kron", "--out", str(tmp_path / "b")])
+    out = report.main([str(first / "speed"), str(second)])
+    text = Path(out).read_text()
+    assert "ratio B / A" in text and "A and B" in text and "A only" in text
+    with pytest.raises(SystemExit, match="cannot compare"):
+        report.main([str(first / "correctness"), str(second)])
+
+
+def test_killed_run_keeps_rows_and_resume_completes_it(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "experiments.speed", "--quick", "--no-progress", "--backends", "naive,col2im",
+               "--budget", "0.4", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    rows = out / "rows.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if rows.exists() and len(rows.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed; raise --budget"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    kept = [json.loads(line)["cell_key"] for line in rows.read_text().splitlines() if line.endswith("}")]
+    assert 2 <= len(kept) < 8
+
+    run_dir = speed.main(["--quick", "--no-progress", "--backends", "naive,col2im", "--budget", "0.01",
+                          "--out", str(out), "--resume"])
+    frame = pd.read_csv(run_dir / "results.csv")
+    assert len(frame) == 8 and frame["cell_key"].is_unique      # 4 tiny cases × 2 backends
+    assert set(kept) <= set(frame["cell_key"])
+    assert "resumed" in json.loads((run_dir / "meta.json").read_text())
