@@ -115,7 +115,12 @@ def grouped_bar_figure(table, title: str, ylabel: str, path, *, log: bool = True
     ax.set_ylabel(ylabel)
     ax.set_xlabel("case")
     if log:
+        from matplotlib.ticker import FuncFormatter
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3, which="both")
     ax.legend(fontsize=8, title="backend", loc="upper left", bbox_to_anchor=(1.01, 1.0))

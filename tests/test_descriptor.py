@@ -29,7 +29,7 @@ def problems(draw):
         assume(False)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(problems())
 def test_round_trip_of_random_valid_problems(problem):
     text = format_descriptor(problem)

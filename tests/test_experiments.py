@@ -131,7 +131,8 @@ def test_seed_quick(tmp_path, capsys):
 
 
 def test_checkerboard_quick(tmp_path):
-    run_dir = checkerboard.main(["--quick", "--no-progress", "--out", str(tmp_path / "run")])
+    run_dir = checkerboard.main(["--quick", "--no-progress", "--backends", FAST + ",fft",
+                                 "--out", str(tmp_path / "run")])
     frame = check_run(run_dir, "checkerboard", ["unevenness", "stride_divides_kernel", "passed"])
     naive = frame[frame["backend"] == "naive"].set_index("case")
     assert naive.loc["k3s2", "unevenness"] > 0.5 and naive.loc["k5s3", "unevenness"] > 0.5
