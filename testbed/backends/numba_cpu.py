@@ -90,21 +90,19 @@ def _interleave(phases, bias, y, offset_h, offset_w, limit_h, limit_w):
 
 
 @njit(parallel=True, cache=True)
-def _build_columns(x, row_taps, col_taps, per_group, columns):
-    """``columns[g, (th·Tw + tw)·Ci_g + ci, n, m, l] = x[n, g·Ci_g + ci, m + off_h, l + off_w]`` where
-    ``row_taps[th] = (kh, off_h, lo_h, hi_h)`` and ``col_taps[tw] = (kw, off_w, lo_w, hi_w)``; zero outside
-    ``lo <= m < hi``, ``lo <= l < hi`` (the tap's input pixel lies outside the image). Columns is
-    ``(G, T·Ci_g, N, R, C)``; one thread per (group, tap, channel, image) block."""
+def _build_columns(x, taps, per_group, columns):
+    """The column buffer of every phase at once: ``columns[g, t·Ci_g + ci, n, m, l] = x[n, g·Ci_g + ci,
+    m + off_h, l + off_w]`` for ``taps[t] = (off_h, lo_h, hi_h, off_w, lo_w, hi_w)``, zero outside
+    ``lo_h <= m < hi_h``, ``lo_w <= l < hi_w`` (the tap's input pixel lies outside the image).
+    ``columns`` is ``(G, T·Ci_g, N, R, C)``; one thread per (group, tap, channel, image) block."""
     groups, depth, batch, rows, cols = columns.shape
-    taps_w = col_taps.shape[0]
     for block in prange(groups * depth * batch):
         g = block // (depth * batch)
         k = (block // batch) % depth
         n = block % batch
         t, ci = k // per_group, k % per_group
-        off_h, lo_h, hi_h = row_taps[t // taps_w, 1], row_taps[t // taps_w, 2], row_taps[t // taps_w, 3]
-        off_w, lo_w, hi_w = col_taps[t % taps_w, 1], col_taps[t % taps_w, 2], col_taps[t % taps_w, 3]
-        lo_w, hi_w = min(lo_w, cols), min(hi_w, cols)
+        off_h, lo_h, hi_h = taps[t, 0], taps[t, 1], taps[t, 2]
+        off_w, lo_w, hi_w = taps[t, 3], min(taps[t, 4], cols), min(taps[t, 5], cols)
         plane = x[n, g * per_group + ci]
         out = columns[g, k, n]
         for m in range(rows):
@@ -173,11 +171,6 @@ def _nonoverlap_gemm(x, weight, bias, problem):
     return y
 
 
-def _tap_table(phase):
-    """``(ph, rows, taps)`` of :func:`phase_subkernels` as an int64 ``(T, 4)`` array of (k, off, lo, hi)."""
-    return np.array(phase[2], dtype=np.int64).reshape(-1, 4)
-
-
 def _phase_gemm(x, weight, bias, problem):
     g, cig, cog = problem.groups, problem.in_per_group, problem.out_per_group
     (sh, sw), (ho, wo) = problem.stride, problem.out_size
@@ -186,32 +179,37 @@ def _phase_gemm(x, weight, bias, problem):
     col_phases = phase_subkernels(wo, problem.in_size[1], problem.kernel_size[1], sw, problem.padding[1],
                                   problem.dilation[1])
     rows, cols = -(-ho // sh), -(-wo // sw)          # the largest phase; smaller ones leave a row/col unused
-    max_taps = max(len(p[2]) for p in row_phases) * max(len(p[2]) for p in col_phases)
-    image_bytes = max(max_taps, 1) * problem.in_channels * rows * cols * problem.dtype.itemsize
-    chunk = max(1, min(problem.batch, COLUMN_BUFFER_BYTES // image_bytes))
     w_g = weight.reshape(g, cig, cog, *problem.kernel_size)
+    # Every phase's taps in one table, so one parallel call builds all column buffers and the BLAS calls
+    # then run back to back (alternating Numba's and BLAS's thread pools costs more than the copies).
+    phase_list, taps = [], []
+    for ph, _, row_taps in row_phases:
+        for pw, _, col_taps in col_phases:
+            first = len(taps)
+            taps += [(oh, lh, hh, ow, lw, hw) for _, oh, lh, hh in row_taps for _, ow, lw, hw in col_taps]
+            kh = np.array([t[0] for t in row_taps], dtype=np.int64)
+            kw = np.array([t[0] for t in col_taps], dtype=np.int64)
+            # (G, Co_g, Th, Tw, Ci_g) → (G, Co_g, T·Ci_g), matching the column rows (th, tw, ci).
+            sub_kernel = w_g[:, :, :, kh[:, None], kw[None, :]].transpose(0, 2, 3, 4, 1)
+            phase_list.append((ph, pw, first, len(taps), sub_kernel.reshape(g, cog, -1)))
+    taps = np.array(taps, dtype=np.int64).reshape(-1, 6)
+    image_bytes = max(len(taps), 1) * problem.in_channels * rows * cols * problem.dtype.itemsize
+    chunk = max(1, min(problem.batch, COLUMN_BUFFER_BYTES // image_bytes))
     bias = _bias_or_zeros(bias, problem)
     y = np.empty(problem.output_shape, dtype=problem.dtype)
     for n0 in range(0, problem.batch, chunk):
         x_part, y_part = x[n0:n0 + chunk], y[n0:n0 + chunk]
         batch = x_part.shape[0]
+        columns = np.empty((g, len(taps) * cig, batch, rows, cols), dtype=problem.dtype)
+        _build_columns(x_part, taps, cig, columns)
+        columns = columns.reshape(g, len(taps) * cig, -1)
         # phases[a, b, g, co, n, m, l]: phase (a, b) of output channel g·Co_g + co.
         phases = np.empty((sh, sw, g, cog, batch, rows, cols), dtype=problem.dtype)
-        for ph, _, row_taps in row_phases:
-            for pw, _, col_taps in col_phases:
-                taps = len(row_taps) * len(col_taps)
-                if taps == 0:                        # s > d·(k-1)+1 gaps: no tap lands here, bias only
-                    phases[ph, pw] = 0
-                    continue
-                kh = np.array([t[0] for t in row_taps])
-                kw = np.array([t[0] for t in col_taps])
-                # (G, Co_g, Th, Tw, Ci_g) → (G, Co_g, T·Ci_g), matching the column rows (th, tw, ci).
-                sub_kernel = w_g[:, :, :, kh[:, None], kw[None, :]].transpose(0, 2, 3, 4, 1)
-                sub_kernel = sub_kernel.reshape(g, cog, taps * cig)
-                columns = np.empty((g, taps * cig, batch, rows, cols), dtype=problem.dtype)
-                _build_columns(x_part, _tap_table((ph, 0, row_taps)), _tap_table((pw, 0, col_taps)), cig,
-                               columns)
-                np.matmul(sub_kernel, columns.reshape(g, taps * cig, -1),
+        for ph, pw, first, last, sub_kernel in phase_list:
+            if first == last:                        # s > d·(k-1)+1 leaves gaps no tap reaches: bias only
+                phases[ph, pw] = 0
+            else:
+                np.matmul(sub_kernel, columns[:, first * cig:last * cig],
                           out=phases[ph, pw].reshape(g, cog, -1))
         _interleave(phases.reshape(sh, sw, problem.out_channels, batch, rows, cols), bias, y_part, 0, 0,
                     rows, cols)

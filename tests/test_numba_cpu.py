@@ -1,0 +1,160 @@
+"""``numba_cpu``: each of its paths is taken where expected and agrees with ``naive`` (float64) and ``torch``
+(float32); results are bitwise repeatable; NaN/inf follow the scatter definition; the wrapper copes with
+non-contiguous input. Also ``auto``'s rule. The registry-wide parity suite covers the rest."""
+
+import numpy as np
+import pytest
+
+import testbed
+import testbed.cases
+from testbed.backends import auto, numba_cpu
+from testbed.problem import Problem
+
+from conftest import RTOL, rel_error
+
+NAIVE = testbed.get_backend("naive")
+
+
+def _problem(c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
+             batch=1, bias=True, dtype=np.float64):
+    return Problem(batch=batch, in_channels=c_in, in_size=size, out_channels=c_out, kernel_size=kernel,
+                   stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
+                   groups=groups, dtype=dtype, has_bias=bias)
+
+
+# (configuration, the path choose_path must take). Asymmetric sizes, strides, paddings everywhere.
+CASES = {
+    "unet_k2s2": (_problem(8, 4, (5, 6), 2, 2), "nonoverlap_gemm"),
+    "nonoverlap_asym_pad_op": (_problem(6, 4, (4, 5), (2, 3), (2, 3), padding=(1, 2), output_padding=(1, 0),
+                                        batch=2), "nonoverlap_gemm"),
+    "nonoverlap_groups": (_problem(8, 12, (3, 4), 3, 3, groups=2, bias=False), "nonoverlap_gemm"),
+    "k4s2p1": (_problem(8, 6, (5, 4), 4, 2, 1, batch=2), "phase_gemm"),
+    "k3s2p1op1_asym": (_problem(6, 8, (4, 7), (3, 2), (2, 3), (1, 0), (1, 2)), "phase_gemm"),
+    "stride1_dilation": (_problem(5, 7, (6, 5), (3, 2), 1, (2, 1), dilation=(2, 3)), "phase_gemm"),
+    "stride_gt_kernel": (_problem(4, 6, (3, 4), 2, (3, 4), output_padding=(2, 1)), "phase_gemm"),
+    "stride_and_dilation": (_problem(8, 8, (4, 5), 3, 2, 2, 1, dilation=2, groups=2), "phase_gemm"),
+    "big_padding": (_problem(4, 8, (5, 5), 5, 2, 4, 1), "phase_gemm"),
+    "depthwise": (_problem(6, 6, (5, 6), 4, 2, 1, groups=6, batch=2), "direct"),
+    "depth_multiplier": (_problem(3, 6, (5, 4), 3, (2, 1), 1, groups=3), "direct"),
+    "tiny_channels": (_problem(1, 2, (3, 4), 3, 2, bias=False), "direct"),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_choose_path(name):
+    problem, path = CASES[name]
+    assert numba_cpu.choose_path(problem) == path
+
+
+def test_nonfinite_weight_takes_direct():
+    problem, _ = CASES["k4s2p1"]
+    _, weight, _ = problem.random_arrays(0)
+    weight[0, 0, 0, 0] = np.inf
+    assert numba_cpu.choose_path(problem, weight) == "direct"
+
+
+def _oracle(x, weight, bias, problem):
+    as64 = (lambda a: None if a is None else a.astype(np.float64))
+    return NAIVE.run(as64(x), as64(weight), as64(bias), problem.with_(dtype=np.float64))
+
+
+@pytest.mark.parametrize("path", numba_cpu.PATHS)
+@pytest.mark.parametrize("name", CASES)
+def test_every_path_matches_naive_float64(name, path):
+    """Each path is forced on every configuration it can compute, not just the one it is chosen for."""
+    problem, _ = CASES[name]
+    if path == "nonoverlap_gemm" and not problem.is_nonoverlapping:
+        pytest.skip("nonoverlap_gemm needs stride == kernel, dilation 1")
+    x, weight, bias = problem.random_arrays(1)
+    y = numba_cpu._RUNNERS[path](x, weight, bias, problem)
+    assert y.shape == problem.output_shape and y.dtype == np.float64
+    assert rel_error(y, _oracle(x, weight, bias, problem)) < RTOL[np.dtype(np.float64)]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_float32_matches_torch_and_naive(name):
+    pytest.importorskip("torch")
+    problem = CASES[name][0].with_(dtype=np.float32)
+    x, weight, bias = problem.random_arrays(2)
+    y = testbed.conv_transpose2d(x, weight, bias, problem.stride, problem.padding, problem.output_padding,
+                                 problem.groups, problem.dilation, backend="numba_cpu")
+    assert y.dtype == np.float32
+    reference = testbed.get_backend("torch").run(x, weight, bias, problem)
+    assert rel_error(y, reference) < RTOL[np.dtype(np.float32)]
+    assert rel_error(y, _oracle(x, weight, bias, problem)) < RTOL[np.dtype(np.float32)]
+
+
+@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "depthwise"])
+def test_bitwise_repeatable_and_inputs_untouched(name):
+    problem = CASES[name][0].with_(batch=3, in_size=(17, 19), dtype=np.float32)
+    x, weight, bias = problem.random_arrays(3)
+    copies = [a.copy() for a in (x, weight, bias)]
+    backend = testbed.get_backend("numba_cpu")
+    first, second = backend.run(x, weight, bias, problem), backend.run(x, weight, bias, problem)
+    assert np.array_equal(first, second)
+    for original, copy in zip((x, weight, bias), copies):
+        assert np.array_equal(original, copy)
+
+
+@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "depthwise"])
+def test_noncontiguous_input(name):
+    problem = CASES[name][0]
+    x, weight, bias = problem.random_arrays(4)
+    # A Fortran-ordered copy and a strided view hold the same values as the C-ordered input.
+    wide = np.zeros(x.shape[:-1] + (2 * x.shape[-1],))
+    wide[..., ::2] = x
+    args = (problem.stride, problem.padding, problem.output_padding, problem.groups, problem.dilation)
+    expected = testbed.conv_transpose2d(x, weight, bias, *args, backend="numba_cpu")
+    for view in (np.asfortranarray(x), wide[..., ::2]):
+        assert np.array_equal(testbed.conv_transpose2d(view, weight, bias, *args, backend="numba_cpu"),
+                              expected)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "stride_gt_kernel", "depthwise"])
+def test_nan_and_inf_reach_exactly_the_outputs_of_the_definition(name):
+    problem = CASES[name][0]
+    x, weight, bias = problem.random_arrays(5)
+    x[0, 0, 1, 2] = np.nan
+    x[-1, -1, -1, 0] = np.inf
+    weight[0, 0, -1, 0] = -np.inf            # forces "direct": a border tap whose input is out of range
+    for w in (problem.random_arrays(5)[1], weight):
+        y = testbed.get_backend("numba_cpu").run(x, w, bias, problem)
+        reference = _oracle(x, w, bias, problem)
+        assert np.array_equal(np.isnan(y), np.isnan(reference))
+        assert np.array_equal(np.isposinf(y), np.isposinf(reference))
+        assert np.array_equal(np.isneginf(y), np.isneginf(reference))
+
+
+def test_phase_gemm_batch_chunks(monkeypatch):
+    """A column buffer over the limit is built for a slice of the batch at a time; the result is the same."""
+    problem = CASES["k4s2p1"][0].with_(batch=5)
+    x, weight, bias = problem.random_arrays(6)
+    whole = numba_cpu._phase_gemm(x, weight, bias, problem)
+    monkeypatch.setattr(numba_cpu, "COLUMN_BUFFER_BYTES", 1)
+    assert np.array_equal(numba_cpu._phase_gemm(x, weight, bias, problem), whole)
+
+
+# ---- auto --------------------------------------------------------------------------------------------------
+
+def test_auto_sends_unet_shapes_to_numba_cpu():
+    for problem in testbed.cases.suite("unet").values():
+        assert auto.choose_backend(problem).name == "numba_cpu"
+
+
+@pytest.mark.parametrize("suite", ["unet", "decoder", "tiny"])
+def test_auto_without_torch(monkeypatch, suite):
+    from testbed.backends import torch_backend
+    monkeypatch.setattr(torch_backend, "_torch", lambda: None)
+    assert not testbed.get_backend("torch").available
+    for problem in testbed.cases.suite(suite).values():
+        chosen = auto.choose_backend(problem)
+        assert chosen.name != "torch" and chosen.available and chosen.supports(problem)
+
+
+def test_auto_runs_every_tiny_case():
+    for problem in testbed.cases.suite("tiny").values():
+        problem = problem.with_(dtype=np.float64, has_bias=True)
+        x, weight, bias = problem.random_arrays(7)
+        y = testbed.get_backend("auto").run(x, weight, bias, problem)
+        assert rel_error(y, _oracle(x, weight, bias, problem)) < RTOL[np.dtype(np.float64)]
