@@ -70,7 +70,7 @@ def latest_run(name: str) -> Path:
 
 def start_run(name: str, args, argv, extra_meta: dict | None = None, *, out: Path | None = None):
     """Create (or, with ``--resume``, reopen) the run directory and write its meta.json; ``(dir, meta)``."""
-    command = list(sys.argv if argv is None else [f"-m experiments.{name}", *argv])
+    command = [f"-m experiments.{name}", *(sys.argv[1:] if argv is None else argv)]
     rid = run_id()
     out = out or args.out
     if out is None:

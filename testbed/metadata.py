@@ -81,6 +81,10 @@ def device_info() -> dict:
 
 def _threads() -> dict:
     threads = {"cpu_count": os.cpu_count()}
+    try:  # other processes on a shared machine are the main source of timing noise: record how busy it was
+        threads["load_average_1_5_15min"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        threads["load_average_1_5_15min"] = None
     try:
         threads["affinity"] = len(os.sched_getaffinity(0))
     except AttributeError:

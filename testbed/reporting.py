@@ -55,7 +55,9 @@ def report_header(meta: dict, title: str) -> str:
     lines = [f"# {title}", "",
              f"- run: `{meta.get('run_id')}` at {meta.get('utc_time')}, commit `{git.get('commit')}`{dirty}",
              f"- machine: {meta.get('cpu_model')}, {threads.get('cpu_count')} cores, numba threads "
-             f"{threads.get('numba_threads')}, torch threads {threads.get('torch_threads')}, GPU: {gpu}",
+             f"{threads.get('numba_threads')}, torch threads {threads.get('torch_threads')}, GPU: {gpu}; load "
+             f"average at start {threads.get('load_average_1_5_15min')} (1/5/15 min; above the core count, "
+             f"other processes compete and timings are noisy)",
              f"- versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if v),
              f"- command: `{' '.join(str(a) for a in meta.get('command', []))}`"
              + (" (quick mode)" if meta.get("quick") else ""),
