@@ -165,7 +165,9 @@ def write_report(run_dir) -> str:
             heatmap_figure(matrix, f"log10 relative L2 error vs naive oracle ({dtype})",
                            "log10(relative L2 error); -17 = exact", path, vmin=-17, vmax=0)
             figures.append(f"![log10 error heatmap {dtype}]({path.name})")
-        parts += ["\n## Error heatmaps (backend × case)\n", "\n\n".join(figures) + "\n"]
+        parts += ["\n## Error heatmaps (backend × case)\n",
+                  "Values are log10 of the relative L2 error (−17 marks an exact result); grey cells marked – "
+                  "are configurations the backend does not support.\n", "\n\n".join(figures) + "\n"]
         columns = ["case", "descriptor", "backend", "dtype", "status", "rel_l2", "max_abs", "bitwise_equal",
                    "adjoint_residual", "passed"]
         parts += ["\n## Status per backend\n", status_table(frame),
