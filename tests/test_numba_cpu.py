@@ -28,12 +28,12 @@ CASES = {
     "nonoverlap_asym_pad_op": (_problem(6, 4, (4, 5), (2, 3), (2, 3), padding=(1, 2), output_padding=(1, 0),
                                         batch=2), "nonoverlap_gemm"),
     "nonoverlap_groups": (_problem(8, 12, (3, 4), 3, 3, groups=2, bias=False), "nonoverlap_gemm"),
-    "k4s2p1": (_problem(8, 6, (5, 4), 4, 2, 1, batch=2), "phase_gemm"),
-    "k3s2p1op1_asym": (_problem(6, 8, (4, 7), (3, 2), (2, 3), (1, 0), (1, 2)), "phase_gemm"),
-    "stride1_dilation": (_problem(5, 7, (6, 5), (3, 2), 1, (2, 1), dilation=(2, 3)), "phase_gemm"),
-    "stride_gt_kernel": (_problem(4, 6, (3, 4), 2, (3, 4), output_padding=(2, 1)), "phase_gemm"),
-    "stride_and_dilation": (_problem(8, 8, (4, 5), 3, 2, 2, 1, dilation=2, groups=2), "phase_gemm"),
-    "big_padding": (_problem(4, 8, (5, 5), 5, 2, 4, 1), "phase_gemm"),
+    "k4s2p1": (_problem(8, 6, (5, 4), 4, 2, 1, batch=2), "gemm_col2im"),
+    "k3s2p1op1_asym": (_problem(6, 8, (4, 7), (3, 2), (2, 3), (1, 0), (1, 2)), "gemm_col2im"),
+    "stride1_dilation": (_problem(5, 7, (6, 5), (3, 2), 1, (2, 1), dilation=(2, 3)), "gemm_col2im"),
+    "stride_gt_kernel": (_problem(4, 6, (3, 4), 2, (3, 4), output_padding=(2, 1)), "gemm_col2im"),
+    "stride_and_dilation": (_problem(8, 8, (4, 5), 3, 2, 2, 1, dilation=2, groups=2), "gemm_col2im"),
+    "big_padding": (_problem(4, 8, (5, 5), 5, 2, 4, 1), "gemm_col2im"),
     "depthwise": (_problem(6, 6, (5, 6), 4, 2, 1, groups=6, batch=2), "direct"),
     "depth_multiplier": (_problem(3, 6, (5, 4), 3, (2, 1), 1, groups=3), "direct"),
     "tiny_channels": (_problem(1, 2, (3, 4), 3, 2, bias=False), "direct"),
@@ -124,15 +124,6 @@ def test_nan_and_inf_reach_exactly_the_outputs_of_the_definition(name):
         assert np.array_equal(np.isnan(y), np.isnan(reference))
         assert np.array_equal(np.isposinf(y), np.isposinf(reference))
         assert np.array_equal(np.isneginf(y), np.isneginf(reference))
-
-
-def test_phase_gemm_batch_chunks(monkeypatch):
-    """A column buffer over the limit is built for a slice of the batch at a time; the result is the same."""
-    problem = CASES["k4s2p1"][0].with_(batch=5)
-    x, weight, bias = problem.random_arrays(6)
-    whole = numba_cpu._phase_gemm(x, weight, bias, problem)
-    monkeypatch.setattr(numba_cpu, "COLUMN_BUFFER_BYTES", 1)
-    assert np.array_equal(numba_cpu._phase_gemm(x, weight, bias, problem), whole)
 
 
 # ---- auto --------------------------------------------------------------------------------------------------

@@ -1,53 +1,51 @@
-"""``numba_cpu``: parallel Numba kernels (``prange`` over output rows) around BLAS GEMMs, one algorithm per
-configuration, chosen by :func:`choose_path`:
+"""``numba_cpu``: parallel Numba kernels (``prange`` over output rows, each row owned by one thread) around
+at most one BLAS GEMM per group; the algorithm is chosen per configuration by :func:`choose_path`.
 
 ``nonoverlap_gemm`` (stride == kernel, dilation 1: the U-Net up-convolution). No two taps share an output, so
-``y[n, co, i·kH + a, j·kW + b] = Σ_ci W[ci, co, a, b] · x[n, ci, i, j]``: one GEMM per image and group,
-``(C_out/G·kH·kW × C_in/G) · (C_in/G × H·W)``, on the input exactly as it is laid out (no transpose, no
-column buffer), then one parallel pixel shuffle (depth-to-space) that writes every output once, with the
-padding crop, the ``output_padding`` rows (bias only) and the bias fused in.
+``y[n, co, i·kH + a, j·kW + b] = Σ_ci W[ci, co, a, b] · x[n, ci, i, j]``: one GEMM per group,
+``(C_out/G·kH·kW × C_in/G) · (C_in/G × N·H·W)``, then one parallel pixel shuffle (depth-to-space) that
+writes every output once, with the padding crop, the ``output_padding`` rows (bias only) and the bias fused.
 
-``phase_gemm`` (every other configuration with enough channels). The sub-pixel / phase decomposition
-(Shi et al. 2016, arXiv:1609.07009): output ``o = ph + s·m`` receives tap ``k`` iff
-``(ph + p - k·d) ≡ 0 (mod s)``, from input ``m + (ph + p - k·d)/s``. Per output phase ``(ph, pw)`` the
-``T`` taps that reach it form a dense stride-1 correlation of the *undilated* input, computed as one GEMM per
-group ``(C_out/G × T·C_in/G) · (T·C_in/G × N·rows·cols)`` over a per-phase column buffer (im2col of the
-phase's taps only: no multiplication by inserted zeros, exactly the useful work ``problem.flops``). The
-``s_h·s_w`` phase results are interleaved by the same shuffle as above, bias fused.
+``gemm_col2im`` (overlapping taps with GEMM-sized channels). The same GEMM gives every (input pixel, tap)
+product summed over input channels, ``columns[co, kh, kw, n, ih, iw]``; then a *gathering* col2im: each
+thread owns output rows and adds, for each tap ``kh`` with ``(oh + p - kh·d) ≡ 0 (mod s)``, the column
+entries that land in the row (Caffe's / PyTorch's ``slow_conv_transpose2d`` design, with its scatter
+turned into an output-stationary gather and the bias fused in). Only useful products are computed.
 
-``direct`` (depthwise and other tiny channel counts, and any weight holding NaN/inf). An output-stationary
-gather: each thread owns whole output rows ``y[n, co, oh, :]`` and adds, for every tap ``kh`` with
-``(oh + p - kh·d) ≡ 0 (mod s)`` and every input pixel in range, ``x[n, ci, ih, iw] · W[ci, co, kh, kw]``
-into ``oh``'s row.
+``direct`` (depthwise, other tiny channel products, and any weight holding NaN/inf). An output-stationary
+gather straight from ``x`` and ``W``: per output row, every tap and input channel of its group adds a
+contiguous run of ``x[n, ci, ih, :] · W[ci, co, kh, kw]`` into one phase of a phase-split row buffer
+(``ow = b + s·l`` stored at ``[b, l]``, so the inner loop is unit-stride), interleaved into ``y`` at the end.
 
-No thread ever writes an element another thread writes (rows are partitioned), and every summation order is
-fixed, so results are bitwise repeatable for a fixed thread count.
+Why so few BLAS calls (and not the per-phase sub-pixel GEMMs of ``polyphase``): on a busy 2-core host every
+multithreaded BLAS call and every Numba parallel region waits for its second thread to be scheduled, and
+alternating OpenBLAS's spinning pool with Numba's costs more than the arithmetic of a small GEMM. The
+sub-pixel form needs ``s_h·s_w`` GEMMs plus a column build; measured 3–10× slower than ``gemm_col2im`` on the
+decoder shapes here.
 
-NaN/inf: ``nonoverlap_gemm`` and ``direct`` combine exactly the (input pixel, tap) pairs of the scatter
-definition, so a NaN or inf reaches exactly the outputs the definition says. ``phase_gemm`` fills the column
-entries of out-of-range input pixels with zeros; with a finite weight these add exact zeros, but a NaN/inf
-*weight* would turn them into NaN at the borders. So ``run`` checks ``np.isfinite(weight)`` (cheap: the
-weight is small) and takes ``direct`` for a non-finite weight: the definition's propagation holds everywhere.
-(The only remaining difference is the sign of a zero: bias is added as ``+ 0.0`` when absent.)
+No thread ever writes an element another thread writes, and every summation order is fixed (bias first,
+then taps in ``(kh, kw)`` order, channels inside the GEMM), so results are bitwise repeatable.
+
+NaN/inf: every path combines exactly the (input pixel, tap) pairs of the scatter definition (no padding, no
+zero-inserted input), so NaN/inf in ``x`` or ``W`` reach exactly the outputs the definition says. The GEMM
+paths do combine *every* input channel with every tap inside BLAS, as the definition does. ``direct`` is
+also taken for non-finite weights so that no BLAS kernel's treatment of special values matters there. The
+only difference: bias is added as ``+ 0.0`` when absent, which turns a ``-0.0`` result into ``+0.0``.
 """
 
 import numpy as np
 from numba import njit, prange
 
 from ..registry import Backend, register
-from .polyphase import phase_subkernels
 
 __all__ = ["choose_path", "PATHS"]
 
-#: The algorithms of this backend, in the order :func:`choose_path` considers them.
-PATHS = ("direct", "nonoverlap_gemm", "phase_gemm")
+#: The algorithms of this backend.
+PATHS = ("direct", "nonoverlap_gemm", "gemm_col2im")
 
-#: ``direct`` below this many multiply-adds per (input pixel, tap), C_in/G · C_out/G: a GEMM that short
-#: (depthwise: 1) spends its time in call and packing overhead, while the gather loop is memory-bound anyway.
+#: ``direct`` below this product C_in/G · C_out/G: a GEMM that thin (depthwise: 1) spends its time in call
+#: and packing overhead, while the gather loop is memory-bound anyway.
 DIRECT_MAX_CHANNEL_PRODUCT = 16
-
-#: Column buffers of ``phase_gemm`` larger than this are built for a slice of the batch at a time.
-COLUMN_BUFFER_BYTES = 256 * 2 ** 20
 
 
 def choose_path(problem, weight=None) -> str:
@@ -58,7 +56,7 @@ def choose_path(problem, weight=None) -> str:
         return "direct"
     if problem.is_nonoverlapping:
         return "nonoverlap_gemm"
-    return "phase_gemm"
+    return "gemm_col2im"
 
 
 # ---- kernels ---------------------------------------------------------------------------------------------
@@ -90,65 +88,69 @@ def _interleave(phases, bias, y, offset_h, offset_w, limit_h, limit_w):
 
 
 @njit(parallel=True, cache=True)
-def _build_columns(x, taps, per_group, columns):
-    """The column buffer of every phase at once: ``columns[g, t·Ci_g + ci, n, m, l] = x[n, g·Ci_g + ci,
-    m + off_h, l + off_w]`` for ``taps[t] = (off_h, lo_h, hi_h, off_w, lo_w, hi_w)``, zero outside
-    ``lo_h <= m < hi_h``, ``lo_w <= l < hi_w`` (the tap's input pixel lies outside the image).
-    ``columns`` is ``(G, T·Ci_g, N, R, C)``; one thread per (group, tap, channel, image) block."""
-    groups, depth, batch, rows, cols = columns.shape
-    for block in prange(groups * depth * batch):
-        g = block // (depth * batch)
-        k = (block // batch) % depth
-        n = block % batch
-        t, ci = k // per_group, k % per_group
-        off_h, lo_h, hi_h = taps[t, 0], taps[t, 1], taps[t, 2]
-        off_w, lo_w, hi_w = taps[t, 3], min(taps[t, 4], cols), min(taps[t, 5], cols)
-        plane = x[n, g * per_group + ci]
-        out = columns[g, k, n]
-        for m in range(rows):
-            line = out[m]
-            if m < lo_h or m >= hi_h:
-                line[:] = 0
+def _col2im_gather(columns, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+    """col2im as a gather: ``y[n, c, oh, ow] = bias[c] + Σ columns[c, kh, kw, n, ih, iw]`` over the taps with
+    ``oh = ih·s_h - p_h + kh·d_h``, ``ow = iw·s_w - p_w + kw·d_w``. One thread per output row, which it
+    owns; the taps are added in (kh, kw) order."""
+    channels, k_h, k_w, batch, in_h, in_w = columns.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    for row in prange(batch * channels * out_h):
+        n = row // (channels * out_h)
+        c = (row // out_h) % channels
+        oh = row % out_h
+        line = y[n, c, oh]
+        line[:] = bias[c]
+        for kh in range(k_h):
+            shift = oh + pad_h - kh * dil_h
+            if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
                 continue
-            src = plane[m + off_h]
-            for l in range(lo_w):
-                line[l] = 0
-            for l in range(lo_w, hi_w):
-                line[l] = src[l + off_w]
-            for l in range(max(hi_w, lo_w), cols):
-                line[l] = 0
+            ih = shift // stride_h
+            for kw in range(k_w):
+                src = columns[c, kh, kw, n, ih]
+                start = kw * dil_w - pad_w                           # ow of input column 0
+                iw_lo = max(0, -(start // stride_w))                 # first iw with ow >= 0
+                iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
+                for iw in range(iw_lo, iw_hi):
+                    line[iw * stride_w + start] += src[iw]
 
 
 @njit(parallel=True, cache=True)
 def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
     """Output-stationary gather: ``y[n, co, oh, :] = bias[co] + Σ x[n, ci, ih, iw] · W[ci, co_g, kh, kw]``
     over the taps with ``oh = ih·s_h - p_h + kh·d_h`` and the input pixels whose ``ow`` is in range.
-    One thread per output row; only (pixel, tap) pairs of the scatter definition are combined."""
+    One thread per output plane ``(n, co)``; only (pixel, tap) pairs of the scatter definition are combined."""
     batch, in_channels, in_h, in_w = x.shape
     out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     per_group_in, per_group_out = in_channels // groups, out_channels // groups
     k_h, k_w = weight.shape[2], weight.shape[3]
-    for row in prange(batch * out_channels * out_h):
-        n = row // (out_channels * out_h)
-        co = (row // out_h) % out_channels
-        oh = row % out_h
+    phase_len = (out_w + stride_w - 1) // stride_w
+    for plane in prange(batch * out_channels):
+        n, co = plane // out_channels, plane % out_channels
         g, co_g = co // per_group_out, co % per_group_out
-        line = y[n, co, oh]
-        line[:] = bias[co]
-        for kh in range(k_h):
-            shift = oh + pad_h - kh * dil_h
-            if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
-                continue
-            ih = shift // stride_h
-            for ci in range(g * per_group_in, (g + 1) * per_group_in):
-                src = x[n, ci, ih]
-                for kw in range(k_w):
-                    w = weight[ci, co_g, kh, kw]
-                    start = kw * dil_w - pad_w                       # ow of input column 0
-                    iw_lo = max(0, -((start) // stride_w))            # first iw with ow >= 0
-                    iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
-                    for iw in range(iw_lo, iw_hi):
-                        line[iw * stride_w + start] += src[iw] * w
+        # acc[b, l] holds output column b + s_w·l, so each (tap, channel) adds one unit-stride run.
+        acc = np.empty((stride_w, phase_len), dtype=y.dtype)
+        for oh in range(out_h):
+            acc[:] = bias[co]
+            for kh in range(k_h):
+                shift = oh + pad_h - kh * dil_h
+                if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
+                    continue
+                ih = shift // stride_h
+                for ci in range(g * per_group_in, (g + 1) * per_group_in):
+                    src = x[n, ci, ih]
+                    for kw in range(k_w):
+                        w = weight[ci, co_g, kh, kw]
+                        start = kw * dil_w - pad_w                   # ow of input column 0
+                        iw_lo = max(0, -(start // stride_w))         # first iw with ow >= 0
+                        iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
+                        dst = acc[start % stride_w]
+                        shift_l = start // stride_w                  # ow = b + s·(iw + shift_l)
+                        for iw in range(iw_lo, iw_hi):
+                            dst[iw + shift_l] += src[iw] * w
+            line = y[n, co, oh]
+            for b in range(stride_w):
+                for l in range((out_w - b + stride_w - 1) // stride_w):
+                    line[b + stride_w * l] = acc[b, l]
 
 
 # ---- wrappers: allocate, pick the path, call the kernels -----------------------------------------------------
@@ -157,62 +159,32 @@ def _bias_or_zeros(bias, problem):
     return np.zeros(problem.out_channels, dtype=problem.dtype) if bias is None else bias
 
 
-def _nonoverlap_gemm(x, weight, bias, problem):
+def _gemm_columns(x, weight, problem):
+    """``columns[co, kh, kw, n, ih, iw] = Σ_ci W[ci, co, kh, kw] · x[n, ci, ih, iw]`` (ci over co's group):
+    one BLAS GEMM per group, the whole batch at once."""
     n, g = problem.batch, problem.groups
     (h, w), (kh, kw) = problem.in_size, problem.kernel_size
     cig, cog = problem.in_per_group, problem.out_per_group
-    # (G, Co_g·kH·kW, Ci_g): a transposed view; BLAS reads it with a transpose flag, nothing is copied.
-    weight_t = weight.reshape(g, cig, cog * kh * kw).transpose(0, 2, 1)
-    blocks = np.matmul(weight_t, x.reshape(n, g, cig, h * w))           # (N, G, Co_g·kH·kW, HW)
-    # As phases[a, b, c, n, i, j]: tap (a, b) of input pixel (i, j) is canvas pixel (i·kH + a, j·kW + b).
-    phases = blocks.reshape(n, problem.out_channels, kh, kw, h, w).transpose(2, 3, 1, 0, 4, 5)
+    weight_t = weight.reshape(g, cig, cog * kh * kw).transpose(0, 2, 1)    # (G, Co_g·kH·kW, Ci_g), a view
+    pixels = x.reshape(n, g, cig, h * w)
+    # (G, Ci_g, N·HW): the batch becomes GEMM columns (a copy of the input only when N > 1).
+    pixels = pixels[0] if n == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0, 3))
+    columns = np.matmul(weight_t, pixels.reshape(g, cig, n * h * w))      # (G, Co_g·kH·kW, N·HW)
+    return columns.reshape(problem.out_channels, kh, kw, n, h, w)
+
+
+def _nonoverlap_gemm(x, weight, bias, problem):
+    # phases[a, b, c, n, i, j]: tap (a, b) of input pixel (i, j) is canvas pixel (i·kH + a, j·kW + b).
+    phases = _gemm_columns(x, weight, problem).transpose(1, 2, 0, 3, 4, 5)
     y = np.empty(problem.output_shape, dtype=problem.dtype)
-    _interleave(phases, _bias_or_zeros(bias, problem), y, problem.padding[0], problem.padding[1], h, w)
+    _interleave(phases, _bias_or_zeros(bias, problem), y, *problem.padding, *problem.in_size)
     return y
 
 
-def _phase_gemm(x, weight, bias, problem):
-    g, cig, cog = problem.groups, problem.in_per_group, problem.out_per_group
-    (sh, sw), (ho, wo) = problem.stride, problem.out_size
-    row_phases = phase_subkernels(ho, problem.in_size[0], problem.kernel_size[0], sh, problem.padding[0],
-                                  problem.dilation[0])
-    col_phases = phase_subkernels(wo, problem.in_size[1], problem.kernel_size[1], sw, problem.padding[1],
-                                  problem.dilation[1])
-    rows, cols = -(-ho // sh), -(-wo // sw)          # the largest phase; smaller ones leave a row/col unused
-    w_g = weight.reshape(g, cig, cog, *problem.kernel_size)
-    # Every phase's taps in one table, so one parallel call builds all column buffers and the BLAS calls
-    # then run back to back (alternating Numba's and BLAS's thread pools costs more than the copies).
-    phase_list, taps = [], []
-    for ph, _, row_taps in row_phases:
-        for pw, _, col_taps in col_phases:
-            first = len(taps)
-            taps += [(oh, lh, hh, ow, lw, hw) for _, oh, lh, hh in row_taps for _, ow, lw, hw in col_taps]
-            kh = np.array([t[0] for t in row_taps], dtype=np.int64)
-            kw = np.array([t[0] for t in col_taps], dtype=np.int64)
-            # (G, Co_g, Th, Tw, Ci_g) → (G, Co_g, T·Ci_g), matching the column rows (th, tw, ci).
-            sub_kernel = w_g[:, :, :, kh[:, None], kw[None, :]].transpose(0, 2, 3, 4, 1)
-            phase_list.append((ph, pw, first, len(taps), sub_kernel.reshape(g, cog, -1)))
-    taps = np.array(taps, dtype=np.int64).reshape(-1, 6)
-    image_bytes = max(len(taps), 1) * problem.in_channels * rows * cols * problem.dtype.itemsize
-    chunk = max(1, min(problem.batch, COLUMN_BUFFER_BYTES // image_bytes))
-    bias = _bias_or_zeros(bias, problem)
+def _gemm_col2im(x, weight, bias, problem):
     y = np.empty(problem.output_shape, dtype=problem.dtype)
-    for n0 in range(0, problem.batch, chunk):
-        x_part, y_part = x[n0:n0 + chunk], y[n0:n0 + chunk]
-        batch = x_part.shape[0]
-        columns = np.empty((g, len(taps) * cig, batch, rows, cols), dtype=problem.dtype)
-        _build_columns(x_part, taps, cig, columns)
-        columns = columns.reshape(g, len(taps) * cig, -1)
-        # phases[a, b, g, co, n, m, l]: phase (a, b) of output channel g·Co_g + co.
-        phases = np.empty((sh, sw, g, cog, batch, rows, cols), dtype=problem.dtype)
-        for ph, pw, first, last, sub_kernel in phase_list:
-            if first == last:                        # s > d·(k-1)+1 leaves gaps no tap reaches: bias only
-                phases[ph, pw] = 0
-            else:
-                np.matmul(sub_kernel, columns[:, first * cig:last * cig],
-                          out=phases[ph, pw].reshape(g, cog, -1))
-        _interleave(phases.reshape(sh, sw, problem.out_channels, batch, rows, cols), bias, y_part, 0, 0,
-                    rows, cols)
+    _col2im_gather(_gemm_columns(x, weight, problem), _bias_or_zeros(bias, problem), y, *problem.stride,
+                   *problem.padding, *problem.dilation)
     return y
 
 
@@ -223,7 +195,7 @@ def _direct(x, weight, bias, problem):
     return y
 
 
-_RUNNERS = {"direct": _direct, "nonoverlap_gemm": _nonoverlap_gemm, "phase_gemm": _phase_gemm}
+_RUNNERS = {"direct": _direct, "nonoverlap_gemm": _nonoverlap_gemm, "gemm_col2im": _gemm_col2im}
 
 
 def numba_conv_transpose2d(x, weight, bias, problem):
@@ -232,7 +204,7 @@ def numba_conv_transpose2d(x, weight, bias, problem):
 
 register(Backend(
     name="numba_cpu",
-    description="Numba prange kernels: GEMM + fused pixel shuffle (stride == kernel), per-phase im2col GEMMs "
-                "(sub-pixel), or an output-stationary gather (depthwise, tiny channels, non-finite weights)",
+    description="Numba prange kernels: one GEMM + fused pixel shuffle (stride == kernel) or gathering "
+                "col2im (overlapping taps), or an output-stationary gather (depthwise, tiny channels)",
     run=numba_conv_transpose2d,
 ))
