@@ -90,28 +90,37 @@ def _interleave(phases, bias, y, offset_h, offset_w, limit_h, limit_w):
 @njit(parallel=True, cache=True)
 def _col2im_gather(columns, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
     """col2im as a gather: ``y[n, c, oh, ow] = bias[c] + Σ columns[c, kh, kw, n, ih, iw]`` over the taps with
-    ``oh = ih·s_h - p_h + kh·d_h``, ``ow = iw·s_w - p_w + kw·d_w``. One thread per output row, which it
-    owns; the taps are added in (kh, kw) order."""
+    ``oh = ih·s_h - p_h + kh·d_h``, ``ow = iw·s_w - p_w + kw·d_w``, added in (kh, kw) order. One thread per
+    output plane ``(n, c)``, which it owns."""
     channels, k_h, k_w, batch, in_h, in_w = columns.shape
     out_h, out_w = y.shape[2], y.shape[3]
-    for row in prange(batch * channels * out_h):
-        n = row // (channels * out_h)
-        c = (row // out_h) % channels
-        oh = row % out_h
-        line = y[n, c, oh]
-        line[:] = bias[c]
-        for kh in range(k_h):
-            shift = oh + pad_h - kh * dil_h
-            if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
-                continue
-            ih = shift // stride_h
-            for kw in range(k_w):
-                src = columns[c, kh, kw, n, ih]
-                start = kw * dil_w - pad_w                           # ow of input column 0
-                iw_lo = max(0, -(start // stride_w))                 # first iw with ow >= 0
-                iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
-                for iw in range(iw_lo, iw_hi):
-                    line[iw * stride_w + start] += src[iw]
+    phase_len = (out_w + stride_w - 1) // stride_w
+    for plane in prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        # acc[b, l] holds output column b + s_w·l, so each tap adds one unit-stride run.
+        acc = np.empty((stride_w, phase_len), dtype=y.dtype)
+        for oh in range(out_h):
+            acc[:] = bias[c]
+            for kh in range(k_h):
+                shift = oh + pad_h - kh * dil_h
+                if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
+                    continue
+                ih = shift // stride_h
+                for kw in range(k_w):
+                    start = kw * dil_w - pad_w                       # ow of input column 0
+                    iw_lo = max(0, -(start // stride_w))             # first iw with ow >= 0
+                    iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
+                    if iw_hi <= iw_lo:
+                        continue
+                    skip = start // stride_w                         # ow = b + s·(iw + skip)
+                    dst = acc[start % stride_w, iw_lo + skip:iw_hi + skip]
+                    run = columns[c, kh, kw, n, ih, iw_lo:iw_hi]
+                    for i in range(iw_hi - iw_lo):
+                        dst[i] += run[i]
+            line = y[n, c, oh]
+            for b in range(stride_w):
+                for l in range((out_w - b + stride_w - 1) // stride_w):
+                    line[b + stride_w * l] = acc[b, l]
 
 
 @njit(parallel=True, cache=True)
@@ -143,10 +152,14 @@ def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, 
                         start = kw * dil_w - pad_w                   # ow of input column 0
                         iw_lo = max(0, -(start // stride_w))         # first iw with ow >= 0
                         iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
-                        dst = acc[start % stride_w]
-                        shift_l = start // stride_w                  # ow = b + s·(iw + shift_l)
-                        for iw in range(iw_lo, iw_hi):
-                            dst[iw + shift_l] += src[iw] * w
+                        if iw_hi <= iw_lo:
+                            continue
+                        # ow = b + s·(iw + skip): views indexed from 0 let LLVM vectorise the loop.
+                        skip = start // stride_w
+                        dst = acc[start % stride_w, iw_lo + skip:iw_hi + skip]
+                        run = src[iw_lo:iw_hi]
+                        for i in range(iw_hi - iw_lo):
+                            dst[i] += run[i] * w
             line = y[n, co, oh]
             for b in range(stride_w):
                 for l in range((out_w - b + stride_w - 1) // stride_w):
