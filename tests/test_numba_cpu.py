@@ -128,9 +128,14 @@ def test_nan_and_inf_reach_exactly_the_outputs_of_the_definition(name):
 
 # ---- auto --------------------------------------------------------------------------------------------------
 
-def test_auto_sends_unet_shapes_to_numba_cpu():
-    for problem in testbed.cases.suite("unet").values():
-        assert auto.choose_backend(problem).name == "numba_cpu"
+@pytest.mark.parametrize("suite", ["unet", "decoder"])
+def test_auto_follows_its_class_preference(suite):
+    for problem in testbed.cases.suite(suite).values():
+        first_available = next(name for name in auto.PREFERENCE[auto.problem_class(problem)]
+                               if testbed.get_backend(name).available)
+        assert auto.choose_backend(problem).name == first_available
+        if problem.groups == 1 or problem.is_depthwise:
+            assert first_available == "numba_cpu"
 
 
 @pytest.mark.parametrize("suite", ["unet", "decoder", "tiny"])

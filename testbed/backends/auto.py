@@ -1,40 +1,44 @@
 """``auto``: dispatch each configuration to the backend measured fastest for its class.
 
-The rule is a three-class model of side-by-side timings (float32, batch 1, median of 7 runs after warm-up,
-``numba_cpu``, ``torch`` and the NumPy backends on ``testbed.cases`` suites ``unet`` and ``decoder``, 2-core
-AVX-512 host; the table is in the ``numba_cpu`` work's report):
+The rule is a four-class model of side-by-side timings (float32, batch 1, round-robin over the backends,
+median of 7 repeats after warm-up, ``testbed.cases`` suites ``unet`` and ``decoder``, 2-core AVX-512 host
+shared with other jobs; milliseconds, ``numba_cpu`` / ``torch``):
 
-* **non-overlapping** (stride == kernel, dilation 1; U-Net up-convolution): ``numba_cpu`` (one GEMM on the
-  input as laid out + one fused parallel pixel shuffle) beat ``torch`` by 1.1–2.8× on all four U-Net shapes;
-  ``torch`` does a GEMM into a column buffer and a col2im pass. ``kron`` is the NumPy fallback.
-* **depthwise** (groups == C_in, one output channel per group): ``numba_cpu``'s output-stationary gather and
-  ``torch`` were within noise of each other; ``numba_cpu`` first (deterministic, no torch needed).
-* **general** (overlapping taps, GEMM-sized channels): ``torch`` (oneDNN) first; ``numba_cpu``'s per-phase
-  im2col GEMMs came within 0.2–0.9× of it, ahead of the NumPy backends, so it is next.
+==========  ==================  =================================================================
+class       numba_cpu vs torch  shapes: ms numba_cpu / ms torch
+==========  ==================  =================================================================
+nonoverlap  1.65–2.6× faster    unet1 53/105, unet2 60/98, unet3 82/142, unet4 121/314
+general     1.2–1.9× faster     k4s2p1 29/45, k3s2p1op1 25/41, k3s1p1 18/24, k3d2 25/30, k5s3 12/22
+depthwise   1.6× faster         depthwise 12/19
+grouped     0.6× (slower)       k4s2g8 60/38 (one BLAS call per group, each waits for a thread)
+==========  ==================  =================================================================
 
-Within a class the first *available* backend that *supports* the problem wins, so ``auto`` works without
-torch and never raises ``UnsupportedConfiguration`` for a valid configuration (``naive`` supports
-everything). CUDA device arrays go to the CUDA backends as before.
+So ``numba_cpu`` comes first except for grouped (non-depthwise) problems, where ``torch`` does. Within a
+class the first *available* backend that *supports* the problem wins, so ``auto`` works without torch and
+never raises ``UnsupportedConfiguration`` for a valid configuration (``naive`` supports everything). CUDA
+device arrays go to the CUDA backends as before. Re-measure (the speed experiment over the ``unet`` and
+``decoder`` suites) and revise :data:`PREFERENCE` when the host or the backends change.
 """
 
 from ..registry import Backend, get_backend, is_device_array, register
 
 #: Per configuration class (see :func:`problem_class`), tried in order; first available + supporting wins.
 PREFERENCE = {
-    "nonoverlapping": ("numba_cpu", "kron", "torch", "col2im", "polyphase", "naive"),
+    "nonoverlapping": ("numba_cpu", "torch", "kron", "col2im", "polyphase", "naive"),
     "depthwise": ("numba_cpu", "torch", "polyphase", "col2im", "naive"),
-    "general": ("torch", "numba_cpu", "col2im", "polyphase", "naive"),
+    "grouped": ("torch", "numba_cpu", "col2im", "polyphase", "naive"),
+    "general": ("numba_cpu", "torch", "col2im", "polyphase", "naive"),
 }
 DEVICE_PREFERENCE = ("numba_cuda", "numba_cuda_tiled", "numba_cuda_atomic")
 
 
 def problem_class(problem) -> str:
-    """The key of :data:`PREFERENCE` for ``problem``: "nonoverlapping", "depthwise" or "general"."""
+    """The key of :data:`PREFERENCE` for ``problem``: "nonoverlapping", "depthwise", "grouped" or "general"."""
     if problem.is_nonoverlapping:
         return "nonoverlapping"
     if problem.is_depthwise:
         return "depthwise"
-    return "general"
+    return "grouped" if problem.groups > 1 else "general"
 
 
 def choose_backend(problem, on_device=False):
