@@ -7,10 +7,10 @@ shared with other jobs; milliseconds, ``numba_cpu`` / ``torch``):
 ==========  ==================  =================================================================
 class       numba_cpu vs torch  shapes: ms numba_cpu / ms torch
 ==========  ==================  =================================================================
-nonoverlap  1.65–2.6× faster    unet1 53/105, unet2 60/98, unet3 82/142, unet4 121/314
-general     1.2–1.9× faster     k4s2p1 29/45, k3s2p1op1 25/41, k3s1p1 18/24, k3d2 25/30, k5s3 12/22
-depthwise   1.6× faster         depthwise 12/19
-grouped     0.6× (slower)       k4s2g8 60/38 (one BLAS call per group, each waits for a thread)
+nonoverlap  1.5–2.7× faster     unet1 73/112, unet2 78/121, unet3 62/147, unet4 105/285
+general     1.15–2.3× faster    k4s2p1 28/44, k3s2p1op1 21/27, k3s1p1 24/32, k3d2 24/28, k5s3 13/30
+depthwise   1.85× faster        depthwise 8.8/16
+grouped     0.3–0.6× (slower)   k4s2g8 137/41 (one BLAS call per group, each waits for a thread)
 ==========  ==================  =================================================================
 
 So ``numba_cpu`` comes first except for grouped (non-depthwise) problems, where ``torch`` does. Within a
