@@ -47,6 +47,10 @@ PATHS = ("direct", "nonoverlap_gemm", "gemm_col2im")
 #: and packing overhead, while the gather loop is memory-bound anyway.
 DIRECT_MAX_CHANNEL_PRODUCT = 16
 
+#: The GEMM paths compute this many bytes of ``columns`` (C_out·kH·kW·H·W per image) at most at a time;
+#: larger batches are done in slices.
+COLUMN_BUFFER_BYTES = 256 * 2 ** 20
+
 
 def choose_path(problem, weight=None) -> str:
     """The algorithm ``numba_cpu`` runs for ``problem`` (and ``weight``, if given: NaN/inf forces ``direct``)."""
@@ -173,9 +177,9 @@ def _bias_or_zeros(bias, problem):
 
 
 def _gemm_columns(x, weight, problem):
-    """``columns[co, kh, kw, n, ih, iw] = Σ_ci W[ci, co, kh, kw] · x[n, ci, ih, iw]`` (ci over co's group):
-    one BLAS GEMM per group, the whole batch at once."""
-    n, g = problem.batch, problem.groups
+    """``columns[co, kh, kw, n, ih, iw] = Σ_ci W[ci, co, kh, kw] · x[n, ci, ih, iw]`` (ci over co's group) for
+    the images of ``x``: one BLAS GEMM per group for all of them."""
+    n, g = x.shape[0], problem.groups
     (h, w), (kh, kw) = problem.in_size, problem.kernel_size
     cig, cog = problem.in_per_group, problem.out_per_group
     weight_t = weight.reshape(g, cig, cog * kh * kw).transpose(0, 2, 1)    # (G, Co_g·kH·kW, Ci_g), a view
@@ -186,18 +190,30 @@ def _gemm_columns(x, weight, problem):
     return columns.reshape(problem.out_channels, kh, kw, n, h, w)
 
 
+def _image_chunks(problem):
+    """Slices of the batch whose column buffers stay under :data:`COLUMN_BUFFER_BYTES` (at least 1 image)."""
+    per_image = (problem.out_channels * problem.kernel_size[0] * problem.kernel_size[1]
+                 * problem.in_size[0] * problem.in_size[1] * problem.dtype.itemsize)
+    step = max(1, COLUMN_BUFFER_BYTES // per_image)
+    return [slice(n0, min(problem.batch, n0 + step)) for n0 in range(0, problem.batch, step)]
+
+
 def _nonoverlap_gemm(x, weight, bias, problem):
-    # phases[a, b, c, n, i, j]: tap (a, b) of input pixel (i, j) is canvas pixel (i·kH + a, j·kW + b).
-    phases = _gemm_columns(x, weight, problem).transpose(1, 2, 0, 3, 4, 5)
     y = np.empty(problem.output_shape, dtype=problem.dtype)
-    _interleave(phases, _bias_or_zeros(bias, problem), y, *problem.padding, *problem.in_size)
+    bias = _bias_or_zeros(bias, problem)
+    for images in _image_chunks(problem):
+        # phases[a, b, c, n, i, j]: tap (a, b) of input pixel (i, j) is canvas pixel (i·kH + a, j·kW + b).
+        phases = _gemm_columns(x[images], weight, problem).transpose(1, 2, 0, 3, 4, 5)
+        _interleave(phases, bias, y[images], *problem.padding, *problem.in_size)
     return y
 
 
 def _gemm_col2im(x, weight, bias, problem):
     y = np.empty(problem.output_shape, dtype=problem.dtype)
-    _col2im_gather(_gemm_columns(x, weight, problem), _bias_or_zeros(bias, problem), y, *problem.stride,
-                   *problem.padding, *problem.dilation)
+    bias = _bias_or_zeros(bias, problem)
+    for images in _image_chunks(problem):
+        _col2im_gather(_gemm_columns(x[images], weight, problem), bias, y[images], *problem.stride,
+                       *problem.padding, *problem.dilation)
     return y
 
 
