@@ -1,5 +1,5 @@
-"""``numba_cpu``: parallel Numba kernels (``prange`` over output rows, each row owned by one thread) around
-at most one BLAS GEMM per group; the algorithm is chosen per configuration by :func:`choose_path`.
+"""``numba_cpu``: parallel Numba kernels (``prange`` over output rows or planes, each owned by one thread)
+around at most one BLAS GEMM per group; the algorithm is chosen per configuration by :func:`choose_path`.
 
 ``nonoverlap_gemm`` (stride == kernel, dilation 1: the U-Net up-convolution). No two taps share an output, so
 ``y[n, co, i·kH + a, j·kW + b] = Σ_ci W[ci, co, a, b] · x[n, ci, i, j]``: one GEMM per group,
@@ -8,11 +8,11 @@ writes every output once, with the padding crop, the ``output_padding`` rows (bi
 
 ``gemm_col2im`` (overlapping taps with GEMM-sized channels). The same GEMM gives every (input pixel, tap)
 product summed over input channels, ``columns[co, kh, kw, n, ih, iw]``; then a *gathering* col2im: each
-thread owns output rows and adds, for each tap ``kh`` with ``(oh + p - kh·d) ≡ 0 (mod s)``, the column
+thread owns output planes and adds, per row, for each tap ``kh`` with ``(oh + p - kh·d) ≡ 0 (mod s)``, the column
 entries that land in the row (Caffe's / PyTorch's ``slow_conv_transpose2d`` design, with its scatter
 turned into an output-stationary gather and the bias fused in). Only useful products are computed.
 
-``direct`` (depthwise, other tiny channel products, and any weight holding NaN/inf). An output-stationary
+``direct`` (depthwise and other tiny channel products). An output-stationary
 gather straight from ``x`` and ``W``: per output row, every tap and input channel of its group adds a
 contiguous run of ``x[n, ci, ih, :] · W[ci, co, kh, kw]`` into one phase of a phase-split row buffer
 (``ow = b + s·l`` stored at ``[b, l]``, so the inner loop is unit-stride), interleaved into ``y`` at the end.
@@ -26,11 +26,10 @@ decoder shapes here.
 No thread ever writes an element another thread writes, and every summation order is fixed (bias first,
 then taps in ``(kh, kw)`` order, channels inside the GEMM), so results are bitwise repeatable.
 
-NaN/inf: every path combines exactly the (input pixel, tap) pairs of the scatter definition (no padding, no
-zero-inserted input), so NaN/inf in ``x`` or ``W`` reach exactly the outputs the definition says. The GEMM
-paths do combine *every* input channel with every tap inside BLAS, as the definition does. ``direct`` is
-also taken for non-finite weights so that no BLAS kernel's treatment of special values matters there. The
-only difference: bias is added as ``+ 0.0`` when absent, which turns a ``-0.0`` result into ``+0.0``.
+NaN/inf: every path forms exactly the (input pixel, tap) products of the scatter definition (no padding, no
+zero-inserted input, no multiplication by a filler zero; the GEMM paths' products for outputs cropped away
+by ``padding`` are never read), so NaN/inf in ``x``, ``W`` or the bias reach exactly the outputs the
+definition says.
 """
 
 import numpy as np
@@ -52,10 +51,8 @@ DIRECT_MAX_CHANNEL_PRODUCT = 16
 COLUMN_BUFFER_BYTES = 256 * 2 ** 20
 
 
-def choose_path(problem, weight=None) -> str:
-    """The algorithm ``numba_cpu`` runs for ``problem`` (and ``weight``, if given: NaN/inf forces ``direct``)."""
-    if weight is not None and not np.isfinite(weight).all():
-        return "direct"
+def choose_path(problem) -> str:
+    """The algorithm (one of :data:`PATHS`) ``numba_cpu`` runs for ``problem``."""
     if problem.in_per_group * problem.out_per_group < DIRECT_MAX_CHANNEL_PRODUCT:
         return "direct"
     if problem.is_nonoverlapping:
@@ -228,7 +225,7 @@ _RUNNERS = {"direct": _direct, "nonoverlap_gemm": _nonoverlap_gemm, "gemm_col2im
 
 
 def numba_conv_transpose2d(x, weight, bias, problem):
-    return _RUNNERS[choose_path(problem, weight)](x, weight, bias, problem)
+    return _RUNNERS[choose_path(problem)](x, weight, bias, problem)
 
 
 register(Backend(
