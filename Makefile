@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The CPU wheel of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: venv run test test-cpu test-cudasim bench bench-quick clean
+.PHONY: venv run test test-cpu test-cudasim bench bench-history bench-continuous bench-publish clean
 
 venv: $(STAMP)
 
@@ -28,8 +28,24 @@ test-cpu: $(STAMP)
 test-cudasim: $(STAMP)
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -m cudasim -q
 
+# asv: the working tree once (bench), a range of real commits (bench-history), a regression check between
+# BASE and HEAD (bench-continuous), the HTML site (bench-publish). asv needs a machine profile first.
+BASE ?= main~1
 bench: $(STAMP)
+	$(VENV)/bin/asv machine --yes
 	$(VENV)/bin/asv run --python=same --quick --show-stderr
+
+bench-history: $(STAMP)
+	$(VENV)/bin/asv machine --yes
+	$(VENV)/bin/asv run --quick --show-stderr --skip-existing-commits HEAD~2..HEAD
+
+bench-continuous: $(STAMP)
+	$(VENV)/bin/asv machine --yes
+	$(VENV)/bin/asv continuous --show-stderr -b 'Speed.time|Memory' $(BASE) HEAD
+
+bench-publish: $(STAMP)
+	$(VENV)/bin/asv publish
+	@echo "view: $(VENV)/bin/python -m http.server --bind 127.0.0.1 -d .asv/html 8080"
 
 clean:
 	rm -rf $(VENV) .asv build *.egg-info
