@@ -27,8 +27,8 @@ from .common import finish, make_parser, selected_backends, start_run
 
 NAME = "speed"
 #: Cells left out unless --exclude says otherwise: on the U-Net shapes the oracle ``naive`` takes 5-15 s per
-#: call here, and ``fft`` holds the C_in·C_out kernel spectra (unet1: 1024·512·56·29 complex64 ≈ 6.8 GB, with
-#: the zero-inserted kernel ≈ 20 GB resident), more than this 24 GB machine shares safely.
+#: call here, and ``fft`` ~80 s (its channel sum is C_in·C_out kernel spectra, unet1: 1024·512·57·29 complex
+#: values ≈ 7 GB, computed in blocks of output channels and streamed through a per-frequency GEMM).
 DEFAULT_EXCLUDE = "unet:naive,unet:fft"
 
 
@@ -71,7 +71,7 @@ def build_parser():
                         help="backend the speedups are relative to (default torch if available, else col2im)")
     parser.add_argument("--exclude", type=exclusion_list, default=exclusion_list(DEFAULT_EXCLUDE),
                         help=f"suite:backend cells not to run, or 'none' (default {DEFAULT_EXCLUDE}: the oracle "
-                             f"takes seconds per call and fft needs ~20 GB on the U-Net shapes)")
+                             f"takes seconds and fft over a minute per call on the U-Net shapes)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed repeats per cell after warm-up; repeats go on until it is spent "
                              "(default: 0.3 s and at most 30 repeats; 0.01 s and at most 3 with --quick)")

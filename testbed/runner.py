@@ -181,7 +181,7 @@ class TimingSettings:
     and at most ``max_repeats`` timed calls, stopping once ``budget_s`` seconds of repeats have passed."""
 
     warmup: int = 1
-    min_repeats: int = 3
+    min_repeats: int = 5
     max_repeats: int = 30
     budget_s: float = 0.3
 
