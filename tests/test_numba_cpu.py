@@ -129,7 +129,7 @@ def test_auto_follows_its_class_preference(suite):
         first_available = next(name for name in auto.PREFERENCE[auto.problem_class(problem)]
                                if testbed.get_backend(name).available)
         assert auto.choose_backend(problem).name == first_available
-        if problem.groups == 1 or problem.is_depthwise:
+        if problem.is_nonoverlapping:
             assert first_available == "numba_cpu"
 
 

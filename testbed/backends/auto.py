@@ -1,28 +1,28 @@
 """``auto``: dispatch each configuration to the backend measured fastest for its class.
 
-The rule is a four-class model of side-by-side timings (float32, batch 1, round-robin over the backends,
-median of 7 repeats after warm-up, ``testbed.cases`` suites ``unet`` and ``decoder``, 2-core AVX-512 host
-shared with other jobs). Speed-up of ``numba_cpu`` over ``torch`` in two runs, a busy host (load ≈ 2.3) and
-a quieter one (load ≈ 1.9); ms are numba_cpu / torch in the quieter run:
+The rule is a four-class model of side-by-side timings: ``python -m experiments.speed --suite unet,decoder
+--budget 1.0`` (float32, batch 1, median of ≥ 5 warm calls through ``conv_transpose2d``, every backend in
+one run, 2-core AVX-512 host, load average 0.7 at the start). ms of ``numba_cpu`` / ``torch`` / best NumPy:
 
-==========  ==========  ==========  ================================================================
-class       busy        quieter     shapes (quieter run, ms numba_cpu / ms torch)
-==========  ==========  ==========  ================================================================
-nonoverlap  1.5–2.7×    1.8–2.7×    unet1 35/64, unet2 41/91, unet3 40/108, unet4 75/164
-general     1.15–2.3×   1.2–3.0×    k4s2p1 13/31, k3s2p1op1 9.5/28, k3s1p1 6.5/17, k3d2 5.9/15, k5s3 5.6/6.9
-depthwise   1.85×       0.60×       depthwise 4.6/2.8
-grouped     0.30×       2.07×       k4s2g8 13/26 (one BLAS call per group; each waits for a thread)
-==========  ==========  ==========  ================================================================
+==============  =====================================================================  ==================
+class           shapes: numba_cpu / torch / col2im ms                                  fastest
+==============  =====================================================================  ==================
+nonoverlapping  unet1 24/40/41, unet2 36/37/27, unet3 40/65/52, unet4 53/116/84          numba_cpu (1.0–2.2×)
+general         k4s2p1 11.9/7.9/12.7, k3s2p1op1 7.2/6.1/10.9, k3s1p1 5.8/2.0/6.2,        torch (oneDNN)
+                k3d2 6.3/2.0/6.6, k5s3 4.8/1.6/3.6
+grouped         k4s2g8 12.0/5.5/16.1                                                    torch
+depthwise       depthwise 2.9/1.9/54.6                                                  torch
+==============  =====================================================================  ==================
 
-So ``numba_cpu`` comes first for non-overlapping and general problems (it wins in both runs). For the two
-classes whose winner flipped with the load, ``auto`` takes the backend whose *worse* run is less bad:
-``numba_cpu`` for depthwise (0.60× at worst, vs torch's 0.54×) and ``torch`` for grouped (numba_cpu's
-0.30× at worst, vs torch's 0.48×).
+On a host shared with other jobs (load 2–5) the order of the overlapping classes flips: torch's oneDNN
+kernels lose more to a busy second core than ``numba_cpu`` does (measured 1.2–3× in ``numba_cpu``'s favour
+there); ``auto`` follows the quiet-machine table. Without torch, ``numba_cpu`` is next in every class (it
+beats the NumPy backends on all shapes but k5s3 and unet2, within 1.1–1.35× of ``col2im`` there).
 
 Within a class the first *available* backend that *supports* the problem wins, so ``auto`` works without
-torch and never raises ``UnsupportedConfiguration`` for a valid configuration (``naive`` supports everything). CUDA
-device arrays go to the CUDA backends as before. Re-measure (the speed experiment over the ``unet`` and
-``decoder`` suites) and revise :data:`PREFERENCE` when the host or the backends change.
+torch and never raises ``UnsupportedConfiguration`` for a valid configuration (``naive`` supports
+everything). CUDA device arrays go to the CUDA backends. Re-measure (the speed experiment over the ``unet``
+and ``decoder`` suites) and revise :data:`PREFERENCE` when the host or the backends change.
 """
 
 from ..registry import Backend, get_backend, is_device_array, register
@@ -30,9 +30,9 @@ from ..registry import Backend, get_backend, is_device_array, register
 #: Per configuration class (see :func:`problem_class`), tried in order; first available + supporting wins.
 PREFERENCE = {
     "nonoverlapping": ("numba_cpu", "torch", "kron", "col2im", "polyphase", "naive"),
-    "depthwise": ("numba_cpu", "torch", "polyphase", "col2im", "naive"),
+    "depthwise": ("torch", "numba_cpu", "polyphase", "col2im", "naive"),
     "grouped": ("torch", "numba_cpu", "col2im", "polyphase", "naive"),
-    "general": ("numba_cpu", "torch", "col2im", "polyphase", "naive"),
+    "general": ("torch", "numba_cpu", "col2im", "polyphase", "naive"),
 }
 DEVICE_PREFERENCE = ("numba_cuda", "numba_cuda_tiled", "numba_cuda_atomic")
 
