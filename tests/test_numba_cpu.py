@@ -4,6 +4,8 @@ non-contiguous input. Also ``auto``'s rule. The registry-wide parity suite cover
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import testbed
 import testbed.cases
@@ -162,3 +164,27 @@ def test_gemm_paths_slice_large_batches(monkeypatch, name):
     assert len(numba_cpu._image_chunks(problem)) == 5
     # Same products, but BLAS may block a narrower GEMM differently: equal to rounding, not bitwise.
     assert rel_error(backend.run(x, weight, bias, problem), whole) < RTOL[np.dtype(np.float64)]
+
+
+_pairs = lambda lo, hi: st.tuples(st.integers(lo, hi), st.integers(lo, hi))  # noqa: E731
+
+
+@settings(max_examples=60, deadline=None)
+@given(kernel=_pairs(1, 4), stride=_pairs(1, 4), dilation=_pairs(1, 3), padding=_pairs(0, 5),
+       size=_pairs(1, 6), op_seed=_pairs(0, 3), groups=st.integers(1, 2), nonoverlap=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_gemm_paths_on_random_configurations(kernel, stride, dilation, padding, size, op_seed, groups, nonoverlap,
+                                             seed):
+    """The registry-wide property test draws channel products too small for the GEMM paths; force them here."""
+    if nonoverlap:
+        stride, dilation = kernel, (1, 1)
+    output_padding = tuple(o % max(s, d) for o, s, d in zip(op_seed, stride, dilation))
+    try:
+        problem = _problem(4 * groups, 5 * groups, size, kernel, stride, padding, output_padding, dilation, groups)
+    except ValueError:
+        assume(False)
+    x, weight, bias = problem.random_arrays(seed)
+    expected = _oracle(x, weight, bias, problem)
+    for path in ("nonoverlap_gemm", "gemm_col2im") if nonoverlap else ("gemm_col2im",):
+        y = numba_cpu._RUNNERS[path](x, weight, bias, problem)
+        assert rel_error(y, expected) < RTOL[np.dtype(np.float64)], path

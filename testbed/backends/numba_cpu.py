@@ -63,29 +63,32 @@ def choose_path(problem) -> str:
 # ---- kernels ---------------------------------------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
-def _interleave(phases, bias, y, offset_h, offset_w, limit_h, limit_w):
-    """Depth-to-space with bias: ``y[n, c, oh, ow] = phases[a, b, c, n, m, l] + bias[c]`` where
-    ``oh + offset_h = a + s_h·m`` and ``ow + offset_w = b + s_w·l`` (``s_h, s_w = phases.shape[:2]``);
-    positions with ``m >= limit_h`` or ``l >= limit_w`` (reached by no tap) get the bias alone.
-    One thread per output row."""
-    stride_h, stride_w = phases.shape[0], phases.shape[1]
-    batch, channels, out_h, out_w = y.shape
+def _pixel_shuffle(columns, bias, y, pad_h, pad_w):
+    """Depth-to-space with bias and crop: ``y[n, c, oh, ow] = columns[c, a, b, n, i, j] + bias[c]`` where
+    ``oh + p_h = i·kH + a`` and ``ow + p_w = j·kW + b``; the ``output_padding`` rows and columns beyond the
+    last block (reached by no tap) get the bias alone. One thread per output row, which it owns; each tap
+    column ``b`` is one unit-stride read of ``columns``."""
+    channels, k_h, k_w, batch, in_h, in_w = columns.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    covered_w = min(out_w, in_w * k_w - pad_w)          # columns reached by some block
     for row in prange(batch * channels * out_h):
         n = row // (channels * out_h)
         c = (row // out_h) % channels
         oh = row % out_h
         b_c = bias[c]
         line = y[n, c, oh]
-        a, m = (oh + offset_h) % stride_h, (oh + offset_h) // stride_h
-        if m >= limit_h:
+        i, a = (oh + pad_h) // k_h, (oh + pad_h) % k_h
+        if i >= in_h:
             line[:] = b_c
             continue
-        for b in range(stride_w):
-            first = (b - offset_w) % stride_w
-            l = (first + offset_w) // stride_w
-            for ow in range(first, out_w, stride_w):
-                line[ow] = phases[a, b, c, n, m, l] + b_c if l < limit_w else b_c
-                l += 1
+        for b in range(k_w):
+            src = columns[c, a, b, n, i]
+            j_lo = max(0, -((b - pad_w) // k_w))         # first j with j·kW + b - p_w >= 0
+            j_hi = min(in_w, (out_w - 1 - b + pad_w) // k_w + 1)
+            for j in range(j_lo, j_hi):
+                line[j * k_w + b - pad_w] = src[j] + b_c
+        for ow in range(max(0, covered_w), out_w):
+            line[ow] = b_c
 
 
 @njit(parallel=True, cache=True)
@@ -199,9 +202,7 @@ def _nonoverlap_gemm(x, weight, bias, problem):
     y = np.empty(problem.output_shape, dtype=problem.dtype)
     bias = _bias_or_zeros(bias, problem)
     for images in _image_chunks(problem):
-        # phases[a, b, c, n, i, j]: tap (a, b) of input pixel (i, j) is canvas pixel (i·kH + a, j·kW + b).
-        phases = _gemm_columns(x[images], weight, problem).transpose(1, 2, 0, 3, 4, 5)
-        _interleave(phases, bias, y[images], *problem.padding, *problem.in_size)
+        _pixel_shuffle(_gemm_columns(x[images], weight, problem), bias, y[images], *problem.padding)
     return y
 
 
