@@ -15,6 +15,16 @@ def rel_error(y, ref):
     return np.linalg.norm(y - ref) / (scale if scale else 1.0)
 
 
+def call_arrays(batch, c_in, c_out, size, kernel, params, dtype, bias, seed=0):
+    """Standard-normal ``(input, weight, bias)`` for a call with ``params`` (only ``groups`` is read)."""
+    rng = np.random.default_rng(seed)
+    groups = params.get("groups", 1)
+    x = rng.standard_normal((batch, c_in, *size)).astype(dtype)
+    w = rng.standard_normal((c_in, c_out // groups, *kernel)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype) if bias else None
+    return x, w, b
+
+
 def pytest_generate_tests(metafunc):
     if "backend_name" in metafunc.fixturenames:
         metafunc.parametrize("backend_name", testbed.list_backends())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import testbed
-from conftest import RTOL, rel_error
+from conftest import RTOL, call_arrays, rel_error
 from testbed.problem import Problem
 
 pytestmark = pytest.mark.cudasim
@@ -39,15 +39,6 @@ CASES = [
 ]
 
 
-def _arrays(batch, c_in, c_out, size, kernel, params, dtype, bias, seed=0):
-    rng = np.random.default_rng(seed)
-    groups = params.get("groups", 1)
-    x = rng.standard_normal((batch, c_in, *size)).astype(dtype)
-    w = rng.standard_normal((c_in, c_out // groups, *kernel)).astype(dtype)
-    b = rng.standard_normal(c_out).astype(dtype) if bias else None
-    return x, w, b
-
-
 def _oracle(x, w, b, **params):
     """The scatter definition in float64, whatever the dtype under test."""
     as64 = (lambda a: None if a is None else np.asarray(a, dtype=np.float64))
@@ -60,7 +51,7 @@ def _oracle(x, w, b, **params):
 def test_matches_float64_oracle(name, case, dtype):
     _, batch, c_in, c_out, size, kernel, params = case
     bias = case[0] not in ("k1s1", "op_lt_dilation")  # most with bias, some without
-    x, w, b = _arrays(batch, c_in, c_out, size, kernel, params, dtype, bias)
+    x, w, b = call_arrays(batch, c_in, c_out, size, kernel, params, dtype, bias)
     copies = [None if a is None else a.copy() for a in (x, w, b)]
     y = testbed.conv_transpose2d(x, w, b, backend=name, **params)
     ref = _oracle(x, w, b, **params)
@@ -72,7 +63,7 @@ def test_matches_float64_oracle(name, case, dtype):
 
 @pytest.mark.parametrize("name", CUDA_BACKENDS)
 def test_unbatched_input(name):
-    x, w, b = _arrays(1, 2, 3, (3, 3), (3, 3), {}, np.float64, True)
+    x, w, b = call_arrays(1, 2, 3, (3, 3), (3, 3), {}, np.float64, True)
     params = dict(stride=2, padding=1, output_padding=1)
     y = testbed.conv_transpose2d(x[0], w, b, backend=name, **params)
     assert y.shape == (3, 6, 6)
@@ -95,7 +86,7 @@ def test_device_arrays_in_device_array_out(name, dtype):
 
 @pytest.mark.parametrize("name", CUDA_BACKENDS)
 def test_device_arrays_through_the_api(name):
-    x, w, b = _arrays(1, 2, 2, (3, 3), (2, 2), {}, np.float64, True)
+    x, w, b = call_arrays(1, 2, 2, (3, 3), (2, 2), {}, np.float64, True)
     d_x = cuda.to_device(x)
     if not testbed.registry.is_device_array(d_x):
         pytest.skip(f"testbed.registry.is_device_array does not recognise {type(d_x).__name__} (the simulator's "
@@ -121,7 +112,7 @@ def test_seed_blocks_are_weight_times_pixel_bitwise(name, dtype):
 
 @pytest.mark.parametrize("name", GATHER_BACKENDS)
 def test_gather_backends_are_bitwise_repeatable(name):
-    x, w, b = _arrays(2, 4, 2, (3, 3), (3, 3), {}, np.float32, True)
+    x, w, b = call_arrays(2, 4, 2, (3, 3), (3, 3), {}, np.float32, True)
     runs = [testbed.conv_transpose2d(x, w, b, backend=name, stride=2, padding=1) for _ in range(2)]
     np.testing.assert_array_equal(runs[0], runs[1])
 
@@ -132,7 +123,7 @@ def test_tiled_kernel_with_tap_chunks(monkeypatch, budget_elements):
     then chunks of a few taps), as it does for large dilated kernels; results must not change."""
     monkeypatch.setattr(numba_cuda, "SHARED_BYTES_BUDGET", budget_elements * 8)
     params = dict(stride=(2, 1), padding=(2, 1), dilation=(2, 3))
-    x, w, b = _arrays(1, 2, 2, (3, 2), (4, 3), params, np.float64, True)
+    x, w, b = call_arrays(1, 2, 2, (3, 2), (4, 3), params, np.float64, True)
     plan = numba_cuda.tiled_plan(Problem.from_shapes(x.shape, w.shape, **params))
     assert (plan["chunk_h"], plan["chunk_w"]) != (4, 3)
     y = testbed.conv_transpose2d(x, w, b, backend="numba_cuda_tiled", **params)
@@ -142,7 +133,7 @@ def test_tiled_kernel_with_tap_chunks(monkeypatch, budget_elements):
 def test_output_larger_than_one_tile():
     """Several 16×16 tiles per plane, a partial last tile, and more than one block of 256 gather threads."""
     params = dict(stride=2, padding=0, output_padding=1)
-    x, w, b = _arrays(1, 1, 1, (9, 2), (2, 3), params, np.float64, True)  # output 19 × 6
+    x, w, b = call_arrays(1, 1, 1, (9, 2), (2, 3), params, np.float64, True)  # output 19 × 6
     ref = _oracle(x, w, b, **params)
     for name in CUDA_BACKENDS:
         assert rel_error(testbed.conv_transpose2d(x, w, b, backend=name, **params), ref) < 1e-12, name

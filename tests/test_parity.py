@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import testbed
-from conftest import RTOL, rel_error, run_or_skip
+from conftest import RTOL, call_arrays, rel_error, run_or_skip
 from reference import torch_conv_transpose2d
 
 # (name, batch, C_in, C_out, (H, W), (kH, kW), params): odd sizes, asymmetric everything, groups, depthwise,
@@ -31,21 +31,12 @@ GRID = [
 ]
 
 
-def _arrays(batch, c_in, c_out, size, kernel, params, dtype, bias, seed=0):
-    rng = np.random.default_rng(seed)
-    groups = params.get("groups", 1)
-    x = rng.standard_normal((batch, c_in, *size)).astype(dtype)
-    w = rng.standard_normal((c_in, c_out // groups, *kernel)).astype(dtype)
-    b = rng.standard_normal(c_out).astype(dtype) if bias else None
-    return x, w, b
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", GRID, ids=[c[0] for c in GRID])
 def test_matches_torch_and_oracle(backend, case, bias, dtype):
     _, batch, c_in, c_out, size, kernel, params = case
-    x, w, b = _arrays(batch, c_in, c_out, size, kernel, params, dtype, bias)
+    x, w, b = call_arrays(batch, c_in, c_out, size, kernel, params, dtype, bias)
     y = run_or_skip(backend, x, w, b, **params)
     assert y.dtype == np.dtype(dtype)
     ref = torch_conv_transpose2d(x.astype(np.float64), w.astype(np.float64),
@@ -60,7 +51,7 @@ def test_matches_torch_and_oracle(backend, case, bias, dtype):
 @pytest.mark.parametrize("batch", [0, 1, 3])
 def test_batch_sizes_and_unbatched(backend, batch):
     params = dict(stride=2, padding=1, output_padding=1)
-    x, w, b = _arrays(batch, 3, 4, (4, 5), (3, 3), params, np.float64, True)
+    x, w, b = call_arrays(batch, 3, 4, (4, 5), (3, 3), params, np.float64, True)
     y = run_or_skip(backend, x, w, b, **params)
     assert y.shape == testbed.output_shape(x.shape, w.shape, **params)
     if batch:
