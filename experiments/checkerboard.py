@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from testbed.problem import Problem
-from testbed.reporting import load_run, markdown_table, new_figure, report_header, status_table
+from testbed.reporting import finish_report, load_run, markdown_table, new_figure, report_header
 from testbed.runner import call_backend, grid, run_sweep
-from testbed.storage import atomic_write_text, save_arrays, save_figure
+from testbed.storage import save_arrays, save_figure
 
 from .common import finish, make_parser, selected_backends, start_run
 
@@ -127,10 +127,7 @@ def write_report(run_dir) -> str:
         with np.load(maps_path) as data:
             overlap_figure({name: data[name] for name in data.files}, run_dir / "overlap_maps.png")
         parts.append("\n![overlap maps, one panel per (kernel, stride)](overlap_maps.png)\n")
-    parts += ["\n## Status per backend\n", status_table(frame)]
-    text = "\n".join(parts)
-    atomic_write_text(run_dir / "report.md", text)
-    return text
+    return finish_report(run_dir, parts, frame)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,15 @@ import numpy as np
 
 from testbed.adjoint import adjoint_residual
 from testbed.descriptor import parse_descriptor
-from testbed.reporting import (heatmap_figure, load_run, markdown_table, report_header, status_table)
+from testbed.reporting import (finish_report, heatmap_figure, load_run, markdown_table, report_header)
 from testbed.runner import call_backend, cell_rng, grid, run_sweep
-from testbed.storage import atomic_write_text
 
 from .common import finish, make_parser, selected_backends, start_run
 
 NAME = "correctness"
+#: Columns of the report's table of every cell.
+CELL_COLUMNS = ["case", "descriptor", "backend", "dtype", "status", "rel_l2", "max_abs", "bitwise_equal",
+                "adjoint_residual", "passed"]
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
 #: name: (descriptor, has_bias). Small shapes covering every parameter and the corner cases of the notes.
@@ -168,13 +170,7 @@ def write_report(run_dir) -> str:
         parts += ["\n## Error heatmaps (backend × case)\n",
                   "Values are log10 of the relative L2 error (−17 marks an exact result); grey cells marked – "
                   "are configurations the backend does not support.\n", "\n\n".join(figures) + "\n"]
-        columns = ["case", "descriptor", "backend", "dtype", "status", "rel_l2", "max_abs", "bitwise_equal",
-                   "adjoint_residual", "passed"]
-        parts += ["\n## Status per backend\n", status_table(frame),
-                  "\n## All cells\n", markdown_table(frame[[c for c in columns if c in frame]], index=False)]
-    text = "\n".join(parts)
-    atomic_write_text(run_dir / "report.md", text)
-    return text
+    return finish_report(run_dir, parts, frame, CELL_COLUMNS)
 
 
 if __name__ == "__main__":

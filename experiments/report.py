@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from testbed.reporting import load_run, markdown_table
 from testbed.storage import atomic_write_text

@@ -20,10 +20,10 @@ import numpy as np
 
 from testbed.problem import Problem
 from testbed.registry import list_backends
-from testbed.reporting import (fit_loglog_slope, load_run, loglog_figure, markdown_table, new_figure,
-                               report_header, status_table)
+from testbed.reporting import (finish_report, fit_loglog_slope, load_run, loglog_figure, markdown_table,
+                               new_figure, report_header)
 from testbed.runner import TimingSettings, cell_rng, grid, run_sweep, time_backend
-from testbed.storage import atomic_write_text, save_figure
+from testbed.storage import save_figure
 
 from .common import finish, make_parser, selected_backends, start_run
 
@@ -171,10 +171,7 @@ def write_report(run_dir) -> str:
         table = threads.pivot_table(index="x", columns="case", values="median_ms", sort=False)
         table.index.name = "threads"
         parts += ["Median time (ms):\n", markdown_table(table, floatfmt=".3g"), f"\n![thread scaling]({path.name})\n"]
-    parts += ["\n## Status per backend\n", status_table(frame)]
-    text = "\n".join(parts)
-    atomic_write_text(run_dir / "report.md", text)
-    return text
+    return finish_report(run_dir, parts, frame)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from testbed.problem import Problem
-from testbed.reporting import load_run, markdown_table, new_figure, report_header, status_table
+from testbed.reporting import finish_report, load_run, markdown_table, new_figure, report_header
 from testbed.runner import call_backend, cell_rng, grid, run_sweep
-from testbed.storage import atomic_write_text, save_arrays, save_figure
+from testbed.storage import save_arrays, save_figure
 
 from .common import finish, make_parser, selected_backends, start_run
 
@@ -145,10 +145,7 @@ def write_report(run_dir) -> str:
         with np.load(arrays_path) as arrays:
             seed_figure(arrays, run_dir / "seed.png")
         parts.append("\n![input, kernel and output blocks of the seed case](seed.png)\n")
-    parts += ["\n## Status per backend\n", status_table(frame)]
-    text = "\n".join(parts)
-    atomic_write_text(run_dir / "report.md", text)
-    return text
+    return finish_report(run_dir, parts, frame)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,16 @@ import numpy as np
 from testbed.cases import SUITES, suite
 from testbed.metadata import measure_copy_gbps, measure_gemm_gflops
 from testbed.registry import available_backends
-from testbed.reporting import (grouped_bar_figure, load_run, markdown_table, report_header, roofline_figure,
-                               status_table)
+from testbed.reporting import (finish_report, grouped_bar_figure, load_run, markdown_table, report_header,
+                               roofline_figure)
 from testbed.runner import TimingSettings, cell_rng, grid, run_sweep, time_backend
-from testbed.storage import atomic_write_text
 
 from .common import finish, make_parser, selected_backends, start_run
 
 NAME = "speed"
+#: Columns of the report's table of every cell.
+CELL_COLUMNS = ["suite", "case", "descriptor", "backend", "dtype", "status", "median_s", "min_s", "iqr_s",
+                "repeats", "first_call_s", "gflops", "gbps", "speedup", "timing_method"]
 #: Cells left out unless --exclude says otherwise: on the U-Net shapes the oracle ``naive`` takes 5-15 s per
 #: call here, and ``fft`` ~80 s (its channel sum is C_in·C_out kernel spectra, unet1: 1024·512·57·29 complex
 #: values ≈ 7 GB, computed in blocks of output channels and streamed through a per-frequency GEMM).
@@ -175,15 +177,7 @@ def write_report(run_dir) -> str:
             roofline_figure(ok[["backend", "case", "intensity", "gflops"]], peak, bandwidth,
                             "Roofline: every (backend, case) of this run", path)
             parts += ["## Roofline\n", f"![roofline]({path.name})\n"]
-        columns = ["suite", "case", "descriptor", "backend", "dtype", "status", "median_s", "min_s", "iqr_s",
-                   "repeats", "first_call_s", "gflops", "gbps", "speedup", "timing_method"]
-        parts += ["## Status per backend\n", status_table(frame),
-                  "\n## All cells\n", markdown_table(frame[[c for c in columns if c in frame]], index=False)]
-    else:
-        parts += ["## Status per backend\n", status_table(frame)]
-    text = "\n".join(parts)
-    atomic_write_text(run_dir / "report.md", text)
-    return text
+    return finish_report(run_dir, parts, frame, CELL_COLUMNS)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .storage import save_figure
+from .storage import atomic_write_text, save_figure
 
 __all__ = ["markdown_table", "report_header", "status_table", "load_run", "heatmap_figure", "grouped_bar_figure",
            "roofline_figure", "loglog_figure", "fit_loglog_slope", "new_figure"]
@@ -58,7 +58,7 @@ def report_header(meta: dict, title: str) -> str:
              f"{threads.get('numba_threads')}, torch threads {threads.get('torch_threads')}, GPU: {gpu}; load "
              f"average at start {threads.get('load_average_1_5_15min')} (1/5/15 min; above the core count, "
              f"other processes compete and timings are noisy)",
-             f"- versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if v),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if v),
              f"- command: `{' '.join(str(a) for a in meta.get('command', []))}`"
              + (" (quick mode)" if meta.get("quick") else ""),
              f"- seed: {meta.get('seed')}"]
@@ -80,6 +80,17 @@ def status_table(frame) -> str:
     if len(notes):
         notes["message"] = notes["message"].astype(str).str.slice(0, 160)
         text += "\nNot-ok cells (distinct reasons):\n\n" + markdown_table(notes, index=False)
+    return text
+
+
+def finish_report(run_dir, parts, frame, cell_columns=None) -> str:
+    """Finish a run's ``report.md`` atomically: ``parts``, the status per backend, and (with ``cell_columns``)
+    a table of every cell. Returns the text."""
+    parts = list(parts) + ["\n## Status per backend\n", status_table(frame)]
+    if cell_columns is not None and len(frame):
+        parts += ["\n## All cells\n", markdown_table(frame[[c for c in cell_columns if c in frame]], index=False)]
+    text = "\n".join(parts)
+    atomic_write_text(Path(run_dir) / "report.md", text)
     return text
 
 

@@ -3,8 +3,6 @@
 import functools
 import warnings
 
-import numpy as np
-
 from ..registry import Backend, register
 
 
