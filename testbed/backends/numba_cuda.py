@@ -19,7 +19,7 @@ import statistics
 
 import numpy as np
 
-from ..registry import Backend, BackendUnavailable, get_backend, register
+from ..registry import Backend, BackendUnavailable, get_backend, is_device_array, register
 
 __all__ = ["probe", "time_cuda_backend", "tiled_plan", "SIMULATOR_STATUS", "THREADS_PER_BLOCK",
            "SHARED_BYTES_BUDGET"]
@@ -50,10 +50,6 @@ def probe() -> tuple[bool, str]:
     except Exception as exc:  # a broken driver or toolkit is "unavailable", not an import error
         return False, f"numba.cuda cannot start: {exc}"
     return True, f"available ({name.decode() if isinstance(name, bytes) else name})"
-
-
-def _simulator() -> bool:
-    return probe()[1] == SIMULATOR_STATUS
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,7 +84,7 @@ def _launch(run_kernels):
     @functools.wraps(run_kernels)
     def run(x, weight, bias, problem):
         from numba import cuda
-        on_device = _is_numba_device_array(x) or hasattr(x, "__cuda_array_interface__")
+        on_device = is_device_array(x)
         y = cuda.device_array(problem.output_shape, dtype=problem.dtype)
         if problem.batch > 0:
             d_bias = _on_device(bias) if bias is not None else cuda.device_array(1, dtype=problem.dtype)
