@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install "$(TORCH)" -e ".[test,torch,bench]"
+	$(PY) -m pip install "$(TORCH)" -e ".[all]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.metadata import PROJECT_ROOT, collect_metadata, git_state, run_id
+from experiments.harness.metadata import PROJECT_ROOT, collect_metadata, git_state, run_id
 from testbed.registry import available_backends, list_backends
-from testbed.storage import atomic_write_json
+from experiments.harness.storage import atomic_write_json
 
 RESULTS_ROOT = PROJECT_ROOT / "results"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from testbed.adjoint import adjoint_residual
-from testbed.descriptor import parse_descriptor
-from testbed.reporting import (finish_report, heatmap_figure, load_run, markdown_table, report_header)
-from testbed.runner import call_backend, cell_rng, grid, run_sweep
+from experiments.harness.descriptor import parse_descriptor
+from experiments.harness.reporting import (finish_report, heatmap_figure, load_run, markdown_table, report_header)
+from experiments.harness.runner import call_backend, cell_rng, grid, run_sweep
 
 from .common import finish, make_parser, selected_backends, start_run
 

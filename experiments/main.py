@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.reporting import load_run, markdown_table, report_header
-from testbed.storage import atomic_write_text
+from experiments.harness.reporting import load_run, markdown_table, report_header
+from experiments.harness.storage import atomic_write_text
 
 from . import correctness, speed
 from .common import finish, make_parser, start_run

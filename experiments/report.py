@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.reporting import load_run, markdown_table
-from testbed.storage import atomic_write_text
+from experiments.harness.reporting import load_run, markdown_table
+from experiments.harness.storage import atomic_write_text
 
 #: experiment: (metric compared, what a ratio B/A < 1 means)
 METRICS = {

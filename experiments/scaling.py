@@ -20,10 +20,10 @@ import numpy as np
 
 from testbed.problem import Problem
 from testbed.registry import list_backends
-from testbed.reporting import (finish_report, fit_loglog_slope, load_run, loglog_figure, markdown_table,
+from experiments.harness.reporting import (finish_report, fit_loglog_slope, load_run, loglog_figure, markdown_table,
                                new_figure, report_header)
-from testbed.runner import TimingSettings, cell_rng, grid, run_sweep, time_backend
-from testbed.storage import save_figure
+from experiments.harness.runner import TimingSettings, cell_rng, grid, run_sweep, time_backend
+from experiments.harness.storage import save_figure
 
 from .common import finish, make_parser, selected_backends, start_run
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from testbed.problem import Problem
-from testbed.reporting import finish_report, load_run, markdown_table, new_figure, report_header
-from testbed.runner import call_backend, cell_rng, grid, run_sweep
-from testbed.storage import save_arrays, save_figure
+from experiments.harness.reporting import finish_report, load_run, markdown_table, new_figure, report_header
+from experiments.harness.runner import call_backend, cell_rng, grid, run_sweep
+from experiments.harness.storage import save_arrays, save_figure
 
 from .common import finish, make_parser, selected_backends, start_run
 

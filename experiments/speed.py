@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from testbed.cases import SUITES, suite
-from testbed.metadata import measure_copy_gbps, measure_gemm_gflops
+from experiments.harness.metadata import measure_copy_gbps, measure_gemm_gflops
 from testbed.registry import available_backends
-from testbed.reporting import (finish_report, grouped_bar_figure, load_run, markdown_table, report_header,
+from experiments.harness.reporting import (finish_report, grouped_bar_figure, load_run, markdown_table, report_header,
                                roofline_figure)
-from testbed.runner import TimingSettings, cell_rng, grid, run_sweep, time_backend
+from experiments.harness.runner import TimingSettings, cell_rng, grid, run_sweep, time_backend
 
 from .common import finish, make_parser, selected_backends, start_run
 

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from experiments import checkerboard, correctness, main as main_job, report, scaling, seed, speed
-from testbed.metadata import PROJECT_ROOT
+from experiments.harness.metadata import PROJECT_ROOT
 from testbed.registry import available_backends
-from testbed.runner import ROW_COLUMNS
+from experiments.harness.runner import ROW_COLUMNS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 META_KEYS = {"experiment", "run_id", "utc_time", "git", "versions", "cpu_model", "threads", "device", "seed",

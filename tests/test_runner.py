@@ -9,9 +9,9 @@ import pytest
 
 from testbed.problem import Problem, UnsupportedConfiguration
 from testbed.registry import Backend, get_backend
-from testbed.runner import (ROW_COLUMNS, Cell, TimingSettings, call_backend, cell_rng, grid, run_sweep,
+from experiments.harness.runner import (ROW_COLUMNS, Cell, TimingSettings, call_backend, cell_rng, grid, run_sweep,
                             time_backend, time_call)
-from testbed.storage import RowLog, atomic_write_text
+from experiments.harness.storage import RowLog, atomic_write_text
 
 CASES = {f"c{i}": Problem(batch=1, in_channels=2, in_size=3 + i, out_channels=2, kernel_size=2, stride=2)
          for i in range(4)}

@@ -18,7 +18,7 @@ def _torch():
 def _probe():
     torch = _torch()
     if torch is None:
-        return False, "torch is not installed (pip install 'testbed[torch]' torch==2.13.0)"
+        return False, "torch is not installed (pip install 'convtranspose-testbed[torch]' torch==2.13.0)"
     return True, f"available (torch {torch.__version__})"
 
 

@@ -1,6 +1,6 @@
 """Report building blocks shared by the experiments: markdown tables, the run header, and the common figures
 (heatmap, grouped bars, roofline, log-log scaling). Figures use matplotlib's Agg backend and are saved
-atomically with :func:`testbed.storage.save_figure`.
+atomically with :func:`experiments.harness.storage.save_figure`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ import numpy as np
 __all__ = ["PROJECT_ROOT", "git_state", "run_id", "collect_metadata", "measure_gemm_gflops",
            "measure_copy_gbps", "cpu_model", "device_info"]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: The repository checkout the experiments run from (this file is never installed as a wheel).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_state(root=PROJECT_ROOT) -> dict:
@@ -104,7 +105,7 @@ def _threads() -> dict:
 
 def collect_metadata(experiment: str, run: str, *, seed, argv, quick: bool, extra: dict | None = None) -> dict:
     """The meta.json of a run (everything but the experiment-specific ``extra``)."""
-    from .registry import backend_status
+    from testbed.registry import backend_status
 
     meta = {
         "experiment": experiment,

@@ -29,10 +29,11 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from .api import conv_transpose2d
+from testbed.api import conv_transpose2d
+from testbed.problem import Problem, UnsupportedConfiguration
+from testbed.registry import Backend, BackendUnavailable, get_backend
+
 from .descriptor import PROBLEM_COLUMNS, format_descriptor, problem_columns
-from .problem import Problem, UnsupportedConfiguration
-from .registry import Backend, BackendUnavailable, get_backend
 from .storage import RowLog, atomic_write_csv
 
 __all__ = ["Cell", "grid", "run_sweep", "run_cell", "TimingSettings", "time_backend", "time_call",

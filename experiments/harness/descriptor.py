@@ -30,7 +30,7 @@ import re
 
 import numpy as np
 
-from .problem import Problem
+from testbed.problem import Problem
 
 __all__ = ["format_descriptor", "parse_descriptor", "problem_columns", "PROBLEM_COLUMNS"]
 
