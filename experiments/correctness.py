@@ -2,9 +2,9 @@
 
 Per case × backend × dtype: relative L2 error ``‖y - y_ref‖ / ‖y_ref‖``, max absolute error, whether the
 result equals the oracle bit for bit, and the adjoint-identity residual
-``|<conv2d(z), x> - <z, convT(x)>| / (‖z‖·‖convT(x)‖)`` (testbed.adjoint: the forward conv2d written
-independently in NumPy). A cell passes when both are within the dtype's tolerance (1e-12 float64,
-1e-5 float32).
+``|<conv2d(z), x> - <z, convT(x)>| / (‖z‖·‖convT(x)‖)`` (testbed.testing: the forward conv2d written
+independently in NumPy). A cell passes when both are within the dtype's tolerance
+(``testbed.testing.TOLERANCES``: 1e-12 float64, 1e-5 float32).
 
 ``--fill int`` draws input, weight and bias from the integers -3..3, so every sum is exact in float32 and
 float64: then every backend but ``fft`` (rounding in the transforms) should equal the oracle bit for bit;
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.adjoint import adjoint_residual
+from testbed.testing import TOLERANCES, adjoint_residual, call_kwargs, oracle, relative_error, tolerance
 from experiments.harness.descriptor import parse_descriptor
 from experiments.harness.reporting import (finish_report, heatmap_figure, load_run, markdown_table, report_header)
 from experiments.harness.runner import call_backend, cell_rng, grid, run_sweep
@@ -28,7 +28,6 @@ NAME = "correctness"
 #: Columns of the report's table of every cell.
 CELL_COLUMNS = ["case", "descriptor", "backend", "dtype", "status", "rel_l2", "max_abs", "bitwise_equal",
                 "adjoint_residual", "passed"]
-TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
 #: name: (descriptor, has_bias). Small shapes covering every parameter and the corner cases of the notes.
 GRID = {
@@ -59,33 +58,30 @@ def cases(quick: bool) -> dict:
 def make_measure(seed: int, integer_fill: bool):
     oracles = {}
 
-    def oracle(cell, x, weight, bias):
+    def cached_oracle(cell, x, weight, bias):
         key = (cell.case, str(cell.problem.dtype))
         if key not in oracles:
-            problem64 = cell.problem.with_(dtype=np.float64)
-            as64 = (lambda a: None if a is None else a.astype(np.float64))
-            oracles[key] = call_backend("naive", problem64, as64(x), as64(weight), as64(bias))
+            oracles[key] = oracle(x, weight, bias, **call_kwargs(cell.problem))
         return oracles[key]
 
     def measure(cell, backend):
         problem = cell.problem
         rng = cell_rng(seed, cell)
         x, weight, bias = problem.random_arrays(rng, integer=integer_fill)
-        reference = oracle(cell, x, weight, bias)
+        reference = cached_oracle(cell, x, weight, bias)
         y = np.asarray(call_backend(backend, problem, x, weight, bias), dtype=np.float64)
         if y.shape != reference.shape:
             return {"status": "error", "message": f"output shape {y.shape}, expected {reference.shape}"}
         diff = y - reference
-        ref_norm = np.linalg.norm(reference)
-        rel_l2 = float(np.linalg.norm(diff) / ref_norm) if ref_norm else float(np.linalg.norm(diff))
+        rel_l2 = relative_error(y, reference)
         unbiased = y if bias is None else np.asarray(call_backend(backend, problem, x, weight, None))
         residual = adjoint_residual(x, weight, unbiased, rng.standard_normal(problem.output_shape), problem)
-        tolerance = TOLERANCE[str(problem.dtype)]
+        allowed = tolerance(problem.dtype)
         finite = bool(np.isfinite(y).all())
         return {"rel_l2": rel_l2, "max_abs": float(np.abs(diff).max()) if diff.size else 0.0,
                 "bitwise_equal": bool(np.array_equal(y, reference)), "adjoint_residual": residual,
-                "tolerance": tolerance,
-                "passed": finite and rel_l2 <= tolerance and residual <= tolerance}
+                "tolerance": allowed,
+                "passed": finite and rel_l2 <= allowed and residual <= allowed}
 
     return measure
 
@@ -99,7 +95,7 @@ def build_parser():
 
 def main(argv=None, *, out=None):
     args = build_parser().parse_args(argv)
-    run_dir, meta = start_run(NAME, args, argv, {"fill": args.fill, "tolerance": TOLERANCE}, out=out)
+    run_dir, meta = start_run(NAME, args, argv, {"fill": args.fill, "tolerance": {str(dtype): tol for dtype, tol in TOLERANCES.items()}}, out=out)
     cells = grid(cases(args.quick), selected_backends(args), args.dtypes)
     run_sweep(cells, make_measure(args.seed, args.fill == "int"), run_dir, resume=args.resume,
               progress=not args.no_progress, desc=NAME)
@@ -138,7 +134,7 @@ def write_report(run_dir) -> str:
     meta, frame = load_run(run_dir)
     parts = [report_header(meta, "Correctness against the naive oracle"),
              f"Fill: **{meta.get('fill')}**. Tolerances (relative L2 and adjoint residual): float32 "
-             f"{TOLERANCE['float32']:g}, float64 {TOLERANCE['float64']:g}. Oracle: `naive` in float64 on the "
+             f"{tolerance('float32'):g}, float64 {tolerance('float64'):g}. Oracle: `naive` in float64 on the "
              f"same (rounded) inputs.\n"]
     if not frame.empty:
         parts += ["## Summary per backend\n", markdown_table(summary_table(frame).reset_index(), index=False)]

@@ -1,18 +1,32 @@
-"""Shared fixtures: every test that takes ``backend_name`` runs once per registered backend."""
+"""Shared fixtures: every test that takes ``backend_name`` runs once per registered backend.
+
+A test whose reference is computed by some backend names it with ``@pytest.mark.reference_backends(name,
+...)``; those backends are then not parametrised for it (a backend is never compared with itself).
+``TESTBED_MUTANT=<name>`` replaces a registered backend with a deliberately broken one (tests/mutants.py), to
+show that the suite fails.
+"""
+
+import inspect
+import os
 
 import numpy as np
 import pytest
 
 import testbed
+from testbed.testing import TOLERANCES, relative_error
 
-# Tolerances on the relative L2 error ||y - ref|| / ||ref|| (the core issue's acceptance criteria).
-RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
+if os.environ.get("TESTBED_MUTANT"):
+    import mutants
+
+    mutants.install(os.environ["TESTBED_MUTANT"])
+
+# test_cuda_sim.py still imports these two names from here; they are testbed.testing's, not copies.
+RTOL, rel_error = TOLERANCES, relative_error
 
 
-def rel_error(y, ref):
-    y, ref = np.asarray(y, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    scale = np.linalg.norm(ref)
-    return np.linalg.norm(y - ref) / (scale if scale else 1.0)
+def pytest_configure(config):
+    config.addinivalue_line("markers", "reference_backends(*names): the test's reference is computed by these "
+                                       "backends, so they are not parametrised (no backend checks itself)")
 
 
 def call_arrays(batch, c_in, c_out, size, kernel, params, dtype, bias, seed=0):
@@ -27,7 +41,9 @@ def call_arrays(batch, c_in, c_out, size, kernel, params, dtype, bias, seed=0):
 
 def pytest_generate_tests(metafunc):
     if "backend_name" in metafunc.fixturenames:
-        metafunc.parametrize("backend_name", testbed.list_backends())
+        marker = metafunc.definition.get_closest_marker("reference_backends")
+        references = set(marker.args) if marker else set()
+        metafunc.parametrize("backend_name", [name for name in testbed.list_backends() if name not in references])
 
 
 @pytest.fixture
@@ -39,11 +55,33 @@ def backend(backend_name):
     return impl
 
 
+_SIGNATURE = inspect.signature(testbed.conv_transpose2d)
+
+
+def call_problem(*args, **kwargs) -> testbed.Problem:
+    """The :class:`~testbed.Problem` of the call ``conv_transpose2d(*args, **kwargs)`` (host arrays)."""
+    call = _SIGNATURE.bind(*args, **kwargs)
+    call.apply_defaults()
+    a = call.arguments
+    x = a["input"] if hasattr(a["input"], "shape") else np.asarray(a["input"])
+    dtype = np.dtype(x.dtype)
+    if dtype.kind in "iub":
+        dtype = np.dtype(np.float64)                      # the API's promotion rule
+    return testbed.Problem.from_shapes(
+        tuple(x.shape), tuple(np.shape(a["weight"])), stride=a["stride"], padding=a["padding"],
+        output_padding=a["output_padding"], dilation=a["dilation"], groups=a["groups"], dtype=dtype,
+        has_bias=a["bias"] is not None, output_size=a["output_size"])
+
+
 def run_or_skip(impl, *args, **kwargs):
-    """Call ``conv_transpose2d`` with ``impl``; a documented UnsupportedConfiguration skips the test."""
-    try:
-        return testbed.conv_transpose2d(*args, backend=impl.name, **kwargs)
-    except testbed.UnsupportedConfiguration as exc:
+    """Call ``conv_transpose2d`` with backend ``impl``; skip only where ``impl`` declares the call unsupported.
+
+    An ``UnsupportedConfiguration`` from a backend that declared support fails the test, and so does any
+    declared limit of ``auto``: the declarations are what the capability table (test_capabilities.py) pins.
+    """
+    reason = impl.unsupported_reason(call_problem(*args, **kwargs))
+    if reason is not None:
         if impl.name == "auto":
-            raise AssertionError(f"auto must support every valid configuration: {exc}") from exc
-        pytest.skip(str(exc))
+            pytest.fail(f"auto must support every valid configuration, but declares: {reason}")
+        pytest.skip(f"{impl.name} declares this configuration unsupported: {reason}")
+    return testbed.conv_transpose2d(*args, backend=impl.name, **kwargs)

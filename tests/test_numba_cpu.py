@@ -1,5 +1,5 @@
-"""``numba_cpu``: each of its paths is taken where expected and agrees with ``naive`` (float64) and ``torch``
-(float32); results are bitwise repeatable; NaN/inf follow the scatter definition; the wrapper copes with
+"""``numba_cpu``: each of its paths is taken where expected and agrees with the float64 oracle (float64 and
+float32) and with ``torch`` (float32); results are bitwise repeatable; NaN/inf follow the scatter definition; the wrapper copes with
 non-contiguous input. Also ``auto``'s rule. The registry-wide parity suite covers the rest."""
 
 import numpy as np
@@ -11,10 +11,7 @@ import testbed
 import testbed.cases
 from testbed.backends import auto, numba_cpu
 from testbed.problem import Problem
-
-from conftest import RTOL, rel_error
-
-NAIVE = testbed.get_backend("naive")
+from testbed.testing import assert_close, assert_close_to_oracle, call_kwargs, oracle
 
 
 def _problem(c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
@@ -48,11 +45,6 @@ def test_choose_path(name):
     assert numba_cpu.choose_path(problem) == path
 
 
-def _oracle(x, weight, bias, problem):
-    as64 = (lambda a: None if a is None else a.astype(np.float64))
-    return NAIVE.run(as64(x), as64(weight), as64(bias), problem.with_(dtype=np.float64))
-
-
 @pytest.mark.parametrize("path", numba_cpu.PATHS)
 @pytest.mark.parametrize("name", CASES)
 def test_every_path_matches_naive_float64(name, path):
@@ -62,21 +54,28 @@ def test_every_path_matches_naive_float64(name, path):
         pytest.skip("nonoverlap_gemm needs stride == kernel, dilation 1")
     x, weight, bias = problem.random_arrays(1)
     y = numba_cpu._RUNNERS[path](x, weight, bias, problem)
-    assert y.shape == problem.output_shape and y.dtype == np.float64
-    assert rel_error(y, _oracle(x, weight, bias, problem)) < RTOL[np.dtype(np.float64)]
+    assert y.shape == problem.output_shape
+    assert_close_to_oracle(y, x, weight, bias, err_msg=path, **call_kwargs(problem))
+
+
+def _float32_call(name):
+    problem = CASES[name][0].with_(dtype=np.float32)
+    x, weight, bias = problem.random_arrays(2)
+    return problem, x, weight, bias, testbed.conv_transpose2d(x, weight, bias, backend="numba_cpu",
+                                                             **call_kwargs(problem))
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_float32_matches_torch_and_naive(name):
+def test_float32_matches_oracle(name):
+    problem, x, weight, bias, y = _float32_call(name)
+    assert_close_to_oracle(y, x, weight, bias, **call_kwargs(problem))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_float32_matches_torch(name):
     pytest.importorskip("torch")
-    problem = CASES[name][0].with_(dtype=np.float32)
-    x, weight, bias = problem.random_arrays(2)
-    y = testbed.conv_transpose2d(x, weight, bias, problem.stride, problem.padding, problem.output_padding,
-                                 problem.groups, problem.dilation, backend="numba_cpu")
-    assert y.dtype == np.float32
-    reference = testbed.get_backend("torch").run(x, weight, bias, problem)
-    assert rel_error(y, reference) < RTOL[np.dtype(np.float32)]
-    assert rel_error(y, _oracle(x, weight, bias, problem)) < RTOL[np.dtype(np.float32)]
+    problem, x, weight, bias, y = _float32_call(name)
+    assert_close(y, testbed.get_backend("torch").run(x, weight, bias, problem))
 
 
 @pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "depthwise"])
@@ -117,7 +116,7 @@ def test_nan_and_inf_reach_exactly_the_outputs_of_the_definition(name, path):
     x[-1, -1, -1, 0] = np.inf
     weight[0, 0, -1, 0] = -np.inf            # a border tap: some of its products are cropped away
     y = numba_cpu._RUNNERS[path](x, weight, bias, problem)
-    reference = _oracle(x, weight, bias, problem)
+    reference = oracle(x, weight, bias, **call_kwargs(problem))
     for special in (np.isnan, np.isposinf, np.isneginf):
         assert np.array_equal(special(y), special(reference))
     assert np.isnan(reference).any() and np.isinf(reference).any()
@@ -150,7 +149,7 @@ def test_auto_runs_every_tiny_case():
         problem = problem.with_(dtype=np.float64, has_bias=True)
         x, weight, bias = problem.random_arrays(7)
         y = testbed.get_backend("auto").run(x, weight, bias, problem)
-        assert rel_error(y, _oracle(x, weight, bias, problem)) < RTOL[np.dtype(np.float64)]
+        assert_close_to_oracle(y, x, weight, bias, **call_kwargs(problem))
 
 
 @pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1"])
@@ -163,7 +162,7 @@ def test_gemm_paths_slice_large_batches(monkeypatch, name):
     monkeypatch.setattr(numba_cpu, "COLUMN_BUFFER_BYTES", 1)
     assert len(numba_cpu._image_chunks(problem)) == 5
     # Same products, but BLAS may block a narrower GEMM differently: equal to rounding, not bitwise.
-    assert rel_error(backend.run(x, weight, bias, problem), whole) < RTOL[np.dtype(np.float64)]
+    assert_close(backend.run(x, weight, bias, problem), whole)
 
 
 _pairs = lambda lo, hi: st.tuples(st.integers(lo, hi), st.integers(lo, hi))  # noqa: E731
@@ -184,7 +183,6 @@ def test_gemm_paths_on_random_configurations(kernel, stride, dilation, padding, 
     except ValueError:
         assume(False)
     x, weight, bias = problem.random_arrays(seed)
-    expected = _oracle(x, weight, bias, problem)
+    expected = oracle(x, weight, bias, **call_kwargs(problem))
     for path in ("nonoverlap_gemm", "gemm_col2im") if nonoverlap else ("gemm_col2im",):
-        y = numba_cpu._RUNNERS[path](x, weight, bias, problem)
-        assert rel_error(y, expected) < RTOL[np.dtype(np.float64)], path
+        assert_close(numba_cpu._RUNNERS[path](x, weight, bias, problem), expected, err_msg=path)

@@ -15,8 +15,9 @@ import sys
 import tempfile
 
 import testbed
+from testbed.testing import call_kwargs
 
-from .common import CASES, call_kwargs
+from .common import CASES
 
 #: Configurations that differ in kind (stride == kernel; tiny channel counts; a general stride-1 layer), so a
 #: backend with one kernel per kind of configuration compiles each of them.

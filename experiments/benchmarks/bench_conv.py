@@ -1,8 +1,8 @@
 """Speed, throughput, peak memory and accuracy of ``conv_transpose2d`` for every registered backend.
 
 GFLOP/s counts useful work only, ``Problem.flops = 2·N·C_in·(C_out/groups)·H·W·kH·kW``. Accuracy is the
-relative L2 error ``‖y - ref‖ / ‖ref‖`` against the ``naive`` scatter definition computed in float64 on the
-same inputs (for float32 the inputs are drawn in float32 and widened exactly), so a float32 result shows its
+relative L2 error ``‖y - ref‖ / ‖ref‖`` against ``testbed.testing.oracle``, the ``naive`` scatter definition
+computed in float64 on the same inputs (for float32 the inputs are drawn in float32 and widened exactly), so a float32 result shows its
 own rounding, and a float64 one shows whether the algorithm is still exact to ~1e-16.
 """
 
@@ -10,8 +10,10 @@ import numpy as np
 
 import testbed
 
-from .common import (ACCURACY_CASES, CASES, MEMORY_CASES, SPEED_CASES, Call, relative_error, require,
-                     reset_peak_memory, seconds_per_call)
+from testbed.testing import call_kwargs, oracle, relative_error
+
+from .common import (ACCURACY_CASES, CASES, MEMORY_CASES, SPEED_CASES, Call, require, reset_peak_memory,
+                     seconds_per_call)
 
 BACKENDS = testbed.list_backends()
 
@@ -66,10 +68,7 @@ class Accuracy:
         references = {}
         for case in ACCURACY_CASES:
             x, weight, bias = CASES[case].random_arrays(0)
-            wide = CASES[case].with_(dtype=np.float64)
-            widened = tuple(None if a is None else a.astype(np.float64) for a in (x, weight, bias))
-            reference = Call("naive", wide, widened)()
-            references[case] = ((x, weight, bias), reference)
+            references[case] = ((x, weight, bias), oracle(x, weight, bias, **call_kwargs(CASES[case])))
         return references
 
     def setup(self, references, backend, case, dtype):

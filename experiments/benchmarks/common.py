@@ -8,10 +8,9 @@ Cases are named problems of ``testbed.cases.SUITES``; the benchmarks call the pu
 import statistics
 import time
 
-import numpy as np
-
 import testbed
 from testbed.cases import SUITES
+from testbed.testing import call_kwargs
 
 #: Every named problem of every suite, by name.
 CASES = {name: problem for cases in SUITES.values() for name, problem in cases.items()}
@@ -33,12 +32,6 @@ ACCURACY_CASES = ["tiny_k2s2", "tiny_g2d2", "k3d2", "k4s2g8"]
 #: there on this 2-core machine, which would make the quick suite take many minutes.
 LARGE_CASES = {"unet1", "unet2", "unet3", "unet4", "k4s2p1"}
 SLOW_ON_LARGE = {"naive", "fft"}
-
-
-def call_kwargs(problem):
-    """The keyword arguments of ``conv_transpose2d`` that reproduce ``problem``."""
-    return dict(stride=problem.stride, padding=problem.padding, output_padding=problem.output_padding,
-                groups=problem.groups, dilation=problem.dilation)
 
 
 def require(backend_name, case, *, timed):
@@ -108,10 +101,3 @@ def reset_peak_memory():
     except OSError:
         pass
 
-
-def relative_error(y, reference):
-    """``‖y - ref‖₂ / ‖ref‖₂`` in float64, the metric of the project's parity tests."""
-    y = np.asarray(y, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    scale = np.linalg.norm(reference)
-    return float(np.linalg.norm(y - reference) / (scale if scale else 1.0))

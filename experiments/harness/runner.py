@@ -32,6 +32,7 @@ import numpy as np
 from testbed.api import conv_transpose2d
 from testbed.problem import Problem, UnsupportedConfiguration
 from testbed.registry import Backend, BackendUnavailable, get_backend
+from testbed.testing import call_kwargs
 
 from .descriptor import PROBLEM_COLUMNS, format_descriptor, problem_columns
 from .storage import RowLog, atomic_write_csv
@@ -88,9 +89,7 @@ def cell_rng(seed: int, cell: Cell) -> np.random.Generator:
 
 def call_backend(backend, problem: Problem, x, weight, bias=None):
     """``conv_transpose2d`` of ``problem``'s parameters through the public API with the given backend."""
-    return conv_transpose2d(x, weight, bias, stride=problem.stride, padding=problem.padding,
-                            output_padding=problem.output_padding, groups=problem.groups,
-                            dilation=problem.dilation, backend=backend)
+    return conv_transpose2d(x, weight, bias, backend=backend, **call_kwargs(problem))
 
 
 def run_cell(cell: Cell, measure: Callable[[Cell, Backend], dict]) -> dict:

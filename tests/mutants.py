@@ -1,0 +1,46 @@
+"""Deliberately broken backends that the suite must catch (tests/test_mutants.py runs it against each).
+
+``TESTBED_MUTANT=<name>`` (read by conftest.py before collection) replaces the registered backend with the
+mutant, so the registry-parametrised tests (and ``auto``'s dispatch) run it under the original name.
+"""
+
+import dataclasses
+
+import testbed
+from testbed import registry
+
+
+def _drops_bias(original):
+    """Computes the convolution but never adds the bias."""
+    return dataclasses.replace(original, run=lambda x, weight, bias, problem: original.run(x, weight, None, problem))
+
+
+def _declines_groups(original):
+    """Declares groups > 1 unsupported (so the tests that use groups would skip)."""
+    return dataclasses.replace(original, groups=False)
+
+
+def _raises_on_groups(original):
+    """Declares groups supported, but raises UnsupportedConfiguration for them when called."""
+    def run(x, weight, bias, problem):
+        if problem.groups > 1:
+            raise testbed.UnsupportedConfiguration(original.name, "groups > 1 (undeclared)")
+        return original.run(x, weight, bias, problem)
+    return dataclasses.replace(original, run=run)
+
+
+#: mutant name: (backend it replaces, the function making the mutant from the original).
+MUTANTS = {
+    "col2im_drops_bias": ("col2im", _drops_bias),
+    "col2im_declines_groups": ("col2im", _declines_groups),
+    "col2im_raises_on_groups": ("col2im", _raises_on_groups),
+}
+
+
+def install(name: str) -> None:
+    """Replace the backend that mutant ``name`` breaks with the mutant, in the registry."""
+    if name not in MUTANTS:
+        raise ValueError(f"TESTBED_MUTANT must be one of {sorted(MUTANTS)}, got {name!r}")
+    backend_name, make = MUTANTS[name]
+    original = testbed.get_backend(backend_name)
+    registry._REGISTRY[backend_name] = make(original)   # no public way to replace a backend, on purpose
