@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from testbed.problem import Problem
-from experiments.harness.reporting import finish_report, load_run, markdown_table, new_figure, report_header
+from experiments.harness.reporting import finish_report, load_run, markdown_table, new_figure, report_header, truthy
 from experiments.harness.runner import call_backend, grid, run_sweep
 from experiments.harness.storage import save_arrays, save_figure
 
@@ -118,7 +118,7 @@ def write_report(run_dir) -> str:
         summary = ok.pivot_table(index="case", columns="backend", values="unevenness", sort=False)
         expected = ok.drop_duplicates("case").set_index("case")[["kernel", "stride", "stride_divides_kernel",
                                                                  "interior_min", "interior_max"]]
-        passed = ok["passed"].astype(str).str.lower() == "true"
+        passed = truthy(ok["passed"])
         parts += ["## Interior unevenness per (kernel, stride) and backend\n", markdown_table(expected),
                   "\n", markdown_table(summary, floatfmt=".3g"),
                   f"\n**{int(passed.sum())} of {len(ok)} cells: unevenness is zero iff stride divides kernel.**\n"]

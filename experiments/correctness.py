@@ -19,7 +19,8 @@ import numpy as np
 
 from testbed.testing import TOLERANCES, adjoint_residual, call_kwargs, oracle, relative_error, tolerance
 from experiments.harness.descriptor import parse_descriptor
-from experiments.harness.reporting import (finish_report, heatmap_figure, load_run, markdown_table, report_header)
+from experiments.harness.reporting import (finish_report, heatmap_figure, load_run, markdown_table, report_header,
+                                           truthy)
 from experiments.harness.runner import call_backend, cell_rng, grid, run_sweep
 
 from .common import finish, make_parser, selected_backends, start_run
@@ -95,7 +96,8 @@ def build_parser():
 
 def main(argv=None, *, out=None):
     args = build_parser().parse_args(argv)
-    run_dir, meta = start_run(NAME, args, argv, {"fill": args.fill, "tolerance": {str(dtype): tol for dtype, tol in TOLERANCES.items()}}, out=out)
+    tolerances = {str(dtype): tol for dtype, tol in TOLERANCES.items()}
+    run_dir, meta = start_run(NAME, args, argv, {"fill": args.fill, "tolerance": tolerances}, out=out)
     cells = grid(cases(args.quick), selected_backends(args), args.dtypes)
     run_sweep(cells, make_measure(args.seed, args.fill == "int"), run_dir, resume=args.resume,
               progress=not args.no_progress, desc=NAME)
@@ -113,7 +115,7 @@ def summary_table(frame):
     ok = frame[frame["status"] == "ok"].copy()
     if ok.empty:
         return ok
-    ok["passed"] = ok["passed"].astype(str).str.lower() == "true"
+    ok["passed"] = truthy(ok["passed"])
     return ok.groupby(["backend", "dtype"], sort=False).agg(
         cases=("case", "count"), passed=("passed", "sum"), worst_rel_l2=("rel_l2", "max"),
         worst_max_abs=("max_abs", "max"), worst_adjoint=("adjoint_residual", "max"))
@@ -122,7 +124,7 @@ def summary_table(frame):
 def bitwise_table(frame):
     """Per backend: cells equal to the oracle bit for bit, out of the cells it ran."""
     ok = frame[frame["status"] == "ok"].copy()
-    ok["bitwise_equal"] = ok["bitwise_equal"].astype(str).str.lower() == "true"
+    ok["bitwise_equal"] = truthy(ok["bitwise_equal"])
     table = ok.groupby("backend", sort=False).agg(cells=("case", "count"), bitwise_equal=("bitwise_equal", "sum"))
     table["all_bitwise"] = table["cells"] == table["bitwise_equal"]
     return table
@@ -139,7 +141,7 @@ def write_report(run_dir) -> str:
     if not frame.empty:
         parts += ["## Summary per backend\n", markdown_table(summary_table(frame).reset_index(), index=False)]
         ok = frame[frame["status"] == "ok"]
-        failed = ok[ok["passed"].astype(str).str.lower() != "true"]
+        failed = ok[~truthy(ok["passed"])]
         parts.append(f"\n**{len(ok) - len(failed)} of {len(ok)} computed cells pass.**\n")
         if len(failed):
             parts += ["\n### Failing cells\n",

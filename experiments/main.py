@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.harness.reporting import load_run, markdown_table, report_header
+from experiments.harness.reporting import load_run, markdown_table, report_header, truthy
 from experiments.harness.storage import atomic_write_text
 
 from . import correctness, speed
@@ -58,7 +58,7 @@ def write_report(run_dir) -> str:
         _, frame = load_run(correctness_dir)
         if not frame.empty and "passed" in frame:
             ok = frame[frame["status"] == "ok"]
-            passed = int((ok["passed"].astype(str).str.lower() == "true").sum())
+            passed = int(truthy(ok["passed"]).sum())
             parts += ["## Correctness against the naive oracle\n",
                       f"**{passed} of {len(ok)} computed cells pass** (relative L2 error and adjoint residual "
                       f"within 1e-5 for float32, 1e-12 for float64). Details: "

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from testbed.problem import Problem
-from experiments.harness.reporting import finish_report, load_run, markdown_table, new_figure, report_header
+from experiments.harness.reporting import finish_report, load_run, markdown_table, new_figure, report_header, truthy
 from experiments.harness.runner import call_backend, cell_rng, grid, run_sweep
 from experiments.harness.storage import save_arrays, save_figure
 
@@ -96,8 +96,8 @@ def verification_text(frame) -> str:
         if row["status"] != "ok":
             lines.append(f"{row['case']:5s} {row['backend']:18s} {row['dtype']}: {row['status']} {row['message']}")
             continue
-        exact = str(row["blocks_exact"]).lower() == "true"
-        verdict = "PASS" if str(row["passed"]).lower() == "true" else "FAIL"
+        exact = truthy(row["blocks_exact"])
+        verdict = "PASS" if truthy(row["passed"]) else "FAIL"
         lines.append(f"{row['case']:5s} {row['backend']:18s} {row['dtype']}: {verdict}  "
                      f"{int(row['blocks'])} blocks of {int(row['upsampling'])}x{int(row['upsampling'])} == kernel × "
                      f"pixel {'exactly' if exact else 'within tolerance'} (max |diff| {row['max_abs_diff']:.2g})")

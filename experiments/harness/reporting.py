@@ -46,6 +46,13 @@ def load_run(run_dir):
     return meta, frame
 
 
+def truthy(values):
+    """Booleans read back from a results.csv (``True``, ``"True"``, ``"true"``; ``False``, empty and NaN are
+    false): a column gives a bool array, one value a bool."""
+    result = np.char.lower(np.asarray(values, dtype=str)) == "true"
+    return bool(result) if result.ndim == 0 else result
+
+
 def report_header(meta: dict, title: str) -> str:
     git = meta.get("git", {})
     dirty = " (uncommitted changes)" if git.get("dirty") else ""
