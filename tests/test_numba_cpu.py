@@ -1,6 +1,6 @@
 """``numba_cpu``: each of its paths is taken where expected and agrees with the float64 oracle (float64 and
-float32) and with ``torch`` (float32); results are bitwise repeatable; NaN/inf follow the scatter definition; the wrapper copes with
-non-contiguous input. Also ``auto``'s rule. The registry-wide parity suite covers the rest."""
+float32) and with ``torch`` (float32); results are bitwise repeatable; NaN/inf follow the scatter definition;
+the wrapper copes with non-contiguous input. Also ``auto``'s rule. The registry-wide parity suite covers the rest."""
 
 import numpy as np
 import pytest
@@ -47,7 +47,7 @@ def test_choose_path(name):
 
 @pytest.mark.parametrize("path", numba_cpu.PATHS)
 @pytest.mark.parametrize("name", CASES)
-def test_every_path_matches_naive_float64(name, path):
+def test_every_path_matches_oracle_float64(name, path):
     """Each path is forced on every configuration it can compute, not just the one it is chosen for."""
     problem, _ = CASES[name]
     if path == "nonoverlap_gemm" and not problem.is_nonoverlapping:
@@ -97,10 +97,10 @@ def test_noncontiguous_input(name):
     # A Fortran-ordered copy and a strided view hold the same values as the C-ordered input.
     wide = np.zeros(x.shape[:-1] + (2 * x.shape[-1],))
     wide[..., ::2] = x
-    args = (problem.stride, problem.padding, problem.output_padding, problem.groups, problem.dilation)
-    expected = testbed.conv_transpose2d(x, weight, bias, *args, backend="numba_cpu")
+    kwargs = call_kwargs(problem)
+    expected = testbed.conv_transpose2d(x, weight, bias, backend="numba_cpu", **kwargs)
     for view in (np.asfortranarray(x), wide[..., ::2]):
-        assert np.array_equal(testbed.conv_transpose2d(view, weight, bias, *args, backend="numba_cpu"),
+        assert np.array_equal(testbed.conv_transpose2d(view, weight, bias, backend="numba_cpu", **kwargs),
                               expected)
 
 

@@ -2,8 +2,8 @@
 
 GFLOP/s counts useful work only, ``Problem.flops = 2·N·C_in·(C_out/groups)·H·W·kH·kW``. Accuracy is the
 relative L2 error ``‖y - ref‖ / ‖ref‖`` against ``testbed.testing.oracle``, the ``naive`` scatter definition
-computed in float64 on the same inputs (for float32 the inputs are drawn in float32 and widened exactly), so a float32 result shows its
-own rounding, and a float64 one shows whether the algorithm is still exact to ~1e-16.
+computed in float64 on the same inputs (for float32 the inputs are drawn in float32 and widened exactly), so a
+float32 result shows its own rounding, and a float64 one shows whether the algorithm is still exact to ~1e-16.
 """
 
 import numpy as np
