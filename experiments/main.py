@@ -13,6 +13,7 @@ import numpy as np
 
 from experiments.harness.reporting import load_run, markdown_table, report_header, truthy
 from experiments.harness.storage import atomic_write_text
+from testbed.testing import tolerance
 
 from . import correctness, speed
 from .common import finish, make_parser, start_run
@@ -61,8 +62,8 @@ def write_report(run_dir) -> str:
             passed = int(truthy(ok["passed"]).sum())
             parts += ["## Correctness against the naive oracle\n",
                       f"**{passed} of {len(ok)} computed cells pass** (relative L2 error and adjoint residual "
-                      f"within 1e-5 for float32, 1e-12 for float64). Details: "
-                      f"[correctness/report.md](correctness/report.md).\n",
+                      f"within {tolerance('float32'):g} for float32, {tolerance('float64'):g} for float64). "
+                      f"Details: [correctness/report.md](correctness/report.md).\n",
                       markdown_table(correctness.summary_table(frame).reset_index(), index=False),
                       "\n![float32 errors](correctness/heatmap_float32.png)\n"]
     if (speed_dir / "meta.json").exists():

@@ -9,7 +9,6 @@ float32 result shows its own rounding, and a float64 one shows whether the algor
 import numpy as np
 
 import testbed
-
 from testbed.testing import call_kwargs, oracle, relative_error
 
 from .common import (ACCURACY_CASES, CASES, MEMORY_CASES, SPEED_CASES, Call, require, reset_peak_memory,
