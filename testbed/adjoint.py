@@ -5,7 +5,8 @@ linear map ``T: x ↦ y`` and its adjoint is the ordinary strided, padded, dilat
 (PyTorch's ``F.conv2d(z, W, stride=s, padding=p, dilation=d, groups=g)``, with ``W`` read as a forward
 weight of ``C_in`` output and ``C_out/groups`` input channels):
 
-    (Tᵀz)[n, g·Ci_g + ci, ih, iw] = Σ_{co, kh, kw} z[n, g·Co_g + co, ih·s - p + kh·d, iw·s - p + kw·d] · W[g·Ci_g + ci, co, kh, kw]
+    (Tᵀz)[n, g·Ci_g + ci, ih, iw] = Σ_{co, kh, kw} z[n, g·Co_g + co, ih·s - p + kh·d, iw·s - p + kw·d]
+                                                   · W[g·Ci_g + ci, co, kh, kw]
 
 (taps falling outside ``z`` count as zero). The identity ``<Tᵀz, x> = <z, T x>`` holds for every ``x, z``
 (Dumoulin & Visin 2016, ch. 4: the transposed convolution multiplies by ``Cᵀ``). Only the ``H × W``

@@ -14,6 +14,7 @@ written with PyTorch's padding/output_padding/dilation conventions).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,11 +64,57 @@ def _extent(size: int, kernel: int, stride: int, padding: int, output_padding: i
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
-def output_shape(input_shape, weight_shape, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
-    """Shape of ``conv_transpose2d(input, weight, ...)`` without computing it.
+def output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], stride: int | Sequence[int] = 1,
+                 padding: int | Sequence[int] = 0, output_padding: int | Sequence[int] = 0,
+                 dilation: int | Sequence[int] = 1, groups: int = 1) -> tuple[int, ...]:
+    """The shape of ``conv_transpose2d(input, weight, ...)``, without computing it.
 
-    ``input_shape`` is ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``; the result has the same rank.
-    ``H_out = (H - 1)·stride - 2·padding + dilation·(kH - 1) + output_padding + 1``.
+    Parameters
+    ----------
+    input_shape : sequence of int
+        ``(N, C_in, H, W)``, or unbatched ``(C_in, H, W)``.
+    weight_shape : sequence of int
+        ``(C_in, C_out / groups, kH, kW)``.
+    stride, padding, output_padding, dilation : int or (int, int)
+        As for :func:`conv_transpose2d`.
+    groups : int, default 1
+        As for :func:`conv_transpose2d`.
+
+    Returns
+    -------
+    tuple of int
+        ``(N, C_out, H_out, W_out)``, or ``(C_out, H_out, W_out)`` for an unbatched ``input_shape``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For an invalid configuration, with the same messages as :func:`conv_transpose2d`.
+
+    See Also
+    --------
+    conv_transpose2d : computes the result.
+
+    Notes
+    -----
+    Per spatial axis, with stride ``s``, padding ``p``, dilation ``d``, kernel size ``k`` and output padding
+    ``op``:
+
+    .. math::
+
+        H_{out} = (H - 1)s - 2p + d(k - 1) + op + 1
+
+    (Dumoulin & Visin, "A guide to convolution arithmetic for deep learning", arXiv:1603.07285, 2016,
+    relationship 14, in PyTorch's conventions), and ``C_out = groups · weight_shape[1]``.
+
+    Examples
+    --------
+    The first U-Net up-convolution doubles the image size and halves the channels:
+
+    >>> import testbed
+    >>> testbed.output_shape((1, 1024, 28, 28), (1024, 512, 2, 2), stride=2)
+    (1, 512, 56, 56)
+    >>> testbed.output_shape((64, 32, 32), (64, 1, 4, 4), stride=2, padding=1, groups=64)
+    (64, 64, 64)
     """
     problem = Problem.from_shapes(tuple(input_shape), tuple(weight_shape), stride=stride, padding=padding,
                                   output_padding=output_padding, dilation=dilation, groups=groups)
@@ -128,7 +175,7 @@ class Problem:
     # ---- construction from arrays -------------------------------------------------------------------
     @classmethod
     def from_shapes(cls, input_shape, weight_shape, *, stride=1, padding=0, output_padding=0, dilation=1,
-                    groups=1, dtype=np.float64, has_bias=False, output_size=None) -> "Problem":
+                    groups=1, dtype=np.float64, has_bias=False, output_size=None) -> Problem:
         """Validate the shapes of a call (input 3-D or 4-D, weight 4-D) and build its problem."""
         if len(input_shape) not in (3, 4):
             raise ValueError(f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got shape {input_shape}")
@@ -181,16 +228,17 @@ class Problem:
     # ---- derived shapes ------------------------------------------------------------------------------
     @property
     def out_size(self) -> tuple[int, int]:
-        return tuple(_extent(n, k, s, p, op, d) for n, k, s, p, op, d in
-                     zip(self.in_size, self.kernel_size, self.stride, self.padding, self.output_padding,
-                         self.dilation))
+        h, w = (_extent(n, k, s, p, op, d) for n, k, s, p, op, d in
+                zip(self.in_size, self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation))
+        return h, w
 
     @property
     def canvas_size(self) -> tuple[int, int]:
         """Extent of the uncropped scatter target: every tap lands at ``ih·s + kh·d`` (``< (H-1)·s + d·(k-1) + 1``),
         plus ``output_padding`` rows/columns that no tap reaches when ``padding`` is 0."""
-        return tuple((n - 1) * s + d * (k - 1) + 1 + op for n, k, s, op, d in
-                     zip(self.in_size, self.kernel_size, self.stride, self.output_padding, self.dilation))
+        h, w = ((n - 1) * s + d * (k - 1) + 1 + op for n, k, s, op, d in
+                zip(self.in_size, self.kernel_size, self.stride, self.output_padding, self.dilation))
+        return h, w
 
     def crop(self, canvas):
         """The output window ``canvas[..., p:p+H_out, p:p+W_out]`` of a canvas-sized array."""
@@ -239,7 +287,7 @@ class Problem:
                  + int(np.prod(self.output_shape)))
         return count * self.dtype.itemsize
 
-    def with_(self, **changes) -> "Problem":
+    def with_(self, **changes) -> Problem:
         """A copy with some fields replaced (validated again)."""
         from dataclasses import replace
         return replace(self, **changes)
