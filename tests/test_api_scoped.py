@@ -215,3 +215,16 @@ def test_auto_resolves_through_its_choice_function():
     problem = testbed.Problem.from_shapes(X.shape, W.shape, stride=2)
     assert testbed.get_backend("auto").resolve(problem) is auto.choose_backend(problem)
     assert testbed.get_backend("col2im").resolve(problem) is testbed.get_backend("col2im")
+
+
+def test_runner_records_the_resolved_backend():
+    from experiments.harness.runner import ROW_COLUMNS, Cell, run_cell
+
+    problem = testbed.Problem.from_shapes(X.shape, W.shape, stride=2)
+    overlapping = testbed.Problem.from_shapes(X.shape, (4, 2, 3, 3), stride=2)
+    rows = {name: run_cell(Cell("c", p, name), lambda cell, backend: {})
+            for name, p in (("auto", problem), ("col2im", problem), ("kron", overlapping))}
+    assert rows["auto"]["resolved_backend"] == auto.choose_backend(problem).name == "numba_cpu"
+    assert rows["col2im"]["resolved_backend"] == "col2im"
+    assert rows["kron"]["status"] == "unsupported" and rows["kron"]["resolved_backend"] == ""
+    assert "resolved_backend" in ROW_COLUMNS
