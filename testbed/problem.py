@@ -32,7 +32,38 @@ SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class UnsupportedConfiguration(ValueError):
-    """A backend cannot compute a configuration that is itself valid (e.g. ``kron`` with stride != kernel)."""
+    """A backend cannot compute a configuration that is itself valid (e.g. ``kron`` with stride != kernel).
+
+    Parameters
+    ----------
+    backend : str
+        The backend's name.
+    reason : str
+        What it does not support (its :meth:`Backend.unsupported_reason`).
+
+    Attributes
+    ----------
+    backend, reason : str
+        As given.
+
+    See Also
+    --------
+    Backend.unsupported_reason : the same reason, without raising.
+
+    Notes
+    -----
+    A ``ValueError``, so code that handles bad arguments handles it too; ``"auto"`` never raises it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import testbed
+    >>> try:
+    ...     testbed.conv_transpose2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)), stride=2, backend="kron")
+    ... except testbed.UnsupportedConfiguration as exc:
+    ...     print(exc.backend, "|", exc.reason)
+    kron | needs stride == kernel size and dilation 1, ...
+    """
 
     def __init__(self, backend: str, reason: str):
         self.backend = backend
@@ -123,7 +154,56 @@ def output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], stride
 
 @dataclass(frozen=True)
 class Problem:
-    """A validated configuration: every shape, parameter and the compute dtype of one call."""
+    """A validated configuration: every shape, parameter and the compute dtype of one call.
+
+    :func:`conv_transpose2d` builds one from its arguments (:meth:`from_shapes`) and hands it to the backend;
+    experiments and benchmarks build them directly to name a case without arrays.
+
+    Parameters
+    ----------
+    batch : int
+        ``N`` (0 allowed).
+    in_channels, out_channels : int
+        ``C_in`` and ``C_out``, both divisible by ``groups``.
+    in_size : int or (int, int)
+        ``(H, W)`` of the input.
+    kernel_size : int or (int, int)
+        ``(kH, kW)``.
+    stride, padding, output_padding, dilation : int or (int, int)
+        As for :func:`conv_transpose2d`; normalised to pairs.
+    groups : int, default 1
+    dtype : dtype-like, default float64
+        The compute dtype, float32 or float64.
+    has_bias : bool, default False
+
+    Raises
+    ------
+    ValueError, TypeError
+        For an invalid configuration, naming the argument, its value and what is expected.
+
+    See Also
+    --------
+    output_shape : the output shape from array shapes.
+    conv_transpose2d : computes a problem.
+
+    Notes
+    -----
+    Per spatial axis ``H_out = (H - 1)·s - 2p + d·(k - 1) + op + 1`` (Dumoulin & Visin 2016, relationship 14),
+    ``output_padding`` must be smaller than the stride or the dilation (PyTorch's rule), and the output must be
+    non-empty. Derived sizes (``out_size``, ``output_shape``, ``weight_shape``, ``flops``, ...) are properties.
+
+    Examples
+    --------
+    >>> import testbed
+    >>> p = testbed.Problem(batch=1, in_channels=1024, in_size=28, out_channels=512, kernel_size=2, stride=2)
+    >>> p.output_shape, p.weight_shape, p.is_nonoverlapping
+    ((1, 512, 56, 56), (1024, 512, 2, 2), True)
+    >>> testbed.Problem(batch=1, in_channels=4, in_size=8, out_channels=4, kernel_size=3, stride=2,
+    ...                 output_padding=2)
+    Traceback (most recent call last):
+        ...
+    ValueError: output_padding must be smaller than either stride or dilation, ...
+    """
 
     batch: int
     in_channels: int
