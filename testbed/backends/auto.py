@@ -26,7 +26,7 @@ from typing import Any
 from ..problem import Problem
 from ..registry import Backend, get_backend, is_device_array, register
 
-__all__ = ["PREFERENCE", "DEVICE_PREFERENCE", "PREFERENCE_FILE", "problem_class", "choose_backend",
+__all__ = ["PREFERENCE", "DEVICE_PREFERENCE", "PREFERENCE_FILE", "CLASSES", "DEVICE", "problem_class", "choose_backend",
            "preference_order", "load_preference"]
 
 #: The measured preference table (a file of this package).
