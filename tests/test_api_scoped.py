@@ -228,3 +228,17 @@ def test_runner_records_the_resolved_backend():
     assert rows["col2im"]["resolved_backend"] == "col2im"
     assert rows["kron"]["status"] == "unsupported" and rows["kron"]["resolved_backend"] == ""
     assert "resolved_backend" in ROW_COLUMNS
+
+
+@pytest.mark.cudasim
+def test_resolve_auto_follows_device_arrays():
+    """CUDA device arrays resolve to the first available CUDA backend of auto's device list (simulator or GPU)."""
+    first = next((name for name in auto.DEVICE_PREFERENCE if testbed.get_backend(name).available), None)
+    if first is None:
+        pytest.skip("no CUDA backend is available (no GPU, NUMBA_ENABLE_CUDASIM unset)")
+    from numba import cuda
+
+    x, w = cuda.to_device(X), cuda.to_device(W)
+    assert testbed.resolve_backend(x, w, stride=2).name == first
+    with testbed.use_backend("col2im"), pytest.raises(TypeError, match="input is a CUDA device array"):
+        testbed.resolve_backend(x, w, stride=2)
