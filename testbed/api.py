@@ -80,9 +80,10 @@ def use_backend(backend: BackendLike) -> contextlib.AbstractContextManager[Backe
     Notes
     -----
     The selection lives in a :class:`contextvars.ContextVar`, so blocks nest (the innermost wins) and are local
-    to the thread or asyncio task that entered them: another thread does not see it (a new thread starts with
-    no selection, i.e. ``"auto"``), and an asyncio task sees the selection in force where it was created and
-    keeps its own changes to itself. An explicit ``backend=`` argument always takes precedence. Availability is
+    to the thread or asyncio task that entered them: other threads do not see it (a new thread starts with no
+    selection, i.e. ``"auto"``, unless Python runs with ``-X thread_inherit_context``, the default of
+    free-threaded 3.14 builds), and an asyncio task sees the selection in force where it was created and keeps
+    its own changes to itself. An explicit ``backend=`` argument always takes precedence. Availability is
     checked when a call runs, as for ``backend=``: selecting ``"torch"`` without torch installed raises
     :class:`BackendUnavailable` from the first call in the block.
 

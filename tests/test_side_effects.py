@@ -126,3 +126,20 @@ def test_report_figure_leaves_matplotlib_alone(tmp_path):
     assert done.returncode == 0, done.stderr
     for name in ("heat.png", "bars.png"):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_library_imports_no_plotting_or_harness_module():
+    """A fresh interpreter that imports testbed and runs every CPU backend never loads matplotlib (so it cannot
+    change its backend), nor pandas or tabulate (the experiments' dependencies; tqdm is left out of the check
+    because torch imports it)."""
+    script = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, "tests")
+        from test_side_effects import run_every_cpu_backend
+        run_every_cpu_backend()
+        run_every_cpu_backend(read_only=True)
+        loaded = sorted(m for m in ("matplotlib", "pandas", "tabulate") if m in sys.modules)
+        assert not loaded, loaded
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
