@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The CPU wheel of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: venv run test test-cpu test-cudasim bench bench-history bench-continuous bench-publish clean
+.PHONY: venv run test lint doctest test-cpu test-cudasim bench bench-history bench-continuous bench-publish clean
 
 venv: $(STAMP)
 
@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m experiments.main
 
-test: test-cpu test-cudasim
+test: lint doctest test-cpu test-cudasim
+
+# ruff (style, imports, bugbear) and mypy (types) on the library; settings in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check testbed
+	$(VENV)/bin/mypy
+
+# The examples of testbed/'s docstrings and README.md's seed demonstration, as doctests.
+doctest: $(STAMP)
+	$(PY) -m pytest -q --doctest-modules --doctest-glob=README.md testbed README.md
 
 test-cpu: $(STAMP)
 	$(PY) -m pytest -m "not cudasim" -q

@@ -1,11 +1,41 @@
-"""testbed: interchangeable implementations of the 2-D transposed convolution (ConvTranspose2d)."""
+"""testbed: interchangeable implementations of the 2-D transposed convolution (ConvTranspose2d).
 
-from .api import conv_transpose2d
+One function with PyTorch's exact semantics, computed by a chosen backend:
+
+>>> import numpy as np
+>>> import testbed
+>>> testbed.conv_transpose2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), stride=2, backend="naive").shape
+(1, 1, 4, 4)
+
+Functions
+---------
+conv_transpose2d  -- the transposed convolution (``torch.nn.functional.conv_transpose2d``)
+output_shape      -- its output shape, without computing it
+use_backend       -- a context manager selecting the backend of a block of calls
+resolve_backend   -- the backend a call would run (``auto``'s choice included)
+list_backends, available_backends, backend_status, get_backend, register -- the backend registry
+
+Classes
+-------
+Problem                   -- a validated configuration: shapes, parameters, dtype
+Backend                   -- one implementation, as registered
+UnsupportedConfiguration  -- a backend cannot compute a valid configuration (a ValueError)
+BackendUnavailable        -- a backend cannot run on this machine (a RuntimeError)
+"""
+
+from .api import conv_transpose2d, resolve_backend, use_backend
 from .problem import Problem, UnsupportedConfiguration, output_shape
-from .registry import (Backend, BackendUnavailable, available_backends, backend_status, get_backend,
-                       list_backends, register)
+from .registry import (
+    Backend,
+    BackendUnavailable,
+    available_backends,
+    backend_status,
+    get_backend,
+    list_backends,
+    register,
+)
 
-__all__ = ["conv_transpose2d", "output_shape", "Problem", "UnsupportedConfiguration", "Backend",
-           "BackendUnavailable", "available_backends", "backend_status", "get_backend", "list_backends",
-           "register"]
+__all__ = ["conv_transpose2d", "output_shape", "use_backend", "resolve_backend", "Problem",
+           "UnsupportedConfiguration", "Backend", "BackendUnavailable", "available_backends", "backend_status",
+           "get_backend", "list_backends", "register"]
 __version__ = "0.1.0"

@@ -1,16 +1,36 @@
-"""``conv_transpose2d``: PyTorch's ``torch.nn.functional.conv_transpose2d``, computed by a chosen backend."""
+"""The public entry points: :func:`conv_transpose2d`, the scoped backend selection :func:`use_backend`, and
+:func:`resolve_backend`, which says which backend a call would run.
+
+The backend of a call is, in order: its ``backend=`` argument; else the one chosen by the innermost enclosing
+``with use_backend(...)`` block of the calling thread or asyncio task (a :class:`contextvars.ContextVar`);
+else ``"auto"``. A dispatching backend (``auto``) then picks the backend that computes the call.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from typing import Any, TypeAlias
+
 import numpy as np
+import numpy.typing as npt
 
 from .problem import SUPPORTED_DTYPES, Problem, UnsupportedConfiguration
-from .registry import BackendUnavailable, get_backend, is_device_array
+from .registry import Backend, BackendUnavailable, get_backend, is_device_array
 
-__all__ = ["conv_transpose2d"]
+__all__ = ["conv_transpose2d", "resolve_backend", "use_backend"]
+
+#: An int used for both spatial dimensions, or an ``(h, w)`` pair.
+IntOrPair: TypeAlias = int | Sequence[int]
+#: A registered backend's name, or a :class:`~testbed.Backend` object.
+BackendLike: TypeAlias = str | Backend
+
+#: The backend selected by the innermost ``with use_backend(...)`` of this thread / asyncio task, or None.
+_SCOPED_BACKEND: ContextVar[Backend | None] = ContextVar("testbed_scoped_backend", default=None)
 
 
-def _as_array(value, name: str, on_device_ok: bool):
+def _as_array(value: Any, name: str, on_device_ok: bool) -> Any:
     """A float32/float64 array (host) or the device array itself; integers promote to float64."""
     if is_device_array(value):
         if not on_device_ok:
@@ -32,25 +52,78 @@ def _as_array(value, name: str, on_device_ok: bool):
     return value
 
 
-def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
-                     *, backend="auto", output_size=None):
-    """2-D transposed convolution with exactly the semantics of ``torch.nn.functional.conv_transpose2d``.
+def use_backend(backend: BackendLike) -> contextlib.AbstractContextManager[Backend]:
+    """Run every :func:`conv_transpose2d` call without a ``backend=`` argument in a block with ``backend``.
 
-    ``y[n, g·Co_g + co, ih·s - p + kh·d, iw·s - p + kw·d] += x[n, g·Ci_g + ci, ih, iw] · W[g·Ci_g + ci, co, kh, kw]``
-    over all taps landing inside the output, plus ``bias[c]``; the output is ``(N, C_out, H_out, W_out)`` with
-    ``H_out = (H - 1)·s - 2p + d·(kH - 1) + op + 1``.
+    Parameters
+    ----------
+    backend : str or Backend
+        A registered backend name (see :func:`list_backends`), ``"auto"``, or a :class:`Backend` object.
 
-    Parameters follow PyTorch: ``input`` ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``; ``weight``
-    ``(C_in, C_out/groups, kH, kW)``; ``bias`` ``(C_out,)`` or None; ``stride``, ``padding``,
-    ``output_padding``, ``dilation`` an int or a pair. ``output_size`` (a pair, or a full shape) chooses
-    ``output_padding`` as ``ConvTranspose2d.forward(x, output_size=...)`` does. ``backend`` names a registered
-    backend (see :func:`testbed.list_backends`) or ``"auto"``.
+    Returns
+    -------
+    context manager
+        Entering it selects the backend (and gives the :class:`Backend` object to ``as``); leaving it, also by an
+        exception, restores the selection that was in force before. It also works as a function decorator.
 
-    dtype rule: float32 and float64 are computed in their own precision; integer arrays are promoted to
-    float64; input, weight and bias must then share one dtype (TypeError otherwise, like PyTorch).
-    The result has the input's dtype. Inputs are never modified.
+    Raises
+    ------
+    ValueError
+        If ``backend`` is not a registered name; raised here, before the block runs.
+
+    See Also
+    --------
+    conv_transpose2d : reads the selection when its ``backend`` argument is None.
+    resolve_backend : the backend a call would run, including the one ``auto`` chooses.
+    scipy.fft.set_backend : the model for this context manager.
+
+    Notes
+    -----
+    The selection lives in a :class:`contextvars.ContextVar`, so blocks nest (the innermost wins) and are local
+    to the thread or asyncio task that entered them: other threads do not see it (a new thread starts with no
+    selection, i.e. ``"auto"``, unless Python runs with ``-X thread_inherit_context``, the default of
+    free-threaded 3.14 builds), and an asyncio task sees the selection in force where it was created and keeps
+    its own changes to itself. An explicit ``backend=`` argument always takes precedence. Availability is
+    checked when a call runs, as for ``backend=``: selecting ``"torch"`` without torch installed raises
+    :class:`BackendUnavailable` from the first call in the block.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import testbed
+    >>> x, w = np.ones((1, 2, 3, 3)), np.ones((2, 1, 2, 2))
+    >>> with testbed.use_backend("col2im"):
+    ...     y = testbed.conv_transpose2d(x, w, stride=2)                  # computed by col2im
+    ...     print(testbed.resolve_backend(x, w, stride=2).name)
+    ...     with testbed.use_backend("naive"):
+    ...         print(testbed.resolve_backend(x, w, stride=2).name)      # the innermost block wins
+    ...     print(testbed.resolve_backend(x, w, stride=2, backend="numba_cpu").name)   # the argument wins
+    col2im
+    naive
+    numba_cpu
+    >>> testbed.resolve_backend(x, w, stride=2).name                      # outside: auto's choice
+    'numba_cpu'
     """
-    impl = get_backend(backend)
+    return _scoped(get_backend(backend))
+
+
+@contextlib.contextmanager
+def _scoped(impl: Backend) -> Iterator[Backend]:
+    token = _SCOPED_BACKEND.set(impl)
+    try:
+        yield impl
+    finally:
+        _SCOPED_BACKEND.reset(token)
+
+
+def _prepare(input: Any, weight: Any, bias: Any, stride: IntOrPair, padding: IntOrPair, output_padding: IntOrPair,
+             groups: int, dilation: IntOrPair, backend: BackendLike | None,
+             output_size: Sequence[int] | None) -> tuple[Backend, Problem, Any, Any, Any]:
+    """Validate a call: ``(backend that runs it, problem, input, weight, bias)``, arrays converted.
+
+    The shared front half of :func:`conv_transpose2d` and :func:`resolve_backend`: they cannot disagree.
+    """
+    impl = get_backend(backend if backend is not None else _SCOPED_BACKEND.get() or "auto")
     on_device_ok = impl.device in ("cuda", "any")
     x = _as_array(input, "input", on_device_ok)
     w = _as_array(weight, "weight", on_device_ok)
@@ -72,7 +145,195 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     ok, why = impl.probe()
     if not ok:
         raise BackendUnavailable(f"backend {impl.name!r} is unavailable here: {why}")
+    return impl.resolve(problem, on_device=is_device_array(x)), problem, x, w, b
 
+
+def resolve_backend(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
+                    stride: IntOrPair = 1, padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1,
+                    dilation: IntOrPair = 1, *, backend: BackendLike | None = None,
+                    output_size: Sequence[int] | None = None) -> Backend:
+    """The backend that ``conv_transpose2d`` would run with these arguments, without running it.
+
+    Parameters
+    ----------
+    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size
+        As for :func:`conv_transpose2d`. Only shapes, dtypes and whether the arrays are CUDA device arrays are
+        read, so arrays from ``np.empty`` do.
+    backend : str, Backend or None, optional
+        As for :func:`conv_transpose2d`: None means the backend of the enclosing :func:`use_backend` block, or
+        ``"auto"`` outside one.
+
+    Returns
+    -------
+    Backend
+        The backend that computes the call. For ``"auto"``, the backend it dispatches this configuration to
+        (see :mod:`testbed.backends.auto`); for any other backend, that backend.
+
+    Raises
+    ------
+    ValueError, TypeError
+        On invalid arguments, exactly as :func:`conv_transpose2d` would.
+    UnsupportedConfiguration
+        If the named backend cannot compute this valid configuration.
+    BackendUnavailable
+        If the named backend cannot run on this machine.
+
+    See Also
+    --------
+    conv_transpose2d : runs the call.
+    use_backend : selects the backend of a block of calls.
+    get_backend : a backend by name, without a configuration.
+
+    Notes
+    -----
+    ``conv_transpose2d`` validates its arguments and resolves its backend with the same code, then runs the
+    backend returned here, so the answer is the backend that would run, not a prediction of it.
+
+    Examples
+    --------
+    ``auto`` on a U-Net up-convolution (kernel 2, stride 2) and on a depthwise one:
+
+    >>> import numpy as np
+    >>> import testbed
+    >>> x, w = np.empty((1, 128, 196, 196), np.float32), np.empty((128, 64, 2, 2), np.float32)
+    >>> testbed.resolve_backend(x, w, stride=2).name
+    'numba_cpu'
+    >>> x, w = np.empty((1, 128, 64, 64), np.float32), np.empty((128, 1, 4, 4), np.float32)
+    >>> testbed.resolve_backend(x, w, stride=2, padding=1, groups=128).name in ("torch", "numba_cpu")
+    True
+    >>> testbed.resolve_backend(x, w, stride=2, padding=1, groups=128, backend="col2im").name
+    'col2im'
+    """
+    return _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation, backend,
+                    output_size)[0]
+
+
+def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
+                     stride: IntOrPair = 1, padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1,
+                     dilation: IntOrPair = 1, *, backend: BackendLike | None = None,
+                     output_size: Sequence[int] | None = None) -> npt.NDArray[np.floating[Any]]:
+    """2-D transposed convolution with exactly the semantics of ``torch.nn.functional.conv_transpose2d``.
+
+    Every input pixel scatters a copy of the kernel, scaled by the pixel, into the output at ``stride`` spacing;
+    overlapping copies add up. It is the adjoint (transpose) of the strided convolution ``conv2d`` with the same
+    parameters, the operator that upsamples in U-Net and in decoders.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C_in, H, W) or (C_in, H, W)
+        The input, batched or unbatched. A CUDA device array is accepted by the ``numba_cuda*`` backends and
+        ``"auto"``.
+    weight : array_like, shape (C_in, C_out / groups, kH, kW)
+        The kernel, in PyTorch's layout for transposed convolutions.
+    bias : array_like, shape (C_out,), optional
+        Added to every output pixel of each output channel.
+    stride : int or (int, int), default 1
+        The spacing of the input pixels in the output (the upsampling factor).
+    padding : int or (int, int), default 0
+        Rows/columns cropped from each side of the full output (in PyTorch's words, ``dilation·(k - 1) -
+        padding`` implicit zero padding of the input).
+    output_padding : int or (int, int), default 0
+        Rows/columns added on the bottom/right of the output; must be smaller than ``stride`` or ``dilation``.
+    groups : int, default 1
+        Input and output channels split into ``groups`` independent groups (``groups = C_in`` with
+        ``C_out / groups = 1``: depthwise).
+    dilation : int or (int, int), default 1
+        The spacing between kernel taps.
+    backend : str, Backend or None, optional
+        The implementation: a name from :func:`list_backends`, ``"auto"`` (the fastest measured available
+        backend for the configuration's class), or a :class:`Backend`. None (the default) uses the backend of
+        the enclosing :func:`use_backend` block, or ``"auto"`` outside one.
+    output_size : sequence of int, optional
+        The spatial output size ``(H_out, W_out)`` (or a full output shape, whose last two entries are used);
+        chooses ``output_padding`` as ``torch.nn.ConvTranspose2d.forward(x, output_size=...)`` does. Give either
+        this or a non-zero ``output_padding``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        The result, in the input's dtype, unbatched when the input is. A CUDA device array when the input is
+        one.
+
+    Raises
+    ------
+    ValueError
+        For an invalid configuration (wrong ranks, channel counts, non-positive stride or dilation, negative
+        padding, too large ``output_padding``, an empty output, a wrong bias shape, an unreachable
+        ``output_size``) or an unknown backend; the message names the argument, its value and what is expected.
+    TypeError
+        For unsupported dtypes (anything but float32, float64 and integers), or input, weight and bias of
+        different dtypes after integer promotion.
+    UnsupportedConfiguration
+        If the chosen backend cannot compute this valid configuration (e.g. ``kron`` with stride ≠ kernel);
+        ``"auto"`` never raises it.
+    BackendUnavailable
+        If the chosen backend cannot run on this machine (e.g. ``torch`` not installed, no CUDA GPU).
+
+    See Also
+    --------
+    output_shape : the result's shape, without computing it.
+    resolve_backend : the backend a call runs, including ``auto``'s choice.
+    use_backend : select the backend of a block of calls.
+    torch.nn.functional.conv_transpose2d : the reference semantics.
+
+    Notes
+    -----
+    With ``G = groups``, ``Ci = C_in / G``, ``Co = C_out / G``, ``s`` the stride, ``p`` the padding and ``d`` the
+    dilation (per spatial axis), for every group ``g`` and every tap that lands inside the output:
+
+    .. math::
+
+        y[n, gCo + c_o, i s - p + k d, j s - p + l d] \\mathrel{+}= x[n, gCi + c_i, i, j]\\, W[gCi + c_i, c_o, k, l]
+
+    plus ``bias[c]`` on every pixel of channel ``c``, and per axis
+
+    .. math::
+
+        H_{out} = (H - 1)s - 2p + d(k_H - 1) + op + 1
+
+    (Dumoulin & Visin [1]_, relationship 14, in PyTorch's conventions [2]_). float32 and float64 are computed in
+    their own precision; integer arrays are promoted to float64, after which input, weight and bias must share
+    one dtype (PyTorch's rule: no silent promotion). Inputs are never modified; non-contiguous and read-only
+    arrays work; a batch of 0 gives an empty result of the right shape.
+
+    References
+    ----------
+    .. [1] V. Dumoulin and F. Visin, "A guide to convolution arithmetic for deep learning",
+       arXiv:1603.07285, 2016.
+    .. [2] PyTorch, ``torch.nn.ConvTranspose2d``,
+       https://pytorch.org/docs/stable/generated/torch.nn.ConvTranspose2d.html
+
+    Examples
+    --------
+    With a 2×2 kernel and stride 2 every input pixel becomes its own 2×2 block, the kernel times the pixel:
+
+    >>> import numpy as np
+    >>> import testbed
+    >>> x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])              # (N, C_in, H, W) = (1, 1, 2, 2)
+    >>> w = np.array([[[[1.0, 10.0], [-1.0, 100.0]]]])          # (C_in, C_out, kH, kW) = (1, 1, 2, 2)
+    >>> testbed.conv_transpose2d(x, w, stride=2)
+    array([[[[  1.,  10.,   2.,  20.],
+             [ -1., 100.,  -2., 200.],
+             [  3.,  30.,   4.,  40.],
+             [ -3., 300.,  -4., 400.]]]])
+
+    With stride 1 the copies overlap and add up; ``padding`` crops the border:
+
+    >>> testbed.conv_transpose2d(x, np.ones((1, 1, 2, 2)), stride=1)[0, 0]
+    array([[ 1.,  3.,  2.],
+           [ 4., 10.,  6.],
+           [ 3.,  7.,  4.]])
+    >>> testbed.conv_transpose2d(x, np.ones((1, 1, 2, 2)), stride=1, padding=1)[0, 0]
+    array([[10.]])
+
+    Any backend computes the same function; ``output_size`` picks ``output_padding``:
+
+    >>> y = testbed.conv_transpose2d(x, w, stride=2, backend="naive", output_size=(5, 5))
+    >>> y.shape, bool(np.array_equal(y[..., :4, :4], testbed.conv_transpose2d(x, w, stride=2)))
+    ((1, 1, 5, 5), True)
+    """
+    impl, problem, x, w, b = _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                                      backend, output_size)
     on_device = is_device_array(x)
     unbatched = len(x.shape) == 3
     if unbatched:

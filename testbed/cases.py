@@ -14,7 +14,7 @@ from .problem import Problem
 def _p(name, c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1, batch=1):
     return name, Problem(batch=batch, in_channels=c_in, in_size=size, out_channels=c_out, kernel_size=kernel,
                          stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
-                         groups=groups, dtype=np.float32)
+                         groups=groups, dtype=np.dtype(np.float32))
 
 
 SUITES = {

@@ -14,6 +14,7 @@ written with PyTorch's padding/output_padding/dilation conventions).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +32,38 @@ SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class UnsupportedConfiguration(ValueError):
-    """A backend cannot compute a configuration that is itself valid (e.g. ``kron`` with stride != kernel)."""
+    """A backend cannot compute a configuration that is itself valid (e.g. ``kron`` with stride != kernel).
+
+    Parameters
+    ----------
+    backend : str
+        The backend's name.
+    reason : str
+        What it does not support (its :meth:`Backend.unsupported_reason`).
+
+    Attributes
+    ----------
+    backend, reason : str
+        As given.
+
+    See Also
+    --------
+    Backend.unsupported_reason : the same reason, without raising.
+
+    Notes
+    -----
+    A ``ValueError``, so code that handles bad arguments handles it too; ``"auto"`` never raises it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import testbed
+    >>> try:
+    ...     testbed.conv_transpose2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)), stride=2, backend="kron")
+    ... except testbed.UnsupportedConfiguration as exc:
+    ...     print(exc.backend, "|", exc.reason)
+    kron | needs stride == kernel size and dilation 1, ...
+    """
 
     def __init__(self, backend: str, reason: str):
         self.backend = backend
@@ -63,11 +95,57 @@ def _extent(size: int, kernel: int, stride: int, padding: int, output_padding: i
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
-def output_shape(input_shape, weight_shape, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
-    """Shape of ``conv_transpose2d(input, weight, ...)`` without computing it.
+def output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], stride: int | Sequence[int] = 1,
+                 padding: int | Sequence[int] = 0, output_padding: int | Sequence[int] = 0,
+                 dilation: int | Sequence[int] = 1, groups: int = 1) -> tuple[int, ...]:
+    """The shape of ``conv_transpose2d(input, weight, ...)``, without computing it.
 
-    ``input_shape`` is ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``; the result has the same rank.
-    ``H_out = (H - 1)·stride - 2·padding + dilation·(kH - 1) + output_padding + 1``.
+    Parameters
+    ----------
+    input_shape : sequence of int
+        ``(N, C_in, H, W)``, or unbatched ``(C_in, H, W)``.
+    weight_shape : sequence of int
+        ``(C_in, C_out / groups, kH, kW)``.
+    stride, padding, output_padding, dilation : int or (int, int)
+        As for :func:`conv_transpose2d`.
+    groups : int, default 1
+        As for :func:`conv_transpose2d`.
+
+    Returns
+    -------
+    tuple of int
+        ``(N, C_out, H_out, W_out)``, or ``(C_out, H_out, W_out)`` for an unbatched ``input_shape``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For an invalid configuration, with the same messages as :func:`conv_transpose2d`.
+
+    See Also
+    --------
+    conv_transpose2d : computes the result.
+
+    Notes
+    -----
+    Per spatial axis, with stride ``s``, padding ``p``, dilation ``d``, kernel size ``k`` and output padding
+    ``op``:
+
+    .. math::
+
+        H_{out} = (H - 1)s - 2p + d(k - 1) + op + 1
+
+    (Dumoulin & Visin, "A guide to convolution arithmetic for deep learning", arXiv:1603.07285, 2016,
+    relationship 14, in PyTorch's conventions), and ``C_out = groups · weight_shape[1]``.
+
+    Examples
+    --------
+    The first U-Net up-convolution doubles the image size and halves the channels:
+
+    >>> import testbed
+    >>> testbed.output_shape((1, 1024, 28, 28), (1024, 512, 2, 2), stride=2)
+    (1, 512, 56, 56)
+    >>> testbed.output_shape((64, 32, 32), (64, 1, 4, 4), stride=2, padding=1, groups=64)
+    (64, 64, 64)
     """
     problem = Problem.from_shapes(tuple(input_shape), tuple(weight_shape), stride=stride, padding=padding,
                                   output_padding=output_padding, dilation=dilation, groups=groups)
@@ -76,7 +154,56 @@ def output_shape(input_shape, weight_shape, stride=1, padding=0, output_padding=
 
 @dataclass(frozen=True)
 class Problem:
-    """A validated configuration: every shape, parameter and the compute dtype of one call."""
+    """A validated configuration: every shape, parameter and the compute dtype of one call.
+
+    :func:`conv_transpose2d` builds one from its arguments (:meth:`from_shapes`) and hands it to the backend;
+    experiments and benchmarks build them directly to name a case without arrays.
+
+    Parameters
+    ----------
+    batch : int
+        ``N`` (0 allowed).
+    in_channels, out_channels : int
+        ``C_in`` and ``C_out``, both divisible by ``groups``.
+    in_size : int or (int, int)
+        ``(H, W)`` of the input.
+    kernel_size : int or (int, int)
+        ``(kH, kW)``.
+    stride, padding, output_padding, dilation : int or (int, int)
+        As for :func:`conv_transpose2d`; normalised to pairs.
+    groups : int, default 1
+    dtype : dtype-like, default float64
+        The compute dtype, float32 or float64.
+    has_bias : bool, default False
+
+    Raises
+    ------
+    ValueError, TypeError
+        For an invalid configuration, naming the argument, its value and what is expected.
+
+    See Also
+    --------
+    output_shape : the output shape from array shapes.
+    conv_transpose2d : computes a problem.
+
+    Notes
+    -----
+    Per spatial axis ``H_out = (H - 1)·s - 2p + d·(k - 1) + op + 1`` (Dumoulin & Visin 2016, relationship 14),
+    ``output_padding`` must be smaller than the stride or the dilation (PyTorch's rule), and the output must be
+    non-empty. Derived sizes (``out_size``, ``output_shape``, ``weight_shape``, ``flops``, ...) are properties.
+
+    Examples
+    --------
+    >>> import testbed
+    >>> p = testbed.Problem(batch=1, in_channels=1024, in_size=28, out_channels=512, kernel_size=2, stride=2)
+    >>> p.output_shape, p.weight_shape, p.is_nonoverlapping
+    ((1, 512, 56, 56), (1024, 512, 2, 2), True)
+    >>> testbed.Problem(batch=1, in_channels=4, in_size=8, out_channels=4, kernel_size=3, stride=2,
+    ...                 output_padding=2)
+    Traceback (most recent call last):
+        ...
+    ValueError: output_padding must be smaller than either stride or dilation, ...
+    """
 
     batch: int
     in_channels: int
@@ -128,7 +255,7 @@ class Problem:
     # ---- construction from arrays -------------------------------------------------------------------
     @classmethod
     def from_shapes(cls, input_shape, weight_shape, *, stride=1, padding=0, output_padding=0, dilation=1,
-                    groups=1, dtype=np.float64, has_bias=False, output_size=None) -> "Problem":
+                    groups=1, dtype=np.float64, has_bias=False, output_size=None) -> Problem:
         """Validate the shapes of a call (input 3-D or 4-D, weight 4-D) and build its problem."""
         if len(input_shape) not in (3, 4):
             raise ValueError(f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got shape {input_shape}")
@@ -181,16 +308,17 @@ class Problem:
     # ---- derived shapes ------------------------------------------------------------------------------
     @property
     def out_size(self) -> tuple[int, int]:
-        return tuple(_extent(n, k, s, p, op, d) for n, k, s, p, op, d in
-                     zip(self.in_size, self.kernel_size, self.stride, self.padding, self.output_padding,
-                         self.dilation))
+        h, w = (_extent(n, k, s, p, op, d) for n, k, s, p, op, d in
+                zip(self.in_size, self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation))
+        return h, w
 
     @property
     def canvas_size(self) -> tuple[int, int]:
         """Extent of the uncropped scatter target: every tap lands at ``ih·s + kh·d`` (``< (H-1)·s + d·(k-1) + 1``),
         plus ``output_padding`` rows/columns that no tap reaches when ``padding`` is 0."""
-        return tuple((n - 1) * s + d * (k - 1) + 1 + op for n, k, s, op, d in
-                     zip(self.in_size, self.kernel_size, self.stride, self.output_padding, self.dilation))
+        h, w = ((n - 1) * s + d * (k - 1) + 1 + op for n, k, s, op, d in
+                zip(self.in_size, self.kernel_size, self.stride, self.output_padding, self.dilation))
+        return h, w
 
     def crop(self, canvas):
         """The output window ``canvas[..., p:p+H_out, p:p+W_out]`` of a canvas-sized array."""
@@ -239,7 +367,7 @@ class Problem:
                  + int(np.prod(self.output_shape)))
         return count * self.dtype.itemsize
 
-    def with_(self, **changes) -> "Problem":
+    def with_(self, **changes) -> Problem:
         """A copy with some fields replaced (validated again)."""
         from dataclasses import replace
         return replace(self, **changes)

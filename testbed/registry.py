@@ -6,8 +6,9 @@ Backends know nothing of each other; only ``auto`` (the dispatcher) looks others
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,21 @@ __all__ = ["Backend", "BackendUnavailable", "register", "get_backend", "list_bac
 
 
 class BackendUnavailable(RuntimeError):
-    """The backend exists but cannot run on this machine (e.g. torch not installed, no CUDA GPU)."""
+    """A registered backend cannot run on this machine.
+
+    Raised by :func:`conv_transpose2d` and :func:`resolve_backend` when the chosen backend's probe fails: torch
+    not installed, no CUDA GPU, a broken driver. The message says why and, where it can, how to fix it.
+
+    See Also
+    --------
+    backend_status : the same reason for every backend, without raising.
+
+    Examples
+    --------
+    >>> import testbed
+    >>> issubclass(testbed.BackendUnavailable, RuntimeError)
+    True
+    """
 
 
 def _always_available() -> tuple[bool, str]:
@@ -27,26 +42,74 @@ def _always_available() -> tuple[bool, str]:
 
 @dataclass(frozen=True)
 class Backend:
-    """One implementation of ``conv_transpose2d``.
+    """One implementation of ``conv_transpose2d``, as held by the registry.
 
-    ``run(x, weight, bias, problem)`` receives the batched input ``(N, C_in, H, W)``, the weight and the bias
-    (or ``None``) already validated, in ``problem.dtype``, and returns the ``problem.output_shape`` result. It
-    must not modify its arguments. Host backends get C-contiguous NumPy arrays; ``device="cuda"`` backends
-    also accept CUDA device arrays and then return one.
+    Parameters
+    ----------
+    name : str
+        The registry key, the value of ``conv_transpose2d(..., backend=name)``.
+    description : str
+        One line: the algorithm.
+    run : callable
+        ``run(x, weight, bias, problem) -> y``. Receives the batched input ``(N, C_in, H, W)``, the weight and
+        the bias (or None) already validated, in ``problem.dtype``, and returns the ``problem.output_shape``
+        result. Must not modify its arguments. Host backends get C-contiguous NumPy arrays; ``device="cuda"``
+        backends also accept CUDA device arrays and then return one.
+    groups, dilation : bool, default True
+        Whether ``groups > 1`` and ``dilation > 1`` are supported.
+    dtypes : tuple of numpy.dtype, default (float32, float64)
+        The dtypes it computes in.
+    device : {"cpu", "cuda", "any"}, default "cpu"
+        Where it runs; ``"any"`` for a dispatcher that follows the arrays.
+    deterministic : bool, default True
+        Whether repeated calls give bitwise-identical results.
+    check : callable, optional
+        ``check(problem) -> str | None``: further limits, the reason a valid problem is unsupported, or None.
+    probe : callable, optional
+        ``probe() -> (usable, why)``: whether it can run on this machine and, if not, why. Always usable by
+        default.
+    choose : callable, optional
+        Only for a dispatcher: ``choose(problem, on_device) -> Backend``, the backend that computes
+        ``problem`` (``on_device``: the arrays are CUDA device arrays). See :meth:`resolve`.
+
+    See Also
+    --------
+    register : add a backend to the registry.
+    get_backend : a registered backend by name.
+
+    Notes
+    -----
+    A backend module builds one ``Backend`` and calls :func:`register`; tests, experiments and benchmarks
+    iterate the registry, so a new backend needs no edits elsewhere. Arguments are validated once, by
+    :class:`Problem`, before ``run`` is called; ``run`` never re-checks them.
+
+    Examples
+    --------
+    >>> import testbed
+    >>> kron = testbed.get_backend("kron")
+    >>> kron.device, kron.groups
+    ('cpu', True)
+    >>> problem = testbed.Problem(batch=1, in_channels=4, in_size=(8, 8), out_channels=2, kernel_size=3,
+    ...                           stride=2)
+    >>> kron.supports(problem), kron.unsupported_reason(problem)
+    (False, 'needs stride == kernel size and dilation 1, got stride (2, 2), ...')
+    >>> testbed.get_backend("naive").supports(problem)
+    True
     """
 
     name: str
     description: str
-    run: Callable
+    run: Callable[..., Any]
     groups: bool = True                 # groups > 1 supported
     dilation: bool = True               # dilation > 1 supported
-    dtypes: tuple = SUPPORTED_DTYPES
+    dtypes: tuple[np.dtype, ...] = SUPPORTED_DTYPES
     device: str = "cpu"                 # "cpu", "cuda", or "any" (the dispatcher)
     deterministic: bool = True          # bitwise-repeatable results
-    check: Optional[Callable[[Problem], Optional[str]]] = None   # extra limits: a reason, or None if supported
+    check: Callable[[Problem], str | None] | None = None   # extra limits: a reason, or None if supported
     probe: Callable[[], tuple[bool, str]] = _always_available   # (usable here?, why / how)
+    choose: Callable[[Problem, bool], Backend] | None = None  # a dispatcher's choice (problem, on_device)
 
-    def unsupported_reason(self, problem: Problem) -> Optional[str]:
+    def unsupported_reason(self, problem: Problem) -> str | None:
         """Why this backend cannot compute ``problem`` (a valid configuration), or None if it can."""
         if problem.dtype not in self.dtypes:
             return f"dtype {problem.dtype} not in {[str(d) for d in self.dtypes]}"
@@ -57,18 +120,25 @@ class Backend:
         return self.check(problem) if self.check else None
 
     def supports(self, problem: Problem) -> bool:
+        """Whether this backend computes ``problem`` (:meth:`unsupported_reason` is None)."""
         return self.unsupported_reason(problem) is None
+
+    def resolve(self, problem: Problem, on_device: bool = False) -> Backend:
+        """The backend that computes ``problem``: this one, or for a dispatcher the one it chooses."""
+        return self.choose(problem, on_device) if self.choose else self
 
     @property
     def available(self) -> bool:
+        """Whether it can run on this machine (the CUDA simulator counts)."""
         return self.probe()[0]
 
     @property
     def status(self) -> str:
+        """``"available"``, ``"simulator (...)"`` or the reason it is unavailable."""
         return self.probe()[1]
 
     @property
-    def timing_kind(self) -> Optional[str]:
+    def timing_kind(self) -> str | None:
         """"cpu", "gpu", or None when timings would be meaningless (unavailable, or the CUDA simulator)."""
         ok, why = self.probe()
         if not ok or "simulator" in why:
@@ -80,6 +150,41 @@ _REGISTRY: dict[str, Backend] = {}
 
 
 def register(backend: Backend) -> Backend:
+    """Add ``backend`` to the registry under ``backend.name``.
+
+    Parameters
+    ----------
+    backend : Backend
+        The implementation to register.
+
+    Returns
+    -------
+    Backend
+        ``backend`` itself, so a module can write ``BACKEND = register(Backend(...))``.
+
+    Raises
+    ------
+    ValueError
+        If a backend of that name is already registered.
+
+    See Also
+    --------
+    Backend : what a backend declares.
+    list_backends : every registered name.
+
+    Notes
+    -----
+    The modules of :mod:`testbed.backends` register themselves when the package is imported. Names are unique:
+    registering a second backend under a taken name is an error rather than a silent replacement.
+
+    Examples
+    --------
+    >>> import testbed
+    >>> testbed.register(testbed.get_backend("naive"))
+    Traceback (most recent call last):
+        ...
+    ValueError: backend 'naive' is already registered
+    """
     if backend.name in _REGISTRY:
         raise ValueError(f"backend {backend.name!r} is already registered")
     _REGISTRY[backend.name] = backend
@@ -91,7 +196,44 @@ def _loaded() -> dict[str, Backend]:
     return _REGISTRY
 
 
-def get_backend(name) -> Backend:
+def get_backend(name: str | Backend) -> Backend:
+    """The registered backend called ``name``.
+
+    Parameters
+    ----------
+    name : str or Backend
+        A name from :func:`list_backends`; a :class:`Backend` object is returned as it is.
+
+    Returns
+    -------
+    Backend
+        Its declaration: name, description, supported groups/dilation/dtypes, device, determinism, ``run``.
+
+    Raises
+    ------
+    ValueError
+        If no backend of that name is registered (the message lists the registered names).
+
+    See Also
+    --------
+    list_backends, available_backends, backend_status
+    resolve_backend : the backend a given call would run.
+
+    Notes
+    -----
+    A registered backend may still be unavailable on this machine (see :attr:`Backend.available`);
+    ``conv_transpose2d`` then raises :class:`BackendUnavailable`.
+
+    Examples
+    --------
+    >>> import testbed
+    >>> testbed.get_backend("col2im").description
+    'GEMM into a column buffer ...'
+    >>> testbed.get_backend("cudnn")
+    Traceback (most recent call last):
+        ...
+    ValueError: backend must be one of [...], got 'cudnn'
+    """
     registry = _loaded()
     if isinstance(name, Backend):
         return name
@@ -101,21 +243,76 @@ def get_backend(name) -> Backend:
 
 
 def list_backends() -> list[str]:
-    """Every registered backend, usable here or not."""
+    """Every registered backend's name, usable here or not.
+
+    Returns
+    -------
+    list of str
+        In registration order; ``"auto"`` last.
+
+    See Also
+    --------
+    available_backends : only those that can run here.
+    backend_status : why the others cannot.
+
+    Examples
+    --------
+    >>> import testbed
+    >>> names = testbed.list_backends()
+    >>> names[0], names[-1]
+    ('naive', 'auto')
+    """
     return list(_loaded())
 
 
 def available_backends() -> list[str]:
-    """The backends that can run on this machine (the CUDA simulator counts as available)."""
+    """The backends that can run on this machine.
+
+    Returns
+    -------
+    list of str
+        Registered names whose probe succeeds, in registration order. The CUDA backends count as available in
+        numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), where they compute correctly but slowly.
+
+    See Also
+    --------
+    list_backends : all of them.
+    backend_status : the reason for each.
+
+    Examples
+    --------
+    The NumPy and Numba CPU backends need no optional dependency:
+
+    >>> import testbed
+    >>> {"naive", "col2im", "fft", "kron", "polyphase", "numba_cpu", "auto"} <= set(testbed.available_backends())
+    True
+    """
     return [name for name, b in _loaded().items() if b.available]
 
 
 def backend_status() -> dict[str, str]:
-    """For each backend, "available", "simulator (…)" or the reason it is unavailable."""
+    """For each registered backend, whether it can run here and, if not, why.
+
+    Returns
+    -------
+    dict of str to str
+        Name → ``"available"``, ``"available (…version or device…)"``, ``"simulator (…)"``, or the reason it is
+        unavailable with how to fix it (e.g. the pip command for torch).
+
+    See Also
+    --------
+    available_backends : the names that can run.
+
+    Examples
+    --------
+    >>> import testbed
+    >>> testbed.backend_status()["naive"]
+    'available'
+    """
     return {name: b.status for name, b in _loaded().items()}
 
 
-def is_device_array(value) -> bool:
+def is_device_array(value: object) -> bool:
     """A CUDA device array: anything with ``__cuda_array_interface__``, or the CUDA simulator's stand-in."""
     if isinstance(value, np.ndarray):
         return False

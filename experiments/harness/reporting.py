@@ -1,6 +1,7 @@
 """Report building blocks shared by the experiments: markdown tables, the run header, and the common figures
-(heatmap, grouped bars, roofline, log-log scaling). Figures use matplotlib's Agg backend and are saved
-atomically with :func:`experiments.harness.storage.save_figure`.
+(heatmap, grouped bars, roofline, log-log scaling). Figures are plain :class:`matplotlib.figure.Figure` objects
+(no pyplot, so no global matplotlib state changes), saved atomically with
+:func:`experiments.harness.storage.save_figure`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ __all__ = ["markdown_table", "report_header", "status_table", "load_run", "heatm
            "roofline_figure", "loglog_figure", "fit_loglog_slope", "new_figure"]
 
 
-def new_figure(*args, **kwargs):
-    """``plt.subplots`` on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    return plt.subplots(*args, **kwargs)
+def new_figure(*args, figsize=None, **kwargs):
+    """``(figure, axes)``: a :class:`matplotlib.figure.Figure` of ``figsize`` and ``figure.subplots(*args,
+    **kwargs)``. The figure is not registered with pyplot, which is never imported, so a caller's pyplot
+    backend and figure list are left alone; :func:`~experiments.harness.storage.save_figure` renders it with
+    Agg."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*args, **kwargs)
 
 
 def markdown_table(frame, floatfmt: str = ".4g", index: bool = True) -> str:

@@ -42,7 +42,8 @@ __all__ = ["Cell", "grid", "run_sweep", "run_cell", "TimingSettings", "time_back
 
 STATUSES = ("ok", "unsupported", "unavailable", "error", "simulator: not timed")
 #: The leading columns of every results.csv, before the experiment's own metrics.
-ROW_COLUMNS = ("cell_key", "case", "descriptor", "backend", "dtype") + PROBLEM_COLUMNS + ("status", "message")
+ROW_COLUMNS = ("cell_key", "case", "descriptor", "backend", "resolved_backend", "dtype") + PROBLEM_COLUMNS \
+    + ("status", "message")
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,11 @@ def call_backend(backend, problem: Problem, x, weight, bias=None):
 def run_cell(cell: Cell, measure: Callable[[Cell, Backend], dict]) -> dict:
     """The row of one cell: its columns, a status and message, and ``measure(cell, backend)``'s metrics.
 
-    ``measure`` may put ``"status"``/``"message"`` in its result to override ``ok``.
+    ``measure`` may put ``"status"``/``"message"`` in its result to override ``ok``. ``resolved_backend`` is the
+    backend that computes the cell (``auto``'s choice; the backend itself otherwise), empty when none runs.
     """
     row = cell.columns()
-    row.update(status="ok", message="")
+    row.update(resolved_backend="", status="ok", message="")
     try:
         backend = get_backend(cell.backend)
         ok, why = backend.probe()
@@ -108,6 +110,7 @@ def run_cell(cell: Cell, measure: Callable[[Cell, Backend], dict]) -> dict:
         elif reason is not None:
             row.update(status="unsupported", message=reason)
         else:
+            row["resolved_backend"] = backend.resolve(cell.problem).name
             row.update(measure(cell, backend))
     except UnsupportedConfiguration as exc:
         row.update(status="unsupported", message=exc.reason)

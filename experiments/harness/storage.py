@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -66,12 +67,17 @@ def atomic_write_csv(path, frame) -> Path:
 
 
 def save_figure(fig, path, dpi: int = 120) -> Path:
-    """A matplotlib figure as PNG, atomically; the figure is closed afterwards."""
-    import matplotlib.pyplot as plt
+    """A matplotlib figure as PNG, atomically. ``savefig`` picks the PNG renderer (Agg) for this call only;
+    pyplot is not imported.
 
+    A figure that pyplot manages (made with ``plt.figure``/``plt.subplots``) is closed afterwards, so loops of
+    figures do not accumulate; figures from :func:`~experiments.harness.reporting.new_figure` are not pyplot's.
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:  # only if the caller uses pyplot: importing it here would pick a global backend
+        pyplot.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -1,43 +1,42 @@
 """``auto``: dispatch each configuration to the backend measured fastest for its class.
 
-The rule is a four-class model of side-by-side timings: ``python -m experiments.speed --suite unet,decoder
---budget 1.0`` (float32, batch 1, median of ≥ 5 warm calls through ``conv_transpose2d``, every backend in
-one run, 2-core AVX-512 host, load average 0.7 at the start). ms of ``numba_cpu`` / ``torch`` / best NumPy:
+The rule: a configuration belongs to one of four classes (:func:`problem_class`): ``nonoverlapping``
+(stride == kernel, dilation 1: the U-Net up-convolution), ``depthwise``, ``grouped`` or ``general``. Each class
+has an ordered list of backends, and ``auto`` runs the first one that is *available* on this machine and
+*supports* the configuration (:func:`choose_backend`). CUDA device arrays go to the CUDA backends, in their
+own order. So ``auto`` works without torch, and never raises ``UnsupportedConfiguration`` for a valid
+configuration (``naive``, last in every list, supports everything).
 
-==============  =====================================================================  ==================
-class           shapes: numba_cpu / torch / col2im ms                                  fastest
-==============  =====================================================================  ==================
-nonoverlapping  unet1 24/40/41, unet2 36/37/27, unet3 40/65/52, unet4 53/116/84          numba_cpu (1.0–2.2×)
-general         k4s2p1 11.9/7.9/12.7, k3s2p1op1 7.2/6.1/10.9, k3s1p1 5.8/2.0/6.2,        torch (oneDNN)
-                k3d2 6.3/2.0/6.6, k5s3 4.8/1.6/3.6
-grouped         k4s2g8 12.0/5.5/16.1                                                    torch
-depthwise       depthwise 2.9/1.9/54.6                                                  torch
-==============  =====================================================================  ==================
-
-On a host shared with other jobs (load 2–5) the order of the overlapping classes flips: torch's oneDNN
-kernels lose more to a busy second core than ``numba_cpu`` does (measured 1.2–3× in ``numba_cpu``'s favour
-there); ``auto`` follows the quiet-machine table. Without torch, ``numba_cpu`` is next in every class (it
-beats the NumPy backends on all shapes but k5s3 and unet2, within 1.1–1.35× of ``col2im`` there).
-
-Within a class the first *available* backend that *supports* the problem wins, so ``auto`` works without
-torch and never raises ``UnsupportedConfiguration`` for a valid configuration (``naive`` supports
-everything). CUDA device arrays go to the CUDA backends. Re-measure (the speed experiment over the ``unet``
-and ``decoder`` suites) and revise :data:`PREFERENCE` when the host or the backends change.
+The lists are data, not code: :data:`PREFERENCE_FILE` (``auto_preference.json``, shipped with the package)
+holds, per class, the measured medians (ms per call of every backend on every shape of the class) and the
+order they give (:func:`preference_order`: fastest geometric mean first, then the unmeasured fallbacks),
+with the run, machine, command and date they come from. Re-measure and regenerate the file with
+``python -m experiments.auto_preference RUN_DIR`` (``RUN_DIR`` from ``python -m experiments.speed --suite
+unet,decoder``) when the host or the backends change.
 """
 
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from typing import Any
+
+from ..problem import Problem
 from ..registry import Backend, get_backend, is_device_array, register
 
-#: Per configuration class (see :func:`problem_class`), tried in order; first available + supporting wins.
-PREFERENCE = {
-    "nonoverlapping": ("numba_cpu", "torch", "kron", "col2im", "polyphase", "naive"),
-    "depthwise": ("torch", "numba_cpu", "polyphase", "col2im", "naive"),
-    "grouped": ("torch", "numba_cpu", "col2im", "polyphase", "naive"),
-    "general": ("torch", "numba_cpu", "col2im", "polyphase", "naive"),
-}
-DEVICE_PREFERENCE = ("numba_cuda", "numba_cuda_tiled", "numba_cuda_atomic")
+__all__ = ["PREFERENCE", "DEVICE_PREFERENCE", "PREFERENCE_FILE", "CLASSES", "DEVICE", "problem_class", "choose_backend",
+           "preference_order", "load_preference"]
+
+#: The measured preference table (a file of this package).
+PREFERENCE_FILE = "auto_preference.json"
+#: The configuration classes of :func:`problem_class`, and the key of the CUDA device-array list.
+CLASSES = ("nonoverlapping", "depthwise", "grouped", "general")
+DEVICE = "device"
 
 
-def problem_class(problem) -> str:
+def problem_class(problem: Problem) -> str:
     """The key of :data:`PREFERENCE` for ``problem``: "nonoverlapping", "depthwise", "grouped" or "general"."""
     if problem.is_nonoverlapping:
         return "nonoverlapping"
@@ -46,7 +45,38 @@ def problem_class(problem) -> str:
     return "grouped" if problem.groups > 1 else "general"
 
 
-def choose_backend(problem, on_device=False):
+def preference_order(median_ms: Mapping[str, Mapping[str, float]], fallback: Iterable[str] = ()) -> list[str]:
+    """The backends of one class, fastest first, from their measured medians.
+
+    ``median_ms`` maps each shape of the class to ``{backend: median ms per call}``. Backends measured on every
+    shape are ranked by the geometric mean of their medians (each shape weighs the same, whatever its size);
+    the ``fallback`` backends not ranked so follow in the given order.
+    """
+    shapes = list(median_ms.values())
+    measured = set.intersection(*(set(times) for times in shapes)) if shapes else set()
+    ranked = sorted(measured, key=lambda name: (sum(math.log(times[name]) for times in shapes), name))
+    return ranked + [name for name in fallback if name not in measured]
+
+
+def load_preference(text: str | None = None) -> dict[str, Any]:
+    """The parsed preference file (or ``text``), checked: every class present, each ``order`` a list of names."""
+    table = json.loads(text if text is not None else
+                       resources.files(__package__).joinpath(PREFERENCE_FILE).read_text(encoding="utf-8"))
+    for key in (*CLASSES, DEVICE):
+        order = table.get("classes", {}).get(key, {}).get("order")
+        if not order or not all(isinstance(name, str) for name in order):
+            raise ValueError(f"{PREFERENCE_FILE}: class {key!r} needs a non-empty 'order' list of backend names")
+    return table
+
+
+_TABLE = load_preference()
+#: Per configuration class (see :func:`problem_class`), tried in order; first available + supporting wins.
+PREFERENCE: dict[str, tuple[str, ...]] = {key: tuple(_TABLE["classes"][key]["order"]) for key in CLASSES}
+#: The same for CUDA device arrays.
+DEVICE_PREFERENCE: tuple[str, ...] = tuple(_TABLE["classes"][DEVICE]["order"])
+
+
+def choose_backend(problem: Problem, on_device: bool = False) -> Backend:
     """The backend ``auto`` runs for ``problem`` (``on_device``: the arrays are CUDA device arrays)."""
     for name in DEVICE_PREFERENCE if on_device else PREFERENCE[problem_class(problem)]:
         try:
@@ -64,7 +94,8 @@ def dispatch(x, weight, bias, problem):
 
 register(Backend(
     name="auto",
-    description="fastest measured backend for the configuration's class (see testbed.backends.auto.PREFERENCE)",
+    description="fastest measured backend for the configuration's class (see testbed/backends/auto_preference.json)",
     run=dispatch,
     device="any",
+    choose=choose_backend,
 ))

@@ -7,6 +7,9 @@ by ``padding``. So ``Ŷ[n, co] = Σ_ci X̂_s[n, ci] · Ŵ_d[ci, co]`` (real FFTs
 GEMM over frequencies, taken over blocks of output channels so the kernel spectra stay within
 ``SPECTRUM_BUDGET_BYTES``. Rounding error grows like ``log(size)``; NaN or inf anywhere spreads over the whole
 plane (every frequency sees every sample), unlike the direct methods.
+
+The FFTs run on as many threads as scipy's default allows: one, unless the caller raises it with
+``with scipy.fft.set_workers(n):`` (the backend passes no ``workers`` argument, so that setting governs).
 """
 
 import numpy as np
@@ -32,7 +35,7 @@ def fft_convolve(x, weight, bias, problem):
     cig, cog = problem.in_per_group, problem.out_per_group
     full = tuple(c - op for c, op in zip(problem.canvas_size, problem.output_padding))
     fft_shape = tuple(scipy.fft.next_fast_len(m, real=True) for m in full)
-    x_hat = scipy.fft.rfft2(_zero_inserted(x, problem.stride, full), s=fft_shape, workers=-1)  # (N, C_in, F1, F2)
+    x_hat = scipy.fft.rfft2(_zero_inserted(x, problem.stride, full), s=fft_shape)  # (N, C_in, F1, F2)
     freq = x_hat.shape[-2:]
     xs = x_hat.reshape(n, g, cig, -1).transpose(1, 3, 0, 2)               # (G, F, N, Ci_g)
     canvas = np.zeros((n, problem.out_channels, *problem.canvas_size), dtype=problem.dtype)
@@ -40,12 +43,12 @@ def fft_convolve(x, weight, bias, problem):
     kernels = weight.reshape(g, cig, cog, *problem.kernel_size)
     for c0 in range(0, cog, block):
         c1 = min(cog, c0 + block)
-        w_hat = scipy.fft.rfft2(_zero_inserted(kernels[:, :, c0:c1], problem.dilation, full), s=fft_shape,
-                                workers=-1)                                  # (G, Ci_g, block, F1, F2)
+        w_hat = scipy.fft.rfft2(_zero_inserted(kernels[:, :, c0:c1], problem.dilation, full),
+                                s=fft_shape)                                 # (G, Ci_g, block, F1, F2)
         ws = w_hat.reshape(g, cig, c1 - c0, -1).transpose(0, 3, 1, 2)       # (G, F, Ci_g, block)
         y_hat = np.matmul(xs, ws)                                            # channel sum per frequency
         y_hat = y_hat.transpose(2, 0, 3, 1).reshape(n, g, c1 - c0, *freq)
-        planes = scipy.fft.irfft2(y_hat, s=fft_shape, workers=-1)[..., :full[0], :full[1]]
+        planes = scipy.fft.irfft2(y_hat, s=fft_shape)[..., :full[0], :full[1]]
         canvas.reshape(n, g, cog, *problem.canvas_size)[:, :, c0:c1, :full[0], :full[1]] = planes
     y = problem.crop(canvas)
     if bias is not None:

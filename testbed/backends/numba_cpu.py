@@ -15,7 +15,7 @@ turned into an output-stationary gather and the bias fused in). Only useful prod
 ``direct`` (depthwise and other tiny channel products). An output-stationary
 gather straight from ``x`` and ``W``: per output row, every tap and input channel of its group adds a
 contiguous run of ``x[n, ci, ih, :] · W[ci, co, kh, kw]`` into one phase of a phase-split row buffer
-(``ow = b + s·l`` stored at ``[b, l]``, so the inner loop is unit-stride), interleaved into ``y`` at the end.
+(``ow = b + s·j`` stored at ``[b, j]``, so the inner loop is unit-stride), interleaved into ``y`` at the end.
 
 Why so few BLAS calls (and not the per-phase sub-pixel GEMMs of ``polyphase``): on a busy 2-core host every
 multithreaded BLAS call and every Numba parallel region waits for its second thread to be scheduled, and
@@ -101,7 +101,7 @@ def _col2im_gather(columns, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, di
     phase_len = (out_w + stride_w - 1) // stride_w
     for plane in prange(batch * channels):
         n, c = plane // channels, plane % channels
-        # acc[b, l] holds output column b + s_w·l, so each tap adds one unit-stride run.
+        # acc[b, j] holds output column b + s_w·j, so each tap adds one unit-stride run.
         acc = np.empty((stride_w, phase_len), dtype=y.dtype)
         for oh in range(out_h):
             acc[:] = bias[c]
@@ -123,8 +123,8 @@ def _col2im_gather(columns, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, di
                         dst[i] += run[i]
             line = y[n, c, oh]
             for b in range(stride_w):
-                for l in range((out_w - b + stride_w - 1) // stride_w):
-                    line[b + stride_w * l] = acc[b, l]
+                for j in range((out_w - b + stride_w - 1) // stride_w):
+                    line[b + stride_w * j] = acc[b, j]
 
 
 @njit(parallel=True, cache=True)
@@ -140,7 +140,7 @@ def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, 
     for plane in prange(batch * out_channels):
         n, co = plane // out_channels, plane % out_channels
         g, co_g = co // per_group_out, co % per_group_out
-        # acc[b, l] holds output column b + s_w·l, so each (tap, channel) adds one unit-stride run.
+        # acc[b, j] holds output column b + s_w·j, so each (tap, channel) adds one unit-stride run.
         acc = np.empty((stride_w, phase_len), dtype=y.dtype)
         for oh in range(out_h):
             acc[:] = bias[co]
@@ -166,8 +166,8 @@ def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, 
                             dst[i] += run[i] * w
             line = y[n, co, oh]
             for b in range(stride_w):
-                for l in range((out_w - b + stride_w - 1) // stride_w):
-                    line[b + stride_w * l] = acc[b, l]
+                for j in range((out_w - b + stride_w - 1) // stride_w):
+                    line[b + stride_w * j] = acc[b, j]
 
 
 # ---- wrappers: allocate, pick the path, call the kernels -----------------------------------------------------

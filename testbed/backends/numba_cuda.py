@@ -35,7 +35,7 @@ THREADS_PER_BLOCK = 256
 SHARED_BYTES_BUDGET = 16 * 1024
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def probe() -> tuple[bool, str]:
     """(usable here?, why): a real GPU, the simulator, or neither. Cached: the answer cannot change once
     numba has been imported (``NUMBA_ENABLE_CUDASIM`` is read at import)."""
@@ -52,10 +52,11 @@ def probe() -> tuple[bool, str]:
     return True, f"available ({name.decode() if isinstance(name, bytes) else name})"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(name: str, dtype: str):
     """The cuda.jit dispatcher of one kernel for one dtype, built on first use (compiled at first launch)."""
     from numba import cuda
+
     from .numba_cuda_kernels import KERNELS
     return cuda.jit(cache=True)(KERNELS[name][dtype])
 
@@ -147,8 +148,8 @@ def tiled_plan(problem) -> dict:
             chunk_w = (chunk_w + 1) // 2
     blocks = problem.batch * problem.out_channels * (-(-problem.out_size[0] // TILE)) \
         * (-(-problem.out_size[1] // TILE))
-    return dict(chunk_h=chunk_h, chunk_w=chunk_w, halo_h=halo_h, halo_w=halo_w, shared_bytes=shared_bytes,
-                blocks=blocks, tile=TILE)
+    return {"chunk_h": chunk_h, "chunk_w": chunk_w, "halo_h": halo_h, "halo_w": halo_w,
+            "shared_bytes": shared_bytes, "blocks": blocks, "tile": TILE}
 
 
 def _run_tiled(x, weight, bias, y, problem):

@@ -140,7 +140,7 @@ def _make_kernels(scalar):
         whatever the dilation or kernel size; for ordinary kernels one chunk holds every tap.
         Shared layout: ``chunk_h·chunk_w`` weights, then the halo, row-major."""
         staged = cuda.shared.array(0, dtype=scalar)
-        batch, out_channels, out_h, out_w = y.shape
+        out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
         in_channels, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
         out_per_group, kernel_h, kernel_w = weight.shape[1], weight.shape[2], weight.shape[3]
         in_per_group = in_channels // (out_channels // out_per_group)

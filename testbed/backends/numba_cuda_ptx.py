@@ -20,7 +20,7 @@ from pathlib import Path
 
 __all__ = ["kernel_signature", "compile_kernel_ptx", "assemble", "ptxas_table", "PtxasResources"]
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,8 @@ def assemble(ptx: str, arch: str = "sm_90", ptxas: str | None = None) -> tuple[i
     if len(entries) != 1 or frame is None or used is None:
         raise RuntimeError(f"unexpected ptxas -v report (one entry expected):\n{report}")
     smem = _SMEM.search(used.group(2))
-    return (int(used.group(1)), int(smem.group(1)) if smem else 0, *(int(v) for v in frame.groups()))
+    stack, stores, loads = (int(v) for v in frame.groups())
+    return int(used.group(1)), int(smem.group(1)) if smem else 0, stack, stores, loads
 
 
 def ptxas_table(cc=(9, 0)) -> list[PtxasResources]:
@@ -118,10 +119,12 @@ def main(argv=None):
     parser.add_argument("--cc", default="9.0", help="compute capability, e.g. 9.0 (sm_90) or 8.0")
     args = parser.parse_args(argv)
     major, minor = (int(v) for v in args.cc.split("."))
-    import pandas as pd
-    table = pd.DataFrame(ptxas_table((major, minor)))
+    columns = [field.name for field in fields(PtxasResources)]
+    cells = [columns] + [[str(getattr(row, c)) for c in columns] for row in ptxas_table((major, minor))]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     print(f"ptxas -arch=sm_{major}{minor} -v (shared memory: static only; tiled_gather's is dynamic)")
-    print(table.to_string(index=False))
+    for line in cells:
+        print("  ".join(value.rjust(width) for value, width in zip(line, widths)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """``torch``: ``torch.nn.functional.conv_transpose2d`` on the CPU, the optional oracle and the peer to beat."""
 
 import functools
-import warnings
 
 from ..registry import Backend, register
 
@@ -22,13 +21,18 @@ def _probe():
     return True, f"available (torch {torch.__version__})"
 
 
+def _tensor(torch, array):
+    """``array`` as a CPU tensor sharing its memory; a read-only array is copied first, because
+    ``torch.from_numpy`` warns about it (once per process, as a UserWarning that a caller's warning filters may
+    turn into an error) and silencing that per call would change the process-wide warning filters."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def torch_conv_transpose2d(x, weight, bias, problem):
     torch = _torch()
-    # torch.from_numpy warns on read-only arrays; conv_transpose2d never writes its inputs.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    with torch.no_grad():
         y = torch.nn.functional.conv_transpose2d(
-            torch.from_numpy(x), torch.from_numpy(weight), None if bias is None else torch.from_numpy(bias),
+            _tensor(torch, x), _tensor(torch, weight), None if bias is None else _tensor(torch, bias),
             stride=problem.stride, padding=problem.padding, output_padding=problem.output_padding,
             groups=problem.groups, dilation=problem.dilation)
     return y.numpy()
