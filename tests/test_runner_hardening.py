@@ -266,6 +266,7 @@ def test_report_is_rebuilt_from_rows_when_results_csv_is_missing(tmp_path):
     report.main([str(out)])
     text = (out / "report.md").read_text()
     assert "(no rows)" not in text and text.count("PASS") == 4
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)     # and results.csv is back
 
 
 def test_load_run_prefers_the_log_when_results_csv_is_stale(tmp_path):

@@ -35,37 +35,20 @@ def markdown_table(frame, floatfmt: str = ".4g", index: bool = True) -> str:
 
 
 def load_run(run_dir):
-    """``(meta dict, results DataFrame)`` of a saved run directory.
-
-    The table is results.csv, unless rows.jsonl (the log each finished cell is appended to) is newer or holds
-    other cells, as after a run killed before it rewrote the table: then it is built from the log (one row per
-    cell, the last logged wins), and the experiment's derived columns are added by its module's
-    ``finalize_results(frame, meta) -> frame`` when it defines one.
-    """
-    import importlib
-
+    """``(meta dict, results DataFrame)`` of a saved run directory: results.csv, or the table rebuilt from
+    rows.jsonl when results.csv is missing or stale (:func:`~.runner.results_from_log`; a run killed before it
+    rewrote the table)."""
     import pandas as pd
 
-    from .runner import results_frame
-    from .storage import RowLog
+    from .runner import results_from_log
 
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "meta.json").read_text())
-    results, log = run_dir / "results.csv", RowLog(run_dir / "rows.jsonl")
-    has_table = results.exists() and results.stat().st_size > 0
-    frame = pd.read_csv(results, keep_default_na=True) if has_table else pd.DataFrame()
-    if not log.path.exists():
-        return meta, frame
-    logged = results_frame(log.read())
-    stale = (not has_table or log.path.stat().st_mtime_ns > results.stat().st_mtime_ns
-             or set(logged["cell_key"]) != set(frame.get("cell_key", ())))
-    if stale and len(logged):
-        try:
-            module = importlib.import_module(f"experiments.{meta.get('experiment')}")
-        except ImportError:
-            module = None
-        finalize = getattr(module, "finalize_results", None)
-        frame = finalize(logged, meta) if finalize is not None else logged
+    frame = results_from_log(run_dir)
+    if frame is None:
+        results = run_dir / "results.csv"
+        frame = pd.read_csv(results, keep_default_na=True) if results.exists() and results.stat().st_size else \
+            pd.DataFrame()
     return meta, frame
 
 

@@ -37,7 +37,7 @@ from .descriptor import PROBLEM_COLUMNS, format_descriptor, problem_columns
 from .storage import (ResultsNotWritten, RowLog, atomic_write_csv, holds_run_lock, lock_run_directory,
                       unlock_run_directory, writing)
 
-__all__ = ["Cell", "grid", "run_sweep", "run_cell", "TimingSettings", "time_backend", "time_call",
+__all__ = ["Cell", "grid", "run_sweep", "run_cell", "results_frame", "results_from_log", "TimingSettings", "time_backend", "time_call",
            "call_backend", "cell_rng", "ROW_COLUMNS", "STATUSES"]
 
 STATUSES = ("ok", "unsupported", "unavailable", "error", "simulator: not timed")
@@ -201,6 +201,28 @@ def results_frame(rows: list[dict], order: list[str] | None = None):
         return pd.DataFrame(columns=list(ROW_COLUMNS))
     standard = [c for c in ROW_COLUMNS if c in frame]
     return frame[standard + [c for c in frame.columns if c not in ROW_COLUMNS]]
+
+
+def results_from_log(run_dir):
+    """The results table rebuilt from ``run_dir/rows.jsonl`` (log order, the last row of a cell wins) when
+    ``results.csv`` is missing, empty or stale: older than the log, or holding other cells (a run killed
+    before it rewrote the table). None when results.csv is up to date or the log holds no rows. Columns a
+    sweep's ``finalize`` derives are not in the log."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    table, log = run_dir / "results.csv", RowLog(run_dir / "rows.jsonl")
+    logged = results_frame(log.read()) if log.path.exists() else None
+    if logged is None or not len(logged):
+        return None
+    if table.exists() and table.stat().st_size and log.path.stat().st_mtime_ns <= table.stat().st_mtime_ns:
+        try:
+            tabled = pd.read_csv(table, usecols=["cell_key"])["cell_key"]
+        except ValueError:      # no cell_key column: not a table this runner wrote
+            tabled = ()
+        if set(tabled) == set(logged["cell_key"]):
+            return None
+    return logged
 
 
 # ---- timing ---------------------------------------------------------------------------------------------
