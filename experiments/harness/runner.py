@@ -37,7 +37,7 @@ from .descriptor import PROBLEM_COLUMNS, format_descriptor, problem_columns
 from .storage import (ResultsNotWritten, RowLog, atomic_write_csv, holds_run_lock, lock_run_directory,
                       unlock_run_directory, writing)
 
-__all__ = ["Cell", "grid", "run_sweep", "run_cell", "results_frame", "results_from_log", "TimingSettings", "time_backend", "time_call",
+__all__ = ["Cell", "grid", "run_sweep", "run_cell", "TimingSettings", "time_backend", "time_call",
            "call_backend", "cell_rng", "ROW_COLUMNS", "STATUSES"]
 
 STATUSES = ("ok", "unsupported", "unavailable", "error", "simulator: not timed")
@@ -190,7 +190,7 @@ def results_frame(rows: list[dict], order: list[str] | None = None):
     first."""
     import pandas as pd
 
-    latest = {row["cell_key"]: row for row in rows if isinstance(row, dict) and "cell_key" in row}
+    latest = {row["cell_key"]: row for row in rows if "cell_key" in row}
     if order is not None:
         rank = {key: i for i, key in enumerate(order)}
         keys = sorted(latest, key=lambda k: (rank.get(k, len(rank)), k))
