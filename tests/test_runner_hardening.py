@@ -14,10 +14,8 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -26,9 +24,9 @@ from experiments.common import RunRefused
 from experiments.harness import storage
 from experiments.harness.metadata import PROJECT_ROOT
 from experiments.harness.reporting import load_run
-from experiments.harness.runner import call_backend, cell_rng, grid, run_sweep
+from experiments.harness.runner import grid, run_sweep
 from experiments.harness.storage import (ResultsNotWritten, RowLog, RowLogWarning, RunLock, RunLocked,
-                                         atomic_write_text, current_umask, holds_run_lock)
+                                         current_umask, holds_run_lock)
 from testbed.problem import Problem
 from testbed.registry import Backend, available_backends, get_backend, list_backends
 
@@ -217,14 +215,12 @@ def test_the_lock_is_released_when_the_run_fails(tmp_path, monkeypatch):
 
 
 def test_the_lock_is_released_when_the_process_ends_with_an_exception(tmp_path):
-    out = tmp_path / "run"
-    code = ("import sys; from experiments import seed; from experiments.common import start_run; "
-            "args = seed.build_parser().parse_args(sys.argv[2:]); start_run('seed', args, sys.argv[2:], "
-            "out=sys.argv[1]); print('started', flush=True); raise RuntimeError('after start_run')")
-    done = subprocess.run([sys.executable, "-c", code, str(out), *SEED_RUN], cwd=PROJECT_ROOT, env=ENV,
+    code = ("import sys; from experiments.harness.storage import lock_run_directory; "
+            "lock_run_directory(sys.argv[1]); print('locked', flush=True); raise RuntimeError('during the run')")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=PROJECT_ROOT, env=ENV,
                           capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "started" and "RuntimeError: after start_run" in done.stderr
-    assert not (out / RunLock.FILENAME).exists() and lockable(out)
+    assert done.stdout.strip() == "locked" and "RuntimeError: during the run" in done.stderr
+    assert not (tmp_path / RunLock.FILENAME).exists() and lockable(tmp_path)     # atexit removed it
 
 
 def test_a_lock_file_left_by_a_killed_process_does_not_block(tmp_path):
