@@ -1,6 +1,11 @@
 """The command line every experiment shares (--quick, --out, --backends, --seed, --resume) and the run
 directory it writes: ``results/<experiment>/<run-id>/`` with meta.json, rows.jsonl, results.csv, report.md
 and PNG figures (see results/README.md).
+
+A run directory is locked from :func:`start_run` to :func:`finish` (or the end of the process): a second run
+into it stops at once, naming the holder's pid. Without ``--resume`` a directory that holds a run is refused;
+with it, the command's arguments must be those the run recorded in meta.json (``arguments``). Both checks
+happen before anything is written.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments.harness.metadata import PROJECT_ROOT, collect_metadata, git_state, run_id
-from testbed.registry import available_backends, list_backends
-from experiments.harness.storage import atomic_write_json
+from experiments.harness.storage import (HarnessError, RowLog, atomic_write_json, lock_run_directory, to_jsonable,
+                                         unlock_run_directory, writing)
+from testbed.registry import available_backends, get_backend, list_backends
 
 RESULTS_ROOT = PROJECT_ROOT / "results"
 
@@ -29,6 +35,18 @@ def backend_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"--backends must be a comma list of {', '.join(known)}; got {text!r}"
                                          + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     return names
+
+
+def available_backend(text: str) -> str:
+    """argparse type: one registered backend that can run here."""
+    name, known = text.strip(), list_backends()
+    if name not in known:
+        raise argparse.ArgumentTypeError(f"unknown backend {text!r}; registered: {', '.join(known)}")
+    ok, why = get_backend(name).probe()
+    if not ok:
+        raise argparse.ArgumentTypeError(f"backend {name!r} is not available here ({why}); available: "
+                                         f"{', '.join(available_backends())}")
+    return name
 
 
 def dtype_list(text: str) -> list[np.dtype]:
@@ -68,28 +86,113 @@ def latest_run(name: str) -> Path:
     return runs[-1]
 
 
+class RunRefused(HarnessError):
+    """``--out`` holds a run that this command must not write into."""
+
+
+#: Arguments that say how to run, not what to compute: they may change on --resume and are not recorded.
+OPERATIONAL_ARGUMENTS = ("out", "resume", "no_progress")
+#: What a meta.json written before ``arguments`` was recorded can be compared on.
+LEGACY_ARGUMENTS = ("seed", "quick", "backends", "fill")
+
+
+def recorded_arguments(args) -> dict:
+    """The run's arguments as meta.json records them and ``--resume`` compares them: every parsed argument but
+    the operational ones, as JSON values, with ``backends`` resolved to the backends the run uses."""
+    values = {name: value for name, value in vars(args).items() if name not in OPERATIONAL_ARGUMENTS}
+    values["backends"] = selected_backends(args)
+    return json.loads(json.dumps(to_jsonable(values)))
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(":".join(map(str, v)) if isinstance(v, list) else str(v) for v in value) or "none"
+    return str(value)
+
+
+def argument_differences(meta: dict, arguments: dict) -> list[str]:
+    """``--name: run X, this command Y`` for each argument of the run's meta.json that ``arguments`` differs in
+    (arguments only one side knows, from another version of the code, are not compared)."""
+    recorded = meta.get("arguments")
+    if recorded is None:
+        recorded = {name: meta[name] for name in LEGACY_ARGUMENTS if name in meta}
+    return [f"--{name.replace('_', '-')}: run {_shown(recorded[name])}, this command {_shown(arguments[name])}"
+            for name in recorded if name in arguments and recorded[name] != arguments[name]]
+
+
+def run_contents(out: Path) -> list[str]:
+    """What makes ``out`` (or a part of it, one level down: the main job's correctness/ and speed/) a run:
+    its meta.json and the rows of its log."""
+    if not out.is_dir():
+        return []
+    found = []
+    for directory in [out, *sorted(p for p in out.iterdir() if p.is_dir())]:
+        prefix = "" if directory == out else f"{directory.name}/"
+        if (directory / "meta.json").exists():
+            found.append(f"{prefix}meta.json")
+        rows = len(RowLog(directory / "rows.jsonl").read())
+        if rows:
+            found.append(f"{rows} rows in {prefix}rows.jsonl")
+    return found
+
+
 def start_run(name: str, args, argv, extra_meta: dict | None = None, *, out: Path | None = None):
-    """Create (or, with ``--resume``, reopen) the run directory and write its meta.json; ``(dir, meta)``."""
+    """Create (or, with ``--resume``, reopen) the run directory, lock it and write its meta.json; ``(dir, meta)``.
+
+    Refused (:class:`RunRefused`, before anything is written) without ``--resume`` when the directory holds a
+    run, and with it when the run is another experiment's or was made with other arguments (each named with
+    both values). ``extra_meta`` (a dict, or a callable giving one, called only for a new run) adds the
+    experiment's settings to meta.json. The lock is held until :func:`finish` or the end of the process.
+    """
     command = [f"-m experiments.{name}", *(sys.argv[1:] if argv is None else argv)]
     rid = run_id()
     out = out or args.out
     if out is None:
         out = latest_run(name) if args.resume else RESULTS_ROOT / name / rid
     out = Path(out)
-    meta_path = out / "meta.json"
-    if args.resume and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        meta.setdefault("resumed", []).append({
-            "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": command, "git": git_state()})
-    else:
+    with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-        extra = dict(extra_meta() if callable(extra_meta) else (extra_meta or {}))
-        meta = collect_metadata(name, rid, seed=args.seed, argv=command, quick=args.quick,
-                                extra={"backends": selected_backends(args), **extra})
-    atomic_write_json(meta_path, meta)
+    lock_run_directory(out)
+    try:
+        meta = _run_meta(name, rid, args, command, out, extra_meta)
+        atomic_write_json(out / "meta.json", meta)
+    except BaseException:
+        unlock_run_directory(out)
+        raise
     return out, meta
 
 
+def _run_meta(name: str, rid: str, args, command: list, out: Path, extra_meta) -> dict:
+    meta_path = out / "meta.json"
+    arguments = recorded_arguments(args)
+    if args.resume and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("experiment") != name:
+            raise RunRefused(f"cannot resume {out}: it is a {meta.get('experiment')!r} run, not {name!r}")
+        differences = argument_differences(meta, arguments)
+        if differences:
+            raise RunRefused(f"cannot resume {out}: this command's arguments differ from the run's: "
+                             f"{'; '.join(differences)}. Resume with the run's arguments (meta.json, "
+                             f"\"arguments\"), or start a new run in another --out")
+        meta.setdefault("resumed", []).append({
+            "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command, "git": git_state()})
+        return meta
+    if not args.resume:
+        found = run_contents(out)
+        if found:
+            raise RunRefused(f"{out} already holds a run ({', '.join(found)}); pass --resume to complete it, "
+                             f"or choose another --out")
+    extra = dict(extra_meta() if callable(extra_meta) else (extra_meta or {}))
+    return collect_metadata(name, rid, seed=args.seed, argv=command, quick=args.quick,
+                            extra={"backends": arguments["backends"], "arguments": arguments, **extra})
+
+
 def finish(run_dir: Path, name: str) -> None:
+    """The end of a run: release its directory and say where the report is."""
+    unlock_run_directory(run_dir)
     print(f"{name}: report written to {run_dir / 'report.md'}")

@@ -1,6 +1,7 @@
 """Rebuild a saved run's report.md and figures, or compare two runs, without re-running anything.
 
     python -m experiments.report DIR            # rewrite DIR/report.md and DIR/*.png from results.csv, meta.json
+                                                # (results.csv first rebuilt from rows.jsonl if it is stale)
     python -m experiments.report DIR_A DIR_B    # side by side: DIR_B/compare-<A's name>.md (also printed)
 
 Both runs must come from the same experiment. The comparison joins rows on the cell (case, problem,
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments.harness.reporting import load_run, markdown_table
-from experiments.harness.storage import atomic_write_text
+from experiments.harness.runner import results_from_log
+from experiments.harness.storage import atomic_write_csv, atomic_write_text
 
 #: experiment: (metric compared, what a ratio B/A < 1 means)
 METRICS = {
@@ -30,6 +32,10 @@ METRICS = {
 }
 #: the parts of a composite run (experiment: sub-directories, each a run of its own)
 PARTS = {"main": ("correctness", "speed")}
+#: the columns an experiment's sweep derives from its whole table (run_sweep's ``finalize``), recomputed when
+#: results.csv is rebuilt from rows.jsonl: experiment: finalize(frame, meta) -> frame
+FINALIZE = {"speed": lambda frame, meta: importlib.import_module("experiments.speed").add_speedup(
+    meta["baseline"])(frame)}
 
 
 def experiment_of(run_dir: Path) -> str:
@@ -39,11 +45,28 @@ def experiment_of(run_dir: Path) -> str:
     return json.loads(meta_path.read_text())["experiment"]
 
 
-def rebuild(run_dir) -> Path:
-    """Rewrite ``run_dir``'s report (and its parts' reports) with the experiment's own ``write_report``."""
+def refresh_results(run_dir) -> bool:
+    """Rewrite ``run_dir/results.csv`` from rows.jsonl if it is missing or stale (a killed run), with the
+    experiment's derived columns (:data:`FINALIZE`); whether it did."""
     run_dir = Path(run_dir)
-    module = importlib.import_module(f"experiments.{experiment_of(run_dir)}")
-    module.write_report(run_dir)
+    frame = results_from_log(run_dir)
+    if frame is None:
+        return False
+    meta = json.loads((run_dir / "meta.json").read_text())
+    finalize = FINALIZE.get(meta.get("experiment"))
+    atomic_write_csv(run_dir / "results.csv", finalize(frame, meta) if finalize else frame)
+    return True
+
+
+def rebuild(run_dir) -> Path:
+    """Rewrite ``run_dir``'s report (and its parts' reports) with the experiment's own ``write_report``, after
+    bringing stale results.csv files up to date with their rows.jsonl."""
+    run_dir = Path(run_dir)
+    experiment = experiment_of(run_dir)
+    for directory in [run_dir, *(run_dir / part for part in PARTS.get(experiment, ()))]:
+        if (directory / "meta.json").exists():
+            refresh_results(directory)
+    importlib.import_module(f"experiments.{experiment}").write_report(run_dir)
     return run_dir / "report.md"
 
 

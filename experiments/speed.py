@@ -22,7 +22,7 @@ from experiments.harness.reporting import (finish_report, grouped_bar_figure, lo
                                roofline_figure)
 from experiments.harness.runner import TimingSettings, cell_rng, grid, run_sweep, time_backend
 
-from .common import finish, make_parser, selected_backends, start_run
+from .common import available_backend, finish, make_parser, selected_backends, start_run
 
 NAME = "speed"
 #: Columns of the report's table of every cell.
@@ -69,7 +69,7 @@ def build_parser():
     parser = make_parser(NAME, __doc__, dtypes="float32")
     parser.add_argument("--suite", type=suite_list, default=None,
                         help="comma list of suites (default unet,decoder,tiny; tiny with --quick)")
-    parser.add_argument("--baseline", default=None,
+    parser.add_argument("--baseline", default=None, type=available_backend,
                         help="backend the speedups are relative to (default torch if available, else col2im)")
     parser.add_argument("--exclude", type=exclusion_list, default=exclusion_list(DEFAULT_EXCLUDE),
                         help=f"suite:backend cells not to run, or 'none' (default {DEFAULT_EXCLUDE}: the oracle "

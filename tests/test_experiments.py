@@ -183,7 +183,14 @@ def test_killed_run_keeps_rows_and_resume_completes_it(tmp_path):
     kept = [json.loads(line)["cell_key"] for line in rows.read_text().splitlines() if line.endswith("}")]
     assert 2 <= len(kept) < 8
 
-    run_dir = speed.main(["--quick", "--no-progress", "--backends", "naive,col2im", "--budget", "0.01",
+    # the report of the killed run comes from rows.jsonl: results.csv is rebuilt, derived speedups included
+    report.main([str(out)])
+    rebuilt = pd.read_csv(out / "results.csv")
+    assert list(rebuilt["cell_key"]) == kept and "speedup" in rebuilt
+    status = (out / "report.md").read_text().split("## Status per backend")[1]
+    assert "_(no rows)_" not in status and "naive" in status
+
+    run_dir = speed.main(["--quick", "--no-progress", "--backends", "naive,col2im", "--budget", "0.4",
                           "--out", str(out), "--resume"])
     frame = pd.read_csv(run_dir / "results.csv")
     assert len(frame) == 8 and frame["cell_key"].is_unique      # 4 tiny cases × 2 backends

@@ -11,7 +11,7 @@ from testbed.problem import Problem, UnsupportedConfiguration
 from testbed.registry import Backend, get_backend
 from experiments.harness.runner import (ROW_COLUMNS, Cell, TimingSettings, call_backend, cell_rng, grid, run_sweep,
                             time_backend, time_call)
-from experiments.harness.storage import RowLog, atomic_write_text
+from experiments.harness.storage import RowLog, RowLogWarning, atomic_write_text
 
 CASES = {f"c{i}": Problem(batch=1, in_channels=2, in_size=3 + i, out_channels=2, kernel_size=2, stride=2)
          for i in range(4)}
@@ -95,7 +95,8 @@ def test_a_torn_last_line_from_a_killed_run_is_ignored_and_recomputed(tmp_path):
     run_sweep(cells[:2], output_sum, tmp_path, progress=False)
     with open(tmp_path / "rows.jsonl", "a") as handle:
         handle.write('{"cell_key": "c2|torn')                      # killed mid-write
-    frame = run_sweep(cells, output_sum, tmp_path, resume=True, progress=False)
+    with pytest.warns(RowLogWarning, match="line 3 is not valid JSON"):
+        frame = run_sweep(cells, output_sum, tmp_path, resume=True, progress=False)
     assert len(frame) == len(cells) and frame["cell_key"].is_unique
     lines = (tmp_path / "rows.jsonl").read_text().splitlines()
     assert len([json.loads(line) for line in lines if line.endswith("}")]) == len(cells)
@@ -139,6 +140,7 @@ def test_time_backend_never_times_the_simulator_and_times_cpu_backends():
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
     target = tmp_path / "sub" / "report.md"
+    target.parent.mkdir()
     atomic_write_text(target, "one")
     atomic_write_text(target, "two")
     assert target.read_text() == "two"

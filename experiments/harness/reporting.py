@@ -39,14 +39,20 @@ def markdown_table(frame, floatfmt: str = ".4g", index: bool = True) -> str:
 
 
 def load_run(run_dir):
-    """``(meta dict, results DataFrame)`` of a saved run directory."""
+    """``(meta dict, results DataFrame)`` of a saved run directory: results.csv, or the table rebuilt from
+    rows.jsonl when results.csv is missing or stale (:func:`~.runner.results_from_log`; a run killed before it
+    rewrote the table)."""
     import pandas as pd
+
+    from .runner import results_from_log
 
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "meta.json").read_text())
-    results = run_dir / "results.csv"
-    frame = pd.read_csv(results, keep_default_na=True) if results.exists() and results.stat().st_size else \
-        pd.DataFrame()
+    frame = results_from_log(run_dir)
+    if frame is None:
+        results = run_dir / "results.csv"
+        frame = pd.read_csv(results, keep_default_na=True) if results.exists() and results.stat().st_size else \
+            pd.DataFrame()
     return meta, frame
 
 

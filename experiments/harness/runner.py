@@ -35,7 +35,8 @@ from testbed.registry import Backend, BackendUnavailable, get_backend
 from testbed.testing import call_kwargs
 
 from .descriptor import PROBLEM_COLUMNS, format_descriptor, problem_columns
-from .storage import RowLog, atomic_write_csv
+from .storage import (ResultsNotWritten, RowLog, atomic_write_csv, holds_run_lock, lock_run_directory,
+                      unlock_run_directory, writing)
 
 __all__ = ["Cell", "grid", "run_sweep", "run_cell", "TimingSettings", "time_backend", "time_call",
            "call_backend", "cell_rng", "ROW_COLUMNS", "STATUSES"]
@@ -129,10 +130,29 @@ def run_sweep(cells: list[Cell], measure: Callable[[Cell, Backend], dict], out_d
     Without ``resume`` the directory must not hold rows already (ValueError), so a finished run is never
     silently overwritten. ``finalize(frame) -> frame`` may add derived columns (e.g. speedups) before
     ``results.csv`` is written. Returns the pandas DataFrame written to ``out_dir/results.csv``.
+
+    The directory is created if need be and locked for the sweep (:func:`~.storage.lock_run_directory`;
+    :class:`~.storage.RunLocked` if another process holds it). A lock this process already held (taken by
+    ``start_run``) is kept for the rest of the run unless the sweep fails; then it is released too.
     """
+    out_dir = Path(out_dir)
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    locked_before = holds_run_lock(out_dir)
+    lock_run_directory(out_dir)
+    try:
+        frame = _sweep(cells, measure, out_dir, resume, progress, desc, finalize)
+    except BaseException:
+        unlock_run_directory(out_dir)
+        raise
+    if not locked_before:
+        unlock_run_directory(out_dir)
+    return frame
+
+
+def _sweep(cells, measure, out_dir: Path, resume: bool, progress: bool, desc: str, finalize):
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
     log = RowLog(out_dir / "rows.jsonl")
     previous = log.read()
     if previous and not resume:
@@ -143,6 +163,14 @@ def run_sweep(cells: list[Cell], measure: Callable[[Cell, Backend], dict], out_d
         raise ValueError("the sweep has duplicate cells (same case, problem, backend, dtype and tags)")
     done = {row.get("cell_key") for row in previous}
     todo = [cell for cell in cells if cell.key not in done]
+
+    def write_table():
+        frame = results_frame(log.read(), keys)
+        if finalize is not None and len(frame):
+            frame = finalize(frame)
+        atomic_write_csv(out_dir / "results.csv", frame)
+        return frame
+
     try:
         with tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, unit="cell",
                   disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
@@ -150,12 +178,13 @@ def run_sweep(cells: list[Cell], measure: Callable[[Cell, Backend], dict], out_d
                 bar.set_postfix_str(f"{cell.case} {cell.backend_name} {cell.problem.dtype}", refresh=False)
                 log.append(run_cell(cell, measure))
                 bar.update()
-    finally:
-        frame = results_frame(log.read(), keys)
-        if finalize is not None and len(frame):
-            frame = finalize(frame)
-        atomic_write_csv(out_dir / "results.csv", frame)
-    return frame
+    except BaseException:
+        try:
+            write_table()    # the table of the rows finished so far
+        except ResultsNotWritten:
+            pass             # the disk is full or gone as well: the first error is the one to report
+        raise
+    return write_table()
 
 
 def results_frame(rows: list[dict], order: list[str] | None = None):
@@ -174,6 +203,28 @@ def results_frame(rows: list[dict], order: list[str] | None = None):
         return pd.DataFrame(columns=list(ROW_COLUMNS))
     standard = [c for c in ROW_COLUMNS if c in frame]
     return frame[standard + [c for c in frame.columns if c not in ROW_COLUMNS]]
+
+
+def results_from_log(run_dir):
+    """The results table rebuilt from ``run_dir/rows.jsonl`` (log order, the last row of a cell wins) when
+    ``results.csv`` is missing, empty or stale: older than the log, or holding other cells (a run killed
+    before it rewrote the table). None when results.csv is up to date or the log holds no rows. Columns a
+    sweep's ``finalize`` derives are not in the log."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    table, log = run_dir / "results.csv", RowLog(run_dir / "rows.jsonl")
+    logged = results_frame(log.read()) if log.path.exists() else None
+    if logged is None or not len(logged):
+        return None
+    if table.exists() and table.stat().st_size and log.path.stat().st_mtime_ns <= table.stat().st_mtime_ns:
+        try:
+            tabled = pd.read_csv(table, usecols=["cell_key"])["cell_key"]
+        except ValueError:      # no cell_key column: not a table this runner wrote
+            tabled = ()
+        if set(tabled) == set(logged["cell_key"]):
+            return None
+    return logged
 
 
 # ---- timing ---------------------------------------------------------------------------------------------

@@ -1,38 +1,123 @@
-"""Crash-safe result files: whole files are written to a temporary sibling and renamed into place
-(``os.replace`` is atomic on POSIX), and sweep rows are appended to a JSON-lines log, one flushed and
-fsynced line per finished row, so a killed run loses at most the row it was computing.
+"""Crash-safe result files, one-line errors when they cannot be written, and the lock of a run directory.
+
+Whole files are written to a temporary sibling and renamed into place (``os.replace`` is atomic on POSIX), with
+the mode a plain ``open`` would give them (``0o666 & ~umask``); sweep rows are appended to a JSON-lines log, one
+flushed and fsynced line per finished row, so a killed run loses at most the row it was computing. Writes never
+create directories: a missing one is an error (only the run directory itself is created, by whoever starts
+the run).
+
+An ``OSError`` while writing (disk full, read-only or unwritable directory, a directory that vanished) becomes
+:class:`ResultsNotWritten`, whose message names the file and the cause in one line. It and the other errors a
+user must act on derive from :class:`HarnessError`, a ``SystemExit``: ``python -m experiments.<name>`` prints
+the message and exits with status 1 instead of printing a traceback, and library callers catch it by class.
+
+:class:`RunLock` is an exclusive ``fcntl.flock`` on ``<run dir>/.run.lock`` (the file holds the owner's pid), so
+two runs never write into one directory; the kernel drops the lock when its process dies, so a lock file left
+by a killed run does not block the next one.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import errno
+import fcntl
 import io
 import json
 import math
 import os
 import sys
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_csv", "save_figure",
-           "save_arrays", "RowLog", "to_jsonable"]
+           "save_arrays", "RowLog", "RowLogWarning", "to_jsonable", "HarnessError", "ResultsNotWritten",
+           "RunLocked", "RunLock", "lock_run_directory", "unlock_run_directory", "holds_run_lock",
+           "writing", "current_umask"]
+
+
+class HarnessError(SystemExit):
+    """A problem the user must fix, not a bug: its message is one line, and being a ``SystemExit`` the command
+    line prints just that message (exit status 1) rather than a traceback."""
+
+
+class ResultsNotWritten(HarnessError):
+    """A result file could not be written (disk full, read-only or unwritable directory, missing directory)."""
+
+
+class RunLocked(HarnessError):
+    """Another process holds the lock of the run directory."""
+
+
+#: The cause of a failed write, by errno; any other errno is described by its strerror.
+_WRITE_CAUSES = {
+    errno.ENOSPC: "no space left on the device (disk full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied (the directory is not writable by this user)",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a component of the path is not a directory",
+    errno.EISDIR: "it is a directory",
+}
+
+
+def write_error(path, exc: OSError) -> ResultsNotWritten:
+    """The one-line :class:`ResultsNotWritten` of ``exc``, an error while writing ``path``."""
+    path = Path(path)
+    if exc.errno == errno.ENOENT:
+        cause = f"the directory {path.parent} does not exist"
+    else:
+        cause = _WRITE_CAUSES.get(exc.errno, exc.strerror or str(exc))
+    code = errno.errorcode.get(exc.errno)
+    return ResultsNotWritten(f"cannot write {path}: {cause}" + (f" [{code}]" if code else ""))
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turn an ``OSError`` raised inside the block into :class:`ResultsNotWritten` naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status``, Linux ≥ 4.7); elsewhere set and
+    restored at once under a lock (another thread creating a file in that instant could see the wrong mask)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one. The file gets
+    the mode a plain ``open`` would create it with (``0o666 & ~umask``; ``mkstemp`` alone gives 0600)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o666 & ~current_umask())
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return path
 
 
@@ -88,10 +173,16 @@ def save_arrays(path, **arrays) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+class RowLogWarning(UserWarning):
+    """A line of a row log that is not a row (torn by a killed run, corrupted, or not a JSON object): skipped."""
+
+
 class RowLog:
     """An append-only JSON-lines file of result rows: each :meth:`append` is one line, flushed and fsynced.
 
-    :meth:`read` tolerates a torn last line (a run killed mid-write) by ignoring it.
+    :meth:`read` returns the JSON objects and skips, with a :class:`RowLogWarning` naming the line, every line
+    that is not one: a torn line (a run killed mid-write; :meth:`append` starts the next row on a line of its
+    own) or anything else that is not valid JSON, and valid JSON that is not an object (a number, a list...).
     """
 
     def __init__(self, path):
@@ -101,21 +192,28 @@ class RowLog:
         if not self.path.exists():
             return []
         rows = []
-        with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
+        with open(self.path, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
                 line = line.strip()
                 if not line:
                     continue
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # only a torn final line can be undecodable
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    self._skip(number, "is not valid JSON (torn by a killed run?)")
                     continue
+                if isinstance(row, dict):
+                    rows.append(row)
+                else:
+                    self._skip(number, f"is a JSON {type(row).__name__}, not a row object")
         return rows
 
+    def _skip(self, number: int, why: str) -> None:
+        warnings.warn(f"{self.path}, line {number} {why}; skipped", RowLogWarning, stacklevel=3)
+
     def append(self, row: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(to_jsonable(row)) + "\n"
-        with open(self.path, "a", encoding="utf-8") as handle:
+        with writing(self.path), open(self.path, "a", encoding="utf-8") as handle:
             if handle.tell() and not self._ends_with_newline():
                 handle.write("\n")  # a torn line from a killed run stays on its own, unreadable line
             handle.write(line)
@@ -129,3 +227,123 @@ class RowLog:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+class RunLock:
+    """An exclusive lock on a run directory: ``fcntl.flock`` on ``<directory>/.run.lock``, which holds the
+    owner's pid for the message a second run gets. Non-blocking: :meth:`acquire` raises :class:`RunLocked` at
+    once. :meth:`release` removes the file while still holding the lock; a process that opened the old file just
+    before then finds, once it gets the lock, that the path names another file, and starts over."""
+
+    FILENAME = ".run.lock"
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self.path = self.directory / self.FILENAME
+        self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "RunLock":
+        if self._fd is not None:
+            return self
+        with writing(self.path):
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = self._holder(fd)
+                    os.close(fd)
+                    raise RunLocked(f"{self.directory} is in use by another run (pid {holder}, which holds "
+                                    f"{self.path}); wait for it to finish, or choose another --out") from None
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if self._names(fd):
+                    break
+                os.close(fd)                   # locked a file its owner has just removed: try the current one
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except BaseException:
+                self._fd = fd
+                self.release()
+                raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if self._names(fd):
+                self.path.unlink()
+        except OSError:
+            pass                               # a lock file left behind does not block: nobody holds its lock
+        finally:
+            os.close(fd)                       # closing the descriptor drops the lock
+
+    def _names(self, fd: int) -> bool:
+        """Whether the lock file's path still names the file open as ``fd``."""
+        try:
+            on_disk, ours = os.stat(self.path), os.fstat(fd)
+        except FileNotFoundError:
+            return False
+        return (on_disk.st_dev, on_disk.st_ino) == (ours.st_dev, ours.st_ino)
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            text = ""
+        return text if text.isdigit() else "unknown"
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+#: The run directories this process holds locked (resolved path: lock), released by unlock_run_directory or
+#: at interpreter exit.
+_HELD: dict[Path, RunLock] = {}
+
+
+def lock_run_directory(directory) -> RunLock:
+    """Lock ``directory`` for this process (:class:`RunLocked` if another holds it); a no-op if this process
+    holds it already (a run started again in the same process after one that ended by an exception)."""
+    key = Path(directory).resolve()
+    lock = _HELD.get(key)
+    if lock is None:
+        lock = _HELD[key] = RunLock(key)
+        try:
+            lock.acquire()
+        except BaseException:
+            del _HELD[key]
+            raise
+    return lock
+
+
+def unlock_run_directory(directory) -> None:
+    """Release this process's lock of ``directory``, if it holds one."""
+    lock = _HELD.pop(Path(directory).resolve(), None)
+    if lock is not None:
+        lock.release()
+
+
+def holds_run_lock(directory) -> bool:
+    return Path(directory).resolve() in _HELD
+
+
+def _release_all() -> None:
+    for directory in list(_HELD):
+        unlock_run_directory(directory)
+
+
+atexit.register(_release_all)
