@@ -31,7 +31,9 @@ _SCOPED_BACKEND: ContextVar[Backend | None] = ContextVar("testbed_scoped_backend
 
 
 def _as_array(value: Any, name: str, on_device_ok: bool) -> Any:
-    """A float32/float64 array (host) or the device array itself; integers promote to float64."""
+    """A float32/float64 array in native byte order (host) or the device array itself; integers promote to
+    float64. Masked arrays are refused: a convolution has no meaning for masked entries, and NumPy would
+    silently drop the mask."""
     if is_device_array(value):
         if not on_device_ok:
             raise TypeError(f"{name} is a CUDA device array, but the chosen backend runs on the host; "
@@ -40,8 +42,14 @@ def _as_array(value: Any, name: str, on_device_ok: bool) -> Any:
     else:
         if isinstance(value, (str, bytes)) or value is None:
             raise TypeError(f"{name} must be a real numeric array, got {type(value).__name__}")
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(f"{name} is a masked array; fill the masked entries first "
+                            f"({name}.filled(0.0)) or pass {name}.data")
         value = np.asarray(value)
         dtype = value.dtype
+        if not dtype.isnative:           # e.g. '>f8' read from a file: same values, native order
+            dtype = dtype.newbyteorder("=")
+            value = value.astype(dtype)
     if dtype.kind in "iu":
         if is_device_array(value):
             raise TypeError(f"{name} is an integer device array ({dtype}); convert it to float32/float64")

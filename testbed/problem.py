@@ -13,6 +13,7 @@ written with PyTorch's padding/output_padding/dilation conventions).
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,10 +26,19 @@ __all__ = [
     "output_shape",
     "pair",
     "SUPPORTED_DTYPES",
+    "WORKSPACE_BYTES",
 ]
 
 #: dtypes the backends compute in; integer arrays are promoted to float64 first.
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: Every size and index a backend computes must fit a signed 64-bit integer (NumPy's and Numba's index type).
+INT64_MAX = 2**63 - 1
+
+#: Temporary buffers a backend may hold at once beyond twice the call's own arrays (see
+#: :attr:`Problem.workspace_limit`): larger intermediates are computed in blocks under the limit, or the backend
+#: declines the configuration (UnsupportedConfiguration naming the size it would need).
+WORKSPACE_BYTES = 256 * 2**20
 
 
 class UnsupportedConfiguration(ValueError):
@@ -72,19 +82,31 @@ class UnsupportedConfiguration(ValueError):
 
 
 def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
-    """``value`` as an (h, w) pair of ints >= ``minimum``; ``name`` is the argument named in errors."""
-    items = (value, value) if _is_int(value) else value
-    try:
-        items = tuple(items)
-    except TypeError:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-    if len(items) != 2 or not all(_is_int(v) for v in items):
+    """``value`` as an (h, w) pair of ints in ``[minimum, 2**63 - 1]``; ``name`` is the argument named in errors.
+
+    Accepted: an int (Python or NumPy integer, not bool), or a 2-item tuple, list, ``torch.Size`` or 1-D integer
+    NumPy array of ints. Anything else (sets, dicts, strings, bytes, generators, floats...) is a TypeError:
+    an unordered or accidental iterable must not silently become a pair.
+    """
+    items = (value, value) if _is_int(value) else _int_sequence(value, name, "an int or a pair of ints")
+    if len(items) != 2:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    items = (int(items[0]), int(items[1]))
     if min(items) < minimum:
         what = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{name} must be {what} (>= {minimum}), got {value!r}")
+    if max(items) > INT64_MAX:
+        raise ValueError(f"{name} must be at most 2**63 - 1 (int64), got {value!r}")
     return items
+
+
+def _int_sequence(value, name: str, expected: str) -> tuple[int, ...]:
+    """The ints of a tuple, list, ``torch.Size`` or 1-D integer array; TypeError naming ``name`` otherwise."""
+    is_int_array = isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu"
+    # torch.Size is a tuple; sets, dicts, strings, bytes, generators... are not sequences of ints here.
+    if not (is_int_array or (isinstance(value, (tuple, list)) and all(_is_int(v) for v in value))):
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__}; a sequence is a "
+                        f"tuple, list, torch.Size or 1-D integer array of ints)")
+    return tuple(int(v) for v in (value.tolist() if is_int_array else value))
 
 
 def _is_int(value) -> bool:
@@ -226,7 +248,7 @@ class Problem:
         set_(self, "dilation", pair(self.dilation, "dilation", minimum=1))
         set_(self, "in_size", pair(self.in_size, "input spatial size", minimum=1))
         set_(self, "kernel_size", pair(self.kernel_size, "kernel size", minimum=1))
-        set_(self, "dtype", np.dtype(self.dtype))
+        set_(self, "dtype", np.dtype(self.dtype).newbyteorder("="))   # '>f8' computes as native float64
         if not _is_int(self.groups) or self.groups < 1:
             raise ValueError(f"groups must be a positive int, got {self.groups!r}")
         if not _is_int(self.batch) or self.batch < 0:
@@ -247,10 +269,23 @@ class Problem:
                 raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
                                  f"output_padding={self.output_padding}, stride={self.stride}, "
                                  f"dilation={self.dilation} (axis {axis})")
+        for axis, n, k, s, op, d, extent in zip("hw", self.in_size, self.kernel_size, self.stride,
+                                                self.output_padding, self.dilation, self.canvas_size):
+            if extent > INT64_MAX:
+                raise ValueError(f"stride {s}, dilation {d} and output_padding {op} place the taps of an input of "
+                                 f"size {n} with kernel {k} over {extent} positions (axis {axis}), beyond int64 "
+                                 f"(2**63 - 1); reduce stride or dilation")
+        for name in ("batch", "in_channels", "out_channels"):
+            if getattr(self, name) > INT64_MAX:
+                raise ValueError(f"{name} must be at most 2**63 - 1 (int64), got {getattr(self, name)}")
         if min(self.out_size) < 1:
             raise ValueError(f"the output would have a non-positive size {self.out_size} for input size "
                              f"{self.in_size}, kernel {self.kernel_size}, stride {self.stride}, padding "
                              f"{self.padding}, dilation {self.dilation}; reduce padding or enlarge the input")
+        out_bytes = math.prod(self.output_shape) * self.dtype.itemsize
+        if out_bytes > INT64_MAX:
+            raise ValueError(f"the output {self.output_shape} would take {out_bytes} bytes, beyond what int64 can "
+                             f"address; reduce stride, dilation or the batch")
 
     # ---- construction from arrays -------------------------------------------------------------------
     @classmethod
@@ -285,13 +320,10 @@ class Problem:
         if output_padding not in (0, (0, 0)):
             raise ValueError(f"give either output_size or output_padding, not both "
                              f"(output_size={output_size!r}, output_padding={output_padding!r})")
-        try:
-            size = tuple(int(v) if _is_int(v) else v for v in output_size)
-        except TypeError:
-            raise TypeError(f"output_size must be a sequence of ints, got {output_size!r}") from None
+        size = _int_sequence(output_size, "output_size", "a sequence of ints")
         if len(size) == len(input_shape):  # a full shape: only the spatial entries matter
             size = size[-2:]
-        if len(size) != 2 or not all(_is_int(v) for v in size):
+        if len(size) != 2:
             raise ValueError(f"output_size must have 2 spatial entries (or {len(input_shape)} for a full "
                              f"shape), got {output_size!r}")
         stride = pair(stride, "stride", minimum=1)
@@ -319,6 +351,35 @@ class Problem:
         h, w = ((n - 1) * s + d * (k - 1) + 1 + op for n, k, s, op, d in
                 zip(self.in_size, self.kernel_size, self.stride, self.output_padding, self.dilation))
         return h, w
+
+    def landing(self, axis: int, tap: int) -> tuple[slice, slice] | None:
+        """Where tap ``tap`` of the kernel lands along ``axis`` (0: rows, 1: columns): ``(inputs, outputs)``, the
+        input indices ``i`` whose ``o = i·s - p + tap·d`` falls inside the output and the step-``s`` slice of
+        those outputs; None when no input lands there. Backends that scatter use it to touch only outputs,
+        never the uncropped canvas (whose size follows stride and padding, not the work)."""
+        n, s, p, d, out = (self.in_size[axis], self.stride[axis], self.padding[axis], self.dilation[axis],
+                           self.out_size[axis])
+        offset = tap * d - p                        # output index of input 0
+        first = max(0, -(offset // s))              # smallest i with i·s + offset >= 0
+        stop = min(n, (out - 1 - offset) // s + 1)  # past the largest i with i·s + offset < out
+        if stop <= first:
+            return None
+        o_first = first * s + offset
+        return slice(first, stop), slice(o_first, o_first + (stop - first - 1) * s + 1, s)
+
+    def landing_inputs(self, axis: int) -> slice:
+        """The input indices along ``axis`` that reach the output through some tap (an empty slice if none)."""
+        spans = [span[0] for span in (self.landing(axis, k) for k in range(self.kernel_size[axis])) if span]
+        if not spans:
+            return slice(0, 0)
+        return slice(min(sp.start for sp in spans), max(sp.stop for sp in spans))
+
+    @property
+    def workspace_limit(self) -> int:
+        """Bytes of temporaries a backend may hold at once: twice the call's own arrays (:attr:`bytes_moved`), or
+        :data:`WORKSPACE_BYTES` when that is larger. A backend whose intermediates would exceed it computes in
+        blocks under it, or declines the configuration with the size it would need."""
+        return max(WORKSPACE_BYTES, 2 * self.bytes_moved)
 
     def crop(self, canvas):
         """The output window ``canvas[..., p:p+H_out, p:p+W_out]`` of a canvas-sized array."""
@@ -363,8 +424,7 @@ class Problem:
     @property
     def bytes_moved(self) -> int:
         """Input + weight + output, each read or written once."""
-        count = (int(np.prod(self.input_shape)) + int(np.prod(self.weight_shape))
-                 + int(np.prod(self.output_shape)))
+        count = math.prod(self.input_shape) + math.prod(self.weight_shape) + math.prod(self.output_shape)
         return count * self.dtype.itemsize
 
     def with_(self, **changes) -> Problem:

@@ -3,7 +3,13 @@
 The Caffe / PyTorch ``slow_conv_transpose2d`` design: per image and group,
 ``columns[(co, kh, kw), (ih, iw)] = Σ_ci W[ci, co, kh, kw] · x[ci, ih, iw]`` (a BLAS GEMM
 ``(C_out·kH·kW × C_in) · (C_in × H·W)``), then every column row is added into the output at
-``(ih·s + kh·d - p, iw·s + kw·d - p)``. The column buffer holds ``C_out·kH·kW·H·W`` values per image.
+``(ih·s + kh·d - p, iw·s + kw·d - p)``.
+
+Resources follow the work: the columns cover only the input pixels that reach the output
+(:meth:`Problem.landing_inputs`), each tap adds only the pixels that land (:meth:`Problem.landing`) straight
+into the output (no uncropped canvas), and when the buffer ``C_out·kH·kW·H·W`` would exceed
+:attr:`Problem.workspace_limit` it is computed a block of output channels (then of taps) at a time; the
+smallest block, one channel and one tap, is one input plane.
 """
 
 import numpy as np
@@ -11,28 +17,43 @@ import numpy as np
 from ..registry import Backend, register
 
 
-def col2im_accumulate(columns, problem, canvas):
-    """Add ``columns`` ``(C_out, kH, kW, H, W)`` into ``canvas`` ``(C_out, *canvas_size)``: the col2im step."""
-    (sh, sw), (dh, dw) = problem.stride, problem.dilation
-    (h, w), (kh_size, kw_size) = problem.in_size, problem.kernel_size
-    for kh in range(kh_size):
-        for kw in range(kw_size):
-            canvas[:, kh * dh:kh * dh + (h - 1) * sh + 1:sh,
-                   kw * dw:kw * dw + (w - 1) * sw + 1:sw] += columns[:, kh, kw]
+def _blocks(problem, pixels):
+    """``(channel block, tap block)`` sizes whose column buffer (all groups) fits the workspace limit."""
+    taps = problem.kernel_size[0] * problem.kernel_size[1]
+    per_channel_tap = problem.groups * pixels * problem.dtype.itemsize
+    fit = max(1, problem.workspace_limit // per_channel_tap)             # channel·tap products that fit
+    if fit >= taps:
+        return min(problem.out_per_group, fit // taps), taps
+    return 1, fit
 
 
 def gemm_col2im(x, weight, bias, problem):
-    g, (h, w), (kh, kw) = problem.groups, problem.in_size, problem.kernel_size
+    g, (kh, kw) = problem.groups, problem.kernel_size
     cig, cog = problem.in_per_group, problem.out_per_group
-    # (G, Co_g·kH·kW, Ci_g): the transposed weight of each group, the GEMM's left operand.
-    weight_t = weight.reshape(g, cig, cog * kh * kw).transpose(0, 2, 1)
-    y = np.empty(problem.output_shape, dtype=problem.dtype)
-    canvas = np.empty((problem.out_channels, *problem.canvas_size), dtype=problem.dtype)
-    for n in range(problem.batch):
-        columns = np.matmul(weight_t, x[n].reshape(g, cig, h * w))        # (G, Co_g·kH·kW, HW)
-        canvas[...] = 0
-        col2im_accumulate(columns.reshape(problem.out_channels, kh, kw, h, w), problem, canvas)
-        y[n] = problem.crop(canvas)
+    rows, cols = problem.landing_inputs(0), problem.landing_inputs(1)
+    h, w = rows.stop - rows.start, cols.stop - cols.start
+    y = np.zeros(problem.output_shape, dtype=problem.dtype)
+    if h and w:
+        spans = [(t, problem.landing(0, t // kw), problem.landing(1, t % kw)) for t in range(kh * kw)]
+        weights = weight.reshape(g, cig, cog, kh * kw)
+        channel_block, tap_block = _blocks(problem, h * w)
+        for n in range(problem.batch):
+            pixels = x[n, :, rows, cols].reshape(g, cig, h * w)
+            for c0 in range(0, cog, channel_block):
+                c1 = min(cog, c0 + channel_block)
+                out = y[n].reshape(g, cog, *problem.out_size)[:, c0:c1]
+                for t0 in range(0, kh * kw, tap_block):
+                    t1 = min(kh * kw, t0 + tap_block)
+                    # (G, block·taps, Ci_g): the transposed weight of the block, the GEMM's left operand.
+                    left = weights[:, :, c0:c1, t0:t1].transpose(0, 2, 3, 1).reshape(g, -1, cig)
+                    columns = np.matmul(left, pixels).reshape(g, c1 - c0, t1 - t0, h, w)
+                    for t, row, col in spans[t0:t1]:
+                        if row is None or col is None:
+                            continue
+                        (in_rows, out_rows), (in_cols, out_cols) = row, col
+                        src = columns[:, :, t - t0, in_rows.start - rows.start:in_rows.stop - rows.start,
+                                      in_cols.start - cols.start:in_cols.stop - cols.start]
+                        out[:, :, out_rows, out_cols] += src
     if bias is not None:
         y += bias[None, :, None, None]
     return y

@@ -3,7 +3,12 @@
 With no overlap, ``y[n, co, i·k + a, j·k + b] = Σ_ci x[n, ci, i, j] · W[ci, co, a, b]``: the seed's APL
 ``ker ∘.× inp`` followed by laminating the k×k blocks. One contraction over input channels (a GEMM
 ``(N·H·W × C_in) · (C_in × C_out·kH·kW)`` per group) plus a reshape; padding crops, output_padding extends.
+The laminated blocks are the uncropped canvas, so a padding that crops most of it away would make memory
+follow the padding rather than the output: above :attr:`Problem.workspace_limit` the configuration is
+declined with the size it would need.
 """
+
+import math
 
 import numpy as np
 
@@ -34,6 +39,11 @@ def _needs_stride_equal_kernel(problem):
     if not problem.is_nonoverlapping:
         return (f"needs stride == kernel size and dilation 1, got stride {problem.stride}, kernel "
                 f"{problem.kernel_size}, dilation {problem.dilation}")
+    # The GEMM result and its laminated copy are both canvas-sized.
+    need = 2 * problem.batch * problem.out_channels * math.prod(problem.canvas_size) * problem.dtype.itemsize
+    if need > problem.workspace_limit:
+        return (f"the uncropped canvas {problem.canvas_size} (twice, GEMM result and laminated copy) needs "
+                f"{need:.3g} bytes, above the workspace limit of {problem.workspace_limit:.3g} bytes")
     return None
 
 

@@ -23,8 +23,18 @@ alternating OpenBLAS's spinning pool with Numba's costs more than the arithmetic
 sub-pixel form needs ``s_h·s_w`` GEMMs plus a column build; measured 3–10× slower than ``gemm_col2im`` on the
 decoder shapes here.
 
-No thread ever writes an element another thread writes, and every summation order is fixed (bias first,
-then taps in ``(kh, kw)`` order, channels inside the GEMM), so results are bitwise repeatable.
+No thread ever writes an element another thread writes, and every summation order is fixed (from +0.0, taps
+in ``(kh, kw)`` order, channels inside the GEMM, the bias last), so results are bitwise repeatable, and an
+output is never -0.0 (PyTorch's sign of zero).
+
+Resources follow the output, not the parameters: the per-plane accumulators hold ``min(s_w, W_out)`` phases
+of ``ceil(W_out / s_w)`` columns (a stride of 10⁹ or 2⁶² costs nothing), all index arithmetic stays inside
+int64 (``Problem`` refuses parameters whose extent does not fit), and the GEMM paths are taken only when one
+image's column buffer ``C_out·kH·kW·H·W`` fits :attr:`Problem.workspace_limit` (a 128×128 kernel would need
+gigabytes for a 1 MB output): beyond it ``direct`` computes the same products with no buffer at all.
+
+Threads and fork: the kernels are :func:`._runtime.parallel_kernel` s, safe to call from several threads under
+every Numba threading layer and in children forked after a parallel call (see ``_runtime``).
 
 NaN/inf: every path forms exactly the (input pixel, tap) products of the scatter definition (no padding, no
 zero-inserted input, no multiplication by a filler zero; the GEMM paths' products for outputs cropped away
@@ -33,9 +43,10 @@ definition says.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..registry import Backend, register
+from ._runtime import parallel_kernel
 
 __all__ = ["choose_path", "PATHS"]
 
@@ -55,6 +66,8 @@ def choose_path(problem) -> str:
     """The algorithm (one of :data:`PATHS`) ``numba_cpu`` runs for ``problem``."""
     if problem.in_per_group * problem.out_per_group < DIRECT_MAX_CHANNEL_PRODUCT:
         return "direct"
+    if _column_bytes_per_image(problem) > problem.workspace_limit:
+        return "direct"
     if problem.is_nonoverlapping:
         return "nonoverlap_gemm"
     return "gemm_col2im"
@@ -62,15 +75,16 @@ def choose_path(problem) -> str:
 
 # ---- kernels ---------------------------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _pixel_shuffle(columns, bias, y, pad_h, pad_w):
     """Depth-to-space with bias and crop: ``y[n, c, oh, ow] = columns[c, a, b, n, i, j] + bias[c]`` where
     ``oh + p_h = i·kH + a`` and ``ow + p_w = j·kW + b``; the ``output_padding`` rows and columns beyond the
     last block (reached by no tap) get the bias alone. One thread per output row, which it owns; each tap
-    column ``b`` is one unit-stride read of ``columns``."""
+    column ``b`` is one unit-stride read of ``columns``. ``+ 0`` before the bias: never -0.0, as PyTorch."""
     channels, k_h, k_w, batch, in_h, in_w = columns.shape
     out_h, out_w = y.shape[2], y.shape[3]
     covered_w = min(out_w, in_w * k_w - pad_w)          # columns reached by some block
+    zero = np.zeros(1, dtype=y.dtype)[0]                 # +0.0 in y's dtype (a 0.0 literal would be float64)
     for row in prange(batch * channels * out_h):
         n = row // (channels * out_h)
         c = (row // out_h) % channels
@@ -79,32 +93,33 @@ def _pixel_shuffle(columns, bias, y, pad_h, pad_w):
         line = y[n, c, oh]
         i, a = (oh + pad_h) // k_h, (oh + pad_h) % k_h
         if i >= in_h:
-            line[:] = b_c
+            line[:] = zero + b_c
             continue
         for b in range(k_w):
             src = columns[c, a, b, n, i]
             j_lo = max(0, -((b - pad_w) // k_w))         # first j with j·kW + b - p_w >= 0
             j_hi = min(in_w, (out_w - 1 - b + pad_w) // k_w + 1)
             for j in range(j_lo, j_hi):
-                line[j * k_w + b - pad_w] = src[j] + b_c
+                line[j * k_w + b - pad_w] = (src[j] + zero) + b_c
         for ow in range(max(0, covered_w), out_w):
-            line[ow] = b_c
+            line[ow] = zero + b_c
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _col2im_gather(columns, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    """col2im as a gather: ``y[n, c, oh, ow] = bias[c] + Σ columns[c, kh, kw, n, ih, iw]`` over the taps with
+    """col2im as a gather: ``y[n, c, oh, ow] = Σ columns[c, kh, kw, n, ih, iw] + bias[c]`` over the taps with
     ``oh = ih·s_h - p_h + kh·d_h``, ``ow = iw·s_w - p_w + kw·d_w``, added in (kh, kw) order. One thread per
     output plane ``(n, c)``, which it owns."""
     channels, k_h, k_w, batch, in_h, in_w = columns.shape
     out_h, out_w = y.shape[2], y.shape[3]
-    phase_len = (out_w + stride_w - 1) // stride_w
+    phases, phase_len = min(stride_w, out_w), (out_w - 1) // stride_w + 1
     for plane in prange(batch * channels):
         n, c = plane // channels, plane % channels
-        # acc[b, j] holds output column b + s_w·j, so each tap adds one unit-stride run.
-        acc = np.empty((stride_w, phase_len), dtype=y.dtype)
+        # acc[b, j] holds output column b + s_w·j, so each tap adds one unit-stride run. A phase b that holds an
+        # output has b <= ow < W_out, so min(s_w, W_out) phases suffice (a huge stride costs nothing).
+        acc = np.empty((phases, phase_len), dtype=y.dtype)
         for oh in range(out_h):
-            acc[:] = bias[c]
+            acc[:] = 0.0
             for kh in range(k_h):
                 shift = oh + pad_h - kh * dil_h
                 if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
@@ -121,29 +136,30 @@ def _col2im_gather(columns, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, di
                     run = columns[c, kh, kw, n, ih, iw_lo:iw_hi]
                     for i in range(iw_hi - iw_lo):
                         dst[i] += run[i]
-            line = y[n, c, oh]
-            for b in range(stride_w):
-                for j in range((out_w - b + stride_w - 1) // stride_w):
-                    line[b + stride_w * j] = acc[b, j]
+            line, b_c = y[n, c, oh], bias[c]
+            for b in range(phases):
+                for j in range((out_w - 1 - b) // stride_w + 1):
+                    line[b + stride_w * j] = acc[b, j] + b_c
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
-    """Output-stationary gather: ``y[n, co, oh, :] = bias[co] + Σ x[n, ci, ih, iw] · W[ci, co_g, kh, kw]``
+    """Output-stationary gather: ``y[n, co, oh, :] = Σ x[n, ci, ih, iw] · W[ci, co_g, kh, kw] + bias[co]``
     over the taps with ``oh = ih·s_h - p_h + kh·d_h`` and the input pixels whose ``ow`` is in range.
     One thread per output plane ``(n, co)``; only (pixel, tap) pairs of the scatter definition are combined."""
     batch, in_channels, in_h, in_w = x.shape
     out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     per_group_in, per_group_out = in_channels // groups, out_channels // groups
     k_h, k_w = weight.shape[2], weight.shape[3]
-    phase_len = (out_w + stride_w - 1) // stride_w
+    phases, phase_len = min(stride_w, out_w), (out_w - 1) // stride_w + 1
     for plane in prange(batch * out_channels):
         n, co = plane // out_channels, plane % out_channels
         g, co_g = co // per_group_out, co % per_group_out
-        # acc[b, j] holds output column b + s_w·j, so each (tap, channel) adds one unit-stride run.
-        acc = np.empty((stride_w, phase_len), dtype=y.dtype)
+        # acc[b, j] holds output column b + s_w·j, so each (tap, channel) adds one unit-stride run; only the
+        # min(s_w, W_out) phases that hold outputs exist.
+        acc = np.empty((phases, phase_len), dtype=y.dtype)
         for oh in range(out_h):
-            acc[:] = bias[co]
+            acc[:] = 0.0
             for kh in range(k_h):
                 shift = oh + pad_h - kh * dil_h
                 if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
@@ -164,10 +180,10 @@ def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, 
                         run = src[iw_lo:iw_hi]
                         for i in range(iw_hi - iw_lo):
                             dst[i] += run[i] * w
-            line = y[n, co, oh]
-            for b in range(stride_w):
-                for j in range((out_w - b + stride_w - 1) // stride_w):
-                    line[b + stride_w * j] = acc[b, j]
+            line, b_c = y[n, co, oh], bias[co]
+            for b in range(phases):
+                for j in range((out_w - 1 - b) // stride_w + 1):
+                    line[b + stride_w * j] = acc[b, j] + b_c
 
 
 # ---- wrappers: allocate, pick the path, call the kernels -----------------------------------------------------
@@ -190,11 +206,15 @@ def _gemm_columns(x, weight, problem):
     return columns.reshape(problem.out_channels, kh, kw, n, h, w)
 
 
+def _column_bytes_per_image(problem):
+    """Bytes of the GEMM paths' ``columns`` (C_out·kH·kW·H·W) for one image."""
+    return (problem.out_channels * problem.kernel_size[0] * problem.kernel_size[1]
+            * problem.in_size[0] * problem.in_size[1] * problem.dtype.itemsize)
+
+
 def _image_chunks(problem):
     """Slices of the batch whose column buffers stay under :data:`COLUMN_BUFFER_BYTES` (at least 1 image)."""
-    per_image = (problem.out_channels * problem.kernel_size[0] * problem.kernel_size[1]
-                 * problem.in_size[0] * problem.in_size[1] * problem.dtype.itemsize)
-    step = max(1, COLUMN_BUFFER_BYTES // per_image)
+    step = max(1, COLUMN_BUFFER_BYTES // _column_bytes_per_image(problem))
     return [slice(n0, min(problem.batch, n0 + step)) for n0 in range(0, problem.batch, step)]
 
 

@@ -57,8 +57,9 @@ def _kernel(name: str, dtype: str):
     """The cuda.jit dispatcher of one kernel for one dtype, built on first use (compiled at first launch)."""
     from numba import cuda
 
+    from ._runtime import can_cache
     from .numba_cuda_kernels import KERNELS
-    return cuda.jit(cache=True)(KERNELS[name][dtype])
+    return cuda.jit(cache=can_cache(KERNELS[name][dtype]))(KERNELS[name][dtype])
 
 
 # ---- host arrays ↔ device arrays ----------------------------------------------------------------------------

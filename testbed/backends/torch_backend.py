@@ -3,6 +3,7 @@
 import functools
 
 from ..registry import Backend, register
+from ._runtime import prepare_torch
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,6 +31,7 @@ def _tensor(torch, array):
 
 def torch_conv_transpose2d(x, weight, bias, problem):
     torch = _torch()
+    prepare_torch(torch)      # one thread in a child forked after torch's OpenMP pool started (see _runtime)
     with torch.no_grad():
         y = torch.nn.functional.conv_transpose2d(
             _tensor(torch, x), _tensor(torch, weight), None if bias is None else _tensor(torch, bias),
@@ -38,9 +40,28 @@ def torch_conv_transpose2d(x, weight, bias, problem):
     return y.numpy()
 
 
+def _within_torch_limits(problem):
+    """torch narrows stride, padding, dilation and output_padding to 32-bit ints (2**31 fails inside torch), and
+    its float64 path (slow_conv_transpose2d; also float32 without oneDNN) allocates a column buffer
+    C_out·kH·kW·H·W per image, which must fit :attr:`Problem.workspace_limit`."""
+    for name in ("stride", "padding", "output_padding", "dilation"):
+        if max(getattr(problem, name)) >= 2**31:
+            return f"torch takes {name} as a 32-bit int, got {getattr(problem, name)}"
+    torch = _torch()
+    one_dnn = torch is not None and torch.backends.mkldnn.is_available()
+    if problem.dtype.itemsize == 8 or not one_dnn:
+        (h, w), (kh, kw) = problem.in_size, problem.kernel_size
+        columns = problem.out_channels * kh * kw * h * w * problem.dtype.itemsize
+        if columns > problem.workspace_limit:
+            return (f"torch's slow_conv_transpose2d would allocate a {columns:.3g}-byte column buffer "
+                    f"(C_out·kH·kW·H·W), above the workspace limit of {problem.workspace_limit:.3g} bytes")
+    return None
+
+
 register(Backend(
     name="torch",
     description="PyTorch's F.conv_transpose2d on the CPU (oneDNN or GEMM + col2im inside)",
     run=torch_conv_transpose2d,
+    check=_within_torch_limits,
     probe=_probe,
 ))
