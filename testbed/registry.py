@@ -32,7 +32,9 @@ class Backend:
     ``run(x, weight, bias, problem)`` receives the batched input ``(N, C_in, H, W)``, the weight and the bias
     (or ``None``) already validated, in ``problem.dtype``, and returns the ``problem.output_shape`` result. It
     must not modify its arguments. Host backends get C-contiguous NumPy arrays; ``device="cuda"`` backends
-    also accept CUDA device arrays and then return one.
+    also accept CUDA device arrays and then return one. A backend with ``writes_out`` also takes ``out=`` (a
+    C-contiguous, writable array of ``problem.output_shape`` and dtype, overlapping no argument), writes the
+    result there and returns it; :meth:`compute` copies into ``out`` for the others.
     """
 
     name: str
@@ -45,6 +47,7 @@ class Backend:
     deterministic: bool = True          # bitwise-repeatable results
     check: Optional[Callable[[Problem], Optional[str]]] = None   # extra limits: a reason, or None if supported
     probe: Callable[[], tuple[bool, str]] = _always_available   # (usable here?, why / how)
+    writes_out: bool = False            # run(..., out=...) computes in place
 
     def unsupported_reason(self, problem: Problem) -> Optional[str]:
         """Why this backend cannot compute ``problem`` (a valid configuration), or None if it can."""
@@ -55,6 +58,22 @@ class Backend:
         if problem.dilation != (1, 1) and not self.dilation:
             return f"dilation={problem.dilation} not supported"
         return self.check(problem) if self.check else None
+
+    def compute(self, x, weight, bias, problem: Problem, out=None):
+        """``run``, with the result written into ``out`` when given (validated by ``conv_transpose2d``): in
+        place if the backend ``writes_out`` and ``out`` is C-contiguous, else computed and copied in."""
+        if out is None:
+            return self.run(x, weight, bias, problem)
+        device_out = is_device_array(out)
+        if self.writes_out and (device_out or (out.flags.c_contiguous and out.flags.aligned)):
+            return self.run(x, weight, bias, problem, out=out)
+        result = self.run(x, weight, bias, problem)
+        if device_out:
+            from numba import cuda
+            (out if hasattr(out, "copy_to_device") else cuda.as_cuda_array(out)).copy_to_device(result)
+        else:
+            np.copyto(out, result)
+        return out
 
     def supports(self, problem: Problem) -> bool:
         return self.unsupported_reason(problem) is None
