@@ -92,6 +92,8 @@ def build_parser():
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed repeats per cell after warm-up; repeats go on until it is spent "
                              "(default: 0.3 s and at most 30 repeats; 0.01 s and at most 3 with --quick)")
+    parser.add_argument("--cases", type=lambda text: {c.strip() for c in text.split(",") if c.strip()},
+                        default=None, help="comma list of case names: only these cases of the suites")
     parser.add_argument("--isolation", choices=ISOLATIONS, default=None,
                         help="process: each cell in a fresh worker process (default); interleaved: one process, "
                              "backends round-robin within each repeat; inline: one after another in this "
@@ -207,14 +209,22 @@ def main(argv=None, *, out=None, suites=None):
                                           thread_pools_after_every_backend(backends)})}
 
     run_dir, meta = start_run(NAME, args, argv, extra_meta, out=out)
+    if args.cases and not args.cases <= {case for name in suites for case in suite(name)}:
+        raise SystemExit(f"--cases: unknown in suites {', '.join(suites)}: "
+                         f"{', '.join(sorted(args.cases - {c for name in suites for c in suite(name)}))}")
     cells = [cell for name in suites
-             for cell in grid(suite(name), [b for b in backends if not excluded(args.exclude, name, b)],
+             for cell in grid({c: p for c, p in suite(name).items() if not args.cases or c in args.cases},
+                              [b for b in backends if not excluded(args.exclude, name, b)],
                               args.dtypes, tags=(("suite", name),))]
     baseline = meta.get("baseline", baseline)
-    measure = make_measure(args.seed, settings, meta.get("isolation", isolation),
-                           meta.get("allocation", args.allocation), cells, baseline)
-    run_sweep(cells, measure, run_dir, resume=args.resume, progress=not args.no_progress, desc=NAME,
-              finalize=add_speedup(baseline))
+    isolation, allocation = meta.get("isolation", isolation), meta.get("allocation", args.allocation)
+    speedups = add_speedup(baseline)
+
+    def finalize(frame):   # every row says how the run timed, the untimed (unsupported, ...) rows too
+        return speedups(frame.assign(isolation=isolation, allocation=allocation))
+
+    run_sweep(cells, make_measure(args.seed, settings, isolation, allocation, cells, baseline), run_dir,
+              resume=args.resume, progress=not args.no_progress, desc=NAME, finalize=finalize)
     record_end_state(run_dir)
     write_report(run_dir)
     finish(run_dir, NAME)

@@ -48,9 +48,9 @@ import numpy as np
 
 from .problem import Problem
 
-__all__ = ["ISOLATIONS", "ALLOCATIONS", "TimingSettings", "TimingJob", "WorkerError", "time_call", "time_backend",
-           "time_jobs", "run_in_worker", "speedup_ci", "summarize", "minor_faults", "reset_peak_rss",
-           "peak_rss_bytes", "rss_bytes", "machine_state", "thread_pools"]
+__all__ = ["ALLOCATIONS", "ISOLATIONS", "TimingJob", "TimingSettings", "WorkerError", "load_average",
+           "machine_state", "minor_faults", "peak_rss_bytes", "prepare_call", "reset_peak_rss", "rss_bytes",
+           "run_in_worker", "speedup_ci", "summarize", "thread_pools", "time_backend", "time_call", "time_jobs"]
 
 ISOLATIONS = ("process", "interleaved", "inline")
 ALLOCATIONS = ("alloc", "out")
@@ -186,8 +186,9 @@ class _Timer:
     sample per :meth:`sample`, with the page faults of the timed calls counted. With ``catch``, an exception
     of the call is kept in ``error`` (the timer then stops) instead of raised."""
 
-    def __init__(self, fn: Callable[[], object], settings: TimingSettings, catch: bool = False):
-        self.fn, self.settings, self.catch = fn, settings, catch
+    def __init__(self, fn: Callable[[], object], settings: TimingSettings, catch: bool = False,
+                 before_each: Callable[[], object] | None = None):
+        self.fn, self.settings, self.catch, self.before_each = fn, settings, catch, before_each
         self.samples: list[float] = []
         self.faults = 0
         self.calls = 0
@@ -225,6 +226,8 @@ class _Timer:
 
     def _sample(self) -> None:
         fn, loops = self.fn, self.loops
+        if self.before_each is not None:
+            self.before_each()
         faults = minor_faults()
         begin = time.perf_counter()
         for _ in range(loops):
@@ -270,12 +273,16 @@ def summarize(samples, unstable_ratio: float = TimingSettings.unstable_ratio) ->
             "unstable": bool(median > 0 and iqr / median > unstable_ratio)}
 
 
-def time_call(fn: Callable[[], object], settings: TimingSettings = TimingSettings()) -> dict:
+def time_call(fn: Callable[[], object], settings: TimingSettings = TimingSettings(), *,
+              before_each: Callable[[], object] | None = None, keep_samples: bool = False) -> dict:
     """Time ``fn()`` in this process (see :class:`TimingSettings`): the statistics of :func:`summarize`, plus
-    ``first_call_s``, ``loops``, ``minor_faults_per_call`` and ``timing_method``."""
-    timer = _Timer(fn, settings)
+    ``first_call_s``, ``loops``, ``minor_faults_per_call``, ``timing_method`` and with ``keep_samples`` the
+    per-call samples (``samples_s``). ``before_each``, if given, is called (untimed, its faults not counted)
+    right before every sample."""
+    timer = _Timer(fn, settings, before_each=before_each)
     _round_robin([timer], settings)
-    return {**timer.result(), "timing_method": "perf_counter"}
+    return {**timer.result(), "timing_method": "perf_counter",
+            **({"samples_s": list(timer.samples)} if keep_samples else {})}
 
 
 def speedup_ci(baseline_samples, samples, confidence: float = 0.95, n_resamples: int = 2000,
@@ -307,7 +314,7 @@ def _call_kwargs(problem: Problem) -> dict:
                 groups=problem.groups, dilation=problem.dilation)
 
 
-def _prepare_call(backend, problem: Problem, x, weight, bias, allocation: str) -> Callable[[], object]:
+def prepare_call(backend, problem: Problem, x, weight, bias, allocation: str = "alloc") -> Callable[[], object]:
     """The call to time: the public ``conv_transpose2d`` (every backend pays the same validation), with a
     preallocated, already faulted-in ``out`` in ``out`` mode."""
     from .api import conv_transpose2d
@@ -359,7 +366,7 @@ def time_backend(backend, problem: Problem, x, weight, bias=None, settings: Timi
     skipped = _untimed(backend, problem)
     if skipped is not None:
         return skipped
-    call = _prepare_call(backend, problem, x, weight, bias, allocation)
+    call = prepare_call(backend, problem, x, weight, bias, allocation)
     module = sys.modules.get(getattr(backend.run, "__module__", ""), None)
     hook = getattr(module, "time_cuda_backend", None) if backend.timing_kind == "gpu" else None
     if hook is not None:
@@ -373,13 +380,10 @@ def time_backend(backend, problem: Problem, x, weight, bias=None, settings: Timi
                 "timing_method": "cuda events (device arrays; median only)", "allocation": "alloc"}
     reset_peak_rss()
     start_rss = rss_bytes()
-    timer = _Timer(call, settings)
-    _round_robin([timer], settings)
-    stats = {**timer.result(), **_memory_columns(start_rss), "allocation": allocation,
-             "timing_method": "perf_counter" + (" (host arrays, includes transfers)"
-                                                if backend.timing_kind == "gpu" else "")}
-    if keep_samples:
-        stats["samples_s"] = list(timer.samples)
+    stats = time_call(call, settings, keep_samples=keep_samples)
+    stats.update(_memory_columns(start_rss), allocation=allocation)
+    if backend.timing_kind == "gpu":
+        stats["timing_method"] += " (host arrays, includes transfers)"
     return stats
 
 
@@ -418,7 +422,7 @@ def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_
         backend = get_backend(job.backend)
         if _untimed(backend, job.problem) is None and backend.timing_kind == "cpu":
             x, weight, bias = job.problem.random_arrays(job.rng)
-            timers[i] = _Timer(_prepare_call(backend, job.problem, x, weight, bias, job.allocation), settings,
+            timers[i] = _Timer(prepare_call(backend, job.problem, x, weight, bias, job.allocation), settings,
                                catch=True)
     _round_robin(list(timers.values()), settings)
     memory = _memory_columns(start_rss)    # the group's peak: one process ran them all

@@ -147,3 +147,45 @@ def test_machine_state_records_thread_pools_and_environment(monkeypatch):
     pytest.importorskip("threadpoolctl")
     assert any(pool.get("internal_api") == "openblas" for pool in state["threadpools"])
     assert len(state["load_average"]) == 3
+
+
+def _results(run_dir):
+    import json
+
+    import pandas as pd
+    return json.loads((run_dir / "meta.json").read_text()), pd.read_csv(run_dir / "results.csv")
+
+
+def test_speed_experiment_in_process_isolation_records_how_it_timed(tmp_path):
+    from experiments import speed
+
+    run_dir = speed.main(["--quick", "--no-progress", "--isolation", "process", "--allocation", "out",
+                          "--backends", "kron,col2im", "--baseline", "col2im", "--suite", "tiny",
+                          "--cases", "tiny_k2s2", "--out", str(tmp_path / "run")])
+    meta, frame = _results(run_dir)
+    ok = frame[frame["status"] == "ok"]
+    assert len(ok) == 2 and set(frame["isolation"]) == {"process"} and set(frame["allocation"]) == {"out"}
+    for column in ("minor_faults_per_call", "peak_rss_mb", "speedup_ci_low", "speedup_ci_high", "unstable",
+                   "baseline_drift"):
+        assert column in frame, column
+    assert "samples_s" not in frame
+    assert (ok["speedup_ci_low"] <= ok["speedup_ci_high"]).all()
+    assert ok["baseline_drift"].notna().all()          # the baseline was timed again after kron
+    assert meta["isolation"] == "process" and meta["backend_order"] == ["col2im", "kron"]
+    assert {"threadpools", "environment", "load_average_before", "load_average_after"} <= set(meta)
+    assert "isolation `process`" in (run_dir / "report.md").read_text()
+
+
+def test_interference_quick(tmp_path):
+    from experiments import interference
+
+    run_dir = interference.main(["--quick", "--no-progress", "--out", str(tmp_path / "run")])
+    meta, frame = _results(run_dir)
+    assert (frame["status"] == "ok").all(), frame[["setting", "message"]]
+    assert set(frame["setting"]) == {"fresh", "warmed", "out=", "after col2im", "after col2im, out=",
+                                     "alternating col2im"}
+    assert set(frame["backend"]) == {"kron"}
+    fresh = frame[frame["setting"] == "fresh"]
+    assert (fresh["vs_fresh"] == 1).all() and frame["vs_fresh"].notna().all()
+    assert (run_dir / "interference.png").read_bytes()[:4] == b"\x89PNG"
+    assert "vs fresh" in (run_dir / "report.md").read_text()

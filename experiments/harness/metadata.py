@@ -216,7 +216,8 @@ def measure_copy_gbps(megabytes: int = 256, seconds: float = 1.0, repeats: int =
 
 def _pool_text(pool: dict) -> str:
     arch = f", {pool['architecture']} kernels" if pool.get("architecture") else ""
-    return f"{pool.get('internal_api')} ({Path(pool.get('filepath', '?')).name}, {pool.get('num_threads')} threads{arch})"
+    library = Path(pool.get("filepath", "?")).name
+    return f"{pool.get('internal_api')} ({library}, {pool.get('num_threads')} threads{arch})"
 
 
 def machine_state_lines(meta: dict) -> str:
