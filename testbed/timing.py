@@ -388,7 +388,9 @@ def time_backend(backend, problem: Problem, x, weight, bias=None, settings: Timi
 
 
 def _job_row(job: TimingJob, result: dict, isolation: str) -> dict:
-    row = {"backend": job.backend_name, "isolation": isolation, "allocation": job.allocation, **job.tags}
+    load = load_average()
+    row = {"backend": job.backend_name, "isolation": isolation, "allocation": job.allocation,
+           "load_1min": load[0] if load else math.nan, **job.tags}
     row.update(status="ok", message="")
     row.update(result)
     return row
@@ -442,7 +444,8 @@ def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_
 
 def time_jobs(jobs: Sequence[TimingJob], settings: TimingSettings = TimingSettings(), *, isolation: str = "process",
               keep_samples: bool = False, start_method: str | None = None) -> list[dict]:
-    """Time every job; one row per job, in order: ``backend``, ``isolation``, ``allocation``, the job's tags,
+    """Time every job; one row per job, in order: ``backend``, ``isolation``, ``allocation``, ``load_1min``
+    (the 1-minute load average when the row was finished: other processes on the machine), the job's tags,
     ``status`` (``ok``, ``unsupported``, ``unavailable``, ``error``, ``simulator: not timed``), ``message``,
     and the statistics of :func:`time_backend`.
 
