@@ -58,8 +58,8 @@ def choose_backend(problem, on_device=False):
     raise RuntimeError(f"no available backend computes {problem} (on_device={on_device})")
 
 
-def dispatch(x, weight, bias, problem, out=None):
-    return choose_backend(problem, on_device=is_device_array(x)).compute(x, weight, bias, problem, out)
+def dispatch(x, weight, bias, problem):
+    return choose_backend(problem, on_device=is_device_array(x)).run(x, weight, bias, problem)
 
 
 register(Backend(
@@ -67,5 +67,4 @@ register(Backend(
     description="fastest measured backend for the configuration's class (see testbed.backends.auto.PREFERENCE)",
     run=dispatch,
     device="any",
-    writes_out=True,
 ))
