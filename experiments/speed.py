@@ -1,12 +1,23 @@
 """Speed of every backend on the named suites (testbed.cases: unet, decoder, tiny).
 
-Per case × backend × dtype: first-call time (includes Numba's compile or cache load), median / min / IQR of
-the warm calls (time.perf_counter through the public ``conv_transpose2d``), GFLOP/s of useful work
+Per case × backend × dtype, through the public ``conv_transpose2d``, with :mod:`testbed.timing`:
+first-call time (includes Numba's compile or cache load), median / min / IQR of warm per-call times
+(auto-ranged loops for sub-millisecond calls), minor page faults per call, peak RSS, GFLOP/s of useful work
 (``Problem.flops`` = 2·N·C_in·C_out/groups·H·W·kH·kW), GB/s of ``Problem.bytes_moved`` (input + weight +
 output once), arithmetic intensity, and speedup over a baseline backend (default ``torch`` when available,
-else ``col2im``; > 1 means faster than the baseline). The machine's float32 GEMM rate (NumPy matmul) and copy
-bandwidth (np.copyto, read + write bytes) are measured at the start and stored in meta.json; they are the
-ceilings of the roofline figure (Williams, Waterman & Patterson, CACM 2009).
+else ``col2im``; > 1 means faster than the baseline) with a bootstrap 95 % confidence interval.
+
+``--isolation`` (default ``process``): each cell in a fresh worker process, so no backend's thread pools or
+allocator state reach another's time; ``interleaved``: one process, the backends of a case sampled
+round-robin; ``inline``: one after another in this process (the default with ``--quick``, for tests).
+``--allocation``: ``alloc`` (each call allocates its result) or ``out`` (written into a preallocated
+``out=``). The baseline runs first in each case and, except when interleaved, is timed again after the
+case's last backend (``baseline_drift``), so drift over the case shows.
+
+The machine's float32 GEMM rate (NumPy matmul) and copy bandwidth (np.copyto, read + write bytes) are
+measured at the start and stored in meta.json, with the thread pools, allocator/OpenBLAS environment and load
+average before and after; they are the ceilings of the roofline figure (Williams, Waterman & Patterson, CACM
+2009).
 """
 
 from __future__ import annotations
@@ -16,18 +27,22 @@ from pathlib import Path
 import numpy as np
 
 from testbed.cases import SUITES, suite
-from experiments.harness.metadata import measure_copy_gbps, measure_gemm_gflops
-from testbed.registry import available_backends
+from experiments.harness.metadata import (machine_state_lines, measure_copy_gbps, measure_gemm_gflops,
+                                          record_end_state, thread_pools_after_every_backend)
+from testbed.registry import available_backends, get_backend
+from testbed.timing import ALLOCATIONS, ISOLATIONS, TimingJob, TimingSettings, speedup_ci, time_jobs
 from experiments.harness.reporting import (finish_report, grouped_bar_figure, load_run, markdown_table, report_header,
                                roofline_figure)
-from experiments.harness.runner import TimingSettings, cell_rng, grid, run_sweep, time_backend
+from experiments.harness.runner import cell_rng, grid, run_sweep
 
 from .common import available_backend, finish, make_parser, selected_backends, start_run
 
 NAME = "speed"
 #: Columns of the report's table of every cell.
-CELL_COLUMNS = ["suite", "case", "descriptor", "backend", "resolved_backend", "dtype", "status", "median_s",
-                "min_s", "iqr_s", "repeats", "first_call_s", "gflops", "gbps", "speedup", "timing_method"]
+CELL_COLUMNS = ["suite", "case", "descriptor", "backend", "resolved_backend", "dtype", "status", "median_s", "min_s", "iqr_s",
+                "repeats", "loops", "unstable", "first_call_s", "gflops", "gbps", "speedup", "speedup_ci_low",
+                "speedup_ci_high", "minor_faults_per_call", "peak_rss_increase_mb", "load_1min", "isolation",
+                "allocation", "timing_method"]
 #: Cells left out unless --exclude says otherwise: on the U-Net shapes the oracle ``naive`` takes 5-15 s per
 #: call here, and ``fft`` ~80 s (its channel sum is C_in·C_out kernel spectra, unet1: 1024·512·57·29 complex
 #: values ≈ 7 GB, computed in blocks of output channels and streamed through a per-frequency GEMM).
@@ -77,6 +92,15 @@ def build_parser():
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed repeats per cell after warm-up; repeats go on until it is spent "
                              "(default: 0.3 s and at most 30 repeats; 0.01 s and at most 3 with --quick)")
+    parser.add_argument("--cases", type=lambda text: {c.strip() for c in text.split(",") if c.strip()},
+                        default=None, help="comma list of case names: only these cases of the suites")
+    parser.add_argument("--isolation", choices=ISOLATIONS, default=None,
+                        help="process: each cell in a fresh worker process (default); interleaved: one process, "
+                             "backends round-robin within each repeat; inline: one after another in this "
+                             "process (default with --quick)")
+    parser.add_argument("--allocation", choices=ALLOCATIONS, default="alloc",
+                        help="alloc: every call allocates its result (default); out: the result is written "
+                             "into a preallocated out= array")
     return parser
 
 
@@ -87,11 +111,45 @@ def machine_ceilings(quick: bool) -> dict:
     return {"gemm_gflops_f32": measure_gemm_gflops(), "copy_gbps": measure_copy_gbps(), "ceilings_quick": False}
 
 
-def make_measure(seed: int, settings: TimingSettings):
+def make_measure(seed: int, settings: TimingSettings, isolation: str, allocation: str, cells, baseline: str):
+    """The runner's ``measure(cell, backend)``: the cell timed with ``isolation``; the last cell of each case
+    also re-times the baseline (``baseline_end_median_s``); ``interleaved`` times a whole case at its first
+    cell and hands out the rows."""
+    def group_of(cell):
+        return cell.tags, cell.case, str(cell.problem.dtype)
+
+    groups: dict = {}
+    for cell in cells:
+        groups.setdefault(group_of(cell), []).append(cell)
+    baseline_cells = {key: next((c for c in group if c.backend_name == baseline), None)
+                      for key, group in groups.items()}
+    def timed(cell):
+        backend = get_backend(cell.backend)
+        return backend.available and backend.supports(cell.problem)
+
+    # the last cell of each case that runs (not unsupported/unavailable) also re-times the baseline
+    last_timed = {key: [c for c in group if timed(c)][-1:] for key, group in groups.items()}
+    closing = {last[0].key for key, last in last_timed.items()
+               if baseline_cells[key] is not None and last and last[0] is not baseline_cells[key]}
+    timed_groups: dict = {}
+
+    def job(cell):
+        return TimingJob(cell.problem, cell.backend, allocation, rng=cell_rng(seed, cell))
+
     def measure(cell, backend):
+        if isolation == "interleaved":
+            key = group_of(cell)
+            if key not in timed_groups:
+                group = groups[key]
+                rows = time_jobs([job(c) for c in group], settings, isolation=isolation, keep_samples=True)
+                timed_groups[key] = dict(zip((c.key for c in group), rows))
+            stats = timed_groups[key].pop(cell.key)
+        else:
+            (stats,) = time_jobs([job(cell)], settings, isolation=isolation, keep_samples=True)
+            if cell.key in closing:
+                (end,) = time_jobs([job(baseline_cells[group_of(cell)])], settings, isolation=isolation)
+                stats["baseline_end_median_s"] = end.get("median_s", np.nan)
         problem = cell.problem
-        x, weight, bias = problem.random_arrays(cell_rng(seed, cell))
-        stats = time_backend(backend, problem, x, weight, bias, settings)
         stats.update(flops=problem.flops, bytes_moved=problem.bytes_moved,
                      intensity=problem.flops / problem.bytes_moved)
         if "median_s" in stats:
@@ -102,36 +160,72 @@ def make_measure(seed: int, settings: TimingSettings):
 
 
 def add_speedup(baseline: str):
+    """Speedup over the baseline's (start-of-case) median with its bootstrap 95 % CI, and the baseline's
+    drift over the case (end / start - 1); the raw samples are dropped from results.csv."""
     def finalize(frame):
         if "median_s" not in frame:
             return frame
-        base = frame[frame["backend"] == baseline].set_index(["case", "dtype"])["median_s"]
-        keys = list(zip(frame["case"], frame["dtype"]))
         frame = frame.copy()
+        keys = list(zip(frame["case"], frame["dtype"]))
+        base = frame[(frame["backend"] == baseline) & (frame["status"] == "ok")].set_index(["case", "dtype"])
+        base_median = base["median_s"].to_dict()
+        base_samples = base["samples_s"].to_dict() if "samples_s" in base else {}
         frame["baseline"] = baseline
-        frame["speedup"] = [base.get(k, np.nan) / m if m == m else np.nan for k, m in zip(keys, frame["median_s"])]
-        return frame
+        frame["speedup"] = [base_median.get(k, np.nan) / m for k, m in zip(keys, frame["median_s"])]
+        intervals = [speedup_ci(base_samples[k], samples) if isinstance(samples, list)
+                     and isinstance(base_samples.get(k), list) else (np.nan, np.nan)
+                     for k, samples in zip(keys, frame.get("samples_s", [None] * len(frame)))]
+        frame["speedup_ci_low"], frame["speedup_ci_high"] = zip(*intervals) if intervals else ((), ())
+        if "baseline_end_median_s" in frame:
+            end = frame.dropna(subset=["baseline_end_median_s"]).set_index(["case", "dtype"])
+            end = end["baseline_end_median_s"].to_dict()
+            frame["baseline_drift"] = [end.get(k, np.nan) / base_median.get(k, np.nan) - 1 for k in keys]
+        return frame.drop(columns=["samples_s"], errors="ignore")
     return finalize
+
+
+def ordered_backends(backends, baseline: str) -> list:
+    """The baseline first (timed at the start of each case), the others in the order given."""
+    return ([baseline] if baseline in backends else []) + [b for b in backends if b != baseline]
 
 
 def main(argv=None, *, out=None, suites=None):
     args = build_parser().parse_args(argv)
     suites = args.suite or suites or (["tiny"] if args.quick else ["unet", "decoder", "tiny"])
     baseline = args.baseline or default_baseline()
+    isolation = args.isolation or ("inline" if args.quick else "process")
     settings = TimingSettings.quick() if args.quick else TimingSettings()
     if args.budget is not None:
         # an explicit budget governs: repeats continue until it is spent (capped only against runaway loops)
-        settings = TimingSettings(settings.warmup, settings.min_repeats, 100_000, args.budget)
-    run_dir, meta = start_run(NAME, args, argv, lambda: {"suites": suites, "baseline": baseline,
-                                                          "excluded": [f"{s}:{b}" for s, b in args.exclude],
-                                                          "timing": settings.__dict__,
-                                                          **machine_ceilings(args.quick)}, out=out)
-    backends = selected_backends(args)
+        settings = TimingSettings(settings.warmup, settings.min_repeats, 100_000, args.budget,
+                                  settings.min_sample_s)
+    backends = ordered_backends(selected_backends(args), baseline)
+
+    def extra_meta():
+        return {"suites": suites, "baseline": baseline, "excluded": [f"{s}:{b}" for s, b in args.exclude],
+                "timing": settings.__dict__, "isolation": isolation, "allocation": args.allocation,
+                "backend_order": backends, **machine_ceilings(args.quick),
+                **({} if args.quick else {"threadpools_after_every_backend":
+                                          thread_pools_after_every_backend(backends)})}
+
+    run_dir, meta = start_run(NAME, args, argv, extra_meta, out=out)
+    if args.cases and not args.cases <= {case for name in suites for case in suite(name)}:
+        raise SystemExit(f"--cases: unknown in suites {', '.join(suites)}: "
+                         f"{', '.join(sorted(args.cases - {c for name in suites for c in suite(name)}))}")
     cells = [cell for name in suites
-             for cell in grid(suite(name), [b for b in backends if not excluded(args.exclude, name, b)],
+             for cell in grid({c: p for c, p in suite(name).items() if not args.cases or c in args.cases},
+                              [b for b in backends if not excluded(args.exclude, name, b)],
                               args.dtypes, tags=(("suite", name),))]
-    run_sweep(cells, make_measure(args.seed, settings), run_dir, resume=args.resume,
-              progress=not args.no_progress, desc=NAME, finalize=add_speedup(meta.get("baseline", baseline)))
+    baseline = meta.get("baseline", baseline)
+    isolation, allocation = meta.get("isolation", isolation), meta.get("allocation", args.allocation)
+    speedups = add_speedup(baseline)
+
+    def finalize(frame):   # every row says how the run timed, the untimed (unsupported, ...) rows too
+        return speedups(frame.assign(isolation=isolation, allocation=allocation))
+
+    run_sweep(cells, make_measure(args.seed, settings, isolation, allocation, cells, baseline), run_dir,
+              resume=args.resume, progress=not args.no_progress, desc=NAME, finalize=finalize)
+    record_end_state(run_dir)
     write_report(run_dir)
     finish(run_dir, NAME)
     return run_dir
@@ -141,17 +235,53 @@ def _pivot(frame, value):
     return frame.pivot_table(index="case", columns="backend", values=value, sort=False)
 
 
+ISOLATION_TEXT = {
+    "process": "each (case, backend, dtype) in a fresh worker process (multiprocessing spawn), so no other "
+               "backend's thread pools or allocator state reach its time",
+    "interleaved": "all backends of a case in one process, sampled round-robin (the first rotating each "
+                   "repeat), so pool and allocator state spread evenly over them",
+    "inline": "one backend after another in one process: a time may include what the previous backend left "
+              "behind (spinning thread pools, a raised mmap threshold)",
+}
+ALLOCATION_TEXT = {"alloc": "every call allocates its result (what a user's call costs)",
+                   "out": "the result is written into a preallocated, already faulted-in `out=` array"}
+
+
+def how_measured(meta: dict) -> str:
+    """The report paragraph that says how every time was taken."""
+    timing = meta.get("timing", {})
+    isolation, allocation = meta.get("isolation", "inline"), meta.get("allocation", "alloc")
+    return (f"**How the times were taken** (testbed.timing): isolation `{isolation}`: "
+            f"{ISOLATION_TEXT.get(isolation, '?')}; allocation `{allocation}`: {ALLOCATION_TEXT.get(allocation, '?')}. "
+            f"Per cell: one first call (timed alone: Numba compile or cache load), {timing.get('warmup')} warm-up "
+            f"call(s), then samples of `loops` back-to-back calls (each sample at least "
+            f"{timing.get('min_sample_s', 0) * 1e3:g} ms) until {timing.get('budget_s')} s are spent "
+            f"({timing.get('min_repeats')} to {timing.get('max_repeats')} samples), all through "
+            f"`conv_transpose2d` with time.perf_counter. Reported: the median (min, IQR) per-call time; "
+            f"`unstable` when IQR/median > {timing.get('unstable_ratio', 0.1):g}; minor page faults per timed call "
+            f"(getrusage); the process's peak RSS increase during the cell. Speedup = baseline median / median, "
+            f"with a bootstrap 95 % interval (scipy.stats.bootstrap, percentile, both sample sets resampled). "
+            f"The baseline is timed first in each case and again after the case's last backend (except "
+            f"interleaved): `baseline_drift` = end / start - 1.\n")
+
+
+def _with_ci(sub):
+    """Speedup cells as 'x [low–high]'."""
+    text = sub.apply(lambda r: f"{r['speedup']:.3g} [{r['speedup_ci_low']:.3g}–{r['speedup_ci_high']:.3g}]"
+                     if r["speedup_ci_low"] == r["speedup_ci_low"] else f"{r['speedup']:.3g}", axis=1)
+    return sub.assign(speedup_text=text).pivot_table(index="case", columns="backend", values="speedup_text",
+                                                     aggfunc="first", sort=False)
+
+
 def write_report(run_dir) -> str:
     """Rebuild report.md, the bar charts and the roofline from the saved results.csv and meta.json."""
     run_dir = Path(run_dir)
     meta, frame = load_run(run_dir)
     peak, bandwidth = meta.get("gemm_gflops_f32"), meta.get("copy_gbps")
-    parts = [report_header(meta, "Speed of the backends"),
+    parts = [report_header(meta, "Speed of the backends"), machine_state_lines(meta),
              f"Machine ceilings measured at the start of the run: float32 GEMM **{peak:.1f} GFLOP/s** "
              f"(NumPy matmul), copy bandwidth **{bandwidth:.1f} GB/s** (np.copyto, read + write). Baseline for "
-             f"speedups: **{meta.get('baseline')}** (> 1 = faster). Times are medians of warm calls through "
-             f"`conv_transpose2d`; first call = the call before warm-up (includes Numba compilation or cache "
-             f"load).\n"]
+             f"speedups: **{meta.get('baseline')}** (> 1 = faster).\n", how_measured(meta)]
     if meta.get("excluded"):
         parts.append(f"Cells not run (--exclude): {', '.join(meta['excluded'])}.\n")
     if not frame.empty and "median_s" in frame:
@@ -168,10 +298,23 @@ def write_report(run_dir) -> str:
                 parts += [f"## {title}\n", markdown_table(descriptors.to_frame()),
                           "\nMedian time (ms):\n", markdown_table(_pivot(sub, "median_ms"), floatfmt=".3g"),
                           "\nGFLOP/s:\n", markdown_table(_pivot(sub, "gflops"), floatfmt=".3g"),
-                          f"\nSpeedup over {meta.get('baseline')}:\n",
+                          f"\nSpeedup over {meta.get('baseline')} [bootstrap 95 % interval]:\n",
+                          markdown_table(_with_ci(sub)) if "speedup_ci_low" in sub else
                           markdown_table(_pivot(sub, "speedup"), floatfmt=".3g"),
-                          "\nFirst call (ms):\n", markdown_table(_pivot(sub, "first_call_ms"), floatfmt=".3g"),
-                          f"\n![GFLOP/s bars, {title}]({path.name})\n"]
+                          "\nFirst call (ms):\n", markdown_table(_pivot(sub, "first_call_ms"), floatfmt=".3g")]
+                if "minor_faults_per_call" in sub:
+                    parts += ["\nMinor page faults per call:\n",
+                              markdown_table(_pivot(sub, "minor_faults_per_call"), floatfmt=".4g")]
+                if "baseline_drift" in sub and sub["baseline_drift"].notna().any():
+                    drift = sub.drop_duplicates("case").set_index("case")["baseline_drift"] * 100
+                    parts += ["\nBaseline drift over each case (end / start - 1, %):\n",
+                              markdown_table(drift.to_frame("drift %"), floatfmt=".1f")]
+                if "unstable" in sub:
+                    shaky = sub[sub["unstable"].astype(str).str.lower() == "true"]
+                    parts.append("\nUnstable cells (IQR/median above the threshold): "
+                                 + (", ".join(f"{c}/{b}" for c, b in zip(shaky["case"], shaky["backend"]))
+                                    or "none") + ".\n")
+                parts.append(f"\n![GFLOP/s bars, {title}]({path.name})\n")
         if peak and bandwidth and len(ok):
             path = run_dir / "roofline.png"
             roofline_figure(ok[["backend", "case", "intensity", "gflops"]], peak, bandwidth,

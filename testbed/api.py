@@ -60,6 +60,52 @@ def _as_array(value: Any, name: str, on_device_ok: bool) -> Any:
     return value
 
 
+def _device_byte_bounds(array: Any) -> tuple[int, int]:
+    """``[lo, hi)`` device addresses a CUDA array (``__cuda_array_interface__``) may touch."""
+    face = array.__cuda_array_interface__
+    itemsize = np.dtype(face["typestr"]).itemsize
+    shape = tuple(face["shape"])
+    strides = face.get("strides") or tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * itemsize
+                                           for i in range(len(shape)))
+    start = face["data"][0]
+    if 0 in shape:
+        return start, start
+    low = start + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides))
+    return low, start + sum(max(0, (n - 1) * s) for n, s in zip(shape, strides)) + itemsize
+
+
+def _shares_memory(a: Any, b: Any) -> bool:
+    """``np.shares_memory`` for host (and simulator) arrays; overlapping address ranges for CUDA arrays."""
+    if hasattr(a, "__cuda_array_interface__") and hasattr(b, "__cuda_array_interface__"):
+        (a_lo, a_hi), (b_lo, b_hi) = _device_byte_bounds(a), _device_byte_bounds(b)
+        return a_lo < b_hi and b_lo < a_hi
+    if is_device_array(a) != is_device_array(b):
+        return False
+    return bool(np.shares_memory(a, b))
+
+
+def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, on_device: bool, operands: dict[str, Any]) -> None:
+    """``out`` must be where the input is (host or CUDA device), of the result's exact shape and dtype,
+    writable, and share no memory with an operand (numpy's ``out=`` rules, minus its casting)."""
+    if on_device and not is_device_array(out):
+        raise TypeError(f"out must be a CUDA device array when the input is one, got {type(out).__name__}")
+    if not on_device and not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array (the input is on the host), got {type(out).__name__}")
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out must have the output's shape {shape}, got {tuple(out.shape)}")
+    if np.dtype(out.dtype) != dtype:
+        raise TypeError(f"out must have the result's dtype {dtype}, got {np.dtype(out.dtype)}")
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError("out must be writable, got a read-only array")
+    if on_device:
+        from numba import cuda
+        if not (out if hasattr(out, "is_c_contiguous") else cuda.as_cuda_array(out)).is_c_contiguous():
+            raise ValueError("out must be C-contiguous when it is a CUDA device array")
+    for name, operand in operands.items():
+        if operand is not None and _shares_memory(out, operand):
+            raise ValueError(f"out must not share memory with {name}")
+
+
 def use_backend(backend: BackendLike) -> contextlib.AbstractContextManager[Backend]:
     """Run every :func:`conv_transpose2d` call without a ``backend=`` argument in a block with ``backend``.
 
@@ -219,7 +265,7 @@ def resolve_backend(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Array
 def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
                      stride: IntOrPair = 1, padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1,
                      dilation: IntOrPair = 1, *, backend: BackendLike | None = None,
-                     output_size: Sequence[int] | None = None) -> npt.NDArray[np.floating[Any]]:
+                     output_size: Sequence[int] | None = None, out: Any = None) -> npt.NDArray[np.floating[Any]]:
     """2-D transposed convolution with exactly the semantics of ``torch.nn.functional.conv_transpose2d``.
 
     Every input pixel scatters a copy of the kernel, scaled by the pixel, into the output at ``stride`` spacing;
@@ -256,11 +302,17 @@ def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Arra
         chooses ``output_padding`` as ``torch.nn.ConvTranspose2d.forward(x, output_size=...)`` does. Give either
         this or a non-zero ``output_padding``.
 
+    out : numpy.ndarray or CUDA device array, optional
+        Where to write the result (numpy's convention): the exact output shape (unbatched input:
+        ``(C_out, H_out, W_out)``) and the result's dtype, writable, sharing no memory with ``input``, ``weight``
+        or ``bias``, on the input's device. The result is written into it and ``out`` is returned, so no output
+        is allocated (backends that cannot compute in place copy into it).
+
     Returns
     -------
     numpy.ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
         The result, in the input's dtype, unbatched when the input is. A CUDA device array when the input is
-        one.
+        one. ``out`` itself when given.
 
     Raises
     ------
@@ -344,9 +396,14 @@ def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Arra
                                       backend, output_size)
     on_device = is_device_array(x)
     unbatched = len(x.shape) == 3
+    if out is not None:
+        _check_out(out, problem.output_shape[1:] if unbatched else problem.output_shape, problem.dtype,
+                   on_device, {"input": input, "weight": weight, "bias": bias})
     if unbatched:
         x = x.reshape((1, *x.shape))        # reshape, not x[None]: device arrays may not support None indexing
     if problem.batch == 0:
+        if out is not None:
+            return out
         y = np.zeros(problem.output_shape, dtype=problem.dtype)
         if on_device:
             from numba import cuda
@@ -355,5 +412,9 @@ def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Arra
         if not on_device:
             x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
             b = None if b is None else np.ascontiguousarray(b)
-        y = impl.run(x, w, b, problem)
+        # adding a leading length-1 axis is a view even of a non-contiguous array: the result lands in out
+        y = impl.compute(x, w, b, problem, out=out.reshape((1, *out.shape)) if unbatched and out is not None
+                         else out)
+        if out is not None:
+            return out
     return y.reshape(tuple(y.shape[1:])) if unbatched else y

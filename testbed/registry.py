@@ -68,6 +68,10 @@ class Backend:
     probe : callable, optional
         ``probe() -> (usable, why)``: whether it can run on this machine and, if not, why. Always usable by
         default.
+    writes_out : bool, default False
+        Whether ``run`` also takes ``out=`` (a C-contiguous, writable array of ``problem.output_shape`` and dtype,
+        overlapping no argument), writes the result there and returns it; :meth:`compute` copies into ``out``
+        for the other backends.
     choose : callable, optional
         Only for a dispatcher: ``choose(problem, on_device) -> Backend``, the backend that computes
         ``problem`` (``on_device``: the arrays are CUDA device arrays). See :meth:`resolve`.
@@ -108,6 +112,7 @@ class Backend:
     check: Callable[[Problem], str | None] | None = None   # extra limits: a reason, or None if supported
     probe: Callable[[], tuple[bool, str]] = _always_available   # (usable here?, why / how)
     choose: Callable[[Problem, bool], Backend] | None = None  # a dispatcher's choice (problem, on_device)
+    writes_out: bool = False            # run(..., out=...) computes in place
 
     def unsupported_reason(self, problem: Problem) -> str | None:
         """Why this backend cannot compute ``problem`` (a valid configuration), or None if it can."""
@@ -118,6 +123,22 @@ class Backend:
         if problem.dilation != (1, 1) and not self.dilation:
             return f"dilation={problem.dilation} not supported"
         return self.check(problem) if self.check else None
+
+    def compute(self, x: Any, weight: Any, bias: Any, problem: Problem, out: Any = None) -> Any:
+        """``run``, with the result written into ``out`` when given (validated by ``conv_transpose2d``): in
+        place if the backend ``writes_out`` and ``out`` is C-contiguous, else computed and copied in."""
+        if out is None:
+            return self.run(x, weight, bias, problem)
+        device_out = is_device_array(out)
+        if self.writes_out and (device_out or (out.flags.c_contiguous and out.flags.aligned)):
+            return self.run(x, weight, bias, problem, out=out)
+        result = self.run(x, weight, bias, problem)
+        if device_out:
+            from numba import cuda
+            (out if hasattr(out, "copy_to_device") else cuda.as_cuda_array(out)).copy_to_device(result)
+        else:
+            np.copyto(out, result)
+        return out
 
     def supports(self, problem: Problem) -> bool:
         """Whether this backend computes ``problem`` (:meth:`unsupported_reason` is None)."""

@@ -5,12 +5,11 @@ Cases are named problems of ``testbed.cases.SUITES``; the benchmarks call the pu
 ``tiny`` case measures).
 """
 
-import statistics
-import time
 
 import testbed
 from testbed.cases import SUITES
 from testbed.testing import call_kwargs
+from testbed.timing import TimingSettings, time_call
 
 #: Every named problem of every suite, by name.
 CASES = {name: problem for cases in SUITES.values() for name, problem in cases.items()}
@@ -68,24 +67,12 @@ class Call:
 
 
 def seconds_per_call(fn, *, batch_seconds=0.05, batches=3):
-    """Median over ``batches`` batches of the time per call of ``fn``; a batch repeats ``fn`` for at least
-    ``batch_seconds`` so fast calls are not lost in timer resolution."""
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= batch_seconds:
-            break
-        calls *= max(2, min(10, int(batch_seconds / max(elapsed, 1e-9)) + 1))
-    samples = [elapsed / calls]
-    for _ in range(batches - 1):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter() - start) / calls)
-    return statistics.median(samples)
+    """Median over ``batches`` samples of the time per call of ``fn`` (testbed.timing: auto-ranged loops, so
+    each sample repeats ``fn`` for at least ``batch_seconds`` and fast calls are not lost in timer
+    resolution)."""
+    settings = TimingSettings(warmup=1, min_repeats=batches, max_repeats=batches, budget_s=0.0,
+                              min_sample_s=batch_seconds)
+    return time_call(fn, settings)["median_s"]
 
 
 def reset_peak_memory():

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["PROJECT_ROOT", "git_state", "run_id", "collect_metadata", "measure_gemm_gflops",
-           "measure_copy_gbps", "cpu_model", "device_info"]
+           "measure_copy_gbps", "cpu_model", "device_info", "machine_state_meta", "record_end_state",
+           "thread_pools_after_every_backend", "machine_state_lines"]
 
 #: The repository checkout the experiments run from (this file is never installed as a wheel).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -121,9 +122,66 @@ def collect_metadata(experiment: str, run: str, *, seed, argv, quick: bool, extr
         "quick": quick,
         "command": [sys.executable, *argv],
         "backend_status": backend_status(),
+        **machine_state_meta(),
     }
     meta.update(extra or {})
     return meta
+
+
+def machine_state_meta() -> dict:
+    """The state that changes timings (see testbed.timing.machine_state), under meta.json's keys:
+    ``threadpools`` (threadpoolctl.threadpool_info() of this process: each BLAS/OpenMP library, its threads
+    and OpenBLAS's kernel architecture), ``environment`` (MALLOC_*, OPENBLAS_*, OMP_*, ... that are set),
+    ``load_average_before``, ``cpu_governor``."""
+    from testbed.timing import machine_state
+
+    state = machine_state()
+    return {"threadpools": state["threadpools"], "environment": state["environment"],
+            "load_average_before": state["load_average"], "cpu_governor": state["cpu_governor"]}
+
+
+def record_end_state(run_dir) -> dict:
+    """Add ``load_average_after`` (and the time) to ``run_dir/meta.json``, atomically; returns the meta."""
+    import json
+
+    from testbed.timing import load_average
+
+    from .storage import atomic_write_json
+
+    path = Path(run_dir) / "meta.json"
+    meta = json.loads(path.read_text())
+    meta["load_average_after"] = load_average()
+    meta["utc_time_end"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(path, meta)
+    return meta
+
+
+def _pools_after_calls(names) -> list:
+    """(In a worker.) Call each backend once on a small problem, then list the thread pools now loaded."""
+    from testbed.cases import suite
+    from testbed.registry import get_backend
+    from testbed.timing import thread_pools
+
+    from .runner import call_backend
+
+    problem = suite("tiny")["tiny_k3s2"]
+    x, weight, bias = problem.random_arrays(0)
+    for name in names:
+        backend = get_backend(name)
+        if backend.available and backend.device == "cpu" and backend.supports(problem):
+            call_backend(name, problem, x, weight, bias)
+    return thread_pools() or []
+
+
+def thread_pools_after_every_backend(names) -> list | str:
+    """threadpoolctl's view of a fresh process after one call of each CPU backend in ``names``: the pools a
+    sweep's process accumulates (numba's OpenMP, scipy's second OpenBLAS, torch's ...), or why it failed."""
+    from testbed.timing import WorkerError, run_in_worker
+
+    try:
+        return run_in_worker(_pools_after_calls, list(names), timeout_s=300)
+    except WorkerError as exc:
+        return f"not recorded: {exc}"
 
 
 def _best_rate(fn, work: float, seconds: float, repeats: int) -> float:
@@ -154,3 +212,27 @@ def measure_copy_gbps(megabytes: int = 256, seconds: float = 1.0, repeats: int =
     target = np.empty_like(source)
     np.copyto(target, source)
     return _best_rate(lambda: np.copyto(target, source), 2 * source.nbytes, seconds, repeats) / 1e9
+
+
+def _pool_text(pool: dict) -> str:
+    arch = f", {pool['architecture']} kernels" if pool.get("architecture") else ""
+    library = Path(pool.get("filepath", "?")).name
+    return f"{pool.get('internal_api')} ({library}, {pool.get('num_threads')} threads{arch})"
+
+
+def machine_state_lines(meta: dict) -> str:
+    """A report paragraph on the recorded machine state: load before/after, thread pools, environment."""
+    pools = meta.get("threadpools")
+    after = meta.get("threadpools_after_every_backend")
+    lines = [f"- load average (1/5/15 min) before {meta.get('load_average_before')}, after "
+             f"{meta.get('load_average_after')} on {meta.get('threads', {}).get('cpu_count')} cores; CPU "
+             f"frequency governor {meta.get('cpu_governor') or 'not readable'}",
+             "- thread pools in the driver process: " + ("; ".join(map(_pool_text, pools)) if pools else
+                                                         "not recorded (threadpoolctl missing)")]
+    if isinstance(after, list):
+        lines.append("- thread pools of a fresh process after one call of each backend: "
+                     + "; ".join(map(_pool_text, after)))
+    environment = meta.get("environment")
+    lines.append("- allocator / threading environment: " + (", ".join(f"`{k}={v}`" for k, v in environment.items())
+                                                          if environment else "none set (glibc malloc defaults)"))
+    return "\n".join(lines) + "\n"

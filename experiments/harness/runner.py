@@ -10,18 +10,13 @@ Statuses: ``ok``; ``unsupported`` (the backend declines a valid configuration, o
 here, with the reason); ``error`` (any other exception, with its message; the sweep goes on);
 ``simulator: not timed`` (a timing experiment never times the CUDA simulator).
 
-Timing (:func:`time_backend`): the first call is timed on its own (``first_call_s``: includes Numba's JIT
-compile or cache load), then warm-up calls, then repeats timed with ``time.perf_counter`` until a time budget
-or repeat cap is reached; the row gets the median, minimum, interquartile range and repeat count. Calls go
-through the public :func:`testbed.conv_transpose2d`, so every backend pays the same validation overhead.
-GPU backends (``Backend.timing_kind == "gpu"``) are timed by the ``time_cuda_backend`` function of the
-backend's module when it has one (CUDA events); see :func:`time_backend`.
+Timing (``TimingSettings``, ``time_call``, ``time_backend``, re-exported here) lives in :mod:`testbed.timing`,
+the one place that owns how a time is taken (isolation, allocation, statistics).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +28,7 @@ from testbed.api import conv_transpose2d
 from testbed.problem import Problem, UnsupportedConfiguration
 from testbed.registry import Backend, BackendUnavailable, get_backend
 from testbed.testing import call_kwargs
+from testbed.timing import TimingSettings, time_backend, time_call
 
 from .descriptor import PROBLEM_COLUMNS, format_descriptor, problem_columns
 from .storage import (ResultsNotWritten, RowLog, atomic_write_csv, holds_run_lock, lock_run_directory,
@@ -226,78 +222,3 @@ def results_from_log(run_dir):
             return None
     return logged
 
-
-# ---- timing ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TimingSettings:
-    """How long to time each cell: ``warmup`` untimed calls after the first, then at least ``min_repeats``
-    and at most ``max_repeats`` timed calls, stopping once ``budget_s`` seconds of repeats have passed."""
-
-    warmup: int = 1
-    min_repeats: int = 5
-    max_repeats: int = 30
-    budget_s: float = 0.3
-
-    @classmethod
-    def quick(cls) -> "TimingSettings":
-        return cls(warmup=0, min_repeats=2, max_repeats=3, budget_s=0.01)
-
-
-def _stats(samples, first_call_s: float, method: str) -> dict:
-    samples = np.asarray(samples, dtype=float)
-    q25, q75 = np.percentile(samples, [25, 75])
-    return {"first_call_s": first_call_s, "median_s": float(np.median(samples)), "min_s": float(samples.min()),
-            "iqr_s": float(q75 - q25), "repeats": int(samples.size), "timing_method": method}
-
-
-def time_call(fn: Callable[[], object], settings: TimingSettings = TimingSettings()) -> dict:
-    """Time ``fn()`` with ``time.perf_counter``: first call, warm-up, then repeats (see :class:`TimingSettings`)."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    for _ in range(settings.warmup):
-        fn()
-    samples = []
-    deadline = time.perf_counter() + settings.budget_s
-    while len(samples) < settings.max_repeats and (len(samples) < settings.min_repeats
-                                                   or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return _stats(samples, first, "perf_counter")
-
-
-def time_backend(backend: Backend, problem: Problem, x, weight, bias=None,
-                 settings: TimingSettings = TimingSettings()) -> dict:
-    """Timing statistics of one backend on one problem, or a ``status`` saying why it was not timed.
-
-    ``timing_kind`` None (the CUDA simulator, or unavailable): not timed. ``"gpu"``: the first call is timed
-    with perf_counter (JIT compile + transfers), then, if the backend's module defines
-    ``time_cuda_backend(name, problem, *, repeats) -> {"kernel_ms", "with_transfers_ms"}`` (CUDA-event
-    medians, testbed/backends/numba_cuda.py), ``median_s`` is its kernel time on device-resident arrays and
-    ``with_transfers_s`` its host-to-host time; without that hook host arrays are timed with perf_counter,
-    transfers included (``timing_method`` says which).
-    """
-    kind = backend.timing_kind
-    if kind is None:
-        ok, why = backend.probe()
-        return {"status": "simulator: not timed" if ok else "unavailable", "message": why}
-    call = (lambda: call_backend(backend, problem, x, weight, bias))
-    if kind == "gpu":
-        module = sys.modules.get(getattr(backend.run, "__module__", ""), None)
-        hook = getattr(module, "time_cuda_backend", None)
-        if hook is not None:
-            start = time.perf_counter()
-            call()
-            first = time.perf_counter() - start
-            result = hook(backend.name, problem, repeats=max(settings.min_repeats, min(settings.max_repeats, 10)))
-            nan = float("nan")
-            return {"first_call_s": first, "median_s": result["kernel_ms"] / 1e3, "min_s": nan, "iqr_s": nan,
-                    "repeats": max(settings.min_repeats, min(settings.max_repeats, 10)),
-                    "with_transfers_s": result["with_transfers_ms"] / 1e3,
-                    "timing_method": "cuda events (device arrays; median only)"}
-        stats = time_call(call, settings)
-        stats["timing_method"] = "perf_counter (host arrays, includes transfers)"
-        return stats
-    return time_call(call, settings)

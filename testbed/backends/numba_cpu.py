@@ -218,16 +218,16 @@ def _image_chunks(problem):
     return [slice(n0, min(problem.batch, n0 + step)) for n0 in range(0, problem.batch, step)]
 
 
-def _nonoverlap_gemm(x, weight, bias, problem):
-    y = np.empty(problem.output_shape, dtype=problem.dtype)
+def _nonoverlap_gemm(x, weight, bias, problem, out=None):
+    y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
     bias = _bias_or_zeros(bias, problem)
     for images in _image_chunks(problem):
         _pixel_shuffle(_gemm_columns(x[images], weight, problem), bias, y[images], *problem.padding)
     return y
 
 
-def _gemm_col2im(x, weight, bias, problem):
-    y = np.empty(problem.output_shape, dtype=problem.dtype)
+def _gemm_col2im(x, weight, bias, problem, out=None):
+    y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
     bias = _bias_or_zeros(bias, problem)
     for images in _image_chunks(problem):
         _col2im_gather(_gemm_columns(x[images], weight, problem), bias, y[images], *problem.stride,
@@ -235,8 +235,8 @@ def _gemm_col2im(x, weight, bias, problem):
     return y
 
 
-def _direct(x, weight, bias, problem):
-    y = np.empty(problem.output_shape, dtype=problem.dtype)
+def _direct(x, weight, bias, problem, out=None):
+    y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
     _direct_gather(x, weight, _bias_or_zeros(bias, problem), y, *problem.stride, *problem.padding,
                    *problem.dilation, problem.groups)
     return y
@@ -245,8 +245,8 @@ def _direct(x, weight, bias, problem):
 _RUNNERS = {"direct": _direct, "nonoverlap_gemm": _nonoverlap_gemm, "gemm_col2im": _gemm_col2im}
 
 
-def numba_conv_transpose2d(x, weight, bias, problem):
-    return _RUNNERS[choose_path(problem)](x, weight, bias, problem)
+def numba_conv_transpose2d(x, weight, bias, problem, out=None):
+    return _RUNNERS[choose_path(problem)](x, weight, bias, problem, out)
 
 
 register(Backend(
@@ -254,4 +254,5 @@ register(Backend(
     description="Numba prange kernels: one GEMM + fused pixel shuffle (stride == kernel) or gathering "
                 "col2im (overlapping taps), or an output-stationary gather (depthwise, tiny channels)",
     run=numba_conv_transpose2d,
+    writes_out=True,
 ))

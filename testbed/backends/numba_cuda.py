@@ -81,17 +81,23 @@ def _on_device(value):
 
 def _launch(run_kernels):
     """Wrap ``run_kernels(x, weight, bias, y, problem)`` (device arrays, ``bias`` never None) as a
-    ``Backend.run``: moves host arrays in and the result out, or stays on the device."""
+    ``Backend.run``: moves host arrays in and the result out (into a host ``out`` if given), or stays on the
+    device (writing into a device ``out`` if given)."""
 
     @functools.wraps(run_kernels)
-    def run(x, weight, bias, problem):
+    def run(x, weight, bias, problem, out=None):
         from numba import cuda
         on_device = is_device_array(x)
-        y = cuda.device_array(problem.output_shape, dtype=problem.dtype)
+        if out is not None and is_device_array(out):
+            y = _on_device(out)
+        else:
+            y = cuda.device_array(problem.output_shape, dtype=problem.dtype)
         if problem.batch > 0:
             d_bias = _on_device(bias) if bias is not None else cuda.device_array(1, dtype=problem.dtype)
             run_kernels(_on_device(x), _on_device(weight), d_bias, y, problem)
-        return y if on_device else y.copy_to_host()
+        if on_device:
+            return y
+        return y.copy_to_host() if out is None else y.copy_to_host(out)
 
     return run
 
@@ -212,6 +218,7 @@ register(Backend(
     run=_launch(_run_gather),
     device="cuda",
     probe=probe,
+    writes_out=True,
 ))
 
 register(Backend(
@@ -222,6 +229,7 @@ register(Backend(
     device="cuda",
     deterministic=False,
     probe=probe,
+    writes_out=True,
 ))
 
 register(Backend(
@@ -231,4 +239,5 @@ register(Backend(
     run=_launch(_run_tiled),
     device="cuda",
     probe=probe,
+    writes_out=True,
 ))

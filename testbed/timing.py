@@ -1,0 +1,574 @@
+"""How a time is taken: the one timing module of the testbed (experiments, benchmarks and ``auto``'s tuning).
+
+A time on this kind of machine depends on hidden process state as much as on the code timed: glibc's dynamic
+mmap threshold decides whether a large result is page-faulted (and zeroed) on every call or reused from the
+heap, and up to four thread pools (numba's OpenMP, numpy's and scipy's OpenBLAS, torch's) spin on the same
+cores after their work. So every measurement says how it was taken:
+
+**isolation** — ``process``: each (problem, backend) is timed in a fresh worker process (multiprocessing's
+``spawn`` start method by default, never ``fork``: forking after a parallel region is undefined behaviour for
+OpenMP and OpenBLAS); it sees exactly what a user's fresh program sees, whatever ran before. A worker that
+crashes, is killed or times out becomes a row with status ``error`` and the sweep goes on.
+``interleaved``: one process, the backends timed round-robin within each repeat (the starting backend
+rotating), so pool and allocator state spread evenly over them. ``inline``: one after another in the
+calling process (what a loop in a script measures).
+
+**allocation** — ``alloc``: every call allocates its result (what a user's call costs); ``out``: the
+result is preallocated once, touched, and written in place through ``conv_transpose2d(..., out=)``.
+
+**statistics** — the first call is timed alone (``first_call_s``: Numba's compile or cache load), then
+``warmup`` untimed calls, then samples: each sample times ``loops`` calls back to back, ``loops`` chosen from
+the last untimed call so that a sample lasts at least ``min_sample_s`` (``torch.utils.benchmark.Timer``'s
+``blocked_autorange`` and pyperf's calibration do the same, for sub-millisecond calls); samples are taken
+until ``budget_s`` is spent, at least ``min_repeats`` and at most ``max_repeats``. A row reports the median,
+minimum and interquartile range of the per-call times, the sample count, ``unstable`` when IQR/median exceeds
+``unstable_ratio``, minor page faults per timed call (``getrusage`` deltas) and the peak resident set size
+of the process while the cell ran. :func:`speedup_ci` gives a bootstrap confidence interval of a speedup
+(ratio of medians) from two sets of samples.
+
+The library never changes another library's global settings (thread counts, allocator); a harness that wants
+to may do so, scoped (``threadpoolctl.threadpool_limits`` as a context manager), and record it.
+:func:`machine_state` records what matters for a run's ``meta.json``. Why not pyperf itself: its ``Runner``
+owns the command line and re-executes the calling script as its workers, which a library call, a resumable
+sweep and a test cannot do; its method (calibrated loops, worker processes, stability warnings) is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .problem import Problem
+from .registry import Backend
+from .testing import call_kwargs
+
+__all__ = ["ALLOCATIONS", "ISOLATIONS", "TimingJob", "TimingSettings", "WorkerError", "load_average",
+           "machine_state", "minor_faults", "peak_rss_bytes", "prepare_call", "reset_peak_rss", "rss_bytes",
+           "run_in_worker", "speedup_ci", "summarize", "thread_pools", "time_backend", "time_call", "time_jobs"]
+
+ISOLATIONS = ("process", "interleaved", "inline")
+ALLOCATIONS = ("alloc", "out")
+#: Environment variables that change timings: the allocator (glibc's MALLOC_*, LD_PRELOAD of another
+#: malloc), OpenBLAS's kernel choice and threads (OPENBLAS_CORETYPE forces slower kernels on some hosts),
+#: OpenMP/MKL/numba/torch threading.
+ENVIRONMENT_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "OPENBLAS_", "GOTO", "OMP_", "GOMP_", "KMP_",
+                        "MKL_", "NUMBA_", "TORCH_", "TESTBED_")
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How long to time each cell: ``warmup`` untimed calls after the first, then samples of ``loops`` calls
+    each (at least ``min_sample_s`` long) until ``budget_s`` seconds are spent, at least ``min_repeats`` and at
+    most ``max_repeats`` samples. ``unstable_ratio``: IQR/median above which a row is flagged ``unstable``.
+    ``worker_timeout_s``: a ``process`` worker running longer is killed (an ``error`` row)."""
+
+    warmup: int = 1
+    min_repeats: int = 5
+    max_repeats: int = 30
+    budget_s: float = 0.3
+    min_sample_s: float = 1e-3
+    max_loops: int = 10_000
+    unstable_ratio: float = 0.10
+    worker_timeout_s: float = 1800.0
+
+    def __post_init__(self):
+        for name in ("warmup", "min_repeats", "max_repeats", "max_loops"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "warmup" else 1):
+                raise ValueError(f"{name} must be an int >= {0 if name == 'warmup' else 1}, got {value!r}")
+        if self.max_repeats < self.min_repeats:
+            raise ValueError(f"max_repeats ({self.max_repeats}) must be >= min_repeats ({self.min_repeats})")
+        for name in ("budget_s", "min_sample_s", "unstable_ratio", "worker_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+
+    @classmethod
+    def quick(cls) -> TimingSettings:
+        return cls(warmup=0, min_repeats=2, max_repeats=3, budget_s=0.01, min_sample_s=0.0)
+
+
+@dataclass(frozen=True)
+class TimingJob:
+    """One (problem, backend) to time: picklable, so a worker process can time it. ``backend`` is a registered
+    name or a :class:`~testbed.registry.Backend` whose functions are importable (module level); ``rng`` is what
+    ``problem.random_arrays`` takes (a seed or a ``numpy.random.Generator``): every job of one case should get
+    the same inputs."""
+
+    problem: Problem
+    backend: str | Backend
+    allocation: str = "alloc"
+    rng: int | np.random.Generator | None = 0
+    tags: dict = field(default_factory=dict)   # copied into the result row
+
+    def __post_init__(self):
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+
+    @property
+    def backend_name(self) -> str:
+        return getattr(self.backend, "name", str(self.backend))
+
+
+class WorkerError(RuntimeError):
+    """A worker process ended without a result: killed, crashed, or timed out."""
+
+
+# ---- process state: page faults and resident memory ------------------------------------------------------------
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (all threads; ``getrusage(RUSAGE_SELF).ru_minflt``), or -1
+    where ``resource`` does not exist (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return -1
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Restart the process's peak-RSS mark at its current size (Linux >= 4.0: ``5`` into
+    ``/proc/self/clear_refs``); False where that is not possible (the peak is then the process's lifetime peak)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_bytes() -> int | None:
+    """Current resident set size of this process, in bytes (``VmRSS``, or psutil where /proc is missing)."""
+    kib = _proc_status_kib("VmRSS")
+    if kib is not None:
+        return kib * 1024
+    try:
+        import psutil
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return None
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident set size of this process since start or the last :func:`reset_peak_rss`, in bytes."""
+    kib = _proc_status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)   # bytes on macOS, KiB on Linux/BSD
+
+
+# ---- the timer -----------------------------------------------------------------------------------------------
+
+class _Timer:
+    """One prepared call being timed: first call, warm-ups and loop calibration (:meth:`start`), then one
+    sample per :meth:`sample`, with the page faults of the timed calls counted. With ``catch``, an exception
+    of the call is kept in ``error`` (the timer then stops) instead of raised."""
+
+    def __init__(self, fn: Callable[[], object], settings: TimingSettings, catch: bool = False,
+                 before_each: Callable[[], object] | None = None):
+        self.fn, self.settings, self.catch, self.before_each = fn, settings, catch, before_each
+        self.samples: list[float] = []
+        self.faults = 0
+        self.calls = 0
+        self.first_call_s = math.nan
+        self.loops = 1
+        self.error: str | None = None
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        if self.error is not None:
+            return
+        try:
+            step()
+        except Exception as exc:
+            if not self.catch:
+                raise
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def start(self) -> None:
+        self._guarded(self._start)
+
+    def sample(self) -> None:
+        self._guarded(self._sample)
+
+    def _start(self) -> None:
+        fn = self.fn
+        begin = time.perf_counter()
+        fn()
+        last = self.first_call_s = time.perf_counter() - begin
+        for _ in range(self.settings.warmup):
+            begin = time.perf_counter()
+            fn()
+            last = time.perf_counter() - begin
+        if last < self.settings.min_sample_s:
+            self.loops = min(self.settings.max_loops, math.ceil(self.settings.min_sample_s / max(last, 1e-7)))
+
+    def _sample(self) -> None:
+        fn, loops = self.fn, self.loops
+        if self.before_each is not None:
+            self.before_each()
+        faults = minor_faults()
+        begin = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        elapsed = time.perf_counter() - begin
+        self.faults += minor_faults() - faults
+        self.samples.append(elapsed / loops)
+        self.calls += loops
+
+    def result(self) -> dict:
+        if self.error is not None:
+            return {"status": "error", "message": self.error}
+        stats = summarize(self.samples, self.settings.unstable_ratio)
+        counted = self.calls and minor_faults() >= 0
+        stats.update(first_call_s=self.first_call_s, loops=self.loops,
+                     minor_faults_per_call=self.faults / self.calls if counted else math.nan)
+        return stats
+
+
+def _round_robin(timers: Sequence[_Timer], settings: TimingSettings) -> None:
+    """Start every timer in turn, then sample them round-robin (rotating who goes first) until the budget of
+    ``budget_s`` per timer is spent. One timer: plain repeats."""
+    for timer in timers:
+        timer.start()
+    deadline = time.perf_counter() + settings.budget_s * len(timers)
+    repeat = 0
+    while repeat < settings.max_repeats and (repeat < settings.min_repeats or time.perf_counter() < deadline):
+        shift = repeat % max(len(timers), 1)
+        for timer in list(timers[shift:]) + list(timers[:shift]):
+            timer.sample()
+        repeat += 1
+
+
+def summarize(samples, unstable_ratio: float = TimingSettings.unstable_ratio) -> dict:
+    """Median, minimum, interquartile range and count of per-call times, and ``unstable`` (IQR/median above
+    ``unstable_ratio``)."""
+    samples = np.asarray(samples, dtype=float)
+    if samples.size == 0:
+        raise ValueError("no samples to summarize")
+    q25, median, q75 = np.percentile(samples, [25, 50, 75])
+    iqr = float(q75 - q25)
+    return {"median_s": float(median), "min_s": float(samples.min()), "iqr_s": iqr, "repeats": int(samples.size),
+            "unstable": bool(median > 0 and iqr / median > unstable_ratio)}
+
+
+def time_call(fn: Callable[[], object], settings: TimingSettings = TimingSettings(), *,
+              before_each: Callable[[], object] | None = None, keep_samples: bool = False) -> dict:
+    """Time ``fn()`` in this process (see :class:`TimingSettings`): the statistics of :func:`summarize`, plus
+    ``first_call_s``, ``loops``, ``minor_faults_per_call``, ``timing_method`` and with ``keep_samples`` the
+    per-call samples (``samples_s``). ``before_each``, if given, is called (untimed, its faults not counted)
+    right before every sample."""
+    timer = _Timer(fn, settings, before_each=before_each)
+    _round_robin([timer], settings)
+    return {**timer.result(), "timing_method": "perf_counter",
+            **({"samples_s": list(timer.samples)} if keep_samples else {})}
+
+
+def speedup_ci(baseline_samples, samples, confidence: float = 0.95, n_resamples: int = 2000,
+               seed: int = 0) -> tuple[float, float]:
+    """Bootstrap confidence interval of ``median(baseline) / median(samples)`` (> 1: faster than the baseline).
+
+    The two sets are resampled independently (``scipy.stats.bootstrap`` with ``paired=False``, percentile
+    method: robust on the few, skewed samples a timing gives). ``(nan, nan)`` with fewer than 2 samples in
+    either set."""
+    from scipy import stats
+
+    base = np.asarray(baseline_samples, dtype=float)
+    other = np.asarray(samples, dtype=float)
+    if base.size < 2 or other.size < 2:
+        return math.nan, math.nan
+
+    def ratio(a, b, axis=-1):
+        return np.median(a, axis=axis) / np.median(b, axis=axis)
+
+    result = stats.bootstrap((base, other), ratio, vectorized=True, paired=False, confidence_level=confidence,
+                             n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+# ---- timing a backend --------------------------------------------------------------------------------------------
+
+def prepare_call(backend, problem: Problem, x, weight, bias, allocation: str = "alloc") -> Callable[[], object]:
+    """The call to time: the public ``conv_transpose2d`` (every backend pays the same validation), with a
+    preallocated, already faulted-in ``out`` in ``out`` mode."""
+    from .api import conv_transpose2d
+
+    kwargs = call_kwargs(problem)
+    if allocation == "out":
+        kwargs["out"] = np.zeros(problem.output_shape, dtype=problem.dtype)
+    elif allocation != "alloc":
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    return lambda: conv_transpose2d(x, weight, bias, backend=backend, **kwargs)
+
+
+def _untimed(backend, problem: Problem) -> dict | None:
+    """A status row for a backend that is not timed on ``problem`` here, or None."""
+    ok, why = backend.probe()
+    if not ok:
+        return {"status": "unavailable", "message": why}
+    reason = backend.unsupported_reason(problem)
+    if reason is not None:
+        return {"status": "unsupported", "message": reason}
+    if backend.timing_kind is None:
+        return {"status": "simulator: not timed", "message": why}
+    return None
+
+
+def _memory_columns(start_rss: int | None) -> dict:
+    peak = peak_rss_bytes()
+    return {"peak_rss_mb": math.nan if peak is None else peak / 2 ** 20,
+            "peak_rss_increase_mb": math.nan if peak is None or start_rss is None else (peak - start_rss) / 2 ** 20}
+
+
+def time_backend(backend, problem: Problem, x, weight, bias=None, settings: TimingSettings = TimingSettings(), *,
+                 allocation: str = "alloc", keep_samples: bool = False) -> dict:
+    """Timing statistics of one backend on one problem in this process, or a ``status`` saying why it was not
+    timed (unavailable, unsupported, the CUDA simulator).
+
+    CPU backends: :func:`time_call` of the public ``conv_transpose2d``, plus ``peak_rss_mb`` (the process's
+    peak resident size while the cell ran) and ``peak_rss_increase_mb`` (above its size at the start), and
+    with ``keep_samples`` the per-call samples (``samples_s``). GPU backends (``timing_kind == "gpu"``): the
+    first call is timed with perf_counter (JIT compile + transfers), then, if the backend's module defines
+    ``time_cuda_backend(name, problem, *, repeats) -> {"kernel_ms", "with_transfers_ms"}`` (CUDA-event medians,
+    testbed/backends/numba_cuda.py), ``median_s`` is its kernel time on device-resident arrays and
+    ``with_transfers_s`` its host-to-host time; without that hook host arrays are timed with perf_counter,
+    transfers included (``timing_method`` says which).
+    """
+    from .registry import get_backend
+
+    backend = get_backend(backend)
+    skipped = _untimed(backend, problem)
+    if skipped is not None:
+        return skipped
+    call = prepare_call(backend, problem, x, weight, bias, allocation)
+    module = sys.modules.get(getattr(backend.run, "__module__", ""), None)
+    hook = getattr(module, "time_cuda_backend", None) if backend.timing_kind == "gpu" else None
+    if hook is not None:
+        start = time.perf_counter()
+        call()
+        first = time.perf_counter() - start
+        repeats = max(settings.min_repeats, min(settings.max_repeats, 10))
+        result = hook(backend.name, problem, repeats=repeats)
+        return {"first_call_s": first, "median_s": result["kernel_ms"] / 1e3, "min_s": math.nan, "iqr_s": math.nan,
+                "repeats": repeats, "with_transfers_s": result["with_transfers_ms"] / 1e3,
+                "timing_method": "cuda events (device arrays; median only)", "allocation": "alloc"}
+    reset_peak_rss()
+    start_rss = rss_bytes()
+    stats = time_call(call, settings, keep_samples=keep_samples)
+    stats.update(_memory_columns(start_rss), allocation=allocation)
+    if backend.timing_kind == "gpu":
+        stats["timing_method"] += " (host arrays, includes transfers)"
+    return stats
+
+
+def _job_row(job: TimingJob, result: dict, isolation: str) -> dict:
+    load = load_average()
+    row = {"backend": job.backend_name, "isolation": isolation, "allocation": job.allocation,
+           "load_1min": load[0] if load else math.nan, **job.tags}
+    row.update(status="ok", message="")
+    row.update(result)
+    return row
+
+
+def _time_job_here(job: TimingJob, settings: TimingSettings, keep_samples: bool) -> dict:
+    """One job timed in this process; every exception becomes an ``error`` status (never raises)."""
+    from .problem import UnsupportedConfiguration
+    from .registry import BackendUnavailable
+
+    try:
+        x, weight, bias = job.problem.random_arrays(job.rng)
+        return time_backend(job.backend, job.problem, x, weight, bias, settings, allocation=job.allocation,
+                            keep_samples=keep_samples)
+    except UnsupportedConfiguration as exc:
+        return {"status": "unsupported", "message": exc.reason}
+    except BackendUnavailable as exc:
+        return {"status": "unavailable", "message": str(exc)}
+    except Exception as exc:
+        return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_samples: bool) -> list[dict]:
+    """The CPU jobs round-robin in this process; the others (untimed, GPU) one by one as in ``inline``."""
+    from .registry import get_backend
+
+    reset_peak_rss()
+    start_rss = rss_bytes()
+    timers: dict[int, _Timer] = {}
+    for i, job in enumerate(jobs):
+        backend = get_backend(job.backend)
+        if _untimed(backend, job.problem) is None and backend.timing_kind == "cpu":
+            x, weight, bias = job.problem.random_arrays(job.rng)
+            timers[i] = _Timer(prepare_call(backend, job.problem, x, weight, bias, job.allocation), settings,
+                               catch=True)
+    _round_robin(list(timers.values()), settings)
+    memory = _memory_columns(start_rss)    # the group's peak: one process ran them all
+    results = []
+    for i, job in enumerate(jobs):
+        if i not in timers:
+            results.append(_time_job_here(job, settings, keep_samples))
+            continue
+        result = timers[i].result()
+        if result.get("status") != "error":
+            result.update(memory, allocation=job.allocation, timing_method="perf_counter")
+            if keep_samples:
+                result["samples_s"] = list(timers[i].samples)
+        results.append(result)
+    return results
+
+
+def time_jobs(jobs: Sequence[TimingJob], settings: TimingSettings = TimingSettings(), *, isolation: str = "process",
+              keep_samples: bool = False, start_method: str | None = None) -> list[dict]:
+    """Time every job; one row per job, in order: ``backend``, ``isolation``, ``allocation``, ``load_1min``
+    (the 1-minute load average when the row was finished: other processes on the machine), the job's tags,
+    ``status`` (``ok``, ``unsupported``, ``unavailable``, ``error``, ``simulator: not timed``), ``message``,
+    and the statistics of :func:`time_backend`.
+
+    ``process``: each job in its own fresh worker (see :func:`run_in_worker`); a worker that dies gives an
+    ``error`` row and the next job runs. ``interleaved``: all jobs in this process, sampled round-robin
+    (``peak_rss_mb`` is then the group's). ``inline``: one after another in this process.
+    """
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+    if isolation == "interleaved":
+        results = _time_interleaved(jobs, settings, keep_samples)
+    elif isolation == "inline":
+        results = [_time_job_here(job, settings, keep_samples) for job in jobs]
+    else:
+        results = []
+        for job in jobs:
+            try:
+                results.append(run_in_worker(_time_job_here, job, settings, keep_samples,
+                                             timeout_s=settings.worker_timeout_s, start_method=start_method))
+            except WorkerError as exc:
+                results.append({"status": "error", "message": str(exc)})
+    return [_job_row(job, result, isolation) for job, result in zip(jobs, results)]
+
+
+# ---- worker processes --------------------------------------------------------------------------------------------
+
+def _worker_main(connection, fn, args):
+    try:
+        result = fn(*args)
+    except BaseException as exc:
+        result = WorkerError(f"{type(exc).__name__} in the worker: {exc}")
+    connection.send(result)
+    connection.close()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exit status {code}"
+
+
+def run_in_worker(fn: Callable, *args, timeout_s: float | None = None, start_method: str | None = None):
+    """``fn(*args)`` in a fresh process (``spawn`` by default, or ``forkserver``; never ``fork``): its return
+    value, or :class:`WorkerError` if the process dies first (signal, crash), raises, or runs past
+    ``timeout_s`` (it is then killed). ``fn``, the arguments and the result must be picklable, and ``fn``
+    importable in the worker."""
+    method = start_method or "spawn"
+    if method not in ("spawn", "forkserver"):
+        raise ValueError(f"start_method must be 'spawn' or 'forkserver' (never 'fork': forking after parallel "
+                         f"work breaks OpenMP and OpenBLAS), got {start_method!r}")
+    context: Any = multiprocessing.get_context(method)    # typeshed's BaseContext lacks Process
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_worker_main, args=(send, fn, args), daemon=True,
+                              name=f"testbed-timing-{getattr(fn, '__name__', 'worker')}")
+    process.start()
+    send.close()
+    try:
+        if not receive.poll(timeout_s):
+            process.kill()
+            raise WorkerError(f"worker process timed out after {timeout_s:g} s and was killed")
+        try:
+            result = receive.recv()
+        except EOFError:
+            result = None
+    finally:
+        receive.close()
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    if result is None:
+        raise WorkerError(f"worker process died without a result ({_describe_exit(process.exitcode)})")
+    if isinstance(result, WorkerError):
+        raise result
+    return result
+
+
+# ---- the machine's state -----------------------------------------------------------------------------------------
+
+def thread_pools() -> list | None:
+    """``threadpoolctl.threadpool_info()`` of this process (each loaded BLAS/OpenMP library, its thread count
+    and, for OpenBLAS, the kernel ``architecture``), or None without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return threadpool_info()
+
+
+def _cpu_governors() -> dict | None:
+    """``{governor: number of CPUs}`` from cpufreq, or None where it is not exposed (VMs, containers)."""
+    import glob
+
+    found: dict = {}
+    for path in glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor"):
+        try:
+            with open(path, encoding="ascii") as handle:
+                name = handle.read().strip()
+        except OSError:
+            continue
+        found[name] = found.get(name, 0) + 1
+    return found or None
+
+
+def load_average() -> list | None:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def machine_state() -> dict:
+    """What changes timings on this machine, for a run's metadata: ``threadpools`` (see :func:`thread_pools`),
+    ``environment`` (the allocator, OpenBLAS and threading variables that are set), ``load_average`` (1, 5,
+    15 min), ``cpu_governor``, ``cpu_count`` and the CPUs this process may run on."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {"threadpools": thread_pools(),
+            "environment": {key: value for key, value in sorted(os.environ.items())
+                            if key.startswith(ENVIRONMENT_PREFIXES)},
+            "load_average": load_average(), "cpu_governor": _cpu_governors(), "cpu_count": os.cpu_count(),
+            "cpu_affinity": affinity}
