@@ -25,6 +25,7 @@ everything). CUDA device arrays go to the CUDA backends. Re-measure (the speed e
 and ``decoder`` suites) and revise :data:`PREFERENCE` when the host or the backends change.
 """
 
+from ..planner import planned_backend
 from ..registry import Backend, get_backend, is_device_array, register
 
 #: Per configuration class (see :func:`problem_class`), tried in order; first available + supporting wins.
@@ -48,6 +49,9 @@ def problem_class(problem) -> str:
 
 def choose_backend(problem, on_device=False):
     """The backend ``auto`` runs for ``problem`` (``on_device``: the arrays are CUDA device arrays)."""
+    planned = planned_backend(problem, on_device)   # wisdom, or a measurement now (testbed.planner), first
+    if planned is not None:
+        return planned
     for name in DEVICE_PREFERENCE if on_device else PREFERENCE[problem_class(problem)]:
         try:
             candidate = get_backend(name)
