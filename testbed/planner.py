@@ -102,6 +102,8 @@ _MEASURE_LOCK = threading.RLock()
 #: Signatures a measurement could not decide here (nothing timable, e.g. the CUDA simulator): not retried.
 _UNDECIDED: set[str] = set()
 _ENV_WARNED: set[str] = set()
+#: The planner each value of TESTBED_PLANNER gives (built once: read on every auto call).
+_FROM_ENVIRONMENT = {"": PlannerConfig(), **{mode: PlannerConfig(mode) for mode in MODES}}
 
 
 class set_planner:
@@ -171,15 +173,13 @@ def get_planner() -> PlannerConfig:
     if config is not None:
         return config
     value = os.environ.get(PLANNER_ENV, "").strip().lower()
-    if not value:
-        return PlannerConfig()
-    if value not in MODES:
-        if value not in _ENV_WARNED:
-            _ENV_WARNED.add(value)
-            warnings.warn(f"{PLANNER_ENV}={value!r} is not one of {MODES}; using 'estimate'", RuntimeWarning,
-                          stacklevel=2)
-        return PlannerConfig()
-    return PlannerConfig(value)
+    if value in _FROM_ENVIRONMENT:
+        return _FROM_ENVIRONMENT[value]
+    if value not in _ENV_WARNED:
+        _ENV_WARNED.add(value)
+        warnings.warn(f"{PLANNER_ENV}={value!r} is not one of {MODES}; using 'estimate'", RuntimeWarning,
+                      stacklevel=2)
+    return _FROM_ENVIRONMENT[""]
 
 
 # ---- results -------------------------------------------------------------------------------------------------

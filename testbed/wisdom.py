@@ -32,6 +32,7 @@ import os
 import platform
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -54,6 +55,8 @@ FINGERPRINT_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_T
                            "NUMBA_THREADING_LAYER", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "GLIBC_TUNABLES",
                            "LD_PRELOAD")
 FINGERPRINT_ENVIRONMENT_PREFIXES = ("MALLOC_",)
+#: How often (seconds) a process checks whether the wisdom file changed under it.
+RECHECK_S = 1.0
 
 
 class WisdomWarning(UserWarning):
@@ -62,8 +65,14 @@ class WisdomWarning(UserWarning):
 
 # ---- where ------------------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def _default_path() -> Path:
+@functools.lru_cache(maxsize=8)
+def _path_for(value: str) -> Path | None:
+    """The wisdom file a value of ``TESTBED_WISDOM`` names (cached: looked up on every ``auto`` call)."""
+    value = value.strip()
+    if value.lower() in DISABLED:
+        return None
+    if value:
+        return Path(value).expanduser()
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("testbed", appauthor=False)) / "wisdom.json"
@@ -81,14 +90,12 @@ def wisdom_path() -> Path | None:
     '/tmp/my-wisdom.json'
     >>> del os.environ["TESTBED_WISDOM"]
     """
-    value = os.environ.get(WISDOM_ENV, "").strip()
-    if value.lower() in DISABLED:
-        return None
-    return Path(value).expanduser() if value else _default_path()
+    return _path_for(os.environ.get(WISDOM_ENV, ""))
 
 
 # ---- what ------------------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1024)
 def signature(problem: Problem, device: str = "cpu") -> str:
     """The key of ``problem`` in the wisdom file: every field that can change which backend is fastest.
 
@@ -181,10 +188,18 @@ def machine_fingerprint() -> dict[str, Any]:
             "testbed_source": _backends_source_hash()}
 
 
+_KEY_CACHE: list = [None, ""]     # [the fingerprint object last hashed, its key]
+
+
 def machine_key(fingerprint: Mapping[str, Any] | None = None) -> str:
     """A short hash of a fingerprint (default: this machine's), the key of its section in the file."""
-    text = json.dumps(fingerprint if fingerprint is not None else machine_fingerprint(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    if fingerprint is None:
+        fingerprint = machine_fingerprint()
+        if _KEY_CACHE[0] is fingerprint:       # the cached fingerprint: hashed once per process
+            return _KEY_CACHE[1]
+        _KEY_CACHE[:] = [fingerprint, machine_key(fingerprint)]
+        return _KEY_CACHE[1]
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _now() -> str:
@@ -278,12 +293,16 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class _Store:
-    """The process's view of the wisdom file: parsed once per version of the file (its ``stat``), so a lookup on
-    every ``auto`` call costs a ``stat`` and two dictionary lookups; plus the decisions whose write failed."""
+    """The process's view of the wisdom file, merged with the decisions whose write failed (``memory``).
+
+    A lookup runs on every ``auto`` call, so the view is kept and the file's ``stat`` checked at most every
+    :data:`RECHECK_S` seconds: it is parsed again only when it changed. This process's own writes are seen at
+    once; another process's within that delay.
+    """
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.cache: dict[Path, tuple[tuple, dict[str, Any]]] = {}
+        self.view: dict[Path | None, tuple[float, tuple | None, dict[str, Any]]] = {}
         self.memory: dict[Path | None, dict[str, Any]] = {}
         self.warned: set = set()
 
@@ -292,30 +311,34 @@ class _Store:
             self.warned.add(key)
             warnings.warn(message, WisdomWarning, stacklevel=4)
 
+    def forget(self, path: Path | None) -> None:
+        self.view.pop(path, None)
+
     def read(self, path: Path | None) -> dict[str, Any]:
-        """The file's wisdom merged with this process's unwritten decisions; a bad file is warned about once
-        and read as empty."""
-        data = _empty()
+        """The wisdom in use (treat as read-only); a bad file is warned about once and read as empty."""
+        now = time.monotonic()
+        seen = self.view.get(path)
+        if seen is not None and now - seen[0] < RECHECK_S:
+            return seen[2]
+        state = None
         if path is not None:
             try:
                 stat = path.stat()
                 state = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
             except OSError:
-                state = None
-            cached = self.cache.get(path)
-            if cached is not None and cached[0] == state:
-                data = cached[1]
-            elif state is not None:
-                try:
-                    data = _parse(path)
-                except (ValueError, OSError) as exc:
-                    self.warn_once((path, state), f"ignoring the wisdom file {path}: {exc}")
-                    data = _empty()
-                self.cache[path] = (state, data)
-        memory = self.memory.get(path)
-        if memory:
-            data = json.loads(json.dumps(data))
-            _merge(data, memory)
+                pass
+        if seen is not None and seen[1] == state:
+            self.view[path] = (now, state, seen[2])
+            return seen[2]
+        data = _empty()
+        if state is not None:
+            try:
+                data = _parse(path)
+            except (ValueError, OSError) as exc:
+                self.warn_once((path, state), f"ignoring the wisdom file {path}: {exc}")
+        if self.memory.get(path):
+            _merge(data, self.memory[path])
+        self.view[path] = (now, state, data)
         return data
 
     def write(self, path: Path | None, update: Mapping[str, Any]) -> None:
@@ -333,11 +356,13 @@ class _Store:
                         current = _empty()
                     _merge(current, update)
                     _atomic_write(path, current)
+                self.forget(path)
                 return
             except OSError as exc:
                 self.warn_once(("write", path), f"cannot write the wisdom file {path} ({exc}); keeping "
                                                 f"decisions in memory for this process")
         _merge(self.memory.setdefault(path, _empty()), update)
+        self.forget(path)
 
 
 _STORE = _Store()
@@ -486,5 +511,5 @@ def forget_wisdom() -> None:
         if path is not None:
             with _locked(path):
                 path.unlink(missing_ok=True)
-            _STORE.cache.pop(path, None)
         _STORE.memory.pop(path, None)
+        _STORE.forget(path)
