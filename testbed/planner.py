@@ -359,7 +359,9 @@ def _candidates(problem: Problem, on_device: bool, names: Iterable | None
     timed, skipped = [], []
     for backend in pool:
         why = _why_not(backend, problem, on_device)
-        if why is None:
+        if why is None and backend.timing_kind is None:      # the CUDA simulator: runs, but times mean nothing
+            skipped.append(CandidateTiming(backend.name, "simulator: not timed", message=backend.status))
+        elif why is None:
             timed.append(backend)
         elif explicit or not why.startswith(("a dispatcher", "runs on")):
             status = why.split(":", 1)[0] if why.startswith(("unavailable", "unsupported")) else "unsupported"
@@ -390,7 +392,8 @@ def _time_candidate(problem: Problem, backend, settings: TimingSettings | None, 
                                                          f"{cut_factor:g} x the best median {_ms(best_s)}"}
         if settings is None:
             return {**found, "status": "ok"}
-        stats = time_backend(backend, problem, x, weight, bias, settings, keep_samples=True)
+        # the pilot's calls were the warm-ups
+        stats = time_backend(backend, problem, x, weight, bias, replace(settings, warmup=0), keep_samples=True)
         return {**stats, **found, "status": stats.get("status", "ok")}
     except Exception as exc:
         return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}

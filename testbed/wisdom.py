@@ -246,17 +246,14 @@ def _parse(path: Path) -> dict[str, Any]:
     return _validated(data)
 
 
-def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> int:
-    """Add ``other``'s entries to ``into`` (the newer ``time`` of a signature wins); the number taken."""
-    taken = 0
+def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    """Add ``other``'s entries to ``into``; of two entries for one signature the newer (``time``) wins."""
     for key, section in other["machines"].items():
         target = into["machines"].setdefault(key, {"fingerprint": section.get("fingerprint"), "entries": {}})
         for sig, entry in section["entries"].items():
             old = target["entries"].get(sig)
             if old is None or str(entry.get("time", "")) >= str(old.get("time", "")):
                 target["entries"][sig] = entry
-                taken += 1
-    return taken
 
 
 def _atomic_write(path: Path, data: Mapping[str, Any]) -> None:

@@ -357,3 +357,17 @@ def test_tune_experiment_quick(tmp_path, wisdom_file):
     order = written["classes"]["nonoverlapping"]["order"]
     assert set(order) >= {"col2im", "kron", "polyphase"} and order[-1] == "naive"
     assert len(wisdom.load_entries()) == len(testbed.cases.suite("tiny"))
+
+
+@pytest.mark.cudasim
+def test_measure_mode_on_the_simulator_times_nothing_and_follows_the_device_row(monkeypatch):
+    from numba import cuda
+
+    x, w = cuda.to_device(UP["x"]), cuda.to_device(UP["w"])
+    result = testbed.tune(x, w, **UP["kwargs"])
+    assert result.winner is None and result.stored is None
+    assert {c.status for c in result.candidates} == {"simulator: not timed"}
+    with testbed.set_planner("measure"):
+        y = testbed.conv_transpose2d(x, w, **UP["kwargs"])
+        assert testbed.explain(x, w, **UP["kwargs"]).reason == "device"
+    np.testing.assert_allclose(y.copy_to_host(), testbed.conv_transpose2d(UP["x"], UP["w"], **UP["kwargs"]))
