@@ -328,7 +328,7 @@ class _Store:
             self.view[path] = (now, state, seen[2])
             return seen[2]
         data = _empty()
-        if state is not None:
+        if path is not None and state is not None:
             try:
                 data = _parse(path)
             except (ValueError, OSError) as exc:
