@@ -29,7 +29,7 @@ from experiments.harness.storage import RowLog, atomic_write_csv, atomic_write_t
 from testbed import planner
 from testbed.backends import auto
 from testbed.cases import suite
-from testbed.timing import ISOLATIONS, TimingSettings
+from testbed.timing import ISOLATIONS, TimingJob, TimingSettings, time_jobs
 
 from .common import finish, make_parser, start_run
 from .speed import suite_list
@@ -39,7 +39,8 @@ DEFAULT_TABLE = Path(auto.__file__).with_name(getattr(auto, "PREFERENCE_FILE", "
 #: After the ranked backends of a class: the oracle supports every configuration.
 FALLBACK = ["naive"]
 CELL_COLUMNS = ["suite", "case", "dtype", "backend", "status", "median_s", "ci_low_s", "ci_high_s", "ratio_to_winner",
-                "first_call_s", "pilot_s", "repeats", "winner", "rule_choice", "auto_after", "tune_elapsed_s"]
+                "first_call_s", "pilot_s", "repeats", "winner", "rule_choice", "auto_after", "auto_median_s",
+                "tune_elapsed_s"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"also regenerate auto's class table from these timings (default path {DEFAULT_TABLE}); "
                              f"times every candidate fully")
     parser.add_argument("--no-store", action="store_true", help="do not keep the winners as wisdom")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="do not time auto itself after tuning (by default each case's auto is timed with the "
+                             "same isolation, in a fresh worker for 'process': it must read the stored wisdom)")
     return parser
 
 
@@ -68,12 +72,22 @@ def settings_for(args) -> TimingSettings:
     return TimingSettings(base.warmup, base.min_repeats, 100_000, args.budget, worker_timeout_s=1800.0)
 
 
-def case_rows(suite_name: str, case: str, problem, result: planner.TuneResult) -> list[dict]:
+def verify_auto(problem, settings: TimingSettings, isolation: str, seed: int) -> float:
+    """The median of ``auto`` itself on ``problem`` (NaN if it could not be timed), timed like the candidates:
+    under ``process`` isolation a fresh worker, which finds the winner through the wisdom file."""
+    row = time_jobs([TimingJob(problem, "auto", rng=seed)], settings, isolation=isolation)[0]
+    return float(row["median_s"]) if row.get("status") == "ok" else math.nan
+
+
+def case_rows(suite_name: str, case: str, problem, result: planner.TuneResult,
+              auto_median_s: float = math.nan) -> list[dict]:
     """One row per candidate of one tuned case."""
     after = planner.explain_problem(problem)
+    winner_median = result.medians_s.get(result.winner, math.nan) if result.winner else math.nan
     common = {"suite": suite_name, "case": case, "descriptor": format_descriptor(problem),
               "dtype": str(problem.dtype), "signature": result.signature, "rule_choice": result.rule,
               "winner_backend": result.winner, "auto_after": after.backend, "auto_reason": after.reason,
+              "auto_median_s": auto_median_s, "auto_over_winner": auto_median_s / winner_median,
               "tune_elapsed_s": result.elapsed_s, "isolation": result.isolation}
     rows = []
     for c in result.candidates:
@@ -108,7 +122,9 @@ def main(argv=None, *, out=None):
             continue
         result = planner.tune_problem(problem, candidates=args.backends, isolation=args.isolation, settings=settings,
                                       cut_factor=cut_factor, store=not args.no_store, seed=args.seed)
-        for row in case_rows(suite_name, case, problem, result):
+        verified = math.nan if args.no_verify or args.no_store else \
+            verify_auto(problem, settings, args.isolation, args.seed)
+        for row in case_rows(suite_name, case, problem, result, verified):
             log.append(row)
     frame = results_frame(log.read())
     atomic_write_csv(run_dir / "results.csv", frame)
@@ -193,6 +209,7 @@ def summary(frame):
                      "rule ms": median.get(rule, math.nan), "winner": winner,
                      "winner ms": median.get(winner, math.nan), "auto after tuning": first["auto_after"],
                      "winner speedup over rule": median.get(rule, math.nan) / median.get(winner, math.nan),
+                     "auto ms": first["auto_median_s"] * 1e3, "auto / winner": first["auto_over_winner"],
                      "torch ms": median.get("torch", math.nan), "tuning s": first["tune_elapsed_s"]})
     return pd.DataFrame(rows)
 
@@ -201,12 +218,16 @@ def write_report(run_dir) -> str:
     """Rebuild report.md from the saved results.csv and meta.json."""
     run_dir = Path(run_dir)
     meta, frame = load_run(run_dir)
+    cut = meta.get("cut_factor")     # None: infinite (--write-table), stored as JSON null
+    cutting = (f"a candidate whose fastest of 3 warm calls exceeded {cut}× the best median so far is `cut`" if cut
+               else "every candidate timed fully")
     parts = [report_header(meta, "Tuning auto (wisdom)"),
              f"Each case's candidates timed with **{meta.get('isolation')}** isolation (timing settings "
-             f"`{meta.get('timing')}`; a candidate whose fastest of 3 warm calls exceeded {meta.get('cut_factor')}× "
-             f"the best median so far is `cut`, the reference backends are `excluded`). Winners stored as wisdom "
+             f"`{meta.get('timing')}`; {cutting}; the reference backends are `excluded`). Winners stored as wisdom "
              f"in `{meta.get('wisdom')}`: {meta.get('store')}. *rule* = the class table's choice before tuning; "
-             f"*auto after tuning* = `testbed.explain` after the winner was stored. *tuning s* = wall time of the "
+             f"*auto after tuning* = `testbed.explain` after the winner was stored; *auto ms* = `auto` itself "
+             f"timed afterwards the same way (a fresh worker under process isolation: it reads the wisdom file), "
+             f"and *auto / winner* its ratio to the winner's median. *tuning s* = wall time of the "
              f"measurement, which is what the first call of a new signature pays in the `measure` planner mode.\n"]
     if not frame.empty:
         table = summary(frame)
@@ -217,6 +238,11 @@ def write_report(run_dir) -> str:
             best = _geomean(with_torch["torch ms"] / with_torch["winner ms"])
             parts.append(f"\nGeometric mean speedup over torch: class rule **{rule:.3g}×** (cases where the rule's "
                          f"choice was timed), after tuning **{best:.3g}×** (the fastest per case).\n")
+        verified = table.dropna(subset=["auto / winner"])
+        if len(verified):
+            within = int((verified["auto / winner"] <= 1.05).sum())
+            parts.append(f"\n`auto` within 5 % of the winner's median on **{within} of {len(verified)}** cases "
+                         f"(two measurements at different moments: on a busy machine the noise alone exceeds 5 %).\n")
         ok = frame[frame["status"] == "ok"].copy()
         ok["median_ms"] = ok["median_s"] * 1e3
         parts += ["\n## Medians of every timed candidate (ms)\n",

@@ -351,7 +351,7 @@ def test_tune_experiment_quick(tmp_path, wisdom_file):
                                     "col2im,kron,polyphase", "--out", str(tmp_path / "run"), "--write-table",
                                     str(table)])
     report = (run_dir / "report.md").read_text()
-    assert "auto after tuning" in report
+    assert "auto after tuning" in report and "auto / winner" in report and "within 5 %" in report
     written = json.loads(table.read_text())
     assert written["source"]["command"].startswith("-m experiments.tune")
     order = written["classes"]["nonoverlapping"]["order"]
