@@ -13,6 +13,9 @@ conv_transpose2d  -- the transposed convolution (``torch.nn.functional.conv_tran
 output_shape      -- its output shape, without computing it
 use_backend       -- a context manager selecting the backend of a block of calls
 resolve_backend   -- the backend a call would run (``auto``'s choice included)
+set_planner, get_planner -- how ``auto`` decides: class rules (``estimate``) or timing (``measure``)
+tune, explain     -- measure the backends for a call now / say which backend ``auto`` runs and why
+export_wisdom, import_wisdom, forget_wisdom -- the stored measurements (FFTW's wisdom)
 list_backends, available_backends, backend_status, get_backend, register -- the backend registry
 
 Classes
@@ -24,6 +27,7 @@ BackendUnavailable        -- a backend cannot run on this machine (a RuntimeErro
 """
 
 from .api import conv_transpose2d, resolve_backend, use_backend
+from .planner import explain, get_planner, set_planner, tune
 from .problem import Problem, UnsupportedConfiguration, output_shape
 from .registry import (
     Backend,
@@ -34,8 +38,10 @@ from .registry import (
     list_backends,
     register,
 )
+from .wisdom import export_wisdom, forget_wisdom, import_wisdom
 
 __all__ = ["conv_transpose2d", "output_shape", "use_backend", "resolve_backend", "Problem",
            "UnsupportedConfiguration", "Backend", "BackendUnavailable", "available_backends", "backend_status",
-           "get_backend", "list_backends", "register"]
+           "get_backend", "list_backends", "register", "set_planner", "get_planner", "tune", "explain",
+           "export_wisdom", "import_wisdom", "forget_wisdom"]
 __version__ = "0.1.0"

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import Any
 
+from ..planner import planned_backend
 from ..problem import Problem
 from ..registry import Backend, get_backend, is_device_array, register
 
@@ -78,6 +79,9 @@ DEVICE_PREFERENCE: tuple[str, ...] = tuple(_TABLE["classes"][DEVICE]["order"])
 
 def choose_backend(problem: Problem, on_device: bool = False) -> Backend:
     """The backend ``auto`` runs for ``problem`` (``on_device``: the arrays are CUDA device arrays)."""
+    planned = planned_backend(problem, on_device)   # wisdom, or a measurement now (testbed.planner), first
+    if planned is not None:
+        return planned
     for name in DEVICE_PREFERENCE if on_device else PREFERENCE[problem_class(problem)]:
         try:
             candidate = get_backend(name)

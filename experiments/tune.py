@@ -1,0 +1,255 @@
+"""Tune ``auto`` on named suites: per case every candidate backend is timed (``testbed.planner.tune_problem``,
+process isolation by default) and the winner is kept as wisdom, so ``auto`` runs it from then on, on this machine.
+
+    python -m experiments.tune --suite unet,decoder                   # wisdom for every case
+    python -m experiments.tune --suite unet,decoder --write-table     # ... and regenerate auto's class table
+
+``--write-table [PATH]`` also rewrites the ``estimate`` planner's class table (``auto_preference.json`` beside
+``testbed/backends/auto.py``) from the same process-isolated timings, never by hand: per configuration class
+the medians of every case and backend, the order they give (fastest geometric mean over the class's cases
+first, then the oracle as the fallback) and the run, machine, command and date they come from. It times every
+candidate fully (no early cut), so that each class ranks complete rows.
+
+The report gives, per case, the class rule's choice, the winner, ``auto``'s choice after tuning (from
+``testbed.explain``), the medians of every candidate, and the wall time of the measurement (what the first
+call of a new signature pays in the ``measure`` planner mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from experiments.harness.descriptor import format_descriptor
+from experiments.harness.reporting import finish_report, load_run, markdown_table, report_header
+from experiments.harness.runner import results_frame
+from experiments.harness.storage import RowLog, atomic_write_csv, atomic_write_text
+from testbed import planner
+from testbed.backends import auto
+from testbed.cases import suite
+from testbed.timing import ISOLATIONS, TimingJob, TimingSettings, time_jobs
+
+from .common import finish, make_parser, start_run
+from .speed import suite_list
+
+NAME = "tune"
+DEFAULT_TABLE = Path(auto.__file__).with_name(getattr(auto, "PREFERENCE_FILE", "auto_preference.json"))
+#: After the ranked backends of a class: the oracle supports every configuration.
+FALLBACK = ["naive"]
+CELL_COLUMNS = ["suite", "case", "dtype", "backend", "status", "median_s", "ci_low_s", "ci_high_s", "ratio_to_winner",
+                "first_call_s", "pilot_s", "repeats", "winner", "rule_choice", "auto_after", "auto_median_s",
+                "tune_elapsed_s"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(NAME, __doc__, dtypes="float32")
+    parser.add_argument("--suite", type=suite_list, default=None,
+                        help="comma list of suites (default unet,decoder; tiny with --quick)")
+    parser.add_argument("--isolation", choices=ISOLATIONS, default="process",
+                        help="how each candidate is timed (default process: a fresh worker per candidate)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of timed samples per candidate (default 0.3; 0.01 with --quick)")
+    parser.add_argument("--cut-factor", type=float, default=3.0,
+                        help="a candidate whose fastest of 3 warm calls is this many times slower than the best "
+                             "median so far is not timed further (default 3)")
+    parser.add_argument("--write-table", type=Path, nargs="?", const=DEFAULT_TABLE, default=None,
+                        help=f"also regenerate auto's class table from these timings (default path {DEFAULT_TABLE}); "
+                             f"times every candidate fully")
+    parser.add_argument("--no-store", action="store_true", help="do not keep the winners as wisdom")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="do not time auto itself after tuning (by default each case's auto is timed with the "
+                             "same isolation, in a fresh worker for 'process': it must read the stored wisdom)")
+    return parser
+
+
+def settings_for(args) -> TimingSettings:
+    base = TimingSettings.quick() if args.quick else TimingSettings(warmup=1, min_repeats=5, max_repeats=30,
+                                                                    budget_s=0.3, worker_timeout_s=1800.0)
+    if args.budget is None:
+        return base
+    return TimingSettings(base.warmup, base.min_repeats, 100_000, args.budget, worker_timeout_s=1800.0)
+
+
+def verify_auto(problem, settings: TimingSettings, isolation: str, seed: int) -> float:
+    """The median of ``auto`` itself on ``problem`` (NaN if it could not be timed), timed like the candidates:
+    under ``process`` isolation a fresh worker, which finds the winner through the wisdom file."""
+    row = time_jobs([TimingJob(problem, "auto", rng=seed)], settings, isolation=isolation)[0]
+    return float(row["median_s"]) if row.get("status") == "ok" else math.nan
+
+
+def case_rows(suite_name: str, case: str, problem, result: planner.TuneResult,
+              auto_median_s: float = math.nan) -> list[dict]:
+    """One row per candidate of one tuned case."""
+    after = planner.explain_problem(problem)
+    winner_median = result.medians_s.get(result.winner, math.nan) if result.winner else math.nan
+    common = {"suite": suite_name, "case": case, "descriptor": format_descriptor(problem),
+              "dtype": str(problem.dtype), "signature": result.signature, "rule_choice": result.rule,
+              "winner_backend": result.winner, "auto_after": after.backend, "auto_reason": after.reason,
+              "auto_median_s": auto_median_s, "auto_over_winner": auto_median_s / winner_median,
+              "tune_elapsed_s": result.elapsed_s, "isolation": result.isolation}
+    rows = []
+    for c in result.candidates:
+        rows.append({"cell_key": f"{suite_name}|{case}|{problem.dtype}|{c.backend}", **common, "backend": c.backend,
+                     "status": c.status, "message": c.message, "median_s": c.median_s, "ci_low_s": c.ci_s[0],
+                     "ci_high_s": c.ci_s[1], "min_s": c.min_s, "iqr_s": c.iqr_s, "repeats": c.repeats,
+                     "first_call_s": c.first_call_s, "pilot_s": c.pilot_s, "ratio_to_winner": c.ratio,
+                     "ratio_ci_low": c.ratio_ci[0], "ratio_ci_high": c.ratio_ci[1],
+                     "winner": c.backend == result.winner})
+    return rows
+
+
+def main(argv=None, *, out=None):
+    args = build_parser().parse_args(argv)
+    suites = args.suite or (["tiny"] if args.quick else ["unet", "decoder"])
+    settings = settings_for(args)
+    cut_factor = math.inf if args.write_table else args.cut_factor
+    run_dir, meta = start_run(NAME, args, argv, lambda: {"suites": suites, "isolation": args.isolation,
+                                                          "timing": settings.__dict__, "cut_factor": cut_factor,
+                                                          "wisdom": str(planner.wisdom.wisdom_path()),
+                                                          "store": not args.no_store}, out=out)
+    log = RowLog(run_dir / "rows.jsonl")
+    previous = log.read()
+    if previous and not args.resume:
+        raise SystemExit(f"{run_dir} already holds results; pass --resume to complete that run, or another --out")
+    done = {(row["suite"], row["case"], row["dtype"]) for row in previous}
+    cases = [(name, case, problem.with_(dtype=dtype)) for name in suites for case, problem in suite(name).items()
+             for dtype in args.dtypes]
+    from tqdm.auto import tqdm
+    for suite_name, case, problem in tqdm(cases, desc=NAME, unit="case", disable=args.no_progress):
+        if (suite_name, case, str(problem.dtype)) in done:
+            continue
+        result = planner.tune_problem(problem, candidates=args.backends, isolation=args.isolation, settings=settings,
+                                      cut_factor=cut_factor, store=not args.no_store, seed=args.seed)
+        verified = math.nan if args.no_verify or args.no_store else \
+            verify_auto(problem, settings, args.isolation, args.seed)
+        for row in case_rows(suite_name, case, problem, result, verified):
+            log.append(row)
+    frame = results_frame(log.read())
+    atomic_write_csv(run_dir / "results.csv", frame)
+    if args.write_table:
+        text = json.dumps(preference_table(meta, frame), indent=1) + "\n"
+        atomic_write_text(args.write_table, text)
+        print(f"{NAME}: class table written to {args.write_table}")
+    write_report(run_dir)
+    finish(run_dir, NAME)
+    return run_dir
+
+
+# ---- auto's class table ------------------------------------------------------------------------------------------
+
+def preference_order(median_ms: dict[str, dict[str, float]], fallback=FALLBACK) -> list[str]:
+    """The backends of one class, fastest first: those measured on every case of the class ranked by the
+    geometric mean of their medians (each case weighs the same, whatever its size), then ``fallback``."""
+    shapes = list(median_ms.values())
+    measured = set.intersection(*(set(times) for times in shapes)) if shapes else set()
+    ranked = sorted(measured, key=lambda name: (sum(math.log(times[name]) for times in shapes), name))
+    return ranked + [name for name in fallback if name not in measured]
+
+
+def preference_table(meta: dict, frame, dtype: str = "float32") -> dict:
+    """auto's class table from a tune run: per class the cases' medians (ms), descriptors and order; the
+    device row (not measured on the CPU) as auto has it; the run it comes from."""
+    classes: dict[str, dict] = {}
+    ok = frame[(frame["status"] == "ok") & (frame["dtype"] == dtype)]
+    for row in ok.itertuples(index=False):
+        problem = suite(row.suite)[row.case]
+        entry = classes.setdefault(auto.problem_class(problem), {"descriptors": {}, "median_ms": {}})
+        entry["descriptors"][row.case] = row.descriptor
+        entry["median_ms"].setdefault(row.case, {})[row.backend] = round(float(row.median_s) * 1e3, 4)
+    table = {}
+    for name in auto.PREFERENCE:
+        if name in classes:
+            table[name] = {"order": preference_order(classes[name]["median_ms"]), "fallback": FALLBACK,
+                           **classes[name]}
+        else:
+            table[name] = {"order": list(auto.PREFERENCE[name]), "fallback": FALLBACK, "descriptors": {},
+                           "median_ms": {}, "note": "not measured in this run: kept as it was"}
+    table["device"] = {"order": list(auto.DEVICE_PREFERENCE), "fallback": list(auto.DEVICE_PREFERENCE),
+                       "descriptors": {}, "median_ms": {}, "note": "not measured by a CPU run: kept as it was"}
+    threads, git = meta.get("threads", {}), meta.get("git", {})
+    return {
+        "about": "auto's preference per configuration class (testbed/backends/auto.py): order = the backends "
+                 "measured on every case of the class, fastest geometric mean of median_ms first, then the "
+                 "fallback. Regenerate with `python -m experiments.tune --suite unet,decoder --write-table`.",
+        "source": {
+            "run_id": meta.get("run_id"), "date": meta.get("utc_time"), "commit": git.get("commit"),
+            "dirty": git.get("dirty"),
+            "machine": f"{meta.get('cpu_model')}, {threads.get('cpu_count')} cores, numba threads "
+                       f"{threads.get('numba_threads')}, torch threads {threads.get('torch_threads')}; load average "
+                       f"at start {threads.get('load_average_1_5_15min')}",
+            "versions": meta.get("versions"),
+            "command": " ".join(str(a) for a in meta.get("command", [])[1:]),
+            "settings": f"{dtype}, batch 1, no bias; {meta.get('isolation')} isolation (each backend timed in a "
+                        f"fresh worker process when 'process'); timing {meta.get('timing')}",
+        },
+        "classes": table,
+    }
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+
+def _geomean(values) -> float:
+    values = [v for v in values if v == v and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
+
+
+def summary(frame):
+    """Per case: the rule's choice and its median, the winner and its median, auto after tuning, torch's
+    median, and the tuning time."""
+    import pandas as pd
+
+    rows = []
+    for (suite_name, case, dtype), group in frame.groupby(["suite", "case", "dtype"], sort=False):
+        median = dict(zip(group["backend"], group["median_s"] * 1e3))
+        first = group.iloc[0]
+        rule, winner = first["rule_choice"], first["winner_backend"]
+        rows.append({"suite": suite_name, "case": case, "dtype": dtype, "rule": rule,
+                     "rule ms": median.get(rule, math.nan), "winner": winner,
+                     "winner ms": median.get(winner, math.nan), "auto after tuning": first["auto_after"],
+                     "winner speedup over rule": median.get(rule, math.nan) / median.get(winner, math.nan),
+                     "auto ms": first["auto_median_s"] * 1e3, "auto / winner": first["auto_over_winner"],
+                     "torch ms": median.get("torch", math.nan), "tuning s": first["tune_elapsed_s"]})
+    return pd.DataFrame(rows)
+
+
+def write_report(run_dir) -> str:
+    """Rebuild report.md from the saved results.csv and meta.json."""
+    run_dir = Path(run_dir)
+    meta, frame = load_run(run_dir)
+    cut = meta.get("cut_factor")     # None: infinite (--write-table), stored as JSON null
+    cutting = (f"a candidate whose fastest of 3 warm calls exceeded {cut}× the best median so far is `cut`" if cut
+               else "every candidate timed fully")
+    parts = [report_header(meta, "Tuning auto (wisdom)"),
+             f"Each case's candidates timed with **{meta.get('isolation')}** isolation (timing settings "
+             f"`{meta.get('timing')}`; {cutting}; the reference backends are `excluded`). Winners stored as wisdom "
+             f"in `{meta.get('wisdom')}`: {meta.get('store')}. *rule* = the class table's choice before tuning; "
+             f"*auto after tuning* = `testbed.explain` after the winner was stored; *auto ms* = `auto` itself "
+             f"timed afterwards the same way (a fresh worker under process isolation: it reads the wisdom file), "
+             f"and *auto / winner* its ratio to the winner's median. *tuning s* = wall time of the "
+             f"measurement, which is what the first call of a new signature pays in the `measure` planner mode.\n"]
+    if not frame.empty:
+        table = summary(frame)
+        parts += ["## Per case\n", markdown_table(table, floatfmt=".3g", index=False)]
+        with_torch = table.dropna(subset=["torch ms"])
+        if len(with_torch):
+            rule = _geomean(with_torch["torch ms"] / with_torch["rule ms"])
+            best = _geomean(with_torch["torch ms"] / with_torch["winner ms"])
+            parts.append(f"\nGeometric mean speedup over torch: class rule **{rule:.3g}×** (cases where the rule's "
+                         f"choice was timed), after tuning **{best:.3g}×** (the fastest per case).\n")
+        verified = table.dropna(subset=["auto / winner"])
+        if len(verified):
+            within = int((verified["auto / winner"] <= 1.05).sum())
+            parts.append(f"\n`auto` within 5 % of the winner's median on **{within} of {len(verified)}** cases "
+                         f"(two measurements at different moments: on a busy machine the noise alone exceeds 5 %).\n")
+        ok = frame[frame["status"] == "ok"].copy()
+        ok["median_ms"] = ok["median_s"] * 1e3
+        parts += ["\n## Medians of every timed candidate (ms)\n",
+                  markdown_table(ok.pivot_table(index="case", columns="backend", values="median_ms", sort=False),
+                                 floatfmt=".3g")]
+    return finish_report(run_dir, parts, frame, CELL_COLUMNS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,706 @@
+"""How ``auto`` chooses: planner modes, measured decisions (:func:`tune`) and their explanation (after FFTW).
+
+``auto`` runs, for a call, in this order (:func:`planned_backend`, then the class rules of
+:mod:`testbed.backends.auto`):
+
+1. **wisdom** — the backend measured fastest for this exact problem signature on this machine
+   (:mod:`testbed.wisdom`), if it is still available and supports the problem;
+2. in the ``measure`` planner mode, for a signature without wisdom: **a measurement now** — the candidates
+   are timed (:func:`tune`), the winner is stored as wisdom and run;
+3. **the class rule** — the first available backend supporting the problem in the table row of its class
+   (``estimate``, FFTW's ``FFTW_ESTIMATE``: no timing; the default), or for CUDA device arrays the device row.
+
+The planner mode is ``"estimate"`` unless set by :func:`set_planner` (per thread / asyncio task, also as a
+context manager) or by the environment variable ``TESTBED_PLANNER`` (``estimate`` or ``measure``).
+
+**What a measurement times.** The candidates are the registered backends for the arrays' device (host
+backends for NumPy arrays, CUDA backends for device arrays; never a dispatcher) that are available and
+support the problem, ordered as the class rule orders them. The reference implementations
+(:data:`REFERENCE_BACKENDS`: the oracle ``naive`` and ``fft``, 10-1000x slower than the others wherever both
+were measured) are left out whenever another candidate supports the problem. Each candidate is timed through
+:mod:`testbed.timing` on random arrays of the problem's shape: first a *pilot* (its first call, then three warm
+calls); a candidate whose fastest warm call is already ``cut_factor`` times slower than the best median so far is cut
+there, the others get the full measurement (warm-ups, then samples until the budget is spent). The isolation
+is ``process`` by default: each candidate in a fresh worker process, so that no candidate inherits the
+thread pools or the allocator state another left behind (``measurement.md``); ``interleaved`` and ``inline``
+run in this process, faster and less trustworthy. The winner is the lowest median.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from . import wisdom
+from .problem import Problem
+from .registry import Backend, get_backend, is_device_array, list_backends
+from .timing import (
+    ISOLATIONS,
+    TimingJob,
+    TimingSettings,
+    WorkerError,
+    run_in_worker,
+    speedup_ci,
+    time_backend,
+    time_jobs,
+)
+
+__all__ = ["MODES", "PLANNER_ENV", "REFERENCE_BACKENDS", "PlannerConfig", "CandidateTiming", "TuneResult",
+           "Explanation", "set_planner", "get_planner", "tune", "tune_problem", "explain", "explain_problem",
+           "planned_backend", "rule_backend"]
+
+MODES = ("estimate", "measure")
+PLANNER_ENV = "TESTBED_PLANNER"
+#: Never timed when any other backend supports the problem: the float64-exact oracle (Python loops over
+#: channels and taps) and the FFT backend (full kernel spectra), seconds to minutes per call on the suites.
+REFERENCE_BACKENDS = ("naive", "fft")
+#: The measurement a ``measure``-mode first call makes: small, as the first call pays for it.
+MEASURE_SETTINGS = TimingSettings(warmup=1, min_repeats=5, max_repeats=20, budget_s=0.1, min_sample_s=1e-3,
+                                  worker_timeout_s=600.0)
+#: The pilot: a candidate's first call, then three warm calls, of which the fastest counts (on a busy machine
+#: one call of a fraction of a millisecond can lose a whole scheduler time slice).
+_PILOT = TimingSettings(warmup=0, min_repeats=3, max_repeats=3, budget_s=0.0, min_sample_s=0.0)
+
+
+# ---- planner modes ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """The planner in force: ``mode`` (``"estimate"`` or ``"measure"``) and, for ``measure``, how a new
+    signature is timed (``isolation``, ``settings``, ``cut_factor``; see :func:`tune`)."""
+
+    mode: str = "estimate"
+    isolation: str = "process"
+    settings: TimingSettings = MEASURE_SETTINGS
+    cut_factor: float = 3.0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"planner mode must be one of {MODES}, got {self.mode!r}")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
+        if not isinstance(self.settings, TimingSettings):
+            raise TypeError(f"settings must be a testbed.timing.TimingSettings, got {type(self.settings).__name__}")
+        if not (isinstance(self.cut_factor, (int, float)) and self.cut_factor >= 1):
+            raise ValueError(f"cut_factor must be a number >= 1, got {self.cut_factor!r}")
+
+
+_PLANNER: ContextVar[PlannerConfig | None] = ContextVar("testbed_planner", default=None)
+#: Set while the class rule alone is asked (explain, tune's "rule" column): no wisdom, no measurement.
+_RULES_ONLY: ContextVar[bool] = ContextVar("testbed_rules_only", default=False)
+_MEASURE_LOCK = threading.RLock()
+#: Signatures a measurement could not decide here (nothing timable, e.g. the CUDA simulator): not retried.
+_UNDECIDED: set[str] = set()
+_ENV_WARNED: set[str] = set()
+#: The planner each value of TESTBED_PLANNER gives (built once: read on every auto call).
+_FROM_ENVIRONMENT = {"": PlannerConfig(), **{mode: PlannerConfig(mode) for mode in MODES}}
+
+
+class set_planner:
+    """Set the planner mode of ``auto`` for this thread or asyncio task; also a context manager.
+
+    Parameters
+    ----------
+    mode : {"estimate", "measure"}
+        ``"estimate"``: wisdom, else the class rules, no timing (the default). ``"measure"``: wisdom, else the
+        first call with a new problem signature times the candidates (see :func:`tune`), stores the winner as
+        wisdom and runs it.
+    isolation : {"process", "interleaved", "inline"}, default "process"
+        How ``measure`` times the candidates (:mod:`testbed.timing`): ``process`` is the trustworthy one (a
+        fresh worker per candidate, seconds per new signature), the others run in this process.
+    settings : testbed.timing.TimingSettings, optional
+        The timing budget of a ``measure`` (default :data:`MEASURE_SETTINGS`: at least 5 samples, ~0.1 s).
+    cut_factor : float, default 3.0
+        A candidate whose fastest of 3 warm calls is this many times slower than the best median so far is not
+        timed further.
+
+    Notes
+    -----
+    Called plainly, the mode stays set for the calling thread or task (a :class:`contextvars.ContextVar`);
+    used in a ``with`` block, the previous mode is restored at its end. Other threads are not affected; the
+    environment variable ``TESTBED_PLANNER`` sets the default of every thread. Wisdom is applied in both
+    modes.
+
+    See Also
+    --------
+    get_planner, tune, explain
+
+    Examples
+    --------
+    >>> import testbed
+    >>> testbed.get_planner().mode
+    'estimate'
+    >>> with testbed.set_planner("measure", isolation="interleaved"):
+    ...     print(testbed.get_planner().mode)
+    measure
+    >>> testbed.get_planner().mode
+    'estimate'
+    """
+
+    def __init__(self, mode: str, *, isolation: str = "process", settings: TimingSettings = MEASURE_SETTINGS,
+                 cut_factor: float = 3.0):
+        self.config = PlannerConfig(mode, isolation, settings, cut_factor)
+        self._token = _PLANNER.set(self.config)
+
+    def __enter__(self) -> PlannerConfig:
+        return self.config
+
+    def __exit__(self, *exc_info) -> None:
+        _PLANNER.reset(self._token)
+
+
+def get_planner() -> PlannerConfig:
+    """The planner in force here: the innermost :func:`set_planner` of this thread/task, else
+    ``$TESTBED_PLANNER``, else ``estimate``. An invalid ``TESTBED_PLANNER`` warns once and reads as ``estimate``.
+
+    Examples
+    --------
+    >>> import testbed
+    >>> testbed.get_planner()
+    PlannerConfig(mode='estimate', isolation='process', settings=..., cut_factor=3.0)
+    """
+    config = _PLANNER.get()
+    if config is not None:
+        return config
+    value = os.environ.get(PLANNER_ENV, "").strip().lower()
+    if value in _FROM_ENVIRONMENT:
+        return _FROM_ENVIRONMENT[value]
+    if value not in _ENV_WARNED:
+        _ENV_WARNED.add(value)
+        warnings.warn(f"{PLANNER_ENV}={value!r} is not one of {MODES}; using 'estimate'", RuntimeWarning,
+                      stacklevel=2)
+    return _FROM_ENVIRONMENT[""]
+
+
+# ---- results -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CandidateTiming:
+    """One candidate of a measurement. ``status``: ``ok`` (timed), ``cut`` (pilot too slow), ``excluded``
+    (a reference backend), ``unsupported``, ``unavailable``, ``error`` or ``simulator: not timed``. Times in
+    seconds per call; ``ci_s``: bootstrap 95 % interval of the median; ``ratio``: median over the winner's,
+    with its bootstrap 95 % interval ``ratio_ci``; ``first_call_s``: the very first call (compile, cache
+    load, page faults); ``pilot_s``: the fastest of the pilot's 3 warm calls."""
+
+    backend: str
+    status: str
+    median_s: float = math.nan
+    ci_s: tuple[float, float] = (math.nan, math.nan)
+    min_s: float = math.nan
+    iqr_s: float = math.nan
+    repeats: int = 0
+    first_call_s: float = math.nan
+    pilot_s: float = math.nan
+    ratio: float = math.nan
+    ratio_ci: tuple[float, float] = (math.nan, math.nan)
+    message: str = ""
+    samples_s: tuple[float, ...] = field(default=(), repr=False)
+
+
+def _ms(seconds: float) -> str:
+    return "—" if not math.isfinite(seconds) else f"{seconds * 1e3:.3g} ms"
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What :func:`tune` found: every candidate's timing (``candidates``, in the order timed), the ``winner``
+    (lowest median; None if nothing could be timed), the class rule's choice (``rule``), and the wisdom entry
+    stored (``stored``, None if not stored). ``elapsed_s``: the wall time the whole measurement took (what a
+    ``measure``-mode first call pays on top of its own computation)."""
+
+    problem: Problem
+    signature: str
+    candidates: tuple[CandidateTiming, ...]
+    winner: str | None
+    rule: str | None
+    isolation: str
+    elapsed_s: float
+    stored: dict[str, Any] | None = None
+
+    def timing(self, backend: str) -> CandidateTiming:
+        """The candidate named ``backend`` (KeyError if it was not a candidate)."""
+        for candidate in self.candidates:
+            if candidate.backend == backend:
+                return candidate
+        raise KeyError(f"{backend!r} was not a candidate; candidates: {[c.backend for c in self.candidates]}")
+
+    @property
+    def medians_s(self) -> dict[str, float]:
+        """``{backend: median}`` of the timed candidates."""
+        return {c.backend: c.median_s for c in self.candidates if c.status == "ok"}
+
+    def __str__(self) -> str:
+        lines = [f"tune {self.signature}: winner {self.winner or 'none'} (class rule: {self.rule or 'none'}; "
+                 f"{self.isolation} isolation, {self.elapsed_s:.2f} s)",
+                 f"  {'backend':<18}{'status':<13}{'median':>10}  {'95% CI':<19}{'x winner':>9}  {'first call':>10}"]
+        for c in self.candidates:
+            ci = f"{c.ci_s[0] * 1e3:.3g}–{c.ci_s[1] * 1e3:.3g} ms" if math.isfinite(c.ci_s[0]) else ""
+            ratio = f"{c.ratio:.2f}" if math.isfinite(c.ratio) else ""
+            line = (f"  {c.backend:<18}{c.status:<13}{_ms(c.median_s):>10}  {ci:<19}{ratio:>9}  "
+                    f"{_ms(c.first_call_s):>10}")
+            if c.message and c.status != "ok":
+                line += f"  {c.message[:90]}"
+            lines.append(line.rstrip())
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Which backend ``auto`` would run for a call, and why.
+
+    ``reason``: ``"wisdom"`` (a stored measurement: ``measured_s`` holds its medians, ``wisdom`` the entry),
+    ``"rule"`` (the class rule: ``problem_class`` and its ``table_row``; ``skipped`` lists the row's earlier
+    backends with the reason each was passed over) or ``"device"`` (CUDA device arrays: the device row).
+    ``backend`` is None only when no backend can run the call here (auto would raise). ``note`` adds what the
+    planner mode or an unusable wisdom entry changes.
+    """
+
+    backend: str | None
+    reason: str
+    signature: str
+    planner: str
+    problem_class: str
+    table_row: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    measured_s: dict[str, float] = field(default_factory=dict)
+    wisdom: dict[str, Any] | None = None
+    rule: str | None = None
+    note: str = ""
+
+    def __str__(self) -> str:
+        lines = [f"auto runs {self.backend or 'nothing (no backend can)'} — reason: {self.reason}",
+                 f"  problem: {self.signature}"]
+        if self.reason == "wisdom":
+            entry = self.wisdom or {}
+            times = ", ".join(f"{name} {_ms(t)}" for name, t in sorted(self.measured_s.items(), key=lambda i: i[1]))
+            lines.append(f"  measured by {entry.get('source', '?')} at {entry.get('time', '?')} "
+                         f"({entry.get('isolation', '?')} isolation): {times or 'no times recorded'}")
+            lines.append(f"  (the class rule would run {self.rule}: class {self.problem_class!r})")
+        else:
+            what = "device row" if self.reason == "device" else f"class {self.problem_class!r}, table row"
+            lines.append(f"  {what}: {' > '.join(self.table_row)} (the first available backend that supports it)")
+        for name, why in self.skipped:
+            lines.append(f"  passed over {name}: {why}")
+        lines.append(f"  planner: {self.planner}")
+        if self.note:
+            lines.append(f"  note: {self.note}")
+        return "\n".join(lines)
+
+
+# ---- candidates ------------------------------------------------------------------------------------------------
+
+def _auto():
+    from .backends import auto
+    return auto
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_name() -> str:
+    from numba import cuda
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return "simulator"
+    name = cuda.get_current_device().name
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _device(on_device: bool) -> str:
+    """The device field of a signature: ``cpu``, or ``cuda:<GPU name>``."""
+    return f"cuda:{_gpu_name()}" if on_device else "cpu"
+
+
+def _why_not(backend: Backend, problem: Problem, on_device: bool) -> str | None:
+    """Why ``backend`` cannot run ``problem`` here (for host or device arrays), or None if it can."""
+    if backend.device == "any":
+        return "a dispatcher, not an implementation"
+    if (backend.device == "cuda") != on_device:
+        return f"runs on the {'host' if on_device else 'GPU'}; the arrays are on the {'GPU' if on_device else 'host'}"
+    ok, why = backend.probe()
+    if not ok:
+        return f"unavailable: {why}"
+    reason = backend.unsupported_reason(problem)
+    return None if reason is None else f"unsupported: {reason}"
+
+
+def _usable(name: str, problem: Problem, on_device: bool) -> tuple[Backend | None, str]:
+    try:
+        backend = get_backend(name)
+    except ValueError:
+        return None, "not a registered backend"
+    why = _why_not(backend, problem, on_device)
+    return (None, why) if why else (backend, "")
+
+
+def _table_row(problem: Problem, on_device: bool) -> tuple[str, tuple[str, ...]]:
+    auto = _auto()
+    if on_device:
+        return "device", tuple(auto.DEVICE_PREFERENCE)
+    klass = auto.problem_class(problem)
+    return klass, tuple(auto.PREFERENCE[klass])
+
+
+def _candidates(problem: Problem, on_device: bool, names: Iterable | None
+                ) -> tuple[list[Backend], list[CandidateTiming]]:
+    """The backends to time, in the class rule's order, and the status rows of the others."""
+    row = _table_row(problem, on_device)[1]
+    explicit = names is not None
+    pool = [get_backend(name) for name in (list_backends() if names is None else names)]
+    pool.sort(key=lambda b: row.index(b.name) if b.name in row else len(row))   # stable: registry order after
+    timed, skipped = [], []
+    for backend in pool:
+        why = _why_not(backend, problem, on_device)
+        if why is None and backend.timing_kind is None:      # the CUDA simulator: runs, but times mean nothing
+            skipped.append(CandidateTiming(backend.name, "simulator: not timed", message=backend.status))
+        elif why is None:
+            timed.append(backend)
+        elif explicit or not why.startswith(("a dispatcher", "runs on")):
+            status = why.split(":", 1)[0] if why.startswith(("unavailable", "unsupported")) else "unsupported"
+            skipped.append(CandidateTiming(backend.name, status, message=why))
+    if not explicit and any(b.name not in REFERENCE_BACKENDS for b in timed):
+        skipped += [CandidateTiming(b.name, "excluded", message="a reference backend, far slower than the others")
+                    for b in timed if b.name in REFERENCE_BACKENDS]
+        timed = [b for b in timed if b.name not in REFERENCE_BACKENDS]
+    return timed, skipped
+
+
+# ---- timing ----------------------------------------------------------------------------------------------------
+
+def _time_candidate(problem: Problem, backend, settings: TimingSettings | None, best_s: float | None,
+                    cut_factor: float, seed: int) -> dict[str, Any]:
+    """Pilot (first call, 3 warm calls), then, unless the pilot is ``cut_factor`` times slower than ``best_s``
+    or ``settings`` is None (pilot only), the full measurement with its samples. Runs in a worker process for
+    ``process`` isolation; every exception becomes an ``error`` status."""
+    try:
+        x, weight, bias = problem.random_arrays(seed)
+        pilot = time_backend(backend, problem, x, weight, bias, _PILOT)
+        if "median_s" not in pilot:
+            return pilot
+        fastest = pilot["min_s"] if math.isfinite(pilot["min_s"]) else pilot["median_s"]   # GPU: median only
+        found = {"first_call_s": pilot["first_call_s"], "pilot_s": fastest}
+        if best_s is not None and fastest > cut_factor * best_s:
+            return {**found, "status": "cut", "message": f"fastest of 3 warm calls {_ms(fastest)} > "
+                                                         f"{cut_factor:g} x the best median {_ms(best_s)}"}
+        if settings is None:
+            return {**found, "status": "ok"}
+        # the pilot's calls were the warm-ups
+        stats = time_backend(backend, problem, x, weight, bias, replace(settings, warmup=0), keep_samples=True)
+        return {**stats, **found, "status": stats.get("status", "ok")}
+    except Exception as exc:
+        return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _measure(problem: Problem, backends: Sequence[Backend], isolation: str, settings: TimingSettings,
+             cut_factor: float, seed: int) -> list[dict[str, Any]]:
+    """One result dict per backend, in order (see :func:`_time_candidate`)."""
+    def picklable(backend: Backend):
+        registered = backend.name in list_backends() and get_backend(backend.name) is backend
+        return backend.name if registered else backend      # unregistered ones (test fakes) travel as objects
+
+    results: list[dict[str, Any]] = []
+    best: float | None = None
+    for backend in backends:
+        if isolation == "process":
+            try:
+                result = run_in_worker(_time_candidate, problem, picklable(backend), settings, best, cut_factor,
+                                       seed, timeout_s=settings.worker_timeout_s)
+            except WorkerError as exc:
+                result = {"status": "error", "message": str(exc)}
+        else:   # inline: measured now; interleaved: only the pilot now, the samples round-robin below
+            result = _time_candidate(problem, picklable(backend), settings if isolation == "inline" else None,
+                                     best, cut_factor, seed)
+        results.append(result)
+        estimate = result.get("median_s", result.get("pilot_s")) if result.get("status") == "ok" else None
+        if estimate is not None and math.isfinite(estimate):
+            best = estimate if best is None else min(best, estimate)
+    if isolation == "interleaved":
+        survivors = [i for i, result in enumerate(results) if result.get("status") == "ok"]
+        rows = time_jobs([TimingJob(problem, picklable(backends[i]), rng=seed) for i in survivors], settings,
+                         isolation="interleaved", keep_samples=True)
+        for i, row in zip(survivors, rows):
+            pilot = {key: results[i][key] for key in ("first_call_s", "pilot_s")}
+            results[i] = {**{k: v for k, v in row.items() if k != "backend"}, **pilot}
+    return results
+
+
+def _median_ci(samples: np.ndarray) -> tuple[float, float]:
+    """Bootstrap 95 % interval of the median (percentile method, as :func:`testbed.timing.speedup_ci`)."""
+    if samples.size < 2:
+        return math.nan, math.nan
+    from scipy import stats
+
+    result = stats.bootstrap((samples,), np.median, vectorized=True, method="percentile", n_resamples=2000,
+                             random_state=np.random.default_rng(0))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _candidate_timing(name: str, result: dict[str, Any], winner_samples: np.ndarray | None,
+                      winner_median: float) -> CandidateTiming:
+    samples = np.asarray(result.get("samples_s", ()), dtype=float)
+    median = float(result.get("median_s", math.nan)) if result.get("status") == "ok" else math.nan
+    ratio, ratio_ci = math.nan, (math.nan, math.nan)
+    if math.isfinite(median) and math.isfinite(winner_median):
+        ratio = median / winner_median
+        if winner_samples is not None:
+            ratio_ci = speedup_ci(samples, winner_samples)
+    return CandidateTiming(
+        backend=name, status=str(result.get("status", "ok")), median_s=median, ci_s=_median_ci(samples),
+        min_s=float(result.get("min_s", math.nan)), iqr_s=float(result.get("iqr_s", math.nan)),
+        repeats=int(result.get("repeats", 0) or 0), first_call_s=float(result.get("first_call_s", math.nan)),
+        pilot_s=float(result.get("pilot_s", math.nan)), ratio=ratio, ratio_ci=ratio_ci,
+        message=str(result.get("message", "") or ""), samples_s=tuple(float(s) for s in samples))
+
+
+def tune_problem(problem: Problem, *, on_device: bool = False, candidates: Iterable | None = None,
+                 isolation: str = "process", settings: TimingSettings | None = None, cut_factor: float = 3.0,
+                 store: bool = True, seed: int = 0, source: str = "tune") -> TuneResult:
+    """:func:`tune` for a :class:`Problem` (no arrays needed): time the candidates, return what was found, and
+    with ``store`` keep the winner as wisdom. ``on_device``: the problem's arrays are CUDA device arrays."""
+    config = PlannerConfig("measure", isolation, settings or MEASURE_SETTINGS, cut_factor)   # validates
+    start = time.perf_counter()
+    rule = rule_backend(problem, on_device)
+    backends, skipped = _candidates(problem, on_device, candidates)
+    results = _measure(problem, backends, config.isolation, config.settings, config.cut_factor, seed)
+    timed = {b.name: r for b, r in zip(backends, results)}
+    ok = {name: r for name, r in timed.items()
+          if r.get("status") == "ok" and math.isfinite(r.get("median_s", math.nan))}
+    winner = min(ok, key=lambda name: ok[name]["median_s"]) if ok else None
+    winner_samples = np.asarray(ok[winner].get("samples_s", ()), dtype=float) if winner else None
+    winner_median = ok[winner]["median_s"] if winner else math.nan
+    rows = tuple(_candidate_timing(name, r, winner_samples, winner_median) for name, r in timed.items()) \
+        + tuple(skipped)
+    device = _device(on_device)
+    stored = None
+    if store and winner is not None:
+        stored = wisdom.record(problem, device, {
+            "backend": winner, "source": source, "isolation": config.isolation,
+            "median_s": {name: r["median_s"] for name, r in ok.items()},
+            "status": {c.backend: c.status for c in rows if c.status != "ok"},
+            "rule": None if rule is None else rule.name})
+    return TuneResult(problem=problem, signature=wisdom.signature(problem, device), candidates=rows, winner=winner,
+                      rule=None if rule is None else rule.name, isolation=config.isolation,
+                      elapsed_s=time.perf_counter() - start, stored=stored)
+
+
+def _call_problem(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                  output_size) -> tuple[Problem, bool]:
+    """The problem of a ``conv_transpose2d`` call (validated as the call validates it) and whether its arrays
+    are CUDA device arrays. Only shapes and dtypes are read."""
+    from .api import _as_array
+
+    x = _as_array(input, "input", True)
+    w = _as_array(weight, "weight", True)
+    b = None if bias is None else _as_array(bias, "bias", True)
+    for name, array in (("weight", w), ("bias", b)):
+        if array is not None and np.dtype(array.dtype) != np.dtype(x.dtype):
+            raise TypeError(f"{name} dtype ({np.dtype(array.dtype)}) must match the input dtype "
+                            f"({np.dtype(x.dtype)}); cast one of them")
+    problem = Problem.from_shapes(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding,
+                                  output_padding=output_padding, dilation=dilation, groups=groups,
+                                  dtype=x.dtype, has_bias=b is not None, output_size=output_size)
+    if b is not None and tuple(b.shape) != (problem.out_channels,):
+        raise ValueError(f"bias must have shape (C_out,) = ({problem.out_channels},), got {tuple(b.shape)}")
+    if problem.batch == 0:
+        problem = problem.with_(batch=1)    # an empty batch computes nothing; plan for one image
+    return problem, is_device_array(x)
+
+
+def tune(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+         output_size=None, candidates: Iterable | None = None, isolation: str = "process",
+         settings: TimingSettings | None = None, cut_factor: float = 3.0, store: bool = True,
+         seed: int = 0) -> TuneResult:
+    """Measure now which backend computes this call fastest, and remember it (FFTW's ``FFTW_MEASURE``).
+
+    Parameters
+    ----------
+    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size
+        As for :func:`testbed.conv_transpose2d` (validated the same way). Only their shapes, dtypes and
+        device are used: the candidates are timed on random arrays of the same shapes, the arrays given are
+        never touched.
+    candidates : iterable of str or Backend, optional
+        The backends to time (all of them, reference backends included). Default: every registered backend
+        for the arrays' device that is available and supports the call, without the reference backends
+        (:data:`REFERENCE_BACKENDS`) when another one qualifies.
+    isolation : {"process", "interleaved", "inline"}, default "process"
+        How each candidate is timed (:mod:`testbed.timing`); ``process`` gives each a fresh worker process.
+    settings : testbed.timing.TimingSettings, optional
+        The timing budget per candidate; default :data:`MEASURE_SETTINGS`.
+    cut_factor : float, default 3.0
+        A candidate whose fastest of 3 warm calls is ``cut_factor`` times slower than the best median so far
+        gets status ``cut`` and is not timed further.
+    store : bool, default True
+        Keep the winner as wisdom (:mod:`testbed.wisdom`): ``auto`` then runs it for this signature on this
+        machine, in every later process.
+    seed : int, default 0
+        Seed of the random arrays timed.
+
+    Returns
+    -------
+    TuneResult
+        Each candidate's median, 95 % confidence interval, ratio to the winner and status; the winner; the
+        class rule's choice; the wall time of the measurement; the stored entry. ``print`` it for a table.
+
+    Raises
+    ------
+    ValueError, TypeError
+        On an invalid call, as :func:`testbed.conv_transpose2d` raises them, or invalid options.
+
+    See Also
+    --------
+    explain : which backend ``auto`` runs for a call, and why.
+    set_planner : tune automatically on the first call of each new signature.
+    export_wisdom, import_wisdom, forget_wisdom
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile, testbed
+    >>> os.environ["TESTBED_WISDOM"] = os.path.join(tempfile.mkdtemp(), "wisdom.json")
+    >>> x = np.zeros((1, 4, 8, 8), np.float32)
+    >>> w = np.zeros((4, 2, 2, 2), np.float32)
+    >>> result = testbed.tune(x, w, stride=2, candidates=["col2im", "kron"], isolation="inline")
+    >>> result.winner in ("col2im", "kron"), sorted(result.medians_s)
+    (True, ['col2im', 'kron'])
+    >>> testbed.explain(x, w, stride=2).reason
+    'wisdom'
+    >>> del os.environ["TESTBED_WISDOM"]
+    """
+    problem, on_device = _call_problem(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                                       output_size)
+    return tune_problem(problem, on_device=on_device, candidates=candidates, isolation=isolation,
+                        settings=settings, cut_factor=cut_factor, store=store, seed=seed)
+
+
+# ---- the hook in auto ------------------------------------------------------------------------------------------
+
+def rule_backend(problem: Problem, on_device: bool = False) -> Backend | None:
+    """The backend ``auto``'s class rule (its device row for CUDA arrays) picks, ignoring wisdom and the planner;
+    None if no backend can run the problem here."""
+    token = _RULES_ONLY.set(True)
+    try:
+        return _auto().choose_backend(problem, on_device=on_device)
+    except RuntimeError:
+        return None
+    finally:
+        _RULES_ONLY.reset(token)
+
+
+def planned_backend(problem: Problem, on_device: bool = False) -> Backend | None:
+    """The backend wisdom (or, in the ``measure`` mode, a measurement made now) picks for ``problem``, or None
+    to follow the class rule. Called by ``auto`` before its rule; never raises for a valid problem (a failed
+    measurement warns and returns None)."""
+    if _RULES_ONLY.get():
+        return None
+    device = _device(on_device)
+    entry = wisdom.lookup(problem, device)
+    if entry is not None:
+        chosen, _ = _usable(entry["backend"], problem, on_device)
+        if chosen is not None:
+            return chosen
+    config = get_planner()
+    if config.mode != "measure":
+        return None
+    key = wisdom.signature(problem, device)
+    with _MEASURE_LOCK:
+        if key in _UNDECIDED:
+            return None
+        entry = wisdom.lookup(problem, device)       # measured by another thread while this one waited
+        if entry is not None and _usable(entry["backend"], problem, on_device)[0] is not None:
+            return _usable(entry["backend"], problem, on_device)[0]
+        try:
+            result = tune_problem(problem, on_device=on_device, isolation=config.isolation,
+                                  settings=config.settings, cut_factor=config.cut_factor, source="measure")
+        except Exception as exc:
+            warnings.warn(f"the measure planner could not time {key} ({type(exc).__name__}: {exc}); following "
+                          f"the class rules", RuntimeWarning, stacklevel=3)
+            result = None
+        if result is None or result.winner is None:
+            _UNDECIDED.add(key)
+            return None
+    return _usable(result.winner, problem, on_device)[0]
+
+
+# ---- explain ---------------------------------------------------------------------------------------------------
+
+def explain_problem(problem: Problem, on_device: bool = False) -> Explanation:
+    """:func:`explain` for a :class:`Problem` (``on_device``: its arrays are CUDA device arrays)."""
+    config = get_planner()
+    device = _device(on_device)
+    klass, row = _table_row(problem, on_device)
+    rule = rule_backend(problem, on_device)
+    rule_name = None if rule is None else rule.name
+    base = Explanation(backend=rule_name, reason="device" if on_device else "rule",
+                       signature=wisdom.signature(problem, device), planner=config.mode, problem_class=klass,
+                       table_row=row, rule=rule_name)
+    note = ""
+    entry = wisdom.lookup(problem, device)
+    if entry is not None:
+        chosen, why = _usable(entry["backend"], problem, on_device)
+        if chosen is not None:
+            return replace(base, backend=chosen.name, reason="wisdom", measured_s=dict(entry.get("median_s", {})),
+                           wisdom=dict(entry))
+        note = f"wisdom names {entry['backend']}, which is ignored here ({why}). "
+    if config.mode == "measure" and base.signature not in _UNDECIDED:
+        note += ("planner 'measure': the first call with this signature times the candidates and may run another "
+                 "backend.")
+    skipped = []
+    for name in row:
+        if name == rule_name:
+            break
+        skipped.append((name, _usable(name, problem, on_device)[1]))
+    return replace(base, skipped=tuple(skipped), note=note.strip())
+
+
+def explain(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+            output_size=None) -> Explanation:
+    """Which backend ``auto`` would run for this call, and why (nothing is computed or timed).
+
+    Parameters
+    ----------
+    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size
+        As for :func:`testbed.conv_transpose2d`; only shapes, dtypes and device are read.
+
+    Returns
+    -------
+    Explanation
+        ``backend`` and ``reason``: ``"wisdom"`` (with the measured medians), ``"rule"`` (the configuration
+        class and its table row, and why earlier backends of the row were passed over) or ``"device"`` (CUDA
+        device arrays). ``print`` it for a readable account.
+
+    Raises
+    ------
+    ValueError, TypeError
+        On an invalid call, as :func:`testbed.conv_transpose2d` raises them.
+
+    See Also
+    --------
+    tune : measure and store the decision for a call.
+    set_planner : the planner mode, which the explanation reports.
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile, testbed
+    >>> os.environ["TESTBED_WISDOM"] = os.path.join(tempfile.mkdtemp(), "wisdom.json")
+    >>> x = np.zeros((1, 128, 196, 196), np.float32)
+    >>> w = np.zeros((128, 64, 2, 2), np.float32)
+    >>> why = testbed.explain(x, w, stride=2)
+    >>> why.reason, why.problem_class, why.backend == why.table_row[0]
+    ('rule', 'nonoverlapping', True)
+    >>> print(why)                                        # doctest: +ELLIPSIS
+    auto runs ... — reason: rule
+      problem: float32 NCHW N1 Cin128 Cout64 H196 W196 k2x2 s2x2 p0x0 op0x0 d1x1 g1 nobias cpu
+      class 'nonoverlapping', table row: numba_cpu > ... (the first available backend that supports it)
+      planner: estimate
+    >>> del os.environ["TESTBED_WISDOM"]
+    """
+    problem, on_device = _call_problem(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                                       output_size)
+    return explain_problem(problem, on_device)
