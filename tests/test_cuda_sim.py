@@ -134,9 +134,9 @@ def test_signed_zeros_as_pytorch(name, bias, dtype=np.float32):
     torch = pytest.importorskip("torch")
     x = np.full((1, 2, 3, 3), -1.0, dtype=dtype)
     x[:, 1] = -0.0
-    w = np.zeros((2, 2, 2, 2), dtype=dtype)
+    w = np.zeros((2, 1, 2, 2), dtype=dtype)
     w[1] = 2.0
-    b = None if bias is None else np.full(2, bias, dtype=dtype)
+    b = None if bias is None else np.full(1, bias, dtype=dtype)
     params = dict(stride=3, padding=1)
     y = testbed.conv_transpose2d(x, w, b, backend=name, **params)
     expected = torch.nn.functional.conv_transpose2d(
@@ -163,11 +163,11 @@ def test_index_extents_near_the_int32_limit(name):
     """Stride and dilation near 2²⁸ (extent H_out + 2·padding + stride + dilation ≈ 2³⁰) with a 4-row
     output: the outputs the two taps reach (rows 1 and 2), the 64-bit first-tap product ((s/g)² ≈ 2⁵⁶)."""
     params = dict(stride=(2 ** 28 + 1, 2), padding=(2 ** 28 - 1, 1), dilation=(2 ** 28, 1))
-    x, w, b = call_arrays(1, 2, 3, (2, 3), (2, 3), {}, np.float64, True)
+    x, w, b = call_arrays(1, 2, 2, (2, 3), (2, 3), {}, np.float64, True)
     problem = Problem.from_shapes(x.shape, w.shape, has_bias=True, **params)
     assert problem.out_size == (4, 5) and numba_cuda.index_limit_reason(problem) is None
     expected = _by_definition(x, w, b, params["stride"], params["padding"], params["dilation"], problem.out_size)
-    assert np.count_nonzero(expected[:, :, 1:3] - b[None, :, None, None]) == 2 * 3 * 5  # taps do land
+    assert np.count_nonzero(expected[:, :, 1:3] - b[None, :, None, None]) == 2 * 2 * 5  # taps do land
     y = testbed.conv_transpose2d(x, w, b, backend=name, **params)
     assert rel_error(y, expected) < RTOL[np.dtype(np.float64)]
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..registry import Backend, BackendUnavailable, get_backend, is_device_array, register
 
 __all__ = ["probe", "time_cuda_backend", "tiled_plan", "SIMULATOR_STATUS", "THREADS_PER_BLOCK",
-           "SHARED_BYTES_BUDGET", "INDEX_LIMIT", "index_limit_reason"]
+           "SHARED_BYTES_BUDGET", "TILE", "INDEX_LIMIT", "index_limit_reason"]
 
 SIMULATOR_STATUS = "simulator (correctness only; never timed as GPU speed)"
 NO_DEVICE_STATUS = "no CUDA GPU and the simulator is off (set NUMBA_ENABLE_CUDASIM=1 before importing numba)"
@@ -33,6 +33,8 @@ THREADS_PER_BLOCK = 256
 #: Dynamic shared memory the tiled kernel may ask for per block: well under the 48 KiB that needs no opt-in,
 #: so that several blocks share an SM.
 SHARED_BYTES_BUDGET = 16 * 1024
+#: Output tile of ``tiled_gather``: one thread per output element of a TILE×TILE block.
+TILE = 16
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,7 +117,6 @@ def index_limit_reason(problem) -> str | None:
     a block of slack for the last block's idle threads), and per axis the canvas extent
     ``H_out + 2·padding`` plus stride, dilation and a tile, which bounds every index, offset and tap
     position the kernels form on that axis (including a loop's last, unused step)."""
-    from .numba_cuda_kernels import TILE
     input_elements = math.prod(problem.input_shape)
     counts = {"input elements": input_elements, "weight elements": math.prod(problem.weight_shape),
               "output elements": math.prod(problem.output_shape),
@@ -143,19 +144,19 @@ def _uint32_fields(names, values: dict) -> tuple:
 def _shape_args(problem) -> tuple:
     from .numba_cuda_kernels import SHAPE_FIELDS
     (in_h, in_w), (out_h, out_w), (kernel_h, kernel_w) = problem.in_size, problem.out_size, problem.kernel_size
-    return _uint32_fields(SHAPE_FIELDS, dict(
-        in_channels=problem.in_channels, in_h=in_h, in_w=in_w, out_channels=problem.out_channels, out_h=out_h,
-        out_w=out_w, in_per_group=problem.in_per_group, out_per_group=problem.out_per_group, kernel_h=kernel_h,
-        kernel_w=kernel_w))
+    return _uint32_fields(SHAPE_FIELDS, {
+        "in_channels": problem.in_channels, "in_h": in_h, "in_w": in_w, "out_channels": problem.out_channels,
+        "out_h": out_h, "out_w": out_w, "in_per_group": problem.in_per_group, "out_per_group": problem.out_per_group,
+        "kernel_h": kernel_h, "kernel_w": kernel_w})
 
 
 def _geometry_args(problem) -> tuple:
     from .numba_cuda_kernels import GEOMETRY_FIELDS
     (sh, sw), (ph, pw), (dh, dw) = problem.stride, problem.padding, problem.dilation
     (gh, inv_h), (gw, inv_w) = _phase_constants(sh, dh), _phase_constants(sw, dw)
-    return _uint32_fields(GEOMETRY_FIELDS, dict(
-        stride_h=sh, stride_w=sw, padding_h=ph, padding_w=pw, dilation_h=dh, dilation_w=dw, gcd_h=gh, gcd_w=gw,
-        inverse_h=inv_h, inverse_w=inv_w))
+    return _uint32_fields(GEOMETRY_FIELDS, {
+        "stride_h": sh, "stride_w": sw, "padding_h": ph, "padding_w": pw, "dilation_h": dh, "dilation_w": dw,
+        "gcd_h": gh, "gcd_w": gw, "inverse_h": inv_h, "inverse_w": inv_w})
 
 
 def _flat(array):
@@ -205,7 +206,6 @@ def tiled_plan(problem) -> dict:
     """Tap chunks and halo of ``tiled_gather``: the largest ``chunk_h × chunk_w`` tap block (halving the
     side with the larger halo) whose weights plus input halo fit :data:`SHARED_BYTES_BUDGET`.
     A TILE-row output block reads at most ``(TILE - 1 + (chunk - 1)·d) // s + 2`` input rows per chunk."""
-    from .numba_cuda_kernels import TILE
     itemsize = problem.dtype.itemsize
     (kh, kw), (sh, sw), (dh, dw) = problem.kernel_size, problem.stride, problem.dilation
     chunk_h, chunk_w = kh, kw

@@ -34,9 +34,9 @@ import numba
 import numpy as np
 from numba import cuda
 
-#: Output tile of ``tiled_gather``: one thread per output element of a TILE×TILE block.
-TILE = 16
-#: Threads per block of ``tiled_gather``.
+from .numba_cuda import TILE  # the host module owns the launch geometry (and imports no numba)
+
+#: Threads per block of ``tiled_gather``: one per output element of a TILE×TILE block.
 TILE_THREADS = TILE * TILE
 
 # Casts: numpy's compile to the same code as numba.uint32(...) and run 4× faster in the simulator.
@@ -215,7 +215,7 @@ def _make_kernels(scalar):
         (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group,
          kernel_h, kernel_w) = shape
         sh, sw, ph, pw, dh, dw, gh, gw, inv_h, inv_w = geometry
-        chunk_h, chunk_w, halo_h, halo_w = chunks
+        chunk_h, chunk_w, _, halo_w = chunks  # the halo's height sized the shared array; its width strides it
         tiles_w = u32(u32(out_w + TILE_U32 - ONE) // TILE_U32)
         tiles_h = u32(u32(out_h + TILE_U32 - ONE) // TILE_U32)
         block = u32(cuda.blockIdx.x)

@@ -39,6 +39,7 @@ def kernel_signature(name: str, dtype: str):
     arrays of ``dtype`` (the flattened tensors), a bool, and uint32 extents (tuples in the field order of
     ``numba_cuda_kernels``)."""
     from numba import types
+
     from .numba_cuda_kernels import CHUNK_FIELDS, GEOMETRY_FIELDS, SHAPE_FIELDS
     array = types.Array(getattr(types, dtype), 1, "C")
     shape, geometry, chunks = (types.UniTuple(types.uint32, len(fields))
