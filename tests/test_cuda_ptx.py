@@ -149,7 +149,7 @@ LIMIT = numba_cuda.INDEX_LIMIT
     (Problem(2 ** 16, 2 ** 14, (1, 1), 2 ** 2, (1, 1)), "atomic scatter threads"),    # 2³⁰ inputs × 4
     (Problem(1, 1, (2, 2), 1, (1, 1), stride=(2 ** 31, 1), padding=(2 ** 30 - 1, 0)), "index extent along H"),
     (Problem(1, 1, (1, 1), 1, (1, 1), stride=(1, 2 ** 40)), "index extent along W"),  # stride itself too wide
-    (Problem(1, 1, (1, 1), 1, (2, 2), dilation=(1, 2 ** 31 - 20)), "index extent along W"),
+    (Problem(1, 1, (1, 1), 1, (1, 2), dilation=(1, 2 ** 30 + 1), padding=(0, 2 ** 29)), "index extent along W"),
 ])
 def test_problems_beyond_int32_are_declared_unsupported_with_the_size(problem, what):
     reason = numba_cuda.index_limit_reason(problem)
