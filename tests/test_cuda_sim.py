@@ -116,8 +116,8 @@ def test_strided_device_arrays(name):
     to contiguous ones on the device, as the kernels index flat arrays; the inputs stay as they were."""
     x, w, b = call_arrays(1, 2, 2, (3, 4), (2, 3), {}, np.float64, True)
     x_wide, w_wide = np.zeros((1, 2, 3, 8)), np.zeros((2, 2, 2, 6))
-    x_wide[..., ::2], w_wide[..., ::2] = x, w
-    d_x, d_w = cuda.to_device(x_wide)[..., ::2], cuda.to_device(w_wide)[..., ::2]
+    x_wide[:, :, :, ::2], w_wide[:, :, :, ::2] = x, w
+    d_x, d_w = cuda.to_device(x_wide)[:, :, :, ::2], cuda.to_device(w_wide)[:, :, :, ::2]
     assert not d_x.is_c_contiguous() and not d_w.is_c_contiguous()
     y = testbed.conv_transpose2d(d_x, d_w, cuda.to_device(b), backend=name, stride=2, padding=1)
     assert rel_error(y.copy_to_host(), _oracle(x, w, b, stride=2, padding=1)) < RTOL[np.dtype(np.float64)]
@@ -126,12 +126,13 @@ def test_strided_device_arrays(name):
 
 @pytest.mark.parametrize("bias", [None, 0.0, -0.0], ids=["no_bias", "bias+0", "bias-0"])
 @pytest.mark.parametrize("name", CUDA_BACKENDS)
-def test_signed_zeros_as_pytorch(name, bias, dtype=np.float32):
+def test_signed_zeros_as_pytorch(name, bias):
     """Every product -0.0 (negative inputs × +0 weights, -0 inputs × positive weights), outputs that no tap
     reaches (stride 3 > kernel 2), a bias of +0, -0 or none: PyTorch's CPU kernels sum from +0 and add the
     bias last, and so must every CUDA backend (the atomic one once filled the output with the bias first,
     giving -0.0 where PyTorch gives +0.0)."""
     torch = pytest.importorskip("torch")
+    dtype = np.float32
     x = np.full((1, 2, 3, 3), -1.0, dtype=dtype)
     x[:, 1] = -0.0
     w = np.zeros((2, 1, 2, 2), dtype=dtype)

@@ -17,12 +17,14 @@ last, ``y = (+0 + Σ products) + bias``, so an output is never ``-0.0``.
 **32-bit index arithmetic.** Every array arrives flattened to 1-D (C order) and every extent as a
 ``uint32`` (the tuples ``shape`` and ``geometry``); all index maths is unsigned 32-bit, so no signed
 floor-division fix-ups, no negative-index wrap-around and no 64-bit division subroutines (which cost
-64-bit kernels 120–224 registers). Numba widens integer arithmetic to 64 bits, so each intermediate is
-cast back with ``u32(...)``; NVVM then narrows the operation itself to 32 bits. Loops count in
-``int32`` (``range`` has a 32-bit state only for int32). The host wrapper declares any problem whose
-element counts or index extents do not fit in int32 unsupported (``numba_cuda.index_limit_reason``), so
-the arithmetic never wraps; no quantity here is ever negative (differences are taken only after a
-comparison).
+64-bit kernels 120–224 registers). Numba widens integer arithmetic to 64 bits, so every variable,
+division operand and array index is cast back with ``u32(...)``; NVVM then narrows the operations
+themselves to 32 bits. Loops count in ``int32`` (``range`` has a 32-bit state only for int32). The host
+wrapper declares any problem whose element counts or index extents do not fit in int32 unsupported
+(``numba_cuda.index_limit_reason``), so the arithmetic never wraps. Differences are taken only after a
+comparison, so unsigned values never go below 0; the one exception, input rows and columns that step
+down tap by tap, are int32 (their step after the last tap may pass 0, unused). The one 64-bit operation
+left is the first-tap product in ``phase_taps``.
 
 Each kernel exists once per dtype (``KERNELS[name][dtype]`` is the plain Python function, kept reachable
 for ``numba.cuda.compile_ptx``): the factory closes over the numba scalar type so that accumulators are
