@@ -26,9 +26,10 @@ needs_compiler = pytest.mark.skipif(shutil.which("ptxas") is None or numba.confi
 
 
 #: Register budgets per thread at sm_90 (ptxas -v), for float32 and float64 alike. 64 registers let 4 blocks of
-#: 256 threads share an SM's 64K registers (full occupancy), 128 half of it. Before the kernels' index
-#: arithmetic went 32-bit: gather 120, tiled_gather 213 (float32) / 224 (float64), scatter_atomic 44/46.
-REGISTER_BUDGETS = {"gather": 64, "tiled_gather": 128, "scatter_atomic": 48, "fill_zero": 16, "add_bias": 16}
+#: 256 threads share an SM's 64K registers (full occupancy at 256 threads). The issue asked for gather <= 64 and
+#: tiled <= 128; the 32-bit kernels take 32 and 48 (float32), so both are held to 64. Before the index
+#: arithmetic went 32-bit: gather 120, tiled_gather 213 (float32) / 224 (float64), scatter_atomic 44 / 46.
+REGISTER_BUDGETS = {"gather": 64, "tiled_gather": 64, "scatter_atomic": 48, "fill_zero": 16, "add_bias": 16}
 
 
 def test_every_kernel_has_a_register_budget():

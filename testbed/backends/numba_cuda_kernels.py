@@ -19,12 +19,14 @@ last, ``y = (+0 + Σ products) + bias``, so an output is never ``-0.0``.
 floor-division fix-ups, no negative-index wrap-around and no 64-bit division subroutines (which cost
 64-bit kernels 120–224 registers). Numba widens integer arithmetic to 64 bits, so every variable,
 division operand and array index is cast back with ``u32(...)``; NVVM then narrows the operations
-themselves to 32 bits. Loops count in ``int32`` (``range`` has a 32-bit state only for int32). The host
-wrapper declares any problem whose element counts or index extents do not fit in int32 unsupported
-(``numba_cuda.index_limit_reason``), so the arithmetic never wraps. Differences are taken only after a
-comparison, so unsigned values never go below 0; the one exception, input rows and columns that step
-down tap by tap, are int32 (their step after the last tap may pass 0, unused). The one 64-bit operation
-left is the first-tap product in ``phase_taps``.
+themselves to 32 bits. Loops are ``while`` loops up to a uint32 bound: numba's ``range`` keeps a
+trip count and a counter besides the offsets (and divides when it has a step), which cost the gather 16
+registers and the tiled kernel 20–40 more. The host wrapper declares any problem whose element counts or
+index extents do not fit in int32 unsupported (``numba_cuda.index_limit_reason``), so the arithmetic
+never wraps. Differences are taken only after a comparison, so unsigned values never go below 0; the
+exceptions, halo and input positions that step down tap by tap, are int32 (their step after the last tap
+may pass 0, unused). 64-bit operations left: the first-tap product in ``phase_taps`` and the tiled
+kernel's per-row steps (which wrap explicitly).
 
 Each kernel exists once per dtype (``KERNELS[name][dtype]`` is the plain Python function, kept reachable
 for ``numba.cuda.compile_ptx``): the factory closes over the numba scalar type so that accumulators are
@@ -44,7 +46,7 @@ TILE_THREADS = TILE * TILE
 # Casts: numpy's compile to the same code as numba.uint32(...) and run 4× faster in the simulator.
 # Constants used in kernels are typed too: a bare int literal is int64, and uint64 op int64 is float64.
 u32, u64, i32 = np.uint32, np.uint64, np.int32
-ZERO, ONE, TILE_U32 = u32(0), u32(1), u32(TILE)
+ZERO, ONE, TILE_U32, TILE_THREADS_U32 = u32(0), u32(1), u32(TILE), u32(TILE_THREADS)
 
 #: Field order of the ``shape`` tuple every gather/scatter kernel receives (all uint32).
 SHAPE_FIELDS = ("in_channels", "in_h", "in_w", "out_channels", "out_h", "out_w", "in_per_group",
@@ -146,12 +148,16 @@ def _make_kernels(scalar):
         acc = scalar(0)
         # int32: the input row/column steps down once more after the last tap, possibly below 0
         ih = i32(ih_first)
-        for _ in range(i32(count_h)):
+        kh_end = u32(kh + count_h * tap_step_h)
+        kw_end = u32(kw_first + count_w * tap_step_w)
+        x_span = u32(in_per_group * x_step)
+        while kh < kh_end:
             kw, iw = kw_first, i32(iw_first)
-            for _ in range(i32(count_w)):
+            while kw < kw_end:
                 x_at = u32(x_base + ih * in_w + iw)
                 w_at = u32(w_base + kh * kernel_w + kw)
-                for _ in range(i32(in_per_group)):
+                x_end = u32(x_at + x_span)
+                while x_at < x_end:
                     acc += x[x_at] * weight[w_at]
                     x_at = u32(x_at + x_step)
                     w_at = u32(w_at + w_step)
@@ -196,14 +202,18 @@ def _make_kernels(scalar):
         y_plane = u32((n * out_channels + co) * out_h)
         # canvas row ih·s + kh·d is output row (that - p) when it lies in [p, p + H_out); columns alike
         row = u32(ih * sh)
-        for _ in range(i32(kernel_h)):
+        w_end = u32(w_at + kernel_h * kernel_w)
+        while w_at < w_end:
             if row >= ph and u32(row - ph) < out_h:
                 y_row = u32((y_plane + row - ph) * out_w)
                 col = u32(iw * sw)
-                for kw in range(i32(kernel_w)):
+                w_row_end = u32(w_at + kernel_w)
+                w_here = w_at
+                while w_here < w_row_end:
                     if col >= pw and u32(col - pw) < out_w:
-                        cuda.atomic.add(y, u32(y_row + col - pw), value * weight[u32(w_at + kw)])
+                        cuda.atomic.add(y, u32(y_row + col - pw), value * weight[w_here])
                     col = u32(col + dw)
+                    w_here = u32(w_here + ONE)
             row = u32(row + dh)
             w_at = u32(w_at + kernel_w)
 
@@ -228,7 +238,7 @@ def _make_kernels(scalar):
         co_in_group = u32(co - group * out_per_group)
         ci_first = u32(group * in_per_group)
         ty, tx = u32(cuda.threadIdx.y), u32(cuda.threadIdx.x)
-        thread = i32(ty * TILE_U32 + tx)
+        thread = u32(ty * TILE_U32 + tx)
         oh0, ow0 = u32(tile_r * TILE_U32), u32(tile_c * TILE_U32)
         oh, ow = u32(oh0 + ty), u32(ow0 + tx)
         inside = oh < out_h and ow < out_w
@@ -240,55 +250,75 @@ def _make_kernels(scalar):
         if not inside:
             count_h = ZERO
         weights_len = u32(chunk_h * chunk_w)
-        x_step = u32(in_h * in_w)
+        x_step = u32(in_h * in_w)                            # offset steps per input channel
         w_step = u32(out_per_group * kernel_h * kernel_w)
-        x_channel = u32((n * in_channels + ci_first) * x_step)
-        w_channel = u32((ci_first * out_per_group + co_in_group) * kernel_h * kernel_w)
+        x_first = u32((n * in_channels + ci_first) * x_step)
+        w_first = u32((ci_first * out_per_group + co_in_group) * kernel_h * kernel_w)
+        # staged offsets from one tap to the next along h (a) and w (b); the h steps may pass 2³² (huge
+        # strides: then a thread has one tap per chunk and the step after it is unused), so they wrap
+        # explicitly, from 64 bits
+        w_step_a, w_step_b = u32(u64(tap_step_h) * chunk_w), tap_step_w
+        halo_step_a, halo_step_b = u32(u64(in_step_h) * halo_w), in_step_w
         acc = scalar(0)
-        for _ in range(i32(in_per_group)):
-            for kh_start in range(i32(0), i32(kernel_h), i32(chunk_h)):
-                kh_lo = u32(kh_start)
-                kh_hi = min(u32(kh_lo + chunk_h), kernel_h)
-                row_lo, row_end = halo_span(u32(oh0 + ph), kh_lo, kh_hi, sh, dh, in_h)
-                a_lo, a_hi = chunk_taps(kh_first, count_h, tap_step_h, kh_lo, kh_hi)
-                for kw_start in range(i32(0), i32(kernel_w), i32(chunk_w)):
-                    kw_lo = u32(kw_start)
-                    kw_hi = min(u32(kw_lo + chunk_w), kernel_w)
-                    col_lo, col_end = halo_span(u32(ow0 + pw), kw_lo, kw_hi, sw, dw, in_w)
-                    for j in range(thread, i32(weights_len), i32(TILE_THREADS)):
-                        k = u32(j)
+        # chunk loops outside the channel loop: the chunk's halo and this thread's taps in it are
+        # computed once; for ordinary kernels (one chunk) the sum runs over channels, then taps, as gather's
+        kh_lo = ZERO
+        while kh_lo < kernel_h:
+            kh_hi = min(u32(kh_lo + chunk_h), kernel_h)
+            row_lo, row_end = halo_span(u32(oh0 + ph), kh_lo, kh_hi, sh, dh, in_h)
+            a_lo, a_hi = chunk_taps(kh_first, count_h, tap_step_h, kh_lo, kh_hi)
+            kw_lo = ZERO
+            while kw_lo < kernel_w:
+                kw_hi = min(u32(kw_lo + chunk_w), kernel_w)
+                col_lo, col_end = halo_span(u32(ow0 + pw), kw_lo, kw_hi, sw, dw, in_w)
+                b_lo, b_hi = chunk_taps(kw_first, count_w, tap_step_w, kw_lo, kw_hi)
+                halo_len, cols = ZERO, ONE
+                if row_end > row_lo and col_end > col_lo:
+                    cols = u32(col_end - col_lo)
+                    halo_len = u32((row_end - row_lo) * cols)
+                w_tap, halo_tap = ZERO, i32(0)
+                if a_hi > a_lo and b_hi > b_lo:
+                    # staged offsets of this thread's first tap in the chunk: its weight, its halo element
+                    # (the halo element is int32: it steps down, once more after the last tap)
+                    kh, kw = u32(kh_first + a_lo * tap_step_h), u32(kw_first + b_lo * tap_step_w)
+                    r = u32(ih_first - a_lo * in_step_h - row_lo)
+                    c = u32(iw_first - b_lo * in_step_w - col_lo)
+                    w_tap = u32((kh - kh_lo) * chunk_w + kw - kw_lo)
+                    halo_tap = i32(weights_len + r * halo_w + c)
+                x_at = u32(x_first + row_lo * in_w + col_lo)
+                w_at = u32(w_first + kh_lo * kernel_w + kw_lo)
+                x_end = u32(x_at + in_per_group * x_step)
+                while x_at < x_end:
+                    k = thread
+                    while k < weights_len:
                         a = u32(k // chunk_w)
                         b = u32(k - a * chunk_w)
                         if kh_lo + a < kernel_h and kw_lo + b < kernel_w:
-                            staged[k] = weight[u32(w_channel + (kh_lo + a) * kernel_w + kw_lo + b)]
-                    if row_end > row_lo and col_end > col_lo:
-                        rows, cols = u32(row_end - row_lo), u32(col_end - col_lo)
-                        x_at = u32(x_channel + row_lo * in_w + col_lo)
-                        for j in range(thread, i32(rows * cols), i32(TILE_THREADS)):
-                            k = u32(j)
-                            r = u32(k // cols)
-                            c = u32(k - r * cols)
-                            staged[u32(weights_len + r * halo_w + c)] = x[u32(x_at + r * in_w + c)]
+                            staged[k] = weight[u32(w_at + a * kernel_w + b)]
+                        k = u32(k + TILE_THREADS_U32)
+                    k = thread
+                    while k < halo_len:
+                        r = u32(k // cols)
+                        c = u32(k - r * cols)
+                        staged[u32(weights_len + r * halo_w + c)] = x[u32(x_at + r * in_w + c)]
+                        k = u32(k + TILE_THREADS_U32)
                     cuda.syncthreads()
-                    b_lo, b_hi = chunk_taps(kw_first, count_w, tap_step_w, kw_lo, kw_hi)
-                    if a_hi > a_lo and b_hi > b_lo:
-                        kh = u32(kh_first + a_lo * tap_step_h)
-                        kw_lo_tap = u32(kw_first + b_lo * tap_step_w)
-                        # halo row and column of the first tap; int32 as in gather (they step down)
-                        r = i32(ih_first - a_lo * in_step_h - row_lo)
-                        c_first = u32(iw_first - b_lo * in_step_w - col_lo)
-                        for _ in range(i32(a_hi - a_lo)):
-                            w_at = u32((kh - kh_lo) * chunk_w + kw_lo_tap - kw_lo)
-                            halo_at = i32(weights_len + r * halo_w + c_first)
-                            for _ in range(i32(b_hi - b_lo)):
-                                acc += staged[u32(halo_at)] * staged[w_at]
-                                halo_at = i32(halo_at - in_step_w)
-                                w_at = u32(w_at + tap_step_w)
-                            kh = u32(kh + tap_step_h)
-                            r = i32(r - in_step_h)
+                    w_row, halo_row, a = w_tap, halo_tap, a_lo
+                    while a < a_hi:
+                        w_here, halo_here, b = w_row, halo_row, b_lo
+                        while b < b_hi:
+                            acc += staged[u32(halo_here)] * staged[w_here]
+                            w_here = u32(w_here + w_step_b)
+                            halo_here = i32(halo_here - halo_step_b)
+                            b = u32(b + ONE)
+                        w_row = u32(w_row + w_step_a)
+                        halo_row = i32(halo_row - halo_step_a)
+                        a = u32(a + ONE)
                     cuda.syncthreads()
-            x_channel = u32(x_channel + x_step)
-            w_channel = u32(w_channel + w_step)
+                    x_at = u32(x_at + x_step)
+                    w_at = u32(w_at + w_step)
+                kw_lo = kw_hi
+            kh_lo = kh_hi
         if inside:
             if has_bias:
                 acc += bias[co]
