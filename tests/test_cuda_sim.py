@@ -3,7 +3,13 @@
 Run in its own process: ``NUMBA_ENABLE_CUDASIM=1 python -m pytest -m cudasim`` (``make test-cudasim``).
 The simulator runs one Python thread per CUDA thread, so every shape here is tiny (outputs of a few hundred
 elements). The same tests run unchanged on a real GPU.
+
+With ``NUMBA_ENABLE_CUDASIM`` set, this module never skips: a simulator that does not come up (backends
+unavailable or unregistered, an import error) fails the run at collection, so ``make test-cudasim`` cannot
+pass with zero tests. Without it, the module skips only where no CUDA GPU is usable.
 """
+
+import os
 
 import numpy as np
 import pytest
@@ -14,11 +20,20 @@ from testbed.problem import Problem
 
 pytestmark = pytest.mark.cudasim
 
+SIMULATOR_REQUESTED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0")
 CUDA_BACKENDS = [name for name in testbed.list_backends() if testbed.get_backend(name).device == "cuda"]
-if not CUDA_BACKENDS or not all(testbed.get_backend(name).available for name in CUDA_BACKENDS):
-    pytest.skip("no CUDA GPU and the CUDA simulator is off (NUMBA_ENABLE_CUDASIM=1)", allow_module_level=True)
+_UNUSABLE = {name: testbed.get_backend(name).status for name in CUDA_BACKENDS
+             if not testbed.get_backend(name).available}
+if not CUDA_BACKENDS:
+    raise RuntimeError("no CUDA backend is registered (testbed.backends.numba_cuda did not register)")
+if _UNUSABLE and SIMULATOR_REQUESTED:
+    raise RuntimeError(f"NUMBA_ENABLE_CUDASIM={os.environ['NUMBA_ENABLE_CUDASIM']!r} is set but the CUDA backends "
+                       f"cannot run: {_UNUSABLE}")
+if _UNUSABLE:
+    pytest.skip(f"the CUDA simulator is off (set NUMBA_ENABLE_CUDASIM=1) and no CUDA GPU is usable: {_UNUSABLE}",
+                allow_module_level=True)
 
-from numba import cuda  # noqa: E402  (after the skip: numba.cuda is the simulator or a GPU from here on)
+from numba import cuda  # noqa: E402  (after the checks: numba.cuda is the simulator or a GPU from here on)
 
 from testbed.backends import numba_cuda  # noqa: E402
 
@@ -88,19 +103,81 @@ def test_device_arrays_in_device_array_out(name, dtype):
 def test_device_arrays_through_the_api(name):
     x, w, b = call_arrays(1, 2, 2, (3, 3), (2, 2), {}, np.float64, True)
     d_x = cuda.to_device(x)
-    if not testbed.registry.is_device_array(d_x):
-        pytest.skip(f"testbed.registry.is_device_array does not recognise {type(d_x).__name__} (the simulator's "
-                    f"arrays have no __cuda_array_interface__)")
+    assert testbed.registry.is_device_array(d_x), \
+        f"testbed.registry.is_device_array does not recognise {type(d_x).__module__}.{type(d_x).__name__}"
     y = testbed.conv_transpose2d(d_x, cuda.to_device(w), cuda.to_device(b), backend=name, stride=2)
     assert not isinstance(y, np.ndarray)
     assert rel_error(y.copy_to_host(), _oracle(x, w, b, stride=2)) < RTOL[np.dtype(np.float64)]
+
+
+@pytest.mark.parametrize("name", CUDA_BACKENDS)
+def test_strided_device_arrays(name):
+    """Non-contiguous device arrays (a sliced tensor through ``__cuda_array_interface__``, say) are copied
+    to contiguous ones on the device, as the kernels index flat arrays; the inputs stay as they were."""
+    x, w, b = call_arrays(1, 2, 2, (3, 4), (2, 3), {}, np.float64, True)
+    x_wide, w_wide = np.zeros((1, 2, 3, 8)), np.zeros((2, 2, 2, 6))
+    x_wide[:, :, :, ::2], w_wide[:, :, :, ::2] = x, w
+    d_x, d_w = cuda.to_device(x_wide)[:, :, :, ::2], cuda.to_device(w_wide)[:, :, :, ::2]
+    assert not d_x.is_c_contiguous() and not d_w.is_c_contiguous()
+    y = testbed.conv_transpose2d(d_x, d_w, cuda.to_device(b), backend=name, stride=2, padding=1)
+    assert rel_error(y.copy_to_host(), _oracle(x, w, b, stride=2, padding=1)) < RTOL[np.dtype(np.float64)]
+    np.testing.assert_array_equal(d_x.copy_to_host(), x)
+
+
+@pytest.mark.parametrize("bias", [None, 0.0, -0.0], ids=["no_bias", "bias+0", "bias-0"])
+@pytest.mark.parametrize("name", CUDA_BACKENDS)
+def test_signed_zeros_as_pytorch(name, bias):
+    """Every product -0.0 (negative inputs × +0 weights, -0 inputs × positive weights), outputs that no tap
+    reaches (stride 3 > kernel 2), a bias of +0, -0 or none: PyTorch's CPU kernels sum from +0 and add the
+    bias last, and so must every CUDA backend (the atomic one once filled the output with the bias first,
+    giving -0.0 where PyTorch gives +0.0)."""
+    torch = pytest.importorskip("torch")
+    dtype = np.float32
+    x = np.full((1, 2, 3, 3), -1.0, dtype=dtype)
+    x[:, 1] = -0.0
+    w = np.zeros((2, 1, 2, 2), dtype=dtype)
+    w[1] = 2.0
+    b = None if bias is None else np.full(1, bias, dtype=dtype)
+    params = dict(stride=3, padding=1)
+    y = testbed.conv_transpose2d(x, w, b, backend=name, **params)
+    expected = torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b), **params).numpy()
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(expected))
+
+
+def _by_definition(x, w, b, stride, padding, dilation, out_size):
+    """``y[n, co, ih·s - p + kh·d, iw·s - p + kw·d] += x[n, ci, ih, iw] · W[ci, co, kh, kw]`` (groups 1),
+    looping over the taps only: no canvas, so any stride or padding."""
+    y = np.zeros((x.shape[0], w.shape[1], *out_size))
+    for ih, iw, kh, kw in np.ndindex(x.shape[2], x.shape[3], w.shape[2], w.shape[3]):
+        oh = ih * stride[0] - padding[0] + kh * dilation[0]
+        ow = iw * stride[1] - padding[1] + kw * dilation[1]
+        if 0 <= oh < out_size[0] and 0 <= ow < out_size[1]:
+            y[:, :, oh, ow] += x[:, :, ih, iw] @ w[:, :, kh, kw]
+    return y + b[None, :, None, None]
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a uint32 wrap-around in a simulated thread
+@pytest.mark.parametrize("name", CUDA_BACKENDS)
+def test_index_extents_near_the_int32_limit(name):
+    """Stride and dilation near 2²⁸ (extent H_out + 2·padding + stride + dilation ≈ 2³⁰) with a 4-row
+    output: the outputs the two taps reach (rows 1 and 2), the 64-bit first-tap product ((s/g)² ≈ 2⁵⁶)."""
+    params = dict(stride=(2 ** 28 + 1, 2), padding=(2 ** 28 - 1, 1), dilation=(2 ** 28, 1))
+    x, w, b = call_arrays(1, 2, 2, (2, 3), (2, 3), {}, np.float64, True)
+    problem = Problem.from_shapes(x.shape, w.shape, has_bias=True, **params)
+    assert problem.out_size == (4, 5) and numba_cuda.index_limit_reason(problem) is None
+    expected = _by_definition(x, w, b, params["stride"], params["padding"], params["dilation"], problem.out_size)
+    assert np.count_nonzero(expected[:, :, 1:3] - b[None, :, None, None]) == 2 * 2 * 5  # taps do land
+    y = testbed.conv_transpose2d(x, w, b, backend=name, **params)
+    assert rel_error(y, expected) < RTOL[np.dtype(np.float64)]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name", CUDA_BACKENDS)
 def test_seed_blocks_are_weight_times_pixel_bitwise(name, dtype):
     """1 channel, kernel 2, stride 2: every 2×2 output block is exactly ``W · x[i, j]`` (one product, no sum);
-    the atomic scatter adds that one product to 0, which is exact too."""
+    the atomic scatter adds that one product to the zero-filled output, which is exact too."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 1, 3, 4)).astype(dtype)
     w = rng.standard_normal((1, 1, 2, 2)).astype(dtype)

@@ -22,7 +22,7 @@ import numpy as np
 from ..registry import Backend, BackendUnavailable, get_backend, is_device_array, register
 
 __all__ = ["probe", "time_cuda_backend", "tiled_plan", "SIMULATOR_STATUS", "THREADS_PER_BLOCK",
-           "SHARED_BYTES_BUDGET"]
+           "SHARED_BYTES_BUDGET", "TILE", "INDEX_LIMIT", "index_limit_reason"]
 
 SIMULATOR_STATUS = "simulator (correctness only; never timed as GPU speed)"
 NO_DEVICE_STATUS = "no CUDA GPU and the simulator is off (set NUMBA_ENABLE_CUDASIM=1 before importing numba)"
@@ -33,6 +33,8 @@ THREADS_PER_BLOCK = 256
 #: Dynamic shared memory the tiled kernel may ask for per block: well under the 48 KiB that needs no opt-in,
 #: so that several blocks share an SM.
 SHARED_BYTES_BUDGET = 16 * 1024
+#: Output tile of ``tiled_gather``: one thread per output element of a TILE×TILE block.
+TILE = 16
 
 
 @functools.cache
@@ -109,10 +111,79 @@ def _phase_constants(stride: int, dilation: int) -> tuple[int, int]:
     return g, pow(dilation // g, -1, stride // g)
 
 
-def _gather_geometry(problem):
+# ---- 32-bit kernel arguments ------------------------------------------------------------------------------
+
+#: The kernels index in unsigned 32-bit arithmetic; every count and extent they meet must stay below this
+#: (int32's maximum, so that int32 loop counters hold them too).
+INDEX_LIMIT = 2 ** 31 - 1
+
+
+def index_limit_reason(problem) -> str | None:
+    """Why the kernels' 32-bit index arithmetic cannot address ``problem``, or None if it can.
+
+    Checked: the element counts of input, weight and output and the atomic scatter's thread count (each plus
+    a block of slack for the last block's idle threads), and per axis the canvas extent
+    ``H_out + 2·padding`` plus stride, dilation and a tile, which bounds every index, offset and tap
+    position the kernels form on that axis (including a loop's last, unused step)."""
+    input_elements = math.prod(problem.input_shape)
+    counts = {"input elements": input_elements, "weight elements": math.prod(problem.weight_shape),
+              "output elements": math.prod(problem.output_shape),
+              "atomic scatter threads (input elements × C_out/groups)": input_elements * problem.out_per_group}
+    for what, count in counts.items():
+        if count > INDEX_LIMIT - THREADS_PER_BLOCK:
+            return (f"{what}: {count} exceeds the CUDA kernels' 32-bit index range (at most "
+                    f"{INDEX_LIMIT - THREADS_PER_BLOCK})")
+    for axis, (out, pad, stride, dilation) in enumerate(zip(problem.out_size, problem.padding, problem.stride,
+                                                            problem.dilation)):
+        extent = out + 2 * pad + stride + dilation + TILE
+        if extent > INDEX_LIMIT:
+            name = "HW"[axis]
+            return (f"index extent along {name} (H_out + 2·padding + stride + dilation + {TILE} with "
+                    f"{name}_out={out}, padding={pad}, stride={stride}, dilation={dilation}) is {extent}, beyond "
+                    f"the CUDA kernels' 32-bit index range ({INDEX_LIMIT})")
+    return None
+
+
+def _uint32_fields(names, values: dict) -> tuple:
+    """``values`` in the kernels' field order, as uint32 (numba then types the tuple UniTuple(uint32))."""
+    return tuple(np.uint32(values[name]) for name in names)
+
+
+def _shape_args(problem) -> tuple:
+    from .numba_cuda_kernels import SHAPE_FIELDS
+    (in_h, in_w), (out_h, out_w), (kernel_h, kernel_w) = problem.in_size, problem.out_size, problem.kernel_size
+    return _uint32_fields(SHAPE_FIELDS, {
+        "in_channels": problem.in_channels, "in_h": in_h, "in_w": in_w, "out_channels": problem.out_channels,
+        "out_h": out_h, "out_w": out_w, "in_per_group": problem.in_per_group, "out_per_group": problem.out_per_group,
+        "kernel_h": kernel_h, "kernel_w": kernel_w})
+
+
+def _geometry_args(problem) -> tuple:
+    from .numba_cuda_kernels import GEOMETRY_FIELDS
     (sh, sw), (ph, pw), (dh, dw) = problem.stride, problem.padding, problem.dilation
     (gh, inv_h), (gw, inv_w) = _phase_constants(sh, dh), _phase_constants(sw, dw)
-    return (problem.has_bias, sh, sw, ph, pw, dh, dw, gh, gw, inv_h, inv_w)
+    return _uint32_fields(GEOMETRY_FIELDS, {
+        "stride_h": sh, "stride_w": sw, "padding_h": ph, "padding_w": pw, "dilation_h": dh, "dilation_w": dw,
+        "gcd_h": gh, "gcd_w": gw, "inverse_h": inv_h, "inverse_w": inv_w})
+
+
+def _flat(array):
+    """A device array as the 1-D C-order view the kernels index; a strided one (e.g. a transposed tensor
+    passed through ``__cuda_array_interface__``) is first copied into a contiguous array on the device."""
+    if not array.is_c_contiguous():
+        from numba import cuda
+        dense = cuda.device_array(array.shape, dtype=array.dtype)
+        dense[:] = array
+        array = dense
+    return array.reshape(array.size)
+
+
+def _flat_output(y):
+    """The output as a 1-D view of itself (never a copy: the kernels must write into ``y``)."""
+    if not y.is_c_contiguous():
+        raise ValueError(f"the output device array must be C-contiguous, got shape {tuple(y.shape)} with "
+                         f"strides {tuple(y.strides)}")
+    return y.reshape(y.size)
 
 
 def _blocks(count: int) -> int:
@@ -121,22 +192,28 @@ def _blocks(count: int) -> int:
 
 def _run_gather(x, weight, bias, y, problem):
     kernel = _kernel("gather", problem.dtype.name)
-    kernel[_blocks(y.size), THREADS_PER_BLOCK](x, weight, bias, y, *_gather_geometry(problem))
+    kernel[_blocks(y.size), THREADS_PER_BLOCK](_flat(x), _flat(weight), _flat(bias), _flat_output(y),
+                                               problem.has_bias, _shape_args(problem), _geometry_args(problem))
 
 
 def _run_atomic(x, weight, bias, y, problem):
+    """Zero-fill, scatter, then add the bias: ``(+0 + Σ products) + bias`` as PyTorch sums (its sign of
+    zero included), not ``bias + Σ products``."""
     dtype = problem.dtype.name
-    _kernel("fill_bias", dtype)[_blocks(y.size), THREADS_PER_BLOCK](bias, y, problem.has_bias)
-    (sh, sw), (ph, pw), (dh, dw) = problem.stride, problem.padding, problem.dilation
+    y_flat = _flat_output(y)
+    _kernel("fill_zero", dtype)[_blocks(y.size), THREADS_PER_BLOCK](y_flat)
     threads = x.size * problem.out_per_group
-    _kernel("scatter_atomic", dtype)[_blocks(threads), THREADS_PER_BLOCK](x, weight, y, sh, sw, ph, pw, dh, dw)
+    _kernel("scatter_atomic", dtype)[_blocks(threads), THREADS_PER_BLOCK](
+        _flat(x), _flat(weight), y_flat, _shape_args(problem), _geometry_args(problem))
+    if problem.has_bias:
+        _kernel("add_bias", dtype)[_blocks(y.size), THREADS_PER_BLOCK](
+            _flat(bias), y_flat, np.uint32(problem.out_channels), np.uint32(math.prod(problem.out_size)))
 
 
 def tiled_plan(problem) -> dict:
     """Tap chunks and halo of ``tiled_gather``: the largest ``chunk_h × chunk_w`` tap block (halving the
     side with the larger halo) whose weights plus input halo fit :data:`SHARED_BYTES_BUDGET`.
     A TILE-row output block reads at most ``(TILE - 1 + (chunk - 1)·d) // s + 2`` input rows per chunk."""
-    from .numba_cuda_kernels import TILE
     itemsize = problem.dtype.itemsize
     (kh, kw), (sh, sw), (dh, dw) = problem.kernel_size, problem.stride, problem.dilation
     chunk_h, chunk_w = kh, kw
@@ -160,11 +237,12 @@ def tiled_plan(problem) -> dict:
 
 
 def _run_tiled(x, weight, bias, y, problem):
+    from .numba_cuda_kernels import CHUNK_FIELDS
     plan = tiled_plan(problem)
     kernel = _kernel("tiled_gather", problem.dtype.name)
     kernel[plan["blocks"], (plan["tile"], plan["tile"]), 0, plan["shared_bytes"]](
-        x, weight, bias, y, *_gather_geometry(problem),
-        plan["chunk_h"], plan["chunk_w"], plan["halo_h"], plan["halo_w"])
+        _flat(x), _flat(weight), _flat(bias), _flat_output(y), problem.has_bias, _shape_args(problem),
+        _geometry_args(problem), _uint32_fields(CHUNK_FIELDS, plan))
 
 
 # ---- timing ---------------------------------------------------------------------------------------------------
@@ -217,6 +295,7 @@ register(Backend(
                 "no atomics",
     run=_launch(_run_gather),
     device="cuda",
+    check=index_limit_reason,
     probe=probe,
     writes_out=True,
 ))
@@ -224,10 +303,11 @@ register(Backend(
 register(Backend(
     name="numba_cuda_atomic",
     description="numba.cuda scatter: one thread per input element and output channel, cuda.atomic.add "
-                "into the bias-filled output (run-to-run nondeterministic)",
+                "into the zero-filled output, then the bias (run-to-run nondeterministic)",
     run=_launch(_run_atomic),
     device="cuda",
     deterministic=False,
+    check=index_limit_reason,
     probe=probe,
     writes_out=True,
 ))
@@ -238,6 +318,7 @@ register(Backend(
                 "memory (per input channel and tap chunk)",
     run=_launch(_run_tiled),
     device="cuda",
+    check=index_limit_reason,
     probe=probe,
     writes_out=True,
 ))

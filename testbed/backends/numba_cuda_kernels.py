@@ -11,6 +11,23 @@ and the others follow every ``s/g`` taps while the input row steps back by ``d/g
 of the reference notes, section (b) row 2: exactly the useful multiply-adds, no modulo test per tap).
 The wrapper (``numba_cuda``) precomputes ``g`` and the modular inverse per axis.
 
+Signed zeros as PyTorch's CPU kernels give them: every sum starts from ``+0.0`` and the bias is added
+last, ``y = (+0 + Σ products) + bias``, so an output is never ``-0.0``.
+
+**32-bit index arithmetic.** Every array arrives flattened to 1-D (C order) and every extent as a
+``uint32`` (the tuples ``shape`` and ``geometry``); all index maths is unsigned 32-bit, so no signed
+floor-division fix-ups, no negative-index wrap-around and no 64-bit division subroutines (which cost
+64-bit kernels 120–224 registers). Numba widens integer arithmetic to 64 bits, so every variable,
+division operand and array index is cast back with ``u32(...)``; NVVM then narrows the operations
+themselves to 32 bits. Loops are ``while`` loops up to a uint32 bound: numba's ``range`` keeps a
+trip count and a counter besides the offsets (and divides when it has a step), which cost the gather 16
+registers and the tiled kernel 20–40 more. The host wrapper declares any problem whose element counts or
+index extents do not fit in int32 unsupported (``numba_cuda.index_limit_reason``), so the arithmetic
+never wraps. Differences are taken only after a comparison, so unsigned values never go below 0; the
+exceptions, halo and input positions that step down tap by tap, are int32 (their step after the last tap
+may pass 0, unused). 64-bit operations left: the first-tap product in ``phase_taps`` and the tiled
+kernel's per-row steps (which wrap explicitly).
+
 Each kernel exists once per dtype (``KERNELS[name][dtype]`` is the plain Python function, kept reachable
 for ``numba.cuda.compile_ptx``): the factory closes over the numba scalar type so that accumulators are
 in the data's own precision (a bare ``0.0`` literal would promote float32 sums to float64).
@@ -18,205 +35,296 @@ This module imports ``numba.cuda``; the backend module imports it only on first 
 """
 
 import numba
+import numpy as np
 from numba import cuda
 
-#: Output tile of ``tiled_gather``: one thread per output element of a TILE×TILE block.
-TILE = 16
+from .numba_cuda import TILE  # the host module owns the launch geometry (and imports no numba)
+
+#: Threads per block of ``tiled_gather``: one per output element of a TILE×TILE block.
+TILE_THREADS = TILE * TILE
+
+# Casts: numpy's compile to the same code as numba.uint32(...) and run 4× faster in the simulator.
+# Constants used in kernels are typed too: a bare int literal is int64, and uint64 op int64 is float64.
+u32, u64, i32 = np.uint32, np.uint64, np.int32
+ZERO, ONE, TILE_U32, TILE_THREADS_U32 = u32(0), u32(1), u32(TILE), u32(TILE_THREADS)
+
+#: Field order of the ``shape`` tuple every gather/scatter kernel receives (all uint32).
+SHAPE_FIELDS = ("in_channels", "in_h", "in_w", "out_channels", "out_h", "out_w", "in_per_group",
+                "out_per_group", "kernel_h", "kernel_w")
+#: Field order of the ``geometry`` tuple (all uint32; ``gcd``/``inverse`` per axis from
+#: ``numba_cuda._phase_constants``).
+GEOMETRY_FIELDS = ("stride_h", "stride_w", "padding_h", "padding_w", "dilation_h", "dilation_w",
+                   "gcd_h", "gcd_w", "inverse_h", "inverse_w")
+#: Field order of the ``chunks`` tuple of ``tiled_gather`` (see ``numba_cuda.tiled_plan``).
+CHUNK_FIELDS = ("chunk_h", "chunk_w", "halo_h", "halo_w")
 
 
-@cuda.jit(device=True, inline=True)
+# inline="always" inlines at numba's IR level, so compile_ptx needs no device to compile the callers
+@cuda.jit(device=True, inline="always")
 def phase_taps(shifted, stride, dilation, gcd, inverse, kernel, in_len):
     """Taps of one axis hitting output ``o`` (``shifted = o + p``): ``(first tap, its input index, count)``;
-    tap ``j`` is ``first + j·s/g`` reading input ``index - j·d/g``."""
-    tap_step = stride // gcd
-    in_step = dilation // gcd
-    residue = shifted % stride
-    if residue % gcd != 0:
-        return 0, 0, 0
-    first = ((residue // gcd) * inverse) % tap_step
-    index = (shifted - first * dilation) // stride
-    if first >= kernel or index < 0:
-        return 0, 0, 0
-    # skip taps whose input index lies past the end (large padding / dilation)
-    skip = 0
+    tap ``j`` is ``first + j·s/g`` reading input ``index - j·d/g``. All uint32."""
+    none = (ZERO, ZERO, ZERO)
+    residue = u32(shifted % stride)
+    if residue % gcd != ZERO:
+        return none
+    tap_step = u32(stride // gcd)
+    # (residue/g)·inv < (s/g)² may pass 2³²: the one product taken in 64 bits
+    first = u32(u64(residue // gcd) * u64(inverse) % u64(tap_step))
+    if first >= kernel:
+        return none
+    reach = u32(first * dilation)  # < kH·d: within the extent the host checked
+    if reach > shifted:
+        return none
+    index = u32(u32(shifted - reach) // stride)
+    in_step = u32(dilation // gcd)
+    # taps j = 0..last stay inside the kernel and at input index >= 0; those before `skip` read past the end
+    last = min(u32(u32(kernel - ONE - first) // tap_step), u32(index // in_step))
+    skip = ZERO
     if index >= in_len:
-        skip = (index - in_len + in_step) // in_step
-    first += skip * tap_step
-    index -= skip * in_step
-    if first >= kernel or index < 0:
-        return 0, 0, 0
-    count = min((kernel - 1 - first) // tap_step, index // in_step) + 1
-    return first, index, count
+        skip = u32(u32(index - in_len) // in_step + ONE)
+    if skip > last:
+        return none
+    return u32(first + skip * tap_step), u32(index - skip * in_step), u32(last - skip + ONE)
+
+
+@cuda.jit(device=True, inline="always")
+def halo_span(origin, tap_lo, tap_hi, stride, dilation, in_len):
+    """Input indices ``[lo, end)`` that the TILE outputs from ``origin - p`` (``origin = o0 + p``) read
+    through taps ``[tap_lo, tap_hi)``: ``(origin - (tap_hi-1)·d) // s`` up to
+    ``(origin + TILE-1 - tap_lo·d) // s``, clamped to ``[0, in_len)``; ``end <= lo`` when none."""
+    reach = u32((tap_hi - ONE) * dilation)
+    lo = ZERO
+    if origin > reach:
+        lo = u32(u32(origin - reach) // stride)
+    last_origin = u32(origin + TILE_U32 - ONE)
+    reach = u32(tap_lo * dilation)
+    end = ZERO
+    if last_origin >= reach:
+        end = min(u32(u32(last_origin - reach) // stride + ONE), in_len)
+    return lo, end
+
+
+@cuda.jit(device=True, inline="always")
+def chunk_taps(first, count, tap_step, lo, hi):
+    """``(j_lo, j_hi)``: a thread's taps ``first + j·tap_step`` (``j < count``) inside the chunk
+    ``[lo, hi)`` are those with ``j_lo <= j < j_hi``."""
+    j_lo = ZERO
+    if first < lo:
+        j_lo = u32(u32(lo - first + tap_step - ONE) // tap_step)
+    j_hi = ZERO
+    if hi > first:
+        j_hi = min(count, u32(u32(hi - first + tap_step - ONE) // tap_step))
+    return j_lo, j_hi
 
 
 def _make_kernels(scalar):
     """The kernels for one numba scalar type (float32 or float64)."""
 
-    def gather(x, weight, bias, y, has_bias, sh, sw, ph, pw, dh, dw, gh, gw, inv_h, inv_w):
+    def gather(x, weight, bias, y, has_bias, shape, geometry):
         """One thread per output element ``y[n, co, oh, ow]``, visiting only the taps that reach it;
         the bias is added after the sum, as in the definition. No atomics: bitwise deterministic."""
-        i = cuda.grid(1)
-        batch, out_channels, out_h, out_w = y.shape
-        if i >= batch * out_channels * out_h * out_w:
+        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group,
+         kernel_h, kernel_w) = shape
+        sh, sw, ph, pw, dh, dw, gh, gw, inv_h, inv_w = geometry
+        i = u32(cuda.grid(1))
+        if i >= y.size:
             return
-        in_channels, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
-        out_per_group, kernel_h, kernel_w = weight.shape[1], weight.shape[2], weight.shape[3]
-        in_per_group = in_channels // (out_channels // out_per_group)
-        ow = i % out_w
-        rest = i // out_w
-        oh = rest % out_h
-        rest //= out_h
-        co = rest % out_channels
-        n = rest // out_channels
-        group = co // out_per_group
-        co_in_group = co - group * out_per_group
-        ci_first = group * in_per_group
+        ow, rest = u32(i % out_w), u32(i // out_w)
+        oh, rest = u32(rest % out_h), u32(rest // out_h)
+        co, n = u32(rest % out_channels), u32(rest // out_channels)
+        group = u32(co // out_per_group)
+        co_in_group = u32(co - group * out_per_group)
+        ci_first = u32(group * in_per_group)
 
-        kh, ih, count_h = phase_taps(oh + ph, sh, dh, gh, inv_h, kernel_h, in_h)
-        kw_first, iw_first, count_w = phase_taps(ow + pw, sw, dw, gw, inv_w, kernel_w, in_w)
-        tap_step_h, in_step_h = sh // gh, dh // gh
-        tap_step_w, in_step_w = sw // gw, dw // gw
+        kh, ih_first, count_h = phase_taps(u32(oh + ph), sh, dh, gh, inv_h, kernel_h, in_h)
+        kw_first, iw_first, count_w = phase_taps(u32(ow + pw), sw, dw, gw, inv_w, kernel_w, in_w)
+        tap_step_h, tap_step_w = u32(sh // gh), u32(sw // gw)
+        in_step_h, in_step_w = u32(dh // gh), u32(dw // gw)
+        x_step = u32(in_h * in_w)                            # offset steps per input channel
+        w_step = u32(out_per_group * kernel_h * kernel_w)
+        x_base = u32((n * in_channels + ci_first) * x_step)
+        w_base = u32((ci_first * out_per_group + co_in_group) * kernel_h * kernel_w)
         acc = scalar(0)
-        for _ in range(count_h):
-            kw, iw = kw_first, iw_first
-            for _ in range(count_w):
-                for ci in range(ci_first, ci_first + in_per_group):
-                    acc += x[n, ci, ih, iw] * weight[ci, co_in_group, kh, kw]
-                kw += tap_step_w
-                iw -= in_step_w
-            kh += tap_step_h
-            ih -= in_step_h
+        # int32: the input row/column steps down once more after the last tap, possibly below 0
+        ih = i32(ih_first)
+        kh_end = u32(kh + count_h * tap_step_h)
+        kw_end = u32(kw_first + count_w * tap_step_w)
+        x_span = u32(in_per_group * x_step)
+        while kh < kh_end:
+            kw, iw = kw_first, i32(iw_first)
+            while kw < kw_end:
+                x_at = u32(x_base + ih * in_w + iw)
+                w_at = u32(w_base + kh * kernel_w + kw)
+                x_end = u32(x_at + x_span)
+                while x_at < x_end:
+                    acc += x[x_at] * weight[w_at]
+                    x_at = u32(x_at + x_step)
+                    w_at = u32(w_at + w_step)
+                kw = u32(kw + tap_step_w)
+                iw = i32(iw - in_step_w)
+            kh = u32(kh + tap_step_h)
+            ih = i32(ih - in_step_h)
         if has_bias:
             acc += bias[co]
-        y[n, co, oh, ow] = acc
+        y[i] = acc
 
-    def fill_bias(bias, y, has_bias):
-        """``y[n, co, :, :] = bias[co]`` (or 0): the starting value of the atomic scatter."""
-        i = cuda.grid(1)
-        batch, out_channels, out_h, out_w = y.shape
-        if i >= batch * out_channels * out_h * out_w:
-            return
-        co = (i // (out_h * out_w)) % out_channels
-        rest = i // out_w
-        value = scalar(0)
-        if has_bias:
-            value = bias[co]
-        y[rest // (out_h * out_channels), co, rest % out_h, i % out_w] = value
+    def fill_zero(y):
+        """``y[:] = +0.0``: the starting value of the atomic scatter (PyTorch's sums start from +0)."""
+        i = u32(cuda.grid(1))
+        if i < y.size:
+            y[i] = scalar(0)
 
-    def scatter_atomic(x, weight, y, sh, sw, ph, pw, dh, dw):
+    def add_bias(bias, y, out_channels, plane):
+        """``y[n, co, :, :] += bias[co]`` (``plane = H_out·W_out``): the bias after the scattered sum."""
+        i = u32(cuda.grid(1))
+        if i < y.size:
+            y[i] += bias[u32(i // plane) % out_channels]
+
+    def scatter_atomic(x, weight, y, shape, geometry):
         """One thread per (input element, output channel of its group): its kH·kW products are
-        ``cuda.atomic.add``-ed into the output (filled with the bias first). The order in which threads
-        add into one element is the hardware's, so float results vary from run to run (cuDNN ALGO_0)."""
-        i = cuda.grid(1)
-        batch, in_channels, in_h, in_w = x.shape
-        out_per_group, kernel_h, kernel_w = weight.shape[1], weight.shape[2], weight.shape[3]
-        out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-        if i >= batch * in_channels * out_per_group * in_h * in_w:
+        ``cuda.atomic.add``-ed into the zero-filled output (the bias follows in ``add_bias``). The order
+        in which threads add into one element is the hardware's, so float results vary from run to run
+        (cuDNN ALGO_0)."""
+        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group,
+         kernel_h, kernel_w) = shape
+        sh, sw, ph, pw, dh, dw, _, _, _, _ = geometry
+        i = u32(cuda.grid(1))
+        if i >= x.size * out_per_group:
             return
-        in_per_group = in_channels // (out_channels // out_per_group)
-        iw = i % in_w
-        rest = i // in_w
-        ih = rest % in_h
-        rest //= in_h
-        co_in_group = rest % out_per_group
-        rest //= out_per_group
-        ci = rest % in_channels
-        n = rest // in_channels
-        co = (ci // in_per_group) * out_per_group + co_in_group
-        value = x[n, ci, ih, iw]
-        for kh in range(kernel_h):
-            oh = ih * sh - ph + kh * dh
-            if 0 <= oh < out_h:
-                for kw in range(kernel_w):
-                    ow = iw * sw - pw + kw * dw
-                    if 0 <= ow < out_w:
-                        cuda.atomic.add(y, (n, co, oh, ow), value * weight[ci, co_in_group, kh, kw])
+        iw, rest = u32(i % in_w), u32(i // in_w)
+        ih, rest = u32(rest % in_h), u32(rest // in_h)
+        co_in_group, plane = u32(rest % out_per_group), u32(rest // out_per_group)  # plane = n·C_in + ci
+        ci, n = u32(plane % in_channels), u32(plane // in_channels)
+        co = u32(u32(ci // in_per_group) * out_per_group + co_in_group)
+        value = x[u32((plane * in_h + ih) * in_w + iw)]
+        w_at = u32((ci * out_per_group + co_in_group) * kernel_h * kernel_w)
+        y_plane = u32((n * out_channels + co) * out_h)
+        # canvas row ih·s + kh·d is output row (that - p) when it lies in [p, p + H_out); columns alike
+        row = u32(ih * sh)
+        w_end = u32(w_at + kernel_h * kernel_w)
+        while w_at < w_end:
+            if row >= ph and u32(row - ph) < out_h:
+                y_row = u32((y_plane + row - ph) * out_w)
+                col = u32(iw * sw)
+                w_row_end = u32(w_at + kernel_w)
+                w_here = w_at
+                while w_here < w_row_end:
+                    if col >= pw and u32(col - pw) < out_w:
+                        cuda.atomic.add(y, u32(y_row + col - pw), value * weight[w_here])
+                    col = u32(col + dw)
+                    w_here = u32(w_here + ONE)
+            row = u32(row + dh)
+            w_at = u32(w_at + kernel_w)
 
-    def tiled_gather(x, weight, bias, y, has_bias, sh, sw, ph, pw, dh, dw, gh, gw, inv_h, inv_w,
-                     chunk_h, chunk_w, halo_h, halo_w):
+    def tiled_gather(x, weight, bias, y, has_bias, shape, geometry, chunks):
         """The gather of ``gather`` for a TILE×TILE block of one output plane ``y[n, co]``, with the
         block's weights and input halo staged in (dynamic) shared memory, per input channel and per chunk
         of ``chunk_h × chunk_w`` taps. Chunking bounds the halo (``halo_h × halo_w``, sized by the wrapper)
         whatever the dilation or kernel size; for ordinary kernels one chunk holds every tap.
         Shared layout: ``chunk_h·chunk_w`` weights, then the halo, row-major."""
         staged = cuda.shared.array(0, dtype=scalar)
-        out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-        in_channels, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
-        out_per_group, kernel_h, kernel_w = weight.shape[1], weight.shape[2], weight.shape[3]
-        in_per_group = in_channels // (out_channels // out_per_group)
-        tiles_w = (out_w + TILE - 1) // TILE
-        tiles_h = (out_h + TILE - 1) // TILE
-        block = cuda.blockIdx.x
-        tile_c = block % tiles_w
-        rest = block // tiles_w
-        tile_r = rest % tiles_h
-        rest //= tiles_h
-        co = rest % out_channels
-        n = rest // out_channels
-        group = co // out_per_group
-        co_in_group = co - group * out_per_group
-        ci_first = group * in_per_group
-        ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
-        thread = ty * TILE + tx
-        oh0, ow0 = tile_r * TILE, tile_c * TILE
-        oh, ow = oh0 + ty, ow0 + tx
+        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group,
+         kernel_h, kernel_w) = shape
+        sh, sw, ph, pw, dh, dw, gh, gw, inv_h, inv_w = geometry
+        chunk_h, chunk_w, _, halo_w = chunks  # the halo's height sized the shared array; its width strides it
+        tiles_w = u32(u32(out_w + TILE_U32 - ONE) // TILE_U32)
+        tiles_h = u32(u32(out_h + TILE_U32 - ONE) // TILE_U32)
+        block = u32(cuda.blockIdx.x)
+        tile_c, rest = u32(block % tiles_w), u32(block // tiles_w)
+        tile_r, plane = u32(rest % tiles_h), u32(rest // tiles_h)  # plane = n·C_out + co
+        co, n = u32(plane % out_channels), u32(plane // out_channels)
+        group = u32(co // out_per_group)
+        co_in_group = u32(co - group * out_per_group)
+        ci_first = u32(group * in_per_group)
+        ty, tx = u32(cuda.threadIdx.y), u32(cuda.threadIdx.x)
+        thread = u32(ty * TILE_U32 + tx)
+        oh0, ow0 = u32(tile_r * TILE_U32), u32(tile_c * TILE_U32)
+        oh, ow = u32(oh0 + ty), u32(ow0 + tx)
         inside = oh < out_h and ow < out_w
-        tap_step_h, in_step_h = sh // gh, dh // gh
-        tap_step_w, in_step_w = sw // gw, dw // gw
+        tap_step_h, tap_step_w = u32(sh // gh), u32(sw // gw)
+        in_step_h, in_step_w = u32(dh // gh), u32(dw // gw)
         # this thread's taps over the whole kernel; each chunk visits the part of them inside it
-        kh_first, ih_first, count_h = phase_taps(oh + ph, sh, dh, gh, inv_h, kernel_h, in_h)
-        kw_first, iw_first, count_w = phase_taps(ow + pw, sw, dw, gw, inv_w, kernel_w, in_w)
+        kh_first, ih_first, count_h = phase_taps(u32(oh + ph), sh, dh, gh, inv_h, kernel_h, in_h)
+        kw_first, iw_first, count_w = phase_taps(u32(ow + pw), sw, dw, gw, inv_w, kernel_w, in_w)
         if not inside:
-            count_h = 0
-        weights_len = chunk_h * chunk_w
+            count_h = ZERO
+        weights_len = u32(chunk_h * chunk_w)
+        x_step = u32(in_h * in_w)                            # offset steps per input channel
+        w_step = u32(out_per_group * kernel_h * kernel_w)
+        x_first = u32((n * in_channels + ci_first) * x_step)
+        w_first = u32((ci_first * out_per_group + co_in_group) * kernel_h * kernel_w)
+        # staged offsets from one tap to the next along h (a) and w (b); the h steps may pass 2³² (huge
+        # strides: then a thread has one tap per chunk and the step after it is unused), so they wrap
+        # explicitly, from 64 bits
+        w_step_a, w_step_b = u32(u64(tap_step_h) * chunk_w), tap_step_w
+        halo_step_a, halo_step_b = u32(u64(in_step_h) * halo_w), in_step_w
         acc = scalar(0)
-        for ci in range(ci_first, ci_first + in_per_group):
-            for kh_lo in range(0, kernel_h, chunk_h):
-                kh_hi = min(kh_lo + chunk_h, kernel_h)
-                # input rows the block's outputs read through taps kh_lo..kh_hi-1, clamped to the input
-                row_lo = max((oh0 + ph - (kh_hi - 1) * dh) // sh, 0)
-                row_hi = min((oh0 + TILE - 1 + ph - kh_lo * dh) // sh, in_h - 1)
-                for kw_lo in range(0, kernel_w, chunk_w):
-                    kw_hi = min(kw_lo + chunk_w, kernel_w)
-                    col_lo = max((ow0 + pw - (kw_hi - 1) * dw) // sw, 0)
-                    col_hi = min((ow0 + TILE - 1 + pw - kw_lo * dw) // sw, in_w - 1)
-                    rows = row_hi - row_lo + 1
-                    cols = col_hi - col_lo + 1
-                    for j in range(thread, weights_len, TILE * TILE):
-                        a = j // chunk_w
-                        b = j - a * chunk_w
+        # chunk loops outside the channel loop: the chunk's halo and this thread's taps in it are
+        # computed once; for ordinary kernels (one chunk) the sum runs over channels, then taps, as gather's
+        kh_lo = ZERO
+        while kh_lo < kernel_h:
+            kh_hi = min(u32(kh_lo + chunk_h), kernel_h)
+            row_lo, row_end = halo_span(u32(oh0 + ph), kh_lo, kh_hi, sh, dh, in_h)
+            a_lo, a_hi = chunk_taps(kh_first, count_h, tap_step_h, kh_lo, kh_hi)
+            kw_lo = ZERO
+            while kw_lo < kernel_w:
+                kw_hi = min(u32(kw_lo + chunk_w), kernel_w)
+                col_lo, col_end = halo_span(u32(ow0 + pw), kw_lo, kw_hi, sw, dw, in_w)
+                b_lo, b_hi = chunk_taps(kw_first, count_w, tap_step_w, kw_lo, kw_hi)
+                halo_len, cols = ZERO, ONE
+                if row_end > row_lo and col_end > col_lo:
+                    cols = u32(col_end - col_lo)
+                    halo_len = u32((row_end - row_lo) * cols)
+                w_tap, halo_tap = ZERO, i32(0)
+                if a_hi > a_lo and b_hi > b_lo:
+                    # staged offsets of this thread's first tap in the chunk: its weight, its halo element
+                    # (the halo element is int32: it steps down, once more after the last tap)
+                    kh, kw = u32(kh_first + a_lo * tap_step_h), u32(kw_first + b_lo * tap_step_w)
+                    r = u32(ih_first - a_lo * in_step_h - row_lo)
+                    c = u32(iw_first - b_lo * in_step_w - col_lo)
+                    w_tap = u32((kh - kh_lo) * chunk_w + kw - kw_lo)
+                    halo_tap = i32(weights_len + r * halo_w + c)
+                x_at = u32(x_first + row_lo * in_w + col_lo)
+                w_at = u32(w_first + kh_lo * kernel_w + kw_lo)
+                x_end = u32(x_at + in_per_group * x_step)
+                while x_at < x_end:
+                    k = thread
+                    while k < weights_len:
+                        a = u32(k // chunk_w)
+                        b = u32(k - a * chunk_w)
                         if kh_lo + a < kernel_h and kw_lo + b < kernel_w:
-                            staged[j] = weight[ci, co_in_group, kh_lo + a, kw_lo + b]
-                    if rows > 0 and cols > 0:
-                        for j in range(thread, rows * cols, TILE * TILE):
-                            r = j // cols
-                            staged[weights_len + r * halo_w + (j - r * cols)] = \
-                                x[n, ci, row_lo + r, col_lo + j - r * cols]
+                            staged[k] = weight[u32(w_at + a * kernel_w + b)]
+                        k = u32(k + TILE_THREADS_U32)
+                    k = thread
+                    while k < halo_len:
+                        r = u32(k // cols)
+                        c = u32(k - r * cols)
+                        staged[u32(weights_len + r * halo_w + c)] = x[u32(x_at + r * in_w + c)]
+                        k = u32(k + TILE_THREADS_U32)
                     cuda.syncthreads()
-                    # this thread's taps within the chunk: kh = kh_first + a·tap_step_h in [kh_lo, kh_hi)
-                    a_lo = 0
-                    if kh_first < kh_lo:
-                        a_lo = (kh_lo - kh_first + tap_step_h - 1) // tap_step_h
-                    a_hi = min(count_h, (kh_hi - kh_first + tap_step_h - 1) // tap_step_h)
-                    b_lo = 0
-                    if kw_first < kw_lo:
-                        b_lo = (kw_lo - kw_first + tap_step_w - 1) // tap_step_w
-                    b_hi = min(count_w, (kw_hi - kw_first + tap_step_w - 1) // tap_step_w)
-                    for a in range(a_lo, a_hi):
-                        kh = kh_first + a * tap_step_h
-                        r = ih_first - a * in_step_h - row_lo
-                        for b in range(b_lo, b_hi):
-                            kw = kw_first + b * tap_step_w
-                            c = iw_first - b * in_step_w - col_lo
-                            acc += staged[weights_len + r * halo_w + c] * \
-                                staged[(kh - kh_lo) * chunk_w + kw - kw_lo]
+                    w_row, halo_row, a = w_tap, halo_tap, a_lo
+                    while a < a_hi:
+                        w_here, halo_here, b = w_row, halo_row, b_lo
+                        while b < b_hi:
+                            acc += staged[u32(halo_here)] * staged[w_here]
+                            w_here = u32(w_here + w_step_b)
+                            halo_here = i32(halo_here - halo_step_b)
+                            b = u32(b + ONE)
+                        w_row = u32(w_row + w_step_a)
+                        halo_row = i32(halo_row - halo_step_a)
+                        a = u32(a + ONE)
                     cuda.syncthreads()
+                    x_at = u32(x_at + x_step)
+                    w_at = u32(w_at + w_step)
+                kw_lo = kw_hi
+            kh_lo = kh_hi
         if inside:
             if has_bias:
                 acc += bias[co]
-            y[n, co, oh, ow] = acc
+            y[u32((plane * out_h + oh) * out_w + ow)] = acc
 
-    return {"gather": gather, "fill_bias": fill_bias, "scatter_atomic": scatter_atomic,
+    return {"gather": gather, "fill_zero": fill_zero, "add_bias": add_bias, "scatter_atomic": scatter_atomic,
             "tiled_gather": tiled_gather}
 
 

@@ -35,19 +35,21 @@ class PtxasResources:
 
 
 def kernel_signature(name: str, dtype: str):
-    """The argument types the host wrapper (``numba_cuda``) launches kernel ``name`` with: C-contiguous
-    arrays of ``dtype``, Python bools and ints (int64)."""
+    """The argument types the host wrapper (``numba_cuda``) launches kernel ``name`` with: C-contiguous 1-D
+    arrays of ``dtype`` (the flattened tensors), a bool, and uint32 extents (tuples in the field order of
+    ``numba_cuda_kernels``)."""
     from numba import types
-    scalar = getattr(types, dtype)
-    a4, a1 = types.Array(scalar, 4, "C"), types.Array(scalar, 1, "C")
-    ints = lambda count: (types.int64,) * count  # noqa: E731
+
+    from .numba_cuda_kernels import CHUNK_FIELDS, GEOMETRY_FIELDS, SHAPE_FIELDS
+    array = types.Array(getattr(types, dtype), 1, "C")
+    shape, geometry, chunks = (types.UniTuple(types.uint32, len(fields))
+                               for fields in (SHAPE_FIELDS, GEOMETRY_FIELDS, CHUNK_FIELDS))
     signatures = {
-        # x, weight, bias, y, has_bias, sh, sw, ph, pw, dh, dw, gh, gw, inv_h, inv_w
-        "gather": (a4, a4, a1, a4, types.boolean, *ints(10)),
-        "fill_bias": (a1, a4, types.boolean),
-        "scatter_atomic": (a4, a4, a4, *ints(6)),
-        # ... as gather, then chunk_h, chunk_w, halo_h, halo_w
-        "tiled_gather": (a4, a4, a1, a4, types.boolean, *ints(14)),
+        "gather": (array, array, array, array, types.boolean, shape, geometry),      # x, weight, bias, y, …
+        "fill_zero": (array,),                                                       # y
+        "add_bias": (array, array, types.uint32, types.uint32),                      # bias, y, C_out, H·W
+        "scatter_atomic": (array, array, array, shape, geometry),                    # x, weight, y, …
+        "tiled_gather": (array, array, array, array, types.boolean, shape, geometry, chunks),
     }
     return types.void(*signatures[name])
 
