@@ -42,7 +42,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -105,7 +105,6 @@ class TimingJob:
     backend: object
     allocation: str = "alloc"
     rng: object = 0
-    tags: dict = field(default_factory=dict)   # copied into the result row
 
     def __post_init__(self):
         if self.allocation not in ALLOCATIONS:
@@ -403,7 +402,7 @@ def time_backend(backend, problem: Problem, x, weight, bias=None, settings: Timi
 def _job_row(job: TimingJob, result: dict, isolation: str) -> dict:
     load = load_average()
     row = {"backend": job.backend_name, "isolation": isolation, "allocation": job.allocation,
-           "load_1min": load[0] if load else math.nan, **job.tags}
+           "load_1min": load[0] if load else math.nan}
     row.update(status="ok", message="")
     row.update(result)
     return row
@@ -457,7 +456,7 @@ def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_
 def time_jobs(jobs: Sequence[TimingJob], settings: TimingSettings = TimingSettings(), *, isolation: str = "process",
               keep_samples: bool = False, start_method: str | None = None) -> list[dict]:
     """Time every job; one row per job, in order: ``backend``, ``isolation``, ``allocation``, ``load_1min``
-    (the 1-minute load average when the row was finished: other processes on the machine), the job's tags,
+    (the 1-minute load average when the row was finished: other processes on the machine),
     ``status`` (``ok``, ``unsupported``, ``unavailable``, ``error``, ``simulator: not timed``), ``message``,
     and the statistics of :func:`time_backend`.
 
