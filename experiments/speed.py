@@ -123,6 +123,7 @@ def make_measure(seed: int, settings: TimingSettings, isolation: str, allocation
         groups.setdefault(group_of(cell), []).append(cell)
     baseline_cells = {key: next((c for c in group if c.backend_name == baseline), None)
                       for key, group in groups.items()}
+
     def timed(cell):
         backend = get_backend(cell.backend)
         return backend.available and backend.supports(cell.problem)

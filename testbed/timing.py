@@ -42,7 +42,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -108,7 +108,6 @@ class TimingJob:
     backend: str | Backend
     allocation: str = "alloc"
     rng: int | np.random.Generator | None = 0
-    tags: dict = field(default_factory=dict)   # copied into the result row
 
     def __post_init__(self):
         if self.allocation not in ALLOCATIONS:
@@ -250,11 +249,30 @@ class _Timer:
         return stats
 
 
-def _round_robin(timers: Sequence[_Timer], settings: TimingSettings) -> None:
+class _Memory:
+    """The process's peak resident size over the timed samples (first calls and warm-ups excluded: they
+    include one-time costs such as a library import or a JIT compile)."""
+
+    def __init__(self):
+        self.start_rss: int | None = None
+
+    def start(self) -> None:
+        reset_peak_rss()
+        self.start_rss = rss_bytes()
+
+    def columns(self) -> dict:
+        peak, start = peak_rss_bytes(), self.start_rss
+        return {"peak_rss_mb": math.nan if peak is None else peak / 2 ** 20,
+                "peak_rss_increase_mb": math.nan if peak is None or start is None else (peak - start) / 2 ** 20}
+
+
+def _round_robin(timers: Sequence[_Timer], settings: TimingSettings, memory: _Memory | None = None) -> None:
     """Start every timer in turn, then sample them round-robin (rotating who goes first) until the budget of
-    ``budget_s`` per timer is spent. One timer: plain repeats."""
+    ``budget_s`` per timer is spent. One timer: plain repeats. ``memory`` starts watching after the starts."""
     for timer in timers:
         timer.start()
+    if memory is not None:
+        memory.start()
     deadline = time.perf_counter() + settings.budget_s * len(timers)
     repeat = 0
     while repeat < settings.max_repeats and (repeat < settings.min_repeats or time.perf_counter() < deadline):
@@ -279,12 +297,14 @@ def summarize(samples, unstable_ratio: float = TimingSettings.unstable_ratio) ->
 def time_call(fn: Callable[[], object], settings: TimingSettings = TimingSettings(), *,
               before_each: Callable[[], object] | None = None, keep_samples: bool = False) -> dict:
     """Time ``fn()`` in this process (see :class:`TimingSettings`): the statistics of :func:`summarize`, plus
-    ``first_call_s``, ``loops``, ``minor_faults_per_call``, ``timing_method`` and with ``keep_samples`` the
-    per-call samples (``samples_s``). ``before_each``, if given, is called (untimed, its faults not counted)
-    right before every sample."""
+    ``first_call_s``, ``loops``, ``minor_faults_per_call``, ``peak_rss_mb`` (the process's peak resident size
+    during the timed samples, first call and warm-ups excluded), ``peak_rss_increase_mb`` (above its size
+    before the samples), ``timing_method``, and with ``keep_samples`` the per-call samples (``samples_s``).
+    ``before_each``, if given, is called (untimed, its faults not counted) right before every sample."""
     timer = _Timer(fn, settings, before_each=before_each)
-    _round_robin([timer], settings)
-    return {**timer.result(), "timing_method": "perf_counter",
+    memory = _Memory()
+    _round_robin([timer], settings, memory)
+    return {**timer.result(), **memory.columns(), "timing_method": "perf_counter",
             **({"samples_s": list(timer.samples)} if keep_samples else {})}
 
 
@@ -338,20 +358,13 @@ def _untimed(backend, problem: Problem) -> dict | None:
     return None
 
 
-def _memory_columns(start_rss: int | None) -> dict:
-    peak = peak_rss_bytes()
-    return {"peak_rss_mb": math.nan if peak is None else peak / 2 ** 20,
-            "peak_rss_increase_mb": math.nan if peak is None or start_rss is None else (peak - start_rss) / 2 ** 20}
-
-
 def time_backend(backend, problem: Problem, x, weight, bias=None, settings: TimingSettings = TimingSettings(), *,
                  allocation: str = "alloc", keep_samples: bool = False) -> dict:
     """Timing statistics of one backend on one problem in this process, or a ``status`` saying why it was not
     timed (unavailable, unsupported, the CUDA simulator).
 
-    CPU backends: :func:`time_call` of the public ``conv_transpose2d``, plus ``peak_rss_mb`` (the process's
-    peak resident size while the cell ran) and ``peak_rss_increase_mb`` (above its size at the start), and
-    with ``keep_samples`` the per-call samples (``samples_s``). GPU backends (``timing_kind == "gpu"``): the
+    CPU backends: :func:`time_call` of the public ``conv_transpose2d`` (with the samples as ``samples_s`` if
+    ``keep_samples``). GPU backends (``timing_kind == "gpu"``): the
     first call is timed with perf_counter (JIT compile + transfers), then, if the backend's module defines
     ``time_cuda_backend(name, problem, *, repeats) -> {"kernel_ms", "with_transfers_ms"}`` (CUDA-event medians,
     testbed/backends/numba_cuda.py), ``median_s`` is its kernel time on device-resident arrays and
@@ -376,10 +389,8 @@ def time_backend(backend, problem: Problem, x, weight, bias=None, settings: Timi
         return {"first_call_s": first, "median_s": result["kernel_ms"] / 1e3, "min_s": math.nan, "iqr_s": math.nan,
                 "repeats": repeats, "with_transfers_s": result["with_transfers_ms"] / 1e3,
                 "timing_method": "cuda events (device arrays; median only)", "allocation": "alloc"}
-    reset_peak_rss()
-    start_rss = rss_bytes()
     stats = time_call(call, settings, keep_samples=keep_samples)
-    stats.update(_memory_columns(start_rss), allocation=allocation)
+    stats["allocation"] = allocation
     if backend.timing_kind == "gpu":
         stats["timing_method"] += " (host arrays, includes transfers)"
     return stats
@@ -388,7 +399,7 @@ def time_backend(backend, problem: Problem, x, weight, bias=None, settings: Timi
 def _job_row(job: TimingJob, result: dict, isolation: str) -> dict:
     load = load_average()
     row = {"backend": job.backend_name, "isolation": isolation, "allocation": job.allocation,
-           "load_1min": load[0] if load else math.nan, **job.tags}
+           "load_1min": load[0] if load else math.nan}
     row.update(status="ok", message="")
     row.update(result)
     return row
@@ -415,8 +426,6 @@ def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_
     """The CPU jobs round-robin in this process; the others (untimed, GPU) one by one as in ``inline``."""
     from .registry import get_backend
 
-    reset_peak_rss()
-    start_rss = rss_bytes()
     timers: dict[int, _Timer] = {}
     for i, job in enumerate(jobs):
         backend = get_backend(job.backend)
@@ -424,8 +433,9 @@ def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_
             x, weight, bias = job.problem.random_arrays(job.rng)
             timers[i] = _Timer(prepare_call(backend, job.problem, x, weight, bias, job.allocation), settings,
                                catch=True)
-    _round_robin(list(timers.values()), settings)
-    memory = _memory_columns(start_rss)    # the group's peak: one process ran them all
+    watch = _Memory()
+    _round_robin(list(timers.values()), settings, watch)
+    memory = watch.columns()    # the group's peak: one process ran them all
     results = []
     for i, job in enumerate(jobs):
         if i not in timers:
@@ -443,7 +453,7 @@ def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_
 def time_jobs(jobs: Sequence[TimingJob], settings: TimingSettings = TimingSettings(), *, isolation: str = "process",
               keep_samples: bool = False, start_method: str | None = None) -> list[dict]:
     """Time every job; one row per job, in order: ``backend``, ``isolation``, ``allocation``, ``load_1min``
-    (the 1-minute load average when the row was finished: other processes on the machine), the job's tags,
+    (the 1-minute load average when the row was finished: other processes on the machine),
     ``status`` (``ok``, ``unsupported``, ``unavailable``, ``error``, ``simulator: not timed``), ``message``,
     and the statistics of :func:`time_backend`.
 
