@@ -25,9 +25,8 @@ __all__ = ["conv2d_adjoint", "adjoint_residual"]
 def conv2d_adjoint(z, weight, problem: Problem):
     """``Tᵀz``: the forward conv2d of ``z`` ``(N, C_out, H_out, W_out)`` → ``(N, C_in, H, W)``, in float64.
 
-    Written directly from the formula in the module docstring (per kernel tap, the strided window of ``z``
-    that the tap's inputs land on (:meth:`Problem.landing`) and one channel contraction), independent of every
-    backend; memory is ``z`` and the result, whatever stride and padding are.
+    Written directly from the formula in the module docstring (a zero canvas holding ``z`` at the padding
+    offset, one strided window and one channel contraction per kernel tap), independent of every backend.
     """
     z = np.asarray(z, dtype=np.float64)
     weight = np.asarray(weight, dtype=np.float64)
@@ -36,16 +35,16 @@ def conv2d_adjoint(z, weight, problem: Problem):
                          f"got {z.shape}")
     n, g = problem.batch, problem.groups
     cig, cog = problem.in_per_group, problem.out_per_group
-    grouped = z.reshape(n, g, cog, *problem.out_size)
-    out = np.zeros((n, g, cig, *problem.in_size))
+    (h, w), (sh, sw), (dh, dw) = problem.in_size, problem.stride, problem.dilation
+    canvas = np.zeros((n, problem.out_channels, *problem.canvas_size))
+    problem.crop(canvas)[...] = z                 # canvas index = output index + padding
+    grouped = canvas.reshape(n, g, cog, *problem.canvas_size)
+    out = np.zeros((n, g, cig, h, w))
     for kh in range(problem.kernel_size[0]):
         for kw in range(problem.kernel_size[1]):
-            rows, cols = problem.landing(0, kh), problem.landing(1, kw)
-            if rows is None or cols is None:
-                continue                          # every tap of this (kh, kw) falls outside z
-            (in_rows, out_rows), (in_cols, out_cols) = rows, cols
+            window = grouped[..., kh * dh:kh * dh + (h - 1) * sh + 1:sh, kw * dw:kw * dw + (w - 1) * sw + 1:sw]
             taps = weight[:, :, kh, kw].reshape(g, cig, cog)
-            out[..., in_rows, in_cols] += np.einsum("ngohw,gio->ngihw", grouped[..., out_rows, out_cols], taps)
+            out += np.einsum("ngohw,gio->ngihw", window, taps)
     return out.reshape(problem.input_shape)
 
 
