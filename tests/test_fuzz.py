@@ -3,6 +3,8 @@ PyTorch, on random configurations that include huge strides, dilations and paddi
 (up to 2⁶², where only the taps near the centre of a gigantic canvas land), every spelling of a pair argument
 and signed zeros. A backend may decline (UnsupportedConfiguration), never answer wrongly or run out of memory."""
 
+import resource
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -11,6 +13,10 @@ from hypothesis import strategies as st
 import testbed
 from conftest import RTOL, rel_error
 from reference import torch_conv_transpose2d
+
+#: Address space the fuzzing process may add while it runs: a backend whose memory follows the parameters
+#: (a canvas of 10¹² samples, a 2⁶¹-long accumulator) must fail here, not exhaust the machine.
+FUZZ_ADDRESS_SPACE = 2 * 2**30
 
 HOST_BACKENDS = [name for name in testbed.list_backends() if testbed.get_backend(name).device != "cuda"]
 SCALES = [1, 2, 3, 10**6, 10**9 + 7, 2**40, 2**61]
@@ -85,10 +91,26 @@ def definition(x, weight, bias, params, axes_):
     return y if bias is None else y + bias.astype(np.float64)[None, :, None, None]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much,
-                                                                 HealthCheck.too_slow])
+@pytest.fixture
+def bounded_address_space():
+    """This process's address-space soft limit lowered to what it holds plus FUZZ_ADDRESS_SPACE for the test."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    try:
+        with open("/proc/self/status") as status:
+            held = int(status.read().split("VmSize:")[1].split()[0]) * 1024
+    except (OSError, IndexError):
+        held = None                                   # not Linux: no limit
+    if held is not None:
+        limit = held + FUZZ_ADDRESS_SPACE
+        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
 @given(call=calls())
-def test_every_backend_matches_the_definition(call):
+def test_every_backend_matches_the_definition(bounded_address_space, call):
     x, weight, bias, params, axes_ = call
     expected = definition(x, weight, bias, params, axes_)
     plain = dict(stride=tuple(a[2] for a in axes_), dilation=tuple(a[3] for a in axes_),
