@@ -278,10 +278,11 @@ def conv2d_adjoint(z, weight, problem: Problem) -> np.ndarray:
         (Tᵀz)[n, g·Ci_g + ci, ih, iw] = Σ_{co, kh, kw} z[n, g·Co_g + co, ih·s - p + kh·d, iw·s - p + kw·d]
                                                        · W[g·Ci_g + ci, co, kh, kw]
 
-    with taps outside ``z`` counting as zero. Written from this formula (a zero canvas holding ``z`` at the
-    padding offset, one strided window and one channel contraction per tap), independently of every backend.
-    Only the ``H × W`` positions the transposed convolution reads are computed, so ``output_padding`` ≥
-    stride (allowed when below the dilation) needs no special case.
+    with taps outside ``z`` counting as zero. Written from this formula (per tap, the outputs it lands on
+    read at stride ``s`` — :meth:`Problem.landing`, so memory follows the output, never the uncropped
+    canvas — and one channel contraction), independently of every backend. Only the ``H × W`` positions the
+    transposed convolution reads are computed, so ``output_padding`` ≥ stride (allowed when below the
+    dilation) needs no special case.
 
     Parameters
     ----------
@@ -325,16 +326,17 @@ def conv2d_adjoint(z, weight, problem: Problem) -> np.ndarray:
                          f"got {z.shape}")
     n, g = problem.batch, problem.groups
     cig, cog = problem.in_per_group, problem.out_per_group
-    (h, w), (sh, sw), (dh, dw) = problem.in_size, problem.stride, problem.dilation
-    canvas = np.zeros((n, problem.out_channels, *problem.canvas_size))
-    problem.crop(canvas)[...] = z                 # canvas index = output index + padding
-    grouped = canvas.reshape(n, g, cog, *problem.canvas_size)
-    out = np.zeros((n, g, cig, h, w))
+    grouped = z.reshape(n, g, cog, *problem.out_size)
+    out = np.zeros((n, g, cig, *problem.in_size))
     for kh in range(problem.kernel_size[0]):
+        rows = problem.landing(0, kh)
         for kw in range(problem.kernel_size[1]):
-            window = grouped[..., kh * dh:kh * dh + (h - 1) * sh + 1:sh, kw * dw:kw * dw + (w - 1) * sw + 1:sw]
+            cols = problem.landing(1, kw)
+            if rows is None or cols is None:      # the tap lands outside the output: its terms are zero
+                continue
+            (in_rows, out_rows), (in_cols, out_cols) = rows, cols
             taps = weight[:, :, kh, kw].reshape(g, cig, cog)
-            out += np.einsum("ngohw,gio->ngihw", window, taps)
+            out[..., in_rows, in_cols] += np.einsum("ngohw,gio->ngihw", grouped[..., out_rows, out_cols], taps)
     return out.reshape(problem.input_shape)
 
 
