@@ -170,6 +170,25 @@ def _scoped(impl: Backend) -> Iterator[Backend]:
         _SCOPED_BACKEND.reset(token)
 
 
+def _problem_of_call(input: Any, weight: Any, bias: Any, stride: IntOrPair, padding: IntOrPair,
+                     output_padding: IntOrPair, groups: int, dilation: IntOrPair,
+                     output_size: Sequence[int] | None, on_device_ok: bool) -> tuple[Problem, Any, Any, Any]:
+    """The validated problem of a call and its arrays, converted: ``(problem, input, weight, bias)``."""
+    x = _as_array(input, "input", on_device_ok)
+    w = _as_array(weight, "weight", on_device_ok)
+    b = None if bias is None else _as_array(bias, "bias", on_device_ok)
+    for name, arr in (("weight", w), ("bias", b)):
+        if arr is not None and np.dtype(arr.dtype) != np.dtype(x.dtype):
+            raise TypeError(f"{name} dtype ({np.dtype(arr.dtype)}) must match the input dtype "
+                            f"({np.dtype(x.dtype)}); cast one of them")
+    problem = Problem.from_shapes(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding,
+                                  output_padding=output_padding, dilation=dilation, groups=groups,
+                                  dtype=x.dtype, has_bias=b is not None, output_size=output_size)
+    if b is not None and tuple(b.shape) != (problem.out_channels,):
+        raise ValueError(f"bias must have shape (C_out,) = ({problem.out_channels},), got {tuple(b.shape)}")
+    return problem, x, w, b
+
+
 def _prepare(input: Any, weight: Any, bias: Any, stride: IntOrPair, padding: IntOrPair, output_padding: IntOrPair,
              groups: int, dilation: IntOrPair, backend: BackendLike | None,
              output_size: Sequence[int] | None) -> tuple[Backend, Problem, Any, Any, Any]:
@@ -178,21 +197,8 @@ def _prepare(input: Any, weight: Any, bias: Any, stride: IntOrPair, padding: Int
     The shared front half of :func:`conv_transpose2d` and :func:`resolve_backend`: they cannot disagree.
     """
     impl = get_backend(backend if backend is not None else _SCOPED_BACKEND.get() or "auto")
-    on_device_ok = impl.device in ("cuda", "any")
-    x = _as_array(input, "input", on_device_ok)
-    w = _as_array(weight, "weight", on_device_ok)
-    b = None if bias is None else _as_array(bias, "bias", on_device_ok)
-    for name, arr in (("weight", w), ("bias", b)):
-        if arr is not None and np.dtype(arr.dtype) != np.dtype(x.dtype):
-            raise TypeError(f"{name} dtype ({np.dtype(arr.dtype)}) must match the input dtype "
-                            f"({np.dtype(x.dtype)}); cast one of them")
-
-    problem = Problem.from_shapes(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding,
-                                  output_padding=output_padding, dilation=dilation, groups=groups,
-                                  dtype=x.dtype, has_bias=b is not None, output_size=output_size)
-    if b is not None and tuple(b.shape) != (problem.out_channels,):
-        raise ValueError(f"bias must have shape (C_out,) = ({problem.out_channels},), got {tuple(b.shape)}")
-
+    problem, x, w, b = _problem_of_call(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                                        output_size, on_device_ok=impl.device in ("cuda", "any"))
     reason = impl.unsupported_reason(problem)
     if reason is not None:
         raise UnsupportedConfiguration(impl.name, reason)

@@ -495,20 +495,10 @@ def _call_problem(input, weight, bias, stride, padding, output_padding, groups, 
                   output_size) -> tuple[Problem, bool]:
     """The problem of a ``conv_transpose2d`` call (validated as the call validates it) and whether its arrays
     are CUDA device arrays. Only shapes and dtypes are read."""
-    from .api import _as_array
+    from .api import _problem_of_call
 
-    x = _as_array(input, "input", True)
-    w = _as_array(weight, "weight", True)
-    b = None if bias is None else _as_array(bias, "bias", True)
-    for name, array in (("weight", w), ("bias", b)):
-        if array is not None and np.dtype(array.dtype) != np.dtype(x.dtype):
-            raise TypeError(f"{name} dtype ({np.dtype(array.dtype)}) must match the input dtype "
-                            f"({np.dtype(x.dtype)}); cast one of them")
-    problem = Problem.from_shapes(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding,
-                                  output_padding=output_padding, dilation=dilation, groups=groups,
-                                  dtype=x.dtype, has_bias=b is not None, output_size=output_size)
-    if b is not None and tuple(b.shape) != (problem.out_channels,):
-        raise ValueError(f"bias must have shape (C_out,) = ({problem.out_channels},), got {tuple(b.shape)}")
+    problem, x, _, _ = _problem_of_call(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                                        output_size, on_device_ok=True)
     if problem.batch == 0:
         problem = problem.with_(batch=1)    # an empty batch computes nothing; plan for one image
     return problem, is_device_array(x)

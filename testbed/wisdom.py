@@ -123,7 +123,8 @@ def signature(problem: Problem, device: str = "cpu") -> str:
             f"{pairs} g{problem.groups} {'bias' if problem.has_bias else 'nobias'} {device}")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
@@ -181,7 +182,7 @@ def machine_fingerprint() -> dict[str, Any]:
         affinity = None
     environment = {key: value for key, value in sorted(os.environ.items())
                    if key in FINGERPRINT_ENVIRONMENT or key.startswith(FINGERPRINT_ENVIRONMENT_PREFIXES)}
-    return {"cpu_model": _cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+    return {"cpu_model": cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
             "cpu_affinity": affinity, "numba_threads": numba_threads, "environment": environment,
             "versions": {"testbed": __version__, **{name: _version(name)
                                                     for name in ("numpy", "scipy", "numba", "torch")}},

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from testbed.wisdom import cpu_model
+
 __all__ = ["PROJECT_ROOT", "git_state", "run_id", "collect_metadata", "measure_gemm_gflops",
            "measure_copy_gbps", "cpu_model", "device_info", "machine_state_meta", "record_end_state",
            "thread_pools_after_every_backend", "machine_state_lines"]
@@ -39,17 +41,6 @@ def run_id(now: _dt.datetime | None = None) -> str:
     """``YYYYmmddTHHMMSSZ-<short git hash>``, e.g. ``20250101T120000Z-a3e5f7c``."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
     return f"{now:%Y%m%dT%H%M%SZ}-{git_state()['short']}"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _versions() -> dict:
