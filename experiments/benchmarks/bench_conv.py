@@ -10,9 +10,9 @@ import numpy as np
 
 import testbed
 from testbed.testing import call_kwargs, oracle, relative_error
+from testbed.timing import reset_peak_rss
 
-from .common import (ACCURACY_CASES, CASES, MEMORY_CASES, SPEED_CASES, Call, require, reset_peak_memory,
-                     seconds_per_call)
+from .common import ACCURACY_CASES, CASES, MEMORY_CASES, SPEED_CASES, Call, require, seconds_per_call
 
 BACKENDS = testbed.list_backends()
 
@@ -50,7 +50,7 @@ class Memory:
     def setup(self, backend, case):
         self.call = Call(backend, require(backend, case, timed=True))
         self.call()
-        reset_peak_memory()
+        reset_peak_rss()    # the peak of the body, not of setup's warm-up call (compilation)
 
     def peakmem_conv_transpose2d(self, backend, case):
         self.call()

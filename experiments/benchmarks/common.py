@@ -75,16 +75,3 @@ def seconds_per_call(fn, *, batch_seconds=0.05, batches=3):
     return time_call(fn, settings)["median_s"]
 
 
-def reset_peak_memory():
-    """Restart the process's peak resident-set count at its current size, so that a ``peakmem_`` benchmark
-    measures its body and not setup's warm-up call (a cold Numba compilation alone takes hundreds of MB).
-
-    Linux >= 4.0: writing ``5`` to ``/proc/self/clear_refs`` resets the high-water mark that
-    ``getrusage().ru_maxrss`` (asv's measure) reports. Elsewhere this does nothing and setup counts too.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        pass
-
