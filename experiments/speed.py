@@ -35,7 +35,7 @@ from experiments.harness.reporting import (finish_report, grouped_bar_figure, lo
                                roofline_figure)
 from experiments.harness.runner import cell_rng, grid, run_sweep
 
-from .common import available_backend, finish, make_parser, selected_backends, start_run
+from .common import available_backend, finish, make_parser, selected_backends, start_run, sweep_executor
 
 NAME = "speed"
 #: Columns of the report's table of every cell.
@@ -224,7 +224,8 @@ def main(argv=None, *, out=None, suites=None):
         return speedups(frame.assign(isolation=isolation, allocation=allocation))
 
     run_sweep(cells, make_measure(args.seed, settings, isolation, allocation, cells, baseline), run_dir,
-              resume=args.resume, progress=not args.no_progress, desc=NAME, finalize=finalize)
+              resume=args.resume, progress=not args.no_progress, desc=NAME, finalize=finalize,
+              executor=sweep_executor(args), timed=True)
     record_end_state(run_dir)
     write_report(run_dir)
     finish(run_dir, NAME)
