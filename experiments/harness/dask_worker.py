@@ -69,18 +69,19 @@ def run_cells_task(sweep_id: str, cells: list) -> list[dict]:
     return rows
 
 
-def identify() -> dict:
-    """(On a worker, through ``Client.run``; and in the client.) What is compared before a sweep, cheaply:
-    host name, process id, whether it is daemonic (then it cannot start the processes that ``process``
-    isolation times in), the installed versions of :data:`COMPARED_PACKAGES` (package metadata: nothing is
-    imported), the testbed's git state and the allocator/threading environment (``testbed.timing``'s
-    prefixes)."""
+def describe() -> dict:
+    """(On each worker, through ``Client.run``; and in the client.) This process and its host, cheaply (no
+    library is imported for it): host name, process id, whether it is daemonic (then it cannot start the
+    processes that ``process`` isolation times in), CPU, platform, Python and the installed versions of
+    :data:`COMPARED_PACKAGES` (package metadata), the testbed's git state, cores and Numba threads, GPU, and
+    the state that changes timings (thread pools, allocator/threading environment, load average, CPU
+    governor: :func:`~.metadata.machine_state_meta`)."""
     import multiprocessing
     from importlib.metadata import PackageNotFoundError, version
 
-    from testbed.timing import ENVIRONMENT_PREFIXES
+    import numba
 
-    from .metadata import git_state
+    from .metadata import cpu_model, device_info, git_state, machine_state_meta
 
     versions = {"python": platform.python_version()}
     for name in COMPARED_PACKAGES:
@@ -89,9 +90,9 @@ def identify() -> dict:
         except PackageNotFoundError:
             versions[name] = None
     return {"hostname": socket.gethostname(), "pid": os.getpid(), "daemon": multiprocessing.current_process().daemon,
-            "versions": versions, "git": git_state(),
-            "environment": {key: value for key, value in sorted(os.environ.items())
-                            if key.startswith(ENVIRONMENT_PREFIXES)}}
+            "cpu_model": cpu_model(), "platform": platform.platform(), "versions": versions, "git": git_state(),
+            "threads": {"cpu_count": os.cpu_count(), "numba_threads": numba.get_num_threads()},
+            "device": device_info(), **machine_state_meta()}
 
 
 def dask_setup(nanny) -> None:

@@ -154,10 +154,10 @@ def timing_overlaps(rows) -> list[tuple[str, str, str]]:
     return overlaps
 
 
-def compared_versions(identity: dict) -> dict:
-    """What must agree between the client and a worker (:func:`~.dask_worker.identify`): Python, the packages
-    of :data:`~.dask_worker.COMPARED_PACKAGES` and the testbed's git commit."""
-    return {**identity.get("versions", {}), "testbed commit": identity.get("git", {}).get("commit")}
+def compared_versions(description: dict) -> dict:
+    """What must agree between the client and a worker (:func:`~.dask_worker.describe`): Python, the
+    packages of :data:`~.dask_worker.COMPARED_PACKAGES` and the testbed's git commit."""
+    return {**description.get("versions", {}), "testbed commit": description.get("git", {}).get("commit")}
 
 
 class DaskExecutor:
@@ -229,44 +229,40 @@ class DaskExecutor:
     def preflight(self, client, timed: bool, run_dir: Path) -> dict:
         """Check the versions and (for a timed sweep) the timer resources, record each host in meta.json, and
         return the scheduler's view of the workers."""
-        from .dask_worker import identify
-        from .metadata import host_metadata
+        from .dask_worker import describe
 
         try:
             client.get_versions(check=True)
         except ValueError as exc:
             raise ClusterRefused(f"the Dask client and cluster differ in packages Dask needs equal: {exc}") from None
-        identities = client.run(identify)
+        described = client.run(describe)
         workers = client.scheduler_info()["workers"]
-        mine = identify()
+        mine = describe()
         problems = []
-        for address, identity in sorted(identities.items()):
-            ours, theirs = compared_versions(mine), compared_versions(identity)
+        for address, description in sorted(described.items()):
+            ours, theirs = compared_versions(mine), compared_versions(description)
             differing = [f"{name} {theirs.get(name)} (client {value})" for name, value in ours.items()
                          if value != theirs.get(name)]
             if differing:
-                problems.append(f"worker {address} on {identity['hostname']}: {', '.join(differing)}")
+                problems.append(f"worker {address} on {description['hostname']}: {', '.join(differing)}")
         if problems and not self.allow_version_mismatch:
             raise ClusterRefused("versions differ between the client and workers, so the rows would not come "
                                  "from one code: " + "; ".join(problems) + ". Install the same versions (and "
                                  "commit) everywhere, or pass --allow-version-mismatch to go on and record it")
         warnings_ = [f"version mismatch (allowed): {p}" for p in problems]
         if timed:
-            warnings_ += self._check_timers(workers, identities, mine)
+            warnings_ += self._check_timers(workers, described, mine)
         for text in warnings_:
             print(f"dask executor: warning: {text}", file=sys.stderr)
-        # the machine metadata, from one worker of each host
-        first_of_host = {identity["hostname"]: address for address, identity in sorted(identities.items())}
-        machines = client.run(host_metadata, workers=list(first_of_host.values()))
-        record_hosts(run_dir, self.scheduler or "LocalCluster", workers, identities, machines, warnings_)
+        record_hosts(run_dir, self.scheduler or "LocalCluster", workers, described, warnings_)
         return workers
 
-    def _check_timers(self, workers: dict, identities: dict, mine: dict) -> list[str]:
+    def _check_timers(self, workers: dict, described: dict, mine: dict) -> list[str]:
         slots: dict = {}
         for address, info in workers.items():
             timer = info.get("resources", {}).get("timer", 0)
             if timer:
-                host = identities.get(address, {}).get("hostname", info.get("host"))
+                host = described.get(address, {}).get("hostname", info.get("host"))
                 slots.setdefault(host, []).append((address, timer))
         if not slots:
             raise ClusterRefused("no worker of the cluster offers the 'timer' resource, which every timing cell "
@@ -278,7 +274,7 @@ class DaskExecutor:
                     f"host {host} offers {sum(t for _, t in found):g} timer slots ("
                     + ", ".join(f"{a} timer={t:g}" for a, t in found) + ")" for host, found in crowded.items())
                 + ". Give exactly one worker process per host --resources timer=1")
-        daemonic = [a for found in slots.values() for a, _ in found if identities.get(a, {}).get("daemon")]
+        daemonic = [a for found in slots.values() for a, _ in found if described.get(a, {}).get("daemon")]
         if daemonic:
             raise ClusterRefused(f"timer worker(s) {', '.join(daemonic)} run as daemonic processes, which cannot "
                                  f"start the processes that process isolation times in: start them with "
@@ -286,7 +282,7 @@ class DaskExecutor:
         warnings_ = []
         for found in slots.values():
             for address, _ in found:
-                theirs = identities.get(address, {}).get("environment", {})
+                theirs = described.get(address, {}).get("environment", {})
                 ours = mine.get("environment", {})
                 differing = sorted(name for name in set(theirs) | set(ours) if theirs.get(name) != ours.get(name))
                 if differing:
@@ -350,8 +346,8 @@ def finished_rows(future, cells: list) -> list[dict]:
     if isinstance(exc, KilledWorker):
         last = getattr(exc.last_worker, "address", exc.last_worker)
         what = "this cell" if len(cells) == 1 else f"the task of this cell and {len(cells) - 1} other(s) of its case"
-        message = (f"worker died: every worker that ran {what} died while running it ({exc.allowed_failures + 1} "
-                   f"times; the last: {last}): a cell crashes its process, or the workers were killed")
+        message = (f"worker died: {what} was tried on {exc.allowed_failures + 1} worker(s), and each died while "
+                   f"running it (the last: {last}): a cell crashes its process, or the workers were killed")
     else:
         message = f"{type(exc).__name__} on the Dask cluster: {exc}"
     return [{**cell.columns(), "resolved_backend": "", "status": "error", "message": message, "host": "",
@@ -369,22 +365,27 @@ def update_meta(run_dir: Path, change) -> None:
     atomic_write_json(path, meta)
 
 
-def record_hosts(run_dir: Path, scheduler: str, workers: dict, identities: dict, machines: dict,
-                 warnings_: list) -> None:
-    """meta.json's ``hosts``: each host's machine metadata (``machines``: worker address -> host metadata, one
-    worker per host) and its workers; and a ``dask`` entry per session (a resumed run adds one)."""
-    hosts = {machine["hostname"]: {**machine, "workers": {}} for machine in machines.values()}
-    for address, identity in sorted(identities.items()):
+#: What meta.json keeps of a worker's description per worker; the rest is its host's.
+WORKER_KEYS = ("pid", "daemon", "environment", "threadpools")
+
+
+def record_hosts(run_dir: Path, scheduler: str, workers: dict, described: dict, warnings_: list) -> None:
+    """meta.json's ``hosts``: each host's machine metadata (from :func:`~.dask_worker.describe`) and its
+    workers (process id, resources, threads, daemonic, environment, thread pools); and a ``dask`` entry per
+    session (a resumed run adds one)."""
+    hosts: dict = {}
+    for address, description in sorted(described.items()):
+        host = hosts.setdefault(description["hostname"], {
+            **{k: v for k, v in description.items() if k not in WORKER_KEYS}, "workers": {}})
         info = workers.get(address, {})
-        hosts.setdefault(identity["hostname"], {"workers": {}})["workers"][address] = {
-            "pid": identity["pid"], "nthreads": info.get("nthreads"), "resources": info.get("resources", {}),
-            "daemon": identity["daemon"], "environment": identity["environment"]}
+        host["workers"][address] = {**{k: description.get(k) for k in WORKER_KEYS},
+                                    "nthreads": info.get("nthreads"), "resources": info.get("resources", {})}
 
     def change(meta):
         meta.setdefault("hosts", {}).update(hosts)
         meta.setdefault("dask", []).append({
             "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "scheduler": scheduler,
-            "workers": {a: {"host": identities.get(a, {}).get("hostname"), "resources": w.get("resources", {})}
+            "workers": {a: {"host": described.get(a, {}).get("hostname"), "resources": w.get("resources", {})}
                         for a, w in sorted(workers.items())},
             "warnings": list(warnings_)})
     update_meta(run_dir, change)

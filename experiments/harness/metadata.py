@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = ["PROJECT_ROOT", "git_state", "run_id", "collect_metadata", "measure_gemm_gflops",
            "measure_copy_gbps", "cpu_model", "device_info", "machine_state_meta", "record_end_state",
-           "thread_pools_after_every_backend", "machine_state_lines", "host_metadata"]
+           "thread_pools_after_every_backend", "machine_state_lines"]
 
 #: The repository checkout the experiments run from (this file is never installed as a wheel).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -138,19 +138,6 @@ def machine_state_meta() -> dict:
     state = machine_state()
     return {"threadpools": state["threadpools"], "environment": state["environment"],
             "load_average_before": state["load_average"], "cpu_governor": state["cpu_governor"]}
-
-
-def host_metadata() -> dict:
-    """The machine this process runs on, as a run's meta.json records each host of a distributed sweep:
-    host name, CPU, platform, library versions, code version (git), cores and numba threads, GPU, the state
-    that changes timings (:func:`machine_state_meta`) and each backend's status here."""
-    import socket
-
-    from testbed.registry import backend_status
-
-    return {"hostname": socket.gethostname(), "cpu_model": cpu_model(), "platform": platform.platform(),
-            "versions": _versions(), "git": git_state(), "threads": _threads(), "device": device_info(),
-            **machine_state_meta(), "backend_status": backend_status()}
 
 
 def record_end_state(run_dir) -> dict:
