@@ -5,6 +5,7 @@ becomes an ``error`` row; timing cells never overlap on a host; versions and tim
 before a sweep. Every address is 127.0.0.1; every process started here is ended here."""
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -21,14 +22,13 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from experiments import correctness, speed, tune                                    # noqa: E402
-from experiments.common import RunRefused                                           # noqa: E402
-from experiments.harness import dask_worker                                         # noqa: E402
-from experiments.harness.executors import (ClusterRefused, DaskExecutor, local_cluster,  # noqa: E402
-                                           timing_overlaps)
-from experiments.harness.metadata import PROJECT_ROOT                               # noqa: E402
-from experiments.harness.runner import grid, run_sweep                              # noqa: E402
-from testbed.problem import Problem                                                 # noqa: E402
+from experiments import correctness, speed, tune  # noqa: E402
+from experiments.common import RunRefused  # noqa: E402
+from experiments.harness import dask_worker  # noqa: E402
+from experiments.harness.executors import ClusterRefused, DaskExecutor, local_cluster, timing_overlaps  # noqa: E402
+from experiments.harness.metadata import PROJECT_ROOT  # noqa: E402
+from experiments.harness.runner import grid, run_sweep  # noqa: E402
+from testbed.problem import Problem  # noqa: E402
 
 FAST = "naive,col2im,kron"      # kron declines some cases: statuses other than ok take part
 QUIET = ["--quick", "--no-progress", "--backends", FAST]
@@ -96,7 +96,7 @@ def test_without_dask_the_option_names_the_extra(monkeypatch, capsys):
 
 
 def test_executor_arguments_that_do_not_go_together_are_refused(tmp_path):
-    with pytest.raises(RunRefused, match="--scheduler .* needs --executor dask"):
+    with pytest.raises(RunRefused, match=r"--scheduler .* needs --executor dask"):
         correctness.main([*QUIET, "--scheduler", "tcp://127.0.0.1:1", "--out", str(tmp_path / "a")])
     with pytest.raises(RunRefused, match="tune runs here only"):
         tune.main(["--quick", "--no-progress", "--executor", "dask", "--out", str(tmp_path / "b")])
@@ -164,7 +164,7 @@ def test_speed_on_a_cluster_matches_local_and_timings_never_overlap(tmp_path, cl
     assert timing_overlaps(rows) == []
     for host in {row["host"] for row in rows}:           # the same check, written out
         spans = sorted((row["started_at"], row["finished_at"]) for row in rows if row["host"] == host)
-        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+        assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
     assert {row["worker"] for row in rows} <= set(timer_workers(client))
     frame = pd.read_csv(run_dir / "results.csv")
     assert (frame.loc[frame["backend"].eq("col2im") & frame["status"].eq("ok"), "speedup"] == 1).all()
@@ -292,3 +292,45 @@ def test_a_cell_that_kills_every_worker_it_runs_on_is_an_error_row(tmp_path, clu
     message = frame.set_index("case").loc["c0", "message"]
     assert message.startswith("worker died: this cell was tried on 1 worker(s), and each died while running it")
     assert len(rows_of(tmp_path)) == 2
+
+
+# ---- reports of a run that spans several hosts (no cluster needed) ----------------------------------------------
+
+def two_host_speed_rows(scale: float = 1.0, swap: bool = False) -> pd.DataFrame:
+    h1, h2 = ("h2", "h1") if swap else ("h1", "h2")
+    rows = [("c1", "col2im", h1, 1.0), ("c1", "naive", h1, 2.0), ("c2", "col2im", h2, 4.0), ("c2", "naive", h2, 2.0),
+            ("c3", "col2im", h1, 1.0), ("c3", "naive", h2, 1.0)]       # c3: a case split over hosts (failover)
+    return pd.DataFrame([{"cell_key": f"{case}|{backend}", "case": case, "backend": backend, "dtype": "float32",
+                          "status": "ok", "message": "", "median_s": median * scale * 1e-3, "host": host}
+                         for case, backend, host, median in rows])
+
+
+def test_a_run_on_several_hosts_compares_each_time_with_its_own_hosts_baseline():
+    from experiments import report
+
+    frame = speed.add_speedup("col2im")(two_host_speed_rows())
+    speedup = dict(zip(frame["cell_key"], frame["speedup"]))
+    assert speedup["c1|naive"] == pytest.approx(0.5) and speedup["c2|naive"] == pytest.approx(2.0)
+    assert np.isnan(speedup["c3|naive"]), "a speedup across hosts compares machines, not backends"
+    assert list(speed._pivot(frame, "median_s").index) == ["c1 @ h1", "c2 @ h2", "c3 @ h1", "c3 @ h2"]
+
+    table = report.compare_frames(frame, two_host_speed_rows(scale=2.0, swap=True), "median_s")
+    assert {"host_A", "host_B"} <= set(table) and (table["ratio_B_over_A"] == 2).all()
+    by_host = report.ratios_by_host(table)
+    assert set(zip(by_host["host_A"], by_host["host_B"])) == {("h1", "h2"), ("h2", "h1")}
+    assert (by_host["geometric_mean_B_over_A"] == 2).all() and by_host["cells"].sum() == len(table)
+
+
+def test_reports_name_the_hosts_and_count_cells_per_host(tmp_path):
+    from experiments.harness.reporting import finish_report, hosts_lines
+
+    first = {"cpu_model": "CPU one", "threads": {"cpu_count": 8}, "versions": {"numpy": "2"}, "git": {"short": "abc"},
+             "workers": {"tcp://127.0.0.1:1": {"resources": {"timer": 1}}}}
+    meta = {"hosts": {"h1": first,
+                      "h2": {"cpu_model": "CPU two", "workers": {}}},
+            "dask": [{"scheduler": "tcp://127.0.0.1:8786", "warnings": ["timer worker ... environment"]}]}
+    text = hosts_lines(meta)
+    assert "`h1`: CPU one, 8 cores" in text and "resources timer=1" in text and "`h2`: CPU two" in text
+    assert "scheduler tcp://127.0.0.1:8786" in text and "warning: timer worker" in text
+    report_text = finish_report(tmp_path, ["# test"], two_host_speed_rows(), ["case", "backend", "status"])
+    assert "## Cells per host" in report_text and "| h2 " in report_text
