@@ -24,7 +24,7 @@ distributed = pytest.importorskip("distributed")
 
 from experiments import correctness, speed, tune  # noqa: E402
 from experiments.common import RunRefused  # noqa: E402
-from experiments.harness import dask_worker  # noqa: E402
+from experiments.harness import dask_worker, executors  # noqa: E402
 from experiments.harness.executors import ClusterRefused, DaskExecutor, local_cluster, timing_overlaps  # noqa: E402
 from experiments.harness.metadata import PROJECT_ROOT  # noqa: E402
 from experiments.harness.runner import grid, run_sweep  # noqa: E402
@@ -129,6 +129,25 @@ def test_two_timers_on_a_host_or_a_daemonic_timer_are_refused():
         check(workers({"timer": 1}, {}), identities(2, daemon=True), {"environment": {}})
     warned = check(workers({"timer": 1}, {}), identities(2), {"environment": {"OMP_NUM_THREADS": "1"}})
     assert len(warned) == 1 and "OMP_NUM_THREADS=None (client 1)" in warned[0]
+
+
+def test_a_module_run_with_dash_m_pickles_its_functions_by_reference(monkeypatch):
+    import pickle
+    import types
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="testbed_dask_fake_experiment")
+
+    def measure_in_worker():
+        return 1
+    measure_in_worker.__module__, measure_in_worker.__qualname__ = "__main__", "measure_in_worker"
+    main.measure_in_worker = measure_in_worker
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.delitem(sys.modules, "testbed_dask_fake_experiment", raising=False)
+    executors.name_main_module()
+    assert sys.modules["testbed_dask_fake_experiment"] is main
+    assert measure_in_worker.__module__ == "testbed_dask_fake_experiment"
+    assert pickle.loads(pickle.dumps(measure_in_worker)) is measure_in_worker      # by reference, by that name
 
 
 # ---- on a local cluster -----------------------------------------------------------------------------------------

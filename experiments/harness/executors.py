@@ -49,6 +49,7 @@ import datetime as _dt
 import json
 import logging
 import sys
+import types
 import uuid
 from pathlib import Path
 
@@ -200,6 +201,7 @@ class DaskExecutor:
                 client.wait_for_workers(1, timeout=self.connect_timeout_s)
             workers = self.preflight(client, timed, run_dir)
             sweep_id = f"testbed-sweep-{uuid.uuid4().hex[:12]}"
+            name_main_module()
             client.register_plugin(SweepMeasure(sweep_id, measure), name=sweep_id)
             pending: dict = {}
             rows = []
@@ -298,6 +300,23 @@ class DaskExecutor:
         print(f"dask executor: warning: {len(overlaps)} pair(s) of timing cells overlapped on one host (a worker "
               f"with the timer resource joined during the sweep?); see meta.json, timing_overlaps", file=sys.stderr)
         update_meta(run_dir, lambda meta: meta.setdefault("timing_overlaps", []).extend(map(list, overlaps)))
+
+
+def name_main_module() -> None:
+    """Let the functions of a module run as ``python -m experiments.NAME`` pickle by reference, under that name.
+
+    Run so, the module is ``__main__``, and cloudpickle copies its functions by value into the measure it sends
+    to the workers; a copy of a module-level function that the worker then hands to a ``process``-isolation
+    child (plain pickle, by reference) is "not the same object as ``__main__.<name>``" there. So the module is
+    also registered under its own name (what ``runpy`` leaves out), and its functions and classes say they
+    belong to it: the workers import them from ``experiments.NAME`` like any module's."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if not name or name == "__main__" or sys.modules.setdefault(name, main) is not main:
+        return
+    for value in list(vars(main).values()):
+        if getattr(value, "__module__", None) == "__main__" and isinstance(value, type | types.FunctionType):
+            value.__module__ = name
 
 
 def tasks(cells, timed: bool, workers: dict) -> list[tuple[list, dict]]:
