@@ -1,5 +1,5 @@
 """The worker side of a sweep on Dask distributed (see :mod:`~experiments.harness.executors`): the task that runs
-one cell, the plugin that hands a sweep's ``measure`` to every worker once, what a worker reports about itself,
+cells, the plugin that hands a sweep's ``measure`` to every worker once, what a worker reports about itself,
 and the nanny preload that makes a ``dask worker`` fit for timing.
 
 Start the workers of a cluster that times cells with this module as the nanny's preload::
@@ -59,6 +59,9 @@ def run_cells_task(sweep_id: str, cells: list) -> list[dict]:
     :func:`~.runner.run_cell` row of each cell with the sweep's ``measure``, which also says where and when it
     ran: ``host`` (the host name), ``worker`` (the worker's address), ``started_at`` and ``finished_at`` (Unix
     time, seconds)."""
+    if sweep_id not in _MEASURES:
+        raise RuntimeError(f"this worker has no measure for sweep {sweep_id}: its plugin failed to set up (do "
+                           f"`testbed` and `experiments` import here?)")
     worker, host, measure = get_worker(), socket.gethostname(), _MEASURES[sweep_id]
     rows = []
     for cell in cells:
@@ -101,6 +104,9 @@ def dask_setup(nanny) -> None:
     (those the nanny's own environment has are kept: they are the operator's choice)."""
     import dask
 
+    if not hasattr(nanny, "pre_spawn_env"):
+        raise RuntimeError("experiments.harness.dask_worker configures the nanny before it starts its worker: "
+                           "pass it with --preload-nanny, not --preload")
     dask.config.set({"distributed.worker.daemon": False})
     for name in NANNY_TIMING_VARIABLES:
         if name not in os.environ:

@@ -60,8 +60,6 @@ __all__ = ["DASK_EXTRA", "DaskUnavailable", "ClusterRefused", "LocalExecutor", "
 
 #: How to install what ``--executor dask`` needs.
 DASK_EXTRA = "pip install 'convtranspose-testbed[dask]'"
-#: Columns a Dask row adds: where and when its cell ran.
-PLACEMENT_COLUMNS = ("host", "worker", "started_at", "finished_at")
 
 
 class DaskUnavailable(HarnessError):
@@ -198,11 +196,19 @@ class DaskExecutor:
 
         with self.client() as client:
             if not client.scheduler_info()["workers"]:
-                client.wait_for_workers(1, timeout=self.connect_timeout_s)
+                try:
+                    client.wait_for_workers(1, timeout=self.connect_timeout_s)
+                except TimeoutError:
+                    raise ClusterRefused(f"no worker joined the Dask scheduler at {self.scheduler} within "
+                                         f"{self.connect_timeout_s:g} s") from None
             workers = self.preflight(client, timed, run_dir)
             sweep_id = f"testbed-sweep-{uuid.uuid4().hex[:12]}"
             name_main_module()
-            client.register_plugin(SweepMeasure(sweep_id, measure), name=sweep_id)
+            try:
+                client.register_plugin(SweepMeasure(sweep_id, measure), name=sweep_id)
+            except Exception as exc:
+                raise ClusterRefused(f"the sweep's measure could not be handed to the workers ({type(exc).__name__}: "
+                                     f"{exc}): it must pickle (cloudpickle) and its modules import there") from exc
             pending: dict = {}
             rows = []
             try:
@@ -237,7 +243,12 @@ class DaskExecutor:
             client.get_versions(check=True)
         except ValueError as exc:
             raise ClusterRefused(f"the Dask client and cluster differ in packages Dask needs equal: {exc}") from None
-        described = client.run(describe)
+        try:
+            described = client.run(describe)
+        except Exception as exc:
+            raise ClusterRefused(f"a Dask worker could not describe itself ({type(exc).__name__}: {exc}); do "
+                                 f"`testbed` and `experiments` import there? Start the workers from the repository "
+                                 f"root or with it on PYTHONPATH") from exc
         workers = client.scheduler_info()["workers"]
         mine = describe()
         problems = []
@@ -252,6 +263,10 @@ class DaskExecutor:
                                  "from one code: " + "; ".join(problems) + ". Install the same versions (and "
                                  "commit) everywhere, or pass --allow-version-mismatch to go on and record it")
         warnings_ = [f"version mismatch (allowed): {p}" for p in problems]
+        elsewhere = sorted({d["hostname"] for d in described.values()} - {mine["hostname"]})
+        if mine["git"].get("dirty") and elsewhere:
+            warnings_.append(f"this checkout has uncommitted changes, which the workers on {', '.join(elsewhere)} "
+                             f"may lack (their commit is the same)")
         if timed:
             warnings_ += self._check_timers(workers, described, mine)
         for text in warnings_:
@@ -347,7 +362,9 @@ def tasks(cells, timed: bool, workers: dict) -> list[tuple[list, dict]]:
 
 def case_of(cell) -> tuple:
     """What a cell shares with the other backends of its case: everything in its key but the backend."""
-    return (cell.case, cell.key.split("|", 3)[1], str(cell.problem.dtype), cell.problem.has_bias, cell.tags)
+    from .descriptor import format_descriptor
+
+    return cell.case, format_descriptor(cell.problem), str(cell.problem.dtype), cell.problem.has_bias, cell.tags
 
 
 def finished_rows(future, cells: list) -> list[dict]:
