@@ -131,6 +131,20 @@ def test_two_timers_on_a_host_or_a_daemonic_timer_are_refused():
     assert len(warned) == 1 and "OMP_NUM_THREADS=None (client 1)" in warned[0]
 
 
+def test_timed_sweeps_send_whole_cases_to_timers_and_cuda_cells_go_to_gpu_workers():
+    cells = grid({"c0": CASES["c0"], "c1": CASES["c1"]}, ["col2im", "numba_cuda", "naive"])
+    no_gpu = {"w0": {"resources": {"timer": 1}}, "w1": {"resources": {}}}
+    with_gpu = {"w0": {"resources": {"timer": 1, "gpu": 1}}, "w1": {"resources": {}}}
+    untimed = executors.tasks(cells, False, with_gpu)
+    assert [len(group) for group, _ in untimed] == [1] * 6
+    assert [resources for _, resources in untimed] == [{}, {"gpu": 1}, {}] * 2
+    assert [resources for _, resources in executors.tasks(cells, False, no_gpu)] == [{}] * 6   # nowhere else
+    timed = executors.tasks(cells, True, with_gpu)
+    assert [[c.backend_name for c in group] for group, _ in timed] == [["col2im", "numba_cuda", "naive"]] * 2
+    assert [resources for _, resources in timed] == [{"timer": 1, "gpu": 1}] * 2
+    assert [resources for _, resources in executors.tasks(cells, True, no_gpu)] == [{"timer": 1}] * 2
+
+
 def test_a_module_run_with_dash_m_pickles_its_functions_by_reference(monkeypatch):
     import pickle
     import types
@@ -162,6 +176,7 @@ def test_correctness_on_a_cluster_it_starts_matches_the_local_executor(tmp_path,
     assert len(rows) == len({row["cell_key"] for row in rows}) == len(local)
     assert {row["host"] for row in rows} == {socket.gethostname()}
     assert len({row["worker"] for row in rows}) == 2, "untimed cells should run on both workers"
+    assert timing_overlaps(rows), "untimed cells run at once (and the stamps show it)"
     meta = json.loads((run_dir / "meta.json").read_text())
     host = meta["hosts"][socket.gethostname()]
     assert {"cpu_model", "versions", "threads", "device", "load_average_before", "git"} <= set(host)
