@@ -28,7 +28,7 @@ from .runner import run_cell
 #: Variables Dask's nanny sets in its worker processes by default, which change what a timing measures.
 NANNY_TIMING_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: The packages whose versions must agree between the client and every worker (besides Dask's own check).
-COMPARED_PACKAGES = ("numpy", "scipy", "numba", "numba-cuda", "torch", "convtranspose-testbed")
+COMPARED_PACKAGES = ("numpy", "scipy", "numba", "numba-cuda", "torch")
 #: The Dask configuration under which a nanny starts worker processes fit for timing.
 TIMING_WORKER_CONFIG = {"distributed.worker.daemon": False,
                         **{f"distributed.nanny.pre-spawn-environ.{name}": None for name in NANNY_TIMING_VARIABLES}}
@@ -75,14 +75,16 @@ def run_cells_task(sweep_id: str, cells: list) -> list[dict]:
 def describe() -> dict:
     """(On each worker, through ``Client.run``; and in the client.) This process and its host, cheaply (no
     library is imported for it): host name, process id, whether it is daemonic (then it cannot start the
-    processes that ``process`` isolation times in), CPU, platform, Python and the installed versions of
-    :data:`COMPARED_PACKAGES` (package metadata), the testbed's git state, cores and Numba threads, GPU, and
-    the state that changes timings (thread pools, allocator/threading environment, load average, CPU
-    governor: :func:`~.metadata.machine_state_meta`)."""
+    processes that ``process`` isolation times in), CPU, platform, the versions of Python, of
+    :data:`COMPARED_PACKAGES` (package metadata) and of the testbed (and its git state), cores and Numba
+    threads, GPU, and the state that changes timings (thread pools, allocator/threading environment, load
+    average, CPU governor: :func:`~.metadata.machine_state_meta`)."""
     import multiprocessing
     from importlib.metadata import PackageNotFoundError, version
 
     import numba
+
+    import testbed
 
     from .metadata import cpu_model, device_info, git_state, machine_state_meta
 
@@ -92,6 +94,7 @@ def describe() -> dict:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = None
+    versions["testbed"] = testbed.__version__        # the checkout's, installed or only on the path
     return {"hostname": socket.gethostname(), "pid": os.getpid(), "daemon": multiprocessing.current_process().daemon,
             "cpu_model": cpu_model(), "platform": platform.platform(), "versions": versions, "git": git_state(),
             "threads": {"cpu_count": os.cpu_count(), "numba_threads": numba.get_num_threads()},
