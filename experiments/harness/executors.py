@@ -370,22 +370,25 @@ def case_of(cell) -> tuple:
 def finished_rows(future, cells: list) -> list[dict]:
     """The rows of a finished task: its result, or an ``error`` row per cell saying why it has none. A future
     cancelled under the sweep (the cluster went away) raises: its cells were not run, and ``--resume`` runs
-    them."""
+    them. (A task whose result was lost with its worker after it finished is run again: this waits for it.)"""
     from distributed.scheduler import KilledWorker
 
-    if future.status == "finished":
+    try:
         return future.result()
-    if future.status == "cancelled":
-        raise ClusterRefused(f"the Dask cluster cancelled cell {cells[0].key!r} (scheduler lost or shut down?); "
-                             f"the finished rows are on disk: --resume completes the run")
-    exc = future.exception()
-    if isinstance(exc, KilledWorker):
-        last = getattr(exc.last_worker, "address", exc.last_worker)
+    except BaseException as exc:
+        if future.cancelled():
+            raise ClusterRefused(f"the Dask cluster cancelled cell {cells[0].key!r} (scheduler lost or shut "
+                                 f"down?); the finished rows are on disk: --resume completes the run") from exc
+        if not isinstance(exc, Exception):
+            raise
+        error = exc
+    if isinstance(error, KilledWorker):
+        last = getattr(error.last_worker, "address", error.last_worker)
         what = "this cell" if len(cells) == 1 else f"the task of this cell and {len(cells) - 1} other(s) of its case"
-        message = (f"worker died: {what} was tried on {exc.allowed_failures + 1} worker(s), and each died while "
+        message = (f"worker died: {what} was tried on {error.allowed_failures + 1} worker(s), and each died while "
                    f"running it (the last: {last}): a cell crashes its process, or the workers were killed")
     else:
-        message = f"{type(exc).__name__} on the Dask cluster: {exc}"
+        message = f"{type(error).__name__} on the Dask cluster: {error}"
     return [{**cell.columns(), "resolved_backend": "", "status": "error", "message": message, "host": "",
              "worker": ""} for cell in cells]
 
