@@ -21,7 +21,7 @@ from experiments.harness.reporting import finish_report, load_run, markdown_tabl
 from experiments.harness.runner import call_backend, grid, run_sweep
 from experiments.harness.storage import save_arrays, save_figure
 
-from .common import finish, make_parser, selected_backends, start_run
+from .common import finish, make_parser, selected_backends, start_run, sweep_executor
 
 NAME = "checkerboard"
 PAIRS = ((2, 2), (3, 2), (4, 2), (3, 1), (5, 3))
@@ -75,7 +75,7 @@ def main(argv=None, *, out=None):
     run_dir, meta = start_run(NAME, args, argv, {"input_size": size}, out=out)
     problems = cases(size)
     run_sweep(grid(problems, selected_backends(args), args.dtypes), measure, run_dir, resume=args.resume,
-              progress=not args.no_progress, desc=NAME)
+              progress=not args.no_progress, desc=NAME, executor=sweep_executor(args))
     save_arrays(run_dir / "overlap_maps.npz",
                 **{name: overlap_map("naive", problem.with_(dtype=np.float64)) for name, problem in problems.items()})
     write_report(run_dir)

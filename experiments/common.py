@@ -1,6 +1,7 @@
-"""The command line every experiment shares (--quick, --out, --backends, --seed, --resume) and the run
-directory it writes: ``results/<experiment>/<run-id>/`` with meta.json, rows.jsonl, results.csv, report.md
-and PNG figures (see results/README.md).
+"""The command line every experiment shares (--quick, --out, --backends, --seed, --resume; --executor,
+--scheduler, --workers, --allow-version-mismatch: where the cells run) and the run directory it writes:
+``results/<experiment>/<run-id>/`` with meta.json, rows.jsonl, results.csv, report.md and PNG figures (see
+results/README.md).
 
 A run directory is locked from :func:`start_run` to :func:`finish` (or the end of the process): a second run
 into it stops at once, naming the holder's pid. Without ``--resume`` a directory that holds a run is refused;
@@ -24,6 +25,7 @@ from experiments.harness.storage import (HarnessError, RowLog, atomic_write_json
 from testbed.registry import available_backends, get_backend, list_backends
 
 RESULTS_ROOT = PROJECT_ROOT / "results"
+EXECUTORS = ("local", "dask")
 
 
 def backend_list(text: str) -> list[str]:
@@ -56,6 +58,46 @@ def dtype_list(text: str) -> list[np.dtype]:
     return [np.dtype(name) for name in names]
 
 
+def executor_name(text: str) -> str:
+    """argparse type of --executor: ``local``, or ``dask`` where Dask distributed is installed."""
+    name = text.strip().lower()
+    if name not in EXECUTORS:
+        raise argparse.ArgumentTypeError(f"--executor must be one of {', '.join(EXECUTORS)}; got {text!r}")
+    if name == "dask":
+        from experiments.harness.executors import DaskUnavailable, require_dask
+        try:
+            require_dask()
+        except DaskUnavailable as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
+def worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"--workers must be a whole number >= 1; got {text!r}")
+    return count
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where the cells run (see experiments/harness/executors.py)")
+    group.add_argument("--executor", type=executor_name, default="local",
+                       help="local: every cell in this process, in order (default); dask: every cell a task of a "
+                            "Dask distributed cluster (needs the dask extra)")
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="with --executor dask: the scheduler of a running cluster, e.g. tcp://host:8786 "
+                            "(default: start a local cluster for the run and close it afterwards)")
+    group.add_argument("--workers", type=worker_count, default=2,
+                       help="with --executor dask and no --scheduler: worker processes of the local cluster, one "
+                            "thread each (default 2)")
+    group.add_argument("--allow-version-mismatch", action="store_true",
+                       help="with --executor dask: go on (and record it) when workers run other versions of "
+                            "NumPy, SciPy, Numba, torch or the testbed than this process")
+
+
 def make_parser(name: str, description: str, *, dtypes: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,7 +114,27 @@ def make_parser(name: str, description: str, *, dtypes: str | None = None) -> ar
     if dtypes is not None:
         parser.add_argument("--dtypes", type=dtype_list, default=dtype_list(dtypes),
                             help=f"comma list of float32, float64 (default {dtypes})")
+    add_executor_arguments(parser)
     return parser
+
+
+def sweep_executor(args):
+    """The executor of the run's sweep, from --executor, --scheduler, --workers and --allow-version-mismatch."""
+    from experiments.harness.executors import DaskExecutor, LocalExecutor
+
+    if args.executor != "dask":
+        return LocalExecutor()
+    return DaskExecutor(args.scheduler, args.workers, allow_version_mismatch=args.allow_version_mismatch)
+
+
+def executor_argv(args) -> list[str]:
+    """The executor arguments of ``args`` as a command line (for a job that runs other experiments)."""
+    argv = ["--executor", args.executor, "--workers", str(args.workers)]
+    if args.scheduler is not None:
+        argv += ["--scheduler", args.scheduler]
+    if args.allow_version_mismatch:
+        argv.append("--allow-version-mismatch")
+    return argv
 
 
 def selected_backends(args) -> list[str]:
@@ -91,7 +153,10 @@ class RunRefused(HarnessError):
 
 
 #: Arguments that say how to run, not what to compute: they may change on --resume and are not recorded.
-OPERATIONAL_ARGUMENTS = ("out", "resume", "no_progress")
+OPERATIONAL_ARGUMENTS = ("out", "resume", "no_progress", "executor", "scheduler", "workers",
+                         "allow_version_mismatch")
+#: Experiments whose work is not a sweep of cells that may run elsewhere: why --executor dask is refused.
+LOCAL_ONLY = {"tune": "tuning keeps the winners as wisdom for the machine it runs on: run it on each machine"}
 #: What a meta.json written before ``arguments`` was recorded can be compared on.
 LEGACY_ARGUMENTS = ("seed", "quick", "backends", "fill")
 
@@ -140,6 +205,16 @@ def run_contents(out: Path) -> list[str]:
     return found
 
 
+def check_executor_arguments(name: str, args) -> None:
+    """:class:`RunRefused` for executor arguments that do not go together, or --executor dask where the
+    experiment runs no sweep (:data:`LOCAL_ONLY`)."""
+    executor = getattr(args, "executor", "local")
+    if executor != "dask" and getattr(args, "scheduler", None) is not None:
+        raise RunRefused(f"--scheduler {args.scheduler} needs --executor dask")
+    if executor == "dask" and name in LOCAL_ONLY:
+        raise RunRefused(f"--executor dask: {name} runs here only ({LOCAL_ONLY[name]})")
+
+
 def start_run(name: str, args, argv, extra_meta: dict | None = None, *, out: Path | None = None):
     """Create (or, with ``--resume``, reopen) the run directory, lock it and write its meta.json; ``(dir, meta)``.
 
@@ -148,6 +223,7 @@ def start_run(name: str, args, argv, extra_meta: dict | None = None, *, out: Pat
     both values). ``extra_meta`` (a dict, or a callable giving one, called only for a new run) adds the
     experiment's settings to meta.json. The lock is held until :func:`finish` or the end of the process.
     """
+    check_executor_arguments(name, args)
     command = [f"-m experiments.{name}", *(sys.argv[1:] if argv is None else argv)]
     rid = run_id()
     out = out or args.out

@@ -23,7 +23,7 @@ from experiments.harness.reporting import (finish_report, heatmap_figure, load_r
                                            truthy)
 from experiments.harness.runner import call_backend, cell_rng, grid, run_sweep
 
-from .common import finish, make_parser, selected_backends, start_run
+from .common import finish, make_parser, selected_backends, start_run, sweep_executor
 
 NAME = "correctness"
 #: Columns of the report's table of every cell.
@@ -100,7 +100,7 @@ def main(argv=None, *, out=None):
     run_dir, meta = start_run(NAME, args, argv, {"fill": args.fill, "tolerance": tolerances}, out=out)
     cells = grid(cases(args.quick), selected_backends(args), args.dtypes)
     run_sweep(cells, make_measure(args.seed, args.fill == "int"), run_dir, resume=args.resume,
-              progress=not args.no_progress, desc=NAME)
+              progress=not args.no_progress, desc=NAME, executor=sweep_executor(args))
     write_report(run_dir)
     finish(run_dir, NAME)
     return run_dir

@@ -32,7 +32,7 @@ from experiments.harness.metadata import machine_state_lines, record_end_state
 from experiments.harness.reporting import finish_report, grouped_bar_figure, load_run, markdown_table, report_header
 from experiments.harness.runner import Cell, cell_rng, run_sweep
 
-from .common import finish, make_parser, start_run
+from .common import finish, make_parser, start_run, sweep_executor
 
 NAME = "interference"
 #: The cases: the depthwise layer and the two decoder shapes where the effects were first seen (see
@@ -156,7 +156,8 @@ def main(argv=None, *, out=None):
     # --quick times one B (the first backend) against one A: six worker processes in all
     targets = backends[:1] if args.quick else backends
     run_sweep(build_cells(cases, backends, targets), make_measure(args.seed, settings), run_dir, resume=args.resume,
-              progress=not args.no_progress, desc=NAME, finalize=add_ratios)
+              progress=not args.no_progress, desc=NAME, finalize=add_ratios, executor=sweep_executor(args),
+              timed=True)
     record_end_state(run_dir)
     write_report(run_dir)
     finish(run_dir, NAME)

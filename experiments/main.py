@@ -16,7 +16,7 @@ from experiments.harness.storage import atomic_write_text
 from testbed.testing import tolerance
 
 from . import correctness, speed
-from .common import finish, make_parser, start_run
+from .common import executor_argv, finish, make_parser, start_run
 
 NAME = "main"
 SUITES = ("tiny", "unet")
@@ -33,7 +33,7 @@ def part_argv(args) -> list[str]:
             argv.append("--" + flag.replace("_", "-"))
     if args.backends:
         argv += ["--backends", ",".join(args.backends)]
-    return argv
+    return argv + executor_argv(args)
 
 
 def main(argv=None):

@@ -6,7 +6,9 @@
 
 Both runs must come from the same experiment. The comparison joins rows on the cell (case, problem,
 backend, dtype, tags) and shows the experiment's main metric in A and in B with the ratio B / A: for timings
-(speed, scaling; the ``speed`` part of ``main``) a ratio below 1 means B is faster.
+(speed, scaling; the ``speed`` part of ``main``) a ratio below 1 means B is faster. Rows of a run on Dask
+say where each cell ran (``host_A``, ``host_B``); when a run spans several hosts, the geometric mean of the
+ratios is also given per pair of hosts.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.harness.reporting import load_run, markdown_table
+from experiments.harness.reporting import load_run, markdown_table, spans_hosts
 from experiments.harness.runner import results_from_log
 from experiments.harness.storage import atomic_write_csv, atomic_write_text
 
@@ -76,6 +78,9 @@ def compare_frames(a, b, metric: str):
     extra = [c for c in ("suite", "sweep", "x", "threads") if c in a and c in b]
     left = a[[c for c in columns + extra if c in a]]
     right = b[["cell_key", "status", metric] if metric in b else ["cell_key", "status"]]
+    # where each side's cell ran (a run on Dask): host_A, host_B
+    left, right = (frame.assign(**{f"host_{side}": whole["host"]}) if "host" in whole else frame
+                   for frame, whole, side in ((left, a, "A"), (right, b, "B")))
     joined = left.merge(right, on="cell_key", how="outer", suffixes=("_A", "_B"), indicator=True)
     for side, frame in (("A", a), ("B", b)):
         if f"{metric}_{side}" not in joined:
@@ -89,9 +94,23 @@ def compare_frames(a, b, metric: str):
         joined.loc[missing, "case"], joined.loc[missing, "backend"], joined.loc[missing, "dtype"] = \
             parts[0], parts[2], parts[3]
     joined["in"] = joined.pop("_merge").map({"both": "A and B", "left_only": "A only", "right_only": "B only"})
-    order = ["case", *extra, "backend", "dtype", "status_A", "status_B", f"{metric}_A", f"{metric}_B",
-             "ratio_B_over_A", "in"]
+    order = ["case", *extra, "backend", "dtype", "host_A", "host_B", "status_A", "status_B", f"{metric}_A",
+             f"{metric}_B", "ratio_B_over_A", "in"]
     return joined[[c for c in order if c in joined]]
+
+
+def ratios_by_host(table):
+    """Per (host of A, host of B): the cells with both values and the geometric mean of their ratios B / A."""
+    import pandas as pd
+
+    hosts = [c for c in ("host_A", "host_B") if c in table]
+    rows = []
+    for key, group in table.fillna(dict.fromkeys(hosts, "-")).groupby(hosts, sort=True):
+        ratios = group["ratio_B_over_A"].replace([np.inf, -np.inf], np.nan).dropna()
+        ratios = ratios[ratios > 0]
+        rows.append({**dict(zip(hosts, key if isinstance(key, tuple) else (key,))), "cells": len(ratios),
+                     "geometric_mean_B_over_A": float(np.exp(np.log(ratios).mean())) if len(ratios) else np.nan})
+    return pd.DataFrame(rows)
 
 
 def compare(dir_a, dir_b) -> str:
@@ -121,6 +140,9 @@ def compare(dir_a, dir_b) -> str:
         if len(both):
             lines.append(f"\nGeometric mean of B / A over {len(both)} cells with both values: "
                          f"**{float(np.exp(np.log(both).mean())):.3g}**.\n")
+        if spans_hosts(frame_a) or spans_hosts(frame_b):
+            lines += ["\nPer host (the host of each side's cell; a ratio across hosts compares machines too):\n",
+                      markdown_table(ratios_by_host(table), floatfmt=".4g", index=False)]
     return "\n".join(lines)
 
 

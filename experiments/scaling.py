@@ -25,7 +25,7 @@ from experiments.harness.reporting import (finish_report, fit_loglog_slope, load
 from experiments.harness.runner import TimingSettings, cell_rng, grid, run_sweep, time_backend
 from experiments.harness.storage import save_figure
 
-from .common import finish, make_parser, selected_backends, start_run
+from .common import finish, make_parser, selected_backends, start_run, sweep_executor
 
 NAME = "scaling"
 THREADED = "numba_cpu"
@@ -106,7 +106,7 @@ def main(argv=None, *, out=None):
                 cells += grid({case: problem}, [THREADED], tags=(("sweep", "threads"), ("x", threads),
                                                                  ("threads", threads)))
     run_sweep(cells, make_measure(args.seed, settings), run_dir, resume=args.resume,
-              progress=not args.no_progress, desc=NAME)
+              progress=not args.no_progress, desc=NAME, executor=sweep_executor(args), timed=True)
     write_report(run_dir)
     finish(run_dir, NAME)
     return run_dir

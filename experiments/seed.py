@@ -21,7 +21,7 @@ from experiments.harness.reporting import finish_report, load_run, markdown_tabl
 from experiments.harness.runner import call_backend, cell_rng, grid, run_sweep
 from experiments.harness.storage import save_arrays, save_figure
 
-from .common import finish, make_parser, selected_backends, start_run
+from .common import finish, make_parser, selected_backends, start_run, sweep_executor
 
 NAME = "seed"
 TOLERANCE = {"float32": 1e-6, "float64": 1e-14}   # relative to max |kernel × pixel|
@@ -78,7 +78,7 @@ def main(argv=None, *, out=None):
     run_dir, meta = start_run(NAME, args, argv, {"tolerance": TOLERANCE}, out=out)
     cells = grid(cases(), selected_backends(args), args.dtypes)
     frame = run_sweep(cells, make_measure(args.seed), run_dir, resume=args.resume,
-                      progress=not args.no_progress, desc=NAME)
+                      progress=not args.no_progress, desc=NAME, executor=sweep_executor(args))
     # The figure's arrays: the seed case as the oracle computes it, saved so a report rebuild can redraw it.
     seed_cell = next(c for c in cells if c.case == "seed")
     x, weight, _ = seed_cell.problem.random_arrays(cell_rng(args.seed, seed_cell))

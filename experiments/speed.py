@@ -32,10 +32,10 @@ from experiments.harness.metadata import (machine_state_lines, measure_copy_gbps
 from testbed.registry import available_backends, get_backend
 from testbed.timing import ALLOCATIONS, ISOLATIONS, TimingJob, TimingSettings, speedup_ci, time_jobs
 from experiments.harness.reporting import (finish_report, grouped_bar_figure, load_run, markdown_table, report_header,
-                               roofline_figure)
+                               roofline_figure, spans_hosts)
 from experiments.harness.runner import cell_rng, grid, run_sweep
 
-from .common import available_backend, finish, make_parser, selected_backends, start_run
+from .common import available_backend, finish, make_parser, selected_backends, start_run, sweep_executor
 
 NAME = "speed"
 #: Columns of the report's table of every cell.
@@ -167,8 +167,12 @@ def add_speedup(baseline: str):
         if "median_s" not in frame:
             return frame
         frame = frame.copy()
-        keys = list(zip(frame["case"], frame["dtype"]))
-        base = frame[(frame["backend"] == baseline) & (frame["status"] == "ok")].set_index(["case", "dtype"])
+        # a run on several hosts compares each time with its own host's baseline
+        by = ["case", "dtype"]
+        if spans_hosts(frame):
+            frame, by = frame.assign(host=frame["host"].fillna("")), ["host", *by]
+        keys = list(zip(*(frame[c] for c in by)))
+        base = frame[(frame["backend"] == baseline) & (frame["status"] == "ok")].set_index(by)
         base_median = base["median_s"].to_dict()
         base_samples = base["samples_s"].to_dict() if "samples_s" in base else {}
         frame["baseline"] = baseline
@@ -178,7 +182,7 @@ def add_speedup(baseline: str):
                      for k, samples in zip(keys, frame.get("samples_s", [None] * len(frame)))]
         frame["speedup_ci_low"], frame["speedup_ci_high"] = zip(*intervals) if intervals else ((), ())
         if "baseline_end_median_s" in frame:
-            end = frame.dropna(subset=["baseline_end_median_s"]).set_index(["case", "dtype"])
+            end = frame.dropna(subset=["baseline_end_median_s"]).set_index(by)
             end = end["baseline_end_median_s"].to_dict()
             frame["baseline_drift"] = [end.get(k, np.nan) / base_median.get(k, np.nan) - 1 for k in keys]
         return frame.drop(columns=["samples_s"], errors="ignore")
@@ -225,15 +229,19 @@ def main(argv=None, *, out=None, suites=None):
         return speedups(frame.assign(isolation=isolation, allocation=allocation))
 
     run_sweep(cells, make_measure(args.seed, settings, isolation, allocation, cells, baseline), run_dir,
-              resume=args.resume, progress=not args.no_progress, desc=NAME, finalize=finalize)
+              resume=args.resume, progress=not args.no_progress, desc=NAME, finalize=finalize,
+              executor=sweep_executor(args), timed=True)
     record_end_state(run_dir)
     write_report(run_dir)
     finish(run_dir, NAME)
     return run_dir
 
 
-def _pivot(frame, value):
-    return frame.pivot_table(index="case", columns="backend", values=value, sort=False)
+def _pivot(frame, value, aggfunc="mean"):
+    """case × backend (case @ host where the run spans several hosts)."""
+    if spans_hosts(frame):
+        frame = frame.assign(case=frame["case"] + " @ " + frame["host"].astype(str))
+    return frame.pivot_table(index="case", columns="backend", values=value, aggfunc=aggfunc, sort=False)
 
 
 ISOLATION_TEXT = {
@@ -270,8 +278,7 @@ def _with_ci(sub):
     """Speedup cells as 'x [low–high]'."""
     text = sub.apply(lambda r: f"{r['speedup']:.3g} [{r['speedup_ci_low']:.3g}–{r['speedup_ci_high']:.3g}]"
                      if r["speedup_ci_low"] == r["speedup_ci_low"] else f"{r['speedup']:.3g}", axis=1)
-    return sub.assign(speedup_text=text).pivot_table(index="case", columns="backend", values="speedup_text",
-                                                     aggfunc="first", sort=False)
+    return _pivot(sub.assign(speedup_text=text), "speedup_text", aggfunc="first")
 
 
 def write_report(run_dir) -> str:

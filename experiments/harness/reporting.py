@@ -13,8 +13,8 @@ import numpy as np
 
 from .storage import atomic_write_text, save_figure
 
-__all__ = ["markdown_table", "report_header", "status_table", "load_run", "heatmap_figure", "grouped_bar_figure",
-           "roofline_figure", "loglog_figure", "fit_loglog_slope", "new_figure"]
+__all__ = ["markdown_table", "report_header", "status_table", "spans_hosts", "hosts_lines", "load_run",
+           "heatmap_figure", "grouped_bar_figure", "roofline_figure", "loglog_figure", "fit_loglog_slope", "new_figure"]
 
 
 def new_figure(*args, figsize=None, **kwargs):
@@ -81,7 +81,38 @@ def report_header(meta: dict, title: str) -> str:
              f"- seed: {meta.get('seed')}"]
     for resumed in meta.get("resumed", []):
         lines.append(f"- resumed at {resumed.get('utc_time')} UTC by `{' '.join(resumed.get('command', []))}`")
+    if meta.get("hosts"):
+        lines.append(hosts_lines(meta))
     return "\n".join(lines) + "\n"
+
+
+def hosts_lines(meta: dict) -> str:
+    """Where a run on Dask ran (meta.json's ``hosts`` and ``dask``): per host its CPU, cores, versions, GPU and
+    workers with their resources; the warnings of the sessions. (The machine line above is the client's.)"""
+    sessions = meta.get("dask", [])
+    lines = ["- executor: Dask, scheduler " + ", ".join(sorted({str(s.get("scheduler")) for s in sessions}))
+             + "; the cells ran on these hosts (the machine above is the client's):"]
+    for name, host in meta["hosts"].items():
+        versions = host.get("versions", {})
+        workers = host.get("workers", {})
+        resources = [",".join(f"{k}={v:g}" for k, v in w.get("resources", {}).items()) or "none"
+                     for w in workers.values()]
+        lines.append(f"  - `{name}`: {host.get('cpu_model')}, {host.get('threads', {}).get('cpu_count')} cores, "
+                     f"GPU {host.get('device', {}).get('gpu') or 'none'}, load {host.get('load_average_before')}; "
+                     + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+                     + f", commit `{host.get('git', {}).get('short')}`; {len(workers)} worker(s), resources "
+                     + "; ".join(resources))
+    warnings = [w for s in sessions for w in s.get("warnings", [])]
+    if meta.get("timing_overlaps"):
+        warnings.append(f"{len(meta['timing_overlaps'])} pair(s) of timing cells overlapped on a host "
+                        f"(meta.json, timing_overlaps)")
+    lines += [f"  - warning: {w}" for w in warnings]
+    return "\n".join(lines)
+
+
+def spans_hosts(frame) -> bool:
+    """Whether the rows come from more than one host (a Dask run's ``host`` column)."""
+    return "host" in frame and frame["host"].dropna().nunique() > 1
 
 
 def status_table(frame) -> str:
@@ -104,8 +135,13 @@ def finish_report(run_dir, parts, frame, cell_columns=None) -> str:
     """Finish a run's ``report.md`` atomically: ``parts``, the status per backend, and (with ``cell_columns``)
     a table of every cell. Returns the text."""
     parts = list(parts) + ["\n## Status per backend\n", status_table(frame)]
+    if spans_hosts(frame):
+        import pandas as pd
+
+        parts += ["\n## Cells per host\n", markdown_table(pd.crosstab(frame["host"], frame["status"]))]
     if cell_columns is not None and len(frame):
-        parts += ["\n## All cells\n", markdown_table(frame[[c for c in cell_columns if c in frame]], index=False)]
+        columns = [*(c for c in cell_columns if c in frame), *(["host"] if spans_hosts(frame) else [])]
+        parts += ["\n## All cells\n", markdown_table(frame[columns], index=False)]
     text = "\n".join(parts)
     atomic_write_text(Path(run_dir) / "report.md", text)
     return text

@@ -120,8 +120,13 @@ def run_cell(cell: Cell, measure: Callable[[Cell, Backend], dict]) -> dict:
 
 def run_sweep(cells: list[Cell], measure: Callable[[Cell, Backend], dict], out_dir, *, resume: bool = False,
               progress: bool = True, desc: str = "sweep",
-              finalize: Optional[Callable] = None):
+              finalize: Optional[Callable] = None, executor=None, timed: bool = False):
     """Run every cell not yet on disk, appending each row to ``out_dir/rows.jsonl``; return the results table.
+
+    ``executor`` runs the cells: :class:`~.executors.LocalExecutor` (the default: in this process, in order)
+    or :class:`~.executors.DaskExecutor` (as tasks of a Dask cluster; ``measure`` must then be picklable and
+    importable on the workers). ``timed``: the cells are timings, which an executor never runs two at a time
+    on one host. Rows are appended by this process alone, as cells finish.
 
     Without ``resume`` the directory must not hold rows already (ValueError), so a finished run is never
     silently overwritten. ``finalize(frame) -> frame`` may add derived columns (e.g. speedups) before
@@ -137,7 +142,7 @@ def run_sweep(cells: list[Cell], measure: Callable[[Cell, Backend], dict], out_d
     locked_before = holds_run_lock(out_dir)
     lock_run_directory(out_dir)
     try:
-        frame = _sweep(cells, measure, out_dir, resume, progress, desc, finalize)
+        frame = _sweep(cells, measure, out_dir, resume, progress, desc, finalize, executor, timed)
     except BaseException:
         unlock_run_directory(out_dir)
         raise
@@ -146,8 +151,12 @@ def run_sweep(cells: list[Cell], measure: Callable[[Cell, Backend], dict], out_d
     return frame
 
 
-def _sweep(cells, measure, out_dir: Path, resume: bool, progress: bool, desc: str, finalize):
+def _sweep(cells, measure, out_dir: Path, resume: bool, progress: bool, desc: str, finalize, executor, timed):
     from tqdm.auto import tqdm
+
+    from .executors import LocalExecutor
+
+    executor = executor or LocalExecutor()
 
     log = RowLog(out_dir / "rows.jsonl")
     previous = log.read()
@@ -170,10 +179,8 @@ def _sweep(cells, measure, out_dir: Path, resume: bool, progress: bool, desc: st
     try:
         with tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, unit="cell",
                   disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-            for cell in todo:
-                bar.set_postfix_str(f"{cell.case} {cell.backend_name} {cell.problem.dtype}", refresh=False)
-                log.append(run_cell(cell, measure))
-                bar.update()
+            if todo:
+                executor.run(todo, measure, log.append, timed=timed, run_dir=out_dir, bar=bar)
     except BaseException:
         try:
             write_table()    # the table of the rows finished so far
