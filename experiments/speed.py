@@ -7,6 +7,13 @@ first-call time (includes Numba's compile or cache load), median / min / IQR of 
 output once), arithmetic intensity, and speedup over a baseline backend (default ``torch`` when available,
 else ``col2im``; > 1 means faster than the baseline) with a bootstrap 95 % confidence interval.
 
+``--layout NHWC`` times every backend on channels-last input and output (default NCHW). On the cases with stride
+== kernel and no padding (the U-Net up-convolutions) two reference rows are timed in the same run, the same
+way (:mod:`experiments.references`, not registered in the library): ``gemm``, the bare GEMM of the same
+matrices, the floor of a fused up-convolution, and ``torch_channels_last``, PyTorch on channels-last tensors
+(always NHWC); the report gives every backend's ``ratio_to_gemm`` (median / the gemm row's median). Leave
+them out with ``--references none``, or add them to every such case of the other suites with ``all``.
+
 ``--isolation`` (default ``process``): each cell in a fresh worker process, so no backend's thread pools or
 allocator state reach another's time; ``interleaved``: one process, the backends of a case sampled
 round-robin; ``inline``: one after another in this process (the default with ``--quick``, for tests).
@@ -27,22 +34,24 @@ from pathlib import Path
 import numpy as np
 
 from testbed.cases import SUITES, suite
+from testbed.problem import LAYOUTS
 from experiments.harness.metadata import (machine_state_lines, measure_copy_gbps, measure_gemm_gflops,
                                           record_end_state, thread_pools_after_every_backend)
 from testbed.registry import available_backends, get_backend
 from testbed.timing import ALLOCATIONS, ISOLATIONS, TimingJob, TimingSettings, speedup_ci, time_jobs
 from experiments.harness.reporting import (finish_report, grouped_bar_figure, load_run, markdown_table, report_header,
                                roofline_figure, spans_hosts)
-from experiments.harness.runner import cell_rng, grid, run_sweep
+from experiments.harness.runner import Cell, cell_rng, grid, run_sweep
 
 from .common import available_backend, finish, make_parser, selected_backends, start_run, sweep_executor
+from .references import GEMM, TORCH_CHANNELS_LAST
 
 NAME = "speed"
 #: Columns of the report's table of every cell.
-CELL_COLUMNS = ["suite", "case", "descriptor", "backend", "resolved_backend", "dtype", "status", "median_s", "min_s", "iqr_s",
-                "repeats", "loops", "unstable", "first_call_s", "gflops", "gbps", "speedup", "speedup_ci_low",
-                "speedup_ci_high", "minor_faults_per_call", "peak_rss_increase_mb", "load_1min", "isolation",
-                "allocation", "timing_method"]
+CELL_COLUMNS = ["suite", "case", "descriptor", "backend", "resolved_backend", "dtype", "layout", "status", "median_s",
+                "min_s", "iqr_s", "repeats", "loops", "unstable", "first_call_s", "gflops", "gbps", "speedup",
+                "speedup_ci_low", "speedup_ci_high", "ratio_to_gemm", "minor_faults_per_call",
+                "peak_rss_increase_mb", "load_1min", "isolation", "allocation", "timing_method"]
 #: Cells left out unless --exclude says otherwise: on the U-Net shapes the oracle ``naive`` takes 5-15 s per
 #: call here, and ``fft`` ~80 s (its channel sum is C_in·C_out kernel spectra, unet1: 1024·512·57·29 complex
 #: values ≈ 7 GB, computed in blocks of output channels and streamed through a per-frequency GEMM).
@@ -101,7 +110,33 @@ def build_parser():
     parser.add_argument("--allocation", choices=ALLOCATIONS, default="alloc",
                         help="alloc: every call allocates its result (default); out: the result is written "
                              "into a preallocated out= array")
+    parser.add_argument("--layout", choices=LAYOUTS, default="NCHW",
+                        help="memory layout of every input and output (default NCHW; NHWC: channels last)")
+    parser.add_argument("--references", choices=("unet", "all", "none"), default="unet",
+                        help="where to time the reference rows (bare GEMM, torch channels-last): the cases of "
+                             "suite unet (default), every case with stride == kernel and no padding, or none")
     return parser
+
+
+def with_references(cells, baseline: str, where: str = "unet") -> list:
+    """``cells`` with the reference rows (:mod:`experiments.references`) of every case the bare GEMM is defined
+    for (``where``: of suite unet only, or ``all``), right after the case's baseline cell (so a case's rows
+    stay together): ``gemm`` on the case's own problem, ``torch_channels_last`` on its NHWC form."""
+    out, done = [], set()
+    for cell in cells:
+        out.append(cell)
+        key = (cell.tags, cell.case, str(cell.problem.dtype))
+        in_scope = where == "all" or ("suite", "unet") in cell.tags
+        if key in done or not in_scope or not GEMM.supports(cell.problem):
+            continue
+        following = [c for c in cells if (c.tags, c.case, str(c.problem.dtype)) == key]
+        if cell is not next((c for c in following if c.backend_name == baseline), following[0]):
+            continue
+        done.add(key)
+        out.append(Cell(cell.case, cell.problem, GEMM, cell.tags))
+        if TORCH_CHANNELS_LAST.available:
+            out.append(Cell(cell.case, cell.problem.with_(layout="NHWC"), TORCH_CHANNELS_LAST, cell.tags))
+    return out
 
 
 def machine_ceilings(quick: bool) -> dict:
@@ -152,7 +187,7 @@ def make_measure(seed: int, settings: TimingSettings, isolation: str, allocation
                 stats["baseline_end_median_s"] = end.get("median_s", np.nan)
         problem = cell.problem
         stats.update(flops=problem.flops, bytes_moved=problem.bytes_moved,
-                     intensity=problem.flops / problem.bytes_moved)
+                     intensity=problem.flops / problem.bytes_moved, layout=problem.layout)
         if "median_s" in stats:
             stats["gflops"] = problem.flops / stats["median_s"] / 1e9
             stats["gbps"] = problem.bytes_moved / stats["median_s"] / 1e9
@@ -181,6 +216,9 @@ def add_speedup(baseline: str):
                      and isinstance(base_samples.get(k), list) else (np.nan, np.nan)
                      for k, samples in zip(keys, frame.get("samples_s", [None] * len(frame)))]
         frame["speedup_ci_low"], frame["speedup_ci_high"] = zip(*intervals) if intervals else ((), ())
+        gemm = frame[(frame["backend"] == GEMM.name) & (frame["status"] == "ok")].set_index(by)
+        gemm_median = gemm["median_s"].to_dict()
+        frame["ratio_to_gemm"] = [m / gemm_median.get(k, np.nan) for k, m in zip(keys, frame["median_s"])]
         if "baseline_end_median_s" in frame:
             end = frame.dropna(subset=["baseline_end_median_s"]).set_index(by)
             end = end["baseline_end_median_s"].to_dict()
@@ -209,6 +247,7 @@ def main(argv=None, *, out=None, suites=None):
     def extra_meta():
         return {"suites": suites, "baseline": baseline, "excluded": [f"{s}:{b}" for s, b in args.exclude],
                 "timing": settings.__dict__, "isolation": isolation, "allocation": args.allocation,
+                "layout": args.layout, "references": args.references,
                 "backend_order": backends, **machine_ceilings(args.quick),
                 **({} if args.quick else {"threadpools_after_every_backend":
                                           thread_pools_after_every_backend(backends)})}
@@ -218,10 +257,13 @@ def main(argv=None, *, out=None, suites=None):
         raise SystemExit(f"--cases: unknown in suites {', '.join(suites)}: "
                          f"{', '.join(sorted(args.cases - {c for name in suites for c in suite(name)}))}")
     cells = [cell for name in suites
-             for cell in grid({c: p for c, p in suite(name).items() if not args.cases or c in args.cases},
+             for cell in grid({c: p.with_(layout=args.layout) for c, p in suite(name).items()
+                               if not args.cases or c in args.cases},
                               [b for b in backends if not excluded(args.exclude, name, b)],
                               args.dtypes, tags=(("suite", name),))]
     baseline = meta.get("baseline", baseline)
+    if args.references != "none":
+        cells = with_references(cells, baseline, args.references)
     isolation, allocation = meta.get("isolation", isolation), meta.get("allocation", args.allocation)
     speedups = add_speedup(baseline)
 
@@ -260,7 +302,11 @@ def how_measured(meta: dict) -> str:
     """The report paragraph that says how every time was taken."""
     timing = meta.get("timing", {})
     isolation, allocation = meta.get("isolation", "inline"), meta.get("allocation", "alloc")
-    return (f"**How the times were taken** (testbed.timing): isolation `{isolation}`: "
+    layout = meta.get("layout", "NCHW")
+    references = (" Reference rows (not library backends): `gemm`, the bare GEMM of the same matrices, and "
+                  "`torch_channels_last`, PyTorch on channels-last input (always NHWC) with a channels-last "
+                  "weight." if meta.get("references") not in (None, "none", False) else "")
+    return (f"**How the times were taken** (testbed.timing): layout `{layout}`; isolation `{isolation}`: "
             f"{ISOLATION_TEXT.get(isolation, '?')}; allocation `{allocation}`: {ALLOCATION_TEXT.get(allocation, '?')}. "
             f"Per cell: one first call (timed alone: Numba compile or cache load), {timing.get('warmup')} warm-up "
             f"call(s), then samples of `loops` back-to-back calls (each sample at least "
@@ -271,7 +317,7 @@ def how_measured(meta: dict) -> str:
             f"(getrusage); the process's peak RSS increase during the cell. Speedup = baseline median / median, "
             f"with a bootstrap 95 % interval (scipy.stats.bootstrap, percentile, both sample sets resampled). "
             f"The baseline is timed first in each case and again after the case's last backend (except "
-            f"interleaved): `baseline_drift` = end / start - 1.\n")
+            f"interleaved): `baseline_drift` = end / start - 1.{references}\n")
 
 
 def _with_ci(sub):
@@ -304,8 +350,13 @@ def write_report(run_dir) -> str:
                                    "GFLOP/s (2·N·Cin·Cout/g·H·W·kH·kW / median time)", path)
                 descriptors = sub.drop_duplicates("case").set_index("case")["descriptor"]
                 parts += [f"## {title}\n", markdown_table(descriptors.to_frame()),
-                          "\nMedian time (ms):\n", markdown_table(_pivot(sub, "median_ms"), floatfmt=".3g"),
-                          "\nGFLOP/s:\n", markdown_table(_pivot(sub, "gflops"), floatfmt=".3g"),
+                          "\nMedian time (ms):\n", markdown_table(_pivot(sub, "median_ms"), floatfmt=".3g")]
+                if "ratio_to_gemm" in sub and sub["ratio_to_gemm"].notna().any():
+                    parts += ["\nRatio to the bare GEMM of the same matrices, same run (median / gemm median; "
+                              "1 = the GEMM's time, the floor of a fused up-convolution):\n",
+                              markdown_table(_pivot(sub.dropna(subset=["ratio_to_gemm"]), "ratio_to_gemm"),
+                                             floatfmt=".3g")]
+                parts += ["\nGFLOP/s:\n", markdown_table(_pivot(sub, "gflops"), floatfmt=".3g"),
                           f"\nSpeedup over {meta.get('baseline')} [bootstrap 95 % interval]:\n",
                           markdown_table(_with_ci(sub)) if "speedup_ci_low" in sub else
                           markdown_table(_pivot(sub, "speedup"), floatfmt=".3g"),

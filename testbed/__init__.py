@@ -17,6 +17,7 @@ set_planner, get_planner -- how ``auto`` decides: class rules (``estimate``) or 
 tune, explain     -- measure the backends for a call now / say which backend ``auto`` runs and why
 export_wisdom, import_wisdom, forget_wisdom -- the stored measurements (FFTW's wisdom)
 list_backends, available_backends, backend_status, get_backend, register -- the backend registry
+clear_workspace, workspace_bytes -- the scratch buffers backends keep between calls
 
 Classes
 -------
@@ -39,9 +40,10 @@ from .registry import (
     register,
 )
 from .wisdom import export_wisdom, forget_wisdom, import_wisdom
+from .workspace import clear_workspace, workspace_bytes
 
 __all__ = ["conv_transpose2d", "output_shape", "use_backend", "resolve_backend", "Problem",
            "UnsupportedConfiguration", "Backend", "BackendUnavailable", "available_backends", "backend_status",
            "get_backend", "list_backends", "register", "set_planner", "get_planner", "tune", "explain",
-           "export_wisdom", "import_wisdom", "forget_wisdom"]
+           "export_wisdom", "import_wisdom", "forget_wisdom", "clear_workspace", "workspace_bytes"]
 __version__ = "0.1.0"

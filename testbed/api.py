@@ -172,7 +172,8 @@ def _scoped(impl: Backend) -> Iterator[Backend]:
 
 def _problem_of_call(input: Any, weight: Any, bias: Any, stride: IntOrPair, padding: IntOrPair,
                      output_padding: IntOrPair, groups: int, dilation: IntOrPair,
-                     output_size: Sequence[int] | None, on_device_ok: bool) -> tuple[Problem, Any, Any, Any]:
+                     output_size: Sequence[int] | None, on_device_ok: bool,
+                     layout: str = "NCHW") -> tuple[Problem, Any, Any, Any]:
     """The validated problem of a call and its arrays, converted: ``(problem, input, weight, bias)``."""
     x = _as_array(input, "input", on_device_ok)
     w = _as_array(weight, "weight", on_device_ok)
@@ -183,7 +184,7 @@ def _problem_of_call(input: Any, weight: Any, bias: Any, stride: IntOrPair, padd
                             f"({np.dtype(x.dtype)}); cast one of them")
     problem = Problem.from_shapes(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding,
                                   output_padding=output_padding, dilation=dilation, groups=groups,
-                                  dtype=x.dtype, has_bias=b is not None, output_size=output_size)
+                                  dtype=x.dtype, has_bias=b is not None, output_size=output_size, layout=layout)
     if b is not None and tuple(b.shape) != (problem.out_channels,):
         raise ValueError(f"bias must have shape (C_out,) = ({problem.out_channels},), got {tuple(b.shape)}")
     return problem, x, w, b
@@ -191,14 +192,14 @@ def _problem_of_call(input: Any, weight: Any, bias: Any, stride: IntOrPair, padd
 
 def _prepare(input: Any, weight: Any, bias: Any, stride: IntOrPair, padding: IntOrPair, output_padding: IntOrPair,
              groups: int, dilation: IntOrPair, backend: BackendLike | None,
-             output_size: Sequence[int] | None) -> tuple[Backend, Problem, Any, Any, Any]:
+             output_size: Sequence[int] | None, layout: str) -> tuple[Backend, Problem, Any, Any, Any]:
     """Validate a call: ``(backend that runs it, problem, input, weight, bias)``, arrays converted.
 
     The shared front half of :func:`conv_transpose2d` and :func:`resolve_backend`: they cannot disagree.
     """
     impl = get_backend(backend if backend is not None else _SCOPED_BACKEND.get() or "auto")
     problem, x, w, b = _problem_of_call(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                                        output_size, on_device_ok=impl.device in ("cuda", "any"))
+                                        output_size, on_device_ok=impl.device in ("cuda", "any"), layout=layout)
     reason = impl.unsupported_reason(problem)
     if reason is not None:
         raise UnsupportedConfiguration(impl.name, reason)
@@ -211,12 +212,12 @@ def _prepare(input: Any, weight: Any, bias: Any, stride: IntOrPair, padding: Int
 def resolve_backend(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
                     stride: IntOrPair = 1, padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1,
                     dilation: IntOrPair = 1, *, backend: BackendLike | None = None,
-                    output_size: Sequence[int] | None = None) -> Backend:
+                    output_size: Sequence[int] | None = None, layout: str = "NCHW") -> Backend:
     """The backend that ``conv_transpose2d`` would run with these arguments, without running it.
 
     Parameters
     ----------
-    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size
+    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout
         As for :func:`conv_transpose2d`. Only shapes, dtypes and whether the arrays are CUDA device arrays are
         read, so arrays from ``np.empty`` do.
     backend : str, Backend or None, optional
@@ -265,13 +266,14 @@ def resolve_backend(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Array
     'col2im'
     """
     return _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation, backend,
-                    output_size)[0]
+                    output_size, layout)[0]
 
 
 def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
                      stride: IntOrPair = 1, padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1,
                      dilation: IntOrPair = 1, *, backend: BackendLike | None = None,
-                     output_size: Sequence[int] | None = None, out: Any = None) -> npt.NDArray[np.floating[Any]]:
+                     output_size: Sequence[int] | None = None, out: Any = None,
+                     layout: str = "NCHW") -> npt.NDArray[np.floating[Any]]:
     """2-D transposed convolution with exactly the semantics of ``torch.nn.functional.conv_transpose2d``.
 
     Every input pixel scatters a copy of the kernel, scaled by the pixel, into the output at ``stride`` spacing;
@@ -281,8 +283,8 @@ def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Arra
     Parameters
     ----------
     input : array_like, shape (N, C_in, H, W) or (C_in, H, W)
-        The input, batched or unbatched. A CUDA device array is accepted by the ``numba_cuda*`` backends and
-        ``"auto"``.
+        The input, batched or unbatched; ``(N, H, W, C_in)`` or ``(H, W, C_in)`` with ``layout="NHWC"``.
+        A CUDA device array is accepted by the ``numba_cuda*`` backends and ``"auto"``.
     weight : array_like, shape (C_in, C_out / groups, kH, kW)
         The kernel, in PyTorch's layout for transposed convolutions.
     bias : array_like, shape (C_out,), optional
@@ -304,7 +306,8 @@ def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Arra
         backend for the configuration's class), or a :class:`Backend`. None (the default) uses the backend of
         the enclosing :func:`use_backend` block, or ``"auto"`` outside one.
     output_size : sequence of int, optional
-        The spatial output size ``(H_out, W_out)`` (or a full output shape, whose last two entries are used);
+        The spatial output size ``(H_out, W_out)`` (or a full output shape in ``layout``, whose spatial entries
+        are used);
         chooses ``output_padding`` as ``torch.nn.ConvTranspose2d.forward(x, output_size=...)`` does. Give either
         this or a non-zero ``output_padding``.
 
@@ -313,11 +316,18 @@ def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Arra
         ``(C_out, H_out, W_out)``) and the result's dtype, writable, sharing no memory with ``input``, ``weight``
         or ``bias``, on the input's device. The result is written into it and ``out`` is returned, so no output
         is allocated (backends that cannot compute in place copy into it).
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        The memory layout of ``input``, ``out`` and the result: channels first (PyTorch's default) or channels
+        last (TensorFlow's ``data_format="NHWC"``, PyTorch's ``channels_last``). The weight is
+        ``(C_in, C_out / groups, kH, kW)`` in both. Backends compute the layouts they declare
+        (:attr:`Backend.layouts`) natively; for the others the input is transposed on the way in and the result
+        on the way out.
 
     Returns
     -------
     numpy.ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
-        The result, in the input's dtype, unbatched when the input is. A CUDA device array when the input is
+        The result, in the input's dtype, unbatched when the input is; ``(N, H_out, W_out, C_out)`` or
+        ``(H_out, W_out, C_out)`` in NHWC (C-contiguous). A CUDA device array when the input is
         one. ``out`` itself when given.
 
     Raises
@@ -399,7 +409,7 @@ def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Arra
     ((1, 1, 5, 5), True)
     """
     impl, problem, x, w, b = _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                                      backend, output_size)
+                                      backend, output_size, layout)
     on_device = is_device_array(x)
     unbatched = len(x.shape) == 3
     if out is not None:

@@ -25,9 +25,15 @@ __all__ = [
     "UnsupportedConfiguration",
     "output_shape",
     "pair",
+    "LAYOUTS",
     "SUPPORTED_DTYPES",
     "WORKSPACE_BYTES",
 ]
+
+#: Memory layouts of the input and output: ``"NCHW"`` (channels first, PyTorch's default) or ``"NHWC"``
+#: (channels last: TensorFlow's default ``data_format``, PyTorch's ``channels_last``). The weight is always
+#: ``(C_in, C_out/groups, kH, kW)``.
+LAYOUTS = ("NCHW", "NHWC")
 
 #: dtypes the backends compute in; integer arrays are promoted to float64 first.
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -113,30 +119,49 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+def _check_layout(layout) -> None:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+def _to_nchw(shape, layout: str):
+    """A 4-D shape in ``layout`` as (N, C, H, W)."""
+    return tuple(shape) if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
+
+
+def _from_nchw(shape, layout: str):
+    """An (N, C, H, W) shape in ``layout``."""
+    return tuple(shape) if layout == "NCHW" else (shape[0], shape[2], shape[3], shape[1])
+
+
 def _extent(size: int, kernel: int, stride: int, padding: int, output_padding: int, dilation: int) -> int:
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
 def output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], stride: int | Sequence[int] = 1,
                  padding: int | Sequence[int] = 0, output_padding: int | Sequence[int] = 0,
-                 dilation: int | Sequence[int] = 1, groups: int = 1) -> tuple[int, ...]:
+                 dilation: int | Sequence[int] = 1, groups: int = 1, *, layout: str = "NCHW") -> tuple[int, ...]:
     """The shape of ``conv_transpose2d(input, weight, ...)``, without computing it.
 
     Parameters
     ----------
     input_shape : sequence of int
-        ``(N, C_in, H, W)``, or unbatched ``(C_in, H, W)``.
+        ``(N, C_in, H, W)``, or unbatched ``(C_in, H, W)``; ``(N, H, W, C_in)`` / ``(H, W, C_in)`` with
+        ``layout="NHWC"``.
     weight_shape : sequence of int
         ``(C_in, C_out / groups, kH, kW)``.
     stride, padding, output_padding, dilation : int or (int, int)
         As for :func:`conv_transpose2d`.
     groups : int, default 1
         As for :func:`conv_transpose2d`.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        The layout of the input and the output.
 
     Returns
     -------
     tuple of int
-        ``(N, C_out, H_out, W_out)``, or ``(C_out, H_out, W_out)`` for an unbatched ``input_shape``.
+        ``(N, C_out, H_out, W_out)``, or ``(C_out, H_out, W_out)`` for an unbatched ``input_shape``; in NHWC
+        ``(N, H_out, W_out, C_out)`` or ``(H_out, W_out, C_out)``.
 
     Raises
     ------
@@ -168,9 +193,11 @@ def output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], stride
     (1, 512, 56, 56)
     >>> testbed.output_shape((64, 32, 32), (64, 1, 4, 4), stride=2, padding=1, groups=64)
     (64, 64, 64)
+    >>> testbed.output_shape((1, 28, 28, 1024), (1024, 512, 2, 2), stride=2, layout="NHWC")
+    (1, 56, 56, 512)
     """
     problem = Problem.from_shapes(tuple(input_shape), tuple(weight_shape), stride=stride, padding=padding,
-                                  output_padding=output_padding, dilation=dilation, groups=groups)
+                                  output_padding=output_padding, dilation=dilation, groups=groups, layout=layout)
     return problem.output_shape if len(input_shape) == 4 else problem.output_shape[1:]
 
 
@@ -197,6 +224,9 @@ class Problem:
     dtype : dtype-like, default float64
         The compute dtype, float32 or float64.
     has_bias : bool, default False
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        The layout of the input and output arrays (:data:`LAYOUTS`); :attr:`input_shape` and
+        :attr:`output_shape` are in it.
 
     Raises
     ------
@@ -239,6 +269,7 @@ class Problem:
     groups: int = 1
     dtype: np.dtype = field(default=np.dtype(np.float64))
     has_bias: bool = False
+    layout: str = "NCHW"
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise in place once
@@ -251,6 +282,7 @@ class Problem:
         set_(self, "dtype", np.dtype(self.dtype).newbyteorder("="))   # '>f8' computes as native float64
         if not _is_int(self.groups) or self.groups < 1:
             raise ValueError(f"groups must be a positive int, got {self.groups!r}")
+        _check_layout(self.layout)
         if not _is_int(self.batch) or self.batch < 0:
             raise ValueError(f"batch size must be a non-negative int, got {self.batch!r}")
         for name in ("in_channels", "out_channels"):
@@ -290,13 +322,15 @@ class Problem:
     # ---- construction from arrays -------------------------------------------------------------------
     @classmethod
     def from_shapes(cls, input_shape, weight_shape, *, stride=1, padding=0, output_padding=0, dilation=1,
-                    groups=1, dtype=np.float64, has_bias=False, output_size=None) -> Problem:
-        """Validate the shapes of a call (input 3-D or 4-D, weight 4-D) and build its problem."""
+                    groups=1, dtype=np.float64, has_bias=False, output_size=None, layout="NCHW") -> Problem:
+        """Validate the shapes of a call (input 3-D or 4-D in ``layout``, weight 4-D) and build its problem."""
+        _check_layout(layout)
         if len(input_shape) not in (3, 4):
-            raise ValueError(f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got shape {input_shape}")
+            dims = "(N, C_in, H, W) or 3-D (C_in, H, W)" if layout == "NCHW" else "(N, H, W, C_in) or 3-D (H, W, C_in)"
+            raise ValueError(f"input must be 4-D {dims}, got shape {input_shape}")
         if len(weight_shape) != 4:
             raise ValueError(f"weight must be 4-D (C_in, C_out/groups, kH, kW), got shape {weight_shape}")
-        batch, in_channels, h, w = input_shape if len(input_shape) == 4 else (1, *input_shape)
+        batch, in_channels, h, w = _to_nchw(input_shape if len(input_shape) == 4 else (1, *input_shape), layout)
         if weight_shape[0] != in_channels:
             raise ValueError(f"weight.shape[0] ({weight_shape[0]}) must equal the input's channel count "
                              f"({in_channels}); weight is (C_in, C_out/groups, kH, kW), got {weight_shape}")
@@ -308,33 +342,33 @@ class Problem:
         if min(kernel) < 1 or weight_shape[1] < 1:
             raise ValueError(f"weight must have positive C_out/groups, kH and kW, got shape {weight_shape}")
         if output_size is not None:
-            output_padding = cls._output_padding_for(output_size, output_padding, input_shape, kernel,
-                                                     stride, padding, dilation)
+            output_padding = cls._output_padding_for(output_size, output_padding, len(input_shape), (h, w),
+                                                     kernel, stride, padding, dilation, layout)
         return cls(batch=batch, in_channels=in_channels, in_size=(h, w), out_channels=weight_shape[1] * groups,
                    kernel_size=kernel, stride=stride, padding=padding, output_padding=output_padding,
-                   dilation=dilation, groups=groups, dtype=dtype, has_bias=has_bias)
+                   dilation=dilation, groups=groups, dtype=dtype, has_bias=has_bias, layout=layout)
 
     @staticmethod
-    def _output_padding_for(output_size, output_padding, input_shape, kernel, stride, padding, dilation):
+    def _output_padding_for(output_size, output_padding, ndim, in_size, kernel, stride, padding, dilation, layout):
         """The output_padding that yields ``output_size``, as ``ConvTranspose2d.forward(x, output_size)``."""
         if output_padding not in (0, (0, 0)):
             raise ValueError(f"give either output_size or output_padding, not both "
                              f"(output_size={output_size!r}, output_padding={output_padding!r})")
         size = _int_sequence(output_size, "output_size", "a sequence of ints")
-        if len(size) == len(input_shape):  # a full shape: only the spatial entries matter
-            size = size[-2:]
+        if len(size) == ndim:  # a full shape in the layout: only the spatial entries matter
+            size = _to_nchw(size if ndim == 4 else (1, *size), layout)[2:]
         if len(size) != 2:
-            raise ValueError(f"output_size must have 2 spatial entries (or {len(input_shape)} for a full "
+            raise ValueError(f"output_size must have 2 spatial entries (or {ndim} for a full "
                              f"shape), got {output_size!r}")
         stride = pair(stride, "stride", minimum=1)
         padding = pair(padding, "padding", minimum=0)
         dilation = pair(dilation, "dilation", minimum=1)
         smallest = tuple(_extent(n, k, s, p, 0, d)
-                         for n, k, s, p, d in zip(input_shape[-2:], kernel, stride, padding, dilation))
+                         for n, k, s, p, d in zip(in_size, kernel, stride, padding, dilation))
         largest = tuple(lo + s - 1 for lo, s in zip(smallest, stride))
         if not all(lo <= v <= hi for v, lo, hi in zip(size, smallest, largest)):
             raise ValueError(f"output_size {tuple(size)} is unreachable: valid sizes range from {smallest} to "
-                             f"{largest} for an input of spatial size {tuple(input_shape[-2:])}")
+                             f"{largest} for an input of spatial size {tuple(in_size)}")
         return tuple(v - lo for v, lo in zip(size, smallest))
 
     # ---- derived shapes ------------------------------------------------------------------------------
@@ -388,7 +422,8 @@ class Problem:
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.in_channels, *self.in_size)
+        """``(N, C_in, H, W)``, or ``(N, H, W, C_in)`` in NHWC."""
+        return _from_nchw((self.batch, self.in_channels, *self.in_size), self.layout)
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
@@ -396,7 +431,8 @@ class Problem:
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.out_channels, *self.out_size)
+        """``(N, C_out, H_out, W_out)``, or ``(N, H_out, W_out, C_out)`` in NHWC."""
+        return _from_nchw((self.batch, self.out_channels, *self.out_size), self.layout)
 
     @property
     def in_per_group(self) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .problem import SUPPORTED_DTYPES, Problem
+from .problem import LAYOUTS, SUPPORTED_DTYPES, Problem
 
 __all__ = ["Backend", "BackendUnavailable", "register", "get_backend", "list_backends", "available_backends",
            "backend_status"]
@@ -72,6 +72,9 @@ class Backend:
         Whether ``run`` also takes ``out=`` (a C-contiguous, writable array of ``problem.output_shape`` and dtype,
         overlapping no argument), writes the result there and returns it; :meth:`compute` copies into ``out``
         for the other backends.
+    layouts : tuple of str, default ("NCHW",)
+        The layouts (:data:`~testbed.problem.LAYOUTS`) ``run`` computes natively: it receives input and ``out``
+        and returns its result in ``problem.layout``. :meth:`compute` converts the others (see there).
     choose : callable, optional
         Only for a dispatcher: ``choose(problem, on_device) -> Backend``, the backend that computes
         ``problem`` (``on_device``: the arrays are CUDA device arrays). See :meth:`resolve`.
@@ -113,6 +116,7 @@ class Backend:
     probe: Callable[[], tuple[bool, str]] = _always_available   # (usable here?, why / how)
     choose: Callable[[Problem, bool], Backend] | None = None  # a dispatcher's choice (problem, on_device)
     writes_out: bool = False            # run(..., out=...) computes in place
+    layouts: tuple[str, ...] = ("NCHW",)   # the input/output layouts run computes natively
 
     def unsupported_reason(self, problem: Problem) -> str | None:
         """Why this backend cannot compute ``problem`` (a valid configuration), or None if it can."""
@@ -126,7 +130,15 @@ class Backend:
 
     def compute(self, x: Any, weight: Any, bias: Any, problem: Problem, out: Any = None) -> Any:
         """``run``, with the result written into ``out`` when given (validated by ``conv_transpose2d``): in
-        place if the backend ``writes_out`` and ``out`` is C-contiguous, else computed and copied in."""
+        place if the backend ``writes_out`` and ``out`` is C-contiguous, else computed and copied in.
+
+        A layout the backend does not compute natively (not in :attr:`layouts`) is converted to its first
+        native one: host arrays are transposed (a copy of the input), computed, and the result transposed back
+        into a C-contiguous array of ``problem.layout`` (or into ``out``); CUDA device arrays are handed over as
+        strided views in the native layout (no copy), which backends that write ``out`` index through their
+        strides."""
+        if problem.layout not in self.layouts:
+            return self._compute_converted(x, weight, bias, problem, out)
         if out is None:
             return self.run(x, weight, bias, problem)
         device_out = is_device_array(out)
@@ -139,6 +151,20 @@ class Backend:
         else:
             np.copyto(out, result)
         return out
+
+    def _compute_converted(self, x: Any, weight: Any, bias: Any, problem: Problem, out: Any) -> Any:
+        native = problem.with_(layout=self.layouts[0])
+        if is_device_array(x):
+            there = layout_axes(problem.layout, native.layout)
+            if not self.writes_out:
+                raise TypeError(f"backend {self.name!r} cannot compute {problem.layout} device arrays: it does not "
+                                f"write into out=, which the layout conversion on the device needs")
+            if out is None:
+                from numba import cuda
+                out = cuda.device_array(problem.output_shape, dtype=problem.dtype)
+            self.run(permuted(x, there), weight, bias, native, out=permuted(out, there))
+            return out
+        return run_converted(self.compute, x, weight, bias, problem, native.layout, out)
 
     def supports(self, problem: Problem) -> bool:
         """Whether this backend computes ``problem`` (:meth:`unsupported_reason` is None)."""
@@ -165,6 +191,40 @@ class Backend:
         if not ok or "simulator" in why:
             return None
         return "gpu" if self.device == "cuda" else "cpu"
+
+
+def layout_axes(source: str, target: str) -> tuple[int, int, int, int]:
+    """The axis order that views a 4-D array in layout ``source`` as ``target``: ``array.transpose(axes)``."""
+    return tuple(source.index(axis) for axis in target)  # type: ignore[return-value]
+
+
+def run_converted(run: Callable[..., Any], x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                  problem: Problem, layout: str, out: np.ndarray | None = None) -> np.ndarray:
+    """``run(x, weight, bias, problem)`` computed in another ``layout`` on host arrays: ``x`` transposed into it (a
+    C-contiguous copy), the result transposed back into a C-contiguous array of ``problem.layout``, or into
+    ``out``."""
+    native = problem.with_(layout=layout)
+    result = run(np.ascontiguousarray(x.transpose(layout_axes(problem.layout, layout))), weight, bias, native)
+    back = result.transpose(layout_axes(layout, problem.layout))
+    if out is None:
+        return np.ascontiguousarray(back)
+    np.copyto(out, back)
+    return out
+
+
+def permuted(array: Any, axes: tuple[int, ...]) -> Any:
+    """A view of ``array`` with its axes in the order ``axes`` (no copy): NumPy, the CUDA simulator's and CUDA
+    device arrays (through ``__cuda_array_interface__`` with permuted shape and strides)."""
+    if isinstance(array, np.ndarray) or type(array).__module__.startswith("numba.cuda.simulator"):
+        return array.transpose(axes)
+    from numba import cuda
+    face = dict(array.__cuda_array_interface__)
+    shape = tuple(face["shape"])
+    itemsize = np.dtype(face["typestr"]).itemsize
+    strides = face.get("strides") or tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * itemsize
+                                           for i in range(len(shape)))
+    face.update(shape=tuple(shape[a] for a in axes), strides=tuple(strides[a] for a in axes))
+    return cuda.from_cuda_array_interface(face, owner=array)
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -208,6 +268,9 @@ def register(backend: Backend) -> Backend:
     """
     if backend.name in _REGISTRY:
         raise ValueError(f"backend {backend.name!r} is already registered")
+    if not backend.layouts or not set(backend.layouts) <= set(LAYOUTS):
+        raise ValueError(f"backend {backend.name!r}: layouts must be a non-empty tuple of {LAYOUTS}, got "
+                         f"{backend.layouts!r}")
     _REGISTRY[backend.name] = backend
     return backend
 

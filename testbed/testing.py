@@ -116,7 +116,7 @@ def oracle(input, weight, bias=None, **params) -> np.ndarray:
     input, weight, bias : array_like
         As for :func:`testbed.conv_transpose2d` (host arrays; ``bias`` may be None).
     **params
-        ``stride``, ``padding``, ``output_padding``, ``groups``, ``dilation``, ``output_size``: as for
+        ``stride``, ``padding``, ``output_padding``, ``groups``, ``dilation``, ``output_size``, ``layout``: as for
         :func:`testbed.conv_transpose2d` (see :func:`call_kwargs` to get them from a
         :class:`~testbed.Problem`).
 
@@ -252,8 +252,8 @@ def call_kwargs(problem: Problem) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``stride``, ``padding``, ``output_padding``, ``groups`` and ``dilation``; the arrays' shapes and dtype
-        carry the rest.
+        ``stride``, ``padding``, ``output_padding``, ``groups``, ``dilation`` and ``layout``; the arrays' shapes
+        and dtype carry the rest.
 
     Examples
     --------
@@ -261,10 +261,11 @@ def call_kwargs(problem: Problem) -> dict[str, Any]:
     >>> from testbed.testing import call_kwargs
     >>> problem = testbed.Problem(batch=1, in_channels=4, in_size=5, out_channels=2, kernel_size=3, stride=2)
     >>> call_kwargs(problem)
-    {'stride': (2, 2), 'padding': (0, 0), 'output_padding': (0, 0), 'groups': 1, 'dilation': (1, 1)}
+    {'stride': (2, 2), 'padding': (0, 0), 'output_padding': (0, 0), 'groups': 1, 'dilation': (1, 1),
+     'layout': 'NCHW'}
     """
     return {"stride": problem.stride, "padding": problem.padding, "output_padding": problem.output_padding,
-            "groups": problem.groups, "dilation": problem.dilation}
+            "groups": problem.groups, "dilation": problem.dilation, "layout": problem.layout}
 
 
 def conv2d_adjoint(z, weight, problem: Problem) -> np.ndarray:
@@ -319,6 +320,9 @@ def conv2d_adjoint(z, weight, problem: Problem) -> np.ndarray:
     >>> conv2d_adjoint(np.arange(4.0).reshape(1, 1, 1, 4), [[[[1.0, -1.0]]]], problem)
     array([[[[-1., -1.]]]])
     """
+    if problem.layout != "NCHW":
+        raise ValueError(f"conv2d_adjoint takes NCHW problems, got layout {problem.layout!r}; transpose z and use "
+                         f"problem.with_(layout='NCHW')")
     z = np.asarray(z, dtype=np.float64)
     weight = np.asarray(weight, dtype=np.float64)
     if z.shape != problem.output_shape:

@@ -119,7 +119,8 @@ def signature(problem: Problem, device: str = "cpu") -> str:
         ("k", problem.kernel_size), ("s", problem.stride), ("p", problem.padding), ("op", problem.output_padding),
         ("d", problem.dilation)))
     h, w = problem.in_size
-    return (f"{problem.dtype} NCHW N{problem.batch} Cin{problem.in_channels} Cout{problem.out_channels} H{h} W{w} "
+    return (f"{problem.dtype} {problem.layout} N{problem.batch} Cin{problem.in_channels} "
+            f"Cout{problem.out_channels} H{h} W{w} "
             f"{pairs} g{problem.groups} {'bias' if problem.has_bias else 'nobias'} {device}")
 
 

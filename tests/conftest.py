@@ -70,7 +70,7 @@ def call_problem(*args, **kwargs) -> testbed.Problem:
     return testbed.Problem.from_shapes(
         tuple(x.shape), tuple(np.shape(a["weight"])), stride=a["stride"], padding=a["padding"],
         output_padding=a["output_padding"], dilation=a["dilation"], groups=a["groups"], dtype=dtype,
-        has_bias=a["bias"] is not None, output_size=a["output_size"])
+        has_bias=a["bias"] is not None, output_size=a["output_size"], layout=a["layout"])
 
 
 def run_or_skip(impl, *args, **kwargs):

@@ -91,6 +91,24 @@ def test_correctness_integer_fill_reports_bitwise_backends(tmp_path):
     assert "Bitwise equal on every cell:** naive" in text
 
 
+def test_speed_layout_and_reference_rows(tmp_path):
+    """--layout NHWC times every cell channels last; the stride == kernel case gets the bare-GEMM and torch
+    channels-last reference rows, and every row its ratio to the GEMM of the same run."""
+    run_dir = speed.main(["--quick", "--no-progress", "--suite", "tiny", "--cases", "tiny_k2s2,tiny_k3s2",
+                          "--backends", "col2im,numba_cpu", "--baseline", "col2im", "--layout", "NHWC",
+                          "--references", "all", "--out", str(tmp_path / "run")])
+    frame = check_run(run_dir, "speed", ["ratio_to_gemm", "layout"])
+    ok = frame[frame["status"] == "ok"]
+    assert set(ok["layout"]) == {"NHWC"}
+    unet_like = ok[ok["case"] == "tiny_k2s2"]
+    references = {"gemm"} | ({"torch_channels_last"} if "torch" in available_backends() else set())
+    assert references <= set(unet_like["backend"])
+    assert (unet_like.loc[unet_like["backend"] == "gemm", "ratio_to_gemm"] == 1).all()
+    assert unet_like["ratio_to_gemm"].notna().all()
+    assert not frame.loc[frame["case"] == "tiny_k3s2", "backend"].isin(references).any()
+    assert "Ratio to the bare GEMM" in (run_dir / "report.md").read_text()
+
+
 def test_speed_quick(tmp_path):
     run_dir = speed.main(["--quick", "--no-progress", "--backends", FAST, "--baseline", "col2im",
                           "--out", str(tmp_path / "run")])

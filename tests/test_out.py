@@ -121,3 +121,19 @@ def test_integer_inputs_need_a_float64_out():
         testbed.conv_transpose2d(x, w, stride=2, backend="naive", out=np.empty((1, 1, 4, 4), np.float32))
     out = np.empty((1, 1, 4, 4))
     assert testbed.conv_transpose2d(x, w, stride=2, backend="naive", out=out) is out and (out == 1).all()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_out_nhwc(backend, case):
+    """out= in channels last: (N, H_out, W_out, C_out), batched and unbatched."""
+    _, batch, c_in, c_out, size, kernel, params = case
+    x, w, b = call_arrays(batch, c_in, c_out, size, kernel, params, np.float32, bias=True)
+    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    expected = run_or_skip(backend, x, w, b, layout="NHWC", **params)
+    out = np.full(expected.shape, np.nan, dtype=np.float32)
+    assert testbed.conv_transpose2d(x, w, b, backend=backend.name, out=out, layout="NHWC", **params) is out
+    _check_same(backend, out, expected)
+    alone = run_or_skip(backend, x[0], w, b, layout="NHWC", **params)
+    single = np.full(alone.shape, np.nan, dtype=np.float32)
+    assert testbed.conv_transpose2d(x[0], w, b, backend=backend.name, out=single, layout="NHWC", **params) is single
+    _check_same(backend, single, alone)

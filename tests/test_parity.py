@@ -98,3 +98,37 @@ def test_noncontiguous_and_readonly_inputs(backend):
     assert_close(y, run_or_skip(backend, *contiguous, stride=2, padding=1))
     for view, copy in zip((x, w, b), contiguous):
         assert np.array_equal(view, copy)
+
+
+def _nhwc(array):
+    return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.reference_backends("naive")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", GRID, ids=GRID_IDS)
+def test_nhwc_matches_oracle(backend, case, dtype):
+    """Channels last: input (N, H, W, C_in) and result (N, H_out, W_out, C_out), computed natively or through
+    the dispatcher's conversion, against the NCHW oracle transposed."""
+    x, w, b, params = grid_call(case, True, dtype)
+    y = run_or_skip(backend, _nhwc(x), w, b, layout="NHWC", **params)
+    assert y.dtype == np.dtype(dtype) and y.flags.c_contiguous
+    assert_close_to_oracle(y.transpose(0, 3, 1, 2), x, w, b, err_msg=f"{backend.name} NHWC", **params)
+
+
+@pytest.mark.parametrize("batch", [0, 1, 3])
+def test_nhwc_batches_unbatched_and_strided(backend, batch):
+    """NHWC batches agree with NCHW image by image; an unbatched (H, W, C_in) input is a batch of one; a
+    strided NHWC view gives its contiguous copy's result."""
+    params = dict(stride=2, padding=1, output_padding=1)
+    x, w, b = call_arrays(batch, 3, 4, (4, 5), (2, 2), params, np.float64, True)
+    nchw = run_or_skip(backend, x, w, b, **params)
+    y = run_or_skip(backend, _nhwc(x), w, b, layout="NHWC", **params)
+    assert y.shape == testbed.output_shape(_nhwc(x).shape, w.shape, layout="NHWC", **params)
+    assert_close(y.transpose(0, 3, 1, 2), nchw)
+    for image in range(batch):
+        alone = run_or_skip(backend, _nhwc(x)[image], w, b, layout="NHWC", **params)
+        assert_close(alone, y[image])
+    wide = np.zeros((batch, 4, 5, 6))
+    wide[..., ::2] = _nhwc(x)
+    assert_close(run_or_skip(backend, wide[..., ::2], w, b, layout="NHWC", **params), y)

@@ -12,7 +12,8 @@ import testbed
 from testbed.testing import call_kwargs, oracle, relative_error
 from testbed.timing import reset_peak_rss
 
-from .common import ACCURACY_CASES, CASES, MEMORY_CASES, SPEED_CASES, Call, require, seconds_per_call
+from .common import (ACCURACY_CASES, CASES, LAYOUT_CASES, MEMORY_CASES, SPEED_CASES, Call, require,
+                     seconds_per_call)
 
 BACKENDS = testbed.list_backends()
 
@@ -32,6 +33,28 @@ class Speed:
         self.call()
 
     def track_gflops(self, backend, case):
+        return self.call.problem.flops / seconds_per_call(self.call) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+class LayoutAndOut:
+    """Time per call in both layouts (``layout="NHWC"``: channels last; backends without a native NHWC path pay
+    the dispatcher's transposes), allocating the result or writing into a preallocated ``out=``."""
+
+    params = [BACKENDS, LAYOUT_CASES, ["NHWC", "NCHW"], ["out", "alloc"]]
+    param_names = ["backend", "case", "layout", "allocation"]
+    timeout = 300
+
+    def setup(self, backend, case, layout, allocation):
+        problem = require(backend, case, timed=True).with_(layout=layout)
+        self.call = Call(backend, problem, allocation=allocation)
+        self.call()
+
+    def time_conv_transpose2d(self, backend, case, layout, allocation):
+        self.call()
+
+    def track_gflops(self, backend, case, layout, allocation):
         return self.call.problem.flops / seconds_per_call(self.call) / 1e9
 
     track_gflops.unit = "GFLOP/s"

@@ -5,6 +5,7 @@ Cases are named problems of ``testbed.cases.SUITES``; the benchmarks call the pu
 ``tiny`` case measures).
 """
 
+import numpy as np
 
 import testbed
 from testbed.cases import SUITES
@@ -17,6 +18,10 @@ CASES = {name: problem for cases in SUITES.values() for name, problem in cases.i
 #: The cases timed and measured for throughput: a U-Net up-convolution (stride == kernel), a DCGAN decoder
 #: layer (k4 s2 p1), a grouped and a depthwise layer, and a tiny layer where call overhead dominates.
 SPEED_CASES = ["unet1", "k4s2p1", "k4s2g8", "depthwise", "tiny_k3s2"]
+
+#: The cases of the layout and ``out=`` benchmark: the smallest and largest U-Net up-convolutions, and a tiny
+#: stride == kernel layer.
+LAYOUT_CASES = ["unet1", "unet4", "tiny_k2s2"]
 
 #: The cases of the peak-memory benchmark: the largest U-Net layer (col2im's column buffer is
 #: C_out·kH·kW·H·W values, polyphase's and fft's buffers are output-sized) and a grouped layer every
@@ -53,13 +58,16 @@ def require(backend_name, case, *, timed):
 
 
 class Call:
-    """One prepared call: ``testbed.conv_transpose2d`` of ``backend`` on the random arrays of ``problem``."""
+    """One prepared call: ``testbed.conv_transpose2d`` of ``backend`` on the random arrays of ``problem`` (in its
+    layout); with ``allocation="out"`` into a preallocated, already faulted-in ``out``."""
 
-    def __init__(self, backend_name, problem, arrays=None):
+    def __init__(self, backend_name, problem, arrays=None, allocation="alloc"):
         self.backend_name = backend_name
         self.problem = problem
         self.x, self.weight, self.bias = problem.random_arrays(0) if arrays is None else arrays
         self.kwargs = call_kwargs(problem)
+        if allocation == "out":
+            self.kwargs["out"] = np.zeros(problem.output_shape, dtype=problem.dtype)
 
     def __call__(self):
         return testbed.conv_transpose2d(self.x, self.weight, self.bias, backend=self.backend_name,

@@ -30,13 +30,20 @@ def _tensor(torch, array):
 
 
 def torch_conv_transpose2d(x, weight, bias, problem):
+    """NCHW arrays as contiguous tensors; NHWC arrays as PyTorch's ``channels_last`` tensors (the same memory
+    seen as (N, C, H, W)), which oneDNN computes in that layout and returns in it."""
     torch = _torch()
     prepare_torch(torch)      # one thread in a child forked after torch's OpenMP pool started (see _runtime)
+    x_t = _tensor(torch, x)
+    if problem.layout == "NHWC":
+        x_t = x_t.permute(0, 3, 1, 2)
     with torch.no_grad():
         y = torch.nn.functional.conv_transpose2d(
-            _tensor(torch, x), _tensor(torch, weight), None if bias is None else _tensor(torch, bias),
+            x_t, _tensor(torch, weight), None if bias is None else _tensor(torch, bias),
             stride=problem.stride, padding=problem.padding, output_padding=problem.output_padding,
             groups=problem.groups, dilation=problem.dilation)
+    if problem.layout == "NHWC":
+        y = y.permute(0, 2, 3, 1).contiguous()     # a view when torch kept channels_last
     return y.numpy()
 
 
@@ -64,4 +71,5 @@ register(Backend(
     run=torch_conv_transpose2d,
     check=_within_torch_limits,
     probe=_probe,
+    layouts=("NCHW", "NHWC"),
 ))
