@@ -153,9 +153,9 @@ def can_cache(func) -> bool:
     return True
 
 
-def _compile(func, parallel: bool):
-    """``njit(parallel=parallel)(func)`` with the guarded on-disk cache where it can be used."""
-    dispatcher = njit(parallel=parallel)(func)
+def _compile(func, parallel: bool, fastmath=False):
+    """``njit(parallel=parallel, fastmath=fastmath)(func)`` with the guarded on-disk cache where it can be used."""
+    dispatcher = njit(parallel=parallel, fastmath=fastmath)(func)
     if can_cache(func):
         dispatcher._cache = _guarded_cache_class()(func)      # what ``cache=True`` (enable_caching) does
     return dispatcher
@@ -215,19 +215,20 @@ class ParallelKernel:
 
     ``kernel(*args)`` runs the parallel compilation, under a lock when the threading layer is not thread-safe;
     in a child forked after GNU OpenMP was started it runs the single-threaded twin (``kernel.serial``), compiled
-    on first use. ``kernel.parallel`` is the Numba dispatcher itself.
+    on first use with the same ``fastmath`` flags. ``kernel.parallel`` is the Numba dispatcher itself.
     """
 
-    def __init__(self, func):
+    def __init__(self, func, fastmath=False):
         functools.update_wrapper(self, func)
         self.py_func = func
-        self.parallel = _compile(func, parallel=True)
+        self.fastmath = fastmath
+        self.parallel = _compile(func, parallel=True, fastmath=fastmath)
         self._serial = None
 
     @property
     def serial(self):
         if self._serial is None:
-            self._serial = _compile(_twin(self.py_func, "_serial"), parallel=False)
+            self._serial = _compile(_twin(self.py_func, "_serial"), parallel=False, fastmath=self.fastmath)
         return self._serial
 
     def __call__(self, *args):
@@ -239,10 +240,14 @@ class ParallelKernel:
         return self.parallel(*args)
 
 
-def parallel_kernel(func) -> ParallelKernel:
+def parallel_kernel(func=None, *, fastmath=False):
     """Decorator for the backends' Numba kernels: ``njit(parallel=True, cache=...)`` made thread- and fork-safe
-    (see the module docstring). The kernel body uses ``prange``; its serial twin runs it as ``range``."""
-    return ParallelKernel(func)
+    (see the module docstring). The kernel body uses ``prange``; its serial twin runs it as ``range``.
+    ``@parallel_kernel(fastmath={"contract"})`` passes Numba's ``fastmath`` flags to both compilations (only
+    flags that keep IEEE semantics belong here: ``contract`` fuses ``a·b + c`` into one FMA)."""
+    if func is None:
+        return functools.partial(ParallelKernel, fastmath=fastmath)
+    return ParallelKernel(func, fastmath=fastmath)
 
 
 def prepare_torch(torch) -> None:

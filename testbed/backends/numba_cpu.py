@@ -52,7 +52,9 @@ definition says.
 
 import numba
 import numpy as np
-from numba import get_thread_id, prange
+from numba import carray, get_thread_id, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .. import workspace
 from ..registry import Backend, register, run_converted
@@ -62,7 +64,7 @@ from ._runtime import parallel_kernel
 __all__ = ["choose_path", "PATHS"]
 
 #: The algorithms of this backend.
-PATHS = ("direct", "nonoverlap_gemm", "gemm_col2im")
+PATHS = ("direct", "nonoverlap_gemm", "gemm_col2im", "blocked_direct")
 
 #: ``direct`` below this product C_in/G · C_out/G: a GEMM that thin (depthwise: 1) spends its time in call
 #: and packing overhead, while the gather loop is memory-bound anyway.
@@ -76,6 +78,11 @@ BLOCK_BYTES = 4 * 2**20
 #: keep the repacking a few percent; 256 KiB blocks of 256 rows cost 1.2-1.5× the single GEMM here (measured
 #: single-threaded, CPU time, unet1..4), 4 MiB of 512 rows 1.0-1.2×.
 BLOCK_WIDTH = 512
+#: ``blocked_direct``'s tile: output channels per work item (the unit-stride, vectorised loop) and phase pixels
+#: per accumulator tile (``BLOCKED_TILE_PIXELS × BLOCKED_TILE_CO`` elements on each thread's stack).
+BLOCKED_TILE_CO = 64
+BLOCKED_TILE_PIXELS = 32
+_BLOCKED_TILE_SIZE = BLOCKED_TILE_CO * BLOCKED_TILE_PIXELS
 
 #: The GEMM paths compute this many bytes of ``columns`` (C_out·kH·kW·H·W per image) at most at a time;
 #: larger batches are done in slices.
@@ -304,6 +311,116 @@ def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, 
                     line[b + stride_w * j] = acc[b, j] + b_c
 
 
+@intrinsic
+def _stack_tile(typingctx, like, size):
+    """A pointer to ``size`` (a literal) elements of ``like``'s type on the stack, allocated once per call in the
+    function's entry block (so once per thread in a parallel region). LLVM knows such memory aliases no array
+    argument, so the loops that accumulate into it vectorise without runtime overlap checks; a heap buffer
+    (``np.empty``) would need them on every call of the micro-kernel."""
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+    count = size.literal_value
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(like),
+                                   size=context.get_constant(types.intp, count))
+    return types.CPointer(like)(like, size), codegen
+
+
+@parallel_kernel(fastmath={"contract"})
+def _blocked_direct_rows(x, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+    """Register-blocked, phase-decomposed direct kernel: ``y[n, g·Co_g + co, oh, ow] = Σ x[n, g·Ci_g + ci, ih, iw] ·
+    packed[g, kh, kw, ci, co] + bias`` over the taps of the scatter definition, ``packed`` being the weight as
+    ``(G, kH, kW, Ci_g, Co_g)`` so that a block of output channels is one contiguous run.
+
+    Work item: one output row ``(n, oh)`` × :data:`BLOCKED_TILE_CO` output channels of one group, owned by one
+    thread. Per column phase ``b`` (outputs ``ow = b + s_w·j``) and run of :data:`BLOCKED_TILE_PIXELS` phase
+    pixels ``j``, an accumulator tile ``acc[j, co]`` (on the stack, L1-resident) starts at +0.0; only the phase's
+    taps are visited (``kh`` with ``oh + p_h - kh·d_h ≡ 0 mod s_h``, ``kw`` with ``b + p_w - kw·d_w ≡ 0 mod s_w``:
+    no inserted zero is ever multiplied), each over the pixels whose input column ``iw = j + off`` exists. The
+    micro-kernel takes 2 pixels × 4 input channels: their 8 input values are broadcast once into registers and
+    one unit-stride loop over the output channels does 8 FMAs per vector of ``co`` (4 weight-row loads, 2
+    accumulator loads and stores), which LLVM vectorises to full-width FMAs. Each output's sum runs in the same
+    order everywhere, ``(kh, kw, ci)`` ascending, one fused multiply-add per product, so the result does not
+    depend on the tiling or the thread count; the bias is added last."""
+    batch, _, in_h, in_w = x.shape
+    groups, k_h, k_w, per_group_in, per_group_out = packed.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    co_tiles = (per_group_out - 1) // BLOCKED_TILE_CO + 1
+    phases = min(stride_w, out_w)
+    zero = np.zeros(1, dtype=y.dtype)[0]                 # +0.0 in y's dtype
+    for item in prange(batch * groups * co_tiles * out_h):
+        oh = item % out_h
+        g = (item // (out_h * co_tiles)) % groups
+        n = item // (out_h * co_tiles * groups)
+        co0 = (item // out_h) % co_tiles * BLOCKED_TILE_CO
+        cot = min(BLOCKED_TILE_CO, per_group_out - co0)
+        acc = carray(_stack_tile(zero, _BLOCKED_TILE_SIZE), (BLOCKED_TILE_PIXELS, BLOCKED_TILE_CO))
+        for b in range(phases):
+            phase_len = (out_w - 1 - b) // stride_w + 1
+            for j0 in range(0, phase_len, BLOCKED_TILE_PIXELS):
+                jn = min(BLOCKED_TILE_PIXELS, phase_len - j0)
+                for j in range(jn):
+                    for c in range(cot):
+                        acc[j, c] = zero
+                for kh in range(k_h):
+                    shift = oh + pad_h - kh * dil_h
+                    if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
+                        continue
+                    ih = shift // stride_h
+                    for kw in range(k_w):
+                        shift_w = b + pad_w - kw * dil_w
+                        if shift_w % stride_w != 0:
+                            continue
+                        off = shift_w // stride_w                 # iw = j + off
+                        j_lo, j_hi = max(j0, -off), min(j0 + jn, in_w - off)
+                        if j_hi <= j_lo:
+                            continue
+                        taps = packed[g, kh, kw]
+                        ci = 0
+                        while ci + 4 <= per_group_in:
+                            w0 = taps[ci, co0:co0 + cot]
+                            w1 = taps[ci + 1, co0:co0 + cot]
+                            w2 = taps[ci + 2, co0:co0 + cot]
+                            w3 = taps[ci + 3, co0:co0 + cot]
+                            r0 = x[n, g * per_group_in + ci, ih]
+                            r1 = x[n, g * per_group_in + ci + 1, ih]
+                            r2 = x[n, g * per_group_in + ci + 2, ih]
+                            r3 = x[n, g * per_group_in + ci + 3, ih]
+                            j = j_lo
+                            while j + 2 <= j_hi:
+                                iw = j + off
+                                x00, x01, x02, x03 = r0[iw], r1[iw], r2[iw], r3[iw]
+                                x10, x11, x12, x13 = r0[iw + 1], r1[iw + 1], r2[iw + 1], r3[iw + 1]
+                                pair = acc[j - j0:j - j0 + 2]             # rows a constant stride apart
+                                for c in range(cot):
+                                    pair[0, c] = ((((pair[0, c] + x00 * w0[c]) + x01 * w1[c]) + x02 * w2[c])
+                                                  + x03 * w3[c])
+                                    pair[1, c] = ((((pair[1, c] + x10 * w0[c]) + x11 * w1[c]) + x12 * w2[c])
+                                                  + x13 * w3[c])
+                                j += 2
+                            if j < j_hi:
+                                iw = j + off
+                                x00, x01, x02, x03 = r0[iw], r1[iw], r2[iw], r3[iw]
+                                row = acc[j - j0]
+                                for c in range(cot):
+                                    row[c] = (((row[c] + x00 * w0[c]) + x01 * w1[c]) + x02 * w2[c]) + x03 * w3[c]
+                            ci += 4
+                        for rest in range(ci, per_group_in):
+                            w0 = taps[rest, co0:co0 + cot]
+                            r0 = x[n, g * per_group_in + rest, ih]
+                            for j in range(j_lo, j_hi):
+                                x00 = r0[j + off]
+                                row = acc[j - j0]
+                                for c in range(cot):
+                                    row[c] = row[c] + x00 * w0[c]
+                for c in range(cot):
+                    co = g * per_group_out + co0 + c
+                    line, b_c = y[n, co, oh], bias[co]
+                    for j in range(jn):
+                        line[b + stride_w * (j0 + j)] = acc[j, c] + b_c
+
+
 # ---- wrappers: allocate, pick the path, call the kernels -----------------------------------------------------
 
 def _bias_or_zeros(bias, problem):
@@ -395,7 +512,23 @@ def _direct(x, weight, bias, problem, out=None):
     return y
 
 
-_RUNNERS = {"direct": _direct, "nonoverlap_gemm": _nonoverlap_gemm, "gemm_col2im": _gemm_col2im}
+def _packed_weight(weight, problem):
+    """The weight as ``(G, kH, kW, C_in/G, C_out/G)``: for each (group, tap, input channel) the output channels
+    are one contiguous run (``blocked_direct``'s vector loop)."""
+    g, (kh, kw) = problem.groups, problem.kernel_size
+    grouped = weight.reshape(g, problem.in_per_group, problem.out_per_group, kh, kw)
+    return np.ascontiguousarray(grouped.transpose(0, 3, 4, 1, 2))
+
+
+def _blocked_direct(x, weight, bias, problem, out=None):
+    y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
+    _blocked_direct_rows(x, _packed_weight(weight, problem), _bias_or_zeros(bias, problem), y, *problem.stride,
+                         *problem.padding, *problem.dilation)
+    return y
+
+
+_RUNNERS = {"direct": _direct, "nonoverlap_gemm": _nonoverlap_gemm, "gemm_col2im": _gemm_col2im,
+            "blocked_direct": _blocked_direct}
 
 
 #: The paths that compute NHWC natively; the others get NHWC arrays transposed to NCHW and back.
