@@ -39,6 +39,8 @@ def axes(draw):
     output_padding = draw(st.integers(0, min(max(stride, dilation) - 1, 2)))
     out = (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
     assume(1 <= out <= 40)
+    # Valid calls only: the uncropped extent must fit int64 (beyond it Problem refuses, tested elsewhere).
+    assume((size - 1) * stride + dilation * (kernel - 1) + output_padding + 1 <= 2**63 - 1)
     return size, kernel, stride, dilation, padding, output_padding
 
 
