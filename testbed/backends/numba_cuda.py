@@ -94,9 +94,15 @@ def _launch(run_kernels):
             y = _on_device(out)
         else:
             y = cuda.device_array(problem.output_shape, dtype=problem.dtype)
+        # The kernels write a C-contiguous output; a strided device ``out`` (e.g. an NHWC array seen as NCHW by
+        # the layout conversion) gets the result copied in on the device.
+        target, y = y, (y if y.is_c_contiguous() else cuda.device_array(problem.output_shape, dtype=problem.dtype))
         if problem.batch > 0:
             d_bias = _on_device(bias) if bias is not None else cuda.device_array(1, dtype=problem.dtype)
             run_kernels(_on_device(x), _on_device(weight), d_bias, y, problem)
+        if target is not y:
+            target[:] = y
+            y = target
         if on_device:
             return y
         return y.copy_to_host() if out is None else y.copy_to_host(out)
