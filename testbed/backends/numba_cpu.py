@@ -100,7 +100,7 @@ def _fused_nchw(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, gr
     """``nonoverlap_gemm`` in NCHW, the GEMM and the pixel shuffle fused. Tasks ``(n, group, block of output
     channels, block of input pixels)``: the task's thread computes ``products[(co, a, b), p] = Σ_ci W[ci, co, a,
     b] · x[n, ci, p]`` for its block with one single-threaded BLAS call into its own buffer ``blocks[thread]``
-    (sized to stay in its core's cache), then moves it into place while it is still cached:
+    (:data:`BLOCK_BYTES`), then moves it into place while it is still in cache:
     ``y[n, co, i·kH + a - p_h, j·kW + b - p_w] = (products + 0) + bias[co]`` for pixel ``p = i·W + j``. A task
     owns its channels' outputs of its pixels; the one that ends an input row also writes that row's columns no
     tap reaches, the one that ends the image the ``output_padding`` rows below (bias alone)."""
@@ -163,10 +163,11 @@ def _pack_taps_outer(weight, packed):
     order), one thread per input channel."""
     in_channels, per_group_out, k_h, k_w = weight.shape
     for ci in prange(in_channels):
-        for co in range(per_group_out):
-            for a in range(k_h):
-                for b in range(k_w):
-                    packed[ci, a, b, co] = weight[ci, co, a, b]
+        for a in range(k_h):
+            for b in range(k_w):
+                src, dst = weight[ci, :, a, b], packed[ci, a, b]     # strided reads, contiguous writes
+                for co in range(per_group_out):
+                    dst[co] = src[co]
 
 
 @parallel_kernel
