@@ -164,26 +164,9 @@ def _fused_nchw(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, gr
 
 
 @parallel_kernel
-def _pack_taps_outer(weight, packed, workers):
-    """``packed[ci, a, b, co] = W[ci, co, a, b]``: the weight with its output channels innermost (NHWC's
-    order); input channels handed out one at a time to ``workers`` workers (:mod:`._tasks`)."""
-    in_channels, per_group_out, k_h, k_w = weight.shape
-    counter = np.zeros(1, np.int64)
-    for _ in prange(workers):
-        ci = next_task(counter)
-        while ci < in_channels:
-            for a in range(k_h):
-                for b in range(k_w):
-                    src, dst = weight[ci, :, a, b], packed[ci, a, b]     # strided reads, contiguous writes
-                    for co in range(per_group_out):
-                        dst[co] = src[co]
-            ci = next_task(counter)
-
-
-@parallel_kernel
 def _fused_nhwc(x, packed, bias, y, blocks, m_block, px_block, pad_h, pad_w, groups):
     """``nonoverlap_gemm`` in NHWC: ``products[p, (a, b, co)] = Σ_ci x[n, p, ci] · P[ci, a, b, co]`` for a block
-    of pixels ``p = i·W + j`` and columns (``P``: :func:`_pack_taps_outer`), one single-threaded BLAS call per
+    of pixels ``p = i·W + j`` and columns (``P[ci, a, b, co] = W[ci, co, a, b]``), one single-threaded BLAS call per
     task (handed out as in :func:`_fused_nchw`) into the worker's buffer, then each tap's run of output channels
     copied in place with the bias: ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = (products + 0) + bias[co]``. A
     task owns its columns of its pixels' outputs; the first column block of a group also writes the positions
@@ -384,7 +367,8 @@ def _nonoverlap_gemm(x, weight, bias, problem, out=None):
         if problem.layout == "NHWC":
             packed = workspace.scratch("numba_cpu.packed_weight", (problem.in_channels, *problem.kernel_size,
                                                                     problem.out_per_group), dtype)
-            _pack_taps_outer(weight, packed, threads)
+            # (a copy in this thread: a second parallel region would cost another wait for both threads)
+            np.copyto(packed, weight.transpose(0, 2, 3, 1))
             blocks = workspace.scratch("numba_cpu.blocks", (threads, first * pixels), dtype)
             _fused_nhwc(x, packed, bias, y, blocks, first, pixels, *problem.padding, problem.groups)
         else:
