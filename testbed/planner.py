@@ -492,13 +492,13 @@ def tune_problem(problem: Problem, *, on_device: bool = False, candidates: Itera
 
 
 def _call_problem(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                  output_size) -> tuple[Problem, bool]:
+                  output_size, layout="NCHW") -> tuple[Problem, bool]:
     """The problem of a ``conv_transpose2d`` call (validated as the call validates it) and whether its arrays
     are CUDA device arrays. Only shapes and dtypes are read."""
     from .api import _problem_of_call
 
     problem, x, _, _ = _problem_of_call(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                                        output_size, on_device_ok=True)
+                                        output_size, on_device_ok=True, layout=layout)
     if problem.batch == 0:
         problem = problem.with_(batch=1)    # an empty batch computes nothing; plan for one image
     return problem, is_device_array(x)
@@ -507,12 +507,12 @@ def _call_problem(input, weight, bias, stride, padding, output_padding, groups, 
 def tune(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
          output_size=None, candidates: Iterable | None = None, isolation: str = "process",
          settings: TimingSettings | None = None, cut_factor: float = 3.0, store: bool = True,
-         seed: int = 0) -> TuneResult:
+         seed: int = 0, layout: str = "NCHW") -> TuneResult:
     """Measure now which backend computes this call fastest, and remember it (FFTW's ``FFTW_MEASURE``).
 
     Parameters
     ----------
-    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size
+    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout
         As for :func:`testbed.conv_transpose2d` (validated the same way). Only their shapes, dtypes and
         device are used: the candidates are timed on random arrays of the same shapes, the arrays given are
         never touched.
@@ -564,7 +564,7 @@ def tune(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups
     >>> del os.environ["TESTBED_WISDOM"]
     """
     problem, on_device = _call_problem(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                                       output_size)
+                                       output_size, layout)
     return tune_problem(problem, on_device=on_device, candidates=candidates, isolation=isolation,
                         settings=settings, cut_factor=cut_factor, store=store, seed=seed)
 
@@ -650,12 +650,12 @@ def explain_problem(problem: Problem, on_device: bool = False) -> Explanation:
 
 
 def explain(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
-            output_size=None) -> Explanation:
+            output_size=None, layout: str = "NCHW") -> Explanation:
     """Which backend ``auto`` would run for this call, and why (nothing is computed or timed).
 
     Parameters
     ----------
-    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size
+    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout
         As for :func:`testbed.conv_transpose2d`; only shapes, dtypes and device are read.
 
     Returns
@@ -692,5 +692,5 @@ def explain(input, weight, bias=None, stride=1, padding=0, output_padding=0, gro
     >>> del os.environ["TESTBED_WISDOM"]
     """
     problem, on_device = _call_problem(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                                       output_size)
+                                       output_size, layout)
     return explain_problem(problem, on_device)

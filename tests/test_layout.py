@@ -126,3 +126,13 @@ def test_cuda_backends_compute_nhwc_device_arrays():
         assert_close_to_oracle(host.transpose(0, 3, 1, 2), x, w, err_msg=name, **params)
         host_result = testbed.conv_transpose2d(x_nhwc, w, backend=name, layout="NHWC", **params)
         assert_close_to_oracle(host_result.transpose(0, 3, 1, 2), x, w, err_msg=name, **params)
+
+
+def test_planner_takes_the_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("TESTBED_WISDOM", str(tmp_path / "wisdom.json"))
+    _, x_nhwc, w = _arrays()
+    why = testbed.explain(x_nhwc, w, stride=2, layout="NHWC")
+    assert " NHWC " in why.signature and " NHWC " in str(why)
+    result = testbed.tune(x_nhwc, w, stride=2, layout="NHWC", candidates=["col2im", "numba_cpu"],
+                          isolation="inline")
+    assert result.winner in ("col2im", "numba_cpu") and " NHWC " in result.signature

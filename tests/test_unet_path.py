@@ -175,3 +175,34 @@ def test_blas_limits_beyond_int32_fall_back():
     huge = Problem(batch=1, in_channels=4, in_size=(1, 2**31), out_channels=4, kernel_size=1, stride=1)
     assert numba_cpu.choose_path(huge) != "nonoverlap_gemm"
     assert numba_cpu.choose_path(huge.with_(in_size=(1, 2**20))) == "nonoverlap_gemm"
+
+
+def test_tasks_are_handed_out_once_each_and_a_slow_worker_takes_fewer():
+    """testbed.backends._tasks: every task runs exactly once, in the parallel kernel and its serial twin; a
+    worker stuck in a long task leaves the rest to the others (OpenMP's static split would not)."""
+    from numba import prange
+
+    from testbed.backends._runtime import parallel_kernel
+    from testbed.backends._tasks import next_task
+
+    def spin(owner, work, workers):
+        counter = np.zeros(1, np.int64)
+        for worker in prange(workers):
+            task = next_task(counter)
+            while task < owner.shape[0]:
+                total = 0.0
+                for i in range(work[task]):
+                    total += np.sqrt(i + 1.0)
+                owner[task] = worker if total >= 0 else -2
+                task = next_task(counter)
+
+    kernel = parallel_kernel(spin)
+    for run in (kernel, kernel.serial):
+        owner = np.full(1000, -1)
+        run(owner, np.full(1000, 10), 3)
+        assert (owner >= 0).all() and (owner < 3).all()
+    if numba.get_num_threads() >= 2:
+        owner, work = np.full(8, -1), np.full(8, 10**5)
+        work[0] = 10**8                                   # ~0.1 s: the other worker finishes 1..7 meanwhile
+        kernel(owner, work, 2)
+        assert (owner[1:] != owner[0]).all()

@@ -60,6 +60,7 @@ from .. import workspace
 from ..registry import Backend, register, run_converted
 from ._blas import INT32_MAX, gemm, single_threaded_blas
 from ._runtime import parallel_kernel
+from ._tasks import next_task
 
 __all__ = ["choose_path", "PATHS"]
 
@@ -105,12 +106,13 @@ def choose_path(problem) -> str:
 @parallel_kernel
 def _fused_nchw(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, groups):
     """``nonoverlap_gemm`` in NCHW, the GEMM and the pixel shuffle fused. Tasks ``(n, group, block of output
-    channels, block of input pixels)``: the task's thread computes ``products[(co, a, b), p] = Σ_ci W[ci, co, a,
-    b] · x[n, ci, p]`` for its block with one single-threaded BLAS call into its own buffer ``blocks[thread]``
-    (sized to stay in its core's cache), then moves it into place while it is still cached:
-    ``y[n, co, i·kH + a - p_h, j·kW + b - p_w] = (products + 0) + bias[co]`` for pixel ``p = i·W + j``. A task
-    owns its channels' outputs of its pixels; the one that ends an input row also writes that row's columns no
-    tap reaches, the one that ends the image the ``output_padding`` rows below (bias alone)."""
+    channels, block of input pixels)`` are handed out one at a time (:mod:`._tasks`); the worker that takes one
+    computes ``products[(co, a, b), p] = Σ_ci W[ci, co, a, b] · x[n, ci, p]`` for its block with one
+    single-threaded BLAS call into its own buffer ``blocks[worker]`` (:data:`BLOCK_BYTES`), then moves it into
+    place while it is still in cache: ``y[n, co, i·kH + a - p_h, j·kW + b - p_w] = (products + 0) + bias[co]``
+    for pixel ``p = i·W + j``. A task owns its channels' outputs of its pixels; the one that ends an input row
+    also writes that row's columns no tap reaches, the one that ends the image the ``output_padding`` rows
+    below (bias alone)."""
     batch, in_channels, in_h, in_w = x.shape
     out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     k_h, k_w = weight.shape[2], weight.shape[3]
@@ -122,67 +124,60 @@ def _fused_nchw(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, gr
     covered_h = max(0, min(out_h, in_h * k_h - pad_h))      # rows below are output_padding: bias only
     covered_w = max(0, min(out_w, in_w * k_w - pad_w))
     zero = np.zeros(1, dtype=y.dtype)[0]                     # +0.0 in y's dtype (a 0.0 literal would be float64)
-    for task in prange(batch * groups * co_blocks * px_blocks):
-        pb = task % px_blocks                                # pixel blocks innermost: neighbours share weights
-        cb = (task // px_blocks) % co_blocks
-        g = (task // (px_blocks * co_blocks)) % groups
-        n = task // (px_blocks * co_blocks * groups)
-        c0, c1 = cb * co_block, min(per_group_out, (cb + 1) * co_block)
-        p0, p1 = pb * px_block, min(pixels, (pb + 1) * px_block)
-        ci0, ci1 = g * per_group_in, (g + 1) * per_group_in
-        products = blocks[get_thread_id(), :(c1 - c0) * taps * (p1 - p0)].reshape(((c1 - c0) * taps, p1 - p0))
-        gemm(flat_w[ci0:ci1, c0 * taps:c1 * taps], flat_x[n, ci0:ci1, p0:p1], products, True, False)
-        for c in range(c0, c1):
-            co = g * per_group_out + c
-            b_c = bias[co]
-            for i in range(p0 // in_w, (p1 - 1) // in_w + 1):
-                j0, j1 = max(p0 - i * in_w, 0), min(p1 - i * in_w, in_w)
-                q0 = i * in_w + j0 - p0                      # products column of pixel (i, j0)
-                for a in range(k_h):
-                    oh = i * k_h + a - pad_h
-                    if oh < 0 or oh >= out_h:
-                        continue
-                    line, base = y[n, co, oh], (c - c0) * taps + a * k_w
-                    if k_w == 2 and pad_w == 0:              # the U-Net case: interleave two rows, vectorised
-                        left, right = products[base, q0:q0 + j1 - j0], products[base + 1, q0:q0 + j1 - j0]
-                        dst = line[2 * j0:2 * j1]
-                        for t in range(j1 - j0):
-                            dst[2 * t] = (left[t] + zero) + b_c
-                            dst[2 * t + 1] = (right[t] + zero) + b_c
-                    else:
-                        for b in range(k_w):
-                            lo = max(j0, -((b - pad_w) // k_w))   # first j with j·kW + b - p_w >= 0
-                            hi = min(j1, (out_w - 1 - b + pad_w) // k_w + 1)
-                            src = products[base + b]
-                            for j in range(lo, hi):
-                                line[j * k_w + b - pad_w] = (src[q0 + j - j0] + zero) + b_c
-                    if j1 == in_w:
-                        for ow in range(covered_w, out_w):
-                            line[ow] = zero + b_c
-            if p1 == pixels:
-                for oh in range(covered_h, out_h):
-                    y[n, co, oh, :] = zero + b_c
-
-
-@parallel_kernel
-def _pack_taps_outer(weight, packed):
-    """``packed[ci, a, b, co] = W[ci, co, a, b]``: the weight with its output channels innermost (NHWC's
-    order), one thread per input channel."""
-    in_channels, per_group_out, k_h, k_w = weight.shape
-    for ci in prange(in_channels):
-        for co in range(per_group_out):
-            for a in range(k_h):
-                for b in range(k_w):
-                    packed[ci, a, b, co] = weight[ci, co, a, b]
+    tasks, counter = batch * groups * co_blocks * px_blocks, np.zeros(1, np.int64)
+    for worker in prange(blocks.shape[0]):                   # one worker per thread, tasks handed out in turn
+        task = next_task(counter)
+        while task < tasks:
+            pb = task % px_blocks                                # pixel blocks innermost: neighbours share weights
+            cb = (task // px_blocks) % co_blocks
+            g = (task // (px_blocks * co_blocks)) % groups
+            n = task // (px_blocks * co_blocks * groups)
+            c0, c1 = cb * co_block, min(per_group_out, (cb + 1) * co_block)
+            p0, p1 = pb * px_block, min(pixels, (pb + 1) * px_block)
+            ci0, ci1 = g * per_group_in, (g + 1) * per_group_in
+            products = blocks[worker, :(c1 - c0) * taps * (p1 - p0)].reshape(((c1 - c0) * taps, p1 - p0))
+            gemm(flat_w[ci0:ci1, c0 * taps:c1 * taps], flat_x[n, ci0:ci1, p0:p1], products, True, False)
+            for c in range(c0, c1):
+                co = g * per_group_out + c
+                b_c = bias[co]
+                for i in range(p0 // in_w, (p1 - 1) // in_w + 1):
+                    j0, j1 = max(p0 - i * in_w, 0), min(p1 - i * in_w, in_w)
+                    q0 = i * in_w + j0 - p0                      # products column of pixel (i, j0)
+                    for a in range(k_h):
+                        oh = i * k_h + a - pad_h
+                        if oh < 0 or oh >= out_h:
+                            continue
+                        line, base = y[n, co, oh], (c - c0) * taps + a * k_w
+                        if k_w == 2 and pad_w == 0:              # the U-Net case: interleave two rows, vectorised
+                            left, right = products[base, q0:q0 + j1 - j0], products[base + 1, q0:q0 + j1 - j0]
+                            dst = line[2 * j0:2 * j1]
+                            for t in range(j1 - j0):
+                                dst[2 * t] = (left[t] + zero) + b_c
+                                dst[2 * t + 1] = (right[t] + zero) + b_c
+                        else:
+                            for b in range(k_w):
+                                lo = max(j0, -((b - pad_w) // k_w))   # first j with j·kW + b - p_w >= 0
+                                hi = min(j1, (out_w - 1 - b + pad_w) // k_w + 1)
+                                src = products[base + b]
+                                for j in range(lo, hi):
+                                    line[j * k_w + b - pad_w] = (src[q0 + j - j0] + zero) + b_c
+                        if j1 == in_w:
+                            for ow in range(covered_w, out_w):
+                                line[ow] = zero + b_c
+                if p1 == pixels:
+                    for oh in range(covered_h, out_h):
+                        y[n, co, oh, :] = zero + b_c
+            task = next_task(counter)
 
 
 @parallel_kernel
 def _fused_nhwc(x, packed, bias, y, blocks, m_block, px_block, pad_h, pad_w, groups):
     """``nonoverlap_gemm`` in NHWC: ``products[p, (a, b, co)] = Σ_ci x[n, p, ci] · P[ci, a, b, co]`` for a block
-    of pixels ``p = i·W + j`` and columns (``P``: :func:`_pack_taps_outer`), one single-threaded BLAS call per
-    task into the thread's buffer, then each tap's run of output channels copied in place with the bias:
-    ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = (products + 0) + bias[co]``. A task owns its columns of its
-    pixels' outputs; the first column block of a group also writes the positions no tap reaches (bias alone)."""
+    of pixels ``p = i·W + j`` and columns (``P[ci, a, b, co] = W[ci, co, a, b]``), one single-threaded BLAS call per
+    task (handed out as in :func:`_fused_nchw`) into the worker's buffer, then each tap's run of output channels
+    copied in place with the bias: ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = (products + 0) + bias[co]``. A
+    task owns its columns of its pixels' outputs; the first column block of a group also writes the positions
+    no tap reaches (bias alone)."""
     batch, in_h, in_w, in_channels = x.shape
     out_h, out_w = y.shape[1], y.shape[2]
     k_h, k_w, per_group_out = packed.shape[1], packed.shape[2], packed.shape[3]
@@ -194,40 +189,44 @@ def _fused_nhwc(x, packed, bias, y, blocks, m_block, px_block, pad_h, pad_w, gro
     covered_h = max(0, min(out_h, in_h * k_h - pad_h))
     covered_w = max(0, min(out_w, in_w * k_w - pad_w))
     zero = np.zeros(1, dtype=y.dtype)[0]
-    for task in prange(batch * groups * px_blocks * m_blocks):
-        mb = task % m_blocks
-        pb = (task // m_blocks) % px_blocks
-        g = (task // (m_blocks * px_blocks)) % groups
-        n = task // (m_blocks * px_blocks * groups)
-        m0, m1 = mb * m_block, min(width, (mb + 1) * m_block)
-        p0, p1 = pb * px_block, min(pixels, (pb + 1) * px_block)
-        ci0, ci1, co0 = g * per_group_in, (g + 1) * per_group_in, g * per_group_out
-        products = blocks[get_thread_id(), :(p1 - p0) * (m1 - m0)].reshape((p1 - p0, m1 - m0))
-        gemm(flat_x[n, p0:p1, ci0:ci1], flat_p[ci0:ci1, m0:m1], products, False, False)
-        for p in range(p0, p1):
-            i, j = p // in_w, p % in_w
-            row = products[p - p0]
-            for tap in range(m0 // per_group_out, (m1 - 1) // per_group_out + 1):
-                oh, ow = i * k_h + tap // k_w - pad_h, j * k_w + tap % k_w - pad_w
-                if oh < 0 or oh >= out_h or ow < 0 or ow >= out_w:
-                    continue
-                lo, hi = max(m0, tap * per_group_out), min(m1, (tap + 1) * per_group_out)
-                c0 = co0 + lo - tap * per_group_out
-                dst, src, b_c = y[n, oh, ow, c0:c0 + hi - lo], row[lo - m0:hi - m0], bias[c0:c0 + hi - lo]
-                for q in range(hi - lo):
-                    dst[q] = (src[q] + zero) + b_c[q]
-            if m0 == 0 and j == in_w - 1:
-                for a in range(k_h):
-                    oh = i * k_h + a - pad_h
-                    if 0 <= oh < out_h:
-                        for ow in range(covered_w, out_w):
-                            for c in range(co0, co0 + per_group_out):
-                                y[n, oh, ow, c] = zero + bias[c]
-        if m0 == 0 and p1 == pixels:
-            for oh in range(covered_h, out_h):
-                for ow in range(out_w):
-                    for c in range(co0, co0 + per_group_out):
-                        y[n, oh, ow, c] = zero + bias[c]
+    tasks, counter = batch * groups * px_blocks * m_blocks, np.zeros(1, np.int64)
+    for worker in prange(blocks.shape[0]):                   # one worker per thread, tasks handed out in turn
+        task = next_task(counter)
+        while task < tasks:
+            mb = task % m_blocks
+            pb = (task // m_blocks) % px_blocks
+            g = (task // (m_blocks * px_blocks)) % groups
+            n = task // (m_blocks * px_blocks * groups)
+            m0, m1 = mb * m_block, min(width, (mb + 1) * m_block)
+            p0, p1 = pb * px_block, min(pixels, (pb + 1) * px_block)
+            ci0, ci1, co0 = g * per_group_in, (g + 1) * per_group_in, g * per_group_out
+            products = blocks[worker, :(p1 - p0) * (m1 - m0)].reshape((p1 - p0, m1 - m0))
+            gemm(flat_x[n, p0:p1, ci0:ci1], flat_p[ci0:ci1, m0:m1], products, False, False)
+            for p in range(p0, p1):
+                i, j = p // in_w, p % in_w
+                row = products[p - p0]
+                for tap in range(m0 // per_group_out, (m1 - 1) // per_group_out + 1):
+                    oh, ow = i * k_h + tap // k_w - pad_h, j * k_w + tap % k_w - pad_w
+                    if oh < 0 or oh >= out_h or ow < 0 or ow >= out_w:
+                        continue
+                    lo, hi = max(m0, tap * per_group_out), min(m1, (tap + 1) * per_group_out)
+                    c0 = co0 + lo - tap * per_group_out
+                    dst, src, b_c = y[n, oh, ow, c0:c0 + hi - lo], row[lo - m0:hi - m0], bias[c0:c0 + hi - lo]
+                    for q in range(hi - lo):
+                        dst[q] = (src[q] + zero) + b_c[q]
+                if m0 == 0 and j == in_w - 1:
+                    for a in range(k_h):
+                        oh = i * k_h + a - pad_h
+                        if 0 <= oh < out_h:
+                            for ow in range(covered_w, out_w):
+                                for c in range(co0, co0 + per_group_out):
+                                    y[n, oh, ow, c] = zero + bias[c]
+            if m0 == 0 and p1 == pixels:
+                for oh in range(covered_h, out_h):
+                    for ow in range(out_w):
+                        for c in range(co0, co0 + per_group_out):
+                            y[n, oh, ow, c] = zero + bias[c]
+            task = next_task(counter)
 
 
 @parallel_kernel
@@ -479,20 +478,19 @@ def _nonoverlap_gemm(x, weight, bias, problem, out=None):
     bias = _bias_or_zeros(bias, problem)
     first, pixels = _block_plan(problem)
     taps = problem.kernel_size[0] * problem.kernel_size[1]
-    # one buffer per Numba thread id (get_thread_id() < get_num_threads()), kept across calls
+    # one worker (and buffer) per Numba thread, kept across calls
     threads, dtype = numba.get_num_threads(), problem.dtype
     with single_threaded_blas():
         if problem.layout == "NHWC":
             packed = workspace.scratch("numba_cpu.packed_weight", (problem.in_channels, *problem.kernel_size,
                                                                     problem.out_per_group), dtype)
-            _pack_taps_outer(weight, packed)
+            # (a copy in this thread: a second parallel region would cost another wait for both threads)
+            np.copyto(packed, weight.transpose(0, 2, 3, 1))
             blocks = workspace.scratch("numba_cpu.blocks", (threads, first * pixels), dtype)
-            with numba.parallel_chunksize(1):        # tasks handed out one at a time: a busy core takes fewer
-                _fused_nhwc(x, packed, bias, y, blocks, first, pixels, *problem.padding, problem.groups)
+            _fused_nhwc(x, packed, bias, y, blocks, first, pixels, *problem.padding, problem.groups)
         else:
             blocks = workspace.scratch("numba_cpu.blocks", (threads, first * taps * pixels), dtype)
-            with numba.parallel_chunksize(1):
-                _fused_nchw(x, weight, bias, y, blocks, first, pixels, *problem.padding, problem.groups)
+            _fused_nchw(x, weight, bias, y, blocks, first, pixels, *problem.padding, problem.groups)
     return y
 
 
