@@ -60,10 +60,10 @@ PATHS = ("direct", "nonoverlap_gemm", "gemm_col2im", "blocked_direct")
 DIRECT_MAX_CHANNEL_PRODUCT = 16
 
 #: ``blocked_direct``'s tile: output channels per work item (the unit-stride, vectorised loop) and phase pixels
-#: per accumulator tile (``BLOCKED_TILE_PIXELS × BLOCKED_TILE_CO`` elements on each thread's stack).
-BLOCKED_TILE_CO = 64
+#: per accumulator tile (``BLOCKED_TILE_PIXELS × BLOCKED_MAX_TILE_CO`` elements on each thread's stack).
+BLOCKED_MAX_TILE_CO = 128
 BLOCKED_TILE_PIXELS = 32
-_BLOCKED_TILE_SIZE = BLOCKED_TILE_CO * BLOCKED_TILE_PIXELS
+_BLOCKED_TILE_SIZE = BLOCKED_MAX_TILE_CO * BLOCKED_TILE_PIXELS
 
 #: The GEMM paths compute this many bytes of ``columns`` (C_out·kH·kW·H·W per image) at most at a time;
 #: larger batches are done in slices.
@@ -78,7 +78,7 @@ def choose_path(problem) -> str:
         return "direct"
     if problem.is_nonoverlapping:
         return "nonoverlap_gemm"
-    return "gemm_col2im"
+    return "blocked_direct"
 
 
 # ---- kernels ---------------------------------------------------------------------------------------------
@@ -211,96 +211,140 @@ def _stack_tile(typingctx, like, size):
 
 
 @parallel_kernel(fastmath={"contract"})
-def _blocked_direct_rows(x, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+def _blocked_direct_tiles(x, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co, tile_rows):
     """Register-blocked, phase-decomposed direct kernel: ``y[n, g·Co_g + co, oh, ow] = Σ x[n, g·Ci_g + ci, ih, iw] ·
     packed[g, kh, kw, ci, co] + bias`` over the taps of the scatter definition, ``packed`` being the weight as
     ``(G, kH, kW, Ci_g, Co_g)`` so that a block of output channels is one contiguous run.
 
-    Work item: one output row ``(n, oh)`` × :data:`BLOCKED_TILE_CO` output channels of one group, owned by one
-    thread. Per column phase ``b`` (outputs ``ow = b + s_w·j``) and run of :data:`BLOCKED_TILE_PIXELS` phase
-    pixels ``j``, an accumulator tile ``acc[j, co]`` (on the stack, L1-resident) starts at +0.0; only the phase's
-    taps are visited (``kh`` with ``oh + p_h - kh·d_h ≡ 0 mod s_h``, ``kw`` with ``b + p_w - kw·d_w ≡ 0 mod s_w``:
-    no inserted zero is ever multiplied), each over the pixels whose input column ``iw = j + off`` exists. The
-    micro-kernel takes 2 pixels × 4 input channels: their 8 input values are broadcast once into registers and
-    one unit-stride loop over the output channels does 8 FMAs per vector of ``co`` (4 weight-row loads, 2
-    accumulator loads and stores), which LLVM vectorises to full-width FMAs. Each output's sum runs in the same
-    order everywhere, ``(kh, kw, ci)`` ascending, one fused multiply-add per product, so the result does not
+    Phases (Shi et al. 2016, see ``polyphase``): output row ``oh = ph + s_h·m`` receives exactly the taps ``kh``
+    with ``ph + p_h - kh·d_h ≡ 0 (mod s_h)``, from input row ``ih = m + (ph + p_h - kh·d_h)/s_h``; output column
+    ``ow = b + s_w·j`` the taps ``kw`` with ``b + p_w - kw·d_w ≡ 0 (mod s_w)``, from ``iw = j + off``. Only those
+    taps are visited, each over the rows and columns whose input exists: no inserted zero is ever multiplied.
+
+    Work item (owned by one thread): ``tile_co`` (≤ :data:`BLOCKED_MAX_TILE_CO`) output channels of one group ×
+    ``tile_rows`` consecutive rows ``(n, m)`` of one row phase (several rows, across images, when the image is
+    narrow, so that a tile has enough pixels to reuse each weight). Per column phase ``b`` and run of
+    ``BLOCKED_TILE_PIXELS // tile_rows`` phase pixels, an accumulator tile ``acc[row·run + j, co]`` (on the
+    stack, L1-resident) starts at +0.0. The micro-kernel takes 2 pixels × 4 input channels: their 8 input values
+    are broadcast into registers once and one unit-stride loop over the output channels does 8 fused
+    multiply-adds per vector of ``co`` (4 weight-row loads, 2 accumulator loads and stores), which LLVM
+    vectorises to full-width FMAs; the 4 weight rows stay in L1 for every pixel of the tile. Each output's sum
+    runs in the same order everywhere, ``(kh, kw, ci)`` ascending, one FMA per product, so the result does not
     depend on the tiling or the thread count; the bias is added last."""
     batch, _, in_h, in_w = x.shape
     groups, k_h, k_w, per_group_in, per_group_out = packed.shape
     out_h, out_w = y.shape[2], y.shape[3]
-    co_tiles = (per_group_out - 1) // BLOCKED_TILE_CO + 1
-    phases = min(stride_w, out_w)
+    co_tiles = (per_group_out - 1) // tile_co + 1
+    row_phases, col_phases = min(stride_h, out_h), min(stride_w, out_w)
+    row_blocks = (batch * ((out_h - 1) // stride_h + 1) - 1) // tile_rows + 1      # of the longest row phase
+    run = BLOCKED_TILE_PIXELS // tile_rows
     zero = np.zeros(1, dtype=y.dtype)[0]                 # +0.0 in y's dtype
-    for item in prange(batch * groups * co_tiles * out_h):
-        oh = item % out_h
-        g = (item // (out_h * co_tiles)) % groups
-        n = item // (out_h * co_tiles * groups)
-        co0 = (item // out_h) % co_tiles * BLOCKED_TILE_CO
-        cot = min(BLOCKED_TILE_CO, per_group_out - co0)
-        acc = carray(_stack_tile(zero, _BLOCKED_TILE_SIZE), (BLOCKED_TILE_PIXELS, BLOCKED_TILE_CO))
-        for b in range(phases):
+    for item in prange(groups * co_tiles * row_phases * row_blocks):
+        block = item % row_blocks
+        ph = (item // row_blocks) % row_phases
+        co0 = (item // (row_blocks * row_phases)) % co_tiles * tile_co
+        g = item // (row_blocks * row_phases * co_tiles)
+        cot = min(tile_co, per_group_out - co0)
+        phase_rows = (out_h - 1 - ph) // stride_h + 1
+        first = block * tile_rows
+        rows = min(tile_rows, batch * phase_rows - first)
+        if rows <= 0:
+            continue
+        acc = carray(_stack_tile(zero, _BLOCKED_TILE_SIZE), (BLOCKED_TILE_PIXELS, BLOCKED_MAX_TILE_CO))
+        row_n = carray(_stack_tile(np.int64(0), BLOCKED_TILE_PIXELS), (BLOCKED_TILE_PIXELS,))
+        row_m = carray(_stack_tile(np.int64(0), BLOCKED_TILE_PIXELS), (BLOCKED_TILE_PIXELS,))
+        for r in range(rows):
+            row_n[r], row_m[r] = (first + r) // phase_rows, (first + r) % phase_rows
+        for b in range(col_phases):
             phase_len = (out_w - 1 - b) // stride_w + 1
-            for j0 in range(0, phase_len, BLOCKED_TILE_PIXELS):
-                jn = min(BLOCKED_TILE_PIXELS, phase_len - j0)
-                for j in range(jn):
+            for j0 in range(0, phase_len, run):
+                jn = min(run, phase_len - j0)
+                for slot in range(rows * run):
                     for c in range(cot):
-                        acc[j, c] = zero
+                        acc[slot, c] = zero
                 for kh in range(k_h):
-                    shift = oh + pad_h - kh * dil_h
-                    if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
+                    shift_h = ph + pad_h - kh * dil_h
+                    if shift_h % stride_h != 0:
                         continue
-                    ih = shift // stride_h
+                    off_h = shift_h // stride_h                        # ih = m + off_h
                     for kw in range(k_w):
                         shift_w = b + pad_w - kw * dil_w
                         if shift_w % stride_w != 0:
                             continue
-                        off = shift_w // stride_w                 # iw = j + off
+                        off = shift_w // stride_w                      # iw = j + off
                         j_lo, j_hi = max(j0, -off), min(j0 + jn, in_w - off)
                         if j_hi <= j_lo:
                             continue
                         taps = packed[g, kh, kw]
                         ci = 0
-                        while ci + 4 <= per_group_in:
-                            w0 = taps[ci, co0:co0 + cot]
-                            w1 = taps[ci + 1, co0:co0 + cot]
-                            w2 = taps[ci + 2, co0:co0 + cot]
-                            w3 = taps[ci + 3, co0:co0 + cot]
-                            r0 = x[n, g * per_group_in + ci, ih]
-                            r1 = x[n, g * per_group_in + ci + 1, ih]
-                            r2 = x[n, g * per_group_in + ci + 2, ih]
-                            r3 = x[n, g * per_group_in + ci + 3, ih]
-                            j = j_lo
-                            while j + 2 <= j_hi:
-                                iw = j + off
-                                x00, x01, x02, x03 = r0[iw], r1[iw], r2[iw], r3[iw]
-                                x10, x11, x12, x13 = r0[iw + 1], r1[iw + 1], r2[iw + 1], r3[iw + 1]
-                                pair = acc[j - j0:j - j0 + 2]             # rows a constant stride apart
-                                for c in range(cot):
-                                    pair[0, c] = (((pair[0, c] + x00 * w0[c]) + x01 * w1[c]) + x02 * w2[c]) + x03 * w3[c]
-                                    pair[1, c] = (((pair[1, c] + x10 * w0[c]) + x11 * w1[c]) + x12 * w2[c]) + x13 * w3[c]
-                                j += 2
-                            if j < j_hi:
-                                iw = j + off
-                                x00, x01, x02, x03 = r0[iw], r1[iw], r2[iw], r3[iw]
-                                row = acc[j - j0]
-                                for c in range(cot):
-                                    row[c] = (((row[c] + x00 * w0[c]) + x01 * w1[c]) + x02 * w2[c]) + x03 * w3[c]
-                            ci += 4
-                        for ci in range(ci, per_group_in):
-                            w0 = taps[ci, co0:co0 + cot]
-                            r0 = x[n, g * per_group_in + ci, ih]
-                            for j in range(j_lo, j_hi):
-                                x00 = r0[j + off]
-                                row = acc[j - j0]
-                                for c in range(cot):
-                                    row[c] = row[c] + x00 * w0[c]
-                for c in range(cot):
-                    co = g * per_group_out + co0 + c
-                    line, b_c = y[n, co, oh], bias[co]
-                    for j in range(jn):
-                        line[b + stride_w * (j0 + j)] = acc[j, c] + b_c
-
+                        while ci < per_group_in:
+                            c_in = g * per_group_in + ci
+                            if ci + 4 <= per_group_in:
+                                w0 = taps[ci, co0:co0 + cot]
+                                w1 = taps[ci + 1, co0:co0 + cot]
+                                w2 = taps[ci + 2, co0:co0 + cot]
+                                w3 = taps[ci + 3, co0:co0 + cot]
+                                for r in range(rows):
+                                    ih = row_m[r] + off_h
+                                    if ih < 0 or ih >= in_h:
+                                        continue
+                                    n = row_n[r]
+                                    base = r * run - j0                # acc slot of pixel j: base + j
+                                    r0 = x[n, c_in, ih]
+                                    r1 = x[n, c_in + 1, ih]
+                                    r2 = x[n, c_in + 2, ih]
+                                    r3 = x[n, c_in + 3, ih]
+                                    j = j_lo
+                                    while j + 2 <= j_hi:
+                                        iw = j + off
+                                        x00 = r0[iw]
+                                        x01 = r1[iw]
+                                        x02 = r2[iw]
+                                        x03 = r3[iw]
+                                        x10 = r0[iw + 1]
+                                        x11 = r1[iw + 1]
+                                        x12 = r2[iw + 1]
+                                        x13 = r3[iw + 1]
+                                        pair = acc[base + j:base + j + 2]      # rows a constant stride apart
+                                        for c in range(cot):
+                                            pair[0, c] = (((pair[0, c] + x00 * w0[c]) + x01 * w1[c])
+                                                          + x02 * w2[c]) + x03 * w3[c]
+                                            pair[1, c] = (((pair[1, c] + x10 * w0[c]) + x11 * w1[c])
+                                                          + x12 * w2[c]) + x13 * w3[c]
+                                        j += 2
+                                    while j < j_hi:
+                                        iw = j + off
+                                        x00 = r0[iw]
+                                        x01 = r1[iw]
+                                        x02 = r2[iw]
+                                        x03 = r3[iw]
+                                        one = acc[base + j:base + j + 1]
+                                        for c in range(cot):
+                                            one[0, c] = (((one[0, c] + x00 * w0[c]) + x01 * w1[c])
+                                                         + x02 * w2[c]) + x03 * w3[c]
+                                        j += 1
+                                ci += 4
+                            else:
+                                w0 = taps[ci, co0:co0 + cot]
+                                for r in range(rows):
+                                    ih = row_m[r] + off_h
+                                    if ih < 0 or ih >= in_h:
+                                        continue
+                                    r0 = x[row_n[r], c_in, ih]
+                                    base = r * run - j0
+                                    for j in range(j_lo, j_hi):
+                                        x00 = r0[j + off]
+                                        one = acc[base + j:base + j + 1]
+                                        for c in range(cot):
+                                            one[0, c] = one[0, c] + x00 * w0[c]
+                                ci += 1
+                for r in range(rows):
+                    n, oh = row_n[r], ph + stride_h * row_m[r]
+                    for c in range(cot):
+                        co = g * per_group_out + co0 + c
+                        line, b_c = y[n, co, oh], bias[co]
+                        for j in range(jn):
+                            line[b + stride_w * (j0 + j)] = acc[r * run + j, c] + b_c
 
 # ---- wrappers: allocate, pick the path, call the kernels -----------------------------------------------------
 
@@ -366,10 +410,26 @@ def _packed_weight(weight, problem):
     return np.ascontiguousarray(grouped.transpose(0, 3, 4, 1, 2))
 
 
+def _tile_co(per_group_out):
+    """``blocked_direct``'s output channels per work item: the group's channels in the fewest tiles of at most
+    :data:`BLOCKED_MAX_TILE_CO`, of equal width rounded up to a multiple of 8 (a vector of float32 on AVX2)."""
+    tiles = (per_group_out - 1) // BLOCKED_MAX_TILE_CO + 1
+    width = (per_group_out - 1) // tiles + 1
+    return min(BLOCKED_MAX_TILE_CO, (width + 7) // 8 * 8)
+
+
+def _tile_rows(problem):
+    """``blocked_direct``'s output rows per work item: as many as fit :data:`BLOCKED_TILE_PIXELS` next to the
+    longest column phase, ``⌈W_out / s_w⌉`` (one row when that phase alone fills the tile)."""
+    phase_len = (problem.out_size[1] - 1) // problem.stride[1] + 1
+    return max(1, BLOCKED_TILE_PIXELS // phase_len)
+
+
 def _blocked_direct(x, weight, bias, problem, out=None):
     y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
-    _blocked_direct_rows(x, _packed_weight(weight, problem), _bias_or_zeros(bias, problem), y, *problem.stride,
-                         *problem.padding, *problem.dilation)
+    _blocked_direct_tiles(x, _packed_weight(weight, problem), _bias_or_zeros(bias, problem), y, *problem.stride,
+                          *problem.padding, *problem.dilation, _tile_co(problem.out_per_group),
+                          _tile_rows(problem))
     return y
 
 
