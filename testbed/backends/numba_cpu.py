@@ -70,14 +70,61 @@ _BLOCKED_TILE_SIZE = BLOCKED_MAX_TILE_CO * BLOCKED_TILE_PIXELS
 COLUMN_BUFFER_BYTES = 256 * 2 ** 20
 
 
+#: Not ``blocked_direct`` when fewer output channels per group than this (its vector loop over output
+#: channels would run one vector or less per call): ``gemm_col2im`` with one group, ``direct`` with several
+#: (one small GEMM per group) ...
+BLOCKED_MIN_OUT_PER_GROUP = 16
+#: ... or at least this many input channels per group (a GEMM that deep runs at BLAS speed, and the column
+#: pass is small beside it, while ``blocked_direct`` re-reads the weights per tile of 32 pixels).
+GEMM_MIN_IN_PER_GROUP = 512
+
+
 def choose_path(problem) -> str:
-    """The algorithm (one of :data:`PATHS`) ``numba_cpu`` runs for ``problem``."""
+    """The algorithm (one of :data:`PATHS`) ``numba_cpu`` runs for ``problem``.
+
+    For overlapping taps, from ``python -m experiments.numba_cpu_paths`` (median ms, float32, a fresh process
+    per cell; 2-core AMD EPYC (Zen 3, AVX2) shared with other jobs, load average 1.7-2.8):
+
+    =========================  =========  ===========  ======  =========  ===========  ======
+    shape                      2 threads                       1 thread
+    -------------------------  -------------------------------  -------------------------------
+    (decoder suite + extras)   blocked    gemm_col2im  direct  blocked    gemm_col2im  direct
+    =========================  =========  ===========  ======  =========  ===========  ======
+    k4s2p1 256→128 @32²        49         56           532     33         27           585
+    k3s2p1op1 128→64 @64²      57         55           173     33         20           188
+    k3s1p1 64→64 @64²          23         45           88      14         10           94
+    k3d2 64→64 @64²            18         46           92      12         10           67
+    k4s2g8 256→256 g8 @32²     36         87           144     22         21           109
+    k5s3 64→32 @32²            12         46           58      4.9        3.6          41
+    k2s1 64→64 @32² N4         24         37           53      5.1        3.3          55
+    k7s1p3 32→32 @32² N2       24         50           75      14         9.0          74
+    dcgan_head 512→256 @8² N8  135        81           2650    63         37           3170
+    wide_4x4 1024→512 @4² N16  376        182          11400   262        115          11100
+    dcgan_rgb 64→3 @32² N8     36         48           32      14         1.5          15
+    thin8 8→8 @64² N2          24         47           8.0     1.4        0.72         2.0
+    g16 64→64 g16 @64²         22         49           12      6.6        9.0          4.5
+    depthwise 128 g128 @64²    77         71           12      57         38           8.4
+    =========================  =========  ===========  ======  =========  ===========  ======
+
+    With both threads (the way ``numba_cpu`` runs, and the way the speed suite times it) ``blocked_direct`` wins
+    wherever the channels fill its vector loop and the GEMM is not deep: one parallel region per call, where
+    ``gemm_col2im`` has OpenBLAS's pool and then Numba's, and each waits for its second thread on a busy host.
+    Single-threaded, OpenBLAS's GEMM (~85 GFLOP/s per core here, against ~50-60 for ``blocked_direct``'s
+    vectorised loop, whose accumulators live in L1 rather than registers) makes ``gemm_col2im`` 10-40 % faster
+    on most of these shapes: on a quiet machine the margin shrinks. Times below ~30 ms with two threads come in
+    steps of ~8 ms (a scheduler time slice lost to the other jobs), so the thin shapes are decided by the
+    single-thread column.
+    """
     if problem.in_per_group * problem.out_per_group < DIRECT_MAX_CHANNEL_PRODUCT:
         return "direct"
     if _column_bytes_per_image(problem) > problem.workspace_limit:
-        return "direct"
+        return "direct" if problem.is_nonoverlapping else "blocked_direct"
     if problem.is_nonoverlapping:
         return "nonoverlap_gemm"
+    if problem.out_per_group < BLOCKED_MIN_OUT_PER_GROUP:
+        return "gemm_col2im" if problem.groups == 1 else "direct"
+    if problem.in_per_group >= GEMM_MIN_IN_PER_GROUP:
+        return "gemm_col2im"
     return "blocked_direct"
 
 
