@@ -39,10 +39,10 @@ from .common import available_backend, finish, make_parser, selected_backends, s
 
 NAME = "speed"
 #: Columns of the report's table of every cell.
-CELL_COLUMNS = ["suite", "case", "descriptor", "backend", "resolved_backend", "dtype", "status", "median_s", "min_s", "iqr_s",
-                "repeats", "loops", "unstable", "first_call_s", "gflops", "gemm_ceiling_pct", "gbps", "speedup", "speedup_ci_low",
-                "speedup_ci_high", "minor_faults_per_call", "peak_rss_increase_mb", "load_1min", "isolation",
-                "allocation", "timing_method"]
+CELL_COLUMNS = ["suite", "case", "descriptor", "backend", "resolved_backend", "dtype", "status", "median_s", "min_s",
+                "iqr_s", "repeats", "loops", "unstable", "first_call_s", "gflops", "gemm_ceiling_pct", "gbps",
+                "speedup", "speedup_ci_low", "speedup_ci_high", "minor_faults_per_call", "peak_rss_increase_mb",
+                "load_1min", "isolation", "allocation", "timing_method"]
 #: Cells left out unless --exclude says otherwise: on the U-Net shapes the oracle ``naive`` takes 5-15 s per
 #: call here, and ``fft`` ~80 s (its channel sum is C_in·C_out kernel spectra, unet1: 1024·512·57·29 complex
 #: values ≈ 7 GB, computed in blocks of output channels and streamed through a per-frequency GEMM).

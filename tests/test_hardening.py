@@ -324,7 +324,7 @@ def test_resources_follow_the_work(resource_results, name, case):
     buffer (c), torch crashed on stride 2⁶² and built the same buffer in float64."""
     key = f"{name}|{case}"
     if name.startswith("numba_cpu:") and case.startswith("c"):
-        pytest.skip("numba_cpu bounds (c) by choosing a path without a column buffer; forcing a GEMM path bypasses that")
+        pytest.skip("numba_cpu bounds (c) by choosing a path without a column buffer; forcing one bypasses that")
     if key not in resource_results:
         pytest.skip(f"{name} is not available here")
     outcome, detail, seconds = resource_results[key]

@@ -12,6 +12,33 @@ thread owns output planes and adds, per row, for each tap ``kh`` with ``(oh + p 
 entries that land in the row (Caffe's / PyTorch's ``slow_conv_transpose2d`` design, with its scatter
 turned into an output-stationary gather and the bias fused in). Only useful products are computed.
 
+``blocked_direct`` (overlapping taps: the default for them, see :func:`choose_path`). A direct kernel with no
+intermediate buffer (:func:`_blocked_direct_tiles`): output-stationary and phase-decomposed (each output phase
+visits only its sub-kernel's taps, so no inserted zero is multiplied), a work item being a tile of output
+channels × output rows of one phase, owned by one thread. It is vectorised over output channels (the weight
+packed as ``(G, kH, kW, C_in/G, C_out/G)``); its micro-kernel takes 2 output pixels × 4 input channels: the 8
+inputs are broadcast into registers once, and each vector of output channels costs 4 weight-row loads, 2
+accumulator loads and stores and 8 FMAs (``fastmath={"contract"}``, the only flag: IEEE semantics otherwise).
+Assembly (``_blocked_direct_tiles.parallel.inspect_asm(sig)``, with ``TESTBED_NUMBA_CACHE=0``): on this
+project's current host, an AMD EPYC (Zen 3: AVX2, no AVX-512), the loop is 8 ``vfmadd231ps``/``vfmadd213ps`` on
+ymm registers per iteration (104 ymm FMAs in the float32 kernel; ``pd`` for float64). Compiled for
+``sapphirerapids`` (``NUMBA_CPU_NAME``) LLVM still emits ymm (with ymm16-31): its ``prefer-256-bit`` tuning;
+with ``-prefer-256-bit`` in ``NUMBA_CPU_FEATURES`` it emits zmm ``vfmadd231ps``. The accumulator tile lives in
+L1 (a stack buffer), not in registers across the input-channel loop: Numba's pipeline vectorises innermost
+loops only (its SLP vectoriser is off), so the register block is the 2×4 inputs and each running sum within a
+4-channel step. Tile sizes, measured single-threaded (thread CPU time, best of interleaved rounds):
+
+================================  ===========================================================================
+micro-kernel pixels × channels    GFLOP/s at 64 / 128 output channels: 2×4 55.8/60.5, 3×4 57.6/65.6,
+                                  4×4 54.9/65.1, 1×8 41.5/45.7 (4×2, 2×2, 1×4 ≤ 43): 2×4, the fewest
+                                  registers (no spills in AVX2's 16) for the same speed at 64 channels
+output channels per tile          ms at 16/32/64/128: k4s2p1 53/44/42/29, 512→256 @8² N8 137/124/78/47: the
+                                  largest the group allows, ≤ 128
+pixels per tile                   GFLOP/s at 16/32/64 (64 channels): k4s2p1 48/54/54, k3s1p1 56/57/60,
+                                  k5s3 39/43/43, k3s2p1op1 45/47/50: 32 (64 × 128 accumulators overflow L1)
+rows per tile                     several when the image is narrow: 1024→512 @4² N16 8.9 → 28.6 GFLOP/s
+================================  ===========================================================================
+
 ``direct`` (depthwise and other tiny channel products). An output-stationary
 gather straight from ``x`` and ``W``: per output row, every tap and input channel of its group adds a
 contiguous run of ``x[n, ci, ih, :] · W[ci, co, kh, kw]`` into one phase of a phase-split row buffer
@@ -24,14 +51,16 @@ sub-pixel form needs ``s_h·s_w`` GEMMs plus a column build; measured 3–10× s
 decoder shapes here.
 
 No thread ever writes an element another thread writes, and every summation order is fixed (from +0.0, taps
-in ``(kh, kw)`` order, channels inside the GEMM, the bias last), so results are bitwise repeatable, and an
-output is never -0.0 (PyTorch's sign of zero).
+in ``(kh, kw)`` order, channels inside the GEMM or in ascending order, the bias last), so results are bitwise
+repeatable (``blocked_direct``'s do not even depend on its tiles), and an output is never -0.0 (PyTorch's
+sign of zero).
 
 Resources follow the output, not the parameters: the per-plane accumulators hold ``min(s_w, W_out)`` phases
 of ``ceil(W_out / s_w)`` columns (a stride of 10⁹ or 2⁶² costs nothing), all index arithmetic stays inside
 int64 (``Problem`` refuses parameters whose extent does not fit), and the GEMM paths are taken only when one
 image's column buffer ``C_out·kH·kW·H·W`` fits :attr:`Problem.workspace_limit` (a 128×128 kernel would need
-gigabytes for a 1 MB output): beyond it ``direct`` computes the same products with no buffer at all.
+gigabytes for a 1 MB output): beyond it ``blocked_direct`` (or ``direct``) computes the same products with no
+buffer at all; ``blocked_direct``'s accumulators are a fixed stack tile per thread.
 
 Threads and fork: the kernels are :func:`._runtime.parallel_kernel` s, safe to call from several threads under
 every Numba threading layer and in children forked after a parallel call (see ``_runtime``).
