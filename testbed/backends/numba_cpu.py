@@ -75,6 +75,7 @@ import numpy as np
 from numba import carray, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from llvmlite import ir
 
 from ..registry import Backend, register
 from ._runtime import parallel_kernel
@@ -92,6 +93,9 @@ DIRECT_MAX_CHANNEL_PRODUCT = 16
 #: per accumulator tile (``BLOCKED_TILE_PIXELS × BLOCKED_MAX_TILE_CO`` elements on each thread's stack).
 BLOCKED_MAX_TILE_CO = 128
 BLOCKED_TILE_PIXELS = 32
+#: Pixels of one :func:`_fma_panel` call: 6 pixels × one 64-byte vector of output channels is 12 AVX2 registers
+#: of accumulators (the classic 6×16 float32 GEMM micro-kernel shape), plus a weight vector and a broadcast.
+BLOCKED_PANEL_PIXELS = 6
 _BLOCKED_TILE_SIZE = BLOCKED_MAX_TILE_CO * BLOCKED_TILE_PIXELS
 
 #: The GEMM paths compute this many bytes of ``columns`` (C_out·kH·kW·H·W per image) at most at a time;
@@ -273,9 +277,8 @@ def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, 
 @intrinsic
 def _stack_tile(typingctx, like, size):
     """A pointer to ``size`` (a literal) elements of ``like``'s type on the stack, allocated once per call in the
-    function's entry block (so once per thread in a parallel region). LLVM knows such memory aliases no array
-    argument, so the loops that accumulate into it vectorise without runtime overlap checks; a heap buffer
-    (``np.empty``) would need them on every call of the micro-kernel."""
+    function's entry block (so once per thread in a parallel region): ``blocked_direct``'s accumulator tile,
+    with no heap allocation per work item."""
     if not isinstance(size, types.IntegerLiteral):
         return None
     count = size.literal_value
@@ -286,41 +289,112 @@ def _stack_tile(typingctx, like, size):
     return types.CPointer(like)(like, size), codegen
 
 
-@parallel_kernel(fastmath={"contract"})
-def _blocked_direct_tiles(x, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co, tile_rows):
-    """Register-blocked, phase-decomposed direct kernel: ``y[n, g·Co_g + co, oh, ow] = Σ x[n, g·Ci_g + ci, ih, iw] ·
-    packed[g, kh, kw, ci, co] + bias`` over the taps of the scatter definition, ``packed`` being the weight as
-    ``(G, kH, kW, Ci_g, Co_g)`` so that a block of output channels is one contiguous run.
+@intrinsic
+def _fma_panel(typingctx, acc, acc_starts, weights, w_start, w_step, x, x_starts, x_step, count):
+    """The register-blocked micro-kernel: for each of the ``P = len(x_starts)`` pixels ``p`` and the ``L`` lanes
+    of one 64-byte vector (16 float32 or 8 float64 output channels ``l``),
+
+        acc.flat[acc_starts[p] + l] += Σ_{k < count} x.flat[x_starts[p] + k·x_step] · weights.flat[w_start + k·w_step + l],
+
+    one fused multiply-add per product, ``k`` (the input channel) ascending. The ``P`` accumulator vectors are
+    loaded once, stay in registers for the whole ``k`` loop (each step: one weight-vector load, ``P`` broadcast
+    inputs, ``P`` FMAs) and are stored once. Written as LLVM vector IR because Numba's pipeline vectorises only
+    innermost loops (its SLP vectoriser is off), which cannot keep a tile in registers across the channel loop.
+    The arrays must be C-contiguous; offsets are flat element indices, in bounds (not checked)."""
+    arrays = (acc, weights, x)
+    if not (all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
+            and acc.dtype == weights.dtype == x.dtype and acc.dtype in (types.float32, types.float64)
+            and isinstance(acc_starts, types.UniTuple) and isinstance(x_starts, types.UniTuple)
+            and acc_starts.count == x_starts.count and isinstance(acc_starts.dtype, types.Integer)
+            and isinstance(x_starts.dtype, types.Integer)):
+        return None
+    pixels, width = x_starts.count, acc.dtype.bitwidth // 8
+    lanes = 64 // width
+    signature = types.none(acc, acc_starts, weights, w_start, w_step, x, x_starts, x_step, count)
+
+    def codegen(context, builder, sig, args):
+        def index(value, ty):
+            return context.cast(builder, value, ty, types.intp)
+
+        def data(position):
+            return context.make_array(sig.args[position])(context, builder, args[position]).data
+
+        vector = ir.VectorType(context.get_value_type(acc.dtype), lanes)
+
+        def vector_at(base, offset):
+            return builder.bitcast(builder.gep(base, [offset]), vector.as_pointer())
+
+        acc_p, w_p, x_p = data(0), data(2), data(5)
+        w_start_v, w_step_v = index(args[3], sig.args[3]), index(args[4], sig.args[4])
+        x_step_v, count_v = index(args[7], sig.args[7]), index(args[8], sig.args[8])
+        acc_offsets = [index(v, acc_starts.dtype) for v in cgutils.unpack_tuple(builder, args[1], pixels)]
+        x_offsets = [index(v, x_starts.dtype) for v in cgutils.unpack_tuple(builder, args[6], pixels)]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                             f"llvm.fma.v{lanes}f{8 * width}")
+        homes, registers = [], []
+        for offset in acc_offsets:
+            home = vector_at(acc_p, offset)
+            register = cgutils.alloca_once(builder, vector)          # promoted to a register by mem2reg
+            builder.store(builder.load(home, align=width), register)
+            homes.append(home)
+            registers.append(register)
+        undefined = ir.Constant(vector, ir.Undefined)
+        lane0 = ir.Constant(ir.IntType(32), 0)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        with cgutils.for_range(builder, count_v) as loop:
+            w = builder.load(vector_at(w_p, builder.add(w_start_v, builder.mul(loop.index, w_step_v))), align=width)
+            step = builder.mul(loop.index, x_step_v)
+            for offset, register in zip(x_offsets, registers):
+                value = builder.load(builder.gep(x_p, [builder.add(offset, step)]))
+                broadcast = builder.shuffle_vector(builder.insert_element(undefined, value, lane0), undefined, splat)
+                builder.store(builder.call(fma, [broadcast, w, builder.load(register)]), register)
+        for home, register in zip(homes, registers):
+            builder.store(builder.load(register), home, align=width)
+        return context.get_dummy_value()
+    return signature, codegen
+
+
+@parallel_kernel
+def _blocked_direct_tiles(pixels, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co,
+                          tile_rows):
+    """Register-blocked, phase-decomposed direct kernel: ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g + ci]
+    · packed[g, kh, kw, ci, co] + bias`` over the taps of the scatter definition, ``pixels`` being the input
+    channels-last (a pixel's channels are one contiguous run, so a panel's inputs stay in L1 for every vector
+    of output channels) and ``packed`` the weight as
+    ``(G, kH, kW, Ci_g, Co_g⁺)`` (output channels padded with zeros to a multiple of 16, whose accumulators are
+    never written out) so that a vector of output channels is one contiguous run.
 
     Phases (Shi et al. 2016, see ``polyphase``): output row ``oh = ph + s_h·m`` receives exactly the taps ``kh``
     with ``ph + p_h - kh·d_h ≡ 0 (mod s_h)``, from input row ``ih = m + (ph + p_h - kh·d_h)/s_h``; output column
     ``ow = b + s_w·j`` the taps ``kw`` with ``b + p_w - kw·d_w ≡ 0 (mod s_w)``, from ``iw = j + off``. Only those
     taps are visited, each over the rows and columns whose input exists: no inserted zero is ever multiplied.
 
-    Work item (owned by one thread): ``tile_co`` (≤ :data:`BLOCKED_MAX_TILE_CO`) output channels of one group ×
-    ``tile_rows`` consecutive rows ``(n, m)`` of one row phase (several rows, across images, when the image is
-    narrow, so that a tile has enough pixels to reuse each weight). Per column phase ``b`` and run of
-    ``BLOCKED_TILE_PIXELS // tile_rows`` phase pixels, an accumulator tile ``acc[row·run + j, co]`` (on the
-    stack, L1-resident) starts at +0.0. The micro-kernel takes 2 pixels × 4 input channels: their 8 input values
-    are broadcast into registers once and one unit-stride loop over the output channels does 8 fused
-    multiply-adds per vector of ``co`` (4 weight-row loads, 2 accumulator loads and stores), which LLVM
-    vectorises to full-width FMAs; the 4 weight rows stay in L1 for every pixel of the tile. Each output's sum
-    runs in the same order everywhere, ``(kh, kw, ci)`` ascending, one FMA per product, so the result does not
-    depend on the tiling or the thread count; the bias is added last."""
-    batch, _, in_h, in_w = x.shape
-    groups, k_h, k_w, per_group_in, per_group_out = packed.shape
+    Work item (owned by one thread): ``tile_co`` (a multiple of 16, ≤ :data:`BLOCKED_MAX_TILE_CO`) output
+    channels of one group × ``tile_rows`` consecutive rows ``(n, m)`` of one row phase (several rows, across
+    images, when the image is narrow, so that a tile has enough pixels to reuse each weight). Per column phase
+    ``b`` and run of ``BLOCKED_TILE_PIXELS // tile_rows`` phase pixels, an accumulator tile ``acc[slot, co]``
+    (on the stack, L1-resident) starts at +0.0; for each tap, each block of :data:`BLOCKED_PANEL_PIXELS`
+    pixels whose input exists and each vector of output channels, :func:`_fma_panel` runs the whole
+    input-channel sum in registers. Each output's sum runs in the same order everywhere, ``(kh, kw, ci)``
+    ascending, one FMA per product, so the result depends neither on the tiling nor on the thread count; the
+    bias is added last."""
+    batch, in_h, in_w, in_channels = pixels.shape
+    groups, k_h, k_w, per_group_in, padded_out = packed.shape
     out_h, out_w = y.shape[2], y.shape[3]
+    per_group_out = y.shape[1] // groups
+    lanes = 64 // y.itemsize                              # output channels per vector: 16 float32, 8 float64
     co_tiles = (per_group_out - 1) // tile_co + 1
     row_phases, col_phases = min(stride_h, out_h), min(stride_w, out_w)
     row_blocks = (batch * ((out_h - 1) // stride_h + 1) - 1) // tile_rows + 1      # of the longest row phase
     run = BLOCKED_TILE_PIXELS // tile_rows
-    zero = np.zeros(1, dtype=y.dtype)[0]                 # +0.0 in y's dtype
+    zero = np.zeros(1, dtype=y.dtype)[0]                  # +0.0 in y's dtype
     for item in prange(groups * co_tiles * row_phases * row_blocks):
         block = item % row_blocks
         ph = (item // row_blocks) % row_phases
         co0 = (item // (row_blocks * row_phases)) % co_tiles * tile_co
         g = item // (row_blocks * row_phases * co_tiles)
-        cot = min(tile_co, per_group_out - co0)
+        cot = min(tile_co, padded_out - co0)              # a multiple of 16
+        written = min(cot, per_group_out - co0)
         phase_rows = (out_h - 1 - ph) // stride_h + 1
         first = block * tile_rows
         rows = min(tile_rows, batch * phase_rows - first)
@@ -329,6 +403,8 @@ def _blocked_direct_tiles(x, packed, bias, y, stride_h, stride_w, pad_h, pad_w, 
         acc = carray(_stack_tile(zero, _BLOCKED_TILE_SIZE), (BLOCKED_TILE_PIXELS, BLOCKED_MAX_TILE_CO))
         row_n = carray(_stack_tile(np.int64(0), BLOCKED_TILE_PIXELS), (BLOCKED_TILE_PIXELS,))
         row_m = carray(_stack_tile(np.int64(0), BLOCKED_TILE_PIXELS), (BLOCKED_TILE_PIXELS,))
+        reached_acc = carray(_stack_tile(np.int64(0), BLOCKED_TILE_PIXELS), (BLOCKED_TILE_PIXELS,))
+        reached_x = carray(_stack_tile(np.int64(0), BLOCKED_TILE_PIXELS), (BLOCKED_TILE_PIXELS,))
         for r in range(rows):
             row_n[r], row_m[r] = (first + r) // phase_rows, (first + r) % phase_rows
         for b in range(col_phases):
@@ -351,72 +427,44 @@ def _blocked_direct_tiles(x, packed, bias, y, stride_h, stride_w, pad_h, pad_w, 
                         j_lo, j_hi = max(j0, -off), min(j0 + jn, in_w - off)
                         if j_hi <= j_lo:
                             continue
-                        taps = packed[g, kh, kw]
-                        ci = 0
-                        while ci < per_group_in:
-                            c_in = g * per_group_in + ci
-                            if ci + 4 <= per_group_in:
-                                w0 = taps[ci, co0:co0 + cot]
-                                w1 = taps[ci + 1, co0:co0 + cot]
-                                w2 = taps[ci + 2, co0:co0 + cot]
-                                w3 = taps[ci + 3, co0:co0 + cot]
-                                for r in range(rows):
-                                    ih = row_m[r] + off_h
-                                    if ih < 0 or ih >= in_h:
-                                        continue
-                                    n = row_n[r]
-                                    base = r * run - j0                # acc slot of pixel j: base + j
-                                    r0 = x[n, c_in, ih]
-                                    r1 = x[n, c_in + 1, ih]
-                                    r2 = x[n, c_in + 2, ih]
-                                    r3 = x[n, c_in + 3, ih]
-                                    j = j_lo
-                                    while j + 2 <= j_hi:
-                                        iw = j + off
-                                        x00 = r0[iw]
-                                        x01 = r1[iw]
-                                        x02 = r2[iw]
-                                        x03 = r3[iw]
-                                        x10 = r0[iw + 1]
-                                        x11 = r1[iw + 1]
-                                        x12 = r2[iw + 1]
-                                        x13 = r3[iw + 1]
-                                        pair = acc[base + j:base + j + 2]      # rows a constant stride apart
-                                        for c in range(cot):
-                                            pair[0, c] = (((pair[0, c] + x00 * w0[c]) + x01 * w1[c])
-                                                          + x02 * w2[c]) + x03 * w3[c]
-                                            pair[1, c] = (((pair[1, c] + x10 * w0[c]) + x11 * w1[c])
-                                                          + x12 * w2[c]) + x13 * w3[c]
-                                        j += 2
-                                    while j < j_hi:
-                                        iw = j + off
-                                        x00 = r0[iw]
-                                        x01 = r1[iw]
-                                        x02 = r2[iw]
-                                        x03 = r3[iw]
-                                        one = acc[base + j:base + j + 1]
-                                        for c in range(cot):
-                                            one[0, c] = (((one[0, c] + x00 * w0[c]) + x01 * w1[c])
-                                                         + x02 * w2[c]) + x03 * w3[c]
-                                        j += 1
-                                ci += 4
-                            else:
-                                w0 = taps[ci, co0:co0 + cot]
-                                for r in range(rows):
-                                    ih = row_m[r] + off_h
-                                    if ih < 0 or ih >= in_h:
-                                        continue
-                                    r0 = x[row_n[r], c_in, ih]
-                                    base = r * run - j0
-                                    for j in range(j_lo, j_hi):
-                                        x00 = r0[j + off]
-                                        one = acc[base + j:base + j + 1]
-                                        for c in range(cot):
-                                            one[0, c] = one[0, c] + x00 * w0[c]
-                                ci += 1
+                        w_start = (((g * k_h + kh) * k_w + kw) * per_group_in) * padded_out + co0
+                        # The tile's pixels this tap reaches: accumulator offset and pixels.flat index of channel 0.
+                        count = 0
+                        for r in range(rows):
+                            ih = row_m[r] + off_h
+                            if ih < 0 or ih >= in_h:
+                                continue
+                            pixel0 = ((row_n[r] * in_h + ih) * in_w + off) * in_channels + g * per_group_in
+                            for j in range(j_lo, j_hi):
+                                reached_acc[count] = (r * run + j - j0) * BLOCKED_MAX_TILE_CO
+                                reached_x[count] = pixel0 + j * in_channels
+                                count += 1
+                        for c in range(0, cot, lanes):
+                            w = w_start + c
+                            i = 0
+                            while i + 6 <= count:                      # BLOCKED_PANEL_PIXELS
+                                _fma_panel(acc, (reached_acc[i] + c, reached_acc[i + 1] + c, reached_acc[i + 2] + c,
+                                                 reached_acc[i + 3] + c, reached_acc[i + 4] + c, reached_acc[i + 5] + c),
+                                           packed, w, padded_out, pixels,
+                                           (reached_x[i], reached_x[i + 1], reached_x[i + 2], reached_x[i + 3],
+                                            reached_x[i + 4], reached_x[i + 5]), 1, per_group_in)
+                                i += 6
+                            if i + 4 <= count:
+                                _fma_panel(acc, (reached_acc[i] + c, reached_acc[i + 1] + c, reached_acc[i + 2] + c,
+                                                 reached_acc[i + 3] + c), packed, w, padded_out, pixels,
+                                           (reached_x[i], reached_x[i + 1], reached_x[i + 2], reached_x[i + 3]), 1,
+                                           per_group_in)
+                                i += 4
+                            if i + 2 <= count:
+                                _fma_panel(acc, (reached_acc[i] + c, reached_acc[i + 1] + c), packed, w, padded_out,
+                                           pixels, (reached_x[i], reached_x[i + 1]), 1, per_group_in)
+                                i += 2
+                            if i < count:
+                                _fma_panel(acc, (reached_acc[i] + c,), packed, w, padded_out, pixels, (reached_x[i],),
+                                           1, per_group_in)
                 for r in range(rows):
                     n, oh = row_n[r], ph + stride_h * row_m[r]
-                    for c in range(cot):
+                    for c in range(written):
                         co = g * per_group_out + co0 + c
                         line, b_c = y[n, co, oh], bias[co]
                         for j in range(jn):
@@ -479,19 +527,24 @@ def _direct(x, weight, bias, problem, out=None):
 
 
 def _packed_weight(weight, problem):
-    """The weight as ``(G, kH, kW, C_in/G, C_out/G)``: for each (group, tap, input channel) the output channels
-    are one contiguous run (``blocked_direct``'s vector loop)."""
+    """The weight as ``(G, kH, kW, C_in/G, C_out/G⁺)``, the output channels padded with zeros to a multiple of 16:
+    for each (group, tap, input channel) whole vectors of output channels are one contiguous run."""
     g, (kh, kw) = problem.groups, problem.kernel_size
-    grouped = weight.reshape(g, problem.in_per_group, problem.out_per_group, kh, kw)
-    return np.ascontiguousarray(grouped.transpose(0, 3, 4, 1, 2))
+    grouped = weight.reshape(g, problem.in_per_group, problem.out_per_group, kh, kw).transpose(0, 3, 4, 1, 2)
+    packed = np.zeros((g, kh, kw, problem.in_per_group, _round_up(problem.out_per_group, 16)), dtype=weight.dtype)
+    packed[..., :problem.out_per_group] = grouped
+    return packed
+
+
+def _round_up(value, multiple):
+    return -(-value // multiple) * multiple
 
 
 def _tile_co(per_group_out):
     """``blocked_direct``'s output channels per work item: the group's channels in the fewest tiles of at most
-    :data:`BLOCKED_MAX_TILE_CO`, of equal width rounded up to a multiple of 8 (a vector of float32 on AVX2)."""
+    :data:`BLOCKED_MAX_TILE_CO`, of equal width rounded up to a multiple of 16 (one 64-byte vector of float32)."""
     tiles = (per_group_out - 1) // BLOCKED_MAX_TILE_CO + 1
-    width = (per_group_out - 1) // tiles + 1
-    return min(BLOCKED_MAX_TILE_CO, (width + 7) // 8 * 8)
+    return min(BLOCKED_MAX_TILE_CO, _round_up(-(-per_group_out // tiles), 16))
 
 
 def _tile_rows(problem):
@@ -503,7 +556,7 @@ def _tile_rows(problem):
 
 def _blocked_direct(x, weight, bias, problem, out=None):
     y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
-    _blocked_direct_tiles(x, _packed_weight(weight, problem), _bias_or_zeros(bias, problem), y, *problem.stride,
+    _blocked_direct_tiles(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), _packed_weight(weight, problem), _bias_or_zeros(bias, problem), y, *problem.stride,
                           *problem.padding, *problem.dilation, _tile_co(problem.out_per_group),
                           _tile_rows(problem))
     return y
