@@ -61,11 +61,7 @@ def run_path(path, x, weight, bias, problem, out=None):
 
 def run_blocked_tile(tile_co, x, weight, bias, problem, out=None):
     """``blocked_direct`` with a given output-channel tile."""
-    y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
-    numba_cpu._blocked_direct_tiles(x, numba_cpu._packed_weight(weight, problem),
-                                   numba_cpu._bias_or_zeros(bias, problem), y, *problem.stride,
-                                   *problem.padding, *problem.dilation, tile_co, numba_cpu._tile_rows(problem))
-    return y
+    return numba_cpu._blocked_direct(x, weight, bias, problem, out, tile_co=tile_co)
 
 
 def path_backend(path: str) -> Backend:

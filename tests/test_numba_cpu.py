@@ -2,6 +2,7 @@
 float32) and with ``torch`` (float32); results are bitwise repeatable; NaN/inf follow the scatter definition;
 the wrapper copes with non-contiguous input. Also ``auto``'s rule. The registry-wide parity suite covers the rest."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -138,14 +139,17 @@ def test_blocked_direct_does_not_depend_on_its_tiles(name):
     the same result for every tiling, and as ``choose_path``'s default tiling."""
     problem = CASES[name][0].with_(dtype=np.float32, has_bias=True)
     x, weight, bias = problem.random_arrays(9)
-    packed = numba_cpu._packed_weight(weight, problem)
     expected = numba_cpu._blocked_direct(x, weight, bias, problem)
-    for tile_co in (8, 16, numba_cpu.BLOCKED_MAX_TILE_CO):
+    for tile_co in (16, 32, numba_cpu.BLOCKED_MAX_TILE_CO):
         for tile_rows in (1, 3, numba_cpu.BLOCKED_TILE_PIXELS):
-            y = np.empty(problem.output_shape, dtype=problem.dtype)
-            numba_cpu._blocked_direct_tiles(x, packed, bias, y, *problem.stride, *problem.padding,
-                                            *problem.dilation, tile_co, tile_rows)
+            y = numba_cpu._blocked_direct(x, weight, bias, problem, tile_co=tile_co, tile_rows=tile_rows)
             assert np.array_equal(y, expected), (tile_co, tile_rows)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)                  # also changes the default row tile of small problems
+        assert np.array_equal(numba_cpu._blocked_direct(x, weight, bias, problem), expected)
+    finally:
+        numba.set_num_threads(threads)
 
 
 def test_blocked_direct_sign_of_zero():

@@ -71,6 +71,7 @@ by ``padding`` are never read), so NaN/inf in ``x``, ``W`` or the bias reach exa
 definition says.
 """
 
+import numba
 import numpy as np
 from numba import carray, prange, types
 from numba.core import cgutils
@@ -89,13 +90,16 @@ PATHS = ("direct", "nonoverlap_gemm", "gemm_col2im", "blocked_direct")
 #: and packing overhead, while the gather loop is memory-bound anyway.
 DIRECT_MAX_CHANNEL_PRODUCT = 16
 
-#: ``blocked_direct``'s tile: output channels per work item (the unit-stride, vectorised loop) and phase pixels
-#: per accumulator tile (``BLOCKED_TILE_PIXELS × BLOCKED_MAX_TILE_CO`` elements on each thread's stack).
+#: ``blocked_direct``'s tile: at most this many output channels per work item, and phase pixels per accumulator
+#: tile (``BLOCKED_TILE_PIXELS × BLOCKED_MAX_TILE_CO`` elements on each thread's stack: 64 KB in float32; the
+#: micro-kernel touches it only at the start and end of each input-channel sum, so L2 serves).
 BLOCKED_MAX_TILE_CO = 128
-BLOCKED_TILE_PIXELS = 32
+BLOCKED_TILE_PIXELS = 128
 #: Pixels of one :func:`_fma_panel` call: 6 pixels × one 64-byte vector of output channels is 12 AVX2 registers
 #: of accumulators (the classic 6×16 float32 GEMM micro-kernel shape), plus a weight vector and a broadcast.
 BLOCKED_PANEL_PIXELS = 6
+#: Work items per thread ``blocked_direct`` keeps (fewer rows per tile) when a problem is small.
+BLOCKED_ITEMS_PER_THREAD = 4
 _BLOCKED_TILE_SIZE = BLOCKED_MAX_TILE_CO * BLOCKED_TILE_PIXELS
 
 #: The GEMM paths compute this many bytes of ``columns`` (C_out·kH·kW·H·W per image) at most at a time;
@@ -549,16 +553,23 @@ def _tile_co(per_group_out):
 
 def _tile_rows(problem):
     """``blocked_direct``'s output rows per work item: as many as fit :data:`BLOCKED_TILE_PIXELS` next to the
-    longest column phase, ``⌈W_out / s_w⌉`` (one row when that phase alone fills the tile)."""
-    phase_len = (problem.out_size[1] - 1) // problem.stride[1] + 1
-    return max(1, BLOCKED_TILE_PIXELS // phase_len)
+    longest column phase, ``⌈W_out / s_w⌉`` (one row when that phase alone fills the tile), but few enough to
+    leave :data:`BLOCKED_ITEMS_PER_THREAD` work items per thread where the problem has that many rows."""
+    (out_h, out_w), (s_h, s_w) = problem.out_size, problem.stride
+    fit = max(1, BLOCKED_TILE_PIXELS // ((out_w - 1) // s_w + 1))
+    rows = problem.batch * ((out_h - 1) // s_h + 1)                 # of the longest row phase
+    others = problem.groups * -(-problem.out_per_group // _tile_co(problem.out_per_group)) * min(s_h, out_h)
+    blocks = -(-BLOCKED_ITEMS_PER_THREAD * numba.get_num_threads() // others)
+    return max(1, min(fit, rows // blocks))
 
 
-def _blocked_direct(x, weight, bias, problem, out=None):
+def _blocked_direct(x, weight, bias, problem, out=None, *, tile_co=None, tile_rows=None):
+    """``blocked_direct``; ``tile_co`` (a multiple of 16) and ``tile_rows`` override the chosen tiles (the
+    result is the same bitwise)."""
     y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
-    _blocked_direct_tiles(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), _packed_weight(weight, problem), _bias_or_zeros(bias, problem), y, *problem.stride,
-                          *problem.padding, *problem.dilation, _tile_co(problem.out_per_group),
-                          _tile_rows(problem))
+    _blocked_direct_tiles(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), _packed_weight(weight, problem),
+                          _bias_or_zeros(bias, problem), y, *problem.stride, *problem.padding, *problem.dilation,
+                          tile_co or _tile_co(problem.out_per_group), tile_rows or _tile_rows(problem))
     return y
 
 
