@@ -44,7 +44,7 @@ CASES = {
     "blocked_dilation_groups": (_problem(8, 32, (6, 5), (3, 2), 1, (2, 1), dilation=(2, 3), groups=2, bias=False),
                                 "blocked_direct"),
     "blocked_narrow_batch": (_problem(4, 16, (2, 3), 3, 2, 1, 1, batch=3), "blocked_direct"),
-    "blocked_stride_gt_kernel": (_problem(4, 16, (3, 4), 2, (3, 4), output_padding=(2, 1)), "blocked_direct"),
+    "gaps_wide_channels": (_problem(4, 16, (3, 4), 2, (3, 4), output_padding=(2, 1)), "gemm_col2im"),
     "blocked_big_padding": (_problem(7, 16, (5, 5), 5, 2, 4, 1), "blocked_direct"),
 }
 
@@ -155,7 +155,7 @@ def test_blocked_direct_does_not_depend_on_its_tiles(name):
 def test_blocked_direct_sign_of_zero():
     """Outputs that no product reaches, or whose products are all -0.0, are +0.0 + bias (PyTorch's sign): a
     -0.0 bias alone gives +0.0."""
-    problem = CASES["blocked_stride_gt_kernel"][0]
+    problem = CASES["gaps_wide_channels"][0]
     x, weight, _ = problem.random_arrays(10)
     y = numba_cpu._blocked_direct(-0.0 * np.abs(x), np.abs(weight), np.full(problem.out_channels, -0.0), problem)
     assert not np.signbit(y).any()

@@ -15,29 +15,34 @@ turned into an output-stationary gather and the bias fused in). Only useful prod
 ``blocked_direct`` (overlapping taps: the default for them, see :func:`choose_path`). A direct kernel with no
 intermediate buffer (:func:`_blocked_direct_tiles`): output-stationary and phase-decomposed (each output phase
 visits only its sub-kernel's taps, so no inserted zero is multiplied), a work item being a tile of output
-channels × output rows of one phase, owned by one thread. It is vectorised over output channels (the weight
-packed as ``(G, kH, kW, C_in/G, C_out/G)``); its micro-kernel takes 2 output pixels × 4 input channels: the 8
-inputs are broadcast into registers once, and each vector of output channels costs 4 weight-row loads, 2
-accumulator loads and stores and 8 FMAs (``fastmath={"contract"}``, the only flag: IEEE semantics otherwise).
-Assembly (``_blocked_direct_tiles.parallel.inspect_asm(sig)``, with ``TESTBED_NUMBA_CACHE=0``): on this
-project's current host, an AMD EPYC (Zen 3: AVX2, no AVX-512), the loop is 8 ``vfmadd231ps``/``vfmadd213ps`` on
-ymm registers per iteration (104 ymm FMAs in the float32 kernel; ``pd`` for float64). Compiled for
-``sapphirerapids`` (``NUMBA_CPU_NAME``) LLVM still emits ymm (with ymm16-31): its ``prefer-256-bit`` tuning;
-with ``-prefer-256-bit`` in ``NUMBA_CPU_FEATURES`` it emits zmm ``vfmadd231ps``. The accumulator tile lives in
-L1 (a stack buffer), not in registers across the input-channel loop: Numba's pipeline vectorises innermost
-loops only (its SLP vectoriser is off), so the register block is the 2×4 inputs and each running sum within a
-4-channel step. Tile sizes, measured single-threaded (thread CPU time, best of interleaved rounds):
+channels × up to 128 output pixels (rows of one row phase, across images when narrow), owned by one thread.
+Its micro-kernel :func:`_fma_panel` is a register tile, as in a GEMM: 6 pixels × one 64-byte vector of output
+channels (16 float32 or 8 float64) of accumulators stay in registers for a tap's whole input-channel sum, each
+step loading one weight vector (the weight packed ``(G, kH, kW, C_in/G, C_out/G⁺)``) and broadcasting 6
+inputs (the input channels-last). It is written as LLVM vector IR (``llvm.fma`` on ``<16 x float>``) because
+Numba's pipeline vectorises innermost loops only (its SLP vectoriser is off): a first version that let LLVM
+vectorise the output-channel loop (2 pixels × 4 channels per call, accumulators in an L1 tile) reached
+40-60 GFLOP/s per core here, this one 55-70, against ~75-85 for OpenBLAS's SGEMM. Assembly
+(``_blocked_direct_tiles.parallel.inspect_asm(sig)`` with ``TESTBED_NUMBA_CACHE=0``): on this project's current
+host, an AMD EPYC (Zen 3: AVX2, no AVX-512), the panel loop is 12 ``vfmadd231ps`` on ymm registers (two per
+16-channel vector) fed by ``vbroadcastss`` and two ``vmovups`` weight loads (98 ymm FMAs in the float32
+kernel, ``vfmadd231pd`` in the float64 one); compiled for ``sapphirerapids`` (``NUMBA_CPU_NAME``/``FEATURES``)
+the same IR gives zmm ``vfmadd231ps`` (89 of them). Tile sizes, measured single-threaded (thread CPU time,
+best of interleaved rounds, GFLOP/s):
 
-================================  ===========================================================================
-micro-kernel pixels × channels    GFLOP/s at 64 / 128 output channels: 2×4 55.8/60.5, 3×4 57.6/65.6,
-                                  4×4 54.9/65.1, 1×8 41.5/45.7 (4×2, 2×2, 1×4 ≤ 43): 2×4, the fewest
-                                  registers (no spills in AVX2's 16) for the same speed at 64 channels
-output channels per tile          ms at 16/32/64/128: k4s2p1 53/44/42/29, 512→256 @8² N8 137/124/78/47: the
-                                  largest the group allows, ≤ 128
-pixels per tile                   GFLOP/s at 16/32/64 (64 channels): k4s2p1 48/54/54, k3s1p1 56/57/60,
-                                  k5s3 39/43/43, k3s2p1op1 45/47/50: 32 (64 × 128 accumulators overflow L1)
-rows per tile                     several when the image is narrow: 1024→512 @4² N16 8.9 → 28.6 GFLOP/s
-================================  ===========================================================================
+==========================  =================================================================================
+micro-kernel                autovectorised 2 pixels × 4 channels: 43-56 at 64 output channels (3×4, 4×4 and
+                            the tree-summed variants within noise, 1×8 42); register panel 6 × 16: 70 in
+                            isolation (the classic AVX2 SGEMM shape: 12 accumulators + weight + broadcast)
+input layout                NCHW 42-58 → channels-last 53-65 (a panel's 6 × C_in inputs stay in L1; in NCHW
+                            the channel step is a multiple of 4 KB and they all map to one cache set)
+pixels per tile             32 / 64 / 128: k4s2p1 58/66/69, k3s1p1 60/62/66, k5s3 55/57/59, k3s2p1op1
+                            53/54/56, 512→256 @8² N8 60/58/71: 128 (64 KB of float32 accumulators, touched
+                            only at each panel's start and end)
+output channels per tile    ms at 16/32/64/128 (first version): k4s2p1 53/44/42/29, 512→256 @8² 137/124/78/47:
+                            the largest the group allows, ≤ 128
+rows per tile               several when the image is narrow: 1024→512 @4² N16 7.6 → 38 GFLOP/s
+==========================  =================================================================================
 
 ``direct`` (depthwise and other tiny channel products). An output-stationary
 gather straight from ``x`` and ``W``: per output row, every tap and input channel of its group adds a
@@ -73,10 +78,10 @@ definition says.
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import carray, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
-from llvmlite import ir
 
 from ..registry import Backend, register
 from ._runtime import parallel_kernel
@@ -107,50 +112,52 @@ _BLOCKED_TILE_SIZE = BLOCKED_MAX_TILE_CO * BLOCKED_TILE_PIXELS
 COLUMN_BUFFER_BYTES = 256 * 2 ** 20
 
 
-#: Not ``blocked_direct`` when fewer output channels per group than this (its vector loop over output
-#: channels would run one vector or less per call): ``gemm_col2im`` with one group, ``direct`` with several
-#: (one small GEMM per group) ...
+#: Not ``blocked_direct`` when fewer output channels per group than this (its vector of 16 output channels
+#: would be mostly padding): ``gemm_col2im`` with one group, ``direct`` with several (one small GEMM per
+#: group) ...
 BLOCKED_MIN_OUT_PER_GROUP = 16
-#: ... or at least this many input channels per group (a GEMM that deep runs at BLAS speed, and the column
-#: pass is small beside it, while ``blocked_direct`` re-reads the weights per tile of 32 pixels).
+#: ... or at least this many input channels per group (a GEMM that deep runs at BLAS speed and the column pass
+#: is small beside it).
 GEMM_MIN_IN_PER_GROUP = 512
 
 
 def choose_path(problem) -> str:
     """The algorithm (one of :data:`PATHS`) ``numba_cpu`` runs for ``problem``.
 
-    For overlapping taps, from ``python -m experiments.numba_cpu_paths`` (median ms, float32, a fresh process
-    per cell; 2-core AMD EPYC (Zen 3, AVX2) shared with other jobs, load average 1.7-2.8):
+    For overlapping taps, from ``python -m experiments.numba_cpu_paths [--threads 1]`` (median ms, float32, a
+    fresh process per cell; 2-core AMD EPYC (Zen 3, AVX2) shared with other jobs, load average 0.7-2 during the
+    single-thread run, 2-12 during the two-thread one):
 
-    =========================  =========  ===========  ======  =========  ===========  ======
-    shape                      2 threads                       1 thread
-    -------------------------  -------------------------------  -------------------------------
-    (decoder suite + extras)   blocked    gemm_col2im  direct  blocked    gemm_col2im  direct
-    =========================  =========  ===========  ======  =========  ===========  ======
-    k4s2p1 256→128 @32²        49         56           532     33         27           585
-    k3s2p1op1 128→64 @64²      57         55           173     33         20           188
-    k3s1p1 64→64 @64²          23         45           88      14         10           94
-    k3d2 64→64 @64²            18         46           92      12         10           67
-    k4s2g8 256→256 g8 @32²     36         87           144     22         21           109
-    k5s3 64→32 @32²            12         46           58      4.9        3.6          41
-    k2s1 64→64 @32² N4         24         37           53      5.1        3.3          55
-    k7s1p3 32→32 @32² N2       24         50           75      14         9.0          74
-    dcgan_head 512→256 @8² N8  135        81           2650    63         37           3170
-    wide_4x4 1024→512 @4² N16  376        182          11400   262        115          11100
-    dcgan_rgb 64→3 @32² N8     36         48           32      14         1.5          15
-    thin8 8→8 @64² N2          24         47           8.0     1.4        0.72         2.0
-    g16 64→64 g16 @64²         22         49           12      6.6        9.0          4.5
-    depthwise 128 g128 @64²    77         71           12      57         38           8.4
-    =========================  =========  ===========  ======  =========  ===========  ======
+    ============================  =========  ===========  ======  =========  ===========  ======
+    shape                         2 threads                       1 thread
+    ----------------------------  -------------------------------  -------------------------------
+    (decoder suite + extras)      blocked    gemm_col2im  direct  blocked    gemm_col2im  direct
+    ============================  =========  ===========  ======  =========  ===========  ======
+    k4s2p1 256→128 @32²           32         38           323     21         16           284
+    k3s2p1op1 128→64 @64²         24         32           116     13         9.3          76
+    k3s1p1 64→64 @64²             16         35           64      5.1        4.9          41
+    k3d2 64→64 @64² dilation 2    16         33           62      5.0        5.3          55
+    k4s2g8 256→256 g8 @32²        20         144          88      8.1        9.5          60
+    k5s3 64→32 @32²               16         36           33      2.2        2.4          23
+    k2s1 64→64 @32² N4            16         15           26      4.4        3.9          42
+    k7s1p3 32→32 @32² N2          16         8.3          35      4.6        18           65
+    k2s3 64→64 @32² (gaps)        16         16           22      5.5        2.5          21
+    dcgan_head 512→256 @8² N8     58         55           1590    36         31           1850
+    wide 1024→512 @4² N16         187        128          6900    150        74           7340
+    dcgan_rgb 64→3 @32² N8        16         27           16      6.3        1.2          11
+    thin8 8→8 @64² N2             16         24           7.9     1.1        0.98         2.0
+    g16 64→64 g16 @64²            24         256          2.6     9.3        4.5          5.1
+    depthwise 128 g128 @64²       67         41           8.0     44         23           4.4
+    ============================  =========  ===========  ======  =========  ===========  ======
 
-    With both threads (the way ``numba_cpu`` runs, and the way the speed suite times it) ``blocked_direct`` wins
-    wherever the channels fill its vector loop and the GEMM is not deep: one parallel region per call, where
-    ``gemm_col2im`` has OpenBLAS's pool and then Numba's, and each waits for its second thread on a busy host.
-    Single-threaded, OpenBLAS's GEMM (~85 GFLOP/s per core here, against ~50-60 for ``blocked_direct``'s
-    vectorised loop, whose accumulators live in L1 rather than registers) makes ``gemm_col2im`` 10-40 % faster
-    on most of these shapes: on a quiet machine the margin shrinks. Times below ~30 ms with two threads come in
-    steps of ~8 ms (a scheduler time slice lost to the other jobs), so the thin shapes are decided by the
-    single-thread column.
+    With both threads (the way ``numba_cpu`` runs and the speed suite times it) ``blocked_direct`` wins on the
+    overlapping decoder shapes: one parallel region per call, where ``gemm_col2im`` has OpenBLAS's pool and then
+    Numba's, each waiting for its second thread on a busy host (times below ~30 ms come in steps of ~8 ms, a
+    scheduler time slice lost to the other jobs, so the thin shapes are decided by the single-thread columns).
+    Single-threaded, ``blocked_direct`` is within ±15 % of OpenBLAS GEMM + col2im on stride 1, dilation and
+    k5s3, ahead with groups and large kernels, and 20-25 % behind on k4s2p1 and k3s2p1op1 (at most 2.25 taps
+    per output there: the tile's zeroing and write-out weigh more) and where the GEMM is deep (C_in/G ≥ 512)
+    or the taps leave gaps (stride ≥ the dilated kernel: at most one tap per output).
     """
     if problem.in_per_group * problem.out_per_group < DIRECT_MAX_CHANNEL_PRODUCT:
         return "direct"
@@ -160,9 +167,14 @@ def choose_path(problem) -> str:
         return "nonoverlap_gemm"
     if problem.out_per_group < BLOCKED_MIN_OUT_PER_GROUP:
         return "gemm_col2im" if problem.groups == 1 else "direct"
-    if problem.in_per_group >= GEMM_MIN_IN_PER_GROUP:
+    if problem.in_per_group >= GEMM_MIN_IN_PER_GROUP or _taps_leave_gaps(problem):
         return "gemm_col2im"
     return "blocked_direct"
+
+
+def _taps_leave_gaps(problem) -> bool:
+    """No two taps reach the same output (stride ≥ the dilated kernel extent along both axes)."""
+    return all(s >= d * (k - 1) + 1 for s, d, k in zip(problem.stride, problem.dilation, problem.kernel_size))
 
 
 # ---- kernels ---------------------------------------------------------------------------------------------
@@ -298,7 +310,8 @@ def _fma_panel(typingctx, acc, acc_starts, weights, w_start, w_step, x, x_starts
     """The register-blocked micro-kernel: for each of the ``P = len(x_starts)`` pixels ``p`` and the ``L`` lanes
     of one 64-byte vector (16 float32 or 8 float64 output channels ``l``),
 
-        acc.flat[acc_starts[p] + l] += Σ_{k < count} x.flat[x_starts[p] + k·x_step] · weights.flat[w_start + k·w_step + l],
+        acc.flat[acc_starts[p] + l] += Σ_{k < count} x.flat[x_starts[p] + k·x_step]
+                                                     · weights.flat[w_start + k·w_step + l],
 
     one fused multiply-add per product, ``k`` (the input channel) ascending. The ``P`` accumulator vectors are
     loaded once, stay in registers for the whole ``k`` loop (each step: one weight-vector load, ``P`` broadcast
@@ -448,7 +461,8 @@ def _blocked_direct_tiles(pixels, packed, bias, y, stride_h, stride_w, pad_h, pa
                             i = 0
                             while i + 6 <= count:                      # BLOCKED_PANEL_PIXELS
                                 _fma_panel(acc, (reached_acc[i] + c, reached_acc[i + 1] + c, reached_acc[i + 2] + c,
-                                                 reached_acc[i + 3] + c, reached_acc[i + 4] + c, reached_acc[i + 5] + c),
+                                                 reached_acc[i + 3] + c, reached_acc[i + 4] + c,
+                                                 reached_acc[i + 5] + c),
                                            packed, w, padded_out, pixels,
                                            (reached_x[i], reached_x[i + 1], reached_x[i + 2], reached_x[i + 3],
                                             reached_x[i + 4], reached_x[i + 5]), 1, per_group_in)
