@@ -49,8 +49,8 @@ from .references import GEMM, TORCH_CHANNELS_LAST
 NAME = "speed"
 #: Columns of the report's table of every cell.
 CELL_COLUMNS = ["suite", "case", "descriptor", "backend", "resolved_backend", "dtype", "layout", "status", "median_s",
-                "min_s", "iqr_s", "repeats", "loops", "unstable", "first_call_s", "gflops", "gbps", "speedup",
-                "speedup_ci_low", "speedup_ci_high", "ratio_to_gemm", "minor_faults_per_call",
+                "min_s", "iqr_s", "repeats", "loops", "unstable", "first_call_s", "gflops", "gemm_ceiling_pct", "gbps",
+                "speedup", "speedup_ci_low", "speedup_ci_high", "ratio_to_gemm", "minor_faults_per_call",
                 "peak_rss_increase_mb", "load_1min", "isolation", "allocation", "timing_method"]
 #: Cells left out unless --exclude says otherwise: on the U-Net shapes the oracle ``naive`` takes 5-15 s per
 #: call here, and ``fft`` ~80 s (its channel sum is C_in·C_out kernel spectra, unet1: 1024·512·57·29 complex
@@ -327,11 +327,29 @@ def _with_ci(sub):
     return _pivot(sub.assign(speedup_text=text), "speedup_text", aggfunc="first")
 
 
+def with_ceiling_pct(frame, peak):
+    """``gemm_ceiling_pct``: a float32 cell's GFLOP/s as a percentage of the run's float32 GEMM rate (NaN for
+    float64 cells: no float64 ceiling is measured)."""
+    if "gflops" not in frame or not peak:
+        return frame
+    float32 = frame["dtype"].astype(str) == "float32"
+    return frame.assign(gemm_ceiling_pct=np.where(float32, frame["gflops"] / peak * 100, np.nan))
+
+
+def _ceiling_table(sub, peak, dtype) -> list:
+    """The report's '% of the GEMM ceiling' table of one suite and dtype (float32 only)."""
+    if not peak or str(dtype) != "float32" or "gemm_ceiling_pct" not in sub:
+        return []
+    return [f"\nAttained GFLOP/s as % of this run's float32 GEMM ceiling ({peak:.1f} GFLOP/s, NumPy matmul, "
+            f"best of several runs, all cores):\n", markdown_table(_pivot(sub, "gemm_ceiling_pct"), floatfmt=".1f")]
+
+
 def write_report(run_dir) -> str:
     """Rebuild report.md, the bar charts and the roofline from the saved results.csv and meta.json."""
     run_dir = Path(run_dir)
     meta, frame = load_run(run_dir)
     peak, bandwidth = meta.get("gemm_gflops_f32"), meta.get("copy_gbps")
+    frame = with_ceiling_pct(frame, peak)
     parts = [report_header(meta, "Speed of the backends"), machine_state_lines(meta),
              f"Machine ceilings measured at the start of the run: float32 GEMM **{peak:.1f} GFLOP/s** "
              f"(NumPy matmul), copy bandwidth **{bandwidth:.1f} GB/s** (np.copyto, read + write). Baseline for "
@@ -357,6 +375,7 @@ def write_report(run_dir) -> str:
                               markdown_table(_pivot(sub.dropna(subset=["ratio_to_gemm"]), "ratio_to_gemm"),
                                              floatfmt=".3g")]
                 parts += ["\nGFLOP/s:\n", markdown_table(_pivot(sub, "gflops"), floatfmt=".3g"),
+                          *_ceiling_table(sub, peak, dtype),
                           f"\nSpeedup over {meta.get('baseline')} [bootstrap 95 % interval]:\n",
                           markdown_table(_with_ci(sub)) if "speedup_ci_low" in sub else
                           markdown_table(_pivot(sub, "speedup"), floatfmt=".3g"),

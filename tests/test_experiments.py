@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -121,6 +122,11 @@ def test_speed_quick(tmp_path):
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["gemm_gflops_f32"] > 0 and meta["copy_gbps"] > 0
     assert (frame.loc[frame["case"].eq("tiny_k3s2") & frame["backend"].eq("kron"), "status"] == "unsupported").all()
+    # attained GFLOP/s against the GEMM ceiling: a table per suite and a column of the cell table
+    text = (run_dir / "report.md").read_text()
+    assert f"float32 GEMM ceiling ({meta['gemm_gflops_f32']:.1f} GFLOP/s" in text
+    with_pct = speed.with_ceiling_pct(ok, meta["gemm_gflops_f32"])
+    assert np.allclose(with_pct["gemm_ceiling_pct"], ok["gflops"] / meta["gemm_gflops_f32"] * 100)
 
 
 def test_scaling_quick(tmp_path):

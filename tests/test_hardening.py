@@ -290,7 +290,7 @@ RESOURCE_CHILD = """
         cases[name] = (x, w, b, params, ref)
 
     names = [n for n in {backends} if testbed.get_backend(n).available]
-    forced = {{"numba_cpu:" + path: path for path in ("direct", "gemm_col2im")}}   # (a), (b) only
+    forced = {{"numba_cpu:" + path: path for path in ("direct", "gemm_col2im", "blocked_direct")}}   # (a), (b) only
 
     def call(name, x, w, b, params):
         if name in forced:
@@ -333,7 +333,8 @@ def resource_results():
 
 
 @pytest.mark.parametrize("case", SHAPES)
-@pytest.mark.parametrize("name", HOST_BACKENDS + ["numba_cpu:direct", "numba_cpu:gemm_col2im"])
+@pytest.mark.parametrize("name", HOST_BACKENDS + ["numba_cpu:direct", "numba_cpu:gemm_col2im",
+                                                   "numba_cpu:blocked_direct"])
 def test_resources_follow_the_work(resource_results, name, case):
     """Under an address-space limit of 768 MiB above the warmed-up process, each backend answers correctly or
     declines naming the size it would need; before, naive/col2im/fft asked for TiB (a), numba_cpu sized a
@@ -341,7 +342,7 @@ def test_resources_follow_the_work(resource_results, name, case):
     buffer (c), torch crashed on stride 2⁶² and built the same buffer in float64."""
     key = f"{name}|{case}"
     if name.startswith("numba_cpu:") and case.startswith("c"):
-        pytest.skip("numba_cpu bounds (c) by choosing the direct path; forcing a GEMM path bypasses that")
+        pytest.skip("numba_cpu bounds (c) by choosing a path without a column buffer; forcing one bypasses that")
     if key not in resource_results:
         pytest.skip(f"{name} is not available here")
     outcome, detail, seconds = resource_results[key]

@@ -2,6 +2,7 @@
 float32) and with ``torch`` (float32); results are bitwise repeatable; NaN/inf follow the scatter definition;
 the wrapper copes with non-contiguous input. Also ``auto``'s rule. The registry-wide parity suite covers the rest."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -31,11 +32,20 @@ CASES = {
     "k3s2p1op1_asym": (_problem(6, 8, (4, 7), (3, 2), (2, 3), (1, 0), (1, 2)), "gemm_col2im"),
     "stride1_dilation": (_problem(5, 7, (6, 5), (3, 2), 1, (2, 1), dilation=(2, 3)), "gemm_col2im"),
     "stride_gt_kernel": (_problem(4, 6, (3, 4), 2, (3, 4), output_padding=(2, 1)), "gemm_col2im"),
-    "stride_and_dilation": (_problem(8, 8, (4, 5), 3, 2, 2, 1, dilation=2, groups=2), "gemm_col2im"),
+    "stride_and_dilation": (_problem(8, 8, (4, 5), 3, 2, 2, 1, dilation=2, groups=2), "direct"),
     "big_padding": (_problem(4, 8, (5, 5), 5, 2, 4, 1), "gemm_col2im"),
     "depthwise": (_problem(6, 6, (5, 6), 4, 2, 1, groups=6, batch=2), "direct"),
     "depth_multiplier": (_problem(3, 6, (5, 4), 3, (2, 1), 1, groups=3), "direct"),
     "tiny_channels": (_problem(1, 2, (3, 4), 3, 2, bias=False), "direct"),
+    # blocked_direct: C_in/G not a multiple of its 4-channel step, C_out/G not a multiple of a vector, tiles of
+    # several rows that span images (narrow outputs), rows and columns that no tap reaches.
+    "blocked_k4s2p1": (_problem(6, 16, (5, 4), 4, 2, 1, batch=2), "blocked_direct"),
+    "blocked_k3s2p1op1_asym": (_problem(5, 20, (4, 7), (3, 2), (2, 3), (1, 0), (1, 2)), "blocked_direct"),
+    "blocked_dilation_groups": (_problem(8, 32, (6, 5), (3, 2), 1, (2, 1), dilation=(2, 3), groups=2, bias=False),
+                                "blocked_direct"),
+    "blocked_narrow_batch": (_problem(4, 16, (2, 3), 3, 2, 1, 1, batch=3), "blocked_direct"),
+    "gaps_wide_channels": (_problem(4, 16, (3, 4), 2, (3, 4), output_padding=(2, 1)), "gemm_col2im"),
+    "blocked_big_padding": (_problem(7, 16, (5, 5), 5, 2, 4, 1), "blocked_direct"),
 }
 
 
@@ -78,7 +88,7 @@ def test_float32_matches_torch(name):
     assert_close(y, testbed.get_backend("torch").run(x, weight, bias, problem))
 
 
-@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "depthwise"])
+@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "depthwise", "blocked_k4s2p1"])
 def test_bitwise_repeatable_and_inputs_untouched(name):
     problem = CASES[name][0].with_(batch=3, in_size=(17, 19), dtype=np.float32)
     x, weight, bias = problem.random_arrays(3)
@@ -90,7 +100,7 @@ def test_bitwise_repeatable_and_inputs_untouched(name):
         assert np.array_equal(original, copy)
 
 
-@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "depthwise"])
+@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "depthwise", "blocked_k4s2p1"])
 def test_noncontiguous_input(name):
     problem = CASES[name][0]
     x, weight, bias = problem.random_arrays(4)
@@ -106,7 +116,8 @@ def test_noncontiguous_input(name):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("path", numba_cpu.PATHS)
-@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "stride_gt_kernel", "depthwise"])
+@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "stride_gt_kernel", "depthwise", "blocked_narrow_batch",
+                                  "blocked_big_padding"])
 def test_nan_and_inf_reach_exactly_the_outputs_of_the_definition(name, path):
     problem = CASES[name][0]
     if path == "nonoverlap_gemm" and not problem.is_nonoverlapping:
@@ -120,6 +131,34 @@ def test_nan_and_inf_reach_exactly_the_outputs_of_the_definition(name, path):
     for special in (np.isnan, np.isposinf, np.isneginf):
         assert np.array_equal(special(y), special(reference))
     assert np.isnan(reference).any() and np.isinf(reference).any()
+
+
+@pytest.mark.parametrize("name", ["blocked_k3s2p1op1_asym", "blocked_narrow_batch", "blocked_dilation_groups"])
+def test_blocked_direct_does_not_depend_on_its_tiles(name):
+    """Every output's sum runs in the same order whatever the channel and row tiles (and thread count): bitwise
+    the same result for every tiling, and as ``choose_path``'s default tiling."""
+    problem = CASES[name][0].with_(dtype=np.float32, has_bias=True)
+    x, weight, bias = problem.random_arrays(9)
+    expected = numba_cpu._blocked_direct(x, weight, bias, problem)
+    for tile_co in (16, 32, numba_cpu.BLOCKED_MAX_TILE_CO):
+        for tile_rows in (1, 3, numba_cpu.BLOCKED_TILE_PIXELS):
+            y = numba_cpu._blocked_direct(x, weight, bias, problem, tile_co=tile_co, tile_rows=tile_rows)
+            assert np.array_equal(y, expected), (tile_co, tile_rows)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)                  # also changes the default row tile of small problems
+        assert np.array_equal(numba_cpu._blocked_direct(x, weight, bias, problem), expected)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def test_blocked_direct_sign_of_zero():
+    """Outputs that no product reaches, or whose products are all -0.0, are +0.0 + bias (PyTorch's sign): a
+    -0.0 bias alone gives +0.0."""
+    problem = CASES["gaps_wide_channels"][0]
+    x, weight, _ = problem.random_arrays(10)
+    y = numba_cpu._blocked_direct(-0.0 * np.abs(x), np.abs(weight), np.full(problem.out_channels, -0.0), problem)
+    assert not np.signbit(y).any()
 
 
 # ---- auto --------------------------------------------------------------------------------------------------
@@ -172,9 +211,10 @@ _pairs = lambda lo, hi: st.tuples(st.integers(lo, hi), st.integers(lo, hi))  # n
 @given(kernel=_pairs(1, 4), stride=_pairs(1, 4), dilation=_pairs(1, 3), padding=_pairs(0, 5),
        size=_pairs(1, 6), op_seed=_pairs(0, 3), groups=st.integers(1, 2), nonoverlap=st.booleans(),
        seed=st.integers(0, 1000))
-def test_gemm_paths_on_random_configurations(kernel, stride, dilation, padding, size, op_seed, groups, nonoverlap,
+def test_forced_paths_on_random_configurations(kernel, stride, dilation, padding, size, op_seed, groups, nonoverlap,
                                              seed):
-    """The registry-wide property test draws channel products too small for the GEMM paths; force them here."""
+    """The registry-wide property test draws channel products too small for the GEMM and blocked paths; force
+    them here."""
     if nonoverlap:
         stride, dilation = kernel, (1, 1)
     output_padding = tuple(o % max(s, d) for o, s, d in zip(op_seed, stride, dilation))
@@ -184,5 +224,6 @@ def test_gemm_paths_on_random_configurations(kernel, stride, dilation, padding, 
         assume(False)
     x, weight, bias = problem.random_arrays(seed)
     expected = oracle(x, weight, bias, **call_kwargs(problem))
-    for path in ("nonoverlap_gemm", "gemm_col2im") if nonoverlap else ("gemm_col2im",):
+    paths = ("gemm_col2im", "blocked_direct")
+    for path in ("nonoverlap_gemm", *paths) if nonoverlap else paths:
         assert_close(numba_cpu._RUNNERS[path](x, weight, bias, problem), expected, err_msg=path)

@@ -20,6 +20,38 @@ thread owns output planes and adds, per row, for each tap ``kh`` with ``(oh + p 
 entries that land in the row (Caffe's / PyTorch's ``slow_conv_transpose2d`` design, with its scatter
 turned into an output-stationary gather and the bias fused in). Only useful products are computed.
 
+``blocked_direct`` (overlapping taps: the default for them, see :func:`choose_path`). A direct kernel with no
+intermediate buffer (:func:`_blocked_direct_tiles`): output-stationary and phase-decomposed (each output phase
+visits only its sub-kernel's taps, so no inserted zero is multiplied), a work item being a tile of output
+channels × up to 128 output pixels (rows of one row phase, across images when narrow), owned by one thread.
+Its micro-kernel :func:`_fma_panel` is a register tile, as in a GEMM: 6 pixels × one 64-byte vector of output
+channels (16 float32 or 8 float64) of accumulators stay in registers for a tap's whole input-channel sum, each
+step loading one weight vector (the weight packed ``(G, kH, kW, C_in/G, C_out/G⁺)``) and broadcasting 6
+inputs (the input channels-last). It is written as LLVM vector IR (``llvm.fma`` on ``<16 x float>``) because
+Numba's pipeline vectorises innermost loops only (its SLP vectoriser is off): a first version that let LLVM
+vectorise the output-channel loop (2 pixels × 4 channels per call, accumulators in an L1 tile) reached
+40-60 GFLOP/s per core here, this one 55-70, against ~75-85 for OpenBLAS's SGEMM. Assembly
+(``_blocked_direct_tiles.parallel.inspect_asm(sig)`` with ``TESTBED_NUMBA_CACHE=0``): on this project's current
+host, an AMD EPYC (Zen 3: AVX2, no AVX-512), the panel loop is 12 ``vfmadd231ps`` on ymm registers (two per
+16-channel vector) fed by ``vbroadcastss`` and two ``vmovups`` weight loads (98 ymm FMAs in the float32
+kernel, ``vfmadd231pd`` in the float64 one); compiled for ``sapphirerapids`` (``NUMBA_CPU_NAME``/``FEATURES``)
+the same IR gives zmm ``vfmadd231ps`` (89 of them). Tile sizes, measured single-threaded (thread CPU time,
+best of interleaved rounds, GFLOP/s):
+
+==========================  =================================================================================
+micro-kernel                autovectorised 2 pixels × 4 channels: 43-56 at 64 output channels (3×4, 4×4 and
+                            the tree-summed variants within noise, 1×8 42); register panel 6 × 16: 70 in
+                            isolation (the classic AVX2 SGEMM shape: 12 accumulators + weight + broadcast)
+input layout                NCHW 42-58 → channels-last 53-65 (a panel's 6 × C_in inputs stay in L1; in NCHW
+                            the channel step is a multiple of 4 KB and they all map to one cache set)
+pixels per tile             32 / 64 / 128: k4s2p1 58/66/69, k3s1p1 60/62/66, k5s3 55/57/59, k3s2p1op1
+                            53/54/56, 512→256 @8² N8 60/58/71: 128 (64 KB of float32 accumulators, touched
+                            only at each panel's start and end)
+output channels per tile    ms at 16/32/64/128 (first version): k4s2p1 53/44/42/29, 512→256 @8² 137/124/78/47:
+                            the largest the group allows, ≤ 128
+rows per tile               several when the image is narrow: 1024→512 @4² N16 7.6 → 38 GFLOP/s
+==========================  =================================================================================
+
 ``direct`` (depthwise and other tiny channel products). An output-stationary
 gather straight from ``x`` and ``W``: per output row, every tap and input channel of its group adds a
 contiguous run of ``x[n, ci, ih, :] · W[ci, co, kh, kw]`` into one phase of a phase-split row buffer
@@ -32,14 +64,16 @@ sub-pixel form needs ``s_h·s_w`` GEMMs plus a column build; measured 3–10× s
 decoder shapes here.
 
 No thread ever writes an element another thread writes, and every summation order is fixed (from +0.0, taps
-in ``(kh, kw)`` order, channels inside the GEMM, the bias last), so results are bitwise repeatable, and an
-output is never -0.0 (PyTorch's sign of zero).
+in ``(kh, kw)`` order, channels inside the GEMM or in ascending order, the bias last), so results are bitwise
+repeatable (``blocked_direct``'s do not even depend on its tiles), and an output is never -0.0 (PyTorch's
+sign of zero).
 
 Resources follow the output, not the parameters: the per-plane accumulators hold ``min(s_w, W_out)`` phases
 of ``ceil(W_out / s_w)`` columns (a stride of 10⁹ or 2⁶² costs nothing), all index arithmetic stays inside
 int64 (``Problem`` refuses parameters whose extent does not fit), and the GEMM paths are taken only when one
 image's column buffer ``C_out·kH·kW·H·W`` fits :attr:`Problem.workspace_limit` (a 128×128 kernel would need
-gigabytes for a 1 MB output): beyond it ``direct`` computes the same products with no buffer at all.
+gigabytes for a 1 MB output): beyond it ``blocked_direct`` (or ``direct``) computes the same products with no
+buffer at all; ``blocked_direct``'s accumulators are a fixed stack tile per thread.
 
 Threads and fork: the kernels are :func:`._runtime.parallel_kernel` s, safe to call from several threads under
 every Numba threading layer and in children forked after a parallel call (see ``_runtime``).
@@ -52,7 +86,8 @@ definition says.
 
 import numba
 import numpy as np
-from numba import carray, get_thread_id, prange, types
+from llvmlite import ir
+from numba import carray, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -79,26 +114,89 @@ BLOCK_BYTES = 4 * 2**20
 #: keep the repacking a few percent; 256 KiB blocks of 256 rows cost 1.2-1.5× the single GEMM here (measured
 #: single-threaded, CPU time, unet1..4), 4 MiB of 512 rows 1.0-1.2×.
 BLOCK_WIDTH = 512
-#: ``blocked_direct``'s tile: output channels per work item (the unit-stride, vectorised loop) and phase pixels
-#: per accumulator tile (``BLOCKED_TILE_PIXELS × BLOCKED_TILE_CO`` elements on each thread's stack).
-BLOCKED_TILE_CO = 64
-BLOCKED_TILE_PIXELS = 32
-_BLOCKED_TILE_SIZE = BLOCKED_TILE_CO * BLOCKED_TILE_PIXELS
+
+#: ``blocked_direct``'s tile: at most this many output channels per work item, and phase pixels per accumulator
+#: tile (``BLOCKED_TILE_PIXELS × BLOCKED_MAX_TILE_CO`` elements on each thread's stack: 64 KB in float32; the
+#: micro-kernel touches it only at the start and end of each input-channel sum, so L2 serves).
+BLOCKED_MAX_TILE_CO = 128
+BLOCKED_TILE_PIXELS = 128
+#: Pixels of one :func:`_fma_panel` call: 6 pixels × one 64-byte vector of output channels is 12 AVX2 registers
+#: of accumulators (the classic 6×16 float32 GEMM micro-kernel shape), plus a weight vector and a broadcast.
+BLOCKED_PANEL_PIXELS = 6
+#: Work items per thread ``blocked_direct`` keeps (fewer rows per tile) when a problem is small.
+BLOCKED_ITEMS_PER_THREAD = 4
+_BLOCKED_TILE_SIZE = BLOCKED_MAX_TILE_CO * BLOCKED_TILE_PIXELS
 
 #: The GEMM paths compute this many bytes of ``columns`` (C_out·kH·kW·H·W per image) at most at a time;
 #: larger batches are done in slices.
 COLUMN_BUFFER_BYTES = 256 * 2 ** 20
 
 
+#: Not ``blocked_direct`` when fewer output channels per group than this (its vector of 16 output channels
+#: would be mostly padding): ``gemm_col2im`` with one group, ``direct`` with several (one small GEMM per
+#: group) ...
+BLOCKED_MIN_OUT_PER_GROUP = 16
+#: ... or at least this many input channels per group (a GEMM that deep runs at BLAS speed and the column pass
+#: is small beside it).
+GEMM_MIN_IN_PER_GROUP = 512
+
+
 def choose_path(problem) -> str:
-    """The algorithm (one of :data:`PATHS`) ``numba_cpu`` runs for ``problem``."""
+    """The algorithm (one of :data:`PATHS`) ``numba_cpu`` runs for ``problem``.
+
+    For overlapping taps, from ``python -m experiments.numba_cpu_paths [--threads 1]`` (median ms, float32, a
+    fresh process per cell; 2-core AMD EPYC (Zen 3, AVX2) shared with other jobs, load average 0.7-2 during the
+    single-thread run, 2-12 during the two-thread one):
+
+    ============================  =========  ===========  ======  =========  ===========  ======
+    shape                         2 threads                       1 thread
+    ----------------------------  -------------------------------  -------------------------------
+    (decoder suite + extras)      blocked    gemm_col2im  direct  blocked    gemm_col2im  direct
+    ============================  =========  ===========  ======  =========  ===========  ======
+    k4s2p1 256→128 @32²           32         38           323     21         16           284
+    k3s2p1op1 128→64 @64²         24         32           116     13         9.3          76
+    k3s1p1 64→64 @64²             16         35           64      5.1        4.9          41
+    k3d2 64→64 @64² dilation 2    16         33           62      5.0        5.3          55
+    k4s2g8 256→256 g8 @32²        20         144          88      8.1        9.5          60
+    k5s3 64→32 @32²               16         36           33      2.2        2.4          23
+    k2s1 64→64 @32² N4            16         15           26      4.4        3.9          42
+    k7s1p3 32→32 @32² N2          16         8.3          35      4.6        18           65
+    k2s3 64→64 @32² (gaps)        16         16           22      5.5        2.5          21
+    dcgan_head 512→256 @8² N8     58         55           1590    36         31           1850
+    wide 1024→512 @4² N16         187        128          6900    150        74           7340
+    dcgan_rgb 64→3 @32² N8        16         27           16      6.3        1.2          11
+    thin8 8→8 @64² N2             16         24           7.9     1.1        0.98         2.0
+    g16 64→64 g16 @64²            24         256          2.6     9.3        4.5          5.1
+    depthwise 128 g128 @64²       67         41           8.0     44         23           4.4
+    ============================  =========  ===========  ======  =========  ===========  ======
+
+    With both threads (the way ``numba_cpu`` runs and the speed suite times it) ``blocked_direct`` wins on the
+    overlapping decoder shapes: one parallel region per call, where ``gemm_col2im`` has OpenBLAS's pool and then
+    Numba's, each waiting for its second thread on a busy host (times below ~30 ms come in steps of ~8 ms, a
+    scheduler time slice lost to the other jobs, so the thin shapes are decided by the single-thread columns).
+    Single-threaded, ``blocked_direct`` is within ±15 % of OpenBLAS GEMM + col2im on stride 1, dilation and
+    k5s3, ahead with groups and large kernels, and 20-25 % behind on k4s2p1 and k3s2p1op1 (at most 2.25 taps
+    per output there: the tile's zeroing and write-out weigh more) and where the GEMM is deep (C_in/G ≥ 512)
+    or the taps leave gaps (stride ≥ the dilated kernel: at most one tap per output).
+    """
     if problem.in_per_group * problem.out_per_group < DIRECT_MAX_CHANNEL_PRODUCT:
         return "direct"
     if problem.is_nonoverlapping and _fits_blas(problem):
         return "nonoverlap_gemm"          # blocks of the GEMM: no column buffer, any size
     if _column_bytes_per_image(problem) > problem.workspace_limit:
-        return "direct"
-    return "gemm_col2im"
+        return "direct" if problem.is_nonoverlapping else "blocked_direct"
+    if problem.is_nonoverlapping:
+        return "gemm_col2im"              # sizes past BLAS's 32-bit integers: numpy's matmul splits them
+    if problem.out_per_group < BLOCKED_MIN_OUT_PER_GROUP:
+        return "gemm_col2im" if problem.groups == 1 else "direct"
+    if problem.in_per_group >= GEMM_MIN_IN_PER_GROUP or _taps_leave_gaps(problem):
+        return "gemm_col2im"
+    return "blocked_direct"
+
+
+def _taps_leave_gaps(problem) -> bool:
+    """No two taps reach the same output (stride ≥ the dilated kernel extent along both axes)."""
+    return all(s >= d * (k - 1) + 1 for s, d, k in zip(problem.stride, problem.dilation, problem.kernel_size))
 
 
 # ---- kernels ---------------------------------------------------------------------------------------------
@@ -313,9 +411,8 @@ def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, 
 @intrinsic
 def _stack_tile(typingctx, like, size):
     """A pointer to ``size`` (a literal) elements of ``like``'s type on the stack, allocated once per call in the
-    function's entry block (so once per thread in a parallel region). LLVM knows such memory aliases no array
-    argument, so the loops that accumulate into it vectorise without runtime overlap checks; a heap buffer
-    (``np.empty``) would need them on every call of the micro-kernel."""
+    function's entry block (so once per thread in a parallel region): ``blocked_direct``'s accumulator tile,
+    with no heap allocation per work item."""
     if not isinstance(size, types.IntegerLiteral):
         return None
     count = size.literal_value
@@ -326,99 +423,188 @@ def _stack_tile(typingctx, like, size):
     return types.CPointer(like)(like, size), codegen
 
 
-@parallel_kernel(fastmath={"contract"})
-def _blocked_direct_rows(x, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    """Register-blocked, phase-decomposed direct kernel: ``y[n, g·Co_g + co, oh, ow] = Σ x[n, g·Ci_g + ci, ih, iw] ·
-    packed[g, kh, kw, ci, co] + bias`` over the taps of the scatter definition, ``packed`` being the weight as
-    ``(G, kH, kW, Ci_g, Co_g)`` so that a block of output channels is one contiguous run.
+@intrinsic
+def _fma_panel(typingctx, acc, acc_starts, weights, w_start, w_step, x, x_starts, x_step, count):
+    """The register-blocked micro-kernel: for each of the ``P = len(x_starts)`` pixels ``p`` and the ``L`` lanes
+    of one 64-byte vector (16 float32 or 8 float64 output channels ``l``),
 
-    Work item: one output row ``(n, oh)`` × :data:`BLOCKED_TILE_CO` output channels of one group, owned by one
-    thread. Per column phase ``b`` (outputs ``ow = b + s_w·j``) and run of :data:`BLOCKED_TILE_PIXELS` phase
-    pixels ``j``, an accumulator tile ``acc[j, co]`` (on the stack, L1-resident) starts at +0.0; only the phase's
-    taps are visited (``kh`` with ``oh + p_h - kh·d_h ≡ 0 mod s_h``, ``kw`` with ``b + p_w - kw·d_w ≡ 0 mod s_w``:
-    no inserted zero is ever multiplied), each over the pixels whose input column ``iw = j + off`` exists. The
-    micro-kernel takes 2 pixels × 4 input channels: their 8 input values are broadcast once into registers and
-    one unit-stride loop over the output channels does 8 FMAs per vector of ``co`` (4 weight-row loads, 2
-    accumulator loads and stores), which LLVM vectorises to full-width FMAs. Each output's sum runs in the same
-    order everywhere, ``(kh, kw, ci)`` ascending, one fused multiply-add per product, so the result does not
-    depend on the tiling or the thread count; the bias is added last."""
-    batch, _, in_h, in_w = x.shape
-    groups, k_h, k_w, per_group_in, per_group_out = packed.shape
+        acc.flat[acc_starts[p] + l] += Σ_{k < count} x.flat[x_starts[p] + k·x_step]
+                                                     · weights.flat[w_start + k·w_step + l],
+
+    one fused multiply-add per product, ``k`` (the input channel) ascending. The ``P`` accumulator vectors are
+    loaded once, stay in registers for the whole ``k`` loop (each step: one weight-vector load, ``P`` broadcast
+    inputs, ``P`` FMAs) and are stored once. Written as LLVM vector IR because Numba's pipeline vectorises only
+    innermost loops (its SLP vectoriser is off), which cannot keep a tile in registers across the channel loop.
+    The arrays must be C-contiguous; offsets are flat element indices, in bounds (not checked)."""
+    arrays = (acc, weights, x)
+    if not (all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
+            and acc.dtype == weights.dtype == x.dtype and acc.dtype in (types.float32, types.float64)
+            and isinstance(acc_starts, types.UniTuple) and isinstance(x_starts, types.UniTuple)
+            and acc_starts.count == x_starts.count and isinstance(acc_starts.dtype, types.Integer)
+            and isinstance(x_starts.dtype, types.Integer)):
+        return None
+    pixels, width = x_starts.count, acc.dtype.bitwidth // 8
+    lanes = 64 // width
+    signature = types.none(acc, acc_starts, weights, w_start, w_step, x, x_starts, x_step, count)
+
+    def codegen(context, builder, sig, args):
+        def index(value, ty):
+            return context.cast(builder, value, ty, types.intp)
+
+        def data(position):
+            return context.make_array(sig.args[position])(context, builder, args[position]).data
+
+        vector = ir.VectorType(context.get_value_type(acc.dtype), lanes)
+
+        def vector_at(base, offset):
+            return builder.bitcast(builder.gep(base, [offset]), vector.as_pointer())
+
+        acc_p, w_p, x_p = data(0), data(2), data(5)
+        w_start_v, w_step_v = index(args[3], sig.args[3]), index(args[4], sig.args[4])
+        x_step_v, count_v = index(args[7], sig.args[7]), index(args[8], sig.args[8])
+        acc_offsets = [index(v, acc_starts.dtype) for v in cgutils.unpack_tuple(builder, args[1], pixels)]
+        x_offsets = [index(v, x_starts.dtype) for v in cgutils.unpack_tuple(builder, args[6], pixels)]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                             f"llvm.fma.v{lanes}f{8 * width}")
+        homes, registers = [], []
+        for offset in acc_offsets:
+            home = vector_at(acc_p, offset)
+            register = cgutils.alloca_once(builder, vector)          # promoted to a register by mem2reg
+            builder.store(builder.load(home, align=width), register)
+            homes.append(home)
+            registers.append(register)
+        undefined = ir.Constant(vector, ir.Undefined)
+        lane0 = ir.Constant(ir.IntType(32), 0)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        with cgutils.for_range(builder, count_v) as loop:
+            w = builder.load(vector_at(w_p, builder.add(w_start_v, builder.mul(loop.index, w_step_v))), align=width)
+            step = builder.mul(loop.index, x_step_v)
+            for offset, register in zip(x_offsets, registers):
+                value = builder.load(builder.gep(x_p, [builder.add(offset, step)]))
+                broadcast = builder.shuffle_vector(builder.insert_element(undefined, value, lane0), undefined, splat)
+                builder.store(builder.call(fma, [broadcast, w, builder.load(register)]), register)
+        for home, register in zip(homes, registers):
+            builder.store(builder.load(register), home, align=width)
+        return context.get_dummy_value()
+    return signature, codegen
+
+
+@parallel_kernel
+def _blocked_direct_tiles(pixels, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co,
+                          tile_rows):
+    """Register-blocked, phase-decomposed direct kernel: ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g + ci]
+    · packed[g, kh, kw, ci, co] + bias`` over the taps of the scatter definition, ``pixels`` being the input
+    channels-last (a pixel's channels are one contiguous run, so a panel's inputs stay in L1 for every vector
+    of output channels) and ``packed`` the weight as
+    ``(G, kH, kW, Ci_g, Co_g⁺)`` (output channels padded with zeros to a multiple of 16, whose accumulators are
+    never written out) so that a vector of output channels is one contiguous run.
+
+    Phases (Shi et al. 2016, see ``polyphase``): output row ``oh = ph + s_h·m`` receives exactly the taps ``kh``
+    with ``ph + p_h - kh·d_h ≡ 0 (mod s_h)``, from input row ``ih = m + (ph + p_h - kh·d_h)/s_h``; output column
+    ``ow = b + s_w·j`` the taps ``kw`` with ``b + p_w - kw·d_w ≡ 0 (mod s_w)``, from ``iw = j + off``. Only those
+    taps are visited, each over the rows and columns whose input exists: no inserted zero is ever multiplied.
+
+    Work item (owned by one thread): ``tile_co`` (a multiple of 16, ≤ :data:`BLOCKED_MAX_TILE_CO`) output
+    channels of one group × ``tile_rows`` consecutive rows ``(n, m)`` of one row phase (several rows, across
+    images, when the image is narrow, so that a tile has enough pixels to reuse each weight). Per column phase
+    ``b`` and run of ``BLOCKED_TILE_PIXELS // tile_rows`` phase pixels, an accumulator tile ``acc[slot, co]``
+    (on the stack, L1-resident) starts at +0.0; for each tap, each block of :data:`BLOCKED_PANEL_PIXELS`
+    pixels whose input exists and each vector of output channels, :func:`_fma_panel` runs the whole
+    input-channel sum in registers. Each output's sum runs in the same order everywhere, ``(kh, kw, ci)``
+    ascending, one FMA per product, so the result depends neither on the tiling nor on the thread count; the
+    bias is added last."""
+    batch, in_h, in_w, in_channels = pixels.shape
+    groups, k_h, k_w, per_group_in, padded_out = packed.shape
     out_h, out_w = y.shape[2], y.shape[3]
-    co_tiles = (per_group_out - 1) // BLOCKED_TILE_CO + 1
-    phases = min(stride_w, out_w)
-    zero = np.zeros(1, dtype=y.dtype)[0]                 # +0.0 in y's dtype
-    for item in prange(batch * groups * co_tiles * out_h):
-        oh = item % out_h
-        g = (item // (out_h * co_tiles)) % groups
-        n = item // (out_h * co_tiles * groups)
-        co0 = (item // out_h) % co_tiles * BLOCKED_TILE_CO
-        cot = min(BLOCKED_TILE_CO, per_group_out - co0)
-        acc = carray(_stack_tile(zero, _BLOCKED_TILE_SIZE), (BLOCKED_TILE_PIXELS, BLOCKED_TILE_CO))
-        for b in range(phases):
+    per_group_out = y.shape[1] // groups
+    lanes = 64 // y.itemsize                              # output channels per vector: 16 float32, 8 float64
+    co_tiles = (per_group_out - 1) // tile_co + 1
+    row_phases, col_phases = min(stride_h, out_h), min(stride_w, out_w)
+    row_blocks = (batch * ((out_h - 1) // stride_h + 1) - 1) // tile_rows + 1      # of the longest row phase
+    run = BLOCKED_TILE_PIXELS // tile_rows
+    zero = np.zeros(1, dtype=y.dtype)[0]                  # +0.0 in y's dtype
+    for item in prange(groups * co_tiles * row_phases * row_blocks):
+        block = item % row_blocks
+        ph = (item // row_blocks) % row_phases
+        co0 = (item // (row_blocks * row_phases)) % co_tiles * tile_co
+        g = item // (row_blocks * row_phases * co_tiles)
+        cot = min(tile_co, padded_out - co0)              # a multiple of 16
+        written = min(cot, per_group_out - co0)
+        phase_rows = (out_h - 1 - ph) // stride_h + 1
+        first = block * tile_rows
+        rows = min(tile_rows, batch * phase_rows - first)
+        if rows <= 0:
+            continue
+        acc = carray(_stack_tile(zero, _BLOCKED_TILE_SIZE), (BLOCKED_TILE_PIXELS, BLOCKED_MAX_TILE_CO))
+        row_n = carray(_stack_tile(np.int64(0), BLOCKED_TILE_PIXELS), (BLOCKED_TILE_PIXELS,))
+        row_m = carray(_stack_tile(np.int64(0), BLOCKED_TILE_PIXELS), (BLOCKED_TILE_PIXELS,))
+        reached_acc = carray(_stack_tile(np.int64(0), BLOCKED_TILE_PIXELS), (BLOCKED_TILE_PIXELS,))
+        reached_x = carray(_stack_tile(np.int64(0), BLOCKED_TILE_PIXELS), (BLOCKED_TILE_PIXELS,))
+        for r in range(rows):
+            row_n[r], row_m[r] = (first + r) // phase_rows, (first + r) % phase_rows
+        for b in range(col_phases):
             phase_len = (out_w - 1 - b) // stride_w + 1
-            for j0 in range(0, phase_len, BLOCKED_TILE_PIXELS):
-                jn = min(BLOCKED_TILE_PIXELS, phase_len - j0)
-                for j in range(jn):
+            for j0 in range(0, phase_len, run):
+                jn = min(run, phase_len - j0)
+                for slot in range(rows * run):
                     for c in range(cot):
-                        acc[j, c] = zero
+                        acc[slot, c] = zero
                 for kh in range(k_h):
-                    shift = oh + pad_h - kh * dil_h
-                    if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
+                    shift_h = ph + pad_h - kh * dil_h
+                    if shift_h % stride_h != 0:
                         continue
-                    ih = shift // stride_h
+                    off_h = shift_h // stride_h                        # ih = m + off_h
                     for kw in range(k_w):
                         shift_w = b + pad_w - kw * dil_w
                         if shift_w % stride_w != 0:
                             continue
-                        off = shift_w // stride_w                 # iw = j + off
+                        off = shift_w // stride_w                      # iw = j + off
                         j_lo, j_hi = max(j0, -off), min(j0 + jn, in_w - off)
                         if j_hi <= j_lo:
                             continue
-                        taps = packed[g, kh, kw]
-                        ci = 0
-                        while ci + 4 <= per_group_in:
-                            w0 = taps[ci, co0:co0 + cot]
-                            w1 = taps[ci + 1, co0:co0 + cot]
-                            w2 = taps[ci + 2, co0:co0 + cot]
-                            w3 = taps[ci + 3, co0:co0 + cot]
-                            r0 = x[n, g * per_group_in + ci, ih]
-                            r1 = x[n, g * per_group_in + ci + 1, ih]
-                            r2 = x[n, g * per_group_in + ci + 2, ih]
-                            r3 = x[n, g * per_group_in + ci + 3, ih]
-                            j = j_lo
-                            while j + 2 <= j_hi:
-                                iw = j + off
-                                x00, x01, x02, x03 = r0[iw], r1[iw], r2[iw], r3[iw]
-                                x10, x11, x12, x13 = r0[iw + 1], r1[iw + 1], r2[iw + 1], r3[iw + 1]
-                                pair = acc[j - j0:j - j0 + 2]             # rows a constant stride apart
-                                for c in range(cot):
-                                    pair[0, c] = ((((pair[0, c] + x00 * w0[c]) + x01 * w1[c]) + x02 * w2[c])
-                                                  + x03 * w3[c])
-                                    pair[1, c] = ((((pair[1, c] + x10 * w0[c]) + x11 * w1[c]) + x12 * w2[c])
-                                                  + x13 * w3[c])
-                                j += 2
-                            if j < j_hi:
-                                iw = j + off
-                                x00, x01, x02, x03 = r0[iw], r1[iw], r2[iw], r3[iw]
-                                row = acc[j - j0]
-                                for c in range(cot):
-                                    row[c] = (((row[c] + x00 * w0[c]) + x01 * w1[c]) + x02 * w2[c]) + x03 * w3[c]
-                            ci += 4
-                        for rest in range(ci, per_group_in):
-                            w0 = taps[rest, co0:co0 + cot]
-                            r0 = x[n, g * per_group_in + rest, ih]
+                        w_start = (((g * k_h + kh) * k_w + kw) * per_group_in) * padded_out + co0
+                        # The tile's pixels this tap reaches: accumulator offset and pixels.flat index of channel 0.
+                        count = 0
+                        for r in range(rows):
+                            ih = row_m[r] + off_h
+                            if ih < 0 or ih >= in_h:
+                                continue
+                            pixel0 = ((row_n[r] * in_h + ih) * in_w + off) * in_channels + g * per_group_in
                             for j in range(j_lo, j_hi):
-                                x00 = r0[j + off]
-                                row = acc[j - j0]
-                                for c in range(cot):
-                                    row[c] = row[c] + x00 * w0[c]
-                for c in range(cot):
-                    co = g * per_group_out + co0 + c
-                    line, b_c = y[n, co, oh], bias[co]
-                    for j in range(jn):
-                        line[b + stride_w * (j0 + j)] = acc[j, c] + b_c
-
+                                reached_acc[count] = (r * run + j - j0) * BLOCKED_MAX_TILE_CO
+                                reached_x[count] = pixel0 + j * in_channels
+                                count += 1
+                        for c in range(0, cot, lanes):
+                            w = w_start + c
+                            i = 0
+                            while i + 6 <= count:                      # BLOCKED_PANEL_PIXELS
+                                _fma_panel(acc, (reached_acc[i] + c, reached_acc[i + 1] + c, reached_acc[i + 2] + c,
+                                                 reached_acc[i + 3] + c, reached_acc[i + 4] + c,
+                                                 reached_acc[i + 5] + c),
+                                           packed, w, padded_out, pixels,
+                                           (reached_x[i], reached_x[i + 1], reached_x[i + 2], reached_x[i + 3],
+                                            reached_x[i + 4], reached_x[i + 5]), 1, per_group_in)
+                                i += 6
+                            if i + 4 <= count:
+                                _fma_panel(acc, (reached_acc[i] + c, reached_acc[i + 1] + c, reached_acc[i + 2] + c,
+                                                 reached_acc[i + 3] + c), packed, w, padded_out, pixels,
+                                           (reached_x[i], reached_x[i + 1], reached_x[i + 2], reached_x[i + 3]), 1,
+                                           per_group_in)
+                                i += 4
+                            if i + 2 <= count:
+                                _fma_panel(acc, (reached_acc[i] + c, reached_acc[i + 1] + c), packed, w, padded_out,
+                                           pixels, (reached_x[i], reached_x[i + 1]), 1, per_group_in)
+                                i += 2
+                            if i < count:
+                                _fma_panel(acc, (reached_acc[i] + c,), packed, w, padded_out, pixels, (reached_x[i],),
+                                           1, per_group_in)
+                for r in range(rows):
+                    n, oh = row_n[r], ph + stride_h * row_m[r]
+                    for c in range(written):
+                        co = g * per_group_out + co0 + c
+                        line, b_c = y[n, co, oh], bias[co]
+                        for j in range(jn):
+                            line[b + stride_w * (j0 + j)] = acc[r * run + j, c] + b_c
 
 # ---- wrappers: allocate, pick the path, call the kernels -----------------------------------------------------
 
@@ -511,17 +697,45 @@ def _direct(x, weight, bias, problem, out=None):
 
 
 def _packed_weight(weight, problem):
-    """The weight as ``(G, kH, kW, C_in/G, C_out/G)``: for each (group, tap, input channel) the output channels
-    are one contiguous run (``blocked_direct``'s vector loop)."""
+    """The weight as ``(G, kH, kW, C_in/G, C_out/G⁺)``, the output channels padded with zeros to a multiple of 16:
+    for each (group, tap, input channel) whole vectors of output channels are one contiguous run."""
     g, (kh, kw) = problem.groups, problem.kernel_size
-    grouped = weight.reshape(g, problem.in_per_group, problem.out_per_group, kh, kw)
-    return np.ascontiguousarray(grouped.transpose(0, 3, 4, 1, 2))
+    grouped = weight.reshape(g, problem.in_per_group, problem.out_per_group, kh, kw).transpose(0, 3, 4, 1, 2)
+    packed = np.zeros((g, kh, kw, problem.in_per_group, _round_up(problem.out_per_group, 16)), dtype=weight.dtype)
+    packed[..., :problem.out_per_group] = grouped
+    return packed
 
 
-def _blocked_direct(x, weight, bias, problem, out=None):
+def _round_up(value, multiple):
+    return -(-value // multiple) * multiple
+
+
+def _tile_co(per_group_out):
+    """``blocked_direct``'s output channels per work item: the group's channels in the fewest tiles of at most
+    :data:`BLOCKED_MAX_TILE_CO`, of equal width rounded up to a multiple of 16 (one 64-byte vector of float32)."""
+    tiles = (per_group_out - 1) // BLOCKED_MAX_TILE_CO + 1
+    return min(BLOCKED_MAX_TILE_CO, _round_up(-(-per_group_out // tiles), 16))
+
+
+def _tile_rows(problem):
+    """``blocked_direct``'s output rows per work item: as many as fit :data:`BLOCKED_TILE_PIXELS` next to the
+    longest column phase, ``⌈W_out / s_w⌉`` (one row when that phase alone fills the tile), but few enough to
+    leave :data:`BLOCKED_ITEMS_PER_THREAD` work items per thread where the problem has that many rows."""
+    (out_h, out_w), (s_h, s_w) = problem.out_size, problem.stride
+    fit = max(1, BLOCKED_TILE_PIXELS // ((out_w - 1) // s_w + 1))
+    rows = problem.batch * ((out_h - 1) // s_h + 1)                 # of the longest row phase
+    others = problem.groups * -(-problem.out_per_group // _tile_co(problem.out_per_group)) * min(s_h, out_h)
+    blocks = -(-BLOCKED_ITEMS_PER_THREAD * numba.get_num_threads() // others)
+    return max(1, min(fit, rows // blocks))
+
+
+def _blocked_direct(x, weight, bias, problem, out=None, *, tile_co=None, tile_rows=None):
+    """``blocked_direct``; ``tile_co`` (a multiple of 16) and ``tile_rows`` override the chosen tiles (the
+    result is the same bitwise)."""
     y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
-    _blocked_direct_rows(x, _packed_weight(weight, problem), _bias_or_zeros(bias, problem), y, *problem.stride,
-                         *problem.padding, *problem.dilation)
+    _blocked_direct_tiles(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), _packed_weight(weight, problem),
+                          _bias_or_zeros(bias, problem), y, *problem.stride, *problem.padding, *problem.dilation,
+                          tile_co or _tile_co(problem.out_per_group), tile_rows or _tile_rows(problem))
     return y
 
 
