@@ -86,7 +86,7 @@ def measure(problems: dict, backends: list, settings: TimingSettings, isolation:
     """``{shape: {backend: (median ms, min ms)}}`` (NaN where a cell failed)."""
     table = {}
     for name, problem in problems.items():
-        jobs = [TimingJob(problem, backend, rng=0, tags={"shape": name}) for backend in backends]
+        jobs = [TimingJob(problem, backend, rng=0) for backend in backends]
         rows = time_jobs(jobs, settings, isolation=isolation)
         table[name] = {row["backend"]: (row["median_s"] * 1e3, row["min_s"] * 1e3) if row["status"] == "ok"
                        else (np.nan, np.nan) for row in rows}

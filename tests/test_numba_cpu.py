@@ -152,6 +152,22 @@ def test_blocked_direct_does_not_depend_on_its_tiles(name):
         numba.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("name", [name for name, (_, path) in CASES.items() if path in numba_cpu.NHWC_PATHS])
+def test_channels_last_paths_match_nchw_bitwise(name):
+    """The paths that compute NHWC natively (input read channels-last, output written channels-last, also into
+    ``out=``) give bitwise the NCHW result, transposed."""
+    problem = CASES[name][0]
+    x, weight, bias = problem.random_arrays(11)
+    expected = testbed.conv_transpose2d(x, weight, bias, backend="numba_cpu", **call_kwargs(problem))
+    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    channels_last = call_kwargs(problem.with_(layout="NHWC"))
+    y = testbed.conv_transpose2d(x_nhwc, weight, bias, backend="numba_cpu", **channels_last)
+    assert np.array_equal(y.transpose(0, 3, 1, 2), expected)
+    out = np.full_like(y, np.nan)
+    testbed.conv_transpose2d(x_nhwc, weight, bias, backend="numba_cpu", out=out, **channels_last)
+    assert np.array_equal(out, y)
+
+
 def test_blocked_direct_sign_of_zero():
     """Outputs that no product reaches, or whose products are all -0.0, are +0.0 + bias (PyTorch's sign): a
     -0.0 bias alone gives +0.0."""

@@ -606,6 +606,22 @@ def _blocked_direct_tiles(pixels, packed, bias, y, stride_h, stride_w, pad_h, pa
                         for j in range(jn):
                             line[b + stride_w * (j0 + j)] = acc[r * run + j, c] + b_c
 
+@parallel_kernel
+def _to_channels_last(x, pixels):
+    """``pixels[n, h, w, c] = x[n, c, h, w]``, a thread per input row ``(n, h)``, in runs of 16 columns: each
+    run reads one cache line per channel (whole, at once) and writes a ``16 × C`` block that stays in L1.
+    NumPy's strided copy walks the channels at a stride of a whole plane (a power of two of bytes for square
+    images, all in one cache set) and took 0.85-1.05 ms for k3s1p1's 1 MB input here, this 0.1-0.2."""
+    batch, channels, height, width = x.shape
+    for row in prange(batch * height):
+        n, h = row // height, row % height
+        for w0 in range(0, width, 16):
+            w1 = min(w0 + 16, width)
+            for c in range(channels):
+                for w in range(w0, w1):
+                    pixels[n, h, w, c] = x[n, c, h, w]
+
+
 # ---- wrappers: allocate, pick the path, call the kernels -----------------------------------------------------
 
 def _bias_or_zeros(bias, problem):
@@ -733,8 +749,13 @@ def _blocked_direct(x, weight, bias, problem, out=None, *, tile_co=None, tile_ro
     """``blocked_direct``; ``tile_co`` (a multiple of 16) and ``tile_rows`` override the chosen tiles (the
     result is the same bitwise)."""
     y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
-    _blocked_direct_tiles(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), _packed_weight(weight, problem),
-                          _bias_or_zeros(bias, problem), y, *problem.stride, *problem.padding, *problem.dilation,
+    if problem.layout == "NHWC":
+        pixels, y_nchw = x, y.transpose(0, 3, 1, 2)     # the kernel indexes the output as (n, c, h, w)
+    else:
+        pixels, y_nchw = np.empty(x.shape[:1] + x.shape[2:] + x.shape[1:2], dtype=x.dtype), y
+        _to_channels_last(x, pixels)
+    _blocked_direct_tiles(pixels, _packed_weight(weight, problem), _bias_or_zeros(bias, problem), y_nchw,
+                          *problem.stride, *problem.padding, *problem.dilation,
                           tile_co or _tile_co(problem.out_per_group), tile_rows or _tile_rows(problem))
     return y
 
@@ -744,7 +765,7 @@ _RUNNERS = {"direct": _direct, "nonoverlap_gemm": _nonoverlap_gemm, "gemm_col2im
 
 
 #: The paths that compute NHWC natively; the others get NHWC arrays transposed to NCHW and back.
-NHWC_PATHS = ("nonoverlap_gemm",)
+NHWC_PATHS = ("nonoverlap_gemm", "blocked_direct")
 
 
 def numba_conv_transpose2d(x, weight, bias, problem, out=None):
