@@ -622,6 +622,20 @@ def _to_channels_last(x, pixels):
                     pixels[n, h, w, c] = x[n, c, h, w]
 
 
+@parallel_kernel
+def _pack_weight(weight, packed):
+    """``packed[g, a, b, ci, co] = weight[g·Ci_g + ci, co, a, b]`` (the padding lanes left as they are), a thread
+    per input channel: NumPy's strided copy took 0.6 ms for k4s2p1's 2 MB weight here."""
+    groups, k_h, k_w, per_group_in = packed.shape[:4]
+    per_group_out = weight.shape[1]
+    for channel in prange(groups * per_group_in):
+        g, ci = channel // per_group_in, channel % per_group_in
+        for a in range(k_h):
+            for b in range(k_w):
+                for co in range(per_group_out):
+                    packed[g, a, b, ci, co] = weight[channel, co, a, b]
+
+
 # ---- wrappers: allocate, pick the path, call the kernels -----------------------------------------------------
 
 def _bias_or_zeros(bias, problem):
@@ -716,9 +730,8 @@ def _packed_weight(weight, problem):
     """The weight as ``(G, kH, kW, C_in/G, C_out/G⁺)``, the output channels padded with zeros to a multiple of 16:
     for each (group, tap, input channel) whole vectors of output channels are one contiguous run."""
     g, (kh, kw) = problem.groups, problem.kernel_size
-    grouped = weight.reshape(g, problem.in_per_group, problem.out_per_group, kh, kw).transpose(0, 3, 4, 1, 2)
     packed = np.zeros((g, kh, kw, problem.in_per_group, _round_up(problem.out_per_group, 16)), dtype=weight.dtype)
-    packed[..., :problem.out_per_group] = grouped
+    _pack_weight(weight, packed)
     return packed
 
 
