@@ -19,18 +19,18 @@ warmed vs out=; the thread-pool effect is ``after A, out=`` and ``alternating A`
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from testbed.cases import suite
-from testbed.problem import Problem
-from testbed.registry import available_backends, get_backend
-from testbed.timing import (TimingSettings, WorkerError, prepare_call, run_in_worker, speedup_ci, time_backend,
-                            time_call)
 from experiments.harness.metadata import machine_state_lines, record_end_state
 from experiments.harness.reporting import finish_report, grouped_bar_figure, load_run, markdown_table, report_header
 from experiments.harness.runner import Cell, cell_rng, run_sweep
+from testbed.cases import suite
+from testbed.problem import Problem
+from testbed.registry import available_backends, get_backend
+from testbed.timing import TimingSettings, WorkerError, prepare_call, run_in_worker, speedup_ci, time_backend, time_call
 
 from .common import finish, make_parser, start_run, sweep_executor
 
@@ -150,7 +150,7 @@ def main(argv=None, *, out=None):
         backends = [b for b in ("numba_cpu", "torch") if b in available_backends()] or ["col2im", "polyphase"]
     settings = TimingSettings.quick() if args.quick else TimingSettings()
     if args.budget is not None:
-        settings = TimingSettings(settings.warmup, settings.min_repeats, 100_000, args.budget, settings.min_sample_s)
+        settings = replace(settings, max_repeats=100_000, budget_s=args.budget)
     run_dir, _ = start_run(NAME, args, argv, {"cases": list(cases), "backends": backends,
                                               "timing": settings.__dict__, "isolation": "process"}, out=out)
     # --quick times one B (the first backend) against one A: six worker processes in all

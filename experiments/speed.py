@@ -29,19 +29,32 @@ average before and after; they are the ceilings of the roofline figure (Williams
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from experiments.harness.metadata import (
+    machine_state_lines,
+    measure_copy_gbps,
+    measure_gemm_gflops,
+    record_end_state,
+    thread_pools_after_every_backend,
+)
+from experiments.harness.reporting import (
+    finish_report,
+    grouped_bar_figure,
+    load_run,
+    markdown_table,
+    report_header,
+    roofline_figure,
+    spans_hosts,
+)
+from experiments.harness.runner import Cell, cell_rng, grid, run_sweep
 from testbed.cases import SUITES, suite
 from testbed.problem import LAYOUTS
-from experiments.harness.metadata import (machine_state_lines, measure_copy_gbps, measure_gemm_gflops,
-                                          record_end_state, thread_pools_after_every_backend)
 from testbed.registry import available_backends, get_backend
 from testbed.timing import ALLOCATIONS, ISOLATIONS, TimingJob, TimingSettings, speedup_ci, time_jobs
-from experiments.harness.reporting import (finish_report, grouped_bar_figure, load_run, markdown_table, report_header,
-                               roofline_figure, spans_hosts)
-from experiments.harness.runner import Cell, cell_rng, grid, run_sweep
 
 from .common import available_backend, finish, make_parser, selected_backends, start_run, sweep_executor
 from .references import GEMM, TORCH_CHANNELS_LAST
@@ -240,8 +253,7 @@ def main(argv=None, *, out=None, suites=None):
     settings = TimingSettings.quick() if args.quick else TimingSettings()
     if args.budget is not None:
         # an explicit budget governs: repeats continue until it is spent (capped only against runaway loops)
-        settings = TimingSettings(settings.warmup, settings.min_repeats, 100_000, args.budget,
-                                  settings.min_sample_s)
+        settings = replace(settings, max_repeats=100_000, budget_s=args.budget)
     backends = ordered_backends(selected_backends(args), baseline)
 
     def extra_meta():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from experiments.harness.descriptor import format_descriptor
@@ -69,7 +70,7 @@ def settings_for(args) -> TimingSettings:
                                                                     budget_s=0.3, worker_timeout_s=1800.0)
     if args.budget is None:
         return base
-    return TimingSettings(base.warmup, base.min_repeats, 100_000, args.budget, worker_timeout_s=1800.0)
+    return replace(base, max_repeats=100_000, budget_s=args.budget)
 
 
 def verify_auto(problem, settings: TimingSettings, isolation: str, seed: int) -> float:

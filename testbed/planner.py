@@ -66,10 +66,10 @@ PLANNER_ENV = "TESTBED_PLANNER"
 REFERENCE_BACKENDS = ("naive", "fft")
 #: The measurement a ``measure``-mode first call makes: small, as the first call pays for it.
 MEASURE_SETTINGS = TimingSettings(warmup=1, min_repeats=5, max_repeats=20, budget_s=0.1, min_sample_s=1e-3,
-                                  worker_timeout_s=600.0)
+                                  worker_timeout_s=600.0, warmup_s=0.1)
 #: The pilot: a candidate's first call, then three warm calls, of which the fastest counts (on a busy machine
 #: one call of a fraction of a millisecond can lose a whole scheduler time slice).
-_PILOT = TimingSettings(warmup=0, min_repeats=3, max_repeats=3, budget_s=0.0, min_sample_s=0.0)
+_PILOT = TimingSettings(warmup=0, min_repeats=3, max_repeats=3, budget_s=0.0, min_sample_s=0.0, warmup_s=0.0)
 
 
 # ---- planner modes ---------------------------------------------------------------------------------------------

@@ -16,15 +16,15 @@ calling process (what a loop in a script measures).
 **allocation** — ``alloc``: every call allocates its result (what a user's call costs); ``out``: the
 result is preallocated once, touched, and written in place through ``conv_transpose2d(..., out=)``.
 
-**statistics** — the first call is timed alone (``first_call_s``: Numba's compile or cache load), then
-``warmup`` untimed calls, then samples: each sample times ``loops`` calls back to back, ``loops`` chosen from
-the last untimed call so that a sample lasts at least ``min_sample_s`` (``torch.utils.benchmark.Timer``'s
-``blocked_autorange`` and pyperf's calibration do the same, for sub-millisecond calls); samples are taken
-until ``budget_s`` is spent, at least ``min_repeats`` and at most ``max_repeats``. A row reports the median,
-minimum and interquartile range of the per-call times, the sample count, ``unstable`` when IQR/median exceeds
-``unstable_ratio``, minor page faults per timed call (``getrusage`` deltas) and the peak resident set size
-of the process while the cell ran. :func:`speedup_ci` gives a bootstrap confidence interval of a speedup
-(ratio of medians) from two sets of samples.
+**statistics** — the first call is timed alone (``first_call_s``: Numba's compile or cache load), then untimed
+warm-up calls (``warmup`` of them, and for ``warmup_s`` seconds), then samples: each sample times ``loops`` calls
+back to back, ``loops`` chosen from the last untimed call so that a sample lasts at least ``min_sample_s``
+(``torch.utils.benchmark.Timer``'s ``blocked_autorange`` and pyperf's calibration do the same, for sub-millisecond
+calls); samples are taken until ``budget_s`` is spent, at least ``min_repeats`` and at most ``max_repeats``. A row
+reports the median, minimum and interquartile range of the per-call times, the sample count, ``unstable`` when
+IQR/median exceeds ``unstable_ratio``, minor page faults per timed call (``getrusage`` deltas) and the peak
+resident set size of the process while the cell ran. :func:`speedup_ci` gives a bootstrap confidence interval of a
+speedup (ratio of medians) from two sets of samples.
 
 The library never changes another library's global settings (thread counts, allocator); a harness that wants
 to may do so, scoped (``threadpoolctl.threadpool_limits`` as a context manager), and record it.
@@ -66,10 +66,16 @@ ENVIRONMENT_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "OPENBLAS_", 
 
 @dataclass(frozen=True)
 class TimingSettings:
-    """How long to time each cell: ``warmup`` untimed calls after the first, then samples of ``loops`` calls
-    each (at least ``min_sample_s`` long) until ``budget_s`` seconds are spent, at least ``min_repeats`` and at
-    most ``max_repeats`` samples. ``unstable_ratio``: IQR/median above which a row is flagged ``unstable``.
-    ``worker_timeout_s``: a ``process`` worker running longer is killed (an ``error`` row)."""
+    """How long to time each cell: after the first call, untimed warm-up calls, at least ``warmup`` of them
+    and until ``warmup_s`` seconds are spent, then samples of ``loops`` calls each (at least ``min_sample_s``
+    long) until ``budget_s`` seconds are spent, at least ``min_repeats`` and at most ``max_repeats`` samples.
+    ``unstable_ratio``: IQR/median above which a row is flagged ``unstable``. ``worker_timeout_s``: a
+    ``process`` worker running longer is killed (an ``error`` row).
+
+    ``warmup_s``: a fresh process runs its first few hundred milliseconds of calls slower (measured here: the
+    bare GEMM of unet4 30-31 ms for its first 10 calls, 23-24 ms after; the page cache, the allocator's
+    thresholds and the kernel's page tables settle), so a count of warm-up calls alone leaves a process-isolated
+    median inside that transient."""
 
     warmup: int = 1
     min_repeats: int = 5
@@ -79,6 +85,7 @@ class TimingSettings:
     max_loops: int = 10_000
     unstable_ratio: float = 0.10
     worker_timeout_s: float = 1800.0
+    warmup_s: float = 0.3
 
     def __post_init__(self):
         for name in ("warmup", "min_repeats", "max_repeats", "max_loops"):
@@ -87,14 +94,14 @@ class TimingSettings:
                 raise ValueError(f"{name} must be an int >= {0 if name == 'warmup' else 1}, got {value!r}")
         if self.max_repeats < self.min_repeats:
             raise ValueError(f"max_repeats ({self.max_repeats}) must be >= min_repeats ({self.min_repeats})")
-        for name in ("budget_s", "min_sample_s", "unstable_ratio", "worker_timeout_s"):
+        for name in ("budget_s", "min_sample_s", "unstable_ratio", "worker_timeout_s", "warmup_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
 
     @classmethod
     def quick(cls) -> TimingSettings:
-        return cls(warmup=0, min_repeats=2, max_repeats=3, budget_s=0.01, min_sample_s=0.0)
+        return cls(warmup=0, min_repeats=2, max_repeats=3, budget_s=0.01, min_sample_s=0.0, warmup_s=0.0)
 
 
 @dataclass(frozen=True)
@@ -219,10 +226,12 @@ class _Timer:
         begin = time.perf_counter()
         fn()
         last = self.first_call_s = time.perf_counter() - begin
-        for _ in range(self.settings.warmup):
+        warm_until, calls = time.perf_counter() + self.settings.warmup_s, 0
+        while calls < self.settings.warmup or time.perf_counter() < warm_until:
             begin = time.perf_counter()
             fn()
             last = time.perf_counter() - begin
+            calls += 1
         if last < self.settings.min_sample_s:
             self.loops = min(self.settings.max_loops, math.ceil(self.settings.min_sample_s / max(last, 1e-7)))
 

@@ -5,6 +5,8 @@ tests check what each mode measures without timing anything real (no speed is as
 """
 
 import math
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -67,11 +69,27 @@ def test_repeats_follow_the_budget_and_caps():
     assert floor["repeats"] == 6
 
 
+def test_warm_up_lasts_warmup_s_and_no_sample_sees_the_transient():
+    """A call that is slow for its first 50 ms of calls (a fresh process's transient) is timed only after it."""
+    start = time.perf_counter()
+
+    def settling():
+        time.sleep(0.02 if time.perf_counter() - start < 0.05 else 0.001)
+
+    settings = TimingSettings(warmup=1, min_repeats=5, max_repeats=5, budget_s=0.0, min_sample_s=0.0,
+                              warmup_s=0.1)
+    stats = time_call(settling, settings, keep_samples=True)
+    assert max(stats["samples_s"]) < 0.015
+    assert time_call(settling, replace(settings, warmup_s=0.0))["repeats"] == 5    # a count alone is allowed
+
+
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="max_repeats"):
         TimingSettings(min_repeats=5, max_repeats=2)
     with pytest.raises(ValueError, match="budget_s"):
         TimingSettings(budget_s=-1)
+    with pytest.raises(ValueError, match="warmup_s"):
+        TimingSettings(warmup_s=math.nan)
     with pytest.raises(ValueError, match="allocation"):
         TimingJob(SMALL, "naive", allocation="stack")
     with pytest.raises(ValueError, match="isolation"):
