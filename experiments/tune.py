@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,8 +40,11 @@ NAME = "tune"
 DEFAULT_TABLE = Path(auto.__file__).with_name(getattr(auto, "PREFERENCE_FILE", "auto_preference.json"))
 #: After the ranked backends of a class: the oracle supports every configuration.
 FALLBACK = ["naive"]
+#: How many times ``auto`` and the winner are timed alternately after tuning (see :func:`verify_auto`).
+VERIFY_ROUNDS = 3
 CELL_COLUMNS = ["suite", "case", "dtype", "backend", "status", "median_s", "ci_low_s", "ci_high_s", "ratio_to_winner",
                 "first_call_s", "pilot_s", "repeats", "winner", "rule_choice", "auto_after", "auto_median_s",
+                "winner_verify_s",
                 "tune_elapsed_s"]
 
 
@@ -73,22 +77,33 @@ def settings_for(args) -> TimingSettings:
     return replace(base, max_repeats=100_000, budget_s=args.budget)
 
 
-def verify_auto(problem, settings: TimingSettings, isolation: str, seed: int) -> float:
-    """The median of ``auto`` itself on ``problem`` (NaN if it could not be timed), timed like the candidates:
-    under ``process`` isolation a fresh worker, which finds the winner through the wisdom file."""
-    row = time_jobs([TimingJob(problem, "auto", rng=seed)], settings, isolation=isolation)[0]
-    return float(row["median_s"]) if row.get("status") == "ok" else math.nan
+def verify_auto(problem, winner, settings: TimingSettings, isolation: str, seed: int,
+                rounds: int = VERIFY_ROUNDS) -> tuple[float, float]:
+    """``(auto's median, the winner's median)`` on ``problem`` (NaN where not timed), timed like the candidates
+    (under ``process`` isolation each in a fresh worker, so ``auto`` must find the winner through the wisdom
+    file), alternately ``rounds`` times, each the median of its rounds: measured side by side, so that the
+    machine's drift between the tuning and the check does not pass for a difference between them."""
+    if winner is None:
+        return math.nan, math.nan
+    rows = time_jobs([TimingJob(problem, name, rng=seed) for _ in range(rounds) for name in (winner, "auto")],
+                     settings, isolation=isolation)
+
+    def median_of(name):
+        values = [row["median_s"] for row in rows if row["backend"] == name and row.get("status") == "ok"]
+        return statistics.median(values) if values else math.nan
+
+    return median_of("auto"), median_of(winner)
 
 
 def case_rows(suite_name: str, case: str, problem, result: planner.TuneResult,
-              auto_median_s: float = math.nan) -> list[dict]:
+              auto_median_s: float = math.nan, winner_verify_s: float = math.nan) -> list[dict]:
     """One row per candidate of one tuned case."""
     after = planner.explain_problem(problem)
-    winner_median = result.medians_s.get(result.winner, math.nan) if result.winner else math.nan
     common = {"suite": suite_name, "case": case, "descriptor": format_descriptor(problem),
               "dtype": str(problem.dtype), "signature": result.signature, "rule_choice": result.rule,
               "winner_backend": result.winner, "auto_after": after.backend, "auto_reason": after.reason,
-              "auto_median_s": auto_median_s, "auto_over_winner": auto_median_s / winner_median,
+              "auto_median_s": auto_median_s, "winner_verify_s": winner_verify_s,
+              "auto_over_winner": auto_median_s / winner_verify_s,
               "tune_elapsed_s": result.elapsed_s, "isolation": result.isolation}
     rows = []
     for c in result.candidates:
@@ -123,9 +138,9 @@ def main(argv=None, *, out=None):
             continue
         result = planner.tune_problem(problem, candidates=args.backends, isolation=args.isolation, settings=settings,
                                       cut_factor=cut_factor, store=not args.no_store, seed=args.seed)
-        verified = math.nan if args.no_verify or args.no_store else \
-            verify_auto(problem, settings, args.isolation, args.seed)
-        for row in case_rows(suite_name, case, problem, result, verified):
+        verified = (math.nan, math.nan) if args.no_verify or args.no_store else \
+            verify_auto(problem, result.winner, settings, args.isolation, args.seed)
+        for row in case_rows(suite_name, case, problem, result, *verified):
             log.append(row)
     frame = results_frame(log.read())
     atomic_write_csv(run_dir / "results.csv", frame)
@@ -210,7 +225,8 @@ def summary(frame):
                      "rule ms": median.get(rule, math.nan), "winner": winner,
                      "winner ms": median.get(winner, math.nan), "auto after tuning": first["auto_after"],
                      "winner speedup over rule": median.get(rule, math.nan) / median.get(winner, math.nan),
-                     "auto ms": first["auto_median_s"] * 1e3, "auto / winner": first["auto_over_winner"],
+                     "auto ms": first["auto_median_s"] * 1e3, "winner ms, beside auto": first["winner_verify_s"] * 1e3,
+                     "auto / winner": first["auto_over_winner"],
                      "torch ms": median.get("torch", math.nan), "tuning s": first["tune_elapsed_s"]})
     return pd.DataFrame(rows)
 
@@ -228,7 +244,8 @@ def write_report(run_dir) -> str:
              f"in `{meta.get('wisdom')}`: {meta.get('store')}. *rule* = the class table's choice before tuning; "
              f"*auto after tuning* = `testbed.explain` after the winner was stored; *auto ms* = `auto` itself "
              f"timed afterwards the same way (a fresh worker under process isolation: it reads the wisdom file), "
-             f"and *auto / winner* its ratio to the winner's median. *tuning s* = wall time of the "
+             f"{VERIFY_ROUNDS} times alternately with the winner (*winner ms, beside auto*), each the median of its "
+             f"rounds, and *auto / winner* their ratio. *tuning s* = wall time of the "
              f"measurement, which is what the first call of a new signature pays in the `measure` planner mode.\n"]
     if not frame.empty:
         table = summary(frame)
@@ -243,7 +260,8 @@ def write_report(run_dir) -> str:
         if len(verified):
             within = int((verified["auto / winner"] <= 1.05).sum())
             parts.append(f"\n`auto` within 5 % of the winner's median on **{within} of {len(verified)}** cases "
-                         f"(two measurements at different moments: on a busy machine the noise alone exceeds 5 %).\n")
+                         f"(measured side by side, alternating; the noise between two fresh processes is itself "
+                         f"several %).\n")
         ok = frame[frame["status"] == "ok"].copy()
         ok["median_ms"] = ok["median_s"] * 1e3
         parts += ["\n## Medians of every timed candidate (ms)\n",
