@@ -250,6 +250,12 @@ def parallel_kernel(func=None, *, fastmath=False):
     return ParallelKernel(func, fastmath=fastmath)
 
 
+def serial_kernel(func):
+    """Decorator for a single-threaded Numba kernel: ``njit`` with the guarded on-disk cache, as the twins of
+    :func:`parallel_kernel` (no parallel region, so nothing to make fork- or thread-safe)."""
+    return _compile(func, parallel=False)
+
+
 def prepare_torch(torch) -> None:
     """Call before torch computes: in a child forked with torch imported, run torch on one thread, since its
     OpenMP pool may have been started by the parent and would deadlock here."""

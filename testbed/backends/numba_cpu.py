@@ -94,7 +94,7 @@ from numba.extending import intrinsic
 from .. import workspace
 from ..registry import Backend, register, run_converted
 from ._blas import INT32_MAX, gemm, single_threaded_blas
-from ._runtime import parallel_kernel
+from ._runtime import parallel_kernel, serial_kernel
 from ._tasks import next_task
 
 __all__ = ["choose_path", "PATHS"]
@@ -126,6 +126,9 @@ BLOCKED_PANEL_PIXELS = 6
 #: Work items per thread ``blocked_direct`` keeps (fewer rows per tile) when a problem is small.
 BLOCKED_ITEMS_PER_THREAD = 4
 _BLOCKED_TILE_SIZE = BLOCKED_MAX_TILE_CO * BLOCKED_TILE_PIXELS
+#: ``blocked_direct`` moves its input channels-last on both threads above this size, on the calling thread below:
+#: every parallel region waits for all threads, and on a busy host a thread's core may be a time slice away.
+PARALLEL_COPY_BYTES = 4 * 2**20
 
 #: The GEMM paths compute this many bytes of ``columns`` (C_out·kH·kW·H·W per image) at most at a time;
 #: larger batches are done in slices.
@@ -622,13 +625,14 @@ def _to_channels_last(x, pixels):
                     pixels[n, h, w, c] = x[n, c, h, w]
 
 
-@parallel_kernel
+@serial_kernel
 def _pack_weight(weight, packed):
-    """``packed[g, a, b, ci, co] = weight[g·Ci_g + ci, co, a, b]`` (the padding lanes left as they are), a thread
-    per input channel: NumPy's strided copy took 0.6 ms for k4s2p1's 2 MB weight here."""
+    """``packed[g, a, b, ci, co] = weight[g·Ci_g + ci, co, a, b]`` (the padding lanes left as they are). On one
+    thread: weights are small, and a parallel region would wait for a second core (NumPy's strided copy took
+    0.6 ms for k4s2p1's 2 MB weight here)."""
     groups, k_h, k_w, per_group_in = packed.shape[:4]
     per_group_out = weight.shape[1]
-    for channel in prange(groups * per_group_in):
+    for channel in range(groups * per_group_in):
         g, ci = channel // per_group_in, channel % per_group_in
         for a in range(k_h):
             for b in range(k_w):
@@ -766,7 +770,7 @@ def _blocked_direct(x, weight, bias, problem, out=None, *, tile_co=None, tile_ro
         pixels, y_nchw = x, y.transpose(0, 3, 1, 2)     # the kernel indexes the output as (n, c, h, w)
     else:
         pixels, y_nchw = np.empty(x.shape[:1] + x.shape[2:] + x.shape[1:2], dtype=x.dtype), y
-        _to_channels_last(x, pixels)
+        (_to_channels_last if x.nbytes > PARALLEL_COPY_BYTES else _to_channels_last.serial)(x, pixels)
     _blocked_direct_tiles(pixels, _packed_weight(weight, problem), _bias_or_zeros(bias, problem), y_nchw,
                           *problem.stride, *problem.padding, *problem.dilation,
                           tile_co or _tile_co(problem.out_per_group), tile_rows or _tile_rows(problem))
