@@ -220,3 +220,18 @@ def test_killed_run_keeps_rows_and_resume_completes_it(tmp_path):
     assert len(frame) == 8 and frame["cell_key"].is_unique      # 4 tiny cases × 2 backends
     assert set(kept) <= set(frame["cell_key"])
     assert "resumed" in json.loads((run_dir / "meta.json").read_text())
+
+
+def test_compare_counts_the_cells_that_agree():
+    import pandas as pd
+
+    from experiments.compare import compare
+
+    def frame(medians):
+        return pd.DataFrame({"suite": "s", "case": ["a", "b", "c"], "backend": "x", "dtype": "float32",
+                             "layout": "NCHW", "status": ["ok", "ok", "error"], "median_s": medians})
+
+    rows = compare(frame([1.0, 1.0, 1.0]), frame([1.1, 0.8, 1.0]), tolerance=0.15)
+    assert list(rows["case"]) == ["a", "b"]                      # a cell not ok in either run is left out
+    assert list(rows["agrees"]) == [True, False]                 # 1.0 vs 0.8 is 25 % apart, measured both ways
+    assert rows["ratio"].tolist() == pytest.approx([1 / 1.1, 1 / 0.8])
