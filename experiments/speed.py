@@ -60,11 +60,14 @@ from .common import available_backend, finish, make_parser, selected_backends, s
 from .references import GEMM, TORCH_CHANNELS_LAST
 
 NAME = "speed"
+#: Fresh worker processes per cell under process isolation (``--rounds``).
+DEFAULT_ROUNDS = 3
 #: Columns of the report's table of every cell.
 CELL_COLUMNS = ["suite", "case", "descriptor", "backend", "resolved_backend", "dtype", "layout", "status", "median_s",
                 "min_s", "iqr_s", "repeats", "loops", "unstable", "first_call_s", "gflops", "gemm_ceiling_pct", "gbps",
                 "speedup", "speedup_ci_low", "speedup_ci_high", "ratio_to_gemm", "minor_faults_per_call",
-                "peak_rss_increase_mb", "load_1min", "isolation", "allocation", "timing_method"]
+                "peak_rss_increase_mb", "load_1min", "isolation", "rounds", "round_spread", "allocation",
+                "timing_method"]
 #: Cells left out unless --exclude says otherwise: on the U-Net shapes the oracle ``naive`` takes 5-15 s per
 #: call here, and ``fft`` ~80 s (its channel sum is C_in·C_out kernel spectra, unet1: 1024·512·57·29 complex
 #: values ≈ 7 GB, computed in blocks of output channels and streamed through a per-frequency GEMM).
@@ -120,6 +123,10 @@ def build_parser():
                         help="process: each cell in a fresh worker process (default); interleaved: one process, "
                              "backends round-robin within each repeat; inline: one after another in this "
                              "process (default with --quick)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="under process isolation, time each cell in this many fresh worker processes, the "
+                             "backends of a case taking turns, and pool their samples (default 3; 1 with --quick): "
+                             "a burst of other load then falls on every backend of the case alike")
     parser.add_argument("--allocation", choices=ALLOCATIONS, default="alloc",
                         help="alloc: every call allocates its result (default); out: the result is written "
                              "into a preallocated out= array")
@@ -186,7 +193,7 @@ def make_measure(seed: int, settings: TimingSettings, isolation: str, allocation
         return TimingJob(cell.problem, cell.backend, allocation, rng=cell_rng(seed, cell))
 
     def measure(cell, backend):
-        if isolation == "interleaved":
+        if isolation == "interleaved" or settings.rounds > 1:    # a case at once: its backends take turns
             key = group_of(cell)
             if key not in timed_groups:
                 group = groups[key]
@@ -254,6 +261,10 @@ def main(argv=None, *, out=None, suites=None):
     if args.budget is not None:
         # an explicit budget governs: repeats continue until it is spent (capped only against runaway loops)
         settings = replace(settings, max_repeats=100_000, budget_s=args.budget)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else DEFAULT_ROUNDS)
+    if rounds < 1:
+        raise SystemExit(f"--rounds must be >= 1, got {rounds}")
+    settings = replace(settings, rounds=rounds if isolation == "process" else 1)
     backends = ordered_backends(selected_backends(args), baseline)
 
     def extra_meta():
@@ -320,8 +331,10 @@ def how_measured(meta: dict) -> str:
                   "weight." if meta.get("references") not in (None, "none", False) else "")
     return (f"**How the times were taken** (testbed.timing): layout `{layout}`; isolation `{isolation}`: "
             f"{ISOLATION_TEXT.get(isolation, '?')}; allocation `{allocation}`: {ALLOCATION_TEXT.get(allocation, '?')}. "
-            f"Per cell: one first call (timed alone: Numba compile or cache load), {timing.get('warmup')} warm-up "
-            f"call(s), then samples of `loops` back-to-back calls (each sample at least "
+            f"{_rounds_text(timing.get('rounds', 1))}"
+            f"Per cell: one first call (timed alone: Numba compile or cache load), warm-up calls (at least "
+            f"{timing.get('warmup')}, for at least {timing.get('warmup_s', 0)} s), then samples of `loops` "
+            f"back-to-back calls (each sample at least "
             f"{timing.get('min_sample_s', 0) * 1e3:g} ms) until {timing.get('budget_s')} s are spent "
             f"({timing.get('min_repeats')} to {timing.get('max_repeats')} samples), all through "
             f"`conv_transpose2d` with time.perf_counter. Reported: the median (min, IQR) per-call time; "
@@ -329,7 +342,14 @@ def how_measured(meta: dict) -> str:
             f"(getrusage); the process's peak RSS increase during the cell. Speedup = baseline median / median, "
             f"with a bootstrap 95 % interval (scipy.stats.bootstrap, percentile, both sample sets resampled). "
             f"The baseline is timed first in each case and again after the case's last backend (except "
-            f"interleaved): `baseline_drift` = end / start - 1.{references}\n")
+            f"interleaved or in rounds): `baseline_drift` = end / start - 1.{references}\n")
+
+
+def _rounds_text(rounds) -> str:
+    if not rounds or rounds == 1:
+        return ""
+    return (f"Each cell was timed in {rounds} fresh worker processes, the backends of a case taking turns "
+            f"(A B C A B C …), and its samples pooled; `round_spread` = slowest round's median / fastest's - 1. ")
 
 
 def _with_ci(sub):

@@ -70,7 +70,10 @@ class TimingSettings:
     and until ``warmup_s`` seconds are spent, then samples of ``loops`` calls each (at least ``min_sample_s``
     long) until ``budget_s`` seconds are spent, at least ``min_repeats`` and at most ``max_repeats`` samples.
     ``unstable_ratio``: IQR/median above which a row is flagged ``unstable``. ``worker_timeout_s``: a
-    ``process`` worker running longer is killed (an ``error`` row).
+    ``process`` worker running longer is killed (an ``error`` row). ``rounds``: under ``process`` isolation,
+    each job is timed in this many fresh workers, the jobs taking turns (A B C A B C …, as pyperf spreads a
+    benchmark over worker processes), and the samples of its rounds pooled: a minute of other load on a shared
+    host then falls on every job alike instead of on whichever ran in it.
 
     ``warmup_s``: a fresh process runs its first few hundred milliseconds of calls slower (measured here: the
     bare GEMM of unet4 30-31 ms for its first 10 calls, 23-24 ms after; the page cache, the allocator's
@@ -86,9 +89,10 @@ class TimingSettings:
     unstable_ratio: float = 0.10
     worker_timeout_s: float = 1800.0
     warmup_s: float = 0.3
+    rounds: int = 1
 
     def __post_init__(self):
-        for name in ("warmup", "min_repeats", "max_repeats", "max_loops"):
+        for name in ("warmup", "min_repeats", "max_repeats", "max_loops", "rounds"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "warmup" else 1):
                 raise ValueError(f"{name} must be an int >= {0 if name == 'warmup' else 1}, got {value!r}")
@@ -477,14 +481,44 @@ def time_jobs(jobs: Sequence[TimingJob], settings: TimingSettings = TimingSettin
     elif isolation == "inline":
         results = [_time_job_here(job, settings, keep_samples) for job in jobs]
     else:
-        results = []
-        for job in jobs:
-            try:
-                results.append(run_in_worker(_time_job_here, job, settings, keep_samples,
-                                             timeout_s=settings.worker_timeout_s, start_method=start_method))
-            except WorkerError as exc:
-                results.append({"status": "error", "message": str(exc)})
+        rounds: list[list[dict]] = [[] for _ in jobs]
+        for _ in range(settings.rounds):
+            for i, job in enumerate(jobs):
+                if rounds[i] and rounds[i][0].get("status", "ok") not in ("ok", "error"):
+                    continue                                  # unsupported, unavailable: one answer is enough
+                try:
+                    rounds[i].append(run_in_worker(_time_job_here, job, settings, True,
+                                                   timeout_s=settings.worker_timeout_s, start_method=start_method))
+                except WorkerError as exc:
+                    rounds[i].append({"status": "error", "message": str(exc)})
+        results = [_pooled(results, settings, keep_samples) for results in rounds]
     return [_job_row(job, result, isolation) for job, result in zip(jobs, results)]
+
+
+def _pooled(results: list[dict], settings: TimingSettings, keep_samples: bool) -> dict:
+    """One job's rounds (each a fresh worker) as one result: the samples of every round that timed, pooled
+    (:func:`summarize`), the first round's first call, the mean faults per call, the largest peak RSS, and
+    ``rounds`` (how many timed) with ``round_spread`` (slowest round median / fastest - 1: how much a fresh
+    process alone moves the time). A job none of whose rounds timed gives its first result."""
+    timed = [r for r in results if r.get("status", "ok") == "ok" and r.get("samples_s")]
+    if not timed:
+        first = dict(results[0])
+        if not keep_samples:
+            first.pop("samples_s", None)
+        return first
+    samples = [value for r in timed for value in r["samples_s"]]
+    medians = [r["median_s"] for r in timed]
+    pooled = {**timed[0], **summarize(samples, settings.unstable_ratio), "rounds": len(timed),
+              "round_spread": max(medians) / min(medians) - 1 if min(medians) > 0 else math.nan}
+    for key, combine in (("minor_faults_per_call", np.mean), ("peak_rss_mb", max), ("peak_rss_increase_mb", max)):
+        values = [r[key] for r in timed if isinstance(r.get(key), (int, float))]
+        if values:
+            pooled[key] = float(combine(values))
+    if keep_samples:
+        pooled["samples_s"] = samples
+    else:
+        pooled.pop("samples_s", None)
+    return pooled
 
 
 # ---- worker processes --------------------------------------------------------------------------------------------

@@ -194,6 +194,29 @@ def test_speed_experiment_in_process_isolation_records_how_it_timed(tmp_path):
     assert "isolation `process`" in (run_dir / "report.md").read_text()
 
 
+def test_process_rounds_take_turns_and_pool_their_samples(tmp_path):
+    """rounds=2: every job timed in two fresh workers, the jobs alternating; one row per job with the samples
+    of both rounds pooled; an unsupported job is asked once."""
+    settings = replace(FEW, rounds=2)
+    rows = time_jobs([TimingJob(SMALL, "kron"), TimingJob(SMALL.with_(stride=1), "kron"),
+                      TimingJob(SMALL, "col2im")], settings, isolation="process", keep_samples=True)
+    kron, unsupported, col2im = rows
+    assert kron["status"] == col2im["status"] == "ok" and unsupported["status"] == "unsupported"
+    assert kron["rounds"] == col2im["rounds"] == 2
+    assert kron["repeats"] == len(kron["samples_s"]) == 6 and kron["round_spread"] >= 0
+    assert "rounds" not in unsupported
+    with pytest.raises(ValueError, match="rounds"):
+        TimingSettings(rounds=0)
+    from experiments import speed
+
+    run_dir = speed.main(
+        ["--quick", "--no-progress", "--isolation", "process", "--rounds", "2", "--backends", "kron,col2im",
+         "--baseline", "col2im", "--suite", "tiny", "--cases", "tiny_k2s2", "--out", str(tmp_path / "run")])
+    meta, frame = _results(run_dir)
+    assert set(frame["rounds"]) == {2} and meta["timing"]["rounds"] == 2
+    assert "2 fresh worker processes" in (run_dir / "report.md").read_text()
+
+
 def test_interference_quick(tmp_path):
     from experiments import interference
 
