@@ -23,15 +23,20 @@ KEYS = ["suite", "case", "backend", "dtype", "layout"]
 
 def compare(frame_a, frame_b, tolerance: float = 0.15):
     """One row per cell timed ``ok`` in both runs: ``median_a_ms``, ``median_b_ms``, ``ratio`` (A / B) and
-    ``agrees`` (``|A / B - 1| <= tolerance`` both ways, i.e. ``max/min - 1 <= tolerance``)."""
+    ``agrees`` (``|A / B - 1| <= tolerance`` both ways, i.e. ``max/min - 1 <= tolerance``); where both runs
+    have a ``speedup`` column, ``speedup_a``, ``speedup_b`` and ``speedup_agrees`` alike."""
     keys = [k for k in KEYS if k in frame_a and k in frame_b]
-    ok_a = frame_a[frame_a["status"] == "ok"][[*keys, "median_s"]]
-    ok_b = frame_b[frame_b["status"] == "ok"][[*keys, "median_s"]]
+    values = ["median_s", *(["speedup"] if "speedup" in frame_a and "speedup" in frame_b else [])]
+    ok_a = frame_a[frame_a["status"] == "ok"][[*keys, *values]]
+    ok_b = frame_b[frame_b["status"] == "ok"][[*keys, *values]]
     both = ok_a.merge(ok_b, on=keys, suffixes=("_a", "_b"))
     both = both.assign(median_a_ms=both["median_s_a"] * 1e3, median_b_ms=both["median_s_b"] * 1e3)
     both["ratio"] = both["median_s_a"] / both["median_s_b"]
     spread = both[["median_s_a", "median_s_b"]].max(axis=1) / both[["median_s_a", "median_s_b"]].min(axis=1)
     both["agrees"] = spread - 1 <= tolerance
+    if "speedup" in values:     # the ratio to the baseline measured in the same run, A's against B's
+        high = both[["speedup_a", "speedup_b"]].max(axis=1)
+        both["speedup_agrees"] = high / both[["speedup_a", "speedup_b"]].min(axis=1) - 1 <= tolerance
     return both.drop(columns=["median_s_a", "median_s_b"])
 
 
@@ -51,6 +56,11 @@ def report(run_a, run_b, tolerance: float = 0.15) -> str:
              f"\n**{int(rows['agrees'].sum())} of {len(rows)}** cells agree within {tolerance:.0%}; "
              f"median |A/B − 1| = {float((rows['ratio'] - 1).abs().median()):.1%}, "
              f"largest {float((rows['ratio'] - 1).abs().max()):.1%}.\n"]
+    if "speedup_agrees" in rows:
+        paired = rows.dropna(subset=["speedup_a", "speedup_b"])
+        lines.append(f"Speedups over each run's own baseline (`{meta_a.get('baseline')}`) agree within {tolerance:.0%} "
+                     f"in **{int(paired['speedup_agrees'].sum())} of {len(paired)}** cells: a burst of other load "
+                     f"moves a whole case, the ratios measured side by side in it much less.\n")
     return "\n".join(lines)
 
 

@@ -227,11 +227,13 @@ def test_compare_counts_the_cells_that_agree():
 
     from experiments.compare import compare
 
-    def frame(medians):
+    def frame(medians, speedups):
         return pd.DataFrame({"suite": "s", "case": ["a", "b", "c"], "backend": "x", "dtype": "float32",
-                             "layout": "NCHW", "status": ["ok", "ok", "error"], "median_s": medians})
+                             "layout": "NCHW", "status": ["ok", "ok", "error"], "median_s": medians,
+                             "speedup": speedups})
 
-    rows = compare(frame([1.0, 1.0, 1.0]), frame([1.1, 0.8, 1.0]), tolerance=0.15)
+    rows = compare(frame([1.0, 1.0, 1.0], [2.0, 2.0, 1.0]), frame([1.1, 0.8, 1.0], [1.5, 2.1, 1.0]), tolerance=0.15)
+    assert list(rows["speedup_agrees"]) == [False, True]         # the ratios judged apart from the medians
     assert list(rows["case"]) == ["a", "b"]                      # a cell not ok in either run is left out
     assert list(rows["agrees"]) == [True, False]                 # 1.0 vs 0.8 is 25 % apart, measured both ways
     assert rows["ratio"].tolist() == pytest.approx([1 / 1.1, 1 / 0.8])

@@ -10,9 +10,10 @@ configuration (``naive``, last in every list, supports everything).
 The lists are data, not code: :data:`PREFERENCE_FILE` (``auto_preference.json``, shipped with the package)
 holds, per class, the measured medians (ms per call of every backend on every shape of the class) and the
 order they give (:func:`preference_order`: fastest geometric mean first, then the unmeasured fallbacks),
-with the run, machine, command and date they come from. Re-measure and regenerate the file with
-``python -m experiments.auto_preference RUN_DIR`` (``RUN_DIR`` from ``python -m experiments.speed --suite
-unet,decoder``) when the host or the backends change.
+with the run, machine, command and date they come from. Re-measure and regenerate the file when the host or
+the backends change, with ``python -m experiments.tune --suite unet,decoder --write-table`` (every candidate
+timed in fresh processes), or from a speed run with ``python -m experiments.auto_preference RUN_DIR``. Before
+the table, ``auto`` asks the planner (:mod:`testbed.planner`): wisdom measured for the exact problem wins.
 """
 
 from __future__ import annotations
