@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,6 +39,8 @@ NAME = "tune"
 DEFAULT_TABLE = Path(auto.__file__).with_name(getattr(auto, "PREFERENCE_FILE", "auto_preference.json"))
 #: After the ranked backends of a class: the oracle supports every configuration.
 FALLBACK = ["naive"]
+#: Fresh workers per fully timed candidate under process isolation (``--rounds``).
+DEFAULT_ROUNDS = 3
 #: How many times ``auto`` and the winner are timed alternately after tuning (see :func:`verify_auto`).
 VERIFY_ROUNDS = 3
 CELL_COLUMNS = ["suite", "case", "dtype", "backend", "status", "median_s", "ci_low_s", "ci_high_s", "ratio_to_winner",
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-table", type=Path, nargs="?", const=DEFAULT_TABLE, default=None,
                         help=f"also regenerate auto's class table from these timings (default path {DEFAULT_TABLE}); "
                              f"times every candidate fully")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="under process isolation, time every fully timed candidate in this many fresh "
+                             "workers, the candidates taking turns, samples pooled (default 3; 1 with --quick): "
+                             "one fresh process's median moves by ~20 %% on a shared host")
     parser.add_argument("--no-store", action="store_true", help="do not keep the winners as wisdom")
     parser.add_argument("--no-verify", action="store_true",
                         help="do not time auto itself after tuning (by default each case's auto is timed with the "
@@ -72,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_for(args) -> TimingSettings:
     base = TimingSettings.quick() if args.quick else TimingSettings(warmup=1, min_repeats=5, max_repeats=30,
                                                                     budget_s=0.3, worker_timeout_s=1800.0)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else DEFAULT_ROUNDS)
+    if rounds < 1:
+        raise SystemExit(f"--rounds must be >= 1, got {rounds}")
+    base = replace(base, rounds=rounds)
     if args.budget is None:
         return base
     return replace(base, max_repeats=100_000, budget_s=args.budget)
@@ -80,19 +89,16 @@ def settings_for(args) -> TimingSettings:
 def verify_auto(problem, winner, settings: TimingSettings, isolation: str, seed: int,
                 rounds: int = VERIFY_ROUNDS) -> tuple[float, float]:
     """``(auto's median, the winner's median)`` on ``problem`` (NaN where not timed), timed like the candidates
-    (under ``process`` isolation each in a fresh worker, so ``auto`` must find the winner through the wisdom
-    file), alternately ``rounds`` times, each the median of its rounds: measured side by side, so that the
-    machine's drift between the tuning and the check does not pass for a difference between them."""
+    (under ``process`` isolation in fresh workers, so ``auto`` must find the winner through the wisdom file),
+    side by side: ``rounds`` rounds in which the two take turns, their samples pooled, so that the machine's
+    drift between the tuning and the check does not pass for a difference between them."""
     if winner is None:
         return math.nan, math.nan
-    rows = time_jobs([TimingJob(problem, name, rng=seed) for _ in range(rounds) for name in (winner, "auto")],
-                     settings, isolation=isolation)
-
-    def median_of(name):
-        values = [row["median_s"] for row in rows if row["backend"] == name and row.get("status") == "ok"]
-        return statistics.median(values) if values else math.nan
-
-    return median_of("auto"), median_of(winner)
+    rows = time_jobs([TimingJob(problem, "auto", rng=seed), TimingJob(problem, winner, rng=seed)],
+                     replace(settings, rounds=rounds), isolation=isolation)
+    auto_row, winner_row = (row.get("median_s", math.nan) if row.get("status") == "ok" else math.nan
+                            for row in rows)
+    return float(auto_row), float(winner_row)
 
 
 def case_rows(suite_name: str, case: str, problem, result: planner.TuneResult,
@@ -244,8 +250,8 @@ def write_report(run_dir) -> str:
              f"in `{meta.get('wisdom')}`: {meta.get('store')}. *rule* = the class table's choice before tuning; "
              f"*auto after tuning* = `testbed.explain` after the winner was stored; *auto ms* = `auto` itself "
              f"timed afterwards the same way (a fresh worker under process isolation: it reads the wisdom file), "
-             f"{VERIFY_ROUNDS} times alternately with the winner (*winner ms, beside auto*), each the median of its "
-             f"rounds, and *auto / winner* their ratio. *tuning s* = wall time of the "
+             f"in {VERIFY_ROUNDS} rounds alternating with the winner (*winner ms, beside auto*), each one's samples "
+             f"pooled, and *auto / winner* their ratio. *tuning s* = wall time of the "
              f"measurement, which is what the first call of a new signature pays in the `measure` planner mode.\n"]
     if not frame.empty:
         table = summary(frame)

@@ -51,6 +51,7 @@ from .timing import (
     WorkerError,
     run_in_worker,
     speedup_ci,
+    summarize,
     time_backend,
     time_jobs,
 )
@@ -422,6 +423,8 @@ def _measure(problem: Problem, backends: Sequence[Backend], isolation: str, sett
         estimate = result.get("median_s", result.get("pilot_s")) if result.get("status") == "ok" else None
         if estimate is not None and math.isfinite(estimate):
             best = estimate if best is None else min(best, estimate)
+    if isolation == "process" and settings.rounds > 1:
+        _more_rounds(problem, backends, results, settings, seed, picklable)
     if isolation == "interleaved":
         survivors = [i for i, result in enumerate(results) if result.get("status") == "ok"]
         rows = time_jobs([TimingJob(problem, picklable(backends[i]), rng=seed) for i in survivors], settings,
@@ -430,6 +433,25 @@ def _measure(problem: Problem, backends: Sequence[Backend], isolation: str, sett
             pilot = {key: results[i][key] for key in ("first_call_s", "pilot_s")}
             results[i] = {**{k: v for k, v in row.items() if k != "backend"}, **pilot}
     return results
+
+
+def _more_rounds(problem: Problem, backends: Sequence[Backend], results: list[dict[str, Any]],
+                 settings: TimingSettings, seed: int, picklable) -> None:
+    """``settings.rounds - 1`` more fresh workers for every candidate that was fully timed, the candidates
+    taking turns; each one's samples pooled into its result (as :func:`testbed.timing.time_jobs` does)."""
+    timed = [i for i, result in enumerate(results) if result.get("status") == "ok" and result.get("samples_s")]
+    for _ in range(settings.rounds - 1):
+        for i in timed:
+            try:
+                extra = run_in_worker(_time_candidate, problem, picklable(backends[i]), settings, None, math.inf,
+                                      seed, timeout_s=settings.worker_timeout_s)
+            except WorkerError:
+                continue
+            if extra.get("status") == "ok" and extra.get("samples_s"):
+                results[i]["samples_s"] = [*results[i]["samples_s"], *extra["samples_s"]]
+                results[i]["rounds"] = results[i].get("rounds", 1) + 1
+    for i in timed:
+        results[i].update(summarize(results[i]["samples_s"], settings.unstable_ratio))
 
 
 def _median_ci(samples: np.ndarray) -> tuple[float, float]:

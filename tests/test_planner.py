@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import threading
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import planner_fakes as fakes
@@ -117,6 +118,15 @@ def test_tune_in_worker_processes_and_without_storing(wisdom_file):
     assert [c.status for c in result.candidates] == ["ok", "ok"], result
     assert result.winner == "fake_fast" and result.timing("fake_medium").ratio > 1
     assert result.stored is None and not wisdom_file.exists()
+    assert result.timing("fake_fast").repeats == FEW.min_repeats
+
+
+def test_tune_in_rounds_pools_each_candidates_fresh_workers(wisdom_file):
+    result = testbed.tune(UP["x"], UP["w"], candidates=[fakes.MEDIUM, fakes.FAST], isolation="process",
+                          settings=replace(FEW, rounds=2), store=False, **UP["kwargs"])
+    assert result.winner == "fake_fast"
+    assert [c.repeats for c in result.candidates] == [2 * FEW.min_repeats] * 2
+    assert all(len(c.samples_s) == 2 * FEW.min_repeats for c in result.candidates)
 
 
 def test_default_candidates_follow_the_rule_and_leave_out_the_references():
