@@ -49,9 +49,9 @@ from .timing import (
     TimingJob,
     TimingSettings,
     WorkerError,
+    pool_rounds,
     run_in_worker,
     speedup_ci,
-    summarize,
     time_backend,
     time_jobs,
 )
@@ -438,20 +438,18 @@ def _measure(problem: Problem, backends: Sequence[Backend], isolation: str, sett
 def _more_rounds(problem: Problem, backends: Sequence[Backend], results: list[dict[str, Any]],
                  settings: TimingSettings, seed: int, picklable) -> None:
     """``settings.rounds - 1`` more fresh workers for every candidate that was fully timed, the candidates
-    taking turns; each one's samples pooled into its result (as :func:`testbed.timing.time_jobs` does)."""
+    taking turns; each one's rounds pooled into its result (:func:`testbed.timing.pool_rounds`)."""
     timed = [i for i, result in enumerate(results) if result.get("status") == "ok" and result.get("samples_s")]
+    rounds: dict[int, list[dict[str, Any]]] = {i: [results[i]] for i in timed}
     for _ in range(settings.rounds - 1):
         for i in timed:
             try:
-                extra = run_in_worker(_time_candidate, problem, picklable(backends[i]), settings, None, math.inf,
-                                      seed, timeout_s=settings.worker_timeout_s)
+                rounds[i].append(run_in_worker(_time_candidate, problem, picklable(backends[i]), settings, None,
+                                               math.inf, seed, timeout_s=settings.worker_timeout_s))
             except WorkerError:
                 continue
-            if extra.get("status") == "ok" and extra.get("samples_s"):
-                results[i]["samples_s"] = [*results[i]["samples_s"], *extra["samples_s"]]
-                results[i]["rounds"] = results[i].get("rounds", 1) + 1
     for i in timed:
-        results[i].update(summarize(results[i]["samples_s"], settings.unstable_ratio))
+        results[i] = pool_rounds(rounds[i], settings, keep_samples=True)
 
 
 def _median_ci(samples: np.ndarray) -> tuple[float, float]:

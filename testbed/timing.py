@@ -52,8 +52,9 @@ from .registry import Backend
 from .testing import call_kwargs
 
 __all__ = ["ALLOCATIONS", "ISOLATIONS", "TimingJob", "TimingSettings", "WorkerError", "load_average",
-           "machine_state", "minor_faults", "peak_rss_bytes", "prepare_call", "reset_peak_rss", "rss_bytes",
-           "run_in_worker", "speedup_ci", "summarize", "thread_pools", "time_backend", "time_call", "time_jobs"]
+           "machine_state", "minor_faults", "peak_rss_bytes", "pool_rounds", "prepare_call", "reset_peak_rss",
+           "rss_bytes", "run_in_worker", "speedup_ci", "summarize", "thread_pools", "time_backend", "time_call",
+           "time_jobs"]
 
 ISOLATIONS = ("process", "interleaved", "inline")
 ALLOCATIONS = ("alloc", "out")
@@ -491,15 +492,16 @@ def time_jobs(jobs: Sequence[TimingJob], settings: TimingSettings = TimingSettin
                                                    timeout_s=settings.worker_timeout_s, start_method=start_method))
                 except WorkerError as exc:
                     rounds[i].append({"status": "error", "message": str(exc)})
-        results = [_pooled(results, settings, keep_samples) for results in rounds]
+        results = [pool_rounds(results, settings, keep_samples) for results in rounds]
     return [_job_row(job, result, isolation) for job, result in zip(jobs, results)]
 
 
-def _pooled(results: list[dict], settings: TimingSettings, keep_samples: bool) -> dict:
-    """One job's rounds (each a fresh worker) as one result: the samples of every round that timed, pooled
-    (:func:`summarize`), the first round's first call, the mean faults per call, the largest peak RSS, and
-    ``rounds`` (how many timed) with ``round_spread`` (slowest round median / fastest - 1: how much a fresh
-    process alone moves the time). A job none of whose rounds timed gives its first result."""
+def pool_rounds(results: Sequence[dict], settings: TimingSettings, keep_samples: bool = False) -> dict:
+    """One job's rounds (each a fresh worker, with its ``samples_s``) as one result: the samples of every round
+    that timed, pooled (:func:`summarize`), the first round's other fields (its first call), the mean faults
+    per call, the largest peak RSS, and ``rounds`` (how many timed) with ``round_spread`` (slowest round median
+    / fastest - 1: how much a fresh process alone moves the time). A job none of whose rounds timed gives its
+    first result."""
     timed = [r for r in results if r.get("status", "ok") == "ok" and r.get("samples_s")]
     if not timed:
         first = dict(results[0])
