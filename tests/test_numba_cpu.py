@@ -168,6 +168,22 @@ def test_channels_last_paths_match_nchw_bitwise(name):
     assert np.array_equal(out, y)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_blocked_direct_stale_workspace_never_leaks():
+    """NaN left in blocked_direct's kept buffers (channels-last input, packed weight and its padding lanes) by
+    an earlier, wider call must not reach the result (the padding lanes' accumulators are never written out)."""
+    from testbed import workspace
+
+    wide, (problem, _) = CASES["blocked_dilation_groups"][0], CASES["blocked_k3s2p1op1_asym"]
+    numba_cpu._blocked_direct(*wide.random_arrays(1), wide)
+    for name in ("numba_cpu.blocked_weight", "numba_cpu.channels_last_input"):
+        workspace._pool().buffers[name].view(np.uint8)[:] = 0xFF          # all-ones bytes: NaN
+    x, weight, bias = problem.random_arrays(2)
+    y = numba_cpu._blocked_direct(x, weight, bias, problem)
+    assert np.isfinite(y).all()
+    assert_close_to_oracle(y, x, weight, bias, **call_kwargs(problem))
+
+
 def test_blocked_direct_sign_of_zero():
     """Outputs that no product reaches, or whose products are all -0.0, are +0.0 + bias (PyTorch's sign): a
     -0.0 bias alone gives +0.0."""

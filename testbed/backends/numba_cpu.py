@@ -734,7 +734,9 @@ def _packed_weight(weight, problem):
     """The weight as ``(G, kH, kW, C_in/G, C_out/G⁺)``, the output channels padded with zeros to a multiple of 16:
     for each (group, tap, input channel) whole vectors of output channels are one contiguous run."""
     g, (kh, kw) = problem.groups, problem.kernel_size
-    packed = np.zeros((g, kh, kw, problem.in_per_group, _round_up(problem.out_per_group, 16)), dtype=weight.dtype)
+    packed = workspace.scratch("numba_cpu.blocked_weight",
+                               (g, kh, kw, problem.in_per_group, _round_up(problem.out_per_group, 16)), weight.dtype)
+    packed[..., problem.out_per_group:] = 0     # never written out, but stale bits could be denormals: slow FMAs
     _pack_weight(weight, packed)
     return packed
 
@@ -764,12 +766,15 @@ def _tile_rows(problem):
 
 def _blocked_direct(x, weight, bias, problem, out=None, *, tile_co=None, tile_rows=None):
     """``blocked_direct``; ``tile_co`` (a multiple of 16) and ``tile_rows`` override the chosen tiles (the
-    result is the same bitwise)."""
+    result is the same bitwise). The channels-last input and the packed weight live in this thread's kept
+    workspace (:mod:`testbed.workspace`), so a repeated call allocates only its result."""
     y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
     if problem.layout == "NHWC":
         pixels, y_nchw = x, y.transpose(0, 3, 1, 2)     # the kernel indexes the output as (n, c, h, w)
     else:
-        pixels, y_nchw = np.empty(x.shape[:1] + x.shape[2:] + x.shape[1:2], dtype=x.dtype), y
+        pixels = workspace.scratch("numba_cpu.channels_last_input", x.shape[:1] + x.shape[2:] + x.shape[1:2],
+                                   x.dtype)
+        y_nchw = y
         (_to_channels_last if x.nbytes > PARALLEL_COPY_BYTES else _to_channels_last.serial)(x, pixels)
     _blocked_direct_tiles(pixels, _packed_weight(weight, problem), _bias_or_zeros(bias, problem), y_nchw,
                           *problem.stride, *problem.padding, *problem.dilation,
