@@ -20,8 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from experiments.harness.metadata import PROJECT_ROOT, collect_metadata, git_state, run_id
-from experiments.harness.storage import (HarnessError, RowLog, atomic_write_json, lock_run_directory, to_jsonable,
-                                         unlock_run_directory, writing)
+from experiments.harness.storage import (
+    HarnessError,
+    RowLog,
+    atomic_write_json,
+    lock_run_directory,
+    to_jsonable,
+    unlock_run_directory,
+    writing,
+)
 from testbed.registry import available_backends, get_backend, list_backends
 
 RESULTS_ROOT = PROJECT_ROOT / "results"
@@ -96,6 +103,30 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--allow-version-mismatch", action="store_true",
                        help="with --executor dask: go on (and record it) when workers run other versions of "
                             "NumPy, SciPy, Numba, torch or the testbed than this process")
+
+
+#: Fresh worker processes per timed cell under process isolation (``--rounds`` of speed and tune).
+DEFAULT_ROUNDS = 3
+
+
+def round_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_rounds_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--rounds N``: under process isolation each of ``what`` timed in N fresh workers, taking turns, samples
+    pooled (:class:`testbed.timing.TimingSettings`); read it with :func:`rounds_of`."""
+    parser.add_argument("--rounds", type=round_count, default=None,
+                        help=f"under process isolation, time each {what} in this many fresh worker processes, "
+                             f"taking turns, and pool their samples (default {DEFAULT_ROUNDS}; 1 with --quick): a "
+                             f"burst of other load then falls on all of them alike")
+
+
+def rounds_of(args) -> int:
+    return args.rounds if args.rounds is not None else (1 if args.quick else DEFAULT_ROUNDS)
 
 
 def make_parser(name: str, description: str, *, dtypes: str | None = None) -> argparse.ArgumentParser:

@@ -56,12 +56,19 @@ from testbed.problem import LAYOUTS
 from testbed.registry import available_backends, get_backend
 from testbed.timing import ALLOCATIONS, ISOLATIONS, TimingJob, TimingSettings, speedup_ci, time_jobs
 
-from .common import available_backend, finish, make_parser, selected_backends, start_run, sweep_executor
+from .common import (
+    add_rounds_argument,
+    available_backend,
+    finish,
+    make_parser,
+    rounds_of,
+    selected_backends,
+    start_run,
+    sweep_executor,
+)
 from .references import GEMM, TORCH_CHANNELS_LAST
 
 NAME = "speed"
-#: Fresh worker processes per cell under process isolation (``--rounds``).
-DEFAULT_ROUNDS = 3
 #: Columns of the report's table of every cell.
 CELL_COLUMNS = ["suite", "case", "descriptor", "backend", "resolved_backend", "dtype", "layout", "status", "median_s",
                 "min_s", "iqr_s", "repeats", "loops", "unstable", "first_call_s", "gflops", "gemm_ceiling_pct", "gbps",
@@ -123,10 +130,7 @@ def build_parser():
                         help="process: each cell in a fresh worker process (default); interleaved: one process, "
                              "backends round-robin within each repeat; inline: one after another in this "
                              "process (default with --quick)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="under process isolation, time each cell in this many fresh worker processes, the "
-                             "backends of a case taking turns, and pool their samples (default 3; 1 with --quick): "
-                             "a burst of other load then falls on every backend of the case alike")
+    add_rounds_argument(parser, "cell (the backends of a case)")
     parser.add_argument("--allocation", choices=ALLOCATIONS, default="alloc",
                         help="alloc: every call allocates its result (default); out: the result is written "
                              "into a preallocated out= array")
@@ -261,10 +265,7 @@ def main(argv=None, *, out=None, suites=None):
     if args.budget is not None:
         # an explicit budget governs: repeats continue until it is spent (capped only against runaway loops)
         settings = replace(settings, max_repeats=100_000, budget_s=args.budget)
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick else DEFAULT_ROUNDS)
-    if rounds < 1:
-        raise SystemExit(f"--rounds must be >= 1, got {rounds}")
-    settings = replace(settings, rounds=rounds if isolation == "process" else 1)
+    settings = replace(settings, rounds=rounds_of(args) if isolation == "process" else 1)
     backends = ordered_backends(selected_backends(args), baseline)
 
     def extra_meta():

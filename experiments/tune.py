@@ -32,15 +32,13 @@ from testbed.backends import auto
 from testbed.cases import suite
 from testbed.timing import ISOLATIONS, TimingJob, TimingSettings, time_jobs
 
-from .common import finish, make_parser, start_run
+from .common import add_rounds_argument, finish, make_parser, rounds_of, start_run
 from .speed import suite_list
 
 NAME = "tune"
 DEFAULT_TABLE = Path(auto.__file__).with_name(getattr(auto, "PREFERENCE_FILE", "auto_preference.json"))
 #: After the ranked backends of a class: the oracle supports every configuration.
 FALLBACK = ["naive"]
-#: Fresh workers per fully timed candidate under process isolation (``--rounds``).
-DEFAULT_ROUNDS = 3
 #: How many times ``auto`` and the winner are timed alternately after tuning (see :func:`verify_auto`).
 VERIFY_ROUNDS = 3
 CELL_COLUMNS = ["suite", "case", "dtype", "backend", "status", "median_s", "ci_low_s", "ci_high_s", "ratio_to_winner",
@@ -63,10 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-table", type=Path, nargs="?", const=DEFAULT_TABLE, default=None,
                         help=f"also regenerate auto's class table from these timings (default path {DEFAULT_TABLE}); "
                              f"times every candidate fully")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="under process isolation, time every fully timed candidate in this many fresh "
-                             "workers, the candidates taking turns, samples pooled (default 3; 1 with --quick): "
-                             "one fresh process's median moves by ~20 %% on a shared host")
+    add_rounds_argument(parser, "fully timed candidate")
     parser.add_argument("--no-store", action="store_true", help="do not keep the winners as wisdom")
     parser.add_argument("--no-verify", action="store_true",
                         help="do not time auto itself after tuning (by default each case's auto is timed with the "
@@ -77,10 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_for(args) -> TimingSettings:
     base = TimingSettings.quick() if args.quick else TimingSettings(warmup=1, min_repeats=5, max_repeats=30,
                                                                     budget_s=0.3, worker_timeout_s=1800.0)
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick else DEFAULT_ROUNDS)
-    if rounds < 1:
-        raise SystemExit(f"--rounds must be >= 1, got {rounds}")
-    base = replace(base, rounds=rounds)
+    base = replace(base, rounds=rounds_of(args))
     if args.budget is None:
         return base
     return replace(base, max_repeats=100_000, budget_s=args.budget)
