@@ -100,7 +100,7 @@ from ._tasks import next_task
 __all__ = ["choose_path", "PATHS"]
 
 #: The algorithms of this backend.
-PATHS = ("direct", "nonoverlap_gemm", "gemm_col2im", "blocked_direct")
+PATHS = ("direct", "nonoverlap_gemm", "gemm_col2im", "blocked_direct", "nonoverlap_direct")
 
 #: ``direct`` below this product C_in/G · C_out/G: a GEMM that thin (depthwise: 1) spends its time in call
 #: and packing overhead, while the gather loop is memory-bound anyway.
@@ -126,6 +126,14 @@ BLOCKED_PANEL_PIXELS = 6
 #: Work items per thread ``blocked_direct`` keeps (fewer rows per tile) when a problem is small.
 BLOCKED_ITEMS_PER_THREAD = 4
 _BLOCKED_TILE_SIZE = BLOCKED_MAX_TILE_CO * BLOCKED_TILE_PIXELS
+#: ``nonoverlap_direct`` takes kernels of at most this many taps (its stack tile holds a panel's products for
+#: every tap: 16 × 6 pixels × 16 lanes, 6 KB of float32) ...
+NONOVERLAP_MAX_TAPS = 16
+_NONOVERLAP_TILE_SIZE = NONOVERLAP_MAX_TAPS * BLOCKED_PANEL_PIXELS * 16
+#: ... and gives each task about this many bytes of input pixels (kept in L2 across its vectors of output
+#: channels), at most :data:`NONOVERLAP_MAX_PIXELS` pixels.
+NONOVERLAP_BLOCK_BYTES = 192 * 2**10
+NONOVERLAP_MAX_PIXELS = 384
 #: ``blocked_direct`` moves its input channels-last on both threads above this size, on the calling thread below:
 #: every parallel region waits for all threads, and on a busy host a thread's core may be a time slice away.
 PARALLEL_COPY_BYTES = 4 * 2**20
@@ -610,6 +618,104 @@ def _blocked_direct_tiles(pixels, packed, bias, y, stride_h, stride_w, pad_h, pa
                             line[b + stride_w * (j0 + j)] = acc[r * run + j, c] + b_c
 
 @parallel_kernel
+def _nonoverlap_tiles(pixels, packed, bias, y, channels_first, pad_h, pad_w, block_pixels, workers):
+    """``nonoverlap_direct``: ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = Σ_ci pixels[n, i, j, ci] · W[ci, co, a, b]
+    + bias[co]`` (stride == kernel: each output has exactly one tap) as a GEMM whose register tiles are written
+    straight to their outputs, with no product buffer and no second pass. ``packed`` is the weight as GEMM
+    panels ``(G, Co_g⁺/L, kH, kW, Ci_g, L)`` (``L`` lanes of one 64-byte vector; the output channels padded with
+    zeros), so the ``(Ci_g × L)`` panel of one tap and vector of output channels is one contiguous stream, and
+    ``pixels`` the input channels-last. A task (handed out as in :func:`_fused_nchw`) is a vector of output
+    channels × ``block_pixels`` input pixels of one image and group (their inputs stay in L2 across the
+    vectors); per :data:`BLOCKED_PANEL_PIXELS` pixels, :func:`_fma_panel` runs each tap's input-channel sum in
+    registers into a stack tile ``acc[tap, pixel, lane]``, which is then written out, bias added, to the
+    ``kH × kW`` blocks of the pixels (``channels_first``: ``y`` is NCHW, else NHWC). Outputs no tap reaches
+    (``output_padding``) are left to the caller. Each sum runs ``ci`` ascending from +0.0, one FMA per
+    product, as ``blocked_direct``'s: the result is bitwise that kernel's, and independent of the tasks."""
+    batch, in_h, in_w, in_channels = pixels.shape
+    groups, vectors, k_h, k_w, per_group_in, lanes = packed.shape
+    if channels_first:
+        out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    else:
+        out_h, out_w, out_channels = y.shape[1], y.shape[2], y.shape[3]
+    per_group_out, taps, area = out_channels // groups, k_h * k_w, in_h * in_w
+    blocks = (area - 1) // block_pixels + 1
+    tasks, counter = batch * groups * blocks * vectors, np.zeros(1, np.int64)
+    zero = np.zeros(1, dtype=y.dtype)[0]
+    c1, c2, c3, c4, c5 = in_channels, 2 * in_channels, 3 * in_channels, 4 * in_channels, 5 * in_channels
+    for worker in prange(workers):                       # one worker per thread, tasks handed out in turn
+        acc = carray(_stack_tile(zero, _NONOVERLAP_TILE_SIZE), (_NONOVERLAP_TILE_SIZE,))
+        task = next_task(counter)
+        while task < tasks:
+            v = task % vectors                               # vectors innermost: neighbours share the inputs
+            block = (task // vectors) % blocks
+            g = (task // (vectors * blocks)) % groups
+            n = task // (vectors * blocks * groups)
+            c0 = g * per_group_out + v * lanes
+            written = min(lanes, per_group_out - v * lanes)
+            w0 = (g * vectors + v) * taps * per_group_in * lanes
+            for p0 in range(block * block_pixels, min(area, (block + 1) * block_pixels), 6):   # BLOCKED_PANEL_PIXELS
+                count = min(6, area - p0)
+                for e in range(taps * 96):
+                    acc[e] = zero
+                x0 = (n * area + p0) * in_channels + g * per_group_in
+                for tap in range(taps):
+                    w, a0 = w0 + tap * per_group_in * lanes, tap * 96
+                    if count == 6:
+                        _fma_panel(acc, (a0, a0 + 16, a0 + 32, a0 + 48, a0 + 64, a0 + 80), packed, w, lanes,
+                                   pixels, (x0, x0 + c1, x0 + c2, x0 + c3, x0 + c4, x0 + c5), 1, per_group_in)
+                        continue
+                    t, xt = 0, x0
+                    if count - t >= 4:
+                        _fma_panel(acc, (a0, a0 + 16, a0 + 32, a0 + 48), packed, w, lanes, pixels,
+                                   (xt, xt + c1, xt + c2, xt + c3), 1, per_group_in)
+                        t, xt = t + 4, xt + c4
+                    if count - t >= 2:
+                        _fma_panel(acc, (a0 + 16 * t, a0 + 16 * t + 16), packed, w, lanes, pixels, (xt, xt + c1), 1,
+                                   per_group_in)
+                        t, xt = t + 2, xt + c2
+                    if count - t >= 1:
+                        _fma_panel(acc, (a0 + 16 * t,), packed, w, lanes, pixels, (xt,), 1, per_group_in)
+                for t in range(count):
+                    i = (p0 + t) // in_w
+                    j = p0 + t - i * in_w
+                    for a in range(k_h):
+                        oh = i * k_h + a - pad_h
+                        if oh < 0 or oh >= out_h:
+                            continue
+                        for b in range(k_w):
+                            ow = j * k_w + b - pad_w
+                            if ow < 0 or ow >= out_w:
+                                continue
+                            src = ((a * k_w + b) * 6 + t) * 16
+                            if channels_first:
+                                for lane in range(written):
+                                    y[n, c0 + lane, oh, ow] = acc[src + lane] + bias[c0 + lane]
+                            else:
+                                line = y[n, oh, ow]
+                                for lane in range(written):
+                                    line[c0 + lane] = acc[src + lane] + bias[c0 + lane]
+            task = next_task(counter)
+
+
+@serial_kernel
+def _pack_panels(weight, packed):
+    """``packed[g, v, a, b, ci, l] = weight[g·Ci_g + ci, v·L + l, a, b]`` and 0 in the padding lanes
+    (``v·L + l ≥ C_out/G``): ``nonoverlap_direct``'s GEMM panels."""
+    groups, vectors, k_h, k_w, per_group_in, lanes = packed.shape
+    per_group_out = weight.shape[1]
+    zero = np.zeros(1, dtype=packed.dtype)[0]
+    for g in range(groups):
+        for v in range(vectors):
+            for a in range(k_h):
+                for b in range(k_w):
+                    for ci in range(per_group_in):
+                        row = weight[g * per_group_in + ci]
+                        for lane in range(lanes):
+                            co = v * lanes + lane
+                            packed[g, v, a, b, ci, lane] = row[co, a, b] if co < per_group_out else zero
+
+
+@parallel_kernel
 def _to_channels_last(x, pixels):
     """``pixels[n, h, w, c] = x[n, c, h, w]``, a thread per input row ``(n, h)``, in runs of 16 columns: each
     run reads one cache line per channel (whole, at once) and writes a ``16 × C`` block that stays in L1.
@@ -764,30 +870,75 @@ def _tile_rows(problem):
     return max(1, min(fit, rows // blocks))
 
 
+def _channels_last_input(x, problem):
+    """The input channels-last: ``x`` itself in NHWC, else a copy in this thread's kept workspace."""
+    if problem.layout == "NHWC":
+        return x
+    pixels = workspace.scratch("numba_cpu.channels_last_input", x.shape[:1] + x.shape[2:] + x.shape[1:2], x.dtype)
+    (_to_channels_last if x.nbytes > PARALLEL_COPY_BYTES else _to_channels_last.serial)(x, pixels)
+    return pixels
+
+
 def _blocked_direct(x, weight, bias, problem, out=None, *, tile_co=None, tile_rows=None):
     """``blocked_direct``; ``tile_co`` (a multiple of 16) and ``tile_rows`` override the chosen tiles (the
     result is the same bitwise). The channels-last input and the packed weight live in this thread's kept
     workspace (:mod:`testbed.workspace`), so a repeated call allocates only its result."""
     y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
-    if problem.layout == "NHWC":
-        pixels, y_nchw = x, y.transpose(0, 3, 1, 2)     # the kernel indexes the output as (n, c, h, w)
-    else:
-        pixels = workspace.scratch("numba_cpu.channels_last_input", x.shape[:1] + x.shape[2:] + x.shape[1:2],
-                                   x.dtype)
-        y_nchw = y
-        (_to_channels_last if x.nbytes > PARALLEL_COPY_BYTES else _to_channels_last.serial)(x, pixels)
-    _blocked_direct_tiles(pixels, _packed_weight(weight, problem), _bias_or_zeros(bias, problem), y_nchw,
+    # the kernel indexes the output as (n, c, h, w)
+    y_nchw = y.transpose(0, 3, 1, 2) if problem.layout == "NHWC" else y
+    _blocked_direct_tiles(_channels_last_input(x, problem), _packed_weight(weight, problem),
+                          _bias_or_zeros(bias, problem), y_nchw,
                           *problem.stride, *problem.padding, *problem.dilation,
                           tile_co or _tile_co(problem.out_per_group), tile_rows or _tile_rows(problem))
     return y
 
 
+def _panel_weight(weight, problem):
+    """``nonoverlap_direct``'s weight panels ``(G, C_out/G⁺/L, kH, kW, C_in/G, L)``, ``L`` lanes of a 64-byte
+    vector (:func:`_pack_panels`), in this thread's kept workspace."""
+    lanes = 64 // problem.dtype.itemsize
+    packed = workspace.scratch("numba_cpu.panel_weight", (problem.groups, -(-problem.out_per_group // lanes),
+                                                          *problem.kernel_size, problem.in_per_group, lanes),
+                               problem.dtype)
+    _pack_panels(weight, packed)
+    return packed
+
+
+def _block_pixels(problem):
+    """``nonoverlap_direct``'s input pixels per task: about :data:`NONOVERLAP_BLOCK_BYTES` of their input
+    channels, a whole number of :data:`BLOCKED_PANEL_PIXELS`, at most :data:`NONOVERLAP_MAX_PIXELS`."""
+    fit = NONOVERLAP_BLOCK_BYTES // (problem.in_per_group * problem.dtype.itemsize) // BLOCKED_PANEL_PIXELS
+    return BLOCKED_PANEL_PIXELS * max(1, min(fit, NONOVERLAP_MAX_PIXELS // BLOCKED_PANEL_PIXELS))
+
+
+def _fill_uncovered(y, bias, problem):
+    """``(+0.0 + bias)`` (never -0.0) into the outputs no tap reaches in a non-overlapping problem: the
+    ``output_padding`` rows and columns past ``H·kH - p_h``, ``W·kW - p_w``."""
+    (in_h, in_w), (k_h, k_w), (pad_h, pad_w) = problem.in_size, problem.kernel_size, problem.padding
+    covered_h, covered_w = max(0, in_h * k_h - pad_h), max(0, in_w * k_w - pad_w)
+    (out_h, out_w), value = problem.out_size, bias + np.zeros((), problem.dtype)
+    if covered_h >= out_h and covered_w >= out_w:
+        return
+    y_nhwc = y if problem.layout == "NHWC" else y.transpose(0, 2, 3, 1)
+    y_nhwc[:, covered_h:] = value
+    y_nhwc[:, :covered_h, covered_w:] = value
+
+
+def _nonoverlap_direct(x, weight, bias, problem, out=None):
+    y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
+    bias = _bias_or_zeros(bias, problem)
+    _fill_uncovered(y, bias, problem)
+    _nonoverlap_tiles(_channels_last_input(x, problem), _panel_weight(weight, problem), bias, y,
+                      problem.layout == "NCHW", *problem.padding, _block_pixels(problem), numba.get_num_threads())
+    return y
+
+
 _RUNNERS = {"direct": _direct, "nonoverlap_gemm": _nonoverlap_gemm, "gemm_col2im": _gemm_col2im,
-            "blocked_direct": _blocked_direct}
+            "blocked_direct": _blocked_direct, "nonoverlap_direct": _nonoverlap_direct}
 
 
 #: The paths that compute NHWC natively; the others get NHWC arrays transposed to NCHW and back.
-NHWC_PATHS = ("nonoverlap_gemm", "blocked_direct")
+NHWC_PATHS = ("nonoverlap_gemm", "blocked_direct", "nonoverlap_direct")
 
 
 def numba_conv_transpose2d(x, weight, bias, problem, out=None):
