@@ -134,6 +134,7 @@ _NONOVERLAP_TILE_SIZE = NONOVERLAP_MAX_TAPS * BLOCKED_PANEL_PIXELS * 16
 #: channels), at most :data:`NONOVERLAP_MAX_PIXELS` pixels.
 NONOVERLAP_BLOCK_BYTES = 192 * 2**10
 NONOVERLAP_MAX_PIXELS = 384
+_NONOVERLAP_NCHW_TILE = 6 * 16
 #: ``blocked_direct`` moves its input channels-last on both threads above this size, on the calling thread below:
 #: every parallel region waits for all threads, and on a busy host a thread's core may be a time slice away.
 PARALLEL_COPY_BYTES = 4 * 2**20
@@ -771,6 +772,106 @@ def _nonoverlap_tiles(pixels, packed, bias, y, channels_first, pad_h, pad_w, blo
 
 
 @parallel_kernel
+def _nonoverlap_tiles_nchw(x, rows, bias, y, k_h, k_w, pad_h, pad_w, block_pixels, panels):
+    """``nonoverlap_direct`` in NCHW: the GEMM ``products[(co, a, b), p] = Σ_ci W[ci, co, a, b] · x[n, ci, p]`` with
+    register tiles of 6 weight rows ``r = (co, a, b)`` × ``L`` consecutive input pixels (one 64-byte vector: 16
+    float32 or 8 float64), so that a tile's vectors of pixels come from NCHW input rows and go to NCHW output
+    rows, the two columns ``b`` of a row pair (``kW = 2``) interleaved into one contiguous run of
+    ``y[n, co, i·kH + a - p_h, :]``. ``rows`` is the weight as ``(G, ⌈R/6⌉, Ci_g, 6)`` (``R = C_out/G·kH·kW``, padded
+    with zero rows): a tile's 6 weights per input channel are adjacent. A task (handed out as in
+    :func:`_fused_nchw`) is ``block_pixels`` input pixels of one image and group; its worker copies their inputs
+    into its ``panels`` buffer as ``(Ci_g, L)`` panels (zero past the image's last pixel), then for each row
+    tile and panel :func:`_fma_panel` runs the input-channel sum in registers and the tile is written out,
+    bias added. Outputs no tap reaches are left to the caller. Each sum runs ``ci`` ascending from +0.0, one
+    FMA per product, as in :func:`_nonoverlap_tiles` and ``blocked_direct``: bitwise their result."""
+    batch, in_channels, in_h, in_w = x.shape
+    groups, tiles, per_group_in = rows.shape[0], rows.shape[1], rows.shape[2]
+    out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    per_group_out, taps, area, lanes = out_channels // groups, k_h * k_w, in_h * in_w, 64 // y.itemsize
+    useful_rows = per_group_out * taps
+    blocks = (area - 1) // block_pixels + 1
+    tasks, counter = batch * groups * blocks, np.zeros(1, np.int64)
+    zero = np.zeros(1, dtype=y.dtype)[0]
+    pairs = k_w == 2 and pad_w == 0                         # the U-Net case: interleave the two columns
+    flat_x = x.reshape((batch, in_channels, area))
+    for worker in prange(panels.shape[0]):                # one worker per thread, tasks handed out in turn
+        acc = carray(_stack_tile(zero, _NONOVERLAP_NCHW_TILE), (_NONOVERLAP_NCHW_TILE,))
+        buffer = panels[worker]
+        task = next_task(counter)
+        while task < tasks:
+            block = task % blocks
+            g = (task // blocks) % groups
+            n = task // (blocks * groups)
+            p_lo, p_hi = block * block_pixels, min(area, (block + 1) * block_pixels)
+            count = (p_hi - p_lo - 1) // lanes + 1            # panels
+            for q in range(count):
+                p0 = p_lo + q * lanes
+                used = min(lanes, p_hi - p0)
+                for ci in range(per_group_in):
+                    src, to = flat_x[n, g * per_group_in + ci], (q * per_group_in + ci) * lanes
+                    for lane in range(used):
+                        buffer[to + lane] = src[p0 + lane]
+                    for lane in range(used, lanes):
+                        buffer[to + lane] = zero
+            for tile in range(tiles):
+                r0 = tile * 6
+                w0 = (g * tiles + tile) * per_group_in * 6
+                for q in range(count):
+                    for e in range(6 * lanes):
+                        acc[e] = zero
+                    _fma_panel(acc, (0, lanes, 2 * lanes, 3 * lanes, 4 * lanes, 5 * lanes), buffer,
+                               q * per_group_in * lanes, lanes, rows, (w0, w0 + 1, w0 + 2, w0 + 3, w0 + 4, w0 + 5), 6,
+                               per_group_in)
+                    p0 = p_lo + q * lanes
+                    used = min(lanes, p_hi - p0)
+                    for rr in range(6):
+                        r = r0 + rr
+                        if r >= useful_rows or (pairs and rr % 2 == 1):
+                            continue
+                        co, tap = g * per_group_out + r // taps, r % taps
+                        a, b, b_c = tap // k_w, tap % k_w, bias[g * per_group_out + r // taps]
+                        t = 0
+                        while t < used:                       # one run per input row the panel crosses
+                            i = (p0 + t) // in_w
+                            j0 = p0 + t - i * in_w
+                            run = min(used - t, in_w - j0)
+                            oh = i * k_h + a - pad_h
+                            if 0 <= oh < out_h:
+                                line = y[n, co, oh]
+                                if pairs:
+                                    left, right = acc[rr * lanes + t:rr * lanes + t + run], \
+                                        acc[(rr + 1) * lanes + t:(rr + 1) * lanes + t + run]
+                                    dst = line[2 * j0:2 * (j0 + run)]
+                                    for u in range(run):
+                                        dst[2 * u] = left[u] + b_c
+                                        dst[2 * u + 1] = right[u] + b_c
+                                else:
+                                    for u in range(run):
+                                        ow = (j0 + u) * k_w + b - pad_w
+                                        if 0 <= ow < out_w:
+                                            line[ow] = acc[rr * lanes + t + u] + b_c
+                            t += run
+            task = next_task(counter)
+
+
+@serial_kernel
+def _pack_rows(weight, rows):
+    """``rows[g, r // 6, ci, r % 6] = weight[g·Ci_g + ci].flat[r]`` for the weight rows ``r = (co, a, b)`` of each
+    group (the padding rows left as they are): :func:`_nonoverlap_tiles_nchw`'s broadcast operand. Small
+    runs (6 values) to scattered places, so 8 input channels at a time to keep the reads in L1."""
+    groups, tiles, per_group_in = rows.shape[0], rows.shape[1], rows.shape[2]
+    useful = weight.shape[1] * weight.shape[2] * weight.shape[3]
+    source = weight.reshape((weight.shape[0], useful))
+    for g in range(groups):
+        for ci0 in range(0, per_group_in, 8):
+            for tile in range(tiles):
+                for ci in range(ci0, min(ci0 + 8, per_group_in)):
+                    row, target = source[g * per_group_in + ci], rows[g, tile, ci]
+                    for e in range(min(6, useful - tile * 6)):
+                        target[e] = row[tile * 6 + e]
+
+
+@parallel_kernel
 def _pack_panels(weight, packed, parts):
     """``packed[g, v, a, b, ci, l] = weight[g·Ci_g + ci, v·L + l, a, b]`` (the padding lanes left as they are):
     ``nonoverlap_direct``'s GEMM panels, the vectors ``v`` split into ``parts`` shares, one per thread. Each
@@ -1018,12 +1119,31 @@ def _fill_uncovered(y, bias, problem):
     y_nhwc[:, :covered_h, covered_w:] = value
 
 
+def _row_weight(weight, problem):
+    """The NCHW kernel's weight rows ``(G, ⌈R/6⌉, C_in/G, 6)`` (:func:`_pack_rows`), in this thread's workspace."""
+    taps = problem.kernel_size[0] * problem.kernel_size[1]
+    useful = problem.out_per_group * taps
+    rows = workspace.scratch("numba_cpu.row_weight", (problem.groups, -(-useful // 6), problem.in_per_group, 6),
+                             problem.dtype)
+    rows[:, -1] = 0           # the padding rows (never written out; stale bits could be slow denormals)
+    _pack_rows(weight, rows)
+    return rows
+
+
 def _nonoverlap_direct(x, weight, bias, problem, out=None):
     y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
     bias = _bias_or_zeros(bias, problem)
     _fill_uncovered(y, bias, problem)
-    _nonoverlap_tiles(_channels_last_input(x, problem), _panel_weight(weight, problem), bias, y,
-                      problem.layout == "NCHW", *problem.padding, _block_pixels(problem), numba.get_num_threads())
+    if problem.layout == "NHWC":
+        _nonoverlap_tiles(x, _panel_weight(weight, problem), bias, y, False, *problem.padding,
+                          _block_pixels(problem), numba.get_num_threads())
+        return y
+    lanes = 64 // problem.dtype.itemsize
+    block = -(-_block_pixels(problem) // lanes) * lanes
+    panels = workspace.scratch("numba_cpu.pixel_panels", (numba.get_num_threads(), block * problem.in_per_group),
+                               problem.dtype)
+    _nonoverlap_tiles_nchw(x, _row_weight(weight, problem), bias, y, *problem.kernel_size, *problem.padding,
+                           block, panels)
     return y
 
 
