@@ -445,56 +445,66 @@ def _stack_tile(typingctx, like, size):
     return types.CPointer(like)(like, size), codegen
 
 
-def _panel_codegen(context, builder, acc_p, acc_offsets, w_p, w_start, w_step, x_p, x_offsets, x_step, count,
-                   dtype, bias=None):
-    """The IR of :func:`_fma_panel` (``bias`` None: the accumulators loaded from and stored back to ``acc``) and
-    :func:`_fma_panel_out` (``bias = (pointer, offset)``: they start at +0.0 and ``acc + bias`` is stored)."""
+def _vector_type(context, dtype):
+    """One 64-byte vector of ``dtype`` (16 float32 or 8 float64 lanes) and its element width in bytes."""
     width = dtype.bitwidth // 8
-    lanes = 64 // width
-    vector = ir.VectorType(context.get_value_type(dtype), lanes)
+    return ir.VectorType(context.get_value_type(dtype), 64 // width), width
 
-    def vector_at(base, offset):
-        return builder.bitcast(builder.gep(base, [offset]), vector.as_pointer())
 
+def _vector_at(builder, vector, base, offset):
+    return builder.bitcast(builder.gep(base, [offset]), vector.as_pointer())
+
+
+def _panel_sums(context, builder, starts, w_p, w_start, w_step, x_p, x_offsets, x_step, count, dtype):
+    """The IR of the micro-kernels' channel loop: register ``p`` starts at ``starts[p]`` and gets
+    ``Σ_{k < count} x[x_offsets[p] + k·x_step] · w[w_start + k·w_step : +L]`` (one FMA per product, ``k`` ascending);
+    returns the final vectors."""
+    vector, width = _vector_type(context, dtype)
+    lanes = vector.count
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
                                          f"llvm.fma.v{lanes}f{8 * width}")
-    homes, registers = [], []
-    for offset in acc_offsets:
-        home = vector_at(acc_p, offset)
+    registers = []
+    for start in starts:
         register = cgutils.alloca_once(builder, vector)              # promoted to a register by mem2reg
-        start = ir.Constant(vector, [0.0] * lanes) if bias is not None else builder.load(home, align=width)
         builder.store(start, register)
-        homes.append(home)
         registers.append(register)
     undefined = ir.Constant(vector, ir.Undefined)
     lane0 = ir.Constant(ir.IntType(32), 0)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
     with cgutils.for_range(builder, count) as loop:
-        w = builder.load(vector_at(w_p, builder.add(w_start, builder.mul(loop.index, w_step))), align=width)
+        w = builder.load(_vector_at(builder, vector, w_p, builder.add(w_start, builder.mul(loop.index, w_step))),
+                         align=width)
         step = builder.mul(loop.index, x_step)
         for offset, register in zip(x_offsets, registers):
             value = builder.load(builder.gep(x_p, [builder.add(offset, step)]))
             broadcast = builder.shuffle_vector(builder.insert_element(undefined, value, lane0), undefined, splat)
             builder.store(builder.call(fma, [broadcast, w, builder.load(register)]), register)
-    addend = None if bias is None else builder.load(vector_at(*bias), align=width)
-    for home, register in zip(homes, registers):
-        value = builder.load(register)
-        builder.store(value if addend is None else builder.fadd(value, addend), home, align=width)
+    return [builder.load(register) for register in registers]
 
 
 def _panel_types_ok(arrays, starts, dtype):
     return (all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == dtype for a in arrays)
             and dtype in (types.float32, types.float64)
-            and all(isinstance(t, types.UniTuple) and isinstance(t.dtype, types.Integer) for t in starts)
-            and len({t.count for t in starts}) == 1)
+            and all(isinstance(t, types.UniTuple) and isinstance(t.dtype, types.Integer) for t in starts))
 
 
-def _intp(context, builder, value, ty):
-    return context.cast(builder, value, ty, types.intp)
+class _Args:
+    """An intrinsic's arguments in codegen: ``data(i)`` an array's pointer, ``index(i)`` an integer as intp,
+    ``indices(i)`` a tuple of integers as intp values."""
 
+    def __init__(self, context, builder, signature, args):
+        self.context, self.builder, self.types, self.values = context, builder, signature.args, args
 
-def _data(context, builder, ty, value):
-    return context.make_array(ty)(context, builder, value).data
+    def data(self, i):
+        return self.context.make_array(self.types[i])(self.context, self.builder, self.values[i]).data
+
+    def index(self, i):
+        return self.context.cast(self.builder, self.values[i], self.types[i], types.intp)
+
+    def indices(self, i):
+        ty = self.types[i]
+        return [self.context.cast(self.builder, v, ty.dtype, types.intp)
+                for v in cgutils.unpack_tuple(self.builder, self.values[i], ty.count)]
 
 
 @intrinsic
@@ -510,23 +520,20 @@ def _fma_panel(typingctx, acc, acc_starts, weights, w_start, w_step, x, x_starts
     inputs, ``P`` FMAs) and are stored once. Written as LLVM vector IR because Numba's pipeline vectorises only
     innermost loops (its SLP vectoriser is off), which cannot keep a tile in registers across the channel loop.
     The arrays must be C-contiguous; offsets are flat element indices, in bounds (not checked)."""
-    if not _panel_types_ok((acc, weights, x), (acc_starts, x_starts), acc.dtype):
+    if not (_panel_types_ok((acc, weights, x), (acc_starts, x_starts), acc.dtype)
+            and acc_starts.count == x_starts.count):
         return None
-    pixels = x_starts.count
-    signature = types.none(acc, acc_starts, weights, w_start, w_step, x, x_starts, x_step, count)
 
-    def codegen(context, builder, sig, args):
-        a = sig.args
-        _panel_codegen(context, builder, _data(context, builder, a[0], args[0]),
-                       [_intp(context, builder, v, acc_starts.dtype)
-                        for v in cgutils.unpack_tuple(builder, args[1], pixels)],
-                       _data(context, builder, a[2], args[2]), _intp(context, builder, args[3], a[3]),
-                       _intp(context, builder, args[4], a[4]), _data(context, builder, a[5], args[5]),
-                       [_intp(context, builder, v, x_starts.dtype)
-                        for v in cgutils.unpack_tuple(builder, args[6], pixels)],
-                       _intp(context, builder, args[7], a[7]), _intp(context, builder, args[8], a[8]), acc.dtype)
+    def codegen(context, builder, signature, args):
+        a = _Args(context, builder, signature, args)
+        vector, width = _vector_type(context, acc.dtype)
+        homes = [_vector_at(builder, vector, a.data(0), offset) for offset in a.indices(1)]
+        sums = _panel_sums(context, builder, [builder.load(home, align=width) for home in homes], a.data(2),
+                           a.index(3), a.index(4), a.data(5), a.indices(6), a.index(7), a.index(8), acc.dtype)
+        for home, value in zip(homes, sums):
+            builder.store(value, home, align=width)
         return context.get_dummy_value()
-    return signature, codegen
+    return types.none(acc, acc_starts, weights, w_start, w_step, x, x_starts, x_step, count), codegen
 
 
 @intrinsic
@@ -535,24 +542,56 @@ def _fma_panel_out(typingctx, y, y_starts, bias, bias_start, weights, w_start, w
     ``y.flat[y_starts[p] + l] = (Σ_{k < count} x.flat[x_starts[p] + k·x_step] · weights.flat[w_start + k·w_step + l])
     + bias.flat[bias_start + l]``, the sum as there (from +0.0, ``k`` ascending, one FMA per product). For outputs
     whose ``L`` channels are one contiguous run (channels-last), so no tile is zeroed, loaded or copied."""
-    if not _panel_types_ok((y, bias, weights, x), (y_starts, x_starts), y.dtype):
+    if not (_panel_types_ok((y, bias, weights, x), (y_starts, x_starts), y.dtype) and y_starts.count == x_starts.count):
         return None
-    pixels = x_starts.count
-    signature = types.none(y, y_starts, bias, bias_start, weights, w_start, w_step, x, x_starts, x_step, count)
 
-    def codegen(context, builder, sig, args):
-        a = sig.args
-        _panel_codegen(context, builder, _data(context, builder, a[0], args[0]),
-                       [_intp(context, builder, v, y_starts.dtype)
-                        for v in cgutils.unpack_tuple(builder, args[1], pixels)],
-                       _data(context, builder, a[4], args[4]), _intp(context, builder, args[5], a[5]),
-                       _intp(context, builder, args[6], a[6]), _data(context, builder, a[7], args[7]),
-                       [_intp(context, builder, v, x_starts.dtype)
-                        for v in cgutils.unpack_tuple(builder, args[8], pixels)],
-                       _intp(context, builder, args[9], a[9]), _intp(context, builder, args[10], a[10]), y.dtype,
-                       bias=(_data(context, builder, a[2], args[2]), _intp(context, builder, args[3], a[3])))
+    def codegen(context, builder, signature, args):
+        a = _Args(context, builder, signature, args)
+        vector, width = _vector_type(context, y.dtype)
+        zero = ir.Constant(vector, [0.0] * vector.count)
+        sums = _panel_sums(context, builder, [zero] * x_starts.count, a.data(4), a.index(5), a.index(6),
+                           a.data(7), a.indices(8), a.index(9), a.index(10), y.dtype)
+        addend = builder.load(_vector_at(builder, vector, a.data(2), a.index(3)), align=width)
+        for offset, value in zip(a.indices(1), sums):
+            builder.store(builder.fadd(value, addend), _vector_at(builder, vector, a.data(0), offset), align=width)
         return context.get_dummy_value()
-    return signature, codegen
+    return types.none(y, y_starts, bias, bias_start, weights, w_start, w_step, x, x_starts, x_step, count), codegen
+
+
+@intrinsic
+def _fma_panel_pairs_out(typingctx, y, y_starts, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step,
+                         count):
+    """:func:`_fma_panel` for pairs of rows whose lanes interleave in the output (NCHW, kernel width 2: the
+    columns ``2j`` and ``2j + 1`` of an output row): with ``s_p = Σ_{k < count} x.flat[x_starts[p] + k·x_step] ·
+    weights.flat[w_start + k·w_step + l]`` (from +0.0, ``k`` ascending, one FMA per product) and pair ``q`` being
+    the rows ``2q, 2q + 1``: ``y.flat[y_starts[q] + 2l] = s_2q[l] + bias[bias_at[q]]`` and
+    ``y.flat[y_starts[q] + 2l + 1] = s_2q+1[l] + bias[bias_at[q]]``, one interleaved store of ``2L`` values."""
+    if not (_panel_types_ok((y, bias, weights, x), (y_starts, bias_at, x_starts), y.dtype)
+            and x_starts.count == 2 * y_starts.count == 2 * bias_at.count):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a = _Args(context, builder, signature, args)
+        vector, width = _vector_type(context, y.dtype)
+        lanes = vector.count
+        pair = ir.VectorType(vector.element, 2 * lanes)
+        zero = ir.Constant(vector, [0.0] * lanes)
+        sums = _panel_sums(context, builder, [zero] * x_starts.count, a.data(4), a.index(5), a.index(6),
+                           a.data(7), a.indices(8), a.index(9), a.index(10), y.dtype)
+        interleave = ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes),
+                                 [lane // 2 + (lane % 2) * lanes for lane in range(2 * lanes)])
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes), [0] * (2 * lanes))
+        undefined = ir.Constant(pair, ir.Undefined)
+        for q, (offset, at) in enumerate(zip(a.indices(1), a.indices(3))):
+            value = builder.load(builder.gep(a.data(2), [at]))
+            addend = builder.shuffle_vector(builder.insert_element(undefined, value, ir.Constant(ir.IntType(32), 0)),
+                                            undefined, splat)
+            both = builder.shuffle_vector(sums[2 * q], sums[2 * q + 1], interleave)
+            target = builder.bitcast(builder.gep(a.data(0), [offset]), pair.as_pointer())
+            builder.store(builder.fadd(both, addend), target, align=width)
+        return context.get_dummy_value()
+    return (types.none(y, y_starts, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count),
+            codegen)
 
 
 @parallel_kernel
@@ -793,7 +832,7 @@ def _nonoverlap_tiles_nchw(x, rows, bias, y, k_h, k_w, pad_h, pad_w, block_pixel
     tasks, counter = batch * groups * blocks, np.zeros(1, np.int64)
     zero = np.zeros(1, dtype=y.dtype)[0]
     pairs = k_w == 2 and pad_w == 0                         # the U-Net case: interleave the two columns
-    flat_x = x.reshape((batch, in_channels, area))
+    source, target = x.reshape(-1), y.reshape(-1)
     for worker in prange(panels.shape[0]):                # one worker per thread, tasks handed out in turn
         acc = carray(_stack_tile(zero, _NONOVERLAP_NCHW_TILE), (_NONOVERLAP_NCHW_TILE,))
         buffer = panels[worker]
@@ -808,49 +847,48 @@ def _nonoverlap_tiles_nchw(x, rows, bias, y, k_h, k_w, pad_h, pad_w, block_pixel
                 p0 = p_lo + q * lanes
                 used = min(lanes, p_hi - p0)
                 for ci in range(per_group_in):
-                    src, to = flat_x[n, g * per_group_in + ci], (q * per_group_in + ci) * lanes
-                    for lane in range(used):
-                        buffer[to + lane] = src[p0 + lane]
-                    for lane in range(used, lanes):
-                        buffer[to + lane] = zero
+                    at, to = (n * in_channels + g * per_group_in + ci) * area + p0, (q * per_group_in + ci) * lanes
+                    if used == lanes:
+                        for lane in range(lanes):
+                            buffer[to + lane] = source[at + lane]
+                    else:
+                        for lane in range(lanes):
+                            buffer[to + lane] = source[at + lane] if lane < used else zero
             for tile in range(tiles):
                 r0 = tile * 6
                 w0 = (g * tiles + tile) * per_group_in * 6
+                whole = pairs and pad_h == 0 and r0 + 6 <= useful_rows
                 for q in range(count):
+                    p0 = p_lo + q * lanes
+                    used = min(lanes, p_hi - p0)
+                    i = p0 // in_w
+                    j0 = p0 - i * in_w
+                    if whole and used == lanes and j0 + lanes <= in_w:
+                        # the U-Net case: 3 row pairs, each one interleaved run of an output row
+                        c0, c1, c2 = (g * per_group_out + r0 // taps, g * per_group_out + (r0 + 2) // taps,
+                                      g * per_group_out + (r0 + 4) // taps)
+                        h0, h1, h2 = (i * k_h + (r0 % taps) // 2, i * k_h + ((r0 + 2) % taps) // 2,
+                                      i * k_h + ((r0 + 4) % taps) // 2)
+                        _fma_panel_pairs_out(y, (((n * out_channels + c0) * out_h + h0) * out_w + 2 * j0,
+                                                 ((n * out_channels + c1) * out_h + h1) * out_w + 2 * j0,
+                                                 ((n * out_channels + c2) * out_h + h2) * out_w + 2 * j0),
+                                             bias, (c0, c1, c2), buffer, q * per_group_in * lanes, lanes, rows,
+                                             (w0, w0 + 1, w0 + 2, w0 + 3, w0 + 4, w0 + 5), 6, per_group_in)
+                        continue
                     for e in range(6 * lanes):
                         acc[e] = zero
                     _fma_panel(acc, (0, lanes, 2 * lanes, 3 * lanes, 4 * lanes, 5 * lanes), buffer,
                                q * per_group_in * lanes, lanes, rows, (w0, w0 + 1, w0 + 2, w0 + 3, w0 + 4, w0 + 5), 6,
                                per_group_in)
-                    p0 = p_lo + q * lanes
-                    used = min(lanes, p_hi - p0)
-                    for rr in range(6):
+                    for rr in range(min(6, useful_rows - r0)):
                         r = r0 + rr
-                        if r >= useful_rows or (pairs and rr % 2 == 1):
-                            continue
                         co, tap = g * per_group_out + r // taps, r % taps
-                        a, b, b_c = tap // k_w, tap % k_w, bias[g * per_group_out + r // taps]
-                        t = 0
-                        while t < used:                       # one run per input row the panel crosses
-                            i = (p0 + t) // in_w
-                            j0 = p0 + t - i * in_w
-                            run = min(used - t, in_w - j0)
-                            oh = i * k_h + a - pad_h
-                            if 0 <= oh < out_h:
-                                line = y[n, co, oh]
-                                if pairs:
-                                    left, right = acc[rr * lanes + t:rr * lanes + t + run], \
-                                        acc[(rr + 1) * lanes + t:(rr + 1) * lanes + t + run]
-                                    dst = line[2 * j0:2 * (j0 + run)]
-                                    for u in range(run):
-                                        dst[2 * u] = left[u] + b_c
-                                        dst[2 * u + 1] = right[u] + b_c
-                                else:
-                                    for u in range(run):
-                                        ow = (j0 + u) * k_w + b - pad_w
-                                        if 0 <= ow < out_w:
-                                            line[ow] = acc[rr * lanes + t + u] + b_c
-                            t += run
+                        a, b, b_c = tap // k_w, tap % k_w, bias[co]
+                        for t in range(used):
+                            ih = (p0 + t) // in_w
+                            oh, ow = ih * k_h + a - pad_h, (p0 + t - ih * in_w) * k_w + b - pad_w
+                            if 0 <= oh < out_h and 0 <= ow < out_w:
+                                target[((n * out_channels + co) * out_h + oh) * out_w + ow] = acc[rr * lanes + t] + b_c
             task = next_task(counter)
 
 
