@@ -209,11 +209,15 @@ def choose_path(problem) -> str:
 
 
 def _nonoverlap_direct_suits(problem) -> bool:
-    """Channels-last output (each tile's vector of output channels is one contiguous run), at most
-    :data:`NONOVERLAP_MAX_TAPS` taps, and whole vectors of output channels per group."""
-    lanes = 64 // problem.dtype.itemsize
-    return (problem.layout == "NHWC" and problem.kernel_size[0] * problem.kernel_size[1] <= NONOVERLAP_MAX_TAPS
-            and problem.out_per_group % lanes == 0)
+    """Where ``nonoverlap_direct`` writes its tiles as whole vectors: in NHWC, whole vectors of output channels
+    per group (and at most :data:`NONOVERLAP_MAX_TAPS` taps); in NCHW, kernel width 2 and no padding (each
+    row pair's two columns interleave into one contiguous output run). Elsewhere its tiles go out element by
+    element, and the BLAS path is faster."""
+    if problem.layout == "NHWC":
+        lanes = 64 // problem.dtype.itemsize
+        return (problem.kernel_size[0] * problem.kernel_size[1] <= NONOVERLAP_MAX_TAPS
+                and problem.out_per_group % lanes == 0)
+    return problem.kernel_size[1] == 2 and problem.padding == (0, 0)
 
 
 def _taps_leave_gaps(problem) -> bool:
