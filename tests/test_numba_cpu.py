@@ -24,7 +24,12 @@ def _problem(c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, d
 
 # (configuration, the path choose_path must take). Asymmetric sizes, strides, paddings everywhere.
 CASES = {
-    "unet_k2s2": (_problem(8, 4, (5, 6), 2, 2), "nonoverlap_gemm"),
+    "unet_k2s2": (_problem(8, 4, (5, 6), 2, 2), "nonoverlap_direct"),
+    # nonoverlap_direct: rows (C_out/G·kH·kW) not a multiple of its 6-row tile, panels of pixels across input
+    # rows and past the image, groups, a batch, output_padding (bias only), a taller kernel
+    "nonoverlap_direct_wide": (_problem(6, 10, (3, 37), 2, 2, output_padding=(1, 1), groups=2, batch=2),
+                               "nonoverlap_direct"),
+    "nonoverlap_direct_k3x2": (_problem(5, 16, (4, 19), (3, 2), (3, 2), bias=False), "nonoverlap_direct"),
     "nonoverlap_asym_pad_op": (_problem(6, 4, (4, 5), (2, 3), (2, 3), padding=(1, 2), output_padding=(1, 0),
                                         batch=2), "nonoverlap_gemm"),
     "nonoverlap_groups": (_problem(8, 12, (3, 4), 3, 3, groups=2, bias=False), "nonoverlap_gemm"),
@@ -60,8 +65,8 @@ def test_choose_path(name):
 def test_every_path_matches_oracle_float64(name, path):
     """Each path is forced on every configuration it can compute, not just the one it is chosen for."""
     problem, _ = CASES[name]
-    if path == "nonoverlap_gemm" and not problem.is_nonoverlapping:
-        pytest.skip("nonoverlap_gemm needs stride == kernel, dilation 1")
+    if path in ("nonoverlap_gemm", "nonoverlap_direct") and not problem.is_nonoverlapping:
+        pytest.skip(f"{path} needs stride == kernel, dilation 1")
     x, weight, bias = problem.random_arrays(1)
     y = numba_cpu._RUNNERS[path](x, weight, bias, problem)
     assert y.shape == problem.output_shape
@@ -88,7 +93,7 @@ def test_float32_matches_torch(name):
     assert_close(y, testbed.get_backend("torch").run(x, weight, bias, problem))
 
 
-@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "depthwise", "blocked_k4s2p1"])
+@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "depthwise", "blocked_k4s2p1", "nonoverlap_direct_wide"])
 def test_bitwise_repeatable_and_inputs_untouched(name):
     problem = CASES[name][0].with_(batch=3, in_size=(17, 19), dtype=np.float32)
     x, weight, bias = problem.random_arrays(3)
@@ -117,11 +122,11 @@ def test_noncontiguous_input(name):
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("path", numba_cpu.PATHS)
 @pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "stride_gt_kernel", "depthwise", "blocked_narrow_batch",
-                                  "blocked_big_padding"])
+                                  "blocked_big_padding", "nonoverlap_direct_wide"])
 def test_nan_and_inf_reach_exactly_the_outputs_of_the_definition(name, path):
     problem = CASES[name][0]
-    if path == "nonoverlap_gemm" and not problem.is_nonoverlapping:
-        pytest.skip("nonoverlap_gemm needs stride == kernel, dilation 1")
+    if path in ("nonoverlap_gemm", "nonoverlap_direct") and not problem.is_nonoverlapping:
+        pytest.skip(f"{path} needs stride == kernel, dilation 1")
     x, weight, bias = problem.random_arrays(5)
     x[0, 0, 1, 2] = np.nan
     x[-1, -1, -1, 0] = np.inf
@@ -182,6 +187,37 @@ def test_blocked_direct_stale_workspace_never_leaks():
     y = numba_cpu._blocked_direct(x, weight, bias, problem)
     assert np.isfinite(y).all()
     assert_close_to_oracle(y, x, weight, bias, **call_kwargs(problem))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", ["unet_k2s2", "nonoverlap_direct_wide", "nonoverlap_direct_k3x2"])
+def test_nonoverlap_direct_is_blocked_direct_bitwise(monkeypatch, name, layout):
+    """``nonoverlap_direct`` sums as ``blocked_direct`` does (ci ascending from +0.0, one FMA per product), so its
+    result is bitwise that one's, in both layouts, float32 and float64, whatever its tasks (one pixel block per
+    task or one per panel) and threads, and into ``out=`` as well; its kept buffers never leak into it."""
+    from testbed import workspace
+
+    for dtype in (np.float64, np.float32):
+        problem = CASES[name][0].with_(dtype=dtype)
+        x, weight, bias = problem.random_arrays(12)
+        expected = numba_cpu._blocked_direct(x, weight, bias, problem)
+        if layout == "NHWC":
+            problem, x = problem.with_(layout="NHWC"), np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            expected = expected.transpose(0, 2, 3, 1)
+        assert np.array_equal(numba_cpu._nonoverlap_direct(x, weight, bias, problem), expected)
+        for name_ in ("numba_cpu.panel_weight", "numba_cpu.row_weight", "numba_cpu.pixel_panels"):
+            if name_ in workspace._pool().buffers:
+                workspace._pool().buffers[name_].view(np.uint8)[:] = 0xFF          # all-ones bytes: NaN
+        monkeypatch.setattr(numba_cpu, "NONOVERLAP_BLOCK_BYTES", 1)                  # a panel per task
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            out = np.full(problem.output_shape, np.nan, dtype)
+            numba_cpu._nonoverlap_direct(x, weight, bias, problem, out=out)
+        finally:
+            numba.set_num_threads(threads)
+            monkeypatch.undo()
+        assert np.array_equal(out, expected)
 
 
 def test_blocked_direct_sign_of_zero():
@@ -257,5 +293,5 @@ def test_forced_paths_on_random_configurations(kernel, stride, dilation, padding
     x, weight, bias = problem.random_arrays(seed)
     expected = oracle(x, weight, bias, **call_kwargs(problem))
     paths = ("gemm_col2im", "blocked_direct")
-    for path in ("nonoverlap_gemm", *paths) if nonoverlap else paths:
+    for path in ("nonoverlap_gemm", "nonoverlap_direct", *paths) if nonoverlap else paths:
         assert_close(numba_cpu._RUNNERS[path](x, weight, bias, problem), expected, err_msg=path)

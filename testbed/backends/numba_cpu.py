@@ -14,6 +14,18 @@ the weight repacked with its output channels innermost, and each tap's products 
 output channels copied into place. The buffers (per thread blocks, the repacked weight) are kept across calls
 (:mod:`testbed.workspace`), so a repeated call page-faults only on its output, and with ``out=`` on nothing.
 
+``nonoverlap_direct`` (stride == kernel with kernel width 2 and no padding: the U-Net up-convolution; chosen
+over ``nonoverlap_gemm`` there, see :func:`_nonoverlap_direct_suits`). The same GEMM, but computed by this
+module's own register-tile micro-kernel (:func:`_fma_panel`, as ``blocked_direct``'s) on operands packed once
+per call and shared by both threads, with every tile written straight from registers to its outputs: no
+product block, no second pass, no per-call BLAS packing per thread. NHWC (:func:`_nonoverlap_tiles`): a tile is 6
+input pixels × one 64-byte vector of output channels of one tap, stored as 6 contiguous vectors with the bias
+added (:func:`_fma_panel_out`). NCHW (:func:`_nonoverlap_tiles_nchw`): a tile is 6 weight rows ``(co, a, b)`` ×
+one vector of 16 consecutive input pixels, the two columns ``b`` of each row pair interleaved in registers into
+one contiguous run of 32 outputs (:func:`_fma_panel_pairs_out`). Each sum runs over the input channels in
+ascending order from +0.0, one FMA per product, as ``blocked_direct``'s, so all three give bitwise the same
+result, in both layouts. Measured against ``nonoverlap_gemm`` on the U-Net shapes in the README.
+
 ``gemm_col2im`` (overlapping taps with GEMM-sized channels). The same GEMM gives every (input pixel, tap)
 product summed over input channels, ``columns[co, kh, kw, n, ih, iw]``; then a *gathering* col2im: each
 thread owns output planes and adds, per row, for each tap ``kh`` with ``(oh + p - kh·d) ≡ 0 (mod s)``, the column
@@ -209,15 +221,11 @@ def choose_path(problem) -> str:
 
 
 def _nonoverlap_direct_suits(problem) -> bool:
-    """Where ``nonoverlap_direct`` writes its tiles as whole vectors: in NHWC, whole vectors of output channels
-    per group (and at most :data:`NONOVERLAP_MAX_TAPS` taps); in NCHW, kernel width 2 and no padding (each
-    row pair's two columns interleave into one contiguous output run). Elsewhere its tiles go out element by
-    element, and the BLAS path is faster."""
-    if problem.layout == "NHWC":
-        lanes = 64 // problem.dtype.itemsize
-        return (problem.kernel_size[0] * problem.kernel_size[1] <= NONOVERLAP_MAX_TAPS
-                and problem.out_per_group % lanes == 0)
-    return problem.kernel_size[1] == 2 and problem.padding == (0, 0)
+    """Kernel width 2, no padding (in NCHW each row pair's two columns then interleave into one contiguous
+    output run; elsewhere its tiles would go out element by element, and the BLAS path is faster) and at most
+    :data:`NONOVERLAP_MAX_TAPS` taps. The same rule in both layouts, so that NCHW and NHWC sum alike."""
+    return (problem.kernel_size[1] == 2 and problem.padding == (0, 0)
+            and problem.kernel_size[0] * problem.kernel_size[1] <= NONOVERLAP_MAX_TAPS)
 
 
 def _taps_leave_gaps(problem) -> bool:
@@ -743,6 +751,7 @@ def _nonoverlap_tiles(pixels, packed, bias, y, channels_first, pad_h, pad_w, blo
     c1, c2, c3, c4, c5 = in_channels, 2 * in_channels, 3 * in_channels, 4 * in_channels, 5 * in_channels
     for worker in prange(workers):                       # one worker per thread, tasks handed out in turn
         acc = carray(_stack_tile(zero, _NONOVERLAP_TILE_SIZE), (_NONOVERLAP_TILE_SIZE,))
+        outputs = carray(_stack_tile(np.int64(0), NONOVERLAP_MAX_PIXELS), (NONOVERLAP_MAX_PIXELS,))
         task = next_task(counter)
         while task < tasks:
             v = task % vectors                               # vectors innermost: neighbours share the inputs
@@ -752,26 +761,26 @@ def _nonoverlap_tiles(pixels, packed, bias, y, channels_first, pad_h, pad_w, blo
             c0 = g * per_group_out + v * lanes
             written = min(lanes, per_group_out - v * lanes)
             w0 = (g * vectors + v) * taps * per_group_in * lanes
-            for p0 in range(block * block_pixels, min(area, (block + 1) * block_pixels), 6):   # BLOCKED_PANEL_PIXELS
-                count = min(6, area - p0)
-                if direct_out and count == 6 and written == lanes:
-                    # the U-Net case: each tap's 6 × L products go straight to their channels-last outputs
-                    x0 = (n * area + p0) * in_channels + g * per_group_in
-                    i0, i1, i2, i3, i4, i5 = p0 // in_w, (p0 + 1) // in_w, (p0 + 2) // in_w, (p0 + 3) // in_w, \
-                        (p0 + 4) // in_w, (p0 + 5) // in_w
-                    for a in range(k_h):
-                        for b in range(k_w):
-                            w = w0 + (a * k_w + b) * per_group_in * lanes
-                            r0 = (n * out_h + a) * out_w + b             # output pixel of input pixel (0, 0)
-                            _fma_panel_out(y, ((r0 + i0 * k_h * out_w + (p0 - i0 * in_w) * k_w) * out_channels + c0,
-                                               (r0 + i1 * k_h * out_w + (p0 + 1 - i1 * in_w) * k_w) * out_channels + c0,
-                                               (r0 + i2 * k_h * out_w + (p0 + 2 - i2 * in_w) * k_w) * out_channels + c0,
-                                               (r0 + i3 * k_h * out_w + (p0 + 3 - i3 * in_w) * k_w) * out_channels + c0,
-                                               (r0 + i4 * k_h * out_w + (p0 + 4 - i4 * in_w) * k_w) * out_channels + c0,
-                                               (r0 + i5 * k_h * out_w + (p0 + 5 - i5 * in_w) * k_w) * out_channels + c0),
+            p_lo, p_hi = block * block_pixels, min(area, (block + 1) * block_pixels)
+            whole = p_lo
+            if direct_out and written == lanes:
+                # the U-Net case: each tap's 6 × L products go straight to their channels-last outputs, tap by
+                # tap, so that one tap's weight panel and the block's inputs are what L2 holds
+                whole = p_lo + (p_hi - p_lo) // 6 * 6
+                for p in range(p_lo, whole):              # where input pixel p's block of outputs starts
+                    i = p // in_w
+                    outputs[p - p_lo] = ((n * out_h + i * k_h) * out_w + (p - i * in_w) * k_w) * out_channels + c0
+                for a in range(k_h):
+                    for b in range(k_w):
+                        w, shift = w0 + (a * k_w + b) * per_group_in * lanes, (a * out_w + b) * out_channels
+                        for p0 in range(p_lo, whole, 6):
+                            o, x0 = p0 - p_lo, (n * area + p0) * in_channels + g * per_group_in
+                            _fma_panel_out(y, (outputs[o] + shift, outputs[o + 1] + shift, outputs[o + 2] + shift,
+                                               outputs[o + 3] + shift, outputs[o + 4] + shift, outputs[o + 5] + shift),
                                            bias, c0, packed, w, lanes, pixels,
                                            (x0, x0 + c1, x0 + c2, x0 + c3, x0 + c4, x0 + c5), 1, per_group_in)
-                    continue
+            for p0 in range(whole, p_hi, 6):                 # BLOCKED_PANEL_PIXELS
+                count = min(6, p_hi - p0)
                 for e in range(taps * 96):
                     acc[e] = zero
                 x0 = (n * area + p0) * in_channels + g * per_group_in
@@ -920,17 +929,20 @@ def _nonoverlap_tiles_nchw(x, rows, bias, y, k_h, k_w, pad_h, pad_w, block_pixel
             task = next_task(counter)
 
 
-@serial_kernel
-def _pack_rows(weight, rows):
+@parallel_kernel
+def _pack_rows(weight, rows, parts):
     """``rows[g, r // 6, ci, r % 6] = weight[g·Ci_g + ci].flat[r]`` for the weight rows ``r = (co, a, b)`` of each
-    group (the padding rows left as they are): :func:`_nonoverlap_tiles_nchw`'s broadcast operand. Small
-    runs (6 values) to scattered places, so 8 input channels at a time to keep the reads in L1."""
+    group (the padding rows left as they are): :func:`_nonoverlap_tiles_nchw`'s broadcast operand, the tiles split
+    into ``parts`` shares, one per thread. Small runs (6 values) to scattered places, so 8 input channels at a
+    time to keep the reads in L1. (Broadcasting from the weight as given instead, at a stride of a whole row,
+    made unet1 2.5× slower.)"""
     groups, tiles, per_group_in = rows.shape[0], rows.shape[1], rows.shape[2]
     useful = weight.shape[1] * weight.shape[2] * weight.shape[3]
     source, target = weight.reshape(-1), rows.reshape(-1)
-    for g in range(groups):
+    for part in prange(groups * parts):
+        g, share = part // parts, part % parts
         for ci0 in range(0, per_group_in, 8):
-            for tile in range(tiles):
+            for tile in range(share * tiles // parts, (share + 1) * tiles // parts):
                 for ci in range(ci0, min(ci0 + 8, per_group_in)):
                     at, to = (g * per_group_in + ci) * useful + tile * 6, ((g * tiles + tile) * per_group_in + ci) * 6
                     if tile * 6 + 6 <= useful:
@@ -1196,7 +1208,10 @@ def _row_weight(weight, problem):
     rows = workspace.scratch("numba_cpu.row_weight", (problem.groups, -(-useful // 6), problem.in_per_group, 6),
                              problem.dtype)
     rows[:, -1] = 0           # the padding rows (never written out; stale bits could be slow denormals)
-    _pack_rows(weight, rows)
+    if weight.nbytes > PARALLEL_COPY_BYTES:
+        _pack_rows(weight, rows, min(numba.get_num_threads(), rows.shape[1]))
+    else:
+        _pack_rows.serial(weight, rows, 1)
     return rows
 
 
