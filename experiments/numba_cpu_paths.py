@@ -1,14 +1,17 @@
 """Which ``numba_cpu`` path is fastest where: the measurements behind ``numba_cpu.choose_path``.
 
     python -m experiments.numba_cpu_paths [--threads N] [--isolation process] [--budget 0.3] [--shapes a,b]
-                                          [--blocked-tiles]
+                                          [--blocked-tiles | --unet] [--rounds N]
 
 Times each overlapping-tap path of ``numba_cpu`` (``blocked_direct``, ``gemm_col2im``, the ``direct`` gather;
 ``nonoverlap_gemm`` is left to the U-Net shapes) on the decoder suite and on shapes chosen to bracket the
 rule: thin and wide channel counts, grouped and depthwise-like products, small and large kernels. Each
 (shape, path) is timed through the public ``conv_transpose2d`` with :mod:`testbed.timing` (fresh worker process
 per cell by default), float32, and printed as a markdown table with the load average, since the machine may be
-shared. ``--blocked-tiles`` times ``blocked_direct`` with a range of output-channel tiles instead.
+shared. ``--blocked-tiles`` times ``blocked_direct`` with a range of output-channel tiles instead. ``--unet``
+times the stride == kernel paths (``nonoverlap_gemm``, ``nonoverlap_direct``) and the bare GEMM of the same
+matrices (:mod:`experiments.references`) on the U-Net suite in both layouts instead. ``--rounds N`` times each
+cell in N fresh workers, the paths of a shape taking turns (:class:`testbed.timing.TimingSettings`).
 
 ``--threads 1`` runs the workers with one Numba and one OpenBLAS thread. On a shared 2-core host that is the
 comparison to trust: with two threads each parallel region waits for both, and when another process holds a
@@ -29,8 +32,13 @@ from testbed.problem import Problem
 from testbed.registry import Backend
 from testbed.timing import ISOLATIONS, TimingJob, TimingSettings, time_jobs
 
+from .common import DEFAULT_ROUNDS, add_rounds_argument
+from .references import GEMM
+
 #: Overlapping paths compared (``nonoverlap_gemm`` needs stride == kernel).
 PATHS = ("blocked_direct", "gemm_col2im", "direct")
+#: The stride == kernel paths compared with ``--unet``.
+NONOVERLAP_PATHS = ("nonoverlap_gemm", "nonoverlap_direct")
 
 
 def _p(c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1, batch=1):
@@ -74,8 +82,14 @@ def tile_backend(tile_co: int) -> Backend:
                    run=functools.partial(run_blocked_tile, tile_co), writes_out=True)
 
 
-def shapes(names=None) -> dict:
-    every = {**suite("decoder"), **EXTRA_SHAPES}
+def unet_shapes() -> dict:
+    """The U-Net suite in both layouts, named ``unet1:NCHW`` … ``unet4:NHWC``."""
+    return {f"{name}:{layout}": problem.with_(layout=layout) for name, problem in suite("unet").items()
+            for layout in ("NCHW", "NHWC")}
+
+
+def shapes(names=None, unet=False) -> dict:
+    every = unet_shapes() if unet else {**suite("decoder"), **EXTRA_SHAPES}
     unknown = set(names or ()) - set(every)
     if unknown:
         raise SystemExit(f"--shapes: unknown {sorted(unknown)}; known: {', '.join(every)}")
@@ -113,13 +127,18 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="Numba/OpenMP/OpenBLAS threads of the workers (default: all cores)")
     parser.add_argument("--shapes", type=lambda t: [s.strip() for s in t.split(",") if s.strip()], default=None)
-    parser.add_argument("--blocked-tiles", action="store_true",
-                        help="time blocked_direct with output-channel tiles 16, 32, 64, 128 instead of the paths")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--blocked-tiles", action="store_true",
+                       help="time blocked_direct with output-channel tiles 16, 32, 64, 128 instead of the paths")
+    which.add_argument("--unet", action="store_true",
+                       help="time nonoverlap_gemm, nonoverlap_direct and the bare GEMM on the U-Net suite, NCHW and "
+                            "NHWC, instead")
+    add_rounds_argument(parser, "cell")
     args = parser.parse_args(argv)
-    problems = shapes(args.shapes)
+    problems = shapes(args.shapes, args.unet)
     backends = ([tile_backend(t) for t in (16, 32, 64, 128)] if args.blocked_tiles
-                else [path_backend(p) for p in PATHS])
-    settings = TimingSettings(budget_s=args.budget)
+                else [*map(path_backend, NONOVERLAP_PATHS), GEMM] if args.unet else [path_backend(p) for p in PATHS])
+    settings = TimingSettings(budget_s=args.budget, rounds=args.rounds or DEFAULT_ROUNDS)
     if args.threads is not None:   # read by the spawned workers at import
         for variable in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[variable] = str(args.threads)
