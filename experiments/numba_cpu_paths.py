@@ -73,8 +73,10 @@ def run_blocked_tile(tile_co, x, weight, bias, problem, out=None):
 
 
 def path_backend(path: str) -> Backend:
+    # (the layouts the path computes natively: the others are converted, as numba_cpu's dispatcher does)
+    layouts = ("NCHW", "NHWC") if path in numba_cpu.NHWC_PATHS else ("NCHW",)
     return Backend(name=f"numba_cpu:{path}", description=f"numba_cpu forced onto {path}",
-                   run=functools.partial(run_path, path), writes_out=True)
+                   run=functools.partial(run_path, path), writes_out=True, layouts=layouts)
 
 
 def tile_backend(tile_co: int) -> Backend:
