@@ -27,7 +27,7 @@ CASES = {
     "unet_k2s2": (_problem(8, 4, (5, 6), 2, 2), "nonoverlap_direct"),
     # nonoverlap_direct: rows (C_out/G·kH·kW) not a multiple of its 6-row tile, panels of pixels across input
     # rows and past the image, groups, a batch, output_padding (bias only), a taller kernel
-    "nonoverlap_direct_wide": (_problem(6, 10, (3, 37), 2, 2, output_padding=(1, 1), groups=2, batch=2),
+    "nonoverlap_direct_wide": (_problem(8, 10, (3, 37), 2, 2, output_padding=(1, 1), groups=2, batch=2),
                                "nonoverlap_direct"),
     "nonoverlap_direct_k3x2": (_problem(5, 16, (4, 19), (3, 2), (3, 2), bias=False), "nonoverlap_direct"),
     "nonoverlap_asym_pad_op": (_problem(6, 4, (4, 5), (2, 3), (2, 3), padding=(1, 2), output_padding=(1, 0),

@@ -749,7 +749,7 @@ def _nonoverlap_tiles(pixels, packed, bias, y, channels_first, pad_h, pad_w, blo
     zero = np.zeros(1, dtype=y.dtype)[0]
     direct_out = not channels_first and pad_h == 0 and pad_w == 0     # every tap's output exists
     c1, c2, c3, c4, c5 = in_channels, 2 * in_channels, 3 * in_channels, 4 * in_channels, 5 * in_channels
-    for worker in prange(workers):                       # one worker per thread, tasks handed out in turn
+    for _worker in prange(workers):                      # one worker per thread, tasks handed out in turn
         acc = carray(_stack_tile(zero, _NONOVERLAP_TILE_SIZE), (_NONOVERLAP_TILE_SIZE,))
         outputs = carray(_stack_tile(np.int64(0), NONOVERLAP_MAX_PIXELS), (NONOVERLAP_MAX_PIXELS,))
         task = next_task(counter)
