@@ -24,12 +24,12 @@ def _problem(c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, d
 
 # (configuration, the path choose_path must take). Asymmetric sizes, strides, paddings everywhere.
 CASES = {
-    "unet_k2s2": (_problem(8, 4, (5, 6), 2, 2), "nonoverlap_direct"),
-    # nonoverlap_direct: rows (C_out/G·kH·kW) not a multiple of its 6-row tile, panels of pixels across input
-    # rows and past the image, groups, a batch, output_padding (bias only), a taller kernel
-    "nonoverlap_direct_wide": (_problem(8, 10, (3, 37), 2, 2, output_padding=(1, 1), groups=2, batch=2),
+    "unet_k2s2": (_problem(8, 4, (5, 6), 2, 2), "nonoverlap_gemm"),
+    # nonoverlap_direct (from 1024 input pixels): rows (C_out/G·kH·kW) not a multiple of its 6-row tile, panels
+    # of pixels across input rows and past the image, groups, a batch, output_padding (bias only), a taller kernel
+    "nonoverlap_direct_wide": (_problem(8, 10, (15, 37), 2, 2, output_padding=(1, 1), groups=2, batch=2),
                                "nonoverlap_direct"),
-    "nonoverlap_direct_k3x2": (_problem(5, 16, (4, 19), (3, 2), (3, 2), bias=False), "nonoverlap_direct"),
+    "nonoverlap_direct_k3x2": (_problem(5, 16, (33, 35), (3, 2), (3, 2), bias=False), "nonoverlap_direct"),
     "nonoverlap_asym_pad_op": (_problem(6, 4, (4, 5), (2, 3), (2, 3), padding=(1, 2), output_padding=(1, 0),
                                         batch=2), "nonoverlap_gemm"),
     "nonoverlap_groups": (_problem(8, 12, (3, 4), 3, 3, groups=2, bias=False), "nonoverlap_gemm"),

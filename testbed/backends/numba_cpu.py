@@ -146,6 +146,9 @@ _NONOVERLAP_TILE_SIZE = NONOVERLAP_MAX_TAPS * BLOCKED_PANEL_PIXELS * 16
 #: channels), at most :data:`NONOVERLAP_MAX_PIXELS` pixels.
 NONOVERLAP_BLOCK_BYTES = 192 * 2**10
 NONOVERLAP_MAX_PIXELS = 384
+#: ``nonoverlap_direct`` from this many input pixels (N·H·W) on; below, ``nonoverlap_gemm`` (see
+#: :func:`_nonoverlap_direct_suits`).
+NONOVERLAP_MIN_PIXELS = 1024
 _NONOVERLAP_NCHW_TILE = 6 * 16
 #: ``blocked_direct`` moves its input channels-last on both threads above this size, on the calling thread below:
 #: every parallel region waits for all threads, and on a busy host a thread's core may be a time slice away.
@@ -221,11 +224,32 @@ def choose_path(problem) -> str:
 
 
 def _nonoverlap_direct_suits(problem) -> bool:
-    """Kernel width 2, no padding (in NCHW each row pair's two columns then interleave into one contiguous
-    output run; elsewhere its tiles would go out element by element, and the BLAS path is faster) and at most
-    :data:`NONOVERLAP_MAX_TAPS` taps. The same rule in both layouts, so that NCHW and NHWC sum alike."""
+    """Kernel width 2, no padding, at most :data:`NONOVERLAP_MAX_TAPS` taps, and at least
+    :data:`NONOVERLAP_MIN_PIXELS` input pixels (N·H·W); the same rule in both layouts, so that NCHW and NHWC sum
+    alike. Elsewhere ``nonoverlap_gemm`` is as fast or faster: with another kernel width or padding, NCHW tiles
+    would go out element by element; with few pixels, packing the weight (per call, for each thread's share)
+    weighs more. From ``python -m experiments.numba_cpu_paths --unet`` (median (min) ms, float32, 2 threads, 3
+    rounds of fresh workers; two runs, the first NCHW only; 2-core AMD EPYC, load average 0.2-1.4):
+
+    ===============  =======================  =======================  =====================
+    case             nonoverlap_gemm          nonoverlap_direct        bare GEMM (NumPy)
+    ===============  =======================  =======================  =====================
+    unet1 NCHW       23.5; 26.7 (20.8)        23.7; 36 (24.9)          21.9; 23.4 (20)
+    unet1 NHWC       31.8 (26.4)              30.9 (24.3)              23.3 (20.2)
+    unet2 NCHW       18.1; 21.7 (17.8)        17.0; 23 (17.9)          15.9; 20.3 (17.8)
+    unet2 NHWC       21.6 (17.8)              18.0 (16.6)              19.7 (18.8)
+    unet3 NCHW       20.3; 22.2 (19.5)        18.2; 18.6 (16.2)        18.4; 18 (15)
+    unet3 NHWC       20.2 (18.9)              16.0 (15.2)              18.4 (16.2)
+    unet4 NCHW       25.6; 25.3 (21.3)        22.4; 25.7 (20.8)        24.1; 24.9 (18.8)
+    unet4 NHWC       24.5 (20.2)              21.2 (19.9)              21.0 (19.1)
+    ===============  =======================  =======================  =====================
+
+    Single-threaded (CPU time, interleaved in one process, ratio to the bare GEMM) the two were within ±10 % on
+    unet2-4, and on unet1 (784 pixels against an 8 MB weight) ``nonoverlap_gemm`` was ahead in NCHW (1.12-1.13
+    against 1.16-1.31)."""
     return (problem.kernel_size[1] == 2 and problem.padding == (0, 0)
-            and problem.kernel_size[0] * problem.kernel_size[1] <= NONOVERLAP_MAX_TAPS)
+            and problem.kernel_size[0] * problem.kernel_size[1] <= NONOVERLAP_MAX_TAPS
+            and problem.batch * problem.in_size[0] * problem.in_size[1] >= NONOVERLAP_MIN_PIXELS)
 
 
 def _taps_leave_gaps(problem) -> bool:
