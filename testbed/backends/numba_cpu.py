@@ -14,8 +14,8 @@ the weight repacked with its output channels innermost, and each tap's products 
 output channels copied into place. The buffers (per thread blocks, the repacked weight) are kept across calls
 (:mod:`testbed.workspace`), so a repeated call page-faults only on its output, and with ``out=`` on nothing.
 
-``nonoverlap_direct`` (stride == kernel with kernel width 2 and no padding: the U-Net up-convolution; chosen
-over ``nonoverlap_gemm`` there, see :func:`_nonoverlap_direct_suits`). The same GEMM, but computed by this
+``nonoverlap_direct`` (stride == kernel with kernel width 2, no padding and at least 1024 input pixels: the
+U-Net up-convolution; chosen over ``nonoverlap_gemm`` there, see :func:`_nonoverlap_direct_suits`). The same GEMM, but computed by this
 module's own register-tile micro-kernel (:func:`_fma_panel`, as ``blocked_direct``'s) on operands packed once
 per call and shared by both threads, with every tile written straight from registers to its outputs: no
 product block, no second pass, no per-call BLAS packing per thread. NHWC (:func:`_nonoverlap_tiles`): a tile is 6
