@@ -220,6 +220,13 @@ def test_nonoverlap_direct_is_blocked_direct_bitwise(monkeypatch, name, layout):
         assert np.array_equal(out, expected)
 
 
+def test_nonoverlap_direct_refuses_what_it_cannot_compute():
+    """Forced onto a problem outside its rule's reach, the path raises instead of overrunning its stack tile."""
+    for problem in (_problem(4, 16, (3, 3), 5, 5), _problem(4, 16, (3, 3), 2, 1)):
+        with pytest.raises(ValueError, match="nonoverlap_direct needs stride == kernel"):
+            numba_cpu._nonoverlap_direct(*problem.random_arrays(0), problem)
+
+
 def test_blocked_direct_sign_of_zero():
     """Outputs that no product reaches, or whose products are all -0.0, are +0.0 + bias (PyTorch's sign): a
     -0.0 bias alone gives +0.0."""

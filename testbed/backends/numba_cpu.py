@@ -14,17 +14,17 @@ the weight repacked with its output channels innermost, and each tap's products 
 output channels copied into place. The buffers (per thread blocks, the repacked weight) are kept across calls
 (:mod:`testbed.workspace`), so a repeated call page-faults only on its output, and with ``out=`` on nothing.
 
-``nonoverlap_direct`` (stride == kernel with kernel width 2, no padding and at least 1024 input pixels: the
-U-Net up-convolution; chosen over ``nonoverlap_gemm`` there, see :func:`_nonoverlap_direct_suits`). The same GEMM, but computed by this
-module's own register-tile micro-kernel (:func:`_fma_panel`, as ``blocked_direct``'s) on operands packed once
-per call and shared by both threads, with every tile written straight from registers to its outputs: no
+``nonoverlap_direct`` (stride == kernel with kernel width 2, no padding and at least 1024 input pixels: the U-Net
+up-convolution; chosen over ``nonoverlap_gemm`` there, see :func:`_nonoverlap_direct_suits`). The same GEMM, but
+computed by this module's own register-tile micro-kernel (:func:`_fma_panel`, as ``blocked_direct``'s) on operands
+packed once per call and shared by both threads, with every tile written straight from registers to its outputs: no
 product block, no second pass, no per-call BLAS packing per thread. NHWC (:func:`_nonoverlap_tiles`): a tile is 6
-input pixels × one 64-byte vector of output channels of one tap, stored as 6 contiguous vectors with the bias
-added (:func:`_fma_panel_out`). NCHW (:func:`_nonoverlap_tiles_nchw`): a tile is 6 weight rows ``(co, a, b)`` ×
-one vector of 16 consecutive input pixels, the two columns ``b`` of each row pair interleaved in registers into
-one contiguous run of 32 outputs (:func:`_fma_panel_pairs_out`). Each sum runs over the input channels in
-ascending order from +0.0, one FMA per product, as ``blocked_direct``'s, so all three give bitwise the same
-result, in both layouts. Measured against ``nonoverlap_gemm`` on the U-Net shapes in the README.
+input pixels × one 64-byte vector of output channels of one tap, stored as 6 contiguous vectors with the bias added
+(:func:`_fma_panel_out`). NCHW (:func:`_nonoverlap_tiles_nchw`): a tile is 6 weight rows ``(co, a, b)`` × one
+vector of 16 consecutive input pixels, the two columns ``b`` of each row pair interleaved in registers into one
+contiguous run of 32 outputs (:func:`_fma_panel_pairs_out`). Each sum runs over the input channels in ascending
+order from +0.0, one FMA per product, as ``blocked_direct``'s, so all three give bitwise the same result, in both
+layouts. Measured against ``nonoverlap_gemm`` on the U-Net shapes in the README.
 
 ``gemm_col2im`` (overlapping taps with GEMM-sized channels). The same GEMM gives every (input pixel, tap)
 product summed over input channels, ``columns[co, kh, kw, n, ih, iw]``; then a *gathering* col2im: each
@@ -1240,6 +1240,11 @@ def _row_weight(weight, problem):
 
 
 def _nonoverlap_direct(x, weight, bias, problem, out=None):
+    taps = problem.kernel_size[0] * problem.kernel_size[1]
+    if not problem.is_nonoverlapping or taps > NONOVERLAP_MAX_TAPS:     # (its stack tile holds that many taps)
+        raise ValueError(f"nonoverlap_direct needs stride == kernel, dilation 1 and at most {NONOVERLAP_MAX_TAPS} "
+                         f"taps, got stride {problem.stride}, kernel {problem.kernel_size}, dilation "
+                         f"{problem.dilation}")
     y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
     bias = _bias_or_zeros(bias, problem)
     _fill_uncovered(y, bias, problem)
