@@ -748,30 +748,27 @@ def _blocked_direct_tiles(pixels, packed, bias, y, stride_h, stride_w, pad_h, pa
                             line[b + stride_w * (j0 + j)] = acc[r * run + j, c] + b_c
 
 @parallel_kernel
-def _nonoverlap_tiles(pixels, packed, bias, y, channels_first, pad_h, pad_w, block_pixels, workers):
-    """``nonoverlap_direct``: ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = Σ_ci pixels[n, i, j, ci] · W[ci, co, a, b]
-    + bias[co]`` (stride == kernel: each output has exactly one tap) as a GEMM whose register tiles are written
-    straight to their outputs, with no product buffer and no second pass. ``packed`` is the weight as GEMM
+def _nonoverlap_tiles(pixels, packed, bias, y, pad_h, pad_w, block_pixels, workers):
+    """``nonoverlap_direct`` in NHWC: ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = Σ_ci pixels[n, i, j, ci] · W[ci, co,
+    a, b] + bias[co]`` (stride == kernel: each output has exactly one tap) as a GEMM whose register tiles are
+    written straight to their outputs, with no product buffer and no second pass. ``packed`` is the weight as GEMM
     panels ``(G, Co_g⁺/L, kH, kW, Ci_g, L)`` (``L`` lanes of one 64-byte vector; the output channels padded with
     zeros), so the ``(Ci_g × L)`` panel of one tap and vector of output channels is one contiguous stream, and
-    ``pixels`` the input channels-last. A task (handed out as in :func:`_fused_nchw`) is a vector of output
-    channels × ``block_pixels`` input pixels of one image and group (their inputs stay in L2 across the
-    vectors); per :data:`BLOCKED_PANEL_PIXELS` pixels, :func:`_fma_panel` runs each tap's input-channel sum in
-    registers into a stack tile ``acc[tap, pixel, lane]``, which is then written out, bias added, to the
-    ``kH × kW`` blocks of the pixels (``channels_first``: ``y`` is NCHW, else NHWC). Outputs no tap reaches
-    (``output_padding``) are left to the caller. Each sum runs ``ci`` ascending from +0.0, one FMA per
-    product, as ``blocked_direct``'s: the result is bitwise that kernel's, and independent of the tasks."""
+    ``pixels`` the input channels-last. A task (handed out as in :func:`_fused_nchw`) is a vector of output channels
+    × ``block_pixels`` input pixels of one image and group (their inputs stay in L2 across the vectors); per
+    :data:`BLOCKED_PANEL_PIXELS` pixels, :func:`_fma_panel` runs each tap's input-channel sum in registers into a
+    stack tile ``acc[tap, pixel, lane]``, which is then written out, bias added, to the ``kH × kW`` blocks of the
+    pixels (without padding, straight from registers: :func:`_fma_panel_out`). Outputs no tap reaches
+    (``output_padding``) are left to the caller. Each sum runs ``ci`` ascending from +0.0, one FMA per product, as
+    ``blocked_direct``'s: the result is bitwise that kernel's, and independent of the tasks."""
     batch, in_h, in_w, in_channels = pixels.shape
     groups, vectors, k_h, k_w, per_group_in, lanes = packed.shape
-    if channels_first:
-        out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-    else:
-        out_h, out_w, out_channels = y.shape[1], y.shape[2], y.shape[3]
+    out_h, out_w, out_channels = y.shape[1], y.shape[2], y.shape[3]
     per_group_out, taps, area = out_channels // groups, k_h * k_w, in_h * in_w
     blocks = (area - 1) // block_pixels + 1
     tasks, counter = batch * groups * blocks * vectors, np.zeros(1, np.int64)
     zero = np.zeros(1, dtype=y.dtype)[0]
-    direct_out = not channels_first and pad_h == 0 and pad_w == 0     # every tap's output exists
+    direct_out = pad_h == 0 and pad_w == 0                          # every tap's output exists
     c1, c2, c3, c4, c5 = in_channels, 2 * in_channels, 3 * in_channels, 4 * in_channels, 5 * in_channels
     for _worker in prange(workers):                      # one worker per thread, tasks handed out in turn
         acc = carray(_stack_tile(zero, _NONOVERLAP_TILE_SIZE), (_NONOVERLAP_TILE_SIZE,))
@@ -836,14 +833,9 @@ def _nonoverlap_tiles(pixels, packed, bias, y, channels_first, pad_h, pad_w, blo
                             ow = j * k_w + b - pad_w
                             if ow < 0 or ow >= out_w:
                                 continue
-                            src = ((a * k_w + b) * 6 + t) * 16
-                            if channels_first:
-                                for lane in range(written):
-                                    y[n, c0 + lane, oh, ow] = acc[src + lane] + bias[c0 + lane]
-                            else:
-                                line = y[n, oh, ow]
-                                for lane in range(written):
-                                    line[c0 + lane] = acc[src + lane] + bias[c0 + lane]
+                            src, line = ((a * k_w + b) * 6 + t) * 16, y[n, oh, ow]
+                            for lane in range(written):
+                                line[c0 + lane] = acc[src + lane] + bias[c0 + lane]
             task = next_task(counter)
 
 
@@ -1249,7 +1241,7 @@ def _nonoverlap_direct(x, weight, bias, problem, out=None):
     bias = _bias_or_zeros(bias, problem)
     _fill_uncovered(y, bias, problem)
     if problem.layout == "NHWC":
-        _nonoverlap_tiles(x, _panel_weight(weight, problem), bias, y, False, *problem.padding,
+        _nonoverlap_tiles(x, _panel_weight(weight, problem), bias, y, *problem.padding,
                           _block_pixels(problem), numba.get_num_threads())
         return y
     lanes = 64 // problem.dtype.itemsize
