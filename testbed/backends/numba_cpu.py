@@ -9,10 +9,10 @@ with a *single-threaded* BLAS call into its own buffer and moves it into place (
 rows and columns, bias) while it is still in cache. So the products never make a round trip through memory, and
 only one thread pool (Numba's) ever runs: the alternative, OpenBLAS's pool for the GEMM and Numba's for the
 shuffle, pays a hand-off per block, and concurrent calls into a multithreaded OpenBLAS from Numba's threads were
-measured 9× slower. In NHWC (channels last) the GEMM is ``(H·W × C_in/G) · (C_in/G × kH·kW·C_out/G)`` against
-the weight repacked with its output channels innermost, and each tap's products are a contiguous run of
-output channels copied into place. The buffers (per thread blocks, the repacked weight) are kept across calls
-(:mod:`testbed.workspace`), so a repeated call page-faults only on its output, and with ``out=`` on nothing.
+measured 9× slower. In NHWC (channels last) the GEMM is ``(H·W × C_in/G) · (C_in/G × C_out/G·kH·kW)`` against
+the weight as given, and each tap's products, every ``kH·kW``-th of a block row, are gathered into a contiguous
+run of output channels. The per-thread blocks are kept across calls (:mod:`testbed.workspace`), so a repeated
+call page-faults only on its output, and with ``out=`` on nothing.
 
 ``nonoverlap_direct`` (stride == kernel with kernel width 2, no padding and at least 1024 input pixels: the U-Net
 up-convolution; chosen over ``nonoverlap_gemm`` there, see :func:`_nonoverlap_direct_suits`). The same GEMM, but
@@ -121,7 +121,7 @@ DIRECT_MAX_CHANNEL_PRODUCT = 16
 #: The fused path (``nonoverlap_gemm``) computes the GEMM in blocks of about this many bytes of products per
 #: task, each moved into place by the thread that computed it while it is still in cache (L2/L3) ...
 BLOCK_BYTES = 4 * 2**20
-#: ... with at most this many weight rows (NCHW: output channels × taps) or columns (NHWC) per block. Every BLAS
+#: ... with at most this many weight rows (NCHW) or columns (NHWC), output channels × taps, per block. Every BLAS
 #: call repacks both operands, K·(rows + pixels) values for K·rows·pixels multiply-adds, so blocks this large
 #: keep the repacking a few percent; 256 KiB blocks of 256 rows cost 1.2-1.5× the single GEMM here (measured
 #: single-threaded, CPU time, unet1..4), 4 MiB of 512 rows 1.0-1.2×.
@@ -327,61 +327,68 @@ def _fused_nchw(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, gr
 
 
 @parallel_kernel
-def _fused_nhwc(x, packed, bias, y, blocks, m_block, px_block, pad_h, pad_w, groups):
-    """``nonoverlap_gemm`` in NHWC: ``products[p, (a, b, co)] = Σ_ci x[n, p, ci] · P[ci, a, b, co]`` for a block
-    of pixels ``p = i·W + j`` and columns (``P[ci, a, b, co] = W[ci, co, a, b]``), one single-threaded BLAS call per
-    task (handed out as in :func:`_fused_nchw`) into the worker's buffer, then each tap's run of output channels
-    copied in place with the bias: ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = (products + 0) + bias[co]``. A
-    task owns its columns of its pixels' outputs; the first column block of a group also writes the positions
-    no tap reaches (bias alone)."""
+def _fused_nhwc(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, groups):
+    """``nonoverlap_gemm`` in NHWC: ``products[p, (co, a, b)] = Σ_ci x[n, p, ci] · W[ci, co, a, b]`` for a block of
+    pixels ``p = i·W + j`` and of output channels (the weight as given, so no repacked copy), one single-threaded
+    BLAS call per task (handed out as in :func:`_fused_nchw`) into the worker's buffer, then each tap's channels
+    gathered (a stride of ``kH·kW`` in the block, in cache) into their contiguous run of the output with the bias:
+    ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = (products + 0) + bias[co]``. A task owns its channels of its
+    pixels' outputs, and also writes those channels at the positions no tap reaches (bias alone) in the
+    ``output_padding`` columns right of its pixels and, for the image's last pixels, in the rows below."""
     batch, in_h, in_w, in_channels = x.shape
     out_h, out_w = y.shape[1], y.shape[2]
-    k_h, k_w, per_group_out = packed.shape[1], packed.shape[2], packed.shape[3]
-    per_group_in, width = in_channels // groups, k_h * k_w * per_group_out
+    k_h, k_w = weight.shape[2], weight.shape[3]
+    per_group_in, per_group_out, taps = in_channels // groups, weight.shape[1], k_h * k_w
     pixels = in_h * in_w
     flat_x = x.reshape((batch, pixels, in_channels))
-    flat_p = packed.reshape((in_channels, width))
-    m_blocks, px_blocks = (width - 1) // m_block + 1, (pixels - 1) // px_block + 1
+    flat_w = weight.reshape((in_channels, per_group_out * taps))
+    co_blocks, px_blocks = (per_group_out - 1) // co_block + 1, (pixels - 1) // px_block + 1
     covered_h = max(0, min(out_h, in_h * k_h - pad_h))
     covered_w = max(0, min(out_w, in_w * k_w - pad_w))
     zero = np.zeros(1, dtype=y.dtype)[0]
-    tasks, counter = batch * groups * px_blocks * m_blocks, np.zeros(1, np.int64)
+    tasks, counter = batch * groups * px_blocks * co_blocks, np.zeros(1, np.int64)
     for worker in prange(blocks.shape[0]):                   # one worker per thread, tasks handed out in turn
         task = next_task(counter)
         while task < tasks:
-            mb = task % m_blocks
-            pb = (task // m_blocks) % px_blocks
-            g = (task // (m_blocks * px_blocks)) % groups
-            n = task // (m_blocks * px_blocks * groups)
-            m0, m1 = mb * m_block, min(width, (mb + 1) * m_block)
+            cb = task % co_blocks
+            pb = (task // co_blocks) % px_blocks
+            g = (task // (co_blocks * px_blocks)) % groups
+            n = task // (co_blocks * px_blocks * groups)
+            c0, c1 = cb * co_block, min(per_group_out, (cb + 1) * co_block)
             p0, p1 = pb * px_block, min(pixels, (pb + 1) * px_block)
-            ci0, ci1, co0 = g * per_group_in, (g + 1) * per_group_in, g * per_group_out
-            products = blocks[worker, :(p1 - p0) * (m1 - m0)].reshape((p1 - p0, m1 - m0))
-            gemm(flat_x[n, p0:p1, ci0:ci1], flat_p[ci0:ci1, m0:m1], products, False, False)
+            ci0, ci1, lo = g * per_group_in, (g + 1) * per_group_in, g * per_group_out + c0
+            width, run = (c1 - c0) * taps, c1 - c0
+            products = blocks[worker, :(p1 - p0) * width].reshape((p1 - p0, width))
+            gemm(flat_x[n, p0:p1, ci0:ci1], flat_w[ci0:ci1, c0 * taps:c1 * taps], products, False, False)
+            b_c = bias[lo:lo + run]
             for p in range(p0, p1):
                 i, j = p // in_w, p % in_w
                 row = products[p - p0]
-                for tap in range(m0 // per_group_out, (m1 - 1) // per_group_out + 1):
-                    oh, ow = i * k_h + tap // k_w - pad_h, j * k_w + tap % k_w - pad_w
-                    if oh < 0 or oh >= out_h or ow < 0 or ow >= out_w:
-                        continue
-                    lo, hi = max(m0, tap * per_group_out), min(m1, (tap + 1) * per_group_out)
-                    c0 = co0 + lo - tap * per_group_out
-                    dst, src, b_c = y[n, oh, ow, c0:c0 + hi - lo], row[lo - m0:hi - m0], bias[c0:c0 + hi - lo]
-                    for q in range(hi - lo):
-                        dst[q] = (src[q] + zero) + b_c[q]
-                if m0 == 0 and j == in_w - 1:
+                if taps == 4 and pad_h == 0 and pad_w == 0:          # the U-Net case: a 4-way de-interleave
+                    d0, d1 = y[n, 2 * i, 2 * j, lo:lo + run], y[n, 2 * i, 2 * j + 1, lo:lo + run]
+                    d2, d3 = y[n, 2 * i + 1, 2 * j, lo:lo + run], y[n, 2 * i + 1, 2 * j + 1, lo:lo + run]
+                    for q in range(run):
+                        t0, t1, t2, t3 = row[4 * q], row[4 * q + 1], row[4 * q + 2], row[4 * q + 3]
+                        d0[q], d1[q] = (t0 + zero) + b_c[q], (t1 + zero) + b_c[q]
+                        d2[q], d3[q] = (t2 + zero) + b_c[q], (t3 + zero) + b_c[q]
+                else:
+                    for tap in range(taps):
+                        oh, ow = i * k_h + tap // k_w - pad_h, j * k_w + tap % k_w - pad_w
+                        if oh < 0 or oh >= out_h or ow < 0 or ow >= out_w:
+                            continue
+                        dst = y[n, oh, ow, lo:lo + run]
+                        for q in range(run):
+                            dst[q] = (row[q * taps + tap] + zero) + b_c[q]
+                if j == in_w - 1:
                     for a in range(k_h):
                         oh = i * k_h + a - pad_h
                         if 0 <= oh < out_h:
                             for ow in range(covered_w, out_w):
-                                for c in range(co0, co0 + per_group_out):
-                                    y[n, oh, ow, c] = zero + bias[c]
-            if m0 == 0 and p1 == pixels:
+                                y[n, oh, ow, lo:lo + run] = zero + b_c
+            if p1 == pixels:
                 for oh in range(covered_h, out_h):
                     for ow in range(out_w):
-                        for c in range(co0, co0 + per_group_out):
-                            y[n, oh, ow, c] = zero + bias[c]
+                        y[n, oh, ow, lo:lo + run] = zero + b_c
             task = next_task(counter)
 
 
@@ -1072,11 +1079,10 @@ def _block_plan(problem):
     on the thread count, so every thread count gives the same blocks and bitwise the same result."""
     taps = problem.kernel_size[0] * problem.kernel_size[1]
     elements = max(1, BLOCK_BYTES // problem.dtype.itemsize)
-    if problem.layout == "NHWC":
-        width = min(taps * problem.out_per_group, BLOCK_WIDTH)
-        return width, max(1, elements // width)
     channels = max(1, min(problem.out_per_group, BLOCK_WIDTH // taps))
     pixels, row = max(1, elements // (channels * taps)), problem.in_size[1]
+    if problem.layout == "NHWC":
+        return channels, pixels
     return channels, (pixels // row * row if pixels >= row else pixels)
 
 
@@ -1090,21 +1096,14 @@ def _fits_blas(problem):
 def _nonoverlap_gemm(x, weight, bias, problem, out=None):
     y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
     bias = _bias_or_zeros(bias, problem)
-    first, pixels = _block_plan(problem)
+    channels, pixels = _block_plan(problem)
     taps = problem.kernel_size[0] * problem.kernel_size[1]
     # one worker (and buffer) per Numba thread, kept across calls
-    threads, dtype = numba.get_num_threads(), problem.dtype
+    blocks = workspace.scratch("numba_cpu.blocks", (numba.get_num_threads(), channels * taps * pixels),
+                               problem.dtype)
+    fused = _fused_nhwc if problem.layout == "NHWC" else _fused_nchw
     with single_threaded_blas():
-        if problem.layout == "NHWC":
-            packed = workspace.scratch("numba_cpu.packed_weight", (problem.in_channels, *problem.kernel_size,
-                                                                    problem.out_per_group), dtype)
-            # (a copy in this thread: a second parallel region would cost another wait for both threads)
-            np.copyto(packed, weight.transpose(0, 2, 3, 1))
-            blocks = workspace.scratch("numba_cpu.blocks", (threads, first * pixels), dtype)
-            _fused_nhwc(x, packed, bias, y, blocks, first, pixels, *problem.padding, problem.groups)
-        else:
-            blocks = workspace.scratch("numba_cpu.blocks", (threads, first * taps * pixels), dtype)
-            _fused_nchw(x, weight, bias, y, blocks, first, pixels, *problem.padding, problem.groups)
+        fused(x, weight, bias, y, blocks, channels, pixels, *problem.padding, problem.groups)
     return y
 
 
