@@ -13,7 +13,8 @@ first touch, on every call. Backends therefore take their temporaries from :func
 * **released** by :func:`clear_workspace` (every thread's buffers; one still in use by a running call is freed
   when that call returns) and when a thread ends.
 
-:func:`workspace_bytes` says how much is held.
+:func:`workspace_bytes` says how much is held. Results are not kept (the caller owns them), but a large one is
+placed where transparent huge pages can back all of it (:func:`empty_result`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ import weakref
 
 import numpy as np
 
-__all__ = ["WORKSPACE_CACHE_BYTES", "clear_workspace", "scratch", "workspace_bytes"]
+__all__ = ["WORKSPACE_CACHE_BYTES", "clear_workspace", "empty_result", "scratch", "workspace_bytes"]
 
 _ALIGN = 64
+#: :func:`empty_result` aligns results of at least :data:`_HUGE_FROM` bytes to this (an x86-64 huge page).
+_HUGE_PAGE = 2 * 2**20
+_HUGE_FROM = 4 * 2**20
 
 
 def _cap_from_environment() -> int:
@@ -76,6 +80,26 @@ def _view(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarra
     start = (-raw.ctypes.data) % _ALIGN
     count = math.prod(shape)
     return raw[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def empty_result(shape, dtype) -> np.ndarray:
+    """A new uninitialised C-contiguous array for a call's result, owned by the caller like ``np.empty``'s; from
+    4 MiB up it starts on a 2 MiB boundary.
+
+    NumPy asks the kernel for transparent huge pages for blocks of 4 MiB and more (``madvise``), but a block
+    gets them only for the 2 MiB-aligned regions wholly inside it; the rest is faulted in 4 KiB pages, one fault
+    each, on first touch. Where a block lands is the allocator's choice, so the same call faulted 407 times on
+    one run and 918 on another. Aligned, the result is all huge pages (when the kernel has them to give): for a
+    39 MB result (unet4's) allocated and filled, 20 faults and 4.8-6.1 ms against 407-918 and 6.2-8.1 ms (one
+    thread, medians of 20). The block is at most 2 MiB larger; its untouched ends cost address space only."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < _HUGE_FROM:
+        return np.empty(shape, dtype=dtype)
+    raw = np.empty(nbytes + _HUGE_PAGE, dtype=np.uint8)
+    start = (-raw.ctypes.data) % _HUGE_PAGE
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def scratch(name: str, shape, dtype) -> np.ndarray:

@@ -109,6 +109,19 @@ def test_repeated_calls_fault_only_on_their_output(layout):
     output_alone = faults_per_call(lambda: np.empty(problem.output_shape, np.float32).fill(1.0))
     assert faults_per_call(lambda: testbed.conv_transpose2d(x, weight, backend="numba_cpu", **kwargs)) \
         < 1.5 * output_alone + 8
+    assert testbed.conv_transpose2d(x, weight, backend="numba_cpu", **kwargs).ctypes.data % (2 * 2**20) == 0
+
+
+def test_large_results_start_on_a_huge_page():
+    """From 4 MiB up a result starts on a 2 MiB boundary, so huge pages can back all of it; a smaller one is
+    np.empty's. Either is an ordinary writeable C-contiguous array of the shape and dtype asked for."""
+    for shape, dtype, aligned in (((3, 1000, 1001), np.float32, True), ((4, 1024, 1024), np.uint8, True),
+                                  ((10, 10), np.float64, False), ((0, 5), np.float32, False)):
+        y = workspace.empty_result(shape, dtype)
+        assert y.shape == shape and y.dtype == dtype and y.flags.c_contiguous and y.flags.writeable
+        assert not aligned or y.ctypes.data % (2 * 2**20) == 0
+        y[...] = 1                                           # every element is usable
+        assert y.sum() == y.size
 
 
 def test_clear_workspace_and_threads():

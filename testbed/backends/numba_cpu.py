@@ -926,6 +926,8 @@ def _nonoverlap_tiles_nchw(x, weight, rows, bias, y, pad_h, pad_w, block_pixels,
             # plane: another page, a TLB miss each, measured 1.5-2× the whole kernel's time on unet4)
             for ci in range(per_group_in):
                 at = (n * in_channels + g * per_group_in + ci) * area
+                for line in range(p_lo, p_hi, lanes):          # the run of a plane a few planes on
+                    _prefetch(source, at + PACK_PREFETCH_PLANES * area + line)
                 for q in range(count):
                     p0, to = p_lo + q * lanes, (q * per_group_in + ci) * lanes
                     if p0 + lanes <= p_hi:
@@ -1000,6 +1002,10 @@ def _nonoverlap_tiles_nchw(x, weight, rows, bias, y, pad_h, pad_w, block_pixels,
 #: :func:`_pack_panel` and :func:`_pack_row_tiles` ask for a weight row's cache lines this many rows ahead of
 #: the one they pack (:func:`_prefetch`).
 PACK_PREFETCH_ROWS = 16
+
+
+#: :func:`_nonoverlap_tiles_nchw` asks for the input pixels of a plane this many planes ahead of the one it packs.
+PACK_PREFETCH_PLANES = 4
 
 
 #: Row tiles per packing task of :func:`_nonoverlap_tiles_nchw` (each a run of 6·this weights per weight row).
@@ -1149,7 +1155,7 @@ def _fits_blas(problem):
 
 
 def _nonoverlap_gemm(x, weight, bias, problem, out=None):
-    y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
+    y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     bias = _bias_or_zeros(bias, problem)
     channels, pixels = _block_plan(problem)
     taps = problem.kernel_size[0] * problem.kernel_size[1]
@@ -1163,7 +1169,7 @@ def _nonoverlap_gemm(x, weight, bias, problem, out=None):
 
 
 def _gemm_col2im(x, weight, bias, problem, out=None):
-    y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
+    y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     bias = _bias_or_zeros(bias, problem)
     for images in _image_chunks(problem):
         _col2im_gather(_gemm_columns(x[images], weight, problem), bias, y[images], *problem.stride,
@@ -1172,7 +1178,7 @@ def _gemm_col2im(x, weight, bias, problem, out=None):
 
 
 def _direct(x, weight, bias, problem, out=None):
-    y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
+    y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     _direct_gather(x, weight, _bias_or_zeros(bias, problem), y, *problem.stride, *problem.padding,
                    *problem.dilation, problem.groups)
     return y
@@ -1225,7 +1231,7 @@ def _blocked_direct(x, weight, bias, problem, out=None, *, tile_co=None, tile_ro
     """``blocked_direct``; ``tile_co`` (a multiple of 16) and ``tile_rows`` override the chosen tiles (the
     result is the same bitwise). The channels-last input and the packed weight live in this thread's kept
     workspace (:mod:`testbed.workspace`), so a repeated call allocates only its result."""
-    y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
+    y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     # the kernel indexes the output as (n, c, h, w)
     y_nchw = y.transpose(0, 3, 1, 2) if problem.layout == "NHWC" else y
     _blocked_direct_tiles(_channels_last_input(x, problem), _packed_weight(weight, problem),
@@ -1278,7 +1284,7 @@ def _nonoverlap_direct(x, weight, bias, problem, out=None):
         raise ValueError(f"nonoverlap_direct needs stride == kernel, dilation 1 and at most {NONOVERLAP_MAX_TAPS} "
                          f"taps, got stride {problem.stride}, kernel {problem.kernel_size}, dilation "
                          f"{problem.dilation}")
-    y = np.empty(problem.output_shape, dtype=problem.dtype) if out is None else out
+    y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     bias = _bias_or_zeros(bias, problem)
     _fill_uncovered(y, bias, problem)
     if problem.layout == "NHWC":
