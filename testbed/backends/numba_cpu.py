@@ -119,13 +119,15 @@ PATHS = ("direct", "nonoverlap_gemm", "gemm_col2im", "blocked_direct", "nonoverl
 DIRECT_MAX_CHANNEL_PRODUCT = 16
 
 #: The fused path (``nonoverlap_gemm``) computes the GEMM in blocks of about this many bytes of products per
-#: task, each moved into place by the thread that computed it while it is still in cache (L2/L3) ...
-BLOCK_BYTES = 4 * 2**20
+#: task, each moved into place by the thread that computed it while it is still in cache (L3) ...
+BLOCK_BYTES = 8 * 2**20
 #: ... with at most this many weight rows (NCHW) or columns (NHWC), output channels × taps, per block. Every BLAS
 #: call repacks both operands, K·(rows + pixels) values for K·rows·pixels multiply-adds, so blocks this large
 #: keep the repacking a few percent; 256 KiB blocks of 256 rows cost 1.2-1.5× the single GEMM here (measured
-#: single-threaded, CPU time, unet1..4), 4 MiB of 512 rows 1.0-1.2×.
-BLOCK_WIDTH = 512
+#: single-threaded, CPU time, unet1..4), 4 MiB of 512 rows 1.0-1.2×. On unet1 in NCHW (784 pixels, all in one
+#: block), 1024 rows (2 tasks) against 512 (4): median 25.1 against 25.7 ms (bare GEMM 22.7), fresh processes,
+#: 6 alternations, two threads: each task repacks the whole input.
+BLOCK_WIDTH = 1024
 
 #: ``blocked_direct``'s tile: at most this many output channels per work item, and phase pixels per accumulator
 #: tile (``BLOCKED_TILE_PIXELS × BLOCKED_MAX_TILE_CO`` elements on each thread's stack: 64 KB in float32; the
