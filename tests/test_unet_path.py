@@ -28,6 +28,9 @@ CASES = {
     "asym_pad_op": _problem(6, 4, (4, 5), (2, 3), padding=(1, 2), output_padding=(1, 2), batch=2),
     "groups": _problem(8, 12, (3, 5), 3, groups=2, output_padding=(2, 1)),
     "k1x4": _problem(6, 3, (6, 2), (1, 4), padding=(0, 1)),
+    # four taps that are not 2 × 2 (the NHWC shuffle's U-Net branch must not take them)
+    "k1x4_unpadded": _problem(5, 3, (3, 4), (1, 4)),
+    "k4x1_unpadded": _problem(4, 6, (2, 3), (4, 1), batch=2),
 }
 # (bytes, width): one block for everything; blocks that split channels, rows (mid-row) and columns
 BLOCKS = {"default": (numba_cpu.BLOCK_BYTES, numba_cpu.BLOCK_WIDTH), "tiny": (7 * 8, 5), "row_split": (96, 12)}

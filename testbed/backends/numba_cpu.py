@@ -366,7 +366,7 @@ def _fused_nhwc(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, gr
             for p in range(p0, p1):
                 i, j = p // in_w, p % in_w
                 row = products[p - p0]
-                if taps == 4 and pad_h == 0 and pad_w == 0:          # the U-Net case: a 4-way de-interleave
+                if k_h == 2 and k_w == 2 and pad_h == 0 and pad_w == 0:   # the U-Net case: a 4-way de-interleave
                     d0, d1 = y[n, 2 * i, 2 * j, lo:lo + run], y[n, 2 * i, 2 * j + 1, lo:lo + run]
                     d2, d3 = y[n, 2 * i + 1, 2 * j, lo:lo + run], y[n, 2 * i + 1, 2 * j + 1, lo:lo + run]
                     for q in range(run):
