@@ -152,6 +152,13 @@ NONOVERLAP_MAX_PIXELS = 384
 #: :func:`_nonoverlap_direct_suits`).
 NONOVERLAP_MIN_PIXELS = 1024
 _NONOVERLAP_NCHW_TILE = 6 * 16
+#: :func:`_pack_panel` and :func:`_pack_row_tiles` ask for a weight row's cache lines this many rows ahead of
+#: the one they pack (:func:`_prefetch`) ...
+PACK_PREFETCH_ROWS = 16
+#: ... and :func:`_nonoverlap_tiles_nchw` for the input pixels of a plane this many planes ahead of the one it packs.
+PACK_PREFETCH_PLANES = 4
+#: Row tiles per packing task of :func:`_nonoverlap_tiles_nchw` (each a run of 6·this weights per weight row).
+PACK_ROW_TILES = 32
 #: ``blocked_direct`` moves its input channels-last on both threads above this size, on the calling thread below:
 #: every parallel region waits for all threads, and on a busy host a thread's core may be a time slice away.
 PARALLEL_COPY_BYTES = 4 * 2**20
@@ -386,11 +393,13 @@ def _fused_nhwc(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, gr
                         oh = i * k_h + a - pad_h
                         if 0 <= oh < out_h:
                             for ow in range(covered_w, out_w):
-                                y[n, oh, ow, lo:lo + run] = zero + b_c
+                                for q in range(run):
+                                    y[n, oh, ow, lo + q] = zero + b_c[q]
             if p1 == pixels:
                 for oh in range(covered_h, out_h):
                     for ow in range(out_w):
-                        y[n, oh, ow, lo:lo + run] = zero + b_c
+                        for q in range(run):
+                            y[n, oh, ow, lo + q] = zero + b_c[q]
             task = next_task(counter)
 
 
@@ -1001,19 +1010,6 @@ def _nonoverlap_tiles_nchw(x, weight, rows, bias, y, pad_h, pad_w, block_pixels,
             task = next_task(counter)
 
 
-#: :func:`_pack_panel` and :func:`_pack_row_tiles` ask for a weight row's cache lines this many rows ahead of
-#: the one they pack (:func:`_prefetch`).
-PACK_PREFETCH_ROWS = 16
-
-
-#: :func:`_nonoverlap_tiles_nchw` asks for the input pixels of a plane this many planes ahead of the one it packs.
-PACK_PREFETCH_PLANES = 4
-
-
-#: Row tiles per packing task of :func:`_nonoverlap_tiles_nchw` (each a run of 6·this weights per weight row).
-PACK_ROW_TILES = 32
-
-
 @serial_kernel
 def _pack_row_tiles(weight, rows, g, t0, t1):
     """``rows[g, t, ci, e] = weight[g·Ci_g + ci].flat[6t + e]`` for the tiles ``t0 <= t < t1``, zero in the rows
@@ -1021,7 +1017,8 @@ def _pack_row_tiles(weight, rows, g, t0, t1):
     (``ci``), a run of ``6·(t1 - t0)`` values split into the tiles, one sequential write stream each; the weight
     rows are a whole row apart (8 KB on unet1), a stride the hardware prefetchers do not follow, so each one's
     lines are asked for :data:`PACK_PREFETCH_ROWS` rows ahead. Measured on unet1's 8 MB weight, one thread,
-    best of 25 interleaved rounds: 1.9 ms, against 2.5 for the earlier pack of all tiles by 8 rows at a time.
+    best (median) of 25 interleaved rounds: 1.9 (2.8) ms, against 2.5 (3.3) for the earlier pack of all tiles by 8
+    rows at a time.
     (Broadcasting from the weight as given instead, at a stride of a whole row, made unet1 2.5× slower.)"""
     tiles, per_group_in = rows.shape[1], rows.shape[2]
     useful = weight.shape[1] * weight.shape[2] * weight.shape[3]
@@ -1045,8 +1042,8 @@ def _pack_panel(weight, packed, g, v):
     ``L·kH·kW`` weights split into its taps' panels (4 sequential write streams for the 2×2 kernel, a vectorised
     4-way split); the rows are a whole weight row apart (8 KB on unet1), a stride the hardware prefetchers do not
     follow, so each row's lines are asked for :data:`PACK_PREFETCH_ROWS` rows ahead. Measured on unet1's 8 MB
-    weight, one thread, best of 25 interleaved rounds: 1.4 ms, against 1.4-1.9 for the earlier whole-weight
-    pack by 8 rows at a time (all vectors at once) and 0.7 for a plain copy."""
+    weight, one thread, best (median) of 25 interleaved rounds: 1.4 (2.3) ms, against 1.9 (2.8) for the earlier
+    whole-weight pack by 8 rows at a time (all vectors at once) and 0.7 (0.8) for a plain copy."""
     vectors, k_h, k_w, per_group_in, lanes = packed.shape[1:]
     per_group_out, taps = weight.shape[1], k_h * k_w
     source, target = weight.reshape(-1), packed.reshape(-1)
