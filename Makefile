@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m experiments.main
 
-test: lint doctest test-cpu test-cudasim
+test: lint doctest test-cpu test-cudasim bench-check
 
 # ruff (style, imports, bugbear) and mypy (types) on the library; settings in pyproject.toml.
 lint: $(STAMP)
@@ -40,6 +40,11 @@ test-cudasim: $(STAMP)
 # asv: the working tree once (bench), a range of real commits (bench-history), a regression check between
 # BASE and HEAD (bench-continuous), the HTML site (bench-publish). asv needs a machine profile first.
 BASE ?= main~1
+# asv imports the suite and checks every benchmark's signature and parameters (~5 s; part of `make test`).
+.PHONY: bench-check
+bench-check: $(STAMP)
+	$(VENV)/bin/asv check --python=same
+
 bench: $(STAMP)
 	$(VENV)/bin/asv machine --yes
 	$(VENV)/bin/asv run --python=same --quick --show-stderr

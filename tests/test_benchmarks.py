@@ -101,6 +101,15 @@ def test_benchmark_runs(cls, method, params, quick_compile):
             assert value > 0
 
 
+def test_no_imported_name_looks_like_a_benchmark():
+    """asv collects every module-level callable named like a benchmark (``time_call`` imported from
+    ``testbed.timing`` once was, and failed with a missing argument): such names must be defined in the module."""
+    for module in benchmark_modules():
+        for name, value in vars(module).items():
+            if BENCHMARK_NAME.match(name) and callable(value):
+                assert getattr(value, "__module__", None) == module.__name__, f"{module.__name__}.{name}"
+
+
 def test_every_backend_is_benchmarked():
     backends = set(testbed.list_backends())
     for cls in benchmark_classes():

@@ -8,9 +8,9 @@ Cases are named problems of ``testbed.cases.SUITES``; the benchmarks call the pu
 import numpy as np
 
 import testbed
+from testbed import timing
 from testbed.cases import SUITES
 from testbed.testing import call_kwargs
-from testbed.timing import TimingSettings, time_call
 
 #: Every named problem of every suite, by name.
 CASES = {name: problem for cases in SUITES.values() for name, problem in cases.items()}
@@ -78,8 +78,8 @@ def seconds_per_call(fn, *, batch_seconds=0.05, batches=3):
     """Median over ``batches`` samples of the time per call of ``fn`` (testbed.timing: auto-ranged loops, so
     each sample repeats ``fn`` for at least ``batch_seconds`` and fast calls are not lost in timer
     resolution)."""
-    settings = TimingSettings(warmup=1, min_repeats=batches, max_repeats=batches, budget_s=0.0,
+    settings = timing.TimingSettings(warmup=1, min_repeats=batches, max_repeats=batches, budget_s=0.0,
                               min_sample_s=batch_seconds)
-    return time_call(fn, settings)["median_s"]
+    return timing.time_call(fn, settings)["median_s"]
 
 
