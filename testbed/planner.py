@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from . import wisdom
+from ._environ import env_choice
 from .problem import Problem
 from .registry import Backend, get_backend, is_device_array, list_backends
 from .timing import (
@@ -102,9 +103,8 @@ _RULES_ONLY: ContextVar[bool] = ContextVar("testbed_rules_only", default=False)
 _MEASURE_LOCK = threading.RLock()
 #: Signatures a measurement could not decide here (nothing timable, e.g. the CUDA simulator): not retried.
 _UNDECIDED: set[str] = set()
-_ENV_WARNED: set[str] = set()
 #: The planner each value of TESTBED_PLANNER gives (built once: read on every auto call).
-_FROM_ENVIRONMENT = {"": PlannerConfig(), **{mode: PlannerConfig(mode) for mode in MODES}}
+_FROM_ENVIRONMENT = {mode: PlannerConfig(mode) for mode in MODES}
 
 
 class set_planner:
@@ -162,7 +162,8 @@ class set_planner:
 
 def get_planner() -> PlannerConfig:
     """The planner in force here: the innermost :func:`set_planner` of this thread/task, else
-    ``$TESTBED_PLANNER``, else ``estimate``. An invalid ``TESTBED_PLANNER`` warns once and reads as ``estimate``.
+    ``$TESTBED_PLANNER``, else ``estimate``. An invalid ``TESTBED_PLANNER`` warns once and reads as ``estimate``
+    (:mod:`testbed._environ`).
 
     Examples
     --------
@@ -173,14 +174,7 @@ def get_planner() -> PlannerConfig:
     config = _PLANNER.get()
     if config is not None:
         return config
-    value = os.environ.get(PLANNER_ENV, "").strip().lower()
-    if value in _FROM_ENVIRONMENT:
-        return _FROM_ENVIRONMENT[value]
-    if value not in _ENV_WARNED:
-        _ENV_WARNED.add(value)
-        warnings.warn(f"{PLANNER_ENV}={value!r} is not one of {MODES}; using 'estimate'", RuntimeWarning,
-                      stacklevel=2)
-    return _FROM_ENVIRONMENT[""]
+    return env_choice(PLANNER_ENV, _FROM_ENVIRONMENT, _FROM_ENVIRONMENT["estimate"])
 
 
 # ---- results -------------------------------------------------------------------------------------------------

@@ -20,11 +20,12 @@ placed where transparent huge pages can back all of it (:func:`empty_result`).
 from __future__ import annotations
 
 import math
-import os
 import threading
 import weakref
 
 import numpy as np
+
+from ._environ import env_int
 
 __all__ = ["WORKSPACE_CACHE_BYTES", "clear_workspace", "empty_result", "scratch", "workspace_bytes"]
 
@@ -35,16 +36,9 @@ _HUGE_FROM = 4 * 2**20
 
 
 def _cap_from_environment() -> int:
-    text = os.environ.get("TESTBED_WORKSPACE_BYTES")
-    if text is None:
-        return 256 * 2**20
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"TESTBED_WORKSPACE_BYTES must be a non-negative integer (bytes), got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"TESTBED_WORKSPACE_BYTES must be a non-negative integer (bytes), got {text!r}")
-    return value
+    """``TESTBED_WORKSPACE_BYTES`` (bytes, >= 0), else 256 MiB; a malformed value warns once
+    (:mod:`testbed._environ`)."""
+    return env_int("TESTBED_WORKSPACE_BYTES", 256 * 2**20, minimum=0)
 
 
 #: Bytes of scratch buffers one thread keeps between calls (``TESTBED_WORKSPACE_BYTES``; 0 keeps none).

@@ -45,6 +45,8 @@ import warnings
 import numba
 from numba import njit
 
+from .._environ import env_flag
+
 __all__ = ["CACHE_ENV", "NumbaCacheWarning", "cache_enabled", "can_cache", "parallel_kernel", "prepare_torch"]
 
 #: The environment variable that turns the on-disk cache off ("0", "off", "false", "no").
@@ -56,8 +58,9 @@ class NumbaCacheWarning(RuntimeWarning):
 
 
 def cache_enabled() -> bool:
-    """Whether kernels use the on-disk cache (``TESTBED_NUMBA_CACHE`` unset or not "0"/"off"/"false"/"no")."""
-    return os.environ.get(CACHE_ENV, "1").strip().lower() not in {"0", "off", "false", "no"}
+    """Whether kernels use the on-disk cache: ``TESTBED_NUMBA_CACHE`` unset, or "1"/"on"/"true"/"yes"; any other
+    value than those or "0"/"off"/"false"/"no" warns once and reads as on (:mod:`testbed._environ`)."""
+    return env_flag(CACHE_ENV, True)
 
 
 _warned: set = set()
