@@ -1,9 +1,9 @@
-"""Regenerate ``auto``'s preference table (``testbed/backends/auto_preference.json``) from a speed run.
+"""Regenerate ``auto``'s preference table (``testbed/preference_tables/``) from a speed run.
 
     python -m experiments.speed --suite unet,decoder --budget 1.0      # writes RUN_DIR
     python -m experiments.auto_preference RUN_DIR                       # rewrites the table from it
 
-Per configuration class (``testbed.backends.auto.problem_class``) the file keeps every shape's median ms per
+Per configuration class (``testbed.preference.problem_class``) the file keeps every shape's median ms per
 backend (``ok`` cells of one dtype, float32 by default) and the order ``preference_order`` derives from them:
 host backends for the four CPU classes, CUDA backends (timed on a real GPU) for the device-array list. A class
 the run did not measure keeps its entry from the current file. The run's id, machine, command and date go
@@ -21,10 +21,10 @@ from pathlib import Path
 from experiments.harness.descriptor import parse_descriptor
 from experiments.harness.reporting import load_run
 from experiments.harness.storage import atomic_write_text
-from testbed.backends import auto
+from testbed import preference
 from testbed.registry import get_backend, list_backends
 
-DEFAULT_OUT = Path(auto.__file__).with_name(auto.PREFERENCE_FILE)
+DEFAULT_OUT = preference.table_path(preference.MEASURED_ROW)
 #: Tried after the measured backends of each CPU class: the oracle supports every configuration.
 CPU_FALLBACK = ["naive"]
 
@@ -41,17 +41,18 @@ def build_table(meta: dict, frame, current: dict, dtype: str = "float32") -> dic
         backend = get_backend(row.backend)
         if backend.choose is not None:  # a dispatcher is what the table configures, not a candidate
             continue
-        key = auto.DEVICE if backend.device == "cuda" else auto.problem_class(parse_descriptor(row.descriptor))
+        key = (preference.DEVICE if backend.device == "cuda"
+               else preference.problem_class(parse_descriptor(row.descriptor)))
         entry = classes.setdefault(key, {"descriptors": {}, "median_ms": {}})
         entry["descriptors"][row.case] = row.descriptor
         entry["median_ms"].setdefault(row.case, {})[row.backend] = round(float(row.median_s) * 1e3, 4)
     table_classes = {}
-    for key in (*auto.CLASSES, auto.DEVICE):
+    for key in (*preference.CLASSES, preference.DEVICE):
         if key not in classes:
             table_classes[key] = current["classes"][key]
             continue
-        fallback = CPU_FALLBACK if key != auto.DEVICE else list(current["classes"][key]["order"])
-        order = auto.preference_order(classes[key]["median_ms"], fallback)
+        fallback = CPU_FALLBACK if key != preference.DEVICE else list(current["classes"][key]["order"])
+        order = preference.preference_order(classes[key]["median_ms"], fallback)
         table_classes[key] = {"order": order, "fallback": fallback, **classes[key]}
     threads, git = meta.get("threads", {}), meta.get("git", {})
     gpu = meta.get("device", {}).get("gpu") or "no GPU"
@@ -88,9 +89,10 @@ def main(argv=None) -> Path:
     meta, frame = load_run(args.run_dir)
     if frame.empty:
         parser.error(f"{args.run_dir} has no results")
-    current = auto.load_preference(args.out.read_text(encoding="utf-8") if args.out.exists() else None)
+    base = args.out if args.out.exists() else DEFAULT_OUT     # unmeasured classes: from the file replaced
+    current = preference.load_preference(base.read_text(encoding="utf-8"), str(base))
     text = dumps(build_table(meta, frame, current, args.dtype))
-    auto.load_preference(text)  # the file auto will load must parse
+    preference.load_preference(text, str(args.out))  # the file auto will load must parse
     atomic_write_text(args.out, text)
     print(f"wrote {args.out}")
     return args.out

@@ -4,8 +4,8 @@ process isolation by default) and the winner is kept as wisdom, so ``auto`` runs
     python -m experiments.tune --suite unet,decoder                   # wisdom for every case
     python -m experiments.tune --suite unet,decoder --write-table     # ... and regenerate auto's class table
 
-``--write-table [PATH]`` also rewrites the ``estimate`` planner's class table (``auto_preference.json`` beside
-``testbed/backends/auto.py``) from the same process-isolated timings, never by hand: per configuration class
+``--write-table [PATH]`` also rewrites the ``estimate`` planner's class table (``testbed/preference_tables/``,
+:mod:`testbed.preference`) from the same process-isolated timings, never by hand: per configuration class
 the medians of every case and backend, the order they give (fastest geometric mean over the class's cases
 first, then the oracle as the fallback) and the run, machine, command and date they come from. It times every
 candidate fully (no early cut), so that each class ranks complete rows.
@@ -27,8 +27,7 @@ from experiments.harness.descriptor import format_descriptor
 from experiments.harness.reporting import finish_report, load_run, markdown_table, report_header
 from experiments.harness.runner import results_frame
 from experiments.harness.storage import RowLog, atomic_write_csv, atomic_write_text
-from testbed import planner
-from testbed.backends import auto
+from testbed import planner, preference
 from testbed.cases import suite
 from testbed.timing import ISOLATIONS, TimingJob, TimingSettings, time_jobs
 
@@ -36,7 +35,7 @@ from .common import add_rounds_argument, finish, make_parser, rounds_of, start_r
 from .speed import suite_list
 
 NAME = "tune"
-DEFAULT_TABLE = Path(auto.__file__).with_name(getattr(auto, "PREFERENCE_FILE", "auto_preference.json"))
+DEFAULT_TABLE = preference.table_path(preference.MEASURED_ROW)
 #: After the ranked backends of a class: the oracle supports every configuration.
 FALLBACK = ["naive"]
 #: How many times ``auto`` and the winner are timed alternately after tuning (see :func:`verify_auto`).
@@ -153,15 +152,6 @@ def main(argv=None, *, out=None):
 
 # ---- auto's class table ------------------------------------------------------------------------------------------
 
-def preference_order(median_ms: dict[str, dict[str, float]], fallback=FALLBACK) -> list[str]:
-    """The backends of one class, fastest first: those measured on every case of the class ranked by the
-    geometric mean of their medians (each case weighs the same, whatever its size), then ``fallback``."""
-    shapes = list(median_ms.values())
-    measured = set.intersection(*(set(times) for times in shapes)) if shapes else set()
-    ranked = sorted(measured, key=lambda name: (sum(math.log(times[name]) for times in shapes), name))
-    return ranked + [name for name in fallback if name not in measured]
-
-
 def preference_table(meta: dict, frame, dtype: str = "float32") -> dict:
     """auto's class table from a tune run: per class the cases' medians (ms), descriptors and order; the
     device row (not measured on the CPU) as auto has it; the run it comes from."""
@@ -169,22 +159,24 @@ def preference_table(meta: dict, frame, dtype: str = "float32") -> dict:
     ok = frame[(frame["status"] == "ok") & (frame["dtype"] == dtype)]
     for row in ok.itertuples(index=False):
         problem = suite(row.suite)[row.case]
-        entry = classes.setdefault(auto.problem_class(problem), {"descriptors": {}, "median_ms": {}})
+        entry = classes.setdefault(preference.problem_class(problem), {"descriptors": {}, "median_ms": {}})
         entry["descriptors"][row.case] = row.descriptor
         entry["median_ms"].setdefault(row.case, {})[row.backend] = round(float(row.median_s) * 1e3, 4)
+    current = preference.preference_table().orders
     table = {}
-    for name in auto.PREFERENCE:
+    for name in preference.CLASSES:
         if name in classes:
-            table[name] = {"order": preference_order(classes[name]["median_ms"]), "fallback": FALLBACK,
-                           **classes[name]}
+            table[name] = {"order": preference.preference_order(classes[name]["median_ms"], FALLBACK),
+                           "fallback": FALLBACK, **classes[name]}
         else:
-            table[name] = {"order": list(auto.PREFERENCE[name]), "fallback": FALLBACK, "descriptors": {},
+            table[name] = {"order": list(current[name]), "fallback": FALLBACK, "descriptors": {},
                            "median_ms": {}, "note": "not measured in this run: kept as it was"}
-    table["device"] = {"order": list(auto.DEVICE_PREFERENCE), "fallback": list(auto.DEVICE_PREFERENCE),
-                       "descriptors": {}, "median_ms": {}, "note": "not measured by a CPU run: kept as it was"}
+    device = list(current[preference.DEVICE])
+    table[preference.DEVICE] = {"order": device, "fallback": device, "descriptors": {}, "median_ms": {},
+                                "note": "not measured by a CPU run: kept as it was"}
     threads, git = meta.get("threads", {}), meta.get("git", {})
     return {
-        "about": "auto's preference per configuration class (testbed/backends/auto.py): order = the backends "
+        "about": "auto's preference per configuration class (testbed/preference.py): order = the backends "
                  "measured on every case of the class, fastest geometric mean of median_ms first, then the "
                  "fallback. Regenerate with `python -m experiments.tune --suite unet,decoder --write-table`.",
         "source": {

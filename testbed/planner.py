@@ -1,7 +1,7 @@
 """How ``auto`` chooses: planner modes, measured decisions (:func:`tune`) and their explanation (after FFTW).
 
-``auto`` runs, for a call, in this order (:func:`planned_backend`, then the class rules of
-:mod:`testbed.backends.auto`):
+``auto`` runs, for a call, the backend :func:`choose_backend` picks, in this order (:func:`planned_backend`,
+then the class rule of :mod:`testbed.preference`):
 
 1. **wisdom** — the backend measured fastest for this exact problem signature on this machine
    (:mod:`testbed.wisdom`), if it is still available and supports the problem;
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from . import wisdom
+from . import preference, wisdom
 from ._environ import env_choice
 from .problem import Problem
 from .registry import Backend, get_backend, is_device_array, list_backends
@@ -59,7 +59,7 @@ from .timing import (
 
 __all__ = ["MODES", "PLANNER_ENV", "REFERENCE_BACKENDS", "PlannerConfig", "CandidateTiming", "TuneResult",
            "Explanation", "set_planner", "get_planner", "tune", "tune_problem", "explain", "explain_problem",
-           "planned_backend", "rule_backend"]
+           "choose_backend", "planned_backend", "rule_backend"]
 
 MODES = ("estimate", "measure")
 PLANNER_ENV = "TESTBED_PLANNER"
@@ -98,8 +98,6 @@ class PlannerConfig:
 
 
 _PLANNER: ContextVar[PlannerConfig | None] = ContextVar("testbed_planner", default=None)
-#: Set while the class rule alone is asked (explain, tune's "rule" column): no wisdom, no measurement.
-_RULES_ONLY: ContextVar[bool] = ContextVar("testbed_rules_only", default=False)
 _MEASURE_LOCK = threading.RLock()
 #: Signatures a measurement could not decide here (nothing timable, e.g. the CUDA simulator): not retried.
 _UNDECIDED: set[str] = set()
@@ -294,11 +292,6 @@ class Explanation:
 
 # ---- candidates ------------------------------------------------------------------------------------------------
 
-def _auto():
-    from .backends import auto
-    return auto
-
-
 @functools.lru_cache(maxsize=1)
 def _gpu_name() -> str:
     from numba import cuda
@@ -337,11 +330,7 @@ def _usable(name: str, problem: Problem, on_device: bool) -> tuple[Backend | Non
 
 
 def _table_row(problem: Problem, on_device: bool) -> tuple[str, tuple[str, ...]]:
-    auto = _auto()
-    if on_device:
-        return "device", tuple(auto.DEVICE_PREFERENCE)
-    klass = auto.problem_class(problem)
-    return klass, tuple(auto.PREFERENCE[klass])
+    return preference.preference_table().order_for(problem, on_device)
 
 
 def _candidates(problem: Problem, on_device: bool, names: Iterable | None
@@ -588,21 +577,16 @@ def tune(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups
 def rule_backend(problem: Problem, on_device: bool = False) -> Backend | None:
     """The backend ``auto``'s class rule (its device row for CUDA arrays) picks, ignoring wisdom and the planner;
     None if no backend can run the problem here."""
-    token = _RULES_ONLY.set(True)
     try:
-        return _auto().choose_backend(problem, on_device=on_device)
+        return preference.preference_table().choose(problem, on_device)
     except RuntimeError:
         return None
-    finally:
-        _RULES_ONLY.reset(token)
 
 
 def planned_backend(problem: Problem, on_device: bool = False) -> Backend | None:
     """The backend wisdom (or, in the ``measure`` mode, a measurement made now) picks for ``problem``, or None
-    to follow the class rule. Called by ``auto`` before its rule; never raises for a valid problem (a failed
-    measurement warns and returns None)."""
-    if _RULES_ONLY.get():
-        return None
+    to follow the class rule. Asked by :func:`choose_backend` before the rule; never raises for a valid problem (a
+    failed measurement warns and returns None)."""
     device = _device(on_device)
     entry = wisdom.lookup(problem, device)
     if entry is not None:
@@ -630,6 +614,15 @@ def planned_backend(problem: Problem, on_device: bool = False) -> Backend | None
             _UNDECIDED.add(key)
             return None
     return _usable(result.winner, problem, on_device)[0]
+
+
+def choose_backend(problem: Problem, on_device: bool = False) -> Backend:
+    """The backend ``auto`` runs for ``problem`` (``on_device``: the arrays are CUDA device arrays): wisdom, else
+    in the ``measure`` mode a measurement now (:func:`planned_backend`), else the class rule
+    (:mod:`testbed.preference`). RuntimeError if no backend can run it here (device arrays without a CUDA
+    backend)."""
+    planned = planned_backend(problem, on_device)
+    return planned if planned is not None else preference.preference_table().choose(problem, on_device)
 
 
 # ---- explain ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import testbed
-from testbed.backends import auto
+from testbed import planner, preference
 
 rng = np.random.default_rng(0)
 X = rng.standard_normal((1, 4, 5, 5))
@@ -27,12 +27,12 @@ def resolved(**kwargs):
 
 
 def first_usable(key, problem):
-    return next(name for name in auto.PREFERENCE[key] if testbed.get_backend(name).available
+    return next(name for name in preference.preference_table().orders[key] if testbed.get_backend(name).available
                 and testbed.get_backend(name).supports(problem))
 
 
 def test_default_is_auto():
-    assert resolved() == auto.choose_backend(testbed.Problem.from_shapes(X.shape, W.shape, stride=2)).name
+    assert resolved() == planner.choose_backend(testbed.Problem.from_shapes(X.shape, W.shape, stride=2)).name
 
 
 def recording_backend(calls, name="spy"):
@@ -162,7 +162,7 @@ def test_resolve_auto_unet_vs_depthwise():
     unet = testbed.Problem.from_shapes(UNET[0].shape, UNET[1].shape, dtype=np.float32, **UNET_ARGS)
     depthwise = testbed.Problem.from_shapes(DEPTHWISE[0].shape, DEPTHWISE[1].shape, dtype=np.float32,
                                             **DEPTHWISE_ARGS)
-    assert auto.problem_class(unet) == "nonoverlapping" and auto.problem_class(depthwise) == "depthwise"
+    assert preference.problem_class(unet) == "nonoverlapping" and preference.problem_class(depthwise) == "depthwise"
     got_unet = testbed.resolve_backend(*UNET, **UNET_ARGS)
     got_depthwise = testbed.resolve_backend(*DEPTHWISE, **DEPTHWISE_ARGS)
     assert got_unet.name == first_usable("nonoverlapping", unet) == "numba_cpu"
@@ -214,7 +214,7 @@ def test_call_runs_the_resolved_backend():
 
 def test_auto_resolves_through_its_choice_function():
     problem = testbed.Problem.from_shapes(X.shape, W.shape, stride=2)
-    assert testbed.get_backend("auto").resolve(problem) is auto.choose_backend(problem)
+    assert testbed.get_backend("auto").resolve(problem) is planner.choose_backend(problem)
     assert testbed.get_backend("col2im").resolve(problem) is testbed.get_backend("col2im")
 
 
@@ -225,7 +225,7 @@ def test_runner_records_the_resolved_backend():
     overlapping = testbed.Problem.from_shapes(X.shape, (4, 2, 3, 3), stride=2)
     rows = {name: run_cell(Cell("c", p, name), lambda cell, backend: {})
             for name, p in (("auto", problem), ("col2im", problem), ("kron", overlapping))}
-    assert rows["auto"]["resolved_backend"] == auto.choose_backend(problem).name == "numba_cpu"
+    assert rows["auto"]["resolved_backend"] == planner.choose_backend(problem).name == "numba_cpu"
     assert rows["col2im"]["resolved_backend"] == "col2im"
     assert rows["kron"]["status"] == "unsupported" and rows["kron"]["resolved_backend"] == ""
     assert "resolved_backend" in ROW_COLUMNS
@@ -234,7 +234,8 @@ def test_runner_records_the_resolved_backend():
 @pytest.mark.cudasim
 def test_resolve_auto_follows_device_arrays():
     """CUDA device arrays resolve to the first available CUDA backend of auto's device list (simulator or GPU)."""
-    first = next((name for name in auto.DEVICE_PREFERENCE if testbed.get_backend(name).available), None)
+    device_row = preference.preference_table().orders[preference.DEVICE]
+    first = next((name for name in device_row if testbed.get_backend(name).available), None)
     if first is None:
         pytest.skip("no CUDA backend is available (no GPU, NUMBA_ENABLE_CUDASIM unset)")
     from numba import cuda

@@ -1,8 +1,10 @@
-"""``auto``'s preference table: a data file whose order follows from its own measured medians, and the tool that
-regenerates it from a speed run."""
+"""``auto``'s class rule (testbed.preference): a data file whose order follows from its own measured medians, the
+tool that regenerates it from a speed run, and the module's place in the layers (no cycle with the planner)."""
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -11,27 +13,28 @@ import pytest
 import testbed
 from experiments import auto_preference
 from experiments.harness.descriptor import parse_descriptor
-from testbed.backends import auto
+from testbed import preference
 
-TABLE = auto.load_preference()
+SHIPPED = preference.table_path(preference.MEASURED_ROW)
+TABLE = preference.load_preference(SHIPPED.read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("key", [*auto.CLASSES, auto.DEVICE])
+@pytest.mark.parametrize("key", [*preference.CLASSES, preference.DEVICE])
 def test_shipped_order_follows_its_medians(key):
     entry = TABLE["classes"][key]
-    assert entry["order"] == auto.preference_order(entry["median_ms"], entry["fallback"])
+    assert entry["order"] == preference.preference_order(entry["median_ms"], entry["fallback"])
     assert set(entry["order"]) <= set(testbed.list_backends())
     for case, descriptor in entry["descriptors"].items():
         assert case in entry["median_ms"]
-        if key != auto.DEVICE:
-            assert auto.problem_class(parse_descriptor(descriptor)) == key, case
+        if key != preference.DEVICE:
+            assert preference.problem_class(parse_descriptor(descriptor)) == key, case
 
 
 def test_shipped_table_is_what_auto_uses():
-    assert auto.PREFERENCE == {key: tuple(TABLE["classes"][key]["order"]) for key in auto.CLASSES}
-    assert auto.DEVICE_PREFERENCE == tuple(TABLE["classes"][auto.DEVICE]["order"])
-    for key in auto.CLASSES:
-        assert auto.PREFERENCE[key][-1] == "naive"  # supports everything: auto never runs out
+    orders = preference.preference_table().orders
+    assert orders == {key: tuple(TABLE["classes"][key]["order"]) for key in (*preference.CLASSES, preference.DEVICE)}
+    for key in preference.CLASSES:
+        assert orders[key][-1] == "naive"  # supports everything: auto never runs out
     assert {"run_id", "date", "machine", "command"} <= set(TABLE["source"])
 
 
@@ -39,14 +42,14 @@ def test_preference_order_ranks_by_geometric_mean():
     medians = {"small": {"a": 1.0, "b": 2.0, "c": 1.5, "partial": 0.1},
                "large": {"a": 100.0, "b": 40.0, "c": 90.0}}
     # geometric means: a 10, b 8.9, c 11.6; "partial" misses a shape and falls back
-    assert auto.preference_order(medians, ["naive", "partial", "b"]) == ["b", "a", "c", "naive", "partial"]
-    assert auto.preference_order({}, ["x", "y"]) == ["x", "y"]
+    assert preference.preference_order(medians, ["naive", "partial", "b"]) == ["b", "a", "c", "naive", "partial"]
+    assert preference.preference_order({}, ["x", "y"]) == ["x", "y"]
 
 
 def test_load_preference_rejects_a_missing_class():
-    broken = {"classes": {key: {"order": ["naive"]} for key in auto.CLASSES}}
-    with pytest.raises(ValueError, match="class 'device' needs a non-empty 'order'"):
-        auto.load_preference(json.dumps(broken))
+    broken = {"classes": {key: {"order": ["naive"]} for key in preference.CLASSES}}
+    with pytest.raises(ValueError, match=r"broken\.json: class 'device' needs a non-empty 'order'"):
+        preference.load_preference(json.dumps(broken), "broken.json")
 
 
 def fake_run(tmp_path):
@@ -74,17 +77,17 @@ def fake_run(tmp_path):
 def test_regenerate_from_a_run(tmp_path):
     out = tmp_path / "auto_preference.json"
     auto_preference.main([str(fake_run(tmp_path)), "--out", str(out)])
-    table = auto.load_preference(out.read_text())
+    table = preference.load_preference(out.read_text())
     assert table["source"]["run_id"] == "20270101T000000Z-abc1234"
     assert "experiments.speed" in table["source"]["command"] and "Test CPU" in table["source"]["machine"]
-    for key in auto.CLASSES:
+    for key in preference.CLASSES:
         entry = table["classes"][key]
         # float32 ok rows only; the dispatcher is never a candidate; col2im (1 ms) before numba_cpu (2 ms)
         assert entry["order"] == ["col2im", "numba_cpu", "naive"]
         assert all(set(times) == {"col2im", "numba_cpu"} for times in entry["median_ms"].values())
     assert table["classes"]["nonoverlapping"]["median_ms"] == {"unet1": {"numba_cpu": 2.0, "col2im": 1.0}}
     # no GPU rows: the device list is carried over from the current file
-    assert table["classes"][auto.DEVICE] == TABLE["classes"][auto.DEVICE]
+    assert table["classes"][preference.DEVICE] == TABLE["classes"][preference.DEVICE]
     # one line per shape: the file stays reviewable
     assert '"unet1": { "numba_cpu": 2.0, "col2im": 1.0 }' in out.read_text()
 
@@ -92,7 +95,25 @@ def test_regenerate_from_a_run(tmp_path):
 def test_regenerated_table_drives_auto(tmp_path, monkeypatch):
     out = tmp_path / "auto_preference.json"
     auto_preference.main([str(fake_run(tmp_path)), "--out", str(out)])
-    table = auto.load_preference(out.read_text())
-    monkeypatch.setattr(auto, "PREFERENCE", {k: tuple(table["classes"][k]["order"]) for k in auto.CLASSES})
+    table = preference.load_preference(out.read_text())
+    orders = {k: tuple(table["classes"][k]["order"]) for k in (*preference.CLASSES, preference.DEVICE)}
+    monkeypatch.setattr(preference, "preference_table",
+                        lambda: preference.PreferenceTable(row="avx2", orders=orders, source=table["source"]))
     x, w = np.empty((1, 4, 5, 5)), np.empty((4, 2, 2, 2))
     assert testbed.resolve_backend(x, w, stride=2).name == "col2im"
+
+
+def test_the_rule_module_imports_neither_the_planner_nor_a_backend():
+    """testbed.preference sits below the planner and above the registry: importing it loads neither
+    testbed.planner nor testbed.backends.auto, so the two cannot form a cycle through it again. (testbed's
+    __init__ imports the planner for the public API, so the probe imports the module without the package's
+    __init__.)"""
+    probe = ("import importlib.util, sys, types\n"
+             "package = types.ModuleType('testbed')\n"
+             "package.__path__ = importlib.util.find_spec('testbed').submodule_search_locations\n"
+             "sys.modules['testbed'] = package\n"
+             "import testbed.preference\n"
+             "print(sorted(m for m in sys.modules if m.startswith('testbed.')))\n")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "'testbed.preference'" in loaded
+    assert "testbed.planner" not in loaded and "testbed.backends" not in loaded

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import testbed
 import testbed.cases
-from testbed.backends import auto, numba_cpu
+from testbed import planner, preference
+from testbed.backends import numba_cpu
 from testbed.problem import Problem
 from testbed.testing import assert_close, assert_close_to_oracle, call_kwargs, oracle
 
@@ -241,9 +242,9 @@ def test_blocked_direct_sign_of_zero():
 @pytest.mark.parametrize("suite", ["unet", "decoder"])
 def test_auto_follows_its_class_preference(suite):
     for problem in testbed.cases.suite(suite).values():
-        first_available = next(name for name in auto.PREFERENCE[auto.problem_class(problem)]
+        first_available = next(name for name in preference.preference_table().order_for(problem)[1]
                                if testbed.get_backend(name).available)
-        assert auto.choose_backend(problem).name == first_available
+        assert planner.choose_backend(problem).name == first_available
         if problem.is_nonoverlapping:
             assert first_available == "numba_cpu"
 
@@ -254,7 +255,7 @@ def test_auto_without_torch(monkeypatch, suite):
     monkeypatch.setattr(torch_backend, "_torch", lambda: None)
     assert not testbed.get_backend("torch").available
     for problem in testbed.cases.suite(suite).values():
-        chosen = auto.choose_backend(problem)
+        chosen = planner.choose_backend(problem)
         assert chosen.name != "torch" and chosen.available and chosen.supports(problem)
 
 

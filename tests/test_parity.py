@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import testbed
-from testbed.backends.auto import choose_backend
+from testbed.planner import choose_backend
 from testbed.testing import assert_close, assert_close_to_oracle
 from conftest import call_arrays, call_problem, run_or_skip
 from reference import torch_conv_transpose2d

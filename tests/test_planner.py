@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import testbed
-from testbed import planner, wisdom
-from testbed.backends import auto
+from testbed import planner, preference, wisdom
 from testbed.problem import Problem
 from testbed.timing import TimingSettings
 
+DEVICE_ROW = preference.preference_table().orders[preference.DEVICE]
 FEW = TimingSettings(warmup=0, min_repeats=3, max_repeats=3, budget_s=0.0, min_sample_s=0.0)
 #: A U-Net-like up-convolution (class nonoverlapping) and a decoder one (class general), small.
 UP = {"x": np.zeros((1, 8, 6, 6), np.float32), "w": np.zeros((8, 4, 2, 2), np.float32), "kwargs": {"stride": 2}}
@@ -270,13 +270,14 @@ def test_an_unwritable_wisdom_file_keeps_decisions_in_memory(monkeypatch, tmp_pa
 def test_explain_rule_and_wisdom():
     dec = problem_of(DEC)
     why = testbed.explain(DEC["x"], DEC["w"], **DEC["kwargs"])
-    assert why.reason == "rule" and why.problem_class == auto.problem_class(dec) == "general"
-    assert why.table_row == tuple(auto.PREFERENCE["general"]) and why.backend == auto.choose_backend(dec).name
+    assert why.reason == "rule" and why.problem_class == preference.problem_class(dec) == "general"
+    assert why.table_row == preference.preference_table().orders["general"]
+    assert why.backend == planner.choose_backend(dec).name
     assert why.table_row.index(why.backend) == len(why.skipped)       # earlier entries were passed over, with why
     assert "reason: rule" in str(why) and "class 'general'" in str(why)
     _record(dec, "polyphase", source="tune", isolation="process")
     why = testbed.explain(DEC["x"], DEC["w"], **DEC["kwargs"])
-    assert why.reason == "wisdom" and why.backend == "polyphase" == auto.choose_backend(dec).name
+    assert why.reason == "wisdom" and why.backend == "polyphase" == planner.choose_backend(dec).name
     assert why.measured_s == {"polyphase": 1e-3} and "polyphase 1 ms" in str(why)
     with testbed.set_planner("measure"):
         assert testbed.explain(DEC["x"], DEC["w"], **DEC["kwargs"]).planner == "measure"
@@ -287,7 +288,7 @@ def test_explain_ignores_wisdom_that_cannot_run_the_problem():
     _record(dec, "kron")                                              # kron needs stride == kernel
     why = testbed.explain(DEC["x"], DEC["w"], **DEC["kwargs"])
     assert why.reason == "rule" and "kron" in why.note and "unsupported" in why.note
-    assert auto.choose_backend(dec).name == why.backend != "kron"
+    assert planner.choose_backend(dec).name == why.backend != "kron"
 
 
 class FakeDeviceArray:
@@ -302,9 +303,9 @@ class FakeDeviceArray:
 def test_explain_device_arrays(monkeypatch):
     monkeypatch.setattr(planner, "_gpu_name", lambda: "Fake GPU")
     why = testbed.explain(FakeDeviceArray(UP["x"]), FakeDeviceArray(UP["w"]), **UP["kwargs"])
-    assert why.reason == "device" and why.table_row == tuple(auto.DEVICE_PREFERENCE)
+    assert why.reason == "device" and why.table_row == DEVICE_ROW
     assert why.signature.endswith("cuda:Fake GPU")
-    cuda_ready = [name for name in auto.DEVICE_PREFERENCE if testbed.get_backend(name).available]
+    cuda_ready = [name for name in DEVICE_ROW if testbed.get_backend(name).available]
     assert why.backend == (cuda_ready[0] if cuda_ready else None)
     assert "device row" in str(why)
 
@@ -315,7 +316,7 @@ def test_explain_simulator_device_arrays():
 
     x, w = cuda.to_device(UP["x"]), cuda.to_device(UP["w"])
     why = testbed.explain(x, w, **UP["kwargs"])
-    assert why.reason == "device" and why.backend == auto.DEVICE_PREFERENCE[0]
+    assert why.reason == "device" and why.backend == DEVICE_ROW[0]
     assert why.signature.endswith("cuda:simulator")
 
 
