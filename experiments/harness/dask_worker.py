@@ -23,7 +23,7 @@ import time
 
 from distributed import WorkerPlugin, get_worker
 
-from .runner import run_cell
+from .cells import run_cell
 
 #: Variables Dask's nanny sets in its worker processes by default, which change what a timing measures.
 NANNY_TIMING_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -56,7 +56,7 @@ class SweepMeasure(WorkerPlugin):
 
 def run_cells_task(sweep_id: str, cells: list) -> list[dict]:
     """(The Dask task of one cell, or of the cells of one case in a timed sweep, one after another.) The
-    :func:`~.runner.run_cell` row of each cell with the sweep's ``measure``, which also says where and when it
+    :func:`~.cells.run_cell` row of each cell with the sweep's ``measure``, which also says where and when it
     ran: ``host`` (the host name), ``worker`` (the worker's address), ``started_at`` and ``finished_at`` (Unix
     time, seconds)."""
     if sweep_id not in _MEASURES:

@@ -86,7 +86,7 @@ class LocalExecutor:
     name = "local"
 
     def run(self, cells, measure, record, *, timed: bool, run_dir: Path, bar) -> None:
-        from .runner import run_cell
+        from .cells import run_cell
 
         for cell in cells:
             bar.set_postfix_str(f"{cell.case} {cell.backend_name} {cell.problem.dtype}", refresh=False)

@@ -153,7 +153,7 @@ def _pools_after_calls(names) -> list:
     from testbed.registry import get_backend
     from testbed.timing import thread_pools
 
-    from .runner import call_backend
+    from .cells import call_backend
 
     problem = suite("tiny")["tiny_k3s2"]
     x, weight, bias = problem.random_arrays(0)

@@ -5,10 +5,8 @@ appended to ``rows.jsonl`` as soon as the cell finishes (flushed and fsynced), s
 its finished rows, and ``resume=True`` skips every cell already on disk. At the end (and on interruption)
 ``results.csv`` is rewritten atomically from the log, one row per cell.
 
-Statuses: ``ok``; ``unsupported`` (the backend declines a valid configuration, or raises
-:class:`~testbed.problem.UnsupportedConfiguration`: not a failure); ``unavailable`` (the backend cannot run
-here, with the reason); ``error`` (any other exception, with its message; the sweep goes on);
-``simulator: not timed`` (a timing experiment never times the CUDA simulator).
+The cell itself (``Cell``, ``grid``, ``cell_rng``, ``call_backend``, ``run_cell``, the statuses and the
+leading columns) lives in :mod:`~.cells` and is re-exported here.
 
 Timing (``TimingSettings``, ``time_call``, ``time_backend``, re-exported here) lives in :mod:`testbed.timing`,
 the one place that owns how a time is taken (isolation, allocation, statistics).
@@ -17,105 +15,18 @@ the one place that owns how a time is taken (isolation, allocation, statistics).
 from __future__ import annotations
 
 import sys
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
-import numpy as np
-
-from testbed.api import conv_transpose2d
-from testbed.problem import Problem, UnsupportedConfiguration
-from testbed.registry import Backend, BackendUnavailable, get_backend
-from testbed.testing import call_kwargs
+from testbed.registry import Backend
 from testbed.timing import TimingSettings, time_backend, time_call
 
-from .descriptor import PROBLEM_COLUMNS, format_descriptor, problem_columns
+from .cells import ROW_COLUMNS, STATUSES, Cell, call_backend, cell_rng, grid, run_cell
 from .storage import (ResultsNotWritten, RowLog, atomic_write_csv, holds_run_lock, lock_run_directory,
                       unlock_run_directory, writing)
 
 __all__ = ["Cell", "grid", "run_sweep", "run_cell", "TimingSettings", "time_backend", "time_call",
            "call_backend", "cell_rng", "ROW_COLUMNS", "STATUSES"]
-
-STATUSES = ("ok", "unsupported", "unavailable", "error", "simulator: not timed")
-#: The leading columns of every results.csv, before the experiment's own metrics.
-ROW_COLUMNS = ("cell_key", "case", "descriptor", "backend", "resolved_backend", "dtype") + PROBLEM_COLUMNS \
-    + ("status", "message")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One (case, problem in its dtype, backend) point of a sweep; ``tags`` are extra (column, value) pairs
-    that distinguish cells sharing a case (e.g. ``(("threads", 2),)``) and become columns themselves."""
-
-    case: str
-    problem: Problem
-    backend: object  # a registered name, or a Backend object (tests use unregistered ones)
-    tags: tuple = ()
-
-    @property
-    def backend_name(self) -> str:
-        return self.backend.name if isinstance(self.backend, Backend) else str(self.backend)
-
-    @property
-    def key(self) -> str:
-        tags = ";".join(f"{name}={value}" for name, value in self.tags)
-        return f"{self.case}|{format_descriptor(self.problem)}|{self.backend_name}|{self.problem.dtype}|" \
-               f"{int(self.problem.has_bias)}|{tags}"
-
-    def columns(self) -> dict:
-        row = {"cell_key": self.key, "case": self.case, "descriptor": format_descriptor(self.problem),
-               "backend": self.backend_name, "dtype": str(self.problem.dtype)}
-        row.update(dict(self.tags))
-        row.update(problem_columns(self.problem))
-        return row
-
-
-def grid(cases: dict, backends: Iterable, dtypes: Iterable = (np.float32,), tags: tuple = ()) -> list[Cell]:
-    """Every ``case × dtype × backend`` cell of ``cases`` (``{name: Problem}``), cases outermost."""
-    dtypes, backends = [np.dtype(d) for d in dtypes], list(backends)
-    return [Cell(name, problem.with_(dtype=dtype), backend, tags)
-            for name, problem in cases.items() for dtype in dtypes for backend in backends]
-
-
-def cell_rng(seed: int, cell: Cell) -> np.random.Generator:
-    """A generator that depends only on the seed, the case and its problem (not the backend), so every
-    backend sees the same inputs and a resumed sweep draws what the interrupted one would have."""
-    text = f"{cell.case}|{format_descriptor(cell.problem)}|{cell.problem.dtype}|{cell.problem.has_bias}"
-    return np.random.default_rng([int(seed), zlib.crc32(text.encode())])
-
-
-def call_backend(backend, problem: Problem, x, weight, bias=None):
-    """``conv_transpose2d`` of ``problem``'s parameters through the public API with the given backend."""
-    return conv_transpose2d(x, weight, bias, backend=backend, **call_kwargs(problem))
-
-
-def run_cell(cell: Cell, measure: Callable[[Cell, Backend], dict]) -> dict:
-    """The row of one cell: its columns, a status and message, and ``measure(cell, backend)``'s metrics.
-
-    ``measure`` may put ``"status"``/``"message"`` in its result to override ``ok``. ``resolved_backend`` is the
-    backend that computes the cell (``auto``'s choice; the backend itself otherwise), empty when none runs.
-    """
-    row = cell.columns()
-    row.update(resolved_backend="", status="ok", message="")
-    try:
-        backend = get_backend(cell.backend)
-        ok, why = backend.probe()
-        reason = backend.unsupported_reason(cell.problem) if ok else None
-        if not ok:
-            row.update(status="unavailable", message=why)
-        elif reason is not None:
-            row.update(status="unsupported", message=reason)
-        else:
-            row["resolved_backend"] = backend.resolve(cell.problem).name
-            row.update(measure(cell, backend))
-    except UnsupportedConfiguration as exc:
-        row.update(status="unsupported", message=exc.reason)
-    except BackendUnavailable as exc:
-        row.update(status="unavailable", message=str(exc))
-    except Exception as exc:  # noqa: BLE001 - one bad cell must not stop the sweep
-        row.update(status="error", message=f"{type(exc).__name__}: {exc}")
-    return row
 
 
 def run_sweep(cells: list[Cell], measure: Callable[[Cell, Backend], dict], out_dir, *, resume: bool = False,
