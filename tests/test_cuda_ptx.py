@@ -16,7 +16,8 @@ from testbed.problem import Problem
 
 numba = pytest.importorskip("numba")
 from testbed.backends import numba_cuda, numba_cuda_ptx  # noqa: E402
-from testbed.backends.numba_cuda_kernels import KERNELS, TILE  # noqa: E402
+from testbed.backends.numba_cuda_kernels import KERNELS  # noqa: E402
+from testbed.backends.numba_cuda_layout import TILE  # noqa: E402
 
 CUDA_BACKENDS = [name for name in testbed.list_backends() if testbed.get_backend(name).device == "cuda"]
 KERNEL_DTYPES = [(name, dtype) for name, by_dtype in KERNELS.items() for dtype in by_dtype]

@@ -20,6 +20,7 @@ import statistics
 import numpy as np
 
 from ..registry import Backend, BackendUnavailable, get_backend, is_device_array, register
+from .numba_cuda_layout import CHUNK_FIELDS, GEOMETRY_FIELDS, SHAPE_FIELDS, TILE, uint32_fields
 
 __all__ = ["probe", "time_cuda_backend", "tiled_plan", "SIMULATOR_STATUS", "THREADS_PER_BLOCK",
            "SHARED_BYTES_BUDGET", "TILE", "INDEX_LIMIT", "index_limit_reason"]
@@ -33,8 +34,6 @@ THREADS_PER_BLOCK = 256
 #: Dynamic shared memory the tiled kernel may ask for per block: well under the 48 KiB that needs no opt-in,
 #: so that several blocks share an SM.
 SHARED_BYTES_BUDGET = 16 * 1024
-#: Output tile of ``tiled_gather``: one thread per output element of a TILE×TILE block.
-TILE = 16
 
 
 @functools.cache
@@ -150,25 +149,18 @@ def index_limit_reason(problem) -> str | None:
     return None
 
 
-def _uint32_fields(names, values: dict) -> tuple:
-    """``values`` in the kernels' field order, as uint32 (numba then types the tuple UniTuple(uint32))."""
-    return tuple(np.uint32(values[name]) for name in names)
-
-
 def _shape_args(problem) -> tuple:
-    from .numba_cuda_kernels import SHAPE_FIELDS
     (in_h, in_w), (out_h, out_w), (kernel_h, kernel_w) = problem.in_size, problem.out_size, problem.kernel_size
-    return _uint32_fields(SHAPE_FIELDS, {
+    return uint32_fields(SHAPE_FIELDS, {
         "in_channels": problem.in_channels, "in_h": in_h, "in_w": in_w, "out_channels": problem.out_channels,
         "out_h": out_h, "out_w": out_w, "in_per_group": problem.in_per_group, "out_per_group": problem.out_per_group,
         "kernel_h": kernel_h, "kernel_w": kernel_w})
 
 
 def _geometry_args(problem) -> tuple:
-    from .numba_cuda_kernels import GEOMETRY_FIELDS
     (sh, sw), (ph, pw), (dh, dw) = problem.stride, problem.padding, problem.dilation
     (gh, inv_h), (gw, inv_w) = _phase_constants(sh, dh), _phase_constants(sw, dw)
-    return _uint32_fields(GEOMETRY_FIELDS, {
+    return uint32_fields(GEOMETRY_FIELDS, {
         "stride_h": sh, "stride_w": sw, "padding_h": ph, "padding_w": pw, "dilation_h": dh, "dilation_w": dw,
         "gcd_h": gh, "gcd_w": gw, "inverse_h": inv_h, "inverse_w": inv_w})
 
@@ -243,12 +235,11 @@ def tiled_plan(problem) -> dict:
 
 
 def _run_tiled(x, weight, bias, y, problem):
-    from .numba_cuda_kernels import CHUNK_FIELDS
     plan = tiled_plan(problem)
     kernel = _kernel("tiled_gather", problem.dtype.name)
     kernel[plan["blocks"], (plan["tile"], plan["tile"]), 0, plan["shared_bytes"]](
         _flat(x), _flat(weight), _flat(bias), _flat_output(y), problem.has_bias, _shape_args(problem),
-        _geometry_args(problem), _uint32_fields(CHUNK_FIELDS, plan))
+        _geometry_args(problem), uint32_fields(CHUNK_FIELDS, plan))
 
 
 # ---- timing ---------------------------------------------------------------------------------------------------

@@ -15,9 +15,9 @@ Signed zeros as PyTorch's CPU kernels give them: every sum starts from ``+0.0`` 
 last, ``y = (+0 + Σ products) + bias``, so an output is never ``-0.0``.
 
 **32-bit index arithmetic.** Every array arrives flattened to 1-D (C order) and every extent as a
-``uint32`` (the tuples ``shape`` and ``geometry``); all index maths is unsigned 32-bit, so no signed
-floor-division fix-ups, no negative-index wrap-around and no 64-bit division subroutines (which cost
-64-bit kernels 120–224 registers). Numba widens integer arithmetic to 64 bits, so every variable,
+``uint32`` (the tuples ``shape`` and ``geometry``, in :mod:`.numba_cuda_layout`'s field order); all index
+maths is unsigned 32-bit, so no signed floor-division fix-ups, no negative-index wrap-around and no 64-bit
+division subroutines (which cost 64-bit kernels 120–224 registers). Numba widens integer arithmetic to 64 bits, so every variable,
 division operand and array index is cast back with ``u32(...)``; NVVM then narrows the operations
 themselves to 32 bits. Loops are ``while`` loops up to a uint32 bound: numba's ``range`` keeps a
 trip count and a counter besides the offsets (and divides when it has a step), which cost the gather 16
@@ -38,7 +38,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from .numba_cuda import TILE  # the host module owns the launch geometry (and imports no numba)
+from .numba_cuda_layout import TILE
 
 #: Threads per block of ``tiled_gather``: one per output element of a TILE×TILE block.
 TILE_THREADS = TILE * TILE
@@ -47,16 +47,6 @@ TILE_THREADS = TILE * TILE
 # Constants used in kernels are typed too: a bare int literal is int64, and uint64 op int64 is float64.
 u32, u64, i32 = np.uint32, np.uint64, np.int32
 ZERO, ONE, TILE_U32, TILE_THREADS_U32 = u32(0), u32(1), u32(TILE), u32(TILE_THREADS)
-
-#: Field order of the ``shape`` tuple every gather/scatter kernel receives (all uint32).
-SHAPE_FIELDS = ("in_channels", "in_h", "in_w", "out_channels", "out_h", "out_w", "in_per_group",
-                "out_per_group", "kernel_h", "kernel_w")
-#: Field order of the ``geometry`` tuple (all uint32; ``gcd``/``inverse`` per axis from
-#: ``numba_cuda._phase_constants``).
-GEOMETRY_FIELDS = ("stride_h", "stride_w", "padding_h", "padding_w", "dilation_h", "dilation_w",
-                   "gcd_h", "gcd_w", "inverse_h", "inverse_w")
-#: Field order of the ``chunks`` tuple of ``tiled_gather`` (see ``numba_cuda.tiled_plan``).
-CHUNK_FIELDS = ("chunk_h", "chunk_w", "halo_h", "halo_w")
 
 
 # inline="always" inlines at numba's IR level, so compile_ptx needs no device to compile the callers

@@ -37,10 +37,10 @@ class PtxasResources:
 def kernel_signature(name: str, dtype: str):
     """The argument types the host wrapper (``numba_cuda``) launches kernel ``name`` with: C-contiguous 1-D
     arrays of ``dtype`` (the flattened tensors), a bool, and uint32 extents (tuples in the field order of
-    ``numba_cuda_kernels``)."""
+    ``numba_cuda_layout``)."""
     from numba import types
 
-    from .numba_cuda_kernels import CHUNK_FIELDS, GEOMETRY_FIELDS, SHAPE_FIELDS
+    from .numba_cuda_layout import CHUNK_FIELDS, GEOMETRY_FIELDS, SHAPE_FIELDS
     array = types.Array(getattr(types, dtype), 1, "C")
     shape, geometry, chunks = (types.UniTuple(types.uint32, len(fields))
                                for fields in (SHAPE_FIELDS, GEOMETRY_FIELDS, CHUNK_FIELDS))
