@@ -21,10 +21,12 @@ run: $(STAMP)
 
 test: lint doctest test-cpu test-cudasim bench-check
 
-# ruff (style, imports, bugbear) and mypy (types) on the library; settings in pyproject.toml.
+# ruff (style, imports, bugbear), mypy (types) on the library, and import-linter (the layers, no import cycle);
+# settings in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check testbed
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The examples of testbed/'s docstrings and README.md's seed demonstration, as doctests.
 doctest: $(STAMP)

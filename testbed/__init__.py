@@ -27,6 +27,8 @@ UnsupportedConfiguration  -- a backend cannot compute a valid configuration (a V
 BackendUnavailable        -- a backend cannot run on this machine (a RuntimeError)
 """
 
+from . import registry
+from ._version import __version__ as __version__
 from .api import conv_transpose2d, resolve_backend, use_backend
 from .planner import explain, get_planner, set_planner, tune
 from .problem import Problem, UnsupportedConfiguration, output_shape
@@ -42,8 +44,14 @@ from .registry import (
 from .wisdom import export_wisdom, forget_wisdom, import_wisdom
 from .workspace import clear_workspace, workspace_bytes
 
+
+def _register_builtin_backends() -> None:
+    from . import backends  # noqa: F401  (importing the package registers every backend module)
+
+
+registry._load_builtin_backends = _register_builtin_backends
+
 __all__ = ["conv_transpose2d", "output_shape", "use_backend", "resolve_backend", "Problem",
            "UnsupportedConfiguration", "Backend", "BackendUnavailable", "available_backends", "backend_status",
            "get_backend", "list_backends", "register", "set_planner", "get_planner", "tune", "explain",
            "export_wisdom", "import_wisdom", "forget_wisdom", "clear_workspace", "workspace_bytes"]
-__version__ = "0.1.0"

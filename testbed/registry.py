@@ -275,8 +275,15 @@ def register(backend: Backend) -> Backend:
     return backend
 
 
+#: Registers the built-in backends on the first lookup (importing :mod:`testbed.backends`, whose modules register
+#: themselves). Set by the package ``testbed``, which sits above the registry and the backends alike, so that the
+#: registry, which every backend imports, imports no backend (no cycle; lazily, so ``import testbed`` stays fast).
+_load_builtin_backends: Callable[[], object] | None = None
+
+
 def _loaded() -> dict[str, Backend]:
-    from . import backends  # noqa: F401  (importing the package registers every backend module)
+    if _load_builtin_backends is not None:
+        _load_builtin_backends()
     return _REGISTRY
 
 

@@ -171,7 +171,7 @@ def machine_fingerprint() -> dict[str, Any]:
     >>> sorted(machine_fingerprint())
     ['cpu_affinity', 'cpu_count', 'cpu_model', 'environment', 'machine', 'numba_threads', 'testbed_source', 'versions']
     """
-    from . import __version__
+    from ._version import __version__
     try:
         import numba
         numba_threads = int(numba.config.NUMBA_NUM_THREADS)
