@@ -1,13 +1,18 @@
-"""Regenerate ``auto``'s preference table (``testbed/preference_tables/``) from a speed run.
+"""Regenerate ``auto``'s preference table of this host's ISA row (``testbed/preference_tables/<row>.json``) from a
+speed run made on this host.
 
     python -m experiments.speed --suite unet,decoder --budget 1.0      # writes RUN_DIR
-    python -m experiments.auto_preference RUN_DIR                       # rewrites the table from it
+    python -m experiments.auto_preference RUN_DIR                       # rewrites this row's table from it
+
+There is one table per ISA row (:mod:`testbed.preference`); a host writes only the table of the row it runs
+(:func:`testbed.isa.selected_isa`, which ``TESTBED_ISA`` caps), never another row's, and a run from another
+machine is refused: regenerate that row's table on a host of its kind.
 
 Per configuration class (``testbed.preference.problem_class``) the file keeps every shape's median ms per
 backend (``ok`` cells of one dtype, float32 by default) and the order ``preference_order`` derives from them:
 host backends for the four CPU classes, CUDA backends (timed on a real GPU) for the device-array list. A class
-the run did not measure keeps its entry from the current file. The run's id, machine, command and date go
-into ``source``.
+the run did not measure keeps its entry from the current file (or, for a row without one, from the table that
+answers for it now). The run's id, machine, command and date, and the ISA row, go into ``source``.
 """
 
 from __future__ import annotations
@@ -21,12 +26,40 @@ from pathlib import Path
 from experiments.harness.descriptor import parse_descriptor
 from experiments.harness.reporting import load_run
 from experiments.harness.storage import atomic_write_text
-from testbed import preference
+from testbed import isa, preference
 from testbed.registry import get_backend, list_backends
+from testbed.wisdom import cpu_model
 
-DEFAULT_OUT = preference.table_path(preference.MEASURED_ROW)
 #: Tried after the measured backends of each CPU class: the oracle supports every configuration.
 CPU_FALLBACK = ["naive"]
+
+
+def table_destination(path: Path | None = None) -> Path:
+    """Where a regenerated table goes: the shipped table of the ISA row this host runs (``path`` None), or
+    ``path`` outside the package's tables folder (a copy to review). Another row's table, or any other file in
+    that folder, is refused (ValueError): each row's table is measured on a host of that kind."""
+    row = isa.selected_isa()
+    own = preference.table_path(row).resolve()
+    if path is None:
+        return own
+    target = path.resolve()
+    if target.parent == own.parent and target != own:
+        raise ValueError(f"table path {path}: this host runs the {row!r} ISA row, so only its table ({own}) may be "
+                         f"written here; each row's table is regenerated on a host of that kind")
+    return path
+
+
+def row_provenance() -> dict:
+    """The ISA row a table is measured for (``isa_row``) and the widest row this host's CPU has (``host_isa``; wider
+    when ``TESTBED_ISA`` capped the row: then torch and BLAS still ran their own wider kernels)."""
+    return {"isa_row": isa.selected_isa(), "host_isa": isa.host_isa()}
+
+
+def current_table(path: Path) -> dict:
+    """The table ``path`` replaces (its unmeasured classes are kept), or where there is none yet the table that
+    answers for this host's row now (the nearest measured row's)."""
+    base = path if path.exists() else preference.table_path(preference.preference_table().measured_row)
+    return preference.load_preference(base.read_text(encoding="utf-8"), str(base))
 
 
 def build_table(meta: dict, frame, current: dict, dtype: str = "float32") -> dict:
@@ -59,6 +92,7 @@ def build_table(meta: dict, frame, current: dict, dtype: str = "float32") -> dic
     return {
         "about": current.get("about", ""),
         "source": {
+            **row_provenance(),
             "run_id": meta.get("run_id"),
             "date": meta.get("utc_time"),
             "commit": git.get("commit"),
@@ -84,18 +118,24 @@ def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a speed run's directory (meta.json, results.csv)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: the table of the ISA row this host runs, testbed/preference_tables/<row>.json")
     args = parser.parse_args(argv)
+    try:
+        out = table_destination(args.out)
+    except ValueError as exc:
+        parser.error(str(exc))
     meta, frame = load_run(args.run_dir)
     if frame.empty:
         parser.error(f"{args.run_dir} has no results")
-    base = args.out if args.out.exists() else DEFAULT_OUT     # unmeasured classes: from the file replaced
-    current = preference.load_preference(base.read_text(encoding="utf-8"), str(base))
-    text = dumps(build_table(meta, frame, current, args.dtype))
-    preference.load_preference(text, str(args.out))  # the file auto will load must parse
-    atomic_write_text(args.out, text)
-    print(f"wrote {args.out}")
-    return args.out
+    if meta.get("cpu_model") != cpu_model():
+        parser.error(f"{args.run_dir} was measured on {meta.get('cpu_model')!r}, this host is {cpu_model()!r}: a "
+                     f"host writes only the table of its own ISA row ({isa.selected_isa()!r})")
+    text = dumps(build_table(meta, frame, current_table(out), args.dtype))
+    preference.load_preference(text, str(out), isa.selected_isa())  # the file auto will load must parse
+    atomic_write_text(out, text)
+    print(f"wrote {out} (the {isa.selected_isa()!r} row's table)")
+    return out
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ process isolation by default) and the winner is kept as wisdom, so ``auto`` runs
     python -m experiments.tune --suite unet,decoder                   # wisdom for every case
     python -m experiments.tune --suite unet,decoder --write-table     # ... and regenerate auto's class table
 
-``--write-table [PATH]`` also rewrites the ``estimate`` planner's class table (``testbed/preference_tables/``,
-:mod:`testbed.preference`) from the same process-isolated timings, never by hand: per configuration class
+``--write-table [PATH]`` also rewrites the ``estimate`` planner's class table of the ISA row this host runs
+(``testbed/preference_tables/<row>.json``, :mod:`testbed.preference`; never another row's: each is measured on a
+host of its kind) from the same process-isolated timings, never by hand: per configuration class
 the medians of every case and backend, the order they give (fastest geometric mean over the class's cases
-first, then the oracle as the fallback) and the run, machine, command and date they come from. It times every
+first, then the oracle as the fallback) and the run, machine, command, date and ISA row they come from. It times every
 candidate fully (no early cut), so that each class ranks complete rows.
 
 The report gives, per case, the class rule's choice, the winner, ``auto``'s choice after tuning (from
@@ -18,7 +19,6 @@ call of a new signature pays in the ``measure`` planner mode).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -31,11 +31,11 @@ from testbed import planner, preference
 from testbed.cases import suite
 from testbed.timing import ISOLATIONS, TimingJob, TimingSettings, time_jobs
 
+from .auto_preference import current_table, dumps, row_provenance, table_destination
 from .common import add_rounds_argument, finish, make_parser, rounds_of, start_run
 from .speed import suite_list
 
 NAME = "tune"
-DEFAULT_TABLE = preference.table_path(preference.MEASURED_ROW)
 #: After the ranked backends of a class: the oracle supports every configuration.
 FALLBACK = ["naive"]
 #: How many times ``auto`` and the winner are timed alternately after tuning (see :func:`verify_auto`).
@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cut-factor", type=float, default=3.0,
                         help="a candidate whose fastest of 3 warm calls is this many times slower than the best "
                              "median so far is not timed further (default 3)")
-    parser.add_argument("--write-table", type=Path, nargs="?", const=DEFAULT_TABLE, default=None,
-                        help=f"also regenerate auto's class table from these timings (default path {DEFAULT_TABLE}); "
-                             f"times every candidate fully")
+    parser.add_argument("--write-table", type=Path, nargs="?", const=True, default=None,
+                        help="also regenerate auto's class table of this host's ISA row from these timings (default "
+                             "path testbed/preference_tables/<row>.json); times every candidate fully")
     add_rounds_argument(parser, "fully timed candidate")
     parser.add_argument("--no-store", action="store_true", help="do not keep the winners as wisdom")
     parser.add_argument("--no-verify", action="store_true",
@@ -114,7 +114,13 @@ def case_rows(suite_name: str, case: str, problem, result: planner.TuneResult,
 
 
 def main(argv=None, *, out=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.write_table:
+        try:
+            table_path = table_destination(None if args.write_table is True else args.write_table)
+        except ValueError as exc:
+            parser.error(str(exc))
     suites = args.suite or (["tiny"] if args.quick else ["unet", "decoder"])
     settings = settings_for(args)
     cut_factor = math.inf if args.write_table else args.cut_factor
@@ -142,9 +148,9 @@ def main(argv=None, *, out=None):
     frame = results_frame(log.read())
     atomic_write_csv(run_dir / "results.csv", frame)
     if args.write_table:
-        text = json.dumps(preference_table(meta, frame), indent=1) + "\n"
-        atomic_write_text(args.write_table, text)
-        print(f"{NAME}: class table written to {args.write_table}")
+        text = dumps(preference_table(meta, frame, current_table(table_path)))
+        atomic_write_text(table_path, text)
+        print(f"{NAME}: class table of the {row_provenance()['isa_row']!r} ISA row written to {table_path}")
     write_report(run_dir)
     finish(run_dir, NAME)
     return run_dir
@@ -152,9 +158,10 @@ def main(argv=None, *, out=None):
 
 # ---- auto's class table ------------------------------------------------------------------------------------------
 
-def preference_table(meta: dict, frame, dtype: str = "float32") -> dict:
-    """auto's class table from a tune run: per class the cases' medians (ms), descriptors and order; the
-    device row (not measured on the CPU) as auto has it; the run it comes from."""
+def preference_table(meta: dict, frame, current: dict, dtype: str = "float32") -> dict:
+    """auto's class table from a tune run: per class the cases' medians (ms), descriptors and order; classes the
+    run did not measure and the device row (not measured on the CPU) as in ``current``; the run and ISA row it
+    comes from."""
     classes: dict[str, dict] = {}
     ok = frame[(frame["status"] == "ok") & (frame["dtype"] == dtype)]
     for row in ok.itertuples(index=False):
@@ -162,24 +169,23 @@ def preference_table(meta: dict, frame, dtype: str = "float32") -> dict:
         entry = classes.setdefault(preference.problem_class(problem), {"descriptors": {}, "median_ms": {}})
         entry["descriptors"][row.case] = row.descriptor
         entry["median_ms"].setdefault(row.case, {})[row.backend] = round(float(row.median_s) * 1e3, 4)
-    current = preference.preference_table().orders
     table = {}
     for name in preference.CLASSES:
         if name in classes:
             table[name] = {"order": preference.preference_order(classes[name]["median_ms"], FALLBACK),
                            "fallback": FALLBACK, **classes[name]}
         else:
-            table[name] = {"order": list(current[name]), "fallback": FALLBACK, "descriptors": {},
-                           "median_ms": {}, "note": "not measured in this run: kept as it was"}
-    device = list(current[preference.DEVICE])
-    table[preference.DEVICE] = {"order": device, "fallback": device, "descriptors": {}, "median_ms": {},
+            table[name] = {**current["classes"][name], "note": "not measured in this run: kept as it was"}
+    table[preference.DEVICE] = {**current["classes"][preference.DEVICE],
                                 "note": "not measured by a CPU run: kept as it was"}
     threads, git = meta.get("threads", {}), meta.get("git", {})
     return {
-        "about": "auto's preference per configuration class (testbed/preference.py): order = the backends "
-                 "measured on every case of the class, fastest geometric mean of median_ms first, then the "
-                 "fallback. Regenerate with `python -m experiments.tune --suite unet,decoder --write-table`.",
+        "about": "auto's preference per configuration class for one ISA row (source.isa_row; testbed/preference.py): "
+                 "order = the backends measured on every case of the class, fastest geometric mean of median_ms "
+                 "first, then the fallback. Regenerate on a host of that row with `python -m experiments.tune "
+                 "--suite unet,decoder --write-table`.",
         "source": {
+            **row_provenance(),
             "run_id": meta.get("run_id"), "date": meta.get("utc_time"), "commit": git.get("commit"),
             "dirty": git.get("dirty"),
             "machine": f"{meta.get('cpu_model')}, {threads.get('cpu_count')} cores, numba threads "

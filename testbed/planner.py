@@ -255,7 +255,10 @@ class Explanation:
     ``"rule"`` (the class rule: ``problem_class`` and its ``table_row``; ``skipped`` lists the row's earlier
     backends with the reason each was passed over) or ``"device"`` (CUDA device arrays: the device row).
     ``backend`` is None only when no backend can run the call here (auto would raise). ``note`` adds what the
-    planner mode or an unusable wisdom entry changes.
+    planner mode or an unusable wisdom entry changes. The class rule reads the preference table of
+    ``table_isa``: the ISA row this process runs (``isa_row``, :func:`testbed.isa.selected_isa`), or where that
+    row was never measured the nearest measured row's (``table_fallback``); ``table_source`` names its file,
+    machine and run (:func:`testbed.preference.preference_table`).
     """
 
     backend: str | None
@@ -269,6 +272,10 @@ class Explanation:
     wisdom: dict[str, Any] | None = None
     rule: str | None = None
     note: str = ""
+    isa_row: str = ""
+    table_isa: str = ""
+    table_fallback: bool = False
+    table_source: str = ""
 
     def __str__(self) -> str:
         lines = [f"auto runs {self.backend or 'nothing (no backend can)'} — reason: {self.reason}",
@@ -282,6 +289,8 @@ class Explanation:
         else:
             what = "device row" if self.reason == "device" else f"class {self.problem_class!r}, table row"
             lines.append(f"  {what}: {' > '.join(self.table_row)} (the first available backend that supports it)")
+        if self.table_source:
+            lines.append(f"  preference table of the {self.table_isa} row: {self.table_source}")
         for name, why in self.skipped:
             lines.append(f"  passed over {name}: {why}")
         lines.append(f"  planner: {self.planner}")
@@ -631,12 +640,14 @@ def explain_problem(problem: Problem, on_device: bool = False) -> Explanation:
     """:func:`explain` for a :class:`Problem` (``on_device``: its arrays are CUDA device arrays)."""
     config = get_planner()
     device = _device(on_device)
-    klass, row = _table_row(problem, on_device)
+    table = preference.preference_table()
+    klass, row = table.order_for(problem, on_device)
     rule = rule_backend(problem, on_device)
     rule_name = None if rule is None else rule.name
     base = Explanation(backend=rule_name, reason="device" if on_device else "rule",
                        signature=wisdom.signature(problem, device), planner=config.mode, problem_class=klass,
-                       table_row=row, rule=rule_name)
+                       table_row=row, rule=rule_name, isa_row=table.row, table_isa=table.measured_row,
+                       table_fallback=table.fallback, table_source=table.describe())
     note = ""
     entry = wisdom.lookup(problem, device)
     if entry is not None:
@@ -670,7 +681,8 @@ def explain(input, weight, bias=None, stride=1, padding=0, output_padding=0, gro
     Explanation
         ``backend`` and ``reason``: ``"wisdom"`` (with the measured medians), ``"rule"`` (the configuration
         class and its table row, and why earlier backends of the row were passed over) or ``"device"`` (CUDA
-        device arrays). ``print`` it for a readable account.
+        device arrays); which ISA row's preference table the rule reads (``table_isa``, and ``table_fallback``
+        where this host's row has no measured table of its own). ``print`` it for a readable account.
 
     Raises
     ------
@@ -695,6 +707,7 @@ def explain(input, weight, bias=None, stride=1, padding=0, output_padding=0, gro
     auto runs ... — reason: rule
       problem: float32 NCHW N1 Cin128 Cout64 H196 W196 k2x2 s2x2 p0x0 op0x0 d1x1 g1 nobias cpu
       class 'nonoverlapping', table row: numba_cpu > ... (the first available backend that supports it)
+      preference table of the ... row: preference_tables/...json (measured on ..., run ...)...
       planner: estimate
     >>> del os.environ["TESTBED_WISDOM"]
     """

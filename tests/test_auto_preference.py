@@ -1,8 +1,10 @@
-"""``auto``'s class rule (testbed.preference): a data file whose order follows from its own measured medians, the
-tool that regenerates it from a speed run, and the module's place in the layers (no cycle with the planner)."""
+"""``auto``'s class rule (testbed.preference): one table per ISA row, each a data file whose order follows from its
+own measured medians; the fallback to the nearest measured row; the tools that regenerate the table of this host's
+row (and no other); and the module's place in the layers (no cycle with the planner)."""
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -13,15 +15,36 @@ import pytest
 import testbed
 from experiments import auto_preference
 from experiments.harness.descriptor import parse_descriptor
-from testbed import preference
+from testbed import isa, preference
+from testbed.wisdom import cpu_model
 
-SHIPPED = preference.table_path(preference.MEASURED_ROW)
-TABLE = preference.load_preference(SHIPPED.read_text(encoding="utf-8"))
+SHIPPED = {row: preference.load_preference(preference.table_path(row).read_text(encoding="utf-8"), row=row)
+           for row in preference.measured_rows()}
+#: The table measured on the AVX2 host (AMD EPYC, Zen 3); the fallback of the other rows while they have none.
+TABLE = SHIPPED["avx2"]
 
 
+@pytest.fixture
+def tables(tmp_path, monkeypatch):
+    """A tables folder of its own holding only the avx2 table; ``preference`` reads and writes there."""
+    folder = tmp_path / "preference_tables"
+    folder.mkdir()
+    shutil.copy(preference.table_path("avx2"), folder / "avx2.json")
+    monkeypatch.setattr(preference, "tables_folder", lambda: folder)
+    preference._table_for.cache_clear()
+    yield folder
+    preference._table_for.cache_clear()
+
+
+def as_row(monkeypatch, row):
+    """Make this process run ISA row ``row`` as far as the tables are concerned."""
+    monkeypatch.setattr(isa, "selected_isa", lambda: row)
+
+
+@pytest.mark.parametrize("row", sorted(SHIPPED))
 @pytest.mark.parametrize("key", [*preference.CLASSES, preference.DEVICE])
-def test_shipped_order_follows_its_medians(key):
-    entry = TABLE["classes"][key]
+def test_shipped_order_follows_its_medians(key, row):
+    entry = SHIPPED[row]["classes"][key]
     assert entry["order"] == preference.preference_order(entry["median_ms"], entry["fallback"])
     assert set(entry["order"]) <= set(testbed.list_backends())
     for case, descriptor in entry["descriptors"].items():
@@ -30,12 +53,64 @@ def test_shipped_order_follows_its_medians(key):
             assert preference.problem_class(parse_descriptor(descriptor)) == key, case
 
 
-def test_shipped_table_is_what_auto_uses():
-    orders = preference.preference_table().orders
-    assert orders == {key: tuple(TABLE["classes"][key]["order"]) for key in (*preference.CLASSES, preference.DEVICE)}
+@pytest.mark.parametrize("row", sorted(SHIPPED))
+def test_shipped_table_is_what_auto_uses(row):
+    table = preference.preference_table(row)
+    assert table.measured_row == row and not table.fallback
+    assert table.orders == {key: tuple(SHIPPED[row]["classes"][key]["order"])
+                            for key in (*preference.CLASSES, preference.DEVICE)}
     for key in preference.CLASSES:
-        assert orders[key][-1] == "naive"  # supports everything: auto never runs out
-    assert {"run_id", "date", "machine", "command"} <= set(TABLE["source"])
+        assert table.orders[key][-1] == "naive"  # supports everything: auto never runs out
+    assert {"isa_row", "run_id", "date", "machine", "command"} <= set(SHIPPED[row]["source"])
+
+
+def test_the_avx2_table_comes_from_an_avx2_host():
+    assert "AMD EPYC" in TABLE["source"]["machine"] and TABLE["source"]["isa_row"] == "avx2"
+
+
+def test_this_hosts_row_answers(monkeypatch):
+    as_row(monkeypatch, "avx2")
+    table = preference.preference_table()
+    assert (table.row, table.measured_row, table.fallback) == ("avx2", "avx2", False)
+    assert "fallback" not in table.describe() and "avx2.json" in table.describe()
+
+
+@pytest.mark.parametrize("row", ["avx512", "generic"])
+def test_an_unmeasured_row_falls_back_to_avx2(tables, monkeypatch, row):
+    as_row(monkeypatch, row)
+    table = preference.preference_table()
+    assert (table.row, table.measured_row, table.fallback) == (row, "avx2", True)
+    assert table.orders == preference.preference_table("avx2").orders
+    assert f"this process runs the {row!r} row, which has no measured table" in table.describe()
+    problem = testbed.Problem.from_shapes((1, 4, 5, 5), (4, 2, 2, 2), stride=2)
+    assert testbed.resolve_backend(np.empty((1, 4, 5, 5)), np.empty((4, 2, 2, 2)), stride=2) \
+        is table.choose(problem)
+
+
+def test_a_measured_row_answers_for_itself_and_the_nearest_is_next(tables, monkeypatch):
+    avx512 = json.loads((tables / "avx2.json").read_text())
+    avx512["source"]["isa_row"] = "avx512"
+    avx512["classes"]["general"]["order"] = ["col2im", "naive"]
+    (tables / "avx512.json").write_text(json.dumps(avx512))
+    assert preference.measured_rows() == ("avx2", "avx512")
+    as_row(monkeypatch, "avx512")
+    table = preference.preference_table()
+    assert not table.fallback and table.orders["general"] == ("col2im", "naive")
+    (tables / "avx2.json").unlink()
+    preference._table_for.cache_clear()
+    table = preference.preference_table("generic")       # generic → avx2 (gone) → avx512
+    assert (table.measured_row, table.fallback) == ("avx512", True)
+    (tables / "avx512.json").unlink()
+    preference._table_for.cache_clear()
+    with pytest.raises(FileNotFoundError, match="no preference table for ISA row 'generic'"):
+        preference.preference_table("generic")
+
+
+def test_a_table_names_its_row():
+    with pytest.raises(ValueError, match=r"row: expected one of generic, avx2, avx512, got 'sse2'"):
+        preference.preference_table("sse2")
+    with pytest.raises(ValueError, match=r"avx512\.json: source\.isa_row must be 'avx512'.*got 'avx2'"):
+        preference.load_preference(json.dumps(TABLE), "avx512.json", "avx512")
 
 
 def test_preference_order_ranks_by_geometric_mean():
@@ -68,7 +143,7 @@ def fake_run(tmp_path):
                      "status": "ok", "median_s": 1e-6})
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
     meta = {"run_id": "20270101T000000Z-abc1234", "utc_time": "2027-01-01T00:00:00+00:00",
-            "git": {"commit": "abc1234"}, "cpu_model": "Test CPU", "threads": {"cpu_count": 2},
+            "git": {"commit": "abc1234"}, "cpu_model": cpu_model(), "threads": {"cpu_count": 2},
             "command": ["python", "-m", "experiments.speed", "--suite", "unet,decoder"]}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     return tmp_path
@@ -79,7 +154,8 @@ def test_regenerate_from_a_run(tmp_path):
     auto_preference.main([str(fake_run(tmp_path)), "--out", str(out)])
     table = preference.load_preference(out.read_text())
     assert table["source"]["run_id"] == "20270101T000000Z-abc1234"
-    assert "experiments.speed" in table["source"]["command"] and "Test CPU" in table["source"]["machine"]
+    assert "experiments.speed" in table["source"]["command"] and cpu_model() in table["source"]["machine"]
+    assert table["source"]["isa_row"] == isa.selected_isa()
     for key in preference.CLASSES:
         entry = table["classes"][key]
         # float32 ok rows only; the dispatcher is never a candidate; col2im (1 ms) before numba_cpu (2 ms)
@@ -92,15 +168,32 @@ def test_regenerate_from_a_run(tmp_path):
     assert '"unet1": { "numba_cpu": 2.0, "col2im": 1.0 }' in out.read_text()
 
 
-def test_regenerated_table_drives_auto(tmp_path, monkeypatch):
-    out = tmp_path / "auto_preference.json"
-    auto_preference.main([str(fake_run(tmp_path)), "--out", str(out)])
-    table = preference.load_preference(out.read_text())
-    orders = {k: tuple(table["classes"][k]["order"]) for k in (*preference.CLASSES, preference.DEVICE)}
-    monkeypatch.setattr(preference, "preference_table",
-                        lambda: preference.PreferenceTable(row="avx2", orders=orders, source=table["source"]))
+def test_regenerated_table_drives_auto(tmp_path, tables, monkeypatch):
+    """By default the table of this host's row is rewritten, and only that one: here the generic row's, which had
+    none (the avx2 table answered for it) and now answers for itself."""
+    as_row(monkeypatch, "generic")
     x, w = np.empty((1, 4, 5, 5)), np.empty((4, 2, 2, 2))
+    assert testbed.resolve_backend(x, w, stride=2).name == TABLE["classes"]["nonoverlapping"]["order"][0]
+    before = (tables / "avx2.json").read_text()
+    written = auto_preference.main([str(fake_run(tmp_path))])
+    assert written == tables / "generic.json" and (tables / "avx2.json").read_text() == before
+    preference._table_for.cache_clear()
+    assert preference.preference_table().measured_row == "generic"
     assert testbed.resolve_backend(x, w, stride=2).name == "col2im"
+
+
+def test_regenerating_refuses_another_rows_table_and_another_hosts_run(tmp_path, tables, monkeypatch):
+    as_row(monkeypatch, "generic")
+    with pytest.raises(SystemExit):
+        auto_preference.main([str(fake_run(tmp_path)), "--out", str(tables / "avx2.json")])
+    with pytest.raises(ValueError, match="this host runs the 'generic' ISA row"):
+        auto_preference.table_destination(tables / "other.json")
+    assert auto_preference.table_destination(tmp_path / "review.json") == tmp_path / "review.json"
+    meta = json.loads((fake_run(tmp_path) / "meta.json").read_text())
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "cpu_model": "Another CPU"}))
+    with pytest.raises(SystemExit):
+        auto_preference.main([str(tmp_path), "--out", str(tmp_path / "review.json")])
+    assert sorted(p.name for p in tables.iterdir()) == ["avx2.json"]
 
 
 def test_the_rule_module_imports_neither_the_planner_nor_a_backend():
@@ -117,3 +210,24 @@ def test_the_rule_module_imports_neither_the_planner_nor_a_backend():
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert "'testbed.preference'" in loaded
     assert "testbed.planner" not in loaded and "testbed.backends" not in loaded
+
+
+def test_tune_writes_only_the_table_of_this_hosts_row(tmp_path, tables, monkeypatch):
+    """``experiments.tune --write-table`` rewrites the table of the row this host runs (here avx512, which had
+    none), stamped with that row; the avx2 table is left as it was, and naming it is refused."""
+    from experiments import tune
+
+    as_row(monkeypatch, "avx512")
+    before = (tables / "avx2.json").read_text()
+    args = ["--quick", "--no-progress", "--isolation", "inline", "--backends", "col2im,kron", "--no-store"]
+    with pytest.raises(SystemExit):
+        tune.main([*args, "--out", str(tmp_path / "refused"), "--write-table", str(tables / "avx2.json")])
+    assert not (tmp_path / "refused").exists()
+    tune.main([*args, "--out", str(tmp_path / "run"), "--write-table"])
+    assert sorted(p.name for p in tables.iterdir()) == ["avx2.json", "avx512.json"]
+    assert (tables / "avx2.json").read_text() == before
+    written = preference.load_preference((tables / "avx512.json").read_text(), row="avx512")
+    assert written["source"]["host_isa"] == isa.host_isa()
+    assert written["classes"]["nonoverlapping"]["order"][-1] == "naive"
+    preference._table_for.cache_clear()
+    assert not preference.preference_table().fallback

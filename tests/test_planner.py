@@ -283,6 +283,24 @@ def test_explain_rule_and_wisdom():
         assert testbed.explain(DEC["x"], DEC["w"], **DEC["kwargs"]).planner == "measure"
 
 
+def test_explain_names_the_isa_row_whose_table_answered(monkeypatch):
+    from testbed import isa
+
+    monkeypatch.setattr(isa, "selected_isa", lambda: "avx2")
+    why = testbed.explain(DEC["x"], DEC["w"], **DEC["kwargs"])
+    assert (why.isa_row, why.table_isa, why.table_fallback) == ("avx2", "avx2", False)
+    assert "preference table of the avx2 row: preference_tables/avx2.json (measured on AMD EPYC" in str(why)
+    assert "fallback" not in str(why)
+    unmeasured = [row for row in isa.ISA_ROWS if row not in preference.measured_rows()]
+    if not unmeasured:
+        pytest.skip("every ISA row has a measured table: no fallback to explain")
+    monkeypatch.setattr(isa, "selected_isa", lambda: unmeasured[-1])
+    why = testbed.explain(DEC["x"], DEC["w"], **DEC["kwargs"])
+    assert why.isa_row == unmeasured[-1] and why.table_fallback and why.table_isa in preference.measured_rows()
+    assert f"a fallback: this process runs the {unmeasured[-1]!r} row, which has no measured table" in str(why)
+    assert why.table_row == preference.preference_table(why.table_isa).orders["general"]
+
+
 def test_explain_ignores_wisdom_that_cannot_run_the_problem():
     dec = problem_of(DEC)
     _record(dec, "kron")                                              # kron needs stride == kernel
