@@ -36,17 +36,23 @@ CPU_FALLBACK = ["naive"]
 
 def table_destination(path: Path | None = None) -> Path:
     """Where a regenerated table goes: the shipped table of the ISA row this host runs (``path`` None), or
-    ``path`` outside the package's tables folder (a copy to review). Another row's table, or any other file in
-    that folder, is refused (ValueError): each row's table is measured on a host of that kind."""
-    row = isa.selected_isa()
+    ``path`` outside the package's tables folder (a copy to review). Refused (ValueError), since each row's table
+    is measured on a host of that kind: another row's table or any other file in that folder, and the shipped
+    table while ``TESTBED_ISA`` caps the row below the CPU's own (torch and BLAS would still run their wider
+    kernels, so the timings would not be those of a host of the capped row)."""
+    row, native = isa.selected_isa(), isa.host_isa()
     own = preference.table_path(row).resolve()
-    if path is None:
-        return own
-    target = path.resolve()
-    if target.parent == own.parent and target != own:
+    target = own if path is None else path.resolve()
+    if target.parent != own.parent:
+        return target
+    if target != own:
         raise ValueError(f"table path {path}: this host runs the {row!r} ISA row, so only its table ({own}) may be "
                          f"written here; each row's table is regenerated on a host of that kind")
-    return path
+    if row != native:
+        raise ValueError(f"{isa.ISA_ENV}={row!r} caps this {native!r} host: torch and BLAS still run {native!r} "
+                         f"kernels, so its timings are not those of an {row!r} host; write the table outside "
+                         f"{own.parent} to review it, or regenerate it on an {row!r} host")
+    return target
 
 
 def row_provenance() -> dict:

@@ -6,9 +6,9 @@ process isolation by default) and the winner is kept as wisdom, so ``auto`` runs
 
 ``--write-table [PATH]`` also rewrites the ``estimate`` planner's class table of the ISA row this host runs
 (``testbed/preference_tables/<row>.json``, :mod:`testbed.preference`; never another row's: each is measured on a
-host of its kind) from the same process-isolated timings, never by hand: per configuration class
-the medians of every case and backend, the order they give (fastest geometric mean over the class's cases
-first, then the oracle as the fallback) and the run, machine, command, date and ISA row they come from. It times every
+host of its kind) from the same process-isolated timings, never by hand: per configuration class the medians of
+every case and backend, the order they give (fastest geometric mean over the class's cases first, then the
+oracle as the fallback) and the run, machine, command, date and ISA row they come from. It times every
 candidate fully (no early cut), so that each class ranks complete rows.
 
 The report gives, per case, the class rule's choice, the winner, ``auto``'s choice after tuning (from

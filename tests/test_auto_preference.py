@@ -36,9 +36,11 @@ def tables(tmp_path, monkeypatch):
     preference._table_for.cache_clear()
 
 
-def as_row(monkeypatch, row):
-    """Make this process run ISA row ``row`` as far as the tables are concerned."""
+def as_row(monkeypatch, row, host=None):
+    """Make this process run ISA row ``row`` on a host whose CPU has row ``host`` (default ``row``), as far as the
+    tables are concerned."""
     monkeypatch.setattr(isa, "selected_isa", lambda: row)
+    monkeypatch.setattr(isa, "host_isa", lambda: host or row)
 
 
 @pytest.mark.parametrize("row", sorted(SHIPPED))
@@ -176,7 +178,7 @@ def test_regenerated_table_drives_auto(tmp_path, tables, monkeypatch):
     assert testbed.resolve_backend(x, w, stride=2).name == TABLE["classes"]["nonoverlapping"]["order"][0]
     before = (tables / "avx2.json").read_text()
     written = auto_preference.main([str(fake_run(tmp_path))])
-    assert written == tables / "generic.json" and (tables / "avx2.json").read_text() == before
+    assert written == (tables / "generic.json").resolve() and (tables / "avx2.json").read_text() == before
     preference._table_for.cache_clear()
     assert preference.preference_table().measured_row == "generic"
     assert testbed.resolve_backend(x, w, stride=2).name == "col2im"
@@ -189,6 +191,11 @@ def test_regenerating_refuses_another_rows_table_and_another_hosts_run(tmp_path,
     with pytest.raises(ValueError, match="this host runs the 'generic' ISA row"):
         auto_preference.table_destination(tables / "other.json")
     assert auto_preference.table_destination(tmp_path / "review.json") == tmp_path / "review.json"
+    as_row(monkeypatch, "avx2", host="avx512")          # TESTBED_ISA=avx2 on an AVX-512 host
+    with pytest.raises(ValueError, match="TESTBED_ISA='avx2' caps this 'avx512' host"):
+        auto_preference.table_destination()
+    assert auto_preference.table_destination(tmp_path / "review.json") == tmp_path / "review.json"
+    as_row(monkeypatch, "generic")
     meta = json.loads((fake_run(tmp_path) / "meta.json").read_text())
     (tmp_path / "meta.json").write_text(json.dumps({**meta, "cpu_model": "Another CPU"}))
     with pytest.raises(SystemExit):
