@@ -1,8 +1,15 @@
-"""The project's main job (``make run``): correctness of every backend, then speed on the tiny and unet suites.
+"""The project's main job (``make run``): correctness of every backend, then speed on the U-Net up-convolutions.
 
 Writes ``results/main/<run-id>/`` with ``correctness/`` and ``speed/`` (each a complete run: meta.json,
-results.csv, report.md, figures) and a top-level report.md that summarises both. A couple of minutes on a
-2-core machine; ``--quick`` (seconds) runs the small correctness grid and only the tiny suite.
+results.csv, report.md, figures) and a top-level report.md that summarises both.
+
+The default is sized to finish in under two minutes on a 2-core machine, a cold Numba cache included: the
+correctness grid, then the ``unet`` suite with each (case, backend) timed in one fresh worker process
+(:data:`SPEED_SUITES`, :data:`SPEED_ROUNDS`). A worker costs about a second to start (it imports numpy, numba and
+torch), so rounds and suites are what a run's length is made of. ``--full`` times experiments.speed's defaults
+instead (:data:`FULL_SPEED_SUITES`, :data:`experiments.common.DEFAULT_ROUNDS` rounds pooled per cell: the
+numbers to quote, several minutes); ``--quick`` (seconds, for tests) runs the small correctness grid and the
+tiny suite in this process.
 """
 
 from __future__ import annotations
@@ -16,14 +23,31 @@ from experiments.harness.storage import atomic_write_text
 from testbed.testing import tolerance
 
 from . import correctness, speed
-from .common import executor_argv, finish, make_parser, start_run
+from .common import DEFAULT_ROUNDS, executor_argv, finish, make_parser, start_run
 
 NAME = "main"
-SUITES = ("tiny", "unet")
+#: The speed part of the default job: the four U-Net up-convolutions, one fresh worker per cell.
+SPEED_SUITES = ("unet",)
+SPEED_ROUNDS = 1
+#: ``--full``: the suites experiments.speed times by default, each cell in DEFAULT_ROUNDS workers.
+FULL_SPEED_SUITES = ("unet", "decoder", "tiny")
 
 
 def build_parser():
-    return make_parser(NAME, __doc__)
+    parser = make_parser(NAME, __doc__)
+    parser.add_argument("--full", action="store_true",
+                        help=f"time the suites {', '.join(FULL_SPEED_SUITES)} with {DEFAULT_ROUNDS} rounds per cell "
+                             f"(several minutes) instead of {', '.join(SPEED_SUITES)} with {SPEED_ROUNDS}")
+    return parser
+
+
+def speed_plan(args) -> tuple[list[str], list[str]]:
+    """The speed part's suites and its extra arguments (``--rounds``) for the parsed ``args``."""
+    if args.quick:
+        return ["tiny"], []
+    if args.full:
+        return list(FULL_SPEED_SUITES), ["--rounds", str(DEFAULT_ROUNDS)]
+    return list(SPEED_SUITES), ["--rounds", str(SPEED_ROUNDS)]
 
 
 def part_argv(args) -> list[str]:
@@ -38,11 +62,11 @@ def part_argv(args) -> list[str]:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    suites = ["tiny"] if args.quick else list(SUITES)
+    suites, speed_argv = speed_plan(args)
     run_dir, _ = start_run(NAME, args, argv, {"parts": ["correctness", "speed"], "suites": suites})
     common = part_argv(args)
     correctness.main(common, out=run_dir / "correctness")
-    speed.main(common + ["--suite", ",".join(suites)], out=run_dir / "speed")
+    speed.main([*common, "--suite", ",".join(suites), *speed_argv], out=run_dir / "speed")
     write_report(run_dir)
     finish(run_dir, NAME)
     return run_dir
