@@ -370,7 +370,11 @@ def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Arra
     (Dumoulin & Visin [1]_, relationship 14, in PyTorch's conventions [2]_). float32 and float64 are computed in
     their own precision; integer arrays are promoted to float64, after which input, weight and bias must share
     one dtype (PyTorch's rule: no silent promotion). Inputs are never modified; non-contiguous and read-only
-    arrays work; a batch of 0 gives an empty result of the right shape.
+    arrays work; a batch of 0 gives an empty result of the right shape. NaN and inf propagate to the outputs the
+    definition reaches (``fft``: to its whole output plane), and no backend returns ``-0.0`` (sums start at +0, the
+    bias is added last, as in PyTorch's CPU results). A pair argument is an int, a tuple, a list, a ``torch.Size``
+    or a 1-D integer array (a set, dict, string or generator is a ``TypeError``); parameters and sizes beyond int64
+    are refused naming the argument; masked arrays are refused; non-native byte order is converted.
 
     References
     ----------
