@@ -28,9 +28,7 @@ run in this process, faster and less trustworthy. The winner is the lowest media
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import threading
 import time
 import warnings
@@ -41,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from . import preference, wisdom
+from . import machine, preference, wisdom
 from ._environ import env_choice
 from .problem import Problem
 from .registry import Backend, get_backend, is_device_array, list_backends
@@ -301,19 +299,9 @@ class Explanation:
 
 # ---- candidates ------------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def _gpu_name() -> str:
-    from numba import cuda
-
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        return "simulator"
-    name = cuda.get_current_device().name
-    return name.decode() if isinstance(name, bytes) else str(name)
-
-
 def _device(on_device: bool) -> str:
     """The device field of a signature: ``cpu``, or ``cuda:<GPU name>``."""
-    return f"cuda:{_gpu_name()}" if on_device else "cpu"
+    return f"cuda:{machine.gpu_name()}" if on_device else "cpu"
 
 
 def _why_not(backend: Backend, problem: Problem, on_device: bool) -> str | None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import signal
 import sys
 import time
@@ -47,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from . import machine
+from .machine import load_average, thread_pools
 from .problem import Problem
 from .registry import Backend
 from .testing import call_kwargs
@@ -58,11 +59,6 @@ __all__ = ["ALLOCATIONS", "ISOLATIONS", "TimingJob", "TimingSettings", "WorkerEr
 
 ISOLATIONS = ("process", "interleaved", "inline")
 ALLOCATIONS = ("alloc", "out")
-#: Environment variables that change timings: the allocator (glibc's MALLOC_*, LD_PRELOAD of another
-#: malloc), OpenBLAS's kernel choice and threads (OPENBLAS_CORETYPE forces slower kernels on some hosts),
-#: OpenMP/MKL/numba/torch threading.
-ENVIRONMENT_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "OPENBLAS_", "GOTO", "OMP_", "GOMP_", "KMP_",
-                        "MKL_", "NUMBA_", "TORCH_", "TESTBED_")
 
 
 @dataclass(frozen=True)
@@ -582,48 +578,7 @@ def run_in_worker(fn: Callable, *args, timeout_s: float | None = None, start_met
 
 # ---- the machine's state -----------------------------------------------------------------------------------------
 
-def thread_pools() -> list | None:
-    """``threadpoolctl.threadpool_info()`` of this process (each loaded BLAS/OpenMP library, its thread count
-    and, for OpenBLAS, the kernel ``architecture``), or None without threadpoolctl."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
-    return threadpool_info()
-
-
-def _cpu_governors() -> dict | None:
-    """``{governor: number of CPUs}`` from cpufreq, or None where it is not exposed (VMs, containers)."""
-    import glob
-
-    found: dict = {}
-    for path in glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor"):
-        try:
-            with open(path, encoding="ascii") as handle:
-                name = handle.read().strip()
-        except OSError:
-            continue
-        found[name] = found.get(name, 0) + 1
-    return found or None
-
-
-def load_average() -> list | None:
-    try:
-        return [round(value, 2) for value in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
 def machine_state() -> dict:
-    """What changes timings on this machine, for a run's metadata: ``threadpools`` (see :func:`thread_pools`),
-    ``environment`` (the allocator, OpenBLAS and threading variables that are set), ``load_average`` (1, 5,
-    15 min), ``cpu_governor``, ``cpu_count`` and the CPUs this process may run on."""
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
-    return {"threadpools": thread_pools(),
-            "environment": {key: value for key, value in sorted(os.environ.items())
-                            if key.startswith(ENVIRONMENT_PREFIXES)},
-            "load_average": load_average(), "cpu_governor": _cpu_governors(), "cpu_count": os.cpu_count(),
-            "cpu_affinity": affinity}
+    """What changes timings on this machine, for a run's metadata: :func:`testbed.machine.describe` (thread
+    pools, the allocator/threading environment, load average, CPU governor, cores, versions, GPU)."""
+    return machine.describe()

@@ -2,8 +2,9 @@
 
 A decision is stored per **problem signature** (dtype, layout, N, C_in, C_out, H, W, kernel, stride, padding,
 output_padding, dilation, groups, bias, device: :func:`signature`) under a **machine fingerprint** (CPU model,
-core count, the CPUs this process may use, thread settings, the allocator and BLAS environment, the versions
-of testbed, numpy, scipy, numba and torch, and a hash of the backends' source: :func:`machine_fingerprint`).
+instruction-set row, core count, the CPUs this process may use, thread settings, the allocator and BLAS environment,
+the versions of Python, testbed, numpy, scipy, numba and torch, and a hash of the backends' source:
+:func:`machine_fingerprint`).
 Only the entries of this machine's fingerprint are ever applied; a file may hold several machines' wisdom.
 
 The file is JSON, in ``platformdirs.user_cache_dir("testbed")/wisdom.json`` or the file named by the
@@ -29,16 +30,15 @@ import functools
 import hashlib
 import json
 import os
-import platform
 import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import machine
 from .problem import Problem
 
 __all__ = ["WisdomWarning", "WISDOM_ENV", "wisdom_path", "signature", "machine_fingerprint", "machine_key",
@@ -55,6 +55,8 @@ FINGERPRINT_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_T
                            "NUMBA_THREADING_LAYER", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "GLIBC_TUNABLES",
                            "LD_PRELOAD")
 FINGERPRINT_ENVIRONMENT_PREFIXES = ("MALLOC_",)
+#: The libraries whose versions are part of the fingerprint (besides Python and the testbed).
+FINGERPRINT_LIBRARIES = ("numpy", "scipy", "numba", "torch")
 #: How often (seconds) a process checks whether the wisdom file changed under it.
 RECHECK_S = 1.0
 
@@ -124,25 +126,6 @@ def signature(problem: Problem, device: str = "cpu") -> str:
             f"{pairs} g{problem.groups} {'bias' if problem.has_bias else 'nobias'} {device}")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _backends_source_hash() -> str:
     """sha256 of the backend implementations' source (not the dispatcher's): wisdom measured on other kernels
     is not applied."""
@@ -157,37 +140,28 @@ def _backends_source_hash() -> str:
 
 @functools.lru_cache(maxsize=1)
 def machine_fingerprint() -> dict[str, Any]:
-    """What makes a measured decision valid on this machine (computed once per process).
+    """What makes a measured decision valid on this machine (computed once per process, from
+    :mod:`testbed.machine`).
 
-    CPU model and architecture, core count, the CPUs this process may run on, the thread settings numba starts
-    with (``numba.config.NUMBA_NUM_THREADS``) and the environment that sets the other libraries' thread counts,
-    kernels and allocator (:data:`FINGERPRINT_ENVIRONMENT`), the versions of testbed, numpy, scipy, numba and
-    torch (read from the installed metadata: torch is not imported), and a hash of the backends' source.
-    Thread counts changed at run time (``torch.set_num_threads``) are not seen.
+    CPU model and architecture, the instruction-set row the kernels use (``TESTBED_ISA`` caps it), core count,
+    the CPUs this process may run on, the thread settings numba starts with (``numba.config.NUMBA_NUM_THREADS``)
+    and the environment that sets the other libraries' thread counts, kernels and allocator
+    (:data:`FINGERPRINT_ENVIRONMENT`), the versions of Python, testbed, numpy, scipy, numba and torch (read from
+    the installed metadata: torch is not imported), and a hash of the backends' source. Thread counts changed at
+    run time (``torch.set_num_threads``) are not seen.
 
     Examples
     --------
     >>> from testbed.wisdom import machine_fingerprint
-    >>> sorted(machine_fingerprint())
-    ['cpu_affinity', 'cpu_count', 'cpu_model', 'environment', 'machine', 'numba_threads', 'testbed_source', 'versions']
+    >>> sorted(machine_fingerprint())  # doctest: +NORMALIZE_WHITESPACE
+    ['cpu_affinity', 'cpu_count', 'cpu_model', 'environment', 'isa', 'machine', 'numba_threads', 'testbed_source',
+     'versions']
     """
-    from ._version import __version__
-    try:
-        import numba
-        numba_threads = int(numba.config.NUMBA_NUM_THREADS)
-    except ImportError:
-        numba_threads = None
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
-    environment = {key: value for key, value in sorted(os.environ.items())
-                   if key in FINGERPRINT_ENVIRONMENT or key.startswith(FINGERPRINT_ENVIRONMENT_PREFIXES)}
-    return {"cpu_model": cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "cpu_affinity": affinity, "numba_threads": numba_threads, "environment": environment,
-            "versions": {"testbed": __version__, **{name: _version(name)
-                                                    for name in ("numpy", "scipy", "numba", "torch")}},
-            "testbed_source": _backends_source_hash()}
+    cpu = machine.cpu()
+    return {"cpu_model": cpu["model"], "machine": cpu["architecture"], "isa": cpu["isa"], "cpu_count": cpu["count"],
+            "cpu_affinity": cpu["affinity"], "numba_threads": machine.threads()["numba_threads_at_start"],
+            "environment": machine.environment(FINGERPRINT_ENVIRONMENT, FINGERPRINT_ENVIRONMENT_PREFIXES),
+            "versions": machine.library_versions(FINGERPRINT_LIBRARIES), "testbed_source": _backends_source_hash()}
 
 
 _KEY_CACHE: list = [None, ""]     # [the fingerprint object last hashed, its key]

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import testbed
-from testbed import planner, preference, wisdom
+from testbed import machine, planner, preference, wisdom
 from testbed.problem import Problem
 from testbed.timing import TimingSettings
 
@@ -319,7 +319,7 @@ class FakeDeviceArray:
 
 
 def test_explain_device_arrays(monkeypatch):
-    monkeypatch.setattr(planner, "_gpu_name", lambda: "Fake GPU")
+    monkeypatch.setattr(machine, "gpu_name", lambda: "Fake GPU")
     why = testbed.explain(FakeDeviceArray(UP["x"]), FakeDeviceArray(UP["w"]), **UP["kwargs"])
     assert why.reason == "device" and why.table_row == DEVICE_ROW
     assert why.signature.endswith("cuda:Fake GPU")

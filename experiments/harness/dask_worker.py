@@ -17,7 +17,6 @@ torch's BLAS single-threaded: times that a user's program would not see.
 from __future__ import annotations
 
 import os
-import platform
 import socket
 import time
 
@@ -27,8 +26,6 @@ from .cells import run_cell
 
 #: Variables Dask's nanny sets in its worker processes by default, which change what a timing measures.
 NANNY_TIMING_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-#: The packages whose versions must agree between the client and every worker (besides Dask's own check).
-COMPARED_PACKAGES = ("numpy", "scipy", "numba", "numba-cuda", "torch")
 #: The Dask configuration under which a nanny starts worker processes fit for timing.
 TIMING_WORKER_CONFIG = {"distributed.worker.daemon": False,
                         **{f"distributed.nanny.pre-spawn-environ.{name}": None for name in NANNY_TIMING_VARIABLES}}
@@ -73,32 +70,16 @@ def run_cells_task(sweep_id: str, cells: list) -> list[dict]:
 
 
 def describe() -> dict:
-    """(On each worker, through ``Client.run``; and in the client.) This process and its host, cheaply (no
-    library is imported for it): host name, process id, whether it is daemonic (then it cannot start the
-    processes that ``process`` isolation times in), CPU, platform, the versions of Python, of
-    :data:`COMPARED_PACKAGES` (package metadata) and of the testbed (and its git state), cores and Numba
-    threads, GPU, and the state that changes timings (thread pools, allocator/threading environment, load
-    average, CPU governor: :func:`~.metadata.machine_state_meta`)."""
+    """(On each worker, through ``Client.run``; and in the client.) This process and its host: process id,
+    whether it is daemonic (then it cannot start the processes that ``process`` isolation times in), and the
+    machine's description under meta.json's keys (:func:`~.metadata.machine_meta`: CPU, platform, versions and
+    git state, cores and threads, GPU, thread pools, allocator/threading environment, load, CPU governor).
+    Nothing is imported for it."""
     import multiprocessing
-    from importlib.metadata import PackageNotFoundError, version
 
-    import numba
+    from .metadata import machine_meta
 
-    import testbed
-
-    from .metadata import cpu_model, device_info, git_state, machine_state_meta
-
-    versions = {"python": platform.python_version()}
-    for name in COMPARED_PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    versions["testbed"] = testbed.__version__        # the checkout's, installed or only on the path
-    return {"hostname": socket.gethostname(), "pid": os.getpid(), "daemon": multiprocessing.current_process().daemon,
-            "cpu_model": cpu_model(), "platform": platform.platform(), "versions": versions, "git": git_state(),
-            "threads": {"cpu_count": os.cpu_count(), "numba_threads": numba.get_num_threads()},
-            "device": device_info(), **machine_state_meta()}
+    return {"pid": os.getpid(), "daemon": multiprocessing.current_process().daemon, **machine_meta()}
 
 
 def dask_setup(nanny) -> None:

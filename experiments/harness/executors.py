@@ -36,7 +36,7 @@ lost, interrupted) stops with its finished rows on disk; ``--resume`` completes 
 
 **Before the sweep** the client compares its versions with every worker's: Dask's own check
 (``Client.get_versions(check=True)``: Python, dask, distributed, cloudpickle, ...), then NumPy, SciPy, Numba,
-numba-cuda, torch and the testbed (version and git commit); a difference is an error
+llvmlite, numba-cuda, torch and the testbed (version and git commit); a difference is an error
 (``allow_version_mismatch=True``, ``--allow-version-mismatch``, goes on and records it). Each host's machine
 metadata (CPU, versions, threads, GPU, thread pools, allocator/threading environment, backend status) goes
 into meta.json under ``hosts``, and each session's scheduler, workers and warnings under ``dask``.
@@ -108,8 +108,8 @@ def local_cluster(n_workers: int = 2, *, gpu: bool | None = None):
     if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
         raise ValueError(f"n_workers must be an int >= 1, got {n_workers!r}")
     if gpu is None:
-        from .metadata import device_info
-        gpu = bool(device_info().get("gpu"))
+        from testbed.machine import gpu as gpu_info
+        gpu = bool(gpu_info().get("gpu"))
     first = {"timer": 1, **({"gpu": 1} if gpu else {})}
     workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "silence_logs": logging.WARNING,
                                              "resources": first if i == 0 else {}}}
@@ -154,9 +154,13 @@ def timing_overlaps(rows) -> list[tuple[str, str, str]]:
 
 
 def compared_versions(description: dict) -> dict:
-    """What must agree between the client and a worker (:func:`~.dask_worker.describe`): Python, the
-    packages of :data:`~.dask_worker.COMPARED_PACKAGES` and the testbed's git commit."""
-    return {**description.get("versions", {}), "testbed commit": description.get("git", {}).get("commit")}
+    """What must agree between the client and a worker (:func:`~.dask_worker.describe`): Python, the testbed
+    (version and git commit) and the libraries of :data:`testbed.machine.LIBRARIES`."""
+    from testbed.machine import LIBRARIES
+
+    versions = description.get("versions", {})
+    return {**{name: versions.get(name) for name in ("python", "testbed", *LIBRARIES)},
+            "testbed commit": description.get("git", {}).get("commit")}
 
 
 class DaskExecutor:

@@ -1,40 +1,35 @@
 """What a result needs to be reproducible: run id, code version, library versions, the machine, and its
 measured float32 GEMM rate and copy bandwidth (the roofline ceilings).
+
+The machine is :mod:`testbed.machine`'s description, under meta.json's keys (:func:`machine_meta`); this module
+adds what only the harness knows: the run, the experiment's own libraries, the ceilings and the report lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from testbed.wisdom import cpu_model
+from testbed import machine
 
-__all__ = ["PROJECT_ROOT", "git_state", "run_id", "collect_metadata", "measure_gemm_gflops",
-           "measure_copy_gbps", "cpu_model", "device_info", "machine_state_meta", "record_end_state",
-           "thread_pools_after_every_backend", "machine_state_lines"]
+__all__ = ["PROJECT_ROOT", "EXPERIMENT_LIBRARIES", "git_state", "run_id", "collect_metadata", "machine_meta",
+           "measure_gemm_gflops", "measure_copy_gbps", "record_end_state", "thread_pools_after_every_backend",
+           "machine_state_lines"]
 
 #: The repository checkout the experiments run from (this file is never installed as a wheel).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: The harness's own libraries, recorded besides the library's (:data:`testbed.machine.LIBRARIES`).
+EXPERIMENT_LIBRARIES = ("pandas", "matplotlib")
 
 
 def git_state(root=PROJECT_ROOT) -> dict:
-    """``{"commit": full hash or None, "short": 7 chars or "nogit", "dirty": bool or None}``."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "short": "nogit", "dirty": None}
-    return {"commit": commit, "short": commit[:7], "dirty": dirty}
+    """``{"commit": full hash or None, "short": 7 chars or "nogit", "dirty": bool or None}`` of the checkout."""
+    return machine.git_state(root)
 
 
 def run_id(now: _dt.datetime | None = None) -> str:
@@ -43,105 +38,50 @@ def run_id(now: _dt.datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{git_state()['short']}"
 
 
-def _versions() -> dict:
-    versions = {"python": platform.python_version()}
-    for module in ("numpy", "scipy", "numba", "pandas", "matplotlib", "torch"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            versions[module] = None
-    try:
-        from importlib.metadata import version
-        versions["numba-cuda"] = version("numba-cuda")
-    except Exception:  # noqa: BLE001 - optional package
-        versions["numba-cuda"] = None
-    return versions
-
-
-def device_info() -> dict:
-    """GPU presence: the CUDA simulator flag, and the device name if numba.cuda sees a real GPU."""
-    info = {"cuda_simulator": os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "gpu": None}
-    try:
-        from numba import cuda
-        if cuda.is_available() and not info["cuda_simulator"]:
-            info["gpu"] = cuda.get_current_device().name
-            if isinstance(info["gpu"], bytes):
-                info["gpu"] = info["gpu"].decode()
-    except Exception as exc:  # noqa: BLE001 - any driver trouble just means "no GPU"
-        info["gpu_error"] = f"{type(exc).__name__}: {exc}"
-    return info
-
-
-def _threads() -> dict:
-    threads = {"cpu_count": os.cpu_count()}
-    try:  # other processes on a shared machine are the main source of timing noise: record how busy it was
-        threads["load_average_1_5_15min"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        threads["load_average_1_5_15min"] = None
-    try:
-        threads["affinity"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        threads["affinity"] = None
-    try:
-        import numba
-        threads["numba_threads"] = numba.get_num_threads()
-    except Exception:  # noqa: BLE001
-        threads["numba_threads"] = None
-    try:
-        import torch
-        threads["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        threads["torch_threads"] = None
-    return threads
+def machine_meta() -> dict:
+    """This process and its host (:func:`testbed.machine.describe`) under meta.json's keys: ``hostname``,
+    ``platform``, ``cpu_model``, ``cpu`` (ISA row, cores, affinity, memory), ``versions`` (with
+    :data:`EXPERIMENT_LIBRARIES`), ``git`` (of :data:`PROJECT_ROOT`), ``threads`` (with
+    ``load_average_1_5_15min``), ``device``, ``threadpools``, ``environment``, ``load_average_before`` and
+    ``cpu_governor``. Nothing is imported for it: torch's threads are recorded where torch is loaded."""
+    described = machine.describe()
+    load = described.pop("load_average")
+    return {**described, "versions": {**described["versions"], **machine.library_versions(EXPERIMENT_LIBRARIES)},
+            "git": git_state(), "threads": {**described["threads"], "load_average_1_5_15min": load},
+            "load_average_before": load}
 
 
 def collect_metadata(experiment: str, run: str, *, seed, argv, quick: bool, extra: dict | None = None) -> dict:
     """The meta.json of a run (everything but the experiment-specific ``extra``)."""
     from testbed.registry import backend_status
 
+    # the run loads torch anyway (the peer and oracle): loaded first, its threads and OpenMP pool are described
+    with contextlib.suppress(ImportError):
+        import torch  # noqa: F401
+
     meta = {
         "experiment": experiment,
         "run_id": run,
         "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_state(),
-        "versions": _versions(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "threads": _threads(),
-        "device": device_info(),
+        **machine_meta(),
         "seed": seed,
         "quick": quick,
         "command": [sys.executable, *argv],
         "backend_status": backend_status(),
-        **machine_state_meta(),
     }
     meta.update(extra or {})
     return meta
-
-
-def machine_state_meta() -> dict:
-    """The state that changes timings (see testbed.timing.machine_state), under meta.json's keys:
-    ``threadpools`` (threadpoolctl.threadpool_info() of this process: each BLAS/OpenMP library, its threads
-    and OpenBLAS's kernel architecture), ``environment`` (MALLOC_*, OPENBLAS_*, OMP_*, ... that are set),
-    ``load_average_before``, ``cpu_governor``."""
-    from testbed.timing import machine_state
-
-    state = machine_state()
-    return {"threadpools": state["threadpools"], "environment": state["environment"],
-            "load_average_before": state["load_average"], "cpu_governor": state["cpu_governor"]}
 
 
 def record_end_state(run_dir) -> dict:
     """Add ``load_average_after`` (and the time) to ``run_dir/meta.json``, atomically; returns the meta."""
     import json
 
-    from testbed.timing import load_average
-
     from .storage import atomic_write_json
 
     path = Path(run_dir) / "meta.json"
     meta = json.loads(path.read_text())
-    meta["load_average_after"] = load_average()
+    meta["load_average_after"] = machine.load_average()
     meta["utc_time_end"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(path, meta)
     return meta
@@ -151,7 +91,6 @@ def _pools_after_calls(names) -> list:
     """(In a worker.) Call each backend once on a small problem, then list the thread pools now loaded."""
     from testbed.cases import suite
     from testbed.registry import get_backend
-    from testbed.timing import thread_pools
 
     from .cells import call_backend
 
@@ -161,7 +100,7 @@ def _pools_after_calls(names) -> list:
         backend = get_backend(name)
         if backend.available and backend.device == "cpu" and backend.supports(problem):
             call_backend(name, problem, x, weight, bias)
-    return thread_pools() or []
+    return machine.thread_pools() or []
 
 
 def thread_pools_after_every_backend(names) -> list | str:
