@@ -1,7 +1,7 @@
 """Each registered backend's declared capabilities, pinned: what it says it supports is what it supports.
 
 The registry-wide tests skip a configuration only where the backend *declares* it unsupported
-(``conftest.run_or_skip``), so a backend that quietly declared less (say, groups switched off) would turn
+(``helpers.run_or_skip``), so a backend that quietly declared less (say, groups switched off) would turn
 failing tests into skips. This table pins the declarations: changing one, or registering a backend, means
 editing ``EXPECTED`` here, on purpose (it is the one edit outside its own module a new backend needs).
 """
@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import testbed
+from helpers import run_or_skip
 from testbed.testing import call_kwargs
-
-from conftest import run_or_skip
 
 BOTH = (np.dtype(np.float32), np.dtype(np.float64))
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import testbed
-from conftest import RTOL, call_arrays, rel_error
+from helpers import call_arrays
 from testbed.problem import Problem
+from testbed.testing import TOLERANCES, relative_error
 
 pytestmark = pytest.mark.cudasim
 
@@ -71,7 +72,7 @@ def test_matches_float64_oracle(name, case, dtype):
     y = testbed.conv_transpose2d(x, w, b, backend=name, **params)
     ref = _oracle(x, w, b, **params)
     assert isinstance(y, np.ndarray) and y.dtype == np.dtype(dtype) and y.shape == ref.shape
-    assert rel_error(y, ref) < RTOL[np.dtype(dtype)]
+    assert relative_error(y, ref) < TOLERANCES[np.dtype(dtype)]
     for before, after in zip(copies, (x, w, b)):
         assert before is None or np.array_equal(before, after), "an input was modified"
 
@@ -82,7 +83,7 @@ def test_unbatched_input(name):
     params = dict(stride=2, padding=1, output_padding=1)
     y = testbed.conv_transpose2d(x[0], w, b, backend=name, **params)
     assert y.shape == (3, 6, 6)
-    assert rel_error(y, _oracle(x, w, b, **params)[0]) < RTOL[np.dtype(np.float64)]
+    assert relative_error(y, _oracle(x, w, b, **params)[0]) < TOLERANCES[np.dtype(np.float64)]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -96,7 +97,7 @@ def test_device_arrays_in_device_array_out(name, dtype):
     assert not isinstance(y_dev, np.ndarray) and hasattr(y_dev, "copy_to_host")
     y = y_dev.copy_to_host()
     assert y.shape == problem.output_shape and y.dtype == np.dtype(dtype)
-    assert rel_error(y, _oracle(x, w, b, stride=2, padding=1, groups=2)) < RTOL[np.dtype(dtype)]
+    assert relative_error(y, _oracle(x, w, b, stride=2, padding=1, groups=2)) < TOLERANCES[np.dtype(dtype)]
 
 
 @pytest.mark.parametrize("name", CUDA_BACKENDS)
@@ -107,7 +108,7 @@ def test_device_arrays_through_the_api(name):
         f"testbed.registry.is_device_array does not recognise {type(d_x).__module__}.{type(d_x).__name__}"
     y = testbed.conv_transpose2d(d_x, cuda.to_device(w), cuda.to_device(b), backend=name, stride=2)
     assert not isinstance(y, np.ndarray)
-    assert rel_error(y.copy_to_host(), _oracle(x, w, b, stride=2)) < RTOL[np.dtype(np.float64)]
+    assert relative_error(y.copy_to_host(), _oracle(x, w, b, stride=2)) < TOLERANCES[np.dtype(np.float64)]
 
 
 @pytest.mark.parametrize("name", CUDA_BACKENDS)
@@ -120,7 +121,7 @@ def test_strided_device_arrays(name):
     d_x, d_w = cuda.to_device(x_wide)[:, :, :, ::2], cuda.to_device(w_wide)[:, :, :, ::2]
     assert not d_x.is_c_contiguous() and not d_w.is_c_contiguous()
     y = testbed.conv_transpose2d(d_x, d_w, cuda.to_device(b), backend=name, stride=2, padding=1)
-    assert rel_error(y.copy_to_host(), _oracle(x, w, b, stride=2, padding=1)) < RTOL[np.dtype(np.float64)]
+    assert relative_error(y.copy_to_host(), _oracle(x, w, b, stride=2, padding=1)) < TOLERANCES[np.dtype(np.float64)]
     np.testing.assert_array_equal(d_x.copy_to_host(), x)
 
 
@@ -170,7 +171,7 @@ def test_index_extents_near_the_int32_limit(name):
     expected = _by_definition(x, w, b, params["stride"], params["padding"], params["dilation"], problem.out_size)
     assert np.count_nonzero(expected[:, :, 1:3] - b[None, :, None, None]) == 2 * 2 * 5  # taps do land
     y = testbed.conv_transpose2d(x, w, b, backend=name, **params)
-    assert rel_error(y, expected) < RTOL[np.dtype(np.float64)]
+    assert relative_error(y, expected) < TOLERANCES[np.dtype(np.float64)]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -204,7 +205,7 @@ def test_tiled_kernel_with_tap_chunks(monkeypatch, budget_elements):
     plan = numba_cuda.tiled_plan(Problem.from_shapes(x.shape, w.shape, **params))
     assert (plan["chunk_h"], plan["chunk_w"]) != (4, 3)
     y = testbed.conv_transpose2d(x, w, b, backend="numba_cuda_tiled", **params)
-    assert rel_error(y, _oracle(x, w, b, **params)) < RTOL[np.dtype(np.float64)]
+    assert relative_error(y, _oracle(x, w, b, **params)) < TOLERANCES[np.dtype(np.float64)]
 
 
 def test_output_larger_than_one_tile():
@@ -213,7 +214,7 @@ def test_output_larger_than_one_tile():
     x, w, b = call_arrays(1, 1, 1, (9, 2), (2, 3), params, np.float64, True)  # output 19 × 6
     ref = _oracle(x, w, b, **params)
     for name in CUDA_BACKENDS:
-        assert rel_error(testbed.conv_transpose2d(x, w, b, backend=name, **params), ref) < 1e-12, name
+        assert relative_error(testbed.conv_transpose2d(x, w, b, backend=name, **params), ref) < 1e-12, name
 
 
 @pytest.mark.parametrize("name", CUDA_BACKENDS)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import testbed
+from helpers import run_or_skip
 from testbed.testing import assert_close
-from conftest import run_or_skip
 
 rng = np.random.default_rng(0)
 X = rng.standard_normal((2, 4, 5, 5))

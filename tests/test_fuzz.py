@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import testbed
-from conftest import RTOL, rel_error
 from reference import torch_conv_transpose2d
+from testbed.testing import TOLERANCES, relative_error
 
 #: Address space the fuzzing process may add while it runs: a backend whose memory follows the parameters
 #: (a canvas of 10¹² samples, a 2⁶¹-long accumulator) must fail here, not exhaust the machine.
@@ -122,7 +122,7 @@ def test_every_backend_matches_the_definition(bounded_address_space, call):
         try:
             reference = torch_conv_transpose2d(x.astype(np.float64), weight.astype(np.float64),
                                                None if bias is None else bias.astype(np.float64), **plain)
-            assert rel_error(reference, expected) < 1e-12
+            assert relative_error(reference, expected) < 1e-12
         except pytest.skip.Exception:
             pass
     for name in HOST_BACKENDS:
@@ -135,5 +135,5 @@ def test_every_backend_matches_the_definition(bounded_address_space, call):
             assert name != "auto"
             continue
         assert y.shape == expected.shape and y.dtype == x.dtype, name
-        assert rel_error(y, expected) < RTOL[np.dtype(x.dtype)], name
+        assert relative_error(y, expected) < TOLERANCES[np.dtype(x.dtype)], name
         assert not np.signbit(y[y == 0]).any(), f"{name} returned -0.0"

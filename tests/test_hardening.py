@@ -20,8 +20,9 @@ import pytest
 import scipy.signal
 
 import testbed
-from conftest import RTOL, rel_error, run_or_skip
+from helpers import run_or_skip
 from reference import torch_conv_transpose2d, torch_or_skip
+from testbed.testing import TOLERANCES, relative_error
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_BACKENDS = [name for name in testbed.list_backends() if testbed.get_backend(name).device != "cuda"]
@@ -434,7 +435,7 @@ def test_non_native_byte_order_is_converted(backend):
     y = run_or_skip(backend, swapped["x"], swapped["w"], swapped["b"], stride=2, padding=1)
     assert y.dtype == np.float64 and y.dtype.isnative
     expected = testbed.conv_transpose2d(X, W, np.arange(3.0), stride=2, padding=1, backend="naive")
-    assert rel_error(y, expected) < 1e-12
+    assert relative_error(y, expected) < 1e-12
 
 
 ZERO_CASES = [  # (C_in, C_out, groups, kernel, stride, padding): every numba_cpu path, outputs no tap reaches
@@ -466,7 +467,7 @@ def test_fft_scales_values_near_the_top_of_float32():
     y = testbed.conv_transpose2d(x, w, stride=2, padding=1, backend="fft")
     oracle = testbed.conv_transpose2d(x.astype(np.float64), w.astype(np.float64), stride=2, padding=1,
                                       backend="naive")
-    assert np.isfinite(y).all() and rel_error(y, oracle) < RTOL[np.dtype(np.float32)]
+    assert np.isfinite(y).all() and relative_error(y, oracle) < TOLERANCES[np.dtype(np.float32)]
 
 
 @pytest.mark.parametrize("dtype,big", [(np.float32, 1e38), (np.float32, 1e30), (np.float64, 1e30)])
@@ -483,7 +484,7 @@ def test_fft_refuses_ranges_its_rounding_would_swamp(dtype, big, where):
         testbed.conv_transpose2d(x, w, stride=2, backend="fft")
     x[0, 0, 3, 2], w[0, 0, 2, 1] = 100.0, 1.0        # a range the dtype carries is computed
     y = testbed.conv_transpose2d(x, w, stride=2, backend="fft")
-    assert rel_error(y, testbed.conv_transpose2d(x, w, stride=2, backend="naive")) < RTOL[np.dtype(dtype)]
+    assert relative_error(y, testbed.conv_transpose2d(x, w, stride=2, backend="naive")) < TOLERANCES[np.dtype(dtype)]
 
 
 def test_scipy_reference_of_the_resource_test_is_the_definition():
@@ -492,6 +493,6 @@ def test_scipy_reference_of_the_resource_test_is_the_definition():
     rng = np.random.default_rng(5)
     x, w = rng.standard_normal((1, 2, 6, 5)), rng.standard_normal((2, 3, 4, 3))
     ref = np.stack([sum(scipy.signal.convolve2d(x[0, ci], w[ci, co]) for ci in range(2)) for co in range(3)])
-    assert rel_error(testbed.conv_transpose2d(x, w, backend="naive")[0], ref) < 1e-12
+    assert relative_error(testbed.conv_transpose2d(x, w, backend="naive")[0], ref) < 1e-12
     torch_or_skip()
-    assert rel_error(torch_conv_transpose2d(x, w)[0], ref) < 1e-12
+    assert relative_error(torch_conv_transpose2d(x, w)[0], ref) < 1e-12

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import testbed
-from conftest import call_arrays, run_or_skip
+from helpers import call_arrays, run_or_skip
 
 # (name, batch, C_in, C_out, (H, W), (kH, kW), params)
 CASES = [

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import testbed
-from conftest import RTOL, call_arrays, rel_error
+from helpers import call_arrays
+from testbed.testing import TOLERANCES, relative_error
 
 pytestmark = pytest.mark.cudasim
 
@@ -31,7 +32,7 @@ def test_device_out_receives_the_result(name):
     result = testbed.conv_transpose2d(cuda.to_device(x), cuda.to_device(w), cuda.to_device(b), backend=name,
                                       out=out, **PARAMS)
     assert result is out
-    assert rel_error(out.copy_to_host(), reference) < RTOL[np.dtype(np.float32)]
+    assert relative_error(out.copy_to_host(), reference) < TOLERANCES[np.dtype(np.float32)]
 
 
 @pytest.mark.parametrize("name", CUDA_BACKENDS)
@@ -40,10 +41,10 @@ def test_unbatched_device_out_and_host_out(name):
     out = cuda.to_device(np.full(reference.shape[1:], np.nan, dtype=np.float32))
     testbed.conv_transpose2d(cuda.to_device(x[0]), cuda.to_device(w), cuda.to_device(b), backend=name, out=out,
                              **PARAMS)
-    assert rel_error(out.copy_to_host(), reference[0]) < RTOL[np.dtype(np.float32)]
+    assert relative_error(out.copy_to_host(), reference[0]) < TOLERANCES[np.dtype(np.float32)]
     host_out = np.full(reference.shape, np.nan, dtype=np.float32)      # host arrays: copied back into out
     assert testbed.conv_transpose2d(x, w, b, backend=name, out=host_out, **PARAMS) is host_out
-    assert rel_error(host_out, reference) < RTOL[np.dtype(np.float32)]
+    assert relative_error(host_out, reference) < TOLERANCES[np.dtype(np.float32)]
 
 
 def test_device_out_must_match_the_input_device_and_not_overlap():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import testbed
+from helpers import call_arrays, call_problem, run_or_skip
+from reference import torch_conv_transpose2d
 from testbed.planner import choose_backend
 from testbed.testing import assert_close, assert_close_to_oracle
-from conftest import call_arrays, call_problem, run_or_skip
-from reference import torch_conv_transpose2d
 
 # (name, batch, C_in, C_out, (H, W), (kH, kW), params): odd sizes, asymmetric everything, groups, depthwise,
 # output_padding, dilation, stride > kernel, padding that crops into the kernel's reach.

@@ -11,10 +11,17 @@ from hypothesis import strategies as st
 
 import testbed
 import testbed.cases
-from testbed.testing import (adjoint_residual, assert_close, assert_close_to_oracle, call_kwargs, conv2d_adjoint,
-                             oracle, tolerance)
-from conftest import call_problem, run_or_skip
+from helpers import call_problem, run_or_skip
 from reference import torch_conv2d, torch_conv_transpose2d, torch_or_skip
+from testbed.testing import (
+    adjoint_residual,
+    assert_close,
+    assert_close_to_oracle,
+    call_kwargs,
+    conv2d_adjoint,
+    oracle,
+    tolerance,
+)
 
 pairs = lambda lo, hi: st.tuples(st.integers(lo, hi), st.integers(lo, hi))  # noqa: E731
 
