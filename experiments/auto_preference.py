@@ -27,8 +27,8 @@ from experiments.harness.descriptor import parse_descriptor
 from experiments.harness.reporting import load_run
 from experiments.harness.storage import atomic_write_text
 from testbed import isa, preference
+from testbed.machine import cpu_model
 from testbed.registry import get_backend, list_backends
-from testbed.wisdom import cpu_model
 
 #: Tried after the measured backends of each CPU class: the oracle supports every configuration.
 CPU_FALLBACK = ["naive"]

@@ -16,7 +16,7 @@ import testbed
 from experiments import auto_preference
 from experiments.harness.descriptor import parse_descriptor
 from testbed import isa, preference
-from testbed.wisdom import cpu_model
+from testbed.machine import cpu_model
 
 SHIPPED = {row: preference.load_preference(preference.table_path(row).read_text(encoding="utf-8"), row=row)
            for row in preference.measured_rows()}
