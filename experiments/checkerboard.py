@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.problem import Problem
 from experiments.harness.reporting import finish_report, load_run, markdown_table, new_figure, report_header, truthy
 from experiments.harness.runner import call_backend, grid, run_sweep
 from experiments.harness.storage import save_arrays, save_figure
+from testbed.problem import Problem
 
 from .common import finish, make_parser, selected_backends, start_run, sweep_executor
 
@@ -72,7 +72,7 @@ def main(argv=None, *, out=None):
     size = args.size or (6 if args.quick else 12)
     if size < 2:
         raise SystemExit(f"--size must be at least 2 (an interior needs two input pixels), got {size}")
-    run_dir, meta = start_run(NAME, args, argv, {"input_size": size}, out=out)
+    run_dir, _meta = start_run(NAME, args, argv, {"input_size": size}, out=out)
     problems = cases(size)
     run_sweep(grid(problems, selected_backends(args), args.dtypes), measure, run_dir, resume=args.resume,
               progress=not args.no_progress, desc=NAME, executor=sweep_executor(args))

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.testing import TOLERANCES, adjoint_residual, call_kwargs, oracle, relative_error, tolerance
 from experiments.harness.descriptor import parse_descriptor
-from experiments.harness.reporting import (finish_report, heatmap_figure, load_run, markdown_table, report_header,
-                                           truthy)
+from experiments.harness.reporting import finish_report, heatmap_figure, load_run, markdown_table, report_header, truthy
 from experiments.harness.runner import call_backend, cell_rng, grid, run_sweep
+from testbed.testing import TOLERANCES, adjoint_residual, call_kwargs, oracle, relative_error, tolerance
 
 from .common import finish, make_parser, selected_backends, start_run, sweep_executor
 
@@ -97,7 +96,7 @@ def build_parser():
 def main(argv=None, *, out=None):
     args = build_parser().parse_args(argv)
     tolerances = {str(dtype): tol for dtype, tol in TOLERANCES.items()}
-    run_dir, meta = start_run(NAME, args, argv, {"fill": args.fill, "tolerance": tolerances}, out=out)
+    run_dir, _meta = start_run(NAME, args, argv, {"fill": args.fill, "tolerance": tolerances}, out=out)
     cells = grid(cases(args.quick), selected_backends(args), args.dtypes)
     run_sweep(cells, make_measure(args.seed, args.fill == "int"), run_dir, resume=args.resume,
               progress=not args.no_progress, desc=NAME, executor=sweep_executor(args))

@@ -82,7 +82,7 @@ def compare_frames(a, b, metric: str):
     left, right = (frame.assign(**{f"host_{side}": whole["host"]}) if "host" in whole else frame
                    for frame, whole, side in ((left, a, "A"), (right, b, "B")))
     joined = left.merge(right, on="cell_key", how="outer", suffixes=("_A", "_B"), indicator=True)
-    for side, frame in (("A", a), ("B", b)):
+    for side in ("A", "B"):
         if f"{metric}_{side}" not in joined:
             joined[f"{metric}_{side}"] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -18,12 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.problem import Problem
-from testbed.registry import list_backends
-from experiments.harness.reporting import (finish_report, fit_loglog_slope, load_run, loglog_figure, markdown_table,
-                               new_figure, report_header)
+from experiments.harness.reporting import (
+    finish_report,
+    fit_loglog_slope,
+    load_run,
+    loglog_figure,
+    markdown_table,
+    new_figure,
+    report_header,
+)
 from experiments.harness.runner import TimingSettings, cell_rng, grid, run_sweep, time_backend
 from experiments.harness.storage import save_figure
+from testbed.problem import Problem
+from testbed.registry import list_backends
 
 from .common import finish, make_parser, selected_backends, start_run, sweep_executor
 
@@ -95,7 +102,7 @@ def main(argv=None, *, out=None):
     backends = selected_backends(args)
     skip = threads_skip_reason(backends)
     settings = TimingSettings.quick() if args.quick else TimingSettings(budget_s=0.2)
-    run_dir, meta = start_run(NAME, args, argv, {"threads_skipped": skip, "timing": settings.__dict__}, out=out)
+    run_dir, _meta = start_run(NAME, args, argv, {"threads_skipped": skip, "timing": settings.__dict__}, out=out)
     cells = []
     for sweep, cases in sweeps(args.quick).items():
         for case, (x, problem) in cases.items():

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.problem import Problem
 from experiments.harness.reporting import finish_report, load_run, markdown_table, new_figure, report_header, truthy
 from experiments.harness.runner import call_backend, cell_rng, grid, run_sweep
 from experiments.harness.storage import save_arrays, save_figure
+from testbed.problem import Problem
 
 from .common import finish, make_parser, selected_backends, start_run, sweep_executor
 
@@ -75,7 +75,7 @@ def build_parser():
 
 def main(argv=None, *, out=None):
     args = build_parser().parse_args(argv)
-    run_dir, meta = start_run(NAME, args, argv, {"tolerance": TOLERANCE}, out=out)
+    run_dir, _meta = start_run(NAME, args, argv, {"tolerance": TOLERANCE}, out=out)
     cells = grid(cases(), selected_backends(args), args.dtypes)
     frame = run_sweep(cells, make_measure(args.seed), run_dir, resume=args.resume,
                       progress=not args.no_progress, desc=NAME, executor=sweep_executor(args))

@@ -48,7 +48,7 @@ def smallest_parameters(cls):
             axes.append(values[:1])
     combos = [()]
     for values in axes:
-        combos = [combo + (value,) for combo in combos for value in values]
+        combos = [(*combo, value) for combo in combos for value in values]
     return combos
 
 

@@ -57,7 +57,8 @@ CASES = [
 
 def _oracle(x, w, b, **params):
     """The scatter definition in float64, whatever the dtype under test."""
-    as64 = (lambda a: None if a is None else np.asarray(a, dtype=np.float64))
+    def as64(a):
+        return None if a is None else np.asarray(a, dtype=np.float64)
     return testbed.conv_transpose2d(as64(x), as64(w), as64(b), backend="naive", **params)
 
 

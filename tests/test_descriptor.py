@@ -5,8 +5,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from testbed.cases import SUITES
 from experiments.harness.descriptor import PROBLEM_COLUMNS, format_descriptor, parse_descriptor, problem_columns
+from testbed.cases import SUITES
 from testbed.problem import Problem
 
 small = st.integers(1, 5)

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import checkerboard, correctness, main as main_job, report, scaling, seed, speed
+from experiments import checkerboard, correctness, report, scaling, seed, speed
+from experiments import main as main_job
 from experiments.harness.metadata import PROJECT_ROOT
-from testbed.registry import available_backends
 from experiments.harness.runner import ROW_COLUMNS
+from testbed.registry import available_backends
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 META_KEYS = {"experiment", "run_id", "utc_time", "git", "versions", "cpu_model", "threads", "device", "seed",

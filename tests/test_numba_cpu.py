@@ -111,7 +111,7 @@ def test_noncontiguous_input(name):
     problem = CASES[name][0]
     x, weight, bias = problem.random_arrays(4)
     # A Fortran-ordered copy and a strided view hold the same values as the C-ordered input.
-    wide = np.zeros(x.shape[:-1] + (2 * x.shape[-1],))
+    wide = np.zeros((*x.shape[:-1], 2 * x.shape[-1]))
     wide[..., ::2] = x
     kwargs = call_kwargs(problem)
     expected = testbed.conv_transpose2d(x, weight, bias, backend="numba_cpu", **kwargs)

@@ -25,7 +25,7 @@ def test_polyphase_phase_subkernels_cover_every_tap_once():
         in_len = 6
         out_len = (in_len - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1
         pairs = set()
-        for ph, rows, taps in phase_subkernels(out_len, in_len, kernel, stride, padding, dilation):
+        for ph, _rows, taps in phase_subkernels(out_len, in_len, kernel, stride, padding, dilation):
             for k, offset, m_lo, m_hi in taps:
                 for m in range(m_lo, m_hi):
                     o, i = ph + stride * m, m + offset

@@ -25,7 +25,7 @@ def _arrays(batch=2):
     return x, w, b, reference
 
 
-@pytest.mark.parametrize("name", CUDA_BACKENDS + ["auto"])
+@pytest.mark.parametrize("name", [*CUDA_BACKENDS, "auto"])
 def test_device_out_receives_the_result(name):
     x, w, b, reference = _arrays()
     out = cuda.to_device(np.full(reference.shape, np.nan, dtype=np.float32))

@@ -12,11 +12,11 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
-import planner_fakes as fakes
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import planner_fakes as fakes
 import testbed
 from testbed import machine, planner, preference, wisdom
 from testbed.problem import Problem

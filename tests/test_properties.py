@@ -94,7 +94,7 @@ def test_adjoint_identity(backend, params, dtype):
 @pytest.mark.parametrize("params", ADJOINT_PARAMS, ids=ADJOINT_IDS)
 def test_adjoint_matches_torch_conv2d(params):
     """testbed.testing's conv2d_adjoint is PyTorch's conv2d with the same weight and parameters."""
-    x, w, z, problem = adjoint_call(params)
+    _x, w, z, problem = adjoint_call(params)
     assert_close(conv2d_adjoint(z, w, problem), torch_conv2d(z, w, **params))
 
 

@@ -7,11 +7,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from experiments.harness.runner import (
+    ROW_COLUMNS,
+    Cell,
+    TimingSettings,
+    call_backend,
+    cell_rng,
+    grid,
+    run_sweep,
+    time_backend,
+    time_call,
+)
+from experiments.harness.storage import RowLog, RowLogWarning, atomic_write_text
 from testbed.problem import Problem, UnsupportedConfiguration
 from testbed.registry import Backend, get_backend
-from experiments.harness.runner import (ROW_COLUMNS, Cell, TimingSettings, call_backend, cell_rng, grid, run_sweep,
-                            time_backend, time_call)
-from experiments.harness.storage import RowLog, RowLogWarning, atomic_write_text
 
 CASES = {f"c{i}": Problem(batch=1, in_channels=2, in_size=3 + i, out_channels=2, kernel_size=2, stride=2)
          for i in range(4)}

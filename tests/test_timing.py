@@ -10,11 +10,20 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import timing_fakes as fakes
 
+import timing_fakes as fakes
 from testbed.problem import Problem
-from testbed.timing import (TimingJob, TimingSettings, WorkerError, machine_state, run_in_worker, speedup_ci,
-                            summarize, time_call, time_jobs)
+from testbed.timing import (
+    TimingJob,
+    TimingSettings,
+    WorkerError,
+    machine_state,
+    run_in_worker,
+    speedup_ci,
+    summarize,
+    time_call,
+    time_jobs,
+)
 
 SMALL = Problem(batch=1, in_channels=2, in_size=4, out_channels=2, kernel_size=2, stride=2, dtype=np.float32)
 #: A 64 MiB float32 output (16 × 1024²): above glibc's largest dynamic mmap threshold (32 MiB), so a fresh
@@ -221,7 +230,7 @@ def test_interference_quick(tmp_path):
     from experiments import interference
 
     run_dir = interference.main(["--quick", "--no-progress", "--out", str(tmp_path / "run")])
-    meta, frame = _results(run_dir)
+    _meta, frame = _results(run_dir)
     assert (frame["status"] == "ok").all(), frame[["setting", "message"]]
     assert set(frame["setting"]) == {"fresh", "warmed", "out=", "after col2im", "after col2im, out=",
                                      "alternating col2im"}

@@ -12,8 +12,7 @@ import testbed
 from testbed.testing import call_kwargs, oracle, relative_error
 from testbed.timing import reset_peak_rss
 
-from .common import (ACCURACY_CASES, CASES, LAYOUT_CASES, MEMORY_CASES, SPEED_CASES, Call, require,
-                     seconds_per_call)
+from .common import ACCURACY_CASES, CASES, LAYOUT_CASES, MEMORY_CASES, SPEED_CASES, Call, require, seconds_per_call
 
 BACKENDS = testbed.list_backends()
 

@@ -348,7 +348,7 @@ def tasks(cells, timed: bool, workers: dict) -> list[tuple[list, dict]]:
     def is_cuda(cell) -> bool:
         try:
             return get_backend(cell.backend).device == "cuda"
-        except Exception:  # noqa: BLE001 - an unknown backend: its row will say so
+        except Exception:
             return False
 
     gpu = any(info.get("resources", {}).get("gpu", 0) >= 1 for info in workers.values())

@@ -134,7 +134,7 @@ def status_table(frame) -> str:
 def finish_report(run_dir, parts, frame, cell_columns=None) -> str:
     """Finish a run's ``report.md`` atomically: ``parts``, the status per backend, and (with ``cell_columns``)
     a table of every cell. Returns the text."""
-    parts = list(parts) + ["\n## Status per backend\n", status_table(frame)]
+    parts = [*parts, "\n## Status per backend\n", status_table(frame)]
     if spans_hosts(frame):
         import pandas as pd
 

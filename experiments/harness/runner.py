@@ -15,15 +15,22 @@ the one place that owns how a time is taken (isolation, allocation, statistics).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from testbed.registry import Backend
 from testbed.timing import TimingSettings, time_backend, time_call
 
 from .cells import ROW_COLUMNS, STATUSES, Cell, call_backend, cell_rng, grid, run_cell
-from .storage import (ResultsNotWritten, RowLog, atomic_write_csv, holds_run_lock, lock_run_directory,
-                      unlock_run_directory, writing)
+from .storage import (
+    ResultsNotWritten,
+    RowLog,
+    atomic_write_csv,
+    holds_run_lock,
+    lock_run_directory,
+    unlock_run_directory,
+    writing,
+)
 
 __all__ = ["Cell", "grid", "run_sweep", "run_cell", "TimingSettings", "time_backend", "time_call",
            "call_backend", "cell_rng", "ROW_COLUMNS", "STATUSES"]
@@ -31,7 +38,7 @@ __all__ = ["Cell", "grid", "run_sweep", "run_cell", "TimingSettings", "time_back
 
 def run_sweep(cells: list[Cell], measure: Callable[[Cell, Backend], dict], out_dir, *, resume: bool = False,
               progress: bool = True, desc: str = "sweep",
-              finalize: Optional[Callable] = None, executor=None, timed: bool = False):
+              finalize: Callable | None = None, executor=None, timed: bool = False):
     """Run every cell not yet on disk, appending each row to ``out_dir/rows.jsonl``; return the results table.
 
     ``executor`` runs the cells: :class:`~.executors.LocalExecutor` (the default: in this process, in order)

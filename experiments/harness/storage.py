@@ -246,7 +246,7 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         if self._fd is not None:
             return self
         with writing(self.path):
@@ -303,7 +303,7 @@ class RunLock:
             text = ""
         return text if text.isdigit() else "unknown"
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc_info) -> None:
