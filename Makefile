@@ -47,9 +47,13 @@ BASE ?= main~1
 bench-check: $(STAMP)
 	$(VENV)/bin/asv check --python=same
 
+# BENCH: asv's --bench regular expressions (matched against `Class.method(param, ...)`).
+BENCH ?= Speed|Memory|Accuracy
+# The working tree's code in .venv, recorded as HEAD's results (asv keeps them only with --set-commit-hash).
 bench: $(STAMP)
 	$(VENV)/bin/asv machine --yes
-	$(VENV)/bin/asv run --python=same --quick --show-stderr
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/asv run --python=same --set-commit-hash $$(git rev-parse HEAD) \
+		--bench '$(BENCH)' --show-stderr
 
 bench-history: $(STAMP)
 	$(VENV)/bin/asv machine --yes

@@ -12,17 +12,26 @@ import testbed
 from testbed.testing import call_kwargs, oracle, relative_error
 from testbed.timing import reset_peak_rss
 
-from .common import ACCURACY_CASES, CASES, LAYOUT_CASES, MEMORY_CASES, SPEED_CASES, Call, require, seconds_per_call
+from .common import (
+    ACCURACY_CASES,
+    CASES,
+    LAYOUT_CASES,
+    MEMORY_CASES,
+    SPEED_CASES,
+    Call,
+    TimedSampling,
+    require,
+    seconds_per_call,
+)
 
 BACKENDS = testbed.list_backends()
 
 
-class Speed:
+class Speed(TimedSampling):
     """Time per call and throughput; the first call (Numba compilation, torch start-up) happens in setup."""
 
     params = [BACKENDS, SPEED_CASES]
     param_names = ["backend", "case"]
-    timeout = 300
 
     def setup(self, backend, case):
         self.call = Call(backend, require(backend, case, timed=True))
@@ -37,13 +46,12 @@ class Speed:
     track_gflops.unit = "GFLOP/s"
 
 
-class LayoutAndOut:
+class LayoutAndOut(TimedSampling):
     """Time per call in both layouts (``layout="NHWC"``: channels last; backends without a native NHWC path pay
     the dispatcher's transposes), allocating the result or writing into a preallocated ``out=``."""
 
     params = [BACKENDS, LAYOUT_CASES, ["NHWC", "NCHW"], ["out", "alloc"]]
     param_names = ["backend", "case", "layout", "allocation"]
-    timeout = 300
 
     def setup(self, backend, case, layout, allocation):
         problem = require(backend, case, timed=True).with_(layout=layout)
@@ -84,6 +92,7 @@ class Accuracy:
     params = [BACKENDS, ACCURACY_CASES, ["float32", "float64"]]
     param_names = ["backend", "case", "dtype"]
     timeout = 300
+    rounds = 1  # the same inputs give the same error in every process
 
     def setup_cache(self):
         references = {}

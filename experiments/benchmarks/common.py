@@ -38,6 +38,27 @@ LARGE_CASES = {"unet1", "unet2", "unet3", "unet4", "k4s2p1"}
 SLOW_ON_LARGE = {"naive", "fft"}
 
 
+class TimedSampling:
+    """asv's sampling attributes for the time benchmarks, inherited by their classes.
+
+    Chosen so that ``make bench`` records a commit within minutes on 2 shared cores, with results asv keeps
+    (asv discards ``--quick`` runs): two processes per combination (``rounds``), each taking 3 to 10 samples
+    and stopping after 2 s once it has 3 (``repeat = (min, max, seconds)``), a sample being as many calls as
+    fill ``sample_time`` (``number = 0``: asv calibrates it; one call for anything above 20 ms), after
+    ``warmup_time`` seconds of untimed calls (setup already made the first, compiling call). asv records the
+    median and interquartile range over all samples of both rounds; ``asv compare``/``continuous`` use them to
+    decide whether a change is significant.
+    """
+
+    rounds = 2
+    repeat = (3, 10, 2.0)
+    number = 0
+    sample_time = 0.02
+    warmup_time = 0.1
+    min_run_count = 2
+    timeout = 300
+
+
 def require(backend_name, case, *, timed):
     """The problem of ``case`` if ``backend_name`` can run it here, else ``NotImplementedError`` (asv: skip).
 
