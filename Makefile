@@ -39,33 +39,50 @@ test-cpu: $(STAMP)
 test-cudasim: $(STAMP)
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -m cudasim -q
 
-# asv: the working tree once (bench), a range of real commits (bench-history), a regression check between
-# BASE and HEAD (bench-continuous), the HTML site (bench-publish). asv needs a machine profile first.
-BASE ?= main~1
-# asv imports the suite and checks every benchmark's signature and parameters (~5 s; part of `make test`).
-.PHONY: bench-check
-bench-check: $(STAMP)
-	$(VENV)/bin/asv check --python=same
+# asv (results, environments and site under the git-ignored .asv/): HEAD's code in .venv (bench), the last
+# COMMITS commits each built in asv's own virtualenv (bench-history), BASE against HEAD (bench-continuous), the
+# site with its JavaScript vendored from npm so that it renders offline (bench-publish). BENCH: asv's --bench
+# regular expressions, matched against `Class.method(param, ...)`; the default is the time and peak-memory
+# benchmarks (add `|Accuracy|track_gflops|NumbaCompile` for the rest). Durations: README, "Benchmarks over commits".
+BENCH   ?= Speed\.time|Memory
+BASE    ?= main~1
+COMMITS ?= 3
+FACTOR  ?= 1.2
+ASV     := $(VENV)/bin/asv
 
-# BENCH: asv's --bench regular expressions (matched against `Class.method(param, ...)`).
-BENCH ?= Speed|Memory|Accuracy
-# The working tree's code in .venv, recorded as HEAD's results (asv keeps them only with --set-commit-hash).
+# asv imports the suite and checks every benchmark's signature and parameters (~5 s; part of `make test`).
+.PHONY: bench-check bench-regression-check
+bench-check: $(STAMP)
+	$(ASV) check --python=same
+
+# The working tree's code (PYTHONPATH wins over .venv's editable install), recorded as HEAD's results: asv
+# keeps results of an existing environment only with --set-commit-hash.
 bench: $(STAMP)
-	$(VENV)/bin/asv machine --yes
-	PYTHONPATH=$(CURDIR) $(VENV)/bin/asv run --python=same --set-commit-hash $$(git rev-parse HEAD) \
+	$(ASV) machine --yes
+	PYTHONPATH=$(CURDIR) $(ASV) run --python=same --set-commit-hash $$(git rev-parse HEAD) \
 		--bench '$(BENCH)' --show-stderr
 
+# Commits resolved here, so asv's own clone of the repository reads the same range; benchmarks that already
+# have results in asv's environment are skipped, so a rerun only adds new commits (`make bench`'s results, from
+# .venv, are another environment and do not count).
 bench-history: $(STAMP)
-	$(VENV)/bin/asv machine --yes
-	$(VENV)/bin/asv run --quick --show-stderr --skip-existing-commits HEAD~2..HEAD
+	$(ASV) machine --yes
+	$(ASV) run --skip-existing-successful --bench '$(BENCH)' --show-stderr \
+		$$(git rev-parse HEAD~$(COMMITS))..$$(git rev-parse HEAD)
 
+# Exits non-zero when a benchmark got worse by more than FACTOR (and asv finds the change significant).
 bench-continuous: $(STAMP)
-	$(VENV)/bin/asv machine --yes
-	$(VENV)/bin/asv continuous --show-stderr -b 'Speed.time|Memory' $(BASE) HEAD
+	$(ASV) machine --yes
+	$(ASV) continuous --show-stderr --factor $(FACTOR) --bench '$(BENCH)' $(BASE) HEAD
+
+# A throw-away clone with a planted 2x slowdown in kron: asv continuous/compare and experiments.history must flag
+# it and no unchanged backend (not part of `make test`: it builds an asv environment, minutes).
+bench-regression-check: $(STAMP)
+	$(PY) -m experiments.asv_regression
 
 bench-publish: $(STAMP)
-	$(VENV)/bin/asv publish
-	@echo "view: $(VENV)/bin/python -m http.server --bind 127.0.0.1 -d .asv/html 8080"
+	$(PY) -m experiments.asv_site
+	@echo "view: $(PY) -m http.server --bind 127.0.0.1 -d .asv/html 8080"
 
 clean:
 	rm -rf $(VENV) .asv build *.egg-info
