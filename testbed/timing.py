@@ -5,9 +5,10 @@ mmap threshold decides whether a large result is page-faulted (and zeroed) on ev
 heap, and up to four thread pools (numba's OpenMP, numpy's and scipy's OpenBLAS, torch's) spin on the same
 cores after their work. So every measurement says how it was taken:
 
-**isolation** — ``process``: each (problem, backend) is timed in a fresh worker process (multiprocessing's
-``spawn`` start method by default, never ``fork``: forking after a parallel region is undefined behaviour for
-OpenMP and OpenBLAS); it sees exactly what a user's fresh program sees, whatever ran before. A worker that
+**isolation** — ``process``: each (problem, backend) is timed in a fresh worker process (a new interpreter
+running only testbed's worker module, :func:`run_in_worker`; never ``fork``: forking after a parallel region
+is undefined behaviour for OpenMP and OpenBLAS; never the caller's script, as multiprocessing's ``spawn``
+would re-run it); it sees exactly what a user's fresh program sees, whatever ran before. A worker that
 crashes, is killed or times out becomes a row with status ``error`` and the sweep goes on.
 ``interleaved``: one process, the backends timed round-robin within each repeat (the starting backend
 rotating), so pool and allocator state spread evenly over them. ``inline``: one after another in the
@@ -36,13 +37,10 @@ sweep and a test cannot do; its method (calibrated loops, worker processes, stab
 from __future__ import annotations
 
 import math
-import multiprocessing
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -521,59 +519,29 @@ def pool_rounds(results: Sequence[dict], settings: TimingSettings, keep_samples:
 
 # ---- worker processes --------------------------------------------------------------------------------------------
 
-def _worker_main(connection, fn, args):
-    try:
-        result = fn(*args)
-    except BaseException as exc:
-        result = WorkerError(f"{type(exc).__name__} in the worker: {exc}")
-    connection.send(result)
-    connection.close()
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name}"
-    return f"exit status {code}"
-
-
 def run_in_worker(fn: Callable, *args, timeout_s: float | None = None, start_method: str | None = None):
-    """``fn(*args)`` in a fresh process (``spawn`` by default, or ``forkserver``; never ``fork``): its return
-    value, or :class:`WorkerError` if the process dies first (signal, crash), raises, or runs past
-    ``timeout_s`` (it is then killed). ``fn``, the arguments and the result must be picklable, and ``fn``
-    importable in the worker."""
-    method = start_method or "spawn"
-    if method not in ("spawn", "forkserver"):
+    """``fn(*args)`` in a fresh worker process: its return value, or :class:`WorkerError` if the process dies
+    first (signal, crash), raises (the message carries the exception's type and text), or runs past
+    ``timeout_s`` (it is then killed).
+
+    The worker is a new interpreter (``sys.executable``) that runs only testbed's worker module
+    (:mod:`testbed._worker`): it gets this process's environment, working directory and ``sys.path``, imports
+    what ``fn`` and the arguments need, and never imports or re-runs the calling script (``__main__``), so a
+    script without an ``if __name__ == "__main__":`` guard, ``python -c``, standard input and notebooks all
+    work. ``fn``, the arguments and the result must be picklable, ``fn`` by its qualified name from an
+    importable module: something defined in ``__main__`` is refused with a TypeError
+    (:class:`testbed._worker.MainModuleError`) before any process starts. On every way out — a result, a
+    timeout, ``KeyboardInterrupt`` — the worker is ended and reaped.
+
+    ``start_method``: ``None``, ``"spawn"`` or ``"forkserver"`` (kept for compatibility: every worker is a fresh
+    interpreter, as with ``spawn``); ``"fork"`` is refused (forking after parallel work breaks OpenMP and
+    OpenBLAS)."""
+    from . import _worker
+
+    if start_method not in (None, "spawn", "forkserver"):
         raise ValueError(f"start_method must be 'spawn' or 'forkserver' (never 'fork': forking after parallel "
                          f"work breaks OpenMP and OpenBLAS), got {start_method!r}")
-    context: Any = multiprocessing.get_context(method)    # typeshed's BaseContext lacks Process
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_worker_main, args=(send, fn, args), daemon=True,
-                              name=f"testbed-timing-{getattr(fn, '__name__', 'worker')}")
-    process.start()
-    send.close()
-    try:
-        if not receive.poll(timeout_s):
-            process.kill()
-            raise WorkerError(f"worker process timed out after {timeout_s:g} s and was killed")
-        try:
-            result = receive.recv()
-        except EOFError:
-            result = None
-    finally:
-        receive.close()
-        process.join(timeout=30)
-        if process.is_alive():
-            process.kill()
-            process.join()
-    if result is None:
-        raise WorkerError(f"worker process died without a result ({_describe_exit(process.exitcode)})")
-    if isinstance(result, WorkerError):
-        raise result
-    return result
+    return _worker.run(fn, args, timeout_s, WorkerError)
 
 
 # ---- the machine's state -----------------------------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""Worker processes that run only testbed's code: one fresh interpreter per job, never the caller's script.
+
+multiprocessing's ``spawn`` and ``forkserver`` start methods import the parent's ``__main__`` in every child: a
+research script without an ``if __name__ == "__main__":`` guard then runs its whole body again in each timing
+worker (and a nested ``tune`` there fails), and a notebook's or ``python -c``'s main module cannot be imported at
+all. (pyperf re-executes the calling script on purpose; that is the behaviour avoided here.) Instead a worker is
+
+    ``<sys.executable> <the parent's interpreter flags> -c "<import testbed._worker; main()>" <root> <in fd> <out fd>``
+
+started with :class:`subprocess.Popen`: the parent's environment and working directory, standard input from
+``/dev/null`` (a script read from standard input is never consumed by a worker), standard output and error
+shared with the parent. Over a pipe it receives one pickled request — the parent's ``sys.path`` and
+``(fn, args)``, ``fn`` pickled by its qualified name — imports what unpickling needs (testbed, the module of
+``fn``), runs ``fn(*args)`` and sends back the pickled return value or a :class:`~testbed.timing.WorkerError`
+carrying the exception's text. Nothing from the parent's ``__main__`` can be sent: the parent refuses, with a
+:class:`TypeError` that says so, before a process is started.
+
+The parent holds the request pipe open while the job runs; a worker whose parent dies (SIGKILL, a crash) sees
+the pipe close and exits at once, and :func:`run` kills and reaps its worker on every way out (a timeout,
+``KeyboardInterrupt``, any exception): no worker outlives the call that started it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import types
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MainModuleError", "run"]
+
+#: The directory holding the ``testbed`` package this process imported: put first on the worker's path, so that
+#: the worker imports the same testbed whatever its working directory.
+_ROOT = str(Path(__file__).resolve().parents[1])
+_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from testbed._worker import main; main()"
+#: Exit status of a worker whose parent went away (EX_SOFTWARE, never the status of a signal).
+_ORPHANED = 70
+
+
+class MainModuleError(TypeError):
+    """A function or class sent to a worker is defined in the script being run (``__main__``): a worker never
+    re-runs that script, so it cannot import it."""
+
+
+class _Pickler(pickle.Pickler):
+    """A pickler that refuses the main module's functions and classes with a clear error (the worker would
+    fail to unpickle them with an ``AttributeError`` about ``__main__``)."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__":
+            name = getattr(obj, "__qualname__", repr(obj))
+            raise MainModuleError(
+                f"{name} is defined in the script being run (__main__); testbed's worker processes never run "
+                f"that script again, so they cannot import it: define {name} in an importable module")
+        return NotImplemented
+
+
+def _dumps(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _interpreter_flags() -> list[str]:
+    """The parent's ``-X``/``-W``/``-O``/... options, as ``multiprocessing``'s spawn passes them."""
+    try:
+        return list(subprocess._args_from_interpreter_flags())   # type: ignore[attr-defined]
+    except Exception:   # a private helper: an interpreter without it starts its workers without the flags
+        return []
+
+
+def describe_exit(code: int | None) -> str:
+    """``killed by SIGKILL`` for a process ended by a signal, else ``exit status N``."""
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exit status {code}"
+
+
+def run(fn, args: tuple, timeout_s: float | None, error: type[Exception]) -> Any:
+    """``fn(*args)`` in a fresh worker process: its return value, or ``error`` (an exception class taking one
+    message) raised when the worker raises, dies or runs past ``timeout_s`` (it is killed then).
+    :class:`MainModuleError` (a TypeError) when ``fn`` or an argument comes from ``__main__``."""
+    # two layers: the worker sets its path before it unpickles the call (which imports fn's module)
+    request = pickle.dumps((list(sys.path), _dumps((fn, tuple(args)))), protocol=pickle.HIGHEST_PROTOCOL)
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    process = None
+    try:
+        process = subprocess.Popen(
+            [sys.executable, *_interpreter_flags(), "-c", _BOOTSTRAP, _ROOT, str(to_child_r), str(from_child_w)],
+            stdin=subprocess.DEVNULL, pass_fds=(to_child_r, from_child_w), close_fds=True)
+    finally:
+        os.close(to_child_r)
+        os.close(from_child_w)
+        if process is None:
+            os.close(to_child_w)
+            os.close(from_child_r)
+    to_child = Connection(to_child_w, readable=False)
+    from_child = Connection(from_child_r, writable=False)
+    payload = None
+    answered = False
+    try:
+        try:
+            to_child.send_bytes(request)
+        except OSError:                     # died before reading its request: reported below as a death
+            pass
+        if not from_child.poll(timeout_s):
+            raise error(f"worker process timed out after {timeout_s:g} s and was killed")
+        try:
+            payload = from_child.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        answered = True
+    finally:
+        if not answered:                    # timed out, or interrupted (Ctrl-C): the job is abandoned
+            process.kill()
+        to_child.close()                    # a worker still running sees its parent go and exits
+        from_child.close()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        except BaseException:               # a second Ctrl-C while waiting: still leave no worker behind
+            process.kill()
+            process.wait()
+            raise
+    if payload is None:
+        raise error(f"worker process died without a result ({describe_exit(process.returncode)})")
+    kind, value = pickle.loads(payload)
+    if kind == "error":
+        raise error(value)
+    return value
+
+
+# ---- the worker's side -------------------------------------------------------------------------------------------
+
+def _exit_when_orphaned(connection: Connection) -> None:
+    """Block until the parent closes the request pipe (it has the result, or it died), then end the process
+    at once if it is still running: a worker never outlives its parent's interest in it."""
+    try:
+        connection.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(_ORPHANED)
+
+
+def main() -> None:
+    """The worker: one request in, one result out (see the module docstring)."""
+    requests = Connection(int(sys.argv[2]), writable=False)
+    results = Connection(int(sys.argv[3]), readable=False)
+    try:
+        raw = requests.recv_bytes()
+    except (EOFError, OSError):
+        os._exit(_ORPHANED)
+    threading.Thread(target=_exit_when_orphaned, args=(requests,), daemon=True, name="testbed-orphan-watch").start()
+    try:
+        path, call = pickle.loads(raw)
+        sys.path[:] = path
+        fn, args = pickle.loads(call)
+        reply: tuple[str, Any] = ("ok", fn(*args))
+        payload = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException as exc:
+        payload = pickle.dumps(("error", f"{type(exc).__name__} in the worker: {exc}"))
+    results.send_bytes(payload)
+    results.close()
+
+
+if __name__ == "__main__":
+    main()
