@@ -25,12 +25,13 @@ Problem                   -- a validated configuration: shapes, parameters, dtyp
 Backend                   -- one implementation, as registered
 UnsupportedConfiguration  -- a backend cannot compute a valid configuration (a ValueError)
 BackendUnavailable        -- a backend cannot run on this machine (a RuntimeError)
+TuneError                 -- tune could not measure any candidate (a RuntimeError naming each and why)
 """
 
 from . import registry
 from ._version import __version__ as __version__
 from .api import conv_transpose2d, resolve_backend, use_backend
-from .planner import explain, get_planner, set_planner, tune
+from .planner import TuneError, explain, get_planner, set_planner, tune
 from .problem import Problem, UnsupportedConfiguration, output_shape
 from .registry import (
     Backend,
@@ -53,5 +54,5 @@ registry._load_builtin_backends = _register_builtin_backends
 
 __all__ = ["conv_transpose2d", "output_shape", "use_backend", "resolve_backend", "Problem",
            "UnsupportedConfiguration", "Backend", "BackendUnavailable", "available_backends", "backend_status",
-           "get_backend", "list_backends", "register", "set_planner", "get_planner", "tune", "explain",
+           "get_backend", "list_backends", "register", "set_planner", "get_planner", "tune", "TuneError", "explain",
            "export_wisdom", "import_wisdom", "forget_wisdom", "clear_workspace", "workspace_bytes"]

@@ -24,6 +24,15 @@ there, the others get the full measurement (warm-ups, then samples until the bud
 is ``process`` by default: each candidate in a fresh worker process, so that no candidate inherits the
 thread pools or the allocator state another left behind (``measurement.md``); ``interleaved`` and ``inline``
 run in this process, faster and less trustworthy. The winner is the lowest median.
+
+**A decision survives noise.** One round can be decided by a burst of other load on a shared host. So a winner
+that overturns the class rule's choice, or that beats the runner-up by less than the larger of their
+interquartile ranges, must win again: the contenders (winner, runner-up, the rule's choice) are timed again in
+fresh workers, taking turns in the reverse order, and the one that wins two rounds (of at most three) is kept.
+The wisdom entry keeps ``rounds``, ``round_winners``, ``margin`` (runner-up median over winner median, minus 1)
+and ``failed`` (the candidates whose measurement failed, and why); :func:`explain` shows them. When no candidate
+can be measured :func:`tune` raises :class:`TuneError` naming each and why; the ``measure`` planner then warns
+once and follows the class rule.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import numpy as np
 
 from . import machine, preference, wisdom
 from ._environ import env_choice
+from ._worker import MainModuleError
 from .problem import Problem
 from .registry import Backend, get_backend, is_device_array, list_backends
 from .timing import (
@@ -55,7 +65,7 @@ from .timing import (
     time_jobs,
 )
 
-__all__ = ["MODES", "PLANNER_ENV", "REFERENCE_BACKENDS", "PlannerConfig", "CandidateTiming", "TuneResult",
+__all__ = ["MODES", "PLANNER_ENV", "REFERENCE_BACKENDS", "PlannerConfig", "CandidateTiming", "TuneError", "TuneResult",
            "Explanation", "set_planner", "get_planner", "tune", "tune_problem", "explain", "explain_problem",
            "choose_backend", "planned_backend", "rule_backend"]
 
@@ -202,12 +212,20 @@ def _ms(seconds: float) -> str:
     return "—" if not math.isfinite(seconds) else f"{seconds * 1e3:.3g} ms"
 
 
+def _decided(rounds: int, round_winners, margin: float | None) -> str:
+    """``; 2 rounds (col2im, col2im), margin 12 %`` for a summary line."""
+    text = f"; {rounds} rounds ({', '.join(w or 'none' for w in round_winners)})" if rounds > 1 else ""
+    return text + (f", margin {margin:.1%}" if margin is not None and math.isfinite(margin) else "")
+
+
 @dataclass(frozen=True)
 class TuneResult:
     """What :func:`tune` found: every candidate's timing (``candidates``, in the order timed), the ``winner``
-    (lowest median; None if nothing could be timed), the class rule's choice (``rule``), and the wisdom entry
-    stored (``stored``, None if not stored). ``elapsed_s``: the wall time the whole measurement took (what a
-    ``measure``-mode first call pays on top of its own computation)."""
+    (None only in the result a :class:`TuneError` carries), the class rule's choice (``rule``), and the wisdom
+    entry stored (``stored``, None if not stored). ``elapsed_s``: the wall time the whole measurement took
+    (what a ``measure``-mode first call pays on top of its own computation). ``rounds``: how many rounds decided
+    (more than 1 when the first round's winner had to win again, see :func:`tune`), ``round_winners`` each
+    round's fastest, ``margin`` the runner-up's median over the winner's, minus 1 (None without a runner-up)."""
 
     problem: Problem
     signature: str
@@ -217,6 +235,9 @@ class TuneResult:
     isolation: str
     elapsed_s: float
     stored: dict[str, Any] | None = None
+    rounds: int = 1
+    round_winners: tuple[str, ...] = ()
+    margin: float | None = None
 
     def timing(self, backend: str) -> CandidateTiming:
         """The candidate named ``backend`` (KeyError if it was not a candidate)."""
@@ -231,8 +252,9 @@ class TuneResult:
         return {c.backend: c.median_s for c in self.candidates if c.status == "ok"}
 
     def __str__(self) -> str:
+        decided = _decided(self.rounds, self.round_winners, self.margin)
         lines = [f"tune {self.signature}: winner {self.winner or 'none'} (class rule: {self.rule or 'none'}; "
-                 f"{self.isolation} isolation, {self.elapsed_s:.2f} s)",
+                 f"{self.isolation} isolation, {self.elapsed_s:.2f} s{decided})",
                  f"  {'backend':<18}{'status':<13}{'median':>10}  {'95% CI':<19}{'x winner':>9}  {'first call':>10}"]
         for c in self.candidates:
             ci = f"{c.ci_s[0] * 1e3:.3g}–{c.ci_s[1] * 1e3:.3g} ms" if math.isfinite(c.ci_s[0]) else ""
@@ -281,8 +303,13 @@ class Explanation:
         if self.reason == "wisdom":
             entry = self.wisdom or {}
             times = ", ".join(f"{name} {_ms(t)}" for name, t in sorted(self.measured_s.items(), key=lambda i: i[1]))
+            decided = _decided(entry.get("rounds", 1), entry.get("round_winners", ()), entry.get("margin"))
             lines.append(f"  measured by {entry.get('source', '?')} at {entry.get('time', '?')} "
-                         f"({entry.get('isolation', '?')} isolation): {times or 'no times recorded'}")
+                         f"({entry.get('isolation', '?')} isolation{decided}): {times or 'no times recorded'}")
+            if entry.get("confirmation"):
+                lines.append(f"  confirmed in more rounds: the first round's winner {entry['confirmation']}")
+            for name, why in (entry.get("failed") or {}).items():
+                lines.append(f"  not measured: {name} ({why})")
             lines.append(f"  (the class rule would run {self.rule}: class {self.problem_class!r})")
         else:
             what = "device row" if self.reason == "device" else f"class {self.problem_class!r}, table row"
@@ -384,8 +411,11 @@ def _measure(problem: Problem, backends: Sequence[Backend], isolation: str, sett
              cut_factor: float, seed: int) -> list[dict[str, Any]]:
     """One result dict per backend, in order (see :func:`_time_candidate`)."""
     def picklable(backend: Backend):
+        # testbed's own backends travel by name; any other (a test fake, a user's) as the object, so the worker
+        # imports its module (and whatever that registers) when it unpickles it
         registered = backend.name in list_backends() and get_backend(backend.name) is backend
-        return backend.name if registered else backend      # unregistered ones (test fakes) travel as objects
+        own = str(getattr(backend.run, "__module__", "")).startswith("testbed.")
+        return backend.name if registered and own else backend
 
     results: list[dict[str, Any]] = []
     best: float | None = None
@@ -394,7 +424,7 @@ def _measure(problem: Problem, backends: Sequence[Backend], isolation: str, sett
             try:
                 result = run_in_worker(_time_candidate, problem, picklable(backend), settings, best, cut_factor,
                                        seed, timeout_s=settings.worker_timeout_s)
-            except WorkerError as exc:
+            except (WorkerError, MainModuleError) as exc:
                 result = {"status": "error", "message": str(exc)}
         else:   # inline: measured now; interleaved: only the pilot now, the samples round-robin below
             result = _time_candidate(problem, picklable(backend), settings if isolation == "inline" else None,
@@ -426,7 +456,7 @@ def _more_rounds(problem: Problem, backends: Sequence[Backend], results: list[di
             try:
                 rounds[i].append(run_in_worker(_time_candidate, problem, picklable(backends[i]), settings, None,
                                                math.inf, seed, timeout_s=settings.worker_timeout_s))
-            except WorkerError:
+            except (WorkerError, MainModuleError):
                 continue
     for i in timed:
         results[i] = pool_rounds(rounds[i], settings, keep_samples=True)
@@ -460,35 +490,112 @@ def _candidate_timing(name: str, result: dict[str, Any], winner_samples: np.ndar
         message=str(result.get("message", "") or ""), samples_s=tuple(float(s) for s in samples))
 
 
+def _confirmation_reason(ok: dict[str, dict[str, Any]], winner: str, rule: str | None) -> str | None:
+    """Why one round cannot decide (see :func:`tune`), or None: the winner overturns the class rule's choice
+    (which was timed), or beats the runner-up by less than the larger of their interquartile ranges."""
+    if rule is not None and rule != winner and rule in ok:
+        return f"overturns the class rule's choice {rule}"
+    others = sorted((r["median_s"], name) for name, r in ok.items() if name != winner)
+    if others:
+        runner = others[0][1]
+        spread = max(ok[winner].get("iqr_s", math.nan), ok[runner].get("iqr_s", math.nan))
+        if others[0][0] - ok[winner]["median_s"] < spread:
+            return f"beats the runner-up {runner} by less than their spread ({_ms(spread)})"
+    return None
+
+
+def _confirm(problem: Problem, by_name: dict[str, Backend], results: dict[str, dict[str, Any]], winner: str,
+             rule: str | None, isolation: str, settings: TimingSettings, seed: int) -> dict[str, Any]:
+    """Rounds after the first for a decision that needs them (:func:`_confirmation_reason`): the contenders —
+    the winner, the runner-up and the class rule's choice — are timed again, each fully and, under ``process``
+    isolation, in a fresh worker, in the reverse order of the round before (taking turns). The decision is the
+    contender that wins two rounds (at most three are run; with three different round winners, the lowest
+    median over all rounds). Each contender's samples of every round are pooled into ``results``. Returns what
+    the wisdom entry keeps: ``rounds``, ``round_winners``, ``confirmation`` (why) and ``backend``."""
+    ok = {name: r for name, r in results.items() if r.get("status") == "ok" and math.isfinite(r.get("median_s",
+                                                                                                   math.nan))}
+    reason = _confirmation_reason(ok, winner, rule)
+    if reason is None:
+        return {"backend": winner, "rounds": 1, "round_winners": [winner], "confirmation": None}
+    runner = min((name for name in ok if name != winner), key=lambda name: ok[name]["median_s"])
+    order = [name for name in results if name in {winner, runner, rule} and name in ok]
+    round_winners = [winner]
+    single = replace(settings, rounds=1)
+    while True:
+        order.reverse()
+        fresh = _measure(problem, [by_name[name] for name in order], isolation, single, math.inf, seed)
+        timed = {name: r for name, r in zip(order, fresh)
+                 if r.get("status") == "ok" and math.isfinite(r.get("median_s", math.nan))}
+        for name, r in timed.items():
+            results[name] = pool_rounds([results[name], r], settings, keep_samples=True)
+        round_winners.append(min(timed, key=lambda name: timed[name]["median_s"]) if timed else "")
+        wins = {name: round_winners.count(name) for name in order}
+        decided = max(wins, key=lambda name: (wins[name], -results[name]["median_s"]))
+        if wins[decided] >= 2 or len(round_winners) == 3:
+            break
+    if wins[decided] < 2:
+        decided = min(order, key=lambda name: results[name]["median_s"])
+    return {"backend": decided, "rounds": len(round_winners), "round_winners": round_winners,
+            "confirmation": reason}
+
+
+class TuneError(RuntimeError):
+    """:func:`tune` could not measure any candidate. The message names every candidate and why (timed out,
+    killed by a signal, unsupported, the error's text); ``result`` is the :class:`TuneResult` (``winner`` None)."""
+
+    def __init__(self, result: TuneResult):
+        reasons = "; ".join(f"{c.backend}: {c.status}" + (f" ({c.message})" if c.message else "")
+                            for c in result.candidates) or "no backend is registered for this device"
+        super().__init__(f"tune could not measure any candidate for {result.signature}: {reasons}")
+        self.result = result
+
+
 def tune_problem(problem: Problem, *, on_device: bool = False, candidates: Iterable | None = None,
                  isolation: str = "process", settings: TimingSettings | None = None, cut_factor: float = 3.0,
                  store: bool = True, seed: int = 0, source: str = "tune") -> TuneResult:
     """:func:`tune` for a :class:`Problem` (no arrays needed): time the candidates, return what was found, and
-    with ``store`` keep the winner as wisdom. ``on_device``: the problem's arrays are CUDA device arrays."""
+    with ``store`` keep the winner as wisdom. ``on_device``: the problem's arrays are CUDA device arrays.
+    Raises :class:`TuneError` when no candidate could be measured."""
     config = PlannerConfig("measure", isolation, settings or MEASURE_SETTINGS, cut_factor)   # validates
     start = time.perf_counter()
     rule = rule_backend(problem, on_device)
+    rule_name = None if rule is None else rule.name
     backends, skipped = _candidates(problem, on_device, candidates)
-    results = _measure(problem, backends, config.isolation, config.settings, config.cut_factor, seed)
-    timed = {b.name: r for b, r in zip(backends, results)}
+    measured = _measure(problem, backends, config.isolation, config.settings, config.cut_factor, seed)
+    timed = {b.name: r for b, r in zip(backends, measured)}
     ok = {name: r for name, r in timed.items()
           if r.get("status") == "ok" and math.isfinite(r.get("median_s", math.nan))}
-    winner = min(ok, key=lambda name: ok[name]["median_s"]) if ok else None
-    winner_samples = np.asarray(ok[winner].get("samples_s", ()), dtype=float) if winner else None
-    winner_median = ok[winner]["median_s"] if winner else math.nan
-    rows = tuple(_candidate_timing(name, r, winner_samples, winner_median) for name, r in timed.items()) \
-        + tuple(skipped)
     device = _device(on_device)
+    sig = wisdom.signature(problem, device)
+    if not ok:
+        rows = tuple(_candidate_timing(name, r, None, math.nan) for name, r in timed.items()) + tuple(skipped)
+        raise TuneError(TuneResult(problem=problem, signature=sig, candidates=rows, winner=None, rule=rule_name,
+                                   isolation=config.isolation, elapsed_s=time.perf_counter() - start))
+    first = min(ok, key=lambda name: ok[name]["median_s"])
+    decision = _confirm(problem, {b.name: b for b in backends}, timed, first, rule_name, config.isolation,
+                        config.settings, seed)
+    ok = {name: timed[name] for name in ok}             # pooled over the rounds where there were more
+    winner = decision["backend"]
+    winner_samples = np.asarray(ok[winner].get("samples_s", ()), dtype=float)
+    rows = tuple(_candidate_timing(name, r, winner_samples, ok[winner]["median_s"]) for name, r in timed.items()) \
+        + tuple(skipped)
+    others = [r["median_s"] for name, r in ok.items() if name != winner]
+    margin = min(others) / ok[winner]["median_s"] - 1 if others and ok[winner]["median_s"] > 0 else None
+    failed = {c.backend: c.message for c in rows if c.status == "error"}
+    if failed:
+        warnings.warn(f"tune {sig}: {len(failed)} candidate(s) could not be measured ("
+                      + "; ".join(f"{name}: {why}" for name, why in failed.items())
+                      + f"); {winner} is the fastest of the others", RuntimeWarning, stacklevel=2)
     stored = None
-    if store and winner is not None:
+    if store:
         stored = wisdom.record(problem, device, {
-            "backend": winner, "source": source, "isolation": config.isolation,
+            **decision, "source": source, "isolation": config.isolation,
             "median_s": {name: r["median_s"] for name, r in ok.items()},
             "status": {c.backend: c.status for c in rows if c.status != "ok"},
-            "rule": None if rule is None else rule.name})
-    return TuneResult(problem=problem, signature=wisdom.signature(problem, device), candidates=rows, winner=winner,
-                      rule=None if rule is None else rule.name, isolation=config.isolation,
-                      elapsed_s=time.perf_counter() - start, stored=stored)
+            "failed": failed, "margin": margin, "rule": rule_name})
+    return TuneResult(problem=problem, signature=sig, candidates=rows, winner=winner, rule=rule_name,
+                      isolation=config.isolation, elapsed_s=time.perf_counter() - start, stored=stored,
+                      rounds=decision["rounds"], round_winners=tuple(decision["round_winners"]), margin=margin)
 
 
 def _call_problem(input, weight, bias, stride, padding, output_padding, groups, dilation,
@@ -543,6 +650,17 @@ def tune(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups
     ------
     ValueError, TypeError
         On an invalid call, as :func:`testbed.conv_transpose2d` raises them, or invalid options.
+    TuneError
+        When no candidate could be measured (each timed out, was killed, raised, or was unsupported): the
+        message names every candidate and why. When only some failed, the winner is the fastest of the others,
+        a RuntimeWarning names the failed ones and the wisdom entry records them (``failed``).
+
+    Notes
+    -----
+    A first-round winner that overturns the class rule's choice, or beats the runner-up by less than the
+    larger of their interquartile ranges, is stored only after it wins a second round (see the module
+    docstring); ``rounds``, ``round_winners`` and ``margin`` of the result and of the wisdom entry say how the
+    decision was reached.
 
     See Also
     --------
