@@ -18,7 +18,10 @@ Writes take an exclusive ``fcntl`` lock on ``<file>.lock``, re-read the file, me
 signature wins) and replace the file atomically (a temporary sibling, fsync, ``os.replace``): two processes
 tuning at once lose nothing, and a reader sees the old file or the new one, never half of one. A file that is
 not valid wisdom (corrupted, truncated, another program's) gives one :class:`WisdomWarning` and is ignored;
-the next write moves it aside to ``<file>.corrupt`` and starts afresh. A write that fails (read-only cache
+the next write moves it aside to ``<file>.corrupt-<UTC time>-<pid>`` (a name no earlier backup has: nothing is
+ever overwritten) and starts afresh. A file written by a newer testbed (a higher format ``version``) is never
+written, moved or replaced: its entries are read where their layout is this version's, this process keeps its
+own decisions in memory, and one :class:`WisdomWarning` names the version. A write that fails (read-only cache
 directory) warns once and keeps the decision in memory for the rest of the process.
 """
 
@@ -130,10 +133,12 @@ def _backends_source_hash() -> str:
     """sha256 of the backend implementations' source (not the dispatcher's): wisdom measured on other kernels
     is not applied."""
     digest = hashlib.sha256()
-    for path in sorted((Path(__file__).parent / "backends").glob("*.py")):
-        if path.name in ("__init__.py", "auto.py"):
+    root = Path(__file__).parent / "backends"
+    for path in sorted(root.rglob("*.py")):         # every file of a backend package too
+        name = path.relative_to(root).as_posix()
+        if name in ("__init__.py", "auto.py"):
             continue
-        digest.update(path.name.encode())
+        digest.update(name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -188,12 +193,30 @@ def _empty() -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "machines": {}}
 
 
+class NewerWisdomError(ValueError):
+    """The wisdom file was written by a newer testbed (a higher format ``version``): it is read where its
+    layout allows, never written, moved or replaced."""
+
+    def __init__(self, version: int, readable: dict[str, Any] | None):
+        super().__init__(f"written by a newer testbed (wisdom format version {version}; this testbed writes "
+                         f"version {VERSION})")
+        self.version, self.readable = version, readable
+
+
 def _validated(data: Any) -> dict[str, Any]:
-    """``data`` if it is wisdom of this format (entries without a backend name dropped), else ValueError."""
+    """``data`` if it is wisdom of this format (entries without a backend name dropped), else ValueError;
+    :class:`NewerWisdomError` for a newer format version (with what of it reads as this version, if any)."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"not a testbed wisdom file (no \"format\": {FORMAT!r})")
-    if data.get("version") != VERSION:
-        raise ValueError(f"wisdom format version {data.get('version')!r}, this testbed reads version {VERSION}")
+    version = data.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+        try:
+            readable: dict[str, Any] | None = _validated({**data, "version": VERSION})
+        except ValueError:
+            readable = None
+        raise NewerWisdomError(version, readable)
+    if version != VERSION:
+        raise ValueError(f"wisdom format version {version!r}, this testbed reads version {VERSION}")
     machines = data.get("machines")
     if not isinstance(machines, dict):
         raise ValueError("\"machines\" must be an object")
@@ -265,6 +288,32 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _newer_message(path: Path, exc: NewerWisdomError) -> str:
+    return (f"the wisdom file {path} was {exc}: it is left untouched; "
+            + ("its entries are read" if exc.readable is not None else "its entries cannot be read")
+            + ", and this process keeps its own decisions in memory")
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename an unreadable wisdom file to ``<file>.corrupt-<UTC time>-<pid>`` (a further ``-N`` if taken),
+    never replacing an earlier backup: the new name is linked first, which fails where it exists."""
+    stem = f"{path.name}.corrupt-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S.%fZ}-{os.getpid()}"
+    for attempt in range(1000):
+        aside = path.with_name(stem if attempt == 0 else f"{stem}-{attempt}")
+        try:
+            os.link(path, aside)
+        except FileExistsError:
+            continue
+        except OSError:                         # no hard links here (some network file systems): rename
+            if aside.exists():
+                continue
+            os.rename(path, aside)
+            return aside
+        path.unlink()
+        return aside
+    raise FileExistsError(f"no free name to move {path} aside (tried {stem} and 999 more)")
+
+
 class _Store:
     """The process's view of the wisdom file, merged with the decisions whose write failed (``memory``).
 
@@ -307,6 +356,9 @@ class _Store:
         if path is not None and state is not None:
             try:
                 data = _parse(path)
+            except NewerWisdomError as exc:
+                data = exc.readable or _empty()
+                self.warn_once(("newer", path, exc.version), _newer_message(path, exc))
             except (ValueError, OSError) as exc:
                 self.warn_once((path, state), f"ignoring the wisdom file {path}: {exc}")
         if self.memory.get(path):
@@ -321,16 +373,20 @@ class _Store:
                 with _locked(path):
                     try:
                         current = _parse(path)
+                    except NewerWisdomError as exc:     # never written by this testbed: kept in memory
+                        self.warn_once(("newer", path, exc.version), _newer_message(path, exc))
+                        current = None
                     except ValueError as exc:
-                        aside = path.with_name(path.name + ".corrupt")
-                        os.replace(path, aside)
-                        self.warn_once(("moved", path), f"the wisdom file {path} was not valid wisdom ({exc}); "
-                                                        f"moved aside to {aside}, starting a new one")
+                        aside = _move_aside(path)
+                        warnings.warn(f"the wisdom file {path} was not valid wisdom ({exc}); moved aside to "
+                                      f"{aside}, starting a new one", WisdomWarning, stacklevel=4)
                         current = _empty()
-                    _merge(current, update)
-                    _atomic_write(path, current)
-                self.forget(path)
-                return
+                    if current is not None:
+                        _merge(current, update)
+                        _atomic_write(path, current)
+                if current is not None:
+                    self.forget(path)
+                    return
             except OSError as exc:
                 self.warn_once(("write", path), f"cannot write the wisdom file {path} ({exc}); keeping "
                                                 f"decisions in memory for this process")
