@@ -43,7 +43,7 @@ VERIFY_ROUNDS = 3
 CELL_COLUMNS = ["suite", "case", "dtype", "backend", "status", "median_s", "ci_low_s", "ci_high_s", "ratio_to_winner",
                 "first_call_s", "pilot_s", "repeats", "winner", "rule_choice", "auto_after", "auto_median_s",
                 "winner_verify_s",
-                "tune_elapsed_s"]
+                "tune_elapsed_s", "tune_rounds", "margin"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +101,8 @@ def case_rows(suite_name: str, case: str, problem, result: planner.TuneResult,
               "winner_backend": result.winner, "auto_after": after.backend, "auto_reason": after.reason,
               "auto_median_s": auto_median_s, "winner_verify_s": winner_verify_s,
               "auto_over_winner": auto_median_s / winner_verify_s,
-              "tune_elapsed_s": result.elapsed_s, "isolation": result.isolation}
+              "tune_elapsed_s": result.elapsed_s, "isolation": result.isolation, "tune_rounds": result.rounds,
+              "round_winners": " ".join(result.round_winners), "margin": result.margin}
     rows = []
     for c in result.candidates:
         rows.append({"cell_key": f"{suite_name}|{case}|{problem.dtype}|{c.backend}", **common, "backend": c.backend,
@@ -139,8 +140,12 @@ def main(argv=None, *, out=None):
     for suite_name, case, problem in tqdm(cases, desc=NAME, unit="case", disable=args.no_progress):
         if (suite_name, case, str(problem.dtype)) in done:
             continue
-        result = planner.tune_problem(problem, candidates=args.backends, isolation=args.isolation, settings=settings,
-                                      cut_factor=cut_factor, store=not args.no_store, seed=args.seed)
+        try:
+            result = planner.tune_problem(problem, candidates=args.backends, isolation=args.isolation,
+                                          settings=settings, cut_factor=cut_factor, store=not args.no_store,
+                                          seed=args.seed)
+        except planner.TuneError as exc:        # nothing measurable: the rows say why, the sweep goes on
+            result = exc.result
         verified = (math.nan, math.nan) if args.no_verify or args.no_store else \
             verify_auto(problem, result.winner, settings, args.isolation, args.seed)
         for row in case_rows(suite_name, case, problem, result, *verified):

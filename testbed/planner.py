@@ -544,8 +544,11 @@ class TuneError(RuntimeError):
     killed by a signal, unsupported, the error's text); ``result`` is the :class:`TuneResult` (``winner`` None)."""
 
     def __init__(self, result: TuneResult):
-        reasons = "; ".join(f"{c.backend}: {c.status}" + (f" ({c.message})" if c.message else "")
-                            for c in result.candidates) or "no backend is registered for this device"
+        def why(c: CandidateTiming) -> str:
+            message = c.message.removeprefix(f"{c.status}: ")
+            return f"{c.backend}: {c.status}" + (f" ({message})" if message else "")
+
+        reasons = "; ".join(map(why, result.candidates)) or "no backend is registered for this device"
         super().__init__(f"tune could not measure any candidate for {result.signature}: {reasons}")
         self.result = result
 

@@ -4,7 +4,8 @@ themselves, and a worker process unpickles them by importing this module (tests/
 ``polluter`` leaves state behind in its process (a stand-in for a spinning thread pool or a raised mmap
 threshold) and ``victim`` is slow in a process where that state exists; ``fresh_result`` allocates (and
 touches) a new output on every call unless given ``out``; ``killer`` kills its own process; ``sleeper``
-never finishes in time.
+never finishes in time; ``pid_sleeper`` writes its process id to the file ``$FAKE_WORKER_PID_FILE``, then
+sleeps like ``sleeper`` (a test can then check that its worker was ended).
 """
 
 import os
@@ -52,8 +53,16 @@ def _sleeper(x, weight, bias, problem, out=None):
     time.sleep(600)
 
 
+def _pid_sleeper(x, weight, bias, problem, out=None):
+    with open(os.environ["FAKE_WORKER_PID_FILE"], "w") as handle:
+        handle.write(str(os.getpid()))
+    time.sleep(600)
+
+
 POLLUTER = Backend("fake_polluter", "sets a process-wide flag", run=_polluter, writes_out=True)
 VICTIM = Backend("fake_victim", "slow in a process where the polluter ran", run=_victim, writes_out=True)
 FRESH_RESULT = Backend("fake_fresh_result", "allocates and fills its result", run=_fresh_result, writes_out=True)
 KILLER = Backend("fake_killer", "SIGKILLs its own process", run=_killer)
 SLEEPER = Backend("fake_sleeper", "sleeps for ten minutes", run=_sleeper)
+PID_SLEEPER = Backend("fake_pid_sleeper", "writes its pid to $FAKE_WORKER_PID_FILE, sleeps ten minutes",
+                      run=_pid_sleeper)
