@@ -26,9 +26,10 @@ thread pools or the allocator state another left behind (``measurement.md``); ``
 run in this process, faster and less trustworthy. The winner is the lowest median.
 
 **A decision survives noise.** One round can be decided by a burst of other load on a shared host. So a winner
-that overturns the class rule's choice, or that beats the runner-up by less than the larger of their
-interquartile ranges, must win again: the contenders (winner, runner-up, the rule's choice) are timed again in
-fresh workers, taking turns in the reverse order, and the one that wins two rounds (of at most three) is kept.
+that overturns the class rule's choice, or that beats the runner-up by less than their measured spread (the
+bootstrap 95 % interval of the ratio of their medians reaches 1), must win again: the contenders (winner,
+runner-up, the rule's choice) are timed again in fresh workers, taking turns in the reverse order, and the one
+that wins two rounds (of at most three) is kept.
 The wisdom entry keeps ``rounds``, ``round_winners``, ``margin`` (runner-up median over winner median, minus 1)
 and ``failed`` (the candidates whose measurement failed, and why); :func:`explain` shows them. When no candidate
 can be measured :func:`tune` raises :class:`TuneError` naming each and why; the ``measure`` planner then warns
@@ -492,15 +493,18 @@ def _candidate_timing(name: str, result: dict[str, Any], winner_samples: np.ndar
 
 def _confirmation_reason(ok: dict[str, dict[str, Any]], winner: str, rule: str | None) -> str | None:
     """Why one round cannot decide (see :func:`tune`), or None: the winner overturns the class rule's choice
-    (which was timed), or beats the runner-up by less than the larger of their interquartile ranges."""
+    (which was timed), or beats the runner-up by less than their measured spread — the bootstrap 95 % interval
+    of the ratio of their medians (:func:`testbed.timing.speedup_ci`) reaches 1."""
     if rule is not None and rule != winner and rule in ok:
         return f"overturns the class rule's choice {rule}"
-    others = sorted((r["median_s"], name) for name, r in ok.items() if name != winner)
+    others = [name for name in ok if name != winner]
     if others:
-        runner = others[0][1]
-        spread = max(ok[winner].get("iqr_s", math.nan), ok[runner].get("iqr_s", math.nan))
-        if others[0][0] - ok[winner]["median_s"] < spread:
-            return f"beats the runner-up {runner} by less than their spread ({_ms(spread)})"
+        runner = min(others, key=lambda name: ok[name]["median_s"])
+        low, high = speedup_ci(ok[runner].get("samples_s", ()), ok[winner].get("samples_s", ()))
+        if low <= 1:
+            ratio = ok[runner]["median_s"] / ok[winner]["median_s"]
+            return (f"beats the runner-up {runner} by less than their spread (median ratio {ratio:.3f}, 95 % "
+                    f"interval {low:.3f}-{high:.3f})")
     return None
 
 
@@ -660,8 +664,9 @@ def tune(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups
 
     Notes
     -----
-    A first-round winner that overturns the class rule's choice, or beats the runner-up by less than the
-    larger of their interquartile ranges, is stored only after it wins a second round (see the module
+    A first-round winner that overturns the class rule's choice, or beats the runner-up by less than their
+    measured spread (the bootstrap 95 % interval of their median ratio reaches 1), is stored only after it
+    wins a second round (see the module
     docstring); ``rounds``, ``round_winners`` and ``margin`` of the result and of the wisdom entry say how the
     decision was reached.
 
