@@ -65,11 +65,44 @@ _WRITE_CAUSES = {
 }
 
 
+def _file_system_type(path: Path) -> str | None:
+    """The type of the file system ``path`` is on (``/proc/mounts``: the longest mount point above it), or None."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            points = [line.split()[1:3] for line in mounts if len(line.split()) >= 3]
+    except OSError:
+        return None
+    resolved = str(path.resolve())
+    above = [(point, kind) for point, kind in points
+             if resolved == point or resolved.startswith(point.rstrip("/") + "/")]
+    return max(above, key=lambda item: len(item[0]))[1] if above else None
+
+
+#: File systems the kernel makes up, where results can never be written.
+_VIRTUAL_FILE_SYSTEMS = ("proc", "sysfs", "devtmpfs", "cgroup", "cgroup2", "debugfs", "securityfs", "tracefs",
+                         "configfs", "pstore", "bpf", "fusectl", "mqueue", "hugetlbfs")
+
+
+def _on_virtual_file_system(path: Path) -> str | None:
+    """``/proc is on a 'proc' file system, which holds no user files`` when the nearest existing folder of
+    ``path`` is on a file system the kernel makes up; else None."""
+    existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+    kind = None if existing is None else _file_system_type(existing)
+    return f"{existing} is on a {kind!r} file system, which holds no user files" \
+        if kind in _VIRTUAL_FILE_SYSTEMS else None
+
+
 def write_error(path, exc: OSError) -> ResultsNotWritten:
-    """The one-line :class:`ResultsNotWritten` of ``exc``, an error while writing ``path``."""
+    """The one-line :class:`ResultsNotWritten` of ``exc``, an error while writing ``path`` (the path as given)."""
     path = Path(path)
-    if exc.errno == errno.ENOENT:
-        cause = f"the directory {path.parent} does not exist"
+    missing = next((folder for folder in reversed(path.parents) if not folder.exists()), None)
+    virtual = _on_virtual_file_system(path)
+    if virtual is not None:                          # /proc answers ENOENT, /sys EPERM: neither says why
+        cause = virtual
+    elif exc.errno == errno.ENOENT and missing is not None:
+        cause = f"the directory {missing} does not exist"
+    elif exc.errno == errno.ENOENT:                 # every folder exists, yet the entry could not be made
+        cause = f"{path.parent} refused a new entry ({exc.strerror or exc})"
     else:
         cause = _WRITE_CAUSES.get(exc.errno, exc.strerror or str(exc))
     code = errno.errorcode.get(exc.errno)
