@@ -16,6 +16,8 @@ variable                     accepted values                           default a
                                                                        kept per thread; 0 keeps none
 ``TESTBED_NUMBA_CACHE``      ``1``/``on``/``true``/``yes`` or          on: kernels use Numba's on-disk cache
                              ``0``/``off``/``false``/``no``
+``TESTBED_ISA``              ``generic``, ``avx2``, ``avx512``, at     the CPU's row (:mod:`testbed.isa`): the
+                             most the CPU's own row                    widest vector instructions assumed
 ===========================  ========================================  ==========================================
 
 Values are read with surrounding spaces removed and, for words, in any case (``Measure`` is ``measure``).
@@ -28,7 +30,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TypeVar, overload
 
-__all__ = ["EnvironmentVariableWarning", "FLAG_WORDS", "VARIABLES", "env_choice", "env_flag", "env_int"]
+__all__ = ["EnvironmentVariableWarning", "FLAG_WORDS", "VARIABLES", "env_choice", "env_flag", "env_int",
+           "env_warning"]
 
 T = TypeVar("T")
 
@@ -43,6 +46,8 @@ VARIABLES = {
     "TESTBED_WISDOM": ("a file path, or off/none/0", "the user cache folder's wisdom.json; off: in memory only"),
     "TESTBED_WORKSPACE_BYTES": ("an integer >= 0 (bytes)", "268435456 (256 MiB) of scratch kept per thread"),
     "TESTBED_NUMBA_CACHE": ("1/on/true/yes or 0/off/false/no", "on: kernels use Numba's on-disk cache"),
+    "TESTBED_ISA": ("generic, avx2, avx512 (at most the CPU's own row)", "the CPU's row: the widest vector "
+                    "instructions the kernels and auto's table assume"),
 }
 
 
@@ -59,6 +64,12 @@ def _raw(name: str) -> str | None:
     if value is None or not value.strip():
         return None
     return value.strip()
+
+
+def env_warning(name: str, value: str, accepted: str, default: object) -> None:
+    """The policy's one warning for ``name=value`` (once per process): for a reader whose check needs more
+    than :func:`env_choice`, :func:`env_int` or :func:`env_flag` (a value valid in general but not here)."""
+    _malformed(name, value.strip(), accepted, default)
 
 
 def _malformed(name: str, value: str, accepted: str, default: object) -> None:

@@ -38,6 +38,8 @@ from __future__ import annotations
 import functools
 import os
 
+from ._environ import env_choice, env_warning
+
 __all__ = ["ISA_ENV", "ISA_ROWS", "host_isa", "isa_of_cpu", "selected_isa", "target_cpu", "vector_bytes"]
 
 #: The rows, narrowest first (a cap keeps the rows up to and including its own).
@@ -110,20 +112,16 @@ def selected_isa() -> str:
     """The row this process uses: :func:`host_isa`, capped by ``TESTBED_ISA`` where set (decided once per
     process; kernels compiled for one row and keyed by it must not meet another).
 
-    Raises
-    ------
-    ValueError
-        ``TESTBED_ISA`` is not one of :data:`ISA_ROWS`, or names a row wider than the CPU supports.
+    A ``TESTBED_ISA`` that is not one of :data:`ISA_ROWS`, or names a row wider than the CPU supports, gives
+    one :class:`~testbed._environ.EnvironmentVariableWarning` (naming the value and the rows this CPU
+    accepts) and the CPU's own row is used (:mod:`testbed._environ`'s policy).
     """
     native = host_isa()
-    cap = os.environ.get(ISA_ENV, "").strip().lower()
-    if not cap:
-        return native
-    if cap not in ISA_ROWS:
-        raise ValueError(f"{ISA_ENV}={os.environ[ISA_ENV]!r}: expected one of {', '.join(ISA_ROWS)} (or unset)")
+    cap = env_choice(ISA_ENV, ISA_ROWS, native)
     if ISA_ROWS.index(cap) > ISA_ROWS.index(native):
         name, _ = target_cpu()
-        raise ValueError(f"{ISA_ENV}={cap!r} is above what the CPU supports: {name!r} (the CPU Numba compiles for) "
-                         f"has {native!r}; use {', '.join(ISA_ROWS[:ISA_ROWS.index(native) + 1])}, or set "
-                         f"NUMBA_CPU_NAME/NUMBA_CPU_FEATURES to compile for another CPU")
+        env_warning(ISA_ENV, os.environ[ISA_ENV], f"{', '.join(ISA_ROWS[:ISA_ROWS.index(native) + 1])}: {cap!r} is "
+                    f"above what the CPU supports ({name!r}, the CPU Numba compiles for, has {native!r}; set "
+                    f"NUMBA_CPU_NAME/NUMBA_CPU_FEATURES to compile for another CPU)", native)
+        return native
     return cap

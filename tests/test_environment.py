@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from testbed import _environ, planner, workspace
+from testbed import _environ, isa, planner, workspace
 from testbed.backends import _runtime
+
+
+def _selected_isa() -> str:
+    isa.selected_isa.cache_clear()          # decided once per process: decide again under this test's value
+    try:
+        return isa.selected_isa()
+    finally:
+        isa.selected_isa.cache_clear()
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +30,7 @@ READERS = {
                                 ["", "   ", "a lot", "-1", "1.5", "256MiB", "0x10"]),
     "TESTBED_PLANNER": (lambda: planner.get_planner().mode, "estimate", ["fastest", "1", "estimate!"]),
     "TESTBED_NUMBA_CACHE": (_runtime.cache_enabled, True, ["maybe", "2", "enabled"]),
+    "TESTBED_ISA": (_selected_isa, isa.host_isa(), ["sse", "avx-512", "1"]),
 }
 
 
@@ -69,8 +78,8 @@ def test_good_values_are_read(name, value, expected, monkeypatch):
 
 
 def test_import_testbed_survives_every_malformed_variable_at_once():
-    """Before: TESTBED_WORKSPACE_BYTES="" (or "a lot") made ``import testbed`` raise ValueError, and
-    TESTBED_NUMBA_CACHE=maybe was silently taken as on."""
+    """Before: TESTBED_WORKSPACE_BYTES="" (or "a lot") made ``import testbed`` raise ValueError,
+    TESTBED_NUMBA_CACHE=maybe was silently taken as on, and TESTBED_ISA=sse made the first call raise."""
     code = ("import warnings; warnings.simplefilter('always')\n"
             "import numpy as np, testbed\n"
             "from testbed import workspace\n"
@@ -78,15 +87,16 @@ def test_import_testbed_survives_every_malformed_variable_at_once():
             "y = testbed.conv_transpose2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), stride=2)\n"
             "print(y.shape, workspace.WORKSPACE_CACHE_BYTES, _runtime.cache_enabled(), testbed.get_planner().mode)\n")
     env = {"TESTBED_WORKSPACE_BYTES": "a lot", "TESTBED_NUMBA_CACHE": "maybe", "TESTBED_PLANNER": "fastest",
+           "TESTBED_ISA": "sse",
            "TESTBED_WISDOM": "off", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["(1,", "1,", "4,", "4)", str(256 * 2**20), "True", "estimate"]
     for name, value in (("TESTBED_WORKSPACE_BYTES", "a lot"), ("TESTBED_NUMBA_CACHE", "maybe"),
-                        ("TESTBED_PLANNER", "fastest")):
+                        ("TESTBED_PLANNER", "fastest"), ("TESTBED_ISA", "sse")):
         assert done.stderr.count(f"{name}={value!r}") == 1, done.stderr
-    assert done.stderr.count("EnvironmentVariableWarning") == 3, done.stderr
+    assert done.stderr.count("EnvironmentVariableWarning") == 4, done.stderr
 
 
 def test_empty_workspace_bytes_no_longer_breaks_import():
