@@ -14,11 +14,11 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
-import planner_fakes
 import pytest
-import timing_fakes
 
+import planner_fakes
 import testbed
+import timing_fakes
 from testbed import planner, wisdom
 from testbed.problem import Problem
 from testbed.timing import TimingSettings
