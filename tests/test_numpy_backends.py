@@ -1,22 +1,64 @@
 """Backend-specific paths of the NumPy backends that the registry-wide tests would not force."""
 
 import numpy as np
+import pytest
 
 import testbed
 import testbed.backends.fft as fft_backend
 from testbed.testing import assert_close, assert_close_to_oracle
 
 
-def test_fft_blocks_of_output_channels_match_one_block(monkeypatch):
+@pytest.mark.parametrize("blocks", [(1, 1, 1), (2, 1, 2), (1, 2, 4)])
+def test_fft_blocks_match_one_block(monkeypatch, blocks):
+    """Images, output channels and column frequencies in blocks (kernel spectra recomputed per image block,
+    one slab of columns at a time) give the one-block result."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 6, 5, 4))
+    x = rng.standard_normal((3, 6, 5, 4))
     w = rng.standard_normal((6, 2, 3, 3))
     params = dict(stride=2, padding=1, output_padding=1, groups=3)
     whole = testbed.conv_transpose2d(x, w, backend="fft", **params)
-    monkeypatch.setattr(fft_backend, "SPECTRUM_BUDGET_BYTES", 1)      # one output channel per block
+    problem = testbed.Problem.from_shapes(x.shape, w.shape, **params)
+    fft_shape = fft_backend._fft_shape(problem)
+    assert fft_backend._blocks(problem, fft_shape) == (3, 2, fft_shape[1] // 2 + 1)        # one block each
+    monkeypatch.setattr(fft_backend, "_blocks", lambda problem, fft_shape: fft_backend.Blocks(*blocks))
     blocked = testbed.conv_transpose2d(x, w, backend="fft", **params)
     assert_close(blocked, whole, rtol=1e-14)
     assert_close_to_oracle(blocked, x, w, **params)
+
+
+@pytest.mark.parametrize("limit_mib", [0, 1, 4])
+@pytest.mark.parametrize("shape", [
+    dict(batch=8, in_channels=64, in_size=(32, 32), out_channels=64, kernel_size=3, stride=2, padding=1),
+    dict(batch=2, in_channels=256, in_size=(16, 16), out_channels=128, kernel_size=4, stride=2, padding=1),
+    dict(batch=4, in_channels=32, in_size=(24, 24), out_channels=32, kernel_size=2, stride=2, groups=4),
+])
+def test_fft_blocks_hold_at_most_the_workspace_limit(monkeypatch, shape, limit_mib):
+    """The blocks chosen keep the modelled peak under Problem.workspace_limit (the model itself is checked
+    against measured memory in test_memory_limits)."""
+    monkeypatch.setattr(testbed.problem, "WORKSPACE_BYTES", limit_mib * 2**20)
+    problem = testbed.Problem(**shape, dtype="float32")
+    fft_shape = fft_backend._fft_shape(problem)
+    blocks = fft_backend._blocks(problem, fft_shape)
+    assert testbed.get_backend("fft").supports(problem)
+    assert fft_backend._peak_bytes(problem, fft_shape, blocks) <= problem.workspace_limit
+    assert blocks.images <= problem.batch and blocks.channels <= problem.out_per_group
+
+
+def test_fft_declines_naming_the_bytes_it_would_need(monkeypatch):
+    """Stride 4 spreads one image's 64 channels over 128×128 transforms (about 8.5 MB with one output channel):
+    above a workspace limit of twice the 0.3 MB of arrays, fft declines with that size; with 16 MiB it fits."""
+    problem = testbed.Problem(batch=1, in_channels=64, in_size=(32, 32), out_channels=1, kernel_size=3, stride=4,
+                              dtype="float32")
+    need = fft_backend._peak_bytes(problem, fft_backend._fft_shape(problem), fft_backend.Blocks(1, 1, 1))
+    monkeypatch.setattr(testbed.problem, "WORKSPACE_BYTES", 0)
+    reason = testbed.get_backend("fft").unsupported_reason(problem)
+    assert problem.workspace_limit < need and reason is not None
+    assert f"{need:.3g} bytes" in reason and f"{problem.workspace_limit:.3g} bytes" in reason, reason
+    x, w, _ = problem.random_arrays(0)
+    with pytest.raises(testbed.UnsupportedConfiguration, match="workspace limit"):
+        testbed.conv_transpose2d(x, w, stride=4, backend="fft")
+    monkeypatch.setattr(testbed.problem, "WORKSPACE_BYTES", 16 * 2**20)
+    assert_close_to_oracle(testbed.conv_transpose2d(x, w, stride=4, backend="fft"), x, w, stride=4)
 
 
 def test_polyphase_phase_subkernels_cover_every_tap_once():
