@@ -35,6 +35,8 @@ The FFTs run on as many threads as scipy's default allows: one, unless the calle
 ``with scipy.fft.set_workers(n):`` (the backend passes no ``workers`` argument, so that setting governs).
 """
 
+import contextlib
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -105,7 +107,11 @@ def _blocks(problem, fft_shape):
     recomputed per image block), then the most output channels that fit the rest, then the most column
     frequencies that fit and (unless a single column exceeds it) keep the kernel slab within
     :data:`SLAB_BYTES`."""
-    limit = problem.workspace_limit
+    return _blocks_under(problem, fft_shape, problem.workspace_limit, SLAB_BYTES)
+
+
+@functools.lru_cache(maxsize=256)       # the check and the call ask for the same problem's blocks
+def _blocks_under(problem, fft_shape, limit, slab_bytes):
     n, cog, (p1, p2) = problem.batch, problem.out_per_group, fft_shape
     kernel_column = (problem.kernel_size[0] + p1) * problem.in_channels * 2 * problem.dtype.itemsize
 
@@ -116,8 +122,8 @@ def _blocks(problem, fft_shape):
         return None
     images = max(1, _largest(lambda b: fits(b) and _peak_bytes(problem, fft_shape, Blocks(b, 0, 0)) <= limit // 2,
                              n))
-    channels = _largest(lambda c: fits(images, c) and (c == 1 or c * kernel_column <= SLAB_BYTES), cog)
-    columns = _largest(lambda f: fits(images, channels, f) and (f == 1 or f * channels * kernel_column <= SLAB_BYTES),
+    channels = _largest(lambda c: fits(images, c) and (c == 1 or c * kernel_column <= slab_bytes), cog)
+    columns = _largest(lambda f: fits(images, channels, f) and (f == 1 or f * channels * kernel_column <= slab_bytes),
                        p2 // 2 + 1)
     return Blocks(images, channels, columns)
 
@@ -192,7 +198,10 @@ def fft_convolve(x, weight, bias, problem):
     rows, cols = max(0, min(full[0] - ph, ho)), max(0, min(full[1] - pw, wo))
     y = np.zeros(problem.output_shape, dtype=problem.dtype)
     out = y.reshape(n, g, cog, ho, wo)
-    with single_threaded_blas():      # a GEMM per frequency is small: BLAS threads only contend (4× slower)
+    # A GEMM per frequency is small: BLAS threads only contend (4× slower on 128→128 k3 @64²). Setting the
+    # thread count costs ~0.1 ms, more than all the GEMMs of a call below a million multiply-adds.
+    small = p1 * q * n * problem.in_channels * cog < 2**20
+    with contextlib.nullcontext() if small else single_threaded_blas():
         for n0 in range(0, n, blocks.images):
             n1 = min(n, n0 + blocks.images)
             # (P1, P2, G, images, Ci_g): the stride-dilated, scaled input, frequency-major after rfft2.
