@@ -311,8 +311,8 @@ def _pivot(frame, value, aggfunc="mean"):
 
 
 ISOLATION_TEXT = {
-    "process": "each (case, backend, dtype) in a fresh worker process (multiprocessing spawn), so no other "
-               "backend's thread pools or allocator state reach its time",
+    "process": "each (case, backend, dtype) in a fresh worker process (a new interpreter, testbed._worker), so "
+               "no other backend's thread pools or allocator state reach its time",
     "interleaved": "all backends of a case in one process, sampled round-robin (the first rotating each "
                    "repeat), so pool and allocator state spread evenly over them",
     "inline": "one backend after another in one process: a time may include what the previous backend left "
