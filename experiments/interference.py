@@ -186,8 +186,8 @@ def write_report(run_dir) -> str:
     timing = meta.get("timing", {})
     parts = [report_header(meta, "Interference: a backend's time after other backends in the same process"),
              machine_state_lines(meta),
-             f"Every number below is B's per-call median in its own fresh worker process (a new interpreter, testbed._worker); "
-             f"what differs is what ran in that process before B (see the module docstring of "
+             f"Every number below is B's per-call median in its own fresh worker process (a new interpreter, "
+             f"testbed._worker); what differs is what ran in that process before B (see the module docstring of "
              f"`experiments/interference.py`). Per measurement: one first call, {timing.get('warmup')} warm-up "
              f"call(s), then samples until {timing.get('budget_s')} s ({timing.get('min_repeats')} to "
              f"{timing.get('max_repeats')}). `vs fresh` = median / B's fresh median with a bootstrap 95 % interval "
