@@ -173,6 +173,11 @@ def main() -> None:
         payload = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:
         payload = pickle.dumps(("error", f"{type(exc).__name__} in the worker: {exc}"))
+    for stream in (sys.stdout, sys.stderr):     # before the parent has the result and closes the pipe (which
+        try:                                    # ends this process at once): what the job printed is kept
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
     results.send_bytes(payload)
     results.close()
 
