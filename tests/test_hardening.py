@@ -48,7 +48,8 @@ def run_python(code, *, env=None, timeout=180, cwd=None):
 
 
 def check(result):
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, \
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
     return result.stdout
 
 
@@ -228,16 +229,16 @@ def test_no_writable_cache_location_compiles_in_memory(tmp_path):
     for path in read_only:
         path.chmod(0o555 if path.is_dir() else 0o444)
     try:
-        result = run_python("""
+        result = run_python(f"""
             import warnings
             warnings.simplefilter("always")
             import numpy as np, testbed
-            assert testbed.__file__.startswith({base!r}), testbed.__file__
+            assert testbed.__file__.startswith({str(tmp_path)!r}), testbed.__file__
             for name in ("naive", "numba_cpu", "auto"):
                 y = testbed.conv_transpose2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), stride=2, backend=name)
                 assert y.sum() == 16.0, name
             print(sorted(testbed.available_backends()))
-        """.format(base=str(tmp_path)), cwd=tmp_path, env=env)
+        """, cwd=tmp_path, env=env)
         out = check(result)
         assert "numba_cpu" in out and "naive" in out
         assert result.stderr.count("NumbaCacheWarning") == 1 and "no writable cache location" in result.stderr
@@ -334,8 +335,8 @@ def resource_results():
 
 
 @pytest.mark.parametrize("case", SHAPES)
-@pytest.mark.parametrize("name", HOST_BACKENDS + ["numba_cpu:direct", "numba_cpu:gemm_col2im",
-                                                   "numba_cpu:blocked_direct"])
+@pytest.mark.parametrize("name", [*HOST_BACKENDS, "numba_cpu:direct", "numba_cpu:gemm_col2im",
+                                  "numba_cpu:blocked_direct"])
 def test_resources_follow_the_work(resource_results, name, case):
     """Under an address-space limit of 768 MiB above the warmed-up process, each backend answers correctly or
     declines naming the size it would need; before, naive/col2im/fft asked for TiB (a), numba_cpu sized a
@@ -346,7 +347,7 @@ def test_resources_follow_the_work(resource_results, name, case):
         pytest.skip("numba_cpu bounds (c) by choosing a path without a column buffer; forcing one bypasses that")
     if key not in resource_results:
         pytest.skip(f"{name} is not available here")
-    outcome, detail, seconds = resource_results[key]
+    outcome, detail, _seconds = resource_results[key]
     if outcome == "declined":
         assert name in ("fft", "kron", "torch"), detail          # the others compute every configuration
         assert "bytes" in detail or "stride" in detail or "32-bit" in detail, detail

@@ -26,8 +26,6 @@ from pathlib import Path
 
 import pytest
 
-import testbed
-
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
 

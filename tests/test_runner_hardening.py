@@ -19,14 +19,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import checkerboard, correctness, main as main_job, report, scaling, seed, speed
+from experiments import checkerboard, correctness, report, scaling, seed, speed
+from experiments import main as main_job
 from experiments.common import RunRefused
 from experiments.harness import storage
 from experiments.harness.metadata import PROJECT_ROOT
 from experiments.harness.reporting import load_run
 from experiments.harness.runner import grid, run_sweep
-from experiments.harness.storage import (ResultsNotWritten, RowLog, RowLogWarning, RunLock, RunLocked,
-                                         current_umask, holds_run_lock)
+from experiments.harness.storage import (
+    ResultsNotWritten,
+    RowLog,
+    RowLogWarning,
+    RunLock,
+    RunLocked,
+    current_umask,
+    holds_run_lock,
+)
 from testbed.problem import Problem
 from testbed.registry import Backend, available_backends, get_backend, list_backends
 
@@ -70,7 +78,7 @@ def test_a_run_refused_because_out_holds_rows_writes_nothing(tmp_path, module):
     (out / "meta.json").write_text(json.dumps({"experiment": module.NAME, "seed": 0}))
     (out / "rows.jsonl").write_text(json.dumps({"cell_key": "earlier", "status": "ok"}) + "\n")
     before = snapshot(out)
-    with pytest.raises(RunRefused, match=r"already holds a run \(meta.json, 1 rows in rows.jsonl\).*--resume"):
+    with pytest.raises(RunRefused, match=r"already holds a run \(meta\.json, 1 rows in rows\.jsonl\).*--resume"):
         module.main(["--quick", "--no-progress", "--out", str(out)])
     assert snapshot(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "rows.jsonl"]     # no lock file left either
@@ -82,7 +90,7 @@ def test_the_main_job_is_refused_when_only_a_part_holds_rows(tmp_path):
     part.mkdir(parents=True)
     (part / "rows.jsonl").write_text(json.dumps({"cell_key": "earlier"}) + "\n")
     before = snapshot(tmp_path / "run")
-    with pytest.raises(RunRefused, match="1 rows in correctness/rows.jsonl"):
+    with pytest.raises(RunRefused, match=r"1 rows in correctness/rows\.jsonl"):
         main_job.main(["--quick", "--no-progress", "--out", str(tmp_path / "run")])
     assert snapshot(tmp_path / "run") == before
 
@@ -316,7 +324,7 @@ def disk_full_after(monkeypatch, calls: int):
 
 
 def no_temporary_files(directory: Path) -> bool:
-    return not [p for p in directory.rglob("*.tmp")]
+    return not any(directory.rglob("*.tmp"))
 
 
 def test_disk_full_while_starting_is_one_line_naming_meta_json(tmp_path, monkeypatch):
