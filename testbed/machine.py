@@ -83,24 +83,13 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def isa_row() -> str:
-    """The instruction-set row the kernels use (:func:`testbed.isa.selected_isa`), or why there is none (an
-    invalid ``TESTBED_ISA``, which the kernels refuse with the same message)."""
-    from .isa import selected_isa
-
-    try:
-        return selected_isa()
-    except ValueError as exc:
-        return f"invalid: {exc}"
-
-
 def cpu() -> dict[str, Any]:
-    """``model``, ``architecture`` (``platform.machine()``), ``isa`` (:func:`isa_row`), ``target_cpu`` (the CPU
-    Numba compiles for), ``count`` (logical CPUs), ``affinity`` (those this process may run on) and
-    ``memory_bytes`` (physical memory)."""
-    from .isa import target_cpu
+    """``model``, ``architecture`` (``platform.machine()``), ``isa`` (the instruction-set row the kernels use,
+    :func:`testbed.isa.selected_isa`), ``target_cpu`` (the CPU Numba compiles for), ``count`` (logical CPUs),
+    ``affinity`` (those this process may run on) and ``memory_bytes`` (physical memory)."""
+    from .isa import selected_isa, target_cpu
 
-    return {"model": cpu_model(), "architecture": platform.machine(), "isa": isa_row(),
+    return {"model": cpu_model(), "architecture": platform.machine(), "isa": selected_isa(),
             "target_cpu": target_cpu()[0], "count": os.cpu_count(), "affinity": _affinity(),
             "memory_bytes": _memory_bytes()}
 
