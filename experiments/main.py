@@ -4,12 +4,14 @@ Writes ``results/main/<run-id>/`` with ``correctness/`` and ``speed/`` (each a c
 results.csv, report.md, figures) and a top-level report.md that summarises both.
 
 The default is sized to finish in under two minutes on a 2-core machine, a cold Numba cache included: the
-correctness grid, then the ``unet`` suite with each (case, backend) timed in one fresh worker process
-(:data:`SPEED_SUITES`, :data:`SPEED_ROUNDS`). A worker costs about a second to start (it imports numpy, numba and
-torch), so rounds and suites are what a run's length is made of. ``--full`` times experiments.speed's defaults
-instead (:data:`FULL_SPEED_SUITES`, :data:`experiments.common.DEFAULT_ROUNDS` rounds pooled per cell: the
-numbers to quote, several minutes); ``--quick`` (seconds, for tests) runs the small correctness grid and the
-tiny suite in this process.
+correctness grid, then every backend on the smallest and the largest U-Net up-convolution (:data:`SPEED_CASES`:
+1024→512 channels at 28², the ``nonoverlap_gemm`` path of ``numba_cpu``, and 128→64 at 196², its
+``nonoverlap_direct`` path), each (case, backend) timed in one fresh worker process (:data:`SPEED_ROUNDS`). A worker
+costs 1.5-2 s to start (it imports numpy, scipy and numba, and torch for the torch rows: measured on the 2-core
+AMD EPYC host), against 0.3-0.7 s of timing, so the number of cells is what the run's length is made of. ``--full``
+times experiments.speed's defaults instead (:data:`FULL_SPEED_SUITES`, every case, ``DEFAULT_ROUNDS`` rounds pooled
+per cell: the numbers to quote, several minutes); ``--quick`` (seconds, for tests) runs the small correctness grid
+and the tiny suite in this process.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from . import correctness, speed
 from .common import DEFAULT_ROUNDS, executor_argv, finish, make_parser, start_run
 
 NAME = "main"
-#: The speed part of the default job: the four U-Net up-convolutions, one fresh worker per cell.
+#: The speed part of the default job: the smallest and the largest U-Net up-convolution, one fresh worker per cell.
 SPEED_SUITES = ("unet",)
+SPEED_CASES = ("unet1", "unet4")
 SPEED_ROUNDS = 1
 #: ``--full``: the suites experiments.speed times by default, each cell in DEFAULT_ROUNDS workers.
 FULL_SPEED_SUITES = ("unet", "decoder", "tiny")
@@ -36,18 +39,19 @@ FULL_SPEED_SUITES = ("unet", "decoder", "tiny")
 def build_parser():
     parser = make_parser(NAME, __doc__)
     parser.add_argument("--full", action="store_true",
-                        help=f"time the suites {', '.join(FULL_SPEED_SUITES)} with {DEFAULT_ROUNDS} rounds per cell "
-                             f"(several minutes) instead of {', '.join(SPEED_SUITES)} with {SPEED_ROUNDS}")
+                        help=f"time every case of the suites {', '.join(FULL_SPEED_SUITES)} with {DEFAULT_ROUNDS} "
+                             f"rounds per cell (several minutes) instead of {', '.join(SPEED_CASES)} with "
+                             f"{SPEED_ROUNDS}")
     return parser
 
 
 def speed_plan(args) -> tuple[list[str], list[str]]:
-    """The speed part's suites and its extra arguments (``--rounds``) for the parsed ``args``."""
+    """The speed part's suites and its extra arguments (``--cases``, ``--rounds``) for the parsed ``args``."""
     if args.quick:
         return ["tiny"], []
     if args.full:
         return list(FULL_SPEED_SUITES), ["--rounds", str(DEFAULT_ROUNDS)]
-    return list(SPEED_SUITES), ["--rounds", str(SPEED_ROUNDS)]
+    return list(SPEED_SUITES), ["--cases", ",".join(SPEED_CASES), "--rounds", str(SPEED_ROUNDS)]
 
 
 def part_argv(args) -> list[str]:

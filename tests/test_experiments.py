@@ -189,21 +189,24 @@ def test_main_quick_then_rebuild_and_compare(tmp_path):
         report.main([str(first / "correctness"), str(second)])
 
 
-def test_main_times_the_unet_suite_once_by_default_and_every_suite_with_full(tmp_path, monkeypatch):
-    """make run's default fits in two minutes on 2 cores (one fresh worker per U-Net cell); --full is
-    experiments.speed's own default: every suite, DEFAULT_ROUNDS rounds."""
+def test_main_times_two_unet_cases_once_by_default_and_every_suite_with_full(tmp_path, monkeypatch):
+    """make run's default fits in two minutes on 2 cores (two U-Net cases, one fresh worker per cell); --full is
+    experiments.speed's own default: every case of every suite, DEFAULT_ROUNDS rounds."""
     from experiments.common import DEFAULT_ROUNDS, rounds_of
 
     parts = []
     monkeypatch.setattr(correctness, "main", lambda argv, out: parts.append(("correctness", argv)))
     monkeypatch.setattr(speed, "main", lambda argv, out: parts.append(("speed", speed.build_parser().parse_args(argv))))
-    for flags, suites, rounds in ([], ["unet"], 1), (["--full"], ["unet", "decoder", "tiny"], DEFAULT_ROUNDS):
+    for flags, suites, cases, rounds in (
+        ([], ["unet"], {"unet1", "unet4"}, 1),
+        (["--full"], ["unet", "decoder", "tiny"], None, DEFAULT_ROUNDS),
+    ):
         parts.clear()
         main_job.main([*flags, "--no-progress", "--backends", FAST, "--out", str(tmp_path / "-".join(["run", *flags]))])
         assert [name for name, _ in parts] == ["correctness", "speed"]
         speed_args = parts[1][1]
-        assert (speed_args.suite, rounds_of(speed_args), speed_args.quick) == (suites, rounds, False)
-        assert speed_args.backends == FAST.split(",")
+        assert (speed_args.suite, speed_args.cases, rounds_of(speed_args)) == (suites, cases, rounds)
+        assert not speed_args.quick and speed_args.backends == FAST.split(",")
 
 
 def test_killed_run_keeps_rows_and_resume_completes_it(tmp_path):
