@@ -59,6 +59,7 @@ from .timing import (
     TimingJob,
     TimingSettings,
     WorkerError,
+    median_ci,
     pool_rounds,
     run_in_worker,
     speedup_ci,
@@ -463,17 +464,6 @@ def _more_rounds(problem: Problem, backends: Sequence[Backend], results: list[di
         results[i] = pool_rounds(rounds[i], settings, keep_samples=True)
 
 
-def _median_ci(samples: np.ndarray) -> tuple[float, float]:
-    """Bootstrap 95 % interval of the median (percentile method, as :func:`testbed.timing.speedup_ci`)."""
-    if samples.size < 2:
-        return math.nan, math.nan
-    from scipy import stats
-
-    result = stats.bootstrap((samples,), np.median, vectorized=True, method="percentile", n_resamples=2000,
-                             random_state=np.random.default_rng(0))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
 def _candidate_timing(name: str, result: dict[str, Any], winner_samples: np.ndarray | None,
                       winner_median: float) -> CandidateTiming:
     samples = np.asarray(result.get("samples_s", ()), dtype=float)
@@ -484,7 +474,7 @@ def _candidate_timing(name: str, result: dict[str, Any], winner_samples: np.ndar
         if winner_samples is not None:
             ratio_ci = speedup_ci(samples, winner_samples)
     return CandidateTiming(
-        backend=name, status=str(result.get("status", "ok")), median_s=median, ci_s=_median_ci(samples),
+        backend=name, status=str(result.get("status", "ok")), median_s=median, ci_s=median_ci(samples),
         min_s=float(result.get("min_s", math.nan)), iqr_s=float(result.get("iqr_s", math.nan)),
         repeats=int(result.get("repeats", 0) or 0), first_call_s=float(result.get("first_call_s", math.nan)),
         pilot_s=float(result.get("pilot_s", math.nan)), ratio=ratio, ratio_ci=ratio_ci,

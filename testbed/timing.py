@@ -51,9 +51,9 @@ from .registry import Backend
 from .testing import call_kwargs
 
 __all__ = ["ALLOCATIONS", "ISOLATIONS", "TimingJob", "TimingSettings", "WorkerError", "load_average",
-           "machine_state", "minor_faults", "peak_rss_bytes", "pool_rounds", "prepare_call", "reset_peak_rss",
-           "rss_bytes", "run_in_worker", "speedup_ci", "summarize", "thread_pools", "time_backend", "time_call",
-           "time_jobs"]
+           "machine_state", "median_ci", "minor_faults", "peak_rss_bytes", "pool_rounds", "prepare_call",
+           "reset_peak_rss", "rss_bytes", "run_in_worker", "speedup_ci", "summarize", "thread_pools", "time_backend",
+           "time_call", "time_jobs"]
 
 ISOLATIONS = ("process", "interleaved", "inline")
 ALLOCATIONS = ("alloc", "out")
@@ -316,6 +316,26 @@ def time_call(fn: Callable[[], object], settings: TimingSettings = TimingSetting
             **({"samples_s": list(timer.samples)} if keep_samples else {})}
 
 
+def _bootstrap(sample_sets, statistic, confidence: float, n_resamples: int, seed: int) -> tuple[float, float]:
+    """The one bootstrap of the testbed: a ``confidence`` interval of ``statistic`` over ``sample_sets``, each
+    resampled independently (``scipy.stats.bootstrap``, ``paired=False``, percentile method: robust on the few,
+    skewed samples a timing gives); ``(nan, nan)`` with fewer than 2 samples in any set."""
+    from scipy import stats
+
+    sets = tuple(np.asarray(samples, dtype=float) for samples in sample_sets)
+    if any(samples.size < 2 for samples in sets):
+        return math.nan, math.nan
+    result = stats.bootstrap(sets, statistic, vectorized=True, paired=False, confidence_level=confidence,
+                             n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def median_ci(samples, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap confidence interval of ``median(samples)`` (see :func:`speedup_ci`); ``(nan, nan)`` with fewer
+    than 2 samples."""
+    return _bootstrap((samples,), np.median, confidence, n_resamples, seed)
+
+
 def speedup_ci(baseline_samples, samples, confidence: float = 0.95, n_resamples: int = 2000,
                seed: int = 0) -> tuple[float, float]:
     """Bootstrap confidence interval of ``median(baseline) / median(samples)`` (> 1: faster than the baseline).
@@ -323,19 +343,10 @@ def speedup_ci(baseline_samples, samples, confidence: float = 0.95, n_resamples:
     The two sets are resampled independently (``scipy.stats.bootstrap`` with ``paired=False``, percentile
     method: robust on the few, skewed samples a timing gives). ``(nan, nan)`` with fewer than 2 samples in
     either set."""
-    from scipy import stats
-
-    base = np.asarray(baseline_samples, dtype=float)
-    other = np.asarray(samples, dtype=float)
-    if base.size < 2 or other.size < 2:
-        return math.nan, math.nan
-
     def ratio(a, b, axis=-1):
         return np.median(a, axis=axis) / np.median(b, axis=axis)
 
-    result = stats.bootstrap((base, other), ratio, vectorized=True, paired=False, confidence_level=confidence,
-                             n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return _bootstrap((baseline_samples, samples), ratio, confidence, n_resamples, seed)
 
 
 # ---- timing a backend --------------------------------------------------------------------------------------------
