@@ -50,12 +50,16 @@ from .problem import Problem
 from .registry import Backend
 from .testing import call_kwargs
 
-__all__ = ["ALLOCATIONS", "ISOLATIONS", "TimingJob", "TimingSettings", "WorkerError", "load_average",
-           "machine_state", "median_ci", "minor_faults", "peak_rss_bytes", "pool_rounds", "prepare_call",
-           "reset_peak_rss", "rss_bytes", "run_in_worker", "speedup_ci", "summarize", "thread_pools", "time_backend",
-           "time_call", "time_jobs"]
+__all__ = ["ALLOCATIONS", "ISOLATIONS", "STATUSES", "TimingJob", "TimingSettings", "WorkerError",
+           "exception_status", "load_average", "machine_state", "median_ci", "minor_faults", "not_run_status",
+           "peak_rss_bytes", "pool_rounds", "prepare_call", "reset_peak_rss", "rss_bytes", "run_in_worker",
+           "speedup_ci", "summarize", "thread_pools", "time_backend", "time_call", "time_jobs"]
 
 ISOLATIONS = ("process", "interleaved", "inline")
+#: What a timing (and a sweep's row) says about a (problem, backend): ``ok``; ``unsupported`` (the backend
+#: declines a valid configuration: not a failure); ``unavailable`` (it cannot run here, with the reason);
+#: ``error`` (any other exception, with its text); ``simulator: not timed`` (the CUDA simulator is never timed).
+STATUSES = ("ok", "unsupported", "unavailable", "error", "simulator: not timed")
 ALLOCATIONS = ("alloc", "out")
 
 
@@ -364,17 +368,39 @@ def prepare_call(backend, problem: Problem, x, weight, bias, allocation: str = "
     return lambda: conv_transpose2d(x, weight, bias, backend=backend, **kwargs)
 
 
-def _untimed(backend, problem: Problem) -> dict | None:
-    """A status row for a backend that is not timed on ``problem`` here, or None."""
+def not_run_status(backend: Backend, problem: Problem) -> dict | None:
+    """``{"status", "message"}`` when ``backend`` cannot run ``problem`` here — ``unavailable`` (its probe's
+    reason) or ``unsupported`` (the reason it declines) — else None. Shared with the harness's sweep rows."""
     ok, why = backend.probe()
     if not ok:
         return {"status": "unavailable", "message": why}
     reason = backend.unsupported_reason(problem)
     if reason is not None:
         return {"status": "unsupported", "message": reason}
-    if backend.timing_kind is None:
-        return {"status": "simulator: not timed", "message": why}
     return None
+
+
+def exception_status(exc: Exception) -> dict:
+    """``{"status", "message"}`` of an exception raised while running or timing a backend:
+    :class:`~testbed.problem.UnsupportedConfiguration` is ``unsupported`` (not a failure),
+    :class:`~testbed.registry.BackendUnavailable` ``unavailable``, anything else ``error`` with its type and text.
+    Shared with the harness's sweep rows."""
+    from .problem import UnsupportedConfiguration
+    from .registry import BackendUnavailable
+
+    if isinstance(exc, UnsupportedConfiguration):
+        return {"status": "unsupported", "message": exc.reason}
+    if isinstance(exc, BackendUnavailable):
+        return {"status": "unavailable", "message": str(exc)}
+    return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _untimed(backend, problem: Problem) -> dict | None:
+    """A status row for a backend that is not timed on ``problem`` here, or None."""
+    status = not_run_status(backend, problem)
+    if status is None and backend.timing_kind is None:
+        return {"status": "simulator: not timed", "message": backend.probe()[1]}
+    return status
 
 
 def time_backend(backend, problem: Problem, x, weight, bias=None, settings: TimingSettings = TimingSettings(), *,
@@ -425,20 +451,14 @@ def _job_row(job: TimingJob, result: dict, isolation: str) -> dict:
 
 
 def _time_job_here(job: TimingJob, settings: TimingSettings, keep_samples: bool) -> dict:
-    """One job timed in this process; every exception becomes an ``error`` status (never raises)."""
-    from .problem import UnsupportedConfiguration
-    from .registry import BackendUnavailable
-
+    """One job timed in this process; every exception becomes a status (:func:`exception_status`; never
+    raises)."""
     try:
         x, weight, bias = job.problem.random_arrays(job.rng)
         return time_backend(job.backend, job.problem, x, weight, bias, settings, allocation=job.allocation,
                             keep_samples=keep_samples)
-    except UnsupportedConfiguration as exc:
-        return {"status": "unsupported", "message": exc.reason}
-    except BackendUnavailable as exc:
-        return {"status": "unavailable", "message": str(exc)}
     except Exception as exc:
-        return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
+        return exception_status(exc)
 
 
 def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_samples: bool) -> list[dict]:

@@ -1,10 +1,11 @@
 """One cell of a sweep: what it is (:class:`Cell`, :func:`grid`), the inputs it draws (:func:`cell_rng`), how
 a backend is called for it (:func:`call_backend`) and its row (:func:`run_cell`, with the status).
 
-Statuses: ``ok``; ``unsupported`` (the backend declines a valid configuration, or raises
-:class:`~testbed.problem.UnsupportedConfiguration`: not a failure); ``unavailable`` (the backend cannot run
-here, with the reason); ``error`` (any other exception, with its message; the sweep goes on);
-``simulator: not timed`` (a timing experiment never times the CUDA simulator).
+Statuses (:data:`testbed.timing.STATUSES`, mapped by :func:`testbed.timing.not_run_status` and
+:func:`testbed.timing.exception_status`, as the library's timings are): ``ok``; ``unsupported`` (the backend
+declines a valid configuration, or raises :class:`~testbed.problem.UnsupportedConfiguration`: not a failure);
+``unavailable`` (the backend cannot run here, with the reason); ``error`` (any other exception, with its
+message; the sweep goes on); ``simulator: not timed`` (a timing experiment never times the CUDA simulator).
 
 This module is the seam between the sweep (:mod:`~.runner`) and where its cells run (:mod:`~.executors`,
 :mod:`~.dask_worker`): both import the cell from here, and nothing here imports them.
@@ -19,15 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from testbed.api import conv_transpose2d
-from testbed.problem import Problem, UnsupportedConfiguration
-from testbed.registry import Backend, BackendUnavailable, get_backend
+from testbed.problem import Problem
+from testbed.registry import Backend, get_backend
 from testbed.testing import call_kwargs
+from testbed.timing import STATUSES, exception_status, not_run_status
 
 from .descriptor import PROBLEM_COLUMNS, format_descriptor, problem_columns
 
 __all__ = ["Cell", "grid", "cell_rng", "call_backend", "run_cell", "ROW_COLUMNS", "STATUSES"]
 
-STATUSES = ("ok", "unsupported", "unavailable", "error", "simulator: not timed")
 #: The leading columns of every results.csv, before the experiment's own metrics.
 ROW_COLUMNS = ("cell_key", "case", "descriptor", "backend", "resolved_backend", "dtype", *PROBLEM_COLUMNS,
                "status", "message")
@@ -90,19 +91,12 @@ def run_cell(cell: Cell, measure: Callable[[Cell, Backend], dict]) -> dict:
     row.update(resolved_backend="", status="ok", message="")
     try:
         backend = get_backend(cell.backend)
-        ok, why = backend.probe()
-        reason = backend.unsupported_reason(cell.problem) if ok else None
-        if not ok:
-            row.update(status="unavailable", message=why)
-        elif reason is not None:
-            row.update(status="unsupported", message=reason)
+        not_run = not_run_status(backend, cell.problem)
+        if not_run is not None:
+            row.update(not_run)
         else:
             row["resolved_backend"] = backend.resolve(cell.problem).name
             row.update(measure(cell, backend))
-    except UnsupportedConfiguration as exc:
-        row.update(status="unsupported", message=exc.reason)
-    except BackendUnavailable as exc:
-        row.update(status="unavailable", message=str(exc))
     except Exception as exc:  # one bad cell must not stop the sweep
-        row.update(status="error", message=f"{type(exc).__name__}: {exc}")
+        row.update(exception_status(exc))
     return row
