@@ -33,7 +33,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 import warnings
@@ -41,7 +40,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import machine
+from . import files, machine
 from .problem import Problem
 
 __all__ = ["WisdomWarning", "WISDOM_ENV", "wisdom_path", "signature", "machine_fingerprint", "machine_key",
@@ -256,36 +255,18 @@ def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
 
 
 def _atomic_write(path: Path, data: Mapping[str, Any]) -> None:
+    """The wisdom as JSON, written atomically (:func:`testbed.files.atomic_write_bytes`); creates the cache
+    folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes on ``<path>.lock`` (``fcntl.flock``; none where fcntl is missing —
-    writes then still merge, but two at the same instant may lose one of them)."""
+    """The wisdom file's lock between processes (:func:`testbed.files.locked`); creates the cache folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
+    with files.locked(path):
         yield
-        return
-    with open(path.with_name(path.name + ".lock"), "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _newer_message(path: Path, exc: NewerWisdomError) -> str:

@@ -361,7 +361,7 @@ def test_a_read_only_directory_is_one_line(tmp_path, monkeypatch, code):
         seed_run(out, "--resume")
     one_line(info.value)
     monkeypatch.undo()
-    monkeypatch.setattr(storage.tempfile, "mkstemp", refuse)  # an atomically written file
+    monkeypatch.setattr(storage.files.tempfile, "mkstemp", refuse)  # an atomically written file (the library's)
     with pytest.raises(ResultsNotWritten, match=f"cannot write {out}/.*\\[{errno.errorcode[code]}\\]"):
         report.main([str(out)])
     assert lockable(out)

@@ -1,7 +1,8 @@
 """Crash-safe result files, one-line errors when they cannot be written, and the lock of a run directory.
 
 Whole files are written to a temporary sibling and renamed into place (``os.replace`` is atomic on POSIX), with
-the mode a plain ``open`` would give them (``0o666 & ~umask``); sweep rows are appended to a JSON-lines log, one
+the mode a plain ``open`` would give them (``0o666 & ~umask``; the library's :mod:`testbed.files`, which the
+wisdom file uses too); sweep rows are appended to a JSON-lines log, one
 flushed and fsynced line per finished row, so a killed run loses at most the row it was computing. Writes never
 create directories: a missing one is an error (only the run directory itself is created, by whoever starts
 the run).
@@ -27,12 +28,13 @@ import json
 import math
 import os
 import sys
-import tempfile
-import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from testbed import files
+from testbed.files import current_umask
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_csv", "save_figure",
            "save_arrays", "RowLog", "RowLogWarning", "to_jsonable", "HarnessError", "ResultsNotWritten",
@@ -118,40 +120,12 @@ def writing(path):
         raise write_error(path, exc) from exc
 
 
-_UMASK_LOCK = threading.Lock()
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it (``/proc/self/status``, Linux ≥ 4.7); elsewhere set and
-    restored at once under a lock (another thread creating a file in that instant could see the wrong mask)."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    with _UMASK_LOCK:
-        mask = os.umask(0o077)
-        os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one. The file gets
-    the mode a plain ``open`` would create it with (``0o666 & ~umask``; ``mkstemp`` alone gives 0600)."""
-    path = Path(path)
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one, with the mode a
+    plain ``open`` would give it (:func:`testbed.files.atomic_write_bytes`, the library's); an ``OSError``
+    becomes :class:`ResultsNotWritten`."""
     with writing(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                os.fchmod(handle.fileno(), 0o666 & ~current_umask())
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    return path
+        return files.atomic_write_bytes(path, data)
 
 
 def atomic_write_text(path, text: str) -> Path:
