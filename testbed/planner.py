@@ -47,8 +47,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
 from . import machine, preference, wisdom
 from ._environ import env_choice
 from ._worker import MainModuleError
@@ -56,6 +54,7 @@ from .problem import Problem
 from .registry import Backend, get_backend, is_device_array, list_backends
 from .timing import (
     ISOLATIONS,
+    Measurement,
     TimingJob,
     TimingSettings,
     WorkerError,
@@ -193,7 +192,9 @@ class CandidateTiming:
     (a reference backend), ``unsupported``, ``unavailable``, ``error`` or ``simulator: not timed``. Times in
     seconds per call; ``ci_s``: bootstrap 95 % interval of the median; ``ratio``: median over the winner's,
     with its bootstrap 95 % interval ``ratio_ci``; ``first_call_s``: the very first call (compile, cache
-    load, page faults); ``pilot_s``: the fastest of the pilot's 3 warm calls."""
+    load, page faults); ``pilot_s``: the fastest of the pilot's 3 warm calls; ``measurement``: the
+    :class:`testbed.timing.Measurement` these were read from (None where nothing was sampled: a cut, a failure,
+    a GPU backend's CUDA-event median)."""
 
     backend: str
     status: str
@@ -208,6 +209,7 @@ class CandidateTiming:
     ratio_ci: tuple[float, float] = (math.nan, math.nan)
     message: str = ""
     samples_s: tuple[float, ...] = field(default=(), repr=False)
+    measurement: Measurement | None = field(default=None, repr=False)
 
 
 def _ms(seconds: float) -> str:
@@ -464,21 +466,29 @@ def _more_rounds(problem: Problem, backends: Sequence[Backend], results: list[di
         results[i] = pool_rounds(rounds[i], settings, keep_samples=True)
 
 
-def _candidate_timing(name: str, result: dict[str, Any], winner_samples: np.ndarray | None,
+def _candidate_timing(name: str, result: dict[str, Any], winner: Measurement | None,
                       winner_median: float) -> CandidateTiming:
-    samples = np.asarray(result.get("samples_s", ()), dtype=float)
-    median = float(result.get("median_s", math.nan)) if result.get("status") == "ok" else math.nan
+    status = str(result.get("status", "ok"))
+    measured = Measurement.from_row(result) if status == "ok" else None
+    if measured is not None:
+        median, first_call = measured.median_s, measured.first_call_s
+    elif status == "ok":                   # a GPU backend: its CUDA-event median only, no samples
+        median, first_call = float(result["median_s"]), float(result["first_call_s"])
+    else:                                  # cut (its pilot timed), failed, unsupported: no median
+        median, first_call = math.nan, float(result.get("first_call_s", math.nan))
     ratio, ratio_ci = math.nan, (math.nan, math.nan)
     if math.isfinite(median) and math.isfinite(winner_median):
         ratio = median / winner_median
-        if winner_samples is not None:
-            ratio_ci = speedup_ci(samples, winner_samples)
+        if winner is not None and measured is not None:
+            ratio_ci = speedup_ci(measured.samples_s, winner.samples_s)
     return CandidateTiming(
-        backend=name, status=str(result.get("status", "ok")), median_s=median, ci_s=median_ci(samples),
-        min_s=float(result.get("min_s", math.nan)), iqr_s=float(result.get("iqr_s", math.nan)),
-        repeats=int(result.get("repeats", 0) or 0), first_call_s=float(result.get("first_call_s", math.nan)),
+        backend=name, status=status, median_s=median,
+        ci_s=median_ci(measured.samples_s) if measured else (math.nan, math.nan),
+        min_s=measured.min_s if measured else math.nan, iqr_s=measured.iqr_s if measured else math.nan,
+        repeats=measured.repeats if measured else int(result.get("repeats", 0) or 0), first_call_s=first_call,
         pilot_s=float(result.get("pilot_s", math.nan)), ratio=ratio, ratio_ci=ratio_ci,
-        message=str(result.get("message", "") or ""), samples_s=tuple(float(s) for s in samples))
+        message=str(result.get("message", "") or ""), samples_s=measured.samples_s if measured else (),
+        measurement=measured)
 
 
 def _confirmation_reason(ok: dict[str, dict[str, Any]], winner: str, rule: str | None) -> str | None:
@@ -573,8 +583,8 @@ def tune_problem(problem: Problem, *, on_device: bool = False, candidates: Itera
                         config.settings, seed)
     ok = {name: timed[name] for name in ok}             # pooled over the rounds where there were more
     winner = decision["backend"]
-    winner_samples = np.asarray(ok[winner].get("samples_s", ()), dtype=float)
-    rows = tuple(_candidate_timing(name, r, winner_samples, ok[winner]["median_s"]) for name, r in timed.items()) \
+    rows = tuple(_candidate_timing(name, r, Measurement.from_row(ok[winner]), ok[winner]["median_s"])
+                 for name, r in timed.items()) \
         + tuple(skipped)
     others = [r["median_s"] for name, r in ok.items() if name != winner]
     margin = min(others) / ok[winner]["median_s"] - 1 if others and ok[winner]["median_s"] > 0 else None

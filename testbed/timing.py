@@ -36,6 +36,7 @@ sweep and a test cannot do; its method (calibrated loops, worker processes, stab
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -50,7 +51,7 @@ from .problem import Problem
 from .registry import Backend
 from .testing import call_kwargs
 
-__all__ = ["ALLOCATIONS", "ISOLATIONS", "STATUSES", "TimingJob", "TimingSettings", "WorkerError",
+__all__ = ["ALLOCATIONS", "ISOLATIONS", "STATUSES", "Measurement", "TimingJob", "TimingSettings", "WorkerError",
            "exception_status", "load_average", "machine_state", "median_ci", "minor_faults", "not_run_status",
            "peak_rss_bytes", "pool_rounds", "prepare_call", "reset_peak_rss", "rss_bytes", "run_in_worker",
            "speedup_ci", "summarize", "thread_pools", "time_backend", "time_call", "time_jobs"]
@@ -251,14 +252,17 @@ class _Timer:
         self.samples.append(elapsed / loops)
         self.calls += loops
 
-    def result(self) -> dict:
+    def measurement(self, memory: dict | None = None) -> Measurement:
+        """The samples taken, with ``memory``'s peak-RSS columns (:meth:`_Memory.columns`)."""
+        counted = self.calls and minor_faults() >= 0
+        return Measurement(tuple(self.samples), loops=self.loops, first_call_s=self.first_call_s,
+                           minor_faults_per_call=self.faults / self.calls if counted else math.nan,
+                           unstable_ratio=self.settings.unstable_ratio, **(memory or {}))
+
+    def result(self, memory: dict | None = None, keep_samples: bool = False) -> dict:
         if self.error is not None:
             return {"status": "error", "message": self.error}
-        stats = summarize(self.samples, self.settings.unstable_ratio)
-        counted = self.calls and minor_faults() >= 0
-        stats.update(first_call_s=self.first_call_s, loops=self.loops,
-                     minor_faults_per_call=self.faults / self.calls if counted else math.nan)
-        return stats
+        return self.measurement(memory).row(keep_samples)
 
 
 class _Memory:
@@ -294,16 +298,124 @@ def _round_robin(timers: Sequence[_Timer], settings: TimingSettings, memory: _Me
         repeat += 1
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """One timed call, after ``torch.utils.benchmark.Measurement``: the per-call samples and how they were taken,
+    with the statistics as properties and :meth:`merge` for rounds in several fresh workers.
+
+    ``samples_s``: per-call seconds, one per sample (each sample timed ``loops`` calls back to back);
+    ``first_call_s``: the very first call (compile, cache load, page faults); ``minor_faults_per_call`` over the
+    timed calls; ``peak_rss_mb`` / ``peak_rss_increase_mb``: the process's peak resident size over the samples,
+    and its rise above the size before them; ``unstable_ratio``: IQR/median above which it is ``unstable``;
+    ``round_medians_s``: the median of each fresh-worker round a merged measurement pools (empty: one round).
+    :meth:`row` gives the columns a results file holds."""
+
+    samples_s: tuple[float, ...]
+    loops: int = 1
+    first_call_s: float = math.nan
+    minor_faults_per_call: float = math.nan
+    peak_rss_mb: float = math.nan
+    peak_rss_increase_mb: float = math.nan
+    unstable_ratio: float = TimingSettings.unstable_ratio
+    round_medians_s: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        samples = tuple(float(value) for value in self.samples_s)
+        if not samples:
+            raise ValueError("no samples to summarize")
+        object.__setattr__(self, "samples_s", samples)
+
+    @functools.cached_property
+    def _quartiles(self) -> tuple[float, float, float]:
+        q25, median, q75 = np.percentile(np.asarray(self.samples_s), [25, 50, 75])
+        return float(q25), float(median), float(q75)
+
+    @property
+    def median_s(self) -> float:
+        return self._quartiles[1]
+
+    @property
+    def min_s(self) -> float:
+        return min(self.samples_s)
+
+    @property
+    def iqr_s(self) -> float:
+        return self._quartiles[2] - self._quartiles[0]
+
+    @property
+    def repeats(self) -> int:
+        return len(self.samples_s)
+
+    @property
+    def unstable(self) -> bool:
+        """IQR/median above ``unstable_ratio``."""
+        return bool(self.median_s > 0 and self.iqr_s / self.median_s > self.unstable_ratio)
+
+    @property
+    def rounds(self) -> int:
+        return max(len(self.round_medians_s), 1)
+
+    @property
+    def round_spread(self) -> float:
+        """Slowest round's median over the fastest's, minus 1 (0 for one round): how much a fresh process alone
+        moves the time."""
+        medians = self.round_medians_s or (self.median_s,)
+        return max(medians) / min(medians) - 1 if min(medians) > 0 else math.nan
+
+    def statistics(self) -> dict:
+        """``median_s``, ``min_s``, ``iqr_s``, ``repeats`` and ``unstable``."""
+        return {"median_s": self.median_s, "min_s": self.min_s, "iqr_s": self.iqr_s, "repeats": self.repeats,
+                "unstable": self.unstable}
+
+    def row(self, keep_samples: bool = False) -> dict:
+        """The columns of a results file: :meth:`statistics`, ``first_call_s``, ``loops``,
+        ``minor_faults_per_call``, ``peak_rss_mb``, ``peak_rss_increase_mb``, for a merged measurement ``rounds``
+        and ``round_spread``, and with ``keep_samples`` the samples (``samples_s``)."""
+        row = {**self.statistics(), "first_call_s": self.first_call_s, "loops": self.loops,
+               "minor_faults_per_call": self.minor_faults_per_call, "peak_rss_mb": self.peak_rss_mb,
+               "peak_rss_increase_mb": self.peak_rss_increase_mb}
+        if self.round_medians_s:
+            row.update(rounds=self.rounds, round_spread=self.round_spread)
+        if keep_samples:
+            row["samples_s"] = list(self.samples_s)
+        return row
+
+    @classmethod
+    def merge(cls, measurements: Sequence[Measurement]) -> Measurement:
+        """Rounds of one job (each a fresh worker) as one measurement: the samples pooled, the first round's first
+        call and loops, the mean faults per call, the largest peak RSS, and each round's median."""
+        if not measurements:
+            raise ValueError("no measurements to merge")
+        first = measurements[0]
+        return cls(samples_s=tuple(value for m in measurements for value in m.samples_s), loops=first.loops,
+                   first_call_s=first.first_call_s,
+                   minor_faults_per_call=float(np.mean([m.minor_faults_per_call for m in measurements])),
+                   peak_rss_mb=max(m.peak_rss_mb for m in measurements),
+                   peak_rss_increase_mb=max(m.peak_rss_increase_mb for m in measurements),
+                   unstable_ratio=first.unstable_ratio,
+                   round_medians_s=tuple(median for m in measurements
+                                         for median in (m.round_medians_s or (m.median_s,))))
+
+    @classmethod
+    def from_row(cls, row: dict, unstable_ratio: float = TimingSettings.unstable_ratio) -> Measurement | None:
+        """The measurement a result row holds (one with ``samples_s``, as ``keep_samples`` gives), else None."""
+        samples = row.get("samples_s")
+        if not samples:
+            return None
+
+        def number(key: str) -> float:
+            value = row.get(key)
+            return float(value) if isinstance(value, (int, float)) else math.nan
+
+        return cls(samples_s=tuple(samples), loops=int(row.get("loops", 1) or 1), first_call_s=number("first_call_s"),
+                   minor_faults_per_call=number("minor_faults_per_call"), peak_rss_mb=number("peak_rss_mb"),
+                   peak_rss_increase_mb=number("peak_rss_increase_mb"), unstable_ratio=unstable_ratio)
+
+
 def summarize(samples, unstable_ratio: float = TimingSettings.unstable_ratio) -> dict:
     """Median, minimum, interquartile range and count of per-call times, and ``unstable`` (IQR/median above
-    ``unstable_ratio``)."""
-    samples = np.asarray(samples, dtype=float)
-    if samples.size == 0:
-        raise ValueError("no samples to summarize")
-    q25, median, q75 = np.percentile(samples, [25, 50, 75])
-    iqr = float(q75 - q25)
-    return {"median_s": float(median), "min_s": float(samples.min()), "iqr_s": iqr, "repeats": int(samples.size),
-            "unstable": bool(median > 0 and iqr / median > unstable_ratio)}
+    ``unstable_ratio``): :meth:`Measurement.statistics`."""
+    return Measurement(tuple(np.asarray(samples, dtype=float).ravel()), unstable_ratio=unstable_ratio).statistics()
 
 
 def time_call(fn: Callable[[], object], settings: TimingSettings = TimingSettings(), *,
@@ -316,8 +428,9 @@ def time_call(fn: Callable[[], object], settings: TimingSettings = TimingSetting
     timer = _Timer(fn, settings, before_each=before_each)
     memory = _Memory()
     _round_robin([timer], settings, memory)
-    return {**timer.result(), **memory.columns(), "timing_method": "perf_counter",
-            **({"samples_s": list(timer.samples)} if keep_samples else {})}
+    row = timer.result(memory.columns(), keep_samples)
+    samples = row.pop("samples_s", None)
+    return {**row, "timing_method": "perf_counter", **({"samples_s": samples} if keep_samples else {})}
 
 
 def _bootstrap(sample_sets, statistic, confidence: float, n_resamples: int, seed: int) -> tuple[float, float]:
@@ -480,9 +593,9 @@ def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_
         if i not in timers:
             results.append(_time_job_here(job, settings, keep_samples))
             continue
-        result = timers[i].result()
+        result = timers[i].result(memory)
         if result.get("status") != "error":
-            result.update(memory, allocation=job.allocation, timing_method="perf_counter")
+            result.update(allocation=job.allocation, timing_method="perf_counter")
             if keep_samples:
                 result["samples_s"] = list(timers[i].samples)
         results.append(result)
@@ -522,28 +635,21 @@ def time_jobs(jobs: Sequence[TimingJob], settings: TimingSettings = TimingSettin
 
 
 def pool_rounds(results: Sequence[dict], settings: TimingSettings, keep_samples: bool = False) -> dict:
-    """One job's rounds (each a fresh worker, with its ``samples_s``) as one result: the samples of every round
-    that timed, pooled (:func:`summarize`), the first round's other fields (its first call), the mean faults
-    per call, the largest peak RSS, and ``rounds`` (how many timed) with ``round_spread`` (slowest round median
-    / fastest - 1: how much a fresh process alone moves the time). A job none of whose rounds timed gives its
-    first result."""
+    """One job's rounds (each a fresh worker, with its ``samples_s``) as one result (:meth:`Measurement.merge`):
+    the samples of every round that timed, pooled, the first round's other fields (its first call), the mean
+    faults per call, the largest peak RSS, and ``rounds`` (how many timed) with ``round_spread`` (slowest round
+    median / fastest - 1: how much a fresh process alone moves the time). A job none of whose rounds timed gives
+    its first result."""
     timed = [r for r in results if r.get("status", "ok") == "ok" and r.get("samples_s")]
     if not timed:
         first = dict(results[0])
         if not keep_samples:
             first.pop("samples_s", None)
         return first
-    samples = [value for r in timed for value in r["samples_s"]]
-    medians = [r["median_s"] for r in timed]
-    pooled = {**timed[0], **summarize(samples, settings.unstable_ratio), "rounds": len(timed),
-              "round_spread": max(medians) / min(medians) - 1 if min(medians) > 0 else math.nan}
-    for key, combine in (("minor_faults_per_call", np.mean), ("peak_rss_mb", max), ("peak_rss_increase_mb", max)):
-        values = [r[key] for r in timed if isinstance(r.get(key), (int, float))]
-        if values:
-            pooled[key] = float(combine(values))
-    if keep_samples:
-        pooled["samples_s"] = samples
-    else:
+    rounds = [Measurement.from_row(r, settings.unstable_ratio) for r in timed]
+    merged = Measurement.merge([m for m in rounds if m is not None])
+    pooled = {**timed[0], **merged.row(keep_samples)}
+    if not keep_samples:
         pooled.pop("samples_s", None)
     return pooled
 

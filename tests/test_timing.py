@@ -239,3 +239,31 @@ def test_interference_quick(tmp_path):
     assert (fresh["vs_fresh"] == 1).all() and frame["vs_fresh"].notna().all()
     assert (run_dir / "interference.png").read_bytes()[:4] == b"\x89PNG"
     assert "vs fresh" in (run_dir / "report.md").read_text()
+
+
+def test_measurement_statistics_rounds_and_row():
+    """One measurement type: the statistics are properties, merge pools rounds, row() gives the CSV columns."""
+    from testbed.timing import Measurement, pool_rounds
+
+    first = Measurement((1.0, 2.0, 3.0, 4.0), loops=5, first_call_s=9.0, minor_faults_per_call=2.0,
+                        peak_rss_mb=10.0, peak_rss_increase_mb=1.0)
+    assert (first.median_s, first.min_s, first.iqr_s, first.repeats) == (2.5, 1.0, 1.5, 4)
+    assert first.unstable and first.rounds == 1 and first.round_spread == 0
+    assert first.statistics() == summarize([1.0, 2.0, 3.0, 4.0])
+    second = Measurement((5.0, 5.0, 5.0), loops=3, first_call_s=7.0, minor_faults_per_call=4.0, peak_rss_mb=12.0,
+                         peak_rss_increase_mb=0.5)
+    merged = Measurement.merge([first, second])
+    assert merged.samples_s == (1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0) and merged.round_medians_s == (2.5, 5.0)
+    assert (merged.rounds, merged.round_spread, merged.first_call_s, merged.loops) == (2, 1.0, 9.0, 5)
+    assert (merged.minor_faults_per_call, merged.peak_rss_mb, merged.peak_rss_increase_mb) == (3.0, 12.0, 1.0)
+    row = merged.row(keep_samples=True)
+    assert list(row) == ["median_s", "min_s", "iqr_s", "repeats", "unstable", "first_call_s", "loops",
+                         "minor_faults_per_call", "peak_rss_mb", "peak_rss_increase_mb", "rounds", "round_spread",
+                         "samples_s"]
+    # pool_rounds is the merge of result rows
+    rows = [{"status": "ok", "timing_method": "perf_counter", **m.row(keep_samples=True)} for m in (first, second)]
+    pooled = pool_rounds(rows, TimingSettings())
+    assert {key: pooled[key] for key in row if key != "samples_s"} == {k: v for k, v in row.items() if k != "samples_s"}
+    assert Measurement.from_row(rows[1]) == second and Measurement.from_row({"status": "cut"}) is None
+    with pytest.raises(ValueError, match="no samples"):
+        Measurement(())
