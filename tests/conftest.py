@@ -37,3 +37,17 @@ def backend(backend_name):
     if not impl.available:
         pytest.skip(f"{backend_name}: {impl.status}")
     return impl
+
+
+@pytest.fixture
+def wisdom_file(tmp_path, monkeypatch):
+    """A wisdom file of the test's own (``TESTBED_WISDOM`` in ``tmp_path``; returned, not created), no
+    ``TESTBED_PLANNER``, and fresh planner and wisdom-store memories (undecided signatures, the file's view)."""
+    from testbed import planner, wisdom
+
+    path = tmp_path / "wisdom.json"
+    monkeypatch.setenv("TESTBED_WISDOM", str(path))
+    monkeypatch.delenv("TESTBED_PLANNER", raising=False)
+    monkeypatch.setattr(planner, "_UNDECIDED", set())
+    monkeypatch.setattr(wisdom, "_STORE", wisdom._Store())
+    return path

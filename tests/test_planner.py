@@ -35,13 +35,8 @@ def problem_of(case) -> Problem:
                                  **{"stride": 1, "padding": 0, "output_padding": 0, **case["kwargs"]})[0]
 
 
-@pytest.fixture(autouse=True)
-def wisdom_file(tmp_path, monkeypatch):
-    path = tmp_path / "wisdom.json"
-    monkeypatch.setenv("TESTBED_WISDOM", str(path))
-    monkeypatch.delenv("TESTBED_PLANNER", raising=False)
-    monkeypatch.setattr(planner, "_UNDECIDED", set())
-    return path
+#: Every test against its own wisdom file (the ``wisdom_file`` fixture of tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("wisdom_file")
 
 
 # ---- planner modes ---------------------------------------------------------------------------------------------

@@ -31,13 +31,8 @@ DEC = Problem(batch=1, in_channels=4, in_size=5, out_channels=3, kernel_size=3, 
               output_padding=1, dtype=np.float32)
 
 
-@pytest.fixture(autouse=True)
-def wisdom_file(tmp_path, monkeypatch):
-    path = tmp_path / "wisdom.json"
-    monkeypatch.setenv("TESTBED_WISDOM", str(path))
-    monkeypatch.delenv("TESTBED_PLANNER", raising=False)
-    monkeypatch.setattr(planner, "_UNDECIDED", set())
-    return path
+#: Every test against its own wisdom file (the ``wisdom_file`` fixture of tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("wisdom_file")
 
 
 def test_no_candidate_measured_raises_naming_each_and_why(wisdom_file):

@@ -17,12 +17,8 @@ DEC = Problem(batch=1, in_channels=4, in_size=5, out_channels=3, kernel_size=3, 
               output_padding=1, dtype=np.float32)
 
 
-@pytest.fixture(autouse=True)
-def wisdom_file(tmp_path, monkeypatch):
-    path = tmp_path / "wisdom.json"
-    monkeypatch.setenv("TESTBED_WISDOM", str(path))
-    monkeypatch.setattr(wisdom, "_STORE", wisdom._Store())
-    return path
+#: Every test against its own wisdom file (the ``wisdom_file`` fixture of tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("wisdom_file")
 
 
 def _record(problem, backend):
