@@ -87,6 +87,13 @@ def describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
+def _send(connection: Connection, request: bytes) -> None:
+    try:
+        connection.send_bytes(request)
+    except OSError:                         # the worker died before reading it: reported as its death
+        pass
+
+
 def run(fn, args: tuple, timeout_s: float | None, error: type[Exception]) -> Any:
     """``fn(*args)`` in a fresh worker process: its return value, or ``error`` (an exception class taking one
     message) raised when the worker raises, dies or runs past ``timeout_s`` (it is killed then).
@@ -110,11 +117,11 @@ def run(fn, args: tuple, timeout_s: float | None, error: type[Exception]) -> Any
     from_child = Connection(from_child_r, writable=False)
     payload = None
     answered = False
+    # sent from a thread: a request larger than the pipe's buffer waits for the worker to read it, and a worker
+    # that hangs before reading must still meet the timeout
+    sender = threading.Thread(target=_send, args=(to_child, request), daemon=True, name="testbed-worker-request")
+    sender.start()
     try:
-        try:
-            to_child.send_bytes(request)
-        except OSError:                     # died before reading its request: reported below as a death
-            pass
         if not from_child.poll(timeout_s):
             raise error(f"worker process timed out after {timeout_s:g} s and was killed")
         try:
@@ -125,6 +132,7 @@ def run(fn, args: tuple, timeout_s: float | None, error: type[Exception]) -> Any
     finally:
         if not answered:                    # timed out, or interrupted (Ctrl-C): the job is abandoned
             process.kill()
+        sender.join()                       # done: the worker read the request, or died (a broken pipe)
         to_child.close()                    # a worker still running sees its parent go and exits
         from_child.close()
         try:
