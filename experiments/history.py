@@ -35,6 +35,7 @@ import math
 import re
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -163,11 +164,12 @@ def add_gflops(frame):
     if timed.empty:
         return frame
     work = timed["case"].map(flops).astype(float) / 1e9
+    timed["gigaflop"] = work
     timed["value"] = work / timed["value"]
     for low, high in (("ci_low", "ci_high"), ("q_25", "q_75")):
         low_s, high_s = timed[low].astype(float), timed[high].astype(float)
         timed[low], timed[high] = work / high_s, work / low_s
-    timed["weight"] = np.nan      # the time series' weights are in seconds: let detection weigh points alike
+    timed["weight"] = np.nan      # not detected on its own: it gets its time series' steps (see detect)
     timed["benchmark"] = timed["benchmark"] + f" [{GFLOPS_UNIT}]"
     timed["unit"], timed["type"] = GFLOPS_UNIT, "derived"
     return pd.concat([frame, timed], ignore_index=True)
@@ -200,15 +202,17 @@ def series_steps(values, weights, threshold: float, higher_better: bool):
 
 
 def detect(frame, commits, conf):
-    """Step detection over every series of ``frame``: ``(steps, regressions)`` as DataFrames, one row per
-    step (commit range and level) and per regression (last good and first bad commit, values, ratio
-    ``after/before`` in the direction that is worse)."""
+    """Step detection over every measured series of ``frame``: ``(steps, regressions)`` as DataFrames, one row per
+    step (commit range and level) and per regression (last good and first bad commit, values, ratio by which the
+    value got worse). A derived GFLOP/s series gets its time series' steps and regressions, converted (the same
+    commits are marked in both figures)."""
     import pandas as pd
 
     position = {commit: i for i, commit in enumerate(commits)}
     step_rows, regression_rows = [], []
-    for (machine, env, benchmark, params), series in frame.groupby(["machine", "env", "benchmark", "params"],
-                                                                   sort=False):
+    measured = frame[frame["type"] != "derived"]
+    for (machine, env, benchmark, params), series in measured.groupby(["machine", "env", "benchmark", "params"],
+                                                                      sort=False):
         values = np.full(len(commits), np.nan)
         weights = np.full(len(commits), np.nan)
         index = series["commit"].map(position).to_numpy()
@@ -216,8 +220,7 @@ def detect(frame, commits, conf):
         weights[index] = series["weight"].to_numpy(dtype=float)
         unit = series["unit"].iloc[0]
         better_up = higher_is_better(unit)
-        entry = f"{benchmark.split(' [')[0]}({params})" if params else benchmark
-        threshold = regression_threshold(conf, entry)
+        threshold = regression_threshold(conf, f"{benchmark}({params})" if params else benchmark)
         steps, regressions = series_steps(values, weights, threshold, better_up)
         key = {"machine": machine, "env": env, "benchmark": benchmark, "params": params, "unit": unit}
         for left, right, level, _minimum, error in steps:
@@ -229,10 +232,34 @@ def detect(frame, commits, conf):
                                     "good_pos": before, "bad_pos": after, "value_good": value_before,
                                     "value_bad": value_after, "worse_by": ratio})
     key_columns = ["machine", "env", "benchmark", "params", "unit"]
-    return (pd.DataFrame(step_rows, columns=[*key_columns, "first", "last", "first_pos", "last_pos", "level",
-                                             "error"]),
-            pd.DataFrame(regression_rows, columns=[*key_columns, "threshold", "good", "bad", "good_pos", "bad_pos",
-                                                   "value_good", "value_bad", "worse_by"]))
+    steps = pd.DataFrame(step_rows, columns=[*key_columns, "first", "last", "first_pos", "last_pos", "level",
+                                             "error"])
+    regressions = pd.DataFrame(regression_rows, columns=[*key_columns, "threshold", "good", "bad", "good_pos",
+                                                         "bad_pos", "value_good", "value_bad", "worse_by"])
+    return with_derived(steps, frame), with_derived(regressions, frame)
+
+
+def with_derived(table, frame):
+    """``table`` (steps or regressions) plus, for each derived GFLOP/s series of ``frame``, its time series' rows
+    in GFLOP/s: ``work / seconds`` for levels and values, the level's error to first order; ratios unchanged."""
+    import pandas as pd
+
+    derived = frame[frame["type"] == "derived"].drop_duplicates(["benchmark", "params"])
+    if derived.empty or table.empty:
+        return table
+    sources = derived.assign(source=derived["benchmark"].str.removesuffix(f" [{GFLOPS_UNIT}]"))[
+        ["source", "benchmark", "params", "gigaflop"]].rename(columns={"benchmark": "derived"})
+    rows = table.merge(sources, left_on=["benchmark", "params"], right_on=["source", "params"])
+    if rows.empty:
+        return table
+    if "level" in rows:
+        rows["error"] = rows["gigaflop"] * rows["error"] / rows["level"] ** 2
+        rows["level"] = rows["gigaflop"] / rows["level"]
+    for column in ("value_good", "value_bad"):
+        if column in rows:
+            rows[column] = rows["gigaflop"] / rows[column]
+    rows = rows.assign(benchmark=rows["derived"], unit=GFLOPS_UNIT)[table.columns]
+    return pd.concat([table, rows], ignore_index=True)
 
 
 def leading_digit(value: float) -> int:
@@ -308,30 +335,45 @@ def draw_benchmark(frame, steps, regressions, commits, benchmark: str, path: Pat
 
 
 def build_report(out: Path, meta: dict, frame, steps, regressions, commits, subjects, figures) -> str:
-    """``report.md``: the run header, the commits, the regressions asv's step detection finds, the figures."""
+    """``report.md``, and the same as ``report.html`` for a browser: the run header, the commits, the regressions
+    asv's step detection finds, the figures. Returns the markdown."""
     import pandas as pd
 
-    parts = [report_header(meta, "Performance over commits (asv)"),
-             f"- asv results: `{meta['asv']['results_dir']}`, machines {', '.join(meta['asv']['machines'])}, "
-             f"environments {', '.join(meta['asv']['environments'])}; {len(frame)} values of "
-             f"{frame['benchmark'].nunique()} benchmarks",
-             "\n## Commits\n",
-             markdown_table(pd.DataFrame({"": range(len(commits)), "commit": [c[:10] for c in commits],
-                                          "date and subject": [subjects.get(c, "")[:100] for c in commits]}),
-                            index=False),
-             "\n## Regressions (asv.step_detect)\n"]
-    if regressions.empty:
-        parts.append("None: no series has an upward step beyond its threshold that its latest value keeps.\n")
-    else:
-        table = regressions.assign(good=regressions["good"].str[:8], bad=regressions["bad"].str[:8])
-        parts.append(markdown_table(table[["benchmark", "params", "env", "good", "bad", "value_good", "value_bad",
-                                           "unit", "worse_by", "threshold"]], index=False))
-    changed = steps.groupby(["machine", "env", "benchmark", "params"]).size() if len(steps) else pd.Series()
-    parts += [f"\n{int((changed > 1).sum())} of {len(changed)} series have more than one level (a step); "
-              f"`steps.csv` lists every level.\n", "\n## Figures\n"]
-    parts += [f"![{name}]({name})\n" for name in figures]
+    title = "Performance over commits (asv)"
+    header = report_header(meta, title)
+    source = (f"- asv results: `{meta['asv']['results_dir']}`, machines {', '.join(meta['asv']['machines'])}, "
+              f"environments {', '.join(meta['asv']['environments'])}; {len(frame)} values of "
+              f"{frame['benchmark'].nunique()} benchmarks")
+    commit_table = pd.DataFrame({"": range(len(commits)), "commit": [c[:10] for c in commits],
+                                 "date and subject": [subjects.get(c, "")[:100] for c in commits]})
+    found = None
+    if not regressions.empty:
+        found = regressions.assign(good=regressions["good"].str[:8], bad=regressions["bad"].str[:8])[
+            ["benchmark", "params", "env", "good", "bad", "value_good", "value_bad", "unit", "worse_by", "threshold"]]
+    none_found = "None: no series has an upward step beyond its threshold that its latest value keeps."
+    levels = steps.groupby(["machine", "env", "benchmark", "params"]).size() if len(steps) else pd.Series()
+    stepped = (f"{int((levels > 1).sum())} of {len(levels)} series have more than one level (a step); "
+               f"`steps.csv` lists every level.")
+
+    parts = [header, source, "\n## Commits\n", markdown_table(commit_table, index=False),
+             "\n## Regressions (asv.step_detect)\n", none_found + "\n" if found is None else
+             markdown_table(found, index=False), f"\n{stepped}\n", "\n## Figures\n",
+             *(f"![{name}]({name})\n" for name in figures)]
     text = "\n".join(parts)
     atomic_write_text(out / "report.md", text)
+
+    def table(frame_):
+        return frame_.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+    page = ["<!doctype html>", "<html><head><meta charset=\"utf-8\">", f"<title>{escape(title)}</title>",
+            "<style>body{font-family:sans-serif;margin:1em 2em} table{border-collapse:collapse;font-size:13px} "
+            "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left} img{max-width:100%;margin:1em 0} "
+            "pre{white-space:pre-wrap}</style></head><body>",
+            f"<h1>{escape(title)}</h1>", f"<pre>{escape(header.split(chr(10), 2)[2] + source)}</pre>",
+            "<h2>Commits</h2>", table(commit_table), "<h2>Regressions (asv.step_detect)</h2>",
+            f"<p>{escape(none_found)}</p>" if found is None else table(found), f"<p>{escape(stepped)}</p>",
+            "<h2>Figures</h2>", *(f"<h3>{escape(name)}</h3><img src=\"{escape(name)}\" alt=\"{escape(name)}\">"
+                                  for name in figures), "</body></html>"]
+    atomic_write_text(out / "report.html", "\n".join(page) + "\n")
     return text
 
 
