@@ -10,18 +10,21 @@ Steps, in a throw-away ``git clone`` of this repository's HEAD (a temporary fold
 1. two commits: HEAD (``base``) and one whose ``--backend`` computes its result twice (``slow``: the module's
    registered ``run=`` is wrapped by a function calling it twice and returning the second result, so the answer
    is still right and the work doubles);
-2. ``asv continuous --factor F base slow`` records both commits for ``Speed.time_conv_transpose2d`` of the
-   backend and the ``--controls`` on ``--case``, ``--rounds`` processes per commit taken alternately (asv's
-   interleaved rounds, so a burst of load from other jobs hits both commits alike), and must list the
-   backend as worse, no control, and exit 1; ``asv compare --factor F base slow`` must say the same from the
-   stored results;
+2. ``asv continuous --factor F base slow`` records both commits for ``CPUTime.time_conv_transpose2d`` (CPU
+   seconds per call) of the backend and the ``--controls`` on ``--case``, single-threaded, ``--rounds``
+   processes per commit taken alternately (asv's interleaved rounds), and must list the backend as worse, no
+   control, and exit 1; ``asv compare --factor F base slow`` must say the same from the stored results;
 3. ``python -m experiments.history`` on the clone's results must report a regression from ``base`` to ``slow``
    for the backend (time and GFLOP/s) and none for a control.
 
 The clone's ``asv.conf.json`` (work tree only) gets ``regressions_thresholds`` of ``F - 1`` (0.5 for the default
-factor 1.5), so that the history's step detection and ``asv compare`` judge with the same tolerance. A factor
-well below the planted 2× and above the drift of unchanged code between runs on this shared 2-core machine
-(10–50 % while other jobs compete) makes the check decisive.
+factor 1.5), so that the history's step detection and ``asv compare`` judge with the same tolerance.
+
+Why CPU time, single-threaded: on this 2-core machine shared with other jobs (load averages of 5–18 while this
+was written) the wall time of unchanged code moved by up to 2× between two runs of ``Speed`` minutes apart, and
+a planted 2× came out as 1.3–1.7×, not significant: the wall time measures the other jobs as much as the code.
+One thread's CPU time per call is what the code costs whatever else runs (42 ms ± 1 % for ``kron`` on
+``unet1`` in two processes under load, against 43–81 ms of wall time).
 
 Writes ``summary.md`` (the commands, asv's tables, the verdicts) and the history report into ``--out``
 (default ``results/asv_regression/<run-id>/``), and exits 1 when a verdict fails.
@@ -30,6 +33,7 @@ Writes ``summary.md`` (the commands, asv's tables, the verdicts) and the history
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -43,7 +47,10 @@ from experiments.harness.metadata import PROJECT_ROOT, run_id
 from experiments.harness.storage import atomic_write_json, atomic_write_text
 
 NAME = "asv_regression"
-BENCHMARK = "bench_conv.Speed.time_conv_transpose2d"
+BENCHMARK = "bench_conv.CPUTime.time_conv_transpose2d"
+#: One thread per library, so that CPU time has no thread pool's spin-waiting in it and no core to wait for.
+SINGLE_THREADED = dict.fromkeys(["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                 "NUMBA_NUM_THREADS"], "1")
 #: The one ``run=<function>,`` argument of a backend module's ``register(Backend(...))`` call.
 RUN_ARGUMENT = re.compile(r"^(\s*)run=(\w+),\s*$", re.MULTILINE)
 
@@ -89,14 +96,16 @@ def flagged_worse(table: str) -> list[str]:
 class Runner:
     """Runs commands in the clone, echoing them and their output, and keeps the transcript."""
 
-    def __init__(self, cwd: Path):
+    def __init__(self, cwd: Path, env: dict):
         self.cwd = cwd
+        self.env = env
         self.transcript = []
 
     def __call__(self, *command, check=True) -> subprocess.CompletedProcess:
         start = time.perf_counter()
         print("$", " ".join(map(str, command)), flush=True)
-        done = subprocess.run([str(c) for c in command], cwd=self.cwd, capture_output=True, text=True, check=False)
+        done = subprocess.run([str(c) for c in command], cwd=self.cwd, env=self.env, capture_output=True, text=True,
+                              check=False)
         seconds = time.perf_counter() - start
         print(done.stdout[-4000:], done.stderr[-2000:], sep="\n", flush=True)
         self.transcript.append((command, done, seconds))
@@ -112,7 +121,7 @@ def commit(git: Runner, message: str) -> str:
 
 def run_check(args, clone: Path, out: Path) -> tuple[list[str], str]:
     """The check in ``clone``; ``(failed verdicts, summary markdown)``."""
-    sh = Runner(clone)
+    sh = Runner(clone, {**os.environ, **SINGLE_THREADED})
     asv = [sys.executable, "-m", "asv"]
     sh("git", "checkout", "-q", "-B", "main")
     sh("git", "config", "user.email", "asv-regression@localhost")

@@ -6,6 +6,8 @@ computed in float64 on the same inputs (for float32 the inputs are drawn in floa
 float32 result shows its own rounding, and a float64 one shows whether the algorithm is still exact to ~1e-16.
 """
 
+import time
+
 import numpy as np
 
 import testbed
@@ -44,6 +46,26 @@ class Speed(TimedSampling):
         return self.call.problem.flops / seconds_per_call(self.call) / 1e9
 
     track_gflops.unit = "GFLOP/s"
+
+
+class CPUTime(TimedSampling):
+    """CPU seconds per call of this process, all its threads together (``timer = time.process_time``): what the
+    call costs, not how long it also waited for a core. On a machine shared with other jobs the wall time of
+    ``Speed`` moves with their load; this moves far less, and not at all from waiting. Run single-threaded
+    (``OMP_NUM_THREADS=1``, ``NUMBA_NUM_THREADS=1``: thread pools then have no spin-waiting to add) it is what
+    ``experiments.asv_regression`` compares between two commits.
+    """
+
+    params = [BACKENDS, SPEED_CASES]
+    param_names = ["backend", "case"]
+    timer = time.process_time
+
+    def setup(self, backend, case):
+        self.call = Call(backend, require(backend, case, timed=True))
+        self.call()
+
+    def time_conv_transpose2d(self, backend, case):
+        self.call()
 
 
 class LayoutAndOut(TimedSampling):
