@@ -76,3 +76,35 @@ def test_polyphase_phase_subkernels_cover_every_tap_once():
         expected = {(i * stride + k * dilation - padding, k, i) for i in range(in_len) for k in range(kernel)
                     if 0 <= i * stride + k * dilation - padding < out_len}
         assert pairs == expected
+
+
+def test_single_threaded_blas_holds_in_every_thread():
+    """fft and numba_cpu run their small GEMMs with BLAS on one thread; the limit must hold in whichever
+    Python thread calls. Before, threadpoolctl ignored every thread but the first that had set a limit (the
+    main thread, here), so a second thread's GEMMs ran on all cores and fft took 7× as long there."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from testbed.backends._blas import single_threaded_blas
+
+    def blas_threads():
+        return {info["filepath"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+    default = blas_threads()
+    if all(count == 1 for count in default.values()):
+        pytest.skip("BLAS runs on one thread here already: nothing to limit")
+    seen = {}
+
+    def record(name):
+        with single_threaded_blas():
+            seen[name] = blas_threads()
+
+    record("main")
+    for name in ("second", "third"):
+        thread = threading.Thread(target=record, args=(name,))
+        thread.start()
+        thread.join()
+    record("main again")
+    assert all(set(counts.values()) == {1} for counts in seen.values()), seen
+    assert blas_threads() == default                                       # restored after each block
