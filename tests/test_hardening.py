@@ -297,7 +297,7 @@ RESOURCE_CHILD = """
     def call(name, x, w, b, params):
         if name in forced:
             problem = testbed.Problem.from_shapes(x.shape, w.shape, has_bias=True, **params)
-            return numba_cpu._RUNNERS[forced[name]](x, w, b, problem)
+            return numba_cpu.run_path(forced[name], x, w, b, problem)
         return testbed.conv_transpose2d(x, w, b, backend=name, **params)
 
     warm = rng.standard_normal((1, 4, 5, 5)), rng.standard_normal((4, 4, 3, 3)), rng.standard_normal(4)

@@ -2,6 +2,8 @@
 float32) and with ``torch`` (float32); results are bitwise repeatable; NaN/inf follow the scatter definition;
 the wrapper copes with non-contiguous input. Also ``auto``'s rule. The registry-wide parity suite covers the rest."""
 
+import dataclasses
+
 import numba
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import testbed
 import testbed.cases
 from testbed import planner, preference
 from testbed.backends import numba_cpu
+from testbed.backends.numba_cpu import blocking, gemm_col2im
 from testbed.problem import Problem
 from testbed.testing import assert_close, assert_close_to_oracle, call_kwargs, oracle
 
@@ -69,7 +72,7 @@ def test_every_path_matches_oracle_float64(name, path):
     if path in ("nonoverlap_gemm", "nonoverlap_direct") and not problem.is_nonoverlapping:
         pytest.skip(f"{path} needs stride == kernel, dilation 1")
     x, weight, bias = problem.random_arrays(1)
-    y = numba_cpu._RUNNERS[path](x, weight, bias, problem)
+    y = numba_cpu.run_path(path, x, weight, bias, problem)
     assert y.shape == problem.output_shape
     assert_close_to_oracle(y, x, weight, bias, err_msg=path, **call_kwargs(problem))
 
@@ -132,7 +135,7 @@ def test_nan_and_inf_reach_exactly_the_outputs_of_the_definition(name, path):
     x[0, 0, 1, 2] = np.nan
     x[-1, -1, -1, 0] = np.inf
     weight[0, 0, -1, 0] = -np.inf            # a border tap: some of its products are cropped away
-    y = numba_cpu._RUNNERS[path](x, weight, bias, problem)
+    y = numba_cpu.run_path(path, x, weight, bias, problem)
     reference = oracle(x, weight, bias, **call_kwargs(problem))
     for special in (np.isnan, np.isposinf, np.isneginf):
         assert np.array_equal(special(y), special(reference))
@@ -145,15 +148,16 @@ def test_blocked_direct_does_not_depend_on_its_tiles(name):
     the same result for every tiling, and as ``choose_path``'s default tiling."""
     problem = CASES[name][0].with_(dtype=np.float32, has_bias=True)
     x, weight, bias = problem.random_arrays(9)
-    expected = numba_cpu._blocked_direct(x, weight, bias, problem)
-    for tile_co in (16, 32, numba_cpu.BLOCKED_MAX_TILE_CO):
-        for tile_rows in (1, 3, numba_cpu.BLOCKED_TILE_PIXELS):
-            y = numba_cpu._blocked_direct(x, weight, bias, problem, tile_co=tile_co, tile_rows=tile_rows)
+    expected = numba_cpu.run_path("blocked_direct", x, weight, bias, problem)
+    row = blocking.blocking()
+    for tile_co in (row.lanes(4), 2 * row.lanes(4), row.max_tile_co):
+        for tile_rows in (1, 3, row.tile_pixels):
+            y = numba_cpu.run_path("blocked_direct", x, weight, bias, problem, tile_co=tile_co, tile_rows=tile_rows)
             assert np.array_equal(y, expected), (tile_co, tile_rows)
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)                  # also changes the default row tile of small problems
-        assert np.array_equal(numba_cpu._blocked_direct(x, weight, bias, problem), expected)
+        assert np.array_equal(numba_cpu.run_path("blocked_direct", x, weight, bias, problem), expected)
     finally:
         numba.set_num_threads(threads)
 
@@ -181,18 +185,18 @@ def test_blocked_direct_stale_workspace_never_leaks():
     from testbed import workspace
 
     wide, (problem, _) = CASES["blocked_dilation_groups"][0], CASES["blocked_k3s2p1op1_asym"]
-    numba_cpu._blocked_direct(*wide.random_arrays(1), wide)
+    numba_cpu.run_path("blocked_direct", *wide.random_arrays(1), wide)
     for name in ("numba_cpu.blocked_weight", "numba_cpu.channels_last_input"):
         workspace._pool().buffers[name].view(np.uint8)[:] = 0xFF          # all-ones bytes: NaN
     x, weight, bias = problem.random_arrays(2)
-    y = numba_cpu._blocked_direct(x, weight, bias, problem)
+    y = numba_cpu.run_path("blocked_direct", x, weight, bias, problem)
     assert np.isfinite(y).all()
     assert_close_to_oracle(y, x, weight, bias, **call_kwargs(problem))
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("name", ["unet_k2s2", "nonoverlap_direct_wide", "nonoverlap_direct_k3x2"])
-def test_nonoverlap_direct_is_blocked_direct_bitwise(monkeypatch, name, layout):
+def test_nonoverlap_direct_is_blocked_direct_bitwise(name, layout):
     """``nonoverlap_direct`` sums as ``blocked_direct`` does (ci ascending from +0.0, one FMA per product), so its
     result is bitwise that one's, in both layouts, float32 and float64, whatever its tasks (one pixel block per
     task or one per panel) and threads, and into ``out=`` as well; its kept buffers never leak into it."""
@@ -201,23 +205,22 @@ def test_nonoverlap_direct_is_blocked_direct_bitwise(monkeypatch, name, layout):
     for dtype in (np.float64, np.float32):
         problem = CASES[name][0].with_(dtype=dtype)
         x, weight, bias = problem.random_arrays(12)
-        expected = numba_cpu._blocked_direct(x, weight, bias, problem)
+        expected = numba_cpu.run_path("blocked_direct", x, weight, bias, problem)
         if layout == "NHWC":
             problem, x = problem.with_(layout="NHWC"), np.ascontiguousarray(x.transpose(0, 2, 3, 1))
             expected = expected.transpose(0, 2, 3, 1)
-        assert np.array_equal(numba_cpu._nonoverlap_direct(x, weight, bias, problem), expected)
+        assert np.array_equal(numba_cpu.run_path("nonoverlap_direct", x, weight, bias, problem), expected)
         for name_ in ("numba_cpu.panel_weight", "numba_cpu.row_weight", "numba_cpu.pixel_panels"):
             if name_ in workspace._pool().buffers:
                 workspace._pool().buffers[name_].view(np.uint8)[:] = 0xFF          # all-ones bytes: NaN
-        monkeypatch.setattr(numba_cpu, "NONOVERLAP_BLOCK_BYTES", 1)                  # a panel per task
         threads = numba.get_num_threads()
         numba.set_num_threads(1)
         try:
             out = np.full(problem.output_shape, np.nan, dtype)
-            numba_cpu._nonoverlap_direct(x, weight, bias, problem, out=out)
+            numba_cpu.run_path("nonoverlap_direct", x, weight, bias, problem, out=out,       # a panel per task
+                               blocking=dataclasses.replace(blocking.blocking(), nonoverlap_block_bytes=1))
         finally:
             numba.set_num_threads(threads)
-            monkeypatch.undo()
         assert np.array_equal(out, expected)
 
 
@@ -225,7 +228,7 @@ def test_nonoverlap_direct_refuses_what_it_cannot_compute():
     """Forced onto a problem outside its rule's reach, the path raises instead of overrunning its stack tile."""
     for problem in (_problem(4, 16, (3, 3), 5, 5), _problem(4, 16, (3, 3), 2, 1)):
         with pytest.raises(ValueError, match="nonoverlap_direct needs stride == kernel"):
-            numba_cpu._nonoverlap_direct(*problem.random_arrays(0), problem)
+            numba_cpu.run_path("nonoverlap_direct", *problem.random_arrays(0), problem)
 
 
 def test_blocked_direct_sign_of_zero():
@@ -233,7 +236,8 @@ def test_blocked_direct_sign_of_zero():
     -0.0 bias alone gives +0.0."""
     problem = CASES["gaps_wide_channels"][0]
     x, weight, _ = problem.random_arrays(10)
-    y = numba_cpu._blocked_direct(-0.0 * np.abs(x), np.abs(weight), np.full(problem.out_channels, -0.0), problem)
+    y = numba_cpu.run_path("blocked_direct", -0.0 * np.abs(x), np.abs(weight), np.full(problem.out_channels, -0.0),
+                           problem)
     assert not np.signbit(y).any()
 
 
@@ -268,16 +272,17 @@ def test_auto_runs_every_tiny_case():
 
 
 @pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1"])
-def test_gemm_paths_slice_large_batches(monkeypatch, name):
+def test_gemm_paths_slice_large_batches(name):
     """Column buffers over the limit are computed a slice of the batch at a time; the result is the same."""
     problem = CASES[name][0].with_(batch=5)
     x, weight, bias = problem.random_arrays(8)
     backend = testbed.get_backend("numba_cpu")
     whole = backend.run(x, weight, bias, problem)
-    monkeypatch.setattr(numba_cpu, "COLUMN_BUFFER_BYTES", 1)
-    assert len(numba_cpu._image_chunks(problem)) == 5
+    sliced = dataclasses.replace(blocking.blocking(), column_buffer_bytes=1)
+    assert len(gemm_col2im.image_chunks(problem, sliced)) == 5
+    path = numba_cpu.choose_path(problem)
     # Same products, but BLAS may block a narrower GEMM differently: equal to rounding, not bitwise.
-    assert_close(backend.run(x, weight, bias, problem), whole)
+    assert_close(numba_cpu.run_path(path, x, weight, bias, problem, blocking=sliced), whole)
 
 
 _pairs = lambda lo, hi: st.tuples(st.integers(lo, hi), st.integers(lo, hi))  # noqa: E731
@@ -302,4 +307,66 @@ def test_forced_paths_on_random_configurations(kernel, stride, dilation, padding
     expected = oracle(x, weight, bias, **call_kwargs(problem))
     paths = ("gemm_col2im", "blocked_direct")
     for path in ("nonoverlap_gemm", "nonoverlap_direct", *paths) if nonoverlap else paths:
-        assert_close(numba_cpu._RUNNERS[path](x, weight, bias, problem), expected, err_msg=path)
+        assert_close(numba_cpu.run_path(path, x, weight, bias, problem), expected, err_msg=path)
+
+
+# ---- every ISA row's kernels, on every host ------------------------------------------------------------------
+
+ROW_CASES = {   # case: path. Panel tails, groups, output_padding; nonoverlap_direct's pairs of rows, a 3×2 kernel
+    "blocked_k3s2p1op1_asym": "blocked_direct",
+    "blocked_dilation_groups": "blocked_direct",
+    "nonoverlap_direct_wide": "nonoverlap_direct",
+    "nonoverlap_direct_k3x2": "nonoverlap_direct",
+}
+
+
+@pytest.mark.parametrize("row", [row for row in blocking.ROWS if row != blocking.blocking().isa])
+@pytest.mark.parametrize("name", ROW_CASES)
+def test_every_isa_row_computes_bitwise_the_default_rows_result(name, row):
+    """Each row's register tiles (``avx512``'s 12 × 2 zmm, ``generic``'s 6 × 2 xmm) run here too, legalised by LLVM
+    to this host's vectors: correct against the oracle and bitwise the result of this host's row (every row sums
+    each output in the same order), in float32 and float64; ``nonoverlap_direct`` in both layouts (two kernels)."""
+    path = ROW_CASES[name]
+    for dtype, layout in ((np.float32, "NCHW"), (np.float64, "NCHW"), (np.float32, "NHWC"), (np.float64, "NHWC")):
+        if path == "blocked_direct" and layout == "NHWC":
+            continue                                 # the same kernel as NCHW's (only the output's strides differ)
+        problem = CASES[name][0].with_(dtype=dtype)
+        x, weight, bias = problem.random_arrays(13)
+        expected = numba_cpu.run_path(path, x, weight, bias, problem)
+        if layout == "NHWC":
+            problem, x = problem.with_(layout="NHWC"), np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            expected = expected.transpose(0, 2, 3, 1)
+        y = numba_cpu.run_path(path, x, weight, bias, problem, isa=row)
+        assert np.array_equal(y, expected), (dtype, layout)
+    problem = CASES[name][0]
+    x, weight, bias = problem.random_arrays(14)
+    assert_close_to_oracle(numba_cpu.run_path(path, x, weight, bias, problem, isa=row), x, weight, bias,
+                           **call_kwargs(problem))
+
+
+def test_run_path_refuses_bad_arguments():
+    problem = CASES["k4s2p1"][0]
+    arrays = problem.random_arrays(0)
+    with pytest.raises(ValueError, match="name: expected one of direct, .*, got 'fft'"):
+        numba_cpu.run_path("fft", *arrays, problem)
+    with pytest.raises(ValueError, match="isa: expected one of avx512, avx2, generic, got 'sse'"):
+        numba_cpu.run_path("blocked_direct", *arrays, problem, isa="sse")
+    with pytest.raises(ValueError, match="nonoverlap_gemm needs stride == kernel"):
+        numba_cpu.run_path("nonoverlap_gemm", *arrays, problem)
+    with pytest.raises(ValueError, match="tile_co: expected a multiple of"):
+        numba_cpu.run_path("blocked_direct", *arrays, problem, tile_co=3)
+    with pytest.raises(TypeError, match="blocking: expected a numba_cpu Blocking"):
+        numba_cpu.run_path("direct", *arrays, problem, blocking={"isa": "avx2"})
+
+
+def test_blocking_rows_are_consistent():
+    """Each row's tile fits its register file (with the weight vectors and a broadcast), covers the FMA latency
+    (≥ 8 independent accumulators), and the rows are the ISA rows of ``testbed.isa``."""
+    from testbed import isa
+    registers = {"generic": 16, "avx2": 16, "avx512": 32}
+    assert set(blocking.ROWS) == set(isa.ISA_ROWS)
+    for name, row in blocking.ROWS.items():
+        assert row.isa == name and row.vector_bytes == isa.vector_bytes(name)
+        assert 8 <= row.accumulators <= registers[name] - row.panel_vectors - 1
+    with pytest.raises(ValueError, match="panel_pixels: expected an even number"):
+        dataclasses.replace(blocking.ROWS["avx2"], panel_pixels=5)

@@ -1,6 +1,7 @@
 """``numba_cpu``'s fused path for stride == kernel (GEMM blocks + pixel shuffle in one parallel region), its
 reused workspace (:mod:`testbed.workspace`) and the BLAS thread count around it, in both layouts."""
 
+import dataclasses
 import resource
 import threading
 
@@ -11,6 +12,7 @@ import pytest
 import testbed
 from testbed import workspace
 from testbed.backends import numba_cpu
+from testbed.backends.numba_cpu.blocking import blocking
 from testbed.problem import Problem
 from testbed.testing import assert_close_to_oracle, call_kwargs
 
@@ -33,29 +35,31 @@ CASES = {
     "k4x1_unpadded": _problem(4, 6, (2, 3), (4, 1), batch=2),
 }
 # (bytes, width): one block for everything; blocks that split channels, rows (mid-row) and columns
-BLOCKS = {"default": (numba_cpu.BLOCK_BYTES, numba_cpu.BLOCK_WIDTH), "tiny": (7 * 8, 5), "row_split": (96, 12)}
+BLOCKS = {"default": (blocking().block_bytes, blocking().block_width), "tiny": (7 * 8, 5), "row_split": (96, 12)}
+
+
+def _blocks(name):
+    return dataclasses.replace(blocking(), block_bytes=BLOCKS[name][0], block_width=BLOCKS[name][1])
 
 
 @pytest.mark.parametrize("blocks", BLOCKS)
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("name", CASES)
-def test_blocks_match_oracle(monkeypatch, name, layout, blocks):
-    monkeypatch.setattr(numba_cpu, "BLOCK_BYTES", BLOCKS[blocks][0])
-    monkeypatch.setattr(numba_cpu, "BLOCK_WIDTH", BLOCKS[blocks][1])
+def test_blocks_match_oracle(name, layout, blocks):
     problem = CASES[name].with_(layout=layout)
     x, weight, bias = problem.random_arrays(1)
-    y = numba_cpu._nonoverlap_gemm(x, weight, bias, problem)
+    y = numba_cpu.run_path("nonoverlap_gemm", x, weight, bias, problem, blocking=_blocks(blocks))
     assert y.shape == problem.output_shape and y.flags.c_contiguous
     assert_close_to_oracle(y, x, weight, bias, err_msg=f"{name} {layout} {blocks}", **call_kwargs(problem))
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_bitwise_the_same_for_every_thread_count_and_call(monkeypatch, layout):
+def test_bitwise_the_same_for_every_thread_count_and_call(layout):
     """The blocks depend on the problem only, so one thread and all threads give identical bits."""
-    monkeypatch.setattr(numba_cpu, "BLOCK_BYTES", 4 * 64)
     problem = CASES["asym_pad_op"].with_(layout=layout, dtype=np.float32)
     x, weight, bias = problem.random_arrays(2)
-    call = lambda: testbed.conv_transpose2d(x, weight, bias, backend="numba_cpu", **call_kwargs(problem))  # noqa: E731
+    small = dataclasses.replace(blocking(), block_bytes=4 * 64)
+    call = lambda: numba_cpu.run_path("nonoverlap_gemm", x, weight, bias, problem, blocking=small)  # noqa: E731
     first = call()
     previous = numba.get_num_threads()
     numba.set_num_threads(1)
@@ -194,12 +198,12 @@ def test_blas_limits_beyond_int32_fall_back():
 
 
 def test_tasks_are_handed_out_once_each_and_a_slow_worker_takes_fewer():
-    """testbed.backends._tasks: every task runs exactly once, in the parallel kernel and its serial twin; a
+    """testbed.backends.numba_cpu.tasks: every task runs exactly once, in the parallel kernel and its serial twin; a
     worker stuck in a long task leaves the rest to the others (OpenMP's static split would not)."""
     from numba import prange
 
     from testbed.backends._runtime import parallel_kernel
-    from testbed.backends._tasks import next_task
+    from testbed.backends.numba_cpu.tasks import next_task
 
     def spin(owner, work, workers):
         counter = np.zeros(1, np.int64)

@@ -1,0 +1,217 @@
+"""``blocked_direct``: overlapping taps (the default for them), a direct kernel with register tiles.
+
+``blocked_direct`` (overlapping taps: the default for them, see :func:`~testbed.backends.numba_cpu.choose_path`). A
+direct kernel with no intermediate buffer (the kernel :func:`tiles_kernel` builds): output-stationary and
+phase-decomposed (each output phase visits only its sub-kernel's taps, so no inserted zero is multiplied), a work item
+being a tile of output channels × up to 128 output pixels (rows of one row phase, across images when narrow), owned by
+one thread. Its micro-kernel :func:`.intrinsics.fma_panel` is a register tile, as in a GEMM: MR pixels × one panel
+vector of output channels (:mod:`.blocking`; on AVX2 6 × 64 bytes, 16 float32 or 8 float64) of accumulators stay in
+registers for a tap's whole input-channel sum, each step loading one weight vector (the weight packed ``(G, kH, kW,
+C_in/G, C_out/G⁺)``) and broadcasting MR inputs (the input channels-last). It is written as LLVM vector IR
+(``llvm.fma`` on ``<16 x float>``) because Numba's pipeline vectorises innermost loops only (its SLP vectoriser is
+off): a first version that let LLVM vectorise the output-channel loop (2 pixels × 4 channels per call, accumulators in
+an L1 tile) reached 40-60 GFLOP/s per core here, this one 55-70, against ~75-85 for OpenBLAS's SGEMM. Assembly
+(``tiles_kernel(blocking().kernel_shape()).parallel.inspect_asm(sig)`` with ``TESTBED_NUMBA_CACHE=0``): on this
+project's current host, an AMD EPYC (Zen 3: AVX2, no AVX-512), the panel loop is 12 ``vfmadd231ps`` on ymm registers
+(two per 16-channel vector) fed by ``vbroadcastss`` and two ``vmovups`` weight loads (98 ymm FMAs in the float32
+kernel, ``vfmadd231pd`` in the float64 one); compiled for ``sapphirerapids`` (``NUMBA_CPU_NAME``/``FEATURES``) the
+same IR gives zmm ``vfmadd231ps`` (89 of them). Tile sizes, measured single-threaded (thread CPU time,
+best of interleaved rounds, GFLOP/s):
+
+==========================  =================================================================================
+micro-kernel                autovectorised 2 pixels × 4 channels: 43-56 at 64 output channels (3×4, 4×4 and
+                            the tree-summed variants within noise, 1×8 42); register panel 6 × 16: 70 in
+                            isolation (the classic AVX2 SGEMM shape: 12 accumulators + weight + broadcast)
+input layout                NCHW 42-58 → channels-last 53-65 (a panel's 6 × C_in inputs stay in L1; in NCHW
+                            the channel step is a multiple of 4 KB and they all map to one cache set)
+pixels per tile             32 / 64 / 128: k4s2p1 58/66/69, k3s1p1 60/62/66, k5s3 55/57/59, k3s2p1op1
+                            53/54/56, 512→256 @8² N8 60/58/71: 128 (64 KB of float32 accumulators, touched
+                            only at each panel's start and end)
+output channels per tile    ms at 16/32/64/128 (first version): k4s2p1 53/44/42/29, 512→256 @8² 137/124/78/47:
+                            the largest the group allows, ≤ 128
+rows per tile               several when the image is narrow: 1024→512 @4² N16 7.6 → 38 GFLOP/s
+==========================  =================================================================================
+"""
+
+import functools
+
+import numba
+import numpy as np
+from numba import carray, prange
+
+from ... import workspace
+from .._runtime import parallel_kernel
+from ._common import bias_or_zeros
+from .intrinsics import fma_panel, offsets_from, stack_tile
+from .packing import channels_last_input, packed_weight, round_up
+
+__all__ = ["default_tile_co", "default_tile_rows", "run", "tiles_kernel"]
+
+
+@functools.cache
+def tiles_kernel(shape):
+    """``blocked_direct``'s kernel for one :meth:`.blocking.Blocking.kernel_shape`: the register tile (MR pixels
+    × ``panel_bytes``) and the stack tile (``tile_pixels × max_tile_co``) are constants of the compiled code,
+    closed over, so each shape is its own function with its own cache entries."""
+    PANEL, PANEL_BYTES, TILE_PIXELS, MAX_TILE_CO = shape[:4]
+    TILE_SIZE = TILE_PIXELS * MAX_TILE_CO
+
+    def _blocked_direct_tiles(pixels, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co,
+                              tile_rows):
+        """Register-blocked, phase-decomposed direct kernel: ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g
+        + ci]
+        · packed[g, kh, kw, ci, co] + bias`` over the taps of the scatter definition, ``pixels`` being the input
+        channels-last (a pixel's channels are one contiguous run, so a panel's inputs stay in L1 for every vector
+        of output channels) and ``packed`` the weight as
+        ``(G, kH, kW, Ci_g, Co_g⁺)`` (output channels padded with zeros to a whole panel vector, whose accumulators are
+        never written out) so that a vector of output channels is one contiguous run.
+
+        Phases (Shi et al. 2016, see ``polyphase``): output row ``oh = ph + s_h·m`` receives exactly the taps ``kh``
+        with ``ph + p_h - kh·d_h ≡ 0 (mod s_h)``, from input row ``ih = m + (ph + p_h - kh·d_h)/s_h``; output column
+        ``ow = b + s_w·j`` the taps ``kw`` with ``b + p_w - kw·d_w ≡ 0 (mod s_w)``, from ``iw = j + off``. Only those
+        taps are visited, each over the rows and columns whose input exists: no inserted zero is ever multiplied.
+
+        Work item (owned by one thread): ``tile_co`` (a multiple of the lanes, ≤ ``max_tile_co``) output
+        channels of one group × ``tile_rows`` consecutive rows ``(n, m)`` of one row phase (several rows, across
+        images, when the image is narrow, so that a tile has enough pixels to reuse each weight). Per column phase
+        ``b`` and run of ``tile_pixels // tile_rows`` phase pixels, an accumulator tile ``acc[slot, co]``
+        (on the stack, L1-resident) starts at +0.0; for each tap, each block of MR
+        pixels whose input exists and each vector of output channels, :func:`.intrinsics.fma_panel` runs the whole
+        input-channel sum in registers. Each output's sum runs in the same order everywhere, ``(kh, kw, ci)``
+        ascending, one FMA per product, so the result depends neither on the tiling nor on the thread count; the
+        bias is added last."""
+        batch, in_h, in_w, in_channels = pixels.shape
+        groups, k_h, k_w, per_group_in, padded_out = packed.shape
+        out_h, out_w = y.shape[2], y.shape[3]
+        per_group_out = y.shape[1] // groups
+        lanes = PANEL_BYTES // y.itemsize                     # output channels per panel vector
+        co_tiles = (per_group_out - 1) // tile_co + 1
+        row_phases, col_phases = min(stride_h, out_h), min(stride_w, out_w)
+        row_blocks = (batch * ((out_h - 1) // stride_h + 1) - 1) // tile_rows + 1      # of the longest row phase
+        run = TILE_PIXELS // tile_rows
+        zero = np.zeros(1, dtype=y.dtype)[0]                  # +0.0 in y's dtype
+        for item in prange(groups * co_tiles * row_phases * row_blocks):
+            block = item % row_blocks
+            ph = (item // row_blocks) % row_phases
+            co0 = (item // (row_blocks * row_phases)) % co_tiles * tile_co
+            g = item // (row_blocks * row_phases * co_tiles)
+            cot = min(tile_co, padded_out - co0)              # a multiple of lanes
+            written = min(cot, per_group_out - co0)
+            phase_rows = (out_h - 1 - ph) // stride_h + 1
+            first = block * tile_rows
+            rows = min(tile_rows, batch * phase_rows - first)
+            if rows <= 0:
+                continue
+            acc = carray(stack_tile(zero, TILE_SIZE), (TILE_PIXELS, MAX_TILE_CO))
+            row_n = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
+            row_m = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
+            reached_acc = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
+            reached_x = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
+            for r in range(rows):
+                row_n[r], row_m[r] = (first + r) // phase_rows, (first + r) % phase_rows
+            for b in range(col_phases):
+                phase_len = (out_w - 1 - b) // stride_w + 1
+                for j0 in range(0, phase_len, run):
+                    jn = min(run, phase_len - j0)
+                    for slot in range(rows * run):
+                        for c in range(cot):
+                            acc[slot, c] = zero
+                    for kh in range(k_h):
+                        shift_h = ph + pad_h - kh * dil_h
+                        if shift_h % stride_h != 0:
+                            continue
+                        off_h = shift_h // stride_h                        # ih = m + off_h
+                        for kw in range(k_w):
+                            shift_w = b + pad_w - kw * dil_w
+                            if shift_w % stride_w != 0:
+                                continue
+                            off = shift_w // stride_w                      # iw = j + off
+                            j_lo, j_hi = max(j0, -off), min(j0 + jn, in_w - off)
+                            if j_hi <= j_lo:
+                                continue
+                            w_start = (((g * k_h + kh) * k_w + kw) * per_group_in) * padded_out + co0
+                            # The tile's pixels this tap reaches: accumulator offset and pixels.flat index of channel 0.
+                            count = 0
+                            for r in range(rows):
+                                ih = row_m[r] + off_h
+                                if ih < 0 or ih >= in_h:
+                                    continue
+                                pixel0 = ((row_n[r] * in_h + ih) * in_w + off) * in_channels + g * per_group_in
+                                for j in range(j_lo, j_hi):
+                                    reached_acc[count] = (r * run + j - j0) * MAX_TILE_CO
+                                    reached_x[count] = pixel0 + j * in_channels
+                                    count += 1
+                            for c in range(0, cot, lanes):
+                                w = w_start + c
+                                i = 0
+                                while i + PANEL <= count:
+                                    fma_panel(acc, offsets_from(reached_acc, i, c, PANEL), packed, w, padded_out,
+                                              pixels, offsets_from(reached_x, i, 0, PANEL), 1, per_group_in,
+                                              PANEL_BYTES)
+                                    i += PANEL
+                                if PANEL > 8 and i + 8 <= count:               # the rest, in registers too
+                                    fma_panel(acc, offsets_from(reached_acc, i, c, 8), packed, w, padded_out, pixels,
+                                              offsets_from(reached_x, i, 0, 8), 1, per_group_in, PANEL_BYTES)
+                                    i += 8
+                                if PANEL > 4 and i + 4 <= count:               # the rest, in registers too
+                                    fma_panel(acc, offsets_from(reached_acc, i, c, 4), packed, w, padded_out, pixels,
+                                              offsets_from(reached_x, i, 0, 4), 1, per_group_in, PANEL_BYTES)
+                                    i += 4
+                                if PANEL > 2 and i + 2 <= count:               # the rest, in registers too
+                                    fma_panel(acc, offsets_from(reached_acc, i, c, 2), packed, w, padded_out, pixels,
+                                              offsets_from(reached_x, i, 0, 2), 1, per_group_in, PANEL_BYTES)
+                                    i += 2
+                                if i < count:
+                                    fma_panel(acc, offsets_from(reached_acc, i, c, 1), packed, w, padded_out, pixels,
+                                              offsets_from(reached_x, i, 0, 1), 1, per_group_in, PANEL_BYTES)
+                    for r in range(rows):
+                        n, oh = row_n[r], ph + stride_h * row_m[r]
+                        for c in range(written):
+                            co = g * per_group_out + co0 + c
+                            line, b_c = y[n, co, oh], bias[co]
+                            for j in range(jn):
+                                line[b + stride_w * (j0 + j)] = acc[r * run + j, c] + b_c
+
+
+    return parallel_kernel(_blocked_direct_tiles)
+
+
+def default_tile_co(per_group_out, blocking):
+    """Output channels per work item: the group's channels in the fewest tiles of at most ``max_tile_co``, of
+    equal width rounded up to a whole panel vector of float32 (16 lanes on AVX2)."""
+    lanes = blocking.lanes(4)
+    tiles = (per_group_out - 1) // blocking.max_tile_co + 1
+    return min(blocking.max_tile_co, round_up(-(-per_group_out // tiles), lanes))
+
+
+def default_tile_rows(problem, blocking):
+    """Output rows per work item: as many as fit ``tile_pixels`` next to the longest column phase,
+    ``⌈W_out / s_w⌉`` (one row when that phase alone fills the tile), but few enough to leave ``items_per_thread``
+    work items per thread where the problem has that many rows."""
+    (out_h, out_w), (s_h, s_w) = problem.out_size, problem.stride
+    fit = max(1, blocking.tile_pixels // ((out_w - 1) // s_w + 1))
+    rows = problem.batch * ((out_h - 1) // s_h + 1)                 # of the longest row phase
+    per_item = default_tile_co(problem.out_per_group, blocking)
+    others = problem.groups * -(-problem.out_per_group // per_item) * min(s_h, out_h)
+    blocks = -(-blocking.items_per_thread * numba.get_num_threads() // others)
+    return max(1, min(fit, rows // blocks))
+
+
+def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows=None):
+    """``blocked_direct`` with ``blocking``'s tiles; ``tile_co`` (a multiple of the float32 lanes of a panel
+    vector, at most ``max_tile_co``) and ``tile_rows`` override the chosen tiles (the result is the same bitwise).
+    The channels-last input and the packed weight live in this thread's kept workspace
+    (:mod:`testbed.workspace`), so a repeated call allocates only its result."""
+    lanes = blocking.lanes(4)
+    tile_co = default_tile_co(problem.out_per_group, blocking) if tile_co is None else tile_co
+    if tile_co <= 0 or tile_co % lanes or tile_co > blocking.max_tile_co:
+        raise ValueError(f"tile_co: expected a multiple of {lanes} up to {blocking.max_tile_co} (the {blocking.isa} "
+                         f"row's panel vector and tile), got {tile_co}")
+    y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
+    # the kernel indexes the output as (n, c, h, w)
+    y_nchw = y.transpose(0, 3, 1, 2) if problem.layout == "NHWC" else y
+    tiles_kernel(blocking.kernel_shape())(
+        channels_last_input(x, problem, blocking), packed_weight(weight, problem, blocking),
+        bias_or_zeros(bias, problem), y_nchw, *problem.stride, *problem.padding, *problem.dilation,
+        tile_co, tile_rows or default_tile_rows(problem, blocking))
+    return y

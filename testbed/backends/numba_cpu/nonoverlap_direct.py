@@ -1,0 +1,349 @@
+"""``nonoverlap_direct``: stride == kernel, kernel width 2 (the U-Net up-convolution), by this backend's own
+register-tile GEMM written straight to the outputs.
+
+``nonoverlap_direct`` (stride == kernel with kernel width 2, no padding and at least 1024 input pixels: the U-Net
+up-convolution; chosen over ``nonoverlap_gemm`` there, see :func:`suits`). The same GEMM, but computed by this
+module's own register-tile micro-kernel (:func:`.intrinsics.fma_panel`, as ``blocked_direct``'s) on operands packed
+once per call and shared by both threads, with every tile written straight from registers to its outputs: no product
+block, no second pass, no per-call BLAS packing per thread. NHWC: a tile is MR input pixels × one panel vector of
+output channels of one tap, stored as MR contiguous vectors with the bias added (:func:`.intrinsics.fma_panel_out`).
+NCHW: a tile is MR weight rows ``(co, a, b)`` × one panel vector of consecutive input pixels (16 float32 on AVX2), the
+two columns ``b`` of each row pair interleaved in registers into one contiguous run of twice as many outputs
+(:func:`.intrinsics.fma_panel_pairs_out`). Each sum runs over the input channels in ascending order from +0.0, one FMA
+per product, as ``blocked_direct``'s, so all three give bitwise the same result, in both layouts. Measured against
+``nonoverlap_gemm`` on the U-Net shapes in the README. """
+
+import functools
+
+import numba
+import numpy as np
+from numba import carray, prange
+
+from ... import workspace
+from .._runtime import parallel_kernel
+from ._common import bias_or_zeros
+from .intrinsics import fma_panel, fma_panel_out, fma_panel_pairs_out, offsets_from, prefetch, stack_tile, strided
+from .packing import pack_panel, pack_row_tiles, panel_weight, row_weight
+from .tasks import mark_done, next_task, wait_done
+
+__all__ = ["block_pixels", "nchw_kernel", "nhwc_kernel", "run", "suits"]
+
+
+def suits(problem, blocking) -> bool:
+    """Kernel width 2, no padding, at most ``nonoverlap_max_taps`` taps, and at least
+    ``nonoverlap_min_pixels`` input pixels (N·H·W); the same rule in both layouts, so that NCHW and NHWC sum
+    alike. Elsewhere ``nonoverlap_gemm`` is as fast or faster: with another kernel width or padding, NCHW tiles
+    would go out element by element; with few pixels, packing the weight (per call, for each thread's share)
+    weighs more. From ``python -m experiments.numba_cpu_paths --unet`` (median (min) ms, float32, 2 threads, 3
+    rounds of fresh workers; two runs, the first NCHW only; 2-core AMD EPYC, load average 0.2-1.4):
+
+    ===============  =======================  =======================  =====================
+    case             nonoverlap_gemm          nonoverlap_direct        bare GEMM (NumPy)
+    ===============  =======================  =======================  =====================
+    unet1 NCHW       23.5; 26.7 (20.8)        23.7; 36 (24.9)          21.9; 23.4 (20)
+    unet1 NHWC       31.8 (26.4)              30.9 (24.3)              23.3 (20.2)
+    unet2 NCHW       18.1; 21.7 (17.8)        17.0; 23 (17.9)          15.9; 20.3 (17.8)
+    unet2 NHWC       21.6 (17.8)              18.0 (16.6)              19.7 (18.8)
+    unet3 NCHW       20.3; 22.2 (19.5)        18.2; 18.6 (16.2)        18.4; 18 (15)
+    unet3 NHWC       20.2 (18.9)              16.0 (15.2)              18.4 (16.2)
+    unet4 NCHW       25.6; 25.3 (21.3)        22.4; 25.7 (20.8)        24.1; 24.9 (18.8)
+    unet4 NHWC       24.5 (20.2)              21.2 (19.9)              21.0 (19.1)
+    ===============  =======================  =======================  =====================
+
+    Single-threaded (CPU time, interleaved in one process, ratio to the bare GEMM) the two were within ±10 % on
+    unet2-4, and on unet1 (784 pixels against an 8 MB weight) ``nonoverlap_gemm`` was ahead in NCHW (1.12-1.13
+    against 1.16-1.31)."""
+    return (problem.kernel_size[1] == 2 and problem.padding == (0, 0)
+            and problem.kernel_size[0] * problem.kernel_size[1] <= blocking.nonoverlap_max_taps
+            and problem.batch * problem.in_size[0] * problem.in_size[1] >= blocking.nonoverlap_min_pixels)
+
+
+@functools.cache
+def nhwc_kernel(shape):
+    """The NHWC kernel for one :meth:`.blocking.Blocking.kernel_shape` (its register and stack tiles are
+    constants of the compiled code, closed over: each shape is its own function with its own cache entries)."""
+    PANEL, PANEL_BYTES, _, _, MAX_TAPS, MAX_PIXELS = shape
+    NHWC_TILE = MAX_TAPS * PANEL * (PANEL_BYTES // 4)          # a panel's products for every tap
+
+    def _nonoverlap_tiles(pixels, weight, packed, bias, y, pad_h, pad_w, block_pixels, workers, ahead_rows):
+        """``nonoverlap_direct`` in NHWC: ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = Σ_ci pixels[n, i, j, ci] ·
+        W[ci, co, a, b] + bias[co]`` (stride == kernel: each output has exactly one tap) as a GEMM whose register
+        tiles are written straight to their outputs, with no product buffer and no second pass. ``packed`` receives
+        the weight as GEMM panels ``(G, Co_g⁺/L, kH, kW, Ci_g, L)`` (``L`` lanes of one panel vector; the output
+        channels padded with zeros), so the ``(Ci_g × L)`` panel of one tap and vector of output channels is one
+        contiguous stream, and ``pixels`` is the input channels-last. The first tasks (handed out as in
+        ``nonoverlap_gemm``) each pack one vector's panels (:func:`.packing.pack_panel`), so packing and the GEMM
+        share one parallel region; a later task is a vector of output channels × ``block_pixels`` input pixels of one
+        image and group (their inputs stay in L2 across the vectors), and waits for its vector's panels
+        (:func:`.tasks.wait_done`; by then they are almost always done). Per MR pixels, :func:`.intrinsics.fma_panel`
+        runs each tap's input-channel sum in registers into a stack tile ``acc[tap, pixel, lane]``, which is then
+        written out, bias added, to the ``kH × kW`` blocks of the pixels (without padding, straight from registers:
+        :func:`.intrinsics.fma_panel_out`). Outputs no tap reaches (``output_padding``) are left to the caller. Each
+        sum runs ``ci`` ascending from +0.0, one FMA per product, as ``blocked_direct``'s: the result is bitwise that
+        kernel's, and independent of the tasks."""
+        batch, in_h, in_w, in_channels = pixels.shape
+        groups, vectors, k_h, k_w, per_group_in, lanes = packed.shape
+        out_h, out_w, out_channels = y.shape[1], y.shape[2], y.shape[3]
+        per_group_out, taps, area = out_channels // groups, k_h * k_w, in_h * in_w
+        blocks = (area - 1) // block_pixels + 1
+        panels = groups * vectors                                      # the first tasks: one vector's panels each
+        ready = np.zeros(panels, np.int64)
+        tasks, counter = panels + batch * groups * blocks * vectors, np.zeros(1, np.int64)
+        zero = np.zeros(1, dtype=y.dtype)[0]
+        direct_out = pad_h == 0 and pad_w == 0                          # every tap's output exists
+        for _worker in prange(workers):                      # one worker per thread, tasks handed out in turn
+            acc = carray(stack_tile(zero, NHWC_TILE), (NHWC_TILE,))
+            outputs = carray(stack_tile(np.int64(0), MAX_PIXELS), (MAX_PIXELS,))
+            task = next_task(counter)
+            while task < tasks:
+                if task < panels:
+                    pack_panel(weight, packed, task // vectors, task % vectors, ahead_rows)
+                    mark_done(ready, task)
+                    task = next_task(counter)
+                    continue
+                item = task - panels
+                v = item % vectors                               # vectors innermost: neighbours share the inputs
+                block = (item // vectors) % blocks
+                g = (item // (vectors * blocks)) % groups
+                n = item // (vectors * blocks * groups)
+                wait_done(ready, g * vectors + v)
+                c0 = g * per_group_out + v * lanes
+                written = min(lanes, per_group_out - v * lanes)
+                w0 = (g * vectors + v) * taps * per_group_in * lanes
+                p_lo, p_hi = block * block_pixels, min(area, (block + 1) * block_pixels)
+                whole = p_lo
+                if direct_out and written == lanes:
+                    # the U-Net case: each tap's MR × L products go straight to their channels-last outputs, tap by
+                    # tap, so that one tap's weight panel and the block's inputs are what L2 holds
+                    whole = p_lo + (p_hi - p_lo) // PANEL * PANEL
+                    for p in range(p_lo, whole):              # where input pixel p's block of outputs starts
+                        i = p // in_w
+                        outputs[p - p_lo] = ((n * out_h + i * k_h) * out_w + (p - i * in_w) * k_w) * out_channels + c0
+                    for a in range(k_h):
+                        for b in range(k_w):
+                            w, shift = w0 + (a * k_w + b) * per_group_in * lanes, (a * out_w + b) * out_channels
+                            for p0 in range(p_lo, whole, PANEL):
+                                o, x0 = p0 - p_lo, (n * area + p0) * in_channels + g * per_group_in
+                                fma_panel_out(y, offsets_from(outputs, o, shift, PANEL), bias, c0, packed, w, lanes,
+                                              pixels, strided(x0, in_channels, PANEL), 1, per_group_in, PANEL_BYTES)
+                for p0 in range(whole, p_hi, PANEL):
+                    count = min(PANEL, p_hi - p0)
+                    for e in range(taps * PANEL * lanes):
+                        acc[e] = zero
+                    x0 = (n * area + p0) * in_channels + g * per_group_in
+                    for tap in range(taps):
+                        w, a0 = w0 + tap * per_group_in * lanes, tap * PANEL * lanes
+                        if count == PANEL:
+                            fma_panel(acc, strided(a0, lanes, PANEL), packed, w, lanes, pixels,
+                                      strided(x0, in_channels, PANEL), 1, per_group_in, PANEL_BYTES)
+                            continue
+                        t = 0
+                        if PANEL > 8 and count - t >= 8:
+                            fma_panel(acc, strided(a0 + lanes * t, lanes, 8), packed, w, lanes, pixels,
+                                      strided(x0 + in_channels * t, in_channels, 8), 1, per_group_in, PANEL_BYTES)
+                            t += 8
+                        if PANEL > 4 and count - t >= 4:
+                            fma_panel(acc, strided(a0 + lanes * t, lanes, 4), packed, w, lanes, pixels,
+                                      strided(x0 + in_channels * t, in_channels, 4), 1, per_group_in, PANEL_BYTES)
+                            t += 4
+                        if PANEL > 2 and count - t >= 2:
+                            fma_panel(acc, strided(a0 + lanes * t, lanes, 2), packed, w, lanes, pixels,
+                                      strided(x0 + in_channels * t, in_channels, 2), 1, per_group_in, PANEL_BYTES)
+                            t += 2
+                        if count - t >= 1:
+                            fma_panel(acc, strided(a0 + lanes * t, lanes, 1), packed, w, lanes, pixels,
+                                      strided(x0 + in_channels * t, in_channels, 1), 1, per_group_in, PANEL_BYTES)
+                    for t in range(count):
+                        i = (p0 + t) // in_w
+                        j = p0 + t - i * in_w
+                        for a in range(k_h):
+                            oh = i * k_h + a - pad_h
+                            if oh < 0 or oh >= out_h:
+                                continue
+                            for b in range(k_w):
+                                ow = j * k_w + b - pad_w
+                                if ow < 0 or ow >= out_w:
+                                    continue
+                                src, line = ((a * k_w + b) * PANEL + t) * lanes, y[n, oh, ow]
+                                for lane in range(written):
+                                    line[c0 + lane] = acc[src + lane] + bias[c0 + lane]
+                task = next_task(counter)
+
+
+    return parallel_kernel(_nonoverlap_tiles)
+
+
+@functools.cache
+def nchw_kernel(shape):
+    """The NCHW kernel for one :meth:`.blocking.Blocking.kernel_shape` (as :func:`nhwc_kernel`)."""
+    PANEL, PANEL_BYTES = shape[:2]
+    HALF, NCHW_TILE = PANEL // 2, PANEL * (PANEL_BYTES // 4)
+
+    def _nonoverlap_tiles_nchw(x, weight, rows, bias, y, pad_h, pad_w, block_pixels, panels, ahead_rows,
+                               ahead_planes, chunk_tiles):
+        """``nonoverlap_direct`` in NCHW: the GEMM ``products[(co, a, b), p] = Σ_ci W[ci, co, a, b] · x[n, ci, p]``
+        with register tiles of MR weight rows ``r = (co, a, b)`` × ``L`` consecutive input pixels (one panel vector:
+        on AVX2 16 float32 or 8 float64), so that a tile's vectors of pixels come from NCHW input rows and go to NCHW
+        output rows, the two columns ``b`` of a row pair (``kW = 2``) interleaved into one contiguous run of ``y[n,
+        co, i·kH + a - p_h, :]``. ``rows`` receives the weight as ``(G, ⌈R/MR⌉, Ci_g, MR)`` (``R = C_out/G·kH·kW``,
+        padded with zero rows): a tile's MR weights per input channel are adjacent. The first tasks (handed out as in
+        ``nonoverlap_gemm``) each pack ``chunk_tiles`` tiles of one group (:func:`.packing.pack_row_tiles`), so
+        packing and the GEMM share one parallel region; a later task waits for each chunk of tiles before its first
+        use (:func:`.tasks.wait_done`). Such a task is ``block_pixels`` input pixels of one image and group; its
+        worker copies their inputs into its ``panels`` buffer as ``(Ci_g, L)`` panels (zero past the image's last
+        pixel), then for each row tile and panel :func:`.intrinsics.fma_panel` runs the input-channel sum in registers
+        and the tile is written out, bias added. Outputs no tap reaches are left to the caller. Each sum runs ``ci``
+        ascending from +0.0, one FMA per product, as in the NHWC kernel and ``blocked_direct``: bitwise their
+        result."""
+        batch, in_channels, in_h, in_w = x.shape
+        groups, tiles, per_group_in = rows.shape[0], rows.shape[1], rows.shape[2]
+        out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+        k_h, k_w = weight.shape[2], weight.shape[3]
+        per_group_out, taps, area, lanes = out_channels // groups, k_h * k_w, in_h * in_w, PANEL_BYTES // y.itemsize
+        useful_rows = per_group_out * taps
+        blocks = (area - 1) // block_pixels + 1
+        chunks = (tiles - 1) // chunk_tiles + 1
+        ready = np.zeros(groups * chunks, np.int64)
+        tasks, counter = groups * chunks + batch * groups * blocks, np.zeros(1, np.int64)
+        zero = np.zeros(1, dtype=y.dtype)[0]
+        pairs = k_w == 2 and pad_w == 0                         # the U-Net case: interleave the two columns
+        source, target = x.reshape(-1), y.reshape(-1)
+        for worker in prange(panels.shape[0]):                # one worker per thread, tasks handed out in turn
+            acc = carray(stack_tile(zero, NCHW_TILE), (NCHW_TILE,))
+            pair_y = carray(stack_tile(np.int64(0), HALF), (HALF,))
+            pair_c = carray(stack_tile(np.int64(0), HALF), (HALF,))
+            buffer = panels[worker]
+            task = next_task(counter)
+            while task < tasks:
+                if task < groups * chunks:
+                    g, t0 = task // chunks, task % chunks * chunk_tiles
+                    pack_row_tiles(weight, rows, g, t0, min(tiles, t0 + chunk_tiles), ahead_rows)
+                    mark_done(ready, task)
+                    task = next_task(counter)
+                    continue
+                item = task - groups * chunks
+                block = item % blocks
+                g = (item // blocks) % groups
+                n = item // (blocks * groups)
+                p_lo, p_hi = block * block_pixels, min(area, (block + 1) * block_pixels)
+                count = (p_hi - p_lo - 1) // lanes + 1            # panels
+                # channel by channel, so that each input plane is read in order (by panel, every load is another
+                # plane: another page, a TLB miss each, measured 1.5-2× the whole kernel's time on unet4)
+                for ci in range(per_group_in):
+                    at = (n * in_channels + g * per_group_in + ci) * area
+                    for line in range(p_lo, p_hi, lanes):          # the run of a plane a few planes on
+                        prefetch(source, at + ahead_planes * area + line)
+                    for q in range(count):
+                        p0, to = p_lo + q * lanes, (q * per_group_in + ci) * lanes
+                        if p0 + lanes <= p_hi:
+                            for lane in range(lanes):
+                                buffer[to + lane] = source[at + p0 + lane]
+                        else:
+                            for lane in range(lanes):
+                                buffer[to + lane] = source[at + p0 + lane] if p0 + lane < p_hi else zero
+                for tile in range(tiles):
+                    if tile % chunk_tiles == 0:
+                        wait_done(ready, g * chunks + tile // chunk_tiles)
+                    r0 = tile * PANEL
+                    w0 = (g * tiles + tile) * per_group_in * PANEL
+                    whole = pairs and pad_h == 0 and r0 + PANEL <= useful_rows
+                    for q in range(count):
+                        p0 = p_lo + q * lanes
+                        used = min(lanes, p_hi - p0)
+                        i = p0 // in_w
+                        j0 = p0 - i * in_w
+                        if whole and used == lanes and j0 + lanes <= in_w:
+                            # the U-Net case: MR/2 row pairs, each one interleaved run of an output row
+                            for e in range(HALF):
+                                r = r0 + 2 * e
+                                pair_c[e] = g * per_group_out + r // taps
+                                oh = i * k_h + (r % taps) // 2
+                                pair_y[e] = ((n * out_channels + pair_c[e]) * out_h + oh) * out_w + 2 * j0
+                            fma_panel_pairs_out(y, offsets_from(pair_y, 0, 0, HALF), bias,
+                                                offsets_from(pair_c, 0, 0, HALF), buffer, q * per_group_in * lanes,
+                                                lanes, rows, strided(w0, 1, PANEL), PANEL, per_group_in, PANEL_BYTES)
+                            continue
+                        if pairs and pad_h == 0:
+                            # a panel across input rows, or the last tile or pixels: the same interleaved runs, staged
+                            for e in range(HALF):
+                                pair_c[e] = g * per_group_out + min(r0 + 2 * e, useful_rows - 1) // taps
+                            fma_panel_pairs_out(acc, strided(0, 2 * lanes, HALF), bias,
+                                                offsets_from(pair_c, 0, 0, HALF), buffer, q * per_group_in * lanes,
+                                                lanes, rows, strided(w0, 1, PANEL), PANEL, per_group_in, PANEL_BYTES)
+                            for rr in range(0, min(PANEL, useful_rows - r0), 2):
+                                r = r0 + rr
+                                co = g * per_group_out + r // taps
+                                a = (r % taps) // 2
+                                t = 0
+                                while t < used:                   # one run per input row the panel crosses
+                                    ih = (p0 + t) // in_w
+                                    jt = p0 + t - ih * in_w
+                                    run = min(used - t, in_w - jt)
+                                    to = ((n * out_channels + co) * out_h + ih * k_h + a) * out_w + 2 * jt
+                                    at = rr * lanes + 2 * t
+                                    for u in range(2 * run):
+                                        target[to + u] = acc[at + u]
+                                    t += run
+                            continue
+                        for e in range(PANEL * lanes):
+                            acc[e] = zero
+                        fma_panel(acc, strided(0, lanes, PANEL), buffer, q * per_group_in * lanes, lanes, rows,
+                                  strided(w0, 1, PANEL), PANEL, per_group_in, PANEL_BYTES)
+                        for rr in range(min(PANEL, useful_rows - r0)):
+                            r = r0 + rr
+                            co, tap = g * per_group_out + r // taps, r % taps
+                            a, b, b_c = tap // k_w, tap % k_w, bias[co]
+                            for t in range(used):
+                                ih = (p0 + t) // in_w
+                                oh, ow = ih * k_h + a - pad_h, (p0 + t - ih * in_w) * k_w + b - pad_w
+                                if 0 <= oh < out_h and 0 <= ow < out_w:
+                                    at = ((n * out_channels + co) * out_h + oh) * out_w + ow
+                                    target[at] = acc[rr * lanes + t] + b_c
+                task = next_task(counter)
+
+
+    return parallel_kernel(_nonoverlap_tiles_nchw)
+
+
+def block_pixels(problem, blocking):
+    """Input pixels per task: about ``nonoverlap_block_bytes`` of their input channels, a whole number of register
+    tiles (MR pixels), at most ``nonoverlap_max_pixels``."""
+    panel = blocking.panel_pixels
+    fit = blocking.nonoverlap_block_bytes // (problem.in_per_group * problem.dtype.itemsize) // panel
+    return panel * max(1, min(fit, blocking.nonoverlap_max_pixels // panel))
+
+
+def _fill_uncovered(y, bias, problem):
+    """``(+0.0 + bias)`` (never -0.0) into the outputs no tap reaches in a non-overlapping problem: the
+    ``output_padding`` rows and columns past ``H·kH - p_h``, ``W·kW - p_w``."""
+    (in_h, in_w), (k_h, k_w), (pad_h, pad_w) = problem.in_size, problem.kernel_size, problem.padding
+    covered_h, covered_w = max(0, in_h * k_h - pad_h), max(0, in_w * k_w - pad_w)
+    (out_h, out_w), value = problem.out_size, bias + np.zeros((), problem.dtype)
+    if covered_h >= out_h and covered_w >= out_w:
+        return
+    y_nhwc = y if problem.layout == "NHWC" else y.transpose(0, 2, 3, 1)
+    y_nhwc[:, covered_h:] = value
+    y_nhwc[:, :covered_h, covered_w:] = value
+
+
+def run(x, weight, bias, problem, out=None, *, blocking):
+    taps = problem.kernel_size[0] * problem.kernel_size[1]
+    if not problem.is_nonoverlapping or taps > blocking.nonoverlap_max_taps:     # (its stack tile holds that many)
+        raise ValueError(f"nonoverlap_direct needs stride == kernel, dilation 1 and at most "
+                         f"{blocking.nonoverlap_max_taps} taps, got stride {problem.stride}, kernel "
+                         f"{problem.kernel_size}, dilation {problem.dilation}")
+    y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
+    bias = bias_or_zeros(bias, problem)
+    _fill_uncovered(y, bias, problem)
+    shape = blocking.kernel_shape()
+    if problem.layout == "NHWC":
+        nhwc_kernel(shape)(x, weight, panel_weight(problem, blocking), bias, y, *problem.padding,
+                           block_pixels(problem, blocking), numba.get_num_threads(), blocking.pack_prefetch_rows)
+        return y
+    lanes = blocking.lanes(problem.dtype.itemsize)
+    block = -(-block_pixels(problem, blocking) // lanes) * lanes
+    panels = workspace.scratch("numba_cpu.pixel_panels", (numba.get_num_threads(), block * problem.in_per_group),
+                               problem.dtype)
+    nchw_kernel(shape)(x, weight, row_weight(problem, blocking), bias, y, *problem.padding, block, panels,
+                       blocking.pack_prefetch_rows, blocking.pack_prefetch_planes, blocking.pack_row_tiles)
+    return y
