@@ -1,7 +1,9 @@
 """Which ``numba_cpu`` path is fastest where: the measurements behind ``numba_cpu.choose_path``.
 
     python -m experiments.numba_cpu_paths [--threads N] [--isolation process] [--budget 0.3] [--shapes a,b]
-                                          [--blocked-tiles | --unet] [--rounds N]
+                                          [--blocked-tiles | --unet | --panels 6,8,12,14] [--isa all|avx2,...]
+                                          [--rounds N]
+    python -m experiments.numba_cpu_paths --asm [--cpu sapphirerapids]
 
 Times each overlapping-tap path of ``numba_cpu`` (``blocked_direct``, ``gemm_col2im``, the ``direct`` gather;
 ``nonoverlap_gemm`` is left to the U-Net shapes) on the decoder suite and on shapes chosen to bracket the
@@ -13,6 +15,21 @@ times the stride == kernel paths (``nonoverlap_gemm``, ``nonoverlap_direct``) an
 matrices (:mod:`experiments.references`) on the U-Net suite in both layouts instead. ``--rounds N`` times each
 cell in N fresh workers, the paths of a shape taking turns (:class:`testbed.timing.TimingSettings`).
 
+**ISA rows** (:mod:`testbed.backends.numba_cpu.blocking`). ``--isa avx2,generic`` (or ``all``) times every path
+under each of those rows' kernels and blockings (columns ``path@row``), so one run compares the rows on the host
+it runs on; without it, the process's row only (:func:`testbed.isa.selected_isa`). A row's kernels are compiled
+for the CPU Numba targets: a row below the host's runs its own register tile with the host's instructions, and a
+row above it (``avx512`` on an AVX2 host) is legalised by LLVM into narrower instructions: correct, but not a
+speed (the report says so). To time the ``generic`` row with 128-bit instructions, run the whole experiment
+with ``NUMBA_CPU_NAME=x86-64 NUMBA_CPU_FEATURES=""`` (then it is the host's row). ``--panels 6,8,12,14`` times
+``blocked_direct`` and ``nonoverlap_direct`` with those register-tile heights (MR) of the row instead (the tile
+candidates of :mod:`~testbed.backends.numba_cpu.blocking`). Every cell is quoted in GFLOP/s of useful work beside
+the host's single-thread SGEMM (NumPy, ``OPENBLAS_NUM_THREADS=1``, measured in a fresh process at the start).
+
+``--asm`` compiles the micro-kernel of each ``avx512`` tile candidate for ``--cpu`` (default ``sapphirerapids``:
+``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES=""``) in a subprocess, without running it, and counts in its inner loop
+the FMAs, the distinct zmm accumulators and the loads per FMA (``dispatcher.inspect_asm``).
+
 ``--threads 1`` runs the workers with one Numba and one OpenBLAS thread. On a shared 2-core host that is the
 comparison to trust: with two threads each parallel region waits for both, and when another process holds a
 core the wait is a scheduler time slice, so the times of every path collapse onto multiples of ~8 ms.
@@ -21,12 +38,19 @@ core the wait is a scheduler time slice, so the times of every path collapse ont
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 
+from testbed import isa as isa_rows
 from testbed.backends import numba_cpu
+from testbed.backends.numba_cpu import blocking as numba_blocking
 from testbed.cases import suite
 from testbed.problem import Problem
 from testbed.registry import Backend
@@ -62,26 +86,109 @@ EXTRA_SHAPES = {
 }
 
 
-def run_path(path, x, weight, bias, problem, out=None):
-    """``numba_cpu`` forced onto ``path`` (module level, so a worker process can unpickle it)."""
-    return numba_cpu._RUNNERS[path](x, weight, bias, problem, out)
+def run_path(path, row, panel_pixels, x, weight, bias, problem, out=None):
+    """``numba_cpu`` forced onto ``path`` under ISA row ``row`` (None: the process's), its register tile
+    ``panel_pixels`` high (None: the row's); module level, so a worker process can unpickle it."""
+    blocking = numba_blocking.blocking(row)
+    if panel_pixels is not None:
+        blocking = dataclasses.replace(blocking, panel_pixels=panel_pixels)
+    return numba_cpu.run_path(path, x, weight, bias, problem, out, blocking=blocking)
 
 
 def run_blocked_tile(tile_co, x, weight, bias, problem, out=None):
     """``blocked_direct`` with a given output-channel tile."""
-    return numba_cpu._blocked_direct(x, weight, bias, problem, out, tile_co=tile_co)
+    return numba_cpu.run_path("blocked_direct", x, weight, bias, problem, out, tile_co=tile_co)
 
 
-def path_backend(path: str) -> Backend:
+def path_backend(path: str, row: str | None = None, panel_pixels: int | None = None) -> Backend:
     # (the layouts the path computes natively: the others are converted, as numba_cpu's dispatcher does)
     layouts = ("NCHW", "NHWC") if path in numba_cpu.NHWC_PATHS else ("NCHW",)
-    return Backend(name=f"numba_cpu:{path}", description=f"numba_cpu forced onto {path}",
-                   run=functools.partial(run_path, path), writes_out=True, layouts=layouts)
+    name = f"numba_cpu:{path}" + (f"@{row}" if row else "") + (f"@mr{panel_pixels}" if panel_pixels else "")
+    return Backend(name=name, description=f"numba_cpu forced onto {path}", writes_out=True, layouts=layouts,
+                   run=functools.partial(run_path, path, row, panel_pixels))
 
 
 def tile_backend(tile_co: int) -> Backend:
     return Backend(name=f"blocked_direct:co{tile_co}", description=f"blocked_direct, tile_co={tile_co}",
                    run=functools.partial(run_blocked_tile, tile_co), writes_out=True)
+
+
+#: The AVX-512 register-tile heights compared by ``--asm`` (× 2 zmm: 12 to 28 accumulators).
+ASM_PANELS = (6, 8, 12, 14)
+
+
+def _panel_kernel(panel: int, panel_bytes: int):
+    """An ``@njit`` function that is one micro-kernel call (``panel`` pixels × one panel vector), for its assembly."""
+    from numba import njit
+
+    from testbed.backends.numba_cpu.intrinsics import fma_panel, strided
+
+    def kernel(acc, w, x, n):
+        fma_panel(acc, strided(0, 64, panel), w, 0, 64, x, strided(0, 1, panel), panel, n, panel_bytes)
+    return njit(kernel)
+
+
+def _inner_loop(asm: str) -> list:
+    """The lines from a label to the backward jump to it that hold the most FMAs: the input-channel loop."""
+    lines, best = asm.splitlines(), []
+    for at, line in enumerate(lines):
+        jump = re.match(r"\s*j\w+\s+(\.LBB\w+)", line)
+        if not jump:
+            continue
+        start = next((k for k in range(at, -1, -1) if lines[k].startswith(jump.group(1) + ":")), None)
+        if start is not None:
+            body = lines[start:at + 1]
+            if sum("vfmadd" in b for b in body) > sum("vfmadd" in b for b in best):
+                best = body
+    return best
+
+
+def _is_load(line: str) -> bool:
+    """A vector load or broadcast from memory (AT&T syntax: the memory operand is a source, not the last one)."""
+    fields = line.split(None, 1)
+    if len(fields) < 2 or "(" not in fields[1]:
+        return False
+    op, operands = fields[0], fields[1]
+    return op.startswith(("vbroadcast", "vfmadd")) or (op.startswith("vmov") and not operands.rstrip().endswith(")"))
+
+
+def _asm_child(panels) -> dict:
+    from numba import types
+
+    counts = {}
+    for panel in panels:
+        for name, dtype in (("float32", types.float32), ("float64", types.float64)):
+            kernel = _panel_kernel(panel, 128)
+            array = types.Array(dtype, 1, "C")
+            kernel.compile((array, array, array, types.int64))
+            loop = _inner_loop(next(iter(kernel.inspect_asm().values())))
+            fmas = [line for line in loop if "vfmadd" in line]
+            counts[f"{panel}x2 {name}"] = {
+                "fmas": len(fmas), "zmm_fmas": sum("zmm" in line for line in fmas),
+                "accumulators": len({line.split(",")[-1].strip() for line in fmas}),
+                "loads": sum(_is_load(line) for line in loop)}
+    return counts
+
+
+def assembly_counts(cpu: str = "sapphirerapids", panels=ASM_PANELS) -> dict:
+    """``{"MRx2 dtype": {fmas, zmm_fmas, accumulators, loads}}`` in the inner (channel) loop of the micro-kernel of
+    each AVX-512 tile candidate (MR pixels × 2 zmm), compiled for ``cpu`` in a subprocess (never run)."""
+    env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "", "TESTBED_NUMBA_CACHE": "0"}
+    code = f"import json; from experiments.numba_cpu_paths import _asm_child; print(json.dumps(_asm_child({panels!r})))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"compiling for {cpu} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def assembly_markdown(counts: dict, cpu: str) -> str:
+    lines = [f"Micro-kernel inner loop compiled for {cpu} (a panel vector is 2 zmm; loads: weight vectors and "
+             f"broadcasts):", "", "| tile MR × NR | FMAs (zmm) | accumulators | loads | loads per FMA |",
+             "|---|---|---|---|---|"]
+    for name, c in counts.items():
+        lines.append(f"| {name} | {c['fmas']} ({c['zmm_fmas']}) | {c['accumulators']} | {c['loads']} | "
+                     f"{c['loads'] / max(1, c['fmas']):.2f} |")
+    return "\n".join(lines)
 
 
 def unet_shapes() -> dict:
@@ -111,14 +218,33 @@ def measure(problems: dict, backends: list, settings: TimingSettings, isolation:
 
 
 def markdown(table: dict, problems: dict) -> str:
+    """Median (min) ms and the median's GFLOP/s of useful work per cell."""
     columns = list(next(iter(table.values())))
     lines = ["| shape | choose_path | " + " | ".join(columns) + " | fastest |",
              "|---" * (len(columns) + 3) + "|"]
     for name, cells in table.items():
         fastest = min(cells, key=lambda b: cells[b][0] if cells[b][0] == cells[b][0] else np.inf)
-        lines.append(f"| {name} | {numba_cpu.choose_path(problems[name])} | "
-                     + " | ".join(f"{cells[b][0]:.3g} ({cells[b][1]:.3g})" for b in columns) + f" | {fastest} |")
+        flops = problems[name].flops
+        text = [f"{cells[b][0]:.3g} ({cells[b][1]:.3g}) {flops / cells[b][0] / 1e6:.0f} GF/s" for b in columns]
+        lines.append(f"| {name} | {numba_cpu.choose_path(problems[name])} | " + " | ".join(text) + f" | {fastest} |")
     return "\n".join(lines)
+
+
+def single_thread_sgemm_gflops() -> float:
+    """The host's single-thread SGEMM rate (NumPy's BLAS, 1024³, best of a few), in a fresh process with every
+    BLAS and OpenMP pool at one thread."""
+    env = {**os.environ, **dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), "1")}
+    code = "from experiments.harness.metadata import measure_gemm_gflops; print(measure_gemm_gflops())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def isa_list(text: str) -> list:
+    rows = list(isa_rows.ISA_ROWS) if text == "all" else [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in isa_rows.ISA_ROWS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown rows {unknown}; known: {', '.join(isa_rows.ISA_ROWS)}, all")
+    return rows
 
 
 def main(argv=None):
@@ -135,19 +261,44 @@ def main(argv=None):
     which.add_argument("--unet", action="store_true",
                        help="time nonoverlap_gemm, nonoverlap_direct and the bare GEMM on the U-Net suite, NCHW and "
                             "NHWC, instead")
+    which.add_argument("--panels", type=lambda t: [int(v) for v in t.split(",")], default=None,
+                       help="time blocked_direct and nonoverlap_direct with these register-tile heights (MR)")
+    which.add_argument("--asm", action="store_true",
+                       help="count FMAs, accumulators and loads of the AVX-512 tile candidates compiled for --cpu")
+    parser.add_argument("--cpu", default="sapphirerapids", help="the CPU --asm compiles for (NUMBA_CPU_NAME)")
+    parser.add_argument("--isa", type=isa_list, default=None,
+                        help="ISA rows whose kernels to time (comma-separated, or all; default: this process's)")
     add_rounds_argument(parser, "cell")
     args = parser.parse_args(argv)
+    if args.asm:
+        print(assembly_markdown(assembly_counts(args.cpu), args.cpu))
+        return
     problems = shapes(args.shapes, args.unet)
-    backends = ([tile_backend(t) for t in (16, 32, 64, 128)] if args.blocked_tiles
-                else [*map(path_backend, NONOVERLAP_PATHS), GEMM] if args.unet else [path_backend(p) for p in PATHS])
+    rows = args.isa or [None]
+    if args.blocked_tiles:
+        backends = [tile_backend(t) for t in (16, 32, 64, 128)]
+    elif args.panels:
+        backends = [path_backend(p, row, mr) for p in ("blocked_direct", "nonoverlap_direct") for row in rows
+                    for mr in args.panels]
+    elif args.unet:
+        backends = [*(path_backend(p, row) for p in NONOVERLAP_PATHS for row in rows), GEMM]
+    else:
+        backends = [path_backend(p, row) for p in PATHS for row in rows]
     settings = TimingSettings(budget_s=args.budget, rounds=args.rounds or DEFAULT_ROUNDS)
     if args.threads is not None:   # read by the spawned workers at import
         for variable in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[variable] = str(args.threads)
+    sgemm = single_thread_sgemm_gflops()
     load_before = os.getloadavg()
     table = measure(problems, backends, settings, args.isolation)
-    print(f"\nMedian (min) ms per call (float32, isolation {args.isolation}, threads {args.threads or 'all'}, "
-          f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs):\n")
+    host = isa_rows.host_isa()
+    above = [r for r in rows if r and isa_rows.ISA_ROWS.index(r) > isa_rows.ISA_ROWS.index(host)]
+    print(f"\nMedian (min) ms per call and GFLOP/s of the median (float32, isolation {args.isolation}, threads "
+          f"{args.threads or 'all'}, load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}, "
+          f"{os.cpu_count()} CPUs; CPU {isa_rows.target_cpu()[0]}, ISA row {isa_rows.selected_isa()}, host row "
+          f"{host}). Single-thread SGEMM here: {sgemm:.0f} GFLOP/s (NumPy, OPENBLAS_NUM_THREADS=1)."
+          + (f" Rows above this host's ({', '.join(above)}) ran legalised into narrower instructions: correct, not "
+             f"a speed." if above else "") + "\n")
     print(markdown(table, problems))
 
 

@@ -282,7 +282,9 @@ class Explanation:
     planner mode or an unusable wisdom entry changes. The class rule reads the preference table of
     ``table_isa``: the ISA row this process runs (``isa_row``, :func:`testbed.isa.selected_isa`), or where that
     row was never measured the nearest measured row's (``table_fallback``); ``table_source`` names its file,
-    machine and run (:func:`testbed.preference.preference_table`).
+    machine and run (:func:`testbed.preference.preference_table`). ``kernels``: the chosen backend's account of how
+    it computes the call (:attr:`testbed.registry.Backend.describe`; ``numba_cpu``: its path and the ISA row its
+    kernels were built for, with the vector width and register tile).
     """
 
     backend: str | None
@@ -300,6 +302,7 @@ class Explanation:
     table_isa: str = ""
     table_fallback: bool = False
     table_source: str = ""
+    kernels: str = ""
 
     def __str__(self) -> str:
         lines = [f"auto runs {self.backend or 'nothing (no backend can)'} — reason: {self.reason}",
@@ -320,6 +323,8 @@ class Explanation:
             lines.append(f"  {what}: {' > '.join(self.table_row)} (the first available backend that supports it)")
         if self.table_source:
             lines.append(f"  preference table of the {self.table_isa} row: {self.table_source}")
+        if self.kernels:
+            lines.append(f"  {self.backend}: {self.kernels}")
         for name, why in self.skipped:
             lines.append(f"  passed over {name}: {why}")
         lines.append(f"  planner: {self.planner}")
@@ -768,7 +773,7 @@ def explain_problem(problem: Problem, on_device: bool = False) -> Explanation:
         chosen, why = _usable(entry["backend"], problem, on_device)
         if chosen is not None:
             return replace(base, backend=chosen.name, reason="wisdom", measured_s=dict(entry.get("median_s", {})),
-                           wisdom=dict(entry))
+                           wisdom=dict(entry), kernels=_kernels(chosen.name, problem))
         note = f"wisdom names {entry['backend']}, which is ignored here ({why}). "
     if config.mode == "measure" and base.signature not in _UNDECIDED:
         note += ("planner 'measure': the first call with this signature times the candidates and may run another "
@@ -778,7 +783,15 @@ def explain_problem(problem: Problem, on_device: bool = False) -> Explanation:
         if name == rule_name:
             break
         skipped.append((name, _usable(name, problem, on_device)[1]))
-    return replace(base, skipped=tuple(skipped), note=note.strip())
+    return replace(base, skipped=tuple(skipped), note=note.strip(), kernels=_kernels(rule_name, problem))
+
+
+def _kernels(backend: str | None, problem: Problem) -> str:
+    """What :attr:`Explanation.kernels` says: the backend's own account of how it computes ``problem``."""
+    if backend is None:
+        return ""
+    describe = get_backend(backend).describe
+    return describe(problem) if describe is not None else ""
 
 
 def explain(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,

@@ -78,6 +78,9 @@ class Backend:
     choose : callable, optional
         Only for a dispatcher: ``choose(problem, on_device) -> Backend``, the backend that computes
         ``problem`` (``on_device``: the arrays are CUDA device arrays). See :meth:`resolve`.
+    describe : callable, optional
+        ``describe(problem) -> str``: how it would compute ``problem`` (the algorithm it picks, the instruction
+        set its kernels were built for), for :func:`testbed.explain`.
 
     See Also
     --------
@@ -117,6 +120,7 @@ class Backend:
     choose: Callable[[Problem, bool], Backend] | None = None  # a dispatcher's choice (problem, on_device)
     writes_out: bool = False            # run(..., out=...) computes in place
     layouts: tuple[str, ...] = ("NCHW",)   # the input/output layouts run computes natively
+    describe: Callable[[Problem], str] | None = None   # how it would compute a problem (for explain)
 
     def unsupported_reason(self, problem: Problem) -> str | None:
         """Why this backend cannot compute ``problem`` (a valid configuration), or None if it can."""

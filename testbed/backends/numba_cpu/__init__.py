@@ -52,7 +52,7 @@ from . import blocked_direct, direct, gemm_col2im, nonoverlap_direct, nonoverlap
 from . import blocking as _blocking
 from .blocking import Blocking
 
-__all__ = ["NHWC_PATHS", "PATHS", "choose_path", "run_path"]
+__all__ = ["NHWC_PATHS", "PATHS", "choose_path", "describe", "run_path"]
 
 #: The algorithms of this backend, each a module of this package.
 PATHS = ("direct", "nonoverlap_gemm", "gemm_col2im", "blocked_direct", "nonoverlap_direct")
@@ -160,6 +160,13 @@ def numba_conv_transpose2d(x, weight, bias, problem, out=None):
     return run_path(choose_path(problem), x, weight, bias, problem, out)
 
 
+def describe(problem) -> str:
+    """The path ``numba_cpu`` takes for ``problem`` and the ISA row its kernels were built for (for ``explain``)."""
+    row = _blocking.blocking()
+    return (f"path {choose_path(problem, row)}, kernels of the {row.isa} row ({row.vector_bytes}-byte vectors, "
+            f"register tile {row.panel_pixels} × {row.panel_vectors} vectors)")
+
+
 register(Backend(
     name="numba_cpu",
     description="Numba prange kernels: one GEMM + fused pixel shuffle (stride == kernel) or gathering "
@@ -167,4 +174,5 @@ register(Backend(
     run=numba_conv_transpose2d,
     writes_out=True,
     layouts=("NCHW", "NHWC"),
+    describe=describe,
 ))
