@@ -113,8 +113,9 @@ def tile_backend(tile_co: int) -> Backend:
                    run=functools.partial(run_blocked_tile, tile_co), writes_out=True)
 
 
-#: The AVX-512 register-tile heights compared by ``--asm`` (× 2 zmm: 12 to 28 accumulators).
-ASM_PANELS = (6, 8, 12, 14)
+#: The AVX-512 register tiles compared by ``--asm``, (MR pixels, NR zmm): the AVX2 row's 64-byte panel vector
+#: (6 zmm accumulators, before the per-ISA table), then 12 to 28 accumulators.
+ASM_TILES = ((6, 1), (6, 2), (8, 2), (12, 2), (14, 2))
 
 
 def _panel_kernel(panel: int, panel_bytes: int):
@@ -152,29 +153,29 @@ def _is_load(line: str) -> bool:
     return op.startswith(("vbroadcast", "vfmadd")) or (op.startswith("vmov") and not operands.rstrip().endswith(")"))
 
 
-def _asm_child(panels) -> dict:
+def _asm_child(tiles) -> dict:
     from numba import types
 
     counts = {}
-    for panel in panels:
+    for panel, vectors in tiles:
         for name, dtype in (("float32", types.float32), ("float64", types.float64)):
-            kernel = _panel_kernel(panel, 128)
+            kernel = _panel_kernel(panel, 64 * vectors)
             array = types.Array(dtype, 1, "C")
             kernel.compile((array, array, array, types.int64))
             loop = _inner_loop(next(iter(kernel.inspect_asm().values())))
             fmas = [line for line in loop if "vfmadd" in line]
-            counts[f"{panel}x2 {name}"] = {
+            counts[f"{panel}x{vectors} {name}"] = {
                 "fmas": len(fmas), "zmm_fmas": sum("zmm" in line for line in fmas),
                 "accumulators": len({line.split(",")[-1].strip() for line in fmas}),
                 "loads": sum(_is_load(line) for line in loop)}
     return counts
 
 
-def assembly_counts(cpu: str = "sapphirerapids", panels=ASM_PANELS) -> dict:
-    """``{"MRx2 dtype": {fmas, zmm_fmas, accumulators, loads}}`` in the inner (channel) loop of the micro-kernel of
-    each AVX-512 tile candidate (MR pixels × 2 zmm), compiled for ``cpu`` in a subprocess (never run)."""
+def assembly_counts(cpu: str = "sapphirerapids", tiles=ASM_TILES) -> dict:
+    """``{"MRxNR dtype": {fmas, zmm_fmas, accumulators, loads}}`` in the inner (channel) loop of the micro-kernel of
+    each AVX-512 tile candidate (MR pixels × NR zmm), compiled for ``cpu`` in a subprocess (never run)."""
     env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "", "TESTBED_NUMBA_CACHE": "0"}
-    code = f"import json; from experiments.numba_cpu_paths import _asm_child; print(json.dumps(_asm_child({panels!r})))"
+    code = f"import json; from experiments.numba_cpu_paths import _asm_child; print(json.dumps(_asm_child({tiles!r})))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"compiling for {cpu} failed:\n{done.stderr[-2000:]}")
@@ -182,8 +183,8 @@ def assembly_counts(cpu: str = "sapphirerapids", panels=ASM_PANELS) -> dict:
 
 
 def assembly_markdown(counts: dict, cpu: str) -> str:
-    lines = [f"Micro-kernel inner loop compiled for {cpu} (a panel vector is 2 zmm; loads: weight vectors and "
-             f"broadcasts):", "", "| tile MR × NR | FMAs (zmm) | accumulators | loads | loads per FMA |",
+    lines = [f"Micro-kernel inner loop compiled for {cpu} (loads: weight vectors and broadcasts):", "",
+             "| tile MR × NR | FMAs (zmm) | accumulators | loads | loads per FMA |",
              "|---|---|---|---|---|"]
     for name, c in counts.items():
         lines.append(f"| {name} | {c['fmas']} ({c['zmm_fmas']}) | {c['accumulators']} | {c['loads']} | "

@@ -370,3 +370,17 @@ def test_blocking_rows_are_consistent():
         assert 8 <= row.accumulators <= registers[name] - row.panel_vectors - 1
     with pytest.raises(ValueError, match="panel_pixels: expected an even number"):
         dataclasses.replace(blocking.ROWS["avx2"], panel_pixels=5)
+
+
+def test_wisdom_fingerprint_covers_the_package_and_the_row(monkeypatch):
+    """Wisdom measured with other kernels is not applied: the source hash reads every file of the numba_cpu
+    package (a change to its blocking table changes it), and the fingerprint names the ISA row."""
+    from pathlib import Path
+
+    from testbed import isa, wisdom
+    before = wisdom._backends_source_hash()
+    table, original = Path(blocking.__file__), Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: original(self) + (b"#" if self == table else b""))
+    assert wisdom._backends_source_hash() != before
+    assert wisdom.machine_fingerprint()["isa"] == {"row": isa.selected_isa(),
+                                                   "vector_bytes": isa.vector_bytes(isa.selected_isa())}

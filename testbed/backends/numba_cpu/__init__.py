@@ -11,7 +11,8 @@ per-architecture table.
 * :mod:`.tasks` (dynamic hand-out of tasks to the threads of a kernel) and :mod:`.blas` (BLAS GEMM callable from
   kernels, and the BLAS thread count around them);
 * :mod:`.blocking`: one row per instruction set (``avx512``, ``avx2``, ``generic``): the register tile, cache
-  blocks, prefetch distances and thresholds; the row is :func:`testbed.isa.selected_isa`'s, decided at import.
+  blocks, prefetch distances and thresholds; the row is :func:`testbed.isa.selected_isa`'s, decided once per
+  process (a cap above the CPU raises at the first call, not at import).
 
 :func:`run_path` is the one seam through which tests and experiments run a given path, under a given row
 (``isa=``) or blocking (``blocking=``), without the dispatcher: ``run_path("blocked_direct", x, w, b, problem,

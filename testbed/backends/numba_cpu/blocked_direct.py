@@ -1,7 +1,7 @@
-"""``blocked_direct``: overlapping taps (the default for them), a direct kernel with register tiles.
+"""``blocked_direct``: overlapping taps (the default for them, see
+:func:`~testbed.backends.numba_cpu.choose_path`), a direct kernel with register tiles.
 
-``blocked_direct`` (overlapping taps: the default for them, see :func:`~testbed.backends.numba_cpu.choose_path`). A
-direct kernel with no intermediate buffer (the kernel :func:`tiles_kernel` builds): output-stationary and
+A direct kernel with no intermediate buffer (the kernel :func:`tiles_kernel` builds): output-stationary and
 phase-decomposed (each output phase visits only its sub-kernel's taps, so no inserted zero is multiplied), a work item
 being a tile of output channels × up to 128 output pixels (rows of one row phase, across images when narrow), owned by
 one thread. Its micro-kernel :func:`.intrinsics.fma_panel` is a register tile, as in a GEMM: MR pixels × one panel
@@ -14,9 +14,9 @@ an L1 tile) reached 40-60 GFLOP/s per core here, this one 55-70, against ~75-85 
 (``tiles_kernel(blocking().kernel_shape()).parallel.inspect_asm(sig)`` with ``TESTBED_NUMBA_CACHE=0``): on this
 project's current host, an AMD EPYC (Zen 3: AVX2, no AVX-512), the panel loop is 12 ``vfmadd231ps`` on ymm registers
 (two per 16-channel vector) fed by ``vbroadcastss`` and two ``vmovups`` weight loads (98 ymm FMAs in the float32
-kernel, ``vfmadd231pd`` in the float64 one); compiled for ``sapphirerapids`` (``NUMBA_CPU_NAME``/``FEATURES``) the
-same IR gives zmm ``vfmadd231ps`` (89 of them). Tile sizes, measured single-threaded (thread CPU time,
-best of interleaved rounds, GFLOP/s):
+kernel, ``vfmadd231pd`` in the float64 one); the ``avx512`` row's tile, compiled for ``sapphirerapids``, is in
+:mod:`.blocking`. Tile sizes (the ``avx2`` row's), measured single-threaded before the per-ISA table (thread CPU
+time, best of interleaved rounds, GFLOP/s):
 
 ==========================  =================================================================================
 micro-kernel                autovectorised 2 pixels × 4 channels: 43-56 at 64 output channels (3×4, 4×4 and

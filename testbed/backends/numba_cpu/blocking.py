@@ -27,10 +27,27 @@ group of 16 channels fills half an ``avx512`` panel).
 Where the numbers come from. The ``avx2`` row is the blocking this backend was tuned with on a 2-core AMD EPYC
 (Zen 3: AVX2, no AVX-512); the measurements are in the docstrings of :func:`~testbed.backends.numba_cpu.choose_path`
 and the path modules. The ``avx512`` and ``generic`` rows take the same cache blocks, prefetch distances and
-thresholds (not measured on such hosts), and their own register tiles. Measurements of the tiles, with the
-commands, are in ``results/numba_cpu_isa/`` (``python -m experiments.numba_cpu_paths --isa-tiles``); the
-AVX-512 tiles could only be compiled for ``sapphirerapids`` (``NUMBA_CPU_NAME=sapphirerapids
-NUMBA_CPU_FEATURES=""``) and their assembly read there, not timed.
+thresholds (not measured on such hosts), and their own register tiles. The ``avx512`` tile could not be timed:
+no AVX-512 host was available. It follows BLIS's and OpenBLAS's SkylakeX kernels (24 zmm accumulators), and its
+assembly was read instead, compiled for Sapphire Rapids on the AVX2 host (``python -m experiments.numba_cpu_paths
+--asm``: ``NUMBA_CPU_NAME=sapphirerapids NUMBA_CPU_FEATURES=""``, Numba 0.68.1, LLVM 22; the micro-kernel's
+input-channel loop, float32 and float64 alike; loads are the weight vectors and the broadcasts):
+
+==================================  ===============  ===============  =====  =============
+tile MR × NR (zmm)                  FMAs per loop    accumulators     loads  loads per FMA
+==================================  ===============  ===============  =====  =============
+6 × 1 (the 64-byte panel before)    12 (2 steps)     6 zmm            14     1.17
+6 × 2                               12               12 zmm           8      0.67
+8 × 2                               16               16 zmm           10     0.62
+**12 × 2** (the ``avx512`` row)     24               24 zmm           14     0.58
+14 × 2                              28               28 zmm           16     0.57
+==================================  ===============  ===============  =====  =============
+
+Every FMA there is a ``vfmadd231ps``/``pd`` on zmm registers. Compiled for this host (``znver3``) the ``avx2``
+row's 6 × 64-byte tile is 24 ymm FMAs per loop (2 steps unrolled) on 12 ymm accumulators with 16 loads (0.67 per
+FMA). Timed on the AVX2 host, a row above the host's runs legalised into narrower instructions and measures
+nothing about its own hardware; ``python -m experiments.numba_cpu_paths --panels 6,8,12,14 --threads 1`` on an
+AVX-512 host is the measurement that should confirm or replace the 12 × 2 choice.
 
 A row's kernels are separate compiled functions (see :func:`kernel_shape`): Numba's on-disk cache keys a
 closure's entries by the values it closes over, so kernels compiled for one row are never loaded for another.
