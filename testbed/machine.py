@@ -85,11 +85,12 @@ def _memory_bytes() -> int | None:
 
 def cpu() -> dict[str, Any]:
     """``model``, ``architecture`` (``platform.machine()``), ``isa`` (the instruction-set row the kernels use,
-    :func:`testbed.isa.selected_isa`), ``target_cpu`` (the CPU Numba compiles for), ``count`` (logical CPUs),
-    ``affinity`` (those this process may run on) and ``memory_bytes`` (physical memory)."""
-    from .isa import selected_isa, target_cpu
+    :func:`testbed.isa.selected_isa`) and its ``vector_bytes``, ``target_cpu`` (the CPU Numba compiles for),
+    ``count`` (logical CPUs), ``affinity`` (those this process may run on) and ``memory_bytes`` (physical memory)."""
+    from .isa import selected_isa, target_cpu, vector_bytes
 
-    return {"model": cpu_model(), "architecture": platform.machine(), "isa": selected_isa(),
+    row = selected_isa()
+    return {"model": cpu_model(), "architecture": platform.machine(), "isa": row, "vector_bytes": vector_bytes(row),
             "target_cpu": target_cpu()[0], "count": os.cpu_count(), "affinity": _affinity(),
             "memory_bytes": _memory_bytes()}
 

@@ -8,8 +8,8 @@ per-architecture table.
   :mod:`.direct`, :mod:`.gemm_col2im`, :mod:`.nonoverlap_gemm`, :mod:`.blocked_direct`, :mod:`.nonoverlap_direct`;
 * :mod:`.intrinsics`: the LLVM-IR register-tile micro-kernels (FMA panels), stack tiles and prefetches;
 * :mod:`.packing`: the operands rearranged for the micro-kernels;
-* :mod:`.tasks` (dynamic hand-out of tasks to the threads of a kernel) and :mod:`.blas` (BLAS GEMM callable from
-  kernels, and the BLAS thread count around them);
+* :mod:`.tasks`: dynamic hand-out of tasks to the threads of a kernel (the BLAS GEMM callable from kernels, and
+  the BLAS thread count around it, are :mod:`testbed.backends._blas`, shared with ``fft``);
 * :mod:`.blocking`: one row per instruction set (``avx512``, ``avx2``, ``generic``): the register tile, cache
   blocks, prefetch distances and thresholds; the row is :func:`testbed.isa.selected_isa`'s, decided once per
   process (a cap above the CPU raises at the first call, not at import).

@@ -18,9 +18,9 @@ import numpy as np
 from numba import prange
 
 from ... import workspace
+from .._blas import INT32_MAX, gemm, single_threaded_blas
 from .._runtime import parallel_kernel
 from ._common import bias_or_zeros
-from .blas import INT32_MAX, gemm, single_threaded_blas
 from .tasks import next_task
 
 __all__ = ["block_plan", "fits_blas", "run"]
