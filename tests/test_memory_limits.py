@@ -18,15 +18,12 @@ arrays, torch's tensors or BLAS's buffers.
 """
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import check, run_python
+
 MIB = 2**20
 
 #: name -> (Problem fields, testbed.problem.WORKSPACE_BYTES in the child). All float32, one image.
@@ -48,15 +45,13 @@ CASES = {
 SLOW = {"naive": "quarter_"}
 
 CHILD = """
-    import gc, json, sys
+    import gc, json
     import testbed, testbed.problem
     from testbed.timing import peak_rss_bytes, reset_peak_rss, rss_bytes
 
-    name, cases = sys.argv[1], json.loads(sys.argv[2])
     results = {}
     for case, (fields, floor) in cases.items():
         testbed.problem.WORKSPACE_BYTES = floor
-        fields["in_size"] = tuple(fields["in_size"])
         problem = testbed.Problem(**fields)
         reason = testbed.get_backend(name).unsupported_reason(problem)
         if reason is not None:
@@ -87,12 +82,10 @@ def measure(name):
     """Every case of :data:`CASES` (those :data:`SLOW` leaves) for backend ``name``, in one fresh child."""
     if name not in _measured:
         cases = {case: spec for case, spec in CASES.items() if case.startswith(SLOW.get(name, ""))}
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "65536",
+        code = f"name, cases = {name!r}, {cases!r}\n" + textwrap.dedent(CHILD)
+        env = {"MALLOC_MMAP_THRESHOLD_": "65536",
                "TESTBED_PLANNER": "estimate"}      # auto decides without timing workers (whose memory is theirs)
-        done = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), name, json.dumps(cases)], cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
-        _measured[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        _measured[name] = json.loads(check(run_python(code, env=env, timeout=600)).strip().splitlines()[-1])
     return _measured[name]
 
 

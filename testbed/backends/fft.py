@@ -33,6 +33,8 @@ proportional to the output).
 
 The FFTs run on as many threads as scipy's default allows: one, unless the caller raises it with
 ``with scipy.fft.set_workers(n):`` (the backend passes no ``workers`` argument, so that setting governs).
+The GEMMs run with BLAS on one thread (:func:`~testbed.backends._blas.single_threaded_blas`): one per
+frequency is small, and BLAS's threads only contend over it (4× slower on 128→128 k3 @64², 2 cores).
 """
 
 import contextlib
@@ -153,7 +155,8 @@ def _too_large(problem):
 def _dft_matrix(frequencies, period, taps, step, dtype):
     """``E[f, t] = exp(-2πi·f·t·step / period)`` for ``f`` in ``frequencies``, ``t < taps``, in ``dtype``;
     the phase index is reduced modulo ``period`` in integers, so the angle is exact before the cosine."""
-    phase = np.multiply.outer(np.asarray(frequencies, dtype=np.int64), np.arange(taps, dtype=np.int64) * step)
+    offsets = (np.arange(taps, dtype=np.int64) * step) % period                  # products stay below period²
+    phase = np.multiply.outer(np.asarray(frequencies, dtype=np.int64), offsets)
     return np.exp((-2j * np.pi / period) * (phase % period)).astype(dtype)
 
 
@@ -198,8 +201,8 @@ def fft_convolve(x, weight, bias, problem):
     rows, cols = max(0, min(full[0] - ph, ho)), max(0, min(full[1] - pw, wo))
     y = np.zeros(problem.output_shape, dtype=problem.dtype)
     out = y.reshape(n, g, cog, ho, wo)
-    # A GEMM per frequency is small: BLAS threads only contend (4× slower on 128→128 k3 @64²). Setting the
-    # thread count costs ~0.1 ms, more than all the GEMMs of a call below a million multiply-adds.
+    # Setting BLAS's thread count costs ~0.1 ms, more than all the GEMMs of a call below a million
+    # multiply-adds.
     small = p1 * q * n * problem.in_channels * cog < 2**20
     with contextlib.nullcontext() if small else single_threaded_blas():
         for n0 in range(0, n, blocks.images):
