@@ -132,4 +132,9 @@ def test_asv_configuration():
     for directory in (conf.results_dir, conf.html_dir, conf.env_dir):
         assert Path(directory).resolve().is_relative_to(ROOT / ".asv"), directory
     assert any("--no-deps" in command for command in conf.build_command)
+    # Each commit's wheel replaces the previous one only if the uninstall names the distribution (same version).
+    tomllib = pytest.importorskip("tomllib")   # Python 3.11+
+    distribution = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    assert any(re.search(rf"pip uninstall -y {re.escape(distribution)}\b", command)
+               for command in conf.uninstall_command), conf.uninstall_command
     assert json.dumps(conf.matrix)  # a valid matrix (asv parsed the commented JSON)
