@@ -18,10 +18,12 @@ from ..registry import Backend, register
 
 
 def _blocks(problem, pixels):
-    """``(channel block, tap block)`` sizes whose column buffer (all groups) fits the workspace limit."""
+    """``(channel block, tap block)`` sizes whose column buffer and weight block (all groups) fit the workspace
+    limit beside one image's input pixels (copied when padding crops them)."""
     taps = problem.kernel_size[0] * problem.kernel_size[1]
-    per_channel_tap = problem.groups * pixels * problem.dtype.itemsize
-    fit = max(1, problem.workspace_limit // per_channel_tap)             # channel·tap products that fit
+    per_channel_tap = problem.groups * (pixels + problem.in_per_group) * problem.dtype.itemsize
+    budget = problem.workspace_limit - problem.in_channels * pixels * problem.dtype.itemsize
+    fit = max(1, budget // per_channel_tap)                              # channel·tap products that fit
     if fit >= taps:
         return min(problem.out_per_group, fit // taps), taps
     return 1, fit
@@ -54,6 +56,7 @@ def gemm_col2im(x, weight, bias, problem):
                         src = columns[:, :, t - t0, in_rows.start - rows.start:in_rows.stop - rows.start,
                                       in_cols.start - cols.start:in_cols.stop - cols.start]
                         out[:, :, out_rows, out_cols] += src
+                    columns = src = None     # freed before the next block's buffer is allocated, not after
     if bias is not None:
         y += bias[None, :, None, None]
     return y
