@@ -36,7 +36,7 @@ from .common import finish, make_parser, start_run, sweep_executor
 
 NAME = "interference"
 #: The cases: the depthwise layer and the two decoder shapes where the effects were first seen (see
-#: ../shared/reference/measurement.md), and the largest U-Net layer (39 MB output: above the mmap ceiling).
+#: results/README.md, "How a time is taken"), and the largest U-Net layer (39 MB output: above the mmap ceiling).
 CASES = {
     "depthwise_n4": Problem(batch=4, in_channels=64, in_size=64, out_channels=64, kernel_size=3, stride=2, padding=1,
                             output_padding=1, groups=64, dtype=np.float32),
@@ -51,7 +51,7 @@ PAIR_CONDITIONS = ("after", "after_out", "alternating")
 #: Just under glibc's DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit): freeing a mmapped chunk up to that size
 #: raises the dynamic threshold to it.
 WARM_BLOCK_BYTES = 32 * 2 ** 20 - 2 ** 16
-#: The effects measured before this experiment existed (measurement.md), to compare with.
+#: The effects measured on another host before this experiment existed, to compare with.
 EARLIER = [
     ("depthwise_n4", "torch", "fresh", "warmed", "10 ms fresh, 1.5 ms after a few other large calls"),
     ("k3s1p1", "torch", "fresh", "after numba_cpu", "4.1 ms alone, 9.1 ms right after numba_cpu"),
@@ -221,7 +221,7 @@ def write_report(run_dir) -> str:
                              f"{b['median_ms']:.3g} ms ({b['median_ms'] / a['median_ms']:.2f}×) |")
         if lines:
             parts += ["## The effects reported earlier, re-measured\n",
-                      "| case | backend | settings | earlier (measurement.md, another host) | this run |",
+                      "| case | backend | settings | earlier (another host) | this run |",
                       "|:--|:--|:--|:--|:--|", *lines, ""]
     return finish_report(run_dir, parts, frame, ["case", "backend", "setting", "status", "median_s", "iqr_s",
                                                  "repeats", "vs_fresh", "vs_fresh_ci_low", "vs_fresh_ci_high",

@@ -1,4 +1,4 @@
-"""The seed blog post's demonstration, for every backend (reference: seed-blog-post.txt).
+"""The seed blog post's demonstration, for every backend (the post this project started from).
 
 ``ConvTranspose2d(1, 1, 2, stride=2, bias=False)`` on a random 2×3 input: each 2×2 block of the 4×6 output
 equals the kernel times one input pixel, ``out[2i:2i+2, 2j:2j+2] == kernel * inp[i, j]`` (the post checks it

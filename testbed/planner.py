@@ -22,7 +22,7 @@ were measured) are left out whenever another candidate supports the problem. Eac
 calls); a candidate whose fastest warm call is already ``cut_factor`` times slower than the best median so far is cut
 there, the others get the full measurement (warm-ups, then samples until the budget is spent). The isolation
 is ``process`` by default: each candidate in a fresh worker process, so that no candidate inherits the
-thread pools or the allocator state another left behind (``measurement.md``); ``interleaved`` and ``inline``
+thread pools or the allocator state another left behind; ``interleaved`` and ``inline``
 run in this process, faster and less trustworthy. The winner is the lowest median.
 
 **A decision survives noise.** One round can be decided by a burst of other load on a shared host. So a winner

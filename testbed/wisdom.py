@@ -52,7 +52,7 @@ VERSION = 1
 #: Values of ``TESTBED_WISDOM`` that disable the file (decisions then live in memory, for this process only).
 DISABLED = ("off", "none", "0")
 #: Environment variables that change which backend is fastest: thread counts, OpenBLAS's forced kernels
-#: (``OPENBLAS_CORETYPE``, see ``measurement.md``), and the allocator (glibc's mmap threshold moves times 6x).
+#: (``OPENBLAS_CORETYPE``), and the allocator (glibc's mmap threshold moves times 6x).
 FINGERPRINT_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
                            "NUMBA_THREADING_LAYER", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "GLIBC_TUNABLES",
                            "LD_PRELOAD")
