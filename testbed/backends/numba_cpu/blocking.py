@@ -45,9 +45,25 @@ tile MR × NR (zmm)                  FMAs per loop    accumulators     loads  lo
 
 Every FMA there is a ``vfmadd231ps``/``pd`` on zmm registers. Compiled for this host (``znver3``) the ``avx2``
 row's 6 × 64-byte tile is 24 ymm FMAs per loop (2 steps unrolled) on 12 ymm accumulators with 16 loads (0.67 per
-FMA). Timed on the AVX2 host, a row above the host's runs legalised into narrower instructions and measures
-nothing about its own hardware; ``python -m experiments.numba_cpu_paths --panels 6,8,12,14 --threads 1`` on an
-AVX-512 host is the measurement that should confirm or replace the 12 × 2 choice.
+FMA). ``python -m experiments.numba_cpu_paths --panels 6,8,12,14 --threads 1`` on an AVX-512 host is the
+measurement that should confirm or replace the 12 × 2 choice.
+
+Each row timed on the AVX2 host (AMD EPYC Zen 3, 2 cores, shared with other jobs, load average 5-8), one thread,
+thread CPU time, float32, median of 3 fresh processes (each the median of its calls), every row's kernels through
+``run_path(..., isa=row)``; GFLOP/s of useful work and the share of the host's single-thread SGEMM (NumPy/OpenBLAS
+1024³, 81.8 GFLOP/s, same processes' clock). ``TESTBED_ISA`` selects a row's tiles, not the instructions: the
+``generic`` column is its 6 × 32-byte tile on AVX2 instructions (6 ymm accumulators: too few for two FMA pipes of
+latency 4), and the ``avx512`` column is its 12 × 2 zmm tile legalised into 48 ymm accumulators (spilled): correct,
+but not a speed. The ``avx2`` row is the fastest here and stays this host's default.
+
+=====================================  ============  ============  ===========================
+kernel                                 avx2          generic       avx512 (legalised)
+=====================================  ============  ============  ===========================
+blocked_direct k3s1p1 64→64 @64² N4    57.9 (71 %)   45.8 (56 %)   27.3 (33 %)
+blocked_direct k4s2p1 256→128 @32²     65.8 (80 %)   46.5 (57 %)   29.0 (36 %)
+nonoverlap_direct unet3 NCHW           74.4 (91 %)   58.7 (72 %)   26.2 (32 %)
+nonoverlap_direct unet3 NHWC           78.7 (96 %)   54.0 (66 %)   30.7 (38 %)
+=====================================  ============  ============  ===========================
 
 A row's kernels are separate compiled functions (see :func:`kernel_shape`): Numba's on-disk cache keys a
 closure's entries by the values it closes over, so kernels compiled for one row are never loaded for another.
