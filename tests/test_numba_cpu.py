@@ -383,3 +383,14 @@ def test_wisdom_fingerprint_covers_the_package_and_the_row(monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", lambda self: original(self) + (b"#" if self == table else b""))
     assert wisdom._backends_source_hash() != before
     assert wisdom.machine_fingerprint()["isa"] == isa.selected_isa()
+
+
+def test_explain_names_the_path_and_the_isa_row():
+    """``explain`` says which path numba_cpu takes and which ISA row its kernels were built for."""
+    row = blocking.blocking()
+    for name in ("blocked_k4s2p1", "nonoverlap_direct_wide", "depthwise"):
+        problem = CASES[name][0]
+        text = testbed.get_backend("numba_cpu").describe(problem)
+        assert text.startswith(f"path {CASES[name][1]}, kernels of the {row.isa} row ({row.vector_bytes}-byte")
+        explanation = testbed.explain(*problem.random_arrays(0), **call_kwargs(problem))
+        assert explanation.kernels == (text if explanation.backend == "numba_cpu" else "")
