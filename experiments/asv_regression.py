@@ -190,7 +190,9 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def _tail(text: str, lines: int = 40) -> str:
-    kept = [line for line in text.splitlines() if line.strip()]
+    """The last ``lines`` lines of a command's output, without blank ones and the combinations that did not run
+    (``n/a``: other backends and cases of the benchmark, outside the --bench selection)."""
+    kept = [line for line in text.splitlines() if line.strip() and "n/a" not in line]
     return "\n".join((["…"] if len(kept) > lines else []) + kept[-lines:])
 
 

@@ -318,7 +318,10 @@ def draw_benchmark(frame, steps, regressions, commits, benchmark: str, path: Pat
         ax.set_title(", ".join(f"{n}={v}" for n, v in zip(panel_names, panel)) or benchmark, fontsize=9)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(plain_number))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: plain_number(v) if leading_digit(v) in (2, 5) else ""))
+        low, high = ax.get_ylim()
+        labelled = range(1, 10) if high < 10 * low else (2, 5)    # within a decade, every minor tick
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _, keep=labelled: plain_number(v)
+                                                   if leading_digit(v) in keep else ""))
         ax.set_ylabel(unit)
         ax.set_xticks(x, [c[:8] for c in commits], rotation=45, ha="right", fontsize=7)
         ax.set_xlabel("commit (oldest left)")
