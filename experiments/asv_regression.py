@@ -225,7 +225,7 @@ def main(argv=None) -> int:
         parser.error(f"--rounds {args.rounds}: must be at least 1")
     if not 1 < args.factor < 2:
         parser.error(f"--factor {args.factor:g}: must lie strictly between 1 and the planted 2")
-    out = args.out or RESULTS_ROOT / NAME / run_id()
+    out = (args.out or RESULTS_ROOT / NAME / run_id()).resolve()   # the commands run in the clone
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="asv-regression-"))
     clone = workdir / "repo"
