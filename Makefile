@@ -42,8 +42,9 @@ test-cudasim: $(STAMP)
 # asv (results, environments and site under the git-ignored .asv/): HEAD's code in .venv (bench), the last
 # COMMITS commits each built in asv's own virtualenv (bench-history), BASE against HEAD (bench-continuous), the
 # site with its JavaScript vendored from npm so that it renders offline (bench-publish). BENCH: asv's --bench
-# regular expressions, matched against `Class.method(param, ...)`; the default is the time and peak-memory
-# benchmarks (add `|Accuracy|track_gflops|NumbaCompile` for the rest). Durations: README, "Benchmarks over commits".
+# regular expressions, matched against `Class.method('param', ...)` (no single quotes in BENCH: write
+# `Speed.time.*kron.*unet1`); the default is the wall-time and peak-memory benchmarks (add
+# `|CPUTime|Accuracy|track_gflops|NumbaCompile` for the rest). Durations: README, "Benchmarks over commits".
 BENCH   ?= Speed\.time|Memory
 BASE    ?= main~1
 COMMITS ?= 3
