@@ -6,9 +6,10 @@ with the steps that asv's step detection finds marked.
 Reads what ``asv run`` stored (``<results_dir>/<machine>/<commit>-<env>.json`` and ``benchmarks.json``, through
 asv's own loaders :func:`asv.results.iter_results_for_machine` and :meth:`asv.benchmarks.Benchmarks.load`) and
 writes ``results/history/<run-id>/``: ``results.csv`` (one row per machine × environment × commit × benchmark ×
-parameter combination: the value, asv's 99 % confidence interval and quartiles), ``regressions.csv``,
-``meta.json``, one PNG per benchmark (a panel per combination of the parameters other than ``backend``, a line per
-backend) and ``report.md``.
+parameter combination: the value, asv's 99 % confidence interval and quartiles), ``steps.csv`` (every level of
+every series), ``regressions.csv``, ``meta.json``, one PNG per benchmark (a panel per combination of the
+parameters other than ``backend``, a line per backend and environment) and ``report.md`` with the same as
+``report.html`` for a browser.
 
 Commits are ordered as git orders them (``git rev-list --topo-order``; by commit date when the repository does
 not know a commit). Step detection is asv's, as ``asv publish`` runs it: each series (one backend on one
@@ -23,7 +24,8 @@ detected on its reciprocal, so a drop in throughput is the regression. The figur
 bad one, labelled with the ratio).
 
 Time benchmarks whose parameters include a ``case`` of ``testbed.cases.SUITES`` also get a GFLOP/s figure:
-``Problem.flops / seconds``, the useful work ``2·N·C_in·(C_out/groups)·H·W·kH·kW``, with the same marks.
+``Problem.flops / seconds``, the useful work ``2·N·C_in·(C_out/groups)·H·W·kH·kW``, marked where its time
+series is (the same steps and regressions, converted).
 """
 
 from __future__ import annotations
