@@ -76,6 +76,15 @@ def regression_threshold(conf, entry_name: str) -> float:
     return max(matching, default=ASV_DEFAULT_THRESHOLD)
 
 
+def ci_weight(stats: dict):
+    """A value's weight in step detection as ``asv publish`` gives it (``asv._stats.get_weight``): ``2 / width`` of
+    its 99 % confidence interval; None (the series' median weight) without a finite, non-empty interval."""
+    low, high = stats.get("ci_99_a"), stats.get("ci_99_b")
+    if low is None or high is None or not math.isfinite(high - low) or high == low:
+        return None
+    return 2 / abs(high - low)
+
+
 def machines(results_dir: Path) -> list[str]:
     """The machines with results: sub-folders of ``results_dir`` holding asv's ``machine.json``."""
     return sorted(p.name for p in results_dir.iterdir() if (p / "machine.json").is_file())
@@ -86,7 +95,6 @@ def load_results(conf, machine_names=None, bench=None):
     <one column per parameter name>, value, weight, ci_low, ci_high, q_25, q_75``; one row per value that is
     a number (skipped and failed combinations, stored as null, are left out)."""
     import pandas as pd
-    from asv import _stats
     from asv.benchmarks import Benchmarks
     from asv.results import iter_results_for_machine
 
@@ -116,7 +124,7 @@ def load_results(conf, machine_names=None, bench=None):
                     row = {"machine": machine, "env": result.env_name, "commit": result.commit_hash,
                            "date": result.date, "benchmark": key, "unit": benchmark.get("unit"),
                            "type": benchmark.get("type"), "params": ", ".join(combo), "value": float(value),
-                           "weight": _stats.get_weight(stat), "ci_low": stat.get("ci_99_a"),
+                           "weight": ci_weight(stat), "ci_low": stat.get("ci_99_a"),
                            "ci_high": stat.get("ci_99_b"), "q_25": stat.get("q_25"), "q_75": stat.get("q_75")}
                     row.update({name: parse_param(text)
                                 for name, text in zip(benchmark.get("param_names", []), combo)})

@@ -167,3 +167,12 @@ def test_bad_input_is_refused(tmp_path, planted, capsys):
     (empty / "asv.conf.json").write_text('{"version": 1, "project": "t", "repo": ".", "results_dir": "results"}')
     with pytest.raises(SystemExit, match="no asv results yet"):
         history.main(["--config", str(empty / "asv.conf.json"), "--out", str(tmp_path / "o2")])
+
+
+@pytest.mark.parametrize("stats", [{"ci_99_a": 0.1, "ci_99_b": 0.3}, {"ci_99_a": -np.inf, "ci_99_b": 0.3},
+                                   {"ci_99_a": 0.2, "ci_99_b": 0.2}, {}, {"ci_99_a": 0.3, "ci_99_b": 0.1}])
+def test_weights_are_asvs(stats):
+    """The weights step detection gets are those ``asv publish`` gives (asv keeps its own function private)."""
+    from asv import _stats
+
+    assert history.ci_weight(stats) == _stats.get_weight(stats)
