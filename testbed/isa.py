@@ -16,9 +16,11 @@ any host, which is how the AVX-512 kernels are compiled and their assembly read 
 
 **The row.** ``avx512`` where the target has AVX-512F, ``avx2`` where it has AVX2 and FMA3, ``generic`` otherwise
 (an aarch64 NEON host, an x86-64 without AVX2). ``TESTBED_ISA=generic|avx2|avx512`` caps it, as oneDNN's
-``DNNL_MAX_CPU_ISA`` does, so that one host can run (and time) the lower rows; a cap above what the target
-supports is a ``ValueError`` naming both, since the wider kernels would not run (or would run legalised to narrower
-instructions and be timed as something they are not).
+``DNNL_MAX_CPU_ISA`` does, so that one host can run (and time) the lower rows. A cap above what the target
+supports is refused, since the wider kernels would run legalised to narrower instructions and be timed as
+something they are not; as for every ``TESTBED_*`` variable (:mod:`testbed._environ`), refused means one warning
+naming the value, the CPU and its row, and the CPU's own row is used: an environment variable never breaks
+``import testbed``. To run another row's kernels on purpose, ``numba_cpu.run_path(..., isa=row)``.
 
 Examples
 --------
