@@ -21,10 +21,11 @@ run: $(STAMP)
 
 test: lint doctest test-cpu test-cudasim bench-check
 
-# ruff (style, imports, bugbear) on the library, the experiments and the tests, mypy (types) on the library, and
+# ruff (lint and format) on the library, the experiments and the tests, mypy (types) on the library, and
 # import-linter (the layers, no import cycle); settings in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check testbed experiments tests
+	$(VENV)/bin/ruff format --check testbed experiments tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

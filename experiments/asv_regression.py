@@ -50,8 +50,9 @@ from experiments.harness.storage import atomic_write_json, atomic_write_text
 NAME = "asv_regression"
 BENCHMARK = "bench_conv.CPUTime.time_conv_transpose2d"
 #: One thread per library, so that CPU time has no thread pool's spin-waiting in it and no core to wait for.
-SINGLE_THREADED = dict.fromkeys(["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                 "NUMBA_NUM_THREADS"], "1")
+SINGLE_THREADED = dict.fromkeys(
+    ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"], "1"
+)
 #: The one ``run=<function>,`` argument of a backend module's ``register(Backend(...))`` call.
 RUN_ARGUMENT = re.compile(r"^(\s*)run=(\w+),\s*$", re.MULTILINE)
 
@@ -62,14 +63,17 @@ def plant_slowdown(module: Path, backend: str) -> str:
     text = module.read_text()
     found = RUN_ARGUMENT.findall(text)
     if len(found) != 1:
-        raise ValueError(f"--backend {backend}: {module} has {len(found)} `run=<function>,` arguments, "
-                         f"expected exactly one to wrap")
+        raise ValueError(
+            f"--backend {backend}: {module} has {len(found)} `run=<function>,` arguments, expected exactly one to wrap"
+        )
     indent, original = found[0]
     wrapper = f"_{original}_twice"
-    planted = (f"\n\ndef {wrapper}(x, weight, bias, problem, **kwargs):\n"
-               f"    \"\"\"A deliberate 2x slowdown (experiments.asv_regression): the same work twice.\"\"\"\n"
-               f"    {original}(x, weight, bias, problem, **kwargs)\n"
-               f"    return {original}(x, weight, bias, problem, **kwargs)\n")
+    planted = (
+        f"\n\ndef {wrapper}(x, weight, bias, problem, **kwargs):\n"
+        f'    """A deliberate 2x slowdown (experiments.asv_regression): the same work twice."""\n'
+        f"    {original}(x, weight, bias, problem, **kwargs)\n"
+        f"    return {original}(x, weight, bias, problem, **kwargs)\n"
+    )
     register_at = text.index("register(Backend(")
     text = text[:register_at].rstrip("\n") + planted + "\n\n" + text[register_at:]
     text = RUN_ARGUMENT.sub(f"{indent}run={wrapper},", text)
@@ -105,8 +109,9 @@ class Runner:
     def __call__(self, *command, check=True) -> subprocess.CompletedProcess:
         start = time.perf_counter()
         print("$", " ".join(map(str, command)), flush=True)
-        done = subprocess.run([str(c) for c in command], cwd=self.cwd, env=self.env, capture_output=True, text=True,
-                              check=False)
+        done = subprocess.run(
+            [str(c) for c in command], cwd=self.cwd, env=self.env, capture_output=True, text=True, check=False
+        )
         seconds = time.perf_counter() - start
         print(done.stdout[-4000:], done.stderr[-2000:], sep="\n", flush=True)
         self.transcript.append((command, done, seconds))
@@ -137,20 +142,43 @@ def run_check(args, clone: Path, out: Path) -> tuple[list[str], str]:
     # asv compare and the history judge with the same tolerance (asv.conf.json is read from the work tree).
     config = clone / "asv.conf.json"
     text = config.read_text()
-    text = re.sub(r'"regressions_thresholds":\s*\{[^}]*\}', f'"regressions_thresholds": {{".*": {args.factor - 1:g}}}',
-                  text)
+    text = re.sub(
+        r'"regressions_thresholds":\s*\{[^}]*\}', f'"regressions_thresholds": {{".*": {args.factor - 1:g}}}', text
+    )
     config.write_text(text)
 
     regex = benchmark_regex([args.backend, *args.controls], args.case)
     sh(*asv, "machine", "--yes")
     started = time.perf_counter()
-    continuous = sh(*asv, "continuous", "--factor", f"{args.factor:g}", "--split", "--interleave-rounds",
-                    "--attribute", f"rounds={args.rounds}", "--bench", regex, base, slow, check=False)
+    continuous = sh(
+        *asv,
+        "continuous",
+        "--factor",
+        f"{args.factor:g}",
+        "--split",
+        "--interleave-rounds",
+        "--attribute",
+        f"rounds={args.rounds}",
+        "--bench",
+        regex,
+        base,
+        slow,
+        check=False,
+    )
     recorded_s = time.perf_counter() - started
     compare = sh(*asv, "compare", "--factor", f"{args.factor:g}", "--split", base, slow)
     history_out = out / "history"
-    sh(sys.executable, "-m", "experiments.history", "--config", config, "--bench", re.escape(BENCHMARK), "--out",
-       history_out)
+    sh(
+        sys.executable,
+        "-m",
+        "experiments.history",
+        "--config",
+        config,
+        "--bench",
+        re.escape(BENCHMARK),
+        "--out",
+        history_out,
+    )
     regressions = _read_csv(history_out / "regressions.csv")
 
     expected = f"{BENCHMARK}('{args.backend}', '{args.case}')"
@@ -170,17 +198,27 @@ def run_check(args, clone: Path, out: Path) -> tuple[list[str], str]:
     if others:
         failures.append(f"experiments.history marked unchanged backends: {others}")
 
-    lines = [f"# A planted {args.backend} slowdown, found by asv and experiments.history", "",
-             f"- repository: a `git clone` of `{PROJECT_ROOT}`; commits `base` {base[:10]} (its HEAD) and `slow` "
-             f"{slow[:10]} ({args.backend}'s `run=` wrapped by `{wrapper}`, which computes twice)",
-             f"- benchmarks: `{regex}`; factor {args.factor:g} (regressions_thresholds {args.factor - 1:g}); "
-             f"{args.rounds} interleaved rounds per commit",
-             f"- `asv continuous` building the environment and recording both commits: {recorded_s:.0f} s",
-             f"- verdict: {'PASS' if not failures else 'FAIL'}", *[f"  - {f}" for f in failures], "",
-             "## Commands and output", ""]
+    lines = [
+        f"# A planted {args.backend} slowdown, found by asv and experiments.history",
+        "",
+        f"- repository: a `git clone` of `{PROJECT_ROOT}`; commits `base` {base[:10]} (its HEAD) and `slow` "
+        f"{slow[:10]} ({args.backend}'s `run=` wrapped by `{wrapper}`, which computes twice)",
+        f"- benchmarks: `{regex}`; factor {args.factor:g} (regressions_thresholds {args.factor - 1:g}); "
+        f"{args.rounds} interleaved rounds per commit",
+        f"- `asv continuous` building the environment and recording both commits: {recorded_s:.0f} s",
+        f"- verdict: {'PASS' if not failures else 'FAIL'}",
+        *[f"  - {f}" for f in failures],
+        "",
+        "## Commands and output",
+        "",
+    ]
     for command, done, seconds in sh.transcript:
-        lines += [f"```\n$ {' '.join(map(str, command))}    # {seconds:.0f} s, exit {done.returncode}",
-                  _tail(done.stdout), "```", ""]
+        lines += [
+            f"```\n$ {' '.join(map(str, command))}    # {seconds:.0f} s, exit {done.returncode}",
+            _tail(done.stdout),
+            "```",
+            "",
+        ]
     return failures, "\n".join(lines)
 
 
@@ -198,17 +236,26 @@ def _tail(text: str, lines: int = 40) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{NAME}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m experiments.{NAME}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", default="kron", help="the backend slowed down (default kron)")
-    parser.add_argument("--controls", default="col2im,polyphase,torch",
-                        type=lambda text: [name for name in text.split(",") if name],
-                        help="comma list of unchanged backends that must not be flagged")
+    parser.add_argument(
+        "--controls",
+        default="col2im,polyphase,torch",
+        type=lambda text: [name for name in text.split(",") if name],
+        help="comma list of unchanged backends that must not be flagged",
+    )
     parser.add_argument("--case", default="unet1", help="the Speed case every backend runs (default unet1)")
-    parser.add_argument("--factor", type=float, default=1.5,
-                        help="asv's --factor and 1 + the history's threshold (default 1.5; the slowdown is 2)")
-    parser.add_argument("--rounds", type=int, default=4,
-                        help="asv rounds per commit, interleaved between the two commits (default 4)")
+    parser.add_argument(
+        "--factor",
+        type=float,
+        default=1.5,
+        help="asv's --factor and 1 + the history's threshold (default 1.5; the slowdown is 2)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="asv rounds per commit, interleaved between the two commits (default 4)"
+    )
     parser.add_argument("--out", type=Path, default=None, help=f"default results/{NAME}/<run-id>/")
     parser.add_argument("--keep", action="store_true", help="keep the clone (its path is printed)")
     args = parser.parse_args(argv)
@@ -226,7 +273,7 @@ def main(argv=None) -> int:
         parser.error(f"--rounds {args.rounds}: must be at least 1")
     if not 1 < args.factor < 2:
         parser.error(f"--factor {args.factor:g}: must lie strictly between 1 and the planted 2")
-    out = (args.out or RESULTS_ROOT / NAME / run_id()).resolve()   # the commands run in the clone
+    out = (args.out or RESULTS_ROOT / NAME / run_id()).resolve()  # the commands run in the clone
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="asv-regression-"))
     clone = workdir / "repo"

@@ -32,7 +32,7 @@ from experiments.harness.storage import atomic_write_text
 PACKAGES = {
     "jquery@3.3.1": ["LICENSE.txt"],
     "flot@0.8.3": ["LICENSE.txt"],
-    "flot-orderbars@1.0.0": ["package.json"],   # no licence file; package.json's "license" is MIT
+    "flot-orderbars@1.0.0": ["package.json"],  # no licence file; package.json's "license" is MIT
     "stupid-table-plugin@1.1.3": ["LICENSE"],
     "blueimp-md5@2.19.0": ["LICENSE.txt"],
     "bootstrap@3.1.1": ["LICENSE"],
@@ -43,22 +43,32 @@ PACKAGES = {
 CDN_FILES = {
     "https://code.jquery.com/jquery-3.3.1.min.js": ("jquery@3.3.1", "dist/jquery.min.js"),
     "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.min.js": ("flot@0.8.3", "jquery.flot.js"),
-    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.time.min.js":
-        ("flot@0.8.3", "jquery.flot.time.js"),
-    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.selection.min.js":
-        ("flot@0.8.3", "jquery.flot.selection.js"),
-    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.categories.min.js":
-        ("flot@0.8.3", "jquery.flot.categories.js"),
-    "https://cdn.jsdelivr.net/npm/flot-orderbars@1.0.0/js/jquery.flot.orderBars.js":
-        ("flot-orderbars@1.0.0", "js/jquery.flot.orderBars.js"),
-    "https://cdnjs.cloudflare.com/ajax/libs/stupidtable/1.0.1/stupidtable.min.js":
-        ("stupid-table-plugin@1.1.3", "stupidtable.min.js"),
-    "https://cdnjs.cloudflare.com/ajax/libs/blueimp-md5/2.19.0/js/md5.min.js":
-        ("blueimp-md5@2.19.0", "js/md5.min.js"),
-    "https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/js/bootstrap.min.js":
-        ("bootstrap@3.1.1", "dist/js/bootstrap.min.js"),
-    "https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/css/bootstrap.min.css":
-        ("bootstrap@3.1.1", "dist/css/bootstrap.min.css"),
+    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.time.min.js": ("flot@0.8.3", "jquery.flot.time.js"),
+    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.selection.min.js": (
+        "flot@0.8.3",
+        "jquery.flot.selection.js",
+    ),
+    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.categories.min.js": (
+        "flot@0.8.3",
+        "jquery.flot.categories.js",
+    ),
+    "https://cdn.jsdelivr.net/npm/flot-orderbars@1.0.0/js/jquery.flot.orderBars.js": (
+        "flot-orderbars@1.0.0",
+        "js/jquery.flot.orderBars.js",
+    ),
+    "https://cdnjs.cloudflare.com/ajax/libs/stupidtable/1.0.1/stupidtable.min.js": (
+        "stupid-table-plugin@1.1.3",
+        "stupidtable.min.js",
+    ),
+    "https://cdnjs.cloudflare.com/ajax/libs/blueimp-md5/2.19.0/js/md5.min.js": ("blueimp-md5@2.19.0", "js/md5.min.js"),
+    "https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/js/bootstrap.min.js": (
+        "bootstrap@3.1.1",
+        "dist/js/bootstrap.min.js",
+    ),
+    "https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/css/bootstrap.min.css": (
+        "bootstrap@3.1.1",
+        "dist/css/bootstrap.min.css",
+    ),
 }
 
 #: Files a vendored file loads by relative path: package spec -> folders copied whole.
@@ -84,14 +94,17 @@ def rewrite_html(text: str) -> str:
     """``text`` with every CDN ``<script>``/``<link>`` pointing at its vendored copy (:data:`CDN_FILES`) and
     without the CDN-only attributes. ``ValueError`` naming the URL for an external script or stylesheet that
     is not vendored (a page that would still need the internet)."""
+
     def local(match):
         url = match.group(1)
         if url not in CDN_FILES:
             # Links to a web page (asv's own home page in the navigation bar) are <a> tags, never matched here.
-            raise ValueError(f"the published HTML loads {url!r}, which experiments.asv_site does not vendor; "
-                             f"add it to CDN_FILES")
+            raise ValueError(
+                f"the published HTML loads {url!r}, which experiments.asv_site does not vendor; add it to CDN_FILES"
+            )
         tag = match.group(0).replace(url, local_path(*CDN_FILES[url]))
         return CDN_ATTRIBUTES.sub("", tag)
+
     return EXTERNAL_TAG.sub(local, text)
 
 
@@ -99,11 +112,22 @@ def install_packages(vendor_dir: Path) -> Path:
     """``npm install`` the pinned :data:`PACKAGES` under ``vendor_dir``; the node_modules folder."""
     npm = shutil.which("npm")
     if npm is None:
-        raise SystemExit("experiments.asv_site needs npm (Debian: apt-get install npm) to vendor asv's "
-                         "JavaScript")
+        raise SystemExit("experiments.asv_site needs npm (Debian: apt-get install npm) to vendor asv's JavaScript")
     vendor_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run([npm, "install", "--prefix", str(vendor_dir), "--no-save", "--no-package-lock", "--no-audit",
-                    "--no-fund", *PACKAGES], check=True)
+    subprocess.run(
+        [
+            npm,
+            "install",
+            "--prefix",
+            str(vendor_dir),
+            "--no-save",
+            "--no-package-lock",
+            "--no-audit",
+            "--no-fund",
+            *PACKAGES,
+        ],
+        check=True,
+    )
     return vendor_dir / "node_modules"
 
 
@@ -121,8 +145,9 @@ def vendor_into(html_dir: Path, node_modules: Path) -> list[str]:
         copied.append(local_path(spec, file))
     for spec, folders in EXTRA_FILES.items():
         for folder in folders:
-            shutil.copytree(node_modules / package_name(spec) / folder, html_dir / local_path(spec, folder),
-                            dirs_exist_ok=True)
+            shutil.copytree(
+                node_modules / package_name(spec) / folder, html_dir / local_path(spec, folder), dirs_exist_ok=True
+            )
             copied.append(local_path(spec, folder) + "/")
     return copied
 
@@ -148,13 +173,19 @@ def html_dir_of(config: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.asv_site", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.asv_site", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=Path("asv.conf.json"), help="asv's configuration")
-    parser.add_argument("--vendor-dir", type=Path, default=Path(".asv/vendor"),
-                        help="where npm installs the packages (default .asv/vendor, git-ignored)")
-    parser.add_argument("--no-publish", action="store_true",
-                        help="vendor into the site asv published last, without running asv publish")
+    parser.add_argument(
+        "--vendor-dir",
+        type=Path,
+        default=Path(".asv/vendor"),
+        help="where npm installs the packages (default .asv/vendor, git-ignored)",
+    )
+    parser.add_argument(
+        "--no-publish", action="store_true", help="vendor into the site asv published last, without running asv publish"
+    )
     args = parser.parse_args(argv)
     if not args.config.is_file():
         parser.error(f"--config {args.config}: no such file (run from the repository root)")
@@ -165,8 +196,10 @@ def main(argv=None) -> int:
         parser.error(f"{html_dir} holds no published site (index.html); run without --no-publish")
     copied = vendor_into(html_dir, install_packages(args.vendor_dir))
     pages = localize_site(html_dir)
-    print(f"asv_site: {len(copied)} vendored files under {html_dir / 'vendor'}; "
-          f"{', '.join(p.name for p in pages)} now load them (no CDN)")
+    print(
+        f"asv_site: {len(copied)} vendored files under {html_dir / 'vendor'}; "
+        f"{', '.join(p.name for p in pages)} now load them (no CDN)"
+    )
     return 0
 
 

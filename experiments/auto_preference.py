@@ -46,12 +46,16 @@ def table_destination(path: Path | None = None) -> Path:
     if target.parent != own.parent:
         return target
     if target != own:
-        raise ValueError(f"table path {path}: this host runs the {row!r} ISA row, so only its table ({own}) may be "
-                         f"written here; each row's table is regenerated on a host of that kind")
+        raise ValueError(
+            f"table path {path}: this host runs the {row!r} ISA row, so only its table ({own}) may be "
+            f"written here; each row's table is regenerated on a host of that kind"
+        )
     if row != native:
-        raise ValueError(f"{isa.ISA_ENV}={row!r} caps this {native!r} host: torch and BLAS still run {native!r} "
-                         f"kernels, so its timings are not those of an {row!r} host; write the table outside "
-                         f"{own.parent} to review it, or regenerate it on an {row!r} host")
+        raise ValueError(
+            f"{isa.ISA_ENV}={row!r} caps this {native!r} host: torch and BLAS still run {native!r} "
+            f"kernels, so its timings are not those of an {row!r} host; write the table outside "
+            f"{own.parent} to review it, or regenerate it on an {row!r} host"
+        )
     return target
 
 
@@ -74,14 +78,21 @@ def build_table(meta: dict, frame, current: dict, dtype: str = "float32") -> dic
     classes: dict[str, dict] = {}
     registered = set(list_backends())
     for row in frame.itertuples(index=False):
-        if (row.status != "ok" or str(row.dtype) != dtype or row.backend not in registered
-                or not math.isfinite(float(row.median_s))):
+        if (
+            row.status != "ok"
+            or str(row.dtype) != dtype
+            or row.backend not in registered
+            or not math.isfinite(float(row.median_s))
+        ):
             continue
         backend = get_backend(row.backend)
         if backend.choose is not None:  # a dispatcher is what the table configures, not a candidate
             continue
-        key = (preference.DEVICE if backend.device == "cuda"
-               else preference.problem_class(parse_descriptor(row.descriptor)))
+        key = (
+            preference.DEVICE
+            if backend.device == "cuda"
+            else preference.problem_class(parse_descriptor(row.descriptor))
+        )
         entry = classes.setdefault(key, {"descriptors": {}, "median_ms": {}})
         entry["descriptors"][row.case] = row.descriptor
         entry["median_ms"].setdefault(row.case, {})[row.backend] = round(float(row.median_s) * 1e3, 4)
@@ -103,8 +114,8 @@ def build_table(meta: dict, frame, current: dict, dtype: str = "float32") -> dic
             "date": meta.get("utc_time"),
             "commit": git.get("commit"),
             "machine": f"{meta.get('cpu_model')}, {threads.get('cpu_count')} cores, {gpu}; numba threads "
-                       f"{threads.get('numba_threads')}, torch threads {threads.get('torch_threads')}; load "
-                       f"average at start {threads.get('load_average_1_5_15min')}",
+            f"{threads.get('numba_threads')}, torch threads {threads.get('torch_threads')}; load "
+            f"average at start {threads.get('load_average_1_5_15min')}",
             "command": " ".join(str(a) for a in meta.get("command", [])),
             "settings": f"{dtype}, medians of warm calls through conv_transpose2d (see the run's report.md)",
         },
@@ -116,16 +127,19 @@ def dumps(table: dict) -> str:
     """JSON with two-space indents, short innermost objects and lists on one line (reviewable diffs)."""
     text = json.dumps(table, indent=2, ensure_ascii=False)
     short = re.compile(r"[\[{][^\[\]{}]*[\]}]")
-    return short.sub(lambda m: " ".join(m.group(0).split()) if len(m.group(0)) < 400 else m.group(0),
-                     text) + "\n"
+    return short.sub(lambda m: " ".join(m.group(0).split()) if len(m.group(0)) < 400 else m.group(0), text) + "\n"
 
 
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a speed run's directory (meta.json, results.csv)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--out", type=Path, default=None,
-                        help="default: the table of the ISA row this host runs, testbed/preference_tables/<row>.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: the table of the ISA row this host runs, testbed/preference_tables/<row>.json",
+    )
     args = parser.parse_args(argv)
     try:
         out = table_destination(args.out)
@@ -135,8 +149,10 @@ def main(argv=None) -> Path:
     if frame.empty:
         parser.error(f"{args.run_dir} has no results")
     if meta.get("cpu_model") != cpu_model():
-        parser.error(f"{args.run_dir} was measured on {meta.get('cpu_model')!r}, this host is {cpu_model()!r}: a "
-                     f"host writes only the table of its own ISA row ({isa.selected_isa()!r})")
+        parser.error(
+            f"{args.run_dir} was measured on {meta.get('cpu_model')!r}, this host is {cpu_model()!r}: a "
+            f"host writes only the table of its own ISA row ({isa.selected_isa()!r})"
+        )
     text = dumps(build_table(meta, frame, current_table(out), args.dtype))
     preference.load_preference(text, str(out), isa.selected_isa())  # the file auto will load must parse
     atomic_write_text(out, text)

@@ -41,8 +41,10 @@ def backend_list(text: str) -> list[str]:
     known = list_backends()
     unknown = [name for name in names if name not in known]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"--backends must be a comma list of {', '.join(known)}; got {text!r}"
-                                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+        raise argparse.ArgumentTypeError(
+            f"--backends must be a comma list of {', '.join(known)}; got {text!r}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
     return names
 
 
@@ -53,8 +55,9 @@ def available_backend(text: str) -> str:
         raise argparse.ArgumentTypeError(f"unknown backend {text!r}; registered: {', '.join(known)}")
     ok, why = get_backend(name).probe()
     if not ok:
-        raise argparse.ArgumentTypeError(f"backend {name!r} is not available here ({why}); available: "
-                                         f"{', '.join(available_backends())}")
+        raise argparse.ArgumentTypeError(
+            f"backend {name!r} is not available here ({why}); available: {', '.join(available_backends())}"
+        )
     return name
 
 
@@ -72,6 +75,7 @@ def executor_name(text: str) -> str:
         raise argparse.ArgumentTypeError(f"--executor must be one of {', '.join(EXECUTORS)}; got {text!r}")
     if name == "dask":
         from experiments.harness.executors import DaskUnavailable, require_dask
+
         try:
             require_dask()
         except DaskUnavailable as exc:
@@ -91,18 +95,33 @@ def worker_count(text: str) -> int:
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where the cells run (see experiments/harness/executors.py)")
-    group.add_argument("--executor", type=executor_name, default="local",
-                       help="local: every cell in this process, in order (default); dask: every cell a task of a "
-                            "Dask distributed cluster (needs the dask extra)")
-    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                       help="with --executor dask: the scheduler of a running cluster, e.g. tcp://host:8786 "
-                            "(default: start a local cluster for the run and close it afterwards)")
-    group.add_argument("--workers", type=worker_count, default=2,
-                       help="with --executor dask and no --scheduler: worker processes of the local cluster, one "
-                            "thread each (default 2)")
-    group.add_argument("--allow-version-mismatch", action="store_true",
-                       help="with --executor dask: go on (and record it) when workers run other versions of "
-                            "NumPy, SciPy, Numba, torch or the testbed than this process")
+    group.add_argument(
+        "--executor",
+        type=executor_name,
+        default="local",
+        help="local: every cell in this process, in order (default); dask: every cell a task of a "
+        "Dask distributed cluster (needs the dask extra)",
+    )
+    group.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="with --executor dask: the scheduler of a running cluster, e.g. tcp://host:8786 "
+        "(default: start a local cluster for the run and close it afterwards)",
+    )
+    group.add_argument(
+        "--workers",
+        type=worker_count,
+        default=2,
+        help="with --executor dask and no --scheduler: worker processes of the local cluster, one "
+        "thread each (default 2)",
+    )
+    group.add_argument(
+        "--allow-version-mismatch",
+        action="store_true",
+        help="with --executor dask: go on (and record it) when workers run other versions of "
+        "NumPy, SciPy, Numba, torch or the testbed than this process",
+    )
 
 
 #: Fresh worker processes per timed cell under process isolation (``--rounds`` of speed and tune).
@@ -119,10 +138,14 @@ def round_count(text: str) -> int:
 def add_rounds_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """``--rounds N``: under process isolation each of ``what`` timed in N fresh workers, taking turns, samples
     pooled (:class:`testbed.timing.TimingSettings`); read it with :func:`rounds_of`."""
-    parser.add_argument("--rounds", type=round_count, default=None,
-                        help=f"under process isolation, time each {what} in this many fresh worker processes, "
-                             f"taking turns, and pool their samples (default {DEFAULT_ROUNDS}; 1 with --quick): a "
-                             f"burst of other load then falls on all of them alike")
+    parser.add_argument(
+        "--rounds",
+        type=round_count,
+        default=None,
+        help=f"under process isolation, time each {what} in this many fresh worker processes, "
+        f"taking turns, and pool their samples (default {DEFAULT_ROUNDS}; 1 with --quick): a "
+        f"burst of other load then falls on all of them alike",
+    )
 
 
 def rounds_of(args) -> int:
@@ -130,21 +153,35 @@ def rounds_of(args) -> int:
 
 
 def make_parser(name: str, description: str, *, dtypes: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m experiments.{name}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: seconds, for tests")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"run directory (default: results/{name}/<UTC time>-<git hash>/)")
-    parser.add_argument("--backends", type=backend_list, default=None,
-                        help="comma list of backends (default: every backend available here)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"run directory (default: results/{name}/<UTC time>-<git hash>/)"
+    )
+    parser.add_argument(
+        "--backends",
+        type=backend_list,
+        default=None,
+        help="comma list of backends (default: every backend available here)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the inputs (default 0)")
-    parser.add_argument("--resume", action="store_true",
-                        help="complete the run in --out (default: the latest run of this experiment), "
-                             "skipping rows already on disk")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="complete the run in --out (default: the latest run of this experiment), skipping rows already on disk",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     if dtypes is not None:
-        parser.add_argument("--dtypes", type=dtype_list, default=dtype_list(dtypes),
-                            help=f"comma list of float32, float64 (default {dtypes})")
+        parser.add_argument(
+            "--dtypes",
+            type=dtype_list,
+            default=dtype_list(dtypes),
+            help=f"comma list of float32, float64 (default {dtypes})",
+        )
     add_executor_arguments(parser)
     return parser
 
@@ -184,8 +221,7 @@ class RunRefused(HarnessError):
 
 
 #: Arguments that say how to run, not what to compute: they may change on --resume and are not recorded.
-OPERATIONAL_ARGUMENTS = ("out", "resume", "no_progress", "executor", "scheduler", "workers",
-                         "allow_version_mismatch")
+OPERATIONAL_ARGUMENTS = ("out", "resume", "no_progress", "executor", "scheduler", "workers", "allow_version_mismatch")
 #: Experiments whose work is not a sweep of cells that may run elsewhere: why --executor dask is refused.
 LOCAL_ONLY = {"tune": "tuning keeps the winners as wisdom for the machine it runs on: run it on each machine"}
 #: What a meta.json written before ``arguments`` was recorded can be compared on.
@@ -216,8 +252,11 @@ def argument_differences(meta: dict, arguments: dict) -> list[str]:
     recorded = meta.get("arguments")
     if recorded is None:
         recorded = {name: meta[name] for name in LEGACY_ARGUMENTS if name in meta}
-    return [f"--{name.replace('_', '-')}: run {_shown(recorded[name])}, this command {_shown(arguments[name])}"
-            for name in recorded if name in arguments and recorded[name] != arguments[name]]
+    return [
+        f"--{name.replace('_', '-')}: run {_shown(recorded[name])}, this command {_shown(arguments[name])}"
+        for name in recorded
+        if name in arguments and recorded[name] != arguments[name]
+    ]
 
 
 def run_contents(out: Path) -> list[str]:
@@ -282,21 +321,34 @@ def _run_meta(name: str, rid: str, args, command: list, out: Path, extra_meta) -
             raise RunRefused(f"cannot resume {out}: it is a {meta.get('experiment')!r} run, not {name!r}")
         differences = argument_differences(meta, arguments)
         if differences:
-            raise RunRefused(f"cannot resume {out}: this command's arguments differ from the run's: "
-                             f"{'; '.join(differences)}. Resume with the run's arguments (meta.json, "
-                             f"\"arguments\"), or start a new run in another --out")
-        meta.setdefault("resumed", []).append({
-            "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": command, "git": git_state()})
+            raise RunRefused(
+                f"cannot resume {out}: this command's arguments differ from the run's: "
+                f"{'; '.join(differences)}. Resume with the run's arguments (meta.json, "
+                f'"arguments"), or start a new run in another --out'
+            )
+        meta.setdefault("resumed", []).append(
+            {
+                "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "command": command,
+                "git": git_state(),
+            }
+        )
         return meta
     if not args.resume:
         found = run_contents(out)
         if found:
-            raise RunRefused(f"{out} already holds a run ({', '.join(found)}); pass --resume to complete it, "
-                             f"or choose another --out")
+            raise RunRefused(
+                f"{out} already holds a run ({', '.join(found)}); pass --resume to complete it, or choose another --out"
+            )
     extra = dict(extra_meta() if callable(extra_meta) else (extra_meta or {}))
-    return collect_metadata(name, rid, seed=args.seed, argv=command, quick=args.quick,
-                            extra={"backends": arguments["backends"], "arguments": arguments, **extra})
+    return collect_metadata(
+        name,
+        rid,
+        seed=args.seed,
+        argv=command,
+        quick=args.quick,
+        extra={"backends": arguments["backends"], "arguments": arguments, **extra},
+    )
 
 
 def finish(run_dir: Path, name: str) -> None:

@@ -34,7 +34,7 @@ def compare(frame_a, frame_b, tolerance: float = 0.15):
     both["ratio"] = both["median_s_a"] / both["median_s_b"]
     spread = both[["median_s_a", "median_s_b"]].max(axis=1) / both[["median_s_a", "median_s_b"]].min(axis=1)
     both["agrees"] = spread - 1 <= tolerance
-    if "speedup" in values:     # the ratio to the baseline measured in the same run, A's against B's
+    if "speedup" in values:  # the ratio to the baseline measured in the same run, A's against B's
         high = both[["speedup_a", "speedup_b"]].max(axis=1)
         both["speedup_agrees"] = high / both[["speedup_a", "speedup_b"]].min(axis=1) - 1 <= tolerance
     return both.drop(columns=["median_s_a", "median_s_b"])
@@ -44,29 +44,38 @@ def report(run_a, run_b, tolerance: float = 0.15) -> str:
     meta_a, frame_a = load_run(Path(run_a))
     meta_b, frame_b = load_run(Path(run_b))
     rows = compare(frame_a, frame_b, tolerance)
-    cells = rows.assign(cell=[f"{a:.3g} / {b:.3g}" + ("" if ok else " ✗")
-                              for a, b, ok in zip(rows["median_a_ms"], rows["median_b_ms"], rows["agrees"])])
+    cells = rows.assign(
+        cell=[
+            f"{a:.3g} / {b:.3g}" + ("" if ok else " ✗")
+            for a, b, ok in zip(rows["median_a_ms"], rows["median_b_ms"], rows["agrees"])
+        ]
+    )
     table = cells.pivot_table(index="case", columns="backend", values="cell", aggfunc="first", sort=False)
-    lines = [f"# Run A vs run B: medians (ms), A / B; ✗ = apart by more than {tolerance:.0%}\n",
-             f"- A: `{meta_a.get('run_id')}`, load average before/after {meta_a.get('load_average_before')} / "
-             f"{meta_a.get('load_average_after')}",
-             f"- B: `{meta_b.get('run_id')}`, load average before/after {meta_b.get('load_average_before')} / "
-             f"{meta_b.get('load_average_after')}\n",
-             markdown_table(table),
-             f"\n**{int(rows['agrees'].sum())} of {len(rows)}** cells agree within {tolerance:.0%}; "
-             f"median |A/B − 1| = {float((rows['ratio'] - 1).abs().median()):.1%}, "
-             f"largest {float((rows['ratio'] - 1).abs().max()):.1%}.\n"]
+    lines = [
+        f"# Run A vs run B: medians (ms), A / B; ✗ = apart by more than {tolerance:.0%}\n",
+        f"- A: `{meta_a.get('run_id')}`, load average before/after {meta_a.get('load_average_before')} / "
+        f"{meta_a.get('load_average_after')}",
+        f"- B: `{meta_b.get('run_id')}`, load average before/after {meta_b.get('load_average_before')} / "
+        f"{meta_b.get('load_average_after')}\n",
+        markdown_table(table),
+        f"\n**{int(rows['agrees'].sum())} of {len(rows)}** cells agree within {tolerance:.0%}; "
+        f"median |A/B − 1| = {float((rows['ratio'] - 1).abs().median()):.1%}, "
+        f"largest {float((rows['ratio'] - 1).abs().max()):.1%}.\n",
+    ]
     if "speedup_agrees" in rows:
         paired = rows.dropna(subset=["speedup_a", "speedup_b"])
-        lines.append(f"Speedups over each run's own baseline (`{meta_a.get('baseline')}`) agree within {tolerance:.0%} "
-                     f"in **{int(paired['speedup_agrees'].sum())} of {len(paired)}** cells: a burst of other load "
-                     f"moves a whole case, the ratios measured side by side in it much less.\n")
+        lines.append(
+            f"Speedups over each run's own baseline (`{meta_a.get('baseline')}`) agree within {tolerance:.0%} "
+            f"in **{int(paired['speedup_agrees'].sum())} of {len(paired)}** cells: a burst of other load "
+            f"moves a whole case, the ratios measured side by side in it much less.\n"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_a", type=Path)
     parser.add_argument("run_b", type=Path)
     parser.add_argument("--tolerance", type=float, default=0.15, help="relative difference allowed (default 0.15)")

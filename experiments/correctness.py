@@ -26,24 +26,34 @@ from .common import finish, make_parser, selected_backends, start_run, sweep_exe
 
 NAME = "correctness"
 #: Columns of the report's table of every cell.
-CELL_COLUMNS = ["case", "descriptor", "backend", "dtype", "status", "rel_l2", "max_abs", "bitwise_equal",
-                "adjoint_residual", "passed"]
+CELL_COLUMNS = [
+    "case",
+    "descriptor",
+    "backend",
+    "dtype",
+    "status",
+    "rel_l2",
+    "max_abs",
+    "bitwise_equal",
+    "adjoint_residual",
+    "passed",
+]
 
 #: name: (descriptor, has_bias). Small shapes covering every parameter and the corner cases of the notes.
 GRID = {
-    "k2s2": ("mb2ic6ih5oc4kh2sh2", False),                     # U-Net up-conv, no overlap
-    "k3s2p1op1": ("mb2ic3ih5iw7oc5kh3sh2ph1oph1", True),        # output_padding rows hold computed values
-    "k4s2p1": ("mb1ic4ih6oc3kh4sh2ph1", False),                # DCGAN
+    "k2s2": ("mb2ic6ih5oc4kh2sh2", False),  # U-Net up-conv, no overlap
+    "k3s2p1op1": ("mb2ic3ih5iw7oc5kh3sh2ph1oph1", True),  # output_padding rows hold computed values
+    "k4s2p1": ("mb1ic4ih6oc3kh4sh2ph1", False),  # DCGAN
     "k3s1p1": ("mb1ic5ih7oc4kh3ph1", True),
     "k3d2": ("mb1ic3ih6oc4kh3ph2dh2", False),
-    "g2_asym": ("g2mb1ic4ih6oc6kh3sh1sw2ph1pw0dh2", True),      # groups, asymmetric stride and padding
+    "g2_asym": ("g2mb1ic4ih6oc6kh3sh1sw2ph1pw0dh2", True),  # groups, asymmetric stride and padding
     "depthwise": ("g6mb1ic6ih6oc6kh4sh2ph1", True),
-    "s_gt_k": ("mb1ic3ih4oc2kh2sh3", True),                    # gaps that hold only the bias
-    "op_ge_s": ("mb1ic2ih5oc3kh3oph1dh2", False),               # op >= stride, allowed as op < dilation
-    "rect": ("mb1ic3ih5iw6oc2kh3kw2sh2sw1ph1pw0", False),       # non-square input and kernel
+    "s_gt_k": ("mb1ic3ih4oc2kh2sh3", True),  # gaps that hold only the bias
+    "op_ge_s": ("mb1ic2ih5oc3kh3oph1dh2", False),  # op >= stride, allowed as op < dilation
+    "rect": ("mb1ic3ih5iw6oc2kh3kw2sh2sw1ph1pw0", False),  # non-square input and kernel
     "k1": ("mb2ic8ih5oc3kh1", True),
     "k5s3": ("mb1ic4ih5oc3kh5sh3ph1", False),
-    "p_gt_dk": ("mb1ic2ih6oc2kh3sh2ph3", False),                # padding > d·(k-1): pure crop
+    "p_gt_dk": ("mb1ic2ih6oc2kh3sh2ph3", False),  # padding > d·(k-1): pure crop
     "k2s2op1": ("mb1ic4ih4oc4kh2sh2oph1", False),
     "g3s2d2": ("g3mb2ic6ih5oc9kh3sh2ph1oph1dh2", True),
 }
@@ -78,18 +88,26 @@ def make_measure(seed: int, integer_fill: bool):
         residual = adjoint_residual(x, weight, unbiased, rng.standard_normal(problem.output_shape), problem)
         allowed = tolerance(problem.dtype)
         finite = bool(np.isfinite(y).all())
-        return {"rel_l2": rel_l2, "max_abs": float(np.abs(diff).max()) if diff.size else 0.0,
-                "bitwise_equal": bool(np.array_equal(y, reference)), "adjoint_residual": residual,
-                "tolerance": allowed,
-                "passed": finite and rel_l2 <= allowed and residual <= allowed}
+        return {
+            "rel_l2": rel_l2,
+            "max_abs": float(np.abs(diff).max()) if diff.size else 0.0,
+            "bitwise_equal": bool(np.array_equal(y, reference)),
+            "adjoint_residual": residual,
+            "tolerance": allowed,
+            "passed": finite and rel_l2 <= allowed and residual <= allowed,
+        }
 
     return measure
 
 
 def build_parser():
     parser = make_parser(NAME, __doc__, dtypes="float32,float64")
-    parser.add_argument("--fill", choices=("normal", "int"), default="normal",
-                        help="input values: standard normal (default) or small integers (exact sums)")
+    parser.add_argument(
+        "--fill",
+        choices=("normal", "int"),
+        default="normal",
+        help="input values: standard normal (default) or small integers (exact sums)",
+    )
     return parser
 
 
@@ -98,8 +116,15 @@ def main(argv=None, *, out=None):
     tolerances = {str(dtype): tol for dtype, tol in TOLERANCES.items()}
     run_dir, _meta = start_run(NAME, args, argv, {"fill": args.fill, "tolerance": tolerances}, out=out)
     cells = grid(cases(args.quick), selected_backends(args), args.dtypes)
-    run_sweep(cells, make_measure(args.seed, args.fill == "int"), run_dir, resume=args.resume,
-              progress=not args.no_progress, desc=NAME, executor=sweep_executor(args))
+    run_sweep(
+        cells,
+        make_measure(args.seed, args.fill == "int"),
+        run_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        desc=NAME,
+        executor=sweep_executor(args),
+    )
     write_report(run_dir)
     finish(run_dir, NAME)
     return run_dir
@@ -116,8 +141,12 @@ def summary_table(frame):
         return ok
     ok["passed"] = truthy(ok["passed"])
     return ok.groupby(["backend", "dtype"], sort=False).agg(
-        cases=("case", "count"), passed=("passed", "sum"), worst_rel_l2=("rel_l2", "max"),
-        worst_max_abs=("max_abs", "max"), worst_adjoint=("adjoint_residual", "max"))
+        cases=("case", "count"),
+        passed=("passed", "sum"),
+        worst_rel_l2=("rel_l2", "max"),
+        worst_max_abs=("max_abs", "max"),
+        worst_adjoint=("adjoint_residual", "max"),
+    )
 
 
 def bitwise_table(frame):
@@ -133,40 +162,59 @@ def write_report(run_dir) -> str:
     """Rebuild report.md and the heatmaps from the saved results.csv and meta.json; returns the markdown."""
     run_dir = Path(run_dir)
     meta, frame = load_run(run_dir)
-    parts = [report_header(meta, "Correctness against the naive oracle"),
-             f"Fill: **{meta.get('fill')}**. Tolerances (relative L2 and adjoint residual): float32 "
-             f"{tolerance('float32'):g}, float64 {tolerance('float64'):g}. Oracle: `naive` in float64 on the "
-             f"same (rounded) inputs.\n"]
+    parts = [
+        report_header(meta, "Correctness against the naive oracle"),
+        f"Fill: **{meta.get('fill')}**. Tolerances (relative L2 and adjoint residual): float32 "
+        f"{tolerance('float32'):g}, float64 {tolerance('float64'):g}. Oracle: `naive` in float64 on the "
+        f"same (rounded) inputs.\n",
+    ]
     if not frame.empty:
         parts += ["## Summary per backend\n", markdown_table(summary_table(frame).reset_index(), index=False)]
         ok = frame[frame["status"] == "ok"]
         failed = ok[~truthy(ok["passed"])]
         parts.append(f"\n**{len(ok) - len(failed)} of {len(ok)} computed cells pass.**\n")
         if len(failed):
-            parts += ["\n### Failing cells\n",
-                      markdown_table(failed[["case", "descriptor", "backend", "dtype", "rel_l2", "max_abs",
-                                             "adjoint_residual"]], index=False)]
+            parts += [
+                "\n### Failing cells\n",
+                markdown_table(
+                    failed[["case", "descriptor", "backend", "dtype", "rel_l2", "max_abs", "adjoint_residual"]],
+                    index=False,
+                ),
+            ]
         if meta.get("fill") == "int":
             bits = bitwise_table(frame)
             exact = [b for b, row in bits.iterrows() if row["all_bitwise"]]
             inexact = [b for b, row in bits.iterrows() if not row["all_bitwise"]]
-            parts += ["\n## Exact-integer fill: bit-for-bit equality with the oracle\n",
-                      f"Every sum is an integer below 2^24, so a backend that adds exactly what the definition "
-                      f"adds matches bit for bit. **Bitwise equal on every cell:** {', '.join(exact) or 'none'}."
-                      f" **Not bitwise equal:** {', '.join(inexact) or 'none'}"
-                      + (" (expected of fft: its transforms round)" if "fft" in inexact else "")
-                      + ".\n", markdown_table(bits)]
+            parts += [
+                "\n## Exact-integer fill: bit-for-bit equality with the oracle\n",
+                f"Every sum is an integer below 2^24, so a backend that adds exactly what the definition "
+                f"adds matches bit for bit. **Bitwise equal on every cell:** {', '.join(exact) or 'none'}."
+                f" **Not bitwise equal:** {', '.join(inexact) or 'none'}"
+                + (" (expected of fft: its transforms round)" if "fft" in inexact else "")
+                + ".\n",
+                markdown_table(bits),
+            ]
         figures = []
         for dtype, group in ok.groupby("dtype", sort=False):
             matrix = group.assign(log10_error=_log10_error(group)).pivot_table(
-                index="backend", columns="case", values="log10_error", sort=False)
+                index="backend", columns="case", values="log10_error", sort=False
+            )
             path = run_dir / f"heatmap_{dtype}.png"
-            heatmap_figure(matrix, f"log10 relative L2 error vs naive oracle ({dtype})",
-                           "log10(relative L2 error); -17 = exact", path, vmin=-17, vmax=0)
+            heatmap_figure(
+                matrix,
+                f"log10 relative L2 error vs naive oracle ({dtype})",
+                "log10(relative L2 error); -17 = exact",
+                path,
+                vmin=-17,
+                vmax=0,
+            )
             figures.append(f"![log10 error heatmap {dtype}]({path.name})")
-        parts += ["\n## Error heatmaps (backend × case)\n",
-                  "Values are log10 of the relative L2 error (−17 marks an exact result); grey cells marked – "
-                  "are configurations the backend does not support.\n", "\n\n".join(figures) + "\n"]
+        parts += [
+            "\n## Error heatmaps (backend × case)\n",
+            "Values are log10 of the relative L2 error (−17 marks an exact result); grey cells marked – "
+            "are configurations the backend does not support.\n",
+            "\n\n".join(figures) + "\n",
+        ]
     return finish_report(run_dir, parts, frame, CELL_COLUMNS)
 
 

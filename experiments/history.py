@@ -71,8 +71,7 @@ def parse_param(text: str):
 def regression_threshold(conf, entry_name: str) -> float:
     """The largest ``regressions_thresholds`` value whose pattern matches ``entry_name`` from its start, as
     ``asv publish`` computes it; asv's default 0.05 if none does."""
-    matching = [float(value) for pattern, value in conf.regressions_thresholds.items()
-                if re.match(pattern, entry_name)]
+    matching = [float(value) for pattern, value in conf.regressions_thresholds.items() if re.match(pattern, entry_name)]
     return max(matching, default=ASV_DEFAULT_THRESHOLD)
 
 
@@ -100,8 +99,7 @@ def load_results(conf, machine_names=None, bench=None):
 
     results_dir = Path(conf.results_dir)
     if not results_dir.is_dir():
-        raise SystemExit(f"{results_dir} does not exist: no asv results yet (run `make bench` or "
-                         f"`make bench-history`)")
+        raise SystemExit(f"{results_dir} does not exist: no asv results yet (run `make bench` or `make bench-history`)")
     benchmarks = Benchmarks.load(conf)
     pattern = re.compile(bench) if bench else None
     rows = []
@@ -121,17 +119,28 @@ def load_results(conf, machine_names=None, bench=None):
                     if value is None or not np.isfinite(value):
                         continue
                     stat = stat or {}
-                    row = {"machine": machine, "env": result.env_name, "commit": result.commit_hash,
-                           "date": result.date, "benchmark": key, "unit": benchmark.get("unit"),
-                           "type": benchmark.get("type"), "params": ", ".join(combo), "value": float(value),
-                           "weight": ci_weight(stat), "ci_low": stat.get("ci_99_a"),
-                           "ci_high": stat.get("ci_99_b"), "q_25": stat.get("q_25"), "q_75": stat.get("q_75")}
-                    row.update({name: parse_param(text)
-                                for name, text in zip(benchmark.get("param_names", []), combo)})
+                    row = {
+                        "machine": machine,
+                        "env": result.env_name,
+                        "commit": result.commit_hash,
+                        "date": result.date,
+                        "benchmark": key,
+                        "unit": benchmark.get("unit"),
+                        "type": benchmark.get("type"),
+                        "params": ", ".join(combo),
+                        "value": float(value),
+                        "weight": ci_weight(stat),
+                        "ci_low": stat.get("ci_99_a"),
+                        "ci_high": stat.get("ci_99_b"),
+                        "q_25": stat.get("q_25"),
+                        "q_75": stat.get("q_75"),
+                    }
+                    row.update({name: parse_param(text) for name, text in zip(benchmark.get("param_names", []), combo)})
                     rows.append(row)
     if not rows:
-        raise SystemExit(f"no benchmark results under {results_dir}"
-                         + (f" matching --bench {bench!r}" if bench else ""))
+        raise SystemExit(
+            f"no benchmark results under {results_dir}" + (f" matching --bench {bench!r}" if bench else "")
+        )
     return pd.DataFrame(rows)
 
 
@@ -139,8 +148,14 @@ def commit_order(frame, repo: Path) -> list[str]:
     """The frame's commits, oldest first: git's topological order, then commit date for commits git lacks."""
     commits = list(dict.fromkeys(frame.sort_values("date")["commit"]))
     try:
-        listed = subprocess.run(["git", "rev-list", "--topo-order", "--reverse", *commits], cwd=repo,
-                                capture_output=True, text=True, check=True, timeout=60).stdout.split()
+        listed = subprocess.run(
+            ["git", "rev-list", "--topo-order", "--reverse", *commits],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         return commits
     position = {commit: i for i, commit in enumerate(listed)}
@@ -153,8 +168,14 @@ def commit_subjects(commits, repo: Path) -> dict:
     subjects = {}
     for commit in commits:
         try:
-            subjects[commit] = subprocess.run(["git", "log", "-1", "--format=%cs %s", commit], cwd=repo,
-                                              capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+            subjects[commit] = subprocess.run(
+                ["git", "log", "-1", "--format=%cs %s", commit],
+                cwd=repo,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             subjects[commit] = ""
     return subjects
@@ -179,7 +200,7 @@ def add_gflops(frame):
     for low, high in (("ci_low", "ci_high"), ("q_25", "q_75")):
         low_s, high_s = timed[low].astype(float), timed[high].astype(float)
         timed[low], timed[high] = work / high_s, work / low_s
-    timed["weight"] = np.nan      # not detected on its own: it gets its time series' steps (see detect)
+    timed["weight"] = np.nan  # not detected on its own: it gets its time series' steps (see detect)
     timed["benchmark"] = timed["benchmark"] + f" [{GFLOPS_UNIT}]"
     timed["unit"], timed["type"] = GFLOPS_UNIT, "derived"
     return pd.concat([frame, timed], ignore_index=True)
@@ -221,8 +242,9 @@ def detect(frame, commits, conf):
     position = {commit: i for i, commit in enumerate(commits)}
     step_rows, regression_rows = [], []
     measured = frame[frame["type"] != "derived"]
-    for (machine, env, benchmark, params), series in measured.groupby(["machine", "env", "benchmark", "params"],
-                                                                      sort=False):
+    for (machine, env, benchmark, params), series in measured.groupby(
+        ["machine", "env", "benchmark", "params"], sort=False
+    ):
         values = np.full(len(commits), np.nan)
         weights = np.full(len(commits), np.nan)
         index = series["commit"].map(position).to_numpy()
@@ -234,18 +256,48 @@ def detect(frame, commits, conf):
         steps, regressions = series_steps(values, weights, threshold, better_up)
         key = {"machine": machine, "env": env, "benchmark": benchmark, "params": params, "unit": unit}
         for left, right, level, _minimum, error in steps:
-            step_rows.append({**key, "first": commits[left], "last": commits[right - 1], "first_pos": left,
-                              "last_pos": right - 1, "level": level, "error": error})
+            step_rows.append(
+                {
+                    **key,
+                    "first": commits[left],
+                    "last": commits[right - 1],
+                    "first_pos": left,
+                    "last_pos": right - 1,
+                    "level": level,
+                    "error": error,
+                }
+            )
         for before, after, value_before, value_after in regressions:
             ratio = value_before / value_after if better_up else value_after / value_before
-            regression_rows.append({**key, "threshold": threshold, "good": commits[before], "bad": commits[after],
-                                    "good_pos": before, "bad_pos": after, "value_good": value_before,
-                                    "value_bad": value_after, "worse_by": ratio})
+            regression_rows.append(
+                {
+                    **key,
+                    "threshold": threshold,
+                    "good": commits[before],
+                    "bad": commits[after],
+                    "good_pos": before,
+                    "bad_pos": after,
+                    "value_good": value_before,
+                    "value_bad": value_after,
+                    "worse_by": ratio,
+                }
+            )
     key_columns = ["machine", "env", "benchmark", "params", "unit"]
-    steps = pd.DataFrame(step_rows, columns=[*key_columns, "first", "last", "first_pos", "last_pos", "level",
-                                             "error"])
-    regressions = pd.DataFrame(regression_rows, columns=[*key_columns, "threshold", "good", "bad", "good_pos",
-                                                         "bad_pos", "value_good", "value_bad", "worse_by"])
+    steps = pd.DataFrame(step_rows, columns=[*key_columns, "first", "last", "first_pos", "last_pos", "level", "error"])
+    regressions = pd.DataFrame(
+        regression_rows,
+        columns=[
+            *key_columns,
+            "threshold",
+            "good",
+            "bad",
+            "good_pos",
+            "bad_pos",
+            "value_good",
+            "value_bad",
+            "worse_by",
+        ],
+    )
     return with_derived(steps, frame), with_derived(regressions, frame)
 
 
@@ -258,7 +310,8 @@ def with_derived(table, frame):
     if derived.empty or table.empty:
         return table
     sources = derived.assign(source=derived["benchmark"].str.removesuffix(f" [{GFLOPS_UNIT}]"))[
-        ["source", "benchmark", "params", "gigaflop"]].rename(columns={"benchmark": "derived"})
+        ["source", "benchmark", "params", "gigaflop"]
+    ].rename(columns={"benchmark": "derived"})
     rows = table.merge(sources, left_on=["benchmark", "params"], right_on=["source", "params"])
     if rows.empty:
         return table
@@ -291,8 +344,7 @@ def draw_benchmark(frame, steps, regressions, commits, benchmark: str, path: Pat
     as red arrows labelled with the ratio."""
     rows = frame[frame["benchmark"] == benchmark]
     unit = rows["unit"].iloc[0] or ""
-    panel_names = [c for c in ("case", "layout", "allocation", "dtype", "cache") if c in rows and
-                   rows[c].notna().any()]
+    panel_names = [c for c in ("case", "layout", "allocation", "dtype", "cache") if c in rows and rows[c].notna().any()]
     panels = [()] if not panel_names else sorted({tuple(r) for r in rows[panel_names].astype(str).to_numpy()})
     envs = sorted(rows["env"].unique())
     backends = list(dict.fromkeys(rows["backend"])) if "backend" in rows else ["value"]
@@ -308,42 +360,80 @@ def draw_benchmark(frame, steps, regressions, commits, benchmark: str, path: Pat
         for name, value in zip(panel_names, panel):
             selected = selected[selected[name].astype(str) == value]
         for (backend, env, params), series in selected.groupby(
-                ["backend" if "backend" in selected else "benchmark", "env", "params"], sort=False):
+            ["backend" if "backend" in selected else "benchmark", "env", "params"], sort=False
+        ):
             series = series.set_index("commit").reindex(commits)
             label = backend if len(envs) == 1 else f"{backend} [{env}]"
-            ax.plot(x, series["value"].to_numpy(dtype=float), styles[env], marker="o", markersize=3,
-                    color=colours.get(backend, "k"), label=label)
+            ax.plot(
+                x,
+                series["value"].to_numpy(dtype=float),
+                styles[env],
+                marker="o",
+                markersize=3,
+                color=colours.get(backend, "k"),
+                label=label,
+            )
             key = (steps["benchmark"] == benchmark) & (steps["params"] == params) & (steps["env"] == env)
             for step in steps[key].itertuples():
-                ax.hlines(step.level, step.first_pos - 0.3, step.last_pos + 0.3, colors=colours.get(backend, "k"),
-                          linestyles="dashed", linewidth=1, alpha=0.6)
+                ax.hlines(
+                    step.level,
+                    step.first_pos - 0.3,
+                    step.last_pos + 0.3,
+                    colors=colours.get(backend, "k"),
+                    linestyles="dashed",
+                    linewidth=1,
+                    alpha=0.6,
+                )
             if not regressions.empty:
-                key = ((regressions["benchmark"] == benchmark) & (regressions["params"] == params)
-                       & (regressions["env"] == env))
+                key = (
+                    (regressions["benchmark"] == benchmark)
+                    & (regressions["params"] == params)
+                    & (regressions["env"] == env)
+                )
                 for found in regressions[key].itertuples():
-                    ax.annotate("", xy=(found.bad_pos, found.value_bad), xytext=(found.good_pos, found.value_good),
-                                arrowprops={"arrowstyle": "->", "color": "red", "linewidth": 1.8})
-                    ax.annotate(f"{backend} ×{found.worse_by:.2g}", (found.bad_pos, found.value_bad), color="red",
-                                fontsize=8, xytext=(4, 4), textcoords="offset points")
+                    ax.annotate(
+                        "",
+                        xy=(found.bad_pos, found.value_bad),
+                        xytext=(found.good_pos, found.value_good),
+                        arrowprops={"arrowstyle": "->", "color": "red", "linewidth": 1.8},
+                    )
+                    ax.annotate(
+                        f"{backend} ×{found.worse_by:.2g}",
+                        (found.bad_pos, found.value_bad),
+                        color="red",
+                        fontsize=8,
+                        xytext=(4, 4),
+                        textcoords="offset points",
+                    )
         ax.set_title(", ".join(f"{n}={v}" for n, v in zip(panel_names, panel)) or benchmark, fontsize=9)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(plain_number))
         low, high = ax.get_ylim()
-        labelled = range(1, 10) if high < 10 * low else (2, 5)    # within a decade, every minor tick
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _, keep=labelled: plain_number(v)
-                                                   if leading_digit(v) in keep else ""))
+        labelled = range(1, 10) if high < 10 * low else (2, 5)  # within a decade, every minor tick
+        ax.yaxis.set_minor_formatter(
+            FuncFormatter(lambda v, _, keep=labelled: plain_number(v) if leading_digit(v) in keep else "")
+        )
         ax.set_ylabel(unit)
         ax.set_xticks(x, [c[:8] for c in commits], rotation=45, ha="right", fontsize=7)
         ax.set_xlabel("commit (oldest left)")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_xlim(-0.5, len(commits) - 0.5)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     legend = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
-    figure.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=min(8, len(legend)) or 1,
-                  fontsize=8, frameon=False)
-    figure.suptitle(f"{benchmark} ({unit}{', higher is better' if higher_is_better(unit) else ''}); dashed: "
-                    f"the levels of asv's step detection; red arrow: a regression it reports", fontsize=10)
+    figure.legend(
+        legend.values(),
+        legend.keys(),
+        loc="outside lower center",
+        ncol=min(8, len(legend)) or 1,
+        fontsize=8,
+        frameon=False,
+    )
+    figure.suptitle(
+        f"{benchmark} ({unit}{', higher is better' if higher_is_better(unit) else ''}); dashed: "
+        f"the levels of asv's step detection; red arrow: a regression it reports",
+        fontsize=10,
+    )
     return save_figure(figure, path)
 
 
@@ -354,51 +444,84 @@ def build_report(out: Path, meta: dict, frame, steps, regressions, commits, subj
 
     title = "Performance over commits (asv)"
     header = report_header(meta, title)
-    source = (f"- asv results: `{meta['asv']['results_dir']}`, machines {', '.join(meta['asv']['machines'])}, "
-              f"environments {', '.join(meta['asv']['environments'])}; {len(frame)} values of "
-              f"{frame['benchmark'].nunique()} benchmarks")
-    commit_table = pd.DataFrame({"": range(len(commits)), "commit": [c[:10] for c in commits],
-                                 "date and subject": [subjects.get(c, "")[:100] for c in commits]})
+    source = (
+        f"- asv results: `{meta['asv']['results_dir']}`, machines {', '.join(meta['asv']['machines'])}, "
+        f"environments {', '.join(meta['asv']['environments'])}; {len(frame)} values of "
+        f"{frame['benchmark'].nunique()} benchmarks"
+    )
+    commit_table = pd.DataFrame(
+        {
+            "": range(len(commits)),
+            "commit": [c[:10] for c in commits],
+            "date and subject": [subjects.get(c, "")[:100] for c in commits],
+        }
+    )
     found = None
     if not regressions.empty:
         found = regressions.assign(good=regressions["good"].str[:8], bad=regressions["bad"].str[:8])[
-            ["benchmark", "params", "env", "good", "bad", "value_good", "value_bad", "unit", "worse_by", "threshold"]]
+            ["benchmark", "params", "env", "good", "bad", "value_good", "value_bad", "unit", "worse_by", "threshold"]
+        ]
     none_found = "None: no series has an upward step beyond its threshold that its latest value keeps."
     levels = steps.groupby(["machine", "env", "benchmark", "params"]).size() if len(steps) else pd.Series()
-    stepped = (f"{int((levels > 1).sum())} of {len(levels)} series have more than one level (a step); "
-               f"`steps.csv` lists every level.")
+    stepped = (
+        f"{int((levels > 1).sum())} of {len(levels)} series have more than one level (a step); "
+        f"`steps.csv` lists every level."
+    )
 
-    parts = [header, source, "\n## Commits\n", markdown_table(commit_table, index=False),
-             "\n## Regressions (asv.step_detect)\n", none_found + "\n" if found is None else
-             markdown_table(found, index=False), f"\n{stepped}\n", "\n## Figures\n",
-             *(f"![{name}]({name})\n" for name in figures)]
+    parts = [
+        header,
+        source,
+        "\n## Commits\n",
+        markdown_table(commit_table, index=False),
+        "\n## Regressions (asv.step_detect)\n",
+        none_found + "\n" if found is None else markdown_table(found, index=False),
+        f"\n{stepped}\n",
+        "\n## Figures\n",
+        *(f"![{name}]({name})\n" for name in figures),
+    ]
     text = "\n".join(parts)
     atomic_write_text(out / "report.md", text)
 
     def table(frame_):
         return frame_.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
-    page = ["<!doctype html>", "<html><head><meta charset=\"utf-8\">", f"<title>{escape(title)}</title>",
-            "<style>body{font-family:sans-serif;margin:1em 2em} table{border-collapse:collapse;font-size:13px} "
-            "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left} img{max-width:100%;margin:1em 0} "
-            "pre{white-space:pre-wrap}</style></head><body>",
-            f"<h1>{escape(title)}</h1>", f"<pre>{escape(header.split(chr(10), 2)[2] + source)}</pre>",
-            "<h2>Commits</h2>", table(commit_table), "<h2>Regressions (asv.step_detect)</h2>",
-            f"<p>{escape(none_found)}</p>" if found is None else table(found), f"<p>{escape(stepped)}</p>",
-            "<h2>Figures</h2>", *(f"<h3>{escape(name)}</h3><img src=\"{escape(name)}\" alt=\"{escape(name)}\">"
-                                  for name in figures), "</body></html>"]
+
+    page = [
+        "<!doctype html>",
+        '<html><head><meta charset="utf-8">',
+        f"<title>{escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1em 2em} table{border-collapse:collapse;font-size:13px} "
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left} img{max-width:100%;margin:1em 0} "
+        "pre{white-space:pre-wrap}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f"<pre>{escape(header.split(chr(10), 2)[2] + source)}</pre>",
+        "<h2>Commits</h2>",
+        table(commit_table),
+        "<h2>Regressions (asv.step_detect)</h2>",
+        f"<p>{escape(none_found)}</p>" if found is None else table(found),
+        f"<p>{escape(stepped)}</p>",
+        "<h2>Figures</h2>",
+        *(f'<h3>{escape(name)}</h3><img src="{escape(name)}" alt="{escape(name)}">' for name in figures),
+        "</body></html>",
+    ]
     atomic_write_text(out / "report.html", "\n".join(page) + "\n")
     return text
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{NAME}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m experiments.{NAME}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=Path("asv.conf.json"), help="asv's configuration")
-    parser.add_argument("--machine", action="append", default=None,
-                        help="asv machine name (repeatable; default: every machine with results)")
+    parser.add_argument(
+        "--machine",
+        action="append",
+        default=None,
+        help="asv machine name (repeatable; default: every machine with results)",
+    )
     parser.add_argument("--bench", default=None, help="regular expression: only benchmarks whose name matches")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"report directory (default results/{NAME}/<UTC time>-<git hash>/)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"report directory (default results/{NAME}/<UTC time>-<git hash>/)"
+    )
     args = parser.parse_args(argv)
     if not args.config.is_file():
         parser.error(f"--config {args.config}: no such file (run from the repository root)")
@@ -411,30 +534,42 @@ def main(argv=None) -> int:
 
     conf = Config.load(str(args.config))
     repo = args.config.resolve().parent
-    conf.results_dir = str(repo / conf.results_dir)   # asv reads it relative to the configuration's folder
+    conf.results_dir = str(repo / conf.results_dir)  # asv reads it relative to the configuration's folder
     frame = add_gflops(load_results(conf, args.machine, args.bench))
     commits = commit_order(frame, repo)
     steps, regressions = detect(frame, commits, conf)
     rid = run_id()
     out = args.out or RESULTS_ROOT / NAME / rid
     out.mkdir(parents=True, exist_ok=True)
-    meta = collect_metadata(NAME, rid, seed=None, argv=[f"-m experiments.{NAME}", *(argv or sys.argv[1:])],
-                            quick=False, extra={"asv": {
-                                "config": str(args.config.resolve()), "results_dir": str(conf.results_dir),
-                                "machines": sorted(frame["machine"].unique()),
-                                "environments": sorted(frame["env"].unique()), "commits": commits,
-                                "regressions_thresholds": conf.regressions_thresholds}})
+    meta = collect_metadata(
+        NAME,
+        rid,
+        seed=None,
+        argv=[f"-m experiments.{NAME}", *(argv or sys.argv[1:])],
+        quick=False,
+        extra={
+            "asv": {
+                "config": str(args.config.resolve()),
+                "results_dir": str(conf.results_dir),
+                "machines": sorted(frame["machine"].unique()),
+                "environments": sorted(frame["env"].unique()),
+                "commits": commits,
+                "regressions_thresholds": conf.regressions_thresholds,
+            }
+        },
+    )
     atomic_write_json(out / "meta.json", meta)
     atomic_write_csv(out / "results.csv", frame)
     atomic_write_csv(out / "steps.csv", steps)
     atomic_write_csv(out / "regressions.csv", regressions)
     figures = []
     for benchmark in sorted(frame["benchmark"].unique()):
-        figures.append(draw_benchmark(frame, steps, regressions, commits, benchmark,
-                                      out / figure_name(benchmark)).name)
+        figures.append(draw_benchmark(frame, steps, regressions, commits, benchmark, out / figure_name(benchmark)).name)
     build_report(out, meta, frame, steps, regressions, commits, commit_subjects(commits, repo), figures)
-    print(f"{NAME}: {len(commits)} commits, {frame['benchmark'].nunique()} benchmarks, {len(regressions)} "
-          f"regression(s); report written to {out / 'report.md'}")
+    print(
+        f"{NAME}: {len(commits)} commits, {frame['benchmark'].nunique()} benchmarks, {len(regressions)} "
+        f"regression(s); report written to {out / 'report.md'}"
+    )
     return 0
 
 

@@ -38,10 +38,13 @@ FULL_SPEED_SUITES = ("unet", "decoder", "tiny")
 
 def build_parser():
     parser = make_parser(NAME, __doc__)
-    parser.add_argument("--full", action="store_true",
-                        help=f"time every case of the suites {', '.join(FULL_SPEED_SUITES)} with {DEFAULT_ROUNDS} "
-                             f"rounds per cell (several minutes) instead of {', '.join(SPEED_CASES)} with "
-                             f"{SPEED_ROUNDS}")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help=f"time every case of the suites {', '.join(FULL_SPEED_SUITES)} with {DEFAULT_ROUNDS} "
+        f"rounds per cell (several minutes) instead of {', '.join(SPEED_CASES)} with "
+        f"{SPEED_ROUNDS}",
+    )
     return parser
 
 
@@ -88,37 +91,53 @@ def write_report(run_dir) -> str:
         if not frame.empty and "passed" in frame:
             ok = frame[frame["status"] == "ok"]
             passed = int(truthy(ok["passed"]).sum())
-            parts += ["## Correctness against the naive oracle\n",
-                      f"**{passed} of {len(ok)} computed cells pass** (relative L2 error and adjoint residual "
-                      f"within {tolerance('float32'):g} for float32, {tolerance('float64'):g} for float64). "
-                      f"Details: [correctness/report.md](correctness/report.md).\n",
-                      markdown_table(correctness.summary_table(frame).reset_index(), index=False),
-                      "\n![float32 errors](correctness/heatmap_float32.png)\n"]
+            parts += [
+                "## Correctness against the naive oracle\n",
+                f"**{passed} of {len(ok)} computed cells pass** (relative L2 error and adjoint residual "
+                f"within {tolerance('float32'):g} for float32, {tolerance('float64'):g} for float64). "
+                f"Details: [correctness/report.md](correctness/report.md).\n",
+                markdown_table(correctness.summary_table(frame).reset_index(), index=False),
+                "\n![float32 errors](correctness/heatmap_float32.png)\n",
+            ]
     if (speed_dir / "meta.json").exists():
         speed.write_report(speed_dir)
         speed_meta, frame = load_run(speed_dir)
         if not frame.empty and "median_s" in frame:
             ok = frame[frame["status"] == "ok"].copy()
             ok["median_ms"] = ok["median_s"] * 1e3
-            parts += ["## Speed\n",
-                      f"Median time per call (ms) and speedup over **{speed_meta.get('baseline')}**; machine "
-                      f"ceilings {speed_meta.get('gemm_gflops_f32', np.nan):.0f} GFLOP/s float32 GEMM, "
-                      f"{speed_meta.get('copy_gbps', np.nan):.1f} GB/s copy. Details: "
-                      f"[speed/report.md](speed/report.md)."
-                      + (f" Cells not run: {', '.join(speed_meta['excluded'])} (see `--exclude` of "
-                         f"experiments.speed)." if speed_meta.get("excluded") else "") + "\n"]
+            parts += [
+                "## Speed\n",
+                f"Median time per call (ms) and speedup over **{speed_meta.get('baseline')}**; machine "
+                f"ceilings {speed_meta.get('gemm_gflops_f32', np.nan):.0f} GFLOP/s float32 GEMM, "
+                f"{speed_meta.get('copy_gbps', np.nan):.1f} GB/s copy. Details: "
+                f"[speed/report.md](speed/report.md)."
+                + (
+                    f" Cells not run: {', '.join(speed_meta['excluded'])} (see `--exclude` of experiments.speed)."
+                    if speed_meta.get("excluded")
+                    else ""
+                )
+                + "\n",
+            ]
             for suite_name, group in ok.groupby("suite", sort=False):
                 for dtype, sub in group.groupby("dtype", sort=False):
-                    parts += [f"### {suite_name} ({dtype}): median ms\n",
-                              markdown_table(sub.pivot_table(index="case", columns="backend", values="median_ms",
-                                                             sort=False), floatfmt=".3g"),
-                              f"\n### {suite_name} ({dtype}): GFLOP/s\n",
-                              markdown_table(sub.pivot_table(index="case", columns="backend", values="gflops",
-                                                             sort=False), floatfmt=".3g"),
-                              f"\n### {suite_name} ({dtype}): speedup over {speed_meta.get('baseline')}\n",
-                              markdown_table(sub.pivot_table(index="case", columns="backend", values="speedup",
-                                                             sort=False), floatfmt=".3g"),
-                              f"\n![{suite_name} GFLOP/s](speed/speed_{suite_name}_{dtype}.png)\n"]
+                    parts += [
+                        f"### {suite_name} ({dtype}): median ms\n",
+                        markdown_table(
+                            sub.pivot_table(index="case", columns="backend", values="median_ms", sort=False),
+                            floatfmt=".3g",
+                        ),
+                        f"\n### {suite_name} ({dtype}): GFLOP/s\n",
+                        markdown_table(
+                            sub.pivot_table(index="case", columns="backend", values="gflops", sort=False),
+                            floatfmt=".3g",
+                        ),
+                        f"\n### {suite_name} ({dtype}): speedup over {speed_meta.get('baseline')}\n",
+                        markdown_table(
+                            sub.pivot_table(index="case", columns="backend", values="speedup", sort=False),
+                            floatfmt=".3g",
+                        ),
+                        f"\n![{suite_name} GFLOP/s](speed/speed_{suite_name}_{dtype}.png)\n",
+                    ]
             parts.append("![roofline](speed/roofline.png)\n")
     text = "\n".join(parts)
     atomic_write_text(run_dir / "report.md", text)

@@ -66,23 +66,33 @@ NONOVERLAP_PATHS = ("nonoverlap_gemm", "nonoverlap_direct")
 
 
 def _p(c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1, batch=1):
-    return Problem(batch=batch, in_channels=c_in, in_size=size, out_channels=c_out, kernel_size=kernel,
-                   stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
-                   groups=groups, dtype=np.dtype(np.float32))
+    return Problem(
+        batch=batch,
+        in_channels=c_in,
+        in_size=size,
+        out_channels=c_out,
+        kernel_size=kernel,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+        dtype=np.dtype(np.float32),
+    )
 
 
 #: Shapes beyond the decoder suite that bracket choose_path's rule.
 EXTRA_SHAPES = {
-    "dcgan_rgb": _p(64, 3, 32, 4, 2, 1, batch=8),             # a generator's last layer: 3 output channels
-    "dcgan_head": _p(512, 256, 8, 4, 2, 1, batch=8),          # wide channels, small images
+    "dcgan_rgb": _p(64, 3, 32, 4, 2, 1, batch=8),  # a generator's last layer: 3 output channels
+    "dcgan_head": _p(512, 256, 8, 4, 2, 1, batch=8),  # wide channels, small images
     "wide_4x4": _p(1024, 512, 4, 4, 2, 1, batch=16),
-    "thin8": _p(8, 8, 64, 3, 1, 1, batch=2),                  # channel product 64
-    "thin4": _p(4, 4, 64, 3, 2, 1, 1, batch=2),               # channel product 16
-    "g16_4x4": _p(64, 64, 64, 3, 2, 1, 1, groups=16),          # per group 4 × 4
-    "g32_1x2": _p(32, 64, 64, 3, 2, 1, 1, groups=32),          # depth multiplier 2
+    "thin8": _p(8, 8, 64, 3, 1, 1, batch=2),  # channel product 64
+    "thin4": _p(4, 4, 64, 3, 2, 1, 1, batch=2),  # channel product 16
+    "g16_4x4": _p(64, 64, 64, 3, 2, 1, 1, groups=16),  # per group 4 × 4
+    "g32_1x2": _p(32, 64, 64, 3, 2, 1, 1, groups=32),  # depth multiplier 2
     "k2s1": _p(64, 64, 32, 2, 1, batch=4),
     "k7s1p3": _p(32, 32, 32, 7, 1, 3, batch=2),
-    "k2s3_gaps": _p(64, 64, 32, 2, 3, batch=2),                # stride > kernel: gaps, no overlap
+    "k2s3_gaps": _p(64, 64, 32, 2, 3, batch=2),  # stride > kernel: gaps, no overlap
 }
 
 
@@ -104,13 +114,22 @@ def path_backend(path: str, row: str | None = None, panel_pixels: int | None = N
     # (the layouts the path computes natively: the others are converted, as numba_cpu's dispatcher does)
     layouts = ("NCHW", "NHWC") if path in numba_cpu.NHWC_PATHS else ("NCHW",)
     name = f"numba_cpu:{path}" + (f"@{row}" if row else "") + (f"@mr{panel_pixels}" if panel_pixels else "")
-    return Backend(name=name, description=f"numba_cpu forced onto {path}", writes_out=True, layouts=layouts,
-                   run=functools.partial(run_path, path, row, panel_pixels))
+    return Backend(
+        name=name,
+        description=f"numba_cpu forced onto {path}",
+        writes_out=True,
+        layouts=layouts,
+        run=functools.partial(run_path, path, row, panel_pixels),
+    )
 
 
 def tile_backend(tile_co: int) -> Backend:
-    return Backend(name=f"blocked_direct:co{tile_co}", description=f"blocked_direct, tile_co={tile_co}",
-                   run=functools.partial(run_blocked_tile, tile_co), writes_out=True)
+    return Backend(
+        name=f"blocked_direct:co{tile_co}",
+        description=f"blocked_direct, tile_co={tile_co}",
+        run=functools.partial(run_blocked_tile, tile_co),
+        writes_out=True,
+    )
 
 
 #: The AVX-512 register tiles compared by ``--asm``, (MR pixels, NR zmm): the AVX2 row's 64-byte panel vector
@@ -126,6 +145,7 @@ def _panel_kernel(panel: int, panel_bytes: int):
 
     def kernel(acc, w, x, n):
         fma_panel(acc, strided(0, 64, panel), w, 0, 64, x, strided(0, 1, panel), panel, n, panel_bytes)
+
     return njit(kernel)
 
 
@@ -138,7 +158,7 @@ def _inner_loop(asm: str) -> list:
             continue
         start = next((k for k in range(at, -1, -1) if lines[k].startswith(jump.group(1) + ":")), None)
         if start is not None:
-            body = lines[start:at + 1]
+            body = lines[start : at + 1]
             if sum("vfmadd" in b for b in body) > sum("vfmadd" in b for b in best):
                 best = body
     return best
@@ -165,9 +185,11 @@ def _asm_child(tiles) -> dict:
             loop = _inner_loop(next(iter(kernel.inspect_asm().values())))
             fmas = [line for line in loop if "vfmadd" in line]
             counts[f"{panel}x{vectors} {name}"] = {
-                "fmas": len(fmas), "zmm_fmas": sum("zmm" in line for line in fmas),
+                "fmas": len(fmas),
+                "zmm_fmas": sum("zmm" in line for line in fmas),
                 "accumulators": len({line.split(",")[-1].strip() for line in fmas}),
-                "loads": sum(_is_load(line) for line in loop)}
+                "loads": sum(_is_load(line) for line in loop),
+            }
     return counts
 
 
@@ -183,19 +205,27 @@ def assembly_counts(cpu: str = "sapphirerapids", tiles=ASM_TILES) -> dict:
 
 
 def assembly_markdown(counts: dict, cpu: str) -> str:
-    lines = [f"Micro-kernel inner loop compiled for {cpu} (loads: weight vectors and broadcasts):", "",
-             "| tile MR × NR | FMAs (zmm) | accumulators | loads | loads per FMA |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"Micro-kernel inner loop compiled for {cpu} (loads: weight vectors and broadcasts):",
+        "",
+        "| tile MR × NR | FMAs (zmm) | accumulators | loads | loads per FMA |",
+        "|---|---|---|---|---|",
+    ]
     for name, c in counts.items():
-        lines.append(f"| {name} | {c['fmas']} ({c['zmm_fmas']}) | {c['accumulators']} | {c['loads']} | "
-                     f"{c['loads'] / max(1, c['fmas']):.2f} |")
+        lines.append(
+            f"| {name} | {c['fmas']} ({c['zmm_fmas']}) | {c['accumulators']} | {c['loads']} | "
+            f"{c['loads'] / max(1, c['fmas']):.2f} |"
+        )
     return "\n".join(lines)
 
 
 def unet_shapes() -> dict:
     """The U-Net suite in both layouts, named ``unet1:NCHW`` … ``unet4:NHWC``."""
-    return {f"{name}:{layout}": problem.with_(layout=layout) for name, problem in suite("unet").items()
-            for layout in ("NCHW", "NHWC")}
+    return {
+        f"{name}:{layout}": problem.with_(layout=layout)
+        for name, problem in suite("unet").items()
+        for layout in ("NCHW", "NHWC")
+    }
 
 
 def shapes(names=None, unet=False) -> dict:
@@ -212,8 +242,10 @@ def measure(problems: dict, backends: list, settings: TimingSettings, isolation:
     for name, problem in problems.items():
         jobs = [TimingJob(problem, backend, rng=0) for backend in backends]
         rows = time_jobs(jobs, settings, isolation=isolation)
-        table[name] = {row["backend"]: (row["median_s"] * 1e3, row["min_s"] * 1e3) if row["status"] == "ok"
-                       else (np.nan, np.nan) for row in rows}
+        table[name] = {
+            row["backend"]: (row["median_s"] * 1e3, row["min_s"] * 1e3) if row["status"] == "ok" else (np.nan, np.nan)
+            for row in rows
+        }
         print(f"  {name}: " + ", ".join(f"{b} {ms[0]:.3g} ms" for b, ms in table[name].items()), flush=True)
     return table
 
@@ -221,8 +253,7 @@ def measure(problems: dict, backends: list, settings: TimingSettings, isolation:
 def markdown(table: dict, problems: dict) -> str:
     """Median (min) ms and the median's GFLOP/s of useful work per cell."""
     columns = list(next(iter(table.values())))
-    lines = ["| shape | choose_path | " + " | ".join(columns) + " | fastest |",
-             "|---" * (len(columns) + 3) + "|"]
+    lines = ["| shape | choose_path | " + " | ".join(columns) + " | fastest |", "|---" * (len(columns) + 3) + "|"]
     for name, cells in table.items():
         fastest = min(cells, key=lambda b: cells[b][0] if cells[b][0] == cells[b][0] else np.inf)
         flops = problems[name].flops
@@ -249,26 +280,46 @@ def isa_list(text: str) -> list:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.numba_cpu_paths", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.numba_cpu_paths",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--isolation", choices=ISOLATIONS, default="process")
     parser.add_argument("--budget", type=float, default=0.3, help="seconds of timed repeats per cell")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="Numba/OpenMP/OpenBLAS threads of the workers (default: all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="Numba/OpenMP/OpenBLAS threads of the workers (default: all cores)"
+    )
     parser.add_argument("--shapes", type=lambda t: [s.strip() for s in t.split(",") if s.strip()], default=None)
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--blocked-tiles", action="store_true",
-                       help="time blocked_direct with output-channel tiles 16, 32, 64, 128 instead of the paths")
-    which.add_argument("--unet", action="store_true",
-                       help="time nonoverlap_gemm, nonoverlap_direct and the bare GEMM on the U-Net suite, NCHW and "
-                            "NHWC, instead")
-    which.add_argument("--panels", type=lambda t: [int(v) for v in t.split(",")], default=None,
-                       help="time blocked_direct and nonoverlap_direct with these register-tile heights (MR)")
-    which.add_argument("--asm", action="store_true",
-                       help="count FMAs, accumulators and loads of the AVX-512 tile candidates compiled for --cpu")
+    which.add_argument(
+        "--blocked-tiles",
+        action="store_true",
+        help="time blocked_direct with output-channel tiles 16, 32, 64, 128 instead of the paths",
+    )
+    which.add_argument(
+        "--unet",
+        action="store_true",
+        help="time nonoverlap_gemm, nonoverlap_direct and the bare GEMM on the U-Net suite, NCHW and NHWC, instead",
+    )
+    which.add_argument(
+        "--panels",
+        type=lambda t: [int(v) for v in t.split(",")],
+        default=None,
+        help="time blocked_direct and nonoverlap_direct with these register-tile heights (MR)",
+    )
+    which.add_argument(
+        "--asm",
+        action="store_true",
+        help="count FMAs, accumulators and loads of the AVX-512 tile candidates compiled for --cpu",
+    )
     parser.add_argument("--cpu", default="sapphirerapids", help="the CPU --asm compiles for (NUMBA_CPU_NAME)")
-    parser.add_argument("--isa", type=isa_list, default=None,
-                        help="ISA rows whose kernels to time (comma-separated, or all; default: this process's)")
+    parser.add_argument(
+        "--isa",
+        type=isa_list,
+        default=None,
+        help="ISA rows whose kernels to time (comma-separated, or all; default: this process's)",
+    )
     add_rounds_argument(parser, "cell")
     args = parser.parse_args(argv)
     if args.asm:
@@ -279,14 +330,18 @@ def main(argv=None):
     if args.blocked_tiles:
         backends = [tile_backend(t) for t in (16, 32, 64, 128)]
     elif args.panels:
-        backends = [path_backend(p, row, mr) for p in ("blocked_direct", "nonoverlap_direct") for row in rows
-                    for mr in args.panels]
+        backends = [
+            path_backend(p, row, mr)
+            for p in ("blocked_direct", "nonoverlap_direct")
+            for row in rows
+            for mr in args.panels
+        ]
     elif args.unet:
         backends = [*(path_backend(p, row) for p in NONOVERLAP_PATHS for row in rows), GEMM]
     else:
         backends = [path_backend(p, row) for p in PATHS for row in rows]
     settings = TimingSettings(budget_s=args.budget, rounds=args.rounds or DEFAULT_ROUNDS)
-    if args.threads is not None:   # read by the spawned workers at import
+    if args.threads is not None:  # read by the spawned workers at import
         for variable in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[variable] = str(args.threads)
     sgemm = single_thread_sgemm_gflops()
@@ -294,12 +349,19 @@ def main(argv=None):
     table = measure(problems, backends, settings, args.isolation)
     host = isa_rows.host_isa()
     above = [r for r in rows if r and isa_rows.ISA_ROWS.index(r) > isa_rows.ISA_ROWS.index(host)]
-    print(f"\nMedian (min) ms per call and GFLOP/s of the median (float32, isolation {args.isolation}, threads "
-          f"{args.threads or 'all'}, load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}, "
-          f"{os.cpu_count()} CPUs; CPU {isa_rows.target_cpu()[0]}, ISA row {isa_rows.selected_isa()}, host row "
-          f"{host}). Single-thread SGEMM here: {sgemm:.0f} GFLOP/s (NumPy, OPENBLAS_NUM_THREADS=1)."
-          + (f" Rows above this host's ({', '.join(above)}) ran legalised into narrower instructions: correct, not "
-             f"a speed." if above else "") + "\n")
+    print(
+        f"\nMedian (min) ms per call and GFLOP/s of the median (float32, isolation {args.isolation}, threads "
+        f"{args.threads or 'all'}, load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}, "
+        f"{os.cpu_count()} CPUs; CPU {isa_rows.target_cpu()[0]}, ISA row {isa_rows.selected_isa()}, host row "
+        f"{host}). Single-thread SGEMM here: {sgemm:.0f} GFLOP/s (NumPy, OPENBLAS_NUM_THREADS=1)."
+        + (
+            f" Rows above this host's ({', '.join(above)}) ran legalised into narrower instructions: correct, not "
+            f"a speed."
+            if above
+            else ""
+        )
+        + "\n"
+    )
     print(markdown(table, problems))
 
 

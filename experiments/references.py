@@ -27,8 +27,12 @@ from testbed.registry import Backend
 
 
 def _gemm_check(problem: Problem) -> str | None:
-    if not (problem.is_nonoverlapping and problem.padding == (0, 0) and problem.output_padding == (0, 0)
-            and problem.groups == 1):
+    if not (
+        problem.is_nonoverlapping
+        and problem.padding == (0, 0)
+        and problem.output_padding == (0, 0)
+        and problem.groups == 1
+    ):
         return "the bare-GEMM reference is defined for stride == kernel, no padding, groups 1"
     return None
 
@@ -36,22 +40,32 @@ def _gemm_check(problem: Problem) -> str | None:
 def bare_gemm(x, weight, bias, problem: Problem, out=None):
     """The up-convolution's GEMM alone (see the module docstring); writes into ``out``'s memory when given."""
     in_channels = problem.in_channels
-    weights = weight.reshape(in_channels, -1)                      # (C_in, C_out·kH·kW), a view
+    weights = weight.reshape(in_channels, -1)  # (C_in, C_out·kH·kW), a view
     if problem.layout == "NHWC":
-        pixels = x.reshape(-1, in_channels)                        # (N·H·W, C_in), a view
+        pixels = x.reshape(-1, in_channels)  # (N·H·W, C_in), a view
         target = None if out is None else out.reshape(pixels.shape[0], weights.shape[1])
         return np.matmul(pixels, weights, out=target)
     area = problem.in_size[0] * problem.in_size[1]
-    products = (np.empty((problem.batch, weights.shape[1], area), dtype=problem.dtype) if out is None
-                else out.reshape(problem.batch, weights.shape[1], area))
+    products = (
+        np.empty((problem.batch, weights.shape[1], area), dtype=problem.dtype)
+        if out is None
+        else out.reshape(problem.batch, weights.shape[1], area)
+    )
     for n in range(problem.batch):
         np.matmul(weights.T, x[n].reshape(in_channels, area), out=products[n])
     return products
 
 
-GEMM = Backend(name="gemm", description="reference: the bare GEMM of the same matrices (no shuffle, no bias)",
-               run=bare_gemm, groups=False, dilation=False, check=_gemm_check, writes_out=True,
-               layouts=("NCHW", "NHWC"))
+GEMM = Backend(
+    name="gemm",
+    description="reference: the bare GEMM of the same matrices (no shuffle, no bias)",
+    run=bare_gemm,
+    groups=False,
+    dilation=False,
+    check=_gemm_check,
+    writes_out=True,
+    layouts=("NCHW", "NHWC"),
+)
 
 _converted_weight: dict = {}
 
@@ -72,16 +86,26 @@ def torch_channels_last(x, weight, bias, problem: Problem):
     torch_backend.prepare_torch(torch)
     with torch.no_grad():
         y = torch.nn.functional.conv_transpose2d(
-            torch.from_numpy(x).permute(0, 3, 1, 2), _channels_last_weight(torch, weight),
-            None if bias is None else torch.from_numpy(bias), stride=problem.stride, padding=problem.padding,
-            output_padding=problem.output_padding, groups=problem.groups, dilation=problem.dilation)
+            torch.from_numpy(x).permute(0, 3, 1, 2),
+            _channels_last_weight(torch, weight),
+            None if bias is None else torch.from_numpy(bias),
+            stride=problem.stride,
+            padding=problem.padding,
+            output_padding=problem.output_padding,
+            groups=problem.groups,
+            dilation=problem.dilation,
+        )
     return y.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-TORCH_CHANNELS_LAST = Backend(name="torch_channels_last",
-                              description="reference: PyTorch with channels_last input and weight",
-                              run=torch_channels_last, check=torch_backend._within_torch_limits,
-                              probe=torch_backend._probe, layouts=("NHWC",))
+TORCH_CHANNELS_LAST = Backend(
+    name="torch_channels_last",
+    description="reference: PyTorch with channels_last input and weight",
+    run=torch_channels_last,
+    check=torch_backend._within_torch_limits,
+    probe=torch_backend._probe,
+    layouts=("NHWC",),
+)
 
 #: The reference pseudo-backends, by name.
 REFERENCES = {backend.name: backend for backend in (GEMM, TORCH_CHANNELS_LAST)}

@@ -36,8 +36,9 @@ METRICS = {
 PARTS = {"main": ("correctness", "speed")}
 #: the columns an experiment's sweep derives from its whole table (run_sweep's ``finalize``), recomputed when
 #: results.csv is rebuilt from rows.jsonl: experiment: finalize(frame, meta) -> frame
-FINALIZE = {"speed": lambda frame, meta: importlib.import_module("experiments.speed").add_speedup(
-    meta["baseline"])(frame)}
+FINALIZE = {
+    "speed": lambda frame, meta: importlib.import_module("experiments.speed").add_speedup(meta["baseline"])(frame)
+}
 
 
 def experiment_of(run_dir: Path) -> str:
@@ -79,8 +80,10 @@ def compare_frames(a, b, metric: str):
     left = a[[c for c in columns + extra if c in a]]
     right = b[["cell_key", "status", metric] if metric in b else ["cell_key", "status"]]
     # where each side's cell ran (a run on Dask): host_A, host_B
-    left, right = (frame.assign(**{f"host_{side}": whole["host"]}) if "host" in whole else frame
-                   for frame, whole, side in ((left, a, "A"), (right, b, "B")))
+    left, right = (
+        frame.assign(**{f"host_{side}": whole["host"]}) if "host" in whole else frame
+        for frame, whole, side in ((left, a, "A"), (right, b, "B"))
+    )
     joined = left.merge(right, on="cell_key", how="outer", suffixes=("_A", "_B"), indicator=True)
     for side in ("A", "B"):
         if f"{metric}_{side}" not in joined:
@@ -91,11 +94,26 @@ def compare_frames(a, b, metric: str):
     missing = joined["case"].isna()
     if missing.any():
         parts = joined.loc[missing, "cell_key"].str.split("|", expand=True)
-        joined.loc[missing, "case"], joined.loc[missing, "backend"], joined.loc[missing, "dtype"] = \
-            parts[0], parts[2], parts[3]
+        joined.loc[missing, "case"], joined.loc[missing, "backend"], joined.loc[missing, "dtype"] = (
+            parts[0],
+            parts[2],
+            parts[3],
+        )
     joined["in"] = joined.pop("_merge").map({"both": "A and B", "left_only": "A only", "right_only": "B only"})
-    order = ["case", *extra, "backend", "dtype", "host_A", "host_B", "status_A", "status_B", f"{metric}_A",
-             f"{metric}_B", "ratio_B_over_A", "in"]
+    order = [
+        "case",
+        *extra,
+        "backend",
+        "dtype",
+        "host_A",
+        "host_B",
+        "status_A",
+        "status_B",
+        f"{metric}_A",
+        f"{metric}_B",
+        "ratio_B_over_A",
+        "in",
+    ]
     return joined[[c for c in order if c in joined]]
 
 
@@ -108,8 +126,13 @@ def ratios_by_host(table):
     for key, group in table.fillna(dict.fromkeys(hosts, "-")).groupby(hosts, sort=True):
         ratios = group["ratio_B_over_A"].replace([np.inf, -np.inf], np.nan).dropna()
         ratios = ratios[ratios > 0]
-        rows.append({**dict(zip(hosts, key if isinstance(key, tuple) else (key,))), "cells": len(ratios),
-                     "geometric_mean_B_over_A": float(np.exp(np.log(ratios).mean())) if len(ratios) else np.nan})
+        rows.append(
+            {
+                **dict(zip(hosts, key if isinstance(key, tuple) else (key,))),
+                "cells": len(ratios),
+                "geometric_mean_B_over_A": float(np.exp(np.log(ratios).mean())) if len(ratios) else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -117,14 +140,20 @@ def compare(dir_a, dir_b) -> str:
     dir_a, dir_b = Path(dir_a), Path(dir_b)
     experiment = experiment_of(dir_a)
     if experiment_of(dir_b) != experiment:
-        raise SystemExit(f"cannot compare a {experiment!r} run ({dir_a}) with a {experiment_of(dir_b)!r} run "
-                         f"({dir_b})")
+        raise SystemExit(f"cannot compare a {experiment!r} run ({dir_a}) with a {experiment_of(dir_b)!r} run ({dir_b})")
     meta_a, meta_b = (json.loads((d / "meta.json").read_text()) for d in (dir_a, dir_b))
-    lines = [f"# Comparison of two {experiment} runs", "",
-             f"- A: `{dir_a}` (run `{meta_a.get('run_id')}`, commit `{meta_a.get('git', {}).get('commit')}`)",
-             f"- B: `{dir_b}` (run `{meta_b.get('run_id')}`, commit `{meta_b.get('git', {}).get('commit')}`)", ""]
-    parts = [(name, dir_a / name, dir_b / name) for name in PARTS[experiment]] if experiment in PARTS else \
-        [(experiment, dir_a, dir_b)]
+    lines = [
+        f"# Comparison of two {experiment} runs",
+        "",
+        f"- A: `{dir_a}` (run `{meta_a.get('run_id')}`, commit `{meta_a.get('git', {}).get('commit')}`)",
+        f"- B: `{dir_b}` (run `{meta_b.get('run_id')}`, commit `{meta_b.get('git', {}).get('commit')}`)",
+        "",
+    ]
+    parts = (
+        [(name, dir_a / name, dir_b / name) for name in PARTS[experiment]]
+        if experiment in PARTS
+        else [(experiment, dir_a, dir_b)]
+    )
     for name, part_a, part_b in parts:
         metric, meaning = METRICS[name]
         _, frame_a = load_run(part_a)
@@ -133,25 +162,33 @@ def compare(dir_a, dir_b) -> str:
             lines += [f"## {name}\n", "_(one of the runs has no rows)_\n"]
             continue
         table = compare_frames(frame_a, frame_b, metric)
-        lines += [f"## {name}: {metric}, ratio B / A (< 1: {meaning})\n",
-                  markdown_table(table, floatfmt=".4g", index=False)]
+        lines += [
+            f"## {name}: {metric}, ratio B / A (< 1: {meaning})\n",
+            markdown_table(table, floatfmt=".4g", index=False),
+        ]
         both = table["ratio_B_over_A"].replace([np.inf, -np.inf], np.nan).dropna()
         both = both[both > 0]
         if len(both):
-            lines.append(f"\nGeometric mean of B / A over {len(both)} cells with both values: "
-                         f"**{float(np.exp(np.log(both).mean())):.3g}**.\n")
+            lines.append(
+                f"\nGeometric mean of B / A over {len(both)} cells with both values: "
+                f"**{float(np.exp(np.log(both).mean())):.3g}**.\n"
+            )
         if spans_hosts(frame_a) or spans_hosts(frame_b):
-            lines += ["\nPer host (the host of each side's cell; a ratio across hosts compares machines too):\n",
-                      markdown_table(ratios_by_host(table), floatfmt=".4g", index=False)]
+            lines += [
+                "\nPer host (the host of each side's cell; a ratio across hosts compares machines too):\n",
+                markdown_table(ratios_by_host(table), floatfmt=".4g", index=False),
+            ]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="one run to rebuild, or two to compare")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where the comparison goes (default DIR_B/compare-<DIR_A name>.md)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where the comparison goes (default DIR_B/compare-<DIR_A name>.md)"
+    )
     args = parser.parse_args(argv)
     if len(args.runs) == 1:
         path = rebuild(args.runs[0])

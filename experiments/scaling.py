@@ -39,30 +39,43 @@ THREADED = "numba_cpu"
 
 
 def upconv(size: int, out_channels: int) -> Problem:
-    return Problem(batch=1, in_channels=2 * out_channels, in_size=size, out_channels=out_channels,
-                   kernel_size=2, stride=2, dtype=np.float32)
+    return Problem(
+        batch=1,
+        in_channels=2 * out_channels,
+        in_size=size,
+        out_channels=out_channels,
+        kernel_size=2,
+        stride=2,
+        dtype=np.float32,
+    )
 
 
 def sweeps(quick: bool) -> dict:
     """``{sweep: {case: (x, Problem)}}`` for the size and channel sweeps."""
     sizes, size_channels = ((4, 8, 16), 4) if quick else ((8, 16, 32, 64, 128), 32)
     channels, channel_size = ((2, 4, 8), 8) if quick else ((8, 16, 32, 64, 128), 32)
-    return {"size": {f"size{n}": (n, upconv(n, size_channels)) for n in sizes},
-            "channels": {f"oc{c}": (c, upconv(channel_size, c)) for c in channels}}
+    return {
+        "size": {f"size{n}": (n, upconv(n, size_channels)) for n in sizes},
+        "channels": {f"oc{c}": (c, upconv(channel_size, c)) for c in channels},
+    }
 
 
 def thread_cases(quick: bool) -> dict:
     if quick:
         return {"upconv_small": upconv(8, 4)}
-    return {"unet3": upconv(100, 128),
-            "k4s2p1": Problem(batch=1, in_channels=128, in_size=32, out_channels=64, kernel_size=4, stride=2,
-                              padding=1, dtype=np.float32)}
+    return {
+        "unet3": upconv(100, 128),
+        "k4s2p1": Problem(
+            batch=1, in_channels=128, in_size=32, out_channels=64, kernel_size=4, stride=2, padding=1, dtype=np.float32
+        ),
+    }
 
 
 def thread_counts() -> list[int]:
     import numba
+
     top = numba.config.NUMBA_NUM_THREADS
-    counts = sorted({min(2 ** i, top) for i in range(int(np.log2(top)) + 2)})
+    counts = sorted({min(2**i, top) for i in range(int(np.log2(top)) + 2)})
     return counts
 
 
@@ -72,6 +85,7 @@ def threads_skip_reason(backends) -> str | None:
     if THREADED not in backends:
         return f"{THREADED} is not among the selected backends"
     from testbed.registry import get_backend
+
     ok, why = get_backend(THREADED).probe()
     return None if ok else f"{THREADED} is unavailable: {why}"
 
@@ -84,12 +98,14 @@ def make_measure(seed: int, settings: TimingSettings):
         if "threads" not in tags:
             return time_backend(backend, problem, x, weight, bias, settings)
         import numba
+
         previous = numba.get_num_threads()
         numba.set_num_threads(int(tags["threads"]))
         try:
             return time_backend(backend, problem, x, weight, bias, settings)
         finally:
             numba.set_num_threads(previous)
+
     return measure
 
 
@@ -110,10 +126,19 @@ def main(argv=None, *, out=None):
     if skip is None:
         for case, problem in thread_cases(args.quick).items():
             for threads in thread_counts():
-                cells += grid({case: problem}, [THREADED], tags=(("sweep", "threads"), ("x", threads),
-                                                                 ("threads", threads)))
-    run_sweep(cells, make_measure(args.seed, settings), run_dir, resume=args.resume,
-              progress=not args.no_progress, desc=NAME, executor=sweep_executor(args), timed=True)
+                cells += grid(
+                    {case: problem}, [THREADED], tags=(("sweep", "threads"), ("x", threads), ("threads", threads))
+                )
+    run_sweep(
+        cells,
+        make_measure(args.seed, settings),
+        run_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        desc=NAME,
+        executor=sweep_executor(args),
+        timed=True,
+    )
     write_report(run_dir)
     finish(run_dir, NAME)
     return run_dir
@@ -122,9 +147,16 @@ def main(argv=None, *, out=None):
 def slope_table(ok):
     rows = []
     for (sweep, backend), group in ok[ok["sweep"] != "threads"].groupby(["sweep", "backend"], sort=False):
-        rows.append({"sweep": sweep, "backend": backend, "points": len(group),
-                     "slope": fit_loglog_slope(group["x"], group["median_s"])})
+        rows.append(
+            {
+                "sweep": sweep,
+                "backend": backend,
+                "points": len(group),
+                "slope": fit_loglog_slope(group["x"], group["median_s"]),
+            }
+        )
     import pandas as pd
+
     table = pd.DataFrame(rows)
     return table.pivot_table(index="backend", columns="sweep", values="slope", sort=False) if len(table) else table
 
@@ -153,21 +185,36 @@ def write_report(run_dir) -> str:
     ok = frame[frame["status"] == "ok"].copy() if not frame.empty else frame
     if len(ok) and "median_s" in ok:
         ok["median_ms"] = ok["median_s"] * 1e3
-        parts += ["## Fitted log-log slopes of time\n",
-                  "Work grows like x² in both sweeps, so slope 2 means time proportional to work; lower slopes "
-                  "mean fixed per-call overhead is still a large share.\n", markdown_table(slope_table(ok),
-                                                                                          floatfmt=".2f")]
-        for sweep, label in (("size", "input size H = W (pixels)"),
-                             ("channels", "output channels C_out (C_in = 2·C_out)")):
+        parts += [
+            "## Fitted log-log slopes of time\n",
+            "Work grows like x² in both sweeps, so slope 2 means time proportional to work; lower slopes "
+            "mean fixed per-call overhead is still a large share.\n",
+            markdown_table(slope_table(ok), floatfmt=".2f"),
+        ]
+        for sweep, label in (
+            ("size", "input size H = W (pixels)"),
+            ("channels", "output channels C_out (C_in = 2·C_out)"),
+        ):
             part = ok[ok["sweep"] == sweep]
             if part.empty:
                 continue
             path = run_dir / f"scaling_{sweep}.png"
-            loglog_figure(part, "x", "median_ms", f"Time vs {sweep} (k2 s2 up-conv, float32)", label,
-                          "median time per call (ms)", path)
-            parts += [f"\n## Time vs {sweep}\n", markdown_table(part.pivot_table(
-                index="x", columns="backend", values="median_ms", sort=False), floatfmt=".3g"),
-                f"\n![time vs {sweep}]({path.name})\n"]
+            loglog_figure(
+                part,
+                "x",
+                "median_ms",
+                f"Time vs {sweep} (k2 s2 up-conv, float32)",
+                label,
+                "median time per call (ms)",
+                path,
+            )
+            parts += [
+                f"\n## Time vs {sweep}\n",
+                markdown_table(
+                    part.pivot_table(index="x", columns="backend", values="median_ms", sort=False), floatfmt=".3g"
+                ),
+                f"\n![time vs {sweep}]({path.name})\n",
+            ]
     threads = ok[ok["sweep"] == "threads"] if len(ok) and "sweep" in ok else ok.iloc[0:0]
     parts.append("\n## numba_cpu thread scaling\n")
     if meta.get("threads_skipped"):

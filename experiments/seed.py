@@ -24,7 +24,7 @@ from testbed.problem import Problem
 from .common import finish, make_parser, selected_backends, start_run, sweep_executor
 
 NAME = "seed"
-TOLERANCE = {"float32": 1e-6, "float64": 1e-14}   # relative to max |kernel × pixel|
+TOLERANCE = {"float32": 1e-6, "float64": 1e-14}  # relative to max |kernel × pixel|
 INPUT_SIZE = (2, 3)
 
 
@@ -44,12 +44,16 @@ def block_check(x, weight, y, n: int) -> dict:
     for i in range(x.shape[2]):
         for j in range(x.shape[3]):
             expected = kernel * x[0, 0, i, j]
-            block = y[0, 0, n * i:n * (i + 1), n * j:n * (j + 1)]
+            block = y[0, 0, n * i : n * (i + 1), n * j : n * (j + 1)]
             exact &= bool(np.array_equal(block, expected))
             worst = max(worst, float(np.abs(block.astype(np.float64) - expected).max()))
             scale = max(scale, float(np.abs(expected).max()))
-    return {"blocks": x.shape[2] * x.shape[3], "blocks_exact": exact, "max_abs_diff": worst,
-            "relative_diff": worst / scale if scale else worst}
+    return {
+        "blocks": x.shape[2] * x.shape[3],
+        "blocks_exact": exact,
+        "max_abs_diff": worst,
+        "relative_diff": worst / scale if scale else worst,
+    }
 
 
 def make_measure(seed: int):
@@ -60,12 +64,12 @@ def make_measure(seed: int):
         n = problem.stride[0]
         expected_shape = (1, 1, INPUT_SIZE[0] * n, INPUT_SIZE[1] * n)
         if y.shape != expected_shape:
-            return {"status": "error", "message": f"output shape {y.shape}, expected {expected_shape}",
-                    "passed": False}
+            return {"status": "error", "message": f"output shape {y.shape}, expected {expected_shape}", "passed": False}
         result = block_check(x, weight, y, n)
         result["upsampling"] = n
         result["passed"] = result["relative_diff"] <= TOLERANCE[str(problem.dtype)]
         return result
+
     return measure
 
 
@@ -77,8 +81,15 @@ def main(argv=None, *, out=None):
     args = build_parser().parse_args(argv)
     run_dir, _meta = start_run(NAME, args, argv, {"tolerance": TOLERANCE}, out=out)
     cells = grid(cases(), selected_backends(args), args.dtypes)
-    frame = run_sweep(cells, make_measure(args.seed), run_dir, resume=args.resume,
-                      progress=not args.no_progress, desc=NAME, executor=sweep_executor(args))
+    frame = run_sweep(
+        cells,
+        make_measure(args.seed),
+        run_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        desc=NAME,
+        executor=sweep_executor(args),
+    )
     # The figure's arrays: the seed case as the oracle computes it, saved so a report rebuild can redraw it.
     seed_cell = next(c for c in cells if c.case == "seed")
     x, weight, _ = seed_cell.problem.random_arrays(cell_rng(args.seed, seed_cell))
@@ -98,9 +109,11 @@ def verification_text(frame) -> str:
             continue
         exact = truthy(row["blocks_exact"])
         verdict = "PASS" if truthy(row["passed"]) else "FAIL"
-        lines.append(f"{row['case']:5s} {row['backend']:18s} {row['dtype']}: {verdict}  "
-                     f"{int(row['blocks'])} blocks of {int(row['upsampling'])}x{int(row['upsampling'])} == kernel × "
-                     f"pixel {'exactly' if exact else 'within tolerance'} (max |diff| {row['max_abs_diff']:.2g})")
+        lines.append(
+            f"{row['case']:5s} {row['backend']:18s} {row['dtype']}: {verdict}  "
+            f"{int(row['blocks'])} blocks of {int(row['upsampling'])}x{int(row['upsampling'])} == kernel × "
+            f"pixel {'exactly' if exact else 'within tolerance'} (max |diff| {row['max_abs_diff']:.2g})"
+        )
     return "\n".join(lines)
 
 
@@ -109,8 +122,11 @@ def seed_figure(arrays, path):
     n = kernel.shape[0]
     fig, axes = new_figure(1, 3, figsize=(12, 3.6), gridspec_kw={"width_ratios": [3, 2, 6]})
     limit = float(np.abs(y).max()) or 1.0
-    panels = ((x, "input (2×3)", None), (kernel, f"kernel ({n}×{n})", None),
-              (y, f"output ({y.shape[0]}×{y.shape[1]}): block (i, j) = kernel × input[i, j]", n))
+    panels = (
+        (x, "input (2×3)", None),
+        (kernel, f"kernel ({n}×{n})", None),
+        (y, f"output ({y.shape[0]}×{y.shape[1]}): block (i, j) = kernel × input[i, j]", n),
+    )
     for ax, (image, title, block) in zip(axes, panels):
         ax.imshow(image, cmap="coolwarm", vmin=-limit, vmax=limit)
         for (r, c), value in np.ndenumerate(image):
@@ -132,14 +148,28 @@ def seed_figure(arrays, path):
 def write_report(run_dir) -> str:
     run_dir = Path(run_dir)
     meta, frame = load_run(run_dir)
-    parts = [report_header(meta, "Seed demonstration: upsampling by n = kernel n×n, stride n"),
-             "Each n×n output block must equal kernel × the input pixel (the seed post checks it with `==`). "
-             f"`passed`: within {TOLERANCE} of max |kernel × pixel|; `blocks_exact`: bit for bit.\n"]
+    parts = [
+        report_header(meta, "Seed demonstration: upsampling by n = kernel n×n, stride n"),
+        "Each n×n output block must equal kernel × the input pixel (the seed post checks it with `==`). "
+        f"`passed`: within {TOLERANCE} of max |kernel × pixel|; `blocks_exact`: bit for bit.\n",
+    ]
     if not frame.empty:
-        columns = ["case", "backend", "dtype", "status", "upsampling", "blocks", "blocks_exact", "max_abs_diff",
-                   "passed"]
-        parts += ["## Verification\n", "```\n" + verification_text(frame) + "\n```\n",
-                  markdown_table(frame[[c for c in columns if c in frame]], index=False)]
+        columns = [
+            "case",
+            "backend",
+            "dtype",
+            "status",
+            "upsampling",
+            "blocks",
+            "blocks_exact",
+            "max_abs_diff",
+            "passed",
+        ]
+        parts += [
+            "## Verification\n",
+            "```\n" + verification_text(frame) + "\n```\n",
+            markdown_table(frame[[c for c in columns if c in frame]], index=False),
+        ]
     arrays_path = run_dir / "seed_arrays.npz"
     if arrays_path.exists():
         with np.load(arrays_path) as arrays:

@@ -70,11 +70,38 @@ from .references import GEMM, TORCH_CHANNELS_LAST
 
 NAME = "speed"
 #: Columns of the report's table of every cell.
-CELL_COLUMNS = ["suite", "case", "descriptor", "backend", "resolved_backend", "dtype", "layout", "status", "median_s",
-                "min_s", "iqr_s", "repeats", "loops", "unstable", "first_call_s", "gflops", "gemm_ceiling_pct", "gbps",
-                "speedup", "speedup_ci_low", "speedup_ci_high", "ratio_to_gemm", "minor_faults_per_call",
-                "peak_rss_increase_mb", "load_1min", "isolation", "rounds", "round_spread", "allocation",
-                "timing_method"]
+CELL_COLUMNS = [
+    "suite",
+    "case",
+    "descriptor",
+    "backend",
+    "resolved_backend",
+    "dtype",
+    "layout",
+    "status",
+    "median_s",
+    "min_s",
+    "iqr_s",
+    "repeats",
+    "loops",
+    "unstable",
+    "first_call_s",
+    "gflops",
+    "gemm_ceiling_pct",
+    "gbps",
+    "speedup",
+    "speedup_ci_low",
+    "speedup_ci_high",
+    "ratio_to_gemm",
+    "minor_faults_per_call",
+    "peak_rss_increase_mb",
+    "load_1min",
+    "isolation",
+    "rounds",
+    "round_spread",
+    "allocation",
+    "timing_method",
+]
 #: Cells left out unless --exclude says otherwise: on the U-Net shapes the oracle ``naive`` takes 5-15 s per
 #: call here, and ``fft`` ~80 s (its channel sum is C_in·C_out kernel spectra, unet1: 1024·512·57·29 complex
 #: values ≈ 7 GB, computed in blocks of output channels and streamed through a per-frequency GEMM).
@@ -83,6 +110,7 @@ DEFAULT_EXCLUDE = "unet:naive,unet:fft"
 
 def suite_list(text: str) -> list[str]:
     import argparse
+
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names or any(name not in SUITES for name in names):
         raise argparse.ArgumentTypeError(f"--suite must be a comma list of {', '.join(SUITES)}; got {text!r}")
@@ -92,14 +120,17 @@ def suite_list(text: str) -> list[str]:
 def exclusion_list(text: str) -> list[tuple[str, str]]:
     """argparse type: ``suite:backend`` pairs (``*`` matches any), or ``none``."""
     import argparse
+
     if text.strip().lower() == "none":
         return []
     pairs = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
         suite_name, _, backend = item.partition(":")
         if not backend or (suite_name != "*" and suite_name not in SUITES):
-            raise argparse.ArgumentTypeError(f"--exclude must be 'none' or a comma list of suite:backend "
-                                             f"(suite one of {', '.join(SUITES)} or *), got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"--exclude must be 'none' or a comma list of suite:backend "
+                f"(suite one of {', '.join(SUITES)} or *), got {text!r}"
+            )
         pairs.append((suite_name, backend))
     return pairs
 
@@ -114,31 +145,67 @@ def default_baseline() -> str:
 
 def build_parser():
     parser = make_parser(NAME, __doc__, dtypes="float32")
-    parser.add_argument("--suite", type=suite_list, default=None,
-                        help="comma list of suites (default unet,decoder,tiny; tiny with --quick)")
-    parser.add_argument("--baseline", default=None, type=available_backend,
-                        help="backend the speedups are relative to (default torch if available, else col2im)")
-    parser.add_argument("--exclude", type=exclusion_list, default=exclusion_list(DEFAULT_EXCLUDE),
-                        help=f"suite:backend cells not to run, or 'none' (default {DEFAULT_EXCLUDE}: the oracle "
-                             f"takes seconds and fft over a minute per call on the U-Net shapes)")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="seconds of timed repeats per cell after warm-up; repeats go on until it is spent "
-                             "(default: 0.3 s and at most 30 repeats; 0.01 s and at most 3 with --quick)")
-    parser.add_argument("--cases", type=lambda text: {c.strip() for c in text.split(",") if c.strip()},
-                        default=None, help="comma list of case names: only these cases of the suites")
-    parser.add_argument("--isolation", choices=ISOLATIONS, default=None,
-                        help="process: each cell in a fresh worker process (default); interleaved: one process, "
-                             "backends round-robin within each repeat; inline: one after another in this "
-                             "process (default with --quick)")
+    parser.add_argument(
+        "--suite",
+        type=suite_list,
+        default=None,
+        help="comma list of suites (default unet,decoder,tiny; tiny with --quick)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        type=available_backend,
+        help="backend the speedups are relative to (default torch if available, else col2im)",
+    )
+    parser.add_argument(
+        "--exclude",
+        type=exclusion_list,
+        default=exclusion_list(DEFAULT_EXCLUDE),
+        help=f"suite:backend cells not to run, or 'none' (default {DEFAULT_EXCLUDE}: the oracle "
+        f"takes seconds and fft over a minute per call on the U-Net shapes)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of timed repeats per cell after warm-up; repeats go on until it is spent "
+        "(default: 0.3 s and at most 30 repeats; 0.01 s and at most 3 with --quick)",
+    )
+    parser.add_argument(
+        "--cases",
+        type=lambda text: {c.strip() for c in text.split(",") if c.strip()},
+        default=None,
+        help="comma list of case names: only these cases of the suites",
+    )
+    parser.add_argument(
+        "--isolation",
+        choices=ISOLATIONS,
+        default=None,
+        help="process: each cell in a fresh worker process (default); interleaved: one process, "
+        "backends round-robin within each repeat; inline: one after another in this "
+        "process (default with --quick)",
+    )
     add_rounds_argument(parser, "cell (the backends of a case)")
-    parser.add_argument("--allocation", choices=ALLOCATIONS, default="alloc",
-                        help="alloc: every call allocates its result (default); out: the result is written "
-                             "into a preallocated out= array")
-    parser.add_argument("--layout", choices=LAYOUTS, default="NCHW",
-                        help="memory layout of every input and output (default NCHW; NHWC: channels last)")
-    parser.add_argument("--references", choices=("unet", "all", "none"), default="unet",
-                        help="where to time the reference rows (bare GEMM, torch channels-last): the cases of "
-                             "suite unet (default), every case with stride == kernel and no padding, or none")
+    parser.add_argument(
+        "--allocation",
+        choices=ALLOCATIONS,
+        default="alloc",
+        help="alloc: every call allocates its result (default); out: the result is written "
+        "into a preallocated out= array",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="NCHW",
+        help="memory layout of every input and output (default NCHW; NHWC: channels last)",
+    )
+    parser.add_argument(
+        "--references",
+        choices=("unet", "all", "none"),
+        default="unet",
+        help="where to time the reference rows (bare GEMM, torch channels-last): the cases of "
+        "suite unet (default), every case with stride == kernel and no padding, or none",
+    )
     return parser
 
 
@@ -165,8 +232,11 @@ def with_references(cells, baseline: str, where: str = "unet") -> list:
 
 def machine_ceilings(quick: bool) -> dict:
     if quick:
-        return {"gemm_gflops_f32": measure_gemm_gflops(n=256, seconds=0.1, repeats=5),
-                "copy_gbps": measure_copy_gbps(megabytes=16, seconds=0.1, repeats=5), "ceilings_quick": True}
+        return {
+            "gemm_gflops_f32": measure_gemm_gflops(n=256, seconds=0.1, repeats=5),
+            "copy_gbps": measure_copy_gbps(megabytes=16, seconds=0.1, repeats=5),
+            "ceilings_quick": True,
+        }
     return {"gemm_gflops_f32": measure_gemm_gflops(), "copy_gbps": measure_copy_gbps(), "ceilings_quick": False}
 
 
@@ -174,14 +244,16 @@ def make_measure(seed: int, settings: TimingSettings, isolation: str, allocation
     """The runner's ``measure(cell, backend)``: the cell timed with ``isolation``; the last cell of each case
     also re-times the baseline (``baseline_end_median_s``); ``interleaved`` times a whole case at its first
     cell and hands out the rows."""
+
     def group_of(cell):
         return cell.tags, cell.case, str(cell.problem.dtype)
 
     groups: dict = {}
     for cell in cells:
         groups.setdefault(group_of(cell), []).append(cell)
-    baseline_cells = {key: next((c for c in group if c.backend_name == baseline), None)
-                      for key, group in groups.items()}
+    baseline_cells = {
+        key: next((c for c in group if c.backend_name == baseline), None) for key, group in groups.items()
+    }
 
     def timed(cell):
         backend = get_backend(cell.backend)
@@ -189,15 +261,18 @@ def make_measure(seed: int, settings: TimingSettings, isolation: str, allocation
 
     # the last cell of each case that runs (not unsupported/unavailable) also re-times the baseline
     last_timed = {key: [c for c in group if timed(c)][-1:] for key, group in groups.items()}
-    closing = {last[0].key for key, last in last_timed.items()
-               if baseline_cells[key] is not None and last and last[0] is not baseline_cells[key]}
+    closing = {
+        last[0].key
+        for key, last in last_timed.items()
+        if baseline_cells[key] is not None and last and last[0] is not baseline_cells[key]
+    }
     timed_groups: dict = {}
 
     def job(cell):
         return TimingJob(cell.problem, cell.backend, allocation, rng=cell_rng(seed, cell))
 
     def measure(cell, backend):
-        if isolation == "interleaved" or settings.rounds > 1:    # a case at once: its backends take turns
+        if isolation == "interleaved" or settings.rounds > 1:  # a case at once: its backends take turns
             key = group_of(cell)
             if key not in timed_groups:
                 group = groups[key]
@@ -210,18 +285,24 @@ def make_measure(seed: int, settings: TimingSettings, isolation: str, allocation
                 (end,) = time_jobs([job(baseline_cells[group_of(cell)])], settings, isolation=isolation)
                 stats["baseline_end_median_s"] = end.get("median_s", np.nan)
         problem = cell.problem
-        stats.update(flops=problem.flops, bytes_moved=problem.bytes_moved,
-                     intensity=problem.flops / problem.bytes_moved, layout=problem.layout)
+        stats.update(
+            flops=problem.flops,
+            bytes_moved=problem.bytes_moved,
+            intensity=problem.flops / problem.bytes_moved,
+            layout=problem.layout,
+        )
         if "median_s" in stats:
             stats["gflops"] = problem.flops / stats["median_s"] / 1e9
             stats["gbps"] = problem.bytes_moved / stats["median_s"] / 1e9
         return stats
+
     return measure
 
 
 def add_speedup(baseline: str):
     """Speedup over the baseline's (start-of-case) median with its bootstrap 95 % CI, and the baseline's
     drift over the case (end / start - 1); the raw samples are dropped from results.csv."""
+
     def finalize(frame):
         if "median_s" not in frame:
             return frame
@@ -236,9 +317,12 @@ def add_speedup(baseline: str):
         base_samples = base["samples_s"].to_dict() if "samples_s" in base else {}
         frame["baseline"] = baseline
         frame["speedup"] = [base_median.get(k, np.nan) / m for k, m in zip(keys, frame["median_s"])]
-        intervals = [speedup_ci(base_samples[k], samples) if isinstance(samples, list)
-                     and isinstance(base_samples.get(k), list) else (np.nan, np.nan)
-                     for k, samples in zip(keys, frame.get("samples_s", [None] * len(frame)))]
+        intervals = [
+            speedup_ci(base_samples[k], samples)
+            if isinstance(samples, list) and isinstance(base_samples.get(k), list)
+            else (np.nan, np.nan)
+            for k, samples in zip(keys, frame.get("samples_s", [None] * len(frame)))
+        ]
         frame["speedup_ci_low"], frame["speedup_ci_high"] = zip(*intervals) if intervals else ((), ())
         gemm = frame[(frame["backend"] == GEMM.name) & (frame["status"] == "ok")].set_index(by)
         gemm_median = gemm["median_s"].to_dict()
@@ -248,6 +332,7 @@ def add_speedup(baseline: str):
             end = end["baseline_end_median_s"].to_dict()
             frame["baseline_drift"] = [end.get(k, np.nan) / base_median.get(k, np.nan) - 1 for k in keys]
         return frame.drop(columns=["samples_s"], errors="ignore")
+
     return finalize
 
 
@@ -269,34 +354,56 @@ def main(argv=None, *, out=None, suites=None):
     backends = ordered_backends(selected_backends(args), baseline)
 
     def extra_meta():
-        return {"suites": suites, "baseline": baseline, "excluded": [f"{s}:{b}" for s, b in args.exclude],
-                "timing": settings.__dict__, "isolation": isolation, "allocation": args.allocation,
-                "layout": args.layout, "references": args.references,
-                "backend_order": backends, **machine_ceilings(args.quick),
-                **({} if args.quick else {"threadpools_after_every_backend":
-                                          thread_pools_after_every_backend(backends)})}
+        return {
+            "suites": suites,
+            "baseline": baseline,
+            "excluded": [f"{s}:{b}" for s, b in args.exclude],
+            "timing": settings.__dict__,
+            "isolation": isolation,
+            "allocation": args.allocation,
+            "layout": args.layout,
+            "references": args.references,
+            "backend_order": backends,
+            **machine_ceilings(args.quick),
+            **({} if args.quick else {"threadpools_after_every_backend": thread_pools_after_every_backend(backends)}),
+        }
 
     run_dir, meta = start_run(NAME, args, argv, extra_meta, out=out)
     if args.cases and not args.cases <= {case for name in suites for case in suite(name)}:
-        raise SystemExit(f"--cases: unknown in suites {', '.join(suites)}: "
-                         f"{', '.join(sorted(args.cases - {c for name in suites for c in suite(name)}))}")
-    cells = [cell for name in suites
-             for cell in grid({c: p.with_(layout=args.layout) for c, p in suite(name).items()
-                               if not args.cases or c in args.cases},
-                              [b for b in backends if not excluded(args.exclude, name, b)],
-                              args.dtypes, tags=(("suite", name),))]
+        raise SystemExit(
+            f"--cases: unknown in suites {', '.join(suites)}: "
+            f"{', '.join(sorted(args.cases - {c for name in suites for c in suite(name)}))}"
+        )
+    cells = [
+        cell
+        for name in suites
+        for cell in grid(
+            {c: p.with_(layout=args.layout) for c, p in suite(name).items() if not args.cases or c in args.cases},
+            [b for b in backends if not excluded(args.exclude, name, b)],
+            args.dtypes,
+            tags=(("suite", name),),
+        )
+    ]
     baseline = meta.get("baseline", baseline)
     if args.references != "none":
         cells = with_references(cells, baseline, args.references)
     isolation, allocation = meta.get("isolation", isolation), meta.get("allocation", args.allocation)
     speedups = add_speedup(baseline)
 
-    def finalize(frame):   # every row says how the run timed, the untimed (unsupported, ...) rows too
+    def finalize(frame):  # every row says how the run timed, the untimed (unsupported, ...) rows too
         return speedups(frame.assign(isolation=isolation, allocation=allocation))
 
-    run_sweep(cells, make_measure(args.seed, settings, isolation, allocation, cells, baseline), run_dir,
-              resume=args.resume, progress=not args.no_progress, desc=NAME, finalize=finalize,
-              executor=sweep_executor(args), timed=True)
+    run_sweep(
+        cells,
+        make_measure(args.seed, settings, isolation, allocation, cells, baseline),
+        run_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        desc=NAME,
+        finalize=finalize,
+        executor=sweep_executor(args),
+        timed=True,
+    )
     record_end_state(run_dir)
     write_report(run_dir)
     finish(run_dir, NAME)
@@ -312,14 +419,16 @@ def _pivot(frame, value, aggfunc="mean"):
 
 ISOLATION_TEXT = {
     "process": "each (case, backend, dtype) in a fresh worker process (a new interpreter, testbed._worker), so "
-               "no other backend's thread pools or allocator state reach its time",
+    "no other backend's thread pools or allocator state reach its time",
     "interleaved": "all backends of a case in one process, sampled round-robin (the first rotating each "
-                   "repeat), so pool and allocator state spread evenly over them",
+    "repeat), so pool and allocator state spread evenly over them",
     "inline": "one backend after another in one process: a time may include what the previous backend left "
-              "behind (spinning thread pools, a raised mmap threshold)",
+    "behind (spinning thread pools, a raised mmap threshold)",
 }
-ALLOCATION_TEXT = {"alloc": "every call allocates its result (what a user's call costs)",
-                   "out": "the result is written into a preallocated, already faulted-in `out=` array"}
+ALLOCATION_TEXT = {
+    "alloc": "every call allocates its result (what a user's call costs)",
+    "out": "the result is written into a preallocated, already faulted-in `out=` array",
+}
 
 
 def how_measured(meta: dict) -> str:
@@ -327,36 +436,50 @@ def how_measured(meta: dict) -> str:
     timing = meta.get("timing", {})
     isolation, allocation = meta.get("isolation", "inline"), meta.get("allocation", "alloc")
     layout = meta.get("layout", "NCHW")
-    references = (" Reference rows (not library backends): `gemm`, the bare GEMM of the same matrices, and "
-                  "`torch_channels_last`, PyTorch on channels-last input (always NHWC) with a channels-last "
-                  "weight." if meta.get("references") not in (None, "none", False) else "")
-    return (f"**How the times were taken** (testbed.timing): layout `{layout}`; isolation `{isolation}`: "
-            f"{ISOLATION_TEXT.get(isolation, '?')}; allocation `{allocation}`: {ALLOCATION_TEXT.get(allocation, '?')}. "
-            f"{_rounds_text(timing.get('rounds', 1))}"
-            f"Per cell: one first call (timed alone: Numba compile or cache load), warm-up calls (at least "
-            f"{timing.get('warmup')}, for at least {timing.get('warmup_s', 0)} s), then samples of `loops` "
-            f"back-to-back calls (each sample at least "
-            f"{timing.get('min_sample_s', 0) * 1e3:g} ms) until {timing.get('budget_s')} s are spent "
-            f"({timing.get('min_repeats')} to {timing.get('max_repeats')} samples), all through "
-            f"`conv_transpose2d` with time.perf_counter. Reported: the median (min, IQR) per-call time; "
-            f"`unstable` when IQR/median > {timing.get('unstable_ratio', 0.1):g}; minor page faults per timed call "
-            f"(getrusage); the process's peak RSS increase during the cell. Speedup = baseline median / median, "
-            f"with a bootstrap 95 % interval (scipy.stats.bootstrap, percentile, both sample sets resampled). "
-            f"The baseline is timed first in each case and again after the case's last backend (except "
-            f"interleaved or in rounds): `baseline_drift` = end / start - 1.{references}\n")
+    references = (
+        " Reference rows (not library backends): `gemm`, the bare GEMM of the same matrices, and "
+        "`torch_channels_last`, PyTorch on channels-last input (always NHWC) with a channels-last "
+        "weight."
+        if meta.get("references") not in (None, "none", False)
+        else ""
+    )
+    return (
+        f"**How the times were taken** (testbed.timing): layout `{layout}`; isolation `{isolation}`: "
+        f"{ISOLATION_TEXT.get(isolation, '?')}; allocation `{allocation}`: {ALLOCATION_TEXT.get(allocation, '?')}. "
+        f"{_rounds_text(timing.get('rounds', 1))}"
+        f"Per cell: one first call (timed alone: Numba compile or cache load), warm-up calls (at least "
+        f"{timing.get('warmup')}, for at least {timing.get('warmup_s', 0)} s), then samples of `loops` "
+        f"back-to-back calls (each sample at least "
+        f"{timing.get('min_sample_s', 0) * 1e3:g} ms) until {timing.get('budget_s')} s are spent "
+        f"({timing.get('min_repeats')} to {timing.get('max_repeats')} samples), all through "
+        f"`conv_transpose2d` with time.perf_counter. Reported: the median (min, IQR) per-call time; "
+        f"`unstable` when IQR/median > {timing.get('unstable_ratio', 0.1):g}; minor page faults per timed call "
+        f"(getrusage); the process's peak RSS increase during the cell. Speedup = baseline median / median, "
+        f"with a bootstrap 95 % interval (scipy.stats.bootstrap, percentile, both sample sets resampled). "
+        f"The baseline is timed first in each case and again after the case's last backend (except "
+        f"interleaved or in rounds): `baseline_drift` = end / start - 1.{references}\n"
+    )
 
 
 def _rounds_text(rounds) -> str:
     if not rounds or rounds == 1:
         return ""
-    return (f"Each cell was timed in {rounds} fresh worker processes, the backends of a case taking turns "
-            f"(A B C A B C …), and its samples pooled; `round_spread` = slowest round's median / fastest's - 1. ")
+    return (
+        f"Each cell was timed in {rounds} fresh worker processes, the backends of a case taking turns "
+        f"(A B C A B C …), and its samples pooled; `round_spread` = slowest round's median / fastest's - 1. "
+    )
 
 
 def _with_ci(sub):
     """Speedup cells as 'x [low–high]'."""
-    text = sub.apply(lambda r: f"{r['speedup']:.3g} [{r['speedup_ci_low']:.3g}–{r['speedup_ci_high']:.3g}]"
-                     if r["speedup_ci_low"] == r["speedup_ci_low"] else f"{r['speedup']:.3g}", axis=1)
+    text = sub.apply(
+        lambda r: (
+            f"{r['speedup']:.3g} [{r['speedup_ci_low']:.3g}–{r['speedup_ci_high']:.3g}]"
+            if r["speedup_ci_low"] == r["speedup_ci_low"]
+            else f"{r['speedup']:.3g}"
+        ),
+        axis=1,
+    )
     return _pivot(sub.assign(speedup_text=text), "speedup_text", aggfunc="first")
 
 
@@ -373,8 +496,11 @@ def _ceiling_table(sub, peak, dtype) -> list:
     """The report's '% of the GEMM ceiling' table of one suite and dtype (float32 only)."""
     if not peak or str(dtype) != "float32" or "gemm_ceiling_pct" not in sub:
         return []
-    return [f"\nAttained GFLOP/s as % of this run's float32 GEMM ceiling ({peak:.1f} GFLOP/s, NumPy matmul, "
-            f"best of several runs, all cores):\n", markdown_table(_pivot(sub, "gemm_ceiling_pct"), floatfmt=".1f")]
+    return [
+        f"\nAttained GFLOP/s as % of this run's float32 GEMM ceiling ({peak:.1f} GFLOP/s, NumPy matmul, "
+        f"best of several runs, all cores):\n",
+        markdown_table(_pivot(sub, "gemm_ceiling_pct"), floatfmt=".1f"),
+    ]
 
 
 def write_report(run_dir) -> str:
@@ -383,10 +509,14 @@ def write_report(run_dir) -> str:
     meta, frame = load_run(run_dir)
     peak, bandwidth = meta.get("gemm_gflops_f32"), meta.get("copy_gbps")
     frame = with_ceiling_pct(frame, peak)
-    parts = [report_header(meta, "Speed of the backends"), machine_state_lines(meta),
-             f"Machine ceilings measured at the start of the run: float32 GEMM **{peak:.1f} GFLOP/s** "
-             f"(NumPy matmul), copy bandwidth **{bandwidth:.1f} GB/s** (np.copyto, read + write). Baseline for "
-             f"speedups: **{meta.get('baseline')}** (> 1 = faster).\n", how_measured(meta)]
+    parts = [
+        report_header(meta, "Speed of the backends"),
+        machine_state_lines(meta),
+        f"Machine ceilings measured at the start of the run: float32 GEMM **{peak:.1f} GFLOP/s** "
+        f"(NumPy matmul), copy bandwidth **{bandwidth:.1f} GB/s** (np.copyto, read + write). Baseline for "
+        f"speedups: **{meta.get('baseline')}** (> 1 = faster).\n",
+        how_measured(meta),
+    ]
     if meta.get("excluded"):
         parts.append(f"Cells not run (--exclude): {', '.join(meta['excluded'])}.\n")
     if not frame.empty and "median_s" in frame:
@@ -397,39 +527,64 @@ def write_report(run_dir) -> str:
             for dtype, sub in group.groupby("dtype", sort=False):
                 title = f"suite {suite_name}, {dtype}"
                 path = run_dir / f"speed_{suite_name}_{dtype}.png"
-                grouped_bar_figure(_pivot(sub, "gflops"), f"GFLOP/s of useful work, {title} (higher is better)",
-                                   "GFLOP/s (2·N·Cin·Cout/g·H·W·kH·kW / median time)", path)
+                grouped_bar_figure(
+                    _pivot(sub, "gflops"),
+                    f"GFLOP/s of useful work, {title} (higher is better)",
+                    "GFLOP/s (2·N·Cin·Cout/g·H·W·kH·kW / median time)",
+                    path,
+                )
                 descriptors = sub.drop_duplicates("case").set_index("case")["descriptor"]
-                parts += [f"## {title}\n", markdown_table(descriptors.to_frame()),
-                          "\nMedian time (ms):\n", markdown_table(_pivot(sub, "median_ms"), floatfmt=".3g")]
+                parts += [
+                    f"## {title}\n",
+                    markdown_table(descriptors.to_frame()),
+                    "\nMedian time (ms):\n",
+                    markdown_table(_pivot(sub, "median_ms"), floatfmt=".3g"),
+                ]
                 if "ratio_to_gemm" in sub and sub["ratio_to_gemm"].notna().any():
-                    parts += ["\nRatio to the bare GEMM of the same matrices, same run (median / gemm median; "
-                              "1 = the GEMM's time, the floor of a fused up-convolution):\n",
-                              markdown_table(_pivot(sub.dropna(subset=["ratio_to_gemm"]), "ratio_to_gemm"),
-                                             floatfmt=".3g")]
-                parts += ["\nGFLOP/s:\n", markdown_table(_pivot(sub, "gflops"), floatfmt=".3g"),
-                          *_ceiling_table(sub, peak, dtype),
-                          f"\nSpeedup over {meta.get('baseline')} [bootstrap 95 % interval]:\n",
-                          markdown_table(_with_ci(sub)) if "speedup_ci_low" in sub else
-                          markdown_table(_pivot(sub, "speedup"), floatfmt=".3g"),
-                          "\nFirst call (ms):\n", markdown_table(_pivot(sub, "first_call_ms"), floatfmt=".3g")]
+                    parts += [
+                        "\nRatio to the bare GEMM of the same matrices, same run (median / gemm median; "
+                        "1 = the GEMM's time, the floor of a fused up-convolution):\n",
+                        markdown_table(_pivot(sub.dropna(subset=["ratio_to_gemm"]), "ratio_to_gemm"), floatfmt=".3g"),
+                    ]
+                parts += [
+                    "\nGFLOP/s:\n",
+                    markdown_table(_pivot(sub, "gflops"), floatfmt=".3g"),
+                    *_ceiling_table(sub, peak, dtype),
+                    f"\nSpeedup over {meta.get('baseline')} [bootstrap 95 % interval]:\n",
+                    markdown_table(_with_ci(sub))
+                    if "speedup_ci_low" in sub
+                    else markdown_table(_pivot(sub, "speedup"), floatfmt=".3g"),
+                    "\nFirst call (ms):\n",
+                    markdown_table(_pivot(sub, "first_call_ms"), floatfmt=".3g"),
+                ]
                 if "minor_faults_per_call" in sub:
-                    parts += ["\nMinor page faults per call:\n",
-                              markdown_table(_pivot(sub, "minor_faults_per_call"), floatfmt=".4g")]
+                    parts += [
+                        "\nMinor page faults per call:\n",
+                        markdown_table(_pivot(sub, "minor_faults_per_call"), floatfmt=".4g"),
+                    ]
                 if "baseline_drift" in sub and sub["baseline_drift"].notna().any():
                     drift = sub.drop_duplicates("case").set_index("case")["baseline_drift"] * 100
-                    parts += ["\nBaseline drift over each case (end / start - 1, %):\n",
-                              markdown_table(drift.to_frame("drift %"), floatfmt=".1f")]
+                    parts += [
+                        "\nBaseline drift over each case (end / start - 1, %):\n",
+                        markdown_table(drift.to_frame("drift %"), floatfmt=".1f"),
+                    ]
                 if "unstable" in sub:
                     shaky = sub[sub["unstable"].astype(str).str.lower() == "true"]
-                    parts.append("\nUnstable cells (IQR/median above the threshold): "
-                                 + (", ".join(f"{c}/{b}" for c, b in zip(shaky["case"], shaky["backend"]))
-                                    or "none") + ".\n")
+                    parts.append(
+                        "\nUnstable cells (IQR/median above the threshold): "
+                        + (", ".join(f"{c}/{b}" for c, b in zip(shaky["case"], shaky["backend"])) or "none")
+                        + ".\n"
+                    )
                 parts.append(f"\n![GFLOP/s bars, {title}]({path.name})\n")
         if peak and bandwidth and len(ok):
             path = run_dir / "roofline.png"
-            roofline_figure(ok[["backend", "case", "intensity", "gflops"]], peak, bandwidth,
-                            "Roofline: every (backend, case) of this run", path)
+            roofline_figure(
+                ok[["backend", "case", "intensity", "gflops"]],
+                peak,
+                bandwidth,
+                "Roofline: every (backend, case) of this run",
+                path,
+            )
             parts += ["## Roofline\n", f"![roofline]({path.name})\n"]
     return finish_report(run_dir, parts, frame, CELL_COLUMNS)
 

@@ -52,7 +52,28 @@ def _register_builtin_backends() -> None:
 
 registry._load_builtin_backends = _register_builtin_backends
 
-__all__ = ["conv_transpose2d", "output_shape", "use_backend", "resolve_backend", "Problem",
-           "UnsupportedConfiguration", "Backend", "BackendUnavailable", "available_backends", "backend_status",
-           "get_backend", "list_backends", "register", "set_planner", "get_planner", "tune", "TuneError", "explain",
-           "export_wisdom", "import_wisdom", "forget_wisdom", "clear_workspace", "workspace_bytes"]
+__all__ = [
+    "conv_transpose2d",
+    "output_shape",
+    "use_backend",
+    "resolve_backend",
+    "Problem",
+    "UnsupportedConfiguration",
+    "Backend",
+    "BackendUnavailable",
+    "available_backends",
+    "backend_status",
+    "get_backend",
+    "list_backends",
+    "register",
+    "set_planner",
+    "get_planner",
+    "tune",
+    "TuneError",
+    "explain",
+    "export_wisdom",
+    "import_wisdom",
+    "forget_wisdom",
+    "clear_workspace",
+    "workspace_bytes",
+]

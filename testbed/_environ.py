@@ -30,14 +30,12 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TypeVar, overload
 
-__all__ = ["EnvironmentVariableWarning", "FLAG_WORDS", "VARIABLES", "env_choice", "env_flag", "env_int",
-           "env_warning"]
+__all__ = ["EnvironmentVariableWarning", "FLAG_WORDS", "VARIABLES", "env_choice", "env_flag", "env_int", "env_warning"]
 
 T = TypeVar("T")
 
 #: The words a yes/no variable accepts, and what each means.
-FLAG_WORDS = {"1": True, "on": True, "true": True, "yes": True, "0": False, "off": False, "false": False,
-              "no": False}
+FLAG_WORDS = {"1": True, "on": True, "true": True, "yes": True, "0": False, "off": False, "false": False, "no": False}
 
 #: Every ``TESTBED_*`` variable testbed reads: name -> (accepted values, default and meaning). The module
 #: docstring's table says the same for readers.
@@ -46,8 +44,10 @@ VARIABLES = {
     "TESTBED_WISDOM": ("a file path, or off/none/0", "the user cache folder's wisdom.json; off: in memory only"),
     "TESTBED_WORKSPACE_BYTES": ("an integer >= 0 (bytes)", "268435456 (256 MiB) of scratch kept per thread"),
     "TESTBED_NUMBA_CACHE": ("1/on/true/yes or 0/off/false/no", "on: kernels use Numba's on-disk cache"),
-    "TESTBED_ISA": ("generic, avx2, avx512 (at most the CPU's own row)", "the CPU's row: the widest vector "
-                    "instructions the kernels and auto's table assume"),
+    "TESTBED_ISA": (
+        "generic, avx2, avx512 (at most the CPU's own row)",
+        "the CPU's row: the widest vector instructions the kernels and auto's table assume",
+    ),
 }
 
 
@@ -76,8 +76,12 @@ def _malformed(name: str, value: str, accepted: str, default: object) -> None:
     if (name, value) in _warned:
         return
     _warned.add((name, value))
-    warnings.warn(f"ignoring the environment variable {name}={value!r}: accepted values are {accepted}; "
-                  f"using the default {default!r}", EnvironmentVariableWarning, stacklevel=4)
+    warnings.warn(
+        f"ignoring the environment variable {name}={value!r}: accepted values are {accepted}; "
+        f"using the default {default!r}",
+        EnvironmentVariableWarning,
+        stacklevel=4,
+    )
 
 
 @overload

@@ -58,7 +58,8 @@ class _Pickler(pickle.Pickler):
             name = getattr(obj, "__qualname__", repr(obj))
             raise MainModuleError(
                 f"{name} is defined in the script being run (__main__); testbed's worker processes never run "
-                f"that script again, so they cannot import it: define {name} in an importable module")
+                f"that script again, so they cannot import it: define {name} in an importable module"
+            )
         return NotImplemented
 
 
@@ -71,8 +72,8 @@ def _dumps(obj: Any) -> bytes:
 def _interpreter_flags() -> list[str]:
     """The parent's ``-X``/``-W``/``-O``/... options, as ``multiprocessing``'s spawn passes them."""
     try:
-        return list(subprocess._args_from_interpreter_flags())   # type: ignore[attr-defined]
-    except Exception:   # a private helper: an interpreter without it starts its workers without the flags
+        return list(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
+    except Exception:  # a private helper: an interpreter without it starts its workers without the flags
         return []
 
 
@@ -90,7 +91,7 @@ def describe_exit(code: int | None) -> str:
 def _send(connection: Connection, request: bytes) -> None:
     try:
         connection.send_bytes(request)
-    except OSError:                         # the worker died before reading it: reported as its death
+    except OSError:  # the worker died before reading it: reported as its death
         pass
 
 
@@ -106,7 +107,10 @@ def run(fn, args: tuple, timeout_s: float | None, error: type[Exception]) -> Any
     try:
         process = subprocess.Popen(
             [sys.executable, *_interpreter_flags(), "-c", _BOOTSTRAP, _ROOT, str(to_child_r), str(from_child_w)],
-            stdin=subprocess.DEVNULL, pass_fds=(to_child_r, from_child_w), close_fds=True)
+            stdin=subprocess.DEVNULL,
+            pass_fds=(to_child_r, from_child_w),
+            close_fds=True,
+        )
     finally:
         os.close(to_child_r)
         os.close(from_child_w)
@@ -130,17 +134,17 @@ def run(fn, args: tuple, timeout_s: float | None, error: type[Exception]) -> Any
             pass
         answered = True
     finally:
-        if not answered:                    # timed out, or interrupted (Ctrl-C): the job is abandoned
+        if not answered:  # timed out, or interrupted (Ctrl-C): the job is abandoned
             process.kill()
-        sender.join()                       # done: the worker read the request, or died (a broken pipe)
-        to_child.close()                    # a worker still running sees its parent go and exits
+        sender.join()  # done: the worker read the request, or died (a broken pipe)
+        to_child.close()  # a worker still running sees its parent go and exits
         from_child.close()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        except BaseException:               # a second Ctrl-C while waiting: still leave no worker behind
+        except BaseException:  # a second Ctrl-C while waiting: still leave no worker behind
             process.kill()
             process.wait()
             raise
@@ -153,6 +157,7 @@ def run(fn, args: tuple, timeout_s: float | None, error: type[Exception]) -> Any
 
 
 # ---- the worker's side -------------------------------------------------------------------------------------------
+
 
 def _exit_when_orphaned(connection: Connection) -> None:
     """Block until the parent closes the request pipe (it has the result, or it died), then end the process
@@ -181,8 +186,8 @@ def main() -> None:
         payload = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:
         payload = pickle.dumps(("error", f"{type(exc).__name__} in the worker: {exc}"))
-    for stream in (sys.stdout, sys.stderr):     # before the parent has the result and closes the pipe (which
-        try:                                    # ends this process at once): what the job printed is kept
+    for stream in (sys.stdout, sys.stderr):  # before the parent has the result and closes the pipe (which
+        try:  # ends this process at once): what the job printed is kept
             stream.flush()
         except (AttributeError, OSError, ValueError):
             pass

@@ -36,18 +36,21 @@ def _as_array(value: Any, name: str, on_device_ok: bool) -> Any:
     silently drop the mask."""
     if is_device_array(value):
         if not on_device_ok:
-            raise TypeError(f"{name} is a CUDA device array, but the chosen backend runs on the host; "
-                            f"pass a NumPy array or choose a numba_cuda* backend")
+            raise TypeError(
+                f"{name} is a CUDA device array, but the chosen backend runs on the host; "
+                f"pass a NumPy array or choose a numba_cuda* backend"
+            )
         dtype = np.dtype(value.dtype)
     else:
         if isinstance(value, (str, bytes)) or value is None:
             raise TypeError(f"{name} must be a real numeric array, got {type(value).__name__}")
         if isinstance(value, np.ma.MaskedArray):
-            raise TypeError(f"{name} is a masked array; fill the masked entries first "
-                            f"({name}.filled(0.0)) or pass {name}.data")
+            raise TypeError(
+                f"{name} is a masked array; fill the masked entries first ({name}.filled(0.0)) or pass {name}.data"
+            )
         value = np.asarray(value)
         dtype = value.dtype
-        if not dtype.isnative:           # e.g. '>f8' read from a file: same values, native order
+        if not dtype.isnative:  # e.g. '>f8' read from a file: same values, native order
             dtype = dtype.newbyteorder("=")
             value = value.astype(dtype)
     if dtype.kind in "iu":
@@ -55,8 +58,7 @@ def _as_array(value: Any, name: str, on_device_ok: bool) -> Any:
             raise TypeError(f"{name} is an integer device array ({dtype}); convert it to float32/float64")
         return value.astype(np.float64)
     if dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64 (integers are promoted to float64), "
-                        f"got {dtype}")
+        raise TypeError(f"{name} must have dtype float32 or float64 (integers are promoted to float64), got {dtype}")
     return value
 
 
@@ -65,8 +67,9 @@ def _device_byte_bounds(array: Any) -> tuple[int, int]:
     face = array.__cuda_array_interface__
     itemsize = np.dtype(face["typestr"]).itemsize
     shape = tuple(face["shape"])
-    strides = face.get("strides") or tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * itemsize
-                                           for i in range(len(shape)))
+    strides = face.get("strides") or tuple(
+        int(np.prod(shape[i + 1 :], dtype=np.int64)) * itemsize for i in range(len(shape))
+    )
     start = face["data"][0]
     if 0 in shape:
         return start, start
@@ -99,6 +102,7 @@ def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, on_device: boo
         raise ValueError("out must be writable, got a read-only array")
     if on_device:
         from numba import cuda
+
         if not (out if hasattr(out, "is_c_contiguous") else cuda.as_cuda_array(out)).is_c_contiguous():
             raise ValueError("out must be C-contiguous when it is a CUDA device array")
     for name, operand in operands.items():
@@ -170,36 +174,78 @@ def _scoped(impl: Backend) -> Iterator[Backend]:
         _SCOPED_BACKEND.reset(token)
 
 
-def _problem_of_call(input: Any, weight: Any, bias: Any, stride: IntOrPair, padding: IntOrPair,
-                     output_padding: IntOrPair, groups: int, dilation: IntOrPair,
-                     output_size: Sequence[int] | None, on_device_ok: bool,
-                     layout: str = "NCHW") -> tuple[Problem, Any, Any, Any]:
+def _problem_of_call(
+    input: Any,
+    weight: Any,
+    bias: Any,
+    stride: IntOrPair,
+    padding: IntOrPair,
+    output_padding: IntOrPair,
+    groups: int,
+    dilation: IntOrPair,
+    output_size: Sequence[int] | None,
+    on_device_ok: bool,
+    layout: str = "NCHW",
+) -> tuple[Problem, Any, Any, Any]:
     """The validated problem of a call and its arrays, converted: ``(problem, input, weight, bias)``."""
     x = _as_array(input, "input", on_device_ok)
     w = _as_array(weight, "weight", on_device_ok)
     b = None if bias is None else _as_array(bias, "bias", on_device_ok)
     for name, arr in (("weight", w), ("bias", b)):
         if arr is not None and np.dtype(arr.dtype) != np.dtype(x.dtype):
-            raise TypeError(f"{name} dtype ({np.dtype(arr.dtype)}) must match the input dtype "
-                            f"({np.dtype(x.dtype)}); cast one of them")
-    problem = Problem.from_shapes(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding,
-                                  output_padding=output_padding, dilation=dilation, groups=groups,
-                                  dtype=x.dtype, has_bias=b is not None, output_size=output_size, layout=layout)
+            raise TypeError(
+                f"{name} dtype ({np.dtype(arr.dtype)}) must match the input dtype "
+                f"({np.dtype(x.dtype)}); cast one of them"
+            )
+    problem = Problem.from_shapes(
+        tuple(x.shape),
+        tuple(w.shape),
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+        dtype=x.dtype,
+        has_bias=b is not None,
+        output_size=output_size,
+        layout=layout,
+    )
     if b is not None and tuple(b.shape) != (problem.out_channels,):
         raise ValueError(f"bias must have shape (C_out,) = ({problem.out_channels},), got {tuple(b.shape)}")
     return problem, x, w, b
 
 
-def _prepare(input: Any, weight: Any, bias: Any, stride: IntOrPair, padding: IntOrPair, output_padding: IntOrPair,
-             groups: int, dilation: IntOrPair, backend: BackendLike | None,
-             output_size: Sequence[int] | None, layout: str) -> tuple[Backend, Problem, Any, Any, Any]:
+def _prepare(
+    input: Any,
+    weight: Any,
+    bias: Any,
+    stride: IntOrPair,
+    padding: IntOrPair,
+    output_padding: IntOrPair,
+    groups: int,
+    dilation: IntOrPair,
+    backend: BackendLike | None,
+    output_size: Sequence[int] | None,
+    layout: str,
+) -> tuple[Backend, Problem, Any, Any, Any]:
     """Validate a call: ``(backend that runs it, problem, input, weight, bias)``, arrays converted.
 
     The shared front half of :func:`conv_transpose2d` and :func:`resolve_backend`: they cannot disagree.
     """
     impl = get_backend(backend if backend is not None else _SCOPED_BACKEND.get() or "auto")
-    problem, x, w, b = _problem_of_call(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                                        output_size, on_device_ok=impl.device in ("cuda", "any"), layout=layout)
+    problem, x, w, b = _problem_of_call(
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size,
+        on_device_ok=impl.device in ("cuda", "any"),
+        layout=layout,
+    )
     reason = impl.unsupported_reason(problem)
     if reason is not None:
         raise UnsupportedConfiguration(impl.name, reason)
@@ -209,10 +255,20 @@ def _prepare(input: Any, weight: Any, bias: Any, stride: IntOrPair, padding: Int
     return impl.resolve(problem, on_device=is_device_array(x)), problem, x, w, b
 
 
-def resolve_backend(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
-                    stride: IntOrPair = 1, padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1,
-                    dilation: IntOrPair = 1, *, backend: BackendLike | None = None,
-                    output_size: Sequence[int] | None = None, layout: str = "NCHW") -> Backend:
+def resolve_backend(
+    input: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+    *,
+    backend: BackendLike | None = None,
+    output_size: Sequence[int] | None = None,
+    layout: str = "NCHW",
+) -> Backend:
     """The backend that ``conv_transpose2d`` would run with these arguments, without running it.
 
     Parameters
@@ -265,15 +321,26 @@ def resolve_backend(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Array
     >>> testbed.resolve_backend(x, w, stride=2, padding=1, groups=128, backend="col2im").name
     'col2im'
     """
-    return _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation, backend,
-                    output_size, layout)[0]
+    return _prepare(
+        input, weight, bias, stride, padding, output_padding, groups, dilation, backend, output_size, layout
+    )[0]
 
 
-def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
-                     stride: IntOrPair = 1, padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1,
-                     dilation: IntOrPair = 1, *, backend: BackendLike | None = None,
-                     output_size: Sequence[int] | None = None, out: Any = None,
-                     layout: str = "NCHW") -> npt.NDArray[np.floating[Any]]:
+def conv_transpose2d(
+    input: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+    *,
+    backend: BackendLike | None = None,
+    output_size: Sequence[int] | None = None,
+    out: Any = None,
+    layout: str = "NCHW",
+) -> npt.NDArray[np.floating[Any]]:
     """2-D transposed convolution with exactly the semantics of ``torch.nn.functional.conv_transpose2d``.
 
     Every input pixel scatters a copy of the kernel, scaled by the pixel, into the output at ``stride`` spacing;
@@ -412,29 +479,35 @@ def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.Arra
     >>> y.shape, bool(np.array_equal(y[..., :4, :4], testbed.conv_transpose2d(x, w, stride=2)))
     ((1, 1, 5, 5), True)
     """
-    impl, problem, x, w, b = _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                                      backend, output_size, layout)
+    impl, problem, x, w, b = _prepare(
+        input, weight, bias, stride, padding, output_padding, groups, dilation, backend, output_size, layout
+    )
     on_device = is_device_array(x)
     unbatched = len(x.shape) == 3
     if out is not None:
-        _check_out(out, problem.output_shape[1:] if unbatched else problem.output_shape, problem.dtype,
-                   on_device, {"input": input, "weight": weight, "bias": bias})
+        _check_out(
+            out,
+            problem.output_shape[1:] if unbatched else problem.output_shape,
+            problem.dtype,
+            on_device,
+            {"input": input, "weight": weight, "bias": bias},
+        )
     if unbatched:
-        x = x.reshape((1, *x.shape))        # reshape, not x[None]: device arrays may not support None indexing
+        x = x.reshape((1, *x.shape))  # reshape, not x[None]: device arrays may not support None indexing
     if problem.batch == 0:
         if out is not None:
             return out
         y = np.zeros(problem.output_shape, dtype=problem.dtype)
         if on_device:
             from numba import cuda
+
             y = cuda.to_device(y)
     else:
         if not on_device:
             x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
             b = None if b is None else np.ascontiguousarray(b)
         # adding a leading length-1 axis is a view even of a non-contiguous array: the result lands in out
-        y = impl.compute(x, w, b, problem, out=out.reshape((1, *out.shape)) if unbatched and out is not None
-                         else out)
+        y = impl.compute(x, w, b, problem, out=out.reshape((1, *out.shape)) if unbatched and out is not None else out)
         if out is not None:
             return out
     return y.reshape(tuple(y.shape[1:])) if unbatched else y

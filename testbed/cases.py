@@ -12,33 +12,49 @@ from .problem import Problem
 
 
 def _p(name, c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1, batch=1):
-    return name, Problem(batch=batch, in_channels=c_in, in_size=size, out_channels=c_out, kernel_size=kernel,
-                         stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
-                         groups=groups, dtype=np.dtype(np.float32))
+    return name, Problem(
+        batch=batch,
+        in_channels=c_in,
+        in_size=size,
+        out_channels=c_out,
+        kernel_size=kernel,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+        dtype=np.dtype(np.float32),
+    )
 
 
 SUITES = {
-    "unet": dict([
-        _p("unet1", 1024, 512, 28, 2, 2),
-        _p("unet2", 512, 256, 52, 2, 2),
-        _p("unet3", 256, 128, 100, 2, 2),
-        _p("unet4", 128, 64, 196, 2, 2),
-    ]),
-    "decoder": dict([
-        _p("k4s2p1", 256, 128, 32, 4, 2, 1),
-        _p("k3s2p1op1", 128, 64, 64, 3, 2, 1, 1),
-        _p("k3s1p1", 64, 64, 64, 3, 1, 1),
-        _p("k3d2", 64, 64, 64, 3, 1, 2, dilation=2),
-        _p("k4s2g8", 256, 256, 32, 4, 2, 1, groups=8),
-        _p("depthwise", 128, 128, 64, 4, 2, 1, groups=128),
-        _p("k5s3", 64, 32, 32, 5, 3, 1),
-    ]),
-    "tiny": dict([
-        _p("seed", 1, 1, (2, 3), 2, 2),
-        _p("tiny_k2s2", 4, 4, 8, 2, 2),
-        _p("tiny_k3s2", 3, 5, (5, 7), 3, 2, 1, 1, batch=2),
-        _p("tiny_g2d2", 4, 6, 6, 3, (1, 2), (1, 0), dilation=2, groups=2),
-    ]),
+    "unet": dict(
+        [
+            _p("unet1", 1024, 512, 28, 2, 2),
+            _p("unet2", 512, 256, 52, 2, 2),
+            _p("unet3", 256, 128, 100, 2, 2),
+            _p("unet4", 128, 64, 196, 2, 2),
+        ]
+    ),
+    "decoder": dict(
+        [
+            _p("k4s2p1", 256, 128, 32, 4, 2, 1),
+            _p("k3s2p1op1", 128, 64, 64, 3, 2, 1, 1),
+            _p("k3s1p1", 64, 64, 64, 3, 1, 1),
+            _p("k3d2", 64, 64, 64, 3, 1, 2, dilation=2),
+            _p("k4s2g8", 256, 256, 32, 4, 2, 1, groups=8),
+            _p("depthwise", 128, 128, 64, 4, 2, 1, groups=128),
+            _p("k5s3", 64, 32, 32, 5, 3, 1),
+        ]
+    ),
+    "tiny": dict(
+        [
+            _p("seed", 1, 1, (2, 3), 2, 2),
+            _p("tiny_k2s2", 4, 4, 8, 2, 2),
+            _p("tiny_k3s2", 3, 5, (5, 7), 3, 2, 1, 1, batch=2),
+            _p("tiny_g2d2", 4, 6, 6, 3, (1, 2), (1, 0), dilation=2, groups=2),
+        ]
+    ),
 }
 
 

@@ -53,15 +53,53 @@ ISA_ENV = "TESTBED_ISA"
 _VECTOR_BYTES = {"generic": 16, "avx2": 32, "avx512": 64}
 
 #: LLVM x86 CPU names with AVX-512F (for a target named without a feature string).
-_AVX512_CPUS = frozenset({
-    "knl", "knm", "skylake-avx512", "skx", "cascadelake", "cooperlake", "cannonlake", "icelake-client",
-    "icelake-server", "rocketlake", "tigerlake", "sapphirerapids", "emeraldrapids", "graniterapids",
-    "graniterapids-d", "diamondrapids", "znver4", "znver5", "x86-64-v4"})
+_AVX512_CPUS = frozenset(
+    {
+        "knl",
+        "knm",
+        "skylake-avx512",
+        "skx",
+        "cascadelake",
+        "cooperlake",
+        "cannonlake",
+        "icelake-client",
+        "icelake-server",
+        "rocketlake",
+        "tigerlake",
+        "sapphirerapids",
+        "emeraldrapids",
+        "graniterapids",
+        "graniterapids-d",
+        "diamondrapids",
+        "znver4",
+        "znver5",
+        "x86-64-v4",
+    }
+)
 #: ... and those with AVX2 and FMA3 but not AVX-512F.
-_AVX2_CPUS = frozenset({
-    "haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "arrowlake", "arrowlake-s",
-    "lunarlake", "pantherlake", "gracemont", "sierraforest", "grandridge", "clearwaterforest", "bdver4",
-    "znver1", "znver2", "znver3", "x86-64-v3"})
+_AVX2_CPUS = frozenset(
+    {
+        "haswell",
+        "broadwell",
+        "skylake",
+        "alderlake",
+        "raptorlake",
+        "meteorlake",
+        "arrowlake",
+        "arrowlake-s",
+        "lunarlake",
+        "pantherlake",
+        "gracemont",
+        "sierraforest",
+        "grandridge",
+        "clearwaterforest",
+        "bdver4",
+        "znver1",
+        "znver2",
+        "znver3",
+        "x86-64-v3",
+    }
+)
 
 
 def vector_bytes(row: str | None = None) -> int:
@@ -122,8 +160,13 @@ def selected_isa() -> str:
     cap = env_choice(ISA_ENV, ISA_ROWS, native)
     if ISA_ROWS.index(cap) > ISA_ROWS.index(native):
         name, _ = target_cpu()
-        env_warning(ISA_ENV, os.environ[ISA_ENV], f"{', '.join(ISA_ROWS[:ISA_ROWS.index(native) + 1])}: {cap!r} is "
-                    f"above what the CPU supports ({name!r}, the CPU Numba compiles for, has {native!r}; set "
-                    f"NUMBA_CPU_NAME/NUMBA_CPU_FEATURES to compile for another CPU)", native)
+        env_warning(
+            ISA_ENV,
+            os.environ[ISA_ENV],
+            f"{', '.join(ISA_ROWS[: ISA_ROWS.index(native) + 1])}: {cap!r} is "
+            f"above what the CPU supports ({name!r}, the CPU Numba compiles for, has {native!r}; set "
+            f"NUMBA_CPU_NAME/NUMBA_CPU_FEATURES to compile for another CPU)",
+            native,
+        )
         return native
     return cap

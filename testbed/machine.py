@@ -42,8 +42,22 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["LIBRARIES", "ENVIRONMENT_PREFIXES", "cpu_model", "cpu", "threads", "thread_pools", "library_versions",
-           "git_state", "environment", "load_average", "cpu_governors", "gpu", "gpu_name", "describe"]
+__all__ = [
+    "LIBRARIES",
+    "ENVIRONMENT_PREFIXES",
+    "cpu_model",
+    "cpu",
+    "threads",
+    "thread_pools",
+    "library_versions",
+    "git_state",
+    "environment",
+    "load_average",
+    "cpu_governors",
+    "gpu",
+    "gpu_name",
+    "describe",
+]
 
 #: The distributions whose versions describe a result (besides Python and the testbed): the array library, the
 #: FFTs and BLAS behind scipy, the compiler and its LLVM binding, the CUDA target and the torch peer.
@@ -51,8 +65,20 @@ LIBRARIES = ("numpy", "scipy", "numba", "llvmlite", "numba-cuda", "torch")
 #: The environment variables that change what a timing measures: the allocator (glibc's mmap threshold moves
 #: times 6×), preloaded libraries, OpenBLAS's forced kernels and thread counts, OpenMP/MKL threads, Numba's
 #: settings, torch's and the testbed's own.
-ENVIRONMENT_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "OPENBLAS_", "GOTO", "OMP_", "GOMP_", "KMP_",
-                        "MKL_", "NUMBA_", "TORCH_", "TESTBED_")
+ENVIRONMENT_PREFIXES = (
+    "MALLOC_",
+    "GLIBC_TUNABLES",
+    "LD_PRELOAD",
+    "OPENBLAS_",
+    "GOTO",
+    "OMP_",
+    "GOMP_",
+    "KMP_",
+    "MKL_",
+    "NUMBA_",
+    "TORCH_",
+    "TESTBED_",
+)
 #: The checkout the testbed package is imported from, where it is one (a wheel's site-packages is not).
 _CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +98,7 @@ def cpu_model() -> str:
 def _affinity() -> int | None:
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:      # not on Linux
+    except AttributeError:  # not on Linux
         return None
 
 
@@ -90,9 +116,16 @@ def cpu() -> dict[str, Any]:
     from .isa import selected_isa, target_cpu, vector_bytes
 
     row = selected_isa()
-    return {"model": cpu_model(), "architecture": platform.machine(), "isa": row, "vector_bytes": vector_bytes(row),
-            "target_cpu": target_cpu()[0], "count": os.cpu_count(), "affinity": _affinity(),
-            "memory_bytes": _memory_bytes()}
+    return {
+        "model": cpu_model(),
+        "architecture": platform.machine(),
+        "isa": row,
+        "vector_bytes": vector_bytes(row),
+        "target_cpu": target_cpu()[0],
+        "count": os.cpu_count(),
+        "affinity": _affinity(),
+        "memory_bytes": _memory_bytes(),
+    }
 
 
 def thread_pools() -> list | None:
@@ -113,9 +146,13 @@ def threads() -> dict[str, Any]:
     import numba
 
     torch = sys.modules.get("torch")
-    return {"cpu_count": os.cpu_count(), "affinity": _affinity(), "numba_threads": numba.get_num_threads(),
-            "numba_threads_at_start": int(numba.config.NUMBA_NUM_THREADS),
-            "torch_threads": torch.get_num_threads() if torch is not None else None}
+    return {
+        "cpu_count": os.cpu_count(),
+        "affinity": _affinity(),
+        "numba_threads": numba.get_num_threads(),
+        "numba_threads_at_start": int(numba.config.NUMBA_NUM_THREADS),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+    }
 
 
 def _distribution_version(name: str) -> str | None:
@@ -129,8 +166,11 @@ def library_versions(names: Iterable[str] = LIBRARIES) -> dict[str, str | None]:
     """``{"python": ..., "testbed": ..., name: version or None}`` for each distribution of ``names``, from the
     installed package metadata (none is imported). The testbed's is that of the checkout imported, installed or
     only on the path."""
-    return {"python": platform.python_version(), "testbed": __version__,
-            **{name: _distribution_version(name) for name in names}}
+    return {
+        "python": platform.python_version(),
+        "testbed": __version__,
+        **{name: _distribution_version(name) for name in names},
+    }
 
 
 def git_state(root: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -138,12 +178,14 @@ def git_state(root: str | os.PathLike | None = None) -> dict[str, Any]:
     checkout at ``root`` (default: the one the testbed is imported from; "nogit" for an installed wheel)."""
     root = _CHECKOUT if root is None else Path(root)
     nothing = {"commit": None, "short": "nogit", "dirty": None}
-    if not (root / ".git").exists():        # a directory, or a file in a worktree; never a parent's repository
+    if not (root / ".git").exists():  # a directory, or a file in a worktree; never a parent's repository
         return nothing
 
     def git(*args):
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
     try:
         commit = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
@@ -215,7 +257,17 @@ def describe() -> dict[str, Any]:
     (:func:`library_versions`), ``git`` (:func:`git_state`), ``threads`` (:func:`threads`), ``threadpools``
     (:func:`thread_pools`), ``environment`` (:func:`environment`), ``load_average``, ``cpu_governor`` and
     ``device`` (:func:`gpu`)."""
-    return {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu_model": cpu_model(),
-            "cpu": cpu(), "versions": library_versions(), "git": git_state(), "threads": threads(),
-            "threadpools": thread_pools(), "environment": environment(), "load_average": load_average(),
-            "cpu_governor": cpu_governors(), "device": gpu()}
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu": cpu(),
+        "versions": library_versions(),
+        "git": git_state(),
+        "threads": threads(),
+        "threadpools": thread_pools(),
+        "environment": environment(),
+        "load_average": load_average(),
+        "cpu_governor": cpu_governors(),
+        "device": gpu(),
+    }

@@ -66,9 +66,25 @@ from .timing import (
     time_jobs,
 )
 
-__all__ = ["MODES", "PLANNER_ENV", "REFERENCE_BACKENDS", "PlannerConfig", "CandidateTiming", "TuneError", "TuneResult",
-           "Explanation", "set_planner", "get_planner", "tune", "tune_problem", "explain", "explain_problem",
-           "choose_backend", "planned_backend", "rule_backend"]
+__all__ = [
+    "MODES",
+    "PLANNER_ENV",
+    "REFERENCE_BACKENDS",
+    "PlannerConfig",
+    "CandidateTiming",
+    "TuneError",
+    "TuneResult",
+    "Explanation",
+    "set_planner",
+    "get_planner",
+    "tune",
+    "tune_problem",
+    "explain",
+    "explain_problem",
+    "choose_backend",
+    "planned_backend",
+    "rule_backend",
+]
 
 MODES = ("estimate", "measure")
 PLANNER_ENV = "TESTBED_PLANNER"
@@ -76,14 +92,16 @@ PLANNER_ENV = "TESTBED_PLANNER"
 #: channels and taps) and the FFT backend (full kernel spectra), seconds to minutes per call on the suites.
 REFERENCE_BACKENDS = ("naive", "fft")
 #: The measurement a ``measure``-mode first call makes: small, as the first call pays for it.
-MEASURE_SETTINGS = TimingSettings(warmup=1, min_repeats=5, max_repeats=20, budget_s=0.1, min_sample_s=1e-3,
-                                  worker_timeout_s=600.0, warmup_s=0.1)
+MEASURE_SETTINGS = TimingSettings(
+    warmup=1, min_repeats=5, max_repeats=20, budget_s=0.1, min_sample_s=1e-3, worker_timeout_s=600.0, warmup_s=0.1
+)
 #: The pilot: a candidate's first call, then three warm calls, of which the fastest counts (on a busy machine
 #: one call of a fraction of a millisecond can lose a whole scheduler time slice).
 _PILOT = TimingSettings(warmup=0, min_repeats=3, max_repeats=3, budget_s=0.0, min_sample_s=0.0, warmup_s=0.0)
 
 
 # ---- planner modes ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PlannerConfig:
@@ -155,8 +173,14 @@ class set_planner:
     'estimate'
     """
 
-    def __init__(self, mode: str, *, isolation: str = "process", settings: TimingSettings = MEASURE_SETTINGS,
-                 cut_factor: float = 3.0):
+    def __init__(
+        self,
+        mode: str,
+        *,
+        isolation: str = "process",
+        settings: TimingSettings = MEASURE_SETTINGS,
+        cut_factor: float = 3.0,
+    ):
         self.config = PlannerConfig(mode, isolation, settings, cut_factor)
         self._token = _PLANNER.set(self.config)
 
@@ -185,6 +209,7 @@ def get_planner() -> PlannerConfig:
 
 
 # ---- results -------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CandidateTiming:
@@ -257,14 +282,17 @@ class TuneResult:
 
     def __str__(self) -> str:
         decided = _decided(self.rounds, self.round_winners, self.margin)
-        lines = [f"tune {self.signature}: winner {self.winner or 'none'} (class rule: {self.rule or 'none'}; "
-                 f"{self.isolation} isolation, {self.elapsed_s:.2f} s{decided})",
-                 f"  {'backend':<18}{'status':<13}{'median':>10}  {'95% CI':<19}{'x winner':>9}  {'first call':>10}"]
+        lines = [
+            f"tune {self.signature}: winner {self.winner or 'none'} (class rule: {self.rule or 'none'}; "
+            f"{self.isolation} isolation, {self.elapsed_s:.2f} s{decided})",
+            f"  {'backend':<18}{'status':<13}{'median':>10}  {'95% CI':<19}{'x winner':>9}  {'first call':>10}",
+        ]
         for c in self.candidates:
             ci = f"{c.ci_s[0] * 1e3:.3g}–{c.ci_s[1] * 1e3:.3g} ms" if math.isfinite(c.ci_s[0]) else ""
             ratio = f"{c.ratio:.2f}" if math.isfinite(c.ratio) else ""
-            line = (f"  {c.backend:<18}{c.status:<13}{_ms(c.median_s):>10}  {ci:<19}{ratio:>9}  "
-                    f"{_ms(c.first_call_s):>10}")
+            line = (
+                f"  {c.backend:<18}{c.status:<13}{_ms(c.median_s):>10}  {ci:<19}{ratio:>9}  {_ms(c.first_call_s):>10}"
+            )
             if c.message and c.status != "ok":
                 line += f"  {c.message[:90]}"
             lines.append(line.rstrip())
@@ -305,14 +333,18 @@ class Explanation:
     kernels: str = ""
 
     def __str__(self) -> str:
-        lines = [f"auto runs {self.backend or 'nothing (no backend can)'} — reason: {self.reason}",
-                 f"  problem: {self.signature}"]
+        lines = [
+            f"auto runs {self.backend or 'nothing (no backend can)'} — reason: {self.reason}",
+            f"  problem: {self.signature}",
+        ]
         if self.reason == "wisdom":
             entry = self.wisdom or {}
             times = ", ".join(f"{name} {_ms(t)}" for name, t in sorted(self.measured_s.items(), key=lambda i: i[1]))
             decided = _decided(entry.get("rounds", 1), entry.get("round_winners", ()), entry.get("margin"))
-            lines.append(f"  measured by {entry.get('source', '?')} at {entry.get('time', '?')} "
-                         f"({entry.get('isolation', '?')} isolation{decided}): {times or 'no times recorded'}")
+            lines.append(
+                f"  measured by {entry.get('source', '?')} at {entry.get('time', '?')} "
+                f"({entry.get('isolation', '?')} isolation{decided}): {times or 'no times recorded'}"
+            )
             if entry.get("confirmation"):
                 lines.append(f"  confirmed in more rounds: the first round's winner {entry['confirmation']}")
             for name, why in (entry.get("failed") or {}).items():
@@ -334,6 +366,7 @@ class Explanation:
 
 
 # ---- candidates ------------------------------------------------------------------------------------------------
+
 
 def _device(on_device: bool) -> str:
     """The device field of a signature: ``cpu``, or ``cuda:<GPU name>``."""
@@ -366,17 +399,18 @@ def _table_row(problem: Problem, on_device: bool) -> tuple[str, tuple[str, ...]]
     return preference.preference_table().order_for(problem, on_device)
 
 
-def _candidates(problem: Problem, on_device: bool, names: Iterable | None
-                ) -> tuple[list[Backend], list[CandidateTiming]]:
+def _candidates(
+    problem: Problem, on_device: bool, names: Iterable | None
+) -> tuple[list[Backend], list[CandidateTiming]]:
     """The backends to time, in the class rule's order, and the status rows of the others."""
     row = _table_row(problem, on_device)[1]
     explicit = names is not None
     pool = [get_backend(name) for name in (list_backends() if names is None else names)]
-    pool.sort(key=lambda b: row.index(b.name) if b.name in row else len(row))   # stable: registry order after
+    pool.sort(key=lambda b: row.index(b.name) if b.name in row else len(row))  # stable: registry order after
     timed, skipped = [], []
     for backend in pool:
         why = _why_not(backend, problem, on_device)
-        if why is None and backend.timing_kind is None:      # the CUDA simulator: runs, but times mean nothing
+        if why is None and backend.timing_kind is None:  # the CUDA simulator: runs, but times mean nothing
             skipped.append(CandidateTiming(backend.name, "simulator: not timed", message=backend.status))
         elif why is None:
             timed.append(backend)
@@ -384,16 +418,21 @@ def _candidates(problem: Problem, on_device: bool, names: Iterable | None
             status = why.split(":", 1)[0] if why.startswith(("unavailable", "unsupported")) else "unsupported"
             skipped.append(CandidateTiming(backend.name, status, message=why))
     if not explicit and any(b.name not in REFERENCE_BACKENDS for b in timed):
-        skipped += [CandidateTiming(b.name, "excluded", message="a reference backend, far slower than the others")
-                    for b in timed if b.name in REFERENCE_BACKENDS]
+        skipped += [
+            CandidateTiming(b.name, "excluded", message="a reference backend, far slower than the others")
+            for b in timed
+            if b.name in REFERENCE_BACKENDS
+        ]
         timed = [b for b in timed if b.name not in REFERENCE_BACKENDS]
     return timed, skipped
 
 
 # ---- timing ----------------------------------------------------------------------------------------------------
 
-def _time_candidate(problem: Problem, backend, settings: TimingSettings | None, best_s: float | None,
-                    cut_factor: float, seed: int) -> dict[str, Any]:
+
+def _time_candidate(
+    problem: Problem, backend, settings: TimingSettings | None, best_s: float | None, cut_factor: float, seed: int
+) -> dict[str, Any]:
     """Pilot (first call, 3 warm calls), then, unless the pilot is ``cut_factor`` times slower than ``best_s``
     or ``settings`` is None (pilot only), the full measurement with its samples. Runs in a worker process for
     ``process`` isolation; every exception becomes an ``error`` status."""
@@ -402,11 +441,14 @@ def _time_candidate(problem: Problem, backend, settings: TimingSettings | None, 
         pilot = time_backend(backend, problem, x, weight, bias, _PILOT)
         if "median_s" not in pilot:
             return pilot
-        fastest = pilot["min_s"] if math.isfinite(pilot["min_s"]) else pilot["median_s"]   # GPU: median only
+        fastest = pilot["min_s"] if math.isfinite(pilot["min_s"]) else pilot["median_s"]  # GPU: median only
         found = {"first_call_s": pilot["first_call_s"], "pilot_s": fastest}
         if best_s is not None and fastest > cut_factor * best_s:
-            return {**found, "status": "cut", "message": f"fastest of 3 warm calls {_ms(fastest)} > "
-                                                         f"{cut_factor:g} x the best median {_ms(best_s)}"}
+            return {
+                **found,
+                "status": "cut",
+                "message": f"fastest of 3 warm calls {_ms(fastest)} > {cut_factor:g} x the best median {_ms(best_s)}",
+            }
         if settings is None:
             return {**found, "status": "ok"}
         # the pilot's calls were the warm-ups
@@ -416,9 +458,16 @@ def _time_candidate(problem: Problem, backend, settings: TimingSettings | None, 
         return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
 
 
-def _measure(problem: Problem, backends: Sequence[Backend], isolation: str, settings: TimingSettings,
-             cut_factor: float, seed: int) -> list[dict[str, Any]]:
+def _measure(
+    problem: Problem,
+    backends: Sequence[Backend],
+    isolation: str,
+    settings: TimingSettings,
+    cut_factor: float,
+    seed: int,
+) -> list[dict[str, Any]]:
     """One result dict per backend, in order (see :func:`_time_candidate`)."""
+
     def picklable(backend: Backend):
         # testbed's own backends travel by name; any other (a test fake, a user's) as the object, so the worker
         # imports its module (and whatever that registers) when it unpickles it
@@ -431,13 +480,22 @@ def _measure(problem: Problem, backends: Sequence[Backend], isolation: str, sett
     for backend in backends:
         if isolation == "process":
             try:
-                result = run_in_worker(_time_candidate, problem, picklable(backend), settings, best, cut_factor,
-                                       seed, timeout_s=settings.worker_timeout_s)
+                result = run_in_worker(
+                    _time_candidate,
+                    problem,
+                    picklable(backend),
+                    settings,
+                    best,
+                    cut_factor,
+                    seed,
+                    timeout_s=settings.worker_timeout_s,
+                )
             except (WorkerError, MainModuleError) as exc:
                 result = {"status": "error", "message": str(exc)}
-        else:   # inline: measured now; interleaved: only the pilot now, the samples round-robin below
-            result = _time_candidate(problem, picklable(backend), settings if isolation == "inline" else None,
-                                     best, cut_factor, seed)
+        else:  # inline: measured now; interleaved: only the pilot now, the samples round-robin below
+            result = _time_candidate(
+                problem, picklable(backend), settings if isolation == "inline" else None, best, cut_factor, seed
+            )
         results.append(result)
         estimate = result.get("median_s", result.get("pilot_s")) if result.get("status") == "ok" else None
         if estimate is not None and math.isfinite(estimate):
@@ -446,16 +504,26 @@ def _measure(problem: Problem, backends: Sequence[Backend], isolation: str, sett
         _more_rounds(problem, backends, results, settings, seed, picklable)
     if isolation == "interleaved":
         survivors = [i for i, result in enumerate(results) if result.get("status") == "ok"]
-        rows = time_jobs([TimingJob(problem, picklable(backends[i]), rng=seed) for i in survivors], settings,
-                         isolation="interleaved", keep_samples=True)
+        rows = time_jobs(
+            [TimingJob(problem, picklable(backends[i]), rng=seed) for i in survivors],
+            settings,
+            isolation="interleaved",
+            keep_samples=True,
+        )
         for i, row in zip(survivors, rows):
             pilot = {key: results[i][key] for key in ("first_call_s", "pilot_s")}
             results[i] = {**{k: v for k, v in row.items() if k != "backend"}, **pilot}
     return results
 
 
-def _more_rounds(problem: Problem, backends: Sequence[Backend], results: list[dict[str, Any]],
-                 settings: TimingSettings, seed: int, picklable) -> None:
+def _more_rounds(
+    problem: Problem,
+    backends: Sequence[Backend],
+    results: list[dict[str, Any]],
+    settings: TimingSettings,
+    seed: int,
+    picklable,
+) -> None:
     """``settings.rounds - 1`` more fresh workers for every candidate that was fully timed, the candidates
     taking turns; each one's rounds pooled into its result (:func:`testbed.timing.pool_rounds`)."""
     timed = [i for i, result in enumerate(results) if result.get("status") == "ok" and result.get("samples_s")]
@@ -463,23 +531,34 @@ def _more_rounds(problem: Problem, backends: Sequence[Backend], results: list[di
     for _ in range(settings.rounds - 1):
         for i in timed:
             try:
-                rounds[i].append(run_in_worker(_time_candidate, problem, picklable(backends[i]), settings, None,
-                                               math.inf, seed, timeout_s=settings.worker_timeout_s))
+                rounds[i].append(
+                    run_in_worker(
+                        _time_candidate,
+                        problem,
+                        picklable(backends[i]),
+                        settings,
+                        None,
+                        math.inf,
+                        seed,
+                        timeout_s=settings.worker_timeout_s,
+                    )
+                )
             except (WorkerError, MainModuleError):
                 continue
     for i in timed:
         results[i] = pool_rounds(rounds[i], settings, keep_samples=True)
 
 
-def _candidate_timing(name: str, result: dict[str, Any], winner: Measurement | None,
-                      winner_median: float) -> CandidateTiming:
+def _candidate_timing(
+    name: str, result: dict[str, Any], winner: Measurement | None, winner_median: float
+) -> CandidateTiming:
     status = str(result.get("status", "ok"))
     measured = Measurement.from_row(result) if status == "ok" else None
     if measured is not None:
         median, first_call = measured.median_s, measured.first_call_s
-    elif status == "ok":                   # a GPU backend: its CUDA-event median only, no samples
+    elif status == "ok":  # a GPU backend: its CUDA-event median only, no samples
         median, first_call = float(result["median_s"]), float(result["first_call_s"])
-    else:                                  # cut (its pilot timed), failed, unsupported: no median
+    else:  # cut (its pilot timed), failed, unsupported: no median
         median, first_call = math.nan, float(result.get("first_call_s", math.nan))
     ratio, ratio_ci = math.nan, (math.nan, math.nan)
     if math.isfinite(median) and math.isfinite(winner_median):
@@ -487,13 +566,21 @@ def _candidate_timing(name: str, result: dict[str, Any], winner: Measurement | N
         if winner is not None and measured is not None:
             ratio_ci = speedup_ci(measured.samples_s, winner.samples_s)
     return CandidateTiming(
-        backend=name, status=status, median_s=median,
+        backend=name,
+        status=status,
+        median_s=median,
         ci_s=median_ci(measured.samples_s) if measured else (math.nan, math.nan),
-        min_s=measured.min_s if measured else math.nan, iqr_s=measured.iqr_s if measured else math.nan,
-        repeats=measured.repeats if measured else int(result.get("repeats", 0) or 0), first_call_s=first_call,
-        pilot_s=float(result.get("pilot_s", math.nan)), ratio=ratio, ratio_ci=ratio_ci,
-        message=str(result.get("message", "") or ""), samples_s=measured.samples_s if measured else (),
-        measurement=measured)
+        min_s=measured.min_s if measured else math.nan,
+        iqr_s=measured.iqr_s if measured else math.nan,
+        repeats=measured.repeats if measured else int(result.get("repeats", 0) or 0),
+        first_call_s=first_call,
+        pilot_s=float(result.get("pilot_s", math.nan)),
+        ratio=ratio,
+        ratio_ci=ratio_ci,
+        message=str(result.get("message", "") or ""),
+        samples_s=measured.samples_s if measured else (),
+        measurement=measured,
+    )
 
 
 def _confirmation_reason(ok: dict[str, dict[str, Any]], winner: str, rule: str | None) -> str | None:
@@ -508,21 +595,32 @@ def _confirmation_reason(ok: dict[str, dict[str, Any]], winner: str, rule: str |
         low, high = speedup_ci(ok[runner].get("samples_s", ()), ok[winner].get("samples_s", ()))
         if low <= 1:
             ratio = ok[runner]["median_s"] / ok[winner]["median_s"]
-            return (f"beats the runner-up {runner} by less than their spread (median ratio {ratio:.3f}, 95 % "
-                    f"interval {low:.3f}-{high:.3f})")
+            return (
+                f"beats the runner-up {runner} by less than their spread (median ratio {ratio:.3f}, 95 % "
+                f"interval {low:.3f}-{high:.3f})"
+            )
     return None
 
 
-def _confirm(problem: Problem, by_name: dict[str, Backend], results: dict[str, dict[str, Any]], winner: str,
-             rule: str | None, isolation: str, settings: TimingSettings, seed: int) -> dict[str, Any]:
+def _confirm(
+    problem: Problem,
+    by_name: dict[str, Backend],
+    results: dict[str, dict[str, Any]],
+    winner: str,
+    rule: str | None,
+    isolation: str,
+    settings: TimingSettings,
+    seed: int,
+) -> dict[str, Any]:
     """Rounds after the first for a decision that needs them (:func:`_confirmation_reason`): the contenders —
     the winner, the runner-up and the class rule's choice — are timed again, each fully and, under ``process``
     isolation, in a fresh worker, in the reverse order of the round before (taking turns). The decision is the
     contender that wins two rounds (at most three are run; with three different round winners, the lowest
     median over all rounds). Each contender's samples of every round are pooled into ``results``. Returns what
     the wisdom entry keeps: ``rounds``, ``round_winners``, ``confirmation`` (why) and ``backend``."""
-    ok = {name: r for name, r in results.items() if r.get("status") == "ok" and math.isfinite(r.get("median_s",
-                                                                                                   math.nan))}
+    ok = {
+        name: r for name, r in results.items() if r.get("status") == "ok" and math.isfinite(r.get("median_s", math.nan))
+    }
     reason = _confirmation_reason(ok, winner, rule)
     if reason is None:
         return {"backend": winner, "rounds": 1, "round_winners": [winner], "confirmation": None}
@@ -533,8 +631,11 @@ def _confirm(problem: Problem, by_name: dict[str, Backend], results: dict[str, d
     while True:
         order.reverse()
         fresh = _measure(problem, [by_name[name] for name in order], isolation, single, math.inf, seed)
-        timed = {name: r for name, r in zip(order, fresh)
-                 if r.get("status") == "ok" and math.isfinite(r.get("median_s", math.nan))}
+        timed = {
+            name: r
+            for name, r in zip(order, fresh)
+            if r.get("status") == "ok" and math.isfinite(r.get("median_s", math.nan))
+        }
         for name, r in timed.items():
             results[name] = pool_rounds([results[name], r], settings, keep_samples=True)
         round_winners.append(min(timed, key=lambda name: timed[name]["median_s"]) if timed else "")
@@ -544,8 +645,7 @@ def _confirm(problem: Problem, by_name: dict[str, Backend], results: dict[str, d
             break
     if wins[decided] < 2:
         decided = min(order, key=lambda name: results[name]["median_s"])
-    return {"backend": decided, "rounds": len(round_winners), "round_winners": round_winners,
-            "confirmation": reason}
+    return {"backend": decided, "rounds": len(round_winners), "round_winners": round_winners, "confirmation": reason}
 
 
 class TuneError(RuntimeError):
@@ -562,71 +662,142 @@ class TuneError(RuntimeError):
         self.result = result
 
 
-def tune_problem(problem: Problem, *, on_device: bool = False, candidates: Iterable | None = None,
-                 isolation: str = "process", settings: TimingSettings | None = None, cut_factor: float = 3.0,
-                 store: bool = True, seed: int = 0, source: str = "tune") -> TuneResult:
+def tune_problem(
+    problem: Problem,
+    *,
+    on_device: bool = False,
+    candidates: Iterable | None = None,
+    isolation: str = "process",
+    settings: TimingSettings | None = None,
+    cut_factor: float = 3.0,
+    store: bool = True,
+    seed: int = 0,
+    source: str = "tune",
+) -> TuneResult:
     """:func:`tune` for a :class:`Problem` (no arrays needed): time the candidates, return what was found, and
     with ``store`` keep the winner as wisdom. ``on_device``: the problem's arrays are CUDA device arrays.
     Raises :class:`TuneError` when no candidate could be measured."""
-    config = PlannerConfig("measure", isolation, settings or MEASURE_SETTINGS, cut_factor)   # validates
+    config = PlannerConfig("measure", isolation, settings or MEASURE_SETTINGS, cut_factor)  # validates
     start = time.perf_counter()
     rule = rule_backend(problem, on_device)
     rule_name = None if rule is None else rule.name
     backends, skipped = _candidates(problem, on_device, candidates)
     measured = _measure(problem, backends, config.isolation, config.settings, config.cut_factor, seed)
     timed = {b.name: r for b, r in zip(backends, measured)}
-    ok = {name: r for name, r in timed.items()
-          if r.get("status") == "ok" and math.isfinite(r.get("median_s", math.nan))}
+    ok = {
+        name: r for name, r in timed.items() if r.get("status") == "ok" and math.isfinite(r.get("median_s", math.nan))
+    }
     device = _device(on_device)
     sig = wisdom.signature(problem, device)
     if not ok:
         rows = tuple(_candidate_timing(name, r, None, math.nan) for name, r in timed.items()) + tuple(skipped)
-        raise TuneError(TuneResult(problem=problem, signature=sig, candidates=rows, winner=None, rule=rule_name,
-                                   isolation=config.isolation, elapsed_s=time.perf_counter() - start))
+        raise TuneError(
+            TuneResult(
+                problem=problem,
+                signature=sig,
+                candidates=rows,
+                winner=None,
+                rule=rule_name,
+                isolation=config.isolation,
+                elapsed_s=time.perf_counter() - start,
+            )
+        )
     first = min(ok, key=lambda name: ok[name]["median_s"])
-    decision = _confirm(problem, {b.name: b for b in backends}, timed, first, rule_name, config.isolation,
-                        config.settings, seed)
-    ok = {name: timed[name] for name in ok}             # pooled over the rounds where there were more
+    decision = _confirm(
+        problem, {b.name: b for b in backends}, timed, first, rule_name, config.isolation, config.settings, seed
+    )
+    ok = {name: timed[name] for name in ok}  # pooled over the rounds where there were more
     winner = decision["backend"]
-    rows = tuple(_candidate_timing(name, r, Measurement.from_row(ok[winner]), ok[winner]["median_s"])
-                 for name, r in timed.items()) \
-        + tuple(skipped)
+    rows = tuple(
+        _candidate_timing(name, r, Measurement.from_row(ok[winner]), ok[winner]["median_s"])
+        for name, r in timed.items()
+    ) + tuple(skipped)
     others = [r["median_s"] for name, r in ok.items() if name != winner]
     margin = min(others) / ok[winner]["median_s"] - 1 if others and ok[winner]["median_s"] > 0 else None
     failed = {c.backend: c.message for c in rows if c.status == "error"}
     if failed:
-        warnings.warn(f"tune {sig}: {len(failed)} candidate(s) could not be measured ("
-                      + "; ".join(f"{name}: {why}" for name, why in failed.items())
-                      + f"); {winner} is the fastest of the others", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"tune {sig}: {len(failed)} candidate(s) could not be measured ("
+            + "; ".join(f"{name}: {why}" for name, why in failed.items())
+            + f"); {winner} is the fastest of the others",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     stored = None
     if store:
-        stored = wisdom.record(problem, device, {
-            **decision, "source": source, "isolation": config.isolation,
-            "median_s": {name: r["median_s"] for name, r in ok.items()},
-            "status": {c.backend: c.status for c in rows if c.status != "ok"},
-            "failed": failed, "margin": margin, "rule": rule_name})
-    return TuneResult(problem=problem, signature=sig, candidates=rows, winner=winner, rule=rule_name,
-                      isolation=config.isolation, elapsed_s=time.perf_counter() - start, stored=stored,
-                      rounds=decision["rounds"], round_winners=tuple(decision["round_winners"]), margin=margin)
+        stored = wisdom.record(
+            problem,
+            device,
+            {
+                **decision,
+                "source": source,
+                "isolation": config.isolation,
+                "median_s": {name: r["median_s"] for name, r in ok.items()},
+                "status": {c.backend: c.status for c in rows if c.status != "ok"},
+                "failed": failed,
+                "margin": margin,
+                "rule": rule_name,
+            },
+        )
+    return TuneResult(
+        problem=problem,
+        signature=sig,
+        candidates=rows,
+        winner=winner,
+        rule=rule_name,
+        isolation=config.isolation,
+        elapsed_s=time.perf_counter() - start,
+        stored=stored,
+        rounds=decision["rounds"],
+        round_winners=tuple(decision["round_winners"]),
+        margin=margin,
+    )
 
 
-def _call_problem(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                  output_size, layout="NCHW") -> tuple[Problem, bool]:
+def _call_problem(
+    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout="NCHW"
+) -> tuple[Problem, bool]:
     """The problem of a ``conv_transpose2d`` call (validated as the call validates it) and whether its arrays
     are CUDA device arrays. Only shapes and dtypes are read."""
     from .api import _problem_of_call
 
-    problem, x, _, _ = _problem_of_call(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                                        output_size, on_device_ok=True, layout=layout)
+    problem, x, _, _ = _problem_of_call(
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size,
+        on_device_ok=True,
+        layout=layout,
+    )
     if problem.batch == 0:
-        problem = problem.with_(batch=1)    # an empty batch computes nothing; plan for one image
+        problem = problem.with_(batch=1)  # an empty batch computes nothing; plan for one image
     return problem, is_device_array(x)
 
 
-def tune(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
-         output_size=None, candidates: Iterable | None = None, isolation: str = "process",
-         settings: TimingSettings | None = None, cut_factor: float = 3.0, store: bool = True,
-         seed: int = 0, layout: str = "NCHW") -> TuneResult:
+def tune(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    *,
+    output_size=None,
+    candidates: Iterable | None = None,
+    isolation: str = "process",
+    settings: TimingSettings | None = None,
+    cut_factor: float = 3.0,
+    store: bool = True,
+    seed: int = 0,
+    layout: str = "NCHW",
+) -> TuneResult:
     """Measure now which backend computes this call fastest, and remember it (FFTW's ``FFTW_MEASURE``).
 
     Parameters
@@ -694,13 +865,23 @@ def tune(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups
     'wisdom'
     >>> del os.environ["TESTBED_WISDOM"]
     """
-    problem, on_device = _call_problem(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                                       output_size, layout)
-    return tune_problem(problem, on_device=on_device, candidates=candidates, isolation=isolation,
-                        settings=settings, cut_factor=cut_factor, store=store, seed=seed)
+    problem, on_device = _call_problem(
+        input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout
+    )
+    return tune_problem(
+        problem,
+        on_device=on_device,
+        candidates=candidates,
+        isolation=isolation,
+        settings=settings,
+        cut_factor=cut_factor,
+        store=store,
+        seed=seed,
+    )
 
 
 # ---- the hook in auto ------------------------------------------------------------------------------------------
+
 
 def rule_backend(problem: Problem, on_device: bool = False) -> Backend | None:
     """The backend ``auto``'s class rule (its device row for CUDA arrays) picks, ignoring wisdom and the planner;
@@ -728,15 +909,24 @@ def planned_backend(problem: Problem, on_device: bool = False) -> Backend | None
     with _MEASURE_LOCK:
         if key in _UNDECIDED:
             return None
-        entry = wisdom.lookup(problem, device)       # measured by another thread while this one waited
+        entry = wisdom.lookup(problem, device)  # measured by another thread while this one waited
         if entry is not None and _usable(entry["backend"], problem, on_device)[0] is not None:
             return _usable(entry["backend"], problem, on_device)[0]
         try:
-            result = tune_problem(problem, on_device=on_device, isolation=config.isolation,
-                                  settings=config.settings, cut_factor=config.cut_factor, source="measure")
+            result = tune_problem(
+                problem,
+                on_device=on_device,
+                isolation=config.isolation,
+                settings=config.settings,
+                cut_factor=config.cut_factor,
+                source="measure",
+            )
         except Exception as exc:
-            warnings.warn(f"the measure planner could not time {key} ({type(exc).__name__}: {exc}); following "
-                          f"the class rules", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"the measure planner could not time {key} ({type(exc).__name__}: {exc}); following the class rules",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             result = None
         if result is None or result.winner is None:
             _UNDECIDED.add(key)
@@ -755,6 +945,7 @@ def choose_backend(problem: Problem, on_device: bool = False) -> Backend:
 
 # ---- explain ---------------------------------------------------------------------------------------------------
 
+
 def explain_problem(problem: Problem, on_device: bool = False) -> Explanation:
     """:func:`explain` for a :class:`Problem` (``on_device``: its arrays are CUDA device arrays)."""
     config = get_planner()
@@ -763,21 +954,37 @@ def explain_problem(problem: Problem, on_device: bool = False) -> Explanation:
     klass, row = table.order_for(problem, on_device)
     rule = rule_backend(problem, on_device)
     rule_name = None if rule is None else rule.name
-    base = Explanation(backend=rule_name, reason="device" if on_device else "rule",
-                       signature=wisdom.signature(problem, device), planner=config.mode, problem_class=klass,
-                       table_row=row, rule=rule_name, isa_row=table.row, table_isa=table.measured_row,
-                       table_fallback=table.fallback, table_source=table.describe())
+    base = Explanation(
+        backend=rule_name,
+        reason="device" if on_device else "rule",
+        signature=wisdom.signature(problem, device),
+        planner=config.mode,
+        problem_class=klass,
+        table_row=row,
+        rule=rule_name,
+        isa_row=table.row,
+        table_isa=table.measured_row,
+        table_fallback=table.fallback,
+        table_source=table.describe(),
+    )
     note = ""
     entry = wisdom.lookup(problem, device)
     if entry is not None:
         chosen, why = _usable(entry["backend"], problem, on_device)
         if chosen is not None:
-            return replace(base, backend=chosen.name, reason="wisdom", measured_s=dict(entry.get("median_s", {})),
-                           wisdom=dict(entry), kernels=_kernels(chosen.name, problem))
+            return replace(
+                base,
+                backend=chosen.name,
+                reason="wisdom",
+                measured_s=dict(entry.get("median_s", {})),
+                wisdom=dict(entry),
+                kernels=_kernels(chosen.name, problem),
+            )
         note = f"wisdom names {entry['backend']}, which is ignored here ({why}). "
     if config.mode == "measure" and base.signature not in _UNDECIDED:
-        note += ("planner 'measure': the first call with this signature times the candidates and may run another "
-                 "backend.")
+        note += (
+            "planner 'measure': the first call with this signature times the candidates and may run another backend."
+        )
     skipped = []
     for name in row:
         if name == rule_name:
@@ -794,8 +1001,19 @@ def _kernels(backend: str | None, problem: Problem) -> str:
     return describe(problem) if describe is not None else ""
 
 
-def explain(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
-            output_size=None, layout: str = "NCHW") -> Explanation:
+def explain(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    *,
+    output_size=None,
+    layout: str = "NCHW",
+) -> Explanation:
     """Which backend ``auto`` would run for this call, and why (nothing is computed or timed).
 
     Parameters
@@ -838,6 +1056,7 @@ def explain(input, weight, bias=None, stride=1, padding=0, output_padding=0, gro
       planner: estimate
     >>> del os.environ["TESTBED_WISDOM"]
     """
-    problem, on_device = _call_problem(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                                       output_size, layout)
+    problem, on_device = _call_problem(
+        input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout
+    )
     return explain_problem(problem, on_device)

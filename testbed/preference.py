@@ -37,8 +37,20 @@ from . import isa
 from .problem import Problem
 from .registry import Backend, get_backend
 
-__all__ = ["CLASSES", "DEVICE", "TABLES", "NEAREST_ROWS", "PreferenceTable", "problem_class", "preference_order",
-           "load_preference", "tables_folder", "table_path", "measured_rows", "preference_table"]
+__all__ = [
+    "CLASSES",
+    "DEVICE",
+    "TABLES",
+    "NEAREST_ROWS",
+    "PreferenceTable",
+    "problem_class",
+    "preference_order",
+    "load_preference",
+    "tables_folder",
+    "table_path",
+    "measured_rows",
+    "preference_table",
+]
 
 #: The configuration classes of :func:`problem_class`, and the key of the CUDA device-array list.
 CLASSES = ("nonoverlapping", "depthwise", "grouped", "general")
@@ -80,12 +92,12 @@ def load_preference(text: str, source: str = "preference table", row: str | None
     for key in (*CLASSES, DEVICE):
         order = table.get("classes", {}).get(key, {}).get("order")
         if not order or not all(isinstance(name, str) for name in order):
-            raise ValueError(f"{source}: class {key!r} needs a non-empty 'order' list of backend names, got "
-                             f"{order!r}")
+            raise ValueError(f"{source}: class {key!r} needs a non-empty 'order' list of backend names, got {order!r}")
     measured_on = table.get("source", {}).get("isa_row")
     if row is not None and measured_on != row:
-        raise ValueError(f"{source}: source.isa_row must be {row!r} (the row this file is the table of), got "
-                         f"{measured_on!r}")
+        raise ValueError(
+            f"{source}: source.isa_row must be {row!r} (the row this file is the table of), got {measured_on!r}"
+        )
     return table
 
 
@@ -131,8 +143,10 @@ class PreferenceTable:
         where = f"{str(self.source.get('machine', '?')).split(';')[0]}, run {self.source.get('run_id', '?')}"
         text = f"{TABLES}/{self.measured_row}.json (measured on {where})"
         if self.fallback:
-            text += (f"; a fallback: this process runs the {self.row!r} row, which has no measured table, so the "
-                     f"nearest measured row's answers")
+            text += (
+                f"; a fallback: this process runs the {self.row!r} row, which has no measured table, so the "
+                f"nearest measured row's answers"
+            )
         return text
 
     def order_for(self, problem: Problem, on_device: bool = False) -> tuple[str, tuple[str, ...]]:
@@ -186,7 +200,12 @@ def _table_for(row: str) -> PreferenceTable:
             path = table_path(candidate)
             table = load_preference(path.read_text(encoding="utf-8"), str(path), candidate)
             orders = {key: tuple(table["classes"][key]["order"]) for key in (*CLASSES, DEVICE)}
-            return PreferenceTable(row=row, measured_row=candidate, orders=MappingProxyType(orders),
-                                   source=MappingProxyType(table["source"]))
-    raise FileNotFoundError(f"no preference table for ISA row {row!r} nor its nearest rows {NEAREST_ROWS[row]} in "
-                            f"{tables_folder()}")
+            return PreferenceTable(
+                row=row,
+                measured_row=candidate,
+                orders=MappingProxyType(orders),
+                source=MappingProxyType(table["source"]),
+            )
+    raise FileNotFoundError(
+        f"no preference table for ISA row {row!r} nor its nearest rows {NEAREST_ROWS[row]} in {tables_folder()}"
+    )

@@ -110,8 +110,10 @@ def _int_sequence(value, name: str, expected: str) -> tuple[int, ...]:
     is_int_array = isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu"
     # torch.Size is a tuple; sets, dicts, strings, bytes, generators... are not sequences of ints here.
     if not (is_int_array or (isinstance(value, (tuple, list)) and all(_is_int(v) for v in value))):
-        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__}; a sequence is a "
-                        f"tuple, list, torch.Size or 1-D integer array of ints)")
+        raise TypeError(
+            f"{name} must be {expected}, got {value!r} ({type(value).__name__}; a sequence is a "
+            f"tuple, list, torch.Size or 1-D integer array of ints)"
+        )
     return tuple(int(v) for v in (value.tolist() if is_int_array else value))
 
 
@@ -138,9 +140,17 @@ def _extent(size: int, kernel: int, stride: int, padding: int, output_padding: i
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
-def output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], stride: int | Sequence[int] = 1,
-                 padding: int | Sequence[int] = 0, output_padding: int | Sequence[int] = 0,
-                 dilation: int | Sequence[int] = 1, groups: int = 1, *, layout: str = "NCHW") -> tuple[int, ...]:
+def output_shape(
+    input_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    output_padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    *,
+    layout: str = "NCHW",
+) -> tuple[int, ...]:
     """The shape of ``conv_transpose2d(input, weight, ...)``, without computing it.
 
     Parameters
@@ -196,8 +206,16 @@ def output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], stride
     >>> testbed.output_shape((1, 28, 28, 1024), (1024, 512, 2, 2), stride=2, layout="NHWC")
     (1, 56, 56, 512)
     """
-    problem = Problem.from_shapes(tuple(input_shape), tuple(weight_shape), stride=stride, padding=padding,
-                                  output_padding=output_padding, dilation=dilation, groups=groups, layout=layout)
+    problem = Problem.from_shapes(
+        tuple(input_shape),
+        tuple(weight_shape),
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+        layout=layout,
+    )
     return problem.output_shape if len(input_shape) == 4 else problem.output_shape[1:]
 
 
@@ -279,7 +297,7 @@ class Problem:
         set_(self, "dilation", pair(self.dilation, "dilation", minimum=1))
         set_(self, "in_size", pair(self.in_size, "input spatial size", minimum=1))
         set_(self, "kernel_size", pair(self.kernel_size, "kernel size", minimum=1))
-        set_(self, "dtype", np.dtype(self.dtype).newbyteorder("="))   # '>f8' computes as native float64
+        set_(self, "dtype", np.dtype(self.dtype).newbyteorder("="))  # '>f8' computes as native float64
         if not _is_int(self.groups) or self.groups < 1:
             raise ValueError(f"groups must be a positive int, got {self.groups!r}")
         _check_layout(self.layout)
@@ -298,31 +316,53 @@ class Problem:
         for axis, s, d, op in zip("hw", self.stride, self.dilation, self.output_padding):
             # PyTorch's rule (NaiveConvolutionTranspose2d.cpp): op < stride or op < dilation.
             if not (op < s or op < d):
-                raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
-                                 f"output_padding={self.output_padding}, stride={self.stride}, "
-                                 f"dilation={self.dilation} (axis {axis})")
-        for axis, n, k, s, op, d, extent in zip("hw", self.in_size, self.kernel_size, self.stride,
-                                                self.output_padding, self.dilation, self.canvas_size):
+                raise ValueError(
+                    f"output_padding must be smaller than either stride or dilation, got "
+                    f"output_padding={self.output_padding}, stride={self.stride}, "
+                    f"dilation={self.dilation} (axis {axis})"
+                )
+        for axis, n, k, s, op, d, extent in zip(
+            "hw", self.in_size, self.kernel_size, self.stride, self.output_padding, self.dilation, self.canvas_size
+        ):
             if extent > INT64_MAX:
-                raise ValueError(f"stride {s}, dilation {d} and output_padding {op} place the taps of an input of "
-                                 f"size {n} with kernel {k} over {extent} positions (axis {axis}), beyond int64 "
-                                 f"(2**63 - 1); reduce stride or dilation")
+                raise ValueError(
+                    f"stride {s}, dilation {d} and output_padding {op} place the taps of an input of "
+                    f"size {n} with kernel {k} over {extent} positions (axis {axis}), beyond int64 "
+                    f"(2**63 - 1); reduce stride or dilation"
+                )
         for name in ("batch", "in_channels", "out_channels"):
             if getattr(self, name) > INT64_MAX:
                 raise ValueError(f"{name} must be at most 2**63 - 1 (int64), got {getattr(self, name)}")
         if min(self.out_size) < 1:
-            raise ValueError(f"the output would have a non-positive size {self.out_size} for input size "
-                             f"{self.in_size}, kernel {self.kernel_size}, stride {self.stride}, padding "
-                             f"{self.padding}, dilation {self.dilation}; reduce padding or enlarge the input")
+            raise ValueError(
+                f"the output would have a non-positive size {self.out_size} for input size "
+                f"{self.in_size}, kernel {self.kernel_size}, stride {self.stride}, padding "
+                f"{self.padding}, dilation {self.dilation}; reduce padding or enlarge the input"
+            )
         out_bytes = math.prod(self.output_shape) * self.dtype.itemsize
         if out_bytes > INT64_MAX:
-            raise ValueError(f"the output {self.output_shape} would take {out_bytes} bytes, beyond what int64 can "
-                             f"address; reduce stride, dilation or the batch")
+            raise ValueError(
+                f"the output {self.output_shape} would take {out_bytes} bytes, beyond what int64 can "
+                f"address; reduce stride, dilation or the batch"
+            )
 
     # ---- construction from arrays -------------------------------------------------------------------
     @classmethod
-    def from_shapes(cls, input_shape, weight_shape, *, stride=1, padding=0, output_padding=0, dilation=1,
-                    groups=1, dtype=np.float64, has_bias=False, output_size=None, layout="NCHW") -> Problem:
+    def from_shapes(
+        cls,
+        input_shape,
+        weight_shape,
+        *,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        dilation=1,
+        groups=1,
+        dtype=np.float64,
+        has_bias=False,
+        output_size=None,
+        layout="NCHW",
+    ) -> Problem:
         """Validate the shapes of a call (input 3-D or 4-D in ``layout``, weight 4-D) and build its problem."""
         _check_layout(layout)
         if len(input_shape) not in (3, 4):
@@ -332,8 +372,10 @@ class Problem:
             raise ValueError(f"weight must be 4-D (C_in, C_out/groups, kH, kW), got shape {weight_shape}")
         batch, in_channels, h, w = _to_nchw(input_shape if len(input_shape) == 4 else (1, *input_shape), layout)
         if weight_shape[0] != in_channels:
-            raise ValueError(f"weight.shape[0] ({weight_shape[0]}) must equal the input's channel count "
-                             f"({in_channels}); weight is (C_in, C_out/groups, kH, kW), got {weight_shape}")
+            raise ValueError(
+                f"weight.shape[0] ({weight_shape[0]}) must equal the input's channel count "
+                f"({in_channels}); weight is (C_in, C_out/groups, kH, kW), got {weight_shape}"
+            )
         if not _is_int(groups) or groups < 1:
             raise ValueError(f"groups must be a positive int, got {groups!r}")
         if h < 1 or w < 1:
@@ -342,48 +384,71 @@ class Problem:
         if min(kernel) < 1 or weight_shape[1] < 1:
             raise ValueError(f"weight must have positive C_out/groups, kH and kW, got shape {weight_shape}")
         if output_size is not None:
-            output_padding = cls._output_padding_for(output_size, output_padding, len(input_shape), (h, w),
-                                                     kernel, stride, padding, dilation, layout)
-        return cls(batch=batch, in_channels=in_channels, in_size=(h, w), out_channels=weight_shape[1] * groups,
-                   kernel_size=kernel, stride=stride, padding=padding, output_padding=output_padding,
-                   dilation=dilation, groups=groups, dtype=dtype, has_bias=has_bias, layout=layout)
+            output_padding = cls._output_padding_for(
+                output_size, output_padding, len(input_shape), (h, w), kernel, stride, padding, dilation, layout
+            )
+        return cls(
+            batch=batch,
+            in_channels=in_channels,
+            in_size=(h, w),
+            out_channels=weight_shape[1] * groups,
+            kernel_size=kernel,
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+            dilation=dilation,
+            groups=groups,
+            dtype=dtype,
+            has_bias=has_bias,
+            layout=layout,
+        )
 
     @staticmethod
     def _output_padding_for(output_size, output_padding, ndim, in_size, kernel, stride, padding, dilation, layout):
         """The output_padding that yields ``output_size``, as ``ConvTranspose2d.forward(x, output_size)``."""
         if output_padding not in (0, (0, 0)):
-            raise ValueError(f"give either output_size or output_padding, not both "
-                             f"(output_size={output_size!r}, output_padding={output_padding!r})")
+            raise ValueError(
+                f"give either output_size or output_padding, not both "
+                f"(output_size={output_size!r}, output_padding={output_padding!r})"
+            )
         size = _int_sequence(output_size, "output_size", "a sequence of ints")
         if len(size) == ndim:  # a full shape in the layout: only the spatial entries matter
             size = _to_nchw(size if ndim == 4 else (1, *size), layout)[2:]
         if len(size) != 2:
-            raise ValueError(f"output_size must have 2 spatial entries (or {ndim} for a full "
-                             f"shape), got {output_size!r}")
+            raise ValueError(
+                f"output_size must have 2 spatial entries (or {ndim} for a full shape), got {output_size!r}"
+            )
         stride = pair(stride, "stride", minimum=1)
         padding = pair(padding, "padding", minimum=0)
         dilation = pair(dilation, "dilation", minimum=1)
-        smallest = tuple(_extent(n, k, s, p, 0, d)
-                         for n, k, s, p, d in zip(in_size, kernel, stride, padding, dilation))
+        smallest = tuple(_extent(n, k, s, p, 0, d) for n, k, s, p, d in zip(in_size, kernel, stride, padding, dilation))
         largest = tuple(lo + s - 1 for lo, s in zip(smallest, stride))
         if not all(lo <= v <= hi for v, lo, hi in zip(size, smallest, largest)):
-            raise ValueError(f"output_size {tuple(size)} is unreachable: valid sizes range from {smallest} to "
-                             f"{largest} for an input of spatial size {tuple(in_size)}")
+            raise ValueError(
+                f"output_size {tuple(size)} is unreachable: valid sizes range from {smallest} to "
+                f"{largest} for an input of spatial size {tuple(in_size)}"
+            )
         return tuple(v - lo for v, lo in zip(size, smallest))
 
     # ---- derived shapes ------------------------------------------------------------------------------
     @property
     def out_size(self) -> tuple[int, int]:
-        h, w = (_extent(n, k, s, p, op, d) for n, k, s, p, op, d in
-                zip(self.in_size, self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation))
+        h, w = (
+            _extent(n, k, s, p, op, d)
+            for n, k, s, p, op, d in zip(
+                self.in_size, self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation
+            )
+        )
         return h, w
 
     @property
     def canvas_size(self) -> tuple[int, int]:
         """Extent of the uncropped scatter target: every tap lands at ``ih·s + kh·d`` (``< (H-1)·s + d·(k-1) + 1``),
         plus ``output_padding`` rows/columns that no tap reaches when ``padding`` is 0."""
-        h, w = ((n - 1) * s + d * (k - 1) + 1 + op for n, k, s, op, d in
-                zip(self.in_size, self.kernel_size, self.stride, self.output_padding, self.dilation))
+        h, w = (
+            (n - 1) * s + d * (k - 1) + 1 + op
+            for n, k, s, op, d in zip(self.in_size, self.kernel_size, self.stride, self.output_padding, self.dilation)
+        )
         return h, w
 
     def landing(self, axis: int, tap: int) -> tuple[slice, slice] | None:
@@ -391,10 +456,15 @@ class Problem:
         input indices ``i`` whose ``o = i·s - p + tap·d`` falls inside the output and the step-``s`` slice of
         those outputs; None when no input lands there. Backends that scatter use it to touch only outputs,
         never the uncropped canvas (whose size follows stride and padding, not the work)."""
-        n, s, p, d, out = (self.in_size[axis], self.stride[axis], self.padding[axis], self.dilation[axis],
-                           self.out_size[axis])
-        offset = tap * d - p                        # output index of input 0
-        first = max(0, -(offset // s))              # smallest i with i·s + offset >= 0
+        n, s, p, d, out = (
+            self.in_size[axis],
+            self.stride[axis],
+            self.padding[axis],
+            self.dilation[axis],
+            self.out_size[axis],
+        )
+        offset = tap * d - p  # output index of input 0
+        first = max(0, -(offset // s))  # smallest i with i·s + offset >= 0
         stop = min(n, (out - 1 - offset) // s + 1)  # past the largest i with i·s + offset < out
         if stop <= first:
             return None
@@ -418,7 +488,7 @@ class Problem:
     def crop(self, canvas):
         """The output window ``canvas[..., p:p+H_out, p:p+W_out]`` of a canvas-sized array."""
         (ph, pw), (ho, wo) = self.padding, self.out_size
-        return canvas[..., ph:ph + ho, pw:pw + wo]
+        return canvas[..., ph : ph + ho, pw : pw + wo]
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -454,8 +524,16 @@ class Problem:
     @property
     def flops(self) -> int:
         """Useful work 2·N·C_in·(C_out/groups)·H·W·kH·kW (no multiplications by inserted zeros)."""
-        return 2 * self.batch * self.in_channels * self.out_per_group * self.in_size[0] * self.in_size[1] \
-            * self.kernel_size[0] * self.kernel_size[1]
+        return (
+            2
+            * self.batch
+            * self.in_channels
+            * self.out_per_group
+            * self.in_size[0]
+            * self.in_size[1]
+            * self.kernel_size[0]
+            * self.kernel_size[1]
+        )
 
     @property
     def bytes_moved(self) -> int:
@@ -466,6 +544,7 @@ class Problem:
     def with_(self, **changes) -> Problem:
         """A copy with some fields replaced (validated again)."""
         from dataclasses import replace
+
         return replace(self, **changes)
 
     def random_arrays(self, rng: np.random.Generator | int | None = 0, *, integer: bool = False):

@@ -14,8 +14,15 @@ import numpy as np
 
 from .problem import LAYOUTS, SUPPORTED_DTYPES, Problem
 
-__all__ = ["Backend", "BackendUnavailable", "register", "get_backend", "list_backends", "available_backends",
-           "backend_status"]
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "register",
+    "get_backend",
+    "list_backends",
+    "available_backends",
+    "backend_status",
+]
 
 
 class BackendUnavailable(RuntimeError):
@@ -110,17 +117,17 @@ class Backend:
     name: str
     description: str
     run: Callable[..., Any]
-    groups: bool = True                 # groups > 1 supported
-    dilation: bool = True               # dilation > 1 supported
+    groups: bool = True  # groups > 1 supported
+    dilation: bool = True  # dilation > 1 supported
     dtypes: tuple[np.dtype, ...] = SUPPORTED_DTYPES
-    device: str = "cpu"                 # "cpu", "cuda", or "any" (the dispatcher)
-    deterministic: bool = True          # bitwise-repeatable results
-    check: Callable[[Problem], str | None] | None = None   # extra limits: a reason, or None if supported
-    probe: Callable[[], tuple[bool, str]] = _always_available   # (usable here?, why / how)
+    device: str = "cpu"  # "cpu", "cuda", or "any" (the dispatcher)
+    deterministic: bool = True  # bitwise-repeatable results
+    check: Callable[[Problem], str | None] | None = None  # extra limits: a reason, or None if supported
+    probe: Callable[[], tuple[bool, str]] = _always_available  # (usable here?, why / how)
     choose: Callable[[Problem, bool], Backend] | None = None  # a dispatcher's choice (problem, on_device)
-    writes_out: bool = False            # run(..., out=...) computes in place
-    layouts: tuple[str, ...] = ("NCHW",)   # the input/output layouts run computes natively
-    describe: Callable[[Problem], str] | None = None   # how it would compute a problem (for explain)
+    writes_out: bool = False  # run(..., out=...) computes in place
+    layouts: tuple[str, ...] = ("NCHW",)  # the input/output layouts run computes natively
+    describe: Callable[[Problem], str] | None = None  # how it would compute a problem (for explain)
 
     def unsupported_reason(self, problem: Problem) -> str | None:
         """Why this backend cannot compute ``problem`` (a valid configuration), or None if it can."""
@@ -151,6 +158,7 @@ class Backend:
         result = self.run(x, weight, bias, problem)
         if device_out:
             from numba import cuda
+
             (out if hasattr(out, "copy_to_device") else cuda.as_cuda_array(out)).copy_to_device(result)
         else:
             np.copyto(out, result)
@@ -161,10 +169,13 @@ class Backend:
         if is_device_array(x):
             there = layout_axes(problem.layout, native.layout)
             if not self.writes_out:
-                raise TypeError(f"backend {self.name!r} cannot compute {problem.layout} device arrays: it does not "
-                                f"write into out=, which the layout conversion on the device needs")
+                raise TypeError(
+                    f"backend {self.name!r} cannot compute {problem.layout} device arrays: it does not "
+                    f"write into out=, which the layout conversion on the device needs"
+                )
             if out is None:
                 from numba import cuda
+
                 out = cuda.device_array(problem.output_shape, dtype=problem.dtype)
             self.run(permuted(x, there), weight, bias, native, out=permuted(out, there))
             return out
@@ -190,7 +201,7 @@ class Backend:
 
     @property
     def timing_kind(self) -> str | None:
-        """"cpu", "gpu", or None when timings would be meaningless (unavailable, or the CUDA simulator)."""
+        """ "cpu", "gpu", or None when timings would be meaningless (unavailable, or the CUDA simulator)."""
         ok, why = self.probe()
         if not ok or "simulator" in why:
             return None
@@ -202,8 +213,15 @@ def layout_axes(source: str, target: str) -> tuple[int, int, int, int]:
     return tuple(source.index(axis) for axis in target)  # type: ignore[return-value]
 
 
-def run_converted(run: Callable[..., Any], x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                  problem: Problem, layout: str, out: np.ndarray | None = None) -> np.ndarray:
+def run_converted(
+    run: Callable[..., Any],
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    problem: Problem,
+    layout: str,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """``run(x, weight, bias, problem)`` computed in another ``layout`` on host arrays: ``x`` transposed into it (a
     C-contiguous copy), the result transposed back into a C-contiguous array of ``problem.layout``, or into
     ``out``."""
@@ -222,11 +240,13 @@ def permuted(array: Any, axes: tuple[int, ...]) -> Any:
     if isinstance(array, np.ndarray) or type(array).__module__.startswith("numba.cuda.simulator"):
         return array.transpose(axes)
     from numba import cuda
+
     face = dict(array.__cuda_array_interface__)
     shape = tuple(face["shape"])
     itemsize = np.dtype(face["typestr"]).itemsize
-    strides = face.get("strides") or tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * itemsize
-                                           for i in range(len(shape)))
+    strides = face.get("strides") or tuple(
+        int(np.prod(shape[i + 1 :], dtype=np.int64)) * itemsize for i in range(len(shape))
+    )
     face.update(shape=tuple(shape[a] for a in axes), strides=tuple(strides[a] for a in axes))
     return cuda.from_cuda_array_interface(face, owner=array)
 
@@ -273,8 +293,9 @@ def register(backend: Backend) -> Backend:
     if backend.name in _REGISTRY:
         raise ValueError(f"backend {backend.name!r} is already registered")
     if not backend.layouts or not set(backend.layouts) <= set(LAYOUTS):
-        raise ValueError(f"backend {backend.name!r}: layouts must be a non-empty tuple of {LAYOUTS}, got "
-                         f"{backend.layouts!r}")
+        raise ValueError(
+            f"backend {backend.name!r}: layouts must be a non-empty tuple of {LAYOUTS}, got {backend.layouts!r}"
+        )
     _REGISTRY[backend.name] = backend
     return backend
 

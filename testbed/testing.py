@@ -25,8 +25,17 @@ import numpy as np
 from .api import conv_transpose2d
 from .problem import SUPPORTED_DTYPES, Problem
 
-__all__ = ["TOLERANCES", "adjoint_residual", "assert_close", "assert_close_to_oracle", "call_kwargs",
-           "conv2d_adjoint", "oracle", "relative_error", "tolerance"]
+__all__ = [
+    "TOLERANCES",
+    "adjoint_residual",
+    "assert_close",
+    "assert_close_to_oracle",
+    "call_kwargs",
+    "conv2d_adjoint",
+    "oracle",
+    "relative_error",
+    "tolerance",
+]
 
 #: Largest relative L2 error (:func:`relative_error`) a correct backend may show against the float64 oracle,
 #: per compute dtype: a few hundred units of rounding of float32 (2⁻²⁴ ≈ 6e-8), and of float64 (1.1e-16),
@@ -188,20 +197,25 @@ def assert_close(actual, desired, *, rtol: float | None = None, err_msg: str = "
     details = []
     nonfinite_a, nonfinite_d = ~np.isfinite(a64), ~np.isfinite(d64)
     if not np.array_equal(nonfinite_a, nonfinite_d):
-        details.append(f"non-finite values at {int(nonfinite_a.sum())} positions, the reference at "
-                       f"{int(nonfinite_d.sum())}")
+        details.append(
+            f"non-finite values at {int(nonfinite_a.sum())} positions, the reference at {int(nonfinite_d.sum())}"
+        )
     finite = ~(nonfinite_a | nonfinite_d)
     if finite.any():
         diff = np.where(finite, np.abs(a64 - d64), -1.0)
         where = np.unravel_index(int(np.argmax(diff)), diff.shape)
-        details.append(f"largest |difference| {diff[where]:.3g} at index {tuple(int(i) for i in where)}, "
-                       f"actual {a64[where]:.6g}, desired {d64[where]:.6g}")
-    raise AssertionError(f"{prefix}relative L2 error {error:.3g} exceeds the tolerance {rtol:g}{what}; "
-                         + "; ".join(details))
+        details.append(
+            f"largest |difference| {diff[where]:.3g} at index {tuple(int(i) for i in where)}, "
+            f"actual {a64[where]:.6g}, desired {d64[where]:.6g}"
+        )
+    raise AssertionError(
+        f"{prefix}relative L2 error {error:.3g} exceeds the tolerance {rtol:g}{what}; " + "; ".join(details)
+    )
 
 
-def assert_close_to_oracle(actual, input, weight, bias=None, *, rtol: float | None = None,
-                           err_msg: str = "", **params) -> None:
+def assert_close_to_oracle(
+    actual, input, weight, bias=None, *, rtol: float | None = None, err_msg: str = "", **params
+) -> None:
     """Raise ``AssertionError`` unless ``actual`` is ``conv_transpose2d(input, weight, bias, **params)``
     to within the tolerance of its dtype, by the float64 :func:`oracle`.
 
@@ -236,8 +250,9 @@ def assert_close_to_oracle(actual, input, weight, bias=None, *, rtol: float | No
     expected_dtype = np.dtype(np.float64) if input_dtype.kind in "iub" else input_dtype
     prefix = f"{err_msg}: " if err_msg else ""
     if np.asarray(actual).dtype != expected_dtype:
-        raise AssertionError(f"{prefix}result dtype {np.asarray(actual).dtype}, expected {expected_dtype} "
-                             f"(the input's)")
+        raise AssertionError(
+            f"{prefix}result dtype {np.asarray(actual).dtype}, expected {expected_dtype} (the input's)"
+        )
     assert_close(actual, oracle(input, weight, bias, **params), rtol=rtol, err_msg=err_msg)
 
 
@@ -264,8 +279,14 @@ def call_kwargs(problem: Problem) -> dict[str, Any]:
     {'stride': (2, 2), 'padding': (0, 0), 'output_padding': (0, 0), 'groups': 1, 'dilation': (1, 1),
      'layout': 'NCHW'}
     """
-    return {"stride": problem.stride, "padding": problem.padding, "output_padding": problem.output_padding,
-            "groups": problem.groups, "dilation": problem.dilation, "layout": problem.layout}
+    return {
+        "stride": problem.stride,
+        "padding": problem.padding,
+        "output_padding": problem.output_padding,
+        "groups": problem.groups,
+        "dilation": problem.dilation,
+        "layout": problem.layout,
+    }
 
 
 def conv2d_adjoint(z, weight, problem: Problem) -> np.ndarray:
@@ -321,13 +342,14 @@ def conv2d_adjoint(z, weight, problem: Problem) -> np.ndarray:
     array([[[[-1., -1.]]]])
     """
     if problem.layout != "NCHW":
-        raise ValueError(f"conv2d_adjoint takes NCHW problems, got layout {problem.layout!r}; transpose z and use "
-                         f"problem.with_(layout='NCHW')")
+        raise ValueError(
+            f"conv2d_adjoint takes NCHW problems, got layout {problem.layout!r}; transpose z and use "
+            f"problem.with_(layout='NCHW')"
+        )
     z = np.asarray(z, dtype=np.float64)
     weight = np.asarray(weight, dtype=np.float64)
     if z.shape != problem.output_shape:
-        raise ValueError(f"z must have the transposed convolution's output shape {problem.output_shape}, "
-                         f"got {z.shape}")
+        raise ValueError(f"z must have the transposed convolution's output shape {problem.output_shape}, got {z.shape}")
     n, g = problem.batch, problem.groups
     cig, cog = problem.in_per_group, problem.out_per_group
     grouped = z.reshape(n, g, cog, *problem.out_size)
@@ -336,7 +358,7 @@ def conv2d_adjoint(z, weight, problem: Problem) -> np.ndarray:
         rows = problem.landing(0, kh)
         for kw in range(problem.kernel_size[1]):
             cols = problem.landing(1, kw)
-            if rows is None or cols is None:      # the tap lands outside the output: its terms are zero
+            if rows is None or cols is None:  # the tap lands outside the output: its terms are zero
                 continue
             (in_rows, out_rows), (in_cols, out_cols) = rows, cols
             taps = weight[:, :, kh, kw].reshape(g, cig, cog)

@@ -51,10 +51,33 @@ from .problem import Problem
 from .registry import Backend
 from .testing import call_kwargs
 
-__all__ = ["ALLOCATIONS", "ISOLATIONS", "STATUSES", "Measurement", "TimingJob", "TimingSettings", "WorkerError",
-           "exception_status", "load_average", "machine_state", "median_ci", "minor_faults", "not_run_status",
-           "peak_rss_bytes", "pool_rounds", "prepare_call", "reset_peak_rss", "rss_bytes", "run_in_worker",
-           "speedup_ci", "summarize", "thread_pools", "time_backend", "time_call", "time_jobs"]
+__all__ = [
+    "ALLOCATIONS",
+    "ISOLATIONS",
+    "STATUSES",
+    "Measurement",
+    "TimingJob",
+    "TimingSettings",
+    "WorkerError",
+    "exception_status",
+    "load_average",
+    "machine_state",
+    "median_ci",
+    "minor_faults",
+    "not_run_status",
+    "peak_rss_bytes",
+    "pool_rounds",
+    "prepare_call",
+    "reset_peak_rss",
+    "rss_bytes",
+    "run_in_worker",
+    "speedup_ci",
+    "summarize",
+    "thread_pools",
+    "time_backend",
+    "time_call",
+    "time_jobs",
+]
 
 ISOLATIONS = ("process", "interleaved", "inline")
 #: What a timing (and a sweep's row) says about a (problem, backend): ``ok``; ``unsupported`` (the backend
@@ -135,6 +158,7 @@ class WorkerError(RuntimeError):
 
 # ---- process state: page faults and resident memory ------------------------------------------------------------
 
+
 def minor_faults() -> int:
     """Minor page faults of this process so far (all threads; ``getrusage(RUSAGE_SELF).ru_minflt``), or -1
     where ``resource`` does not exist (Windows)."""
@@ -174,6 +198,7 @@ def rss_bytes() -> int | None:
         return kib * 1024
     try:
         import psutil
+
         return int(psutil.Process().memory_info().rss)
     except Exception:
         return None
@@ -189,18 +214,24 @@ def peak_rss_bytes() -> int | None:
     except ImportError:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)   # bytes on macOS, KiB on Linux/BSD
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux/BSD
 
 
 # ---- the timer -----------------------------------------------------------------------------------------------
+
 
 class _Timer:
     """One prepared call being timed: first call, warm-ups and loop calibration (:meth:`start`), then one
     sample per :meth:`sample`, with the page faults of the timed calls counted. With ``catch``, an exception
     of the call is kept in ``error`` (the timer then stops) instead of raised."""
 
-    def __init__(self, fn: Callable[[], object], settings: TimingSettings, catch: bool = False,
-                 before_each: Callable[[], object] | None = None):
+    def __init__(
+        self,
+        fn: Callable[[], object],
+        settings: TimingSettings,
+        catch: bool = False,
+        before_each: Callable[[], object] | None = None,
+    ):
         self.fn, self.settings, self.catch, self.before_each = fn, settings, catch, before_each
         self.samples: list[float] = []
         self.faults = 0
@@ -255,9 +286,14 @@ class _Timer:
     def measurement(self, memory: dict | None = None) -> Measurement:
         """The samples taken, with ``memory``'s peak-RSS columns (:meth:`_Memory.columns`)."""
         counted = self.calls and minor_faults() >= 0
-        return Measurement(tuple(self.samples), loops=self.loops, first_call_s=self.first_call_s,
-                           minor_faults_per_call=self.faults / self.calls if counted else math.nan,
-                           unstable_ratio=self.settings.unstable_ratio, **(memory or {}))
+        return Measurement(
+            tuple(self.samples),
+            loops=self.loops,
+            first_call_s=self.first_call_s,
+            minor_faults_per_call=self.faults / self.calls if counted else math.nan,
+            unstable_ratio=self.settings.unstable_ratio,
+            **(memory or {}),
+        )
 
     def result(self, memory: dict | None = None, keep_samples: bool = False) -> dict:
         if self.error is not None:
@@ -278,8 +314,10 @@ class _Memory:
 
     def columns(self) -> dict:
         peak, start = peak_rss_bytes(), self.start_rss
-        return {"peak_rss_mb": math.nan if peak is None else peak / 2 ** 20,
-                "peak_rss_increase_mb": math.nan if peak is None or start is None else (peak - start) / 2 ** 20}
+        return {
+            "peak_rss_mb": math.nan if peak is None else peak / 2**20,
+            "peak_rss_increase_mb": math.nan if peak is None or start is None else (peak - start) / 2**20,
+        }
 
 
 def _round_robin(timers: Sequence[_Timer], settings: TimingSettings, memory: _Memory | None = None) -> None:
@@ -364,16 +402,26 @@ class Measurement:
 
     def statistics(self) -> dict:
         """``median_s``, ``min_s``, ``iqr_s``, ``repeats`` and ``unstable``."""
-        return {"median_s": self.median_s, "min_s": self.min_s, "iqr_s": self.iqr_s, "repeats": self.repeats,
-                "unstable": self.unstable}
+        return {
+            "median_s": self.median_s,
+            "min_s": self.min_s,
+            "iqr_s": self.iqr_s,
+            "repeats": self.repeats,
+            "unstable": self.unstable,
+        }
 
     def row(self, keep_samples: bool = False) -> dict:
         """The columns of a results file: :meth:`statistics`, ``first_call_s``, ``loops``,
         ``minor_faults_per_call``, ``peak_rss_mb``, ``peak_rss_increase_mb``, for a merged measurement ``rounds``
         and ``round_spread``, and with ``keep_samples`` the samples (``samples_s``)."""
-        row = {**self.statistics(), "first_call_s": self.first_call_s, "loops": self.loops,
-               "minor_faults_per_call": self.minor_faults_per_call, "peak_rss_mb": self.peak_rss_mb,
-               "peak_rss_increase_mb": self.peak_rss_increase_mb}
+        row = {
+            **self.statistics(),
+            "first_call_s": self.first_call_s,
+            "loops": self.loops,
+            "minor_faults_per_call": self.minor_faults_per_call,
+            "peak_rss_mb": self.peak_rss_mb,
+            "peak_rss_increase_mb": self.peak_rss_increase_mb,
+        }
         if self.round_medians_s:
             row.update(rounds=self.rounds, round_spread=self.round_spread)
         if keep_samples:
@@ -387,14 +435,16 @@ class Measurement:
         if not measurements:
             raise ValueError("no measurements to merge")
         first = measurements[0]
-        return cls(samples_s=tuple(value for m in measurements for value in m.samples_s), loops=first.loops,
-                   first_call_s=first.first_call_s,
-                   minor_faults_per_call=float(np.mean([m.minor_faults_per_call for m in measurements])),
-                   peak_rss_mb=max(m.peak_rss_mb for m in measurements),
-                   peak_rss_increase_mb=max(m.peak_rss_increase_mb for m in measurements),
-                   unstable_ratio=first.unstable_ratio,
-                   round_medians_s=tuple(median for m in measurements
-                                         for median in (m.round_medians_s or (m.median_s,))))
+        return cls(
+            samples_s=tuple(value for m in measurements for value in m.samples_s),
+            loops=first.loops,
+            first_call_s=first.first_call_s,
+            minor_faults_per_call=float(np.mean([m.minor_faults_per_call for m in measurements])),
+            peak_rss_mb=max(m.peak_rss_mb for m in measurements),
+            peak_rss_increase_mb=max(m.peak_rss_increase_mb for m in measurements),
+            unstable_ratio=first.unstable_ratio,
+            round_medians_s=tuple(median for m in measurements for median in (m.round_medians_s or (m.median_s,))),
+        )
 
     @classmethod
     def from_row(cls, row: dict, unstable_ratio: float = TimingSettings.unstable_ratio) -> Measurement | None:
@@ -407,9 +457,15 @@ class Measurement:
             value = row.get(key)
             return float(value) if isinstance(value, (int, float)) else math.nan
 
-        return cls(samples_s=tuple(samples), loops=int(row.get("loops", 1) or 1), first_call_s=number("first_call_s"),
-                   minor_faults_per_call=number("minor_faults_per_call"), peak_rss_mb=number("peak_rss_mb"),
-                   peak_rss_increase_mb=number("peak_rss_increase_mb"), unstable_ratio=unstable_ratio)
+        return cls(
+            samples_s=tuple(samples),
+            loops=int(row.get("loops", 1) or 1),
+            first_call_s=number("first_call_s"),
+            minor_faults_per_call=number("minor_faults_per_call"),
+            peak_rss_mb=number("peak_rss_mb"),
+            peak_rss_increase_mb=number("peak_rss_increase_mb"),
+            unstable_ratio=unstable_ratio,
+        )
 
 
 def summarize(samples, unstable_ratio: float = TimingSettings.unstable_ratio) -> dict:
@@ -418,8 +474,13 @@ def summarize(samples, unstable_ratio: float = TimingSettings.unstable_ratio) ->
     return Measurement(tuple(np.asarray(samples, dtype=float).ravel()), unstable_ratio=unstable_ratio).statistics()
 
 
-def time_call(fn: Callable[[], object], settings: TimingSettings = TimingSettings(), *,
-              before_each: Callable[[], object] | None = None, keep_samples: bool = False) -> dict:
+def time_call(
+    fn: Callable[[], object],
+    settings: TimingSettings = TimingSettings(),
+    *,
+    before_each: Callable[[], object] | None = None,
+    keep_samples: bool = False,
+) -> dict:
     """Time ``fn()`` in this process (see :class:`TimingSettings`): the statistics of :func:`summarize`, plus
     ``first_call_s``, ``loops``, ``minor_faults_per_call``, ``peak_rss_mb`` (the process's peak resident size
     during the timed samples, first call and warm-ups excluded), ``peak_rss_increase_mb`` (above its size
@@ -442,8 +503,16 @@ def _bootstrap(sample_sets, statistic, confidence: float, n_resamples: int, seed
     sets = tuple(np.asarray(samples, dtype=float) for samples in sample_sets)
     if any(samples.size < 2 for samples in sets):
         return math.nan, math.nan
-    result = stats.bootstrap(sets, statistic, vectorized=True, paired=False, confidence_level=confidence,
-                             n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        sets,
+        statistic,
+        vectorized=True,
+        paired=False,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -453,13 +522,15 @@ def median_ci(samples, confidence: float = 0.95, n_resamples: int = 2000, seed: 
     return _bootstrap((samples,), np.median, confidence, n_resamples, seed)
 
 
-def speedup_ci(baseline_samples, samples, confidence: float = 0.95, n_resamples: int = 2000,
-               seed: int = 0) -> tuple[float, float]:
+def speedup_ci(
+    baseline_samples, samples, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """Bootstrap confidence interval of ``median(baseline) / median(samples)`` (> 1: faster than the baseline).
 
     The two sets are resampled independently (``scipy.stats.bootstrap`` with ``paired=False``, percentile
     method: robust on the few, skewed samples a timing gives). ``(nan, nan)`` with fewer than 2 samples in
     either set."""
+
     def ratio(a, b, axis=-1):
         return np.median(a, axis=axis) / np.median(b, axis=axis)
 
@@ -467,6 +538,7 @@ def speedup_ci(baseline_samples, samples, confidence: float = 0.95, n_resamples:
 
 
 # ---- timing a backend --------------------------------------------------------------------------------------------
+
 
 def prepare_call(backend, problem: Problem, x, weight, bias, allocation: str = "alloc") -> Callable[[], object]:
     """The call to time: the public ``conv_transpose2d`` (every backend pays the same validation), with a
@@ -516,8 +588,17 @@ def _untimed(backend, problem: Problem) -> dict | None:
     return status
 
 
-def time_backend(backend, problem: Problem, x, weight, bias=None, settings: TimingSettings = TimingSettings(), *,
-                 allocation: str = "alloc", keep_samples: bool = False) -> dict:
+def time_backend(
+    backend,
+    problem: Problem,
+    x,
+    weight,
+    bias=None,
+    settings: TimingSettings = TimingSettings(),
+    *,
+    allocation: str = "alloc",
+    keep_samples: bool = False,
+) -> dict:
     """Timing statistics of one backend on one problem in this process, or a ``status`` saying why it was not
     timed (unavailable, unsupported, the CUDA simulator).
 
@@ -544,9 +625,16 @@ def time_backend(backend, problem: Problem, x, weight, bias=None, settings: Timi
         first = time.perf_counter() - start
         repeats = max(settings.min_repeats, min(settings.max_repeats, 10))
         result = hook(backend.name, problem, repeats=repeats)
-        return {"first_call_s": first, "median_s": result["kernel_ms"] / 1e3, "min_s": math.nan, "iqr_s": math.nan,
-                "repeats": repeats, "with_transfers_s": result["with_transfers_ms"] / 1e3,
-                "timing_method": "cuda events (device arrays; median only)", "allocation": "alloc"}
+        return {
+            "first_call_s": first,
+            "median_s": result["kernel_ms"] / 1e3,
+            "min_s": math.nan,
+            "iqr_s": math.nan,
+            "repeats": repeats,
+            "with_transfers_s": result["with_transfers_ms"] / 1e3,
+            "timing_method": "cuda events (device arrays; median only)",
+            "allocation": "alloc",
+        }
     stats = time_call(call, settings, keep_samples=keep_samples)
     stats["allocation"] = allocation
     if backend.timing_kind == "gpu":
@@ -556,8 +644,12 @@ def time_backend(backend, problem: Problem, x, weight, bias=None, settings: Timi
 
 def _job_row(job: TimingJob, result: dict, isolation: str) -> dict:
     load = load_average()
-    row = {"backend": job.backend_name, "isolation": isolation, "allocation": job.allocation,
-           "load_1min": load[0] if load else math.nan}
+    row = {
+        "backend": job.backend_name,
+        "isolation": isolation,
+        "allocation": job.allocation,
+        "load_1min": load[0] if load else math.nan,
+    }
     row.update(status="ok", message="")
     row.update(result)
     return row
@@ -568,8 +660,9 @@ def _time_job_here(job: TimingJob, settings: TimingSettings, keep_samples: bool)
     raises)."""
     try:
         x, weight, bias = job.problem.random_arrays(job.rng)
-        return time_backend(job.backend, job.problem, x, weight, bias, settings, allocation=job.allocation,
-                            keep_samples=keep_samples)
+        return time_backend(
+            job.backend, job.problem, x, weight, bias, settings, allocation=job.allocation, keep_samples=keep_samples
+        )
     except Exception as exc:
         return exception_status(exc)
 
@@ -583,11 +676,12 @@ def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_
         backend = get_backend(job.backend)
         if _untimed(backend, job.problem) is None and backend.timing_kind == "cpu":
             x, weight, bias = job.problem.random_arrays(job.rng)
-            timers[i] = _Timer(prepare_call(backend, job.problem, x, weight, bias, job.allocation), settings,
-                               catch=True)
+            timers[i] = _Timer(
+                prepare_call(backend, job.problem, x, weight, bias, job.allocation), settings, catch=True
+            )
     watch = _Memory()
     _round_robin(list(timers.values()), settings, watch)
-    memory = watch.columns()    # the group's peak: one process ran them all
+    memory = watch.columns()  # the group's peak: one process ran them all
     results = []
     for i, job in enumerate(jobs):
         if i not in timers:
@@ -602,8 +696,14 @@ def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_
     return results
 
 
-def time_jobs(jobs: Sequence[TimingJob], settings: TimingSettings = TimingSettings(), *, isolation: str = "process",
-              keep_samples: bool = False, start_method: str | None = None) -> list[dict]:
+def time_jobs(
+    jobs: Sequence[TimingJob],
+    settings: TimingSettings = TimingSettings(),
+    *,
+    isolation: str = "process",
+    keep_samples: bool = False,
+    start_method: str | None = None,
+) -> list[dict]:
     """Time every job; one row per job, in order: ``backend``, ``isolation``, ``allocation``, ``load_1min``
     (the 1-minute load average when the row was finished: other processes on the machine),
     ``status`` (``ok``, ``unsupported``, ``unavailable``, ``error``, ``simulator: not timed``), ``message``,
@@ -624,10 +724,18 @@ def time_jobs(jobs: Sequence[TimingJob], settings: TimingSettings = TimingSettin
         for _ in range(settings.rounds):
             for i, job in enumerate(jobs):
                 if rounds[i] and rounds[i][0].get("status", "ok") not in ("ok", "error"):
-                    continue                                  # unsupported, unavailable: one answer is enough
+                    continue  # unsupported, unavailable: one answer is enough
                 try:
-                    rounds[i].append(run_in_worker(_time_job_here, job, settings, True,
-                                                   timeout_s=settings.worker_timeout_s, start_method=start_method))
+                    rounds[i].append(
+                        run_in_worker(
+                            _time_job_here,
+                            job,
+                            settings,
+                            True,
+                            timeout_s=settings.worker_timeout_s,
+                            start_method=start_method,
+                        )
+                    )
                 except WorkerError as exc:
                     rounds[i].append({"status": "error", "message": str(exc)})
         results = [pool_rounds(results, settings, keep_samples) for results in rounds]
@@ -656,6 +764,7 @@ def pool_rounds(results: Sequence[dict], settings: TimingSettings, keep_samples:
 
 # ---- worker processes --------------------------------------------------------------------------------------------
 
+
 def run_in_worker(fn: Callable, *args, timeout_s: float | None = None, start_method: str | None = None):
     """``fn(*args)`` in a fresh worker process: its return value, or :class:`WorkerError` if the process dies
     first (signal, crash), raises (the message carries the exception's type and text), or runs past
@@ -676,12 +785,15 @@ def run_in_worker(fn: Callable, *args, timeout_s: float | None = None, start_met
     from . import _worker
 
     if start_method not in (None, "spawn", "forkserver"):
-        raise ValueError(f"start_method must be 'spawn' or 'forkserver' (never 'fork': forking after parallel "
-                         f"work breaks OpenMP and OpenBLAS), got {start_method!r}")
+        raise ValueError(
+            f"start_method must be 'spawn' or 'forkserver' (never 'fork': forking after parallel "
+            f"work breaks OpenMP and OpenBLAS), got {start_method!r}"
+        )
     return _worker.run(fn, args, timeout_s, WorkerError)
 
 
 # ---- the machine's state -----------------------------------------------------------------------------------------
+
 
 def machine_state() -> dict:
     """What changes timings on this machine, for a run's metadata: :func:`testbed.machine.describe` (thread

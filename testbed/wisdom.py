@@ -43,8 +43,20 @@ from typing import Any
 from . import files, machine
 from .problem import Problem
 
-__all__ = ["WisdomWarning", "WISDOM_ENV", "wisdom_path", "signature", "machine_fingerprint", "machine_key",
-           "lookup", "record", "export_wisdom", "import_wisdom", "forget_wisdom", "load_entries"]
+__all__ = [
+    "WisdomWarning",
+    "WISDOM_ENV",
+    "wisdom_path",
+    "signature",
+    "machine_fingerprint",
+    "machine_key",
+    "lookup",
+    "record",
+    "export_wisdom",
+    "import_wisdom",
+    "forget_wisdom",
+    "load_entries",
+]
 
 WISDOM_ENV = "TESTBED_WISDOM"
 FORMAT = "testbed-wisdom"
@@ -53,9 +65,17 @@ VERSION = 1
 DISABLED = ("off", "none", "0")
 #: Environment variables that change which backend is fastest: thread counts, OpenBLAS's forced kernels
 #: (``OPENBLAS_CORETYPE``), and the allocator (glibc's mmap threshold moves times 6x).
-FINGERPRINT_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
-                           "NUMBA_THREADING_LAYER", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "GLIBC_TUNABLES",
-                           "LD_PRELOAD")
+FINGERPRINT_ENVIRONMENT = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMBA_THREADING_LAYER",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "GLIBC_TUNABLES",
+    "LD_PRELOAD",
+)
 FINGERPRINT_ENVIRONMENT_PREFIXES = ("MALLOC_",)
 #: The libraries whose versions are part of the fingerprint (besides Python and the testbed).
 FINGERPRINT_LIBRARIES = ("numpy", "scipy", "numba", "torch")
@@ -68,6 +88,7 @@ class WisdomWarning(UserWarning):
 
 
 # ---- where ------------------------------------------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=8)
 def _path_for(value: str) -> Path | None:
@@ -99,6 +120,7 @@ def wisdom_path() -> Path | None:
 
 # ---- what ------------------------------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=1024)
 def signature(problem: Problem, device: str = "cpu") -> str:
     """The key of ``problem`` in the wisdom file: every field that can change which backend is fastest.
@@ -119,13 +141,22 @@ def signature(problem: Problem, device: str = "cpu") -> str:
     ...                   dtype=np.float32))
     'float32 NCHW N1 Cin128 Cout64 H196 W196 k2x2 s2x2 p0x0 op0x0 d1x1 g1 nobias cpu'
     """
-    pairs = " ".join(f"{name}{a}x{b}" for name, (a, b) in (
-        ("k", problem.kernel_size), ("s", problem.stride), ("p", problem.padding), ("op", problem.output_padding),
-        ("d", problem.dilation)))
+    pairs = " ".join(
+        f"{name}{a}x{b}"
+        for name, (a, b) in (
+            ("k", problem.kernel_size),
+            ("s", problem.stride),
+            ("p", problem.padding),
+            ("op", problem.output_padding),
+            ("d", problem.dilation),
+        )
+    )
     h, w = problem.in_size
-    return (f"{problem.dtype} {problem.layout} N{problem.batch} Cin{problem.in_channels} "
-            f"Cout{problem.out_channels} H{h} W{w} "
-            f"{pairs} g{problem.groups} {'bias' if problem.has_bias else 'nobias'} {device}")
+    return (
+        f"{problem.dtype} {problem.layout} N{problem.batch} Cin{problem.in_channels} "
+        f"Cout{problem.out_channels} H{h} W{w} "
+        f"{pairs} g{problem.groups} {'bias' if problem.has_bias else 'nobias'} {device}"
+    )
 
 
 def _backends_source_hash() -> str:
@@ -133,7 +164,7 @@ def _backends_source_hash() -> str:
     is not applied."""
     digest = hashlib.sha256()
     root = Path(__file__).parent / "backends"
-    for path in sorted(root.rglob("*.py")):         # every file of a backend package too
+    for path in sorted(root.rglob("*.py")):  # every file of a backend package too
         name = path.relative_to(root).as_posix()
         if name in ("__init__.py", "auto.py"):
             continue
@@ -162,20 +193,27 @@ def machine_fingerprint() -> dict[str, Any]:
      'versions']
     """
     cpu = machine.cpu()
-    return {"cpu_model": cpu["model"], "machine": cpu["architecture"], "isa": cpu["isa"], "cpu_count": cpu["count"],
-            "cpu_affinity": cpu["affinity"], "numba_threads": machine.threads()["numba_threads_at_start"],
-            "environment": machine.environment(FINGERPRINT_ENVIRONMENT, FINGERPRINT_ENVIRONMENT_PREFIXES),
-            "versions": machine.library_versions(FINGERPRINT_LIBRARIES), "testbed_source": _backends_source_hash()}
+    return {
+        "cpu_model": cpu["model"],
+        "machine": cpu["architecture"],
+        "isa": cpu["isa"],
+        "cpu_count": cpu["count"],
+        "cpu_affinity": cpu["affinity"],
+        "numba_threads": machine.threads()["numba_threads_at_start"],
+        "environment": machine.environment(FINGERPRINT_ENVIRONMENT, FINGERPRINT_ENVIRONMENT_PREFIXES),
+        "versions": machine.library_versions(FINGERPRINT_LIBRARIES),
+        "testbed_source": _backends_source_hash(),
+    }
 
 
-_KEY_CACHE: list = [None, ""]     # [the fingerprint object last hashed, its key]
+_KEY_CACHE: list = [None, ""]  # [the fingerprint object last hashed, its key]
 
 
 def machine_key(fingerprint: Mapping[str, Any] | None = None) -> str:
     """A short hash of a fingerprint (default: this machine's), the key of its section in the file."""
     if fingerprint is None:
         fingerprint = machine_fingerprint()
-        if _KEY_CACHE[0] is fingerprint:       # the cached fingerprint: hashed once per process
+        if _KEY_CACHE[0] is fingerprint:  # the cached fingerprint: hashed once per process
             return _KEY_CACHE[1]
         _KEY_CACHE[:] = [fingerprint, machine_key(fingerprint)]
         return _KEY_CACHE[1]
@@ -188,6 +226,7 @@ def _now() -> str:
 
 # ---- the file ----------------------------------------------------------------------------------------------------
 
+
 def _empty() -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "machines": {}}
 
@@ -197,8 +236,9 @@ class NewerWisdomError(ValueError):
     layout allows, never written, moved or replaced."""
 
     def __init__(self, version: int, readable: dict[str, Any] | None):
-        super().__init__(f"written by a newer testbed (wisdom format version {version}; this testbed writes "
-                         f"version {VERSION})")
+        super().__init__(
+            f"written by a newer testbed (wisdom format version {version}; this testbed writes version {VERSION})"
+        )
         self.version, self.readable = version, readable
 
 
@@ -206,7 +246,7 @@ def _validated(data: Any) -> dict[str, Any]:
     """``data`` if it is wisdom of this format (entries without a backend name dropped), else ValueError;
     :class:`NewerWisdomError` for a newer format version (with what of it reads as this version, if any)."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"not a testbed wisdom file (no \"format\": {FORMAT!r})")
+        raise ValueError(f'not a testbed wisdom file (no "format": {FORMAT!r})')
     version = data.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
         try:
@@ -218,13 +258,16 @@ def _validated(data: Any) -> dict[str, Any]:
         raise ValueError(f"wisdom format version {version!r}, this testbed reads version {VERSION}")
     machines = data.get("machines")
     if not isinstance(machines, dict):
-        raise ValueError("\"machines\" must be an object")
+        raise ValueError('"machines" must be an object')
     clean = _empty()
     for key, section in machines.items():
         if not isinstance(section, dict) or not isinstance(section.get("entries"), dict):
-            raise ValueError(f"machine {key!r} has no \"entries\" object")
-        entries = {sig: entry for sig, entry in section["entries"].items()
-                   if isinstance(entry, dict) and isinstance(entry.get("backend"), str)}
+            raise ValueError(f'machine {key!r} has no "entries" object')
+        entries = {
+            sig: entry
+            for sig, entry in section["entries"].items()
+            if isinstance(entry, dict) and isinstance(entry.get("backend"), str)
+        }
         clean["machines"][key] = {"fingerprint": section.get("fingerprint"), "entries": entries}
     return clean
 
@@ -270,9 +313,11 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _newer_message(path: Path, exc: NewerWisdomError) -> str:
-    return (f"the wisdom file {path} was {exc}: it is left untouched; "
-            + ("its entries are read" if exc.readable is not None else "its entries cannot be read")
-            + ", and this process keeps its own decisions in memory")
+    return (
+        f"the wisdom file {path} was {exc}: it is left untouched; "
+        + ("its entries are read" if exc.readable is not None else "its entries cannot be read")
+        + ", and this process keeps its own decisions in memory"
+    )
 
 
 def _move_aside(path: Path) -> Path:
@@ -285,7 +330,7 @@ def _move_aside(path: Path) -> Path:
             os.link(path, aside)
         except FileExistsError:
             continue
-        except OSError:                         # no hard links here (some network file systems): rename
+        except OSError:  # no hard links here (some network file systems): rename
             if aside.exists():
                 continue
             os.rename(path, aside)
@@ -354,13 +399,17 @@ class _Store:
                 with _locked(path):
                     try:
                         current = _parse(path)
-                    except NewerWisdomError as exc:     # never written by this testbed: kept in memory
+                    except NewerWisdomError as exc:  # never written by this testbed: kept in memory
                         self.warn_once(("newer", path, exc.version), _newer_message(path, exc))
                         current = None
                     except ValueError as exc:
                         aside = _move_aside(path)
-                        warnings.warn(f"the wisdom file {path} was not valid wisdom ({exc}); moved aside to "
-                                      f"{aside}, starting a new one", WisdomWarning, stacklevel=4)
+                        warnings.warn(
+                            f"the wisdom file {path} was not valid wisdom ({exc}); moved aside to "
+                            f"{aside}, starting a new one",
+                            WisdomWarning,
+                            stacklevel=4,
+                        )
                         current = _empty()
                     if current is not None:
                         _merge(current, update)
@@ -369,8 +418,10 @@ class _Store:
                     self.forget(path)
                     return
             except OSError as exc:
-                self.warn_once(("write", path), f"cannot write the wisdom file {path} ({exc}); keeping "
-                                                f"decisions in memory for this process")
+                self.warn_once(
+                    ("write", path),
+                    f"cannot write the wisdom file {path} ({exc}); keeping decisions in memory for this process",
+                )
         _merge(self.memory.setdefault(path, _empty()), update)
         self.forget(path)
 
@@ -399,8 +450,7 @@ def record(problem: Problem, device: str, entry: Mapping[str, Any]) -> dict[str,
         raise ValueError(f"a wisdom entry needs a backend name, got {entry.get('backend')!r}")
     stored = {**entry, "signature": signature(problem, device), "time": _now()}
     update = _empty()
-    update["machines"][machine_key()] = {"fingerprint": machine_fingerprint(),
-                                         "entries": {stored["signature"]: stored}}
+    update["machines"][machine_key()] = {"fingerprint": machine_fingerprint(), "entries": {stored["signature"]: stored}}
     with _STORE.lock:
         _STORE.write(wisdom_path(), update)
     return stored
@@ -416,11 +466,13 @@ def load_entries(path: str | os.PathLike | None = None, *, this_machine: bool = 
         data = _parse(Path(path))
     if this_machine:
         return dict(_section(data))
-    return {f"{key}/{sig}": entry for key, section in data["machines"].items()
-            for sig, entry in section["entries"].items()}
+    return {
+        f"{key}/{sig}": entry for key, section in data["machines"].items() for sig, entry in section["entries"].items()
+    }
 
 
 # ---- the public verbs ------------------------------------------------------------------------------------------
+
 
 def export_wisdom(path: str | os.PathLike) -> int:
     """Write all wisdom in use (every machine's) to ``path``, atomically; the number of entries written.

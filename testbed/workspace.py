@@ -57,7 +57,7 @@ class _Pool:
 
 
 _local = threading.local()
-_pools: weakref.WeakSet = weakref.WeakSet()     # every live thread's pool (a pool goes when its thread ends)
+_pools: weakref.WeakSet = weakref.WeakSet()  # every live thread's pool (a pool goes when its thread ends)
 _pools_lock = threading.Lock()
 
 
@@ -73,7 +73,7 @@ def _pool() -> _Pool:
 def _view(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     start = (-raw.ctypes.data) % _ALIGN
     count = math.prod(shape)
-    return raw[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+    return raw[start : start + count * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def empty_result(shape, dtype) -> np.ndarray:
@@ -93,7 +93,7 @@ def empty_result(shape, dtype) -> np.ndarray:
         return np.empty(shape, dtype=dtype)
     raw = np.empty(nbytes + _HUGE_PAGE, dtype=np.uint8)
     start = (-raw.ctypes.data) % _HUGE_PAGE
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def scratch(name: str, shape, dtype) -> np.ndarray:
@@ -110,8 +110,8 @@ def scratch(name: str, shape, dtype) -> np.ndarray:
     if raw is None or raw.nbytes < needed:
         held = pool.nbytes - (0 if raw is None else raw.nbytes)
         if held + needed > WORKSPACE_CACHE_BYTES:
-            return np.empty(shape, dtype=dtype)      # over the cap: a temporary, not kept
-        pool.buffers.pop(name, None)                 # free the old one before the new one is allocated
+            return np.empty(shape, dtype=dtype)  # over the cap: a temporary, not kept
+        pool.buffers.pop(name, None)  # free the old one before the new one is allocated
         raw = pool.buffers[name] = np.empty(needed, dtype=np.uint8)
     return _view(raw, shape, dtype)
 

@@ -19,8 +19,11 @@ if os.environ.get("TESTBED_MUTANT"):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "reference_backends(*names): the test's reference is computed by these "
-                                       "backends, so they are not parametrised (no backend checks itself)")
+    config.addinivalue_line(
+        "markers",
+        "reference_backends(*names): the test's reference is computed by these "
+        "backends, so they are not parametrised (no backend checks itself)",
+    )
 
 
 def pytest_generate_tests(metafunc):

@@ -43,11 +43,20 @@ def call_problem(*args, **kwargs) -> testbed.Problem:
     x = a["input"] if hasattr(a["input"], "shape") else np.asarray(a["input"])
     dtype = np.dtype(x.dtype)
     if dtype.kind in "iub":
-        dtype = np.dtype(np.float64)                      # the API's promotion rule
+        dtype = np.dtype(np.float64)  # the API's promotion rule
     return testbed.Problem.from_shapes(
-        tuple(x.shape), tuple(np.shape(a["weight"])), stride=a["stride"], padding=a["padding"],
-        output_padding=a["output_padding"], dilation=a["dilation"], groups=a["groups"], dtype=dtype,
-        has_bias=a["bias"] is not None, output_size=a["output_size"], layout=a["layout"])
+        tuple(x.shape),
+        tuple(np.shape(a["weight"])),
+        stride=a["stride"],
+        padding=a["padding"],
+        output_padding=a["output_padding"],
+        dilation=a["dilation"],
+        groups=a["groups"],
+        dtype=dtype,
+        has_bias=a["bias"] is not None,
+        output_size=a["output_size"],
+        layout=a["layout"],
+    )
 
 
 def run_or_skip(impl, *args, **kwargs):
@@ -72,8 +81,15 @@ def run_python(code, *, env=None, timeout=180, cwd=None):
     for name, value in list(full_env.items()):
         if value is None:
             del full_env[name]
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd or ROOT, env=full_env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd or ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -85,6 +101,7 @@ def run_python(code, *, env=None, timeout=180, cwd=None):
 
 def check(result):
     """The stdout of a :func:`run_python` child that exited 0; otherwise the test fails with its output."""
-    assert result.returncode == 0, \
+    assert result.returncode == 0, (
         f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
+    )
     return result.stdout

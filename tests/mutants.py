@@ -22,10 +22,12 @@ def _declines_groups(original):
 
 def _raises_on_groups(original):
     """Declares groups supported, but raises UnsupportedConfiguration for them when called."""
+
     def run(x, weight, bias, problem):
         if problem.groups > 1:
             raise testbed.UnsupportedConfiguration(original.name, "groups > 1 (undeclared)")
         return original.run(x, weight, bias, problem)
+
     return dataclasses.replace(original, run=run)
 
 
@@ -43,4 +45,4 @@ def install(name: str) -> None:
         raise ValueError(f"TESTBED_MUTANT must be one of {sorted(MUTANTS)}, got {name!r}")
     backend_name, make = MUTANTS[name]
     original = testbed.get_backend(backend_name)
-    registry._REGISTRY[backend_name] = make(original)   # no public way to replace a backend, on purpose
+    registry._REGISTRY[backend_name] = make(original)  # no public way to replace a backend, on purpose

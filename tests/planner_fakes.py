@@ -47,7 +47,8 @@ def write_entries(path, first_batch, count, backend):
     from testbed.problem import Problem
 
     for batch in range(first_batch, first_batch + count):
-        problem = Problem(batch=batch, in_channels=2, in_size=4, out_channels=2, kernel_size=2, stride=2,
-                          dtype=np.float32)
+        problem = Problem(
+            batch=batch, in_channels=2, in_size=4, out_channels=2, kernel_size=2, stride=2, dtype=np.float32
+        )
         wisdom.record(problem, "cpu", {"backend": backend, "median_s": {backend: 1e-3}})
     return count

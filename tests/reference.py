@@ -11,11 +11,12 @@ def torch_or_skip():
 def torch_conv_transpose2d(x, w, b=None, layout="NCHW", **params):
     """PyTorch's result; ``layout="NHWC"`` arrays go in and come out channels last (4-D only)."""
     torch = torch_or_skip()
-    x, w = np.array(x), np.array(w)       # writable copies: torch.from_numpy warns on read-only arrays
+    x, w = np.array(x), np.array(w)  # writable copies: torch.from_numpy warns on read-only arrays
     x_t = torch.from_numpy(x) if layout == "NCHW" else torch.from_numpy(x).permute(0, 3, 1, 2)
     with torch.no_grad():
         y = torch.nn.functional.conv_transpose2d(
-            x_t, torch.from_numpy(w), None if b is None else torch.from_numpy(np.array(b)), **params)
+            x_t, torch.from_numpy(w), None if b is None else torch.from_numpy(np.array(b)), **params
+        )
     return (y if layout == "NCHW" else y.permute(0, 2, 3, 1)).contiguous().numpy()
 
 

@@ -17,8 +17,11 @@ ENV = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
 
 def snapshot(directory: Path) -> dict:
     """Every file under ``directory`` but the lock file, with its bytes and mode."""
-    return {str(p.relative_to(directory)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != RunLock.FILENAME}
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != RunLock.FILENAME
+    }
 
 
 def seed_run(out: Path, *extra: str) -> Path:

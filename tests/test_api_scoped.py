@@ -27,8 +27,11 @@ def resolved(**kwargs):
 
 
 def first_usable(key, problem):
-    return next(name for name in preference.preference_table().orders[key] if testbed.get_backend(name).available
-                and testbed.get_backend(name).supports(problem))
+    return next(
+        name
+        for name in preference.preference_table().orders[key]
+        if testbed.get_backend(name).available and testbed.get_backend(name).supports(problem)
+    )
 
 
 def test_default_is_auto():
@@ -37,8 +40,11 @@ def test_default_is_auto():
 
 def recording_backend(calls, name="spy"):
     """An unregistered backend that records each problem it is given and returns zeros."""
-    return testbed.Backend(name=name, description="records its calls",
-                           run=lambda x, w, b, problem: calls.append(problem) or np.zeros(problem.output_shape))
+    return testbed.Backend(
+        name=name,
+        description="records its calls",
+        run=lambda x, w, b, problem: calls.append(problem) or np.zeros(problem.output_shape),
+    )
 
 
 def test_use_backend_runs_the_scoped_backend():
@@ -160,8 +166,7 @@ def test_bad_name_fails_at_entry():
 
 def test_resolve_auto_unet_vs_depthwise():
     unet = testbed.Problem.from_shapes(UNET[0].shape, UNET[1].shape, dtype=np.float32, **UNET_ARGS)
-    depthwise = testbed.Problem.from_shapes(DEPTHWISE[0].shape, DEPTHWISE[1].shape, dtype=np.float32,
-                                            **DEPTHWISE_ARGS)
+    depthwise = testbed.Problem.from_shapes(DEPTHWISE[0].shape, DEPTHWISE[1].shape, dtype=np.float32, **DEPTHWISE_ARGS)
     assert preference.problem_class(unet) == "nonoverlapping" and preference.problem_class(depthwise) == "depthwise"
     got_unet = testbed.resolve_backend(*UNET, **UNET_ARGS)
     got_depthwise = testbed.resolve_backend(*DEPTHWISE, **DEPTHWISE_ARGS)
@@ -172,6 +177,7 @@ def test_resolve_auto_unet_vs_depthwise():
 
 def test_resolve_auto_without_torch(monkeypatch):
     from testbed.backends import torch_backend
+
     monkeypatch.setattr(torch_backend, "_torch", lambda: None)
     assert testbed.resolve_backend(*DEPTHWISE, **DEPTHWISE_ARGS).name == "numba_cpu"
 
@@ -194,6 +200,7 @@ def test_resolve_validates_like_the_call():
 
 def test_resolve_unavailable_backend(monkeypatch):
     from testbed.backends import torch_backend
+
     monkeypatch.setattr(torch_backend, "_torch", lambda: None)
     with pytest.raises(testbed.BackendUnavailable, match="torch"):
         testbed.resolve_backend(X, W, backend="torch")
@@ -203,8 +210,13 @@ def test_call_runs_the_resolved_backend():
     """A dispatcher's choice is what both resolve_backend answers and conv_transpose2d runs."""
     calls, never = [], []
     target = recording_backend(calls, "target")
-    dispatcher = testbed.Backend(name="dispatcher", description="always picks target", device="any",
-                                 run=recording_backend(never).run, choose=lambda problem, on_device: target)
+    dispatcher = testbed.Backend(
+        name="dispatcher",
+        description="always picks target",
+        device="any",
+        run=recording_backend(never).run,
+        choose=lambda problem, on_device: target,
+    )
     assert testbed.resolve_backend(X, W, stride=2, backend=dispatcher) is target
     with testbed.use_backend(dispatcher):
         assert testbed.resolve_backend(X, W, stride=2) is target
@@ -223,8 +235,10 @@ def test_runner_records_the_resolved_backend():
 
     problem = testbed.Problem.from_shapes(X.shape, W.shape, stride=2)
     overlapping = testbed.Problem.from_shapes(X.shape, (4, 2, 3, 3), stride=2)
-    rows = {name: run_cell(Cell("c", p, name), lambda cell, backend: {})
-            for name, p in (("auto", problem), ("col2im", problem), ("kron", overlapping))}
+    rows = {
+        name: run_cell(Cell("c", p, name), lambda cell, backend: {})
+        for name, p in (("auto", problem), ("col2im", problem), ("kron", overlapping))
+    }
     assert rows["auto"]["resolved_backend"] == planner.choose_backend(problem).name == "numba_cpu"
     assert rows["col2im"]["resolved_backend"] == "col2im"
     assert rows["kron"]["status"] == "unsupported" and rows["kron"]["resolved_backend"] == ""

@@ -15,10 +15,37 @@ W = np.random.default_rng(3).standard_normal((2, 3, 3, 2))
 
 
 @pytest.mark.parametrize("argument", ["stride", "padding", "dilation", "output_padding"])
-@pytest.mark.parametrize("value", [{3, 2}, {3: 1, 2: 1}, b"ab", "ab", (v for v in (2, 1)), range(1, 3), 2.0,
-                                   (2, 1.0), (True, 1), np.array([[2, 1]]), np.array([2.0, 1.0]), None],
-                         ids=["set", "dict", "bytes", "str", "generator", "range", "float", "float_item",
-                              "bool_item", "2d_array", "float_array", "none"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {3, 2},
+        {3: 1, 2: 1},
+        b"ab",
+        "ab",
+        (v for v in (2, 1)),
+        range(1, 3),
+        2.0,
+        (2, 1.0),
+        (True, 1),
+        np.array([[2, 1]]),
+        np.array([2.0, 1.0]),
+        None,
+    ],
+    ids=[
+        "set",
+        "dict",
+        "bytes",
+        "str",
+        "generator",
+        "range",
+        "float",
+        "float_item",
+        "bool_item",
+        "2d_array",
+        "float_array",
+        "none",
+    ],
+)
 def test_pairs_accept_only_ints_and_int_sequences(argument, value):
     """Before: any 2-item iterable was a pair: ``stride={3, 2}`` ran as (2, 3), a dict's keys or bytes too."""
     with pytest.raises(TypeError, match=argument):
@@ -30,6 +57,7 @@ def test_pairs_as_tuple_list_array_numpy_ints_and_torch_size_agree():
     spellings = [[3, 2], np.array([3, 2]), np.array([3, 2], dtype=np.uint8), (np.int64(3), np.int32(2))]
     try:
         import torch
+
         spellings.append(torch.Size([3, 2]))
     except ImportError:
         pass
@@ -51,8 +79,10 @@ def test_masked_arrays_are_refused(argument):
 
 
 def test_non_native_byte_order_is_converted(backend):
-    swapped = {name: a.astype(a.dtype.newbyteorder(">" if sys.byteorder == "little" else "<"))
-               for name, a in (("x", X), ("w", W), ("b", np.arange(3.0)))}
+    swapped = {
+        name: a.astype(a.dtype.newbyteorder(">" if sys.byteorder == "little" else "<"))
+        for name, a in (("x", X), ("w", W), ("b", np.arange(3.0)))
+    }
     y = run_or_skip(backend, swapped["x"], swapped["w"], swapped["b"], stride=2, padding=1)
     assert y.dtype == np.float64 and y.dtype.isnative
     expected = testbed.conv_transpose2d(X, W, np.arange(3.0), stride=2, padding=1, backend="naive")

@@ -48,8 +48,11 @@ def test_an_unknown_cdn_is_refused_with_its_url():
 def fake_node_modules(root: Path) -> Path:
     """Every file asv_site copies, with its package and path as content."""
     modules = root / "node_modules"
-    wanted = [*asv_site.CDN_FILES.values(), *((s, f) for s, files in asv_site.PACKAGES.items() for f in files),
-              *((s, f"{folder}/font.woff") for s, folders in asv_site.EXTRA_FILES.items() for folder in folders)]
+    wanted = [
+        *asv_site.CDN_FILES.values(),
+        *((s, f) for s, files in asv_site.PACKAGES.items() for f in files),
+        *((s, f"{folder}/font.woff") for s, folders in asv_site.EXTRA_FILES.items() for folder in folders),
+    ]
     for spec, file in wanted:
         path = modules / asv_site.package_name(spec) / file
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +71,7 @@ def test_vendor_and_localize_a_published_site(tmp_path):
     index = (site / "index.html").read_text(encoding="utf-8")
     for reference in re.findall(r'(?:src|href)="(vendor/[^"]+)"', index):
         assert (site / reference).is_file(), reference
-    assert (site / "vendor/bootstrap/dist/fonts/font.woff").is_file()     # bootstrap.min.css loads ../fonts/
+    assert (site / "vendor/bootstrap/dist/fonts/font.woff").is_file()  # bootstrap.min.css loads ../fonts/
     assert "vendor/jquery/LICENSE.txt" in copied and (site / "vendor/jquery/LICENSE.txt").is_file()
 
 

@@ -18,8 +18,10 @@ from experiments.harness.descriptor import parse_descriptor
 from testbed import isa, preference
 from testbed.machine import cpu_model
 
-SHIPPED = {row: preference.load_preference(preference.table_path(row).read_text(encoding="utf-8"), row=row)
-           for row in preference.measured_rows()}
+SHIPPED = {
+    row: preference.load_preference(preference.table_path(row).read_text(encoding="utf-8"), row=row)
+    for row in preference.measured_rows()
+}
 #: The table measured on the AVX2 host (AMD EPYC, Zen 3); the fallback of the other rows while they have none.
 TABLE = SHIPPED["avx2"]
 
@@ -59,8 +61,9 @@ def test_shipped_order_follows_its_medians(key, row):
 def test_shipped_table_is_what_auto_uses(row):
     table = preference.preference_table(row)
     assert table.measured_row == row and not table.fallback
-    assert table.orders == {key: tuple(SHIPPED[row]["classes"][key]["order"])
-                            for key in (*preference.CLASSES, preference.DEVICE)}
+    assert table.orders == {
+        key: tuple(SHIPPED[row]["classes"][key]["order"]) for key in (*preference.CLASSES, preference.DEVICE)
+    }
     for key in preference.CLASSES:
         assert table.orders[key][-1] == "naive"  # supports everything: auto never runs out
     assert {"isa_row", "run_id", "date", "machine", "command"} <= set(SHIPPED[row]["source"])
@@ -85,8 +88,7 @@ def test_an_unmeasured_row_falls_back_to_avx2(tables, monkeypatch, row):
     assert table.orders == preference.preference_table("avx2").orders
     assert f"this process runs the {row!r} row, which has no measured table" in table.describe()
     problem = testbed.Problem.from_shapes((1, 4, 5, 5), (4, 2, 2, 2), stride=2)
-    assert testbed.resolve_backend(np.empty((1, 4, 5, 5)), np.empty((4, 2, 2, 2)), stride=2) \
-        is table.choose(problem)
+    assert testbed.resolve_backend(np.empty((1, 4, 5, 5)), np.empty((4, 2, 2, 2)), stride=2) is table.choose(problem)
 
 
 def test_a_measured_row_answers_for_itself_and_the_nearest_is_next(tables, monkeypatch):
@@ -100,7 +102,7 @@ def test_a_measured_row_answers_for_itself_and_the_nearest_is_next(tables, monke
     assert not table.fallback and table.orders["general"] == ("col2im", "naive")
     (tables / "avx2.json").unlink()
     preference._table_for.cache_clear()
-    table = preference.preference_table("generic")       # generic → avx2 (gone) → avx512
+    table = preference.preference_table("generic")  # generic → avx2 (gone) → avx512
     assert (table.measured_row, table.fallback) == ("avx512", True)
     (tables / "avx512.json").unlink()
     preference._table_for.cache_clear()
@@ -116,8 +118,7 @@ def test_a_table_names_its_row():
 
 
 def test_preference_order_ranks_by_geometric_mean():
-    medians = {"small": {"a": 1.0, "b": 2.0, "c": 1.5, "partial": 0.1},
-               "large": {"a": 100.0, "b": 40.0, "c": 90.0}}
+    medians = {"small": {"a": 1.0, "b": 2.0, "c": 1.5, "partial": 0.1}, "large": {"a": 100.0, "b": 40.0, "c": 90.0}}
     # geometric means: a 10, b 8.9, c 11.6; "partial" misses a shape and falls back
     assert preference.preference_order(medians, ["naive", "partial", "b"]) == ["b", "a", "c", "naive", "partial"]
     assert preference.preference_order({}, ["x", "y"]) == ["x", "y"]
@@ -132,21 +133,54 @@ def test_load_preference_rejects_a_missing_class():
 def fake_run(tmp_path):
     """A speed run directory: every CPU class measured, float32, naive slowest, one error row."""
     rows = []
-    cases = {"unet1": "mb1ic1024ih28oc512kh2sh2", "k4s2p1": "mb1ic256ih32oc128kh4sh2ph1",
-             "k4s2g8": "g8mb1ic256ih32oc256kh4sh2ph1", "depthwise": "g128mb1ic128ih64oc128kh4sh2ph1"}
+    cases = {
+        "unet1": "mb1ic1024ih28oc512kh2sh2",
+        "k4s2p1": "mb1ic256ih32oc128kh4sh2ph1",
+        "k4s2g8": "g8mb1ic256ih32oc256kh4sh2ph1",
+        "depthwise": "g128mb1ic128ih64oc128kh4sh2ph1",
+    }
     times = {"numba_cpu": 2e-3, "col2im": 1e-3, "auto": 0.5e-3}
     for case, descriptor in cases.items():
         for backend, seconds in times.items():
-            rows.append({"case": case, "descriptor": descriptor, "backend": backend, "dtype": "float32",
-                         "status": "ok", "median_s": seconds})
-        rows.append({"case": case, "descriptor": descriptor, "backend": "polyphase", "dtype": "float32",
-                     "status": "error", "median_s": math.nan})
-        rows.append({"case": case, "descriptor": descriptor, "backend": "numba_cpu", "dtype": "float64",
-                     "status": "ok", "median_s": 1e-6})
+            rows.append(
+                {
+                    "case": case,
+                    "descriptor": descriptor,
+                    "backend": backend,
+                    "dtype": "float32",
+                    "status": "ok",
+                    "median_s": seconds,
+                }
+            )
+        rows.append(
+            {
+                "case": case,
+                "descriptor": descriptor,
+                "backend": "polyphase",
+                "dtype": "float32",
+                "status": "error",
+                "median_s": math.nan,
+            }
+        )
+        rows.append(
+            {
+                "case": case,
+                "descriptor": descriptor,
+                "backend": "numba_cpu",
+                "dtype": "float64",
+                "status": "ok",
+                "median_s": 1e-6,
+            }
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
-    meta = {"run_id": "20270101T000000Z-abc1234", "utc_time": "2027-01-01T00:00:00+00:00",
-            "git": {"commit": "abc1234"}, "cpu_model": cpu_model(), "threads": {"cpu_count": 2},
-            "command": ["python", "-m", "experiments.speed", "--suite", "unet,decoder"]}
+    meta = {
+        "run_id": "20270101T000000Z-abc1234",
+        "utc_time": "2027-01-01T00:00:00+00:00",
+        "git": {"commit": "abc1234"},
+        "cpu_model": cpu_model(),
+        "threads": {"cpu_count": 2},
+        "command": ["python", "-m", "experiments.speed", "--suite", "unet,decoder"],
+    }
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     return tmp_path
 
@@ -191,7 +225,7 @@ def test_regenerating_refuses_another_rows_table_and_another_hosts_run(tmp_path,
     with pytest.raises(ValueError, match="this host runs the 'generic' ISA row"):
         auto_preference.table_destination(tables / "other.json")
     assert auto_preference.table_destination(tmp_path / "review.json") == tmp_path / "review.json"
-    as_row(monkeypatch, "avx2", host="avx512")          # TESTBED_ISA=avx2 on an AVX-512 host
+    as_row(monkeypatch, "avx2", host="avx512")  # TESTBED_ISA=avx2 on an AVX-512 host
     with pytest.raises(ValueError, match="TESTBED_ISA='avx2' caps this 'avx512' host"):
         auto_preference.table_destination()
     assert auto_preference.table_destination(tmp_path / "review.json") == tmp_path / "review.json"
@@ -208,12 +242,14 @@ def test_the_rule_module_imports_neither_the_planner_nor_a_backend():
     testbed.planner nor testbed.backends.auto, so the two cannot form a cycle through it again. (testbed's
     __init__ imports the planner for the public API, so the probe imports the module without the package's
     __init__.)"""
-    probe = ("import importlib.util, sys, types\n"
-             "package = types.ModuleType('testbed')\n"
-             "package.__path__ = importlib.util.find_spec('testbed').submodule_search_locations\n"
-             "sys.modules['testbed'] = package\n"
-             "import testbed.preference\n"
-             "print(sorted(m for m in sys.modules if m.startswith('testbed.')))\n")
+    probe = (
+        "import importlib.util, sys, types\n"
+        "package = types.ModuleType('testbed')\n"
+        "package.__path__ = importlib.util.find_spec('testbed').submodule_search_locations\n"
+        "sys.modules['testbed'] = package\n"
+        "import testbed.preference\n"
+        "print(sorted(m for m in sys.modules if m.startswith('testbed.')))\n"
+    )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert "'testbed.preference'" in loaded
     assert "testbed.planner" not in loaded and "testbed.backends" not in loaded

@@ -15,8 +15,9 @@ def test_an_unknown_baseline_is_refused_while_parsing(capsys):
 
 
 def unavailable_names():
-    return [name for name in list_backends() if name not in available_backends()] or \
-        [pytest.param("none", marks=pytest.mark.skip(reason="every registered backend is available here"))]
+    return [name for name in list_backends() if name not in available_backends()] or [
+        pytest.param("none", marks=pytest.mark.skip(reason="every registered backend is available here"))
+    ]
 
 
 @pytest.mark.parametrize("name", unavailable_names())
@@ -29,9 +30,11 @@ def test_an_unavailable_baseline_is_refused_while_parsing(capsys, name):
 
 def test_an_unavailable_test_backend_is_refused_as_baseline(capsys, monkeypatch):
     from testbed import registry
-    list_backends()                                          # load the real ones first
-    ghost = Backend("t_ghost", "test: never available", get_backend("naive").run,
-                    probe=lambda: (False, "no such device"))
+
+    list_backends()  # load the real ones first
+    ghost = Backend(
+        "t_ghost", "test: never available", get_backend("naive").run, probe=lambda: (False, "no such device")
+    )
     monkeypatch.setitem(registry._REGISTRY, ghost.name, ghost)
     with pytest.raises(SystemExit):
         speed.build_parser().parse_args(["--baseline", "t_ghost"])

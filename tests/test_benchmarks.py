@@ -25,18 +25,25 @@ BENCHMARK_NAME = re.compile(r"^(time|timeraw|peakmem|mem|track)_")
 
 
 def benchmark_modules():
-    return [importlib.import_module(f"experiments.benchmarks.{info.name}")
-            for info in pkgutil.iter_modules([str(BENCHMARK_DIR)])]
+    return [
+        importlib.import_module(f"experiments.benchmarks.{info.name}")
+        for info in pkgutil.iter_modules([str(BENCHMARK_DIR)])
+    ]
 
 
 def benchmark_classes():
-    return [cls for module in benchmark_modules() for _, cls in inspect.getmembers(module, inspect.isclass)
-            if cls.__module__ == module.__name__ and any(BENCHMARK_NAME.match(n) for n in vars(cls))]
+    return [
+        cls
+        for module in benchmark_modules()
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if cls.__module__ == module.__name__ and any(BENCHMARK_NAME.match(n) for n in vars(cls))
+    ]
 
 
 def smallest_parameters(cls):
     """Parameter tuples to run: every backend, the smallest case, the first value of any other axis."""
     from experiments.benchmarks.common import CASES
+
     names = getattr(cls, "param_names", [])
     axes = []
     for name, values in zip(names, getattr(cls, "params", [])):
@@ -56,8 +63,12 @@ def benchmark_runs():
     for cls in benchmark_classes():
         for method in sorted(n for n in vars(cls) if BENCHMARK_NAME.match(n)):
             for params in smallest_parameters(cls):
-                yield pytest.param(cls, method, params, id=f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
-                                   f".{method}[{'-'.join(map(str, params))}]")
+                yield pytest.param(
+                    cls,
+                    method,
+                    params,
+                    id=f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}.{method}[{'-'.join(map(str, params))}]",
+                )
 
 
 _CACHE = {}
@@ -74,6 +85,7 @@ def cached_setup(cls):
 def quick_compile(monkeypatch):
     """One configuration for the compile benchmark (a cold Numba compile of three takes ~15 s here)."""
     from experiments.benchmarks import bench_compile
+
     monkeypatch.setattr(bench_compile, "COMPILE_CASES", bench_compile.COMPILE_CASES[1:2])
 
 
@@ -120,6 +132,7 @@ def test_every_backend_is_benchmarked():
 
 def test_cases_come_from_the_suites():
     from experiments.benchmarks import common
+
     for cases in (common.SPEED_CASES, common.MEMORY_CASES, common.ACCURACY_CASES):
         assert cases and all(isinstance(common.CASES[case], Problem) for case in cases)
 
@@ -133,8 +146,9 @@ def test_asv_configuration():
         assert Path(directory).resolve().is_relative_to(ROOT / ".asv"), directory
     assert any("--no-deps" in command for command in conf.build_command)
     # Each commit's wheel replaces the previous one only if the uninstall names the distribution (same version).
-    tomllib = pytest.importorskip("tomllib")   # Python 3.11+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     distribution = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
-    assert any(re.search(rf"pip uninstall -y {re.escape(distribution)}\b", command)
-               for command in conf.uninstall_command), conf.uninstall_command
+    assert any(
+        re.search(rf"pip uninstall -y {re.escape(distribution)}\b", command) for command in conf.uninstall_command
+    ), conf.uninstall_command
     assert json.dumps(conf.matrix)  # a valid matrix (asv parsed the commented JSON)

@@ -30,8 +30,18 @@ class Capabilities:
 
 
 def _probe(c_in=4, c_out=6, kernel=3, stride=1, padding=0, dilation=1, groups=1):
-    return testbed.Problem(batch=2, in_channels=c_in, in_size=(4, 5), out_channels=c_out, kernel_size=kernel,
-                           stride=stride, padding=padding, dilation=dilation, groups=groups, has_bias=True)
+    return testbed.Problem(
+        batch=2,
+        in_channels=c_in,
+        in_size=(4, 5),
+        out_channels=c_out,
+        kernel_size=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        has_bias=True,
+    )
 
 
 #: Configurations that each isolate one capability.
@@ -50,14 +60,14 @@ EXPECTED = {
     "naive": Capabilities(),
     "col2im": Capabilities(),
     "fft": Capabilities(),
-    "kron": Capabilities(unsupported=NOT_NONOVERLAPPING),     # stride == kernel, dilation 1 only
+    "kron": Capabilities(unsupported=NOT_NONOVERLAPPING),  # stride == kernel, dilation 1 only
     "polyphase": Capabilities(),
     "torch": Capabilities(),
     "numba_cpu": Capabilities(),
     "numba_cuda": Capabilities(device="cuda"),
     "numba_cuda_atomic": Capabilities(device="cuda", deterministic=False),
     "numba_cuda_tiled": Capabilities(device="cuda"),
-    "auto": Capabilities(device="any"),                        # every valid configuration, always
+    "auto": Capabilities(device="any"),  # every valid configuration, always
 }
 
 
@@ -72,11 +82,19 @@ def test_declared_capabilities(backend_name):
     if backend_name not in EXPECTED:
         pytest.fail(f"{backend_name} is registered but not in EXPECTED: add its capabilities to the table")
     impl, expected = testbed.get_backend(backend_name), EXPECTED[backend_name]
-    declared = Capabilities(device=impl.device, deterministic=impl.deterministic, groups=impl.groups,
-                            dilation=impl.dilation, dtypes=tuple(np.dtype(d) for d in impl.dtypes),
-                            unsupported=frozenset(name for name, problem in PROBES.items()
-                                                  for dtype in BOTH
-                                                  if impl.unsupported_reason(problem.with_(dtype=dtype))))
+    declared = Capabilities(
+        device=impl.device,
+        deterministic=impl.deterministic,
+        groups=impl.groups,
+        dilation=impl.dilation,
+        dtypes=tuple(np.dtype(d) for d in impl.dtypes),
+        unsupported=frozenset(
+            name
+            for name, problem in PROBES.items()
+            for dtype in BOTH
+            if impl.unsupported_reason(problem.with_(dtype=dtype))
+        ),
+    )
     assert declared == expected
 
 

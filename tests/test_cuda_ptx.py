@@ -22,8 +22,10 @@ from testbed.backends.numba_cuda_layout import TILE  # noqa: E402
 CUDA_BACKENDS = [name for name in testbed.list_backends() if testbed.get_backend(name).device == "cuda"]
 KERNEL_DTYPES = [(name, dtype) for name, by_dtype in KERNELS.items() for dtype in by_dtype]
 
-needs_compiler = pytest.mark.skipif(shutil.which("ptxas") is None or numba.config.ENABLE_CUDASIM,
-                                    reason="needs ptxas on PATH and the real CUDA target (simulator off)")
+needs_compiler = pytest.mark.skipif(
+    shutil.which("ptxas") is None or numba.config.ENABLE_CUDASIM,
+    reason="needs ptxas on PATH and the real CUDA target (simulator off)",
+)
 
 
 #: Register budgets per thread at sm_90 (ptxas -v), for float32 and float64 alike. 64 registers let 4 blocks of
@@ -75,6 +77,7 @@ def test_ptxas_report_parsing_rejects_garbage(tmp_path):
 
 # ---- host side, no device -------------------------------------------------------------------------------------
 
+
 def test_every_cuda_backend_is_registered_with_its_contract():
     assert set(CUDA_BACKENDS) == {"numba_cuda", "numba_cuda_atomic", "numba_cuda_tiled"}
     assert testbed.get_backend("numba_cuda_atomic").deterministic is False
@@ -101,16 +104,25 @@ def test_timing_refuses_host_backends():
         numba_cuda.time_cuda_backend("naive", Problem(1, 1, 2, 1, 2))
 
 
-@pytest.mark.parametrize("kernel, stride, dilation, dtype", [
-    ((3, 3), (1, 1), (1, 1), np.float64), ((2, 2), (2, 2), (1, 1), np.float32),
-    ((7, 7), (1, 1), (9, 9), np.float64), ((5, 2), (1, 1), (25, 1), np.float64),
-    ((31, 31), (1, 1), (7, 7), np.float32), ((64, 64), (1, 1), (64, 64), np.float64)])
+@pytest.mark.parametrize(
+    "kernel, stride, dilation, dtype",
+    [
+        ((3, 3), (1, 1), (1, 1), np.float64),
+        ((2, 2), (2, 2), (1, 1), np.float32),
+        ((7, 7), (1, 1), (9, 9), np.float64),
+        ((5, 2), (1, 1), (25, 1), np.float64),
+        ((31, 31), (1, 1), (7, 7), np.float32),
+        ((64, 64), (1, 1), (64, 64), np.float64),
+    ],
+)
 def test_tiled_plan_fits_the_budget_and_covers_every_halo(kernel, stride, dilation, dtype):
     problem = Problem(1, 1, (3, 3), 1, kernel, stride=stride, dilation=dilation, dtype=dtype)
     plan = numba_cuda.tiled_plan(problem)
     assert plan["shared_bytes"] <= numba_cuda.SHARED_BYTES_BUDGET
-    assert plan["shared_bytes"] == (plan["chunk_h"] * plan["chunk_w"] + plan["halo_h"] * plan["halo_w"]) \
-        * problem.dtype.itemsize
+    assert (
+        plan["shared_bytes"]
+        == (plan["chunk_h"] * plan["chunk_w"] + plan["halo_h"] * plan["halo_w"]) * problem.dtype.itemsize
+    )
     for axis, (chunk, halo) in enumerate(((plan["chunk_h"], plan["halo_h"]), (plan["chunk_w"], plan["halo_w"]))):
         k, s, d = kernel[axis], stride[axis], dilation[axis]
         assert 1 <= chunk <= k
@@ -118,8 +130,12 @@ def test_tiled_plan_fits_the_budget_and_covers_every_halo(kernel, stride, dilati
         # of taps; shifting o0 by s shifts the rows by 1, so every residue of o0 mod s covers all tiles
         for o0 in range(2 * s):
             for lo in range(0, k, chunk):
-                rows = {(o - kk * d) // s for o in range(o0, o0 + TILE) for kk in range(lo, min(lo + chunk, k))
-                        if (o - kk * d) % s == 0}
+                rows = {
+                    (o - kk * d) // s
+                    for o in range(o0, o0 + TILE)
+                    for kk in range(lo, min(lo + chunk, k))
+                    if (o - kk * d) % s == 0
+                }
                 if rows:
                     assert max(rows) - min(rows) + 1 <= halo
     if kernel == (3, 3):
@@ -144,15 +160,18 @@ def test_phase_constants_give_the_first_tap(stride, dilation):
 LIMIT = numba_cuda.INDEX_LIMIT
 
 
-@pytest.mark.parametrize("problem, what", [
-    (Problem(2 ** 20, 2 ** 11, (1, 1), 1, (1, 1)), "input elements"),                 # 2³¹ inputs
-    (Problem(1, 2 ** 16, (1, 1), 2 ** 15, (1, 1)), "weight elements"),                # 2³¹ weights
-    (Problem(2 ** 21, 1, (1, 1), 2 ** 10, (1, 1)), "output elements"),                # 2³¹ outputs
-    (Problem(2 ** 16, 2 ** 14, (1, 1), 2 ** 2, (1, 1)), "atomic scatter threads"),    # 2³⁰ inputs × 4
-    (Problem(1, 1, (2, 2), 1, (1, 1), stride=(2 ** 31, 1), padding=(2 ** 30 - 1, 0)), "index extent along H"),
-    (Problem(1, 1, (1, 1), 1, (1, 1), stride=(1, 2 ** 40)), "index extent along W"),  # stride itself too wide
-    (Problem(1, 1, (1, 1), 1, (1, 2), dilation=(1, 2 ** 30 + 1), padding=(0, 2 ** 29)), "index extent along W"),
-])
+@pytest.mark.parametrize(
+    "problem, what",
+    [
+        (Problem(2**20, 2**11, (1, 1), 1, (1, 1)), "input elements"),  # 2³¹ inputs
+        (Problem(1, 2**16, (1, 1), 2**15, (1, 1)), "weight elements"),  # 2³¹ weights
+        (Problem(2**21, 1, (1, 1), 2**10, (1, 1)), "output elements"),  # 2³¹ outputs
+        (Problem(2**16, 2**14, (1, 1), 2**2, (1, 1)), "atomic scatter threads"),  # 2³⁰ inputs × 4
+        (Problem(1, 1, (2, 2), 1, (1, 1), stride=(2**31, 1), padding=(2**30 - 1, 0)), "index extent along H"),
+        (Problem(1, 1, (1, 1), 1, (1, 1), stride=(1, 2**40)), "index extent along W"),  # stride itself too wide
+        (Problem(1, 1, (1, 1), 1, (1, 2), dilation=(1, 2**30 + 1), padding=(0, 2**29)), "index extent along W"),
+    ],
+)
 def test_problems_beyond_int32_are_declared_unsupported_with_the_size(problem, what):
     reason = numba_cuda.index_limit_reason(problem)
     assert reason is not None and what in reason and "32-bit" in reason
@@ -165,8 +184,12 @@ def test_problems_at_the_int32_limit_are_supported():
     assert numba_cuda.index_limit_reason(Problem(LIMIT - slack, 1, (1, 1), 1, (1, 1))) is None
     # H: H_out + 2·padding + stride + dilation + TILE = 1 + 2·p + 2·(p + 1) + 1 + 16 = 4p + 20
     p = (LIMIT - 20) // 4
-    assert numba_cuda.index_limit_reason(Problem(1, 1, (2, 2), 1, (1, 1), stride=(2 * p + 2, 1),
-                                                 padding=(p, 0), output_padding=(1, 0))) is None
+    assert (
+        numba_cuda.index_limit_reason(
+            Problem(1, 1, (2, 2), 1, (1, 1), stride=(2 * p + 2, 1), padding=(p, 0), output_padding=(1, 0))
+        )
+        is None
+    )
 
 
 def test_the_api_refuses_before_the_kernels_run():
@@ -174,13 +197,17 @@ def test_the_api_refuses_before_the_kernels_run():
     x, w = np.ones((1, 1, 2, 2)), np.ones((1, 1, 1, 1))
     for name in CUDA_BACKENDS:
         with pytest.raises(testbed.UnsupportedConfiguration, match="32-bit index range"):
-            testbed.conv_transpose2d(x, w, backend=name, stride=2 ** 31, padding=2 ** 30 - 1)
+            testbed.conv_transpose2d(x, w, backend=name, stride=2**31, padding=2**30 - 1)
 
 
 def _phase_taps_by_definition(shifted, stride, dilation, kernel, in_len):
-    taps = [(k, (shifted - k * dilation) // stride) for k in range(kernel)
-            if shifted >= k * dilation and (shifted - k * dilation) % stride == 0
-            and (shifted - k * dilation) // stride < in_len]
+    taps = [
+        (k, (shifted - k * dilation) // stride)
+        for k in range(kernel)
+        if shifted >= k * dilation
+        and (shifted - k * dilation) % stride == 0
+        and (shifted - k * dilation) // stride < in_len
+    ]
     return taps
 
 
@@ -188,10 +215,12 @@ def _phase_taps(shifted, stride, dilation, kernel, in_len):
     """``numba_cuda_kernels.phase_taps`` run as Python on numpy uint32 scalars (so that a wrap-around
     raises) and expanded to its ``(tap, input index)`` list."""
     from testbed.backends.numba_cuda_kernels import phase_taps
+
     gcd, inverse = numba_cuda._phase_constants(stride, dilation)
     with np.errstate(over="raise"):
-        first, index, count = phase_taps.py_func(*(np.uint32(v) for v in (shifted, stride, dilation, gcd, inverse,
-                                                                         kernel, in_len)))
+        first, index, count = phase_taps.py_func(
+            *(np.uint32(v) for v in (shifted, stride, dilation, gcd, inverse, kernel, in_len))
+        )
     tap_step, in_step = stride // gcd, dilation // gcd
     return [(int(first) + j * tap_step, int(index) - j * in_step) for j in range(int(count))]
 
@@ -202,13 +231,24 @@ def test_phase_taps_visits_exactly_the_taps_of_the_definition(stride, dilation):
         for in_len in (1, 2, 4):
             for shifted in range((in_len + 1) * stride + kernel * dilation):
                 expected = _phase_taps_by_definition(shifted, stride, dilation, kernel, in_len)
-                assert _phase_taps(shifted, stride, dilation, kernel, in_len) == expected, \
-                    (shifted, stride, dilation, kernel, in_len)
+                assert _phase_taps(shifted, stride, dilation, kernel, in_len) == expected, (
+                    shifted,
+                    stride,
+                    dilation,
+                    kernel,
+                    in_len,
+                )
 
 
-@pytest.mark.parametrize("stride, dilation, kernel, in_len", [
-    (2 ** 28 + 1, 2 ** 28, 2, 2),      # (s/g)² ≈ 2⁵⁶: the first-tap product needs its 64 bits
-    (46_349, 46_341, 3, 3), (3, 2 ** 29, 3, 2 ** 20), (2 ** 29, 1, 2 ** 20, 3)])
+@pytest.mark.parametrize(
+    "stride, dilation, kernel, in_len",
+    [
+        (2**28 + 1, 2**28, 2, 2),  # (s/g)² ≈ 2⁵⁶: the first-tap product needs its 64 bits
+        (46_349, 46_341, 3, 3),
+        (3, 2**29, 3, 2**20),
+        (2**29, 1, 2**20, 3),
+    ],
+)
 def test_phase_taps_near_the_int32_limit(stride, dilation, kernel, in_len):
     extent = (in_len - 1) * stride + (kernel - 1) * dilation + 1
     assert extent + stride + dilation + 16 <= LIMIT
@@ -243,9 +283,15 @@ def test_simulator_suite_fails_when_the_simulator_is_asked_for_but_unusable():
     import subprocess
     import sys
     from pathlib import Path
-    done = subprocess.run([sys.executable, "-c", _RUN_SIM_SUITE_WITH_BROKEN_BACKENDS], cwd=Path(__file__).parents[1],
-                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}, capture_output=True, text=True,
-                          timeout=300)
+
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_SIM_SUITE_WITH_BROKEN_BACKENDS],
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "NUMBA_ENABLE_CUDASIM='1' is set" in output and "broken on purpose" in output, output

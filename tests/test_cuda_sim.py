@@ -23,16 +23,21 @@ pytestmark = pytest.mark.cudasim
 
 SIMULATOR_REQUESTED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0")
 CUDA_BACKENDS = [name for name in testbed.list_backends() if testbed.get_backend(name).device == "cuda"]
-_UNUSABLE = {name: testbed.get_backend(name).status for name in CUDA_BACKENDS
-             if not testbed.get_backend(name).available}
+_UNUSABLE = {
+    name: testbed.get_backend(name).status for name in CUDA_BACKENDS if not testbed.get_backend(name).available
+}
 if not CUDA_BACKENDS:
     raise RuntimeError("no CUDA backend is registered (testbed.backends.numba_cuda did not register)")
 if _UNUSABLE and SIMULATOR_REQUESTED:
-    raise RuntimeError(f"NUMBA_ENABLE_CUDASIM={os.environ['NUMBA_ENABLE_CUDASIM']!r} is set but the CUDA backends "
-                       f"cannot run: {_UNUSABLE}")
+    raise RuntimeError(
+        f"NUMBA_ENABLE_CUDASIM={os.environ['NUMBA_ENABLE_CUDASIM']!r} is set but the CUDA backends "
+        f"cannot run: {_UNUSABLE}"
+    )
 if _UNUSABLE:
-    pytest.skip(f"the CUDA simulator is off (set NUMBA_ENABLE_CUDASIM=1) and no CUDA GPU is usable: {_UNUSABLE}",
-                allow_module_level=True)
+    pytest.skip(
+        f"the CUDA simulator is off (set NUMBA_ENABLE_CUDASIM=1) and no CUDA GPU is usable: {_UNUSABLE}",
+        allow_module_level=True,
+    )
 
 from numba import cuda  # noqa: E402  (after the checks: numba.cuda is the simulator or a GPU from here on)
 
@@ -57,8 +62,10 @@ CASES = [
 
 def _oracle(x, w, b, **params):
     """The scatter definition in float64, whatever the dtype under test."""
+
     def as64(a):
         return None if a is None else np.asarray(a, dtype=np.float64)
+
     return testbed.conv_transpose2d(as64(x), as64(w), as64(b), backend="naive", **params)
 
 
@@ -105,8 +112,9 @@ def test_device_arrays_in_device_array_out(name, dtype):
 def test_device_arrays_through_the_api(name):
     x, w, b = call_arrays(1, 2, 2, (3, 3), (2, 2), {}, np.float64, True)
     d_x = cuda.to_device(x)
-    assert testbed.registry.is_device_array(d_x), \
+    assert testbed.registry.is_device_array(d_x), (
         f"testbed.registry.is_device_array does not recognise {type(d_x).__module__}.{type(d_x).__name__}"
+    )
     y = testbed.conv_transpose2d(d_x, cuda.to_device(w), cuda.to_device(b), backend=name, stride=2)
     assert not isinstance(y, np.ndarray)
     assert relative_error(y.copy_to_host(), _oracle(x, w, b, stride=2)) < TOLERANCES[np.dtype(np.float64)]
@@ -143,7 +151,8 @@ def test_signed_zeros_as_pytorch(name, bias):
     params = dict(stride=3, padding=1)
     y = testbed.conv_transpose2d(x, w, b, backend=name, **params)
     expected = torch.nn.functional.conv_transpose2d(
-        torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b), **params).numpy()
+        torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b), **params
+    ).numpy()
     np.testing.assert_array_equal(y, expected)
     np.testing.assert_array_equal(np.signbit(y), np.signbit(expected))
 
@@ -165,7 +174,7 @@ def _by_definition(x, w, b, stride, padding, dilation, out_size):
 def test_index_extents_near_the_int32_limit(name):
     """Stride and dilation near 2²⁸ (extent H_out + 2·padding + stride + dilation ≈ 2³⁰) with a 4-row
     output: the outputs the two taps reach (rows 1 and 2), the 64-bit first-tap product ((s/g)² ≈ 2⁵⁶)."""
-    params = dict(stride=(2 ** 28 + 1, 2), padding=(2 ** 28 - 1, 1), dilation=(2 ** 28, 1))
+    params = dict(stride=(2**28 + 1, 2), padding=(2**28 - 1, 1), dilation=(2**28, 1))
     x, w, b = call_arrays(1, 2, 2, (2, 3), (2, 3), {}, np.float64, True)
     problem = Problem.from_shapes(x.shape, w.shape, has_bias=True, **params)
     assert problem.out_size == (4, 5) and numba_cuda.index_limit_reason(problem) is None
@@ -186,7 +195,7 @@ def test_seed_blocks_are_weight_times_pixel_bitwise(name, dtype):
     y = testbed.conv_transpose2d(x, w, backend=name, stride=2)
     for i in range(3):
         for j in range(4):
-            np.testing.assert_array_equal(y[0, 0, 2 * i:2 * i + 2, 2 * j:2 * j + 2], w[0, 0] * x[0, 0, i, j])
+            np.testing.assert_array_equal(y[0, 0, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2], w[0, 0] * x[0, 0, i, j])
 
 
 @pytest.mark.parametrize("name", GATHER_BACKENDS)

@@ -30,10 +30,12 @@ from experiments.harness.metadata import PROJECT_ROOT  # noqa: E402
 from experiments.harness.runner import grid, run_sweep  # noqa: E402
 from testbed.problem import Problem  # noqa: E402
 
-FAST = "naive,col2im,kron"      # kron declines some cases: statuses other than ok take part
+FAST = "naive,col2im,kron"  # kron declines some cases: statuses other than ok take part
 QUIET = ["--quick", "--no-progress", "--backends", FAST]
-CASES = {f"c{i}": Problem(batch=1, in_channels=2, in_size=3 + i % 3, out_channels=2, kernel_size=2, stride=2)
-         for i in range(6)}
+CASES = {
+    f"c{i}": Problem(batch=1, in_channels=2, in_size=3 + i % 3, out_channels=2, kernel_size=2, stride=2)
+    for i in range(6)
+}
 
 
 def rows_of(run_dir: Path) -> list[dict]:
@@ -54,6 +56,7 @@ def timer_workers(client) -> list[str]:
 
 
 # measures for run_sweep on the cluster: module level, so the workers import them by reference
+
 
 def slow_sum(cell, backend):
     time.sleep(0.3)
@@ -88,8 +91,9 @@ def local_correctness(tmp_path_factory):
 
 # ---- without a cluster ------------------------------------------------------------------------------------------
 
+
 def test_without_dask_the_option_names_the_extra(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "distributed", None)       # import distributed -> ImportError
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
     with pytest.raises(SystemExit):
         correctness.build_parser().parse_args(["--executor", "dask"])
     assert "pip install 'convtranspose-testbed[dask]'" in capsys.readouterr().err
@@ -104,11 +108,13 @@ def test_executor_arguments_that_do_not_go_together_are_refused(tmp_path):
 
 
 def test_timing_overlaps_finds_overlapping_spans_per_host():
-    rows = [{"cell_key": "a", "host": "h1", "started_at": 0.0, "finished_at": 2.0},
-            {"cell_key": "b", "host": "h1", "started_at": 2.0, "finished_at": 3.0},   # touches a: no overlap
-            {"cell_key": "c", "host": "h2", "started_at": 0.5, "finished_at": 1.0},   # another host
-            {"cell_key": "d", "host": "h1", "started_at": 2.5, "finished_at": 2.6},   # inside b
-            {"cell_key": "e", "host": "h1"}]                                          # no stamps
+    rows = [
+        {"cell_key": "a", "host": "h1", "started_at": 0.0, "finished_at": 2.0},
+        {"cell_key": "b", "host": "h1", "started_at": 2.0, "finished_at": 3.0},  # touches a: no overlap
+        {"cell_key": "c", "host": "h2", "started_at": 0.5, "finished_at": 1.0},  # another host
+        {"cell_key": "d", "host": "h1", "started_at": 2.5, "finished_at": 2.6},  # inside b
+        {"cell_key": "e", "host": "h1"},
+    ]  # no stamps
     assert timing_overlaps(rows) == [("h1", "b", "d")]
     assert timing_overlaps(rows[:3]) == []
 
@@ -138,7 +144,7 @@ def test_timed_sweeps_send_whole_cases_to_timers_and_cuda_cells_go_to_gpu_worker
     untimed = executors.tasks(cells, False, with_gpu)
     assert [len(group) for group, _ in untimed] == [1] * 6
     assert [resources for _, resources in untimed] == [{}, {"gpu": 1}, {}] * 2
-    assert [resources for _, resources in executors.tasks(cells, False, no_gpu)] == [{}] * 6   # nowhere else
+    assert [resources for _, resources in executors.tasks(cells, False, no_gpu)] == [{}] * 6  # nowhere else
     timed = executors.tasks(cells, True, with_gpu)
     assert [[c.backend_name for c in group] for group, _ in timed] == [["col2im", "numba_cuda", "naive"]] * 2
     assert [resources for _, resources in timed] == [{"timer": 1, "gpu": 1}] * 2
@@ -154,6 +160,7 @@ def test_a_module_run_with_dash_m_pickles_its_functions_by_reference(monkeypatch
 
     def measure_in_worker():
         return 1
+
     measure_in_worker.__module__, measure_in_worker.__qualname__ = "__main__", "measure_in_worker"
     main.measure_in_worker = measure_in_worker
     monkeypatch.setitem(sys.modules, "__main__", main)
@@ -161,10 +168,11 @@ def test_a_module_run_with_dash_m_pickles_its_functions_by_reference(monkeypatch
     executors.name_main_module()
     assert sys.modules["testbed_dask_fake_experiment"] is main
     assert measure_in_worker.__module__ == "testbed_dask_fake_experiment"
-    assert pickle.loads(pickle.dumps(measure_in_worker)) is measure_in_worker      # by reference, by that name
+    assert pickle.loads(pickle.dumps(measure_in_worker)) is measure_in_worker  # by reference, by that name
 
 
 # ---- on a local cluster -----------------------------------------------------------------------------------------
+
 
 def test_correctness_on_a_cluster_it_starts_matches_the_local_executor(tmp_path, local_correctness):
     run_dir = correctness.main([*QUIET, "--executor", "dask", "--workers", "2", "--out", str(tmp_path / "run")])
@@ -184,19 +192,20 @@ def test_correctness_on_a_cluster_it_starts_matches_the_local_executor(tmp_path,
     assert sorted(w["resources"].get("timer", 0) for w in host["workers"].values()) == [0, 1]
     assert not any(w["daemon"] for w in host["workers"].values())
     assert meta["dask"][0]["scheduler"] == "LocalCluster" and "executor" not in meta["arguments"]
-    assert "MALLOC_TRIM_THRESHOLD_" not in json.dumps(host["workers"])      # the nanny's default is not set
+    assert "MALLOC_TRIM_THRESHOLD_" not in json.dumps(host["workers"])  # the nanny's default is not set
 
 
 def test_speed_on_a_cluster_matches_local_and_timings_never_overlap(tmp_path, cluster, client):
     arguments = [*QUIET, "--baseline", "col2im"]
     local = speed.main([*arguments, "--out", str(tmp_path / "local")])
-    run_dir = speed.main([*arguments, "--executor", "dask", "--scheduler", cluster.scheduler_address,
-                          "--out", str(tmp_path / "dask")])
+    run_dir = speed.main(
+        [*arguments, "--executor", "dask", "--scheduler", cluster.scheduler_address, "--out", str(tmp_path / "dask")]
+    )
     assert statuses(run_dir) == statuses(local)
     rows = rows_of(run_dir)
     assert all(row["started_at"] < row["finished_at"] for row in rows)
     assert timing_overlaps(rows) == []
-    for host in {row["host"] for row in rows}:           # the same check, written out
+    for host in {row["host"] for row in rows}:  # the same check, written out
         spans = sorted((row["started_at"], row["finished_at"]) for row in rows if row["host"] == host)
         assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
     assert {row["worker"] for row in rows} <= set(timer_workers(client))
@@ -206,7 +215,7 @@ def test_speed_on_a_cluster_matches_local_and_timings_never_overlap(tmp_path, cl
 
 def test_a_worker_killed_mid_sweep_loses_and_duplicates_nothing_and_resume_works(tmp_path, cluster, client):
     cells = grid(CASES, ["naive", "col2im"], (np.float32, np.float64))
-    run_sweep(cells[:4], slow_sum, tmp_path, progress=False)             # a run begun by the local executor
+    run_sweep(cells[:4], slow_sum, tmp_path, progress=False)  # a run begun by the local executor
     pids = worker_pids(client)
     victim = next(a for a in pids if a not in timer_workers(client))
     killed = {}
@@ -214,16 +223,18 @@ def test_a_worker_killed_mid_sweep_loses_and_duplicates_nothing_and_resume_works
     def kill_when_running():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if len(rows_of(tmp_path)) >= 8:                              # 4 local rows, 4 from the cluster
+            if len(rows_of(tmp_path)) >= 8:  # 4 local rows, 4 from the cluster
                 killed["rows_then"] = len(rows_of(tmp_path))
                 os.kill(pids[victim], signal.SIGKILL)
                 return
             time.sleep(0.02)
+
     killer = threading.Thread(target=kill_when_running)
     killer.start()
     try:
-        frame = run_sweep(cells, slow_sum, tmp_path, resume=True, progress=False,
-                          executor=DaskExecutor(cluster.scheduler_address))
+        frame = run_sweep(
+            cells, slow_sum, tmp_path, resume=True, progress=False, executor=DaskExecutor(cluster.scheduler_address)
+        )
     finally:
         killer.join()
     assert killed and killed["rows_then"] < len(cells), "the worker was not killed mid-sweep"
@@ -232,8 +243,8 @@ def test_a_worker_killed_mid_sweep_loses_and_duplicates_nothing_and_resume_works
     assert len(keys) == len(set(keys)) == len(cells), "a cell was lost or recorded twice"
     assert set(keys) == {cell.key for cell in cells}
     assert (frame["status"] == "ok").all(), frame[frame["status"] != "ok"][["cell_key", "message"]]
-    assert [row.get("host") for row in rows[:4]] == [None] * 4               # the local rows, kept
-    assert pids[victim] not in worker_pids(client).values()              # (its nanny restarts it)
+    assert [row.get("host") for row in rows[:4]] == [None] * 4  # the local rows, kept
+    assert pids[victim] not in worker_pids(client).values()  # (its nanny restarts it)
 
 
 def test_versions_that_differ_from_the_workers_are_refused_before_the_sweep(tmp_path, cluster, monkeypatch):
@@ -246,12 +257,18 @@ def test_versions_that_differ_from_the_workers_are_refused_before_the_sweep(tmp_
     with pytest.raises(ClusterRefused, match=r"numpy \S+ \(client 0.0-test\)"):
         run_sweep(cells, slow_sum, tmp_path, progress=False, executor=DaskExecutor(cluster.scheduler_address))
     assert not (tmp_path / "rows.jsonl").exists() or not rows_of(tmp_path)
-    frame = run_sweep(cells[:1], slow_sum, tmp_path / "allowed", progress=False,
-                      executor=DaskExecutor(cluster.scheduler_address, allow_version_mismatch=True))
+    frame = run_sweep(
+        cells[:1],
+        slow_sum,
+        tmp_path / "allowed",
+        progress=False,
+        executor=DaskExecutor(cluster.scheduler_address, allow_version_mismatch=True),
+    )
     assert list(frame["status"]) == ["ok"]
 
 
 # ---- a cluster started apart: dask scheduler + dask worker processes --------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -265,10 +282,17 @@ def processes():
     started = []
 
     def start(*command):
-        started.append(subprocess.Popen([sys.executable, "-m", "dask", *command], cwd=PROJECT_ROOT,
-                                        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True))
+        started.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "dask", *command],
+                cwd=PROJECT_ROOT,
+                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+
     try:
         yield start
     finally:
@@ -281,23 +305,35 @@ def processes():
             except subprocess.TimeoutExpired:
                 pass
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)       # the session's worker processes too
+                os.killpg(process.pid, signal.SIGKILL)  # the session's worker processes too
             process.wait()
 
 
 def test_scheduler_address_of_a_cluster_started_apart_gives_the_local_cells(tmp_path, local_correctness):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    worker = ["worker", address, "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
-              "--preload-nanny", "experiments.harness.dask_worker"]
+    worker = [
+        "worker",
+        address,
+        "--host",
+        "127.0.0.1",
+        "--nworkers",
+        "1",
+        "--nthreads",
+        "1",
+        "--no-dashboard",
+        "--preload-nanny",
+        "experiments.harness.dask_worker",
+    ]
     with processes() as start:
         start("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
         start(*worker, "--resources", "timer=1")
         start(*worker)
         with distributed.Client(address, timeout=60, set_as_default=False) as client:
             client.wait_for_workers(2, timeout=120)
-        run_dir = correctness.main([*QUIET, "--executor", "dask", "--scheduler", address,
-                                    "--out", str(tmp_path / "run")])
+        run_dir = correctness.main(
+            [*QUIET, "--executor", "dask", "--scheduler", address, "--out", str(tmp_path / "run")]
+        )
     assert statuses(run_dir) == statuses(local_correctness)
     rows = rows_of(run_dir)
     assert len(rows) == len({row["cell_key"] for row in rows})
@@ -306,19 +342,25 @@ def test_scheduler_address_of_a_cluster_started_apart_gives_the_local_cells(tmp_
     assert len(workers) == 2 and meta["dask"][0]["scheduler"] == address
     # the preload made the workers fit for timing: not daemonic, none of the nanny's variables
     assert not any(w["daemon"] for w in workers.values())
-    assert not any(name in w["environment"] for w in workers.values() for name in dask_worker.NANNY_TIMING_VARIABLES
-                   if name not in os.environ)
+    assert not any(
+        name in w["environment"]
+        for w in workers.values()
+        for name in dask_worker.NANNY_TIMING_VARIABLES
+        if name not in os.environ
+    )
 
 
 # last of the tests on the shared cluster: it leaves a worker restarting
 
+
 def test_a_cell_that_kills_every_worker_it_runs_on_is_an_error_row(tmp_path, cluster, client):
     cells = grid({name: CASES[name] for name in ("c0", "c1")}, ["naive"])
     allowed = cluster.scheduler.allowed_failures
-    cluster.scheduler.allowed_failures = 0                                 # one death, not four
+    cluster.scheduler.allowed_failures = 0  # one death, not four
     try:
-        frame = run_sweep(cells, crash_on_c0, tmp_path, progress=False,
-                          executor=DaskExecutor(cluster.scheduler_address))
+        frame = run_sweep(
+            cells, crash_on_c0, tmp_path, progress=False, executor=DaskExecutor(cluster.scheduler_address)
+        )
     finally:
         cluster.scheduler.allowed_failures = allowed
     status = dict(zip(frame["case"], frame["status"]))
@@ -330,13 +372,32 @@ def test_a_cell_that_kills_every_worker_it_runs_on_is_an_error_row(tmp_path, clu
 
 # ---- reports of a run that spans several hosts (no cluster needed) ----------------------------------------------
 
+
 def two_host_speed_rows(scale: float = 1.0, swap: bool = False) -> pd.DataFrame:
     h1, h2 = ("h2", "h1") if swap else ("h1", "h2")
-    rows = [("c1", "col2im", h1, 1.0), ("c1", "naive", h1, 2.0), ("c2", "col2im", h2, 4.0), ("c2", "naive", h2, 2.0),
-            ("c3", "col2im", h1, 1.0), ("c3", "naive", h2, 1.0)]       # c3: a case split over hosts (failover)
-    return pd.DataFrame([{"cell_key": f"{case}|{backend}", "case": case, "backend": backend, "dtype": "float32",
-                          "status": "ok", "message": "", "median_s": median * scale * 1e-3, "host": host}
-                         for case, backend, host, median in rows])
+    rows = [
+        ("c1", "col2im", h1, 1.0),
+        ("c1", "naive", h1, 2.0),
+        ("c2", "col2im", h2, 4.0),
+        ("c2", "naive", h2, 2.0),
+        ("c3", "col2im", h1, 1.0),
+        ("c3", "naive", h2, 1.0),
+    ]  # c3: a case split over hosts (failover)
+    return pd.DataFrame(
+        [
+            {
+                "cell_key": f"{case}|{backend}",
+                "case": case,
+                "backend": backend,
+                "dtype": "float32",
+                "status": "ok",
+                "message": "",
+                "median_s": median * scale * 1e-3,
+                "host": host,
+            }
+            for case, backend, host, median in rows
+        ]
+    )
 
 
 def test_a_run_on_several_hosts_compares_each_time_with_its_own_hosts_baseline():
@@ -358,11 +419,17 @@ def test_a_run_on_several_hosts_compares_each_time_with_its_own_hosts_baseline()
 def test_reports_name_the_hosts_and_count_cells_per_host(tmp_path):
     from experiments.harness.reporting import finish_report, hosts_lines
 
-    first = {"cpu_model": "CPU one", "threads": {"cpu_count": 8}, "versions": {"numpy": "2"}, "git": {"short": "abc"},
-             "workers": {"tcp://127.0.0.1:1": {"resources": {"timer": 1}}}}
-    meta = {"hosts": {"h1": first,
-                      "h2": {"cpu_model": "CPU two", "workers": {}}},
-            "dask": [{"scheduler": "tcp://127.0.0.1:8786", "warnings": ["timer worker ... environment"]}]}
+    first = {
+        "cpu_model": "CPU one",
+        "threads": {"cpu_count": 8},
+        "versions": {"numpy": "2"},
+        "git": {"short": "abc"},
+        "workers": {"tcp://127.0.0.1:1": {"resources": {"timer": 1}}},
+    }
+    meta = {
+        "hosts": {"h1": first, "h2": {"cpu_model": "CPU two", "workers": {}}},
+        "dask": [{"scheduler": "tcp://127.0.0.1:8786", "warnings": ["timer worker ... environment"]}],
+    }
     text = hosts_lines(meta)
     assert "`h1`: CPU one, 8 cores" in text and "resources timer=1" in text and "`h2`: CPU two" in text
     assert "scheduler tcp://127.0.0.1:8786" in text and "warning: timer worker" in text

@@ -19,12 +19,20 @@ def problems(draw):
     stride, dilation = draw(pairs), draw(pairs)
     output_padding = draw(st.tuples(st.integers(0, 4), st.integers(0, 4)))
     try:
-        return Problem(batch=draw(st.integers(0, 3)), in_channels=groups * draw(small),
-                       in_size=draw(st.tuples(st.integers(1, 40), st.integers(1, 40))),
-                       out_channels=groups * draw(small), kernel_size=draw(pairs), stride=stride,
-                       padding=draw(st.tuples(st.integers(0, 3), st.integers(0, 3))),
-                       output_padding=output_padding, dilation=dilation, groups=groups,
-                       dtype=draw(st.sampled_from([np.float32, np.float64])), has_bias=draw(st.booleans()))
+        return Problem(
+            batch=draw(st.integers(0, 3)),
+            in_channels=groups * draw(small),
+            in_size=draw(st.tuples(st.integers(1, 40), st.integers(1, 40))),
+            out_channels=groups * draw(small),
+            kernel_size=draw(pairs),
+            stride=stride,
+            padding=draw(st.tuples(st.integers(0, 3), st.integers(0, 3))),
+            output_padding=output_padding,
+            dilation=dilation,
+            groups=groups,
+            dtype=draw(st.sampled_from([np.float32, np.float64])),
+            has_bias=draw(st.booleans()),
+        )
     except ValueError:
         assume(False)
 
@@ -45,8 +53,18 @@ def test_round_trip_of_every_named_case(name, problem):
 def test_the_unet_example_and_omitted_defaults():
     unet1 = SUITES["unet"]["unet1"]
     assert format_descriptor(unet1) == "mb1ic1024ih28oc512kh2sh2"
-    problem = Problem(batch=2, in_channels=4, in_size=(5, 7), out_channels=6, kernel_size=(3, 2), stride=(1, 2),
-                      padding=(1, 1), output_padding=(0, 1), dilation=(2, 2), groups=2)
+    problem = Problem(
+        batch=2,
+        in_channels=4,
+        in_size=(5, 7),
+        out_channels=6,
+        kernel_size=(3, 2),
+        stride=(1, 2),
+        padding=(1, 1),
+        output_padding=(0, 1),
+        dilation=(2, 2),
+        groups=2,
+    )
     assert format_descriptor(problem) == "g2mb2ic4ih5iw7oc6kh3kw2sh1sw2ph1oph0opw1dh2"
 
 
@@ -61,16 +79,19 @@ def test_benchdnn_style_underscores_and_missing_batch_are_accepted():
     assert problem.batch == 1 and problem.stride == (2, 2) and problem.dtype == np.float64
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("", "malformed descriptor ''"),
-    ("mb1ic4", "missing required field(s) ih, oc, kh"),
-    ("ic4ih8oc4kh2x3", "cannot read a field at 'x3'"),
-    ("ic4ih8oc4kh2sh", "cannot read a field at 'sh'"),
-    ("ic4ic4ih8oc4kh2", "field 'ic' appears twice"),
-    ("g3ic4ih8oc4kh2", "does not name a valid problem"),
-    ("ic4ih8oc4kh2oph2", "does not name a valid problem"),
-    ("IC4ih8oc4kh2", "malformed descriptor 'IC4ih8oc4kh2'"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("", "malformed descriptor ''"),
+        ("mb1ic4", "missing required field(s) ih, oc, kh"),
+        ("ic4ih8oc4kh2x3", "cannot read a field at 'x3'"),
+        ("ic4ih8oc4kh2sh", "cannot read a field at 'sh'"),
+        ("ic4ic4ih8oc4kh2", "field 'ic' appears twice"),
+        ("g3ic4ih8oc4kh2", "does not name a valid problem"),
+        ("ic4ih8oc4kh2oph2", "does not name a valid problem"),
+        ("IC4ih8oc4kh2", "malformed descriptor 'IC4ih8oc4kh2'"),
+    ],
+)
 def test_malformed_descriptors_raise_value_error_naming_them(text, needle):
     with pytest.raises(ValueError) as info:
         parse_descriptor(text)

@@ -22,9 +22,21 @@ from experiments.harness.runner import ROW_COLUMNS
 from testbed.registry import available_backends
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-META_KEYS = {"experiment", "run_id", "utc_time", "git", "versions", "cpu_model", "threads", "device", "seed",
-             "command", "quick", "backends"}
-FAST = "naive,col2im,kron"     # a few quick backends where the experiment is not about all of them
+META_KEYS = {
+    "experiment",
+    "run_id",
+    "utc_time",
+    "git",
+    "versions",
+    "cpu_model",
+    "threads",
+    "device",
+    "seed",
+    "command",
+    "quick",
+    "backends",
+}
+FAST = "naive,col2im,kron"  # a few quick backends where the experiment is not about all of them
 
 
 def check_run(run_dir: Path, experiment: str, metrics=()) -> pd.DataFrame:
@@ -75,8 +87,7 @@ def test_unknown_backend_is_an_argparse_error(capsys):
 
 def test_correctness_quick(tmp_path):
     run_dir = correctness.main(["--quick", "--no-progress", "--out", str(tmp_path / "run")])
-    frame = check_run(run_dir, "correctness", ["rel_l2", "max_abs", "bitwise_equal", "adjoint_residual",
-                                               "passed"])
+    frame = check_run(run_dir, "correctness", ["rel_l2", "max_abs", "bitwise_equal", "adjoint_residual", "passed"])
     assert set(frame["backend"]) == set(available_backends())
     assert set(frame["dtype"]) == {"float32", "float64"}
     ok = frame[frame["status"] == "ok"]
@@ -85,8 +96,20 @@ def test_correctness_quick(tmp_path):
 
 
 def test_correctness_integer_fill_reports_bitwise_backends(tmp_path):
-    run_dir = correctness.main(["--quick", "--no-progress", "--fill", "int", "--dtypes", "float32",
-                                "--backends", "naive,fft,col2im", "--out", str(tmp_path / "run")])
+    run_dir = correctness.main(
+        [
+            "--quick",
+            "--no-progress",
+            "--fill",
+            "int",
+            "--dtypes",
+            "float32",
+            "--backends",
+            "naive,fft,col2im",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     frame = check_run(run_dir, "correctness", ["bitwise_equal"])
     assert truthy(frame.loc[frame["backend"] == "naive", "bitwise_equal"]).all()
     text = (run_dir / "report.md").read_text()
@@ -96,9 +119,26 @@ def test_correctness_integer_fill_reports_bitwise_backends(tmp_path):
 def test_speed_layout_and_reference_rows(tmp_path):
     """--layout NHWC times every cell channels last; the stride == kernel case gets the bare-GEMM and torch
     channels-last reference rows, and every row its ratio to the GEMM of the same run."""
-    run_dir = speed.main(["--quick", "--no-progress", "--suite", "tiny", "--cases", "tiny_k2s2,tiny_k3s2",
-                          "--backends", "col2im,numba_cpu", "--baseline", "col2im", "--layout", "NHWC",
-                          "--references", "all", "--out", str(tmp_path / "run")])
+    run_dir = speed.main(
+        [
+            "--quick",
+            "--no-progress",
+            "--suite",
+            "tiny",
+            "--cases",
+            "tiny_k2s2,tiny_k3s2",
+            "--backends",
+            "col2im,numba_cpu",
+            "--baseline",
+            "col2im",
+            "--layout",
+            "NHWC",
+            "--references",
+            "all",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     frame = check_run(run_dir, "speed", ["ratio_to_gemm", "layout"])
     ok = frame[frame["status"] == "ok"]
     assert set(ok["layout"]) == {"NHWC"}
@@ -112,10 +152,14 @@ def test_speed_layout_and_reference_rows(tmp_path):
 
 
 def test_speed_quick(tmp_path):
-    run_dir = speed.main(["--quick", "--no-progress", "--backends", FAST, "--baseline", "col2im",
-                          "--out", str(tmp_path / "run")])
-    frame = check_run(run_dir, "speed", ["first_call_s", "median_s", "min_s", "iqr_s", "repeats", "gflops",
-                                         "gbps", "speedup", "flops", "bytes_moved"])
+    run_dir = speed.main(
+        ["--quick", "--no-progress", "--backends", FAST, "--baseline", "col2im", "--out", str(tmp_path / "run")]
+    )
+    frame = check_run(
+        run_dir,
+        "speed",
+        ["first_call_s", "median_s", "min_s", "iqr_s", "repeats", "gflops", "gbps", "speedup", "flops", "bytes_moved"],
+    )
     ok = frame[frame["status"] == "ok"]
     assert (ok["median_s"] > 0).all() and (ok["min_s"] <= ok["median_s"]).all()
     assert (ok.loc[ok["backend"] == "col2im", "speedup"] == 1).all()
@@ -131,8 +175,9 @@ def test_speed_quick(tmp_path):
 
 
 def test_scaling_quick(tmp_path):
-    run_dir = scaling.main(["--quick", "--no-progress", "--backends", FAST + ",numba_cpu",
-                            "--out", str(tmp_path / "run")])
+    run_dir = scaling.main(
+        ["--quick", "--no-progress", "--backends", FAST + ",numba_cpu", "--out", str(tmp_path / "run")]
+    )
     frame = check_run(run_dir, "scaling", ["median_s", "sweep", "x"])
     assert {"size", "channels"} <= set(frame["sweep"])
     text = (run_dir / "report.md").read_text()
@@ -156,8 +201,9 @@ def test_seed_quick(tmp_path, capsys):
 
 
 def test_checkerboard_quick(tmp_path):
-    run_dir = checkerboard.main(["--quick", "--no-progress", "--backends", FAST + ",fft",
-                                 "--out", str(tmp_path / "run")])
+    run_dir = checkerboard.main(
+        ["--quick", "--no-progress", "--backends", FAST + ",fft", "--out", str(tmp_path / "run")]
+    )
     frame = check_run(run_dir, "checkerboard", ["unevenness", "stride_divides_kernel", "passed"])
     naive = frame[frame["backend"] == "naive"].set_index("case")
     assert naive.loc["k3s2", "unevenness"] > 0.5 and naive.loc["k5s3", "unevenness"] > 0.5
@@ -211,11 +257,21 @@ def test_main_times_two_unet_cases_once_by_default_and_every_suite_with_full(tmp
 
 def test_killed_run_keeps_rows_and_resume_completes_it(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "experiments.speed", "--quick", "--no-progress", "--backends", "naive,col2im",
-               "--budget", "0.4", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.speed",
+        "--quick",
+        "--no-progress",
+        "--backends",
+        "naive,col2im",
+        "--budget",
+        "0.4",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = out / "rows.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -235,10 +291,11 @@ def test_killed_run_keeps_rows_and_resume_completes_it(tmp_path):
     status = (out / "report.md").read_text().split("## Status per backend")[1]
     assert "_(no rows)_" not in status and "naive" in status
 
-    run_dir = speed.main(["--quick", "--no-progress", "--backends", "naive,col2im", "--budget", "0.4",
-                          "--out", str(out), "--resume"])
+    run_dir = speed.main(
+        ["--quick", "--no-progress", "--backends", "naive,col2im", "--budget", "0.4", "--out", str(out), "--resume"]
+    )
     frame = pd.read_csv(run_dir / "results.csv")
-    assert len(frame) == 8 and frame["cell_key"].is_unique      # 4 tiny cases × 2 backends
+    assert len(frame) == 8 and frame["cell_key"].is_unique  # 4 tiny cases × 2 backends
     assert set(kept) <= set(frame["cell_key"])
     assert "resumed" in json.loads((run_dir / "meta.json").read_text())
 
@@ -249,12 +306,21 @@ def test_compare_counts_the_cells_that_agree():
     from experiments.compare import compare
 
     def frame(medians, speedups):
-        return pd.DataFrame({"suite": "s", "case": ["a", "b", "c"], "backend": "x", "dtype": "float32",
-                             "layout": "NCHW", "status": ["ok", "ok", "error"], "median_s": medians,
-                             "speedup": speedups})
+        return pd.DataFrame(
+            {
+                "suite": "s",
+                "case": ["a", "b", "c"],
+                "backend": "x",
+                "dtype": "float32",
+                "layout": "NCHW",
+                "status": ["ok", "ok", "error"],
+                "median_s": medians,
+                "speedup": speedups,
+            }
+        )
 
     rows = compare(frame([1.0, 1.0, 1.0], [2.0, 2.0, 1.0]), frame([1.1, 0.8, 1.0], [1.5, 2.1, 1.0]), tolerance=0.15)
-    assert list(rows["speedup_agrees"]) == [False, True]         # the ratios judged apart from the medians
-    assert list(rows["case"]) == ["a", "b"]                      # a cell not ok in either run is left out
-    assert list(rows["agrees"]) == [True, False]                 # 1.0 vs 0.8 is 25 % apart, measured both ways
+    assert list(rows["speedup_agrees"]) == [False, True]  # the ratios judged apart from the medians
+    assert list(rows["case"]) == ["a", "b"]  # a cell not ok in either run is left out
+    assert list(rows["agrees"]) == [True, False]  # 1.0 vs 0.8 is 25 % apart, measured both ways
     assert rows["ratio"].tolist() == pytest.approx([1 / 1.1, 1 / 0.8])

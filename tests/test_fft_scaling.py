@@ -15,8 +15,7 @@ def test_fft_scales_values_near_the_top_of_float32():
     x = (rng.standard_normal((2, 3, 16, 16)) * 3e37).astype(np.float32)
     w = (rng.standard_normal((3, 2, 3, 3)) * 1e-3).astype(np.float32)
     y = testbed.conv_transpose2d(x, w, stride=2, padding=1, backend="fft")
-    oracle = testbed.conv_transpose2d(x.astype(np.float64), w.astype(np.float64), stride=2, padding=1,
-                                      backend="naive")
+    oracle = testbed.conv_transpose2d(x.astype(np.float64), w.astype(np.float64), stride=2, padding=1, backend="naive")
     assert np.isfinite(y).all() and relative_error(y, oracle) < TOLERANCES[np.dtype(np.float32)]
 
 
@@ -32,6 +31,6 @@ def test_fft_refuses_ranges_its_rounding_would_swamp(dtype, big, where):
         w[0, 0, 2, 1] = big
     with pytest.raises(testbed.UnsupportedConfiguration, match=r"spans .*× between its largest"):
         testbed.conv_transpose2d(x, w, stride=2, backend="fft")
-    x[0, 0, 3, 2], w[0, 0, 2, 1] = 100.0, 1.0        # a range the dtype carries is computed
+    x[0, 0, 3, 2], w[0, 0, 2, 1] = 100.0, 1.0  # a range the dtype carries is computed
     y = testbed.conv_transpose2d(x, w, stride=2, backend="fft")
     assert relative_error(y, testbed.conv_transpose2d(x, w, stride=2, backend="naive")) < TOLERANCES[np.dtype(dtype)]

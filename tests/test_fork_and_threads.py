@@ -11,7 +11,9 @@ def test_fork_pool_after_parallel_calls_works():
     """numba_cpu (GNU OpenMP layer), torch (its OpenMP pool) and auto used in the parent, then a fork-based
     Pool whose workers call them: before, every worker died ("fork() called from a process already using GNU
     OpenMP") or deadlocked and ``Pool.map`` never returned."""
-    out = check(run_python("""
+    out = check(
+        run_python(
+            """
         import multiprocessing, numpy as np, testbed
         rng = np.random.default_rng(0)
         x = rng.random((2, 32, 32, 32)).astype(np.float32)
@@ -29,14 +31,19 @@ def test_fork_pool_after_parallel_calls_works():
             results = pool.map(work, range(4))
         assert all(np.allclose(a, b, rtol=1e-5) for r in results for a, b in zip(r, expected))
         print("ok", names)
-    """, timeout=240))
+    """,
+            timeout=240,
+        )
+    )
     assert "ok" in out
 
 
 def test_threads_under_workqueue_layer_are_serialised():
     """Numba's workqueue layer aborts the process (SIGABRT, "Concurrent access has been detected") when two
     threads run parallel regions at once; numba_cpu locks its kernels under that layer."""
-    out = check(run_python("""
+    out = check(
+        run_python(
+            """
         import threading, numba, numpy as np, testbed
         from testbed.backends import numba_cpu
         rng = np.random.default_rng(1)
@@ -56,5 +63,8 @@ def test_threads_under_workqueue_layer_are_serialised():
         for t in threads: t.join()
         assert not failures, failures
         print(numba.threading_layer())
-    """, env={"NUMBA_THREADING_LAYER": "workqueue"}))
+    """,
+            env={"NUMBA_THREADING_LAYER": "workqueue"},
+        )
+    )
     assert out.strip().endswith("workqueue")

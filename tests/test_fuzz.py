@@ -28,7 +28,7 @@ def axes(draw):
     dilations come with the padding that crops the canvas to a few outputs around a tap that lands."""
     size, kernel = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     scale = draw(st.sampled_from(SCALES))
-    if scale <= 3:                                     # an ordinary configuration
+    if scale <= 3:  # an ordinary configuration
         stride, dilation = draw(st.integers(1, 3)), draw(st.integers(1, 3))
         padding = draw(st.integers(0, 3))
     else:
@@ -49,12 +49,18 @@ def spell(draw, pair):
     kinds = ["tuple", "list", "array"] + (["int"] if pair[0] == pair[1] else [])
     try:
         import torch
+
         kinds.append("torch.Size")
     except ImportError:
         torch = None
     kind = draw(st.sampled_from(kinds))
-    return {"int": lambda: pair[0], "tuple": lambda: tuple(pair), "list": lambda: list(pair),
-            "array": lambda: np.array(pair, dtype=np.int64), "torch.Size": lambda: torch.Size(pair)}[kind]()
+    return {
+        "int": lambda: pair[0],
+        "tuple": lambda: tuple(pair),
+        "list": lambda: list(pair),
+        "array": lambda: np.array(pair, dtype=np.int64),
+        "torch.Size": lambda: torch.Size(pair),
+    }[kind]()
 
 
 @st.composite
@@ -63,14 +69,17 @@ def calls(draw):
     groups = draw(st.integers(1, 2))
     c_in, c_out = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
     (h, kh, *_), (w, kw, *_) = h_axis, w_axis
-    params = {name: spell(draw, (h_axis[i], w_axis[i]))
-              for i, name in enumerate(["", "", "stride", "dilation", "padding", "output_padding"]) if name}
+    params = {
+        name: spell(draw, (h_axis[i], w_axis[i]))
+        for i, name in enumerate(["", "", "stride", "dilation", "padding", "output_padding"])
+        if name
+    }
     params["groups"] = groups
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     x = rng.standard_normal((draw(st.integers(1, 2)), c_in, h, w)).astype(dtype)
     weight = rng.standard_normal((c_in, c_out // groups, kh, kw)).astype(dtype)
-    x[rng.random(x.shape) < 0.2] = -0.0                 # signed zeros: the result must never be -0.0
+    x[rng.random(x.shape) < 0.2] = -0.0  # signed zeros: the result must never be -0.0
     bias = draw(st.sampled_from([None, "random", "-0"]))
     bias = {None: None, "random": rng.standard_normal(c_out), "-0": np.full(c_out, -0.0)}[bias]
     return x, weight, None if bias is None else bias.astype(dtype), params, (h_axis, w_axis)
@@ -101,7 +110,7 @@ def bounded_address_space():
         with open("/proc/self/status") as status:
             held = int(status.read().split("VmSize:")[1].split()[0]) * 1024
     except (OSError, IndexError):
-        held = None                                   # not Linux: no limit
+        held = None  # not Linux: no limit
     if held is not None:
         limit = held + FUZZ_ADDRESS_SPACE
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
@@ -109,19 +118,30 @@ def bounded_address_space():
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(call=calls())
 def test_every_backend_matches_the_definition(bounded_address_space, call):
     x, weight, bias, params, axes_ = call
     expected = definition(x, weight, bias, params, axes_)
-    plain = dict(stride=tuple(a[2] for a in axes_), dilation=tuple(a[3] for a in axes_),
-                 padding=tuple(a[4] for a in axes_), output_padding=tuple(a[5] for a in axes_),
-                 groups=params["groups"])
+    plain = dict(
+        stride=tuple(a[2] for a in axes_),
+        dilation=tuple(a[3] for a in axes_),
+        padding=tuple(a[4] for a in axes_),
+        output_padding=tuple(a[5] for a in axes_),
+        groups=params["groups"],
+    )
     if max(max(v) if isinstance(v, tuple) else v for v in plain.values()) < 2**31:
         try:
-            reference = torch_conv_transpose2d(x.astype(np.float64), weight.astype(np.float64),
-                                               None if bias is None else bias.astype(np.float64), **plain)
+            reference = torch_conv_transpose2d(
+                x.astype(np.float64),
+                weight.astype(np.float64),
+                None if bias is None else bias.astype(np.float64),
+                **plain,
+            )
             assert relative_error(reference, expected) < 1e-12
         except pytest.skip.Exception:
             pass

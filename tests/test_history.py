@@ -20,24 +20,40 @@ from experiments.benchmarks.common import CASES
 TIME = "bench_conv.Speed.time_conv_transpose2d"
 GFLOPS = "bench_conv.Speed.track_gflops"
 MACHINE, ENV = "testhost", "virtualenv-py3.11"
-COMMITS = [c * 40 for c in "abcde"]   # five fake hashes, oldest first
+COMMITS = [c * 40 for c in "abcde"]  # five fake hashes, oldest first
 
 
 def benchmark(name, kind, unit, backends):
-    return {"name": name, "type": kind, "unit": unit, "version": "1", "param_names": ["backend", "case"],
-            "params": [[repr(b) for b in backends], ["'unet1'"]]}
+    return {
+        "name": name,
+        "type": kind,
+        "unit": unit,
+        "version": "1",
+        "param_names": ["backend", "case"],
+        "params": [[repr(b) for b in backends], ["'unet1'"]],
+    }
 
 
 def write_project(root: Path, series: dict, *, threshold=0.2, shuffle=False):
     """An asv project folder: asv.conf.json, results/benchmarks.json and one result file per commit, written with
     asv's Results API from ``series = {benchmark dict name: (benchmark dict, {backend: [value per commit]})}``,
     each value drawn as 10 samples within ±2 % (so asv computes its confidence intervals)."""
-    (root / "asv.conf.json").write_text(json.dumps({
-        "version": 1, "project": "t", "repo": ".", "branches": ["main"], "results_dir": "results",
-        "regressions_thresholds": {".*": threshold}}))
+    (root / "asv.conf.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "project": "t",
+                "repo": ".",
+                "branches": ["main"],
+                "results_dir": "results",
+                "regressions_thresholds": {".*": threshold},
+            }
+        )
+    )
     results_dir = root / "results"
-    util.write_json(str(results_dir / "benchmarks.json"), {name: bench for name, (bench, _) in series.items()},
-                    api_version=2)
+    util.write_json(
+        str(results_dir / "benchmarks.json"), {name: bench for name, (bench, _) in series.items()}, api_version=2
+    )
     (results_dir / MACHINE).mkdir(parents=True)
     util.write_json(str(results_dir / MACHINE / "machine.json"), {"machine": MACHINE}, api_version=1)
     rng = np.random.default_rng(0)
@@ -45,13 +61,23 @@ def write_project(root: Path, series: dict, *, threshold=0.2, shuffle=False):
     if shuffle:
         order = order[::-1]
     for i in order:
-        result = Results({"machine": MACHINE, "python": "3.11"}, {}, COMMITS[i], 1_700_000_000_000 + i * 60_000,
-                         "3.11", ENV, {})
+        result = Results(
+            {"machine": MACHINE, "python": "3.11"}, {}, COMMITS[i], 1_700_000_000_000 + i * 60_000, "3.11", ENV, {}
+        )
         for bench, values in series.values():
             samples = [list(values[b][i] * (1 + 0.02 * rng.uniform(-1, 1, 10))) for b in values]
-            result.add_result(bench, BenchmarkResult(result=[float(np.median(s)) for s in samples], samples=samples,
-                                                     number=[1] * len(samples), errcode=0, stderr="", profile=None),
-                              record_samples=True)
+            result.add_result(
+                bench,
+                BenchmarkResult(
+                    result=[float(np.median(s)) for s in samples],
+                    samples=samples,
+                    number=[1] * len(samples),
+                    errcode=0,
+                    stderr="",
+                    profile=None,
+                ),
+                record_samples=True,
+            )
         result.save(str(results_dir))
     return root / "asv.conf.json"
 
@@ -92,7 +118,7 @@ def test_the_planted_step_is_the_only_regression(report):
     assert set(regressions["params"]) == {"'kron', 'unet1'"}
     assert set(regressions["benchmark"]) == {TIME, f"{TIME} [GFLOP/s]"}
     for row in regressions.itertuples():
-        assert (row.good, row.bad) == (COMMITS[2], COMMITS[3])     # last good, first bad: in commit order
+        assert (row.good, row.bad) == (COMMITS[2], COMMITS[3])  # last good, first bad: in commit order
         assert row.worse_by == pytest.approx(2, rel=0.06)
     # every stored value is in the table, and GFLOP/s is the useful work over the time
     timed = results[results["benchmark"] == TIME]
@@ -114,8 +140,9 @@ def test_report_and_figures(report):
     assert meta["experiment"] == "history" and meta["asv"]["commits"] == COMMITS
     steps = read(out, "steps.csv")
     kron = steps[(steps["benchmark"] == TIME) & (steps["params"] == "'kron', 'unet1'")]
-    assert list(kron["first_pos"]) == [0, 3] and kron["level"].iloc[1] / kron["level"].iloc[0] == \
-        pytest.approx(2, rel=0.06)
+    assert list(kron["first_pos"]) == [0, 3] and kron["level"].iloc[1] / kron["level"].iloc[0] == pytest.approx(
+        2, rel=0.06
+    )
 
 
 def test_a_throughput_regresses_downwards(tmp_path):
@@ -128,7 +155,7 @@ def test_a_throughput_regresses_downwards(tmp_path):
 
 
 def test_threshold_from_the_configuration(tmp_path):
-    times = {"kron": [0.1, 0.1, 0.1, 0.115, 0.115]}     # 15 % slower: below a 0.2 threshold, above 0.1
+    times = {"kron": [0.1, 0.1, 0.1, 0.115, 0.115]}  # 15 % slower: below a 0.2 threshold, above 0.1
     bench = benchmark(TIME, "time", "seconds", list(times))
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -141,6 +168,7 @@ def test_threshold_from_the_configuration(tmp_path):
 def test_regression_threshold_takes_the_largest_match():
     class Conf:
         regressions_thresholds: ClassVar = {".*": 0.2, r"bench_conv\.Memory": 0.5}
+
     assert history.regression_threshold(Conf, "bench_conv.Memory.peakmem('kron')") == 0.5
     assert history.regression_threshold(Conf, "bench_conv.Speed.time('kron')") == 0.2
     Conf.regressions_thresholds = {}
@@ -169,8 +197,16 @@ def test_bad_input_is_refused(tmp_path, planted, capsys):
         history.main(["--config", str(empty / "asv.conf.json"), "--out", str(tmp_path / "o2")])
 
 
-@pytest.mark.parametrize("stats", [{"ci_99_a": 0.1, "ci_99_b": 0.3}, {"ci_99_a": -np.inf, "ci_99_b": 0.3},
-                                   {"ci_99_a": 0.2, "ci_99_b": 0.2}, {}, {"ci_99_a": 0.3, "ci_99_b": 0.1}])
+@pytest.mark.parametrize(
+    "stats",
+    [
+        {"ci_99_a": 0.1, "ci_99_b": 0.3},
+        {"ci_99_a": -np.inf, "ci_99_b": 0.3},
+        {"ci_99_a": 0.2, "ci_99_b": 0.2},
+        {},
+        {"ci_99_a": 0.3, "ci_99_b": 0.1},
+    ],
+)
 def test_weights_are_asvs(stats):
     """The weights step detection gets are those ``asv publish`` gives (asv keeps its own function private)."""
     from asv import _stats

@@ -15,20 +15,23 @@ def fresh(monkeypatch):
     isa.selected_isa.cache_clear()
 
 
-@pytest.mark.parametrize(("name", "features", "row"), [
-    ("sapphirerapids", "", "avx512"),
-    ("znver4", "", "avx512"),
-    ("skylake-avx512", "+avx512f,-avx512vnni", "avx512"),
-    ("sapphirerapids", "+avx2,+fma,-avx512f", "avx2"),       # a named CPU with AVX-512 switched off
-    ("znver3", "+avx,+avx2,+fma,-avx512f", "avx2"),          # this project's AMD host, as llvmlite reports it
-    ("haswell", "", "avx2"),
-    ("x86-64", "+avx2,+fma", "avx2"),
-    ("haswell", "-avx2", "generic"),
-    ("x86-64", "", "generic"),
-    ("generic", "", "generic"),
-    ("neoverse-v1", "+neon,+sve", "generic"),
-    ("icelake-server", "+avx512f,-fma", "generic"),
-])
+@pytest.mark.parametrize(
+    ("name", "features", "row"),
+    [
+        ("sapphirerapids", "", "avx512"),
+        ("znver4", "", "avx512"),
+        ("skylake-avx512", "+avx512f,-avx512vnni", "avx512"),
+        ("sapphirerapids", "+avx2,+fma,-avx512f", "avx2"),  # a named CPU with AVX-512 switched off
+        ("znver3", "+avx,+avx2,+fma,-avx512f", "avx2"),  # this project's AMD host, as llvmlite reports it
+        ("haswell", "", "avx2"),
+        ("x86-64", "+avx2,+fma", "avx2"),
+        ("haswell", "-avx2", "generic"),
+        ("x86-64", "", "generic"),
+        ("generic", "", "generic"),
+        ("neoverse-v1", "+neon,+sve", "generic"),
+        ("icelake-server", "+avx512f,-fma", "generic"),
+    ],
+)
 def test_row_of_a_cpu(name, features, row):
     assert isa.isa_of_cpu(name, features) == row
 
@@ -57,10 +60,13 @@ def test_cap_above_the_cpu_names_both(fresh):
     fresh.setattr(numba.config, "CPU_NAME", "haswell", raising=False)
     fresh.setattr(numba.config, "CPU_FEATURES", "", raising=False)
     fresh.setenv(isa.ISA_ENV, "avx512")
-    fresh.setattr(_environ, "_warned", set())                  # each bad value warns once per process
-    with pytest.warns(RuntimeWarning, match=r"TESTBED_ISA='avx512'.*generic, avx2: 'avx512' is above.*'haswell'.*"
-                                            r"'avx2'.*using the default 'avx2'"):
-        assert isa.selected_isa() == "avx2"                  # a warning and the CPU's own row (testbed._environ)
+    fresh.setattr(_environ, "_warned", set())  # each bad value warns once per process
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"TESTBED_ISA='avx512'.*generic, avx2: 'avx512' is above.*'haswell'.*"
+        r"'avx2'.*using the default 'avx2'",
+    ):
+        assert isa.selected_isa() == "avx2"  # a warning and the CPU's own row (testbed._environ)
 
 
 @pytest.mark.parametrize("value", ["sse", "avx-512", "1"])
@@ -79,6 +85,7 @@ def test_vector_bytes_refuses_unknown_rows():
 def test_this_host_row_is_what_its_target_supports():
     """Without a cap the row is the target's widest (no silent narrowing)."""
     import os
+
     if os.environ.get(isa.ISA_ENV):
         pytest.skip("TESTBED_ISA is set")
     assert isa.selected_isa() == isa.host_isa() == isa.isa_of_cpu(*isa.target_cpu())

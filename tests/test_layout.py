@@ -21,8 +21,7 @@ def _arrays(batch=2, c_in=4, c_out=6, size=(3, 5), kernel=(2, 2), seed=0):
 def test_output_shape_and_problem_shapes():
     assert testbed.output_shape((1, 28, 28, 1024), (1024, 512, 2, 2), stride=2, layout="NHWC") == (1, 56, 56, 512)
     assert testbed.output_shape((5, 7, 3), (3, 2, 3, 3), stride=2, padding=1, layout="NHWC") == (9, 13, 2)
-    problem = Problem(batch=2, in_channels=3, in_size=(5, 7), out_channels=4, kernel_size=2, stride=2,
-                      layout="NHWC")
+    problem = Problem(batch=2, in_channels=3, in_size=(5, 7), out_channels=4, kernel_size=2, stride=2, layout="NHWC")
     assert problem.input_shape == (2, 5, 7, 3) and problem.output_shape == (2, 10, 14, 4)
     assert problem.with_(layout="NCHW").output_shape == (2, 4, 10, 14)
     x, w, _ = problem.random_arrays(0)
@@ -45,7 +44,7 @@ def test_bad_layout_is_refused_naming_it(bad):
 def test_shapes_are_read_in_the_layout():
     x, x_nhwc, w = _arrays(c_in=4)
     with pytest.raises(ValueError, match=r"weight.shape\[0\] \(4\) must equal the input's channel count \(5\)"):
-        testbed.conv_transpose2d(x, w, stride=2, layout="NHWC")        # NCHW array read as NHWC: C_in = 5
+        testbed.conv_transpose2d(x, w, stride=2, layout="NHWC")  # NCHW array read as NHWC: C_in = 5
     with pytest.raises(ValueError, match=r"\(N, H, W, C_in\)"):
         testbed.conv_transpose2d(x_nhwc[0, 0], w, stride=2, layout="NHWC")
 
@@ -82,10 +81,18 @@ def test_backends_declare_their_layouts():
 
 def test_nhwc_only_backend_gets_nchw_calls_converted():
     """The dispatcher converts in either direction: a backend that computes NHWC only serves NCHW calls."""
+
     def nhwc_only(x, weight, bias, problem):
         assert problem.layout == "NHWC" and x.flags.c_contiguous and x.shape == problem.input_shape
-        return testbed.conv_transpose2d(x, weight, bias, backend="naive", layout="NHWC", **{
-            k: v for k, v in call_kwargs(problem).items() if k != "layout"})
+        return testbed.conv_transpose2d(
+            x,
+            weight,
+            bias,
+            backend="naive",
+            layout="NHWC",
+            **{k: v for k, v in call_kwargs(problem).items() if k != "layout"},
+        )
+
     impl = Backend(name="nhwc_only", description="test double", run=nhwc_only, layouts=("NHWC",))
     x, _, w = _arrays()
     y = testbed.conv_transpose2d(x, w, stride=2, backend=impl)
@@ -116,11 +123,11 @@ def test_cuda_backends_compute_nhwc_device_arrays():
     if not cuda_names or not all(testbed.get_backend(n).available for n in cuda_names):
         pytest.skip("no CUDA GPU and the CUDA simulator is off (NUMBA_ENABLE_CUDASIM=1)")
     from numba import cuda
+
     x, x_nhwc, w = _arrays(batch=1, c_in=2, c_out=3, size=(2, 3), kernel=(3, 3))
     params = dict(stride=2, padding=1, output_padding=1)
     for name in [*cuda_names, "auto"]:
-        y = testbed.conv_transpose2d(cuda.to_device(x_nhwc), cuda.to_device(w), backend=name, layout="NHWC",
-                                     **params)
+        y = testbed.conv_transpose2d(cuda.to_device(x_nhwc), cuda.to_device(w), backend=name, layout="NHWC", **params)
         host = y.copy_to_host()
         assert host.shape == (1, 4, 6, 3)
         assert_close_to_oracle(host.transpose(0, 3, 1, 2), x, w, err_msg=name, **params)
@@ -133,6 +140,5 @@ def test_planner_takes_the_layout(tmp_path, monkeypatch):
     _, x_nhwc, w = _arrays()
     why = testbed.explain(x_nhwc, w, stride=2, layout="NHWC")
     assert " NHWC " in why.signature and " NHWC " in str(why)
-    result = testbed.tune(x_nhwc, w, stride=2, layout="NHWC", candidates=["col2im", "numba_cpu"],
-                          isolation="inline")
+    result = testbed.tune(x_nhwc, w, stride=2, layout="NHWC", candidates=["col2im", "numba_cpu"], isolation="inline")
     assert result.winner in ("col2im", "numba_cpu") and " NHWC " in result.signature

@@ -14,8 +14,20 @@ from testbed import isa, machine, timing, wisdom
 
 def test_describe_has_every_part():
     described = machine.describe()
-    assert set(described) == {"hostname", "platform", "cpu_model", "cpu", "versions", "git", "threads", "threadpools",
-                              "environment", "load_average", "cpu_governor", "device"}
+    assert set(described) == {
+        "hostname",
+        "platform",
+        "cpu_model",
+        "cpu",
+        "versions",
+        "git",
+        "threads",
+        "threadpools",
+        "environment",
+        "load_average",
+        "cpu_governor",
+        "device",
+    }
     cpu = described["cpu"]
     assert cpu["isa"] == isa.selected_isa() and cpu["count"] == os.cpu_count() >= 1
     assert 1 <= cpu["affinity"] <= cpu["count"] and cpu["memory_bytes"] > 2**20
@@ -26,8 +38,7 @@ def test_describe_has_every_part():
 
 def test_versions_come_from_package_metadata(monkeypatch):
     real = importlib.metadata.version
-    monkeypatch.setattr(importlib.metadata, "version",
-                        lambda name: "9.9-test" if name == "scipy" else real(name))
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.9-test" if name == "scipy" else real(name))
     versions = machine.library_versions()
     assert versions["scipy"] == "9.9-test" and versions["numpy"] == real("numpy")
     assert machine.library_versions(["no-such-distribution"])["no-such-distribution"] is None
@@ -62,8 +73,11 @@ def test_git_state_of_a_checkout_and_of_a_folder_that_is_none(tmp_path):
 def test_the_readers_agree_with_the_description():
     fingerprint = wisdom.machine_fingerprint()
     cpu = machine.cpu()
-    assert (fingerprint["cpu_model"], fingerprint["isa"], fingerprint["cpu_count"]) == \
-        (cpu["model"], cpu["isa"], cpu["count"])
+    assert (fingerprint["cpu_model"], fingerprint["isa"], fingerprint["cpu_count"]) == (
+        cpu["model"],
+        cpu["isa"],
+        cpu["count"],
+    )
     assert fingerprint["versions"] == machine.library_versions(wisdom.FINGERPRINT_LIBRARIES)
     assert timing.machine_state().keys() == machine.describe().keys()
     meta = machine_meta()
@@ -75,5 +89,5 @@ def test_the_dask_check_compares_the_librarys_versions():
     dask_worker = pytest.importorskip("experiments.harness.dask_worker", exc_type=ImportError)
     described = dask_worker.describe()
     compared = executors.compared_versions(described)
-    assert set(compared) == {"python", "testbed", *machine.LIBRARIES, "testbed commit"}   # not pandas: not compared
+    assert set(compared) == {"python", "testbed", *machine.LIBRARIES, "testbed commit"}  # not pandas: not compared
     assert described["pid"] == os.getpid()

@@ -33,16 +33,26 @@ MIB = 2**20
 #: All float32, one image.
 _ISSUE_SHAPES = {
     "128to128_k3_64": dict(in_channels=128, in_size=(64, 64), out_channels=128, kernel_size=3, padding=1),
-    "256to128_k4s2_32": dict(in_channels=256, in_size=(32, 32), out_channels=128, kernel_size=4, stride=2,
-                             padding=1),
+    "256to128_k4s2_32": dict(in_channels=256, in_size=(32, 32), out_channels=128, kernel_size=4, stride=2, padding=1),
     "unet_256to128_k2s2_32": dict(in_channels=256, in_size=(32, 32), out_channels=128, kernel_size=2, stride=2),
 }
 #: name -> (Problem fields, testbed.problem.WORKSPACE_BYTES in the child, the measure asserted).
 CASES = {
     **{name: (dict(shape, batch=1, dtype="float32"), 256 * MIB, "rss") for name, shape in _ISSUE_SHAPES.items()},
-    **{f"binding_{name}": (dict(shape, batch=1, dtype="float32", in_channels=shape["in_channels"] // 4,
-                                out_channels=shape["out_channels"] // 4), 0, "traced")
-       for name, shape in _ISSUE_SHAPES.items()},
+    **{
+        f"binding_{name}": (
+            dict(
+                shape,
+                batch=1,
+                dtype="float32",
+                in_channels=shape["in_channels"] // 4,
+                out_channels=shape["out_channels"] // 4,
+            ),
+            0,
+            "traced",
+        )
+        for name, shape in _ISSUE_SHAPES.items()
+    },
 }
 #: ``naive`` computes the full-size cases in 3-10 s each here (twice: the warm-up call); the binding cases
 #: bound its memory (the output plus one tap's products) as well.
@@ -93,8 +103,10 @@ def measure(name):
     if name not in _measured:
         cases = {case: spec for case, spec in CASES.items() if case.startswith(SLOW.get(name, ""))}
         code = f"name, cases = {name!r}, {cases!r}\n" + textwrap.dedent(CHILD)
-        env = {"MALLOC_MMAP_THRESHOLD_": "65536",
-               "TESTBED_PLANNER": "estimate"}      # auto decides without timing workers (whose memory is theirs)
+        env = {
+            "MALLOC_MMAP_THRESHOLD_": "65536",
+            "TESTBED_PLANNER": "estimate",
+        }  # auto decides without timing workers (whose memory is theirs)
         _measured[name] = json.loads(check(run_python(code, env=env, timeout=600)).strip().splitlines()[-1])
     return _measured[name]
 
@@ -102,8 +114,10 @@ def measure(name):
 @pytest.mark.parametrize("case", CASES)
 def test_peak_temporaries_within_workspace_limit(backend, case):
     if backend.device == "cuda":
-        pytest.skip(f"{backend.name}: the host's resident set does not measure device memory (and in the CUDA "
-                    f"simulator the arrays are the simulator's host copies)")
+        pytest.skip(
+            f"{backend.name}: the host's resident set does not measure device memory (and in the CUDA "
+            f"simulator the arrays are the simulator's host copies)"
+        )
     if not case.startswith(SLOW.get(backend.name, "")):
         pytest.skip(f"{backend.name} takes seconds per call on the full-size shapes; measured on the binding ones")
     result = measure(backend.name)[case]
@@ -113,6 +127,8 @@ def test_peak_temporaries_within_workspace_limit(backend, case):
     temporaries, limit = result[kind], result["limit"]
     if temporaries is None:
         pytest.skip("/proc/self/clear_refs cannot reset the peak-RSS mark here")
-    assert temporaries <= limit, (f"{backend.name} on {case}: {temporaries / MIB:.2f} MiB of temporaries ({kind}), "
-                                  f"above the workspace limit of {limit / MIB:.2f} MiB (arrays "
-                                  f"{result['arrays'] / MIB:.2f} MiB)")
+    assert temporaries <= limit, (
+        f"{backend.name} on {case}: {temporaries / MIB:.2f} MiB of temporaries ({kind}), "
+        f"above the workspace limit of {limit / MIB:.2f} MiB (arrays "
+        f"{result['arrays'] / MIB:.2f} MiB)"
+    )

@@ -27,8 +27,7 @@ def run_pytest(args, *, mutant=None, block_torch=False):
         env["TESTBED_MUTANT"] = mutant
     prelude = "import sys; sys.modules['torch'] = None; " if block_torch else "import sys; "
     code = prelude + f"import pytest; sys.exit(pytest.main({['-q', '-p', 'no:cacheprovider', *args]!r}))"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -51,7 +50,8 @@ def test_unmutated_backend_passes_the_same_tests():
 
 def test_oracle_tests_run_without_torch():
     """With ``import torch`` failing, every non-torch parity and property test of naive and col2im runs."""
-    code, output = run_pytest(["-k", "(naive or col2im) and not torch", "tests/test_parity.py",
-                               "tests/test_properties.py"], block_torch=True)
+    code, output = run_pytest(
+        ["-k", "(naive or col2im) and not torch", "tests/test_parity.py", "tests/test_properties.py"], block_torch=True
+    )
     found = counts(output)
     assert code == 0 and found.get("passed", 0) >= 100 and found.get("skipped", 0) == 0, output[-3000:]

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import ROOT, check, run_python
 
-KERNEL_MODULE = '''
+KERNEL_MODULE = """
 import numpy as np
 from numba import prange
 from testbed.backends._runtime import parallel_kernel
@@ -23,7 +23,7 @@ from testbed.backends._runtime import parallel_kernel
 def doubled(a, out):
     for i in prange(a.size):
         out[i] = 2.0 * a[i]
-'''
+"""
 
 KERNEL_CALL = """
     import warnings
@@ -50,8 +50,7 @@ def pristine_cache(tmp_path_factory):
 
 
 def run_kernel(module, cache, **env):
-    return run_python(KERNEL_CALL.format(folder=str(module)), env={"NUMBA_CACHE_DIR": str(cache), **env},
-                      timeout=120)
+    return run_python(KERNEL_CALL.format(folder=str(module)), env={"NUMBA_CACHE_DIR": str(cache), **env}, timeout=120)
 
 
 @pytest.fixture
@@ -71,24 +70,25 @@ def _whole_pickles(path):
     """The file is complete pickles again (parsed, not loaded): the index holds two, a data file one."""
     data, count = path.read_bytes(), 0
     while data:
-        stop = [pos for _, _, pos in pickletools.genops(data)][-1] + 1     # after the STOP opcode
+        stop = [pos for _, _, pos in pickletools.genops(data)][-1] + 1  # after the STOP opcode
         data, count = data[stop:], count + 1
     return count == (2 if path.suffix == ".nbi" else 1)
 
 
-@pytest.mark.parametrize("suffix,damage", [(".nbi", "empty"), (".nbi", "truncated"), (".nbc", "empty"),
-                                           (".nbc", "truncated")])
+@pytest.mark.parametrize(
+    "suffix,damage", [(".nbi", "empty"), (".nbi", "truncated"), (".nbc", "empty"), (".nbc", "truncated")]
+)
 def test_corrupt_cache_entry_is_recompiled_and_rewritten(tiny_kernel, suffix, damage):
     """As after a power loss; before, every later process failed with an unpickling error that never named
     the cache."""
     run, cache = tiny_kernel
     path = _cache_file(cache, suffix)
     content = path.read_bytes()
-    path.write_bytes(b"" if damage == "empty" else content[:len(content) // 2])
+    path.write_bytes(b"" if damage == "empty" else content[: len(content) // 2])
     damaged = run()
     assert check(damaged).strip() == "ok"
     assert "NumbaCacheWarning" in damaged.stderr and path.name in damaged.stderr
-    assert _whole_pickles(path)                               # rewritten for the next process
+    assert _whole_pickles(path)  # rewritten for the next process
 
 
 def test_cache_switch_turns_the_disk_cache_off(pristine_cache, tmp_path):
@@ -107,8 +107,9 @@ def test_untrusted_cache_file_is_not_unpickled(tiny_kernel, tmp_path):
             return (open, (str(marker), "w"))
 
     import numba
+
     index.write_bytes(pickle.dumps(numba.__version__) + pickle.dumps(Payload()))
-    index.chmod(0o666)                          # writable by everyone
+    index.chmod(0o666)  # writable by everyone
     result = run()
     assert check(result).strip() == "ok"
     assert not marker.exists()
@@ -118,11 +119,11 @@ def test_untrusted_cache_file_is_not_unpickled(tiny_kernel, tmp_path):
 def test_no_writable_cache_location_compiles_in_memory(tmp_path):
     """A read-only install, an unwritable HOME and no NUMBA_CACHE_DIR: before, importing the registry failed
     for every backend ("cannot cache function ...: no locator available")."""
-    env = {"PYTHONPATH": str(tmp_path), "HOME": str(tmp_path / "home"), "NUMBA_CACHE_DIR": None,
-           "XDG_CACHE_HOME": None}
+    env = {"PYTHONPATH": str(tmp_path), "HOME": str(tmp_path / "home"), "NUMBA_CACHE_DIR": None, "XDG_CACHE_HOME": None}
     if os.geteuid() == 0:
         # Permissions do not stop root: leave Numba only a locator that never applies (its own switch).
         from numba.core import config
+
         if not hasattr(config, "CACHE_LOCATOR_CLASSES"):
             pytest.skip("running as root, and this Numba has no NUMBA_CACHE_LOCATOR_CLASSES")
         env["NUMBA_CACHE_LOCATOR_CLASSES"] = "IPythonCacheLocator"
@@ -132,7 +133,8 @@ def test_no_writable_cache_location_compiles_in_memory(tmp_path):
     for path in read_only:
         path.chmod(0o555 if path.is_dir() else 0o444)
     try:
-        result = run_python(f"""
+        result = run_python(
+            f"""
             import warnings
             warnings.simplefilter("always")
             import numpy as np, testbed
@@ -141,7 +143,10 @@ def test_no_writable_cache_location_compiles_in_memory(tmp_path):
                 y = testbed.conv_transpose2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), stride=2, backend=name)
                 assert y.sum() == 16.0, name
             print(sorted(testbed.available_backends()))
-        """, cwd=tmp_path, env=env)
+        """,
+            cwd=tmp_path,
+            env=env,
+        )
         out = check(result)
         assert "numba_cpu" in out and "naive" in out
         assert result.stderr.count("NumbaCacheWarning") == 1 and "no writable cache location" in result.stderr

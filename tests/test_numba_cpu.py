@@ -19,11 +19,34 @@ from testbed.problem import Problem
 from testbed.testing import assert_close, assert_close_to_oracle, call_kwargs, oracle
 
 
-def _problem(c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
-             batch=1, bias=True, dtype=np.float64):
-    return Problem(batch=batch, in_channels=c_in, in_size=size, out_channels=c_out, kernel_size=kernel,
-                   stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
-                   groups=groups, dtype=dtype, has_bias=bias)
+def _problem(
+    c_in,
+    c_out,
+    size,
+    kernel,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups=1,
+    batch=1,
+    bias=True,
+    dtype=np.float64,
+):
+    return Problem(
+        batch=batch,
+        in_channels=c_in,
+        in_size=size,
+        out_channels=c_out,
+        kernel_size=kernel,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+        dtype=dtype,
+        has_bias=bias,
+    )
 
 
 # (configuration, the path choose_path must take). Asymmetric sizes, strides, paddings everywhere.
@@ -31,11 +54,15 @@ CASES = {
     "unet_k2s2": (_problem(8, 4, (5, 6), 2, 2), "nonoverlap_gemm"),
     # nonoverlap_direct (from 1024 input pixels): rows (C_out/G·kH·kW) not a multiple of its 6-row tile, panels
     # of pixels across input rows and past the image, groups, a batch, output_padding (bias only), a taller kernel
-    "nonoverlap_direct_wide": (_problem(8, 10, (15, 37), 2, 2, output_padding=(1, 1), groups=2, batch=2),
-                               "nonoverlap_direct"),
+    "nonoverlap_direct_wide": (
+        _problem(8, 10, (15, 37), 2, 2, output_padding=(1, 1), groups=2, batch=2),
+        "nonoverlap_direct",
+    ),
     "nonoverlap_direct_k3x2": (_problem(5, 16, (33, 35), (3, 2), (3, 2), bias=False), "nonoverlap_direct"),
-    "nonoverlap_asym_pad_op": (_problem(6, 4, (4, 5), (2, 3), (2, 3), padding=(1, 2), output_padding=(1, 0),
-                                        batch=2), "nonoverlap_gemm"),
+    "nonoverlap_asym_pad_op": (
+        _problem(6, 4, (4, 5), (2, 3), (2, 3), padding=(1, 2), output_padding=(1, 0), batch=2),
+        "nonoverlap_gemm",
+    ),
     "nonoverlap_groups": (_problem(8, 12, (3, 4), 3, 3, groups=2, bias=False), "nonoverlap_gemm"),
     "k4s2p1": (_problem(8, 6, (5, 4), 4, 2, 1, batch=2), "gemm_col2im"),
     "k3s2p1op1_asym": (_problem(6, 8, (4, 7), (3, 2), (2, 3), (1, 0), (1, 2)), "gemm_col2im"),
@@ -50,8 +77,10 @@ CASES = {
     # several rows that span images (narrow outputs), rows and columns that no tap reaches.
     "blocked_k4s2p1": (_problem(6, 16, (5, 4), 4, 2, 1, batch=2), "blocked_direct"),
     "blocked_k3s2p1op1_asym": (_problem(5, 20, (4, 7), (3, 2), (2, 3), (1, 0), (1, 2)), "blocked_direct"),
-    "blocked_dilation_groups": (_problem(8, 32, (6, 5), (3, 2), 1, (2, 1), dilation=(2, 3), groups=2, bias=False),
-                                "blocked_direct"),
+    "blocked_dilation_groups": (
+        _problem(8, 32, (6, 5), (3, 2), 1, (2, 1), dilation=(2, 3), groups=2, bias=False),
+        "blocked_direct",
+    ),
     "blocked_narrow_batch": (_problem(4, 16, (2, 3), 3, 2, 1, 1, batch=3), "blocked_direct"),
     "gaps_wide_channels": (_problem(4, 16, (3, 4), 2, (3, 4), output_padding=(2, 1)), "gemm_col2im"),
     "blocked_big_padding": (_problem(7, 16, (5, 5), 5, 2, 4, 1), "blocked_direct"),
@@ -80,8 +109,13 @@ def test_every_path_matches_oracle_float64(name, path):
 def _float32_call(name):
     problem = CASES[name][0].with_(dtype=np.float32)
     x, weight, bias = problem.random_arrays(2)
-    return problem, x, weight, bias, testbed.conv_transpose2d(x, weight, bias, backend="numba_cpu",
-                                                             **call_kwargs(problem))
+    return (
+        problem,
+        x,
+        weight,
+        bias,
+        testbed.conv_transpose2d(x, weight, bias, backend="numba_cpu", **call_kwargs(problem)),
+    )
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -119,14 +153,23 @@ def test_noncontiguous_input(name):
     kwargs = call_kwargs(problem)
     expected = testbed.conv_transpose2d(x, weight, bias, backend="numba_cpu", **kwargs)
     for view in (np.asfortranarray(x), wide[..., ::2]):
-        assert np.array_equal(testbed.conv_transpose2d(view, weight, bias, backend="numba_cpu", **kwargs),
-                              expected)
+        assert np.array_equal(testbed.conv_transpose2d(view, weight, bias, backend="numba_cpu", **kwargs), expected)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("path", numba_cpu.PATHS)
-@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1", "stride_gt_kernel", "depthwise", "blocked_narrow_batch",
-                                  "blocked_big_padding", "nonoverlap_direct_wide"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "unet_k2s2",
+        "k4s2p1",
+        "stride_gt_kernel",
+        "depthwise",
+        "blocked_narrow_batch",
+        "blocked_big_padding",
+        "nonoverlap_direct_wide",
+    ],
+)
 def test_nan_and_inf_reach_exactly_the_outputs_of_the_definition(name, path):
     problem = CASES[name][0]
     if path in ("nonoverlap_gemm", "nonoverlap_direct") and not problem.is_nonoverlapping:
@@ -134,7 +177,7 @@ def test_nan_and_inf_reach_exactly_the_outputs_of_the_definition(name, path):
     x, weight, bias = problem.random_arrays(5)
     x[0, 0, 1, 2] = np.nan
     x[-1, -1, -1, 0] = np.inf
-    weight[0, 0, -1, 0] = -np.inf            # a border tap: some of its products are cropped away
+    weight[0, 0, -1, 0] = -np.inf  # a border tap: some of its products are cropped away
     y = numba_cpu.run_path(path, x, weight, bias, problem)
     reference = oracle(x, weight, bias, **call_kwargs(problem))
     for special in (np.isnan, np.isposinf, np.isneginf):
@@ -156,7 +199,7 @@ def test_blocked_direct_does_not_depend_on_its_tiles(name):
             assert np.array_equal(y, expected), (tile_co, tile_rows)
     threads = numba.get_num_threads()
     try:
-        numba.set_num_threads(1)                  # also changes the default row tile of small problems
+        numba.set_num_threads(1)  # also changes the default row tile of small problems
         assert np.array_equal(numba_cpu.run_path("blocked_direct", x, weight, bias, problem), expected)
     finally:
         numba.set_num_threads(threads)
@@ -187,7 +230,7 @@ def test_blocked_direct_stale_workspace_never_leaks():
     wide, (problem, _) = CASES["blocked_dilation_groups"][0], CASES["blocked_k3s2p1op1_asym"]
     numba_cpu.run_path("blocked_direct", *wide.random_arrays(1), wide)
     for name in ("numba_cpu.blocked_weight", "numba_cpu.channels_last_input"):
-        workspace._pool().buffers[name].view(np.uint8)[:] = 0xFF          # all-ones bytes: NaN
+        workspace._pool().buffers[name].view(np.uint8)[:] = 0xFF  # all-ones bytes: NaN
     x, weight, bias = problem.random_arrays(2)
     y = numba_cpu.run_path("blocked_direct", x, weight, bias, problem)
     assert np.isfinite(y).all()
@@ -212,13 +255,20 @@ def test_nonoverlap_direct_is_blocked_direct_bitwise(name, layout):
         assert np.array_equal(numba_cpu.run_path("nonoverlap_direct", x, weight, bias, problem), expected)
         for name_ in ("numba_cpu.panel_weight", "numba_cpu.row_weight", "numba_cpu.pixel_panels"):
             if name_ in workspace._pool().buffers:
-                workspace._pool().buffers[name_].view(np.uint8)[:] = 0xFF          # all-ones bytes: NaN
+                workspace._pool().buffers[name_].view(np.uint8)[:] = 0xFF  # all-ones bytes: NaN
         threads = numba.get_num_threads()
         numba.set_num_threads(1)
         try:
             out = np.full(problem.output_shape, np.nan, dtype)
-            numba_cpu.run_path("nonoverlap_direct", x, weight, bias, problem, out=out,       # a panel per task
-                               blocking=dataclasses.replace(blocking.blocking(), nonoverlap_block_bytes=1))
+            numba_cpu.run_path(
+                "nonoverlap_direct",
+                x,
+                weight,
+                bias,
+                problem,
+                out=out,  # a panel per task
+                blocking=dataclasses.replace(blocking.blocking(), nonoverlap_block_bytes=1),
+            )
         finally:
             numba.set_num_threads(threads)
         assert np.array_equal(out, expected)
@@ -236,18 +286,21 @@ def test_blocked_direct_sign_of_zero():
     -0.0 bias alone gives +0.0."""
     problem = CASES["gaps_wide_channels"][0]
     x, weight, _ = problem.random_arrays(10)
-    y = numba_cpu.run_path("blocked_direct", -0.0 * np.abs(x), np.abs(weight), np.full(problem.out_channels, -0.0),
-                           problem)
+    y = numba_cpu.run_path(
+        "blocked_direct", -0.0 * np.abs(x), np.abs(weight), np.full(problem.out_channels, -0.0), problem
+    )
     assert not np.signbit(y).any()
 
 
 # ---- auto --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("suite", ["unet", "decoder"])
 def test_auto_follows_its_class_preference(suite):
     for problem in testbed.cases.suite(suite).values():
-        first_available = next(name for name in preference.preference_table().order_for(problem)[1]
-                               if testbed.get_backend(name).available)
+        first_available = next(
+            name for name in preference.preference_table().order_for(problem)[1] if testbed.get_backend(name).available
+        )
         assert planner.choose_backend(problem).name == first_available
         if problem.is_nonoverlapping:
             assert first_available == "numba_cpu"
@@ -256,6 +309,7 @@ def test_auto_follows_its_class_preference(suite):
 @pytest.mark.parametrize("suite", ["unet", "decoder", "tiny"])
 def test_auto_without_torch(monkeypatch, suite):
     from testbed.backends import torch_backend
+
     monkeypatch.setattr(torch_backend, "_torch", lambda: None)
     assert not testbed.get_backend("torch").available
     for problem in testbed.cases.suite(suite).values():
@@ -289,11 +343,20 @@ _pairs = lambda lo, hi: st.tuples(st.integers(lo, hi), st.integers(lo, hi))  # n
 
 
 @settings(max_examples=60, deadline=None)
-@given(kernel=_pairs(1, 4), stride=_pairs(1, 4), dilation=_pairs(1, 3), padding=_pairs(0, 5),
-       size=_pairs(1, 6), op_seed=_pairs(0, 3), groups=st.integers(1, 2), nonoverlap=st.booleans(),
-       seed=st.integers(0, 1000))
-def test_forced_paths_on_random_configurations(kernel, stride, dilation, padding, size, op_seed, groups, nonoverlap,
-                                             seed):
+@given(
+    kernel=_pairs(1, 4),
+    stride=_pairs(1, 4),
+    dilation=_pairs(1, 3),
+    padding=_pairs(0, 5),
+    size=_pairs(1, 6),
+    op_seed=_pairs(0, 3),
+    groups=st.integers(1, 2),
+    nonoverlap=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_forced_paths_on_random_configurations(
+    kernel, stride, dilation, padding, size, op_seed, groups, nonoverlap, seed
+):
     """The registry-wide property test draws channel products too small for the GEMM and blocked paths; force
     them here."""
     if nonoverlap:
@@ -312,7 +375,7 @@ def test_forced_paths_on_random_configurations(kernel, stride, dilation, padding
 
 # ---- every ISA row's kernels, on every host ------------------------------------------------------------------
 
-ROW_CASES = {   # case: path. Panel tails, groups, output_padding; nonoverlap_direct's pairs of rows, a 3×2 kernel
+ROW_CASES = {  # case: path. Panel tails, groups, output_padding; nonoverlap_direct's pairs of rows, a 3×2 kernel
     "blocked_k3s2p1op1_asym": "blocked_direct",
     "blocked_dilation_groups": "blocked_direct",
     "nonoverlap_direct_wide": "nonoverlap_direct",
@@ -329,7 +392,7 @@ def test_every_isa_row_computes_bitwise_the_default_rows_result(name, row):
     path = ROW_CASES[name]
     for dtype, layout in ((np.float32, "NCHW"), (np.float64, "NCHW"), (np.float32, "NHWC"), (np.float64, "NHWC")):
         if path == "blocked_direct" and layout == "NHWC":
-            continue                                 # the same kernel as NCHW's (only the output's strides differ)
+            continue  # the same kernel as NCHW's (only the output's strides differ)
         problem = CASES[name][0].with_(dtype=dtype)
         x, weight, bias = problem.random_arrays(13)
         expected = numba_cpu.run_path(path, x, weight, bias, problem)
@@ -340,8 +403,9 @@ def test_every_isa_row_computes_bitwise_the_default_rows_result(name, row):
         assert np.array_equal(y, expected), (dtype, layout)
     problem = CASES[name][0]
     x, weight, bias = problem.random_arrays(14)
-    assert_close_to_oracle(numba_cpu.run_path(path, x, weight, bias, problem, isa=row), x, weight, bias,
-                           **call_kwargs(problem))
+    assert_close_to_oracle(
+        numba_cpu.run_path(path, x, weight, bias, problem, isa=row), x, weight, bias, **call_kwargs(problem)
+    )
 
 
 def test_run_path_refuses_bad_arguments():
@@ -363,6 +427,7 @@ def test_blocking_rows_are_consistent():
     """Each row's tile fits its register file (with the weight vectors and a broadcast), covers the FMA latency
     (≥ 8 independent accumulators), and the rows are the ISA rows of ``testbed.isa``."""
     from testbed import isa
+
     registers = {"generic": 16, "avx2": 16, "avx512": 32}
     assert set(blocking.ROWS) == set(isa.ISA_ROWS)
     for name, row in blocking.ROWS.items():
@@ -378,6 +443,7 @@ def test_wisdom_fingerprint_covers_the_package_and_the_row(monkeypatch):
     from pathlib import Path
 
     from testbed import isa, wisdom
+
     before = wisdom._backends_source_hash()
     table, original = Path(blocking.__file__), Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes", lambda self: original(self) + (b"#" if self == table else b""))

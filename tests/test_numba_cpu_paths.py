@@ -29,8 +29,8 @@ def test_assembly_counts_read_the_inner_loop():
     assert loop[0].startswith(".LBB0_2:") and "jne" in loop[-1]
     fmas = [line for line in loop if "vfmadd" in line]
     assert len(fmas) == 3 and {line.split(",")[-1].strip() for line in fmas} == {"%zmm1", "%zmm2", "%zmm3"}
-    assert sum(paths._is_load(line) for line in loop) == 4        # a vector, two broadcasts, a folded broadcast
-    assert not paths._is_load("        vmovups %zmm1, (%rdi)")      # a store
+    assert sum(paths._is_load(line) for line in loop) == 4  # a vector, two broadcasts, a folded broadcast
+    assert not paths._is_load("        vmovups %zmm1, (%rdi)")  # a store
 
 
 def test_isa_rows_argument():

@@ -19,7 +19,7 @@ def test_fft_blocks_match_one_block(monkeypatch, blocks):
     whole = testbed.conv_transpose2d(x, w, backend="fft", **params)
     problem = testbed.Problem.from_shapes(x.shape, w.shape, **params)
     fft_shape = fft_backend._fft_shape(problem)
-    assert fft_backend._blocks(problem, fft_shape) == (3, 2, fft_shape[1] // 2 + 1)        # one block each
+    assert fft_backend._blocks(problem, fft_shape) == (3, 2, fft_shape[1] // 2 + 1)  # one block each
     monkeypatch.setattr(fft_backend, "_blocks", lambda problem, fft_shape: fft_backend.Blocks(*blocks))
     blocked = testbed.conv_transpose2d(x, w, backend="fft", **params)
     assert_close(blocked, whole, rtol=1e-14)
@@ -27,11 +27,14 @@ def test_fft_blocks_match_one_block(monkeypatch, blocks):
 
 
 @pytest.mark.parametrize("limit_mib", [0, 1, 4])
-@pytest.mark.parametrize("shape", [
-    dict(batch=8, in_channels=64, in_size=(32, 32), out_channels=64, kernel_size=3, stride=2, padding=1),
-    dict(batch=2, in_channels=256, in_size=(16, 16), out_channels=128, kernel_size=4, stride=2, padding=1),
-    dict(batch=4, in_channels=32, in_size=(24, 24), out_channels=32, kernel_size=2, stride=2, groups=4),
-])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(batch=8, in_channels=64, in_size=(32, 32), out_channels=64, kernel_size=3, stride=2, padding=1),
+        dict(batch=2, in_channels=256, in_size=(16, 16), out_channels=128, kernel_size=4, stride=2, padding=1),
+        dict(batch=4, in_channels=32, in_size=(24, 24), out_channels=32, kernel_size=2, stride=2, groups=4),
+    ],
+)
 def test_fft_blocks_hold_at_most_the_workspace_limit(monkeypatch, shape, limit_mib):
     """The blocks chosen keep the modelled peak under Problem.workspace_limit (the model itself is checked
     against measured memory in test_memory_limits)."""
@@ -47,8 +50,9 @@ def test_fft_blocks_hold_at_most_the_workspace_limit(monkeypatch, shape, limit_m
 def test_fft_declines_naming_the_bytes_it_would_need(monkeypatch):
     """Stride 4 spreads one image's 64 channels over 128×128 transforms (about 8.5 MB with one output channel):
     above a workspace limit of twice the 0.3 MB of arrays, fft declines with that size; with 16 MiB it fits."""
-    problem = testbed.Problem(batch=1, in_channels=64, in_size=(32, 32), out_channels=1, kernel_size=3, stride=4,
-                              dtype="float32")
+    problem = testbed.Problem(
+        batch=1, in_channels=64, in_size=(32, 32), out_channels=1, kernel_size=3, stride=4, dtype="float32"
+    )
     need = fft_backend._peak_bytes(problem, fft_backend._fft_shape(problem), fft_backend.Blocks(1, 1, 1))
     monkeypatch.setattr(testbed.problem, "WORKSPACE_BYTES", 0)
     reason = testbed.get_backend("fft").unsupported_reason(problem)
@@ -63,6 +67,7 @@ def test_fft_declines_naming_the_bytes_it_would_need(monkeypatch):
 
 def test_polyphase_phase_subkernels_cover_every_tap_once():
     from testbed.backends.polyphase import phase_subkernels
+
     for kernel, stride, padding, dilation in [(3, 2, 1, 1), (5, 3, 2, 1), (2, 3, 0, 1), (3, 2, 0, 2), (4, 1, 1, 3)]:
         in_len = 6
         out_len = (in_len - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1
@@ -71,10 +76,14 @@ def test_polyphase_phase_subkernels_cover_every_tap_once():
             for k, offset, m_lo, m_hi in taps:
                 for m in range(m_lo, m_hi):
                     o, i = ph + stride * m, m + offset
-                    assert o + padding == i * stride + k * dilation   # the scatter definition's index rule
+                    assert o + padding == i * stride + k * dilation  # the scatter definition's index rule
                     pairs.add((o, k, i))
-        expected = {(i * stride + k * dilation - padding, k, i) for i in range(in_len) for k in range(kernel)
-                    if 0 <= i * stride + k * dilation - padding < out_len}
+        expected = {
+            (i * stride + k * dilation - padding, k, i)
+            for i in range(in_len)
+            for k in range(kernel)
+            if 0 <= i * stride + k * dilation - padding < out_len
+        }
         assert pairs == expected
 
 
@@ -107,4 +116,4 @@ def test_single_threaded_blas_holds_in_every_thread():
         thread.join()
     record("main again")
     assert all(set(counts.values()) == {1} for counts in seen.values()), seen
-    assert blas_threads() == default                                       # restored after each block
+    assert blas_threads() == default  # restored after each block

@@ -25,7 +25,7 @@ def _expected_and_out(impl, x, w, b, params, make_out):
 
 def _check_same(impl, result, expected):
     if impl.deterministic:
-        np.testing.assert_array_equal(result, expected)    # same code path, same summation order
+        np.testing.assert_array_equal(result, expected)  # same code path, same summation order
     else:
         np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
 
@@ -48,7 +48,7 @@ def test_out_receives_the_result(backend, case, dtype):
 def test_out_unbatched_and_non_contiguous(backend):
     params = dict(stride=2, padding=1, output_padding=1)
     x, w, b = call_arrays(1, 3, 4, (4, 5), (3, 3), params, np.float32, bias=True)
-    expected = run_or_skip(backend, x[0], w, b, **params)                    # (C_out, H_out, W_out)
+    expected = run_or_skip(backend, x[0], w, b, **params)  # (C_out, H_out, W_out)
     out = np.full(expected.shape, np.nan, dtype=np.float32)
     assert testbed.conv_transpose2d(x[0], w, b, backend=backend.name, out=out, **params) is out
     _check_same(backend, out, expected)
@@ -73,7 +73,7 @@ def test_numba_cpu_writes_in_place():
     x, w, _ = call_arrays(1, 32, 32, (64, 64), (4, 4), dict(groups=32), np.float32, bias=False)
     params = dict(stride=2, padding=1, groups=32)
     out = np.empty(testbed.output_shape(x.shape, w.shape, **params), np.float32)
-    testbed.conv_transpose2d(x, w, backend="numba_cpu", out=out, **params)        # compile / load first
+    testbed.conv_transpose2d(x, w, backend="numba_cpu", out=out, **params)  # compile / load first
     tracemalloc.start()
     try:
         testbed.conv_transpose2d(x, w, backend="numba_cpu", out=out, **params)
@@ -89,13 +89,17 @@ def arrays():
     return x, w, b, np.empty((2, 4, 6, 6), dtype=np.float32)
 
 
-@pytest.mark.parametrize("make_out, error, match", [
-    (lambda out: out[:, :, :5], ValueError, r"out must have the output's shape \(2, 4, 6, 6\), got \(2, 4, 5, 6\)"),
-    (lambda out: out[0], ValueError, "out must have the output's shape"),
-    (lambda out: out.astype(np.float64), TypeError, "out must have the result's dtype float32, got float64"),
-    (lambda out: out.tolist(), TypeError, "out must be a NumPy array"),
-    (lambda out: np.broadcast_to(out, out.shape), ValueError, "out must be writable"),
-], ids=["shape", "rank", "dtype", "list", "read-only"])
+@pytest.mark.parametrize(
+    "make_out, error, match",
+    [
+        (lambda out: out[:, :, :5], ValueError, r"out must have the output's shape \(2, 4, 6, 6\), got \(2, 4, 5, 6\)"),
+        (lambda out: out[0], ValueError, "out must have the output's shape"),
+        (lambda out: out.astype(np.float64), TypeError, "out must have the result's dtype float32, got float64"),
+        (lambda out: out.tolist(), TypeError, "out must be a NumPy array"),
+        (lambda out: np.broadcast_to(out, out.shape), ValueError, "out must be writable"),
+    ],
+    ids=["shape", "rank", "dtype", "list", "read-only"],
+)
 def test_bad_out_is_rejected(arrays, make_out, error, match):
     x, w, b, out = arrays
     with pytest.raises(error, match=match):
@@ -111,7 +115,7 @@ def test_out_overlapping_an_operand_is_rejected():
     bias, out = storage[:2], storage[2:34].reshape(1, 2, 4, 4)
     with pytest.raises(ValueError, match="out must not share memory with bias"):
         testbed.conv_transpose2d(x, w, storage[:2], backend="naive", out=storage[1:33].reshape(1, 2, 4, 4))
-    testbed.conv_transpose2d(x, w, bias, backend="naive", out=out)           # adjacent, not overlapping: fine
+    testbed.conv_transpose2d(x, w, bias, backend="naive", out=out)  # adjacent, not overlapping: fine
     np.testing.assert_allclose(out, testbed.conv_transpose2d(x, w, bias, backend="naive"))
 
 

@@ -29,8 +29,9 @@ def _arrays(batch=2):
 def test_device_out_receives_the_result(name):
     x, w, b, reference = _arrays()
     out = cuda.to_device(np.full(reference.shape, np.nan, dtype=np.float32))
-    result = testbed.conv_transpose2d(cuda.to_device(x), cuda.to_device(w), cuda.to_device(b), backend=name,
-                                      out=out, **PARAMS)
+    result = testbed.conv_transpose2d(
+        cuda.to_device(x), cuda.to_device(w), cuda.to_device(b), backend=name, out=out, **PARAMS
+    )
     assert result is out
     assert relative_error(out.copy_to_host(), reference) < TOLERANCES[np.dtype(np.float32)]
 
@@ -39,10 +40,11 @@ def test_device_out_receives_the_result(name):
 def test_unbatched_device_out_and_host_out(name):
     x, w, b, reference = _arrays(batch=1)
     out = cuda.to_device(np.full(reference.shape[1:], np.nan, dtype=np.float32))
-    testbed.conv_transpose2d(cuda.to_device(x[0]), cuda.to_device(w), cuda.to_device(b), backend=name, out=out,
-                             **PARAMS)
+    testbed.conv_transpose2d(
+        cuda.to_device(x[0]), cuda.to_device(w), cuda.to_device(b), backend=name, out=out, **PARAMS
+    )
     assert relative_error(out.copy_to_host(), reference[0]) < TOLERANCES[np.dtype(np.float32)]
-    host_out = np.full(reference.shape, np.nan, dtype=np.float32)      # host arrays: copied back into out
+    host_out = np.full(reference.shape, np.nan, dtype=np.float32)  # host arrays: copied back into out
     assert testbed.conv_transpose2d(x, w, b, backend=name, out=host_out, **PARAMS) is host_out
     assert relative_error(host_out, reference) < TOLERANCES[np.dtype(np.float32)]
 
@@ -54,10 +56,11 @@ def test_device_out_must_match_the_input_device_and_not_overlap():
     with pytest.raises(TypeError, match="out must be a CUDA device array"):
         testbed.conv_transpose2d(d_x, d_w, d_b, backend=name, out=np.empty(reference.shape, np.float32), **PARAMS)
     with pytest.raises(TypeError, match="out must be a NumPy array"):
-        testbed.conv_transpose2d(x, w, b, backend=name, out=cuda.to_device(np.empty(reference.shape, np.float32)),
-                                 **PARAMS)
+        testbed.conv_transpose2d(
+            x, w, b, backend=name, out=cuda.to_device(np.empty(reference.shape, np.float32)), **PARAMS
+        )
     with pytest.raises(ValueError, match="out must have the output's shape"):
         testbed.conv_transpose2d(d_x, d_w, d_b, backend=name, out=cuda.device_array((1, 2), np.float32), **PARAMS)
-    square = cuda.to_device(np.ones((1, 2, 3, 3), np.float32))      # k1 s1, C_in == C_out: out could be x
+    square = cuda.to_device(np.ones((1, 2, 3, 3), np.float32))  # k1 s1, C_in == C_out: out could be x
     with pytest.raises(ValueError, match="out must not share memory with input"):
         testbed.conv_transpose2d(square, cuda.to_device(np.ones((2, 2, 1, 1), np.float32)), backend=name, out=square)

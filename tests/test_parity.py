@@ -79,7 +79,7 @@ def test_batch_sizes_and_unbatched(backend, batch):
     y = run_or_skip(backend, x, w, b, **params)
     assert y.shape == testbed.output_shape(x.shape, w.shape, **params) and y.dtype == np.float64
     for image in range(batch):
-        alone = run_or_skip(backend, x[image], w, b, **params)      # unbatched (C_in, H, W)
+        alone = run_or_skip(backend, x[image], w, b, **params)  # unbatched (C_in, H, W)
         assert alone.shape == y.shape[1:]
         assert_close(alone, y[image])
 
@@ -88,7 +88,7 @@ def test_noncontiguous_and_readonly_inputs(backend):
     """Strided, Fortran-ordered and read-only inputs give the result of their contiguous copies."""
     rng = np.random.default_rng(1)
     base = rng.standard_normal((2, 6, 10, 9))
-    x = base[:, ::2, ::2, 1:]                              # strided view, not contiguous
+    x = base[:, ::2, ::2, 1:]  # strided view, not contiguous
     w = np.asfortranarray(rng.standard_normal((3, 2, 3, 3)))
     b = rng.standard_normal(2)
     for a in (base, w, b):

@@ -26,13 +26,23 @@ DEVICE_ROW = preference.preference_table().orders[preference.DEVICE]
 FEW = TimingSettings(warmup=0, min_repeats=3, max_repeats=3, budget_s=0.0, min_sample_s=0.0)
 #: A U-Net-like up-convolution (class nonoverlapping) and a decoder one (class general), small.
 UP = {"x": np.zeros((1, 8, 6, 6), np.float32), "w": np.zeros((8, 4, 2, 2), np.float32), "kwargs": {"stride": 2}}
-DEC = {"x": np.zeros((1, 4, 5, 5), np.float32), "w": np.zeros((4, 3, 3, 3), np.float32),
-       "kwargs": {"stride": 2, "padding": 1, "output_padding": 1}}
+DEC = {
+    "x": np.zeros((1, 4, 5, 5), np.float32),
+    "w": np.zeros((4, 3, 3, 3), np.float32),
+    "kwargs": {"stride": 2, "padding": 1, "output_padding": 1},
+}
 
 
 def problem_of(case) -> Problem:
-    return planner._call_problem(case["x"], case["w"], None, groups=1, dilation=1, output_size=None,
-                                 **{"stride": 1, "padding": 0, "output_padding": 0, **case["kwargs"]})[0]
+    return planner._call_problem(
+        case["x"],
+        case["w"],
+        None,
+        groups=1,
+        dilation=1,
+        output_size=None,
+        **{"stride": 1, "padding": 0, "output_padding": 0, **case["kwargs"]},
+    )[0]
 
 
 #: Every test against its own wisdom file (the ``wisdom_file`` fixture of tests/conftest.py).
@@ -40,6 +50,7 @@ pytestmark = pytest.mark.usefixtures("wisdom_file")
 
 
 # ---- planner modes ---------------------------------------------------------------------------------------------
+
 
 def test_planner_mode_default_env_and_context_manager(monkeypatch):
     assert testbed.get_planner().mode == "estimate"
@@ -50,11 +61,12 @@ def test_planner_mode_default_env_and_context_manager(monkeypatch):
         with testbed.set_planner("measure", isolation="inline"):
             assert testbed.get_planner().isolation == "inline"
         assert testbed.get_planner() is config
-    assert testbed.get_planner().mode == "measure"            # the environment again
+    assert testbed.get_planner().mode == "measure"  # the environment again
 
-    def plain_call():                                          # a plain call sets the mode for its context
+    def plain_call():  # a plain call sets the mode for its context
         testbed.set_planner("estimate")
         return testbed.get_planner().mode
+
     assert contextvars.copy_context().run(plain_call) == "estimate"
     assert testbed.get_planner().mode == "measure"
 
@@ -90,9 +102,16 @@ def test_planner_mode_is_local_to_a_thread():
 
 # ---- tune ------------------------------------------------------------------------------------------------------
 
+
 def test_tune_picks_the_fastest_fake_and_cuts_the_slow_one(wisdom_file):
-    result = testbed.tune(UP["x"], UP["w"], candidates=[fakes.FAST, fakes.MEDIUM, fakes.SLOW], isolation="inline",
-                          settings=FEW, **UP["kwargs"])
+    result = testbed.tune(
+        UP["x"],
+        UP["w"],
+        candidates=[fakes.FAST, fakes.MEDIUM, fakes.SLOW],
+        isolation="inline",
+        settings=FEW,
+        **UP["kwargs"],
+    )
     assert result.winner == "fake_fast"
     fast, slow = result.timing("fake_fast"), result.timing("fake_slow")
     assert fast.status == "ok" and fast.repeats == 3 and fast.ratio == 1.0
@@ -108,8 +127,15 @@ def test_tune_picks_the_fastest_fake_and_cuts_the_slow_one(wisdom_file):
 
 
 def test_tune_in_worker_processes_and_without_storing(wisdom_file):
-    result = testbed.tune(UP["x"], UP["w"], candidates=[fakes.MEDIUM, fakes.FAST], isolation="process",
-                          settings=FEW, store=False, **UP["kwargs"])
+    result = testbed.tune(
+        UP["x"],
+        UP["w"],
+        candidates=[fakes.MEDIUM, fakes.FAST],
+        isolation="process",
+        settings=FEW,
+        store=False,
+        **UP["kwargs"],
+    )
     assert [c.status for c in result.candidates] == ["ok", "ok"], result
     assert result.winner == "fake_fast" and result.timing("fake_medium").ratio > 1
     assert result.stored is None and not wisdom_file.exists()
@@ -117,8 +143,15 @@ def test_tune_in_worker_processes_and_without_storing(wisdom_file):
 
 
 def test_tune_in_rounds_pools_each_candidates_fresh_workers(wisdom_file):
-    result = testbed.tune(UP["x"], UP["w"], candidates=[fakes.MEDIUM, fakes.FAST], isolation="process",
-                          settings=replace(FEW, rounds=2), store=False, **UP["kwargs"])
+    result = testbed.tune(
+        UP["x"],
+        UP["w"],
+        candidates=[fakes.MEDIUM, fakes.FAST],
+        isolation="process",
+        settings=replace(FEW, rounds=2),
+        store=False,
+        **UP["kwargs"],
+    )
     assert result.winner == "fake_fast"
     assert [c.repeats for c in result.candidates] == [2 * FEW.min_repeats] * 2
     assert all(len(c.samples_s) == 2 * FEW.min_repeats for c in result.candidates)
@@ -134,7 +167,7 @@ def test_default_candidates_follow_the_rule_and_leave_out_the_references():
     assert status["naive"] == "excluded" and status["kron"] == "unsupported"
     # explicitly named, a reference backend is timed
     timed, _ = planner._candidates(problem, False, ["naive", "col2im"])
-    assert [b.name for b in timed] == ["col2im", "naive"]                 # in the class row's order
+    assert [b.name for b in timed] == ["col2im", "naive"]  # in the class row's order
 
 
 def test_tune_validates_like_the_call():
@@ -165,10 +198,11 @@ def test_measure_mode_times_the_first_call_only_and_stores_the_winner(monkeypatc
     np.testing.assert_array_equal(y, y_again)
     assert why.reason == "wisdom" and why.backend in ("col2im", "kron", "polyphase")
     assert why.wisdom["source"] == "measure" and set(why.measured_s) <= {"col2im", "kron", "polyphase"}
-    assert testbed.explain(x, w, stride=2).reason == "wisdom"     # estimate mode applies the wisdom too
+    assert testbed.explain(x, w, stride=2).reason == "wisdom"  # estimate mode applies the wisdom too
 
 
 # ---- wisdom storage --------------------------------------------------------------------------------------------
+
 
 def _record(problem, backend="col2im", **extra):
     return wisdom.record(problem, "cpu", {"backend": backend, "median_s": {backend: 1e-3}, **extra})
@@ -198,23 +232,32 @@ def test_wisdom_round_trip_export_forget_import(tmp_path, wisdom_file):
 def test_two_processes_writing_at_once_lose_nothing(wisdom_file):
     context = multiprocessing.get_context("spawn")
     count = 25
-    processes = [context.Process(target=fakes.write_entries, args=(wisdom_file, first, count, backend))
-                 for first, backend in ((1, "col2im"), (1001, "polyphase"))]
+    processes = [
+        context.Process(target=fakes.write_entries, args=(wisdom_file, first, count, backend))
+        for first, backend in ((1, "col2im"), (1001, "polyphase"))
+    ]
     for process in processes:
         process.start()
     for process in processes:
         process.join(120)
         assert process.exitcode == 0
-    data = json.loads(wisdom_file.read_text())                   # valid JSON
-    entries = wisdom.load_entries()                               # the children share this machine's fingerprint
+    data = json.loads(wisdom_file.read_text())  # valid JSON
+    entries = wisdom.load_entries()  # the children share this machine's fingerprint
     assert len(entries) == 2 * count and len(data["machines"]) == 1
     assert {e["backend"] for e in entries.values()} == {"col2im", "polyphase"}
     assert not [p for p in wisdom_file.parent.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("content", ["{\"format\": \"testbed-wisdom\", \"vers", "\x00\xff garbage",
-                                     "{\"format\": \"someone-else\"}", "[]",
-                                     "{\"format\": \"testbed-wisdom\", \"version\": \"x\", \"machines\": {}}"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"format": "testbed-wisdom", "vers',
+        "\x00\xff garbage",
+        '{"format": "someone-else"}',
+        "[]",
+        '{"format": "testbed-wisdom", "version": "x", "machines": {}}',
+    ],
+)
 def test_a_corrupted_or_foreign_file_warns_once_and_is_ignored(wisdom_file, content):
     wisdom_file.write_bytes(content.encode("latin-1"))
     with pytest.warns(wisdom.WisdomWarning, match="ignoring the wisdom file") as caught:
@@ -222,7 +265,7 @@ def test_a_corrupted_or_foreign_file_warns_once_and_is_ignored(wisdom_file, cont
             assert testbed.explain(UP["x"], UP["w"], **UP["kwargs"]).reason == "rule"
             testbed.conv_transpose2d(UP["x"], UP["w"], **UP["kwargs"])
     assert len(caught) == 1
-    with warnings.catch_warnings(record=True) as later:            # writing moves the bad file aside
+    with warnings.catch_warnings(record=True) as later:  # writing moves the bad file aside
         warnings.simplefilter("always")
         _record(problem_of(UP))
     assert [str(w.message) for w in later if "moved aside" in str(w.message)]
@@ -244,14 +287,14 @@ def test_wisdom_of_another_machine_is_not_applied(monkeypatch, tmp_path, wisdom_
     assert testbed.export_wisdom(tmp_path / "both.json") == 2
     monkeypatch.undo()
     monkeypatch.setenv("TESTBED_WISDOM", str(tmp_path / "fresh.json"))
-    assert testbed.import_wisdom(tmp_path / "both.json") == 1      # one entry applies here
+    assert testbed.import_wisdom(tmp_path / "both.json") == 1  # one entry applies here
     assert wisdom.lookup(up)["backend"] == "col2im"
 
 
 def test_an_unwritable_wisdom_file_keeps_decisions_in_memory(monkeypatch, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    monkeypatch.setenv("TESTBED_WISDOM", str(blocker / "wisdom.json"))   # its directory cannot be created
+    monkeypatch.setenv("TESTBED_WISDOM", str(blocker / "wisdom.json"))  # its directory cannot be created
     with pytest.warns(wisdom.WisdomWarning, match="in memory"):
         _record(problem_of(UP), "polyphase")
     assert wisdom.lookup(problem_of(UP))["backend"] == "polyphase"
@@ -263,13 +306,14 @@ def test_an_unwritable_wisdom_file_keeps_decisions_in_memory(monkeypatch, tmp_pa
 
 # ---- explain ---------------------------------------------------------------------------------------------------
 
+
 def test_explain_rule_and_wisdom():
     dec = problem_of(DEC)
     why = testbed.explain(DEC["x"], DEC["w"], **DEC["kwargs"])
     assert why.reason == "rule" and why.problem_class == preference.problem_class(dec) == "general"
     assert why.table_row == preference.preference_table().orders["general"]
     assert why.backend == planner.choose_backend(dec).name
-    assert why.table_row.index(why.backend) == len(why.skipped)       # earlier entries were passed over, with why
+    assert why.table_row.index(why.backend) == len(why.skipped)  # earlier entries were passed over, with why
     assert "reason: rule" in str(why) and "class 'general'" in str(why)
     _record(dec, "polyphase", source="tune", isolation="process")
     why = testbed.explain(DEC["x"], DEC["w"], **DEC["kwargs"])
@@ -299,7 +343,7 @@ def test_explain_names_the_isa_row_whose_table_answered(monkeypatch):
 
 def test_explain_ignores_wisdom_that_cannot_run_the_problem():
     dec = problem_of(DEC)
-    _record(dec, "kron")                                              # kron needs stride == kernel
+    _record(dec, "kron")  # kron needs stride == kernel
     why = testbed.explain(DEC["x"], DEC["w"], **DEC["kwargs"])
     assert why.reason == "rule" and "kron" in why.note and "unsupported" in why.note
     assert planner.choose_backend(dec).name == why.backend != "kron"
@@ -310,8 +354,12 @@ class FakeDeviceArray:
 
     def __init__(self, array):
         self.shape, self.dtype = array.shape, array.dtype
-        self.__cuda_array_interface__ = {"shape": array.shape, "typestr": array.dtype.str, "data": (0, False),
-                                         "version": 3}
+        self.__cuda_array_interface__ = {
+            "shape": array.shape,
+            "typestr": array.dtype.str,
+            "data": (0, False),
+            "version": 3,
+        }
 
 
 def test_explain_device_arrays(monkeypatch):
@@ -336,8 +384,10 @@ def test_explain_simulator_device_arrays():
 
 # ---- auto never raises UnsupportedConfiguration ------------------------------------------------------------------
 
-@settings(max_examples=20, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(st.data())
 def test_auto_runs_every_valid_problem_whatever_the_wisdom(data):
     groups = data.draw(st.sampled_from([1, 2]), "groups")
@@ -348,33 +398,60 @@ def test_auto_runs_every_valid_problem_whatever_the_wisdom(data):
     padding = data.draw(st.integers(0, 1), "padding")
     size = data.draw(st.integers(2, 5), "size")
     try:
-        problem = Problem(batch=1, in_channels=2 * groups, in_size=size, out_channels=2 * groups, kernel_size=kernel,
-                          stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
-                          groups=groups, dtype=np.float64)
+        problem = Problem(
+            batch=1,
+            in_channels=2 * groups,
+            in_size=size,
+            out_channels=2 * groups,
+            kernel_size=kernel,
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+            dilation=dilation,
+            groups=groups,
+            dtype=np.float64,
+        )
     except ValueError:
-        return                                                       # not a valid configuration
+        return  # not a valid configuration
     stale = data.draw(st.sampled_from([None, "kron", "naive", "fake_gone"]), "wisdom")
     if stale:
         _record(problem, stale)
     x, w, _ = problem.random_arrays(1)
-    kwargs = {"stride": stride, "padding": padding, "output_padding": output_padding, "dilation": dilation,
-              "groups": groups}
+    kwargs = {
+        "stride": stride,
+        "padding": padding,
+        "output_padding": output_padding,
+        "dilation": dilation,
+        "groups": groups,
+    }
     why = testbed.explain(x, w, **kwargs)
     assert testbed.get_backend(why.backend).supports(problem)
-    y = testbed.conv_transpose2d(x, w, **kwargs)                       # never UnsupportedConfiguration
+    y = testbed.conv_transpose2d(x, w, **kwargs)  # never UnsupportedConfiguration
     np.testing.assert_allclose(y, testbed.conv_transpose2d(x, w, backend="naive", **kwargs), rtol=1e-10, atol=1e-10)
     testbed.forget_wisdom()
 
 
 # ---- the experiment --------------------------------------------------------------------------------------------
 
+
 def test_tune_experiment_quick(tmp_path, wisdom_file):
     from experiments import tune as tune_experiment
 
     table = tmp_path / "preference.json"
-    run_dir = tune_experiment.main(["--quick", "--no-progress", "--isolation", "inline", "--backends",
-                                    "col2im,kron,polyphase", "--out", str(tmp_path / "run"), "--write-table",
-                                    str(table)])
+    run_dir = tune_experiment.main(
+        [
+            "--quick",
+            "--no-progress",
+            "--isolation",
+            "inline",
+            "--backends",
+            "col2im,kron,polyphase",
+            "--out",
+            str(tmp_path / "run"),
+            "--write-table",
+            str(table),
+        ]
+    )
     report = (run_dir / "report.md").read_text()
     assert "auto after tuning" in report and "auto / winner" in report and "within 5 %" in report
     written = json.loads(table.read_text())

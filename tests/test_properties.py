@@ -37,21 +37,33 @@ def problems(draw):
     output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
     try:
         problem = testbed.Problem(
-            batch=draw(st.integers(1, 2)), in_channels=groups * draw(st.integers(1, 3)),
-            in_size=draw(pairs(1, 5)), out_channels=groups * draw(st.integers(1, 3)), kernel_size=kernel,
-            stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups,
-            dtype=draw(st.sampled_from([np.float32, np.float64])), has_bias=draw(st.booleans()))
+            batch=draw(st.integers(1, 2)),
+            in_channels=groups * draw(st.integers(1, 3)),
+            in_size=draw(pairs(1, 5)),
+            out_channels=groups * draw(st.integers(1, 3)),
+            kernel_size=kernel,
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+            dilation=dilation,
+            groups=groups,
+            dtype=draw(st.sampled_from([np.float32, np.float64])),
+            has_bias=draw(st.booleans()),
+        )
     except ValueError:
         assume(False)
     return problem
 
 
 @pytest.mark.reference_backends("naive")
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
 @given(problem=problems(), seed=st.integers(0, 2**32 - 1))
 def test_random_configurations_match_oracle(backend, problem, seed):
-    assume(backend.supports(problem))        # declared limits only: an undeclared refusal fails the test
+    assume(backend.supports(problem))  # declared limits only: an undeclared refusal fails the test
     x, w, b = problem.random_arrays(seed)
     y = testbed.conv_transpose2d(x, w, b, backend=backend.name, **call_kwargs(problem))
     assert y.shape == problem.output_shape
@@ -65,8 +77,11 @@ def test_auto_supports_every_random_configuration(problem):
 
 
 ADJOINT_PARAMS = [
-    dict(stride=2), dict(stride=2, padding=1, output_padding=1), dict(stride=(2, 3), padding=(0, 2), dilation=(1, 2)),
-    dict(stride=3, padding=1, output_padding=2, groups=2), dict(stride=1, padding=2, dilation=2, groups=4),
+    dict(stride=2),
+    dict(stride=2, padding=1, output_padding=1),
+    dict(stride=(2, 3), padding=(0, 2), dilation=(1, 2)),
+    dict(stride=3, padding=1, output_padding=2, groups=2),
+    dict(stride=1, padding=2, dilation=2, groups=4),
 ]
 ADJOINT_IDS = ["k2s2", "s2p1op1", "asym_dil", "s3_groups", "depthwise_dil"]
 
@@ -114,7 +129,7 @@ def test_seed_blocks_are_kernel_times_pixel_bitwise(backend, n, dtype):
     else:
         for i in range(2):
             for j in range(3):
-                block = y[0, 0, n * i:n * (i + 1), n * j:n * (j + 1)]
+                block = y[0, 0, n * i : n * (i + 1), n * j : n * (j + 1)]
                 assert np.array_equal(block, w[0, 0] * x[0, 0, i, j]), (i, j)
 
 
@@ -136,7 +151,7 @@ def test_groups_are_concatenated_independent_convolutions(backend):
     w = rng.standard_normal((6, 2, 3, 2))
     params = dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2))
     y = run_or_skip(backend, x, w, groups=3, **params)
-    parts = [run_or_skip(backend, x[:, 2 * g:2 * g + 2], w[2 * g:2 * g + 2], **params) for g in range(3)]
+    parts = [run_or_skip(backend, x[:, 2 * g : 2 * g + 2], w[2 * g : 2 * g + 2], **params) for g in range(3)]
     assert_close(y, np.concatenate(parts, axis=1))
 
 
@@ -182,8 +197,9 @@ def test_output_size_picks_torchs_output_padding(stride, padding, dilation):
             size = (smallest[0] + extra_h, smallest[1] + extra_w)
             expected = module(torch.from_numpy(x), output_size=size).detach().numpy()
             for request in (size, (1, 3, *size)):
-                y = testbed.conv_transpose2d(x, w, stride=stride, padding=padding, dilation=dilation,
-                                             output_size=request, backend="naive")
+                y = testbed.conv_transpose2d(
+                    x, w, stride=stride, padding=padding, dilation=dilation, output_size=request, backend="naive"
+                )
                 assert_close(y, expected)
 
 

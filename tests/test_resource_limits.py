@@ -95,14 +95,16 @@ RESOURCE_CHILD = """
 
 @pytest.fixture(scope="module")
 def resource_results():
-    code = RESOURCE_CHILD.format(shapes=repr(SHAPES), budget=ADDRESS_SPACE_BUDGET, workspace=CHILD_WORKSPACE,
-                                 backends=repr(HOST_BACKENDS))
+    code = RESOURCE_CHILD.format(
+        shapes=repr(SHAPES), budget=ADDRESS_SPACE_BUDGET, workspace=CHILD_WORKSPACE, backends=repr(HOST_BACKENDS)
+    )
     return json.loads(check(run_python(code, timeout=400)).strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("case", SHAPES)
-@pytest.mark.parametrize("name", [*HOST_BACKENDS, "numba_cpu:direct", "numba_cpu:gemm_col2im",
-                                  "numba_cpu:blocked_direct"])
+@pytest.mark.parametrize(
+    "name", [*HOST_BACKENDS, "numba_cpu:direct", "numba_cpu:gemm_col2im", "numba_cpu:blocked_direct"]
+)
 def test_resources_follow_the_work(resource_results, name, case):
     """Under an address-space limit of 768 MiB above the warmed-up process, each backend answers correctly or
     declines naming the size it would need; before, naive/col2im/fft asked for TiB (a), numba_cpu sized a
@@ -115,7 +117,7 @@ def test_resources_follow_the_work(resource_results, name, case):
         pytest.skip(f"{name} is not available here")
     outcome, detail, _seconds = resource_results[key]
     if outcome == "declined":
-        assert name in ("fft", "kron", "torch"), detail          # the others compute every configuration
+        assert name in ("fft", "kron", "torch"), detail  # the others compute every configuration
         assert "bytes" in detail or "stride" in detail or "32-bit" in detail, detail
     else:
         assert outcome == "ok", detail

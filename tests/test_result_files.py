@@ -24,6 +24,7 @@ from testbed.problem import Problem
 
 # ---- write errors are one line ---------------------------------------------------------------------------
 
+
 def disk_full_after(monkeypatch, calls: int):
     """``os.fsync`` fails with ENOSPC from its ``calls + 1``-th call on."""
     real, count = os.fsync, []
@@ -52,12 +53,12 @@ def test_disk_full_while_starting_is_one_line_naming_meta_json(tmp_path, monkeyp
 
 def test_disk_full_during_the_sweep_keeps_the_rows_before_it(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    disk_full_after(monkeypatch, 3)                          # meta.json, two rows, then the third row's fsync
+    disk_full_after(monkeypatch, 3)  # meta.json, two rows, then the third row's fsync
     with pytest.raises(ResultsNotWritten) as info:
         seed_run(out)
     assert "rows.jsonl" in one_line(info.value) and "[ENOSPC]" in str(info.value)
     monkeypatch.undo()
-    assert not (out / "results.csv").exists()               # its write failed too; the first error is reported
+    assert not (out / "results.csv").exists()  # its write failed too; the first error is reported
     assert len(RowLog(out / "rows.jsonl").read()) == 3 and no_temporary_files(out) and lockable(out)
     seed_run(out, "--resume")
     assert len(pd.read_csv(out / "results.csv")) == 4
@@ -70,7 +71,7 @@ def test_a_read_only_directory_is_one_line(tmp_path, monkeypatch, code):
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(os, "open", refuse)                  # the lock file
+    monkeypatch.setattr(os, "open", refuse)  # the lock file
     with pytest.raises(ResultsNotWritten, match=f"{RunLock.FILENAME}: .*\\[{errno.errorcode[code]}\\]") as info:
         seed_run(out, "--resume")
     one_line(info.value)
@@ -104,24 +105,37 @@ def test_a_run_directory_removed_during_the_run_is_one_line(tmp_path):
     with pytest.raises(ResultsNotWritten, match=f"the directory {out} does not exist") as info:
         run_sweep(cells, remove_the_directory, out, progress=False)
     one_line(info.value)
-    assert not out.exists()                                  # not silently recreated
+    assert not out.exists()  # not silently recreated
 
 
 def test_write_errors_on_the_command_line_are_one_line_without_traceback(tmp_path):
     run = seed_run(tmp_path / "run")
     target = tmp_path / "missing" / "compare.md"
-    cli = subprocess.run([sys.executable, "-m", "experiments.report", str(run), str(run), "--out", str(target)],
-                         cwd=PROJECT_ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    cli = subprocess.run(
+        [sys.executable, "-m", "experiments.report", str(run), str(run), "--out", str(target)],
+        cwd=PROJECT_ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 1 and "Traceback" not in cli.stderr, cli.stderr
     assert cli.stderr.strip() == f"cannot write {target}: the directory {target.parent} does not exist [ENOENT]"
     (tmp_path / "file").write_text("")
-    cli = subprocess.run([sys.executable, "-m", "experiments.seed", *SEED_RUN, "--out", str(tmp_path / "file" / "x")],
-                         cwd=PROJECT_ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    cli = subprocess.run(
+        [sys.executable, "-m", "experiments.seed", *SEED_RUN, "--out", str(tmp_path / "file" / "x")],
+        cwd=PROJECT_ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 1 and "Traceback" not in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
     assert str(tmp_path / "file" / "x") in cli.stderr
 
 
 # ---- file modes follow the umask -------------------------------------------------------------------------
+
 
 @pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
 def umask(request):

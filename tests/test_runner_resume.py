@@ -24,7 +24,7 @@ def test_a_run_refused_because_out_holds_rows_writes_nothing(tmp_path, module):
     with pytest.raises(RunRefused, match=r"already holds a run \(meta\.json, 1 rows in rows\.jsonl\).*--resume"):
         module.main(["--quick", "--no-progress", "--out", str(out)])
     assert snapshot(out) == before
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "rows.jsonl"]     # no lock file left either
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "rows.jsonl"]  # no lock file left either
     assert lockable(out)
 
 
@@ -38,19 +38,35 @@ def test_the_main_job_is_refused_when_only_a_part_holds_rows(tmp_path):
     assert snapshot(tmp_path / "run") == before
 
 
-@pytest.mark.parametrize("module, first, then, named", [
-    (seed, ["--seed", "0"], ["--seed", "1"], "--seed: run 0, this command 1"),
-    (seed, [], ["--dtypes", "float64"], "--dtypes: run float32, this command float64"),
-    (seed, [], ["--backends", "naive,col2im"], "--backends: run naive, this command naive,col2im"),
-    (correctness, ["--dtypes", "float64"], ["--dtypes", "float64", "--fill", "int"],
-     "--fill: run normal, this command int"),
-    (speed, ["--budget", "0.01"], ["--budget", "0.02"], "--budget: run 0.01, this command 0.02"),
-    (speed, ["--budget", "0.01"], ["--budget", "0.01", "--suite", "decoder"],
-     "--suite: run default, this command decoder"),
-    (speed, ["--budget", "0.01"], ["--budget", "0.01", "--exclude", "none"],
-     "--exclude: run unet:naive,unet:fft, this command none"),
-    (checkerboard, ["--size", "4"], ["--size", "5"], "--size: run 4, this command 5"),
-], ids=["seed", "dtypes", "backends", "fill", "budget", "suite", "exclude", "size"])
+@pytest.mark.parametrize(
+    "module, first, then, named",
+    [
+        (seed, ["--seed", "0"], ["--seed", "1"], "--seed: run 0, this command 1"),
+        (seed, [], ["--dtypes", "float64"], "--dtypes: run float32, this command float64"),
+        (seed, [], ["--backends", "naive,col2im"], "--backends: run naive, this command naive,col2im"),
+        (
+            correctness,
+            ["--dtypes", "float64"],
+            ["--dtypes", "float64", "--fill", "int"],
+            "--fill: run normal, this command int",
+        ),
+        (speed, ["--budget", "0.01"], ["--budget", "0.02"], "--budget: run 0.01, this command 0.02"),
+        (
+            speed,
+            ["--budget", "0.01"],
+            ["--budget", "0.01", "--suite", "decoder"],
+            "--suite: run default, this command decoder",
+        ),
+        (
+            speed,
+            ["--budget", "0.01"],
+            ["--budget", "0.01", "--exclude", "none"],
+            "--exclude: run unet:naive,unet:fft, this command none",
+        ),
+        (checkerboard, ["--size", "4"], ["--size", "5"], "--size: run 4, this command 5"),
+    ],
+    ids=["seed", "dtypes", "backends", "fill", "budget", "suite", "exclude", "size"],
+)
 def test_resume_refuses_other_arguments_naming_them_and_writes_nothing(tmp_path, module, first, then, named):
     out = tmp_path / "run"
     module.main([*SEED_RUN, *first, "--out", str(out)])
@@ -73,8 +89,8 @@ def test_resume_names_every_differing_argument_and_quick(tmp_path):
 def test_resume_with_the_same_arguments_completes_and_records_the_resume(tmp_path):
     out = seed_run(tmp_path / "run")
     rows = (out / "rows.jsonl").read_text()
-    seed.main([*SEED_RUN, "--out", str(out), "--resume", "--seed", "0"])    # the default, spelled out
-    assert (out / "rows.jsonl").read_text() == rows                          # nothing left to compute
+    seed.main([*SEED_RUN, "--out", str(out), "--resume", "--seed", "0"])  # the default, spelled out
+    assert (out / "rows.jsonl").read_text() == rows  # nothing left to compute
     assert len(json.loads((out / "meta.json").read_text())["resumed"]) == 1
 
 

@@ -33,9 +33,12 @@ def run_every_cpu_backend(read_only=False):
 def thread_state():
     from threadpoolctl import threadpool_info
 
-    state = {"pools": {(p["filepath"], p["user_api"]): p["num_threads"] for p in threadpool_info()},
-             "scipy.fft workers": scipy.fft.get_workers()}
+    state = {
+        "pools": {(p["filepath"], p["user_api"]): p["num_threads"] for p in threadpool_info()},
+        "scipy.fft workers": scipy.fft.get_workers(),
+    }
     import numba
+
     state["numba"] = numba.get_num_threads()
     try:
         import torch
@@ -97,6 +100,7 @@ def test_fft_follows_scipy_set_workers(monkeypatch):
         def wrapper(*args, **kwargs):
             seen.append((kwargs.get("workers"), scipy.fft.get_workers()))
             return function(*args, **kwargs)
+
         return wrapper
 
     for name in ("rfft2", "ifft", "irfft"):

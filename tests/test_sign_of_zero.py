@@ -8,7 +8,11 @@ from helpers import run_or_skip
 from reference import torch_conv_transpose2d
 
 ZERO_CASES = [  # (C_in, C_out, groups, kernel, stride, padding): every numba_cpu path, outputs no tap reaches
-    (1, 1, 1, 2, 2, 0), (4, 4, 1, 2, 2, 0), (8, 8, 1, 1, 5, 2), (4, 8, 1, 3, 2, 1), (4, 4, 4, 3, 1, 0),
+    (1, 1, 1, 2, 2, 0),
+    (4, 4, 1, 2, 2, 0),
+    (8, 8, 1, 1, 5, 2),
+    (4, 8, 1, 3, 2, 1),
+    (4, 4, 4, 3, 1, 0),
 ]
 
 

@@ -37,13 +37,13 @@ def test_inline_timing_inherits_process_state_and_process_isolation_does_not(mon
     jobs = [TimingJob(SMALL, fakes.POLLUTER), TimingJob(SMALL, fakes.VICTIM)]
     inline = time_jobs(jobs, FEW, isolation="inline")
     assert [row["status"] for row in inline] == ["ok", "ok"]
-    assert inline[1]["median_s"] >= fakes.VICTIM_DELAY_S            # slowed by what ran before it
+    assert inline[1]["median_s"] >= fakes.VICTIM_DELAY_S  # slowed by what ran before it
     monkeypatch.setattr(fakes, "POLLUTED", False)
     interleaved = time_jobs(jobs, FEW, isolation="interleaved")
-    assert interleaved[1]["median_s"] >= fakes.VICTIM_DELAY_S       # one process: the state is shared
+    assert interleaved[1]["median_s"] >= fakes.VICTIM_DELAY_S  # one process: the state is shared
     isolated = time_jobs(jobs, FEW, isolation="process")
     assert [row["status"] for row in isolated] == ["ok", "ok"], isolated
-    assert isolated[1]["median_s"] < fakes.VICTIM_DELAY_S / 2      # a fresh process: no pollution
+    assert isolated[1]["median_s"] < fakes.VICTIM_DELAY_S / 2  # a fresh process: no pollution
     for rows, mode in ((inline, "inline"), (interleaved, "interleaved"), (isolated, "process")):
         assert {row["isolation"] for row in rows} == {mode}
         assert [row["backend"] for row in rows] == ["fake_polluter", "fake_victim"]
@@ -61,8 +61,9 @@ def test_fresh_64mb_result_faults_in_alloc_mode_and_not_with_out():
 
 
 def test_auto_ranged_loops_for_sub_millisecond_calls():
-    stats = time_call(lambda: None, TimingSettings(warmup=1, min_repeats=3, max_repeats=3, budget_s=0.0,
-                                                   min_sample_s=1e-3))
+    stats = time_call(
+        lambda: None, TimingSettings(warmup=1, min_repeats=3, max_repeats=3, budget_s=0.0, min_sample_s=1e-3)
+    )
     assert stats["loops"] > 10 and stats["repeats"] == 3
     assert 0 < stats["min_s"] <= stats["median_s"] < 1e-4
     slow = time_call(lambda: sum(range(200_000)), FEW)
@@ -70,11 +71,13 @@ def test_auto_ranged_loops_for_sub_millisecond_calls():
 
 
 def test_repeats_follow_the_budget_and_caps():
-    capped = time_call(lambda: None, TimingSettings(warmup=0, min_repeats=1, max_repeats=4, budget_s=10.0,
-                                                    min_sample_s=0.0))
+    capped = time_call(
+        lambda: None, TimingSettings(warmup=0, min_repeats=1, max_repeats=4, budget_s=10.0, min_sample_s=0.0)
+    )
     assert capped["repeats"] == 4
-    floor = time_call(lambda: None, TimingSettings(warmup=0, min_repeats=6, max_repeats=50, budget_s=0.0,
-                                                   min_sample_s=0.0))
+    floor = time_call(
+        lambda: None, TimingSettings(warmup=0, min_repeats=6, max_repeats=50, budget_s=0.0, min_sample_s=0.0)
+    )
     assert floor["repeats"] == 6
 
 
@@ -85,11 +88,10 @@ def test_warm_up_lasts_warmup_s_and_no_sample_sees_the_transient():
     def settling():
         time.sleep(0.02 if time.perf_counter() - start < 0.05 else 0.001)
 
-    settings = TimingSettings(warmup=1, min_repeats=5, max_repeats=5, budget_s=0.0, min_sample_s=0.0,
-                              warmup_s=0.1)
+    settings = TimingSettings(warmup=1, min_repeats=5, max_repeats=5, budget_s=0.0, min_sample_s=0.0, warmup_s=0.1)
     stats = time_call(settling, settings, keep_samples=True)
     assert max(stats["samples_s"]) < 0.015
-    assert time_call(settling, replace(settings, warmup_s=0.0))["repeats"] == 5    # a count alone is allowed
+    assert time_call(settling, replace(settings, warmup_s=0.0))["repeats"] == 5  # a count alone is allowed
 
 
 def test_settings_are_validated():
@@ -122,7 +124,7 @@ def test_speedup_ci_on_synthetic_samples():
     assert wide_high - wide_low > 3 * (high - low)
     assert speedup_ci([1.0, 1.0, 1.0], [0.5, 0.5, 0.5]) == (2.0, 2.0)
     assert all(math.isnan(v) for v in speedup_ci([1.0], [0.5, 0.6]))
-    assert speedup_ci(base, fast) == (low, high)        # seeded: repeatable
+    assert speedup_ci(base, fast) == (low, high)  # seeded: repeatable
 
 
 def test_speedup_ci_covers_the_true_ratio():
@@ -180,24 +182,48 @@ def _results(run_dir):
     import json
 
     import pandas as pd
+
     return json.loads((run_dir / "meta.json").read_text()), pd.read_csv(run_dir / "results.csv")
 
 
 def test_speed_experiment_in_process_isolation_records_how_it_timed(tmp_path):
     from experiments import speed
 
-    run_dir = speed.main(["--quick", "--no-progress", "--isolation", "process", "--allocation", "out",
-                          "--backends", "kron,col2im", "--baseline", "col2im", "--suite", "tiny",
-                          "--cases", "tiny_k2s2", "--out", str(tmp_path / "run")])
+    run_dir = speed.main(
+        [
+            "--quick",
+            "--no-progress",
+            "--isolation",
+            "process",
+            "--allocation",
+            "out",
+            "--backends",
+            "kron,col2im",
+            "--baseline",
+            "col2im",
+            "--suite",
+            "tiny",
+            "--cases",
+            "tiny_k2s2",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     meta, frame = _results(run_dir)
     ok = frame[frame["status"] == "ok"]
     assert len(ok) == 2 and set(frame["isolation"]) == {"process"} and set(frame["allocation"]) == {"out"}
-    for column in ("minor_faults_per_call", "peak_rss_mb", "speedup_ci_low", "speedup_ci_high", "unstable",
-                   "baseline_drift"):
+    for column in (
+        "minor_faults_per_call",
+        "peak_rss_mb",
+        "speedup_ci_low",
+        "speedup_ci_high",
+        "unstable",
+        "baseline_drift",
+    ):
         assert column in frame, column
     assert "samples_s" not in frame
     assert (ok["speedup_ci_low"] <= ok["speedup_ci_high"]).all()
-    assert ok["baseline_drift"].notna().all()          # the baseline was timed again after kron
+    assert ok["baseline_drift"].notna().all()  # the baseline was timed again after kron
     assert meta["isolation"] == "process" and meta["backend_order"] == ["col2im", "kron"]
     assert {"threadpools", "environment", "load_average_before", "load_average_after"} <= set(meta)
     assert "isolation `process`" in (run_dir / "report.md").read_text()
@@ -207,8 +233,12 @@ def test_process_rounds_take_turns_and_pool_their_samples(tmp_path):
     """rounds=2: every job timed in two fresh workers, the jobs alternating; one row per job with the samples
     of both rounds pooled; an unsupported job is asked once."""
     settings = replace(FEW, rounds=2)
-    rows = time_jobs([TimingJob(SMALL, "kron"), TimingJob(SMALL.with_(stride=1), "kron"),
-                      TimingJob(SMALL, "col2im")], settings, isolation="process", keep_samples=True)
+    rows = time_jobs(
+        [TimingJob(SMALL, "kron"), TimingJob(SMALL.with_(stride=1), "kron"), TimingJob(SMALL, "col2im")],
+        settings,
+        isolation="process",
+        keep_samples=True,
+    )
     kron, unsupported, col2im = rows
     assert kron["status"] == col2im["status"] == "ok" and unsupported["status"] == "unsupported"
     assert kron["rounds"] == col2im["rounds"] == 2
@@ -219,8 +249,25 @@ def test_process_rounds_take_turns_and_pool_their_samples(tmp_path):
     from experiments import speed
 
     run_dir = speed.main(
-        ["--quick", "--no-progress", "--isolation", "process", "--rounds", "2", "--backends", "kron,col2im",
-         "--baseline", "col2im", "--suite", "tiny", "--cases", "tiny_k2s2", "--out", str(tmp_path / "run")])
+        [
+            "--quick",
+            "--no-progress",
+            "--isolation",
+            "process",
+            "--rounds",
+            "2",
+            "--backends",
+            "kron,col2im",
+            "--baseline",
+            "col2im",
+            "--suite",
+            "tiny",
+            "--cases",
+            "tiny_k2s2",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     meta, frame = _results(run_dir)
     assert set(frame["rounds"]) == {2} and meta["timing"]["rounds"] == 2
     assert "2 fresh worker processes" in (run_dir / "report.md").read_text()
@@ -232,8 +279,14 @@ def test_interference_quick(tmp_path):
     run_dir = interference.main(["--quick", "--no-progress", "--out", str(tmp_path / "run")])
     _meta, frame = _results(run_dir)
     assert (frame["status"] == "ok").all(), frame[["setting", "message"]]
-    assert set(frame["setting"]) == {"fresh", "warmed", "out=", "after col2im", "after col2im, out=",
-                                     "alternating col2im"}
+    assert set(frame["setting"]) == {
+        "fresh",
+        "warmed",
+        "out=",
+        "after col2im",
+        "after col2im, out=",
+        "alternating col2im",
+    }
     assert set(frame["backend"]) == {"kron"}
     fresh = frame[frame["setting"] == "fresh"]
     assert (fresh["vs_fresh"] == 1).all() and frame["vs_fresh"].notna().all()
@@ -245,21 +298,45 @@ def test_measurement_statistics_rounds_and_row():
     """One measurement type: the statistics are properties, merge pools rounds, row() gives the CSV columns."""
     from testbed.timing import Measurement, pool_rounds
 
-    first = Measurement((1.0, 2.0, 3.0, 4.0), loops=5, first_call_s=9.0, minor_faults_per_call=2.0,
-                        peak_rss_mb=10.0, peak_rss_increase_mb=1.0)
+    first = Measurement(
+        (1.0, 2.0, 3.0, 4.0),
+        loops=5,
+        first_call_s=9.0,
+        minor_faults_per_call=2.0,
+        peak_rss_mb=10.0,
+        peak_rss_increase_mb=1.0,
+    )
     assert (first.median_s, first.min_s, first.iqr_s, first.repeats) == (2.5, 1.0, 1.5, 4)
     assert first.unstable and first.rounds == 1 and first.round_spread == 0
     assert first.statistics() == summarize([1.0, 2.0, 3.0, 4.0])
-    second = Measurement((5.0, 5.0, 5.0), loops=3, first_call_s=7.0, minor_faults_per_call=4.0, peak_rss_mb=12.0,
-                         peak_rss_increase_mb=0.5)
+    second = Measurement(
+        (5.0, 5.0, 5.0),
+        loops=3,
+        first_call_s=7.0,
+        minor_faults_per_call=4.0,
+        peak_rss_mb=12.0,
+        peak_rss_increase_mb=0.5,
+    )
     merged = Measurement.merge([first, second])
     assert merged.samples_s == (1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0) and merged.round_medians_s == (2.5, 5.0)
     assert (merged.rounds, merged.round_spread, merged.first_call_s, merged.loops) == (2, 1.0, 9.0, 5)
     assert (merged.minor_faults_per_call, merged.peak_rss_mb, merged.peak_rss_increase_mb) == (3.0, 12.0, 1.0)
     row = merged.row(keep_samples=True)
-    assert list(row) == ["median_s", "min_s", "iqr_s", "repeats", "unstable", "first_call_s", "loops",
-                         "minor_faults_per_call", "peak_rss_mb", "peak_rss_increase_mb", "rounds", "round_spread",
-                         "samples_s"]
+    assert list(row) == [
+        "median_s",
+        "min_s",
+        "iqr_s",
+        "repeats",
+        "unstable",
+        "first_call_s",
+        "loops",
+        "minor_faults_per_call",
+        "peak_rss_mb",
+        "peak_rss_increase_mb",
+        "rounds",
+        "round_spread",
+        "samples_s",
+    ]
     # pool_rounds is the merge of result rows
     rows = [{"status": "ok", "timing_method": "perf_counter", **m.row(keep_samples=True)} for m in (first, second)]
     pooled = pool_rounds(rows, TimingSettings())

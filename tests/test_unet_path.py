@@ -17,11 +17,23 @@ from testbed.problem import Problem
 from testbed.testing import assert_close_to_oracle, call_kwargs
 
 
-def _problem(c_in, c_out, size, kernel, padding=0, output_padding=0, groups=1, batch=1, layout="NCHW",
-             dtype=np.float64):
-    return Problem(batch=batch, in_channels=c_in, in_size=size, out_channels=c_out, kernel_size=kernel,
-                   stride=kernel, padding=padding, output_padding=output_padding, groups=groups, dtype=dtype,
-                   has_bias=True, layout=layout)
+def _problem(
+    c_in, c_out, size, kernel, padding=0, output_padding=0, groups=1, batch=1, layout="NCHW", dtype=np.float64
+):
+    return Problem(
+        batch=batch,
+        in_channels=c_in,
+        in_size=size,
+        out_channels=c_out,
+        kernel_size=kernel,
+        stride=kernel,
+        padding=padding,
+        output_padding=output_padding,
+        groups=groups,
+        dtype=dtype,
+        has_bias=True,
+        layout=layout,
+    )
 
 
 # stride == kernel with crops, output_padding rows and columns, groups, batches, odd widths
@@ -78,11 +90,16 @@ def test_stale_workspace_never_leaks(layout):
     x, weight, bias = problem.random_arrays(3)
     kwargs = call_kwargs(problem)
     testbed.conv_transpose2d(x, weight, bias, backend="numba_cpu", **kwargs)
-    for name in ("numba_cpu.blocks", "numba_cpu.packed_weight", "numba_cpu.panel_weight", "numba_cpu.row_weight",
-                 "numba_cpu.pixel_panels"):
+    for name in (
+        "numba_cpu.blocks",
+        "numba_cpu.packed_weight",
+        "numba_cpu.panel_weight",
+        "numba_cpu.row_weight",
+        "numba_cpu.pixel_panels",
+    ):
         raw = workspace._pool().buffers.get(name)
         if raw is not None:
-            raw.view(np.uint8)[:] = 0xFF                 # all-ones bytes: NaN in float32 and float64
+            raw.view(np.uint8)[:] = 0xFF  # all-ones bytes: NaN in float32 and float64
     y = testbed.conv_transpose2d(x, weight, bias, backend="numba_cpu", **kwargs)
     assert np.isfinite(y).all()
     assert_close_to_oracle(y, x, weight, bias, **kwargs)
@@ -97,8 +114,16 @@ def test_repeated_calls_fault_only_on_their_output(layout):
     """With out= a repeated call page-faults on (almost) nothing; without, on no more than its output's pages.
     The output (35 MB) is above glibc's largest mmap threshold (32 MiB), so a temporary of its size is mapped
     and faulted afresh on every call: the old path's column buffer was, out= or not (~all its pages)."""
-    problem = Problem(batch=1, in_channels=2, in_size=(520, 520), out_channels=8, kernel_size=2, stride=2,
-                      dtype=np.float32, layout=layout)
+    problem = Problem(
+        batch=1,
+        in_channels=2,
+        in_size=(520, 520),
+        out_channels=8,
+        kernel_size=2,
+        stride=2,
+        dtype=np.float32,
+        layout=layout,
+    )
     x, weight, _ = problem.random_arrays(4)
     kwargs = call_kwargs(problem)
     out = np.zeros(problem.output_shape, np.float32)
@@ -114,20 +139,26 @@ def test_repeated_calls_fault_only_on_their_output(layout):
     assert faults_per_call(lambda: testbed.conv_transpose2d(x, weight, backend="numba_cpu", out=out, **kwargs)) < 8
     # (transparent huge pages make a fault cover up to 2 MiB: compare with allocating the output alone)
     output_alone = faults_per_call(lambda: np.empty(problem.output_shape, np.float32).fill(1.0))
-    assert faults_per_call(lambda: testbed.conv_transpose2d(x, weight, backend="numba_cpu", **kwargs)) \
+    assert (
+        faults_per_call(lambda: testbed.conv_transpose2d(x, weight, backend="numba_cpu", **kwargs))
         < 1.5 * output_alone + 8
+    )
     assert testbed.conv_transpose2d(x, weight, backend="numba_cpu", **kwargs).ctypes.data % (2 * 2**20) == 0
 
 
 def test_large_results_start_on_a_huge_page():
     """From 4 MiB up a result starts on a 2 MiB boundary, so huge pages can back all of it; a smaller one is
     np.empty's. Either is an ordinary writeable C-contiguous array of the shape and dtype asked for."""
-    for shape, dtype, aligned in (((3, 1000, 1001), np.float32, True), ((4, 1024, 1024), np.uint8, True),
-                                  ((10, 10), np.float64, False), ((0, 5), np.float32, False)):
+    for shape, dtype, aligned in (
+        ((3, 1000, 1001), np.float32, True),
+        ((4, 1024, 1024), np.uint8, True),
+        ((10, 10), np.float64, False),
+        ((0, 5), np.float32, False),
+    ):
         y = workspace.empty_result(shape, dtype)
         assert y.shape == shape and y.dtype == dtype and y.flags.c_contiguous and y.flags.writeable
         assert not aligned or y.ctypes.data % (2 * 2**20) == 0
-        y[...] = 1                                           # every element is usable
+        y[...] = 1  # every element is usable
         assert y.sum() == y.size
 
 
@@ -160,7 +191,7 @@ def test_scratch_reuses_grows_and_respects_the_cap(monkeypatch):
     a = workspace.scratch("test.a", (10, 3), np.float32)
     assert a.shape == (10, 3) and a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % 64 == 0
     b = workspace.scratch("test.a", (5,), np.float64)
-    assert np.shares_memory(a, b)                        # reused: it fits
+    assert np.shares_memory(a, b)  # reused: it fits
     c = workspace.scratch("test.a", (1000,), np.float64)
     assert not np.shares_memory(b, c) and workspace.workspace_bytes() >= 8000
     monkeypatch.setattr(workspace, "WORKSPACE_CACHE_BYTES", 10_000)
@@ -173,20 +204,22 @@ def test_scratch_reuses_grows_and_respects_the_cap(monkeypatch):
 def test_workspace_cap_from_the_environment(monkeypatch):
     monkeypatch.setenv("TESTBED_WORKSPACE_BYTES", "12345")
     assert workspace._cap_from_environment() == 12345
-    monkeypatch.setenv("TESTBED_WORKSPACE_BYTES", "a lot")      # malformed: one warning, the default
+    monkeypatch.setenv("TESTBED_WORKSPACE_BYTES", "a lot")  # malformed: one warning, the default
     with pytest.warns(RuntimeWarning, match="TESTBED_WORKSPACE_BYTES='a lot'"):
         assert workspace._cap_from_environment() == 256 * 2**20
 
 
 def test_blas_thread_count_is_restored():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    before = [(lib["filepath"], lib["num_threads"]) for lib in threadpoolctl.threadpool_info()
-              if lib["user_api"] == "blas"]
+    before = [
+        (lib["filepath"], lib["num_threads"]) for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"
+    ]
     problem = CASES["k2"]
     x, weight, bias = problem.random_arrays(6)
     testbed.conv_transpose2d(x, weight, bias, backend="numba_cpu", **call_kwargs(problem))
-    after = [(lib["filepath"], lib["num_threads"]) for lib in threadpoolctl.threadpool_info()
-             if lib["user_api"] == "blas"]
+    after = [
+        (lib["filepath"], lib["num_threads"]) for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"
+    ]
     assert after == before
 
 
@@ -223,6 +256,6 @@ def test_tasks_are_handed_out_once_each_and_a_slow_worker_takes_fewer():
         assert (owner >= 0).all() and (owner < 3).all()
     if numba.get_num_threads() >= 2:
         owner, work = np.full(8, -1), np.full(8, 10**5)
-        work[0] = 10**8                                   # ~0.1 s: the other worker finishes 1..7 meanwhile
+        work[0] = 10**8  # ~0.1 s: the other worker finishes 1..7 meanwhile
         kernel(owner, work, 2)
         assert (owner[1:] != owner[0]).all()

@@ -13,8 +13,17 @@ from testbed import wisdom
 from testbed.problem import Problem
 
 UP = Problem(batch=1, in_channels=8, in_size=6, out_channels=4, kernel_size=2, stride=2, dtype=np.float32)
-DEC = Problem(batch=1, in_channels=4, in_size=5, out_channels=3, kernel_size=3, stride=2, padding=1,
-              output_padding=1, dtype=np.float32)
+DEC = Problem(
+    batch=1,
+    in_channels=4,
+    in_size=5,
+    out_channels=3,
+    kernel_size=3,
+    stride=2,
+    padding=1,
+    output_padding=1,
+    dtype=np.float32,
+)
 
 
 #: Every test against its own wisdom file (the ``wisdom_file`` fixture of tests/conftest.py).
@@ -27,7 +36,7 @@ def _record(problem, backend):
 
 def test_two_successive_corrupt_files_leave_two_backups(wisdom_file):
     """Before: both went to <file>.corrupt, the second replacing the first."""
-    contents = [b"{\"format\": \"testbed-wisdom\", \"vers", b"\x00\xff not json at all"]
+    contents = [b'{"format": "testbed-wisdom", "vers', b"\x00\xff not json at all"]
     for content in contents:
         wisdom_file.write_bytes(content)
         with pytest.warns(wisdom.WisdomWarning, match="moved aside to .*wisdom.json.corrupt-"):
@@ -41,6 +50,7 @@ def test_two_successive_corrupt_files_leave_two_backups(wisdom_file):
 
 def test_a_backup_name_already_taken_is_never_replaced(wisdom_file, monkeypatch):
     """Two moves within one clock tick of one process still give two names."""
+
     class Frozen(wisdom._dt.datetime):
         @classmethod
         def now(cls, tz=None):
@@ -69,7 +79,7 @@ def test_a_newer_version_file_is_left_byte_identical(wisdom_file, readable):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         entry = wisdom.lookup(DEC)
-        _record(UP, "kron")                                      # kept in memory, not written
+        _record(UP, "kron")  # kept in memory, not written
         _record(UP, "col2im")
         assert wisdom.lookup(UP)["backend"] == "col2im"
     assert wisdom_file.read_bytes() == before

@@ -35,7 +35,9 @@ QUICK = TimingSettings(warmup=0, min_repeats=3, max_repeats=3, budget_s=0.0, min
                        worker_timeout_s=120.0)
 """
 
-TUNE_THREE = HEADER + """
+TUNE_THREE = (
+    HEADER
+    + """
 winners = []
 for channels in (2, 3, 4):
     x = np.zeros((1, channels, 4, 4), np.float32)
@@ -43,8 +45,11 @@ for channels in (2, 3, 4):
     winners.append(testbed.tune(x, w, stride=2, candidates=["col2im"], settings=QUICK).winner)
 print("WINNERS", *winners)
 """
+)
 
-MEASURE_PLANNER = HEADER + """
+MEASURE_PLANNER = (
+    HEADER
+    + """
 testbed.planner.list_backends = lambda: ["naive", "col2im", "auto"]     # one candidate: a worker costs seconds
 x = np.ones((1, 2, 4, 4), np.float32)
 w = np.ones((2, 2, 2, 2), np.float32)
@@ -54,6 +59,7 @@ why = testbed.explain(x, w, stride=2)
 assert np.allclose(y, testbed.conv_transpose2d(x, w, stride=2, backend="naive"))
 print("WINNERS", why.reason, why.backend)
 """
+)
 
 
 def run_script(tmp_path, code: str, how: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, int]:
@@ -61,12 +67,22 @@ def run_script(tmp_path, code: str, how: str, timeout: float = 300) -> tuple[sub
     log = tmp_path / "body.log"
     env = {**os.environ, "BODY_LOG": str(log), "TESTBED_WISDOM": str(tmp_path / "wisdom.json")}
     env.pop("PYTHONPATH", None)
-    script = tmp_path / "research.py"                   # a plain script, no __main__ guard
+    script = tmp_path / "research.py"  # a plain script, no __main__ guard
     script.write_text(code)
-    command = {"file": [sys.executable, str(script)], "-c": [sys.executable, "-c", code],
-               "stdin": [sys.executable, "-"]}[how]
-    done = subprocess.run(command, cwd=tmp_path, env=env, input=code if how == "stdin" else None,
-                          capture_output=True, text=True, timeout=timeout)
+    command = {
+        "file": [sys.executable, str(script)],
+        "-c": [sys.executable, "-c", code],
+        "stdin": [sys.executable, "-"],
+    }[how]
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=env,
+        input=code if how == "stdin" else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     runs = len(log.read_text().splitlines()) if log.exists() else 0
     return done, runs
 
@@ -126,7 +142,7 @@ def test_ctrl_c_during_tune_leaves_no_worker_behind(tmp_path):
     assert done.returncode == 0 and runs == 1, done.stderr
     interrupted_at = float(done.stdout.split("INTERRUPT", 1)[1].split()[0])
     handled_at = float(done.stdout.split("INTERRUPTED", 1)[1].split()[0])
-    assert handled_at - interrupted_at < 10, done.stdout           # the worker was killed, not waited for
+    assert handled_at - interrupted_at < 10, done.stdout  # the worker was killed, not waited for
     worker = int(pid_file.read_text())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

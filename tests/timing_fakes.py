@@ -64,5 +64,6 @@ VICTIM = Backend("fake_victim", "slow in a process where the polluter ran", run=
 FRESH_RESULT = Backend("fake_fresh_result", "allocates and fills its result", run=_fresh_result, writes_out=True)
 KILLER = Backend("fake_killer", "SIGKILLs its own process", run=_killer)
 SLEEPER = Backend("fake_sleeper", "sleeps for ten minutes", run=_sleeper)
-PID_SLEEPER = Backend("fake_pid_sleeper", "writes its pid to $FAKE_WORKER_PID_FILE, sleeps ten minutes",
-                      run=_pid_sleeper)
+PID_SLEEPER = Backend(
+    "fake_pid_sleeper", "writes its pid to $FAKE_WORKER_PID_FILE, sleeps ten minutes", run=_pid_sleeper
+)

@@ -50,8 +50,13 @@ def first_call_seconds(backend, cache_dir):
     """Run the child interpreter with ``NUMBA_CACHE_DIR=cache_dir``; its load + first-call seconds."""
     kwargs = {case: call_kwargs(CASES[case]) for case in COMPILE_CASES}
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    done = subprocess.run([sys.executable, "-c", _CHILD, backend, json.dumps(COMPILE_CASES), json.dumps(kwargs)],
-                          env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, backend, json.dumps(COMPILE_CASES), json.dumps(kwargs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"the first-call child for {backend} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -102,7 +102,7 @@ class Memory:
     def setup(self, backend, case):
         self.call = Call(backend, require(backend, case, timed=True))
         self.call()
-        reset_peak_rss()    # the peak of the body, not of setup's warm-up call (compilation)
+        reset_peak_rss()  # the peak of the body, not of setup's warm-up call (compilation)
 
     def peakmem_conv_transpose2d(self, backend, case):
         self.call()

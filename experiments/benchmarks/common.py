@@ -91,16 +91,14 @@ class Call:
             self.kwargs["out"] = np.zeros(problem.output_shape, dtype=problem.dtype)
 
     def __call__(self):
-        return testbed.conv_transpose2d(self.x, self.weight, self.bias, backend=self.backend_name,
-                                        **self.kwargs)
+        return testbed.conv_transpose2d(self.x, self.weight, self.bias, backend=self.backend_name, **self.kwargs)
 
 
 def seconds_per_call(fn, *, batch_seconds=0.05, batches=3):
     """Median over ``batches`` samples of the time per call of ``fn`` (testbed.timing: auto-ranged loops, so
     each sample repeats ``fn`` for at least ``batch_seconds`` and fast calls are not lost in timer
     resolution)."""
-    settings = timing.TimingSettings(warmup=1, min_repeats=batches, max_repeats=batches, budget_s=0.0,
-                              min_sample_s=batch_seconds)
+    settings = timing.TimingSettings(
+        warmup=1, min_repeats=batches, max_repeats=batches, budget_s=0.0, min_sample_s=batch_seconds
+    )
     return timing.time_call(fn, settings)["median_s"]
-
-

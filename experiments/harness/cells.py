@@ -30,8 +30,17 @@ from .descriptor import PROBLEM_COLUMNS, format_descriptor, problem_columns
 __all__ = ["Cell", "grid", "cell_rng", "call_backend", "run_cell", "ROW_COLUMNS", "STATUSES"]
 
 #: The leading columns of every results.csv, before the experiment's own metrics.
-ROW_COLUMNS = ("cell_key", "case", "descriptor", "backend", "resolved_backend", "dtype", *PROBLEM_COLUMNS,
-               "status", "message")
+ROW_COLUMNS = (
+    "cell_key",
+    "case",
+    "descriptor",
+    "backend",
+    "resolved_backend",
+    "dtype",
+    *PROBLEM_COLUMNS,
+    "status",
+    "message",
+)
 
 
 @dataclass(frozen=True)
@@ -51,12 +60,19 @@ class Cell:
     @property
     def key(self) -> str:
         tags = ";".join(f"{name}={value}" for name, value in self.tags)
-        return f"{self.case}|{format_descriptor(self.problem)}|{self.backend_name}|{self.problem.dtype}|" \
-               f"{int(self.problem.has_bias)}|{tags}"
+        return (
+            f"{self.case}|{format_descriptor(self.problem)}|{self.backend_name}|{self.problem.dtype}|"
+            f"{int(self.problem.has_bias)}|{tags}"
+        )
 
     def columns(self) -> dict:
-        row = {"cell_key": self.key, "case": self.case, "descriptor": format_descriptor(self.problem),
-               "backend": self.backend_name, "dtype": str(self.problem.dtype)}
+        row = {
+            "cell_key": self.key,
+            "case": self.case,
+            "descriptor": format_descriptor(self.problem),
+            "backend": self.backend_name,
+            "dtype": str(self.problem.dtype),
+        }
         row.update(dict(self.tags))
         row.update(problem_columns(self.problem))
         return row
@@ -65,8 +81,12 @@ class Cell:
 def grid(cases: dict, backends: Iterable, dtypes: Iterable = (np.float32,), tags: tuple = ()) -> list[Cell]:
     """Every ``case × dtype × backend`` cell of ``cases`` (``{name: Problem}``), cases outermost."""
     dtypes, backends = [np.dtype(d) for d in dtypes], list(backends)
-    return [Cell(name, problem.with_(dtype=dtype), backend, tags)
-            for name, problem in cases.items() for dtype in dtypes for backend in backends]
+    return [
+        Cell(name, problem.with_(dtype=dtype), backend, tags)
+        for name, problem in cases.items()
+        for dtype in dtypes
+        for backend in backends
+    ]
 
 
 def cell_rng(seed: int, cell: Cell) -> np.random.Generator:

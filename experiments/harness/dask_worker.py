@@ -27,8 +27,10 @@ from .cells import run_cell
 #: Variables Dask's nanny sets in its worker processes by default, which change what a timing measures.
 NANNY_TIMING_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: The Dask configuration under which a nanny starts worker processes fit for timing.
-TIMING_WORKER_CONFIG = {"distributed.worker.daemon": False,
-                        **{f"distributed.nanny.pre-spawn-environ.{name}": None for name in NANNY_TIMING_VARIABLES}}
+TIMING_WORKER_CONFIG = {
+    "distributed.worker.daemon": False,
+    **{f"distributed.nanny.pre-spawn-environ.{name}": None for name in NANNY_TIMING_VARIABLES},
+}
 
 #: (On a worker.) The ``measure`` of each sweep this worker serves, by sweep id (:class:`SweepMeasure`).
 _MEASURES: dict = {}
@@ -57,8 +59,10 @@ def run_cells_task(sweep_id: str, cells: list) -> list[dict]:
     ran: ``host`` (the host name), ``worker`` (the worker's address), ``started_at`` and ``finished_at`` (Unix
     time, seconds)."""
     if sweep_id not in _MEASURES:
-        raise RuntimeError(f"this worker has no measure for sweep {sweep_id}: its plugin failed to set up (do "
-                           f"`testbed` and `experiments` import here?)")
+        raise RuntimeError(
+            f"this worker has no measure for sweep {sweep_id}: its plugin failed to set up (do "
+            f"`testbed` and `experiments` import here?)"
+        )
     worker, host, measure = get_worker(), socket.gethostname(), _MEASURES[sweep_id]
     rows = []
     for cell in cells:
@@ -89,8 +93,10 @@ def dask_setup(nanny) -> None:
     import dask
 
     if not hasattr(nanny, "pre_spawn_env"):
-        raise RuntimeError("experiments.harness.dask_worker configures the nanny before it starts its worker: "
-                           "pass it with --preload-nanny, not --preload")
+        raise RuntimeError(
+            "experiments.harness.dask_worker configures the nanny before it starts its worker: "
+            "pass it with --preload-nanny, not --preload"
+        )
     dask.config.set({"distributed.worker.daemon": False})
     for name in NANNY_TIMING_VARIABLES:
         if name not in os.environ:

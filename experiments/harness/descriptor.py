@@ -83,8 +83,10 @@ def parse_descriptor(text: str, dtype=np.float32, has_bias: bool = False) -> Pro
         values[name] = number
         position = match.end()
     if position != len(text) or not text:
-        raise ValueError(f"malformed descriptor {text!r}: cannot read a field at {text[position:]!r}; expected "
-                         f"fields <name><int> with names {', '.join(_FIELDS)} (e.g. 'mb1ic1024ih28oc512kh2sh2')")
+        raise ValueError(
+            f"malformed descriptor {text!r}: cannot read a field at {text[position:]!r}; expected "
+            f"fields <name><int> with names {', '.join(_FIELDS)} (e.g. 'mb1ic1024ih28oc512kh2sh2')"
+        )
     missing = [name for name in _REQUIRED if name not in values]
     if missing:
         raise ValueError(f"malformed descriptor {text!r}: missing required field(s) {', '.join(missing)}")
@@ -93,16 +95,41 @@ def parse_descriptor(text: str, dtype=np.float32, has_bias: bool = False) -> Pro
         h = values.get(h_name, default)
         kwargs[attr] = (h, values.get(w_name, h))
     try:
-        return Problem(batch=values.get("mb", 1), in_channels=values["ic"], out_channels=values["oc"],
-                       groups=values.get("g", 1), dtype=dtype, has_bias=has_bias, **kwargs)
+        return Problem(
+            batch=values.get("mb", 1),
+            in_channels=values["ic"],
+            out_channels=values["oc"],
+            groups=values.get("g", 1),
+            dtype=dtype,
+            has_bias=has_bias,
+            **kwargs,
+        )
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"descriptor {text!r} does not name a valid problem: {exc}") from exc
 
 
 #: The per-parameter result columns of :func:`problem_columns`, in order.
-PROBLEM_COLUMNS = ("batch", "in_channels", "in_h", "in_w", "out_channels", "out_h", "out_w", "kernel_h",
-                   "kernel_w", "stride_h", "stride_w", "padding_h", "padding_w", "output_padding_h",
-                   "output_padding_w", "dilation_h", "dilation_w", "groups", "has_bias")
+PROBLEM_COLUMNS = (
+    "batch",
+    "in_channels",
+    "in_h",
+    "in_w",
+    "out_channels",
+    "out_h",
+    "out_w",
+    "kernel_h",
+    "kernel_w",
+    "stride_h",
+    "stride_w",
+    "padding_h",
+    "padding_w",
+    "output_padding_h",
+    "output_padding_w",
+    "dilation_h",
+    "dilation_w",
+    "groups",
+    "has_bias",
+)
 
 
 def problem_columns(problem: Problem) -> dict:

@@ -55,8 +55,17 @@ from pathlib import Path
 
 from .storage import HarnessError, atomic_write_json
 
-__all__ = ["DASK_EXTRA", "DaskUnavailable", "ClusterRefused", "LocalExecutor", "DaskExecutor", "require_dask",
-           "local_cluster", "timing_overlaps", "compared_versions"]
+__all__ = [
+    "DASK_EXTRA",
+    "DaskUnavailable",
+    "ClusterRefused",
+    "LocalExecutor",
+    "DaskExecutor",
+    "require_dask",
+    "local_cluster",
+    "timing_overlaps",
+    "compared_versions",
+]
 
 #: How to install what ``--executor dask`` needs.
 DASK_EXTRA = "pip install 'convtranspose-testbed[dask]'"
@@ -75,8 +84,10 @@ def require_dask():
     try:
         import distributed
     except ImportError as exc:
-        raise DaskUnavailable(f"--executor dask needs Dask distributed, which is not installed here ({exc}); "
-                              f"install it with: {DASK_EXTRA}") from None
+        raise DaskUnavailable(
+            f"--executor dask needs Dask distributed, which is not installed here ({exc}); "
+            f"install it with: {DASK_EXTRA}"
+        ) from None
     return distributed
 
 
@@ -109,16 +120,25 @@ def local_cluster(n_workers: int = 2, *, gpu: bool | None = None):
         raise ValueError(f"n_workers must be an int >= 1, got {n_workers!r}")
     if gpu is None:
         from testbed.machine import gpu as gpu_info
+
         gpu = bool(gpu_info().get("gpu"))
     first = {"timer": 1, **({"gpu": 1} if gpu else {})}
-    workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "silence_logs": logging.WARNING,
-                                             "resources": first if i == 0 else {}}}
-               for i in range(n_workers)}
+    workers = {
+        i: {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "host": "127.0.0.1",
+                "silence_logs": logging.WARNING,
+                "resources": first if i == 0 else {},
+            },
+        }
+        for i in range(n_workers)
+    }
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
     # a nanny reads the configuration whenever it (re)starts its worker: set for the cluster's whole life
     with dask.config.set(TIMING_WORKER_CONFIG):
-        cluster = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING,
-                              name="testbed-sweep")
+        cluster = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING, name="testbed-sweep")
         try:
             yield cluster
         finally:
@@ -138,13 +158,16 @@ def timing_overlaps(rows) -> list[tuple[str, str, str]]:
     overlap (rows without stamps are ignored)."""
     by_host: dict = {}
     for row in rows:
-        if row.get("host") and isinstance(row.get("started_at"), (int, float)) \
-                and isinstance(row.get("finished_at"), (int, float)):
+        if (
+            row.get("host")
+            and isinstance(row.get("started_at"), (int, float))
+            and isinstance(row.get("finished_at"), (int, float))
+        ):
             by_host.setdefault(row["host"], []).append(row)
     overlaps = []
     for host, host_rows in by_host.items():
         host_rows.sort(key=lambda r: r["started_at"])
-        latest = None           # the row that ends last among those started so far
+        latest = None  # the row that ends last among those started so far
         for row in host_rows:
             if latest is not None and row["started_at"] < latest["finished_at"]:
                 overlaps.append((host, latest["cell_key"], row["cell_key"]))
@@ -159,8 +182,10 @@ def compared_versions(description: dict) -> dict:
     from testbed.machine import LIBRARIES
 
     versions = description.get("versions", {})
-    return {**{name: versions.get(name) for name in ("python", "testbed", *LIBRARIES)},
-            "testbed commit": description.get("git", {}).get("commit")}
+    return {
+        **{name: versions.get(name) for name in ("python", "testbed", *LIBRARIES)},
+        "testbed commit": description.get("git", {}).get("commit"),
+    }
 
 
 class DaskExecutor:
@@ -170,8 +195,14 @@ class DaskExecutor:
 
     name = "dask"
 
-    def __init__(self, scheduler: str | None = None, n_workers: int = 2, *, allow_version_mismatch: bool = False,
-                 connect_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        n_workers: int = 2,
+        *,
+        allow_version_mismatch: bool = False,
+        connect_timeout_s: float = 30.0,
+    ):
         require_dask()
         self.scheduler, self.n_workers = scheduler, n_workers
         self.allow_version_mismatch, self.connect_timeout_s = allow_version_mismatch, connect_timeout_s
@@ -203,29 +234,39 @@ class DaskExecutor:
                 try:
                     client.wait_for_workers(1, timeout=self.connect_timeout_s)
                 except TimeoutError:
-                    raise ClusterRefused(f"no worker joined the Dask scheduler at {self.scheduler} within "
-                                         f"{self.connect_timeout_s:g} s") from None
+                    raise ClusterRefused(
+                        f"no worker joined the Dask scheduler at {self.scheduler} within {self.connect_timeout_s:g} s"
+                    ) from None
             workers = self.preflight(client, timed, run_dir)
             sweep_id = f"testbed-sweep-{uuid.uuid4().hex[:12]}"
             name_main_module()
             try:
                 client.register_plugin(SweepMeasure(sweep_id, measure), name=sweep_id)
             except Exception as exc:
-                raise ClusterRefused(f"the sweep's measure could not be handed to the workers ({type(exc).__name__}: "
-                                     f"{exc}): it must pickle (cloudpickle) and its modules import there") from exc
+                raise ClusterRefused(
+                    f"the sweep's measure could not be handed to the workers ({type(exc).__name__}: "
+                    f"{exc}): it must pickle (cloudpickle) and its modules import there"
+                ) from exc
             pending: dict = {}
             rows = []
             try:
                 for index, (group, resources) in enumerate(tasks(cells, timed, workers)):
-                    future = client.submit(run_cells_task, sweep_id, group, key=f"{sweep_id}-{index}", pure=False,
-                                           resources=resources or None)
+                    future = client.submit(
+                        run_cells_task,
+                        sweep_id,
+                        group,
+                        key=f"{sweep_id}-{index}",
+                        pure=False,
+                        resources=resources or None,
+                    )
                     pending[future] = group
                 for future in as_completed(list(pending), loop=client.loop):
                     for row in finished_rows(future, pending.pop(future)):
                         record(row)
                         rows.append(row)
-                        bar.set_postfix_str(f"{row['case']} {row['backend']} {row['dtype']} @ "
-                                            f"{row.get('host') or '?'}", refresh=False)
+                        bar.set_postfix_str(
+                            f"{row['case']} {row['backend']} {row['dtype']} @ {row.get('host') or '?'}", refresh=False
+                        )
                         bar.update()
             except BaseException:
                 client.cancel(list(pending), force=True)
@@ -250,27 +291,36 @@ class DaskExecutor:
         try:
             described = client.run(describe)
         except Exception as exc:
-            raise ClusterRefused(f"a Dask worker could not describe itself ({type(exc).__name__}: {exc}); do "
-                                 f"`testbed` and `experiments` import there? Start the workers from the repository "
-                                 f"root or with it on PYTHONPATH") from exc
+            raise ClusterRefused(
+                f"a Dask worker could not describe itself ({type(exc).__name__}: {exc}); do "
+                f"`testbed` and `experiments` import there? Start the workers from the repository "
+                f"root or with it on PYTHONPATH"
+            ) from exc
         workers = client.scheduler_info()["workers"]
         mine = describe()
         problems = []
         for address, description in sorted(described.items()):
             ours, theirs = compared_versions(mine), compared_versions(description)
-            differing = [f"{name} {theirs.get(name)} (client {value})" for name, value in ours.items()
-                         if value != theirs.get(name)]
+            differing = [
+                f"{name} {theirs.get(name)} (client {value})"
+                for name, value in ours.items()
+                if value != theirs.get(name)
+            ]
             if differing:
                 problems.append(f"worker {address} on {description['hostname']}: {', '.join(differing)}")
         if problems and not self.allow_version_mismatch:
-            raise ClusterRefused("versions differ between the client and workers, so the rows would not come "
-                                 "from one code: " + "; ".join(problems) + ". Install the same versions (and "
-                                 "commit) everywhere, or pass --allow-version-mismatch to go on and record it")
+            raise ClusterRefused(
+                "versions differ between the client and workers, so the rows would not come "
+                "from one code: " + "; ".join(problems) + ". Install the same versions (and "
+                "commit) everywhere, or pass --allow-version-mismatch to go on and record it"
+            )
         warnings_ = [f"version mismatch (allowed): {p}" for p in problems]
         elsewhere = sorted({d["hostname"] for d in described.values()} - {mine["hostname"]})
         if mine["git"].get("dirty") and elsewhere:
-            warnings_.append(f"this checkout has uncommitted changes, which the workers on {', '.join(elsewhere)} "
-                             f"may lack (their commit is the same)")
+            warnings_.append(
+                f"this checkout has uncommitted changes, which the workers on {', '.join(elsewhere)} "
+                f"may lack (their commit is the same)"
+            )
         if timed:
             warnings_ += self._check_timers(workers, described, mine)
         for text in warnings_:
@@ -286,20 +336,29 @@ class DaskExecutor:
                 host = described.get(address, {}).get("hostname", info.get("host"))
                 slots.setdefault(host, []).append((address, timer))
         if not slots:
-            raise ClusterRefused("no worker of the cluster offers the 'timer' resource, which every timing cell "
-                                 "needs: start one worker process per host with --resources timer=1")
+            raise ClusterRefused(
+                "no worker of the cluster offers the 'timer' resource, which every timing cell "
+                "needs: start one worker process per host with --resources timer=1"
+            )
         crowded = {host: found for host, found in slots.items() if sum(t for _, t in found) > 1}
         if crowded:
             raise ClusterRefused(
-                "two timing cells could run at once on one host: " + "; ".join(
+                "two timing cells could run at once on one host: "
+                + "; ".join(
                     f"host {host} offers {sum(t for _, t in found):g} timer slots ("
-                    + ", ".join(f"{a} timer={t:g}" for a, t in found) + ")" for host, found in crowded.items())
-                + ". Give exactly one worker process per host --resources timer=1")
+                    + ", ".join(f"{a} timer={t:g}" for a, t in found)
+                    + ")"
+                    for host, found in crowded.items()
+                )
+                + ". Give exactly one worker process per host --resources timer=1"
+            )
         daemonic = [a for found in slots.values() for a, _ in found if described.get(a, {}).get("daemon")]
         if daemonic:
-            raise ClusterRefused(f"timer worker(s) {', '.join(daemonic)} run as daemonic processes, which cannot "
-                                 f"start the processes that process isolation times in: start them with "
-                                 f"--preload-nanny experiments.harness.dask_worker")
+            raise ClusterRefused(
+                f"timer worker(s) {', '.join(daemonic)} run as daemonic processes, which cannot "
+                f"start the processes that process isolation times in: start them with "
+                f"--preload-nanny experiments.harness.dask_worker"
+            )
         warnings_ = []
         for found in slots.values():
             for address, _ in found:
@@ -307,17 +366,22 @@ class DaskExecutor:
                 ours = mine.get("environment", {})
                 differing = sorted(name for name in set(theirs) | set(ours) if theirs.get(name) != ours.get(name))
                 if differing:
-                    warnings_.append(f"timer worker {address} times with another allocator/threading environment "
-                                     f"than this client: " + ", ".join(f"{n}={theirs.get(n)} (client "
-                                                                       f"{ours.get(n)})" for n in differing))
+                    warnings_.append(
+                        f"timer worker {address} times with another allocator/threading environment "
+                        f"than this client: "
+                        + ", ".join(f"{n}={theirs.get(n)} (client {ours.get(n)})" for n in differing)
+                    )
         return warnings_
 
     def check_overlaps(self, rows: list, run_dir: Path) -> None:
         overlaps = timing_overlaps(rows)
         if not overlaps:
             return
-        print(f"dask executor: warning: {len(overlaps)} pair(s) of timing cells overlapped on one host (a worker "
-              f"with the timer resource joined during the sweep?); see meta.json, timing_overlaps", file=sys.stderr)
+        print(
+            f"dask executor: warning: {len(overlaps)} pair(s) of timing cells overlapped on one host (a worker "
+            f"with the timer resource joined during the sweep?); see meta.json, timing_overlaps",
+            file=sys.stderr,
+        )
         update_meta(run_dir, lambda meta: meta.setdefault("timing_overlaps", []).extend(map(list, overlaps)))
 
 
@@ -381,20 +445,26 @@ def finished_rows(future, cells: list) -> list[dict]:
         return future.result()
     except BaseException as exc:
         if future.cancelled():
-            raise ClusterRefused(f"the Dask cluster cancelled cell {cells[0].key!r} (scheduler lost or shut "
-                                 f"down?); the finished rows are on disk: --resume completes the run") from exc
+            raise ClusterRefused(
+                f"the Dask cluster cancelled cell {cells[0].key!r} (scheduler lost or shut "
+                f"down?); the finished rows are on disk: --resume completes the run"
+            ) from exc
         if not isinstance(exc, Exception):
             raise
         error = exc
     if isinstance(error, KilledWorker):
         last = getattr(error.last_worker, "address", error.last_worker)
         what = "this cell" if len(cells) == 1 else f"the task of this cell and {len(cells) - 1} other(s) of its case"
-        message = (f"worker died: {what} was tried on {error.allowed_failures + 1} worker(s), and each died while "
-                   f"running it (the last: {last}): a cell crashes its process, or the workers were killed")
+        message = (
+            f"worker died: {what} was tried on {error.allowed_failures + 1} worker(s), and each died while "
+            f"running it (the last: {last}): a cell crashes its process, or the workers were killed"
+        )
     else:
         message = f"{type(error).__name__} on the Dask cluster: {error}"
-    return [{**cell.columns(), "resolved_backend": "", "status": "error", "message": message, "host": "",
-             "worker": ""} for cell in cells]
+    return [
+        {**cell.columns(), "resolved_backend": "", "status": "error", "message": message, "host": "", "worker": ""}
+        for cell in cells
+    ]
 
 
 def update_meta(run_dir: Path, change) -> None:
@@ -418,17 +488,28 @@ def record_hosts(run_dir: Path, scheduler: str, workers: dict, described: dict, 
     session (a resumed run adds one)."""
     hosts: dict = {}
     for address, description in sorted(described.items()):
-        host = hosts.setdefault(description["hostname"], {
-            **{k: v for k, v in description.items() if k not in WORKER_KEYS}, "workers": {}})
+        host = hosts.setdefault(
+            description["hostname"], {**{k: v for k, v in description.items() if k not in WORKER_KEYS}, "workers": {}}
+        )
         info = workers.get(address, {})
-        host["workers"][address] = {**{k: description.get(k) for k in WORKER_KEYS},
-                                    "nthreads": info.get("nthreads"), "resources": info.get("resources", {})}
+        host["workers"][address] = {
+            **{k: description.get(k) for k in WORKER_KEYS},
+            "nthreads": info.get("nthreads"),
+            "resources": info.get("resources", {}),
+        }
 
     def change(meta):
         meta.setdefault("hosts", {}).update(hosts)
-        meta.setdefault("dask", []).append({
-            "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "scheduler": scheduler,
-            "workers": {a: {"host": described.get(a, {}).get("hostname"), "resources": w.get("resources", {})}
-                        for a, w in sorted(workers.items())},
-            "warnings": list(warnings_)})
+        meta.setdefault("dask", []).append(
+            {
+                "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "scheduler": scheduler,
+                "workers": {
+                    a: {"host": described.get(a, {}).get("hostname"), "resources": w.get("resources", {})}
+                    for a, w in sorted(workers.items())
+                },
+                "warnings": list(warnings_),
+            }
+        )
+
     update_meta(run_dir, change)

@@ -17,9 +17,19 @@ import numpy as np
 
 from testbed import machine
 
-__all__ = ["PROJECT_ROOT", "EXPERIMENT_LIBRARIES", "git_state", "run_id", "collect_metadata", "machine_meta",
-           "measure_gemm_gflops", "measure_copy_gbps", "record_end_state", "thread_pools_after_every_backend",
-           "machine_state_lines"]
+__all__ = [
+    "PROJECT_ROOT",
+    "EXPERIMENT_LIBRARIES",
+    "git_state",
+    "run_id",
+    "collect_metadata",
+    "machine_meta",
+    "measure_gemm_gflops",
+    "measure_copy_gbps",
+    "record_end_state",
+    "thread_pools_after_every_backend",
+    "machine_state_lines",
+]
 
 #: The repository checkout the experiments run from (this file is never installed as a wheel).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -46,9 +56,13 @@ def machine_meta() -> dict:
     ``cpu_governor``. Nothing is imported for it: torch's threads are recorded where torch is loaded."""
     described = machine.describe()
     load = described.pop("load_average")
-    return {**described, "versions": {**described["versions"], **machine.library_versions(EXPERIMENT_LIBRARIES)},
-            "git": git_state(), "threads": {**described["threads"], "load_average_1_5_15min": load},
-            "load_average_before": load}
+    return {
+        **described,
+        "versions": {**described["versions"], **machine.library_versions(EXPERIMENT_LIBRARIES)},
+        "git": git_state(),
+        "threads": {**described["threads"], "load_average_1_5_15min": load},
+        "load_average_before": load,
+    }
 
 
 def collect_metadata(experiment: str, run: str, *, seed, argv, quick: bool, extra: dict | None = None) -> dict:
@@ -132,13 +146,13 @@ def measure_gemm_gflops(n: int = 1024, seconds: float = 1.0, repeats: int = 20) 
     a, b = rng.standard_normal((2, n, n), dtype=np.float32)
     out = np.empty((n, n), dtype=np.float32)
     np.matmul(a, b, out=out)  # warm-up: thread pool start
-    return _best_rate(lambda: np.matmul(a, b, out=out), 2 * n ** 3, seconds, repeats) / 1e9
+    return _best_rate(lambda: np.matmul(a, b, out=out), 2 * n**3, seconds, repeats) / 1e9
 
 
 def measure_copy_gbps(megabytes: int = 256, seconds: float = 1.0, repeats: int = 10) -> float:
     """Memory bandwidth of ``np.copyto`` on a ``megabytes`` array, best of a few runs, counting bytes read
     plus bytes written (the STREAM "copy" convention, the same as ``Problem.bytes_moved``), in GB/s."""
-    source = np.ones(megabytes * 2 ** 20 // 8)
+    source = np.ones(megabytes * 2**20 // 8)
     target = np.empty_like(source)
     np.copyto(target, source)
     return _best_rate(lambda: np.copyto(target, source), 2 * source.nbytes, seconds, repeats) / 1e9
@@ -154,15 +168,24 @@ def machine_state_lines(meta: dict) -> str:
     """A report paragraph on the recorded machine state: load before/after, thread pools, environment."""
     pools = meta.get("threadpools")
     after = meta.get("threadpools_after_every_backend")
-    lines = [f"- load average (1/5/15 min) before {meta.get('load_average_before')}, after "
-             f"{meta.get('load_average_after')} on {meta.get('threads', {}).get('cpu_count')} cores; CPU "
-             f"frequency governor {meta.get('cpu_governor') or 'not readable'}",
-             "- thread pools in the driver process: " + ("; ".join(map(_pool_text, pools)) if pools else
-                                                         "not recorded (threadpoolctl missing)")]
+    lines = [
+        f"- load average (1/5/15 min) before {meta.get('load_average_before')}, after "
+        f"{meta.get('load_average_after')} on {meta.get('threads', {}).get('cpu_count')} cores; CPU "
+        f"frequency governor {meta.get('cpu_governor') or 'not readable'}",
+        "- thread pools in the driver process: "
+        + ("; ".join(map(_pool_text, pools)) if pools else "not recorded (threadpoolctl missing)"),
+    ]
     if isinstance(after, list):
-        lines.append("- thread pools of a fresh process after one call of each backend: "
-                     + "; ".join(map(_pool_text, after)))
+        lines.append(
+            "- thread pools of a fresh process after one call of each backend: " + "; ".join(map(_pool_text, after))
+        )
     environment = meta.get("environment")
-    lines.append("- allocator / threading environment: " + (", ".join(f"`{k}={v}`" for k, v in environment.items())
-                                                          if environment else "none set (glibc malloc defaults)"))
+    lines.append(
+        "- allocator / threading environment: "
+        + (
+            ", ".join(f"`{k}={v}`" for k, v in environment.items())
+            if environment
+            else "none set (glibc malloc defaults)"
+        )
+    )
     return "\n".join(lines) + "\n"

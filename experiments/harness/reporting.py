@@ -13,8 +13,20 @@ import numpy as np
 
 from .storage import atomic_write_text, save_figure
 
-__all__ = ["markdown_table", "report_header", "status_table", "spans_hosts", "hosts_lines", "load_run",
-           "heatmap_figure", "grouped_bar_figure", "roofline_figure", "loglog_figure", "fit_loglog_slope", "new_figure"]
+__all__ = [
+    "markdown_table",
+    "report_header",
+    "status_table",
+    "spans_hosts",
+    "hosts_lines",
+    "load_run",
+    "heatmap_figure",
+    "grouped_bar_figure",
+    "roofline_figure",
+    "loglog_figure",
+    "fit_loglog_slope",
+    "new_figure",
+]
 
 
 def new_figure(*args, figsize=None, **kwargs):
@@ -51,8 +63,11 @@ def load_run(run_dir):
     frame = results_from_log(run_dir)
     if frame is None:
         results = run_dir / "results.csv"
-        frame = pd.read_csv(results, keep_default_na=True) if results.exists() and results.stat().st_size else \
-            pd.DataFrame()
+        frame = (
+            pd.read_csv(results, keep_default_na=True)
+            if results.exists() and results.stat().st_size
+            else pd.DataFrame()
+        )
     return meta, frame
 
 
@@ -69,16 +84,19 @@ def report_header(meta: dict, title: str) -> str:
     threads = meta.get("threads", {})
     device = meta.get("device", {})
     gpu = device.get("gpu") or ("CUDA simulator" if device.get("cuda_simulator") else "none")
-    lines = [f"# {title}", "",
-             f"- run: `{meta.get('run_id')}` at {meta.get('utc_time')}, commit `{git.get('commit')}`{dirty}",
-             f"- machine: {meta.get('cpu_model')}, {threads.get('cpu_count')} cores, numba threads "
-             f"{threads.get('numba_threads')}, torch threads {threads.get('torch_threads')}, GPU: {gpu}; load "
-             f"average at start {threads.get('load_average_1_5_15min')} (1/5/15 min; above the core count, "
-             f"other processes compete and timings are noisy)",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if v),
-             f"- command: `{' '.join(str(a) for a in meta.get('command', []))}`"
-             + (" (quick mode)" if meta.get("quick") else ""),
-             f"- seed: {meta.get('seed')}"]
+    lines = [
+        f"# {title}",
+        "",
+        f"- run: `{meta.get('run_id')}` at {meta.get('utc_time')}, commit `{git.get('commit')}`{dirty}",
+        f"- machine: {meta.get('cpu_model')}, {threads.get('cpu_count')} cores, numba threads "
+        f"{threads.get('numba_threads')}, torch threads {threads.get('torch_threads')}, GPU: {gpu}; load "
+        f"average at start {threads.get('load_average_1_5_15min')} (1/5/15 min; above the core count, "
+        f"other processes compete and timings are noisy)",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if v),
+        f"- command: `{' '.join(str(a) for a in meta.get('command', []))}`"
+        + (" (quick mode)" if meta.get("quick") else ""),
+        f"- seed: {meta.get('seed')}",
+    ]
     for resumed in meta.get("resumed", []):
         lines.append(f"- resumed at {resumed.get('utc_time')} UTC by `{' '.join(resumed.get('command', []))}`")
     if meta.get("hosts"):
@@ -90,22 +108,29 @@ def hosts_lines(meta: dict) -> str:
     """Where a run on Dask ran (meta.json's ``hosts`` and ``dask``): per host its CPU, cores, versions, GPU and
     workers with their resources; the warnings of the sessions. (The machine line above is the client's.)"""
     sessions = meta.get("dask", [])
-    lines = ["- executor: Dask, scheduler " + ", ".join(sorted({str(s.get("scheduler")) for s in sessions}))
-             + "; the cells ran on these hosts (the machine above is the client's):"]
+    lines = [
+        "- executor: Dask, scheduler "
+        + ", ".join(sorted({str(s.get("scheduler")) for s in sessions}))
+        + "; the cells ran on these hosts (the machine above is the client's):"
+    ]
     for name, host in meta["hosts"].items():
         versions = host.get("versions", {})
         workers = host.get("workers", {})
-        resources = [",".join(f"{k}={v:g}" for k, v in w.get("resources", {}).items()) or "none"
-                     for w in workers.values()]
-        lines.append(f"  - `{name}`: {host.get('cpu_model')}, {host.get('threads', {}).get('cpu_count')} cores, "
-                     f"GPU {host.get('device', {}).get('gpu') or 'none'}, load {host.get('load_average_before')}; "
-                     + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
-                     + f", commit `{host.get('git', {}).get('short')}`; {len(workers)} worker(s), resources "
-                     + "; ".join(resources))
+        resources = [
+            ",".join(f"{k}={v:g}" for k, v in w.get("resources", {}).items()) or "none" for w in workers.values()
+        ]
+        lines.append(
+            f"  - `{name}`: {host.get('cpu_model')}, {host.get('threads', {}).get('cpu_count')} cores, "
+            f"GPU {host.get('device', {}).get('gpu') or 'none'}, load {host.get('load_average_before')}; "
+            + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+            + f", commit `{host.get('git', {}).get('short')}`; {len(workers)} worker(s), resources "
+            + "; ".join(resources)
+        )
     warnings = [w for s in sessions for w in s.get("warnings", [])]
     if meta.get("timing_overlaps"):
-        warnings.append(f"{len(meta['timing_overlaps'])} pair(s) of timing cells overlapped on a host "
-                        f"(meta.json, timing_overlaps)")
+        warnings.append(
+            f"{len(meta['timing_overlaps'])} pair(s) of timing cells overlapped on a host (meta.json, timing_overlaps)"
+        )
     lines += [f"  - warning: {w}" for w in warnings]
     return "\n".join(lines)
 
@@ -147,14 +172,16 @@ def finish_report(run_dir, parts, frame, cell_columns=None) -> str:
     return text
 
 
-def heatmap_figure(matrix, title: str, colorbar_label: str, path, *, annotate_fmt: str = "{:.1f}",
-                   vmin=None, vmax=None, cmap="viridis"):
+def heatmap_figure(
+    matrix, title: str, colorbar_label: str, path, *, annotate_fmt: str = "{:.1f}", vmin=None, vmax=None, cmap="viridis"
+):
     """A labelled heatmap of a DataFrame (rows × columns); NaN cells are drawn grey and marked '–'."""
     rows, cols = list(matrix.index), list(matrix.columns)
     values = matrix.to_numpy(dtype=float)
     fig, ax = new_figure(figsize=(1.0 + 0.75 * len(cols), 1.2 + 0.4 * len(rows)))
     masked = np.ma.masked_invalid(values)
     import matplotlib
+
     colormap = matplotlib.colormaps[cmap].with_extremes(bad="#dddddd")
     image = ax.imshow(masked, aspect="auto", cmap=colormap, vmin=vmin, vmax=vmax)
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
@@ -162,8 +189,17 @@ def heatmap_figure(matrix, title: str, colorbar_label: str, path, *, annotate_fm
     for i in range(len(rows)):
         for j in range(len(cols)):
             text = "–" if not np.isfinite(values[i, j]) else annotate_fmt.format(values[i, j])
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if np.isfinite(values[i, j])
-                    and vmin is not None and values[i, j] < (vmin + (vmax - vmin) * 0.5) else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white"
+                if np.isfinite(values[i, j]) and vmin is not None and values[i, j] < (vmin + (vmax - vmin) * 0.5)
+                else "black",
+            )
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=colorbar_label)
     return save_figure(fig, path)
@@ -182,6 +218,7 @@ def grouped_bar_figure(table, title: str, ylabel: str, path, *, log: bool = True
     ax.set_xlabel("case")
     if log:
         from matplotlib.ticker import FuncFormatter
+
         ax.set_yscale("log")
         plain = FuncFormatter(lambda value, _: f"{value:g}")
         ax.yaxis.set_major_formatter(plain)
@@ -202,8 +239,13 @@ def roofline_figure(points, peak_gflops: float, bandwidth_gbps: float, title: st
     lo = max(min(finite["intensity"].min() if len(finite) else 0.1, 0.1) / 2, 1e-3)
     hi = max(finite["intensity"].max() if len(finite) else 100, peak_gflops / bandwidth_gbps) * 2
     intensity = np.geomspace(lo, hi, 200)
-    ax.plot(intensity, np.minimum(peak_gflops, bandwidth_gbps * intensity), color="black", lw=1.5,
-            label=f"ceiling: {peak_gflops:.0f} GFLOP/s GEMM, {bandwidth_gbps:.1f} GB/s copy")
+    ax.plot(
+        intensity,
+        np.minimum(peak_gflops, bandwidth_gbps * intensity),
+        color="black",
+        lw=1.5,
+        label=f"ceiling: {peak_gflops:.0f} GFLOP/s GEMM, {bandwidth_gbps:.1f} GB/s copy",
+    )
     markers = "osD^v<>ph*"
     for i, (name, group) in enumerate(finite.groupby("backend", sort=False)):
         ax.scatter(group["intensity"], group["gflops"], marker=markers[i % len(markers)], label=name, s=28)

@@ -32,13 +32,33 @@ from .storage import (
     writing,
 )
 
-__all__ = ["Cell", "grid", "run_sweep", "run_cell", "TimingSettings", "time_backend", "time_call",
-           "call_backend", "cell_rng", "ROW_COLUMNS", "STATUSES"]
+__all__ = [
+    "Cell",
+    "grid",
+    "run_sweep",
+    "run_cell",
+    "TimingSettings",
+    "time_backend",
+    "time_call",
+    "call_backend",
+    "cell_rng",
+    "ROW_COLUMNS",
+    "STATUSES",
+]
 
 
-def run_sweep(cells: list[Cell], measure: Callable[[Cell, Backend], dict], out_dir, *, resume: bool = False,
-              progress: bool = True, desc: str = "sweep",
-              finalize: Callable | None = None, executor=None, timed: bool = False):
+def run_sweep(
+    cells: list[Cell],
+    measure: Callable[[Cell, Backend], dict],
+    out_dir,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    desc: str = "sweep",
+    finalize: Callable | None = None,
+    executor=None,
+    timed: bool = False,
+):
     """Run every cell not yet on disk, appending each row to ``out_dir/rows.jsonl``; return the results table.
 
     ``executor`` runs the cells: :class:`~.executors.LocalExecutor` (the default: in this process, in order)
@@ -79,8 +99,10 @@ def _sweep(cells, measure, out_dir: Path, resume: bool, progress: bool, desc: st
     log = RowLog(out_dir / "rows.jsonl")
     previous = log.read()
     if previous and not resume:
-        raise ValueError(f"{out_dir} already holds {len(previous)} result rows; pass resume=True (--resume) to "
-                         f"complete that run, or choose another output directory")
+        raise ValueError(
+            f"{out_dir} already holds {len(previous)} result rows; pass resume=True (--resume) to "
+            f"complete that run, or choose another output directory"
+        )
     keys = [cell.key for cell in cells]
     if len(set(keys)) != len(keys):
         raise ValueError("the sweep has duplicate cells (same case, problem, backend, dtype and tags)")
@@ -95,15 +117,22 @@ def _sweep(cells, measure, out_dir: Path, resume: bool, progress: bool, desc: st
         return frame
 
     try:
-        with tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, unit="cell",
-                  disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(cells),
+            initial=len(cells) - len(todo),
+            desc=desc,
+            unit="cell",
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        ) as bar:
             if todo:
                 executor.run(todo, measure, log.append, timed=timed, run_dir=out_dir, bar=bar)
     except BaseException:
         try:
-            write_table()    # the table of the rows finished so far
+            write_table()  # the table of the rows finished so far
         except ResultsNotWritten:
-            pass             # the disk is full or gone as well: the first error is the one to report
+            pass  # the disk is full or gone as well: the first error is the one to report
         raise
     return write_table()
 
@@ -141,9 +170,8 @@ def results_from_log(run_dir):
     if table.exists() and table.stat().st_size and log.path.stat().st_mtime_ns <= table.stat().st_mtime_ns:
         try:
             tabled = pd.read_csv(table, usecols=["cell_key"])["cell_key"]
-        except ValueError:      # no cell_key column: not a table this runner wrote
+        except ValueError:  # no cell_key column: not a table this runner wrote
             tabled = ()
         if set(tabled) == set(logged["cell_key"]):
             return None
     return logged
-

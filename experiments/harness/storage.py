@@ -36,10 +36,26 @@ import numpy as np
 from testbed import files
 from testbed.files import current_umask
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_csv", "save_figure",
-           "save_arrays", "RowLog", "RowLogWarning", "to_jsonable", "HarnessError", "ResultsNotWritten",
-           "RunLocked", "RunLock", "lock_run_directory", "unlock_run_directory", "holds_run_lock",
-           "writing", "current_umask"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_write_csv",
+    "save_figure",
+    "save_arrays",
+    "RowLog",
+    "RowLogWarning",
+    "to_jsonable",
+    "HarnessError",
+    "ResultsNotWritten",
+    "RunLocked",
+    "RunLock",
+    "lock_run_directory",
+    "unlock_run_directory",
+    "holds_run_lock",
+    "writing",
+    "current_umask",
+]
 
 
 class HarnessError(SystemExit):
@@ -75,14 +91,29 @@ def _file_system_type(path: Path) -> str | None:
     except OSError:
         return None
     resolved = str(path.resolve())
-    above = [(point, kind) for point, kind in points
-             if resolved == point or resolved.startswith(point.rstrip("/") + "/")]
+    above = [
+        (point, kind) for point, kind in points if resolved == point or resolved.startswith(point.rstrip("/") + "/")
+    ]
     return max(above, key=lambda item: len(item[0]))[1] if above else None
 
 
 #: File systems the kernel makes up, where results can never be written.
-_VIRTUAL_FILE_SYSTEMS = ("proc", "sysfs", "devtmpfs", "cgroup", "cgroup2", "debugfs", "securityfs", "tracefs",
-                         "configfs", "pstore", "bpf", "fusectl", "mqueue", "hugetlbfs")
+_VIRTUAL_FILE_SYSTEMS = (
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "cgroup",
+    "cgroup2",
+    "debugfs",
+    "securityfs",
+    "tracefs",
+    "configfs",
+    "pstore",
+    "bpf",
+    "fusectl",
+    "mqueue",
+    "hugetlbfs",
+)
 
 
 def _on_virtual_file_system(path: Path) -> str | None:
@@ -90,8 +121,9 @@ def _on_virtual_file_system(path: Path) -> str | None:
     ``path`` is on a file system the kernel makes up; else None."""
     existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
     kind = None if existing is None else _file_system_type(existing)
-    return f"{existing} is on a {kind!r} file system, which holds no user files" \
-        if kind in _VIRTUAL_FILE_SYSTEMS else None
+    return (
+        f"{existing} is on a {kind!r} file system, which holds no user files" if kind in _VIRTUAL_FILE_SYSTEMS else None
+    )
 
 
 def write_error(path, exc: OSError) -> ResultsNotWritten:
@@ -99,11 +131,11 @@ def write_error(path, exc: OSError) -> ResultsNotWritten:
     path = Path(path)
     missing = next((folder for folder in reversed(path.parents) if not folder.exists()), None)
     virtual = _on_virtual_file_system(path)
-    if virtual is not None:                          # /proc answers ENOENT, /sys EPERM: neither says why
+    if virtual is not None:  # /proc answers ENOENT, /sys EPERM: neither says why
         cause = virtual
     elif exc.errno == errno.ENOENT and missing is not None:
         cause = f"the directory {missing} does not exist"
-    elif exc.errno == errno.ENOENT:                 # every folder exists, yet the entry could not be made
+    elif exc.errno == errno.ENOENT:  # every folder exists, yet the entry could not be made
         cause = f"{path.parent} refused a new entry ({exc.strerror or exc})"
     else:
         cause = _WRITE_CAUSES.get(exc.errno, exc.strerror or str(exc))
@@ -264,14 +296,16 @@ class RunLock:
                 except BlockingIOError:
                     holder = self._holder(fd)
                     os.close(fd)
-                    raise RunLocked(f"{self.directory} is in use by another run (pid {holder}, which holds "
-                                    f"{self.path}); wait for it to finish, or choose another --out") from None
+                    raise RunLocked(
+                        f"{self.directory} is in use by another run (pid {holder}, which holds "
+                        f"{self.path}); wait for it to finish, or choose another --out"
+                    ) from None
                 except BaseException:
                     os.close(fd)
                     raise
                 if self._names(fd):
                     break
-                os.close(fd)                   # locked a file its owner has just removed: try the current one
+                os.close(fd)  # locked a file its owner has just removed: try the current one
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -290,9 +324,9 @@ class RunLock:
             if self._names(fd):
                 self.path.unlink()
         except OSError:
-            pass                               # a lock file left behind does not block: nobody holds its lock
+            pass  # a lock file left behind does not block: nobody holds its lock
         finally:
-            os.close(fd)                       # closing the descriptor drops the lock
+            os.close(fd)  # closing the descriptor drops the lock
 
     def _names(self, fd: int) -> bool:
         """Whether the lock file's path still names the file open as ``fd``."""

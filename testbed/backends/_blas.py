@@ -32,14 +32,27 @@ __all__ = ["INT32_MAX", "gemm", "single_threaded_blas"]
 #: SciPy's BLAS takes 32-bit sizes and leading dimensions (LP64): larger operands must not reach it.
 INT32_MAX = 2**31 - 1
 
-ensure_blas()          # imports scipy.linalg.cython_blas, where numba_xxgemm finds ?gemm
+ensure_blas()  # imports scipy.linalg.cython_blas, where numba_xxgemm finds ?gemm
 
 
 def _xxgemm(dtype):
     pointer = types.CPointer(dtype)
-    signature = types.intc(types.char, types.char, types.char, types.intp, types.intp, types.intp,  # kind, trans, m n k
-                           pointer, pointer, types.intp, pointer, types.intp,                     # alpha a lda b ldb
-                           pointer, pointer, types.intp)                                          # beta, c, ldc
+    signature = types.intc(
+        types.char,
+        types.char,
+        types.char,
+        types.intp,
+        types.intp,
+        types.intp,  # kind, trans, m n k
+        pointer,
+        pointer,
+        types.intp,
+        pointer,
+        types.intp,  # alpha a lda b ldb
+        pointer,
+        pointer,
+        types.intp,
+    )  # beta, c, ldc
     return types.ExternalFunction("numba_xxgemm", signature)
 
 
@@ -67,11 +80,25 @@ def _gemm_impl(a, b, c, trans_a, trans_b):
         zero = np.zeros(1, c.dtype)
         # BLAS is column-major: the row-major c = op(a) op(b) is the column-major cᵀ = op(b)ᵀ op(a)ᵀ, and a
         # row-major matrix with row stride ld is the column-major transpose with leading dimension ld.
-        status = xxgemm(kind, transpose if trans_b else keep, transpose if trans_a else keep, n, m, k, one.ctypes,
-                        b.ctypes, b.strides[0] // b.itemsize, a.ctypes, a.strides[0] // a.itemsize, zero.ctypes,
-                        c.ctypes, c.strides[0] // c.itemsize)
+        status = xxgemm(
+            kind,
+            transpose if trans_b else keep,
+            transpose if trans_a else keep,
+            n,
+            m,
+            k,
+            one.ctypes,
+            b.ctypes,
+            b.strides[0] // b.itemsize,
+            a.ctypes,
+            a.strides[0] // a.itemsize,
+            zero.ctypes,
+            c.ctypes,
+            c.strides[0] // c.itemsize,
+        )
         if status != 0:
             raise RuntimeError("BLAS ?gemm failed")
+
     return impl
 
 
@@ -87,7 +114,8 @@ def _blas_libraries():
     global _controller
     if _controller is None:
         from threadpoolctl import ThreadpoolController
-        _controller = ThreadpoolController()     # after ensure_blas(): SciPy's BLAS is loaded by now
+
+        _controller = ThreadpoolController()  # after ensure_blas(): SciPy's BLAS is loaded by now
     return _controller.select(user_api="blas")
 
 
@@ -98,6 +126,7 @@ def _release_openblas_control() -> None:
     once, a call from any other thread ran its BLAS on every core (128→128 k3 @64² through ``fft``: 0.7 s in
     a second thread against 0.1 s in the main one). Called under :data:`_LOCK`, around our own limit."""
     from threadpoolctl import OpenBLASController
+
     clear = getattr(OpenBLASController, "clear_controlling_thread", None)
     if clear is not None:
         clear(force=True)
@@ -120,7 +149,7 @@ def single_threaded_blas() -> Iterator[None]:
         with _LOCK:
             _users -= 1
             if _users == 0 and _restore is not None:
-                _release_openblas_control()      # the last to leave may not be the thread that limited
+                _release_openblas_control()  # the last to leave may not be the thread that limited
                 _restore.restore_original_limits()
                 _release_openblas_control()
                 _restore = None

@@ -74,6 +74,7 @@ def _warn_once(key, message: str) -> None:
 
 # ---- the cache ---------------------------------------------------------------------------------------------
 
+
 def _guarded_cache_class():
     """Numba's FunctionCache with three changes: untrusted or unreadable entries are recompiled (and then
     rewritten), and a failed write is reported instead of failing the compilation."""
@@ -83,11 +84,14 @@ def _guarded_cache_class():
         try:
             info = os.stat(path)
         except OSError:
-            return True                       # missing: Numba treats it as an empty cache
+            return True  # missing: Numba treats it as an empty cache
         if info.st_uid not in (os.geteuid(), 0) or info.st_mode & stat.S_IWOTH:
-            _warn_once(path, f"testbed: not loading the Numba cache file {path}: it is owned by uid "
-                             f"{info.st_uid} or writable by everyone, and cache files are unpickled (loading one "
-                             f"can run code); recompiling instead")
+            _warn_once(
+                path,
+                f"testbed: not loading the Numba cache file {path}: it is owned by uid "
+                f"{info.st_uid} or writable by everyone, and cache files are unpickled (loading one "
+                f"can run code); recompiling instead",
+            )
             return False
         return True
 
@@ -97,22 +101,28 @@ def _guarded_cache_class():
                 return {}
             try:
                 return super()._load_index()
-            except Exception as exc:          # truncated / zero-length / garbage: any unpickling error
-                _warn_once(self._index_path, f"testbed: the Numba cache index {self._index_path} is unreadable "
-                                             f"({type(exc).__name__}: {exc}); recompiling and rewriting it")
+            except Exception as exc:  # truncated / zero-length / garbage: any unpickling error
+                _warn_once(
+                    self._index_path,
+                    f"testbed: the Numba cache index {self._index_path} is unreadable "
+                    f"({type(exc).__name__}: {exc}); recompiling and rewriting it",
+                )
                 return {}
 
         def _load_data(self, name):
             path = self._data_path(name)
             if not trusted(path):
-                raise OSError(f"untrusted cache file {path}")     # load() treats it as a missing entry
+                raise OSError(f"untrusted cache file {path}")  # load() treats it as a missing entry
             try:
                 return super()._load_data(name)
             except OSError:
                 raise
             except Exception as exc:
-                _warn_once(path, f"testbed: the Numba cache entry {path} is unreadable ({type(exc).__name__}: "
-                                 f"{exc}); recompiling and rewriting it")
+                _warn_once(
+                    path,
+                    f"testbed: the Numba cache entry {path} is unreadable ({type(exc).__name__}: "
+                    f"{exc}); recompiling and rewriting it",
+                )
                 raise OSError(str(exc)) from exc
 
     class GuardedCache(FunctionCache):
@@ -123,19 +133,25 @@ def _guarded_cache_class():
         def load_overload(self, sig, target_context):
             try:
                 return super().load_overload(sig, target_context)
-            except Exception as exc:          # an entry that unpickles but does not rebuild
-                _warn_once(("rebuild", self._name), f"testbed: the Numba cache entry for {self._name} in "
-                                                    f"{self._cache_path} could not be loaded ({type(exc).__name__}: "
-                                                    f"{exc}); recompiling")
+            except Exception as exc:  # an entry that unpickles but does not rebuild
+                _warn_once(
+                    ("rebuild", self._name),
+                    f"testbed: the Numba cache entry for {self._name} in "
+                    f"{self._cache_path} could not be loaded ({type(exc).__name__}: "
+                    f"{exc}); recompiling",
+                )
                 return None
 
         def save_overload(self, sig, data):
             try:
                 super().save_overload(sig, data)
             except OSError as exc:
-                _warn_once(("save", self._cache_path), f"testbed: could not write the Numba cache in "
-                                                       f"{self._cache_path} ({exc}); the kernels will be compiled "
-                                                       f"again in the next process")
+                _warn_once(
+                    ("save", self._cache_path),
+                    f"testbed: could not write the Numba cache in "
+                    f"{self._cache_path} ({exc}); the kernels will be compiled "
+                    f"again in the next process",
+                )
 
     return GuardedCache
 
@@ -146,12 +162,16 @@ def can_cache(func) -> bool:
     if not cache_enabled():
         return False
     from numba.core.caching import FunctionCache
+
     try:
         FunctionCache(func)
-    except RuntimeError as exc:          # "cannot cache function ...: no locator available"
-        _warn_once("no-locator", f"testbed: Numba has no writable cache location ({exc}); compiling the kernels "
-                                 f"in memory in each process. Set NUMBA_CACHE_DIR to a folder only you can write, "
-                                 f"or {CACHE_ENV}=0 to silence this.")
+    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+        _warn_once(
+            "no-locator",
+            f"testbed: Numba has no writable cache location ({exc}); compiling the kernels "
+            f"in memory in each process. Set NUMBA_CACHE_DIR to a folder only you can write, "
+            f"or {CACHE_ENV}=0 to silence this.",
+        )
         return False
     return True
 
@@ -160,15 +180,16 @@ def _compile(func, parallel: bool, fastmath=False):
     """``njit(parallel=parallel, fastmath=fastmath)(func)`` with the guarded on-disk cache where it can be used."""
     dispatcher = njit(parallel=parallel, fastmath=fastmath)(func)
     if can_cache(func):
-        dispatcher._cache = _guarded_cache_class()(func)      # what ``cache=True`` (enable_caching) does
+        dispatcher._cache = _guarded_cache_class()(func)  # what ``cache=True`` (enable_caching) does
     return dispatcher
 
 
 def _twin(func, suffix: str):
     """A copy of ``func`` under another name, so its cache entries are kept apart from ``func``'s (Numba keys
     cache files by qualified name and line, not by compilation flags)."""
-    twin = types.FunctionType(func.__code__, func.__globals__, func.__name__ + suffix, func.__defaults__,
-                              func.__closure__)
+    twin = types.FunctionType(
+        func.__code__, func.__globals__, func.__name__ + suffix, func.__defaults__, func.__closure__
+    )
     twin.__qualname__ = func.__qualname__ + suffix
     twin.__module__ = func.__module__
     return twin
@@ -177,8 +198,8 @@ def _twin(func, suffix: str):
 # ---- threads and fork ----------------------------------------------------------------------------------------
 
 _LAYER_LOCK = threading.Lock()
-_inherited_omp_pool = False      # this process was forked after GNU OpenMP threads were started (by Numba)
-_torch_before_fork = False       # this process was forked with torch imported (its OpenMP pool may be started)
+_inherited_omp_pool = False  # this process was forked after GNU OpenMP threads were started (by Numba)
+_torch_before_fork = False  # this process was forked with torch imported (its OpenMP pool may be started)
 _torch_single_threaded = False
 
 
@@ -200,9 +221,10 @@ def _after_fork_in_child() -> None:
 def _gnu_openmp() -> bool:
     try:
         from numba.np.ufunc import omppool  # type: ignore[attr-defined]
+
         return omppool.openmp_vendor == "GNU"
     except Exception:
-        return True                      # unknown vendor: assume the unsafe one
+        return True  # unknown vendor: assume the unsafe one
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -17,10 +17,12 @@ def dispatch(x, weight, bias, problem):
     return choose_backend(problem, on_device=is_device_array(x)).run(x, weight, bias, problem)
 
 
-register(Backend(
-    name="auto",
-    description="wisdom, else the fastest measured backend for the configuration's class (testbed.preference)",
-    run=dispatch,
-    device="any",
-    choose=choose_backend,
-))
+register(
+    Backend(
+        name="auto",
+        description="wisdom, else the fastest measured backend for the configuration's class (testbed.preference)",
+        run=dispatch,
+        device="any",
+        choose=choose_backend,
+    )
+)

@@ -23,7 +23,7 @@ def _blocks(problem, pixels):
     taps = problem.kernel_size[0] * problem.kernel_size[1]
     per_channel_tap = problem.groups * (pixels + problem.in_per_group) * problem.dtype.itemsize
     budget = problem.workspace_limit - problem.in_channels * pixels * problem.dtype.itemsize
-    fit = max(1, budget // per_channel_tap)                              # channel·tap products that fit
+    fit = max(1, budget // per_channel_tap)  # channel·tap products that fit
     if fit >= taps:
         return min(problem.out_per_group, fit // taps), taps
     return 1, fit
@@ -53,17 +53,24 @@ def gemm_col2im(x, weight, bias, problem):
                         if row is None or col is None:
                             continue
                         (in_rows, out_rows), (in_cols, out_cols) = row, col
-                        src = columns[:, :, t - t0, in_rows.start - rows.start:in_rows.stop - rows.start,
-                                      in_cols.start - cols.start:in_cols.stop - cols.start]
+                        src = columns[
+                            :,
+                            :,
+                            t - t0,
+                            in_rows.start - rows.start : in_rows.stop - rows.start,
+                            in_cols.start - cols.start : in_cols.stop - cols.start,
+                        ]
                         out[:, :, out_rows, out_cols] += src
-                    columns = src = None     # freed before the next block's buffer is allocated, not after
+                    columns = src = None  # freed before the next block's buffer is allocated, not after
     if bias is not None:
         y += bias[None, :, None, None]
     return y
 
 
-register(Backend(
-    name="col2im",
-    description="GEMM into a column buffer (C_out·kH·kW × H·W per image), then col2im accumulation",
-    run=gemm_col2im,
-))
+register(
+    Backend(
+        name="col2im",
+        description="GEMM into a column buffer (C_out·kH·kW × H·W per image), then col2im accumulation",
+        run=gemm_col2im,
+    )
+)

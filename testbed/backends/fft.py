@@ -60,6 +60,7 @@ def _fft_shape(problem):
 
 class Blocks(NamedTuple):
     """How much of the work one step holds: images, output channels (per group), column frequencies."""
+
     images: int
     channels: int
     columns: int
@@ -114,7 +115,7 @@ def _blocks(problem, fft_shape):
     return _blocks_under(problem, fft_shape, problem.workspace_limit, SLAB_BYTES)
 
 
-@functools.lru_cache(maxsize=256)       # the check and the call ask for the same problem's blocks
+@functools.lru_cache(maxsize=256)  # the check and the call ask for the same problem's blocks
 def _blocks_under(problem, fft_shape, limit, slab_bytes):
     n, cog, (p1, p2) = problem.batch, problem.out_per_group, fft_shape
     kernel_column = (problem.kernel_size[0] + p1) * problem.in_channels * 2 * problem.dtype.itemsize
@@ -124,13 +125,15 @@ def _blocks_under(problem, fft_shape, limit, slab_bytes):
 
     if not fits(1):
         return None
-    def input_step(images):                         # the input's transform alone, before any channel block
+
+    def input_step(images):  # the input's transform alone, before any channel block
         return _peak_bytes(problem, fft_shape, Blocks(images, 0, 0))
 
     images = max(1, _largest(lambda b: fits(b) and input_step(b) <= limit // 2, n))
     channels = _largest(lambda c: fits(images, c) and (c == 1 or c * kernel_column <= slab_bytes), cog)
-    columns = _largest(lambda f: fits(images, channels, f) and (f == 1 or f * channels * kernel_column <= slab_bytes),
-                       p2 // 2 + 1)
+    columns = _largest(
+        lambda f: fits(images, channels, f) and (f == 1 or f * channels * kernel_column <= slab_bytes), p2 // 2 + 1
+    )
     return Blocks(images, channels, columns)
 
 
@@ -143,23 +146,25 @@ def _too_large(problem):
     """Why even the smallest blocks do not fit :attr:`Problem.workspace_limit`, or None."""
     limit = problem.workspace_limit
     full = _linear_size(problem)
-    if max(full) > _LONGEST_TRANSFORM:          # next_fast_len refuses these: the linear size is a lower bound
+    if max(full) > _LONGEST_TRANSFORM:  # next_fast_len refuses these: the linear size is a lower bound
         fft_shape, bound = full, "at least"
     else:
         fft_shape, bound = _fft_shape(problem), "about"
         if _blocks(problem, fft_shape) is not None:
             return None
     need = _peak_bytes(problem, fft_shape, Blocks(1, 1, 1))
-    return (f"the transforms of one image's stride-dilated input ({problem.in_channels} channels of "
-            f"{fft_shape[0]}×{fft_shape[1]} samples, whatever padding crops) with one output channel need {bound} "
-            f"{need:.3g} bytes, above the workspace limit of {limit:.3g} bytes (testbed.problem.WORKSPACE_BYTES, "
-            f"or twice the call's arrays); polyphase and numba_cpu compute only the output")
+    return (
+        f"the transforms of one image's stride-dilated input ({problem.in_channels} channels of "
+        f"{fft_shape[0]}×{fft_shape[1]} samples, whatever padding crops) with one output channel need {bound} "
+        f"{need:.3g} bytes, above the workspace limit of {limit:.3g} bytes (testbed.problem.WORKSPACE_BYTES, "
+        f"or twice the call's arrays); polyphase and numba_cpu compute only the output"
+    )
 
 
 def _dft_matrix(frequencies, period, taps, step, dtype):
     """``E[f, t] = exp(-2πi·f·t·step / period)`` for ``f`` in ``frequencies``, ``t < taps``, in ``dtype``;
     the phase index is reduced modulo ``period`` in integers, so the angle is exact before the cosine."""
-    offsets = (np.arange(taps, dtype=np.int64) * step) % period                  # products stay below period²
+    offsets = (np.arange(taps, dtype=np.int64) * step) % period  # products stay below period²
     phase = np.multiply.outer(np.asarray(frequencies, dtype=np.int64), offsets)
     return np.exp((-2j * np.pi / period) * (phase % period)).astype(dtype)
 
@@ -170,17 +175,19 @@ def _scale_exponents(rows, what, dtype):
     FFT can carry (see the module docstring); ``what(i)`` names row ``i`` in the refusal."""
     limit = 2.0 ** (np.finfo(dtype).nmant / 2)
     magnitude = np.abs(rows)
-    magnitude[~np.isfinite(magnitude)] = 0                         # NaN/inf spread anyway; they set no scale
+    magnitude[~np.isfinite(magnitude)] = 0  # NaN/inf spread anyway; they set no scale
     largest = magnitude.max(axis=1)
     for i in np.flatnonzero(largest):
         nonzero = magnitude[i][magnitude[i] > 0]
         spread = largest[i] / np.median(nonzero)
         if spread > limit:
             raise UnsupportedConfiguration(
-                "fft", f"{what(i)} spans {spread:.3g}× between its largest and its median non-zero magnitude; "
-                       f"the FFT's rounding error (ε × the largest value, spread over every output of the plane) "
-                       f"would swamp the smaller outputs ({dtype} carries at most {limit:.3g}×); use a direct "
-                       f"backend such as polyphase or numba_cpu")
+                "fft",
+                f"{what(i)} spans {spread:.3g}× between its largest and its median non-zero magnitude; "
+                f"the FFT's rounding error (ε × the largest value, spread over every output of the plane) "
+                f"would swamp the smaller outputs ({dtype} carries at most {limit:.3g}×); use a direct "
+                f"backend such as polyphase or numba_cpu",
+            )
     return np.frexp(largest)[1].astype(np.int64)
 
 
@@ -197,10 +204,13 @@ def fft_convolve(x, weight, bias, problem):
     complex_dtype = np.result_type(problem.dtype, np.complex64)
     kernels = weight.reshape(g, cig, cog, kh, kw)
     x_exp = _scale_exponents(x.reshape(n, -1), lambda i: f"input image {i}", problem.dtype)
-    w_exp = _scale_exponents(kernels.transpose(0, 2, 1, 3, 4).reshape(g * cog, -1),
-                             lambda i: f"the weights of output channel {i}", problem.dtype).reshape(g, cog)
-    row_dft = _dft_matrix(range(p1), p1, kh, dh, complex_dtype)                     # (P1, kH)
-    column_dft = _dft_matrix(range(q), p2, kw, dw, complex_dtype)                   # (Q, kW)
+    w_exp = _scale_exponents(
+        kernels.transpose(0, 2, 1, 3, 4).reshape(g * cog, -1),
+        lambda i: f"the weights of output channel {i}",
+        problem.dtype,
+    ).reshape(g, cog)
+    row_dft = _dft_matrix(range(p1), p1, kh, dh, complex_dtype)  # (P1, kH)
+    column_dft = _dft_matrix(range(q), p2, kw, dw, complex_dtype)  # (Q, kW)
     # The output window within the linear convolution; rows/columns past it (output_padding) get no tap.
     rows, cols = max(0, min(full[0] - ph, ho)), max(0, min(full[1] - pw, wo))
     y = np.zeros(problem.output_shape, dtype=problem.dtype)
@@ -213,10 +223,12 @@ def fft_convolve(x, weight, bias, problem):
             n1 = min(n, n0 + blocks.images)
             # (P1, P2, G, images, Ci_g): the stride-dilated, scaled input, frequency-major after rfft2.
             x_planes = np.zeros((p1, p2, g, n1 - n0, cig), dtype=problem.dtype)
-            np.ldexp(x[n0:n1].reshape(n1 - n0, g, cig, h, w).transpose(3, 4, 1, 0, 2),
-                     -x_exp[n0:n1].reshape(1, 1, 1, -1, 1),
-                     out=x_planes[:(h - 1) * sh + 1:sh, :(w - 1) * sw + 1:sw])
-            x_hat = scipy.fft.rfft2(x_planes, axes=(0, 1))                          # (P1, Q, G, images, Ci_g)
+            np.ldexp(
+                x[n0:n1].reshape(n1 - n0, g, cig, h, w).transpose(3, 4, 1, 0, 2),
+                -x_exp[n0:n1].reshape(1, 1, 1, -1, 1),
+                out=x_planes[: (h - 1) * sh + 1 : sh, : (w - 1) * sw + 1 : sw],
+            )
+            x_hat = scipy.fft.rfft2(x_planes, axes=(0, 1))  # (P1, Q, G, images, Ci_g)
             del x_planes
             for c0 in range(0, cog, blocks.channels):
                 c1 = min(cog, c0 + blocks.channels)
@@ -228,8 +240,8 @@ def fft_convolve(x, weight, bias, problem):
                 for f0 in range(0, q, blocks.columns):
                     f1 = min(q, f0 + blocks.columns)
                     # The kernel spectra of a slab of column frequencies: DFT along the columns, then the rows.
-                    row_taps = np.matmul(column_dft[f0:f1], taps)                       # (kH, slab, G·Ci_g·block)
-                    w_hat = row_dft @ row_taps.reshape(kh, -1)                          # (P1, slab·G·Ci_g·block)
+                    row_taps = np.matmul(column_dft[f0:f1], taps)  # (kH, slab, G·Ci_g·block)
+                    w_hat = row_dft @ row_taps.reshape(kh, -1)  # (P1, slab·G·Ci_g·block)
                     del row_taps
                     # Channel sum per frequency: (images × Ci_g) · (Ci_g × block) for every (f1, f2, group).
                     np.matmul(x_hat[:, f0:f1], w_hat.reshape(p1, f1 - f0, g, cig, c1 - c0), out=y_hat[:, f0:f1])
@@ -239,18 +251,20 @@ def fft_convolve(x, weight, bias, problem):
                 del y_hat
                 window = out[n0:n1, :, c0:c1, :rows, :cols]
                 scale = x_exp[n0:n1, None, None, None, None] + w_exp[None, :, c0:c1, None, None]
-                np.ldexp(y_planes[ph:ph + rows, pw:pw + cols].transpose(3, 2, 4, 0, 1), scale, out=window)
+                np.ldexp(y_planes[ph : ph + rows, pw : pw + cols].transpose(3, 2, 4, 0, 1), scale, out=window)
                 del y_planes
-                window += 0.0               # an output is never -0.0 (PyTorch's sign of zero; see naive)
+                window += 0.0  # an output is never -0.0 (PyTorch's sign of zero; see naive)
             del x_hat
     if bias is not None:
         y += bias[None, :, None, None]
     return y
 
 
-register(Backend(
-    name="fft",
-    description="convolution theorem: rfft2 of the stride-dilated input × kernel spectrum, summed over channels",
-    run=fft_convolve,
-    check=_too_large,
-))
+register(
+    Backend(
+        name="fft",
+        description="convolution theorem: rfft2 of the stride-dilated input × kernel spectrum, summed over channels",
+        run=fft_convolve,
+        check=_too_large,
+    )
+)

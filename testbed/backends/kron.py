@@ -19,16 +19,16 @@ def outer_product_blocks(x, weight, bias, problem):
     n, g = problem.batch, problem.groups
     (h, w), (kh, kw) = problem.in_size, problem.kernel_size
     cig, cog = problem.in_per_group, problem.out_per_group
-    pixels = x.reshape(n, g, cig, h * w).transpose(1, 0, 3, 2)          # (G, N, HW, Ci_g)
-    kernels = weight.reshape(g, cig, cog * kh * kw)                      # (G, Ci_g, Co_g·kH·kW)
-    blocks = np.matmul(pixels, kernels[:, None])                         # (G, N, HW, Co_g·kH·kW)
+    pixels = x.reshape(n, g, cig, h * w).transpose(1, 0, 3, 2)  # (G, N, HW, Ci_g)
+    kernels = weight.reshape(g, cig, cog * kh * kw)  # (G, Ci_g, Co_g·kH·kW)
+    blocks = np.matmul(pixels, kernels[:, None])  # (G, N, HW, Co_g·kH·kW)
     blocks = blocks.reshape(g, n, h, w, cog, kh, kw)
     laminated = blocks.transpose(1, 0, 4, 2, 5, 3, 6).reshape(n, g * cog, h * kh, w * kw)
     if problem.output_padding == (0, 0):
         canvas = laminated
     else:
         canvas = np.zeros((n, problem.out_channels, *problem.canvas_size), dtype=problem.dtype)
-        canvas[:, :, :h * kh, :w * kw] = laminated
+        canvas[:, :, : h * kh, : w * kw] = laminated
     y = problem.crop(canvas)
     if bias is not None:
         y = y + bias[None, :, None, None]
@@ -37,19 +37,25 @@ def outer_product_blocks(x, weight, bias, problem):
 
 def _needs_stride_equal_kernel(problem):
     if not problem.is_nonoverlapping:
-        return (f"needs stride == kernel size and dilation 1, got stride {problem.stride}, kernel "
-                f"{problem.kernel_size}, dilation {problem.dilation}")
+        return (
+            f"needs stride == kernel size and dilation 1, got stride {problem.stride}, kernel "
+            f"{problem.kernel_size}, dilation {problem.dilation}"
+        )
     # The GEMM result and its laminated copy are both canvas-sized.
     need = 2 * problem.batch * problem.out_channels * math.prod(problem.canvas_size) * problem.dtype.itemsize
     if need > problem.workspace_limit:
-        return (f"the uncropped canvas {problem.canvas_size} (twice, GEMM result and laminated copy) needs "
-                f"{need:.3g} bytes, above the workspace limit of {problem.workspace_limit:.3g} bytes")
+        return (
+            f"the uncropped canvas {problem.canvas_size} (twice, GEMM result and laminated copy) needs "
+            f"{need:.3g} bytes, above the workspace limit of {problem.workspace_limit:.3g} bytes"
+        )
     return None
 
 
-register(Backend(
-    name="kron",
-    description="outer product ker ∘.× inp laminated into blocks (stride == kernel only): one GEMM + reshape",
-    run=outer_product_blocks,
-    check=_needs_stride_equal_kernel,
-))
+register(
+    Backend(
+        name="kron",
+        description="outer product ker ∘.× inp laminated into blocks (stride == kernel only): one GEMM + reshape",
+        run=outer_product_blocks,
+        check=_needs_stride_equal_kernel,
+    )
+)

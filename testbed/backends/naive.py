@@ -23,21 +23,23 @@ def scatter_definition(x, weight, bias, problem):
     y = np.zeros(problem.output_shape, dtype=problem.dtype)
     for ci in range(problem.in_channels):
         group = ci // cig
-        block = y[:, group * cog:(group + 1) * cog]
+        block = y[:, group * cog : (group + 1) * cog]
         for kh, row in enumerate(rows):
             for kw, col in enumerate(cols):
                 if row is None or col is None:
                     continue
                 (in_rows, out_rows), (in_cols, out_cols) = row, col
-                tap = weight[ci, :, kh, kw][None, :, None, None]            # (1, Co_g, 1, 1)
+                tap = weight[ci, :, kh, kw][None, :, None, None]  # (1, Co_g, 1, 1)
                 block[:, :, out_rows, out_cols] += x[:, ci, None, in_rows, in_cols] * tap
     if bias is not None:
         y += bias[None, :, None, None]
     return y
 
 
-register(Backend(
-    name="naive",
-    description="scatter definition: every input pixel times the kernel, added into its output window (oracle)",
-    run=scatter_definition,
-))
+register(
+    Backend(
+        name="naive",
+        description="scatter definition: every input pixel times the kernel, added into its output window (oracle)",
+        run=scatter_definition,
+    )
+)

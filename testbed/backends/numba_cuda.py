@@ -22,8 +22,17 @@ import numpy as np
 from ..registry import Backend, BackendUnavailable, get_backend, is_device_array, register
 from .numba_cuda_layout import CHUNK_FIELDS, GEOMETRY_FIELDS, SHAPE_FIELDS, TILE, uint32_fields
 
-__all__ = ["probe", "time_cuda_backend", "tiled_plan", "SIMULATOR_STATUS", "THREADS_PER_BLOCK",
-           "SHARED_BYTES_BUDGET", "TILE", "INDEX_LIMIT", "index_limit_reason"]
+__all__ = [
+    "probe",
+    "time_cuda_backend",
+    "tiled_plan",
+    "SIMULATOR_STATUS",
+    "THREADS_PER_BLOCK",
+    "SHARED_BYTES_BUDGET",
+    "TILE",
+    "INDEX_LIMIT",
+    "index_limit_reason",
+]
 
 SIMULATOR_STATUS = "simulator (correctness only; never timed as GPU speed)"
 NO_DEVICE_STATUS = "no CUDA GPU and the simulator is off (set NUMBA_ENABLE_CUDASIM=1 before importing numba)"
@@ -41,10 +50,12 @@ def probe() -> tuple[bool, str]:
     """(usable here?, why): a real GPU, the simulator, or neither. Cached: the answer cannot change once
     numba has been imported (``NUMBA_ENABLE_CUDASIM`` is read at import)."""
     from numba import config
+
     if config.ENABLE_CUDASIM:
         return True, SIMULATOR_STATUS
     try:
         from numba import cuda
+
         if not cuda.is_available():
             return False, NO_DEVICE_STATUS
         name = cuda.get_current_device().name
@@ -60,10 +71,12 @@ def _kernel(name: str, dtype: str):
 
     from ._runtime import can_cache
     from .numba_cuda_kernels import KERNELS
+
     return cuda.jit(cache=can_cache(KERNELS[name][dtype]))(KERNELS[name][dtype])
 
 
 # ---- host arrays ↔ device arrays ----------------------------------------------------------------------------
+
 
 def _is_numba_device_array(value) -> bool:
     """numba's own device arrays, real or simulated (the simulator's have no __cuda_array_interface__)."""
@@ -73,6 +86,7 @@ def _is_numba_device_array(value) -> bool:
 def _on_device(value):
     """``value`` as a numba device array: device arrays are used in place, host arrays are copied."""
     from numba import cuda
+
     if value is None or _is_numba_device_array(value):
         return value
     if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
@@ -88,6 +102,7 @@ def _launch(run_kernels):
     @functools.wraps(run_kernels)
     def run(x, weight, bias, problem, out=None):
         from numba import cuda
+
         on_device = is_device_array(x)
         if out is not None and is_device_array(out):
             y = _on_device(out)
@@ -120,7 +135,7 @@ def _phase_constants(stride: int, dilation: int) -> tuple[int, int]:
 
 #: The kernels index in unsigned 32-bit arithmetic; every count and extent they meet must stay below this
 #: (int32's maximum, so that int32 loop counters hold them too).
-INDEX_LIMIT = 2 ** 31 - 1
+INDEX_LIMIT = 2**31 - 1
 
 
 def index_limit_reason(problem) -> str | None:
@@ -131,38 +146,69 @@ def index_limit_reason(problem) -> str | None:
     ``H_out + 2·padding`` plus stride, dilation and a tile, which bounds every index, offset and tap
     position the kernels form on that axis (including a loop's last, unused step)."""
     input_elements = math.prod(problem.input_shape)
-    counts = {"input elements": input_elements, "weight elements": math.prod(problem.weight_shape),
-              "output elements": math.prod(problem.output_shape),
-              "atomic scatter threads (input elements × C_out/groups)": input_elements * problem.out_per_group}
+    counts = {
+        "input elements": input_elements,
+        "weight elements": math.prod(problem.weight_shape),
+        "output elements": math.prod(problem.output_shape),
+        "atomic scatter threads (input elements × C_out/groups)": input_elements * problem.out_per_group,
+    }
     for what, count in counts.items():
         if count > INDEX_LIMIT - THREADS_PER_BLOCK:
-            return (f"{what}: {count} exceeds the CUDA kernels' 32-bit index range (at most "
-                    f"{INDEX_LIMIT - THREADS_PER_BLOCK})")
-    for axis, (out, pad, stride, dilation) in enumerate(zip(problem.out_size, problem.padding, problem.stride,
-                                                            problem.dilation)):
+            return (
+                f"{what}: {count} exceeds the CUDA kernels' 32-bit index range (at most "
+                f"{INDEX_LIMIT - THREADS_PER_BLOCK})"
+            )
+    for axis, (out, pad, stride, dilation) in enumerate(
+        zip(problem.out_size, problem.padding, problem.stride, problem.dilation)
+    ):
         extent = out + 2 * pad + stride + dilation + TILE
         if extent > INDEX_LIMIT:
             name = "HW"[axis]
-            return (f"index extent along {name} (H_out + 2·padding + stride + dilation + {TILE} with "
-                    f"{name}_out={out}, padding={pad}, stride={stride}, dilation={dilation}) is {extent}, beyond "
-                    f"the CUDA kernels' 32-bit index range ({INDEX_LIMIT})")
+            return (
+                f"index extent along {name} (H_out + 2·padding + stride + dilation + {TILE} with "
+                f"{name}_out={out}, padding={pad}, stride={stride}, dilation={dilation}) is {extent}, beyond "
+                f"the CUDA kernels' 32-bit index range ({INDEX_LIMIT})"
+            )
     return None
 
 
 def _shape_args(problem) -> tuple:
     (in_h, in_w), (out_h, out_w), (kernel_h, kernel_w) = problem.in_size, problem.out_size, problem.kernel_size
-    return uint32_fields(SHAPE_FIELDS, {
-        "in_channels": problem.in_channels, "in_h": in_h, "in_w": in_w, "out_channels": problem.out_channels,
-        "out_h": out_h, "out_w": out_w, "in_per_group": problem.in_per_group, "out_per_group": problem.out_per_group,
-        "kernel_h": kernel_h, "kernel_w": kernel_w})
+    return uint32_fields(
+        SHAPE_FIELDS,
+        {
+            "in_channels": problem.in_channels,
+            "in_h": in_h,
+            "in_w": in_w,
+            "out_channels": problem.out_channels,
+            "out_h": out_h,
+            "out_w": out_w,
+            "in_per_group": problem.in_per_group,
+            "out_per_group": problem.out_per_group,
+            "kernel_h": kernel_h,
+            "kernel_w": kernel_w,
+        },
+    )
 
 
 def _geometry_args(problem) -> tuple:
     (sh, sw), (ph, pw), (dh, dw) = problem.stride, problem.padding, problem.dilation
     (gh, inv_h), (gw, inv_w) = _phase_constants(sh, dh), _phase_constants(sw, dw)
-    return uint32_fields(GEOMETRY_FIELDS, {
-        "stride_h": sh, "stride_w": sw, "padding_h": ph, "padding_w": pw, "dilation_h": dh, "dilation_w": dw,
-        "gcd_h": gh, "gcd_w": gw, "inverse_h": inv_h, "inverse_w": inv_w})
+    return uint32_fields(
+        GEOMETRY_FIELDS,
+        {
+            "stride_h": sh,
+            "stride_w": sw,
+            "padding_h": ph,
+            "padding_w": pw,
+            "dilation_h": dh,
+            "dilation_w": dw,
+            "gcd_h": gh,
+            "gcd_w": gw,
+            "inverse_h": inv_h,
+            "inverse_w": inv_w,
+        },
+    )
 
 
 def _flat(array):
@@ -170,6 +216,7 @@ def _flat(array):
     passed through ``__cuda_array_interface__``) is first copied into a contiguous array on the device."""
     if not array.is_c_contiguous():
         from numba import cuda
+
         dense = cuda.device_array(array.shape, dtype=array.dtype)
         dense[:] = array
         array = dense
@@ -179,8 +226,9 @@ def _flat(array):
 def _flat_output(y):
     """The output as a 1-D view of itself (never a copy: the kernels must write into ``y``)."""
     if not y.is_c_contiguous():
-        raise ValueError(f"the output device array must be C-contiguous, got shape {tuple(y.shape)} with "
-                         f"strides {tuple(y.strides)}")
+        raise ValueError(
+            f"the output device array must be C-contiguous, got shape {tuple(y.shape)} with strides {tuple(y.strides)}"
+        )
     return y.reshape(y.size)
 
 
@@ -190,8 +238,15 @@ def _blocks(count: int) -> int:
 
 def _run_gather(x, weight, bias, y, problem):
     kernel = _kernel("gather", problem.dtype.name)
-    kernel[_blocks(y.size), THREADS_PER_BLOCK](_flat(x), _flat(weight), _flat(bias), _flat_output(y),
-                                               problem.has_bias, _shape_args(problem), _geometry_args(problem))
+    kernel[_blocks(y.size), THREADS_PER_BLOCK](
+        _flat(x),
+        _flat(weight),
+        _flat(bias),
+        _flat_output(y),
+        problem.has_bias,
+        _shape_args(problem),
+        _geometry_args(problem),
+    )
 
 
 def _run_atomic(x, weight, bias, y, problem):
@@ -202,10 +257,12 @@ def _run_atomic(x, weight, bias, y, problem):
     _kernel("fill_zero", dtype)[_blocks(y.size), THREADS_PER_BLOCK](y_flat)
     threads = x.size * problem.out_per_group
     _kernel("scatter_atomic", dtype)[_blocks(threads), THREADS_PER_BLOCK](
-        _flat(x), _flat(weight), y_flat, _shape_args(problem), _geometry_args(problem))
+        _flat(x), _flat(weight), y_flat, _shape_args(problem), _geometry_args(problem)
+    )
     if problem.has_bias:
         _kernel("add_bias", dtype)[_blocks(y.size), THREADS_PER_BLOCK](
-            _flat(bias), y_flat, np.uint32(problem.out_channels), np.uint32(math.prod(problem.out_size)))
+            _flat(bias), y_flat, np.uint32(problem.out_channels), np.uint32(math.prod(problem.out_size))
+        )
 
 
 def tiled_plan(problem) -> dict:
@@ -228,21 +285,37 @@ def tiled_plan(problem) -> dict:
             chunk_h = (chunk_h + 1) // 2
         else:
             chunk_w = (chunk_w + 1) // 2
-    blocks = problem.batch * problem.out_channels * (-(-problem.out_size[0] // TILE)) \
-        * (-(-problem.out_size[1] // TILE))
-    return {"chunk_h": chunk_h, "chunk_w": chunk_w, "halo_h": halo_h, "halo_w": halo_w,
-            "shared_bytes": shared_bytes, "blocks": blocks, "tile": TILE}
+    blocks = (
+        problem.batch * problem.out_channels * (-(-problem.out_size[0] // TILE)) * (-(-problem.out_size[1] // TILE))
+    )
+    return {
+        "chunk_h": chunk_h,
+        "chunk_w": chunk_w,
+        "halo_h": halo_h,
+        "halo_w": halo_w,
+        "shared_bytes": shared_bytes,
+        "blocks": blocks,
+        "tile": TILE,
+    }
 
 
 def _run_tiled(x, weight, bias, y, problem):
     plan = tiled_plan(problem)
     kernel = _kernel("tiled_gather", problem.dtype.name)
     kernel[plan["blocks"], (plan["tile"], plan["tile"]), 0, plan["shared_bytes"]](
-        _flat(x), _flat(weight), _flat(bias), _flat_output(y), problem.has_bias, _shape_args(problem),
-        _geometry_args(problem), uint32_fields(CHUNK_FIELDS, plan))
+        _flat(x),
+        _flat(weight),
+        _flat(bias),
+        _flat_output(y),
+        problem.has_bias,
+        _shape_args(problem),
+        _geometry_args(problem),
+        uint32_fields(CHUNK_FIELDS, plan),
+    )
 
 
 # ---- timing ---------------------------------------------------------------------------------------------------
+
 
 def time_cuda_backend(backend, problem, *, repeats: int = 10, rng=0) -> dict:
     """Median milliseconds of one call of a CUDA backend on ``problem``, measured with CUDA events:
@@ -251,20 +324,22 @@ def time_cuda_backend(backend, problem, *, repeats: int = 10, rng=0) -> dict:
     One untimed call first compiles the kernels. Refuses the simulator (its times say nothing of a GPU)."""
     impl = get_backend(backend)
     if impl.device != "cuda":
-        raise ValueError(f"backend must be a CUDA backend (device 'cuda'), got {impl.name!r} "
-                         f"(device {impl.device!r})")
+        raise ValueError(f"backend must be a CUDA backend (device 'cuda'), got {impl.name!r} (device {impl.device!r})")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     ok, why = impl.probe()
     if not ok:
         raise BackendUnavailable(f"backend {impl.name!r} cannot be timed here: {why}")
     if impl.timing_kind != "gpu":
-        raise RuntimeError(f"backend {impl.name!r} runs in the CUDA simulator ({why}); simulator times are not "
-                           f"GPU times, so time_cuda_backend refuses to measure them")
+        raise RuntimeError(
+            f"backend {impl.name!r} runs in the CUDA simulator ({why}); simulator times are not "
+            f"GPU times, so time_cuda_backend refuses to measure them"
+        )
     reason = impl.unsupported_reason(problem)
     if reason is not None:
         raise ValueError(f"backend {impl.name!r} does not support {problem}: {reason}")
     from numba import cuda
+
     x, weight, bias = problem.random_arrays(rng)
     device_args = tuple(None if a is None else cuda.to_device(a) for a in (x, weight, bias))
 
@@ -286,36 +361,41 @@ def time_cuda_backend(backend, problem, *, repeats: int = 10, rng=0) -> dict:
 
 # ---- registration --------------------------------------------------------------------------------------------
 
-register(Backend(
-    name="numba_cuda",
-    description="numba.cuda gather: one thread per output element, phase-aware tap loops, bias fused, "
-                "no atomics",
-    run=_launch(_run_gather),
-    device="cuda",
-    check=index_limit_reason,
-    probe=probe,
-    writes_out=True,
-))
+register(
+    Backend(
+        name="numba_cuda",
+        description="numba.cuda gather: one thread per output element, phase-aware tap loops, bias fused, no atomics",
+        run=_launch(_run_gather),
+        device="cuda",
+        check=index_limit_reason,
+        probe=probe,
+        writes_out=True,
+    )
+)
 
-register(Backend(
-    name="numba_cuda_atomic",
-    description="numba.cuda scatter: one thread per input element and output channel, cuda.atomic.add "
-                "into the zero-filled output, then the bias (run-to-run nondeterministic)",
-    run=_launch(_run_atomic),
-    device="cuda",
-    deterministic=False,
-    check=index_limit_reason,
-    probe=probe,
-    writes_out=True,
-))
+register(
+    Backend(
+        name="numba_cuda_atomic",
+        description="numba.cuda scatter: one thread per input element and output channel, cuda.atomic.add "
+        "into the zero-filled output, then the bias (run-to-run nondeterministic)",
+        run=_launch(_run_atomic),
+        device="cuda",
+        deterministic=False,
+        check=index_limit_reason,
+        probe=probe,
+        writes_out=True,
+    )
+)
 
-register(Backend(
-    name="numba_cuda_tiled",
-    description="numba.cuda gather over 16x16 output tiles with the weights and input halo staged in shared "
-                "memory (per input channel and tap chunk)",
-    run=_launch(_run_tiled),
-    device="cuda",
-    check=index_limit_reason,
-    probe=probe,
-    writes_out=True,
-))
+register(
+    Backend(
+        name="numba_cuda_tiled",
+        description="numba.cuda gather over 16x16 output tiles with the weights and input halo staged in shared "
+        "memory (per input channel and tap chunk)",
+        run=_launch(_run_tiled),
+        device="cuda",
+        check=index_limit_reason,
+        probe=probe,
+        writes_out=True,
+    )
+)

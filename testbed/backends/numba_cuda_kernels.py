@@ -114,8 +114,7 @@ def _make_kernels(scalar):
     def gather(x, weight, bias, y, has_bias, shape, geometry):
         """One thread per output element ``y[n, co, oh, ow]``, visiting only the taps that reach it;
         the bias is added after the sum, as in the definition. No atomics: bitwise deterministic."""
-        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group,
-         kernel_h, kernel_w) = shape
+        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group, kernel_h, kernel_w) = shape
         sh, sw, ph, pw, dh, dw, gh, gw, inv_h, inv_w = geometry
         i = u32(cuda.grid(1))
         if i >= y.size:
@@ -131,7 +130,7 @@ def _make_kernels(scalar):
         kw_first, iw_first, count_w = phase_taps(u32(ow + pw), sw, dw, gw, inv_w, kernel_w, in_w)
         tap_step_h, tap_step_w = u32(sh // gh), u32(sw // gw)
         in_step_h, in_step_w = u32(dh // gh), u32(dw // gw)
-        x_step = u32(in_h * in_w)                            # offset steps per input channel
+        x_step = u32(in_h * in_w)  # offset steps per input channel
         w_step = u32(out_per_group * kernel_h * kernel_w)
         x_base = u32((n * in_channels + ci_first) * x_step)
         w_base = u32((ci_first * out_per_group + co_in_group) * kernel_h * kernel_w)
@@ -176,8 +175,7 @@ def _make_kernels(scalar):
         ``cuda.atomic.add``-ed into the zero-filled output (the bias follows in ``add_bias``). The order
         in which threads add into one element is the hardware's, so float results vary from run to run
         (cuDNN ALGO_0)."""
-        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group,
-         kernel_h, kernel_w) = shape
+        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group, kernel_h, kernel_w) = shape
         sh, sw, ph, pw, dh, dw, _, _, _, _ = geometry
         i = u32(cuda.grid(1))
         if i >= x.size * out_per_group:
@@ -214,8 +212,7 @@ def _make_kernels(scalar):
         whatever the dilation or kernel size; for ordinary kernels one chunk holds every tap.
         Shared layout: ``chunk_h·chunk_w`` weights, then the halo, row-major."""
         staged = cuda.shared.array(0, dtype=scalar)
-        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group,
-         kernel_h, kernel_w) = shape
+        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group, kernel_h, kernel_w) = shape
         sh, sw, ph, pw, dh, dw, gh, gw, inv_h, inv_w = geometry
         chunk_h, chunk_w, _, halo_w = chunks  # the halo's height sized the shared array; its width strides it
         tiles_w = u32(u32(out_w + TILE_U32 - ONE) // TILE_U32)
@@ -240,7 +237,7 @@ def _make_kernels(scalar):
         if not inside:
             count_h = ZERO
         weights_len = u32(chunk_h * chunk_w)
-        x_step = u32(in_h * in_w)                            # offset steps per input channel
+        x_step = u32(in_h * in_w)  # offset steps per input channel
         w_step = u32(out_per_group * kernel_h * kernel_w)
         x_first = u32((n * in_channels + ci_first) * x_step)
         w_first = u32((ci_first * out_per_group + co_in_group) * kernel_h * kernel_w)
@@ -314,8 +311,13 @@ def _make_kernels(scalar):
                 acc += bias[co]
             y[u32((plane * out_h + oh) * out_w + ow)] = acc
 
-    return {"gather": gather, "fill_zero": fill_zero, "add_bias": add_bias, "scatter_atomic": scatter_atomic,
-            "tiled_gather": tiled_gather}
+    return {
+        "gather": gather,
+        "fill_zero": fill_zero,
+        "add_bias": add_bias,
+        "scatter_atomic": scatter_atomic,
+        "tiled_gather": tiled_gather,
+    }
 
 
 _BY_DTYPE = {"float32": _make_kernels(numba.float32), "float64": _make_kernels(numba.float64)}

@@ -13,12 +13,32 @@ __all__ = ["TILE", "SHAPE_FIELDS", "GEOMETRY_FIELDS", "CHUNK_FIELDS", "uint32_fi
 TILE = 16
 
 #: Field order of the ``shape`` tuple every gather/scatter kernel receives (all uint32).
-SHAPE_FIELDS = ("in_channels", "in_h", "in_w", "out_channels", "out_h", "out_w", "in_per_group",
-                "out_per_group", "kernel_h", "kernel_w")
+SHAPE_FIELDS = (
+    "in_channels",
+    "in_h",
+    "in_w",
+    "out_channels",
+    "out_h",
+    "out_w",
+    "in_per_group",
+    "out_per_group",
+    "kernel_h",
+    "kernel_w",
+)
 #: Field order of the ``geometry`` tuple (all uint32; ``gcd``/``inverse`` per axis from
 #: ``numba_cuda._phase_constants``).
-GEOMETRY_FIELDS = ("stride_h", "stride_w", "padding_h", "padding_w", "dilation_h", "dilation_w",
-                   "gcd_h", "gcd_w", "inverse_h", "inverse_w")
+GEOMETRY_FIELDS = (
+    "stride_h",
+    "stride_w",
+    "padding_h",
+    "padding_w",
+    "dilation_h",
+    "dilation_w",
+    "gcd_h",
+    "gcd_w",
+    "inverse_h",
+    "inverse_w",
+)
 #: Field order of the ``chunks`` tuple of ``tiled_gather`` (see ``numba_cuda.tiled_plan``).
 CHUNK_FIELDS = ("chunk_h", "chunk_w", "halo_h", "halo_w")
 

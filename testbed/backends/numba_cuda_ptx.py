@@ -41,14 +41,16 @@ def kernel_signature(name: str, dtype: str):
     from numba import types
 
     from .numba_cuda_layout import CHUNK_FIELDS, GEOMETRY_FIELDS, SHAPE_FIELDS
+
     array = types.Array(getattr(types, dtype), 1, "C")
-    shape, geometry, chunks = (types.UniTuple(types.uint32, len(fields))
-                               for fields in (SHAPE_FIELDS, GEOMETRY_FIELDS, CHUNK_FIELDS))
+    shape, geometry, chunks = (
+        types.UniTuple(types.uint32, len(fields)) for fields in (SHAPE_FIELDS, GEOMETRY_FIELDS, CHUNK_FIELDS)
+    )
     signatures = {
-        "gather": (array, array, array, array, types.boolean, shape, geometry),      # x, weight, bias, y, …
-        "fill_zero": (array,),                                                       # y
-        "add_bias": (array, array, types.uint32, types.uint32),                      # bias, y, C_out, H·W
-        "scatter_atomic": (array, array, array, shape, geometry),                    # x, weight, y, …
+        "gather": (array, array, array, array, types.boolean, shape, geometry),  # x, weight, bias, y, …
+        "fill_zero": (array,),  # y
+        "add_bias": (array, array, types.uint32, types.uint32),  # bias, y, C_out, H·W
+        "scatter_atomic": (array, array, array, shape, geometry),  # x, weight, y, …
         "tiled_gather": (array, array, array, array, types.boolean, shape, geometry, chunks),
     }
     return types.void(*signatures[name])
@@ -56,9 +58,11 @@ def kernel_signature(name: str, dtype: str):
 
 def compile_kernel_ptx(name: str, dtype: str, cc=(9, 0)) -> str:
     from numba import config, cuda
+
     if config.ENABLE_CUDASIM:
         raise RuntimeError("compile_ptx needs the real CUDA target; unset NUMBA_ENABLE_CUDASIM")
     from .numba_cuda_kernels import KERNELS
+
     ptx, _ = cuda.compile_ptx(KERNELS[name][dtype], kernel_signature(name, dtype), cc=cc)
     return ptx
 
@@ -75,8 +79,11 @@ def _run_ptxas(ptxas: str, ptx: str, arch: str):
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "kernel.ptx"
         source.write_text(ptx)
-        done = subprocess.run([ptxas, f"-arch={arch}", "-v", str(source), "-o", str(Path(tmp) / "kernel.cubin")],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [ptxas, f"-arch={arch}", "-v", str(source), "-o", str(Path(tmp) / "kernel.cubin")],
+            capture_output=True,
+            text=True,
+        )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -108,6 +115,7 @@ def assemble(ptx: str, arch: str = "sm_90", ptxas: str | None = None) -> tuple[i
 def ptxas_table(cc=(9, 0)) -> list[PtxasResources]:
     """Every kernel × dtype, compiled for ``cc`` and assembled for ``sm_<cc>``."""
     from .numba_cuda_kernels import KERNELS
+
     arch = f"sm_{cc[0]}{cc[1]}"
     rows = []
     for name, by_dtype in KERNELS.items():

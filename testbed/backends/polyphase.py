@@ -47,12 +47,14 @@ def polyphase_gemm(x, weight, bias, problem):
     n, g = problem.batch, problem.groups
     (h, w), (ho, wo) = problem.in_size, problem.out_size
     cig, cog = problem.in_per_group, problem.out_per_group
-    x_cl = x.reshape(n, g, cig, h, w).transpose(0, 3, 4, 1, 2)            # (N, H, W, G, Ci_g), a view
+    x_cl = x.reshape(n, g, cig, h, w).transpose(0, 3, 4, 1, 2)  # (N, H, W, G, Ci_g), a view
     w_g = weight.reshape(g, cig, cog, *problem.kernel_size)
-    rows_phases = phase_subkernels(ho, h, problem.kernel_size[0], problem.stride[0], problem.padding[0],
-                                   problem.dilation[0])
-    cols_phases = phase_subkernels(wo, w, problem.kernel_size[1], problem.stride[1], problem.padding[1],
-                                   problem.dilation[1])
+    rows_phases = phase_subkernels(
+        ho, h, problem.kernel_size[0], problem.stride[0], problem.padding[0], problem.dilation[0]
+    )
+    cols_phases = phase_subkernels(
+        wo, w, problem.kernel_size[1], problem.stride[1], problem.padding[1], problem.dilation[1]
+    )
     y_cl = np.zeros((n, ho, wo, g, cog), dtype=problem.dtype)
     sh, sw = problem.stride
     for ph, rows, row_taps in rows_phases:
@@ -60,7 +62,7 @@ def polyphase_gemm(x, weight, bias, problem):
             phase = np.zeros((n, rows, cols, g, cog), dtype=problem.dtype)
             for kh, off_h, r0, r1 in row_taps:
                 for kw, off_w, c0, c1 in col_taps:
-                    pixels = x_cl[:, r0 + off_h:r1 + off_h, c0 + off_w:c1 + off_w]
+                    pixels = x_cl[:, r0 + off_h : r1 + off_h, c0 + off_w : c1 + off_w]
                     phase[:, r0:r1, c0:c1] += _tap_gemm(pixels, w_g[..., kh, kw])
             y_cl[:, ph::sh, pw::sw] = phase
     y = y_cl.reshape(n, ho, wo, problem.out_channels).transpose(0, 3, 1, 2)
@@ -69,8 +71,10 @@ def polyphase_gemm(x, weight, bias, problem):
     return np.ascontiguousarray(y)
 
 
-register(Backend(
-    name="polyphase",
-    description="sub-pixel decomposition: s_h·s_w stride-1 phase correlations (one GEMM per tap), interleaved",
-    run=polyphase_gemm,
-))
+register(
+    Backend(
+        name="polyphase",
+        description="sub-pixel decomposition: s_h·s_w stride-1 phase correlations (one GEMM per tap), interleaved",
+        run=polyphase_gemm,
+    )
+)

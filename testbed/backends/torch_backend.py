@@ -33,17 +33,23 @@ def torch_conv_transpose2d(x, weight, bias, problem):
     """NCHW arrays as contiguous tensors; NHWC arrays as PyTorch's ``channels_last`` tensors (the same memory
     seen as (N, C, H, W)), which oneDNN computes in that layout and returns in it."""
     torch = _torch()
-    prepare_torch(torch)      # one thread in a child forked after torch's OpenMP pool started (see _runtime)
+    prepare_torch(torch)  # one thread in a child forked after torch's OpenMP pool started (see _runtime)
     x_t = _tensor(torch, x)
     if problem.layout == "NHWC":
         x_t = x_t.permute(0, 3, 1, 2)
     with torch.no_grad():
         y = torch.nn.functional.conv_transpose2d(
-            x_t, _tensor(torch, weight), None if bias is None else _tensor(torch, bias),
-            stride=problem.stride, padding=problem.padding, output_padding=problem.output_padding,
-            groups=problem.groups, dilation=problem.dilation)
+            x_t,
+            _tensor(torch, weight),
+            None if bias is None else _tensor(torch, bias),
+            stride=problem.stride,
+            padding=problem.padding,
+            output_padding=problem.output_padding,
+            groups=problem.groups,
+            dilation=problem.dilation,
+        )
     if problem.layout == "NHWC":
-        y = y.permute(0, 2, 3, 1).contiguous()     # a view when torch kept channels_last
+        y = y.permute(0, 2, 3, 1).contiguous()  # a view when torch kept channels_last
     return y.numpy()
 
 
@@ -60,16 +66,20 @@ def _within_torch_limits(problem):
         (h, w), (kh, kw) = problem.in_size, problem.kernel_size
         columns = problem.out_channels * kh * kw * h * w * problem.dtype.itemsize
         if columns > problem.workspace_limit:
-            return (f"torch's slow_conv_transpose2d would allocate a {columns:.3g}-byte column buffer "
-                    f"(C_out·kH·kW·H·W), above the workspace limit of {problem.workspace_limit:.3g} bytes")
+            return (
+                f"torch's slow_conv_transpose2d would allocate a {columns:.3g}-byte column buffer "
+                f"(C_out·kH·kW·H·W), above the workspace limit of {problem.workspace_limit:.3g} bytes"
+            )
     return None
 
 
-register(Backend(
-    name="torch",
-    description="PyTorch's F.conv_transpose2d on the CPU (oneDNN or GEMM + col2im inside)",
-    run=torch_conv_transpose2d,
-    check=_within_torch_limits,
-    probe=_probe,
-    layouts=("NCHW", "NHWC"),
-))
+register(
+    Backend(
+        name="torch",
+        description="PyTorch's F.conv_transpose2d on the CPU (oneDNN or GEMM + col2im inside)",
+        run=torch_conv_transpose2d,
+        check=_within_torch_limits,
+        probe=_probe,
+        layouts=("NCHW", "NHWC"),
+    )
+)

@@ -61,8 +61,13 @@ PATHS = ("direct", "nonoverlap_gemm", "gemm_col2im", "blocked_direct", "nonoverl
 #: The paths that compute NHWC natively; the others get NHWC arrays transposed to NCHW and back.
 NHWC_PATHS = ("nonoverlap_gemm", "blocked_direct", "nonoverlap_direct")
 
-_MODULES = {"direct": direct, "nonoverlap_gemm": nonoverlap_gemm, "gemm_col2im": gemm_col2im,
-            "blocked_direct": blocked_direct, "nonoverlap_direct": nonoverlap_direct}
+_MODULES = {
+    "direct": direct,
+    "nonoverlap_gemm": nonoverlap_gemm,
+    "gemm_col2im": gemm_col2im,
+    "blocked_direct": blocked_direct,
+    "nonoverlap_direct": nonoverlap_direct,
+}
 
 
 def choose_path(problem, blocking: Blocking | None = None) -> str:
@@ -110,11 +115,11 @@ def choose_path(problem, blocking: Blocking | None = None) -> str:
     if problem.is_nonoverlapping and nonoverlap_direct.suits(problem, b):
         return "nonoverlap_direct"
     if problem.is_nonoverlapping and nonoverlap_gemm.fits_blas(problem):
-        return "nonoverlap_gemm"          # blocks of the GEMM: no column buffer, any size
+        return "nonoverlap_gemm"  # blocks of the GEMM: no column buffer, any size
     if gemm_col2im.column_bytes_per_image(problem) > problem.workspace_limit:
         return "direct" if problem.is_nonoverlapping else "blocked_direct"
     if problem.is_nonoverlapping:
-        return "gemm_col2im"              # sizes past BLAS's 32-bit integers: numpy's matmul splits them
+        return "gemm_col2im"  # sizes past BLAS's 32-bit integers: numpy's matmul splits them
     if problem.out_per_group < b.blocked_min_out_per_group:
         return "gemm_col2im" if problem.groups == 1 else "direct"
     if problem.in_per_group >= b.gemm_min_in_per_group or _taps_leave_gaps(problem):
@@ -125,7 +130,6 @@ def choose_path(problem, blocking: Blocking | None = None) -> str:
 def _taps_leave_gaps(problem) -> bool:
     """No two taps reach the same output (stride ≥ the dilated kernel extent along both axes)."""
     return all(s >= d * (k - 1) + 1 for s, d, k in zip(problem.stride, problem.dilation, problem.kernel_size))
-
 
 
 def run_path(name, x, weight, bias, problem, out=None, *, isa=None, blocking=None, **options):
@@ -147,8 +151,11 @@ def run_path(name, x, weight, bias, problem, out=None, *, isa=None, blocking=Non
     elif not isinstance(blocking, Blocking):
         raise TypeError(f"blocking: expected a numba_cpu Blocking, got {type(blocking).__name__}")
     if name.startswith("nonoverlap") and not problem.is_nonoverlapping:
-        raise ValueError(f"{name} needs stride == kernel and dilation 1, got stride {problem.stride}, kernel "
-                         f"{problem.kernel_size}, dilation {problem.dilation}")
+        raise ValueError(
+            f"{name} needs stride == kernel and dilation 1, got stride {problem.stride}, kernel "
+            f"{problem.kernel_size}, dilation {problem.dilation}"
+        )
+
     def runner(x, weight, bias, problem, out=None):
         return _MODULES[name].run(x, weight, bias, problem, out, blocking=blocking, **options)
 
@@ -164,16 +171,20 @@ def numba_conv_transpose2d(x, weight, bias, problem, out=None):
 def describe(problem) -> str:
     """The path ``numba_cpu`` takes for ``problem`` and the ISA row its kernels were built for (for ``explain``)."""
     row = _blocking.blocking()
-    return (f"path {choose_path(problem, row)}, kernels of the {row.isa} row ({row.vector_bytes}-byte vectors, "
-            f"register tile {row.panel_pixels} × {row.panel_vectors} vectors)")
+    return (
+        f"path {choose_path(problem, row)}, kernels of the {row.isa} row ({row.vector_bytes}-byte vectors, "
+        f"register tile {row.panel_pixels} × {row.panel_vectors} vectors)"
+    )
 
 
-register(Backend(
-    name="numba_cpu",
-    description="Numba prange kernels: one GEMM + fused pixel shuffle (stride == kernel) or gathering "
-                "col2im (overlapping taps), or an output-stationary gather (depthwise, tiny channels)",
-    run=numba_conv_transpose2d,
-    writes_out=True,
-    layouts=("NCHW", "NHWC"),
-    describe=describe,
-))
+register(
+    Backend(
+        name="numba_cpu",
+        description="Numba prange kernels: one GEMM + fused pixel shuffle (stride == kernel) or gathering "
+        "col2im (overlapping taps), or an output-stationary gather (depthwise, tiny channels)",
+        run=numba_conv_transpose2d,
+        writes_out=True,
+        layouts=("NCHW", "NHWC"),
+        describe=describe,
+    )
+)

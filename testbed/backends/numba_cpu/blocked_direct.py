@@ -56,8 +56,9 @@ def tiles_kernel(shape):
     PANEL, PANEL_BYTES, TILE_PIXELS, MAX_TILE_CO = shape[:4]
     TILE_SIZE = TILE_PIXELS * MAX_TILE_CO
 
-    def _blocked_direct_tiles(pixels, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co,
-                              tile_rows):
+    def _blocked_direct_tiles(
+        pixels, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co, tile_rows
+    ):
         """Register-blocked, phase-decomposed direct kernel: ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g
         + ci]
         · packed[g, kh, kw, ci, co] + bias`` over the taps of the scatter definition, ``pixels`` being the input
@@ -84,18 +85,18 @@ def tiles_kernel(shape):
         groups, k_h, k_w, per_group_in, padded_out = packed.shape
         out_h, out_w = y.shape[2], y.shape[3]
         per_group_out = y.shape[1] // groups
-        lanes = PANEL_BYTES // y.itemsize                     # output channels per panel vector
+        lanes = PANEL_BYTES // y.itemsize  # output channels per panel vector
         co_tiles = (per_group_out - 1) // tile_co + 1
         row_phases, col_phases = min(stride_h, out_h), min(stride_w, out_w)
-        row_blocks = (batch * ((out_h - 1) // stride_h + 1) - 1) // tile_rows + 1      # of the longest row phase
+        row_blocks = (batch * ((out_h - 1) // stride_h + 1) - 1) // tile_rows + 1  # of the longest row phase
         run = TILE_PIXELS // tile_rows
-        zero = np.zeros(1, dtype=y.dtype)[0]                  # +0.0 in y's dtype
+        zero = np.zeros(1, dtype=y.dtype)[0]  # +0.0 in y's dtype
         for item in prange(groups * co_tiles * row_phases * row_blocks):
             block = item % row_blocks
             ph = (item // row_blocks) % row_phases
             co0 = (item // (row_blocks * row_phases)) % co_tiles * tile_co
             g = item // (row_blocks * row_phases * co_tiles)
-            cot = min(tile_co, padded_out - co0)              # a multiple of lanes
+            cot = min(tile_co, padded_out - co0)  # a multiple of lanes
             written = min(cot, per_group_out - co0)
             phase_rows = (out_h - 1 - ph) // stride_h + 1
             first = block * tile_rows
@@ -120,12 +121,12 @@ def tiles_kernel(shape):
                         shift_h = ph + pad_h - kh * dil_h
                         if shift_h % stride_h != 0:
                             continue
-                        off_h = shift_h // stride_h                        # ih = m + off_h
+                        off_h = shift_h // stride_h  # ih = m + off_h
                         for kw in range(k_w):
                             shift_w = b + pad_w - kw * dil_w
                             if shift_w % stride_w != 0:
                                 continue
-                            off = shift_w // stride_w                      # iw = j + off
+                            off = shift_w // stride_w  # iw = j + off
                             j_lo, j_hi = max(j0, -off), min(j0 + jn, in_w - off)
                             if j_hi <= j_lo:
                                 continue
@@ -145,25 +146,74 @@ def tiles_kernel(shape):
                                 w = w_start + c
                                 i = 0
                                 while i + PANEL <= count:
-                                    fma_panel(acc, offsets_from(reached_acc, i, c, PANEL), packed, w, padded_out,
-                                              pixels, offsets_from(reached_x, i, 0, PANEL), 1, per_group_in,
-                                              PANEL_BYTES)
+                                    fma_panel(
+                                        acc,
+                                        offsets_from(reached_acc, i, c, PANEL),
+                                        packed,
+                                        w,
+                                        padded_out,
+                                        pixels,
+                                        offsets_from(reached_x, i, 0, PANEL),
+                                        1,
+                                        per_group_in,
+                                        PANEL_BYTES,
+                                    )
                                     i += PANEL
-                                if PANEL > 8 and i + 8 <= count:               # the rest, in registers too
-                                    fma_panel(acc, offsets_from(reached_acc, i, c, 8), packed, w, padded_out, pixels,
-                                              offsets_from(reached_x, i, 0, 8), 1, per_group_in, PANEL_BYTES)
+                                if PANEL > 8 and i + 8 <= count:  # the rest, in registers too
+                                    fma_panel(
+                                        acc,
+                                        offsets_from(reached_acc, i, c, 8),
+                                        packed,
+                                        w,
+                                        padded_out,
+                                        pixels,
+                                        offsets_from(reached_x, i, 0, 8),
+                                        1,
+                                        per_group_in,
+                                        PANEL_BYTES,
+                                    )
                                     i += 8
-                                if PANEL > 4 and i + 4 <= count:               # the rest, in registers too
-                                    fma_panel(acc, offsets_from(reached_acc, i, c, 4), packed, w, padded_out, pixels,
-                                              offsets_from(reached_x, i, 0, 4), 1, per_group_in, PANEL_BYTES)
+                                if PANEL > 4 and i + 4 <= count:  # the rest, in registers too
+                                    fma_panel(
+                                        acc,
+                                        offsets_from(reached_acc, i, c, 4),
+                                        packed,
+                                        w,
+                                        padded_out,
+                                        pixels,
+                                        offsets_from(reached_x, i, 0, 4),
+                                        1,
+                                        per_group_in,
+                                        PANEL_BYTES,
+                                    )
                                     i += 4
-                                if PANEL > 2 and i + 2 <= count:               # the rest, in registers too
-                                    fma_panel(acc, offsets_from(reached_acc, i, c, 2), packed, w, padded_out, pixels,
-                                              offsets_from(reached_x, i, 0, 2), 1, per_group_in, PANEL_BYTES)
+                                if PANEL > 2 and i + 2 <= count:  # the rest, in registers too
+                                    fma_panel(
+                                        acc,
+                                        offsets_from(reached_acc, i, c, 2),
+                                        packed,
+                                        w,
+                                        padded_out,
+                                        pixels,
+                                        offsets_from(reached_x, i, 0, 2),
+                                        1,
+                                        per_group_in,
+                                        PANEL_BYTES,
+                                    )
                                     i += 2
                                 if i < count:
-                                    fma_panel(acc, offsets_from(reached_acc, i, c, 1), packed, w, padded_out, pixels,
-                                              offsets_from(reached_x, i, 0, 1), 1, per_group_in, PANEL_BYTES)
+                                    fma_panel(
+                                        acc,
+                                        offsets_from(reached_acc, i, c, 1),
+                                        packed,
+                                        w,
+                                        padded_out,
+                                        pixels,
+                                        offsets_from(reached_x, i, 0, 1),
+                                        1,
+                                        per_group_in,
+                                        PANEL_BYTES,
+                                    )
                     for r in range(rows):
                         n, oh = row_n[r], ph + stride_h * row_m[r]
                         for c in range(written):
@@ -171,7 +221,6 @@ def tiles_kernel(shape):
                             line, b_c = y[n, co, oh], bias[co]
                             for j in range(jn):
                                 line[b + stride_w * (j0 + j)] = acc[r * run + j, c] + b_c
-
 
     return parallel_kernel(_blocked_direct_tiles)
 
@@ -190,7 +239,7 @@ def default_tile_rows(problem, blocking):
     work items per thread where the problem has that many rows."""
     (out_h, out_w), (s_h, s_w) = problem.out_size, problem.stride
     fit = max(1, blocking.tile_pixels // ((out_w - 1) // s_w + 1))
-    rows = problem.batch * ((out_h - 1) // s_h + 1)                 # of the longest row phase
+    rows = problem.batch * ((out_h - 1) // s_h + 1)  # of the longest row phase
     per_item = default_tile_co(problem.out_per_group, blocking)
     others = problem.groups * -(-problem.out_per_group // per_item) * min(s_h, out_h)
     blocks = -(-blocking.items_per_thread * numba.get_num_threads() // others)
@@ -205,13 +254,22 @@ def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows
     lanes = blocking.lanes(4)
     tile_co = default_tile_co(problem.out_per_group, blocking) if tile_co is None else tile_co
     if tile_co <= 0 or tile_co % lanes or tile_co > blocking.max_tile_co:
-        raise ValueError(f"tile_co: expected a multiple of {lanes} up to {blocking.max_tile_co} (the {blocking.isa} "
-                         f"row's panel vector and tile), got {tile_co}")
+        raise ValueError(
+            f"tile_co: expected a multiple of {lanes} up to {blocking.max_tile_co} (the {blocking.isa} "
+            f"row's panel vector and tile), got {tile_co}"
+        )
     y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     # the kernel indexes the output as (n, c, h, w)
     y_nchw = y.transpose(0, 3, 1, 2) if problem.layout == "NHWC" else y
     tiles_kernel(blocking.kernel_shape())(
-        channels_last_input(x, problem, blocking), packed_weight(weight, problem, blocking),
-        bias_or_zeros(bias, problem), y_nchw, *problem.stride, *problem.padding, *problem.dilation,
-        tile_co, tile_rows or default_tile_rows(problem, blocking))
+        channels_last_input(x, problem, blocking),
+        packed_weight(weight, problem, blocking),
+        bias_or_zeros(bias, problem),
+        y_nchw,
+        *problem.stride,
+        *problem.padding,
+        *problem.dilation,
+        tile_co,
+        tile_rows or default_tile_rows(problem, blocking),
+    )
     return y

@@ -133,8 +133,10 @@ class Blocking:
         if self.panel_pixels < 2 or self.panel_pixels % 2 or self.panel_pixels > 16:
             raise ValueError(f"panel_pixels: expected an even number from 2 to 16, got {self.panel_pixels}")
         if self.max_tile_co % (self.panel_bytes // 4):
-            raise ValueError(f"max_tile_co: expected a multiple of {self.panel_bytes // 4} (float32 lanes of a "
-                             f"panel vector), got {self.max_tile_co}")
+            raise ValueError(
+                f"max_tile_co: expected a multiple of {self.panel_bytes // 4} (float32 lanes of a "
+                f"panel vector), got {self.max_tile_co}"
+            )
 
     @property
     def panel_bytes(self) -> int:
@@ -153,8 +155,14 @@ class Blocking:
     def kernel_shape(self) -> tuple[int, int, int, int, int, int]:
         """The fields compiled into the kernels (closure constants, part of their cache keys): ``(panel_pixels,
         panel_bytes, tile_pixels, max_tile_co, nonoverlap_max_taps, nonoverlap_max_pixels)``."""
-        return (self.panel_pixels, self.panel_bytes, self.tile_pixels, self.max_tile_co, self.nonoverlap_max_taps,
-                self.nonoverlap_max_pixels)
+        return (
+            self.panel_pixels,
+            self.panel_bytes,
+            self.tile_pixels,
+            self.max_tile_co,
+            self.nonoverlap_max_taps,
+            self.nonoverlap_max_pixels,
+        )
 
 
 #: The rows: :data:`testbed.isa.ISA_ROWS` → :class:`Blocking`.

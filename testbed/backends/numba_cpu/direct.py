@@ -44,14 +44,14 @@ def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, 
                     src = x[n, ci, ih]
                     for kw in range(k_w):
                         w = weight[ci, co_g, kh, kw]
-                        start = kw * dil_w - pad_w                   # ow of input column 0
-                        iw_lo = max(0, -(start // stride_w))         # first iw with ow >= 0
+                        start = kw * dil_w - pad_w  # ow of input column 0
+                        iw_lo = max(0, -(start // stride_w))  # first iw with ow >= 0
                         iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
                         if iw_hi <= iw_lo:
                             continue
                         # ow = b + s·(iw + skip): views indexed from 0 let LLVM vectorise the loop.
                         skip = start // stride_w
-                        dst = acc[start % stride_w, iw_lo + skip:iw_hi + skip]
+                        dst = acc[start % stride_w, iw_lo + skip : iw_hi + skip]
                         run = src[iw_lo:iw_hi]
                         for i in range(iw_hi - iw_lo):
                             dst[i] += run[i] * w
@@ -61,10 +61,10 @@ def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, 
                     line[b + stride_w * j] = acc[b, j] + b_c
 
 
-
 def run(x, weight, bias, problem, out=None, *, blocking):
     """``direct`` into ``out`` (or a new result); ``blocking`` is unused (no tiles)."""
     y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
-    _direct_gather(x, weight, bias_or_zeros(bias, problem), y, *problem.stride, *problem.padding,
-                   *problem.dilation, problem.groups)
+    _direct_gather(
+        x, weight, bias_or_zeros(bias, problem), y, *problem.stride, *problem.padding, *problem.dilation, problem.groups
+    )
     return y

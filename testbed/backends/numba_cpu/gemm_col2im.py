@@ -38,13 +38,13 @@ def _col2im_gather(columns, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, di
                     continue
                 ih = shift // stride_h
                 for kw in range(k_w):
-                    start = kw * dil_w - pad_w                       # ow of input column 0
-                    iw_lo = max(0, -(start // stride_w))             # first iw with ow >= 0
+                    start = kw * dil_w - pad_w  # ow of input column 0
+                    iw_lo = max(0, -(start // stride_w))  # first iw with ow >= 0
                     iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
                     if iw_hi <= iw_lo:
                         continue
-                    skip = start // stride_w                         # ow = b + s·(iw + skip)
-                    dst = acc[start % stride_w, iw_lo + skip:iw_hi + skip]
+                    skip = start // stride_w  # ow = b + s·(iw + skip)
+                    dst = acc[start % stride_w, iw_lo + skip : iw_hi + skip]
                     run = columns[c, kh, kw, n, ih, iw_lo:iw_hi]
                     for i in range(iw_hi - iw_lo):
                         dst[i] += run[i]
@@ -54,25 +54,30 @@ def _col2im_gather(columns, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, di
                     line[b + stride_w * j] = acc[b, j] + b_c
 
 
-
 def gemm_columns(x, weight, problem):
     """``columns[co, kh, kw, n, ih, iw] = Σ_ci W[ci, co, kh, kw] · x[n, ci, ih, iw]`` (ci over co's group) for
     the images of ``x``: one BLAS GEMM per group for all of them."""
     n, g = x.shape[0], problem.groups
     (h, w), (kh, kw) = problem.in_size, problem.kernel_size
     cig, cog = problem.in_per_group, problem.out_per_group
-    weight_t = weight.reshape(g, cig, cog * kh * kw).transpose(0, 2, 1)    # (G, Co_g·kH·kW, Ci_g), a view
+    weight_t = weight.reshape(g, cig, cog * kh * kw).transpose(0, 2, 1)  # (G, Co_g·kH·kW, Ci_g), a view
     pixels = x.reshape(n, g, cig, h * w)
     # (G, Ci_g, N·HW): the batch becomes GEMM columns (a copy of the input only when N > 1).
     pixels = pixels[0] if n == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0, 3))
-    columns = np.matmul(weight_t, pixels.reshape(g, cig, n * h * w))      # (G, Co_g·kH·kW, N·HW)
+    columns = np.matmul(weight_t, pixels.reshape(g, cig, n * h * w))  # (G, Co_g·kH·kW, N·HW)
     return columns.reshape(problem.out_channels, kh, kw, n, h, w)
 
 
 def column_bytes_per_image(problem):
     """Bytes of the GEMM paths' ``columns`` (C_out·kH·kW·H·W) for one image."""
-    return (problem.out_channels * problem.kernel_size[0] * problem.kernel_size[1]
-            * problem.in_size[0] * problem.in_size[1] * problem.dtype.itemsize)
+    return (
+        problem.out_channels
+        * problem.kernel_size[0]
+        * problem.kernel_size[1]
+        * problem.in_size[0]
+        * problem.in_size[1]
+        * problem.dtype.itemsize
+    )
 
 
 def image_chunks(problem, blocking):
@@ -81,11 +86,16 @@ def image_chunks(problem, blocking):
     return [slice(n0, min(problem.batch, n0 + step)) for n0 in range(0, problem.batch, step)]
 
 
-
 def run(x, weight, bias, problem, out=None, *, blocking):
     y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     bias = bias_or_zeros(bias, problem)
     for images in image_chunks(problem, blocking):
-        _col2im_gather(gemm_columns(x[images], weight, problem), bias, y[images], *problem.stride,
-                       *problem.padding, *problem.dilation)
+        _col2im_gather(
+            gemm_columns(x[images], weight, problem),
+            bias,
+            y[images],
+            *problem.stride,
+            *problem.padding,
+            *problem.dilation,
+        )
     return y

@@ -26,8 +26,8 @@ def stack_tile(typingctx, like, size):
     count = size.literal_value
 
     def codegen(context, builder, signature, args):
-        return cgutils.alloca_once(builder, context.get_value_type(like),
-                                   size=context.get_constant(types.intp, count))
+        return cgutils.alloca_once(builder, context.get_value_type(like), size=context.get_constant(types.intp, count))
+
     return types.CPointer(like)(like, size), codegen
 
 
@@ -47,19 +47,21 @@ def _panel_sums(context, builder, starts, w_p, w_start, w_step, x_p, x_offsets, 
     returns the final vectors."""
     vector, width = _vector_type(context, dtype, panel_bytes)
     lanes = vector.count
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                         f"llvm.fma.v{lanes}f{8 * width}")
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{lanes}f{8 * width}"
+    )
     registers = []
     for start in starts:
-        register = cgutils.alloca_once(builder, vector)              # promoted to a register by mem2reg
+        register = cgutils.alloca_once(builder, vector)  # promoted to a register by mem2reg
         builder.store(start, register)
         registers.append(register)
     undefined = ir.Constant(vector, ir.Undefined)
     lane0 = ir.Constant(ir.IntType(32), 0)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
     with cgutils.for_range(builder, count) as loop:
-        w = builder.load(_vector_at(builder, vector, w_p, builder.add(w_start, builder.mul(loop.index, w_step))),
-                         align=width)
+        w = builder.load(
+            _vector_at(builder, vector, w_p, builder.add(w_start, builder.mul(loop.index, w_step))), align=width
+        )
         step = builder.mul(loop.index, x_step)
         for offset, register in zip(x_offsets, registers):
             value = builder.load(builder.gep(x_p, [builder.add(offset, step)]))
@@ -69,10 +71,13 @@ def _panel_sums(context, builder, starts, w_p, w_start, w_step, x_p, x_offsets, 
 
 
 def _panel_types_ok(arrays, starts, dtype, panel_bytes):
-    return (isinstance(panel_bytes, types.IntegerLiteral) and panel_bytes.literal_value % 16 == 0
-            and all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == dtype for a in arrays)
-            and dtype in (types.float32, types.float64)
-            and all(isinstance(t, types.UniTuple) and isinstance(t.dtype, types.Integer) for t in starts))
+    return (
+        isinstance(panel_bytes, types.IntegerLiteral)
+        and panel_bytes.literal_value % 16 == 0
+        and all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == dtype for a in arrays)
+        and dtype in (types.float32, types.float64)
+        and all(isinstance(t, types.UniTuple) and isinstance(t.dtype, types.Integer) for t in starts)
+    )
 
 
 class _Args:
@@ -90,8 +95,10 @@ class _Args:
 
     def indices(self, i):
         ty = self.types[i]
-        return [self.context.cast(self.builder, v, ty.dtype, types.intp)
-                for v in cgutils.unpack_tuple(self.builder, self.values[i], ty.count)]
+        return [
+            self.context.cast(self.builder, v, ty.dtype, types.intp)
+            for v in cgutils.unpack_tuple(self.builder, self.values[i], ty.count)
+        ]
 
 
 @intrinsic
@@ -107,9 +114,10 @@ def prefetch(typingctx, array, index):
         byte = ir.IntType(8).as_pointer()
         signature_ = ir.FunctionType(ir.VoidType(), [byte] + [ir.IntType(32)] * 3)
         hint = cgutils.get_or_insert_function(builder.module, signature_, "llvm.prefetch.p0i8")
-        flag = [ir.Constant(ir.IntType(32), value) for value in (0, 3, 1)]       # read, keep in all levels, data
+        flag = [ir.Constant(ir.IntType(32), value) for value in (0, 3, 1)]  # read, keep in all levels, data
         builder.call(hint, [builder.bitcast(builder.gep(a.data(0), [a.index(1)]), byte), *flag])
         return context.get_dummy_value()
+
     return types.none(array, index), codegen
 
 
@@ -126,59 +134,93 @@ def fma_panel(typingctx, acc, acc_starts, weights, w_start, w_step, x, x_starts,
     inputs, ``P`` FMAs) and are stored once. Written as LLVM vector IR because Numba's pipeline vectorises only
     innermost loops (its SLP vectoriser is off), which cannot keep a tile in registers across the channel loop.
     The arrays must be C-contiguous; offsets are flat element indices, in bounds (not checked)."""
-    if not (_panel_types_ok((acc, weights, x), (acc_starts, x_starts), acc.dtype, panel_bytes)
-            and acc_starts.count == x_starts.count):
+    if not (
+        _panel_types_ok((acc, weights, x), (acc_starts, x_starts), acc.dtype, panel_bytes)
+        and acc_starts.count == x_starts.count
+    ):
         return None
 
     def codegen(context, builder, signature, args):
         a = _Args(context, builder, signature, args)
         vector, width = _vector_type(context, acc.dtype, panel_bytes.literal_value)
         homes = [_vector_at(builder, vector, a.data(0), offset) for offset in a.indices(1)]
-        sums = _panel_sums(context, builder, [builder.load(home, align=width) for home in homes], a.data(2),
-                           a.index(3), a.index(4), a.data(5), a.indices(6), a.index(7), a.index(8), acc.dtype,
-                           panel_bytes.literal_value)
+        sums = _panel_sums(
+            context,
+            builder,
+            [builder.load(home, align=width) for home in homes],
+            a.data(2),
+            a.index(3),
+            a.index(4),
+            a.data(5),
+            a.indices(6),
+            a.index(7),
+            a.index(8),
+            acc.dtype,
+            panel_bytes.literal_value,
+        )
         for home, value in zip(homes, sums):
             builder.store(value, home, align=width)
         return context.get_dummy_value()
+
     return types.none(acc, acc_starts, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes), codegen
 
 
 @intrinsic
-def fma_panel_out(typingctx, y, y_starts, bias, bias_start, weights, w_start, w_step, x, x_starts, x_step, count,
-                  panel_bytes):
+def fma_panel_out(
+    typingctx, y, y_starts, bias, bias_start, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes
+):
     """:func:`fma_panel` with its accumulators starting at +0.0 and written out with a bias:
     ``y.flat[y_starts[p] + l] = (Σ_{k < count} x.flat[x_starts[p] + k·x_step] · weights.flat[w_start + k·w_step + l])
     + bias.flat[bias_start + l]``, the sum as there (from +0.0, ``k`` ascending, one FMA per product). For outputs
     whose ``L`` channels are one contiguous run (channels-last), so no tile is zeroed, loaded or copied."""
-    if not (_panel_types_ok((y, bias, weights, x), (y_starts, x_starts), y.dtype, panel_bytes)
-            and y_starts.count == x_starts.count):
+    if not (
+        _panel_types_ok((y, bias, weights, x), (y_starts, x_starts), y.dtype, panel_bytes)
+        and y_starts.count == x_starts.count
+    ):
         return None
 
     def codegen(context, builder, signature, args):
         a = _Args(context, builder, signature, args)
         vector, width = _vector_type(context, y.dtype, panel_bytes.literal_value)
         zero = ir.Constant(vector, [0.0] * vector.count)
-        sums = _panel_sums(context, builder, [zero] * x_starts.count, a.data(4), a.index(5), a.index(6),
-                           a.data(7), a.indices(8), a.index(9), a.index(10), y.dtype,
-                           panel_bytes.literal_value)
+        sums = _panel_sums(
+            context,
+            builder,
+            [zero] * x_starts.count,
+            a.data(4),
+            a.index(5),
+            a.index(6),
+            a.data(7),
+            a.indices(8),
+            a.index(9),
+            a.index(10),
+            y.dtype,
+            panel_bytes.literal_value,
+        )
         addend = builder.load(_vector_at(builder, vector, a.data(2), a.index(3)), align=width)
         for offset, value in zip(a.indices(1), sums):
             builder.store(builder.fadd(value, addend), _vector_at(builder, vector, a.data(0), offset), align=width)
         return context.get_dummy_value()
-    return (types.none(y, y_starts, bias, bias_start, weights, w_start, w_step, x, x_starts, x_step, count,
-                       panel_bytes), codegen)
+
+    return (
+        types.none(y, y_starts, bias, bias_start, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes),
+        codegen,
+    )
 
 
 @intrinsic
-def fma_panel_pairs_out(typingctx, y, y_starts, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step,
-                        count, panel_bytes):
+def fma_panel_pairs_out(
+    typingctx, y, y_starts, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes
+):
     """:func:`fma_panel` for pairs of rows whose lanes interleave in the output (NCHW, kernel width 2: the
     columns ``2j`` and ``2j + 1`` of an output row): with ``s_p = Σ_{k < count} x.flat[x_starts[p] + k·x_step] ·
     weights.flat[w_start + k·w_step + l]`` (from +0.0, ``k`` ascending, one FMA per product) and pair ``q`` being
     the rows ``2q, 2q + 1``: ``y.flat[y_starts[q] + 2l] = s_2q[l] + bias[bias_at[q]]`` and
     ``y.flat[y_starts[q] + 2l + 1] = s_2q+1[l] + bias[bias_at[q]]``, one interleaved store of ``2L`` values."""
-    if not (_panel_types_ok((y, bias, weights, x), (y_starts, bias_at, x_starts), y.dtype, panel_bytes)
-            and x_starts.count == 2 * y_starts.count == 2 * bias_at.count):
+    if not (
+        _panel_types_ok((y, bias, weights, x), (y_starts, bias_at, x_starts), y.dtype, panel_bytes)
+        and x_starts.count == 2 * y_starts.count == 2 * bias_at.count
+    ):
         return None
 
     def codegen(context, builder, signature, args):
@@ -187,24 +229,39 @@ def fma_panel_pairs_out(typingctx, y, y_starts, bias, bias_at, weights, w_start,
         lanes = vector.count
         pair = ir.VectorType(vector.element, 2 * lanes)
         zero = ir.Constant(vector, [0.0] * lanes)
-        sums = _panel_sums(context, builder, [zero] * x_starts.count, a.data(4), a.index(5), a.index(6),
-                           a.data(7), a.indices(8), a.index(9), a.index(10), y.dtype,
-                           panel_bytes.literal_value)
-        interleave = ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes),
-                                 [lane // 2 + (lane % 2) * lanes for lane in range(2 * lanes)])
+        sums = _panel_sums(
+            context,
+            builder,
+            [zero] * x_starts.count,
+            a.data(4),
+            a.index(5),
+            a.index(6),
+            a.data(7),
+            a.indices(8),
+            a.index(9),
+            a.index(10),
+            y.dtype,
+            panel_bytes.literal_value,
+        )
+        interleave = ir.Constant(
+            ir.VectorType(ir.IntType(32), 2 * lanes), [lane // 2 + (lane % 2) * lanes for lane in range(2 * lanes)]
+        )
         splat = ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes), [0] * (2 * lanes))
         undefined = ir.Constant(pair, ir.Undefined)
         for q, (offset, at) in enumerate(zip(a.indices(1), a.indices(3))):
             value = builder.load(builder.gep(a.data(2), [at]))
-            addend = builder.shuffle_vector(builder.insert_element(undefined, value, ir.Constant(ir.IntType(32), 0)),
-                                            undefined, splat)
+            addend = builder.shuffle_vector(
+                builder.insert_element(undefined, value, ir.Constant(ir.IntType(32), 0)), undefined, splat
+            )
             both = builder.shuffle_vector(sums[2 * q], sums[2 * q + 1], interleave)
             target = builder.bitcast(builder.gep(a.data(0), [offset]), pair.as_pointer())
             builder.store(builder.fadd(both, addend), target, align=width)
         return context.get_dummy_value()
-    return (types.none(y, y_starts, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes),
-            codegen)
 
+    return (
+        types.none(y, y_starts, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes),
+        codegen,
+    )
 
 
 def _offsets_ok(count, *integers):
@@ -215,18 +272,33 @@ def _offsets_ok(count, *integers):
 def offsets_from(typingctx, array, start, add, count):
     """``(array[start] + add, …, array[start + count - 1] + add)``, a tuple of ``count`` (a literal) intp: a
     register tile's gathered pixel offsets. Indices in bounds (not checked)."""
-    if not (isinstance(array, types.Array) and array.ndim == 1 and isinstance(array.dtype, types.Integer)
-            and array.layout == "C" and _offsets_ok(count, start, add)):
+    if not (
+        isinstance(array, types.Array)
+        and array.ndim == 1
+        and isinstance(array.dtype, types.Integer)
+        and array.layout == "C"
+        and _offsets_ok(count, start, add)
+    ):
         return None
     tuple_type = types.UniTuple(types.intp, count.literal_value)
 
     def codegen(context, builder, signature, args):
         a = _Args(context, builder, signature, args)
         base, first, shift = a.data(0), a.index(1), a.index(2)
-        values = [builder.add(context.cast(builder, builder.load(builder.gep(base, [builder.add(
-            first, context.get_constant(types.intp, t))])), array.dtype, types.intp), shift)
-            for t in range(tuple_type.count)]
+        values = [
+            builder.add(
+                context.cast(
+                    builder,
+                    builder.load(builder.gep(base, [builder.add(first, context.get_constant(types.intp, t))])),
+                    array.dtype,
+                    types.intp,
+                ),
+                shift,
+            )
+            for t in range(tuple_type.count)
+        ]
         return context.make_tuple(builder, tuple_type, values)
+
     return tuple_type(array, start, add, count), codegen
 
 
@@ -240,7 +312,10 @@ def strided(typingctx, start, step, count):
     def codegen(context, builder, signature, args):
         a = _Args(context, builder, signature, args)
         first, stride = a.index(0), a.index(1)
-        values = [builder.add(first, builder.mul(stride, context.get_constant(types.intp, t)))
-                  for t in range(tuple_type.count)]
+        values = [
+            builder.add(first, builder.mul(stride, context.get_constant(types.intp, t)))
+            for t in range(tuple_type.count)
+        ]
         return context.make_tuple(builder, tuple_type, values)
+
     return tuple_type(start, step, count), codegen

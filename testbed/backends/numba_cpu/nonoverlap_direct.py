@@ -11,7 +11,7 @@ NCHW: a tile is MR weight rows ``(co, a, b)`` × one panel vector of consecutive
 two columns ``b`` of each row pair interleaved in registers into one contiguous run of twice as many outputs
 (:func:`.intrinsics.fma_panel_pairs_out`). Each sum runs over the input channels in ascending order from +0.0, one FMA
 per product, as ``blocked_direct``'s, so all three give bitwise the same result, in both layouts. Measured against
-``nonoverlap_gemm`` on the U-Net shapes in the README. """
+``nonoverlap_gemm`` on the U-Net shapes in the README."""
 
 import functools
 
@@ -53,9 +53,12 @@ def suits(problem, blocking) -> bool:
     Single-threaded (CPU time, interleaved in one process, ratio to the bare GEMM) the two were within ±10 % on
     unet2-4, and on unet1 (784 pixels against an 8 MB weight) ``nonoverlap_gemm`` was ahead in NCHW (1.12-1.13
     against 1.16-1.31)."""
-    return (problem.kernel_size[1] == 2 and problem.padding == (0, 0)
-            and problem.kernel_size[0] * problem.kernel_size[1] <= blocking.nonoverlap_max_taps
-            and problem.batch * problem.in_size[0] * problem.in_size[1] >= blocking.nonoverlap_min_pixels)
+    return (
+        problem.kernel_size[1] == 2
+        and problem.padding == (0, 0)
+        and problem.kernel_size[0] * problem.kernel_size[1] <= blocking.nonoverlap_max_taps
+        and problem.batch * problem.in_size[0] * problem.in_size[1] >= blocking.nonoverlap_min_pixels
+    )
 
 
 @functools.cache
@@ -63,7 +66,7 @@ def nhwc_kernel(shape):
     """The NHWC kernel for one :meth:`.blocking.Blocking.kernel_shape` (its register and stack tiles are
     constants of the compiled code, closed over: each shape is its own function with its own cache entries)."""
     PANEL, PANEL_BYTES, _, _, MAX_TAPS, MAX_PIXELS = shape
-    NHWC_TILE = MAX_TAPS * PANEL * (PANEL_BYTES // 4)          # a panel's products for every tap
+    NHWC_TILE = MAX_TAPS * PANEL * (PANEL_BYTES // 4)  # a panel's products for every tap
 
     def _nonoverlap_tiles(pixels, weight, packed, bias, y, pad_h, pad_w, block_pixels, workers, ahead_rows):
         """``nonoverlap_direct`` in NHWC: ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = Σ_ci pixels[n, i, j, ci] ·
@@ -86,12 +89,12 @@ def nhwc_kernel(shape):
         out_h, out_w, out_channels = y.shape[1], y.shape[2], y.shape[3]
         per_group_out, taps, area = out_channels // groups, k_h * k_w, in_h * in_w
         blocks = (area - 1) // block_pixels + 1
-        panels = groups * vectors                                      # the first tasks: one vector's panels each
+        panels = groups * vectors  # the first tasks: one vector's panels each
         ready = np.zeros(panels, np.int64)
         tasks, counter = panels + batch * groups * blocks * vectors, np.zeros(1, np.int64)
         zero = np.zeros(1, dtype=y.dtype)[0]
-        direct_out = pad_h == 0 and pad_w == 0                          # every tap's output exists
-        for _worker in prange(workers):                      # one worker per thread, tasks handed out in turn
+        direct_out = pad_h == 0 and pad_w == 0  # every tap's output exists
+        for _worker in prange(workers):  # one worker per thread, tasks handed out in turn
             acc = carray(stack_tile(zero, NHWC_TILE), (NHWC_TILE,))
             outputs = carray(stack_tile(np.int64(0), MAX_PIXELS), (MAX_PIXELS,))
             task = next_task(counter)
@@ -102,7 +105,7 @@ def nhwc_kernel(shape):
                     task = next_task(counter)
                     continue
                 item = task - panels
-                v = item % vectors                               # vectors innermost: neighbours share the inputs
+                v = item % vectors  # vectors innermost: neighbours share the inputs
                 block = (item // vectors) % blocks
                 g = (item // (vectors * blocks)) % groups
                 n = item // (vectors * blocks * groups)
@@ -116,7 +119,7 @@ def nhwc_kernel(shape):
                     # the U-Net case: each tap's MR × L products go straight to their channels-last outputs, tap by
                     # tap, so that one tap's weight panel and the block's inputs are what L2 holds
                     whole = p_lo + (p_hi - p_lo) // PANEL * PANEL
-                    for p in range(p_lo, whole):              # where input pixel p's block of outputs starts
+                    for p in range(p_lo, whole):  # where input pixel p's block of outputs starts
                         i = p // in_w
                         outputs[p - p_lo] = ((n * out_h + i * k_h) * out_w + (p - i * in_w) * k_w) * out_channels + c0
                     for a in range(k_h):
@@ -124,8 +127,20 @@ def nhwc_kernel(shape):
                             w, shift = w0 + (a * k_w + b) * per_group_in * lanes, (a * out_w + b) * out_channels
                             for p0 in range(p_lo, whole, PANEL):
                                 o, x0 = p0 - p_lo, (n * area + p0) * in_channels + g * per_group_in
-                                fma_panel_out(y, offsets_from(outputs, o, shift, PANEL), bias, c0, packed, w, lanes,
-                                              pixels, strided(x0, in_channels, PANEL), 1, per_group_in, PANEL_BYTES)
+                                fma_panel_out(
+                                    y,
+                                    offsets_from(outputs, o, shift, PANEL),
+                                    bias,
+                                    c0,
+                                    packed,
+                                    w,
+                                    lanes,
+                                    pixels,
+                                    strided(x0, in_channels, PANEL),
+                                    1,
+                                    per_group_in,
+                                    PANEL_BYTES,
+                                )
                 for p0 in range(whole, p_hi, PANEL):
                     count = min(PANEL, p_hi - p0)
                     for e in range(taps * PANEL * lanes):
@@ -134,25 +149,75 @@ def nhwc_kernel(shape):
                     for tap in range(taps):
                         w, a0 = w0 + tap * per_group_in * lanes, tap * PANEL * lanes
                         if count == PANEL:
-                            fma_panel(acc, strided(a0, lanes, PANEL), packed, w, lanes, pixels,
-                                      strided(x0, in_channels, PANEL), 1, per_group_in, PANEL_BYTES)
+                            fma_panel(
+                                acc,
+                                strided(a0, lanes, PANEL),
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0, in_channels, PANEL),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
                             continue
                         t = 0
                         if PANEL > 8 and count - t >= 8:
-                            fma_panel(acc, strided(a0 + lanes * t, lanes, 8), packed, w, lanes, pixels,
-                                      strided(x0 + in_channels * t, in_channels, 8), 1, per_group_in, PANEL_BYTES)
+                            fma_panel(
+                                acc,
+                                strided(a0 + lanes * t, lanes, 8),
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0 + in_channels * t, in_channels, 8),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
                             t += 8
                         if PANEL > 4 and count - t >= 4:
-                            fma_panel(acc, strided(a0 + lanes * t, lanes, 4), packed, w, lanes, pixels,
-                                      strided(x0 + in_channels * t, in_channels, 4), 1, per_group_in, PANEL_BYTES)
+                            fma_panel(
+                                acc,
+                                strided(a0 + lanes * t, lanes, 4),
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0 + in_channels * t, in_channels, 4),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
                             t += 4
                         if PANEL > 2 and count - t >= 2:
-                            fma_panel(acc, strided(a0 + lanes * t, lanes, 2), packed, w, lanes, pixels,
-                                      strided(x0 + in_channels * t, in_channels, 2), 1, per_group_in, PANEL_BYTES)
+                            fma_panel(
+                                acc,
+                                strided(a0 + lanes * t, lanes, 2),
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0 + in_channels * t, in_channels, 2),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
                             t += 2
                         if count - t >= 1:
-                            fma_panel(acc, strided(a0 + lanes * t, lanes, 1), packed, w, lanes, pixels,
-                                      strided(x0 + in_channels * t, in_channels, 1), 1, per_group_in, PANEL_BYTES)
+                            fma_panel(
+                                acc,
+                                strided(a0 + lanes * t, lanes, 1),
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0 + in_channels * t, in_channels, 1),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
                     for t in range(count):
                         i = (p0 + t) // in_w
                         j = p0 + t - i * in_w
@@ -169,7 +234,6 @@ def nhwc_kernel(shape):
                                     line[c0 + lane] = acc[src + lane] + bias[c0 + lane]
                 task = next_task(counter)
 
-
     return parallel_kernel(_nonoverlap_tiles)
 
 
@@ -179,8 +243,9 @@ def nchw_kernel(shape):
     PANEL, PANEL_BYTES = shape[:2]
     HALF, NCHW_TILE = PANEL // 2, PANEL * (PANEL_BYTES // 4)
 
-    def _nonoverlap_tiles_nchw(x, weight, rows, bias, y, pad_h, pad_w, block_pixels, panels, ahead_rows,
-                               ahead_planes, chunk_tiles):
+    def _nonoverlap_tiles_nchw(
+        x, weight, rows, bias, y, pad_h, pad_w, block_pixels, panels, ahead_rows, ahead_planes, chunk_tiles
+    ):
         """``nonoverlap_direct`` in NCHW: the GEMM ``products[(co, a, b), p] = Σ_ci W[ci, co, a, b] · x[n, ci, p]``
         with register tiles of MR weight rows ``r = (co, a, b)`` × ``L`` consecutive input pixels (one panel vector:
         on AVX2 16 float32 or 8 float64), so that a tile's vectors of pixels come from NCHW input rows and go to NCHW
@@ -206,9 +271,9 @@ def nchw_kernel(shape):
         ready = np.zeros(groups * chunks, np.int64)
         tasks, counter = groups * chunks + batch * groups * blocks, np.zeros(1, np.int64)
         zero = np.zeros(1, dtype=y.dtype)[0]
-        pairs = k_w == 2 and pad_w == 0                         # the U-Net case: interleave the two columns
+        pairs = k_w == 2 and pad_w == 0  # the U-Net case: interleave the two columns
         source, target = x.reshape(-1), y.reshape(-1)
-        for worker in prange(panels.shape[0]):                # one worker per thread, tasks handed out in turn
+        for worker in prange(panels.shape[0]):  # one worker per thread, tasks handed out in turn
             acc = carray(stack_tile(zero, NCHW_TILE), (NCHW_TILE,))
             pair_y = carray(stack_tile(np.int64(0), HALF), (HALF,))
             pair_c = carray(stack_tile(np.int64(0), HALF), (HALF,))
@@ -226,12 +291,12 @@ def nchw_kernel(shape):
                 g = (item // blocks) % groups
                 n = item // (blocks * groups)
                 p_lo, p_hi = block * block_pixels, min(area, (block + 1) * block_pixels)
-                count = (p_hi - p_lo - 1) // lanes + 1            # panels
+                count = (p_hi - p_lo - 1) // lanes + 1  # panels
                 # channel by channel, so that each input plane is read in order (by panel, every load is another
                 # plane: another page, a TLB miss each, measured 1.5-2× the whole kernel's time on unet4)
                 for ci in range(per_group_in):
                     at = (n * in_channels + g * per_group_in + ci) * area
-                    for line in range(p_lo, p_hi, lanes):          # the run of a plane a few planes on
+                    for line in range(p_lo, p_hi, lanes):  # the run of a plane a few planes on
                         prefetch(source, at + ahead_planes * area + line)
                     for q in range(count):
                         p0, to = p_lo + q * lanes, (q * per_group_in + ci) * lanes
@@ -259,23 +324,45 @@ def nchw_kernel(shape):
                                 pair_c[e] = g * per_group_out + r // taps
                                 oh = i * k_h + (r % taps) // 2
                                 pair_y[e] = ((n * out_channels + pair_c[e]) * out_h + oh) * out_w + 2 * j0
-                            fma_panel_pairs_out(y, offsets_from(pair_y, 0, 0, HALF), bias,
-                                                offsets_from(pair_c, 0, 0, HALF), buffer, q * per_group_in * lanes,
-                                                lanes, rows, strided(w0, 1, PANEL), PANEL, per_group_in, PANEL_BYTES)
+                            fma_panel_pairs_out(
+                                y,
+                                offsets_from(pair_y, 0, 0, HALF),
+                                bias,
+                                offsets_from(pair_c, 0, 0, HALF),
+                                buffer,
+                                q * per_group_in * lanes,
+                                lanes,
+                                rows,
+                                strided(w0, 1, PANEL),
+                                PANEL,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
                             continue
                         if pairs and pad_h == 0:
                             # a panel across input rows, or the last tile or pixels: the same interleaved runs, staged
                             for e in range(HALF):
                                 pair_c[e] = g * per_group_out + min(r0 + 2 * e, useful_rows - 1) // taps
-                            fma_panel_pairs_out(acc, strided(0, 2 * lanes, HALF), bias,
-                                                offsets_from(pair_c, 0, 0, HALF), buffer, q * per_group_in * lanes,
-                                                lanes, rows, strided(w0, 1, PANEL), PANEL, per_group_in, PANEL_BYTES)
+                            fma_panel_pairs_out(
+                                acc,
+                                strided(0, 2 * lanes, HALF),
+                                bias,
+                                offsets_from(pair_c, 0, 0, HALF),
+                                buffer,
+                                q * per_group_in * lanes,
+                                lanes,
+                                rows,
+                                strided(w0, 1, PANEL),
+                                PANEL,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
                             for rr in range(0, min(PANEL, useful_rows - r0), 2):
                                 r = r0 + rr
                                 co = g * per_group_out + r // taps
                                 a = (r % taps) // 2
                                 t = 0
-                                while t < used:                   # one run per input row the panel crosses
+                                while t < used:  # one run per input row the panel crosses
                                     ih = (p0 + t) // in_w
                                     jt = p0 + t - ih * in_w
                                     run = min(used - t, in_w - jt)
@@ -287,8 +374,18 @@ def nchw_kernel(shape):
                             continue
                         for e in range(PANEL * lanes):
                             acc[e] = zero
-                        fma_panel(acc, strided(0, lanes, PANEL), buffer, q * per_group_in * lanes, lanes, rows,
-                                  strided(w0, 1, PANEL), PANEL, per_group_in, PANEL_BYTES)
+                        fma_panel(
+                            acc,
+                            strided(0, lanes, PANEL),
+                            buffer,
+                            q * per_group_in * lanes,
+                            lanes,
+                            rows,
+                            strided(w0, 1, PANEL),
+                            PANEL,
+                            per_group_in,
+                            PANEL_BYTES,
+                        )
                         for rr in range(min(PANEL, useful_rows - r0)):
                             r = r0 + rr
                             co, tap = g * per_group_out + r // taps, r % taps
@@ -300,7 +397,6 @@ def nchw_kernel(shape):
                                     at = ((n * out_channels + co) * out_h + oh) * out_w + ow
                                     target[at] = acc[rr * lanes + t] + b_c
                 task = next_task(counter)
-
 
     return parallel_kernel(_nonoverlap_tiles_nchw)
 
@@ -328,22 +424,45 @@ def _fill_uncovered(y, bias, problem):
 
 def run(x, weight, bias, problem, out=None, *, blocking):
     taps = problem.kernel_size[0] * problem.kernel_size[1]
-    if not problem.is_nonoverlapping or taps > blocking.nonoverlap_max_taps:     # (its stack tile holds that many)
-        raise ValueError(f"nonoverlap_direct needs stride == kernel, dilation 1 and at most "
-                         f"{blocking.nonoverlap_max_taps} taps, got stride {problem.stride}, kernel "
-                         f"{problem.kernel_size}, dilation {problem.dilation}")
+    if not problem.is_nonoverlapping or taps > blocking.nonoverlap_max_taps:  # (its stack tile holds that many)
+        raise ValueError(
+            f"nonoverlap_direct needs stride == kernel, dilation 1 and at most "
+            f"{blocking.nonoverlap_max_taps} taps, got stride {problem.stride}, kernel "
+            f"{problem.kernel_size}, dilation {problem.dilation}"
+        )
     y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     bias = bias_or_zeros(bias, problem)
     _fill_uncovered(y, bias, problem)
     shape = blocking.kernel_shape()
     if problem.layout == "NHWC":
-        nhwc_kernel(shape)(x, weight, panel_weight(problem, blocking), bias, y, *problem.padding,
-                           block_pixels(problem, blocking), numba.get_num_threads(), blocking.pack_prefetch_rows)
+        nhwc_kernel(shape)(
+            x,
+            weight,
+            panel_weight(problem, blocking),
+            bias,
+            y,
+            *problem.padding,
+            block_pixels(problem, blocking),
+            numba.get_num_threads(),
+            blocking.pack_prefetch_rows,
+        )
         return y
     lanes = blocking.lanes(problem.dtype.itemsize)
     block = -(-block_pixels(problem, blocking) // lanes) * lanes
-    panels = workspace.scratch("numba_cpu.pixel_panels", (numba.get_num_threads(), block * problem.in_per_group),
-                               problem.dtype)
-    nchw_kernel(shape)(x, weight, row_weight(problem, blocking), bias, y, *problem.padding, block, panels,
-                       blocking.pack_prefetch_rows, blocking.pack_prefetch_planes, blocking.pack_row_tiles)
+    panels = workspace.scratch(
+        "numba_cpu.pixel_panels", (numba.get_num_threads(), block * problem.in_per_group), problem.dtype
+    )
+    nchw_kernel(shape)(
+        x,
+        weight,
+        row_weight(problem, blocking),
+        bias,
+        y,
+        *problem.padding,
+        block,
+        panels,
+        blocking.pack_prefetch_rows,
+        blocking.pack_prefetch_planes,
+        blocking.pack_row_tiles,
+    )
     return y

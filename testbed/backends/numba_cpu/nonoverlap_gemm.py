@@ -11,7 +11,7 @@ per block, and concurrent calls into a multithreaded OpenBLAS from Numba's threa
 (channels last) the GEMM is ``(H·W × C_in/G) · (C_in/G × C_out/G·kH·kW)`` against the weight as given, and each tap's
 products, every ``kH·kW``-th of a block row, are gathered into a contiguous run of output channels. The per-thread
 blocks are kept across calls (:mod:`testbed.workspace`), so a repeated call page-faults only on its output, and with
-``out=`` on nothing. """
+``out=`` on nothing."""
 
 import numba
 import numpy as np
@@ -43,42 +43,42 @@ def _fused_nchw(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, gr
     flat_x = x.reshape((batch, in_channels, pixels))
     flat_w = weight.reshape((in_channels, per_group_out * taps))
     co_blocks, px_blocks = (per_group_out - 1) // co_block + 1, (pixels - 1) // px_block + 1
-    covered_h = max(0, min(out_h, in_h * k_h - pad_h))      # rows below are output_padding: bias only
+    covered_h = max(0, min(out_h, in_h * k_h - pad_h))  # rows below are output_padding: bias only
     covered_w = max(0, min(out_w, in_w * k_w - pad_w))
-    zero = np.zeros(1, dtype=y.dtype)[0]                     # +0.0 in y's dtype (a 0.0 literal would be float64)
+    zero = np.zeros(1, dtype=y.dtype)[0]  # +0.0 in y's dtype (a 0.0 literal would be float64)
     tasks, counter = batch * groups * co_blocks * px_blocks, np.zeros(1, np.int64)
-    for worker in prange(blocks.shape[0]):                   # one worker per thread, tasks handed out in turn
+    for worker in prange(blocks.shape[0]):  # one worker per thread, tasks handed out in turn
         task = next_task(counter)
         while task < tasks:
-            pb = task % px_blocks                                # pixel blocks innermost: neighbours share weights
+            pb = task % px_blocks  # pixel blocks innermost: neighbours share weights
             cb = (task // px_blocks) % co_blocks
             g = (task // (px_blocks * co_blocks)) % groups
             n = task // (px_blocks * co_blocks * groups)
             c0, c1 = cb * co_block, min(per_group_out, (cb + 1) * co_block)
             p0, p1 = pb * px_block, min(pixels, (pb + 1) * px_block)
             ci0, ci1 = g * per_group_in, (g + 1) * per_group_in
-            products = blocks[worker, :(c1 - c0) * taps * (p1 - p0)].reshape(((c1 - c0) * taps, p1 - p0))
-            gemm(flat_w[ci0:ci1, c0 * taps:c1 * taps], flat_x[n, ci0:ci1, p0:p1], products, True, False)
+            products = blocks[worker, : (c1 - c0) * taps * (p1 - p0)].reshape(((c1 - c0) * taps, p1 - p0))
+            gemm(flat_w[ci0:ci1, c0 * taps : c1 * taps], flat_x[n, ci0:ci1, p0:p1], products, True, False)
             for c in range(c0, c1):
                 co = g * per_group_out + c
                 b_c = bias[co]
                 for i in range(p0 // in_w, (p1 - 1) // in_w + 1):
                     j0, j1 = max(p0 - i * in_w, 0), min(p1 - i * in_w, in_w)
-                    q0 = i * in_w + j0 - p0                      # products column of pixel (i, j0)
+                    q0 = i * in_w + j0 - p0  # products column of pixel (i, j0)
                     for a in range(k_h):
                         oh = i * k_h + a - pad_h
                         if oh < 0 or oh >= out_h:
                             continue
                         line, base = y[n, co, oh], (c - c0) * taps + a * k_w
-                        if k_w == 2 and pad_w == 0:              # the U-Net case: interleave two rows, vectorised
-                            left, right = products[base, q0:q0 + j1 - j0], products[base + 1, q0:q0 + j1 - j0]
-                            dst = line[2 * j0:2 * j1]
+                        if k_w == 2 and pad_w == 0:  # the U-Net case: interleave two rows, vectorised
+                            left, right = products[base, q0 : q0 + j1 - j0], products[base + 1, q0 : q0 + j1 - j0]
+                            dst = line[2 * j0 : 2 * j1]
                             for t in range(j1 - j0):
                                 dst[2 * t] = (left[t] + zero) + b_c
                                 dst[2 * t + 1] = (right[t] + zero) + b_c
                         else:
                             for b in range(k_w):
-                                lo = max(j0, -((b - pad_w) // k_w))   # first j with j·kW + b - p_w >= 0
+                                lo = max(j0, -((b - pad_w) // k_w))  # first j with j·kW + b - p_w >= 0
                                 hi = min(j1, (out_w - 1 - b + pad_w) // k_w + 1)
                                 src = products[base + b]
                                 for j in range(lo, hi):
@@ -113,7 +113,7 @@ def _fused_nhwc(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, gr
     covered_w = max(0, min(out_w, in_w * k_w - pad_w))
     zero = np.zeros(1, dtype=y.dtype)[0]
     tasks, counter = batch * groups * px_blocks * co_blocks, np.zeros(1, np.int64)
-    for worker in prange(blocks.shape[0]):                   # one worker per thread, tasks handed out in turn
+    for worker in prange(blocks.shape[0]):  # one worker per thread, tasks handed out in turn
         task = next_task(counter)
         while task < tasks:
             cb = task % co_blocks
@@ -124,15 +124,15 @@ def _fused_nhwc(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, gr
             p0, p1 = pb * px_block, min(pixels, (pb + 1) * px_block)
             ci0, ci1, lo = g * per_group_in, (g + 1) * per_group_in, g * per_group_out + c0
             width, run = (c1 - c0) * taps, c1 - c0
-            products = blocks[worker, :(p1 - p0) * width].reshape((p1 - p0, width))
-            gemm(flat_x[n, p0:p1, ci0:ci1], flat_w[ci0:ci1, c0 * taps:c1 * taps], products, False, False)
-            b_c = bias[lo:lo + run]
+            products = blocks[worker, : (p1 - p0) * width].reshape((p1 - p0, width))
+            gemm(flat_x[n, p0:p1, ci0:ci1], flat_w[ci0:ci1, c0 * taps : c1 * taps], products, False, False)
+            b_c = bias[lo : lo + run]
             for p in range(p0, p1):
                 i, j = p // in_w, p % in_w
                 row = products[p - p0]
-                if k_h == 2 and k_w == 2 and pad_h == 0 and pad_w == 0:   # the U-Net case: a 4-way de-interleave
-                    d0, d1 = y[n, 2 * i, 2 * j, lo:lo + run], y[n, 2 * i, 2 * j + 1, lo:lo + run]
-                    d2, d3 = y[n, 2 * i + 1, 2 * j, lo:lo + run], y[n, 2 * i + 1, 2 * j + 1, lo:lo + run]
+                if k_h == 2 and k_w == 2 and pad_h == 0 and pad_w == 0:  # the U-Net case: a 4-way de-interleave
+                    d0, d1 = y[n, 2 * i, 2 * j, lo : lo + run], y[n, 2 * i, 2 * j + 1, lo : lo + run]
+                    d2, d3 = y[n, 2 * i + 1, 2 * j, lo : lo + run], y[n, 2 * i + 1, 2 * j + 1, lo : lo + run]
                     for q in range(run):
                         t0, t1, t2, t3 = row[4 * q], row[4 * q + 1], row[4 * q + 2], row[4 * q + 3]
                         d0[q], d1[q] = (t0 + zero) + b_c[q], (t1 + zero) + b_c[q]
@@ -142,7 +142,7 @@ def _fused_nhwc(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, gr
                         oh, ow = i * k_h + tap // k_w - pad_h, j * k_w + tap % k_w - pad_w
                         if oh < 0 or oh >= out_h or ow < 0 or ow >= out_w:
                             continue
-                        dst = y[n, oh, ow, lo:lo + run]
+                        dst = y[n, oh, ow, lo : lo + run]
                         for q in range(run):
                             dst[q] = (row[q * taps + tap] + zero) + b_c[q]
                 if j == in_w - 1:
@@ -158,7 +158,6 @@ def _fused_nhwc(x, weight, bias, y, blocks, co_block, px_block, pad_h, pad_w, gr
                         for q in range(run):
                             y[n, oh, ow, lo + q] = zero + b_c[q]
             task = next_task(counter)
-
 
 
 def block_plan(problem, blocking):
@@ -177,9 +176,7 @@ def block_plan(problem, blocking):
 def fits_blas(problem):
     """Whether every size and leading dimension the fused path hands to BLAS fits its 32-bit integers."""
     taps = problem.kernel_size[0] * problem.kernel_size[1]
-    return max(problem.in_size[0] * problem.in_size[1], problem.out_per_group * taps,
-               problem.in_channels) <= INT32_MAX
-
+    return max(problem.in_size[0] * problem.in_size[1], problem.out_per_group * taps, problem.in_channels) <= INT32_MAX
 
 
 def run(x, weight, bias, problem, out=None, *, blocking):
@@ -188,8 +185,7 @@ def run(x, weight, bias, problem, out=None, *, blocking):
     channels, pixels = block_plan(problem, blocking)
     taps = problem.kernel_size[0] * problem.kernel_size[1]
     # one worker (and buffer) per Numba thread, kept across calls
-    blocks = workspace.scratch("numba_cpu.blocks", (numba.get_num_threads(), channels * taps * pixels),
-                               problem.dtype)
+    blocks = workspace.scratch("numba_cpu.blocks", (numba.get_num_threads(), channels * taps * pixels), problem.dtype)
     fused = _fused_nhwc if problem.layout == "NHWC" else _fused_nchw
     with single_threaded_blas():
         fused(x, weight, bias, y, blocks, channels, pixels, *problem.padding, problem.groups)

@@ -17,8 +17,17 @@ from ... import workspace
 from .._runtime import parallel_kernel, serial_kernel
 from .intrinsics import prefetch
 
-__all__ = ["channels_last_input", "pack_panel", "pack_row_tiles", "pack_weight", "packed_weight", "panel_weight",
-           "round_up", "row_weight", "to_channels_last"]
+__all__ = [
+    "channels_last_input",
+    "pack_panel",
+    "pack_row_tiles",
+    "pack_weight",
+    "packed_weight",
+    "panel_weight",
+    "round_up",
+    "row_weight",
+    "to_channels_last",
+]
 
 
 @serial_kernel
@@ -58,7 +67,7 @@ def pack_panel(weight, packed, g, v, ahead_rows):
     vectors, k_h, k_w, per_group_in, lanes = packed.shape[1:]
     per_group_out, taps = weight.shape[1], k_h * k_w
     source, target = weight.reshape(-1), packed.reshape(-1)
-    panel, row = per_group_in * lanes, per_group_out * taps      # elements between tap panels, weight rows
+    panel, row = per_group_in * lanes, per_group_out * taps  # elements between tap panels, weight rows
     used = min(lanes, per_group_out - v * lanes)
     zero = np.zeros(1, dtype=packed.dtype)[0]
     ahead = ahead_rows * row
@@ -67,7 +76,7 @@ def pack_panel(weight, packed, g, v, ahead_rows):
         for line in range(0, used * taps, 64 // packed.itemsize):
             prefetch(source, start + ahead + line)
         to = ((g * vectors + v) * taps * per_group_in + ci) * lanes
-        if taps == 4 and used == lanes:                          # the U-Net kernel
+        if taps == 4 and used == lanes:  # the U-Net kernel
             for lane in range(lanes):
                 t0, t1 = source[start + 4 * lane], source[start + 4 * lane + 1]
                 t2, t3 = source[start + 4 * lane + 2], source[start + 4 * lane + 3]
@@ -121,9 +130,12 @@ def packed_weight(weight, problem, blocking):
     vector: for each (group, tap, input channel) whole vectors of output channels are one contiguous run."""
     g, (kh, kw) = problem.groups, problem.kernel_size
     lanes = blocking.lanes(weight.dtype.itemsize)
-    packed = workspace.scratch("numba_cpu.blocked_weight",
-                               (g, kh, kw, problem.in_per_group, round_up(problem.out_per_group, lanes)), weight.dtype)
-    packed[..., problem.out_per_group:] = 0     # never written out, but stale bits could be denormals: slow FMAs
+    packed = workspace.scratch(
+        "numba_cpu.blocked_weight",
+        (g, kh, kw, problem.in_per_group, round_up(problem.out_per_group, lanes)),
+        weight.dtype,
+    )
+    packed[..., problem.out_per_group :] = 0  # never written out, but stale bits could be denormals: slow FMAs
     pack_weight(weight, packed)
     return packed
 
@@ -143,14 +155,19 @@ def panel_weight(problem, blocking):
     """Room for ``nonoverlap_direct``'s weight panels ``(G, C_out/G⁺/L, kH, kW, C_in/G, L)``, ``L`` lanes of a
     panel vector (filled by :func:`pack_panel`), in this thread's kept workspace."""
     lanes = blocking.lanes(problem.dtype.itemsize)
-    return workspace.scratch("numba_cpu.panel_weight", (problem.groups, -(-problem.out_per_group // lanes),
-                                                        *problem.kernel_size, problem.in_per_group, lanes),
-                             problem.dtype)
+    return workspace.scratch(
+        "numba_cpu.panel_weight",
+        (problem.groups, -(-problem.out_per_group // lanes), *problem.kernel_size, problem.in_per_group, lanes),
+        problem.dtype,
+    )
 
 
 def row_weight(problem, blocking):
     """Room for ``nonoverlap_direct``'s NCHW weight rows ``(G, ⌈R/P⌉, C_in/G, P)`` (filled by
     :func:`pack_row_tiles`), in this thread's workspace."""
     taps, panel = problem.kernel_size[0] * problem.kernel_size[1], blocking.panel_pixels
-    return workspace.scratch("numba_cpu.row_weight", (problem.groups, -(-problem.out_per_group * taps // panel),
-                                                      problem.in_per_group, panel), problem.dtype)
+    return workspace.scratch(
+        "numba_cpu.row_weight",
+        (problem.groups, -(-problem.out_per_group * taps // panel), problem.in_per_group, panel),
+        problem.dtype,
+    )

@@ -39,8 +39,9 @@ def next_task(typingctx, counter):
 
     def codegen(context, builder, signature, args):
         array = context.make_array(signature.args[0])(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, signature.args[0], array,
-                                           [context.get_constant(types.intp, 0)])
+        pointer = cgutils.get_item_pointer(
+            context, builder, signature.args[0], array, [context.get_constant(types.intp, 0)]
+        )
         return builder.atomic_rmw("add", pointer, ir.Constant(ir.IntType(64), 1), "seq_cst")
 
     return types.int64(counter), codegen
@@ -53,8 +54,12 @@ def _flag_pointer(context, builder, signature, args):
 
 
 def _flags_ok(flags, index):
-    return (isinstance(flags, types.Array) and flags.ndim == 1 and flags.dtype == types.int64
-            and isinstance(index, types.Integer))
+    return (
+        isinstance(flags, types.Array)
+        and flags.ndim == 1
+        and flags.dtype == types.int64
+        and isinstance(index, types.Integer)
+    )
 
 
 @intrinsic
@@ -65,8 +70,9 @@ def mark_done(typingctx, flags, index):
         return None
 
     def codegen(context, builder, signature, args):
-        builder.store_atomic(ir.Constant(ir.IntType(64), 1), _flag_pointer(context, builder, signature, args),
-                             "release", 8)
+        builder.store_atomic(
+            ir.Constant(ir.IntType(64), 1), _flag_pointer(context, builder, signature, args), "release", 8
+        )
         return context.get_dummy_value()
 
     return types.none(flags, index), codegen
