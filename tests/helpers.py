@@ -21,6 +21,21 @@ import testbed
 #: The checkout under test (its ``testbed`` is what a child process imports).
 ROOT = Path(__file__).resolve().parents[1]
 
+#: Two tiny problems for the planner and wisdom tests: a U-Net up-convolution (class nonoverlapping) and a
+#: strided overlapping one (class general, which kron does not support).
+UP = testbed.Problem(batch=1, in_channels=8, in_size=6, out_channels=4, kernel_size=2, stride=2, dtype=np.float32)
+DEC = testbed.Problem(
+    batch=1,
+    in_channels=4,
+    in_size=5,
+    out_channels=3,
+    kernel_size=3,
+    stride=2,
+    padding=1,
+    output_padding=1,
+    dtype=np.float32,
+)
+
 
 def call_arrays(batch, c_in, c_out, size, kernel, params, dtype, bias, seed=0):
     """Standard-normal ``(input, weight, bias)`` for a call with ``params`` (only ``groups`` is read)."""

@@ -19,25 +19,12 @@ import pytest
 import planner_fakes
 import testbed
 import timing_fakes
+from helpers import DEC, UP
 from testbed import planner, wisdom
-from testbed.problem import Problem
 from testbed.timing import TimingSettings
 
 FEW = TimingSettings(
     warmup=0, min_repeats=3, max_repeats=3, budget_s=0.0, min_sample_s=0.0, warmup_s=0.0, worker_timeout_s=120.0
-)
-UP = Problem(batch=1, in_channels=8, in_size=6, out_channels=4, kernel_size=2, stride=2, dtype=np.float32)
-#: class general: kron does not support it
-DEC = Problem(
-    batch=1,
-    in_channels=4,
-    in_size=5,
-    out_channels=3,
-    kernel_size=3,
-    stride=2,
-    padding=1,
-    output_padding=1,
-    dtype=np.float32,
 )
 
 

@@ -6,25 +6,10 @@ import json
 import os
 import warnings
 
-import numpy as np
 import pytest
 
+from helpers import DEC, UP
 from testbed import wisdom
-from testbed.problem import Problem
-
-UP = Problem(batch=1, in_channels=8, in_size=6, out_channels=4, kernel_size=2, stride=2, dtype=np.float32)
-DEC = Problem(
-    batch=1,
-    in_channels=4,
-    in_size=5,
-    out_channels=3,
-    kernel_size=3,
-    stride=2,
-    padding=1,
-    output_padding=1,
-    dtype=np.float32,
-)
-
 
 #: Every test against its own wisdom file (the ``wisdom_file`` fixture of tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("wisdom_file")
