@@ -55,6 +55,8 @@ SINGLE_THREADED = dict.fromkeys(
 )
 #: The one ``run=<function>,`` argument of a backend module's ``register(Backend(...))`` call.
 RUN_ARGUMENT = re.compile(r"^(\s*)run=(\w+),\s*$", re.MULTILINE)
+#: The module's top-level ``register(Backend(...))`` call, however it is laid out.
+REGISTER_CALL = re.compile(r"^register\(\s*Backend\(", re.MULTILINE)
 
 
 def plant_slowdown(module: Path, backend: str) -> str:
@@ -74,7 +76,10 @@ def plant_slowdown(module: Path, backend: str) -> str:
         f"    {original}(x, weight, bias, problem, **kwargs)\n"
         f"    return {original}(x, weight, bias, problem, **kwargs)\n"
     )
-    register_at = text.index("register(Backend(")
+    registration = REGISTER_CALL.search(text)
+    if registration is None:
+        raise ValueError(f"--backend {backend}: {module} has no `register(Backend(...))` call at the top level")
+    register_at = registration.start()
     text = text[:register_at].rstrip("\n") + planted + "\n\n" + text[register_at:]
     text = RUN_ARGUMENT.sub(f"{indent}run={wrapper},", text)
     module.write_text(text)
