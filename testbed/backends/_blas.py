@@ -37,22 +37,11 @@ ensure_blas()  # imports scipy.linalg.cython_blas, where numba_xxgemm finds ?gem
 
 def _xxgemm(dtype):
     pointer = types.CPointer(dtype)
-    signature = types.intc(
-        types.char,
-        types.char,
-        types.char,
-        types.intp,
-        types.intp,
-        types.intp,  # kind, trans, m n k
-        pointer,
-        pointer,
-        types.intp,
-        pointer,
-        types.intp,  # alpha a lda b ldb
-        pointer,
-        pointer,
-        types.intp,
-    )  # beta, c, ldc
+    # fmt: off
+    signature = types.intc(types.char, types.char, types.char, types.intp, types.intp, types.intp,  # kind, trans, m n k
+                           pointer, pointer, types.intp, pointer, types.intp,                     # alpha a lda b ldb
+                           pointer, pointer, types.intp)                                          # beta, c, ldc
+    # fmt: on
     return types.ExternalFunction("numba_xxgemm", signature)
 
 

@@ -59,13 +59,12 @@ def tiles_kernel(shape):
     def _blocked_direct_tiles(
         pixels, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co, tile_rows
     ):
-        """Register-blocked, phase-decomposed direct kernel: ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g
-        + ci]
-        · packed[g, kh, kw, ci, co] + bias`` over the taps of the scatter definition, ``pixels`` being the input
-        channels-last (a pixel's channels are one contiguous run, so a panel's inputs stay in L1 for every vector
-        of output channels) and ``packed`` the weight as
-        ``(G, kH, kW, Ci_g, Co_g⁺)`` (output channels padded with zeros to a whole panel vector, whose accumulators are
-        never written out) so that a vector of output channels is one contiguous run.
+        """Register-blocked, phase-decomposed direct kernel:
+        ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g + ci] · packed[g, kh, kw, ci, co] + bias`` over the
+        taps of the scatter definition, ``pixels`` being the input channels-last (a pixel's channels are one
+        contiguous run, so a panel's inputs stay in L1 for every vector of output channels) and ``packed`` the
+        weight as ``(G, kH, kW, Ci_g, Co_g⁺)`` (output channels padded with zeros to a whole panel vector, whose
+        accumulators are never written out) so that a vector of output channels is one contiguous run.
 
         Phases (Shi et al. 2016, see ``polyphase``): output row ``oh = ph + s_h·m`` receives exactly the taps ``kh``
         with ``ph + p_h - kh·d_h ≡ 0 (mod s_h)``, from input row ``ih = m + (ph + p_h - kh·d_h)/s_h``; output column
