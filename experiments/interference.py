@@ -128,15 +128,11 @@ def measure_in_worker(problem: Problem, backend: str, condition: str, other: str
 
 
 def make_measure(seed: int, settings: TimingSettings):
-    # by its importable name: run as ``python -m experiments.interference`` this module is __main__, which a
-    # worker process never imports (testbed._worker)
-    from experiments.interference import measure_in_worker as in_worker
-
     def measure(cell, backend):
         tags = dict(cell.tags)
         try:
             return run_in_worker(
-                in_worker,
+                measure_in_worker,
                 cell.problem,
                 cell.backend_name,
                 tags["condition"],

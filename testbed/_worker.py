@@ -12,8 +12,9 @@ started with :class:`subprocess.Popen`: the parent's environment and working dir
 shared with the parent. Over a pipe it receives one pickled request — the parent's ``sys.path`` and
 ``(fn, args)``, ``fn`` pickled by its qualified name — imports what unpickling needs (testbed, the module of
 ``fn``), runs ``fn(*args)`` and sends back the pickled return value or a :class:`~testbed.timing.WorkerError`
-carrying the exception's text. Nothing from the parent's ``__main__`` can be sent: the parent refuses, with a
-:class:`TypeError` that says so, before a process is started.
+carrying the exception's text. Nothing from a main *script* can be sent (the parent refuses, with a
+:class:`TypeError` that says so, before a process is started); a main module run with ``python -m`` is sent by
+its importable name, which the worker imports without running its ``__main__`` block.
 
 The parent holds the request pipe open while the job runs; a worker whose parent dies (SIGKILL, a crash) sees
 the pipe close and exits at once, and :func:`run` kills and reaps its worker on every way out (a timeout,
@@ -49,13 +50,43 @@ class MainModuleError(TypeError):
     re-runs that script, so it cannot import it."""
 
 
+def _from_module(module: str, qualname: str) -> Any:
+    """``module``'s attribute ``qualname`` (dotted), the module imported by name: how a worker finds a function
+    of a main module that was run with ``python -m``."""
+    import importlib
+
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _main_module_name(obj: Any, qualname: str) -> str | None:
+    """The importable name of the main module when it was run with ``python -m package.module`` (its
+    ``__spec__``) and ``obj`` is that module's own ``qualname``, else None: a script file, ``python -c``,
+    standard input or a notebook has no such name."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if not name or name == "__main__" or "<locals>" in qualname:
+        return None
+    found: Any = main
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return name if found is obj else None
+
+
 class _Pickler(pickle.Pickler):
-    """A pickler that refuses the main module's functions and classes with a clear error (the worker would
-    fail to unpickle them with an ``AttributeError`` about ``__main__``)."""
+    """A pickler that sends the main module's functions and classes by their importable name when the main
+    module was run with ``python -m`` (the worker imports that module, whose ``if __name__ == "__main__":``
+    block then does not run), and otherwise refuses them with a clear error (the worker would fail to unpickle
+    them with an ``AttributeError`` about ``__main__``)."""
 
     def reducer_override(self, obj):
         if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__":
             name = getattr(obj, "__qualname__", repr(obj))
+            module = _main_module_name(obj, name)
+            if module is not None:
+                return _from_module, (module, name)
             raise MainModuleError(
                 f"{name} is defined in the script being run (__main__); testbed's worker processes never run "
                 f"that script again, so they cannot import it: define {name} in an importable module"

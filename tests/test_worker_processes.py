@@ -184,3 +184,31 @@ def test_something_from_main_is_refused_before_a_worker_starts(monkeypatch):
         run_in_worker(_defined_in_main)
     with pytest.raises(TypeError, match="importable module"):
         run_in_worker(divmod, _defined_in_main, 1)
+
+
+def test_a_module_run_with_python_m_sends_its_functions_by_their_importable_name(tmp_path):
+    """``python -m package.module`` (how every experiment runs): the module's own functions reach a worker by
+    the module's importable name, and its ``__main__`` block runs once, in the parent only."""
+    package = tmp_path / "research_jobs"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "job.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, sys
+            sys.path[:0] = [{str(ROOT)!r}]
+            from testbed.timing import run_in_worker
+
+            def square(x):
+                return x * x
+
+            if __name__ == "__main__":
+                print("main", run_in_worker(square, 7), run_in_worker(os.getpid) != os.getpid())
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "research_jobs.job"], cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["main 49 True"]
