@@ -1,4 +1,4 @@
-"""testbed: interchangeable implementations of the 2-D transposed convolution (ConvTranspose2d).
+"""testbed: interchangeable implementations of the transposed convolution (ConvTranspose1d/2d/3d).
 
 One function with PyTorch's exact semantics, computed by a chosen backend:
 
@@ -10,6 +10,7 @@ One function with PyTorch's exact semantics, computed by a chosen backend:
 Functions
 ---------
 conv_transpose2d  -- the transposed convolution (``torch.nn.functional.conv_transpose2d``)
+conv_transpose1d, conv_transpose3d -- the same over one / three spatial axes
 output_shape      -- its output shape, without computing it
 use_backend       -- a context manager selecting the backend of a block of calls
 resolve_backend   -- the backend a call would run (``auto``'s choice included)
@@ -30,7 +31,7 @@ TuneError                 -- tune could not measure any candidate (a RuntimeErro
 
 from . import registry
 from ._version import __version__ as __version__
-from .api import conv_transpose2d, resolve_backend, use_backend
+from .api import conv_transpose1d, conv_transpose2d, conv_transpose3d, resolve_backend, use_backend
 from .planner import TuneError, explain, get_planner, set_planner, tune
 from .problem import Problem, UnsupportedConfiguration, output_shape
 from .registry import (
@@ -53,7 +54,9 @@ def _register_builtin_backends() -> None:
 registry._load_builtin_backends = _register_builtin_backends
 
 __all__ = [
+    "conv_transpose1d",
     "conv_transpose2d",
+    "conv_transpose3d",
     "output_shape",
     "use_backend",
     "resolve_backend",

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from .problem import SUPPORTED_DTYPES, Problem, UnsupportedConfiguration
 from .registry import Backend, BackendUnavailable, get_backend, is_device_array
 
-__all__ = ["conv_transpose2d", "resolve_backend", "use_backend"]
+__all__ = ["conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "resolve_backend", "use_backend"]
 
 #: An int used for both spatial dimensions, or an ``(h, w)`` pair.
 IntOrPair: TypeAlias = int | Sequence[int]
@@ -185,7 +185,8 @@ def _problem_of_call(
     dilation: IntOrPair,
     output_size: Sequence[int] | None,
     on_device_ok: bool,
-    layout: str = "NCHW",
+    layout: str | None = None,
+    rank: int | None = None,
 ) -> tuple[Problem, Any, Any, Any]:
     """The validated problem of a call and its arrays, converted: ``(problem, input, weight, bias)``."""
     x = _as_array(input, "input", on_device_ok)
@@ -209,6 +210,7 @@ def _problem_of_call(
         has_bias=b is not None,
         output_size=output_size,
         layout=layout,
+        rank=rank,
     )
     if b is not None and tuple(b.shape) != (problem.out_channels,):
         raise ValueError(f"bias must have shape (C_out,) = ({problem.out_channels},), got {tuple(b.shape)}")
@@ -226,7 +228,8 @@ def _prepare(
     dilation: IntOrPair,
     backend: BackendLike | None,
     output_size: Sequence[int] | None,
-    layout: str,
+    layout: str | None,
+    rank: int | None = None,
 ) -> tuple[Backend, Problem, Any, Any, Any]:
     """Validate a call: ``(backend that runs it, problem, input, weight, bias)``, arrays converted.
 
@@ -245,6 +248,7 @@ def _prepare(
         output_size,
         on_device_ok=impl.device in ("cuda", "any"),
         layout=layout,
+        rank=rank,
     )
     reason = impl.unsupported_reason(problem)
     if reason is not None:
@@ -267,15 +271,16 @@ def resolve_backend(
     *,
     backend: BackendLike | None = None,
     output_size: Sequence[int] | None = None,
-    layout: str = "NCHW",
+    layout: str | None = None,
 ) -> Backend:
-    """The backend that ``conv_transpose2d`` would run with these arguments, without running it.
+    """The backend that ``conv_transpose2d`` (or ``1d``/``3d``: the weight's rank says which) would run with these
+    arguments, without running it.
 
     Parameters
     ----------
     input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout
-        As for :func:`conv_transpose2d`. Only shapes, dtypes and whether the arrays are CUDA device arrays are
-        read, so arrays from ``np.empty`` do.
+        As for :func:`conv_transpose2d`, :func:`conv_transpose1d` or :func:`conv_transpose3d`. Only shapes,
+        dtypes and whether the arrays are CUDA device arrays are read, so arrays from ``np.empty`` do.
     backend : str, Backend or None, optional
         As for :func:`conv_transpose2d`: None means the backend of the enclosing :func:`use_backend` block, or
         ``"auto"`` outside one.
@@ -339,7 +344,7 @@ def conv_transpose2d(
     backend: BackendLike | None = None,
     output_size: Sequence[int] | None = None,
     out: Any = None,
-    layout: str = "NCHW",
+    layout: str | None = None,
 ) -> npt.NDArray[np.floating[Any]]:
     """2-D transposed convolution with exactly the semantics of ``torch.nn.functional.conv_transpose2d``.
 
@@ -383,9 +388,9 @@ def conv_transpose2d(
         ``(C_out, H_out, W_out)``) and the result's dtype, writable, sharing no memory with ``input``, ``weight``
         or ``bias``, on the input's device. The result is written into it and ``out`` is returned, so no output
         is allocated (backends that cannot compute in place copy into it).
-    layout : {"NCHW", "NHWC"}, default "NCHW"
-        The memory layout of ``input``, ``out`` and the result: channels first (PyTorch's default) or channels
-        last (TensorFlow's ``data_format="NHWC"``, PyTorch's ``channels_last``). The weight is
+    layout : {"NCHW", "NHWC"}, optional
+        Default ``"NCHW"``. The memory layout of ``input``, ``out`` and the result: channels first (PyTorch's
+        default) or channels last (TensorFlow's ``data_format="NHWC"``, PyTorch's ``channels_last``). The weight is
         ``(C_in, C_out / groups, kH, kW)`` in both. Backends compute the layouts they declare
         (:attr:`Backend.layouts`) natively; for the others the input is transposed on the way in and the result
         on the way out.
@@ -414,6 +419,7 @@ def conv_transpose2d(
 
     See Also
     --------
+    conv_transpose1d, conv_transpose3d : the same operator over one or three spatial axes.
     output_shape : the result's shape, without computing it.
     resolve_backend : the backend a call runs, including ``auto``'s choice.
     use_backend : select the backend of a block of calls.
@@ -479,11 +485,32 @@ def conv_transpose2d(
     >>> y.shape, bool(np.array_equal(y[..., :4, :4], testbed.conv_transpose2d(x, w, stride=2)))
     ((1, 1, 5, 5), True)
     """
+    return _conv_transpose(
+        2, input, weight, bias, stride, padding, output_padding, groups, dilation, backend, output_size, out, layout
+    )
+
+
+def _conv_transpose(
+    rank: int,
+    input: Any,
+    weight: Any,
+    bias: Any,
+    stride: IntOrPair,
+    padding: IntOrPair,
+    output_padding: IntOrPair,
+    groups: int,
+    dilation: IntOrPair,
+    backend: BackendLike | None,
+    output_size: Sequence[int] | None,
+    out: Any,
+    layout: str | None,
+) -> Any:
+    """The transposed convolution of spatial rank ``rank``: validate, resolve the backend, allocate, compute."""
     impl, problem, x, w, b = _prepare(
-        input, weight, bias, stride, padding, output_padding, groups, dilation, backend, output_size, layout
+        input, weight, bias, stride, padding, output_padding, groups, dilation, backend, output_size, layout, rank
     )
     on_device = is_device_array(x)
-    unbatched = len(x.shape) == 3
+    unbatched = len(x.shape) == rank + 1
     if out is not None:
         _check_out(
             out,
@@ -511,3 +538,135 @@ def conv_transpose2d(
         if out is not None:
             return out
     return y.reshape(tuple(y.shape[1:])) if unbatched else y
+
+
+def conv_transpose1d(
+    input: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+    *,
+    backend: BackendLike | None = None,
+    output_size: Sequence[int] | None = None,
+    out: Any = None,
+    layout: str | None = None,
+) -> npt.NDArray[np.floating[Any]]:
+    """1-D transposed convolution with exactly the semantics of ``torch.nn.functional.conv_transpose1d``.
+
+    :func:`conv_transpose2d` over one spatial axis: every input sample scatters the kernel, scaled by it, at
+    ``stride`` spacing; overlapping copies add up. It is how neural vocoders (HiFi-GAN, the VITS generator)
+    upsample audio.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C_in, L) or (C_in, L)
+        ``(N, L, C_in)`` or ``(L, C_in)`` with ``layout="NLC"``.
+    weight : array_like, shape (C_in, C_out / groups, kL)
+    bias : array_like, shape (C_out,), optional
+    stride, padding, output_padding, dilation : int or (int,)
+    groups : int, default 1
+    backend, output_size, out
+        As for :func:`conv_transpose2d` (``output_size``: ``(L_out,)`` or a full output shape).
+    layout : {"NCL", "NLC"}, optional
+        Default ``"NCL"`` (channels first); ``"NLC"`` keeps the channels last (TensorFlow's ``"NWC"``).
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, C_out, L_out) or (C_out, L_out)
+        ``L_out = (L - 1)·s - 2p + d·(kL - 1) + op + 1``; ``(N, L_out, C_out)`` in NLC.
+
+    Raises
+    ------
+    ValueError, TypeError, UnsupportedConfiguration, BackendUnavailable
+        As :func:`conv_transpose2d`; a backend that does not compute 1-D problems raises
+        ``UnsupportedConfiguration`` saying so.
+
+    See Also
+    --------
+    conv_transpose2d : the full description of the arguments and the definition.
+    torch.nn.functional.conv_transpose1d : the reference semantics.
+
+    Examples
+    --------
+    With kernel = stride every input sample becomes its own copy of the kernel:
+
+    >>> import numpy as np
+    >>> import testbed
+    >>> testbed.conv_transpose1d(np.array([[[1.0, 2.0, 3.0]]]), np.array([[[1.0, -1.0]]]), stride=2)
+    array([[[ 1., -1.,  2., -2.,  3., -3.]]])
+    >>> testbed.output_shape((1, 512, 100), (512, 256, 16), stride=8, padding=4)     # HiFi-GAN's first up-sampling
+    (1, 256, 800)
+    """
+    return _conv_transpose(
+        1, input, weight, bias, stride, padding, output_padding, groups, dilation, backend, output_size, out, layout
+    )
+
+
+def conv_transpose3d(
+    input: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+    *,
+    backend: BackendLike | None = None,
+    output_size: Sequence[int] | None = None,
+    out: Any = None,
+    layout: str | None = None,
+) -> npt.NDArray[np.floating[Any]]:
+    """3-D transposed convolution with exactly the semantics of ``torch.nn.functional.conv_transpose3d``.
+
+    :func:`conv_transpose2d` over three spatial axes: the up-convolution of volumetric U-Nets (3D U-Net,
+    V-Net, nnU-Net: kernel = stride = 2, every voxel becomes a 2×2×2 block).
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C_in, D, H, W) or (C_in, D, H, W)
+        ``(N, D, H, W, C_in)`` or ``(D, H, W, C_in)`` with ``layout="NDHWC"``.
+    weight : array_like, shape (C_in, C_out / groups, kD, kH, kW)
+    bias : array_like, shape (C_out,), optional
+    stride, padding, output_padding, dilation : int or (int, int, int)
+    groups : int, default 1
+    backend, output_size, out
+        As for :func:`conv_transpose2d` (``output_size``: ``(D_out, H_out, W_out)`` or a full output shape).
+    layout : {"NCDHW", "NDHWC"}, optional
+        Default ``"NCDHW"`` (channels first); ``"NDHWC"`` keeps the channels last.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, C_out, D_out, H_out, W_out) or (C_out, D_out, H_out, W_out)
+        Per axis ``(n - 1)·s - 2p + d·(k - 1) + op + 1``; ``(N, D_out, H_out, W_out, C_out)`` in NDHWC.
+
+    Raises
+    ------
+    ValueError, TypeError, UnsupportedConfiguration, BackendUnavailable
+        As :func:`conv_transpose2d`; a backend that does not compute 3-D problems raises
+        ``UnsupportedConfiguration`` saying so.
+
+    See Also
+    --------
+    conv_transpose2d : the full description of the arguments and the definition.
+    torch.nn.functional.conv_transpose3d : the reference semantics.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import testbed
+    >>> x, w = np.ones((1, 320, 8, 8, 8), np.float32), np.ones((320, 256, 2, 2, 2), np.float32)
+    >>> testbed.output_shape(x.shape, w.shape, stride=2)                              # nnU-Net's first up-sampling
+    (1, 256, 16, 16, 16)
+    >>> y = testbed.conv_transpose3d(np.arange(2.0).reshape(1, 1, 1, 1, 2), np.ones((1, 1, 2, 2, 2)), stride=2)
+    >>> y[0, 0, 1]
+    array([[0., 0., 1., 1.],
+           [0., 0., 1., 1.]])
+    """
+    return _conv_transpose(
+        3, input, weight, bias, stride, padding, output_padding, groups, dilation, backend, output_size, out, layout
+    )

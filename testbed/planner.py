@@ -755,10 +755,10 @@ def tune_problem(
 
 
 def _call_problem(
-    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout="NCHW"
+    input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout=None
 ) -> tuple[Problem, bool]:
-    """The problem of a ``conv_transpose2d`` call (validated as the call validates it) and whether its arrays
-    are CUDA device arrays. Only shapes and dtypes are read."""
+    """The problem of a ``conv_transpose1d/2d/3d`` call (the weight's rank says which; validated as the call
+    validates it) and whether its arrays are CUDA device arrays. Only shapes and dtypes are read."""
     from .api import _problem_of_call
 
     problem, x, _, _ = _problem_of_call(
@@ -796,14 +796,15 @@ def tune(
     cut_factor: float = 3.0,
     store: bool = True,
     seed: int = 0,
-    layout: str = "NCHW",
+    layout: str | None = None,
 ) -> TuneResult:
     """Measure now which backend computes this call fastest, and remember it (FFTW's ``FFTW_MEASURE``).
 
     Parameters
     ----------
     input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout
-        As for :func:`testbed.conv_transpose2d` (validated the same way). Only their shapes, dtypes and
+        As for :func:`testbed.conv_transpose2d` (or ``1d``/``3d``: the weight's rank says which; validated the
+        same way). Only their shapes, dtypes and
         device are used: the candidates are timed on random arrays of the same shapes, the arrays given are
         never touched.
     candidates : iterable of str or Backend, optional
@@ -1012,14 +1013,15 @@ def explain(
     dilation=1,
     *,
     output_size=None,
-    layout: str = "NCHW",
+    layout: str | None = None,
 ) -> Explanation:
     """Which backend ``auto`` would run for this call, and why (nothing is computed or timed).
 
     Parameters
     ----------
     input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout
-        As for :func:`testbed.conv_transpose2d`; only shapes, dtypes and device are read.
+        As for :func:`testbed.conv_transpose2d` (or ``1d``/``3d``: the weight's rank says which); only shapes,
+        dtypes and device are read.
 
     Returns
     -------

@@ -63,12 +63,16 @@ NEAREST_ROWS = {"avx512": ("avx2", "generic"), "avx2": ("avx512", "generic"), "g
 
 
 def problem_class(problem: Problem) -> str:
-    """The class of ``problem`` in the table: "nonoverlapping", "depthwise", "grouped" or "general"."""
+    """The class of ``problem`` in the table: "nonoverlapping", "depthwise", "grouped" or "general" for a 2-D
+    problem; for 1-D and 3-D the same with the rank appended ("nonoverlapping-3d", "general-1d"), since the
+    fastest backend of a class need not be the same at every rank."""
     if problem.is_nonoverlapping:
-        return "nonoverlapping"
-    if problem.is_depthwise:
-        return "depthwise"
-    return "grouped" if problem.groups > 1 else "general"
+        kind = "nonoverlapping"
+    elif problem.is_depthwise:
+        kind = "depthwise"
+    else:
+        kind = "grouped" if problem.groups > 1 else "general"
+    return kind if problem.rank == 2 else f"{kind}-{problem.rank}d"
 
 
 def preference_order(median_ms: Mapping[str, Mapping[str, float]], fallback: Iterable[str] = ()) -> list[str]:
@@ -150,9 +154,11 @@ class PreferenceTable:
         return text
 
     def order_for(self, problem: Problem, on_device: bool = False) -> tuple[str, tuple[str, ...]]:
-        """``(class, order)``: the table entry the rule reads for ``problem`` (the device entry for CUDA arrays)."""
+        """``(class, order)``: the table entry the rule reads for ``problem`` (the device entry for CUDA arrays). A
+        1-D or 3-D class the table has not measured reads the 2-D class's order (backends that do not compute
+        the rank are passed over by :meth:`choose`)."""
         key = DEVICE if on_device else problem_class(problem)
-        return key, self.orders[key]
+        return key, self.orders.get(key) or self.orders[key.split("-")[0]]
 
     def choose(self, problem: Problem, on_device: bool = False) -> Backend:
         """The first backend of ``problem``'s entry that is registered, available and supports it
@@ -199,7 +205,7 @@ def _table_for(row: str) -> PreferenceTable:
         if candidate in measured:
             path = table_path(candidate)
             table = load_preference(path.read_text(encoding="utf-8"), str(path), candidate)
-            orders = {key: tuple(table["classes"][key]["order"]) for key in (*CLASSES, DEVICE)}
+            orders = {key: tuple(entry["order"]) for key, entry in table["classes"].items()}
             return PreferenceTable(
                 row=row,
                 measured_row=candidate,

@@ -25,7 +25,10 @@ __all__ = [
     "UnsupportedConfiguration",
     "output_shape",
     "pair",
+    "spatial",
     "LAYOUTS",
+    "LAYOUTS_BY_RANK",
+    "RANKS",
     "SUPPORTED_DTYPES",
     "WORKSPACE_BYTES",
 ]
@@ -34,6 +37,16 @@ __all__ = [
 #: (channels last: TensorFlow's default ``data_format``, PyTorch's ``channels_last``). The weight is always
 #: ``(C_in, C_out/groups, kH, kW)``.
 LAYOUTS = ("NCHW", "NHWC")
+
+#: The layouts of each spatial rank, channels first then channels last: ``"NCL"``/``"NLC"`` (1-D, PyTorch's and
+#: TensorFlow's ``data_format="NWC"``), ``"NCHW"``/``"NHWC"`` (2-D), ``"NCDHW"``/``"NDHWC"`` (3-D). Backends
+#: declare the 2-D names (:attr:`Backend.layouts`), which stand for channels first / channels last at every rank.
+LAYOUTS_BY_RANK = {1: ("NCL", "NLC"), 2: LAYOUTS, 3: ("NCDHW", "NDHWC")}
+#: The spatial ranks a problem may have (``conv_transpose1d``, ``2d``, ``3d``).
+RANKS = tuple(LAYOUTS_BY_RANK)
+_RANK_OF_LAYOUT = {layout: rank for rank, pair_ in LAYOUTS_BY_RANK.items() for layout in pair_}
+#: The letters that name the spatial axes of each rank, in errors and signatures.
+_AXES = {1: "l", 2: "hw", 3: "dhw"}
 
 #: dtypes the backends compute in; integer arrays are promoted to float64 first.
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -87,22 +100,32 @@ class UnsupportedConfiguration(ValueError):
         super().__init__(f"backend {backend!r} does not support this configuration: {reason}")
 
 
-def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
-    """``value`` as an (h, w) pair of ints in ``[minimum, 2**63 - 1]``; ``name`` is the argument named in errors.
+def _expected(rank: int) -> str:
+    return {1: "an int or a 1-tuple of ints", 2: "an int or a pair of ints"}.get(rank, f"an int or {rank} ints")
 
-    Accepted: an int (Python or NumPy integer, not bool), or a 2-item tuple, list, ``torch.Size`` or 1-D integer
-    NumPy array of ints. Anything else (sets, dicts, strings, bytes, generators, floats...) is a TypeError:
-    an unordered or accidental iterable must not silently become a pair.
+
+def spatial(value, name: str, *, minimum: int, rank: int = 2) -> tuple[int, ...]:
+    """``value`` as ``rank`` ints (one per spatial axis) in ``[minimum, 2**63 - 1]``; ``name`` is the argument
+    named in errors.
+
+    Accepted: an int (Python or NumPy integer, not bool), used for every axis, or a ``rank``-item tuple, list,
+    ``torch.Size`` or 1-D integer NumPy array of ints. Anything else (sets, dicts, strings, bytes, generators,
+    floats...) is a TypeError: an unordered or accidental iterable must not silently become a size.
     """
-    items = (value, value) if _is_int(value) else _int_sequence(value, name, "an int or a pair of ints")
-    if len(items) != 2:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    items = (value,) * rank if _is_int(value) else _int_sequence(value, name, _expected(rank))
+    if len(items) != rank:
+        raise TypeError(f"{name} must be {_expected(rank)}, got {value!r}")
     if min(items) < minimum:
         what = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{name} must be {what} (>= {minimum}), got {value!r}")
     if max(items) > INT64_MAX:
         raise ValueError(f"{name} must be at most 2**63 - 1 (int64), got {value!r}")
     return items
+
+
+def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """:func:`spatial` for the two axes of a 2-D problem: ``value`` as an ``(h, w)`` pair."""
+    return spatial(value, name, minimum=minimum, rank=2)  # type: ignore[return-value]
 
 
 def _int_sequence(value, name: str, expected: str) -> tuple[int, ...]:
@@ -121,19 +144,32 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def _check_layout(layout) -> None:
-    if not isinstance(layout, str) or layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+def _check_layout(layout, rank: int) -> None:
+    allowed = LAYOUTS_BY_RANK[rank]
+    if not isinstance(layout, str) or layout not in allowed:
+        where = "" if rank == 2 else f" for a {rank}-D transposed convolution"
+        raise ValueError(f"layout must be one of {allowed}{where}, got {layout!r}")
 
 
-def _to_nchw(shape, layout: str):
-    """A 4-D shape in ``layout`` as (N, C, H, W)."""
-    return tuple(shape) if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
+def _check_rank(rank, name: str = "rank") -> int:
+    if not _is_int(rank) or rank not in RANKS:
+        raise ValueError(f"{name} must be one of {RANKS} (the number of spatial axes), got {rank!r}")
+    return int(rank)
 
 
-def _from_nchw(shape, layout: str):
-    """An (N, C, H, W) shape in ``layout``."""
-    return tuple(shape) if layout == "NCHW" else (shape[0], shape[2], shape[3], shape[1])
+def is_channels_last(layout: str) -> bool:
+    """Whether ``layout`` (any rank) keeps the channels last: ``"NLC"``, ``"NHWC"``, ``"NDHWC"``."""
+    return layout.endswith("C")
+
+
+def _to_channels_first(shape, layout: str):
+    """A shape in ``layout`` as (N, C, *spatial)."""
+    return tuple(shape) if not is_channels_last(layout) else (shape[0], shape[-1], *shape[1:-1])
+
+
+def _from_channels_first(shape, layout: str):
+    """An (N, C, *spatial) shape in ``layout``."""
+    return tuple(shape) if not is_channels_last(layout) else (shape[0], *shape[2:], shape[1])
 
 
 def _extent(size: int, kernel: int, stride: int, padding: int, output_padding: int, dilation: int) -> int:
@@ -149,9 +185,10 @@ def output_shape(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     *,
-    layout: str = "NCHW",
+    layout: str | None = None,
 ) -> tuple[int, ...]:
-    """The shape of ``conv_transpose2d(input, weight, ...)``, without computing it.
+    """The shape of ``conv_transpose2d(input, weight, ...)`` (or of ``conv_transpose1d``/``3d``: the weight's rank
+    says which), without computing it.
 
     Parameters
     ----------
@@ -159,13 +196,15 @@ def output_shape(
         ``(N, C_in, H, W)``, or unbatched ``(C_in, H, W)``; ``(N, H, W, C_in)`` / ``(H, W, C_in)`` with
         ``layout="NHWC"``.
     weight_shape : sequence of int
-        ``(C_in, C_out / groups, kH, kW)``.
-    stride, padding, output_padding, dilation : int or (int, int)
-        As for :func:`conv_transpose2d`.
+        ``(C_in, C_out / groups, kH, kW)``; ``(C_in, C_out / groups, kL)`` for 1-D, ``(..., kD, kH, kW)`` for 3-D
+        (the input then has one spatial axis fewer or more).
+    stride, padding, output_padding, dilation : int or tuple of int
+        As for :func:`conv_transpose2d`, one entry per spatial axis.
     groups : int, default 1
         As for :func:`conv_transpose2d`.
-    layout : {"NCHW", "NHWC"}, default "NCHW"
-        The layout of the input and the output.
+    layout : str, optional
+        The layout of the input and the output (:data:`LAYOUTS_BY_RANK`); default channels first (``"NCHW"``,
+        ``"NCL"``, ``"NCDHW"``).
 
     Returns
     -------
@@ -205,6 +244,8 @@ def output_shape(
     (64, 64, 64)
     >>> testbed.output_shape((1, 28, 28, 1024), (1024, 512, 2, 2), stride=2, layout="NHWC")
     (1, 56, 56, 512)
+    >>> testbed.output_shape((1, 512, 100), (512, 256, 16), stride=8, padding=4)       # HiFi-GAN, 1-D
+    (1, 256, 800)
     """
     problem = Problem.from_shapes(
         tuple(input_shape),
@@ -216,7 +257,7 @@ def output_shape(
         groups=groups,
         layout=layout,
     )
-    return problem.output_shape if len(input_shape) == 4 else problem.output_shape[1:]
+    return problem.output_shape if len(input_shape) == problem.rank + 2 else problem.output_shape[1:]
 
 
 @dataclass(frozen=True)
@@ -277,30 +318,35 @@ class Problem:
 
     batch: int
     in_channels: int
-    in_size: tuple[int, int]
+    in_size: tuple[int, ...]
     out_channels: int
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    output_padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...] = 1  # type: ignore[assignment]  # an int means every axis; normalised to a tuple
+    padding: tuple[int, ...] = 0  # type: ignore[assignment]
+    output_padding: tuple[int, ...] = 0  # type: ignore[assignment]
+    dilation: tuple[int, ...] = 1  # type: ignore[assignment]
     groups: int = 1
     dtype: np.dtype = field(default=np.dtype(np.float64))
     has_bias: bool = False
-    layout: str = "NCHW"
+    layout: str = None  # type: ignore[assignment]  # None: channels first of the rank; normalised to a name
+    rank: int = None  # type: ignore[assignment]  # None: inferred (see _inferred_rank); normalised to an int
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise in place once
-        set_(self, "stride", pair(self.stride, "stride", minimum=1))
-        set_(self, "padding", pair(self.padding, "padding", minimum=0))
-        set_(self, "output_padding", pair(self.output_padding, "output_padding", minimum=0))
-        set_(self, "dilation", pair(self.dilation, "dilation", minimum=1))
-        set_(self, "in_size", pair(self.in_size, "input spatial size", minimum=1))
-        set_(self, "kernel_size", pair(self.kernel_size, "kernel size", minimum=1))
+        rank = self._inferred_rank()
+        set_(self, "rank", rank)
+        layout: str | None = self.layout
+        set_(self, "layout", LAYOUTS_BY_RANK[rank][0] if layout is None else layout)
+        _check_layout(self.layout, rank)
+        set_(self, "stride", spatial(self.stride, "stride", minimum=1, rank=rank))
+        set_(self, "padding", spatial(self.padding, "padding", minimum=0, rank=rank))
+        set_(self, "output_padding", spatial(self.output_padding, "output_padding", minimum=0, rank=rank))
+        set_(self, "dilation", spatial(self.dilation, "dilation", minimum=1, rank=rank))
+        set_(self, "in_size", spatial(self.in_size, "input spatial size", minimum=1, rank=rank))
+        set_(self, "kernel_size", spatial(self.kernel_size, "kernel size", minimum=1, rank=rank))
         set_(self, "dtype", np.dtype(self.dtype).newbyteorder("="))  # '>f8' computes as native float64
         if not _is_int(self.groups) or self.groups < 1:
             raise ValueError(f"groups must be a positive int, got {self.groups!r}")
-        _check_layout(self.layout)
         if not _is_int(self.batch) or self.batch < 0:
             raise ValueError(f"batch size must be a non-negative int, got {self.batch!r}")
         for name in ("in_channels", "out_channels"):
@@ -313,7 +359,7 @@ class Problem:
             raise ValueError(f"output channels ({self.out_channels}) must be divisible by groups ({self.groups})")
         if self.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
-        for axis, s, d, op in zip("hw", self.stride, self.dilation, self.output_padding):
+        for axis, s, d, op in zip(self.axes, self.stride, self.dilation, self.output_padding):
             # PyTorch's rule (NaiveConvolutionTranspose2d.cpp): op < stride or op < dilation.
             if not (op < s or op < d):
                 raise ValueError(
@@ -322,7 +368,13 @@ class Problem:
                     f"dilation={self.dilation} (axis {axis})"
                 )
         for axis, n, k, s, op, d, extent in zip(
-            "hw", self.in_size, self.kernel_size, self.stride, self.output_padding, self.dilation, self.canvas_size
+            self.axes,
+            self.in_size,
+            self.kernel_size,
+            self.stride,
+            self.output_padding,
+            self.dilation,
+            self.canvas_size,
         ):
             if extent > INT64_MAX:
                 raise ValueError(
@@ -346,6 +398,30 @@ class Problem:
                 f"address; reduce stride, dilation or the batch"
             )
 
+    def _inferred_rank(self) -> int:
+        """The spatial rank: ``rank`` if given, else the layout's, else the length of the per-axis sequences
+        given (which must agree), else 2. Sequences of another length are then refused by :func:`spatial`."""
+        layout: str | None = self.layout
+        given_rank: int | None = self.rank
+        if given_rank is not None:
+            rank = _check_rank(given_rank)
+            if layout is not None:
+                _check_layout(layout, rank)
+            return rank
+        if layout is not None:
+            if not isinstance(layout, str) or layout not in _RANK_OF_LAYOUT:
+                raise ValueError(f"layout must be one of {tuple(_RANK_OF_LAYOUT)}, got {layout!r}")
+            return _RANK_OF_LAYOUT[layout]
+        claims = {
+            name: len(value)
+            for name in ("in_size", "kernel_size", "stride", "padding", "output_padding", "dilation")
+            if isinstance(value := getattr(self, name), (tuple, list, np.ndarray)) and len(value) in RANKS
+        }
+        if len(set(claims.values())) > 1:
+            said = ", ".join(f"{name} has {rank}" for name, rank in claims.items())
+            raise ValueError(f"the per-axis arguments disagree on the number of spatial axes: {said}")
+        return claims.popitem()[1] if claims else 2
+
     # ---- construction from arrays -------------------------------------------------------------------
     @classmethod
     def from_shapes(
@@ -361,38 +437,64 @@ class Problem:
         dtype=np.float64,
         has_bias=False,
         output_size=None,
-        layout="NCHW",
+        layout=None,
+        rank=None,
     ) -> Problem:
-        """Validate the shapes of a call (input 3-D or 4-D in ``layout``, weight 4-D) and build its problem."""
-        _check_layout(layout)
-        if len(input_shape) not in (3, 4):
-            dims = "(N, C_in, H, W) or 3-D (C_in, H, W)" if layout == "NCHW" else "(N, H, W, C_in) or 3-D (H, W, C_in)"
-            raise ValueError(f"input must be 4-D {dims}, got shape {input_shape}")
-        if len(weight_shape) != 4:
-            raise ValueError(f"weight must be 4-D (C_in, C_out/groups, kH, kW), got shape {weight_shape}")
-        batch, in_channels, h, w = _to_nchw(input_shape if len(input_shape) == 4 else (1, *input_shape), layout)
+        """Validate the shapes of a call and build its problem: the weight ``(C_in, C_out/groups, *kernel)`` has
+        ``rank + 2`` axes (``rank`` inferred from it when None), the input ``rank + 2`` (batched) or ``rank + 1``
+        (unbatched) in ``layout`` (default: channels first)."""
+        if rank is None:
+            rank = len(weight_shape) - 2
+            if rank not in RANKS:
+                raise ValueError(
+                    f"weight must be 3-D, 4-D or 5-D (C_in, C_out/groups, *kernel) for a 1-D, 2-D or 3-D "
+                    f"transposed convolution, got shape {tuple(weight_shape)}"
+                )
+        rank = _check_rank(rank)
+        layout = LAYOUTS_BY_RANK[rank][0] if layout is None else layout
+        _check_layout(layout, rank)
+        spatial_names = {1: "L", 2: "H, W", 3: "D, H, W"}[rank]
+        if len(input_shape) not in (rank + 1, rank + 2):
+            first, last = (f"C_in, {spatial_names}", "") if not is_channels_last(layout) else (spatial_names, ", C_in")
+            raise ValueError(
+                f"input must be {rank + 2}-D (N, {first}{last}) or {rank + 1}-D ({first}{last}), got shape "
+                f"{input_shape}"
+            )
+        if len(weight_shape) != rank + 2:
+            kernel = {1: "kL", 2: "kH, kW", 3: "kD, kH, kW"}[rank]
+            raise ValueError(f"weight must be {rank + 2}-D (C_in, C_out/groups, {kernel}), got shape {weight_shape}")
+        batched = input_shape if len(input_shape) == rank + 2 else (1, *input_shape)
+        batch, in_channels, *size = _to_channels_first(batched, layout)
         if weight_shape[0] != in_channels:
             raise ValueError(
                 f"weight.shape[0] ({weight_shape[0]}) must equal the input's channel count "
-                f"({in_channels}); weight is (C_in, C_out/groups, kH, kW), got {weight_shape}"
+                f"({in_channels}); weight is (C_in, C_out/groups, *kernel), got {weight_shape}"
             )
         if not _is_int(groups) or groups < 1:
             raise ValueError(f"groups must be a positive int, got {groups!r}")
-        if h < 1 or w < 1:
+        if min(size) < 1:
             raise ValueError(f"input spatial size must be positive, got shape {input_shape}")
-        kernel = (weight_shape[2], weight_shape[3])
-        if min(kernel) < 1 or weight_shape[1] < 1:
-            raise ValueError(f"weight must have positive C_out/groups, kH and kW, got shape {weight_shape}")
+        kernel_size = tuple(weight_shape[2:])
+        if min(kernel_size) < 1 or weight_shape[1] < 1:
+            raise ValueError(f"weight must have positive C_out/groups and kernel sizes, got shape {weight_shape}")
         if output_size is not None:
             output_padding = cls._output_padding_for(
-                output_size, output_padding, len(input_shape), (h, w), kernel, stride, padding, dilation, layout
+                output_size,
+                output_padding,
+                len(input_shape),
+                tuple(size),
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                layout,
             )
         return cls(
             batch=batch,
             in_channels=in_channels,
-            in_size=(h, w),
+            in_size=tuple(size),
             out_channels=weight_shape[1] * groups,
-            kernel_size=kernel,
+            kernel_size=kernel_size,
             stride=stride,
             padding=padding,
             output_padding=output_padding,
@@ -401,26 +503,36 @@ class Problem:
             dtype=dtype,
             has_bias=has_bias,
             layout=layout,
+            rank=rank,
         )
 
     @staticmethod
     def _output_padding_for(output_size, output_padding, ndim, in_size, kernel, stride, padding, dilation, layout):
         """The output_padding that yields ``output_size``, as ``ConvTranspose2d.forward(x, output_size)``."""
-        if output_padding not in (0, (0, 0)):
+        rank = len(in_size)
+        if (
+            not (_is_int(output_padding) and output_padding == 0)
+            and tuple(
+                _int_sequence(output_padding, "output_padding", _expected(rank))
+                if not _is_int(output_padding)
+                else (output_padding,)
+            )
+            != (0,) * rank
+        ):
             raise ValueError(
                 f"give either output_size or output_padding, not both "
                 f"(output_size={output_size!r}, output_padding={output_padding!r})"
             )
         size = _int_sequence(output_size, "output_size", "a sequence of ints")
         if len(size) == ndim:  # a full shape in the layout: only the spatial entries matter
-            size = _to_nchw(size if ndim == 4 else (1, *size), layout)[2:]
-        if len(size) != 2:
+            size = _to_channels_first(size if ndim == rank + 2 else (1, *size), layout)[2:]
+        if len(size) != rank:
             raise ValueError(
-                f"output_size must have 2 spatial entries (or {ndim} for a full shape), got {output_size!r}"
+                f"output_size must have {rank} spatial entries (or {ndim} for a full shape), got {output_size!r}"
             )
-        stride = pair(stride, "stride", minimum=1)
-        padding = pair(padding, "padding", minimum=0)
-        dilation = pair(dilation, "dilation", minimum=1)
+        stride = spatial(stride, "stride", minimum=1, rank=rank)
+        padding = spatial(padding, "padding", minimum=0, rank=rank)
+        dilation = spatial(dilation, "dilation", minimum=1, rank=rank)
         smallest = tuple(_extent(n, k, s, p, 0, d) for n, k, s, p, d in zip(in_size, kernel, stride, padding, dilation))
         largest = tuple(lo + s - 1 for lo, s in zip(smallest, stride))
         if not all(lo <= v <= hi for v, lo, hi in zip(size, smallest, largest)):
@@ -432,29 +544,37 @@ class Problem:
 
     # ---- derived shapes ------------------------------------------------------------------------------
     @property
-    def out_size(self) -> tuple[int, int]:
-        h, w = (
+    def axes(self) -> str:
+        """The letters of the spatial axes in errors and signatures: ``"l"``, ``"hw"`` or ``"dhw"``."""
+        return _AXES[self.rank]
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether :attr:`layout` keeps the channels last (``"NLC"``, ``"NHWC"``, ``"NDHWC"``)."""
+        return is_channels_last(self.layout)
+
+    @property
+    def out_size(self) -> tuple[int, ...]:
+        return tuple(
             _extent(n, k, s, p, op, d)
             for n, k, s, p, op, d in zip(
                 self.in_size, self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation
             )
         )
-        return h, w
 
     @property
-    def canvas_size(self) -> tuple[int, int]:
-        """Extent of the uncropped scatter target: every tap lands at ``ih·s + kh·d`` (``< (H-1)·s + d·(k-1) + 1``),
-        plus ``output_padding`` rows/columns that no tap reaches when ``padding`` is 0."""
-        h, w = (
+    def canvas_size(self) -> tuple[int, ...]:
+        """Extent of the uncropped scatter target: every tap lands at ``i·s + k·d`` (``< (n-1)·s + d·(k-1) + 1``),
+        plus ``output_padding`` entries that no tap reaches when ``padding`` is 0."""
+        return tuple(
             (n - 1) * s + d * (k - 1) + 1 + op
             for n, k, s, op, d in zip(self.in_size, self.kernel_size, self.stride, self.output_padding, self.dilation)
         )
-        return h, w
 
     def landing(self, axis: int, tap: int) -> tuple[slice, slice] | None:
-        """Where tap ``tap`` of the kernel lands along ``axis`` (0: rows, 1: columns): ``(inputs, outputs)``, the
-        input indices ``i`` whose ``o = i·s - p + tap·d`` falls inside the output and the step-``s`` slice of
-        those outputs; None when no input lands there. Backends that scatter use it to touch only outputs,
+        """Where tap ``tap`` of the kernel lands along spatial ``axis`` (0: the first spatial axis): ``(inputs,
+        outputs)``, the input indices ``i`` whose ``o = i·s - p + tap·d`` falls inside the output and the step-``s``
+        slice of those outputs; None when no input lands there. Backends that scatter use it to touch only outputs,
         never the uncropped canvas (whose size follows stride and padding, not the work)."""
         n, s, p, d, out = (
             self.in_size[axis],
@@ -486,23 +606,24 @@ class Problem:
         return max(WORKSPACE_BYTES, 2 * self.bytes_moved)
 
     def crop(self, canvas):
-        """The output window ``canvas[..., p:p+H_out, p:p+W_out]`` of a canvas-sized array."""
-        (ph, pw), (ho, wo) = self.padding, self.out_size
-        return canvas[..., ph : ph + ho, pw : pw + wo]
+        """The output window ``canvas[..., p:p+H_out, p:p+W_out]`` (per spatial axis, the trailing ones) of a
+        canvas-sized array."""
+        window = (Ellipsis, *(slice(p, p + n) for p, n in zip(self.padding, self.out_size)))
+        return canvas[window]
 
     @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        """``(N, C_in, H, W)``, or ``(N, H, W, C_in)`` in NHWC."""
-        return _from_nchw((self.batch, self.in_channels, *self.in_size), self.layout)
+    def input_shape(self) -> tuple[int, ...]:
+        """``(N, C_in, *in_size)``, or ``(N, *in_size, C_in)`` channels last."""
+        return _from_channels_first((self.batch, self.in_channels, *self.in_size), self.layout)
 
     @property
-    def weight_shape(self) -> tuple[int, int, int, int]:
+    def weight_shape(self) -> tuple[int, ...]:
         return (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
 
     @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        """``(N, C_out, H_out, W_out)``, or ``(N, H_out, W_out, C_out)`` in NHWC."""
-        return _from_nchw((self.batch, self.out_channels, *self.out_size), self.layout)
+    def output_shape(self) -> tuple[int, ...]:
+        """``(N, C_out, *out_size)``, or ``(N, *out_size, C_out)`` channels last."""
+        return _from_channels_first((self.batch, self.out_channels, *self.out_size), self.layout)
 
     @property
     def in_per_group(self) -> int:
@@ -519,21 +640,14 @@ class Problem:
     @property
     def is_nonoverlapping(self) -> bool:
         """stride == kernel, dilation 1: every input pixel owns its own kH×kW output block (U-Net up-conv)."""
-        return self.stride == self.kernel_size and self.dilation == (1, 1)
+        return self.stride == self.kernel_size and set(self.dilation) == {1}
 
     @property
     def flops(self) -> int:
-        """Useful work 2·N·C_in·(C_out/groups)·H·W·kH·kW (no multiplications by inserted zeros)."""
-        return (
-            2
-            * self.batch
-            * self.in_channels
-            * self.out_per_group
-            * self.in_size[0]
-            * self.in_size[1]
-            * self.kernel_size[0]
-            * self.kernel_size[1]
-        )
+        """Useful work 2·N·C_in·(C_out/groups)·H·W·kH·kW, over every spatial axis of the rank (no
+        multiplications by inserted zeros)."""
+        spatial_work = math.prod(self.in_size) * math.prod(self.kernel_size)
+        return 2 * self.batch * self.in_channels * self.out_per_group * spatial_work
 
     @property
     def bytes_moved(self) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .problem import LAYOUTS, SUPPORTED_DTYPES, Problem
+from .problem import LAYOUTS, LAYOUTS_BY_RANK, RANKS, SUPPORTED_DTYPES, Problem
 
 __all__ = [
     "Backend",
@@ -81,7 +81,12 @@ class Backend:
         for the other backends.
     layouts : tuple of str, default ("NCHW",)
         The layouts (:data:`~testbed.problem.LAYOUTS`) ``run`` computes natively: it receives input and ``out``
-        and returns its result in ``problem.layout``. :meth:`compute` converts the others (see there).
+        and returns its result in ``problem.layout``. :meth:`compute` converts the others (see there). The 2-D
+        names stand for channels first / channels last at every rank (``"NHWC"`` covers ``"NLC"`` and
+        ``"NDHWC"``).
+    ranks : tuple of int, default (2,)
+        The spatial ranks it computes (:data:`~testbed.problem.RANKS`: 1, 2, 3); ``run`` receives arrays with
+        ``problem.rank`` spatial axes.
     choose : callable, optional
         Only for a dispatcher: ``choose(problem, on_device) -> Backend``, the backend that computes
         ``problem`` (``on_device``: the arrays are CUDA device arrays). See :meth:`resolve`.
@@ -128,14 +133,20 @@ class Backend:
     writes_out: bool = False  # run(..., out=...) computes in place
     layouts: tuple[str, ...] = ("NCHW",)  # the input/output layouts run computes natively
     describe: Callable[[Problem], str] | None = None  # how it would compute a problem (for explain)
+    ranks: tuple[int, ...] = (2,)  # the spatial ranks run computes
 
     def unsupported_reason(self, problem: Problem) -> str | None:
         """Why this backend cannot compute ``problem`` (a valid configuration), or None if it can."""
+        if problem.rank not in self.ranks:
+            return (
+                f"{problem.rank}-D transposed convolution not supported (layout {problem.layout}); it computes "
+                f"spatial rank {' and '.join(str(r) for r in self.ranks)}"
+            )
         if problem.dtype not in self.dtypes:
             return f"dtype {problem.dtype} not in {[str(d) for d in self.dtypes]}"
         if problem.groups > 1 and not self.groups:
             return f"groups={problem.groups} not supported"
-        if problem.dilation != (1, 1) and not self.dilation:
+        if set(problem.dilation) != {1} and not self.dilation:
             return f"dilation={problem.dilation} not supported"
         return self.check(problem) if self.check else None
 
@@ -148,7 +159,7 @@ class Backend:
         into a C-contiguous array of ``problem.layout`` (or into ``out``); CUDA device arrays are handed over as
         strided views in the native layout (no copy), which backends that write ``out`` index through their
         strides."""
-        if problem.layout not in self.layouts:
+        if self.native_layout(problem) != problem.layout:
             return self._compute_converted(x, weight, bias, problem, out)
         if out is None:
             return self.run(x, weight, bias, problem)
@@ -164,8 +175,17 @@ class Backend:
             np.copyto(out, result)
         return out
 
+    def native_layout(self, problem: Problem) -> str:
+        """The layout ``run`` computes ``problem`` in: ``problem.layout`` when declared in :attr:`layouts` (by
+        its 2-D family name), else the first declared one, at the problem's rank."""
+        first, last = LAYOUTS_BY_RANK[problem.rank]
+        family = "NHWC" if problem.channels_last else "NCHW"
+        if family in self.layouts:
+            return problem.layout
+        return last if self.layouts[0] == "NHWC" else first
+
     def _compute_converted(self, x: Any, weight: Any, bias: Any, problem: Problem, out: Any) -> Any:
-        native = problem.with_(layout=self.layouts[0])
+        native = problem.with_(layout=self.native_layout(problem))
         if is_device_array(x):
             there = layout_axes(problem.layout, native.layout)
             if not self.writes_out:
@@ -208,9 +228,9 @@ class Backend:
         return "gpu" if self.device == "cuda" else "cpu"
 
 
-def layout_axes(source: str, target: str) -> tuple[int, int, int, int]:
-    """The axis order that views a 4-D array in layout ``source`` as ``target``: ``array.transpose(axes)``."""
-    return tuple(source.index(axis) for axis in target)  # type: ignore[return-value]
+def layout_axes(source: str, target: str) -> tuple[int, ...]:
+    """The axis order that views an array in layout ``source`` as ``target`` (one rank): ``array.transpose(axes)``."""
+    return tuple(source.index(axis) for axis in target)
 
 
 def run_converted(
@@ -296,6 +316,8 @@ def register(backend: Backend) -> Backend:
         raise ValueError(
             f"backend {backend.name!r}: layouts must be a non-empty tuple of {LAYOUTS}, got {backend.layouts!r}"
         )
+    if not backend.ranks or not set(backend.ranks) <= set(RANKS):
+        raise ValueError(f"backend {backend.name!r}: ranks must be a non-empty tuple of {RANKS}, got {backend.ranks!r}")
     _REGISTRY[backend.name] = backend
     return backend
 

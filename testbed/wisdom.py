@@ -1,9 +1,10 @@
 """Wisdom: the backend decisions of :func:`testbed.tune` and the ``measure`` planner, kept on disk (after FFTW).
 
-A decision is stored per **problem signature** (dtype, layout, N, C_in, C_out, H, W, kernel, stride, padding,
-output_padding, dilation, groups, bias, device: :func:`signature`) under a **machine fingerprint** (CPU model,
-instruction-set row, core count, the CPUs this process may use, thread settings, the allocator and BLAS environment,
-the versions of Python, testbed, numpy, scipy, numba and torch, and a hash of the backends' source:
+A decision is stored per **problem signature** (dtype, layout (which names the rank), N, C_in, C_out, the input
+size, kernel, stride, padding, output_padding, dilation, groups, bias, device: :func:`signature`) under a **machine
+fingerprint** (CPU model, instruction-set row, core count, the CPUs this process may use, thread settings, the
+allocator and BLAS environment, the versions of Python, testbed, numpy, scipy, numba and torch, and a hash of the
+backends' source:
 :func:`machine_fingerprint`).
 Only the entries of this machine's fingerprint are ever applied; a file may hold several machines' wisdom.
 
@@ -141,9 +142,9 @@ def signature(problem: Problem, device: str = "cpu") -> str:
     ...                   dtype=np.float32))
     'float32 NCHW N1 Cin128 Cout64 H196 W196 k2x2 s2x2 p0x0 op0x0 d1x1 g1 nobias cpu'
     """
-    pairs = " ".join(
-        f"{name}{a}x{b}"
-        for name, (a, b) in (
+    per_axis = " ".join(
+        f"{name}{'x'.join(map(str, values))}"
+        for name, values in (
             ("k", problem.kernel_size),
             ("s", problem.stride),
             ("p", problem.padding),
@@ -151,11 +152,12 @@ def signature(problem: Problem, device: str = "cpu") -> str:
             ("d", problem.dilation),
         )
     )
-    h, w = problem.in_size
+    # the layout names the rank ("NCL", "NCHW", "NCDHW"), so signatures of different ranks never collide
+    sizes = " ".join(f"{axis.upper()}{n}" for axis, n in zip(problem.axes, problem.in_size))
     return (
         f"{problem.dtype} {problem.layout} N{problem.batch} Cin{problem.in_channels} "
-        f"Cout{problem.out_channels} H{h} W{w} "
-        f"{pairs} g{problem.groups} {'bias' if problem.has_bias else 'nobias'} {device}"
+        f"Cout{problem.out_channels} {sizes} "
+        f"{per_axis} g{problem.groups} {'bias' if problem.has_bias else 'nobias'} {device}"
     )
 
 

@@ -30,7 +30,7 @@ def test_output_shape_and_problem_shapes():
     assert LAYOUTS == ("NCHW", "NHWC")
 
 
-@pytest.mark.parametrize("bad", ["nhwc", "NWHC", "", None, 1])
+@pytest.mark.parametrize("bad", ["nhwc", "NWHC", "", 1, "NCL", "NDHWC"])
 def test_bad_layout_is_refused_naming_it(bad):
     x, _, w = _arrays()
     with pytest.raises(ValueError, match="layout must be one of"):
@@ -38,7 +38,15 @@ def test_bad_layout_is_refused_naming_it(bad):
     with pytest.raises(ValueError, match="layout must be one of"):
         testbed.output_shape(x.shape, w.shape, layout=bad)
     with pytest.raises(ValueError, match="layout must be one of"):
-        Problem(batch=1, in_channels=1, in_size=2, out_channels=1, kernel_size=2, layout=bad)
+        Problem(batch=1, in_channels=1, in_size=(2, 2), out_channels=1, kernel_size=2, layout=bad)
+
+
+def test_layout_none_is_channels_first_of_the_rank():
+    x, _, w = _arrays()
+    default = testbed.conv_transpose2d(x, w, stride=2)
+    assert np.array_equal(testbed.conv_transpose2d(x, w, stride=2, layout=None), default)
+    assert Problem(batch=1, in_channels=1, in_size=(2,), out_channels=1, kernel_size=2).layout == "NCL"
+    assert Problem(batch=1, in_channels=1, in_size=2, out_channels=1, kernel_size=2, rank=3).layout == "NCDHW"
 
 
 def test_shapes_are_read_in_the_layout():

@@ -24,5 +24,6 @@ register(
         run=dispatch,
         device="any",
         choose=choose_backend,
+        ranks=(1, 2, 3),
     )
 )
