@@ -4,6 +4,13 @@
 input sizes of the original 572² network. ``decoder``: the other shapes decoders use (k4 s2 p1 as in DCGAN,
 k3 s2 p1 op1, stride 1, dilation, groups, depthwise, an odd k5 s3). ``tiny``: small shapes where call
 overhead dominates.
+
+``unet3d`` (3-D): the five up-convolutions of nnU-Net's 3-D full-resolution decoder (Isensee et al., "nnU-Net",
+Nature Methods 18, 2021: kernel = stride = 2, widths 32·2^i capped at 320) on a 128³ patch, batch 2 (nnU-Net's
+default batch): 320→320 at 4³ up to 64→32 at 64³, whose output is 2·32·128³ floats (512 MiB in float32).
+``vocoder1d`` (1-D): the four up-samplings of the HiFi-GAN V1 generator (Kong et al., NeurIPS 2020: rates
+8, 8, 2, 2, kernels 16, 16, 4, 4, padding (k - s)/2, channels 512→256→128→64→32) for one second of 22 050 Hz
+audio (86 mel frames at hop 256), batch 1.
 """
 
 import numpy as np
@@ -11,7 +18,9 @@ import numpy as np
 from .problem import Problem
 
 
-def _p(name, c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1, batch=1):
+def _p(
+    name, c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1, batch=1, rank=2
+):
     return name, Problem(
         batch=batch,
         in_channels=c_in,
@@ -24,6 +33,7 @@ def _p(name, c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, d
         dilation=dilation,
         groups=groups,
         dtype=np.dtype(np.float32),
+        rank=rank,
     )
 
 
@@ -53,6 +63,23 @@ SUITES = {
             _p("tiny_k2s2", 4, 4, 8, 2, 2),
             _p("tiny_k3s2", 3, 5, (5, 7), 3, 2, 1, 1, batch=2),
             _p("tiny_g2d2", 4, 6, 6, 3, (1, 2), (1, 0), dilation=2, groups=2),
+        ]
+    ),
+    "unet3d": dict(
+        [
+            _p("unet3d1", 320, 320, 4, 2, 2, batch=2, rank=3),
+            _p("unet3d2", 320, 256, 8, 2, 2, batch=2, rank=3),
+            _p("unet3d3", 256, 128, 16, 2, 2, batch=2, rank=3),
+            _p("unet3d4", 128, 64, 32, 2, 2, batch=2, rank=3),
+            _p("unet3d5", 64, 32, 64, 2, 2, batch=2, rank=3),
+        ]
+    ),
+    "vocoder1d": dict(
+        [
+            _p("voc1", 512, 256, 86, 16, 8, 4, rank=1),
+            _p("voc2", 256, 128, 688, 16, 8, 4, rank=1),
+            _p("voc3", 128, 64, 5504, 4, 2, 1, rank=1),
+            _p("voc4", 64, 32, 11008, 4, 2, 1, rank=1),
         ]
     ),
 }

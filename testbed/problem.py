@@ -400,9 +400,15 @@ class Problem:
 
     def _inferred_rank(self) -> int:
         """The spatial rank: ``rank`` if given, else the layout's, else the length of the per-axis sequences
-        given (which must agree), else 2. Sequences of another length are then refused by :func:`spatial`."""
+        given (which must agree), else 2. A layout of another rank than ``rank`` or than the sequences is refused
+        here; a sequence of another length than ``rank`` is then refused by :func:`spatial`."""
         layout: str | None = self.layout
         given_rank: int | None = self.rank
+        claims = {
+            name: len(value)
+            for name in ("in_size", "kernel_size", "stride", "padding", "output_padding", "dilation")
+            if isinstance(value := getattr(self, name), (tuple, list, np.ndarray)) and len(value) in RANKS
+        }
         if given_rank is not None:
             rank = _check_rank(given_rank)
             if layout is not None:
@@ -411,12 +417,13 @@ class Problem:
         if layout is not None:
             if not isinstance(layout, str) or layout not in _RANK_OF_LAYOUT:
                 raise ValueError(f"layout must be one of {tuple(_RANK_OF_LAYOUT)}, got {layout!r}")
+            for name, length in claims.items():
+                if length != _RANK_OF_LAYOUT[layout]:
+                    raise ValueError(
+                        f"layout must be one of {LAYOUTS_BY_RANK[length]} for the {length} spatial axes of "
+                        f"{name}={getattr(self, name)!r}, got {layout!r}"
+                    )
             return _RANK_OF_LAYOUT[layout]
-        claims = {
-            name: len(value)
-            for name in ("in_size", "kernel_size", "stride", "padding", "output_padding", "dilation")
-            if isinstance(value := getattr(self, name), (tuple, list, np.ndarray)) and len(value) in RANKS
-        }
         if len(set(claims.values())) > 1:
             said = ", ".join(f"{name} has {rank}" for name, rank in claims.items())
             raise ValueError(f"the per-axis arguments disagree on the number of spatial axes: {said}")
