@@ -101,7 +101,7 @@ class UnsupportedConfiguration(ValueError):
 
 
 def _expected(rank: int) -> str:
-    return {1: "an int or a 1-tuple of ints", 2: "an int or a pair of ints"}.get(rank, f"an int or {rank} ints")
+    return {2: "an int or a pair of ints"}.get(rank, f"an int or a {rank}-tuple of ints")
 
 
 def spatial(value, name: str, *, minimum: int, rank: int = 2) -> tuple[int, ...]:
@@ -535,7 +535,8 @@ class Problem:
             size = _to_channels_first(size if ndim == rank + 2 else (1, *size), layout)[2:]
         if len(size) != rank:
             raise ValueError(
-                f"output_size must have {rank} spatial entries (or {ndim} for a full shape), got {output_size!r}"
+                f"output_size must have {rank} spatial {'entry' if rank == 1 else 'entries'} (or {ndim} for a full "
+                f"shape), got {output_size!r}"
             )
         stride = spatial(stride, "stride", minimum=1, rank=rank)
         padding = spatial(padding, "padding", minimum=0, rank=rank)
