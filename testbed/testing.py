@@ -1,14 +1,16 @@
-"""Testing helpers for ``conv_transpose2d`` and its backends (after ``numpy.testing`` and ``torch.testing``).
+"""Testing helpers for ``conv_transpose1d/2d/3d`` and their backends (after ``numpy.testing`` and
+``torch.testing``).
 
 One definition, used by the tests, the experiments and the benchmarks, of
 
 - the **oracle**: the ``naive`` backend (the scatter definition) computed in float64 on the inputs widened
-  exactly to float64 (:func:`oracle`);
+  exactly to float64, at the weight's spatial rank (:func:`oracle`);
 - the **error metric**: the relative L2 error ``‖y - ref‖₂ / ‖ref‖₂`` in float64 (:func:`relative_error`);
 - the **tolerances** a result must meet, per dtype (:data:`TOLERANCES`, :func:`tolerance`), and assertions
   with a useful message (:func:`assert_close`, :func:`assert_close_to_oracle`);
 - the **adjoint**: the forward convolution whose adjoint is the transposed convolution, written independently
-  of every backend (:func:`conv2d_adjoint`), and the adjoint-identity residual (:func:`adjoint_residual`);
+  of every backend, at every rank (:func:`conv_adjoint`; :func:`conv2d_adjoint` for 2-D), and the
+  adjoint-identity residual (:func:`adjoint_residual`);
 - the **call** that reproduces a :class:`~testbed.Problem` (:func:`call_kwargs`).
 
 Library code: it needs NumPy only (no pytest, no torch).
@@ -16,13 +18,14 @@ Library code: it needs NumPy only (no pytest, no torch).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from .api import conv_transpose2d
+from .api import conv_transpose1d, conv_transpose2d, conv_transpose3d
 from .problem import SUPPORTED_DTYPES, Problem
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "assert_close_to_oracle",
     "call_kwargs",
     "conv2d_adjoint",
+    "conv_adjoint",
     "oracle",
     "relative_error",
     "tolerance",
@@ -113,17 +117,36 @@ def _widened(value):
     return None if value is None else np.asarray(value, dtype=np.float64)
 
 
+#: The transposed convolution of each spatial rank.
+_CONV_TRANSPOSE: Mapping[int, Callable[..., Any]] = MappingProxyType(
+    {1: conv_transpose1d, 2: conv_transpose2d, 3: conv_transpose3d}
+)
+
+
+def _conv_transpose_for(weight) -> Callable[..., Any]:
+    """``conv_transpose1d``, ``2d`` or ``3d``: the one whose weight has ``weight``'s number of axes."""
+    ndim = np.ndim(weight)
+    if ndim - 2 not in _CONV_TRANSPOSE:
+        raise ValueError(
+            f"weight must be 3-D, 4-D or 5-D (C_in, C_out/groups, *kernel) for a 1-D, 2-D or 3-D transposed "
+            f"convolution, got shape {np.shape(weight)}"
+        )
+    return _CONV_TRANSPOSE[ndim - 2]
+
+
 def oracle(input, weight, bias=None, **params) -> np.ndarray:
     """The reference result: the ``naive`` backend (the scatter definition) in float64 on widened inputs.
 
     Widening float32 (or integer) inputs to float64 is exact, so the oracle is the transposed convolution of
     exactly the values a backend was given, with float64's rounding only; a float32 result's distance from
-    it is the float32 computation's own rounding.
+    it is the float32 computation's own rounding. The weight's number of axes gives the spatial rank
+    (``conv_transpose1d`` for a 3-D weight, ``2d`` for 4-D, ``3d`` for 5-D).
 
     Parameters
     ----------
     input, weight, bias : array_like
-        As for :func:`testbed.conv_transpose2d` (host arrays; ``bias`` may be None).
+        As for :func:`testbed.conv_transpose2d`, :func:`~testbed.conv_transpose1d` or
+        :func:`~testbed.conv_transpose3d` (host arrays; ``bias`` may be None).
     **params
         ``stride``, ``padding``, ``output_padding``, ``groups``, ``dilation``, ``output_size``, ``layout``: as for
         :func:`testbed.conv_transpose2d` (see :func:`call_kwargs` to get them from a
@@ -144,8 +167,11 @@ def oracle(input, weight, bias=None, **params) -> np.ndarray:
     >>> from testbed.testing import oracle
     >>> oracle(np.float32([[[[1.0, 2.0]]]]), [[[[1.0, -1.0]]]], stride=2)
     array([[[[ 1., -1.,  2., -2.]]]])
+    >>> oracle(np.float32([[[1.0, 2.0]]]), [[[1.0, -1.0]]], stride=2)              # 1-D: a 3-D weight
+    array([[[ 1., -1.,  2., -2.]]])
     """
-    return conv_transpose2d(_widened(input), _widened(weight), _widened(bias), backend="naive", **params)
+    conv_transpose = _conv_transpose_for(weight)
+    return conv_transpose(_widened(input), _widened(weight), _widened(bias), backend="naive", **params)
 
 
 def assert_close(actual, desired, *, rtol: float | None = None, err_msg: str = "") -> None:
@@ -257,18 +283,19 @@ def assert_close_to_oracle(
 
 
 def call_kwargs(problem: Problem) -> dict[str, Any]:
-    """The keyword arguments of :func:`testbed.conv_transpose2d` that reproduce ``problem``.
+    """The keyword arguments of :func:`testbed.conv_transpose2d` (or ``1d``/``3d``, at ``problem.rank``) that
+    reproduce ``problem``.
 
     Parameters
     ----------
     problem : testbed.Problem
-        A validated configuration.
+        A validated configuration, of any spatial rank.
 
     Returns
     -------
     dict
-        ``stride``, ``padding``, ``output_padding``, ``groups``, ``dilation`` and ``layout``; the arrays' shapes
-        and dtype carry the rest.
+        ``stride``, ``padding``, ``output_padding``, ``groups``, ``dilation`` and ``layout``, the per-axis ones as
+        tuples of ``problem.rank`` ints; the arrays' shapes and dtype carry the rest.
 
     Examples
     --------
@@ -278,6 +305,9 @@ def call_kwargs(problem: Problem) -> dict[str, Any]:
     >>> call_kwargs(problem)
     {'stride': (2, 2), 'padding': (0, 0), 'output_padding': (0, 0), 'groups': 1, 'dilation': (1, 1),
      'layout': 'NCHW'}
+    >>> call_kwargs(testbed.Problem(batch=1, in_channels=4, in_size=(5,), out_channels=2, kernel_size=3, stride=4,
+    ...                             layout="NLC"))
+    {'stride': (4,), 'padding': (0,), 'output_padding': (0,), 'groups': 1, 'dilation': (1,), 'layout': 'NLC'}
     """
     return {
         "stride": problem.stride,
@@ -289,41 +319,43 @@ def call_kwargs(problem: Problem) -> dict[str, Any]:
     }
 
 
-def conv2d_adjoint(z, weight, problem: Problem) -> np.ndarray:
-    """``Tᵀz``: the adjoint of the transposed convolution ``T`` of ``problem``, i.e. the forward conv2d.
+def conv_adjoint(z, weight, problem: Problem) -> np.ndarray:
+    """``Tᵀz``: the adjoint of the transposed convolution ``T`` of ``problem``, i.e. the forward strided
+    convolution (conv1d, conv2d or conv3d: ``problem.rank``).
 
-    For weight ``W`` ``(C_in, C_out/groups, kH, kW)``, ``conv_transpose2d`` is the linear map ``T: x ↦ y``;
-    its adjoint is the strided, padded, dilated, grouped cross-correlation (PyTorch's
-    ``F.conv2d(z, W, stride=s, padding=p, dilation=d, groups=g)``, ``W`` read as a forward weight of ``C_in``
-    output and ``C_out/groups`` input channels)::
+    For weight ``W`` ``(C_in, C_out/groups, *kernel)``, ``conv_transpose{1,2,3}d`` is the linear map
+    ``T: x ↦ y``; its adjoint is the strided, padded, dilated, grouped cross-correlation (PyTorch's
+    ``F.conv{1,2,3}d(z, W, stride=s, padding=p, dilation=d, groups=g)``, ``W`` read as a forward weight of
+    ``C_in`` output and ``C_out/groups`` input channels). With ``a`` running over the spatial axes::
 
-        (Tᵀz)[n, g·Ci_g + ci, ih, iw] = Σ_{co, kh, kw} z[n, g·Co_g + co, ih·s - p + kh·d, iw·s - p + kw·d]
-                                                       · W[g·Ci_g + ci, co, kh, kw]
+        (Tᵀz)[n, g·Ci_g + ci, i_1, ..., i_r] = Σ_{co, k_1, ..., k_r} W[g·Ci_g + ci, co, k_1, ..., k_r]
+                                         · z[n, g·Co_g + co, i_1·s_1 - p_1 + k_1·d_1, ..., i_r·s_r - p_r + k_r·d_r]
 
     with taps outside ``z`` counting as zero. Written from this formula (per tap, the outputs it lands on
-    read at stride ``s`` — :meth:`Problem.landing`, so memory follows the output, never the uncropped
-    canvas — and one channel contraction), independently of every backend. Only the ``H × W`` positions the
-    transposed convolution reads are computed, so ``output_padding`` ≥ stride (allowed when below the
+    read at stride ``s`` along every axis — :meth:`Problem.landing`, so memory follows the output, never the
+    uncropped canvas — and one channel contraction), independently of every backend. Only the input positions
+    the transposed convolution reads are computed, so ``output_padding`` ≥ stride (allowed when below the
     dilation) needs no special case.
 
     Parameters
     ----------
     z : array_like
-        ``(N, C_out, H_out, W_out)``: the transposed convolution's output shape.
+        ``problem.output_shape``: ``(N, C_out, *out_size)``, or ``(N, *out_size, C_out)`` in a channels-last
+        layout.
     weight : array_like
-        ``(C_in, C_out/groups, kH, kW)``.
+        ``problem.weight_shape``: ``(C_in, C_out/groups, *kernel)``.
     problem : testbed.Problem
-        The transposed convolution's configuration.
+        The transposed convolution's configuration, of any rank and layout.
 
     Returns
     -------
     numpy.ndarray
-        ``(N, C_in, H, W)`` in float64.
+        ``problem.input_shape`` in float64 (in the problem's layout), C-contiguous.
 
     Raises
     ------
     ValueError
-        If ``z`` does not have ``problem.output_shape``.
+        If ``z`` or ``weight`` does not have the problem's shape.
 
     Notes
     -----
@@ -335,52 +367,91 @@ def conv2d_adjoint(z, weight, problem: Problem) -> np.ndarray:
     --------
     >>> import numpy as np
     >>> import testbed
+    >>> from testbed.testing import conv_adjoint
+    >>> problem = testbed.Problem(batch=1, in_channels=1, in_size=(2,), out_channels=1, kernel_size=(2,), stride=2)
+    >>> conv_adjoint(np.arange(4.0).reshape(1, 1, 4), [[[1.0, -1.0]]], problem)
+    array([[[-1., -1.]]])
+    >>> problem = testbed.Problem(batch=1, in_channels=1, in_size=(1, 1, 2), out_channels=1, kernel_size=1,
+    ...                           stride=(1, 1, 2), layout="NDHWC")
+    >>> conv_adjoint(np.arange(3.0).reshape(1, 1, 1, 3, 1), [[[[[2.0]]]]], problem)[..., 0]
+    array([[[[0., 4.]]]])
+    """
+    z = np.asarray(z, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    if z.shape != problem.output_shape:
+        raise ValueError(f"z must have the transposed convolution's output shape {problem.output_shape}, got {z.shape}")
+    if weight.shape != problem.weight_shape:
+        raise ValueError(f"weight must have the problem's weight shape {problem.weight_shape}, got {weight.shape}")
+    if problem.channels_last:
+        z = np.moveaxis(z, -1, 1)  # (N, C_out, *out_size): the formula's order
+    n, g = problem.batch, problem.groups
+    cig, cog = problem.in_per_group, problem.out_per_group
+    grouped = z.reshape(n, g, cog, *problem.out_size)
+    taps_weight = weight.reshape(g, cig, cog, -1)  # the taps in C order: itertools.product's order
+    out = np.zeros((n, g, cig, *problem.in_size))
+    for flat_tap, taps in enumerate(itertools.product(*(range(k) for k in problem.kernel_size))):
+        landed = [problem.landing(axis, tap) for axis, tap in enumerate(taps)]
+        spans = [span for span in landed if span is not None]
+        if len(spans) < problem.rank:  # the tap lands outside the output along some axis: its terms are zero
+            continue
+        inputs: tuple[Any, ...] = (Ellipsis, *(into for into, _ in spans))
+        outputs: tuple[Any, ...] = (Ellipsis, *(read for _, read in spans))
+        out[inputs] += np.einsum("ngo...,gio->ngi...", grouped[outputs], taps_weight[..., flat_tap])
+    out = out.reshape(n, problem.in_channels, *problem.in_size)
+    return np.ascontiguousarray(np.moveaxis(out, 1, -1)) if problem.channels_last else out
+
+
+def conv2d_adjoint(z, weight, problem: Problem) -> np.ndarray:
+    """:func:`conv_adjoint` of a 2-D problem: PyTorch's ``F.conv2d(z, W, stride, padding, dilation, groups)``.
+
+    Parameters
+    ----------
+    z, weight, problem
+        As for :func:`conv_adjoint`; ``problem.rank`` must be 2.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``problem.input_shape`` (``(N, C_in, H, W)`` in NCHW) in float64.
+
+    Raises
+    ------
+    ValueError
+        If ``problem`` is not 2-D, or as :func:`conv_adjoint`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import testbed
     >>> from testbed.testing import conv2d_adjoint
     >>> problem = testbed.Problem(batch=1, in_channels=1, in_size=(1, 2), out_channels=1, kernel_size=(1, 2),
     ...                           stride=2)
     >>> conv2d_adjoint(np.arange(4.0).reshape(1, 1, 1, 4), [[[[1.0, -1.0]]]], problem)
     array([[[[-1., -1.]]]])
     """
-    if problem.layout != "NCHW":
+    if problem.rank != 2:
         raise ValueError(
-            f"conv2d_adjoint takes NCHW problems, got layout {problem.layout!r}; transpose z and use "
-            f"problem.with_(layout='NCHW')"
+            f"conv2d_adjoint takes 2-D problems, got a {problem.rank}-D one (layout {problem.layout!r}); "
+            f"use conv_adjoint"
         )
-    z = np.asarray(z, dtype=np.float64)
-    weight = np.asarray(weight, dtype=np.float64)
-    if z.shape != problem.output_shape:
-        raise ValueError(f"z must have the transposed convolution's output shape {problem.output_shape}, got {z.shape}")
-    n, g = problem.batch, problem.groups
-    cig, cog = problem.in_per_group, problem.out_per_group
-    grouped = z.reshape(n, g, cog, *problem.out_size)
-    out = np.zeros((n, g, cig, *problem.in_size))
-    for kh in range(problem.kernel_size[0]):
-        rows = problem.landing(0, kh)
-        for kw in range(problem.kernel_size[1]):
-            cols = problem.landing(1, kw)
-            if rows is None or cols is None:  # the tap lands outside the output: its terms are zero
-                continue
-            (in_rows, out_rows), (in_cols, out_cols) = rows, cols
-            taps = weight[:, :, kh, kw].reshape(g, cig, cog)
-            out[..., in_rows, in_cols] += np.einsum("ngohw,gio->ngihw", grouped[..., out_rows, out_cols], taps)
-    return out.reshape(problem.input_shape)
+    return conv_adjoint(z, weight, problem)
 
 
 def adjoint_residual(x, weight, y, z, problem: Problem) -> float:
-    """``|<Tᵀz, x> - <z, y>| / (‖z‖·‖y‖)`` for ``y`` a backend's bias-free ``T x``, in float64.
+    """``|<Tᵀz, x> - <z, y>| / (‖z‖·‖y‖)`` for ``y`` a backend's bias-free ``T x``, in float64 (any rank).
 
     Parameters
     ----------
     x : array_like
-        The input ``(N, C_in, H, W)``.
+        The input, ``problem.input_shape`` (e.g. ``(N, C_in, H, W)``).
     weight : array_like
-        The weight ``(C_in, C_out/groups, kH, kW)``.
+        The weight ``(C_in, C_out/groups, *kernel)``.
     y : array_like
         The backend's result for ``x`` and ``weight`` without bias (``T x`` is linear only without it).
     z : array_like
         Any array of the output's shape (e.g. standard normal).
     problem : testbed.Problem
-        The configuration.
+        The configuration, of any rank and layout (``x``, ``y`` and ``z`` in its layout).
 
     Returns
     -------
@@ -400,10 +471,16 @@ def adjoint_residual(x, weight, y, z, problem: Problem) -> float:
     >>> z = np.random.default_rng(1).standard_normal(y.shape)
     >>> adjoint_residual(x, w, y, z, problem) < tolerance(y.dtype)
     True
+    >>> problem = testbed.Problem(batch=1, in_channels=2, in_size=(3, 4, 2), out_channels=3,
+    ...                           kernel_size=(2, 3, 1), stride=(1, 2, 3))                        # 3-D
+    >>> x, w, _ = problem.random_arrays(0)
+    >>> y = testbed.conv_transpose3d(x, w, backend="naive", **call_kwargs(problem))
+    >>> adjoint_residual(x, w, y, np.random.default_rng(1).standard_normal(y.shape), problem) < 1e-12
+    True
     """
     y = np.asarray(y, dtype=np.float64)
     z = np.asarray(z, dtype=np.float64)
-    lhs = np.vdot(conv2d_adjoint(z, weight, problem).ravel(), np.asarray(x, dtype=np.float64).ravel())
+    lhs = np.vdot(conv_adjoint(z, weight, problem).ravel(), np.asarray(x, dtype=np.float64).ravel())
     rhs = np.vdot(z.ravel(), y.ravel())
     scale = np.linalg.norm(z) * np.linalg.norm(y)
     return float(abs(lhs - rhs) / scale) if scale > 0 else float(abs(lhs - rhs))
