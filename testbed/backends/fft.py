@@ -1,33 +1,43 @@
-"""``fft``: the convolution theorem with scipy.fft.
+"""``fft``: the convolution theorem with scipy.fft, for every spatial rank (1-D, 2-D, 3-D).
 
-A transposed convolution is the *full linear convolution* of the stride-dilated input
-``x_s[ih·s] = x[ih]`` with the dilated kernel ``W_d[kh·d] = W[kh]``, summed over input channels and cropped
-by ``padding``. So ``Ŷ[n, co] = Σ_ci X̂_s[n, ci] · Ŵ_d[ci, co]`` over a ``P1×P2`` grid (real FFTs, ``P`` the
-linear size rounded up by ``scipy.fft.next_fast_len``), then one inverse FFT per output plane. The input
-spectra come from ``scipy.fft.rfft2``; a kernel has only ``kH·kW`` non-zero samples, so its spectrum is the
-DFT evaluated directly, ``Ŵ[f1, f2] = Σ_a,b W[a, b]·e^(-2πi(f1·a·d/P1 + f2·b·d/P2))``, as two small matrix
-products (``kH`` complex multiply-adds per frequency, where an FFT of the zero-padded plane costs
-``O(log P)`` and a plane of memory). The channel sum is a batched complex GEMM per frequency. NaN or inf
-anywhere spreads over the whole plane (every frequency sees every sample), unlike the direct methods.
+A transposed convolution is the *full linear convolution* of the stride-dilated input ``x_s[i·s] = x[i]``
+with the dilated kernel ``W_d[k·d] = W[k]`` (per spatial axis), summed over input channels and cropped by
+``padding``. So ``Ŷ[n, co] = Σ_ci X̂_s[n, ci] · Ŵ_d[ci, co]`` over a ``P_1×…×P_r`` grid (``r`` =
+``problem.rank``; real FFTs, each ``P_a`` the linear size rounded up by ``scipy.fft.next_fast_len``), then one
+inverse FFT per output volume. The input spectra come from ``scipy.fft.rfftn`` over the ``r`` spatial axes (the
+last one halved, ``Q = P_r//2 + 1`` frequencies). A kernel has only ``k_1·…·k_r`` non-zero samples, so its
+spectrum is the DFT evaluated directly,
+
+    Ŵ[f_1, …, f_r] = Σ_{t_1..t_r} W[t_1, …, t_r] · Π_a e^(-2πi·f_a·t_a·d_a/P_a),
+
+whose matrix is the Kronecker product ``E_1 ⊗ … ⊗ E_r`` of the per-axis DFT matrices of the taps
+(``E_a[f, t]``, ``P_a × k_a``; ``Q × k_r`` for the last axis). It is applied one factor at a time, as
+small GEMMs: the last axis's first (on a slab of its frequencies), then axes ``r-1, …, 1``, each turning that
+axis's ``k_a`` taps into ``P_a`` frequencies. Applied in that order the work is ``≈ k_1`` complex
+multiply-adds per frequency and (input, output) channel pair at every rank (``k_1·(1 + k_2/P_1 + …)``), where
+the Kronecker matrix applied at once would cost ``k_1·…·k_{r-1}`` and an FFT of the zero-padded volume
+``O(log P)`` plus a volume of memory per channel pair. The channel sum is a batched complex GEMM per
+frequency. NaN or inf anywhere spreads over the whole volume (every frequency sees every sample), unlike the
+direct methods.
 
 Accuracy over the dtype's range. Each image and each output channel's weights are scaled by a power of two
 to a largest magnitude in [0.5, 1) before the transforms and the result is scaled back with ``ldexp``
 (exact: only the mantissas enter the FFT), so no intermediate sum overflows or underflows wherever the
 inputs sit in the dtype's range (1e38 in float32 works). What scaling cannot fix is the FFT's error model:
-every output of a plane carries an absolute error of about ε·log(size)·(largest input)·(largest weight),
-spread evenly over the plane, so an output much smaller than the largest values is lost (at 1e30 next to
+every output of a volume carries an absolute error of about ε·log(size)·(largest input)·(largest weight),
+spread evenly over the volume, so an output much smaller than the largest values is lost (at 1e30 next to
 1.0, a 1.0 output comes out near 1e23 in float32). ``fft`` therefore refuses data whose magnitudes span
 more than ``2**(mantissa bits / 2)`` (float32: ~2900×, float64: ~6.7e7×) between an image's (or an output
 channel's weights') largest and median non-zero finite magnitude: it raises UnsupportedConfiguration with
 the measured range, instead of returning outputs that look valid and are not.
 
-Memory stays under :attr:`Problem.workspace_limit`. All spectra are frequency-major (``(P1, Q, G, ...)``,
-``Q = P2//2 + 1``) so that the GEMMs read them contiguously and a block of them is a slice. One call holds the
-input spectra of a block of images, the output spectra of a block of output channels and the kernel spectra
-of a slab of column frequencies (:func:`_blocks` picks the blocks from the peak they would hold,
+Memory stays under :attr:`Problem.workspace_limit`. All spectra are frequency-major (``(P_1, …, P_{r-1}, Q,
+G, ...)``) so that the GEMMs read them contiguously and a block of them is a slice. One call holds the input
+spectra of a block of images, the output spectra of a block of output channels and the kernel spectra of a
+slab of last-axis frequencies (:func:`_blocks` picks the blocks from the peak they would hold,
 :func:`_peak_bytes`); kernel spectra are recomputed per block of images. The transforms are
-``(H-1)·s + d·(k-1) + 1`` samples per axis whatever the padding crops, so where even one image, one output
-channel and one column of frequencies do not fit (one image's input spectra over all its channels dominate),
+``(n-1)·s + d·(k-1) + 1`` samples per axis whatever the padding crops, so where even one image, one output
+channel and one last-axis frequency do not fit (one image's input spectra over all its channels dominate),
 the configuration is declined with the size it would need (the direct backends compute it in memory
 proportional to the output).
 
@@ -35,10 +45,13 @@ The FFTs run on as many threads as scipy's default allows: one, unless the calle
 ``with scipy.fft.set_workers(n):`` (the backend passes no ``workers`` argument, so that setting governs).
 The GEMMs run with BLAS on one thread (:func:`~testbed.backends._blas.single_threaded_blas`): one per
 frequency is small, and BLAS's threads only contend over it (4× slower on 128→128 k3 @64², 2 cores).
+Channels-last layouts are computed channels first (``Backend.compute`` transposes them).
 """
 
 import contextlib
 import functools
+import itertools
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -59,37 +72,57 @@ def _fft_shape(problem):
 
 
 class Blocks(NamedTuple):
-    """How much of the work one step holds: images, output channels (per group), column frequencies."""
+    """How much of the work one step holds: images, output channels (per group), last-axis frequencies."""
 
     images: int
     channels: int
     columns: int
 
 
-#: Bytes of kernel spectra computed at once (a slab of column frequencies), when the workspace limit allows
+#: Bytes of kernel spectra computed at once (a slab of last-axis frequencies), when the workspace limit allows
 #: more: a slab is written by one GEMM and read at once by the next, which is fastest while it stays in cache.
 #: Swept from 0.25 to 64 MiB on 128→128 k3 @64² and 256→128 k2 s2 @64² (Zen 3, busy host): 1-16 MiB within
 #: noise of each other, 64 MiB 1.3-2× slower, 0.25 MiB slower on the U-Net shape.
 SLAB_BYTES = 4 * 2**20
 
 
+def _kernel_stages(kernel_size, fft_shape):
+    """Elements per last-axis frequency and per (input, output) channel pair of each array the kernel-spectrum
+    chain of :func:`_kernel_spectra` makes, in order: after the last axis's DFT ``(k_1, …, k_{r-1})``, then
+    after each earlier axis ``a`` (from ``r-1`` down to 1) ``(k_1, …, k_{a-1}, P_a, …, P_{r-1})``."""
+    rank = len(kernel_size)
+    return tuple(
+        math.prod(kernel_size[:axis]) * math.prod(fft_shape[axis : rank - 1]) for axis in range(rank - 1, -1, -1)
+    )
+
+
+def _kernel_slab_elements(kernel_size, fft_shape):
+    """The most of :func:`_kernel_stages` held at once (one GEMM's operand and result), per last-axis frequency
+    and channel pair."""
+    stages = _kernel_stages(kernel_size, fft_shape)
+    return max([stages[0], *(a + b for a, b in itertools.pairwise(stages))])
+
+
 def _peak_bytes(problem, fft_shape, blocks):
     """Bytes of temporaries held at once by :func:`fft_convolve` with ``blocks`` (the result excluded).
 
-    Input step: an image block's zero-inserted planes and their spectra (``rfft2`` writes a new array and
-    transforms the first axis in place). Then, kept: those spectra. Per channel block: the output spectra plus
-    either the block's taps, a slab's column-transformed taps and its kernel spectra (during the GEMMs), or
-    the output planes (``ifft`` in place over the rows, then ``irfft`` into a new array)."""
-    (p1, p2), q = fft_shape, fft_shape[1] // 2 + 1
+    Input step: an image block's zero-inserted volumes and their spectra (``rfftn`` writes a new array for the
+    last axis and transforms the others in place). Then, kept: those spectra. Per channel block: the output
+    spectra plus either the block's taps and a slab's kernel-spectrum chain (two consecutive stages of
+    :func:`_kernel_stages` during each GEMM), or the output volumes (``ifftn`` in place over the leading
+    axes, then ``irfft`` into a new array)."""
+    volume, q = math.prod(fft_shape), fft_shape[-1] // 2 + 1
+    spectrum = volume // fft_shape[-1] * q
     real = problem.dtype.itemsize
     cplx = 2 * real
-    ci, g, (kh, kw) = problem.in_channels, problem.groups, problem.kernel_size
+    ci, g = problem.in_channels, problem.groups
     nb, cb, columns = blocks
-    x_planes = nb * ci * p1 * p2 * real
-    x_hat = nb * ci * p1 * q * cplx
-    y_hat = p1 * q * g * nb * cb * cplx
-    w_step = (kh * kw + (kh + p1) * columns) * ci * cb * cplx
-    y_planes = p1 * p2 * g * nb * cb * real
+    x_planes = nb * ci * volume * real
+    x_hat = nb * ci * spectrum * cplx
+    y_hat = spectrum * g * nb * cb * cplx
+    taps = math.prod(problem.kernel_size)
+    w_step = (taps + _kernel_slab_elements(problem.kernel_size, fft_shape) * columns) * ci * cb * cplx
+    y_planes = volume * g * nb * cb * real
     return max(x_planes + x_hat, x_hat + y_hat + max(w_step, y_planes))
 
 
@@ -106,19 +139,19 @@ def _largest(fits, upper):
 
 
 def _blocks(problem, fft_shape):
-    """The blocks of :func:`fft_convolve`, or None if one image, one channel and one column do not fit.
+    """The blocks of :func:`fft_convolve`, or None if one image, one channel and one frequency do not fit.
 
     The most images whose input step takes at most half the limit (all of them if they fit: kernel spectra are
-    recomputed per image block), then the most output channels that fit the rest, then the most column
-    frequencies that fit and (unless a single column exceeds it) keep the kernel slab within
-    :data:`SLAB_BYTES`."""
+    recomputed per image block), then the most output channels that fit the rest, then the most last-axis
+    frequencies that fit and (unless a single one exceeds it) keep the kernel slab within :data:`SLAB_BYTES`."""
     return _blocks_under(problem, fft_shape, problem.workspace_limit, SLAB_BYTES)
 
 
 @functools.lru_cache(maxsize=256)  # the check and the call ask for the same problem's blocks
 def _blocks_under(problem, fft_shape, limit, slab_bytes):
-    n, cog, (p1, p2) = problem.batch, problem.out_per_group, fft_shape
-    kernel_column = (problem.kernel_size[0] + p1) * problem.in_channels * 2 * problem.dtype.itemsize
+    n, cog = problem.batch, problem.out_per_group
+    slab_elements = _kernel_slab_elements(problem.kernel_size, fft_shape)
+    kernel_column = slab_elements * problem.in_channels * 2 * problem.dtype.itemsize
 
     def fits(images, channels=1, columns=1):
         return _peak_bytes(problem, fft_shape, Blocks(images, channels, columns)) <= limit
@@ -132,12 +165,13 @@ def _blocks_under(problem, fft_shape, limit, slab_bytes):
     images = max(1, _largest(lambda b: fits(b) and input_step(b) <= limit // 2, n))
     channels = _largest(lambda c: fits(images, c) and (c == 1 or c * kernel_column <= slab_bytes), cog)
     columns = _largest(
-        lambda f: fits(images, channels, f) and (f == 1 or f * channels * kernel_column <= slab_bytes), p2 // 2 + 1
+        lambda f: fits(images, channels, f) and (f == 1 or f * channels * kernel_column <= slab_bytes),
+        fft_shape[-1] // 2 + 1,
     )
     return Blocks(images, channels, columns)
 
 
-#: Transform lengths beyond this are never attempted (scipy refuses above about 2**61; any such plane is far
+#: Transform lengths beyond this are never attempted (scipy refuses above about 2**61; any such volume is far
 #: above a workspace limit anyway).
 _LONGEST_TRANSFORM = 2**40
 
@@ -155,7 +189,7 @@ def _too_large(problem):
     need = _peak_bytes(problem, fft_shape, Blocks(1, 1, 1))
     return (
         f"the transforms of one image's stride-dilated input ({problem.in_channels} channels of "
-        f"{fft_shape[0]}×{fft_shape[1]} samples, whatever padding crops) with one output channel need {bound} "
+        f"{'×'.join(map(str, fft_shape))} samples, whatever padding crops) with one output channel need {bound} "
         f"{need:.3g} bytes, above the workspace limit of {limit:.3g} bytes (testbed.problem.WORKSPACE_BYTES, "
         f"or twice the call's arrays); polyphase and numba_cpu compute only the output"
     )
@@ -184,87 +218,117 @@ def _scale_exponents(rows, what, dtype):
             raise UnsupportedConfiguration(
                 "fft",
                 f"{what(i)} spans {spread:.3g}× between its largest and its median non-zero magnitude; "
-                f"the FFT's rounding error (ε × the largest value, spread over every output of the plane) "
+                f"the FFT's rounding error (ε × the largest value, spread over every output of the volume) "
                 f"would swamp the smaller outputs ({dtype} carries at most {limit:.3g}×); use a direct "
                 f"backend such as polyphase or numba_cpu",
             )
     return np.frexp(largest)[1].astype(np.int64)
 
 
+def _kernel_spectra(taps, leading_dfts, last_dft):
+    """The DFT of ``taps`` (``(k_1, …, k_r, M)``, ``M`` independent kernels) at every frequency of the leading
+    axes and the rows of ``last_dft`` (``(slab, k_r)``): ``(P_1, …, P_{r-1}, slab, M)``.
+
+    ``(E_1 ⊗ … ⊗ E_r) · vec(taps)`` one factor at a time (:func:`_kernel_stages` lists the arrays made): the
+    last axis first, where a slab is only a few frequencies, then each earlier axis ``a`` as
+    ``E_a @ (k_1…k_{a-1}, k_a, rest)``, so the first axis's GEMM, the largest, is one plain GEMM."""
+    kernel_size, m = taps.shape[:-1], taps.shape[-1]
+    spectra = np.matmul(last_dft, taps.reshape(math.prod(kernel_size[:-1]), kernel_size[-1], m))
+    for axis in range(len(kernel_size) - 2, -1, -1):
+        before = math.prod(kernel_size[:axis])
+        spectra = np.matmul(leading_dfts[axis], spectra.reshape(before, kernel_size[axis], -1))
+    return spectra.reshape(*(dft.shape[0] for dft in leading_dfts), last_dft.shape[0], m)
+
+
 def fft_convolve(x, weight, bias, problem):
-    n, g = problem.batch, problem.groups
+    n, g, r = problem.batch, problem.groups, problem.rank
     cig, cog = problem.in_per_group, problem.out_per_group
-    (h, w), (kh, kw) = problem.in_size, problem.kernel_size
-    (sh, sw), (dh, dw) = problem.stride, problem.dilation
-    (ph, pw), (ho, wo) = problem.padding, problem.out_size
+    in_size, kernel_size, out_size = problem.in_size, problem.kernel_size, problem.out_size
     full = _linear_size(problem)
-    (p1, p2) = fft_shape = _fft_shape(problem)
-    q = p2 // 2 + 1
+    fft_shape = _fft_shape(problem)
+    leading, q = fft_shape[:-1], fft_shape[-1] // 2 + 1
+    spatial = tuple(range(r))
     blocks = _blocks(problem, fft_shape)
     complex_dtype = np.result_type(problem.dtype, np.complex64)
-    kernels = weight.reshape(g, cig, cog, kh, kw)
+    kernels = weight.reshape(g, cig, cog, *kernel_size)
     x_exp = _scale_exponents(x.reshape(n, -1), lambda i: f"input image {i}", problem.dtype)
     w_exp = _scale_exponents(
-        kernels.transpose(0, 2, 1, 3, 4).reshape(g * cog, -1),
+        kernels.swapaxes(1, 2).reshape(g * cog, -1),
         lambda i: f"the weights of output channel {i}",
         problem.dtype,
     ).reshape(g, cog)
-    row_dft = _dft_matrix(range(p1), p1, kh, dh, complex_dtype)  # (P1, kH)
-    column_dft = _dft_matrix(range(q), p2, kw, dw, complex_dtype)  # (Q, kW)
-    # The output window within the linear convolution; rows/columns past it (output_padding) get no tap.
-    rows, cols = max(0, min(full[0] - ph, ho)), max(0, min(full[1] - pw, wo))
+    leading_dfts = [
+        _dft_matrix(range(p), p, k, d, complex_dtype)  # (P_a, k_a)
+        for p, k, d in zip(leading, kernel_size, problem.dilation)
+    ]
+    last_dft = _dft_matrix(range(q), fft_shape[-1], kernel_size[-1], problem.dilation[-1], complex_dtype)
+    # The stride-dilated input's samples within each transform, and the output window within the linear
+    # convolution (samples past it, output_padding, get no tap).
+    inserted = tuple(slice(None, (size - 1) * s + 1, s) for size, s in zip(in_size, problem.stride))
+    window_size = tuple(max(0, min(m - p, o)) for m, p, o in zip(full, problem.padding, out_size))
+    crop = tuple(slice(p, p + size) for p, size in zip(problem.padding, window_size))
+    window_slices = tuple(slice(size) for size in window_size)
     y = np.zeros(problem.output_shape, dtype=problem.dtype)
-    out = y.reshape(n, g, cog, ho, wo)
+    out = y.reshape(n, g, cog, *out_size)
     # Setting BLAS's thread count costs ~0.1 ms, more than all the GEMMs of a call below a million
     # multiply-adds.
-    small = p1 * q * n * problem.in_channels * cog < 2**20
+    small = math.prod(leading) * q * n * problem.in_channels * cog < 2**20
     with contextlib.nullcontext() if small else single_threaded_blas():
         for n0 in range(0, n, blocks.images):
             n1 = min(n, n0 + blocks.images)
-            # (P1, P2, G, images, Ci_g): the stride-dilated, scaled input, frequency-major after rfft2.
-            x_planes = np.zeros((p1, p2, g, n1 - n0, cig), dtype=problem.dtype)
+            # (P_1, …, P_r, G, images, Ci_g): the stride-dilated, scaled input, frequency-major after rfftn.
+            x_planes = np.zeros((*fft_shape, g, n1 - n0, cig), dtype=problem.dtype)
             np.ldexp(
-                x[n0:n1].reshape(n1 - n0, g, cig, h, w).transpose(3, 4, 1, 0, 2),
-                -x_exp[n0:n1].reshape(1, 1, 1, -1, 1),
-                out=x_planes[: (h - 1) * sh + 1 : sh, : (w - 1) * sw + 1 : sw],
+                x[n0:n1].reshape(n1 - n0, g, cig, *in_size).transpose(*(a + 3 for a in spatial), 1, 0, 2),
+                -x_exp[n0:n1].reshape(-1, 1),
+                out=x_planes[inserted],
             )
-            x_hat = scipy.fft.rfft2(x_planes, axes=(0, 1))  # (P1, Q, G, images, Ci_g)
+            x_hat = scipy.fft.rfftn(x_planes, axes=spatial)  # (P_1, …, Q, G, images, Ci_g)
             del x_planes
             for c0 in range(0, cog, blocks.channels):
                 c1 = min(cog, c0 + blocks.channels)
-                # (kH, kW, G·Ci_g·block): the scaled taps, complex for the GEMMs with the DFT matrices.
-                taps = np.zeros((kh, kw, g, cig, c1 - c0), dtype=complex_dtype)
-                np.ldexp(kernels[:, :, c0:c1].transpose(3, 4, 0, 1, 2), -w_exp[:, None, c0:c1], out=taps.real)
-                taps = taps.reshape(kh, kw, -1)
-                y_hat = np.empty((p1, q, g, n1 - n0, c1 - c0), dtype=complex_dtype)
+                # (k_1, …, k_r, G·Ci_g·block): the scaled taps, complex for the GEMMs with the DFT matrices.
+                taps = np.zeros((*kernel_size, g, cig, c1 - c0), dtype=complex_dtype)
+                np.ldexp(
+                    kernels[:, :, c0:c1].transpose(*(a + 3 for a in spatial), 0, 1, 2),
+                    -w_exp[:, None, c0:c1],
+                    out=taps.real,
+                )
+                taps = taps.reshape(*kernel_size, -1)
+                y_hat = np.empty((*leading, q, g, n1 - n0, c1 - c0), dtype=complex_dtype)
                 for f0 in range(0, q, blocks.columns):
                     f1 = min(q, f0 + blocks.columns)
-                    # The kernel spectra of a slab of column frequencies: DFT along the columns, then the rows.
-                    row_taps = np.matmul(column_dft[f0:f1], taps)  # (kH, slab, G·Ci_g·block)
-                    w_hat = row_dft @ row_taps.reshape(kh, -1)  # (P1, slab·G·Ci_g·block)
-                    del row_taps
-                    # Channel sum per frequency: (images × Ci_g) · (Ci_g × block) for every (f1, f2, group).
-                    np.matmul(x_hat[:, f0:f1], w_hat.reshape(p1, f1 - f0, g, cig, c1 - c0), out=y_hat[:, f0:f1])
+                    w_hat = _kernel_spectra(taps, leading_dfts, last_dft[f0:f1])
+                    # Channel sum per frequency: (images × Ci_g) · (Ci_g × block) for every (frequency, group).
+                    np.matmul(
+                        x_hat[..., f0:f1, :, :, :],
+                        w_hat.reshape(*leading, f1 - f0, g, cig, c1 - c0),
+                        out=y_hat[..., f0:f1, :, :, :],
+                    )
                     del w_hat
-                # irfft2 in two steps: scipy's irfft2 copies its input whatever overwrite_x says; ifft honours it.
-                y_planes = scipy.fft.irfft(scipy.fft.ifft(y_hat, axis=0, overwrite_x=True), n=p2, axis=1)
+                # irfftn in two steps: scipy's irfftn copies its input whatever overwrite_x says; ifftn honours it.
+                if r > 1:
+                    y_hat = scipy.fft.ifftn(y_hat, axes=spatial[:-1], overwrite_x=True)
+                y_planes = scipy.fft.irfft(y_hat, n=fft_shape[-1], axis=r - 1)
                 del y_hat
-                window = out[n0:n1, :, c0:c1, :rows, :cols]
-                scale = x_exp[n0:n1, None, None, None, None] + w_exp[None, :, c0:c1, None, None]
-                np.ldexp(y_planes[ph : ph + rows, pw : pw + cols].transpose(3, 2, 4, 0, 1), scale, out=window)
+                block = (slice(n0, n1), slice(None), slice(c0, c1), *window_slices)
+                window = out[block]
+                scale = (x_exp[n0:n1, None, None] + w_exp[None, :, c0:c1]).reshape(*window.shape[:3], *(1,) * r)
+                np.ldexp(y_planes[crop].transpose(r + 1, r, r + 2, *spatial), scale, out=window)
                 del y_planes
                 window += 0.0  # an output is never -0.0 (PyTorch's sign of zero; see naive)
             del x_hat
     if bias is not None:
-        y += bias[None, :, None, None]
+        y += bias.reshape(1, -1, *(1,) * r)
     return y
 
 
 register(
     Backend(
         name="fft",
-        description="convolution theorem: rfft2 of the stride-dilated input × kernel spectrum, summed over channels",
+        description="convolution theorem: rfftn of the stride-dilated input × kernel spectrum, summed over channels",
         run=fft_convolve,
         check=_too_large,
+        ranks=(1, 2, 3),
     )
 )
