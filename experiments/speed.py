@@ -1,18 +1,25 @@
-"""Speed of every backend on the named suites (testbed.cases: unet, decoder, tiny).
+"""Speed of every backend on the named suites (testbed.cases: unet, decoder, tiny; the 3-D unet3d and the 1-D
+vocoder1d with ``--suite``).
 
-Per case × backend × dtype, through the public ``conv_transpose2d``, with :mod:`testbed.timing`:
-first-call time (includes Numba's compile or cache load), median / min / IQR of warm per-call times
-(auto-ranged loops for sub-millisecond calls), minor page faults per call, peak RSS, GFLOP/s of useful work
-(``Problem.flops`` = 2·N·C_in·C_out/groups·H·W·kH·kW), GB/s of ``Problem.bytes_moved`` (input + weight +
-output once), arithmetic intensity, and speedup over a baseline backend (default ``torch`` when available,
-else ``col2im``; > 1 means faster than the baseline) with a bootstrap 95 % confidence interval.
+Per case × backend × dtype, through the public ``conv_transpose2d`` (``1d``/``3d`` at the other ranks), with
+:mod:`testbed.timing`: first-call time (includes Numba's compile or cache load), median / min / IQR of warm
+per-call times (auto-ranged loops for sub-millisecond calls), minor page faults per call, peak RSS, GFLOP/s of
+useful work (``Problem.flops`` = 2·N·C_in·C_out/groups·prod(in_size)·prod(kernel_size), at every rank), GB/s of
+``Problem.bytes_moved`` (input + weight + output once), arithmetic intensity, and speedup over a baseline backend
+(default ``torch`` when available, else ``col2im``; > 1 means faster than the baseline) with a bootstrap 95 %
+confidence interval.
 
-``--layout NHWC`` times every backend on channels-last input and output (default NCHW). On the cases with stride
-== kernel and no padding (the U-Net up-convolutions) two reference rows are timed in the same run, the same
-way (:mod:`experiments.references`, not registered in the library): ``gemm``, the bare GEMM of the same
-matrices, the floor of a fused up-convolution, and ``torch_channels_last``, PyTorch on channels-last tensors
-(always NHWC); the report gives every backend's ``ratio_to_gemm`` (median / the gemm row's median). Leave
-them out with ``--references none``, or add them to every such case of the other suites with ``all``.
+``--layout NHWC`` times every backend on channels-last input and output (default NCHW: channels first). The
+name stands for its family at every case's rank (:data:`testbed.problem.LAYOUTS_BY_RANK`): NHWC is NLC for a
+1-D case and NDHWC for a 3-D one (those names are accepted too, with the same meaning); every row's ``layout``
+column holds the layout it was timed in, its ``rank`` column the spatial rank. On the cases with stride ==
+kernel and no padding (the U-Net up-convolutions, 2-D and 3-D) two reference rows are timed in the same run,
+the same way (:mod:`experiments.references`, not registered in the library): ``gemm``, the bare GEMM of the
+same matrices, the floor of a fused up-convolution, and ``torch_channels_last``, PyTorch on channels-last
+tensors (always channels last: NHWC with ``torch.channels_last``, NDHWC with ``torch.channels_last_3d``; none
+in 1-D, where PyTorch has no channels-last format); the report gives every backend's ``ratio_to_gemm`` (median
+/ the gemm row's median). Leave them out with ``--references none``, or add them to every such case of the
+other suites with ``all``.
 
 ``--isolation`` (default ``process``): each cell in a fresh worker process, so no backend's thread pools or
 allocator state reach another's time; ``interleaved``: one process, the backends of a case sampled
@@ -52,7 +59,7 @@ from experiments.harness.reporting import (
 )
 from experiments.harness.runner import Cell, cell_rng, grid, run_sweep
 from testbed.cases import SUITES, suite
-from testbed.problem import LAYOUTS
+from testbed.problem import LAYOUTS_BY_RANK, is_channels_last
 from testbed.registry import available_backends, get_backend
 from testbed.timing import ALLOCATIONS, ISOLATIONS, TimingJob, TimingSettings, speedup_ci, time_jobs
 
@@ -77,6 +84,7 @@ CELL_COLUMNS = [
     "backend",
     "resolved_backend",
     "dtype",
+    "rank",
     "layout",
     "status",
     "median_s",
@@ -104,8 +112,19 @@ CELL_COLUMNS = [
 ]
 #: Cells left out unless --exclude says otherwise: on the U-Net shapes the oracle ``naive`` takes 5-15 s per
 #: call here, and ``fft`` ~80 s (its channel sum is C_in·C_out kernel spectra, unet1: 1024·512·57·29 complex
-#: values ≈ 7 GB, computed in blocks of output channels and streamed through a per-frequency GEMM).
-DEFAULT_EXCLUDE = "unet:naive,unet:fft"
+#: values ≈ 7 GB, computed in blocks of output channels and streamed through a per-frequency GEMM); the 3-D
+#: U-Net's spectra are larger still (unet3d5: 64·32 kernel spectra of 129·129·65 complex values).
+DEFAULT_EXCLUDE = "unet:naive,unet:fft,unet3d:fft"
+#: The suites whose cases get the reference rows by default (``--references unet``): the U-Net up-convolutions,
+#: 2-D and 3-D.
+REFERENCE_SUITES = ("unet", "unet3d")
+#: Every layout name ``--layout`` accepts: the 2-D names and those of the other ranks, each meaning its family.
+LAYOUT_NAMES = tuple(name for pair in LAYOUTS_BY_RANK.values() for name in pair)
+
+
+def layout_at_rank(layout: str, rank: int) -> str:
+    """The layout of ``layout``'s family (channels first or last) at spatial ``rank``: NHWC -> NLC, NHWC, NDHWC."""
+    return LAYOUTS_BY_RANK[rank][is_channels_last(layout)]
 
 
 def suite_list(text: str) -> list[str]:
@@ -195,29 +214,32 @@ def build_parser():
     )
     parser.add_argument(
         "--layout",
-        choices=LAYOUTS,
+        choices=LAYOUT_NAMES,
         default="NCHW",
-        help="memory layout of every input and output (default NCHW; NHWC: channels last)",
+        help="memory layout of every input and output, as its family at each case's rank (default NCHW: "
+        "channels first, NCL/NCHW/NCDHW; NHWC: channels last, NLC/NHWC/NDHWC)",
     )
     parser.add_argument(
         "--references",
         choices=("unet", "all", "none"),
         default="unet",
         help="where to time the reference rows (bare GEMM, torch channels-last): the cases of "
-        "suite unet (default), every case with stride == kernel and no padding, or none",
+        f"suites {' and '.join(REFERENCE_SUITES)} (default), every case with stride == kernel and no padding, "
+        "or none",
     )
     return parser
 
 
 def with_references(cells, baseline: str, where: str = "unet") -> list:
     """``cells`` with the reference rows (:mod:`experiments.references`) of every case the bare GEMM is defined
-    for (``where``: of suite unet only, or ``all``), right after the case's baseline cell (so a case's rows
-    stay together): ``gemm`` on the case's own problem, ``torch_channels_last`` on its NHWC form."""
+    for (``where``: of the :data:`REFERENCE_SUITES` only, or ``all``), right after the case's baseline cell (so
+    a case's rows stay together): ``gemm`` on the case's own problem, ``torch_channels_last`` on its
+    channels-last form where it has one (2-D and 3-D)."""
     out, done = [], set()
     for cell in cells:
         out.append(cell)
         key = (cell.tags, cell.case, str(cell.problem.dtype))
-        in_scope = where == "all" or ("suite", "unet") in cell.tags
+        in_scope = where == "all" or any(("suite", name) in cell.tags for name in REFERENCE_SUITES)
         if key in done or not in_scope or not GEMM.supports(cell.problem):
             continue
         following = [c for c in cells if (c.tags, c.case, str(c.problem.dtype)) == key]
@@ -225,8 +247,9 @@ def with_references(cells, baseline: str, where: str = "unet") -> list:
             continue
         done.add(key)
         out.append(Cell(cell.case, cell.problem, GEMM, cell.tags))
-        if TORCH_CHANNELS_LAST.available:
-            out.append(Cell(cell.case, cell.problem.with_(layout="NHWC"), TORCH_CHANNELS_LAST, cell.tags))
+        channels_last = cell.problem.with_(layout=layout_at_rank("NHWC", cell.problem.rank))
+        if TORCH_CHANNELS_LAST.available and TORCH_CHANNELS_LAST.supports(channels_last):
+            out.append(Cell(cell.case, channels_last, TORCH_CHANNELS_LAST, cell.tags))
     return out
 
 
@@ -378,7 +401,11 @@ def main(argv=None, *, out=None, suites=None):
         cell
         for name in suites
         for cell in grid(
-            {c: p.with_(layout=args.layout) for c, p in suite(name).items() if not args.cases or c in args.cases},
+            {
+                case: problem.with_(layout=layout_at_rank(args.layout, problem.rank))
+                for case, problem in suite(name).items()
+                if not args.cases or case in args.cases
+            },
             [b for b in backends if not excluded(args.exclude, name, b)],
             args.dtypes,
             tags=(("suite", name),),
@@ -436,15 +463,17 @@ def how_measured(meta: dict) -> str:
     timing = meta.get("timing", {})
     isolation, allocation = meta.get("isolation", "inline"), meta.get("allocation", "alloc")
     layout = meta.get("layout", "NCHW")
+    at_ranks = "/".join(layout_at_rank(layout, rank) for rank in LAYOUTS_BY_RANK)
     references = (
         " Reference rows (not library backends): `gemm`, the bare GEMM of the same matrices, and "
-        "`torch_channels_last`, PyTorch on channels-last input (always NHWC) with a channels-last "
-        "weight."
+        "`torch_channels_last`, PyTorch on channels-last input (always channels last: NHWC, NDHWC; none in "
+        "1-D) with a channels-last weight."
         if meta.get("references") not in (None, "none", False)
         else ""
     )
     return (
-        f"**How the times were taken** (testbed.timing): layout `{layout}`; isolation `{isolation}`: "
+        f"**How the times were taken** (testbed.timing): layout `{layout}` (at ranks 1/2/3: {at_ranks}); "
+        f"isolation `{isolation}`: "
         f"{ISOLATION_TEXT.get(isolation, '?')}; allocation `{allocation}`: {ALLOCATION_TEXT.get(allocation, '?')}. "
         f"{_rounds_text(timing.get('rounds', 1))}"
         f"Per cell: one first call (timed alone: Numba compile or cache load), warm-up calls (at least "
@@ -452,7 +481,7 @@ def how_measured(meta: dict) -> str:
         f"back-to-back calls (each sample at least "
         f"{timing.get('min_sample_s', 0) * 1e3:g} ms) until {timing.get('budget_s')} s are spent "
         f"({timing.get('min_repeats')} to {timing.get('max_repeats')} samples), all through "
-        f"`conv_transpose2d` with time.perf_counter. Reported: the median (min, IQR) per-call time; "
+        f"`conv_transpose1d`/`2d`/`3d` with time.perf_counter. Reported: the median (min, IQR) per-call time; "
         f"`unstable` when IQR/median > {timing.get('unstable_ratio', 0.1):g}; minor page faults per timed call "
         f"(getrusage); the process's peak RSS increase during the cell. Speedup = baseline median / median, "
         f"with a bootstrap 95 % interval (scipy.stats.bootstrap, percentile, both sample sets resampled). "
@@ -503,6 +532,14 @@ def _ceiling_table(sub, peak, dtype) -> list:
     ]
 
 
+def _layout_title(sub, layout: str) -> str:
+    """``", NCDHW"``: the run's layout at the ranks of a suite's rows (older runs without a rank column: none)."""
+    if "rank" not in sub:
+        return ""
+    ranks = sorted({int(rank) for rank in sub["rank"].dropna()})
+    return "".join(f", {layout_at_rank(layout, rank)}" for rank in ranks)
+
+
 def write_report(run_dir) -> str:
     """Rebuild report.md, the bar charts and the roofline from the saved results.csv and meta.json."""
     run_dir = Path(run_dir)
@@ -525,18 +562,19 @@ def write_report(run_dir) -> str:
         ok["first_call_ms"] = ok["first_call_s"] * 1e3
         for suite_name, group in ok.groupby("suite", sort=False):
             for dtype, sub in group.groupby("dtype", sort=False):
-                title = f"suite {suite_name}, {dtype}"
+                title = f"suite {suite_name}, {dtype}{_layout_title(sub, meta.get('layout', 'NCHW'))}"
                 path = run_dir / f"speed_{suite_name}_{dtype}.png"
                 grouped_bar_figure(
                     _pivot(sub, "gflops"),
                     f"GFLOP/s of useful work, {title} (higher is better)",
-                    "GFLOP/s (2·N·Cin·Cout/g·H·W·kH·kW / median time)",
+                    "GFLOP/s (2·N·Cin·Cout/g·prod(in)·prod(k) / median time)",
                     path,
                 )
-                descriptors = sub.drop_duplicates("case").set_index("case")["descriptor"]
+                shape_columns = [column for column in ("descriptor", "rank") if column in sub]
+                descriptors = sub.drop_duplicates("case").set_index("case")[shape_columns]
                 parts += [
                     f"## {title}\n",
-                    markdown_table(descriptors.to_frame()),
+                    markdown_table(descriptors),
                     "\nMedian time (ms):\n",
                     markdown_table(_pivot(sub, "median_ms"), floatfmt=".3g"),
                 ]

@@ -541,16 +541,17 @@ def speedup_ci(
 
 
 def prepare_call(backend, problem: Problem, x, weight, bias, allocation: str = "alloc") -> Callable[[], object]:
-    """The call to time: the public ``conv_transpose2d`` (every backend pays the same validation), with a
-    preallocated, already faulted-in ``out`` in ``out`` mode."""
-    from .api import conv_transpose2d
+    """The call to time: the public ``conv_transpose2d`` (``conv_transpose1d``/``3d`` at ``problem.rank``; every
+    backend pays the same validation), with a preallocated, already faulted-in ``out`` in ``out`` mode."""
+    from . import api
 
+    conv_transpose = getattr(api, f"conv_transpose{problem.rank}d")
     kwargs = call_kwargs(problem)
     if allocation == "out":
         kwargs["out"] = np.zeros(problem.output_shape, dtype=problem.dtype)
     elif allocation != "alloc":
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
-    return lambda: conv_transpose2d(x, weight, bias, backend=backend, **kwargs)
+    return lambda: conv_transpose(x, weight, bias, backend=backend, **kwargs)
 
 
 def not_run_status(backend: Backend, problem: Problem) -> dict | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.api import conv_transpose2d
+from testbed import api
 from testbed.problem import Problem
 from testbed.registry import Backend, get_backend
 from testbed.testing import call_kwargs
@@ -97,8 +97,10 @@ def cell_rng(seed: int, cell: Cell) -> np.random.Generator:
 
 
 def call_backend(backend, problem: Problem, x, weight, bias=None):
-    """``conv_transpose2d`` of ``problem``'s parameters through the public API with the given backend."""
-    return conv_transpose2d(x, weight, bias, backend=backend, **call_kwargs(problem))
+    """``conv_transpose2d`` (``1d``/``3d`` at ``problem.rank``) of ``problem``'s parameters through the public API
+    with the given backend."""
+    conv_transpose = getattr(api, f"conv_transpose{problem.rank}d")
+    return conv_transpose(x, weight, bias, backend=backend, **call_kwargs(problem))
 
 
 def run_cell(cell: Cell, measure: Callable[[Cell, Backend], dict]) -> dict:
