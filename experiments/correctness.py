@@ -1,9 +1,12 @@
-"""Correctness of every backend against the ``naive`` oracle (computed in float64) on a configuration grid.
+"""Correctness of every backend against the ``naive`` oracle (computed in float64) on a configuration grid of
+every spatial rank: 2-D shapes covering every parameter, and 1-D and 3-D ones, among them the vocoder1d and
+unet3d suites' layers shrunk to a few channels and positions (a backend that does not compute a rank reports
+its cells ``unsupported``, with the reason, never as errors).
 
 Per case × backend × dtype: relative L2 error ``‖y - y_ref‖ / ‖y_ref‖``, max absolute error, whether the
 result equals the oracle bit for bit, and the adjoint-identity residual
-``|<conv2d(z), x> - <z, convT(x)>| / (‖z‖·‖convT(x)‖)`` (testbed.testing: the forward conv2d written
-independently in NumPy). A cell passes when both are within the dtype's tolerance
+``|<conv(z), x> - <z, convT(x)>| / (‖z‖·‖convT(x)‖)`` (testbed.testing: the forward convolution of the rank,
+written independently in NumPy). A cell passes when both are within the dtype's tolerance
 (``testbed.testing.TOLERANCES``: 1e-12 float64, 1e-5 float32).
 
 ``--fill int`` draws input, weight and bias from the integers -3..3, so every sum is exact in float32 and
@@ -29,6 +32,7 @@ NAME = "correctness"
 CELL_COLUMNS = [
     "case",
     "descriptor",
+    "rank",
     "backend",
     "dtype",
     "status",
@@ -39,7 +43,8 @@ CELL_COLUMNS = [
     "passed",
 ]
 
-#: name: (descriptor, has_bias). Small shapes covering every parameter and the corner cases of the notes.
+#: name: (descriptor, has_bias). Small shapes covering every parameter and the corner cases of the notes, at
+#: every spatial rank (the descriptor names it: ``iw``/``kw`` only is 1-D, ``id``/``kd`` 3-D).
 GRID = {
     "k2s2": ("mb2ic6ih5oc4kh2sh2", False),  # U-Net up-conv, no overlap
     "k3s2p1op1": ("mb2ic3ih5iw7oc5kh3sh2ph1oph1", True),  # output_padding rows hold computed values
@@ -56,8 +61,18 @@ GRID = {
     "p_gt_dk": ("mb1ic2ih6oc2kh3sh2ph3", False),  # padding > d·(k-1): pure crop
     "k2s2op1": ("mb1ic4ih4oc4kh2sh2oph1", False),
     "g3s2d2": ("g3mb2ic6ih5oc9kh3sh2ph1oph1dh2", True),
+    # 1-D: HiFi-GAN's up-samplings (vocoder1d) shrunk, and the other parameters along one axis
+    "voc_k16s8p4_1d": ("mb2ic5iw6oc3kw16sw8pw4", True),
+    "voc_k4s2p1_1d": ("mb1ic4iw9oc2kw4sw2pw1", False),
+    "g2d2op1_1d": ("g2mb1ic4iw7oc6kw3sw2pw1opw1dw2", True),
+    "s_gt_k_1d": ("mb1ic3iw5oc2kw2sw3", False),
+    # 3-D: nnU-Net's up-convolutions (unet3d) shrunk, and overlapping, padded, grouped, dilated, uneven axes
+    "unet_k2s2_3d": ("mb2ic6id3ih4iw2oc3kd2sd2", True),
+    "k3s2p1op1_3d": ("mb1ic3id3ih4iw5oc2kd3sd2pd1opd1", False),
+    "g2_asym_3d": ("g2mb1ic4id4ih3iw5oc6kd2kh3kw1sd1sh2sw3pd0ph1pw0dd2dh1", True),
+    "depthwise_3d": ("g4mb1ic4id4oc4kd3sd2pd1", False),
 }
-QUICK = ("k2s2", "k3s2p1op1", "g2_asym", "depthwise")
+QUICK = ("k2s2", "k3s2p1op1", "g2_asym", "depthwise", "voc_k16s8p4_1d", "unet_k2s2_3d")
 
 
 def cases(quick: bool) -> dict:
@@ -135,18 +150,36 @@ def _log10_error(frame):
 
 
 def summary_table(frame):
-    """Per backend and dtype: cells run, cells passed, worst relative L2 error and adjoint residual."""
+    """Per backend, spatial rank and dtype: cells run, cells passed, worst relative L2 error and adjoint
+    residual."""
     ok = frame[frame["status"] == "ok"].copy()
     if ok.empty:
         return ok
     ok["passed"] = truthy(ok["passed"])
-    return ok.groupby(["backend", "dtype"], sort=False).agg(
+    by = ["backend", "dtype"]
+    if "rank" in ok:  # runs from before the ranks have no rank column
+        ok, by = ok.sort_values("rank", kind="stable"), ["rank", *by]
+    return ok.groupby(by, sort=False).agg(
         cases=("case", "count"),
         passed=("passed", "sum"),
         worst_rel_l2=("rel_l2", "max"),
         worst_max_abs=("max_abs", "max"),
         worst_adjoint=("adjoint_residual", "max"),
     )
+
+
+def rank_table(frame):
+    """Backend × spatial rank: ``passed/computed`` of the cells it ran, or the status of cells it did not run
+    (``unsupported``: it does not declare the rank or declines those configurations)."""
+
+    def cell(group):
+        ok = group[group["status"] == "ok"]
+        if ok.empty:
+            return "/".join(sorted(set(group["status"])))
+        return f"{int(truthy(ok['passed']).sum())}/{len(ok)}"
+
+    ranks = frame.groupby(["backend", "rank"], sort=False)[["status", "passed"]].apply(cell).unstack("rank")
+    return ranks.reindex(columns=sorted(ranks.columns)).rename(columns=lambda rank: f"{rank}-D")
 
 
 def bitwise_table(frame):
@@ -170,6 +203,13 @@ def write_report(run_dir) -> str:
     ]
     if not frame.empty:
         parts += ["## Summary per backend\n", markdown_table(summary_table(frame).reset_index(), index=False)]
+        if "rank" in frame:
+            parts += [
+                "\n## Spatial ranks per backend\n",
+                "Cells passed / computed per rank; a backend that does not compute a rank has its cells "
+                "`unsupported` there (not an error).\n",
+                markdown_table(rank_table(frame)),
+            ]
         ok = frame[frame["status"] == "ok"]
         failed = ok[~truthy(ok["passed"])]
         parts.append(f"\n**{len(ok) - len(failed)} of {len(ok)} computed cells pass.**\n")

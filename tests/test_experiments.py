@@ -19,7 +19,8 @@ from experiments import checkerboard, correctness, report, scaling, seed, speed
 from experiments import main as main_job
 from experiments.harness.metadata import PROJECT_ROOT
 from experiments.harness.runner import ROW_COLUMNS
-from testbed.registry import available_backends
+from testbed.cases import SUITES
+from testbed.registry import available_backends, get_backend
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 META_KEYS = {
@@ -93,6 +94,14 @@ def test_correctness_quick(tmp_path):
     ok = frame[frame["status"] == "ok"]
     assert truthy(ok["passed"]).all(), ok[~truthy(ok["passed"])]
     assert (ok.loc[ok["backend"] == "naive", "rel_l2"] <= 1e-6).all()
+    # every rank, each backend's cells of a rank it does not declare reported unsupported (not errors)
+    assert set(frame["rank"]) == {1, 2, 3}
+    for (name, rank), rows in frame.groupby(["backend", "rank"]):
+        if rank not in get_backend(name).ranks:
+            assert (rows["status"] == "unsupported").all(), (name, rank)
+            assert rows["message"].str.contains(f"{rank}-D transposed convolution not supported").all()
+    assert {1, 3} <= set(ok.loc[ok["backend"] == "naive", "rank"])
+    assert "## Spatial ranks per backend" in (run_dir / "report.md").read_text()
 
 
 def test_correctness_integer_fill_reports_bitwise_backends(tmp_path):
@@ -149,6 +158,34 @@ def test_speed_layout_and_reference_rows(tmp_path):
     assert unet_like["ratio_to_gemm"].notna().all()
     assert not frame.loc[frame["case"] == "tiny_k3s2", "backend"].isin(references).any()
     assert "Ratio to the bare GEMM" in (run_dir / "report.md").read_text()
+
+
+def test_speed_of_the_1d_and_3d_suites(tmp_path, monkeypatch):
+    """--suite unet3d,vocoder1d (their first layers shrunk to a few channels and positions here): rows of rank 1
+    and 3 with the layout of their rank (--layout NHWC: NLC and NDHWC), every backend that does not declare a
+    rank ``unsupported``, and on the 3-D stride == kernel case the bare-GEMM and torch channels-last rows."""
+    unet3d1, voc1 = SUITES["unet3d"]["unet3d1"], SUITES["vocoder1d"]["voc1"]
+    monkeypatch.setitem(SUITES, "unet3d", {"unet3d1": unet3d1.with_(in_channels=4, out_channels=3, in_size=3)})
+    monkeypatch.setitem(SUITES, "vocoder1d", {"voc1": voc1.with_(in_channels=4, out_channels=2, in_size=5)})
+    argv = ["--quick", "--no-progress", "--suite", "unet3d,vocoder1d", "--baseline", "naive", "--layout", "NHWC"]
+    run_dir = speed.main([*argv, "--out", str(tmp_path / "run")])
+    frame = check_run(run_dir, "speed", ["rank", "layout", "gflops", "ratio_to_gemm"])
+    assert dict(zip(frame["case"], frame["rank"])) == {"unet3d1": 3, "voc1": 1}
+    ok = frame[frame["status"] == "ok"]
+    library = ok[~ok["backend"].isin(["gemm", "torch_channels_last"])]
+    assert set(zip(library["case"], library["layout"])) == {("unet3d1", "NDHWC"), ("voc1", "NLC")}
+    for (name, rank), rows in frame[frame["backend"].isin(available_backends())].groupby(["backend", "rank"]):
+        if rank not in get_backend(name).ranks:
+            assert (rows["status"] == "unsupported").all(), (name, rank)
+    unet_like = ok[ok["case"] == "unet3d1"]
+    references = {"gemm"} | ({"torch_channels_last"} if "torch" in available_backends() else set())
+    assert references <= set(unet_like["backend"]) and unet_like["ratio_to_gemm"].notna().all()
+    assert (unet_like.loc[unet_like["backend"] == "gemm", "ratio_to_gemm"] == 1).all()
+    assert not frame.loc[frame["case"] == "voc1", "backend"].isin(references).any()  # k16 s8: no bare GEMM
+    useful = {case: SUITES[name][case].flops for name, case in (("unet3d", "unet3d1"), ("vocoder1d", "voc1"))}
+    assert np.allclose(ok["gflops"], ok["case"].map(useful) / ok["median_s"] / 1e9)  # useful work, any rank
+    text = (run_dir / "report.md").read_text()
+    assert "## suite unet3d, float32, NDHWC" in text and "## suite vocoder1d, float32, NLC" in text
 
 
 def test_speed_quick(tmp_path):
