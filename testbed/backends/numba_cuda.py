@@ -1,6 +1,13 @@
 """``numba_cuda``, ``numba_cuda_atomic``, ``numba_cuda_tiled``: numba.cuda GPU kernels (gather, atomic
 scatter, shared-memory tiled gather; see ``numba_cuda_kernels`` for the formulas).
 
+Spatial ranks: ``numba_cuda`` computes 1-D, 2-D and 3-D (``gather``; ``gather3d`` over three axes),
+``numba_cuda_atomic`` 1-D and 2-D, ``numba_cuda_tiled`` 2-D. A 1-D problem is computed as the 2-D problem with
+one row (:func:`as_rank`: unit axes in front, the same C-order arrays), which the kernels see through the
+same flat views: no copy, no second kernel. The tiled kernel's 16×16 output tiles would leave 15 of 16
+threads idle on one row, and the atomic scatter has no 3-D kernel, so those ranks are declined
+(``Backend.ranks``).
+
 The host side takes NumPy arrays (copied to the device and back; a NumPy array is returned) or CUDA device
 arrays (anything with ``__cuda_array_interface__``, or the simulator's arrays; the result is then a device
 array and nothing is copied or synchronised), so experiments can time kernels without transfers
@@ -19,8 +26,9 @@ import statistics
 
 import numpy as np
 
+from ..problem import LAYOUTS_BY_RANK
 from ..registry import Backend, BackendUnavailable, get_backend, is_device_array, register
-from .numba_cuda_layout import CHUNK_FIELDS, GEOMETRY_FIELDS, SHAPE_FIELDS, TILE, uint32_fields
+from .numba_cuda_layout import CHUNK_FIELDS, DEPTH_FIELDS, GEOMETRY_FIELDS, SHAPE_FIELDS, TILE, uint32_fields
 
 __all__ = [
     "probe",
@@ -32,12 +40,13 @@ __all__ = [
     "TILE",
     "INDEX_LIMIT",
     "index_limit_reason",
+    "as_rank",
 ]
 
 SIMULATOR_STATUS = "simulator (correctness only; never timed as GPU speed)"
 NO_DEVICE_STATUS = "no CUDA GPU and the simulator is off (set NUMBA_ENABLE_CUDASIM=1 before importing numba)"
 
-#: Threads per block of the 1-D kernels (gather, fill, atomic scatter): a multiple of the warp size that
+#: Threads per block of the 1-D grids (gather, gather3d, fill, atomic scatter): a multiple of the warp size that
 #: keeps several blocks resident per SM.
 THREADS_PER_BLOCK = 256
 #: Dynamic shared memory the tiled kernel may ask for per block: well under the 48 KiB that needs no opt-in,
@@ -142,7 +151,7 @@ def index_limit_reason(problem) -> str | None:
     """Why the kernels' 32-bit index arithmetic cannot address ``problem``, or None if it can.
 
     Checked: the element counts of input, weight and output and the atomic scatter's thread count (each plus
-    a block of slack for the last block's idle threads), and per axis the canvas extent
+    a block of slack for the last block's idle threads), and per spatial axis (D, H, W or L) the canvas extent
     ``H_out + 2·padding`` plus stride, dilation and a tile, which bounds every index, offset and tap
     position the kernels form on that axis (including a loop's last, unused step)."""
     input_elements = math.prod(problem.input_shape)
@@ -158,22 +167,53 @@ def index_limit_reason(problem) -> str | None:
                 f"{what}: {count} exceeds the CUDA kernels' 32-bit index range (at most "
                 f"{INDEX_LIMIT - THREADS_PER_BLOCK})"
             )
-    for axis, (out, pad, stride, dilation) in enumerate(
-        zip(problem.out_size, problem.padding, problem.stride, problem.dilation)
+    for name, out, pad, stride, dilation in zip(
+        problem.axes.upper(), problem.out_size, problem.padding, problem.stride, problem.dilation
     ):
         extent = out + 2 * pad + stride + dilation + TILE
         if extent > INDEX_LIMIT:
-            name = "HW"[axis]
             return (
-                f"index extent along {name} (H_out + 2·padding + stride + dilation + {TILE} with "
+                f"index extent along {name} ({name}_out + 2·padding + stride + dilation + {TILE} with "
                 f"{name}_out={out}, padding={pad}, stride={stride}, dilation={dilation}) is {extent}, beyond "
                 f"the CUDA kernels' 32-bit index range ({INDEX_LIMIT})"
             )
     return None
 
 
+def as_rank(problem, rank: int):
+    """``problem`` as the same computation at a higher spatial ``rank``: unit axes in front of its own (size 1,
+    kernel 1, stride 1, padding 0, output padding 0, dilation 1), the layout of the same family. Each unit axis
+    has one output, receiving its one tap from its one input, so the outputs are equal; and the arrays of both
+    are the same C-order elements (a length-1 axis added), which the kernels read through flat views.
+
+    >>> from testbed import Problem
+    >>> as_rank(Problem(2, 3, (7,), 4, (3,), stride=2, padding=1, layout="NLC"), 2)  # doctest: +ELLIPSIS
+    Problem(batch=2, in_channels=3, in_size=(1, 7), out_channels=4, kernel_size=(1, 3), stride=(1, 2), \
+padding=(0, 1), output_padding=(0, 0), dilation=(1, 1), ..., layout='NHWC', rank=2)
+    """
+    units = rank - problem.rank
+    if units < 0:
+        raise ValueError(f"rank must be at least the problem's ({problem.rank}), got {rank!r}")
+
+    def lifted(values, unit):
+        return (unit,) * units + tuple(values)
+
+    return problem.with_(
+        rank=rank,
+        layout=LAYOUTS_BY_RANK[rank][problem.channels_last],
+        in_size=lifted(problem.in_size, 1),
+        kernel_size=lifted(problem.kernel_size, 1),
+        stride=lifted(problem.stride, 1),
+        padding=lifted(problem.padding, 0),
+        output_padding=lifted(problem.output_padding, 0),
+        dilation=lifted(problem.dilation, 1),
+    )
+
+
 def _shape_args(problem) -> tuple:
-    (in_h, in_w), (out_h, out_w), (kernel_h, kernel_w) = problem.in_size, problem.out_size, problem.kernel_size
+    """The ``shape`` tuple: channels and the last two spatial axes (H, W)."""
+    (in_h, in_w), (out_h, out_w) = problem.in_size[-2:], problem.out_size[-2:]
+    kernel_h, kernel_w = problem.kernel_size[-2:]
     return uint32_fields(
         SHAPE_FIELDS,
         {
@@ -192,7 +232,8 @@ def _shape_args(problem) -> tuple:
 
 
 def _geometry_args(problem) -> tuple:
-    (sh, sw), (ph, pw), (dh, dw) = problem.stride, problem.padding, problem.dilation
+    """The ``geometry`` tuple of the last two spatial axes (H, W)."""
+    (sh, sw), (ph, pw), (dh, dw) = problem.stride[-2:], problem.padding[-2:], problem.dilation[-2:]
     (gh, inv_h), (gw, inv_w) = _phase_constants(sh, dh), _phase_constants(sw, dw)
     return uint32_fields(
         GEOMETRY_FIELDS,
@@ -209,6 +250,23 @@ def _geometry_args(problem) -> tuple:
             "inverse_w": inv_w,
         },
     )
+
+
+def _depth_args(problem) -> tuple:
+    """The ``depth`` tuple of ``gather3d``: the first spatial axis (D) of a 3-D problem."""
+    stride, dilation = problem.stride[0], problem.dilation[0]
+    gcd, inverse = _phase_constants(stride, dilation)
+    values = {
+        "in_d": problem.in_size[0],
+        "out_d": problem.out_size[0],
+        "kernel_d": problem.kernel_size[0],
+        "stride_d": stride,
+        "padding_d": problem.padding[0],
+        "dilation_d": dilation,
+        "gcd_d": gcd,
+        "inverse_d": inverse,
+    }
+    return uint32_fields(DEPTH_FIELDS, values)
 
 
 def _flat(array):
@@ -237,21 +295,24 @@ def _blocks(count: int) -> int:
 
 
 def _run_gather(x, weight, bias, y, problem):
-    kernel = _kernel("gather", problem.dtype.name)
-    kernel[_blocks(y.size), THREADS_PER_BLOCK](
-        _flat(x),
-        _flat(weight),
-        _flat(bias),
-        _flat_output(y),
-        problem.has_bias,
-        _shape_args(problem),
-        _geometry_args(problem),
-    )
+    """``gather3d`` for a 3-D problem, else ``gather`` (a 1-D problem as 2-D with one row)."""
+    arrays = (_flat(x), _flat(weight), _flat(bias), _flat_output(y))
+    grid = (_blocks(y.size), THREADS_PER_BLOCK)
+    if problem.rank == 3:
+        _kernel("gather3d", problem.dtype.name)[grid](
+            *arrays, problem.has_bias, _shape_args(problem), _geometry_args(problem), _depth_args(problem)
+        )
+    else:
+        plane = as_rank(problem, 2)
+        _kernel("gather", problem.dtype.name)[grid](
+            *arrays, problem.has_bias, _shape_args(plane), _geometry_args(plane)
+        )
 
 
 def _run_atomic(x, weight, bias, y, problem):
     """Zero-fill, scatter, then add the bias: ``(+0 + Σ products) + bias`` as PyTorch sums (its sign of
-    zero included), not ``bias + Σ products``."""
+    zero included), not ``bias + Σ products``. A 1-D problem runs as 2-D with one row."""
+    problem = as_rank(problem, 2)
     dtype = problem.dtype.name
     y_flat = _flat_output(y)
     _kernel("fill_zero", dtype)[_blocks(y.size), THREADS_PER_BLOCK](y_flat)
@@ -370,6 +431,7 @@ register(
         check=index_limit_reason,
         probe=probe,
         writes_out=True,
+        ranks=(1, 2, 3),
     )
 )
 
@@ -384,6 +446,7 @@ register(
         check=index_limit_reason,
         probe=probe,
         writes_out=True,
+        ranks=(1, 2),
     )
 )
 

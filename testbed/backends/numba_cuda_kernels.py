@@ -108,6 +108,38 @@ def chunk_taps(first, count, tap_step, lo, hi):
     return j_lo, j_hi
 
 
+@cuda.jit(device=True, inline="always")
+def plane_sum(x, weight, acc, x_base, w_base, row_taps, col_taps, widths, channels):
+    """``acc`` plus the products one output element receives through one plane of taps (all of a 2-D kernel;
+    one depth tap of a 3-D one): for every row tap ``kh`` (reading input row ``ih``) and column tap ``kw``
+    (input column ``iw``), ``Σ_ci x[x_base + ci·x_step + ih·W + iw] · weight[w_base + ci·w_step + kh·kW + kw]``
+    over the input channels of the group. The micro-kernel that ``gather`` and ``gather3d`` share.
+
+    ``row_taps = (kh, kh_end, tap step, ih, input step)`` (int32 ``ih``: it steps down once more after the
+    last tap, possibly below 0), ``col_taps`` alike, ``widths = (W, kW)``, ``channels = (x_span, x_step,
+    w_step)``: the input offsets of the group's channels span ``x_span``; offsets in the plane and channel
+    steps as the caller lays them out."""
+    kh, kh_end, tap_step_h, ih, in_step_h = row_taps
+    kw_first, kw_end, tap_step_w, iw_first, in_step_w = col_taps
+    in_w, kernel_w = widths
+    x_span, x_step, w_step = channels
+    while kh < kh_end:
+        kw, iw = kw_first, iw_first
+        while kw < kw_end:
+            x_at = u32(x_base + ih * in_w + iw)
+            w_at = u32(w_base + kh * kernel_w + kw)
+            x_end = u32(x_at + x_span)
+            while x_at < x_end:
+                acc += x[x_at] * weight[w_at]
+                x_at = u32(x_at + x_step)
+                w_at = u32(w_at + w_step)
+            kw = u32(kw + tap_step_w)
+            iw = i32(iw - in_step_w)
+        kh = u32(kh + tap_step_h)
+        ih = i32(ih - in_step_h)
+    return acc
+
+
 def _make_kernels(scalar):
     """The kernels for one numba scalar type (float32 or float64)."""
 
@@ -134,26 +166,57 @@ def _make_kernels(scalar):
         w_step = u32(out_per_group * kernel_h * kernel_w)
         x_base = u32((n * in_channels + ci_first) * x_step)
         w_base = u32((ci_first * out_per_group + co_in_group) * kernel_h * kernel_w)
-        acc = scalar(0)
         # int32: the input row/column steps down once more after the last tap, possibly below 0
-        ih = i32(ih_first)
-        kh_end = u32(kh + count_h * tap_step_h)
-        kw_end = u32(kw_first + count_w * tap_step_w)
-        x_span = u32(in_per_group * x_step)
-        while kh < kh_end:
-            kw, iw = kw_first, i32(iw_first)
-            while kw < kw_end:
-                x_at = u32(x_base + ih * in_w + iw)
-                w_at = u32(w_base + kh * kernel_w + kw)
-                x_end = u32(x_at + x_span)
-                while x_at < x_end:
-                    acc += x[x_at] * weight[w_at]
-                    x_at = u32(x_at + x_step)
-                    w_at = u32(w_at + w_step)
-                kw = u32(kw + tap_step_w)
-                iw = i32(iw - in_step_w)
-            kh = u32(kh + tap_step_h)
-            ih = i32(ih - in_step_h)
+        row_taps = (kh, u32(kh + count_h * tap_step_h), tap_step_h, i32(ih_first), in_step_h)
+        col_taps = (kw_first, u32(kw_first + count_w * tap_step_w), tap_step_w, i32(iw_first), in_step_w)
+        channels = (u32(in_per_group * x_step), x_step, w_step)
+        acc = plane_sum(x, weight, scalar(0), x_base, w_base, row_taps, col_taps, (in_w, kernel_w), channels)
+        if has_bias:
+            acc += bias[co]
+        y[i] = acc
+
+    def gather3d(x, weight, bias, y, has_bias, shape, geometry, depth):
+        """``gather`` over three spatial axes: one thread per output element ``y[n, co, od, oh, ow]``, each
+        depth tap that reaches it (``phase_taps`` per axis, as for rows and columns) adding one plane of taps
+        (``plane_sum``); the bias after the sum. ``shape`` and ``geometry`` hold the H and W axes (C-order
+        offsets use ``D·H·W`` per channel), ``depth`` the D axis. No atomics: bitwise deterministic."""
+        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group, kernel_h, kernel_w) = shape
+        sh, sw, ph, pw, dh, dw, gh, gw, inv_h, inv_w = geometry
+        in_d, out_d, kernel_d, sd, pd, dd, gd, inv_d = depth
+        i = u32(cuda.grid(1))
+        if i >= y.size:
+            return
+        ow, rest = u32(i % out_w), u32(i // out_w)
+        oh, rest = u32(rest % out_h), u32(rest // out_h)
+        od, rest = u32(rest % out_d), u32(rest // out_d)
+        co, n = u32(rest % out_channels), u32(rest // out_channels)
+        group = u32(co // out_per_group)
+        co_in_group = u32(co - group * out_per_group)
+        ci_first = u32(group * in_per_group)
+
+        kd, id_first, count_d = phase_taps(u32(od + pd), sd, dd, gd, inv_d, kernel_d, in_d)
+        kh, ih_first, count_h = phase_taps(u32(oh + ph), sh, dh, gh, inv_h, kernel_h, in_h)
+        kw, iw_first, count_w = phase_taps(u32(ow + pw), sw, dw, gw, inv_w, kernel_w, in_w)
+        tap_step_d, tap_step_h, tap_step_w = u32(sd // gd), u32(sh // gh), u32(sw // gw)
+        in_step_d, in_step_h, in_step_w = u32(dd // gd), u32(dh // gh), u32(dw // gw)
+        in_plane, kernel_plane = u32(in_h * in_w), u32(kernel_h * kernel_w)
+        x_step = u32(in_d * in_plane)  # offset steps per input channel
+        w_step = u32(out_per_group * kernel_d * kernel_plane)
+        x_base = u32((n * in_channels + ci_first) * x_step)
+        w_base = u32((ci_first * out_per_group + co_in_group) * kernel_d * kernel_plane)
+        # int32: the input slice/row/column steps down once more after the last tap, possibly below 0
+        row_taps = (kh, u32(kh + count_h * tap_step_h), tap_step_h, i32(ih_first), in_step_h)
+        col_taps = (kw, u32(kw + count_w * tap_step_w), tap_step_w, i32(iw_first), in_step_w)
+        channels = (u32(in_per_group * x_step), x_step, w_step)
+        acc = scalar(0)
+        i_d = i32(id_first)
+        kd_end = u32(kd + count_d * tap_step_d)
+        while kd < kd_end:
+            x_plane = u32(x_base + i_d * in_plane)
+            w_plane = u32(w_base + kd * kernel_plane)
+            acc = plane_sum(x, weight, acc, x_plane, w_plane, row_taps, col_taps, (in_w, kernel_w), channels)
+            kd = u32(kd + tap_step_d)
+            i_d = i32(i_d - in_step_d)
         if has_bias:
             acc += bias[co]
         y[i] = acc
@@ -313,6 +376,7 @@ def _make_kernels(scalar):
 
     return {
         "gather": gather,
+        "gather3d": gather3d,
         "fill_zero": fill_zero,
         "add_bias": add_bias,
         "scatter_atomic": scatter_atomic,

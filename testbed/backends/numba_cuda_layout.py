@@ -7,12 +7,13 @@ for it.
 
 import numpy as np
 
-__all__ = ["TILE", "SHAPE_FIELDS", "GEOMETRY_FIELDS", "CHUNK_FIELDS", "uint32_fields"]
+__all__ = ["TILE", "SHAPE_FIELDS", "GEOMETRY_FIELDS", "DEPTH_FIELDS", "CHUNK_FIELDS", "uint32_fields"]
 
 #: Output tile of ``tiled_gather``: one thread per output element of a TILE×TILE block.
 TILE = 16
 
-#: Field order of the ``shape`` tuple every gather/scatter kernel receives (all uint32).
+#: Field order of the ``shape`` tuple every gather/scatter kernel receives (all uint32): the last two spatial
+#: axes (H, W) of a 2-D or 3-D problem (a 1-D one arrives as 2-D with one row, ``numba_cuda.as_rank``).
 SHAPE_FIELDS = (
     "in_channels",
     "in_h",
@@ -39,6 +40,9 @@ GEOMETRY_FIELDS = (
     "inverse_h",
     "inverse_w",
 )
+#: Field order of the ``depth`` tuple of ``gather3d``: the D axis of a 3-D problem, its extents and geometry
+#: (all uint32; ``gcd_d``/``inverse_d`` as for H and W).
+DEPTH_FIELDS = ("in_d", "out_d", "kernel_d", "stride_d", "padding_d", "dilation_d", "gcd_d", "inverse_d")
 #: Field order of the ``chunks`` tuple of ``tiled_gather`` (see ``numba_cuda.tiled_plan``).
 CHUNK_FIELDS = ("chunk_h", "chunk_w", "halo_h", "halo_w")
 

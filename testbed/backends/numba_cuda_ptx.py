@@ -40,14 +40,16 @@ def kernel_signature(name: str, dtype: str):
     ``numba_cuda_layout``)."""
     from numba import types
 
-    from .numba_cuda_layout import CHUNK_FIELDS, GEOMETRY_FIELDS, SHAPE_FIELDS
+    from .numba_cuda_layout import CHUNK_FIELDS, DEPTH_FIELDS, GEOMETRY_FIELDS, SHAPE_FIELDS
 
     array = types.Array(getattr(types, dtype), 1, "C")
-    shape, geometry, chunks = (
-        types.UniTuple(types.uint32, len(fields)) for fields in (SHAPE_FIELDS, GEOMETRY_FIELDS, CHUNK_FIELDS)
+    shape, geometry, depth, chunks = (
+        types.UniTuple(types.uint32, len(fields))
+        for fields in (SHAPE_FIELDS, GEOMETRY_FIELDS, DEPTH_FIELDS, CHUNK_FIELDS)
     )
     signatures = {
         "gather": (array, array, array, array, types.boolean, shape, geometry),  # x, weight, bias, y, …
+        "gather3d": (array, array, array, array, types.boolean, shape, geometry, depth),
         "fill_zero": (array,),  # y
         "add_bias": (array, array, types.uint32, types.uint32),  # bias, y, C_out, H·W
         "scatter_atomic": (array, array, array, shape, geometry),  # x, weight, y, …
