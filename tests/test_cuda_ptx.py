@@ -32,7 +32,15 @@ needs_compiler = pytest.mark.skipif(
 #: 256 threads share an SM's 64K registers (full occupancy at 256 threads). The issue asked for gather <= 64 and
 #: tiled <= 128; the 32-bit kernels take 32 and 48 (float32), so both are held to 64. Before the index
 #: arithmetic went 32-bit: gather 120, tiled_gather 213 (float32) / 224 (float64), scatter_atomic 44 / 46.
-REGISTER_BUDGETS = {"gather": 64, "tiled_gather": 64, "scatter_atomic": 48, "fill_zero": 16, "add_bias": 16}
+#: gather3d (the 3-D gather, issue 23) is held to gather's 64; it takes 40 (float32) / 42 (float64).
+REGISTER_BUDGETS = {
+    "gather": 64,
+    "gather3d": 64,
+    "tiled_gather": 64,
+    "scatter_atomic": 48,
+    "fill_zero": 16,
+    "add_bias": 16,
+}
 
 
 def test_every_kernel_has_a_register_budget():
@@ -52,13 +60,13 @@ def test_kernel_assembles_for_sm90_within_its_register_budget_without_spills(nam
 
 
 @needs_compiler
-@pytest.mark.parametrize("name", ["gather", "tiled_gather", "scatter_atomic"])
-def test_index_arithmetic_is_32_bit(name):
+@pytest.mark.parametrize("name, axes", [("gather", 2), ("gather3d", 3), ("tiled_gather", 2), ("scatter_atomic", 2)])
+def test_index_arithmetic_is_32_bit(name, axes):
     """No 64-bit integer division: the only one left is phase_taps' (residue/g)·inv mod s/g, whose product
-    may pass 2³² (two ``rem.u64``, one per axis)."""
+    may pass 2³² (one ``rem.u64`` per spatial axis)."""
     ptx = numba_cuda_ptx.compile_kernel_ptx(name, "float32")
     assert not re.search(r"\bdiv\.[su]64\b", ptx), f"{name} divides in 64 bits"
-    assert len(re.findall(r"\brem\.[su]64\b", ptx)) <= 2, f"{name} takes 64-bit remainders"
+    assert len(re.findall(r"\brem\.[su]64\b", ptx)) <= axes, f"{name} takes 64-bit remainders"
 
 
 @needs_compiler
@@ -177,6 +185,44 @@ def test_problems_beyond_int32_are_declared_unsupported_with_the_size(problem, w
     assert reason is not None and what in reason and "32-bit" in reason
     for name in CUDA_BACKENDS:
         assert testbed.get_backend(name).unsupported_reason(problem) == reason
+
+
+@pytest.mark.parametrize(
+    "problem, what",
+    [
+        (Problem(1, 1, (1, 1, 1), 1, (1, 1, 1), stride=(2**31, 1, 1)), "index extent along D"),
+        (Problem(1, 1, (1,), 1, (2,), dilation=2**31, padding=2**30), "index extent along L"),  # L_out = 1
+        (Problem(2**11, 2**10, (2**5, 2**5), 1, (1, 1), layout="NHWC"), "input elements"),
+        (Problem(1, 2**10, (2**7,) * 3, 1, (1, 1, 1), layout="NDHWC"), "input elements"),
+    ],
+)
+def test_1d_and_3d_problems_beyond_int32_are_declared_unsupported(problem, what):
+    reason = numba_cuda.index_limit_reason(problem)
+    assert reason is not None and what in reason and "32-bit" in reason
+    assert testbed.get_backend("numba_cuda").unsupported_reason(problem) == reason
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        Problem(2, 3, (7,), 4, (3,), stride=2, padding=1, output_padding=1, dilation=2, groups=1, layout="NLC"),
+        Problem(1, 4, (2, 3, 5), 2, (2, 1, 3), stride=(1, 2, 3), padding=(0, 1, 2), dilation=(2, 1, 1), groups=2),
+    ],
+)
+def test_as_rank_adds_unit_axes_with_the_same_output_and_arrays(problem):
+    """The lifted problem has one unit axis more or two in front: the same element counts, shapes with 1s
+    inserted after the channels (channels first) or after the batch (channels last), the same flops."""
+    for rank in range(problem.rank, 4):
+        lifted = numba_cuda.as_rank(problem, rank)
+        units = (1,) * (rank - problem.rank)
+        assert lifted.rank == rank and lifted.channels_last == problem.channels_last
+        assert lifted.out_size == units + problem.out_size and lifted.flops == problem.flops
+        for shape in ("input_shape", "weight_shape", "output_shape"):
+            assert math.prod(getattr(lifted, shape)) == math.prod(getattr(problem, shape))
+        inserted_at = 1 if problem.channels_last else 2
+        assert lifted.output_shape == (problem.output_shape[:inserted_at] + units + problem.output_shape[inserted_at:])
+    with pytest.raises(ValueError, match="rank must be at least"):
+        numba_cuda.as_rank(problem, problem.rank - 1)
 
 
 def test_problems_at_the_int32_limit_are_supported():

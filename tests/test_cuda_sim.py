@@ -237,3 +237,140 @@ def test_timing_helper_refuses_the_simulator_or_times_the_gpu(name):
     else:
         times = numba_cuda.time_cuda_backend(name, problem, repeats=3)
         assert times["kernel_ms"] > 0 and times["with_transfers_ms"] > 0
+
+
+# ---- 1-D and 3-D (issue 23) -----------------------------------------------------------------------------------
+
+CONV_BY_RANK = {1: testbed.conv_transpose1d, 3: testbed.conv_transpose3d}
+
+# (name, batch, C_in, C_out, in_size, kernel, params): odd sizes, parameters that differ per axis, groups, a
+# stride and dilation with a common factor (outputs no tap reaches: bias only), an output over several blocks
+RANK_CASES = {
+    1: [
+        ("k3s2p1op1_groups", 2, 4, 6, (5,), (3,), dict(stride=2, padding=1, output_padding=1, groups=2)),
+        ("gcd_stride_dilation", 1, 3, 2, (3,), (3,), dict(stride=4, padding=2, output_padding=1, dilation=6)),
+    ],
+    3: [
+        (
+            "overlapping_asym_groups",  # up to 3 depth × 2 row taps per output; 4 × 3×4×9 outputs: two blocks
+            1,
+            4,
+            4,
+            (3, 3, 3),
+            (3, 2, 2),
+            dict(stride=(1, 1, 3), padding=(1, 1, 1), output_padding=(0, 1, 2), dilation=(1, 2, 2), groups=2),
+        ),
+        ("gcd_depth", 2, 1, 2, (3, 1, 2), (3, 1, 2), dict(stride=(4, 1, 2), padding=(2, 0, 1), dilation=(6, 1, 1))),
+    ],
+}
+RANK_BACKEND_CASES = [
+    (name, rank, case)
+    for name in CUDA_BACKENDS
+    for rank, cases in RANK_CASES.items()
+    if rank in testbed.get_backend(name).ranks
+    for case in cases
+]
+RANK_BACKENDS = sorted({(name, rank) for name, rank, _ in RANK_BACKEND_CASES})
+DECLINED_RANKS = [(name, rank) for name in CUDA_BACKENDS for rank in (1, 3) if (name, rank) not in RANK_BACKENDS]
+
+
+def _oracle_rank(rank, x, w, b, **params):
+    """The float64 scatter definition at ``rank``, channels first."""
+
+    def as64(a):
+        return None if a is None else np.asarray(a, dtype=np.float64)
+
+    return CONV_BY_RANK[rank](as64(x), as64(w), as64(b), backend="naive", **params)
+
+
+def _channels_last(array):
+    return np.ascontiguousarray(np.moveaxis(array, 1, -1))
+
+
+def test_ranks_are_declared():
+    """numba_cuda computes every rank; the atomic scatter 1-D (as 2-D with one row) and 2-D; tiled 2-D only."""
+    assert {name: testbed.get_backend(name).ranks for name in CUDA_BACKENDS} == {
+        "numba_cuda": (1, 2, 3),
+        "numba_cuda_atomic": (1, 2),
+        "numba_cuda_tiled": (2,),
+    }
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["channels_first", "channels_last"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "name, rank, case", RANK_BACKEND_CASES, ids=[f"{n}-{r}d-{c[0]}" for n, r, c in RANK_BACKEND_CASES]
+)
+def test_ranks_match_float64_oracle(name, rank, case, dtype, channels_last):
+    _, batch, c_in, c_out, size, kernel, params = case
+    x, w, b = call_arrays(batch, c_in, c_out, size, kernel, params, dtype, bias=True)
+    ref = _oracle_rank(rank, x, w, b, **params)
+    layout = testbed.problem.LAYOUTS_BY_RANK[rank][channels_last]
+    if channels_last:
+        x, ref = _channels_last(x), _channels_last(ref)
+    y = CONV_BY_RANK[rank](x, w, b, backend=name, layout=layout, **params)
+    assert isinstance(y, np.ndarray) and y.dtype == np.dtype(dtype) and y.shape == ref.shape
+    assert relative_error(y, ref) < TOLERANCES[np.dtype(dtype)]
+
+
+@pytest.mark.parametrize("name, rank", RANK_BACKENDS)
+def test_ranks_batch_zero_and_unbatched(name, rank):
+    _, _, c_in, c_out, size, kernel, params = RANK_CASES[rank][0]
+    x, w, b = call_arrays(1, c_in, c_out, size, kernel, params, np.float64, bias=True)
+    ref = _oracle_rank(rank, x, w, b, **params)
+    empty = CONV_BY_RANK[rank](x[:0], w, b, backend=name, **params)
+    assert empty.shape == (0, *ref.shape[1:]) and empty.dtype == np.float64
+    y = CONV_BY_RANK[rank](x[0], w, b, backend=name, **params)
+    assert y.shape == ref.shape[1:]
+    assert relative_error(y, ref[0]) < TOLERANCES[np.dtype(np.float64)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["channels_first", "channels_last"])
+@pytest.mark.parametrize("name, rank", RANK_BACKENDS)
+def test_ranks_out_host_and_device(name, rank, channels_last):
+    """``out=`` a host array (from host arrays) and a device array (from device arrays, which channels last
+    reach the kernels as strided views: copied to C order on the device, the result copied into ``out``)."""
+    _, batch, c_in, c_out, size, kernel, params = RANK_CASES[rank][0]
+    x, w, b = call_arrays(batch, c_in, c_out, size, kernel, params, np.float32, bias=True)
+    ref = _oracle_rank(rank, x, w, b, **params)
+    layout = testbed.problem.LAYOUTS_BY_RANK[rank][channels_last]
+    if channels_last:
+        x, ref = _channels_last(x), _channels_last(ref)
+    conv = CONV_BY_RANK[rank]
+    host_out = np.full(ref.shape, np.nan, dtype=np.float32)
+    assert conv(x, w, b, backend=name, layout=layout, out=host_out, **params) is host_out
+    assert relative_error(host_out, ref) < TOLERANCES[np.dtype(np.float32)]
+    device_out = cuda.to_device(np.full(ref.shape, np.nan, dtype=np.float32))
+    d_x = cuda.to_device(x)
+    result = conv(d_x, cuda.to_device(w), cuda.to_device(b), backend=name, layout=layout, out=device_out, **params)
+    assert result is device_out
+    assert relative_error(device_out.copy_to_host(), ref) < TOLERANCES[np.dtype(np.float32)]
+    np.testing.assert_array_equal(d_x.copy_to_host(), x)
+
+
+def test_ranks_reduce_bitwise_to_the_2d_kernel():
+    """1-D is the 2-D gather on one row, and ``gather3d`` with one depth tap sums in ``gather``'s order
+    (channels, then columns, then rows): both equal the 2-D call bit for bit, and repeat bitwise."""
+    x, w, b = call_arrays(1, 4, 2, (1, 5), (1, 3), dict(groups=2), np.float32, bias=True)
+    row_params = dict(stride=2, padding=1, output_padding=1, dilation=2, groups=2)
+    plane_params = dict(stride=(1, 2), padding=(0, 1), output_padding=(0, 1), dilation=(1, 2), groups=2)
+    depth_params = dict(stride=(1, 1, 2), padding=(0, 0, 1), output_padding=(0, 0, 1), dilation=(1, 1, 2), groups=2)
+    plane = testbed.conv_transpose2d(x, w, b, backend="numba_cuda", **plane_params)
+    row = testbed.conv_transpose1d(x[:, :, 0], w[:, :, 0], b, backend="numba_cuda", **row_params)
+    np.testing.assert_array_equal(row, plane[:, :, 0])
+    runs = [
+        testbed.conv_transpose3d(x[:, :, None], w[:, :, None], b, backend="numba_cuda", **depth_params) for _ in "ab"
+    ]
+    np.testing.assert_array_equal(runs[0][:, :, 0], plane)
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("name, rank", DECLINED_RANKS)
+def test_declined_ranks_are_refused_naming_the_rank(name, rank):
+    _, batch, c_in, c_out, size, kernel, params = RANK_CASES[rank][0]
+    x, w, b = call_arrays(batch, c_in, c_out, size, kernel, params, np.float32, bias=True)
+    with pytest.raises(
+        testbed.UnsupportedConfiguration, match=f"{rank}-D transposed convolution not supported"
+    ) as info:
+        CONV_BY_RANK[rank](x, w, b, backend=name, **params)
+    assert info.value.backend == name
