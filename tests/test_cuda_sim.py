@@ -374,3 +374,16 @@ def test_declined_ranks_are_refused_naming_the_rank(name, rank):
     ) as info:
         CONV_BY_RANK[rank](x, w, b, backend=name, **params)
     assert info.value.backend == name
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_auto_computes_device_arrays_of_every_rank_on_the_gpu(rank):
+    """Device arrays of rank 1 and 3 stay on the device: ``auto`` picks ``numba_cuda`` (the one CUDA backend
+    of every rank) and returns a device array."""
+    _, batch, c_in, c_out, size, kernel, params = RANK_CASES[rank][0]
+    x, w, b = call_arrays(batch, c_in, c_out, size, kernel, params, np.float64, bias=True)
+    d_x, d_w, d_b = cuda.to_device(x), cuda.to_device(w), cuda.to_device(b)
+    assert testbed.resolve_backend(d_x, d_w, d_b, **params).name == "numba_cuda"
+    y = CONV_BY_RANK[rank](d_x, d_w, d_b, **params)
+    assert not isinstance(y, np.ndarray)
+    assert relative_error(y.copy_to_host(), _oracle_rank(rank, x, w, b, **params)) < TOLERANCES[np.dtype(np.float64)]
