@@ -5,23 +5,129 @@ import pytest
 
 import testbed
 import testbed.backends.fft as fft_backend
-from testbed.testing import assert_close, assert_close_to_oracle
+from testbed.registry import layout_axes
+from testbed.testing import assert_close, assert_close_to_oracle, call_kwargs, tolerance
+
+#: Per rank, a configuration with odd sizes and different stride, padding, dilation and output_padding on
+#: every axis, and two groups (Problem fields; batch and dtype are the tests').
+_FFT_RANK_CASES = {
+    1: dict(
+        in_channels=4,
+        in_size=(11,),
+        out_channels=6,
+        kernel_size=(4,),
+        stride=(3,),
+        padding=(2,),
+        dilation=(2,),
+        output_padding=(1,),
+        groups=2,
+    ),
+    2: dict(
+        in_channels=4,
+        in_size=(5, 7),
+        out_channels=6,
+        kernel_size=(3, 2),
+        stride=(2, 3),
+        padding=(1, 0),
+        dilation=(1, 2),
+        output_padding=(1, 1),
+        groups=2,
+    ),
+    3: dict(
+        in_channels=4,
+        in_size=(5, 3, 4),
+        out_channels=6,
+        kernel_size=(3, 2, 3),
+        stride=(2, 1, 3),
+        padding=(1, 0, 2),
+        dilation=(1, 2, 3),
+        output_padding=(1, 1, 0),
+        groups=2,
+    ),
+}
 
 
+def _fft_and_references(problem, *, unbatched=False, out=False, seed=0):
+    """fft's result on ``problem``'s random arrays (with a bias), checked against the float64 naive oracle and
+    torch.nn.functional.conv_transpose{1,2,3}d (computed in float64 on the same values) within the dtype's
+    tolerance; ``out``: written into a given array, which is returned."""
+    x, w, b = problem.random_arrays(seed)
+    if unbatched:
+        x = x[0]
+    params = call_kwargs(problem)
+    function = getattr(testbed, f"conv_transpose{problem.rank}d")
+    given = np.full(problem.output_shape[1:] if unbatched else problem.output_shape, np.nan, problem.dtype)
+    y = function(x, w, b, backend="fft", **params, **({"out": given} if out else {}))
+    assert y.dtype == problem.dtype and (y is given) == out
+    assert_close_to_oracle(y, x, w, b, **params, err_msg=f"fft vs naive, {problem}")
+    torch = pytest.importorskip("torch")
+    channels_first = testbed.problem.LAYOUTS_BY_RANK[problem.rank][0]
+    to_torch, back = layout_axes(problem.layout, channels_first), layout_axes(channels_first, problem.layout)
+    batched = x[None] if unbatched else x
+    peer = (
+        getattr(torch.nn.functional, f"conv_transpose{problem.rank}d")(
+            torch.from_numpy(batched.transpose(to_torch).astype(np.float64)),
+            torch.from_numpy(w.astype(np.float64)),
+            torch.from_numpy(b.astype(np.float64)),
+            **{key: params[key] for key in ("stride", "padding", "output_padding", "groups", "dilation")},
+        )
+        .numpy()
+        .transpose(back)
+    )
+    assert_close(y, peer[0] if unbatched else peer, rtol=tolerance(problem.dtype), err_msg=f"fft vs torch, {problem}")
+    return y
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_fft_every_rank_matches_naive_and_torch(rank, dtype):
+    """Odd sizes with per-axis stride/padding/dilation/output_padding and groups, batch 3, both layouts."""
+    for channels_last in (False, True):
+        layout = testbed.problem.LAYOUTS_BY_RANK[rank][channels_last]
+        problem = testbed.Problem(batch=3, **_FFT_RANK_CASES[rank], dtype=dtype, has_bias=True, layout=layout)
+        _fft_and_references(problem)
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_fft_every_rank_depthwise_batches_unbatched_and_out(rank):
+    """Depthwise (one input channel per group, two outputs each), batch 0 and 1, unbatched input, ``out=`` in
+    both layouts."""
+    depthwise = dict(
+        _FFT_RANK_CASES[rank],
+        in_channels=3,
+        out_channels=6,
+        groups=3,
+        kernel_size=3,
+        dilation=1,
+        padding=1,
+        output_padding=0,
+    )
+    for batch in (0, 1):
+        _fft_and_references(testbed.Problem(batch=batch, **depthwise, has_bias=True, dtype="float32"))
+    channels_first, channels_last = testbed.problem.LAYOUTS_BY_RANK[rank]
+    _fft_and_references(testbed.Problem(batch=1, **depthwise, has_bias=True), unbatched=True)
+    for layout in (channels_first, channels_last):
+        problem = testbed.Problem(batch=2, **_FFT_RANK_CASES[rank], has_bias=True, layout=layout)
+        _fft_and_references(problem, out=True)
+        _fft_and_references(problem.with_(dtype=np.dtype(np.float32)), out=True, unbatched=True)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("blocks", [(1, 1, 1), (2, 1, 2), (1, 2, 4)])
-def test_fft_blocks_match_one_block(monkeypatch, blocks):
-    """Images, output channels and column frequencies in blocks (kernel spectra recomputed per image block,
-    one slab of columns at a time) give the one-block result."""
+def test_fft_blocks_match_one_block(monkeypatch, blocks, rank):
+    """Images, output channels and last-axis frequencies in blocks (kernel spectra recomputed per image block,
+    one slab of frequencies at a time) give the one-block result, at every rank."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 6, 5, 4))
-    w = rng.standard_normal((6, 2, 3, 3))
+    x = rng.standard_normal((3, 6, *(5, 4, 3)[:rank]))
+    w = rng.standard_normal((6, 2, *(3,) * rank))
     params = dict(stride=2, padding=1, output_padding=1, groups=3)
-    whole = testbed.conv_transpose2d(x, w, backend="fft", **params)
+    conv_transpose = getattr(testbed, f"conv_transpose{rank}d")
+    whole = conv_transpose(x, w, backend="fft", **params)
     problem = testbed.Problem.from_shapes(x.shape, w.shape, **params)
     fft_shape = fft_backend._fft_shape(problem)
-    assert fft_backend._blocks(problem, fft_shape) == (3, 2, fft_shape[1] // 2 + 1)  # one block each
+    assert fft_backend._blocks(problem, fft_shape) == (3, 2, fft_shape[-1] // 2 + 1)  # one block each
     monkeypatch.setattr(fft_backend, "_blocks", lambda problem, fft_shape: fft_backend.Blocks(*blocks))
-    blocked = testbed.conv_transpose2d(x, w, backend="fft", **params)
+    blocked = conv_transpose(x, w, backend="fft", **params)
     assert_close(blocked, whole, rtol=1e-14)
     assert_close_to_oracle(blocked, x, w, **params)
 
@@ -33,6 +139,9 @@ def test_fft_blocks_match_one_block(monkeypatch, blocks):
         dict(batch=8, in_channels=64, in_size=(32, 32), out_channels=64, kernel_size=3, stride=2, padding=1),
         dict(batch=2, in_channels=256, in_size=(16, 16), out_channels=128, kernel_size=4, stride=2, padding=1),
         dict(batch=4, in_channels=32, in_size=(24, 24), out_channels=32, kernel_size=2, stride=2, groups=4),
+        dict(batch=4, in_channels=64, in_size=(512,), out_channels=32, kernel_size=16, stride=8, padding=4),
+        dict(batch=2, in_channels=8, in_size=(12, 12, 12), out_channels=16, kernel_size=3, stride=2, padding=1),
+        dict(batch=2, in_channels=16, in_size=(10, 9, 8), out_channels=16, kernel_size=(3, 1, 5), padding=1),
     ],
 )
 def test_fft_blocks_hold_at_most_the_workspace_limit(monkeypatch, shape, limit_mib):
@@ -47,22 +156,27 @@ def test_fft_blocks_hold_at_most_the_workspace_limit(monkeypatch, shape, limit_m
     assert blocks.images <= problem.batch and blocks.channels <= problem.out_per_group
 
 
-def test_fft_declines_naming_the_bytes_it_would_need(monkeypatch):
-    """Stride 4 spreads one image's 64 channels over 128×128 transforms (about 8.5 MB with one output channel):
-    above a workspace limit of twice the 0.3 MB of arrays, fft declines with that size; with 16 MiB it fits."""
+@pytest.mark.parametrize("in_size", [(32, 32), (4096,), (6, 6, 6)], ids=["2d", "1d", "3d"])
+def test_fft_declines_naming_the_bytes_it_would_need(monkeypatch, in_size):
+    """Stride 4 spreads one image's 64 channels over transforms 4× longer per axis (2-D: 128×128, about 8.5 MB
+    with one output channel; 1-D 16384 samples, 3-D 24×24×24): above a workspace limit of twice the arrays, fft
+    declines with that size and the transform's shape; with 16 MiB it fits."""
     problem = testbed.Problem(
-        batch=1, in_channels=64, in_size=(32, 32), out_channels=1, kernel_size=3, stride=4, dtype="float32"
+        batch=1, in_channels=64, in_size=in_size, out_channels=1, kernel_size=3, stride=4, dtype="float32"
     )
-    need = fft_backend._peak_bytes(problem, fft_backend._fft_shape(problem), fft_backend.Blocks(1, 1, 1))
+    fft_shape = fft_backend._fft_shape(problem)
+    need = fft_backend._peak_bytes(problem, fft_shape, fft_backend.Blocks(1, 1, 1))
     monkeypatch.setattr(testbed.problem, "WORKSPACE_BYTES", 0)
     reason = testbed.get_backend("fft").unsupported_reason(problem)
     assert problem.workspace_limit < need and reason is not None
     assert f"{need:.3g} bytes" in reason and f"{problem.workspace_limit:.3g} bytes" in reason, reason
+    assert f"64 channels of {'×'.join(map(str, fft_shape))} samples" in reason, reason
     x, w, _ = problem.random_arrays(0)
+    conv_transpose = getattr(testbed, f"conv_transpose{problem.rank}d")
     with pytest.raises(testbed.UnsupportedConfiguration, match="workspace limit"):
-        testbed.conv_transpose2d(x, w, stride=4, backend="fft")
+        conv_transpose(x, w, stride=4, backend="fft")
     monkeypatch.setattr(testbed.problem, "WORKSPACE_BYTES", 16 * 2**20)
-    assert_close_to_oracle(testbed.conv_transpose2d(x, w, stride=4, backend="fft"), x, w, stride=4)
+    assert_close_to_oracle(conv_transpose(x, w, stride=4, backend="fft"), x, w, stride=4)
 
 
 def test_polyphase_phase_subkernels_cover_every_tap_once():
