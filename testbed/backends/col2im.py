@@ -1,16 +1,24 @@
-"""``col2im``: one GEMM into a column buffer, then col2im accumulation.
+"""``col2im``: one GEMM into a column buffer, then col2im accumulation, for every spatial rank.
 
-The Caffe / PyTorch ``slow_conv_transpose2d`` design: per image and group,
-``columns[(co, kh, kw), (ih, iw)] = Σ_ci W[ci, co, kh, kw] · x[ci, ih, iw]`` (a BLAS GEMM
-``(C_out·kH·kW × C_in) · (C_in × H·W)``), then every column row is added into the output at
-``(ih·s + kh·d - p, iw·s + kw·d - p)``.
+The Caffe / PyTorch ``slow_conv_transpose2d`` / ``slow_conv_transpose3d`` design (col2im in 2-D, col2vol in 3-D):
+per image and group, with ``k = (k_1, ..., k_r)`` a kernel tap and ``i = (i_1, ..., i_r)`` an input pixel over
+the ``r`` spatial axes,
+
+    columns[(co, k), i] = Σ_ci W[ci, co, k] · x[ci, i]
+
+(a BLAS GEMM ``(C_out·Π k_a × C_in) · (C_in × Π n_a)``), then every column row ``(co, k)`` is added into the
+output at ``o_a = i_a·s_a + k_a·d_a - p_a`` on each axis ``a``. In 2-D that is ``(ih·s + kh·d - p, iw·s + kw·d -
+p)``; 1-D has one axis, 3-D three (the vol2col/col2vol of PyTorch's 3-D path).
 
 Resources follow the work: the columns cover only the input pixels that reach the output
-(:meth:`Problem.landing_inputs`), each tap adds only the pixels that land (:meth:`Problem.landing`) straight
-into the output (no uncropped canvas), and when the buffer ``C_out·kH·kW·H·W`` would exceed
+(:meth:`Problem.landing_inputs`, per axis), each tap adds only the pixels that land (:meth:`Problem.landing`, per
+axis) straight into the output (no uncropped canvas), and when the buffer ``C_out·Π k_a·Π n_a`` would exceed
 :attr:`Problem.workspace_limit` it is computed a block of output channels (then of taps) at a time; the
-smallest block, one channel and one tap, is one input plane.
+smallest block, one channel and one tap, is one input image.
 """
+
+import itertools
+import math
 
 import numpy as np
 
@@ -20,7 +28,7 @@ from ..registry import Backend, register
 def _blocks(problem, pixels):
     """``(channel block, tap block)`` sizes whose column buffer and weight block (all groups) fit the workspace
     limit beside one image's input pixels (copied when padding crops them)."""
-    taps = problem.kernel_size[0] * problem.kernel_size[1]
+    taps = math.prod(problem.kernel_size)
     per_channel_tap = problem.groups * (pixels + problem.in_per_group) * problem.dtype.itemsize
     budget = problem.workspace_limit - problem.in_channels * pixels * problem.dtype.itemsize
     fit = max(1, budget // per_channel_tap)  # channel·tap products that fit
@@ -29,48 +37,65 @@ def _blocks(problem, pixels):
     return 1, fit
 
 
+def _tap_windows(problem, reach):
+    """Per kernel tap (row-major over the spatial axes, the order of the weight's trailing axes): ``(sources,
+    outputs)``, per spatial axis the slice of the column buffer's pixels (those of ``reach``) that lands and the
+    slice of the output it lands on; None when the tap lands nowhere on some axis."""
+    per_axis = [[problem.landing(axis, k) for k in range(size)] for axis, size in enumerate(problem.kernel_size)]
+    windows: list[tuple[tuple[slice, ...], tuple[slice, ...]] | None] = []
+    for spans in itertools.product(*per_axis):
+        if any(span is None for span in spans):
+            windows.append(None)
+            continue
+        sources = tuple(
+            slice(inputs.start - near.start, inputs.stop - near.start) for (inputs, _), near in zip(spans, reach)
+        )
+        windows.append((sources, tuple(outputs for _, outputs in spans)))
+    return windows
+
+
 def gemm_col2im(x, weight, bias, problem):
-    g, (kh, kw) = problem.groups, problem.kernel_size
+    g, rank = problem.groups, problem.rank
     cig, cog = problem.in_per_group, problem.out_per_group
-    rows, cols = problem.landing_inputs(0), problem.landing_inputs(1)
-    h, w = rows.stop - rows.start, cols.stop - cols.start
+    reach = tuple(problem.landing_inputs(axis) for axis in range(rank))
+    extent = tuple(near.stop - near.start for near in reach)
+    taps = math.prod(problem.kernel_size)
+    pixels_count = math.prod(extent)
     y = np.zeros(problem.output_shape, dtype=problem.dtype)
-    if h and w:
-        spans = [(t, problem.landing(0, t // kw), problem.landing(1, t % kw)) for t in range(kh * kw)]
-        weights = weight.reshape(g, cig, cog, kh * kw)
-        channel_block, tap_block = _blocks(problem, h * w)
+    if pixels_count:
+        windows = _tap_windows(problem, reach)
+        weights = weight.reshape(g, cig, cog, taps)
+        channel_block, tap_block = _blocks(problem, pixels_count)
+        every = (slice(None), slice(None))
+        every_channel = (slice(None), *reach)  # of one image: the pixels that reach the output
         for n in range(problem.batch):
-            pixels = x[n, :, rows, cols].reshape(g, cig, h * w)
+            pixels = x[n][every_channel].reshape(g, cig, pixels_count)
             for c0 in range(0, cog, channel_block):
                 c1 = min(cog, c0 + channel_block)
                 out = y[n].reshape(g, cog, *problem.out_size)[:, c0:c1]
-                for t0 in range(0, kh * kw, tap_block):
-                    t1 = min(kh * kw, t0 + tap_block)
+                for t0 in range(0, taps, tap_block):
+                    t1 = min(taps, t0 + tap_block)
                     # (G, block·taps, Ci_g): the transposed weight of the block, the GEMM's left operand.
                     left = weights[:, :, c0:c1, t0:t1].transpose(0, 2, 3, 1).reshape(g, -1, cig)
-                    columns = np.matmul(left, pixels).reshape(g, c1 - c0, t1 - t0, h, w)
-                    for t, row, col in spans[t0:t1]:
-                        if row is None or col is None:
+                    columns = np.matmul(left, pixels).reshape(g, c1 - c0, t1 - t0, *extent)
+                    for t, window in enumerate(windows[t0:t1]):
+                        if window is None:
                             continue
-                        (in_rows, out_rows), (in_cols, out_cols) = row, col
-                        src = columns[
-                            :,
-                            :,
-                            t - t0,
-                            in_rows.start - rows.start : in_rows.stop - rows.start,
-                            in_cols.start - cols.start : in_cols.stop - cols.start,
-                        ]
-                        out[:, :, out_rows, out_cols] += src
+                        sources, outputs = window
+                        src_at, out_at = (*every, t, *sources), (*every, *outputs)  # every group and channel
+                        src = columns[src_at]
+                        out[out_at] += src
                     columns = src = None  # freed before the next block's buffer is allocated, not after
     if bias is not None:
-        y += bias[None, :, None, None]
+        y += bias.reshape(-1, *(1,) * rank)
     return y
 
 
 register(
     Backend(
         name="col2im",
-        description="GEMM into a column buffer (C_out·kH·kW × H·W per image), then col2im accumulation",
+        description="GEMM into a column buffer (C_out·Πk × Πn per image), then col2im accumulation (col2vol in 3-D)",
         run=gemm_col2im,
+        ranks=(1, 2, 3),
     )
 )

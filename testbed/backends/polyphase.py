@@ -1,14 +1,23 @@
 """``polyphase``: the sub-pixel / phase decomposition (Shi et al. 2016, "Is the deconvolution layer the same
-as a convolutional layer?", arXiv:1609.07009).
+as a convolutional layer?", arXiv:1609.07009), for every spatial rank.
 
-Output row ``o`` receives tap ``kh`` iff ``o + p - kh·d ≡ 0 (mod s)``, from input row
-``(o + p - kh·d) / s``. Grouping outputs by phase ``o = ph + s·m`` gives ``s_h·s_w`` phase sub-kernels
-(the taps with ``kh·d ≡ ph + p (mod s)``); each phase is a dense stride-1 correlation of the *undilated*
-input, ``Y_ph[m] = Σ_taps W[kh]ᵀ · x[m + offset_kh]``, computed as one GEMM per tap over the channels
-(channels-last so every GEMM is ``(N·rows·cols × C_in) · (C_in × C_out)``). The phases are then interleaved
-(depth-to-space). No multiplication by inserted zeros and no padding of the input: out-of-range rows are
-skipped, so NaN/inf reach exactly the outputs the definition says.
+Along each spatial axis ``a``, output ``o`` receives tap ``k`` iff ``o + p_a - k·d_a ≡ 0 (mod s_a)``, from input
+``(o + p_a - k·d_a) / s_a``. Grouping the outputs of each axis by phase ``o = φ_a + s_a·m`` gives ``s_a`` phases,
+each with the sub-kernel of the taps with ``k·d_a ≡ φ_a + p_a (mod s_a)`` and a fixed input offset per tap
+(:func:`phase_subkernels`). The axes are independent, so the phases of the problem are the product of the
+per-axis phases (``Π s_a`` of them: ``s`` in 1-D, ``s_h·s_w`` in 2-D, ``s_d·s_h·s_w`` in 3-D) and the taps of a
+phase the product of its per-axis taps. Each phase ``φ = (φ_1, ..., φ_r)`` is a dense stride-1 correlation of
+the *undilated* input,
+
+    Y_φ[m] = Σ_{taps k of φ} W[:, :, k]ᵀ · x[m + offset_k]        (m, offset_k: r-tuples)
+
+computed as one GEMM per tap over the channels (channels-last, so every GEMM is ``(N·Π m_a × C_in) · (C_in ×
+C_out)``). The phases are then interleaved (depth-to-space: ``y[φ_a::s_a, ...] = Y_φ``). No multiplication by
+inserted zeros and no padding of the input: out-of-range rows are skipped, so NaN/inf reach exactly the outputs
+the definition says.
 """
+
+import itertools
 
 import numpy as np
 
@@ -16,8 +25,8 @@ from ..registry import Backend, register
 
 
 def phase_subkernels(out_len, in_len, kernel, stride, padding, dilation):
-    """Per output phase ``ph``: ``(ph, rows, taps)`` with ``rows`` the phase's output count and ``taps`` a
-    list of ``(k, offset, m_lo, m_hi)``: tap ``k`` adds input ``m + offset`` to phase row ``m`` for
+    """Per output phase ``ph`` of one axis: ``(ph, rows, taps)`` with ``rows`` the phase's output count and
+    ``taps`` a list of ``(k, offset, m_lo, m_hi)``: tap ``k`` adds input ``m + offset`` to phase row ``m`` for
     ``m_lo <= m < m_hi``."""
     phases = []
     for ph in range(min(stride, out_len)):
@@ -36,45 +45,56 @@ def phase_subkernels(out_len, in_len, kernel, stride, padding, dilation):
 
 
 def _tap_gemm(pixels, tap_weight):
-    """``Σ_i pixels[n, r, c, g, i] · tap_weight[g, i, o]`` → ``(n, r, c, g, o)``."""
+    """``Σ_i pixels[n, *m, g, i] · tap_weight[g, i, o]`` → ``(n, *m, g, o)``."""
     if tap_weight.shape[0] == 1:  # one group: a single BLAS GEMM
         flat = pixels.reshape(-1, tap_weight.shape[1]) @ tap_weight[0]
-        return flat.reshape(*pixels.shape[:3], 1, tap_weight.shape[2])
-    return np.einsum("nrcgi,gio->nrcgo", pixels, tap_weight)
+        return flat.reshape(*pixels.shape[:-2], 1, tap_weight.shape[2])
+    return np.einsum("...gi,gio->...go", pixels, tap_weight)
+
+
+def _axis_phases(problem, axis):
+    """:func:`phase_subkernels` of spatial ``axis`` as slices: per phase ``(outputs, rows, taps)``, the step-``s``
+    slice of the output it fills, its output count, and per tap ``(k, phase rows, input rows)``."""
+    sizes = (problem.out_size, problem.in_size, problem.kernel_size, problem.stride, problem.padding, problem.dilation)
+    stride = problem.stride[axis]
+    return [
+        (
+            slice(ph, None, stride),
+            rows,
+            [(k, slice(lo, hi), slice(lo + offset, hi + offset)) for k, offset, lo, hi in taps],
+        )
+        for ph, rows, taps in phase_subkernels(*(size[axis] for size in sizes))
+    ]
 
 
 def polyphase_gemm(x, weight, bias, problem):
-    n, g = problem.batch, problem.groups
-    (h, w), (ho, wo) = problem.in_size, problem.out_size
+    n, g, rank = problem.batch, problem.groups, problem.rank
     cig, cog = problem.in_per_group, problem.out_per_group
-    x_cl = x.reshape(n, g, cig, h, w).transpose(0, 3, 4, 1, 2)  # (N, H, W, G, Ci_g), a view
+    # (N, *in_size, G, Ci_g), a view: channels last, so each tap is one GEMM over the channels
+    x_cl = x.reshape(n, g, cig, *problem.in_size).transpose(0, *range(3, 3 + rank), 1, 2)
     w_g = weight.reshape(g, cig, cog, *problem.kernel_size)
-    rows_phases = phase_subkernels(
-        ho, h, problem.kernel_size[0], problem.stride[0], problem.padding[0], problem.dilation[0]
-    )
-    cols_phases = phase_subkernels(
-        wo, w, problem.kernel_size[1], problem.stride[1], problem.padding[1], problem.dilation[1]
-    )
-    y_cl = np.zeros((n, ho, wo, g, cog), dtype=problem.dtype)
-    sh, sw = problem.stride
-    for ph, rows, row_taps in rows_phases:
-        for pw, cols, col_taps in cols_phases:
-            phase = np.zeros((n, rows, cols, g, cog), dtype=problem.dtype)
-            for kh, off_h, r0, r1 in row_taps:
-                for kw, off_w, c0, c1 in col_taps:
-                    pixels = x_cl[:, r0 + off_h : r1 + off_h, c0 + off_w : c1 + off_w]
-                    phase[:, r0:r1, c0:c1] += _tap_gemm(pixels, w_g[..., kh, kw])
-            y_cl[:, ph::sh, pw::sw] = phase
-    y = y_cl.reshape(n, ho, wo, problem.out_channels).transpose(0, 3, 1, 2)
+    y_cl = np.zeros((n, *problem.out_size, g, cog), dtype=problem.dtype)
+    every_image = slice(None)
+    for phase_axes in itertools.product(*(_axis_phases(problem, axis) for axis in range(rank))):
+        interleaved, counts, axis_taps = zip(*phase_axes)  # per axis: outputs, count, taps of this phase
+        phase = np.zeros((n, *counts, g, cog), dtype=problem.dtype)
+        for taps in itertools.product(*axis_taps):  # one (k, phase rows, input rows) per axis
+            ks, rows, inputs = zip(*taps)
+            rows_at, inputs_at, tap_at = (every_image, *rows), (every_image, *inputs), (..., *ks)
+            phase[rows_at] += _tap_gemm(x_cl[inputs_at], w_g[tap_at])
+        phase_at = (every_image, *interleaved)
+        y_cl[phase_at] = phase
+    y = y_cl.reshape(n, *problem.out_size, problem.out_channels).transpose(0, 1 + rank, *range(1, 1 + rank))
     if bias is not None:
-        y = y + bias[None, :, None, None]
+        y = y + bias.reshape(-1, *(1,) * rank)
     return np.ascontiguousarray(y)
 
 
 register(
     Backend(
         name="polyphase",
-        description="sub-pixel decomposition: s_h·s_w stride-1 phase correlations (one GEMM per tap), interleaved",
+        description="sub-pixel decomposition: Π s_a stride-1 phase correlations (one GEMM per tap), interleaved",
         run=polyphase_gemm,
+        ranks=(1, 2, 3),
     )
 )
