@@ -1,12 +1,14 @@
-"""Backend-specific paths of the NumPy backends that the registry-wide tests would not force."""
+"""Backend-specific paths of the NumPy backends (and torch) that the registry-wide tests would not force: their
+blocks, phases, and every spatial rank (1-D, 2-D, 3-D) in both layouts against the float64 oracle and PyTorch."""
 
 import numpy as np
 import pytest
 
 import testbed
 import testbed.backends.fft as fft_backend
+from helpers import call_arrays
 from testbed.registry import layout_axes
-from testbed.testing import assert_close, assert_close_to_oracle, call_kwargs, tolerance
+from testbed.testing import assert_close, assert_close_to_oracle, call_kwargs, oracle, tolerance
 
 #: Per rank, a configuration with odd sizes and different stride, padding, dilation and output_padding on
 #: every axis, and two groups (Problem fields; batch and dtype are the tests').
@@ -231,3 +233,151 @@ def test_single_threaded_blas_holds_in_every_thread():
     record("main again")
     assert all(set(counts.values()) == {1} for counts in seen.values()), seen
     assert blas_threads() == default  # restored after each block
+
+
+# ---- every spatial rank: col2im, kron, polyphase and torch against the float64 oracle and PyTorch ----------------
+
+#: The backends of this file that compute every rank, each with its own algorithm written over N spatial axes.
+RANKED = ("col2im", "kron", "polyphase", "torch")
+CONV_TRANSPOSE = {1: testbed.conv_transpose1d, 2: testbed.conv_transpose2d, 3: testbed.conv_transpose3d}
+
+#: name -> (C_in, C_out, in_size, kernel, params): tiny, odd sizes, every parameter different per axis where the
+#: rank has several; the "blocks" cases have stride == kernel (and dilation 1), the only ones kron computes.
+RANK_CASES = {
+    "1d-overlap": (3, 5, (7,), (3,), dict(stride=2, padding=1, output_padding=1)),
+    "1d-dilated-groups": (4, 6, (5,), (4,), dict(stride=3, padding=2, output_padding=2, dilation=2, groups=2)),
+    "1d-depthwise": (4, 4, (9,), (5,), dict(stride=2, padding=2, groups=4)),
+    "1d-blocks": (3, 2, (6,), (4,), dict(stride=4, padding=1, output_padding=3)),
+    "2d-asymmetric": (
+        4,
+        2,
+        (5, 4),
+        (3, 2),
+        dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), dilation=(1, 2), groups=2),
+    ),
+    "2d-blocks": (3, 4, (3, 5), (2, 3), dict(stride=(2, 3), padding=(0, 1), output_padding=(1, 0))),
+    "3d-asymmetric": (
+        4,
+        6,
+        (3, 4, 5),
+        (2, 3, 1),
+        dict(stride=(1, 2, 3), padding=(0, 1, 0), output_padding=(0, 1, 2), dilation=(2, 1, 1), groups=2),
+    ),
+    "3d-depthwise": (
+        3,
+        3,
+        (3, 2, 4),
+        (3, 2, 3),
+        dict(stride=(2, 1, 2), padding=(1, 0, 2), dilation=(1, 2, 1), groups=3),
+    ),
+    "3d-blocks": (3, 4, (3, 2, 3), (2, 3, 2), dict(stride=(2, 3, 2), padding=(1, 0, 1), output_padding=(1, 0, 1))),
+    "3d-blocks-groups": (4, 4, (2, 3, 1), (2, 2, 3), dict(stride=(2, 2, 3), groups=2)),
+}
+
+
+def _rank_call(case, batch, layout, dtype, bias=True, seed=0):
+    """``(rank, x, w, b, params)`` of a RANK_CASES entry; ``batch`` None gives an unbatched input."""
+    c_in, c_out, size, kernel, params = RANK_CASES[case]
+    x, w, b = call_arrays(1 if batch is None else batch, c_in, c_out, size, kernel, params, dtype, bias, seed)
+    if layout.endswith("C"):  # channels last: NLC, NHWC, NDHWC
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    return len(size), (x[0] if batch is None else x), w, b, params
+
+
+def _torch_reference(rank, x, w, b, params, layout):
+    """``torch.nn.functional.conv_transpose{rank}d`` in float64 on channels-first copies, back in ``layout``."""
+    torch = pytest.importorskip("torch")
+    batched = x if x.ndim == rank + 2 else x[None]
+    first = np.moveaxis(batched, -1, 1) if layout.endswith("C") else batched
+    function = getattr(torch.nn.functional, f"conv_transpose{rank}d")
+    tensors = [None if a is None else torch.from_numpy(np.array(a, dtype=np.float64)) for a in (first, w, b)]
+    with torch.no_grad():
+        y = function(*tensors, **params).numpy()
+    y = np.moveaxis(y, 1, -1) if layout.endswith("C") else y
+    return y if x.ndim == rank + 2 else y[0]
+
+
+def _skip_without_torch(ranked_name):
+    if ranked_name == "torch" and not testbed.get_backend("torch").available:
+        pytest.skip(testbed.get_backend("torch").status)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layout_family", ["channels first", "channels last"])
+@pytest.mark.parametrize("case", list(RANK_CASES))
+@pytest.mark.parametrize("ranked_name", RANKED)
+def test_every_rank_matches_the_oracle_and_torch(ranked_name, case, layout_family, dtype):
+    """Batch 3 with a bias, in both layouts of the rank (NCL/NLC, NCHW/NHWC, NCDHW/NDHWC): within the dtype's
+    relative L2 tolerance (1e-12 float64, 1e-5 float32) of the float64 oracle and of PyTorch's function of the
+    rank; kron refuses what it does not compute."""
+    _skip_without_torch(ranked_name)
+    rank = len(RANK_CASES[case][2])
+    layout = testbed.problem.LAYOUTS_BY_RANK[rank][layout_family == "channels last"]
+    _, x, w, b, params = _rank_call(case, 3, layout, dtype)
+    if ranked_name == "kron" and "blocks" not in case:
+        with pytest.raises(testbed.UnsupportedConfiguration, match="needs stride == kernel size and dilation 1"):
+            CONV_TRANSPOSE[rank](x, w, b, backend="kron", layout=layout, **params)
+        return
+    y = CONV_TRANSPOSE[rank](x, w, b, backend=ranked_name, layout=layout, **params)
+    expected = oracle(x, w, b, layout=layout, **params)
+    assert y.dtype == dtype and y.shape == expected.shape and y.flags.c_contiguous
+    assert_close(y, expected, rtol=tolerance(dtype), err_msg=f"{ranked_name} {case} {layout}")
+    assert_close(y, _torch_reference(rank, x, w, b, params, layout), rtol=tolerance(dtype), err_msg="torch")
+
+
+@pytest.mark.parametrize("batch", [0, 1, None])
+@pytest.mark.parametrize("layout_family", ["channels first", "channels last"])
+@pytest.mark.parametrize("case", ["1d-dilated-groups", "1d-blocks", "3d-asymmetric", "3d-blocks-groups"])
+@pytest.mark.parametrize("ranked_name", RANKED)
+def test_every_rank_batch_sizes_and_out(ranked_name, case, layout_family, batch):
+    """Batch 0 and 1 and an unbatched input, without a bias, returned and written into ``out=`` (the same
+    values, ``out`` itself returned), in 1-D and 3-D, both layouts."""
+    _skip_without_torch(ranked_name)
+    rank = len(RANK_CASES[case][2])
+    layout = testbed.problem.LAYOUTS_BY_RANK[rank][layout_family == "channels last"]
+    _, x, w, _, params = _rank_call(case, batch, layout, np.float64, bias=False, seed=1)
+    if ranked_name == "kron" and "blocks" not in case:
+        assert "stride == kernel" in testbed.get_backend("kron").unsupported_reason(
+            testbed.Problem.from_shapes(x.shape, w.shape, layout=layout, **params)
+        )
+        return
+    expected = oracle(x, w, None, layout=layout, **params)
+    y = CONV_TRANSPOSE[rank](x, w, backend=ranked_name, layout=layout, **params)
+    assert y.shape == expected.shape == testbed.output_shape(x.shape, w.shape, layout=layout, **params)
+    assert_close(y, expected, rtol=tolerance(np.float64))
+    out = np.full(expected.shape, np.nan)
+    returned = CONV_TRANSPOSE[rank](x, w, backend=ranked_name, layout=layout, out=out, **params)
+    assert returned is out
+    if batch == 0:  # nothing to compute: the empty result, and out untouched (it is empty too)
+        assert y.shape[0] == out.shape[0] == 0
+    else:
+        assert_close(out, expected, rtol=tolerance(np.float64))
+
+
+@pytest.mark.parametrize("blocks", [(1, 1), (1, 5), (2, 4)])
+@pytest.mark.parametrize("case", ["1d-dilated-groups", "3d-asymmetric", "3d-depthwise"])
+def test_col2im_blocks_every_rank(monkeypatch, case, blocks):
+    """col2im's column buffer computed a block of output channels and of taps at a time (as when it would
+    exceed the workspace limit): every tap of a 1-D or 3-D kernel lands where one block does."""
+    import testbed.backends.col2im as col2im_backend
+
+    rank = len(RANK_CASES[case][2])
+    _, x, w, b, params = _rank_call(case, 2, testbed.problem.LAYOUTS_BY_RANK[rank][0], np.float64)
+    monkeypatch.setattr(col2im_backend, "_blocks", lambda problem, pixels: blocks)
+    y = CONV_TRANSPOSE[rank](x, w, b, backend="col2im", **params)
+    assert_close(y, oracle(x, w, b, **params), rtol=1e-12)
+
+
+def test_torch_keeps_channels_last_3d():
+    """NDHWC float32 goes to conv_transpose3d as PyTorch's channels_last_3d view of the same memory and comes
+    back without a conversion by testbed (a C-contiguous NDHWC result equal to the NCDHW one transposed)."""
+    torch = pytest.importorskip("torch")
+    from testbed.backends.torch_backend import torch_conv_transpose
+
+    _, x, w, b, params = _rank_call("3d-blocks", 2, "NDHWC", np.float32)
+    problem = testbed.Problem.from_shapes(x.shape, w.shape, layout="NDHWC", dtype=np.float32, has_bias=True, **params)
+    assert torch.from_numpy(x).permute(0, 4, 1, 2, 3).is_contiguous(memory_format=torch.channels_last_3d)
+    y = torch_conv_transpose(x, w, b, problem)
+    assert y.flags.c_contiguous and y.shape == problem.output_shape
+    first = torch_conv_transpose(np.ascontiguousarray(np.moveaxis(x, -1, 1)), w, b, problem.with_(layout="NCDHW"))
+    assert_close(y, np.moveaxis(first, 1, -1), rtol=1e-6)
