@@ -47,11 +47,15 @@ def call_arrays(batch, c_in, c_out, size, kernel, params, dtype, bias, seed=0):
     return x, w, b
 
 
-_SIGNATURE = inspect.signature(testbed.conv_transpose2d)
+_SIGNATURE = inspect.signature(testbed.conv_transpose2d)  # conv_transpose1d's and 3d's are the same
+
+#: The transposed convolution of each spatial rank (the weight's number of axes minus 2).
+CONV_TRANSPOSE = {1: testbed.conv_transpose1d, 2: testbed.conv_transpose2d, 3: testbed.conv_transpose3d}
 
 
 def call_problem(*args, **kwargs) -> testbed.Problem:
-    """The :class:`~testbed.Problem` of the call ``conv_transpose2d(*args, **kwargs)`` (host arrays)."""
+    """The :class:`~testbed.Problem` of the call ``conv_transpose2d(*args, **kwargs)`` (host arrays), or of
+    ``conv_transpose1d``/``3d``: the weight's number of axes gives the rank."""
     call = _SIGNATURE.bind(*args, **kwargs)
     call.apply_defaults()
     a = call.arguments
@@ -75,17 +79,19 @@ def call_problem(*args, **kwargs) -> testbed.Problem:
 
 
 def run_or_skip(impl, *args, **kwargs):
-    """Call ``conv_transpose2d`` with backend ``impl``; skip only where ``impl`` declares the call unsupported.
+    """Call ``conv_transpose2d`` (``1d``/``3d`` for a 3-D/5-D weight) with backend ``impl``; skip only where
+    ``impl`` declares the call unsupported.
 
     An ``UnsupportedConfiguration`` from a backend that declared support fails the test, and so does any
     declared limit of ``auto``: the declarations are what the capability table (test_capabilities.py) pins.
     """
-    reason = impl.unsupported_reason(call_problem(*args, **kwargs))
+    problem = call_problem(*args, **kwargs)
+    reason = impl.unsupported_reason(problem)
     if reason is not None:
         if impl.name == "auto":
             pytest.fail(f"auto must support every valid configuration, but declares: {reason}")
         pytest.skip(f"{impl.name} declares this configuration unsupported: {reason}")
-    return testbed.conv_transpose2d(*args, backend=impl.name, **kwargs)
+    return CONV_TRANSPOSE[problem.rank](*args, backend=impl.name, **kwargs)
 
 
 def run_python(code, *, env=None, timeout=180, cwd=None):
