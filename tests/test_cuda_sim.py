@@ -392,3 +392,26 @@ def test_auto_computes_device_arrays_of_every_rank_on_the_gpu(rank):
     y = CONV_BY_RANK[rank](d_x, d_w, d_b, **params)
     assert not isinstance(y, np.ndarray)
     assert relative_error(y.copy_to_host(), _oracle_rank(rank, x, w, b, **params)) < TOLERANCES[np.dtype(np.float64)]
+
+
+def test_timing_helper_times_channels_last_problems_through_the_layout_conversion(monkeypatch):
+    """``time_cuda_backend`` calls the backend as the API does (``compute``): the kernels receive the
+    channels-first problem, never channels-last arrays under a channels-last problem they would misread. The
+    simulator's events stand in for a GPU's (its times mean nothing; only the calls are checked)."""
+    import dataclasses
+
+    if SIMULATED:  # the simulator's events take no ``timing`` argument
+        event = cuda.event
+        monkeypatch.setattr(cuda, "event", lambda timing=False: event())
+    impl = testbed.get_backend("numba_cuda")
+    seen = []
+
+    def recording_run(x, weight, bias, problem, out=None):
+        seen.append(problem.layout)
+        return impl.run(x, weight, bias, problem, out=out)
+
+    pretend_gpu = dataclasses.replace(impl, run=recording_run, probe=lambda: (True, "available (pretend GPU)"))
+    problem = Problem(1, 2, (2, 1, 3), 2, (2, 1, 2), stride=2, layout="NDHWC", dtype=np.float32)
+    times = numba_cuda.time_cuda_backend(pretend_gpu, problem, repeats=1)
+    assert set(times) == {"kernel_ms", "with_transfers_ms"}
+    assert seen == ["NCDHW"] * 4  # warm-up and one timed call, device arrays then host arrays

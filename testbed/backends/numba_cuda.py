@@ -382,6 +382,9 @@ def time_cuda_backend(backend, problem, *, repeats: int = 10, rng=0) -> dict:
     """Median milliseconds of one call of a CUDA backend on ``problem``, measured with CUDA events:
     ``kernel_ms`` with device arrays in and out (kernels plus the output allocation, no transfers) and
     ``with_transfers_ms`` from NumPy arrays to a NumPy result (host→device copies, kernels, device→host).
+    Each call goes through ``Backend.compute``, as ``conv_transpose1d/2d/3d`` does: a channels-last problem
+    is timed with its layout conversion (strided views copied on the device; host arrays transposed), not
+    as the channels-first kernels on arrays they would misread.
     One untimed call first compiles the kernels. Refuses the simulator (its times say nothing of a GPU)."""
     impl = get_backend(backend)
     if impl.device != "cuda":
@@ -405,13 +408,13 @@ def time_cuda_backend(backend, problem, *, repeats: int = 10, rng=0) -> dict:
     device_args = tuple(None if a is None else cuda.to_device(a) for a in (x, weight, bias))
 
     def median_ms(args):
-        impl.run(*args, problem)  # compile / warm up
+        impl.compute(*args, problem)  # compile / warm up
         cuda.synchronize()
         times = []
         for _ in range(repeats):
             start, stop = cuda.event(timing=True), cuda.event(timing=True)
             start.record()
-            impl.run(*args, problem)
+            impl.compute(*args, problem)
             stop.record()
             stop.synchronize()
             times.append(start.elapsed_time(stop))
