@@ -407,20 +407,20 @@ def time_cuda_backend(backend, problem, *, repeats: int = 10, rng=0) -> dict:
     x, weight, bias = problem.random_arrays(rng)
     device_args = tuple(None if a is None else cuda.to_device(a) for a in (x, weight, bias))
 
-    def median_ms(args):
-        impl.compute(*args, problem)  # compile / warm up
+    def median_ms(x, weight, bias):
+        impl.compute(x, weight, bias, problem)  # compile / warm up
         cuda.synchronize()
         times = []
         for _ in range(repeats):
             start, stop = cuda.event(timing=True), cuda.event(timing=True)
             start.record()
-            impl.compute(*args, problem)
+            impl.compute(x, weight, bias, problem)
             stop.record()
             stop.synchronize()
             times.append(start.elapsed_time(stop))
         return statistics.median(times)
 
-    return {"kernel_ms": median_ms(device_args), "with_transfers_ms": median_ms((x, weight, bias))}
+    return {"kernel_ms": median_ms(*device_args), "with_transfers_ms": median_ms(x, weight, bias)}
 
 
 # ---- registration --------------------------------------------------------------------------------------------
