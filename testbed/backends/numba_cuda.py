@@ -187,9 +187,9 @@ def as_rank(problem, rank: int):
     are the same C-order elements (a length-1 axis added), which the kernels read through flat views.
 
     >>> from testbed import Problem
-    >>> as_rank(Problem(2, 3, (7,), 4, (3,), stride=2, padding=1, layout="NLC"), 2)  # doctest: +ELLIPSIS
-    Problem(batch=2, in_channels=3, in_size=(1, 7), out_channels=4, kernel_size=(1, 3), stride=(1, 2), \
-padding=(0, 1), output_padding=(0, 0), dilation=(1, 1), ..., layout='NHWC', rank=2)
+    >>> plane = as_rank(Problem(2, 3, (7,), 4, (3,), stride=2, padding=1, layout="NLC"), 2)
+    >>> plane.in_size, plane.kernel_size, plane.stride, plane.padding, plane.layout, plane.output_shape
+    ((1, 7), (1, 3), (1, 2), (0, 1), 'NHWC', (2, 1, 13, 4))
     """
     units = rank - problem.rank
     if units < 0:
