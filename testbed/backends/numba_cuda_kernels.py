@@ -11,22 +11,28 @@ and the others follow every ``s/g`` taps while the input row steps back by ``d/g
 of the reference notes, section (b) row 2: exactly the useful multiply-adds, no modulo test per tap).
 The wrapper (``numba_cuda``) precomputes ``g`` and the modular inverse per axis.
 
+Spatial ranks: every kernel here is 2-D except ``gather3d``, the same gather over a depth axis too (each axis
+has its own ``phase_taps``; ``y[n, co, od, oh, ow]`` sums ``x[n, ci, id, ih, iw]·W[ci, co, kd, kh, kw]``). It and
+``gather`` share the micro-kernel ``plane_sum`` (the row × column × channel loops), inlined, so ``gather``'s
+PTX is what it was before ``gather3d`` existed. A 1-D problem reaches the 2-D kernels as one row
+(``numba_cuda.as_rank``): with ``H = kH = 1`` each output has its one row tap, and nothing else changes.
+
 Signed zeros as PyTorch's CPU kernels give them: every sum starts from ``+0.0`` and the bias is added
 last, ``y = (+0 + Σ products) + bias``, so an output is never ``-0.0``.
 
 **32-bit index arithmetic.** Every array arrives flattened to 1-D (C order) and every extent as a ``uint32``
-(the tuples ``shape`` and ``geometry``, in :mod:`.numba_cuda_layout`'s field order); all index maths is
-unsigned 32-bit, so no signed floor-division fix-ups, no negative-index wrap-around and no 64-bit division
-subroutines (which cost 64-bit kernels 120–224 registers). Numba widens integer arithmetic to 64 bits, so
-every variable, division operand and array index is cast back with ``u32(...)``; NVVM then narrows the
-operations themselves to 32 bits. Loops are ``while`` loops up to a uint32 bound: numba's ``range`` keeps a
-trip count and a counter besides the offsets (and divides when it has a step), which cost the gather 16
-registers and the tiled kernel 20–40 more. The host wrapper declares any problem whose element counts or
-index extents do not fit in int32 unsupported (``numba_cuda.index_limit_reason``), so the arithmetic never
-wraps. Differences are taken only after a comparison, so unsigned values never go below 0; the exceptions,
-halo and input positions that step down tap by tap, are int32 (their step after the last tap may pass 0,
-unused). 64-bit operations left: the first-tap product in ``phase_taps`` and the tiled kernel's per-row
-steps (which wrap explicitly).
+(the tuples ``shape``, ``geometry`` and ``gather3d``'s ``depth``, in :mod:`.numba_cuda_layout`'s field order);
+all index maths is unsigned 32-bit, so no signed floor-division fix-ups, no negative-index wrap-around and no
+64-bit division subroutines (which cost 64-bit kernels 120–224 registers). Numba widens integer arithmetic to
+64 bits, so every variable, division operand and array index is cast back with ``u32(...)``; NVVM then narrows
+the operations themselves to 32 bits. Loops are ``while`` loops up to a uint32 bound: numba's ``range`` keeps
+a trip count and a counter besides the offsets (and divides when it has a step), which cost the gather 16
+registers and the tiled kernel 20–40 more. The host wrapper declares any problem whose element counts or index
+extents do not fit in int32 unsupported (``numba_cuda.index_limit_reason``), so the arithmetic never wraps.
+Differences are taken only after a comparison, so unsigned values never go below 0; the exceptions, halo and
+input positions that step down tap by tap, are int32 (their step after the last tap may pass 0, unused).
+64-bit operations left: the first-tap product in ``phase_taps`` and the tiled kernel's per-row steps (which
+wrap explicitly).
 
 Each kernel exists once per dtype (``KERNELS[name][dtype]`` is the plain Python function, kept reachable
 for ``numba.cuda.compile_ptx``): the factory closes over the numba scalar type so that accumulators are
