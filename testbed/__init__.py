@@ -11,6 +11,7 @@ Functions
 ---------
 conv_transpose2d  -- the transposed convolution (``torch.nn.functional.conv_transpose2d``)
 conv_transpose1d, conv_transpose3d -- the same over one / three spatial axes
+conv_transpose_backward -- its gradients (input, weight, bias), after ATen's ``convolution_backward``
 output_shape      -- its output shape, without computing it
 use_backend       -- a context manager selecting the backend of a block of calls
 resolve_backend   -- the backend a call would run (``auto``'s choice included)
@@ -24,6 +25,7 @@ Classes
 -------
 Problem                   -- a validated configuration: shapes, parameters, dtype
 Backend                   -- one implementation, as registered
+Gradients                 -- conv_transpose_backward's (grad_input, grad_weight, grad_bias)
 UnsupportedConfiguration  -- a backend cannot compute a valid configuration (a ValueError)
 BackendUnavailable        -- a backend cannot run on this machine (a RuntimeError)
 TuneError                 -- tune could not measure any candidate (a RuntimeError naming each and why)
@@ -32,6 +34,7 @@ TuneError                 -- tune could not measure any candidate (a RuntimeErro
 from . import registry
 from ._version import __version__ as __version__
 from .api import conv_transpose1d, conv_transpose2d, conv_transpose3d, resolve_backend, use_backend
+from .backward import Gradients, conv_transpose_backward
 from .planner import TuneError, explain, get_planner, set_planner, tune
 from .problem import Problem, UnsupportedConfiguration, output_shape
 from .registry import (
@@ -57,6 +60,8 @@ __all__ = [
     "conv_transpose1d",
     "conv_transpose2d",
     "conv_transpose3d",
+    "conv_transpose_backward",
+    "Gradients",
     "output_shape",
     "use_backend",
     "resolve_backend",

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .problem import SUPPORTED_DTYPES, Problem, UnsupportedConfiguration
-from .registry import Backend, BackendUnavailable, get_backend, is_device_array
+from .registry import DIRECTIONS, Backend, BackendUnavailable, get_backend, is_device_array
 
 __all__ = ["conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "resolve_backend", "use_backend"]
 
@@ -87,27 +87,36 @@ def _shares_memory(a: Any, b: Any) -> bool:
     return bool(np.shares_memory(a, b))
 
 
-def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, on_device: bool, operands: dict[str, Any]) -> None:
+def _check_out(
+    out: Any,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    on_device: bool,
+    operands: dict[str, Any],
+    name: str = "out",
+    result: str = "the output",
+) -> None:
     """``out`` must be where the input is (host or CUDA device), of the result's exact shape and dtype,
-    writable, and share no memory with an operand (numpy's ``out=`` rules, minus its casting)."""
+    writable, and share no memory with an operand (numpy's ``out=`` rules, minus its casting). ``name`` is the
+    argument named in errors, ``result`` what it receives."""
     if on_device and not is_device_array(out):
-        raise TypeError(f"out must be a CUDA device array when the input is one, got {type(out).__name__}")
+        raise TypeError(f"{name} must be a CUDA device array when the input is one, got {type(out).__name__}")
     if not on_device and not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array (the input is on the host), got {type(out).__name__}")
+        raise TypeError(f"{name} must be a NumPy array (the input is on the host), got {type(out).__name__}")
     if tuple(out.shape) != shape:
-        raise ValueError(f"out must have the output's shape {shape}, got {tuple(out.shape)}")
+        raise ValueError(f"{name} must have {result}'s shape {shape}, got {tuple(out.shape)}")
     if np.dtype(out.dtype) != dtype:
-        raise TypeError(f"out must have the result's dtype {dtype}, got {np.dtype(out.dtype)}")
+        raise TypeError(f"{name} must have the result's dtype {dtype}, got {np.dtype(out.dtype)}")
     if isinstance(out, np.ndarray) and not out.flags.writeable:
-        raise ValueError("out must be writable, got a read-only array")
+        raise ValueError(f"{name} must be writable, got a read-only array")
     if on_device:
         from numba import cuda
 
         if not (out if hasattr(out, "is_c_contiguous") else cuda.as_cuda_array(out)).is_c_contiguous():
-            raise ValueError("out must be C-contiguous when it is a CUDA device array")
-    for name, operand in operands.items():
+            raise ValueError(f"{name} must be C-contiguous when it is a CUDA device array")
+    for operand_name, operand in operands.items():
         if operand is not None and _shares_memory(out, operand):
-            raise ValueError(f"out must not share memory with {name}")
+            raise ValueError(f"{name} must not share memory with {operand_name}")
 
 
 def use_backend(backend: BackendLike) -> contextlib.AbstractContextManager[Backend]:
@@ -230,11 +239,16 @@ def _prepare(
     output_size: Sequence[int] | None,
     layout: str | None,
     rank: int | None = None,
+    direction: str = "forward",
 ) -> tuple[Backend, Problem, Any, Any, Any]:
-    """Validate a call: ``(backend that runs it, problem, input, weight, bias)``, arrays converted.
+    """Validate a call: ``(backend that runs it in direction, problem, input, weight, bias)``, arrays converted.
 
-    The shared front half of :func:`conv_transpose2d` and :func:`resolve_backend`: they cannot disagree.
+    The shared front half of :func:`conv_transpose2d`, :func:`testbed.conv_transpose_backward` and
+    :func:`resolve_backend`: they cannot disagree. No backend computes a backward direction on CUDA device arrays
+    yet, so there only ``device="cuda"`` backends (which then refuse the direction by name) accept them.
     """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     impl = get_backend(backend if backend is not None else _SCOPED_BACKEND.get() or "auto")
     problem, x, w, b = _problem_of_call(
         input,
@@ -246,17 +260,23 @@ def _prepare(
         groups,
         dilation,
         output_size,
-        on_device_ok=impl.device in ("cuda", "any"),
+        on_device_ok=impl.device in ("cuda", "any") if direction == "forward" else impl.device == "cuda",
         layout=layout,
         rank=rank,
     )
-    reason = impl.unsupported_reason(problem)
+    return _runner(impl, problem, is_device_array(x), direction), problem, x, w, b
+
+
+def _runner(impl: Backend, problem: Problem, on_device: bool, direction: str) -> Backend:
+    """The backend that computes ``problem`` in ``direction`` when ``impl`` is asked to: ``impl`` or, for a
+    dispatcher, its choice. UnsupportedConfiguration / BackendUnavailable when ``impl`` cannot."""
+    reason = impl.unsupported_reason(problem, direction)
     if reason is not None:
         raise UnsupportedConfiguration(impl.name, reason)
     ok, why = impl.probe()
     if not ok:
         raise BackendUnavailable(f"backend {impl.name!r} is unavailable here: {why}")
-    return impl.resolve(problem, on_device=is_device_array(x)), problem, x, w, b
+    return impl.resolve(problem, on_device, direction)
 
 
 def resolve_backend(
@@ -272,6 +292,7 @@ def resolve_backend(
     backend: BackendLike | None = None,
     output_size: Sequence[int] | None = None,
     layout: str | None = None,
+    direction: str = "forward",
 ) -> Backend:
     """The backend that ``conv_transpose2d`` (or ``1d``/``3d``: the weight's rank says which) would run with these
     arguments, without running it.
@@ -284,6 +305,10 @@ def resolve_backend(
     backend : str, Backend or None, optional
         As for :func:`conv_transpose2d`: None means the backend of the enclosing :func:`use_backend` block, or
         ``"auto"`` outside one.
+    direction : {"forward", "backward_data", "backward_weight"}, default "forward"
+        Which computation of the call (:data:`testbed.registry.DIRECTIONS`): the forward, or the gradient with
+        respect to the input or the weight that :func:`testbed.conv_transpose_backward` computes. ``auto``
+        chooses per direction among the backends that declare it.
 
     Returns
     -------
@@ -296,7 +321,7 @@ def resolve_backend(
     ValueError, TypeError
         On invalid arguments, exactly as :func:`conv_transpose2d` would.
     UnsupportedConfiguration
-        If the named backend cannot compute this valid configuration.
+        If the named backend cannot compute this valid configuration (or does not compute ``direction``).
     BackendUnavailable
         If the named backend cannot run on this machine.
 
@@ -325,9 +350,23 @@ def resolve_backend(
     True
     >>> testbed.resolve_backend(x, w, stride=2, padding=1, groups=128, backend="col2im").name
     'col2im'
+    >>> testbed.resolve_backend(x, w, stride=2, padding=1, groups=128, direction="backward_weight").name in (
+    ...     testbed.get_backend("torch").available and "torch" or "col2im", "numba_cpu")
+    True
     """
     return _prepare(
-        input, weight, bias, stride, padding, output_padding, groups, dilation, backend, output_size, layout
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        backend,
+        output_size,
+        layout,
+        direction=direction,
     )[0]
 
 

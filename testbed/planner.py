@@ -51,7 +51,7 @@ from . import machine, preference, wisdom
 from ._environ import env_choice
 from ._worker import MainModuleError
 from .problem import Problem
-from .registry import Backend, get_backend, is_device_array, list_backends
+from .registry import DIRECTIONS, Backend, get_backend, is_device_array, list_backends
 from .timing import (
     ISOLATIONS,
     Measurement,
@@ -373,8 +373,8 @@ def _device(on_device: bool) -> str:
     return f"cuda:{machine.gpu_name()}" if on_device else "cpu"
 
 
-def _why_not(backend: Backend, problem: Problem, on_device: bool) -> str | None:
-    """Why ``backend`` cannot run ``problem`` here (for host or device arrays), or None if it can."""
+def _why_not(backend: Backend, problem: Problem, on_device: bool, direction: str = "forward") -> str | None:
+    """Why ``backend`` cannot run ``problem`` in ``direction`` here (for host or device arrays), or None if it can."""
     if backend.device == "any":
         return "a dispatcher, not an implementation"
     if (backend.device == "cuda") != on_device:
@@ -382,16 +382,16 @@ def _why_not(backend: Backend, problem: Problem, on_device: bool) -> str | None:
     ok, why = backend.probe()
     if not ok:
         return f"unavailable: {why}"
-    reason = backend.unsupported_reason(problem)
+    reason = backend.unsupported_reason(problem, direction)
     return None if reason is None else f"unsupported: {reason}"
 
 
-def _usable(name: str, problem: Problem, on_device: bool) -> tuple[Backend | None, str]:
+def _usable(name: str, problem: Problem, on_device: bool, direction: str = "forward") -> tuple[Backend | None, str]:
     try:
         backend = get_backend(name)
     except ValueError:
         return None, "not a registered backend"
-    why = _why_not(backend, problem, on_device)
+    why = _why_not(backend, problem, on_device, direction)
     return (None, why) if why else (backend, "")
 
 
@@ -884,27 +884,29 @@ def tune(
 # ---- the hook in auto ------------------------------------------------------------------------------------------
 
 
-def rule_backend(problem: Problem, on_device: bool = False) -> Backend | None:
-    """The backend ``auto``'s class rule (its device row for CUDA arrays) picks, ignoring wisdom and the planner;
-    None if no backend can run the problem here."""
+def rule_backend(problem: Problem, on_device: bool = False, direction: str = "forward") -> Backend | None:
+    """The backend ``auto``'s class rule (its device row for CUDA arrays) picks for ``direction``, ignoring wisdom
+    and the planner; None if no backend can run the problem here."""
     try:
-        return preference.preference_table().choose(problem, on_device)
+        return preference.preference_table().choose(problem, on_device, direction)
     except RuntimeError:
         return None
 
 
-def planned_backend(problem: Problem, on_device: bool = False) -> Backend | None:
-    """The backend wisdom (or, in the ``measure`` mode, a measurement made now) picks for ``problem``, or None
-    to follow the class rule. Asked by :func:`choose_backend` before the rule; never raises for a valid problem (a
-    failed measurement warns and returns None)."""
+def planned_backend(problem: Problem, on_device: bool = False, direction: str = "forward") -> Backend | None:
+    """The backend wisdom (or, in the ``measure`` mode, a measurement made now) picks for ``problem`` in
+    ``direction``, or None to follow the class rule. Asked by :func:`choose_backend` before the rule; never raises
+    for a valid problem (a failed measurement warns and returns None). The ``measure`` mode times the forward
+    direction only (:func:`tune` does not time the backward ones yet): a backward direction reads its wisdom, else
+    follows the class rule."""
     device = _device(on_device)
-    entry = wisdom.lookup(problem, device)
+    entry = wisdom.lookup(problem, device, direction)
     if entry is not None:
-        chosen, _ = _usable(entry["backend"], problem, on_device)
+        chosen, _ = _usable(entry["backend"], problem, on_device, direction)
         if chosen is not None:
             return chosen
     config = get_planner()
-    if config.mode != "measure":
+    if config.mode != "measure" or direction != "forward":
         return None
     key = wisdom.signature(problem, device)
     with _MEASURE_LOCK:
@@ -935,30 +937,31 @@ def planned_backend(problem: Problem, on_device: bool = False) -> Backend | None
     return _usable(result.winner, problem, on_device)[0]
 
 
-def choose_backend(problem: Problem, on_device: bool = False) -> Backend:
-    """The backend ``auto`` runs for ``problem`` (``on_device``: the arrays are CUDA device arrays): wisdom, else
-    in the ``measure`` mode a measurement now (:func:`planned_backend`), else the class rule
-    (:mod:`testbed.preference`). RuntimeError if no backend can run it here (device arrays without a CUDA
-    backend)."""
-    planned = planned_backend(problem, on_device)
-    return planned if planned is not None else preference.preference_table().choose(problem, on_device)
+def choose_backend(problem: Problem, on_device: bool = False, direction: str = "forward") -> Backend:
+    """The backend ``auto`` runs for ``problem`` in ``direction`` (``on_device``: the arrays are CUDA device
+    arrays): wisdom, else in the ``measure`` mode a measurement now (:func:`planned_backend`), else the class rule
+    (:mod:`testbed.preference`) over the backends that declare the direction. RuntimeError if no backend can run
+    it here (device arrays without a CUDA backend)."""
+    planned = planned_backend(problem, on_device, direction)
+    return planned if planned is not None else preference.preference_table().choose(problem, on_device, direction)
 
 
 # ---- explain ---------------------------------------------------------------------------------------------------
 
 
-def explain_problem(problem: Problem, on_device: bool = False) -> Explanation:
-    """:func:`explain` for a :class:`Problem` (``on_device``: its arrays are CUDA device arrays)."""
+def explain_problem(problem: Problem, on_device: bool = False, direction: str = "forward") -> Explanation:
+    """:func:`explain` for a :class:`Problem` (``on_device``: its arrays are CUDA device arrays) in
+    ``direction``."""
     config = get_planner()
     device = _device(on_device)
     table = preference.preference_table()
     klass, row = table.order_for(problem, on_device)
-    rule = rule_backend(problem, on_device)
+    rule = rule_backend(problem, on_device, direction)
     rule_name = None if rule is None else rule.name
     base = Explanation(
         backend=rule_name,
         reason="device" if on_device else "rule",
-        signature=wisdom.signature(problem, device),
+        signature=wisdom.signature(problem, device, direction),
         planner=config.mode,
         problem_class=klass,
         table_row=row,
@@ -969,9 +972,9 @@ def explain_problem(problem: Problem, on_device: bool = False) -> Explanation:
         table_source=table.describe(),
     )
     note = ""
-    entry = wisdom.lookup(problem, device)
+    entry = wisdom.lookup(problem, device, direction)
     if entry is not None:
-        chosen, why = _usable(entry["backend"], problem, on_device)
+        chosen, why = _usable(entry["backend"], problem, on_device, direction)
         if chosen is not None:
             return replace(
                 base,
@@ -982,7 +985,7 @@ def explain_problem(problem: Problem, on_device: bool = False) -> Explanation:
                 kernels=_kernels(chosen.name, problem),
             )
         note = f"wisdom names {entry['backend']}, which is ignored here ({why}). "
-    if config.mode == "measure" and base.signature not in _UNDECIDED:
+    if config.mode == "measure" and direction == "forward" and base.signature not in _UNDECIDED:
         note += (
             "planner 'measure': the first call with this signature times the candidates and may run another backend."
         )
@@ -990,8 +993,13 @@ def explain_problem(problem: Problem, on_device: bool = False) -> Explanation:
     for name in row:
         if name == rule_name:
             break
-        skipped.append((name, _usable(name, problem, on_device)[1]))
+        skipped.append((name, _usable(name, problem, on_device, direction)[1]))
     return replace(base, skipped=tuple(skipped), note=note.strip(), kernels=_kernels(rule_name, problem))
+
+
+def _check_direction(direction: object) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
 
 
 def _kernels(backend: str | None, problem: Problem) -> str:
@@ -1014,6 +1022,7 @@ def explain(
     *,
     output_size=None,
     layout: str | None = None,
+    direction: str = "forward",
 ) -> Explanation:
     """Which backend ``auto`` would run for this call, and why (nothing is computed or timed).
 
@@ -1022,6 +1031,9 @@ def explain(
     input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout
         As for :func:`testbed.conv_transpose2d` (or ``1d``/``3d``: the weight's rank says which); only shapes,
         dtypes and device are read.
+    direction : {"forward", "backward_data", "backward_weight"}, default "forward"
+        The direction of the call (:data:`testbed.registry.DIRECTIONS`): the forward, or one gradient of
+        :func:`testbed.conv_transpose_backward`. The class rule then passes over backends that do not declare it.
 
     Returns
     -------
@@ -1061,4 +1073,5 @@ def explain(
     problem, on_device = _call_problem(
         input, weight, bias, stride, padding, output_padding, groups, dilation, output_size, layout
     )
-    return explain_problem(problem, on_device)
+    _check_direction(direction)
+    return explain_problem(problem, on_device, direction)

@@ -160,17 +160,19 @@ class PreferenceTable:
         key = DEVICE if on_device else problem_class(problem)
         return key, self.orders.get(key) or self.orders[key.split("-")[0]]
 
-    def choose(self, problem: Problem, on_device: bool = False) -> Backend:
-        """The first backend of ``problem``'s entry that is registered, available and supports it
-        (RuntimeError if none: only possible for device arrays without a CUDA backend)."""
+    def choose(self, problem: Problem, on_device: bool = False, direction: str = "forward") -> Backend:
+        """The first backend of ``problem``'s entry that is registered, available and supports it in
+        ``direction`` (RuntimeError if none: only possible for device arrays without a CUDA backend). The
+        backward directions follow the forward's order, filtered to the backends that declare the direction
+        (no backward table is measured yet)."""
         for name in self.order_for(problem, on_device)[1]:
             try:
                 candidate = get_backend(name)
             except ValueError:
                 continue
-            if candidate.available and candidate.supports(problem):
+            if candidate.available and candidate.supports(problem, direction):
                 return candidate
-        raise RuntimeError(f"no available backend computes {problem} (on_device={on_device})")
+        raise RuntimeError(f"no available backend computes {problem} (on_device={on_device}, {direction})")
 
 
 def preference_table(row: str | None = None) -> PreferenceTable:

@@ -15,6 +15,7 @@ import numpy as np
 from .problem import LAYOUTS, LAYOUTS_BY_RANK, RANKS, SUPPORTED_DTYPES, Problem
 
 __all__ = [
+    "DIRECTIONS",
     "Backend",
     "BackendUnavailable",
     "register",
@@ -41,6 +42,11 @@ class BackendUnavailable(RuntimeError):
     >>> issubclass(testbed.BackendUnavailable, RuntimeError)
     True
     """
+
+
+#: The directions of a transposed convolution a backend may compute (oneDNN's ``FWD``, ``BWD_D``, ``BWD_W``): the
+#: forward ``y = conv_transpose(x, W)``, the data gradient ``dL/dx`` and the weight gradient ``dL/dW``.
+DIRECTIONS = ("forward", "backward_data", "backward_weight")
 
 
 def _always_available() -> tuple[bool, str]:
@@ -89,10 +95,21 @@ class Backend:
         ``problem.rank`` spatial axes.
     choose : callable, optional
         Only for a dispatcher: ``choose(problem, on_device) -> Backend``, the backend that computes
-        ``problem`` (``on_device``: the arrays are CUDA device arrays). See :meth:`resolve`.
+        ``problem`` (``on_device``: the arrays are CUDA device arrays); ``choose(problem, on_device, direction)``
+        for the backward directions a dispatcher declares. See :meth:`resolve`.
     describe : callable, optional
         ``describe(problem) -> str``: how it would compute ``problem`` (the algorithm it picks, the instruction
         set its kernels were built for), for :func:`testbed.explain`.
+    backward_data : callable, optional
+        ``backward_data(grad_output, weight, problem) -> grad_input``: the gradient with respect to the input
+        (a strided convolution of ``grad_output``), of ``problem.input_shape``. Receives the batched C-contiguous
+        ``grad_output`` of ``problem.output_shape`` in a native layout (:meth:`native_layout`; converted by
+        :func:`testbed.conv_transpose_backward` like the forward's input) and the weight, in ``problem.dtype``,
+        ``problem.batch >= 1``; must not modify them. None: the backend does not compute this direction.
+    backward_weight : callable, optional
+        ``backward_weight(grad_output, x, problem) -> grad_weight``: the gradient with respect to the weight (a
+        correlation of the input with ``grad_output``, reduced over the batch and every pixel), of
+        ``problem.weight_shape``; arrays as for ``backward_data``. None: not computed.
 
     See Also
     --------
@@ -129,14 +146,27 @@ class Backend:
     deterministic: bool = True  # bitwise-repeatable results
     check: Callable[[Problem], str | None] | None = None  # extra limits: a reason, or None if supported
     probe: Callable[[], tuple[bool, str]] = _always_available  # (usable here?, why / how)
-    choose: Callable[[Problem, bool], Backend] | None = None  # a dispatcher's choice (problem, on_device)
+    choose: Callable[..., Backend] | None = None  # a dispatcher's choice (problem, on_device[, direction])
     writes_out: bool = False  # run(..., out=...) computes in place
     layouts: tuple[str, ...] = ("NCHW",)  # the input/output layouts run computes natively
     describe: Callable[[Problem], str] | None = None  # how it would compute a problem (for explain)
     ranks: tuple[int, ...] = (2,)  # the spatial ranks run computes
+    backward_data: Callable[..., Any] | None = None  # (grad_output, weight, problem) -> grad_input
+    backward_weight: Callable[..., Any] | None = None  # (grad_output, x, problem) -> grad_weight
 
-    def unsupported_reason(self, problem: Problem) -> str | None:
-        """Why this backend cannot compute ``problem`` (a valid configuration), or None if it can."""
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """The directions (:data:`DIRECTIONS`) it computes: ``"forward"`` always, the backward ones it declares."""
+        declared = {"backward_data": self.backward_data, "backward_weight": self.backward_weight}
+        return ("forward", *(name for name, function in declared.items() if function is not None))
+
+    def unsupported_reason(self, problem: Problem, direction: str = "forward") -> str | None:
+        """Why this backend cannot compute ``problem`` (a valid configuration) in ``direction``
+        (:data:`DIRECTIONS`), or None if it can. ValueError for a direction that is not one of them."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if direction not in self.directions:
+            return f"the {direction} direction is not implemented (it computes {', '.join(self.directions)})"
         if problem.rank not in self.ranks:
             return (
                 f"{problem.rank}-D transposed convolution not supported (layout {problem.layout}); it computes "
@@ -201,13 +231,17 @@ class Backend:
             return out
         return run_converted(self.compute, x, weight, bias, problem, native.layout, out)
 
-    def supports(self, problem: Problem) -> bool:
-        """Whether this backend computes ``problem`` (:meth:`unsupported_reason` is None)."""
-        return self.unsupported_reason(problem) is None
+    def supports(self, problem: Problem, direction: str = "forward") -> bool:
+        """Whether this backend computes ``problem`` in ``direction`` (:meth:`unsupported_reason` is None)."""
+        return self.unsupported_reason(problem, direction) is None
 
-    def resolve(self, problem: Problem, on_device: bool = False) -> Backend:
-        """The backend that computes ``problem``: this one, or for a dispatcher the one it chooses."""
-        return self.choose(problem, on_device) if self.choose else self
+    def resolve(self, problem: Problem, on_device: bool = False, direction: str = "forward") -> Backend:
+        """The backend that computes ``problem`` in ``direction``: this one, or for a dispatcher the one it
+        chooses (a dispatcher's ``choose`` is asked ``choose(problem, on_device, direction)`` for the backward
+        directions only, so a forward-only ``choose(problem, on_device)`` keeps working)."""
+        if self.choose is None:
+            return self
+        return self.choose(problem, on_device) if direction == "forward" else self.choose(problem, on_device, direction)
 
     @property
     def available(self) -> bool:

@@ -123,7 +123,7 @@ def wisdom_path() -> Path | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def signature(problem: Problem, device: str = "cpu") -> str:
+def signature(problem: Problem, device: str = "cpu", direction: str = "forward") -> str:
     """The key of ``problem`` in the wisdom file: every field that can change which backend is fastest.
 
     Parameters
@@ -132,6 +132,9 @@ def signature(problem: Problem, device: str = "cpu") -> str:
         The validated configuration (unbatched calls are batch 1).
     device : str, default "cpu"
         ``"cpu"`` for host arrays, ``"cuda:<GPU name>"`` for CUDA device arrays.
+    direction : {"forward", "backward_data", "backward_weight"}, default "forward"
+        The direction computed (:data:`testbed.registry.DIRECTIONS`); appended for the backward ones, so the
+        forward's signatures (and wisdom files written before directions existed) are unchanged.
 
     Examples
     --------
@@ -141,6 +144,9 @@ def signature(problem: Problem, device: str = "cpu") -> str:
     >>> signature(Problem(batch=1, in_channels=128, in_size=196, out_channels=64, kernel_size=2, stride=2,
     ...                   dtype=np.float32))
     'float32 NCHW N1 Cin128 Cout64 H196 W196 k2x2 s2x2 p0x0 op0x0 d1x1 g1 nobias cpu'
+    >>> signature(Problem(batch=1, in_channels=8, in_size=(100,), out_channels=4, kernel_size=16, stride=8),
+    ...           direction="backward_weight")
+    'float64 NCL N1 Cin8 Cout4 L100 k16 s8 p0 op0 d1 g1 nobias cpu backward_weight'
     """
     per_axis = " ".join(
         f"{name}{'x'.join(map(str, values))}"
@@ -158,6 +164,7 @@ def signature(problem: Problem, device: str = "cpu") -> str:
         f"{problem.dtype} {problem.layout} N{problem.batch} Cin{problem.in_channels} "
         f"Cout{problem.out_channels} {sizes} "
         f"{per_axis} g{problem.groups} {'bias' if problem.has_bias else 'nobias'} {device}"
+        f"{'' if direction == 'forward' else ' ' + direction}"
     )
 
 
@@ -435,22 +442,22 @@ def _section(data: Mapping[str, Any]) -> dict[str, Any]:
     return data["machines"].get(machine_key(), {}).get("entries", {})
 
 
-def lookup(problem: Problem, device: str = "cpu") -> dict[str, Any] | None:
-    """This machine's wisdom entry for ``problem`` on ``device`` (see :func:`signature`), or None.
+def lookup(problem: Problem, device: str = "cpu", direction: str = "forward") -> dict[str, Any] | None:
+    """This machine's wisdom entry for ``problem`` on ``device`` in ``direction`` (see :func:`signature`), or None.
 
     An entry is a dict with at least ``backend``; those written by :func:`testbed.tune` also hold ``median_s``
     (every timed candidate's median), ``isolation``, ``source`` and ``time``.
     """
     with _STORE.lock:
-        return _section(_STORE.read(wisdom_path())).get(signature(problem, device))
+        return _section(_STORE.read(wisdom_path())).get(signature(problem, device, direction))
 
 
-def record(problem: Problem, device: str, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """Store ``entry`` (must name a ``backend``) as this machine's decision for ``problem`` on ``device``; the
-    entry as stored (with its ``time`` and ``signature``)."""
+def record(problem: Problem, device: str, entry: Mapping[str, Any], direction: str = "forward") -> dict[str, Any]:
+    """Store ``entry`` (must name a ``backend``) as this machine's decision for ``problem`` on ``device`` in
+    ``direction``; the entry as stored (with its ``time`` and ``signature``)."""
     if not isinstance(entry.get("backend"), str):
         raise ValueError(f"a wisdom entry needs a backend name, got {entry.get('backend')!r}")
-    stored = {**entry, "signature": signature(problem, device), "time": _now()}
+    stored = {**entry, "signature": signature(problem, device, direction), "time": _now()}
     update = _empty()
     update["machines"][machine_key()] = {"fingerprint": machine_fingerprint(), "entries": {stored["signature"]: stored}}
     with _STORE.lock:

@@ -17,6 +17,18 @@ def dispatch(x, weight, bias, problem):
     return choose_backend(problem, on_device=is_device_array(x)).run(x, weight, bias, problem)
 
 
+def dispatch_data_gradient(grad_output, weight, problem):
+    chosen = choose_backend(problem, is_device_array(grad_output), "backward_data").backward_data
+    assert chosen is not None  # chosen among the backends that declare the direction
+    return chosen(grad_output, weight, problem)
+
+
+def dispatch_weight_gradient(grad_output, x, problem):
+    chosen = choose_backend(problem, is_device_array(grad_output), "backward_weight").backward_weight
+    assert chosen is not None  # chosen among the backends that declare the direction
+    return chosen(grad_output, x, problem)
+
+
 register(
     Backend(
         name="auto",
@@ -25,5 +37,7 @@ register(
         device="any",
         choose=choose_backend,
         ranks=(1, 2, 3),
+        backward_data=dispatch_data_gradient,
+        backward_weight=dispatch_weight_gradient,
     )
 )

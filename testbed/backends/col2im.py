@@ -91,11 +91,82 @@ def gemm_col2im(x, weight, bias, problem):
     return y
 
 
+# ---- backward: im2col of the output gradient, then GEMMs -------------------------------------------------------
+
+
+def _output_columns(grad_output_image, problem, t0, t1):
+    """im2col of one image's output gradient for taps ``t0 .. t1`` (flattened kernel order), every spatial rank:
+    ``columns[g, co, t, i] = grad_output[g·Co + co, i·s - p + k_t·d]`` at every input pixel ``i`` (flattened),
+    0 where tap ``k_t`` of pixel ``i`` falls outside the output. Shape ``(G, Co_g, t1 - t0, prod(in_size))``."""
+    g, cog = problem.groups, problem.out_per_group
+    kernel = problem.kernel_size
+    columns = np.zeros((g, cog, t1 - t0, *problem.in_size), dtype=problem.dtype)
+    planes = grad_output_image.reshape(g, cog, *problem.out_size)
+    for t in range(t0, t1):
+        taps = np.unravel_index(t, kernel)
+        landed = [problem.landing(axis, int(k)) for axis, k in enumerate(taps)]
+        if any(span is None for span in landed):
+            continue
+        into = (slice(None), slice(None), t - t0, *(span[0] for span in landed))
+        from_ = (slice(None), slice(None), *(span[1] for span in landed))
+        columns[into] = planes[from_]
+    return columns.reshape(g, cog, t1 - t0, -1)
+
+
+def _tap_block(problem):
+    """Taps whose output-gradient columns (``C_out·taps·prod(in_size)``) fit :attr:`Problem.workspace_limit`
+    beside one image's gradient; at least one."""
+    per_tap = problem.out_channels * math.prod(problem.in_size) * problem.dtype.itemsize
+    budget = problem.workspace_limit - problem.in_channels * math.prod(problem.in_size) * problem.dtype.itemsize
+    return max(1, min(math.prod(problem.kernel_size), budget // per_tap))
+
+
+def im2col_data_gradient(grad_output, weight, problem):
+    """``grad_input[n, g] = W_gᵀ · columns(grad_output[n, g])``: per image and group a GEMM
+    ``(C_in/G × C_out/G·prod(k)) · (C_out/G·prod(k) × prod(in_size))`` against the im2col of the output gradient (the
+    forward's col2im read backwards: Caffe's ``Deconvolution`` backward), a block of taps at a time."""
+    g, cig, cog = problem.groups, problem.in_per_group, problem.out_per_group
+    taps, pixels = math.prod(problem.kernel_size), math.prod(problem.in_size)
+    weights = weight.reshape(g, cig, cog, taps)
+    grad_input = np.zeros((problem.batch, g, cig, pixels), dtype=problem.dtype)
+    block = _tap_block(problem)
+    for n in range(problem.batch):
+        for t0 in range(0, taps, block):
+            t1 = min(taps, t0 + block)
+            columns = _output_columns(grad_output[n], problem, t0, t1).reshape(g, -1, pixels)
+            left = weights[:, :, :, t0:t1].reshape(g, cig, -1)  # (G, Ci_g, Co_g·taps)
+            grad_input[n] += np.matmul(left, columns)
+            columns = None  # freed before the next block's buffer is allocated
+    return grad_input.reshape(problem.input_shape)
+
+
+def im2col_weight_gradient(grad_output, x, problem):
+    """``grad_weight_g += x[n, g] · columns(grad_output[n, g])ᵀ``: per image and group a GEMM
+    ``(C_in/G × prod(in_size)) · (prod(in_size) × C_out/G·prod(k))`` reducing over the pixels, against the same
+    im2col as the data gradient (PyTorch's ``slow_conv_transpose2d_acc_grad_parameters``), a block of taps at a
+    time."""
+    g, cig, cog = problem.groups, problem.in_per_group, problem.out_per_group
+    taps, pixels = math.prod(problem.kernel_size), math.prod(problem.in_size)
+    grad_weight = np.zeros((g, cig, cog, taps), dtype=problem.dtype)
+    block = _tap_block(problem)
+    for n in range(problem.batch):
+        image = x[n].reshape(g, cig, pixels)
+        for t0 in range(0, taps, block):
+            t1 = min(taps, t0 + block)
+            columns = _output_columns(grad_output[n], problem, t0, t1)  # (G, Co_g, taps, pixels)
+            product = np.matmul(image, columns.reshape(g, -1, pixels).transpose(0, 2, 1))  # (G, Ci_g, Co_g·taps)
+            grad_weight[:, :, :, t0:t1] += product.reshape(g, cig, cog, t1 - t0)
+            columns = product = None
+    return grad_weight.reshape(problem.weight_shape)
+
+
 register(
     Backend(
         name="col2im",
         description="GEMM into a column buffer (C_out·Πk × Πn per image), then col2im accumulation (col2vol in 3-D)",
         run=gemm_col2im,
         ranks=(1, 2, 3),
+        backward_data=im2col_data_gradient,
+        backward_weight=im2col_weight_gradient,
     )
 )

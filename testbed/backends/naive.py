@@ -13,6 +13,7 @@ PyTorch's (an output is never -0.0).
 """
 
 import itertools
+from typing import Any
 
 import numpy as np
 
@@ -43,11 +44,67 @@ def scatter_definition(x, weight, bias, problem):
     return y
 
 
+# ---- backward: the definition's sums, over the same landing taps ------------------------------------------------
+
+
+def gather_data_gradient(grad_output, weight, problem):
+    """``grad_input[n, g·Ci + ci, i] = Σ_{co, k} grad_output[n, g·Co + co, i·s - p + k·d] · W[g·Ci + ci, co, k]``
+    over the taps that land (:meth:`Problem.landing`): per input channel and tap, a channel sum of the landed
+    output gradient against the tap's weights, in (ci, taps) order as the forward."""
+    cig, cog = problem.in_per_group, problem.out_per_group
+    spans = [[problem.landing(axis, k) for k in range(size)] for axis, size in enumerate(problem.kernel_size)]
+    spatial = "xyz"[: problem.rank]  # einsum letters of the spatial axes
+    grad_input = np.zeros(problem.input_shape, dtype=problem.dtype)
+    for ci in range(problem.in_channels):
+        group = ci // cig
+        block = grad_output[:, group * cog : (group + 1) * cog]
+        for taps in itertools.product(*(range(size) for size in problem.kernel_size)):
+            landed = [spans[axis][k] for axis, k in enumerate(taps)]
+            if any(span is None for span in landed):
+                continue
+            inputs = tuple(span[0] for span in landed)
+            outputs = tuple(span[1] for span in landed)
+            into, from_, tap_at = (
+                (slice(None), ci, *inputs),
+                (slice(None), slice(None), *outputs),
+                (ci, slice(None), *taps),
+            )
+            # (N, Co_g, *landed) against the tap's (Co_g,) weights
+            grad_input[into] += np.einsum(f"nc{spatial},c->n{spatial}", block[from_], weight[tap_at])
+    return grad_input
+
+
+def correlate_weight_gradient(grad_output, x, problem):
+    """``grad_weight[g·Ci + ci, co, k] = Σ_{n, i} x[n, g·Ci + ci, i] · grad_output[n, g·Co + co, i·s - p + k·d]``
+    over the input pixels that land through tap ``k``: per input channel and tap, one reduction over the batch and
+    the landed pixels."""
+    cig, cog = problem.in_per_group, problem.out_per_group
+    spans = [[problem.landing(axis, k) for k in range(size)] for axis, size in enumerate(problem.kernel_size)]
+    spatial = "xyz"[: problem.rank]  # einsum letters of the spatial axes
+    grad_weight = np.zeros(problem.weight_shape, dtype=problem.dtype)
+    for ci in range(problem.in_channels):
+        group = ci // cig
+        block = grad_output[:, group * cog : (group + 1) * cog]
+        for taps in itertools.product(*(range(size) for size in problem.kernel_size)):
+            landed = [spans[axis][k] for axis, k in enumerate(taps)]
+            if any(span is None for span in landed):
+                continue
+            inputs = tuple(span[0] for span in landed)
+            outputs = tuple(span[1] for span in landed)
+            pixels, from_ = (slice(None), ci, *inputs), (slice(None), slice(None), *outputs)
+            tap_at: tuple[Any, ...] = (ci, slice(None), *taps)
+            # (N, *landed) against (N, Co_g, *landed)
+            grad_weight[tap_at] = np.einsum(f"n{spatial},nc{spatial}->c", x[pixels], block[from_])
+    return grad_weight
+
+
 register(
     Backend(
         name="naive",
         description="scatter definition: every input pixel times the kernel, added into its output window (oracle)",
         run=scatter_definition,
         ranks=(1, 2, 3),
+        backward_data=gather_data_gradient,
+        backward_weight=correlate_weight_gradient,
     )
 )

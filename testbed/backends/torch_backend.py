@@ -98,6 +98,65 @@ def _within_torch_limits(problem):
     return None
 
 
+# ---- backward: ATen's convolution_backward, transposed -----------------------------------------------------------
+
+
+def _channels_first_view(torch, array, problem):
+    """``array`` (batched, in ``problem.layout``) as a tensor seen as ``(N, C, *spatial)``: a permuted view of the
+    same memory for a channels-last layout (PyTorch's ``channels_last`` strides)."""
+    tensor = _tensor(torch, array)
+    return tensor.permute(0, problem.rank + 1, *range(1, problem.rank + 1)) if problem.channels_last else tensor
+
+
+def _in_layout(tensor, problem):
+    """A ``(N, C, *spatial)`` result as a C-contiguous array in ``problem.layout``."""
+    if problem.channels_last:
+        tensor = tensor.permute(0, *range(2, problem.rank + 2), 1)
+    return tensor.contiguous().numpy()
+
+
+def _convolution_backward(grad_output, x, weight, problem, output_mask):
+    """``torch.ops.aten.convolution_backward(..., transposed=True)``: what autograd runs for
+    ``conv_transpose{1,2,3}d`` (oneDNN or slow_conv_transpose's im2col + GEMM inside). Only the shapes of the
+    operand a direction does not read are used: ``x`` or ``weight`` may be an empty stand-in of that shape."""
+    torch = _torch()
+    prepare_torch(torch)
+    with torch.no_grad():
+        return torch.ops.aten.convolution_backward(
+            _channels_first_view(torch, grad_output, problem),
+            x,
+            weight,
+            None,  # bias_sizes: the bias gradient is conv_transpose_backward's own reduction
+            list(problem.stride),
+            list(problem.padding),
+            list(problem.dilation),
+            True,  # transposed
+            list(problem.output_padding),
+            problem.groups,
+            output_mask,
+        )
+
+
+def torch_data_gradient(grad_output, weight, problem):
+    torch = _torch()
+    # convolution_backward reads only the input's shape (and memory format) for grad_input: an uninitialised
+    # stand-in, allocated lazily by the OS, costs nothing
+    stand_in = torch.empty(problem.input_shape, dtype=getattr(torch, problem.dtype.name))
+    stand_in = _channels_first_view(torch, stand_in.numpy(), problem)
+    grad_input, _, _ = _convolution_backward(
+        grad_output, stand_in, _tensor(torch, weight), problem, [True, False, False]
+    )
+    return _in_layout(grad_input, problem)
+
+
+def torch_weight_gradient(grad_output, x, problem):
+    torch = _torch()
+    stand_in = torch.empty(problem.weight_shape, dtype=getattr(torch, problem.dtype.name))
+    x_t = _channels_first_view(torch, x, problem)
+    _, grad_weight, _ = _convolution_backward(grad_output, x_t, stand_in, problem, [False, True, False])
+    return grad_weight.contiguous().numpy()
+
+
 register(
     Backend(
         name="torch",
@@ -107,5 +166,7 @@ register(
         probe=_probe,
         layouts=("NCHW", "NHWC"),
         ranks=(1, 2, 3),
+        backward_data=torch_data_gradient,
+        backward_weight=torch_weight_gradient,
     )
 )
