@@ -24,8 +24,9 @@ detected on its reciprocal, so a drop in throughput is the regression. The figur
 bad one, labelled with the ratio).
 
 Time benchmarks whose parameters include a ``case`` of ``testbed.cases.SUITES`` also get a GFLOP/s figure:
-``Problem.flops / seconds``, the useful work ``2·N·C_in·(C_out/groups)·H·W·kH·kW``, marked where its time
-series is (the same steps and regressions, converted).
+``Problem.flops / seconds``, the useful work ``2·N·C_in·(C_out/groups)·prod(in_size)·prod(kernel_size)`` at the
+case's spatial rank, marked where its time series is (the same steps and regressions, converted). (The rank
+benchmarks, parametrised by ``rank`` rather than ``case``, track their GFLOP/s themselves: ``track_gflops``.)
 """
 
 from __future__ import annotations
@@ -344,7 +345,9 @@ def draw_benchmark(frame, steps, regressions, commits, benchmark: str, path: Pat
     as red arrows labelled with the ratio."""
     rows = frame[frame["benchmark"] == benchmark]
     unit = rows["unit"].iloc[0] or ""
-    panel_names = [c for c in ("case", "layout", "allocation", "dtype", "cache") if c in rows and rows[c].notna().any()]
+    panel_names = [
+        c for c in ("case", "rank", "layout", "allocation", "dtype", "cache") if c in rows and rows[c].notna().any()
+    ]
     panels = [()] if not panel_names else sorted({tuple(r) for r in rows[panel_names].astype(str).to_numpy()})
     envs = sorted(rows["env"].unique())
     backends = list(dict.fromkeys(rows["backend"])) if "backend" in rows else ["value"]

@@ -2,8 +2,9 @@
 
 For each benchmark (a ``time_``/``peakmem_``/``track_``/``mem_`` method of a class in
 ``experiments/benchmarks``) this runs setup_cache → setup → method → teardown as asv does, once per backend on
-the smallest parameters: the case with the fewest flops, and the first value of every other axis.
-``NotImplementedError`` in setup is asv's "skip" and skips here too.
+the smallest parameters: the case with the fewest flops, every spatial rank (on a tiny case of each rank, see
+``tiny_rank_cases``), and the first value of every other axis. ``NotImplementedError`` in setup is asv's "skip"
+and skips here too (a backend that does not declare a rank skips it).
 """
 
 import importlib
@@ -14,6 +15,7 @@ import pkgutil
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import testbed
@@ -22,6 +24,8 @@ from testbed.problem import Problem
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK_DIR = ROOT / "experiments" / "benchmarks"
 BENCHMARK_NAME = re.compile(r"^(time|timeraw|peakmem|mem|track)_")
+#: Benchmarks run at one rank here (2-D): each of their runs is a cold Numba compile in a fresh interpreter (~16 s).
+ONE_RANK = {"NumbaCompile"}
 
 
 def benchmark_modules():
@@ -49,6 +53,8 @@ def smallest_parameters(cls):
     for name, values in zip(names, getattr(cls, "params", [])):
         if name == "backend":
             axes.append(values)
+        elif name == "rank":
+            axes.append([2] if cls.__name__ in ONE_RANK else values)
         elif all(v in CASES for v in values):
             axes.append([min(values, key=lambda case: CASES[case].flops)])
         else:
@@ -83,14 +89,33 @@ def cached_setup(cls):
 
 @pytest.fixture
 def quick_compile(monkeypatch):
-    """One configuration for the compile benchmark (a cold Numba compile of three takes ~15 s here)."""
+    """One configuration per rank for the compile benchmark (a cold Numba compile of three takes ~15 s here)."""
     from experiments.benchmarks import bench_compile
 
-    monkeypatch.setattr(bench_compile, "COMPILE_CASES", bench_compile.COMPILE_CASES[1:2])
+    one_each = {rank: dict(list(cases.items())[1:2]) for rank, cases in bench_compile.COMPILE_CASES.items()}
+    monkeypatch.setattr(bench_compile, "COMPILE_CASES", one_each)
+
+
+@pytest.fixture
+def tiny_rank_cases(monkeypatch):
+    """The rank benchmarks on a tiny case of each rank (the real ones take seconds per call in ``naive``)."""
+    from experiments.benchmarks import common
+
+    def tiny(rank, **fields):
+        return Problem(batch=2, in_channels=4, out_channels=3, dtype=np.dtype(np.float32), rank=rank, **fields)
+
+    cases = {
+        1: ("tiny_k4s2p1_1d", tiny(1, in_size=9, kernel_size=4, stride=2, padding=1)),
+        2: ("tiny_k2s2", common.CASES["tiny_k2s2"]),
+        3: ("tiny_k2s2_3d", tiny(3, in_size=3, kernel_size=2, stride=2)),
+    }
+    for rank, (case, problem) in cases.items():
+        monkeypatch.setitem(common.CASES, case, problem)
+        monkeypatch.setitem(common.RANK_CASES, rank, case)
 
 
 @pytest.mark.parametrize("cls, method, params", list(benchmark_runs()))
-def test_benchmark_runs(cls, method, params, quick_compile):
+def test_benchmark_runs(cls, method, params, quick_compile, tiny_rank_cases):
     instance = cls()
     args = ((cached_setup(cls),) if hasattr(cls, "setup_cache") else ()) + tuple(params)
     try:
@@ -133,8 +158,32 @@ def test_every_backend_is_benchmarked():
 def test_cases_come_from_the_suites():
     from experiments.benchmarks import common
 
-    for cases in (common.SPEED_CASES, common.MEMORY_CASES, common.ACCURACY_CASES):
+    for cases in (common.SPEED_CASES, common.MEMORY_CASES, common.ACCURACY_CASES, list(common.RANK_CASES.values())):
         assert cases and all(isinstance(common.CASES[case], Problem) for case in cases)
+    assert {rank: common.CASES[case].rank for rank, case in common.RANK_CASES.items()} == {1: 1, 2: 2, 3: 3}
+    assert {common.CASES[case].rank for case in common.ACCURACY_CASES} == {1, 2, 3}
+
+
+def test_rank_benchmarks_skip_ranks_a_backend_does_not_declare():
+    """Every backend's rank benchmarks: a rank it does not declare is asv's skip naming the rank, at every layout;
+    a rank it declares gets the case's problem in the channels-first or channels-last layout of that rank."""
+    from experiments.benchmarks import common
+
+    for name in testbed.available_backends():
+        backend = testbed.get_backend(name)
+        for rank, case in common.RANK_CASES.items():
+            for family in common.LAYOUT_FAMILIES:
+                layout = common.layout_of(family, rank)
+                if rank not in backend.ranks:
+                    with pytest.raises(NotImplementedError, match=f"{rank}-D transposed convolution not supported"):
+                        common.require(name, case, timed=False, layout=layout)
+                elif backend.supports(common.CASES[case].with_(layout=layout)) and not (
+                    case in common.LARGE_CASES and name in common.SLOW_ON_LARGE
+                ):
+                    problem = common.require(name, case, timed=False, layout=layout)
+                    assert (problem.rank, problem.layout) == (rank, layout)
+    assert [common.layout_of(family, 3) for family in common.LAYOUT_FAMILIES] == ["NCDHW", "NDHWC"]
+    assert [common.layout_of(family, 1) for family in common.LAYOUT_FAMILIES] == ["NCL", "NLC"]
 
 
 def test_asv_configuration():

@@ -23,14 +23,14 @@ MACHINE, ENV = "testhost", "virtualenv-py3.11"
 COMMITS = [c * 40 for c in "abcde"]  # five fake hashes, oldest first
 
 
-def benchmark(name, kind, unit, backends):
+def benchmark(name, kind, unit, backends, case="unet1"):
     return {
         "name": name,
         "type": kind,
         "unit": unit,
         "version": "1",
         "param_names": ["backend", "case"],
-        "params": [[repr(b) for b in backends], ["'unet1'"]],
+        "params": [[repr(b) for b in backends], [repr(case)]],
     }
 
 
@@ -152,6 +152,23 @@ def test_a_throughput_regresses_downwards(tmp_path):
     # numba_cpu halved its throughput (worse); torch doubled it (better, not a regression)
     assert list(regressions["params"]) == ["'numba_cpu', 'unet1'"]
     assert regressions["worse_by"].iloc[0] == pytest.approx(2, rel=0.06)
+
+
+@pytest.mark.parametrize("case", ["unet3d1", "voc3"])
+def test_gflops_of_1d_and_3d_cases_is_their_useful_work(tmp_path, case):
+    """The GFLOP/s series of a 3-D or 1-D case: Problem.flops over every spatial axis, over the time."""
+    times = {"naive": [0.5, 0.5, 0.5, 0.5, 0.5]}
+    config = write_project(tmp_path, {TIME: (benchmark(TIME, "time", "seconds", list(times), case), times)})
+    from asv.config import Config
+
+    conf = Config.load(str(config))
+    conf.results_dir = str(Path(config).parent / conf.results_dir)
+    frame = history.add_gflops(history.load_results(conf))
+    derived = frame[frame["benchmark"] == f"{TIME} [GFLOP/s]"]
+    timed = frame[frame["benchmark"] == TIME].set_index("commit")["value"]
+    assert len(derived) == 5 and set(derived["case"]) == {case}
+    expected = CASES[case].flops / 1e9 / timed.loc[derived["commit"]].to_numpy()
+    assert derived["value"].to_numpy() == pytest.approx(expected)
 
 
 def test_threshold_from_the_configuration(tmp_path):

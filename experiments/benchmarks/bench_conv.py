@@ -1,9 +1,11 @@
-"""Speed, throughput, peak memory and accuracy of ``conv_transpose2d`` for every registered backend.
+"""Speed, throughput, peak memory and accuracy of ``conv_transpose2d`` for every registered backend, and of
+``conv_transpose1d``/``3d`` (``SpeedByRank``, the 1-D and 3-D ``Accuracy`` cases).
 
-GFLOP/s counts useful work only, ``Problem.flops = 2·N·C_in·(C_out/groups)·H·W·kH·kW``. Accuracy is the
-relative L2 error ``‖y - ref‖ / ‖ref‖`` against ``testbed.testing.oracle``, the ``naive`` scatter definition
-computed in float64 on the same inputs (for float32 the inputs are drawn in float32 and widened exactly), so a
-float32 result shows its own rounding, and a float64 one shows whether the algorithm is still exact to ~1e-16.
+GFLOP/s counts useful work only, ``Problem.flops = 2·N·C_in·(C_out/groups)·prod(in_size)·prod(kernel_size)``.
+Accuracy is the relative L2 error ``‖y - ref‖ / ‖ref‖`` against ``testbed.testing.oracle``, the ``naive`` scatter
+definition computed in float64 on the same inputs (for float32 the inputs are drawn in float32 and widened
+exactly), so a float32 result shows its own rounding, and a float64 one shows whether the algorithm is still exact
+to ~1e-16.
 """
 
 import time
@@ -18,10 +20,13 @@ from .common import (
     ACCURACY_CASES,
     CASES,
     LAYOUT_CASES,
+    LAYOUT_FAMILIES,
     MEMORY_CASES,
+    RANK_CASES,
     SPEED_CASES,
     Call,
     TimedSampling,
+    layout_of,
     require,
     seconds_per_call,
 )
@@ -84,6 +89,27 @@ class LayoutAndOut(TimedSampling):
         self.call()
 
     def track_gflops(self, backend, case, layout, allocation):
+        return self.call.problem.flops / seconds_per_call(self.call) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+class SpeedByRank(TimedSampling):
+    """Time per call and throughput at every spatial rank (``common.RANK_CASES``: one case per rank), channels
+    first and last at that rank (NCL/NLC, NCHW/NHWC, NCDHW/NDHWC; backends without a native channels-last path
+    pay the dispatcher's transposes). A backend that does not declare a rank (``Backend.ranks``) skips it."""
+
+    params = [BACKENDS, sorted(RANK_CASES), list(LAYOUT_FAMILIES)]
+    param_names = ["backend", "rank", "layout"]
+
+    def setup(self, backend, rank, layout):
+        self.call = Call(backend, require(backend, RANK_CASES[rank], timed=True, layout=layout_of(layout, rank)))
+        self.call()
+
+    def time_conv_transpose(self, backend, rank, layout):
+        self.call()
+
+    def track_gflops(self, backend, rank, layout):
         return self.call.problem.flops / seconds_per_call(self.call) / 1e9
 
     track_gflops.unit = "GFLOP/s"

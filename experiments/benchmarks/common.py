@@ -1,8 +1,8 @@
 """What the benchmarks share: the cases, the skip rules, the call, and a throughput timer.
 
-Cases are named problems of ``testbed.cases.SUITES``; the benchmarks call the public
-``testbed.conv_transpose2d`` (validation and dispatch included: that is what a user pays, and what the
-``tiny`` case measures).
+Cases are named problems of ``testbed.cases.SUITES``, of every spatial rank; the benchmarks call the public
+``testbed.conv_transpose2d`` (``conv_transpose1d``/``3d`` at the other ranks; validation and dispatch included:
+that is what a user pays, and what the ``tiny`` case measures).
 """
 
 import numpy as np
@@ -10,6 +10,7 @@ import numpy as np
 import testbed
 from testbed import timing
 from testbed.cases import SUITES
+from testbed.problem import LAYOUTS_BY_RANK
 from testbed.testing import call_kwargs
 
 #: Every named problem of every suite, by name.
@@ -29,13 +30,28 @@ LAYOUT_CASES = ["unet1", "unet4", "tiny_k2s2"]
 MEMORY_CASES = ["unet4", "k4s2g8"]
 
 #: The cases of the accuracy benchmark: stride == kernel (the only one ``kron`` supports), groups with
-#: dilation and an uneven stride, dilation at realistic size, groups at realistic size.
-ACCURACY_CASES = ["tiny_k2s2", "tiny_g2d2", "k3d2", "k4s2g8"]
+#: dilation and an uneven stride, dilation at realistic size, groups at realistic size; at the other ranks
+#: HiFi-GAN's third up-sampling (1-D, k4 s2 p1) and nnU-Net's deepest up-convolution (3-D, k = s = 2).
+ACCURACY_CASES = ["tiny_k2s2", "tiny_g2d2", "k3d2", "k4s2g8", "voc3", "unet3d1"]
+
+#: The case of each spatial rank in the rank benchmarks (``bench_conv.SpeedByRank``): HiFi-GAN's third
+#: up-sampling (1-D: 128→64 channels, 5504 samples, k4 s2 p1; 0.36 GFLOP), the first U-Net up-convolution (2-D)
+#: and nnU-Net's deepest one (3-D: 320→320 channels at 4³, batch 2, k = s = 2; 0.21 GFLOP).
+RANK_CASES = {1: "voc3", 2: "unet1", 3: "unet3d1"}
+
+#: The layouts of the rank benchmarks: the channels first or last at the case's rank (NCL/NCHW/NCDHW,
+#: NLC/NHWC/NDHWC).
+LAYOUT_FAMILIES = {"channels_first": 0, "channels_last": 1}
 
 #: Large cases, and the backends skipped on them: one call of ``naive`` takes 4–6 s and of ``fft`` 15–80 s
 #: there on this 2-core machine, which would make the quick suite take many minutes.
 LARGE_CASES = {"unet1", "unet2", "unet3", "unet4", "k4s2p1"}
 SLOW_ON_LARGE = {"naive", "fft"}
+
+
+def layout_of(family: str, rank: int) -> str:
+    """The layout of ``family`` (a key of :data:`LAYOUT_FAMILIES`) at spatial ``rank``, e.g. NDHWC."""
+    return LAYOUTS_BY_RANK[rank][LAYOUT_FAMILIES[family]]
 
 
 class TimedSampling:
@@ -59,13 +75,14 @@ class TimedSampling:
     timeout = 300
 
 
-def require(backend_name, case, *, timed):
-    """The problem of ``case`` if ``backend_name`` can run it here, else ``NotImplementedError`` (asv: skip).
+def require(backend_name, case, *, timed, layout=None):
+    """The problem of ``case`` (in ``layout``, default its own) if ``backend_name`` can run it here, else
+    ``NotImplementedError`` (asv: skip): also for a spatial rank the backend does not declare.
 
     ``timed``: the result is a time, so the backend must also give meaningful timings (not the simulator).
     """
     backend = testbed.get_backend(backend_name)
-    problem = CASES[case]
+    problem = CASES[case] if layout is None else CASES[case].with_(layout=layout)
     if timed and backend.timing_kind is None:
         raise NotImplementedError(f"{backend_name} is not timed here: {backend.status}")
     if not backend.available:
@@ -79,19 +96,21 @@ def require(backend_name, case, *, timed):
 
 
 class Call:
-    """One prepared call: ``testbed.conv_transpose2d`` of ``backend`` on the random arrays of ``problem`` (in its
-    layout); with ``allocation="out"`` into a preallocated, already faulted-in ``out``."""
+    """One prepared call: ``testbed.conv_transpose2d`` (``1d``/``3d`` at the problem's rank) of ``backend`` on the
+    random arrays of ``problem`` (in its layout); with ``allocation="out"`` into a preallocated, already
+    faulted-in ``out``."""
 
     def __init__(self, backend_name, problem, arrays=None, allocation="alloc"):
         self.backend_name = backend_name
         self.problem = problem
+        self.conv_transpose = getattr(testbed, f"conv_transpose{problem.rank}d")
         self.x, self.weight, self.bias = problem.random_arrays(0) if arrays is None else arrays
         self.kwargs = call_kwargs(problem)
         if allocation == "out":
             self.kwargs["out"] = np.zeros(problem.output_shape, dtype=problem.dtype)
 
     def __call__(self):
-        return testbed.conv_transpose2d(self.x, self.weight, self.bias, backend=self.backend_name, **self.kwargs)
+        return self.conv_transpose(self.x, self.weight, self.bias, backend=self.backend_name, **self.kwargs)
 
 
 def seconds_per_call(fn, *, batch_seconds=0.05, batches=3):
