@@ -112,9 +112,10 @@ CELL_COLUMNS = [
 ]
 #: Cells left out unless --exclude says otherwise: on the U-Net shapes the oracle ``naive`` takes 5-15 s per
 #: call here, and ``fft`` ~80 s (its channel sum is C_in·C_out kernel spectra, unet1: 1024·512·57·29 complex
-#: values ≈ 7 GB, computed in blocks of output channels and streamed through a per-frequency GEMM); the 3-D
-#: U-Net's spectra are larger still (unet3d5: 64·32 kernel spectra of 129·129·65 complex values).
-DEFAULT_EXCLUDE = "unet:naive,unet:fft,unet3d:fft"
+#: values ≈ 7 GB, computed in blocks of output channels and streamed through a per-frequency GEMM). On the 3-D
+#: U-Net ``naive`` takes 2 s per call on the smallest layer (unet3d1, 0.21 GFLOP) and 8 s on unet3d2 (1.3
+#: GFLOP) here, and the largest has 13 times unet3d2's work; ``fft``'s spectra grow with the 128³ output.
+DEFAULT_EXCLUDE = "unet:naive,unet:fft,unet3d:naive,unet3d:fft"
 #: The suites whose cases get the reference rows by default (``--references unet``): the U-Net up-convolutions,
 #: 2-D and 3-D.
 REFERENCE_SUITES = ("unet", "unet3d")

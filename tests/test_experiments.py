@@ -167,13 +167,14 @@ def test_speed_of_the_1d_and_3d_suites(tmp_path, monkeypatch):
     unet3d1, voc1 = SUITES["unet3d"]["unet3d1"], SUITES["vocoder1d"]["voc1"]
     monkeypatch.setitem(SUITES, "unet3d", {"unet3d1": unet3d1.with_(in_channels=4, out_channels=3, in_size=3)})
     monkeypatch.setitem(SUITES, "vocoder1d", {"voc1": voc1.with_(in_channels=4, out_channels=2, in_size=5)})
-    argv = ["--quick", "--no-progress", "--suite", "unet3d,vocoder1d", "--baseline", "naive", "--layout", "NHWC"]
-    run_dir = speed.main([*argv, "--out", str(tmp_path / "run")])
+    argv = ["--quick", "--no-progress", "--suite", "unet3d,vocoder1d", "--baseline", "naive", "--exclude", "none"]
+    run_dir = speed.main([*argv, "--layout", "NHWC", "--out", str(tmp_path / "run")])
     frame = check_run(run_dir, "speed", ["rank", "layout", "gflops", "ratio_to_gemm"])
     assert dict(zip(frame["case"], frame["rank"])) == {"unet3d1": 3, "voc1": 1}
     ok = frame[frame["status"] == "ok"]
     library = ok[~ok["backend"].isin(["gemm", "torch_channels_last"])]
     assert set(zip(library["case"], library["layout"])) == {("unet3d1", "NDHWC"), ("voc1", "NLC")}
+    assert (ok.loc[ok["backend"] == "naive", "speedup"] == 1).all() and set(ok["case"]) == {"unet3d1", "voc1"}
     for (name, rank), rows in frame[frame["backend"].isin(available_backends())].groupby(["backend", "rank"]):
         if rank not in get_backend(name).ranks:
             assert (rows["status"] == "unsupported").all(), (name, rank)
