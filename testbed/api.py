@@ -21,7 +21,7 @@ from .registry import DIRECTIONS, Backend, BackendUnavailable, get_backend, is_d
 
 __all__ = ["conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "resolve_backend", "use_backend"]
 
-#: An int used for both spatial dimensions, or an ``(h, w)`` pair.
+#: An int used for every spatial axis, or one int per axis (an ``(h, w)`` pair in 2-D, ``(d, h, w)`` in 3-D).
 IntOrPair: TypeAlias = int | Sequence[int]
 #: A registered backend's name, or a :class:`~testbed.Backend` object.
 BackendLike: TypeAlias = str | Backend
