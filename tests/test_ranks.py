@@ -640,6 +640,9 @@ def test_output_size_picks_torchs_output_padding(rank):
         for request in (out_size, list(out_size), (1, 3, *out_size)):
             y = CONV_TRANSPOSE[rank](x, w, stride=stride, padding=padding, output_size=request, backend="naive")
             assert_close(y, expected)
+        for request in (out_size, (3, *out_size)):  # unbatched: the full shape has no N
+            alone = CONV_TRANSPOSE[rank](x[0], w, stride=stride, padding=padding, output_size=request)
+            assert_close(alone, expected[0])
         y_last = CONV_TRANSPOSE[rank](
             to_channels_last(x), w, stride=stride, padding=padding, output_size=(1, *out_size, 3), layout=last
         )
