@@ -10,7 +10,7 @@ limit), and ``col2im`` twice its column buffer where the limit binds. Two kinds 
   call's arrays (1.5-2 MiB) and blocks must shrink to fit; measured by tracemalloc, which counts NumPy's
   allocations to the byte (at this size a page-granular resident set would be noise), so it checks the NumPy
   backends (and ``naive``, the oracle, in a second instead of ten); allocations outside NumPy are the first
-  kind's to check.
+  kind's to check. 1-D and 3-D shapes (issue 23) are of this kind.
 
 How: in a fresh child per backend. glibc is told to serve every block above 64 KiB with its own mapping
 (``MALLOC_MMAP_THRESHOLD_``, which also stops the threshold from adapting), so a temporary that is freed leaves
@@ -53,6 +53,23 @@ CASES = {
         )
         for name, shape in _ISSUE_SHAPES.items()
     },
+    # 1-D and 3-D, binding limit only (at the 256 MiB floor a shape large enough to matter takes seconds per
+    # call in naive, which auto runs at these ranks until a faster backend computes them): a stride-1 shape
+    # that fft computes in shrunk blocks, and a vocoder / U-Net 3-D up-sampling (quarter channels) whose
+    # stride-dilated transforms fft declines.
+    **{
+        f"binding_{name}": (dict(shape, batch=1, dtype="float32"), 0, "traced")
+        for name, shape in {
+            "1d_32to32_k7_2048": dict(in_channels=32, in_size=(2048,), out_channels=32, kernel_size=7, padding=3),
+            "vocoder1d_64to32_k16s8_256": dict(
+                in_channels=64, in_size=(256,), out_channels=32, kernel_size=16, stride=8, padding=4
+            ),
+            "3d_16to16_k3_12": dict(in_channels=16, in_size=(12, 12, 12), out_channels=16, kernel_size=3, padding=1),
+            "unet3d_32to16_k2s2_12": dict(
+                in_channels=32, in_size=(12, 12, 12), out_channels=16, kernel_size=2, stride=2
+            ),
+        }.items()
+    },
 }
 #: ``naive`` computes the full-size cases in 3-10 s each here (twice: the warm-up call); the binding cases
 #: bound its memory (the output plus one tap's products) as well.
@@ -73,18 +90,19 @@ CHILD = """
             continue
         x, w, b = problem.random_arrays(0)
         params = {key: fields[key] for key in ("stride", "padding") if key in fields}
-        testbed.conv_transpose2d(x, w, b, backend=name, **params)          # warm-up: compile, load, set up
+        conv_transpose = getattr(testbed, f"conv_transpose{problem.rank}d")
+        conv_transpose(x, w, b, backend=name, **params)                     # warm-up: compile, load, set up
         gc.collect()
         testbed.clear_workspace()
         before = rss_bytes()
         resettable = reset_peak_rss()              # else the peak is the process's: nothing to learn from it
-        y = testbed.conv_transpose2d(x, w, b, backend=name, **params)
+        y = conv_transpose(x, w, b, backend=name, **params)
         rss = peak_rss_bytes() - before - y.nbytes if resettable else None
         del y
         gc.collect()
         testbed.clear_workspace()
         tracemalloc.start()
-        y = testbed.conv_transpose2d(x, w, b, backend=name, **params)
+        y = conv_transpose(x, w, b, backend=name, **params)
         traced = tracemalloc.get_traced_memory()[1] - y.nbytes
         tracemalloc.stop()
         results[case] = {"rss": rss, "traced": traced, "limit": problem.workspace_limit,

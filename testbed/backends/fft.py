@@ -103,14 +103,22 @@ def _kernel_slab_elements(kernel_size, fft_shape):
     return max([stages[0], *(a + b for a, b in itertools.pairwise(stages))])
 
 
+#: Bytes a call holds beside the arrays :func:`_peak_bytes` names: scale exponents, index tuples, views and the
+#: call's Python objects (10-14 KB by tracemalloc at the peak of the 1-D, 2-D and 3-D binding-limit cases of
+#: tests/test_memory_limits.py; allowed for with room to spare, so that a block chosen at the limit's edge
+#: stays under it).
+_SMALL_BYTES = 64 * 2**10
+
+
 def _peak_bytes(problem, fft_shape, blocks):
     """Bytes of temporaries held at once by :func:`fft_convolve` with ``blocks`` (the result excluded).
 
-    Input step: an image block's zero-inserted volumes and their spectra (``rfftn`` writes a new array for the
-    last axis and transforms the others in place). Then, kept: those spectra. Per channel block: the output
-    spectra plus either the block's taps and a slab's kernel-spectrum chain (two consecutive stages of
-    :func:`_kernel_stages` during each GEMM), or the output volumes (``ifftn`` in place over the leading
-    axes, then ``irfft`` into a new array)."""
+    Throughout: the per-axis DFT matrices of the taps and :data:`_SMALL_BYTES`. Input step: an image block's
+    zero-inserted volumes and their spectra (``rfftn`` writes a new array for the last axis and transforms the
+    others in place). Then, kept: those spectra. Per channel block: the output spectra plus either the block's
+    taps and a slab's kernel-spectrum chain (two consecutive stages of :func:`_kernel_stages` during each
+    GEMM), or the output volumes (``ifftn`` in place over the leading axes, then ``irfft`` into a new
+    array)."""
     volume, q = math.prod(fft_shape), fft_shape[-1] // 2 + 1
     spectrum = volume // fft_shape[-1] * q
     real = problem.dtype.itemsize
@@ -123,7 +131,8 @@ def _peak_bytes(problem, fft_shape, blocks):
     taps = math.prod(problem.kernel_size)
     w_step = (taps + _kernel_slab_elements(problem.kernel_size, fft_shape) * columns) * ci * cb * cplx
     y_planes = volume * g * nb * cb * real
-    return max(x_planes + x_hat, x_hat + y_hat + max(w_step, y_planes))
+    dft_matrices = (sum(map(math.prod, zip(fft_shape[:-1], problem.kernel_size))) + q * problem.kernel_size[-1]) * cplx
+    return _SMALL_BYTES + dft_matrices + max(x_planes + x_hat, x_hat + y_hat + max(w_step, y_planes))
 
 
 def _largest(fits, upper):
