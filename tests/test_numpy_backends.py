@@ -144,6 +144,9 @@ def test_fft_blocks_match_one_block(monkeypatch, blocks, rank):
         dict(batch=4, in_channels=64, in_size=(512,), out_channels=32, kernel_size=16, stride=8, padding=4),
         dict(batch=2, in_channels=8, in_size=(12, 12, 12), out_channels=16, kernel_size=3, stride=2, padding=1),
         dict(batch=2, in_channels=16, in_size=(10, 9, 8), out_channels=16, kernel_size=(3, 1, 5), padding=1),
+        # test_memory_limits's 1-D and 3-D binding cases, which measure these blocks: they must not be declined.
+        dict(batch=1, in_channels=32, in_size=(2048,), out_channels=32, kernel_size=7, padding=3),
+        dict(batch=1, in_channels=16, in_size=(12, 12, 12), out_channels=16, kernel_size=3, padding=1),
     ],
 )
 def test_fft_blocks_hold_at_most_the_workspace_limit(monkeypatch, shape, limit_mib):

@@ -107,7 +107,7 @@ def _kernel_slab_elements(kernel_size, fft_shape):
 #: call's Python objects (10-14 KB by tracemalloc at the peak of the 1-D, 2-D and 3-D binding-limit cases of
 #: tests/test_memory_limits.py; allowed for with room to spare, so that a block chosen at the limit's edge
 #: stays under it).
-_SMALL_BYTES = 64 * 2**10
+_SMALL_BYTES = 32 * 2**10
 
 
 def _peak_bytes(problem, fft_shape, blocks):
