@@ -11,7 +11,8 @@ costs 1.5-2 s to start (it imports numpy, scipy and numba, and torch for the tor
 AMD EPYC host), against 0.3-0.7 s of timing, so the number of cells is what the run's length is made of. ``--full``
 times experiments.speed's defaults instead (:data:`FULL_SPEED_SUITES`, every case, ``DEFAULT_ROUNDS`` rounds pooled
 per cell: the numbers to quote, several minutes); ``--quick`` (seconds, for tests) runs the small correctness grid
-and the tiny suite in this process.
+and the tiny suite in this process. The correctness grid covers every spatial rank; the 3-D and 1-D speed suites
+(whose largest call writes 512 MiB) are left to ``python -m experiments.speed --suite unet3d,vocoder1d``.
 """
 
 from __future__ import annotations

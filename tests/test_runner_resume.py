@@ -61,7 +61,7 @@ def test_the_main_job_is_refused_when_only_a_part_holds_rows(tmp_path):
             speed,
             ["--budget", "0.01"],
             ["--budget", "0.01", "--exclude", "none"],
-            "--exclude: run unet:naive,unet:fft, this command none",
+            f"--exclude: run {speed.DEFAULT_EXCLUDE}, this command none",
         ),
         (checkerboard, ["--size", "4"], ["--size", "5"], "--size: run 4, this command 5"),
     ],
