@@ -761,3 +761,24 @@ def test_oracle_and_call_kwargs_at_every_rank():
         assert call_problem(x, w, b, **call_kwargs(problem)) == problem
     with pytest.raises(ValueError, match=r"weight must be 3-D, 4-D or 5-D .* got shape \(1, 1\)"):
         oracle(np.ones((1, 1)), np.ones((1, 1)))
+
+
+# (overrides of a valid 1-D Problem, expected exception, regex the message must match)
+BAD_PROBLEMS = [
+    (dict(rank=4), ValueError, r"rank must be one of \(1, 2, 3\) \(the number of spatial axes\), got 4"),
+    (dict(rank=True), ValueError, r"rank must be one of \(1, 2, 3\) .* got True"),
+    (dict(kernel_size=(2, 2)), ValueError, r"disagree on the number of spatial axes: in_size has 1, kernel_size has 2"),
+    (dict(stride=(1, 2, 1)), ValueError, r"disagree on the number of spatial axes: in_size has 1, stride has 3"),
+    (dict(in_size=(3, 4), layout="NCL"), ValueError, r"layout must be one of \('NCHW', 'NHWC'\) for the 2 spatial"),
+    (dict(rank=1, layout="NCHW"), ValueError, r"layout must be one of \('NCL', 'NLC'\) for a 1-D .* got 'NCHW'"),
+    (dict(rank=3), TypeError, r"input spatial size must be an int or a 3-tuple of ints, got \(3,\)"),
+    (dict(layout="NCXW"), ValueError, r"layout must be one of \('NCL', 'NLC', 'NCHW', 'NHWC', 'NCDHW', 'NDHWC'\)"),
+]
+
+
+@pytest.mark.parametrize("overrides,error,message", BAD_PROBLEMS, ids=[str(b[0]) for b in BAD_PROBLEMS])
+def test_problem_of_a_rank_names_what_disagrees(overrides, error, message):
+    """A Problem's rank comes from ``rank``, else the layout, else the per-axis sequences: whatever contradicts
+    it is named with its value."""
+    with pytest.raises(error, match=message):
+        testbed.Problem(**{**dict(batch=1, in_channels=2, in_size=(3,), out_channels=2, kernel_size=2), **overrides})
