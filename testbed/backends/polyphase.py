@@ -11,9 +11,9 @@ the *undilated* input,
 
     Y_φ[m] = Σ_{taps k of φ} W[:, :, k]ᵀ · x[m + offset_k]        (m, offset_k: r-tuples)
 
-computed as one GEMM per tap over the channels (channels-last, so every GEMM is ``(N·Π m_a × C_in) · (C_in ×
-C_out)``: channels-last layouts are computed as they come; channels first, the input is a transposed view and the
-result is transposed back once). The phases are then interleaved (depth-to-space: ``y[φ_a::s_a, ...] = Y_φ``).
+computed as one GEMM per tap over the channels in the layout the arrays come in: ``(N·Π m_a × C_in) · (C_in ×
+C_out)`` channels last, ``(C_out × C_in) · (C_in × Π m_a)`` per image channels first (per group, both); nothing is
+transposed but each tap's weight. The phases are then interleaved (depth-to-space: ``y[φ_a::s_a, ...] = Y_φ``).
 No multiplication by inserted zeros and no padding of the input: out-of-range rows are skipped, so NaN/inf reach
 exactly the outputs the definition says.
 """
@@ -45,23 +45,27 @@ def phase_subkernels(out_len, in_len, kernel, stride, padding, dilation):
     return phases
 
 
-def _tap_gemm(pixels, tap_weight):
-    """``Σ_i pixels[n, *m, g, i] · tap_weight[g, i, o]`` → ``(n, *m, g, o)``: one BLAS GEMM per group.
-
-    NumPy's matmul calls BLAS only for operands with a unit stride along one of their two matrix axes: a tap's
-    window of the channels-first input viewed channels last is a column-major matrix (unit stride along the
-    pixels), and ``tap_weight`` must be contiguous. A tap's weight sliced out of ``(C_in, C_out, *kernel)`` has a
-    stride of ``Π k_a`` along both axes: 3× slower here for ``(86 × 512) · (512 × 256)`` with a 16-tap kernel.
-    Several groups: one batched matmul (BLAS per group; ``np.einsum`` without BLAS measured 7× slower on
-    ``64→64, 4 groups, k4 s2``); one input channel per group (depthwise): a broadcast product."""
+def _tap_gemm_channels_last(pixels, tap_weight):
+    """``Σ_i pixels[n, *m, g, i] · tap_weight[g, i, o]`` → ``(n, *m, g, o)``: one BLAS GEMM per group."""
     g, cig, cog = tap_weight.shape
-    if cig == 1:  # no sum to make
+    if cig == 1:  # depthwise: no sum to make
         return pixels * tap_weight[:, 0]
-    flat = pixels.reshape(-1, g, cig)  # a view unless the window of a tap is strided
+    flat = pixels.reshape(-1, g, cig)  # a view unless the tap's window is strided
     if g == 1:
         return (flat[:, 0] @ tap_weight[0]).reshape(*pixels.shape[:-2], 1, cog)
     per_group = np.matmul(flat.transpose(1, 0, 2), tap_weight)  # (G, N·Π m_a, Co_g)
     return per_group.transpose(1, 0, 2).reshape(*pixels.shape[:-2], g, cog)
+
+
+def _tap_gemm_channels_first(pixels, tap_weight):
+    """``Σ_i tap_weight[g, i, o] · pixels[n, g, i, *m]`` → ``(n, g, o, *m)``: one BLAS GEMM per image and group
+    (the weight transposed: a view BLAS takes as it is)."""
+    g, cig, cog = tap_weight.shape
+    n, m = pixels.shape[0], pixels.shape[3:]
+    if cig == 1:  # depthwise: no sum to make
+        return pixels * tap_weight.reshape(g, cog, *(1,) * len(m))
+    flat = pixels.reshape(n, g, cig, -1)  # a view unless the tap's window is strided
+    return np.matmul(tap_weight.transpose(0, 2, 1), flat).reshape(n, g, cog, *m)
 
 
 def _axis_phases(problem, axis):
@@ -82,36 +86,34 @@ def _axis_phases(problem, axis):
 def polyphase_gemm(x, weight, bias, problem):
     n, g, rank = problem.batch, problem.groups, problem.rank
     cig, cog = problem.in_per_group, problem.out_per_group
-    # (N, *in_size, G, Ci_g): channels last, so each tap is one GEMM over the channels. Channels first, a view
-    # whose full windows reshape to a column-major matrix, which BLAS takes as it is (no copy).
+    taps_first = tuple(range(3, 3 + rank))
+    every = slice(None)
+    # Both layouts as they come: the channels (G, C_g) after the spatial axes or before them, the result written in
+    # place (no transposition of the input or the output). Each tap's weight (*kernel, G, Ci_g, Co_g) is
+    # contiguous: NumPy's matmul calls BLAS only for operands with a unit stride along one of their matrix axes,
+    # and a tap sliced out of (C_in, C_out, *kernel) has a stride of Π k_a along both (3× slower for 16 taps).
+    w_taps = np.ascontiguousarray(weight.reshape(g, cig, cog, *problem.kernel_size).transpose(*taps_first, 0, 1, 2))
+    y = np.zeros(problem.output_shape, dtype=problem.dtype)
+    lead: tuple[slice, ...]
     if problem.channels_last:
-        x_cl = x.reshape(n, *problem.in_size, g, cig)
+        xs, ys = x.reshape(n, *problem.in_size, g, cig), y.reshape(n, *problem.out_size, g, cog)
+        tap_gemm, lead, phase_shape = _tap_gemm_channels_last, (every,), lambda counts: (n, *counts, g, cog)
     else:
-        x_cl = x.reshape(n, g, cig, *problem.in_size).transpose(0, *range(3, 3 + rank), 1, 2)
-    # (*kernel, G, Ci_g, Co_g): each tap's weight contiguous, as BLAS needs (see _tap_gemm)
-    taps_first = (*range(3, 3 + rank), 0, 1, 2)
-    w_taps = np.ascontiguousarray(weight.reshape(g, cig, cog, *problem.kernel_size).transpose(taps_first))
-    y_cl = np.zeros((n, *problem.out_size, g, cog), dtype=problem.dtype)
-    every_image = slice(None)
+        xs, ys = x.reshape(n, g, cig, *problem.in_size), y.reshape(n, g, cog, *problem.out_size)
+        tap_gemm, lead, phase_shape = _tap_gemm_channels_first, (every,) * 3, lambda counts: (n, g, cog, *counts)
     for phase_axes in itertools.product(*(_axis_phases(problem, axis) for axis in range(rank))):
         interleaved, counts, axis_taps = zip(*phase_axes)  # per axis: outputs, count, taps of this phase
         # A dense phase, copied into its strided place once: adding the taps straight into the strided view of
-        # y_cl measured 5-15 % slower (1-D, 2-D and 3-D, one thread).
-        phase = np.zeros((n, *counts, g, cog), dtype=problem.dtype)
+        # the output measured 5-15 % slower (1-D, 2-D and 3-D, one thread).
+        phase = np.zeros(phase_shape(counts), dtype=problem.dtype)
         for taps in itertools.product(*axis_taps):  # one (k, phase rows, input rows) per axis
             ks, rows, inputs = zip(*taps)
-            rows_at, inputs_at = (every_image, *rows), (every_image, *inputs)
-            phase[rows_at] += _tap_gemm(x_cl[inputs_at], w_taps[ks])
-        phase_at = (every_image, *interleaved)
-        y_cl[phase_at] = phase
-    if problem.channels_last:
-        y = y_cl.reshape(problem.output_shape)
-        if bias is not None:
-            y += bias
-        return y
-    y = np.ascontiguousarray(y_cl.reshape(n, *problem.out_size, -1).transpose(0, 1 + rank, *range(1, 1 + rank)))
+            rows_at, inputs_at = (*lead, *rows), (*lead, *inputs)
+            phase[rows_at] += tap_gemm(xs[inputs_at], w_taps[ks])
+        phase_at = (*lead, *interleaved)
+        ys[phase_at] = phase
     if bias is not None:
-        y += bias.reshape(-1, *(1,) * rank)
+        y += bias if problem.channels_last else bias.reshape(-1, *(1,) * rank)
     return y
 
 
