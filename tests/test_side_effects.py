@@ -90,25 +90,29 @@ def test_read_only_input_to_torch_emits_no_warning():
     assert not x.flags.writeable
 
 
-def test_fft_follows_scipy_set_workers(monkeypatch):
-    """fft passes no workers= of its own, so ``scipy.fft.set_workers`` (and scipy's default, 1) governs."""
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_fft_follows_scipy_set_workers(monkeypatch, rank):
+    """fft passes no workers= of its own, so ``scipy.fft.set_workers`` (and scipy's default, 1) governs: rfftn,
+    ifftn over the leading axes (none in 1-D), irfft over the last."""
     from testbed.backends import fft as fft_backend
 
     seen = []
 
-    def recording(function):
+    def recording(name, function):
         def wrapper(*args, **kwargs):
-            seen.append((kwargs.get("workers"), scipy.fft.get_workers()))
+            seen.append((name, kwargs.get("workers"), scipy.fft.get_workers()))
             return function(*args, **kwargs)
 
         return wrapper
 
-    for name in ("rfft2", "ifft", "irfft"):
-        monkeypatch.setattr(fft_backend.scipy.fft, name, recording(getattr(scipy.fft, name)))
-    x, w = np.ones((1, 2, 4, 4)), np.ones((2, 3, 3, 3))
+    for name in ("rfftn", "ifftn", "irfft"):
+        monkeypatch.setattr(fft_backend.scipy.fft, name, recording(name, getattr(scipy.fft, name)))
+    x, w = np.ones((1, 2, *(4,) * rank)), np.ones((2, 3, *(3,) * rank))
     with scipy.fft.set_workers(2):
-        testbed.conv_transpose2d(x, w, stride=2, backend="fft")
-    assert len(seen) == 3 and all(workers is None and current == 2 for workers, current in seen)
+        getattr(testbed, f"conv_transpose{rank}d")(x, w, stride=2, backend="fft")
+    expected = ["rfftn", "ifftn", "irfft"] if rank > 1 else ["rfftn", "irfft"]
+    assert [name for name, _, _ in seen] == expected
+    assert all(workers is None and current == 2 for _, workers, current in seen), seen
 
 
 def test_report_figure_leaves_matplotlib_alone(tmp_path):
