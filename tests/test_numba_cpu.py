@@ -15,7 +15,7 @@ import testbed.cases
 from testbed import planner, preference
 from testbed.backends import numba_cpu
 from testbed.backends.numba_cpu import blocking, gemm_col2im
-from testbed.problem import Problem
+from testbed.problem import LAYOUTS_BY_RANK, Problem
 from testbed.testing import assert_close, assert_close_to_oracle, call_kwargs, oracle
 
 
@@ -460,3 +460,172 @@ def test_explain_names_the_path_and_the_isa_row():
         assert text.startswith(f"path {CASES[name][1]}, kernels of the {row.isa} row ({row.vector_bytes}-byte")
         explanation = testbed.explain(*problem.random_arrays(0), **call_kwargs(problem))
         assert explanation.kernels == (text if explanation.backend == "numba_cpu" else "")
+
+
+# ---- ranks 1 and 3 -------------------------------------------------------------------------------------------
+
+CONV = {1: testbed.conv_transpose1d, 3: testbed.conv_transpose3d}
+
+
+def _ranked(c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1, batch=1):
+    """A float64 problem with a bias whose rank is ``len(size)``."""
+    return Problem(
+        batch=batch,
+        in_channels=c_in,
+        in_size=size,
+        out_channels=c_out,
+        kernel_size=kernel,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+        has_bias=True,
+        rank=len(size),
+    )
+
+
+# (configuration, the path choose_path takes). 1-D: one row of a 2-D problem; 3-D: stride == kernel natively
+# (nonoverlap_direct), everything else as a sum over depth taps of 2-D problems (the 2-D path named).
+RANK_CASES = {
+    "1d_k16s8p4": (_ranked(6, 20, (37,), 16, 8, 4, batch=2), "blocked_direct"),  # HiFi-GAN's up-sampling
+    "1d_k4s2p1_groups": (_ranked(8, 32, (29,), 4, 2, 1, groups=2, batch=3), "blocked_direct"),
+    "1d_k3s2_dilation_op": (_ranked(5, 7, (13,), 3, 2, 1, 1, dilation=2), "gemm_col2im"),
+    "1d_depthwise": (_ranked(6, 6, (11,), 4, 2, 1, groups=6), "direct"),
+    "1d_k2s2": (_ranked(8, 4, (33,), 2, 2), "nonoverlap_gemm"),
+    "1d_k2s2_long": (_ranked(4, 16, (1031,), 2, 2, output_padding=1), "nonoverlap_direct"),
+    "3d_k2s2_groups": (_ranked(8, 20, (3, 5, 7), 2, 2, groups=2, batch=2), "nonoverlap_direct"),
+    "3d_k2s2_op": (_ranked(5, 16, (2, 3, 5), 2, 2, output_padding=(1, 0, 1)), "nonoverlap_direct"),
+    "3d_k3x2x2": (_ranked(4, 6, (3, 2, 3), (3, 2, 2), (3, 2, 2), batch=3), "nonoverlap_direct"),
+    "3d_k3s3": (_ranked(4, 6, (2, 3, 2), 3, 3), "nonoverlap_gemm"),  # 27 taps: more than its stack tile holds
+    "3d_k2s2_padding": (_ranked(4, 6, (3, 3, 2), 2, 2, (1, 0, 1)), "nonoverlap_gemm"),
+    "3d_k3s2p1op1": (_ranked(5, 6, (3, 4, 5), (3, 2, 2), (2, 1, 2), (1, 0, 1), (1, 0, 1)), "gemm_col2im"),
+    "3d_blocked_dilation_groups": (
+        _ranked(8, 32, (3, 3, 4), (2, 3, 2), (1, 2, 1), (1, 1, 0), dilation=(2, 1, 2), groups=2),
+        "blocked_direct",
+    ),
+}
+
+
+def _channels_last(problem, x):
+    """``problem`` and its channels-first input ``x`` in the channels-last layout of the rank."""
+    return problem.with_(layout=LAYOUTS_BY_RANK[problem.rank][1]), np.ascontiguousarray(np.moveaxis(x, 1, -1))
+
+
+def _naive(problem, x, weight, bias):
+    """The float64 oracle: ``naive`` at the problem's rank, on widened arrays."""
+    widened = [None if a is None else np.asarray(a, np.float64) for a in (x, weight, bias)]
+    return CONV[problem.rank](*widened, backend="naive", **call_kwargs(problem))
+
+
+def _torch(problem, x, weight, bias):
+    """``torch.nn.functional.conv_transpose1d``/``3d`` on the channels-first arrays, in the problem's layout."""
+    torch = pytest.importorskip("torch")
+    first = problem.channels_last
+    kwargs = {k: v for k, v in call_kwargs(problem).items() if k != "layout"}
+    y = getattr(torch.nn.functional, f"conv_transpose{problem.rank}d")(
+        torch.from_numpy(np.moveaxis(x, -1, 1) if first else x),
+        torch.from_numpy(weight),
+        None if bias is None else torch.from_numpy(bias),
+        **kwargs,
+    ).numpy()
+    return np.moveaxis(y, 1, -1) if first else y
+
+
+@pytest.mark.parametrize("name", RANK_CASES)
+def test_choose_path_ranks(name):
+    problem, path = RANK_CASES[name]
+    assert numba_cpu.choose_path(problem) == path
+    assert numba_cpu.choose_path(problem.with_(layout=LAYOUTS_BY_RANK[problem.rank][1])) == path
+    assert testbed.get_backend("numba_cpu").describe(problem).startswith(f"path {path}")
+
+
+@pytest.mark.parametrize("layout", ["channels first", "channels last"])
+@pytest.mark.parametrize("name", RANK_CASES)
+def test_every_path_matches_naive_ranks(name, layout):
+    """Every path forced on every 1-D and 3-D configuration it can compute, in float64 and both layouts, against
+    the float64 ``naive`` backend; the chosen one through the public function, also with ``out=``."""
+    problem, _ = RANK_CASES[name]
+    x, weight, bias = problem.random_arrays(1)
+    expected = _naive(problem, x, weight, bias)
+    if layout == "channels last":
+        problem, x = _channels_last(problem, x)
+        expected = np.moveaxis(expected, 1, -1)
+    for path in numba_cpu.PATHS:
+        if path.startswith("nonoverlap") and not problem.is_nonoverlapping:
+            continue
+        y = numba_cpu.run_path(path, x, weight, bias, problem)
+        assert_close(y, expected, err_msg=path)
+        assert np.array_equal(y, numba_cpu.run_path(path, x, weight, bias, problem)), path  # repeatable
+    out = np.full(problem.output_shape, np.nan)
+    CONV[problem.rank](x, weight, bias, backend="numba_cpu", out=out, **call_kwargs(problem))
+    assert_close(out, expected)
+
+
+@pytest.mark.parametrize("name", RANK_CASES)
+def test_float32_ranks_match_naive_and_torch(name):
+    """float32 through ``conv_transpose1d``/``3d``, both layouts, against the float64 oracle and torch."""
+    problem = RANK_CASES[name][0].with_(dtype=np.float32)
+    x, weight, bias = problem.random_arrays(2)
+    for layout in ("channels first", "channels last"):
+        p, xl = (problem, x) if layout == "channels first" else _channels_last(problem, x)
+        y = CONV[p.rank](xl, weight, bias, backend="numba_cpu", **call_kwargs(p))
+        assert y.dtype == np.float32
+        assert_close(y, _naive(p, xl, weight, bias), err_msg=layout)
+        assert_close(y, _torch(p, xl, weight, bias), err_msg=layout)
+
+
+@pytest.mark.parametrize("name", ["1d_k16s8p4", "1d_k2s2_long", "3d_k2s2_groups", "3d_k3s2p1op1"])
+def test_ranks_batches_unbatched_and_noncontiguous_out(name):
+    """Batch 0, 1 and 3, an unbatched input, and a non-contiguous ``out=`` (every other element of a wider array),
+    in both layouts: each as the oracle says, bitwise as the batched call's images."""
+    problem = RANK_CASES[name][0]
+    for layout in ("channels first", "channels last"):
+        for batch in (0, 1, 3):
+            p = problem.with_(batch=batch)
+            x, weight, bias = p.random_arrays(3)
+            if layout == "channels last":
+                p, x = _channels_last(p, x)
+            kwargs = call_kwargs(p)
+            y = CONV[p.rank](x, weight, bias, backend="numba_cpu", **kwargs)
+            assert y.shape == p.output_shape
+            assert_close(y, _naive(p, x, weight, bias), err_msg=f"{layout} batch {batch}")
+            wide = np.full((*p.output_shape[:-1], 2 * p.output_shape[-1]), np.nan)
+            CONV[p.rank](x, weight, bias, backend="numba_cpu", out=wide[..., ::2], **kwargs)
+            assert np.array_equal(wide[..., ::2], y) and np.isnan(wide[..., 1::2]).all()
+            if batch == 3:
+                assert np.array_equal(CONV[p.rank](x[1], weight, bias, backend="numba_cpu", **kwargs), y[1])
+
+
+def test_blocked_direct_column_blocks_do_not_change_the_result():
+    """A long 1-D sequence is one row: ``blocked_direct`` splits its columns into work items. Every split (and the
+    default) gives bitwise the same result, that of the transposed 2-D problem's column layout."""
+    problem = RANK_CASES["1d_k16s8p4"][0].with_(dtype=np.float32, in_size=(301,))
+    x, weight, bias = problem.random_arrays(4)
+    expected = numba_cpu.run_path("blocked_direct", x, weight, bias, problem)
+    assert_close(expected, _naive(problem, x, weight, bias))
+    for tile_cols in (1, 7, 128, 10**6):
+        y = numba_cpu.run_path("blocked_direct", x, weight, bias, problem, tile_cols=tile_cols)
+        assert np.array_equal(y, expected), tile_cols
+    with pytest.raises(ValueError, match="tile_cols: expected a positive int, got 0"):
+        numba_cpu.run_path("blocked_direct", x, weight, bias, problem, tile_cols=0)
+
+
+@pytest.mark.parametrize("name", ["3d_k2s2_groups", "3d_k2s2_op", "3d_k3x2x2"])
+def test_nonoverlap_direct_3d_is_its_depth_taps_bitwise(name):
+    """The 3-D ``nonoverlap_direct`` kernels sum each output as the 2-D ones do (ci ascending from +0.0, one FMA
+    per product, bias last), so in both layouts and dtypes their result is bitwise the sum over depth taps of the
+    2-D ``nonoverlap_direct`` (one tap per output when stride == kernel)."""
+    for dtype in (np.float64, np.float32):
+        problem = RANK_CASES[name][0].with_(dtype=dtype)
+        x, weight, bias = problem.random_arrays(5)
+        for p, xl in ((problem, x), _channels_last(problem, x)):
+            y = numba_cpu.run_path("nonoverlap_direct", xl, weight, bias, p)
+            sub = numba_cpu.ranks.depth_slice_problem(p)
+            assert numba_cpu.nonoverlap_direct.computes(p, blocking.blocking())
+
+            def run_2d(x2, w2, b2, p2):
+                return numba_cpu.run_path("nonoverlap_direct", x2, w2, b2, p2)
+
+            expected = numba_cpu.ranks.depth_taps(run_2d, xl, weight, bias, p, None, buffer_bytes=1)
+            assert sub.rank == 2 and np.array_equal(y, expected), (dtype, p.layout)

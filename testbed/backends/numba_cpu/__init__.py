@@ -49,7 +49,7 @@ definition says.
 from __future__ import annotations
 
 from ...registry import Backend, register, run_converted
-from . import blocked_direct, direct, gemm_col2im, nonoverlap_direct, nonoverlap_gemm
+from . import blocked_direct, direct, gemm_col2im, nonoverlap_direct, nonoverlap_gemm, ranks
 from . import blocking as _blocking
 from .blocking import Blocking
 
@@ -110,6 +110,12 @@ def choose_path(problem, blocking: Blocking | None = None) -> str:
     or the taps leave gaps (stride ≥ the dilated kernel: at most one tap per output).
     """
     b = _blocking.blocking() if blocking is None else blocking
+    if problem.rank == 1:  # one row of a 2-D problem (see .ranks)
+        return choose_path(ranks.as_2d(problem), b)
+    if problem.rank == 3:  # stride == kernel natively, else a sum over depth taps of the 2-D path's problems
+        if problem.is_nonoverlapping and nonoverlap_direct.suits(problem, b):
+            return "nonoverlap_direct"
+        return choose_path(ranks.depth_slice_problem(problem), b)
     if problem.in_per_group * problem.out_per_group < b.direct_max_channel_product:
         return "direct"
     if problem.is_nonoverlapping and nonoverlap_direct.suits(problem, b):
@@ -155,6 +161,17 @@ def run_path(name, x, weight, bias, problem, out=None, *, isa=None, blocking=Non
             f"{name} needs stride == kernel and dilation 1, got stride {problem.stride}, kernel "
             f"{problem.kernel_size}, dilation {problem.dilation}"
         )
+    if problem.rank == 1:  # the 2-D problem of one row, on views (see .ranks)
+        flat = ranks.as_2d(problem)
+        x_2d, weight_2d, out_2d = ranks.views_2d(x, weight, out, problem)
+        y = run_path(name, x_2d, weight_2d, bias, flat, out_2d, blocking=blocking, **options)
+        return y[:, 0] if problem.channels_last else y[:, :, 0]
+    if problem.rank == 3 and not (name == "nonoverlap_direct" and nonoverlap_direct.computes(problem, blocking)):
+
+        def run_2d(x, weight, bias, problem_2d):
+            return run_path(name, x, weight, bias, problem_2d, blocking=blocking, **options)
+
+        return ranks.depth_taps(run_2d, x, weight, bias, problem, out, buffer_bytes=blocking.column_buffer_bytes)
 
     def runner(x, weight, bias, problem, out=None):
         return _MODULES[name].run(x, weight, bias, problem, out, blocking=blocking, **options)
@@ -171,8 +188,15 @@ def numba_conv_transpose2d(x, weight, bias, problem, out=None):
 def describe(problem) -> str:
     """The path ``numba_cpu`` takes for ``problem`` and the ISA row its kernels were built for (for ``explain``)."""
     row = _blocking.blocking()
+    path = choose_path(problem, row)
+    if problem.rank == 1:
+        how = " (the 1-D problem as one row of a 2-D one)"
+    elif problem.rank == 3 and path != "nonoverlap_direct":
+        how = " per depth tap (the 3-D problem as a sum over its depth taps of 2-D problems)"
+    else:
+        how = ""
     return (
-        f"path {choose_path(problem, row)}, kernels of the {row.isa} row ({row.vector_bytes}-byte vectors, "
+        f"path {path}{how}, kernels of the {row.isa} row ({row.vector_bytes}-byte vectors, "
         f"register tile {row.panel_pixels} × {row.panel_vectors} vectors)"
     )
 
@@ -186,5 +210,6 @@ register(
         writes_out=True,
         layouts=("NCHW", "NHWC"),
         describe=describe,
+        ranks=(1, 2, 3),
     )
 )

@@ -45,7 +45,7 @@ from ._common import bias_or_zeros
 from .intrinsics import fma_panel, offsets_from, stack_tile
 from .packing import channels_last_input, packed_weight, round_up
 
-__all__ = ["default_tile_co", "default_tile_rows", "run", "tiles_kernel"]
+__all__ = ["default_tile_co", "default_tile_cols", "default_tile_rows", "run", "tiles_kernel"]
 
 
 @functools.cache
@@ -57,7 +57,7 @@ def tiles_kernel(shape):
     TILE_SIZE = TILE_PIXELS * MAX_TILE_CO
 
     def _blocked_direct_tiles(
-        pixels, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co, tile_rows
+        pixels, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co, tile_rows, tile_cols
     ):
         """Register-blocked, phase-decomposed direct kernel:
         ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g + ci] · packed[g, kh, kw, ci, co] + bias`` over the
@@ -73,7 +73,9 @@ def tiles_kernel(shape):
 
         Work item (owned by one thread): ``tile_co`` (a multiple of the lanes, ≤ ``max_tile_co``) output
         channels of one group × ``tile_rows`` consecutive rows ``(n, m)`` of one row phase (several rows, across
-        images, when the image is narrow, so that a tile has enough pixels to reuse each weight). Per column phase
+        images, when the image is narrow, so that a tile has enough pixels to reuse each weight) × ``tile_cols``
+        consecutive columns of every column phase (the whole phase but where the rows are too few to give every
+        thread work, as in a long 1-D sequence: one row). Per column phase
         ``b`` and run of ``tile_pixels // tile_rows`` phase pixels, an accumulator tile ``acc[slot, co]``
         (on the stack, L1-resident) starts at +0.0; for each tap, each block of MR
         pixels whose input exists and each vector of output channels, :func:`.intrinsics.fma_panel` runs the whole
@@ -88,9 +90,12 @@ def tiles_kernel(shape):
         co_tiles = (per_group_out - 1) // tile_co + 1
         row_phases, col_phases = min(stride_h, out_h), min(stride_w, out_w)
         row_blocks = (batch * ((out_h - 1) // stride_h + 1) - 1) // tile_rows + 1  # of the longest row phase
+        col_blocks = ((out_w - 1) // stride_w) // tile_cols + 1  # of the longest column phase
         run = TILE_PIXELS // tile_rows
         zero = np.zeros(1, dtype=y.dtype)[0]  # +0.0 in y's dtype
-        for item in prange(groups * co_tiles * row_phases * row_blocks):
+        for item_cols in prange(groups * co_tiles * row_phases * row_blocks * col_blocks):
+            cols = item_cols % col_blocks  # column blocks innermost: neighbours share their rows' inputs
+            item = item_cols // col_blocks
             block = item % row_blocks
             ph = (item // row_blocks) % row_phases
             co0 = (item // (row_blocks * row_phases)) % co_tiles * tile_co
@@ -111,8 +116,9 @@ def tiles_kernel(shape):
                 row_n[r], row_m[r] = (first + r) // phase_rows, (first + r) % phase_rows
             for b in range(col_phases):
                 phase_len = (out_w - 1 - b) // stride_w + 1
-                for j0 in range(0, phase_len, run):
-                    jn = min(run, phase_len - j0)
+                col_end = min(phase_len, (cols + 1) * tile_cols)
+                for j0 in range(cols * tile_cols, col_end, run):
+                    jn = min(run, col_end - j0)
                     for slot in range(rows * run):
                         for c in range(cot):
                             acc[slot, c] = zero
@@ -245,9 +251,26 @@ def default_tile_rows(problem, blocking):
     return max(1, min(fit, rows // blocks))
 
 
-def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows=None):
+def default_tile_cols(problem, blocking, tile_co, tile_rows):
+    """Phase columns per work item: the longest column phase, ``⌈W_out / s_w⌉``, whole, unless the work items of
+    whole rows are fewer than ``items_per_thread`` per thread (a long 1-D sequence is one row: one item per tile of
+    output channels); then that phase split into as many blocks as make up the difference, each at least one run
+    of the stack tile (``tile_pixels // tile_rows`` columns)."""
+    (out_h, out_w), (s_h, s_w) = problem.out_size, problem.stride
+    phase = (out_w - 1) // s_w + 1
+    rows = problem.batch * ((out_h - 1) // s_h + 1)
+    items = problem.groups * -(-problem.out_per_group // tile_co) * min(s_h, out_h) * -(-rows // tile_rows)
+    wanted = blocking.items_per_thread * numba.get_num_threads()
+    if items >= wanted:
+        return phase
+    least = min(phase, max(1, blocking.tile_pixels // tile_rows))
+    return max(least, -(-phase // -(-wanted // items)))
+
+
+def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows=None, tile_cols=None):
     """``blocked_direct`` with ``blocking``'s tiles; ``tile_co`` (a multiple of the float32 lanes of a panel
-    vector, at most ``max_tile_co``) and ``tile_rows`` override the chosen tiles (the result is the same bitwise).
+    vector, at most ``max_tile_co``), ``tile_rows`` and ``tile_cols`` (phase columns per work item) override the
+    chosen tiles (the result is the same bitwise).
     The channels-last input and the packed weight live in this thread's kept workspace
     (:mod:`testbed.workspace`), so a repeated call allocates only its result."""
     lanes = blocking.lanes(4)
@@ -257,6 +280,11 @@ def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows
             f"tile_co: expected a multiple of {lanes} up to {blocking.max_tile_co} (the {blocking.isa} "
             f"row's panel vector and tile), got {tile_co}"
         )
+    for name, value in (("tile_rows", tile_rows), ("tile_cols", tile_cols)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    tile_rows = tile_rows or default_tile_rows(problem, blocking)
+    tile_cols = tile_cols or default_tile_cols(problem, blocking, tile_co, tile_rows)
     y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     # the kernel indexes the output as (n, c, h, w)
     y_nchw = y.transpose(0, 3, 1, 2) if problem.layout == "NHWC" else y
@@ -269,6 +297,7 @@ def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows
         *problem.padding,
         *problem.dilation,
         tile_co,
-        tile_rows or default_tile_rows(problem, blocking),
+        tile_rows,
+        tile_cols,
     )
     return y

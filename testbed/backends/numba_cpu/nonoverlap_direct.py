@@ -14,6 +14,7 @@ per product, as ``blocked_direct``'s, so all three give bitwise the same result,
 ``nonoverlap_gemm`` on the U-Net shapes in the README."""
 
 import functools
+import math
 
 import numba
 import numpy as np
@@ -26,7 +27,7 @@ from .intrinsics import fma_panel, fma_panel_out, fma_panel_pairs_out, offsets_f
 from .packing import pack_panel, pack_row_tiles, panel_weight, row_weight
 from .tasks import mark_done, next_task, wait_done
 
-__all__ = ["block_pixels", "nchw_kernel", "nhwc_kernel", "run", "suits"]
+__all__ = ["block_pixels", "computes", "nchw_kernel", "nhwc_kernel", "run", "suits"]
 
 
 def suits(problem, blocking) -> bool:
@@ -54,10 +55,10 @@ def suits(problem, blocking) -> bool:
     unet2-4, and on unet1 (784 pixels against an 8 MB weight) ``nonoverlap_gemm`` was ahead in NCHW (1.12-1.13
     against 1.16-1.31)."""
     return (
-        problem.kernel_size[1] == 2
-        and problem.padding == (0, 0)
-        and problem.kernel_size[0] * problem.kernel_size[1] <= blocking.nonoverlap_max_taps
-        and problem.batch * problem.in_size[0] * problem.in_size[1] >= blocking.nonoverlap_min_pixels
+        problem.kernel_size[-1] == 2
+        and not any(problem.padding)
+        and math.prod(problem.kernel_size) <= blocking.nonoverlap_max_taps
+        and (problem.rank == 3 or problem.batch * math.prod(problem.in_size) >= blocking.nonoverlap_min_pixels)
     )
 
 
@@ -68,7 +69,7 @@ def nhwc_kernel(shape):
     PANEL, PANEL_BYTES, _, _, MAX_TAPS, MAX_PIXELS = shape
     NHWC_TILE = MAX_TAPS * PANEL * (PANEL_BYTES // 4)  # a panel's products for every tap
 
-    def _nonoverlap_tiles(pixels, weight, packed, bias, y, pad_h, pad_w, block_pixels, workers, ahead_rows):
+    def _nonoverlap_tiles(pixels, weight, packed, bias, y, pad_d, pad_h, pad_w, block_pixels, workers, ahead_rows):
         """``nonoverlap_direct`` in NHWC: ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = Σ_ci pixels[n, i, j, ci] ·
         W[ci, co, a, b] + bias[co]`` (stride == kernel: each output has exactly one tap) as a GEMM whose register
         tiles are written straight to their outputs, with no product buffer and no second pass. ``packed`` receives
@@ -84,16 +85,18 @@ def nhwc_kernel(shape):
         :func:`.intrinsics.fma_panel_out`). Outputs no tap reaches (``output_padding``) are left to the caller. Each
         sum runs ``ci`` ascending from +0.0, one FMA per product, as ``blocked_direct``'s: the result is bitwise that
         kernel's, and independent of the tasks."""
-        batch, in_h, in_w, in_channels = pixels.shape
-        groups, vectors, k_h, k_w, per_group_in, lanes = packed.shape
-        out_h, out_w, out_channels = y.shape[1], y.shape[2], y.shape[3]
-        per_group_out, taps, area = out_channels // groups, k_h * k_w, in_h * in_w
+        batch, in_d, in_h, in_w, in_channels = pixels.shape
+        groups, vectors, per_group_in, lanes = packed.shape[0], packed.shape[1], packed.shape[4], packed.shape[5]
+        k_d, k_h, k_w = weight.shape[2], weight.shape[3], weight.shape[4]
+        out_d, out_h, out_w, out_channels = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
+        per_group_out, taps, plane = out_channels // groups, k_d * k_h * k_w, in_h * in_w
+        area = in_d * plane
         blocks = (area - 1) // block_pixels + 1
         panels = groups * vectors  # the first tasks: one vector's panels each
         ready = np.zeros(panels, np.int64)
         tasks, counter = panels + batch * groups * blocks * vectors, np.zeros(1, np.int64)
         zero = np.zeros(1, dtype=y.dtype)[0]
-        direct_out = pad_h == 0 and pad_w == 0  # every tap's output exists
+        direct_out = pad_d == 0 and pad_h == 0 and pad_w == 0  # every tap's output exists
         for _worker in prange(workers):  # one worker per thread, tasks handed out in turn
             acc = carray(stack_tile(zero, NHWC_TILE), (NHWC_TILE,))
             outputs = carray(stack_tile(np.int64(0), MAX_PIXELS), (MAX_PIXELS,))
@@ -119,28 +122,32 @@ def nhwc_kernel(shape):
                     # the U-Net case: each tap's MR × L products go straight to their channels-last outputs, tap by
                     # tap, so that one tap's weight panel and the block's inputs are what L2 holds
                     whole = p_lo + (p_hi - p_lo) // PANEL * PANEL
-                    for p in range(p_lo, whole):  # where input pixel p's block of outputs starts
-                        i = p // in_w
-                        outputs[p - p_lo] = ((n * out_h + i * k_h) * out_w + (p - i * in_w) * k_w) * out_channels + c0
-                    for a in range(k_h):
-                        for b in range(k_w):
-                            w, shift = w0 + (a * k_w + b) * per_group_in * lanes, (a * out_w + b) * out_channels
-                            for p0 in range(p_lo, whole, PANEL):
-                                o, x0 = p0 - p_lo, (n * area + p0) * in_channels + g * per_group_in
-                                fma_panel_out(
-                                    y,
-                                    offsets_from(outputs, o, shift, PANEL),
-                                    bias,
-                                    c0,
-                                    packed,
-                                    w,
-                                    lanes,
-                                    pixels,
-                                    strided(x0, in_channels, PANEL),
-                                    1,
-                                    per_group_in,
-                                    PANEL_BYTES,
-                                )
+                    for p in range(p_lo, whole):  # where input pixel p = (d, i, j)'s block of outputs starts
+                        d = p // plane
+                        i = (p - d * plane) // in_w
+                        j = p - d * plane - i * in_w
+                        corner = ((n * out_d + d * k_d) * out_h + i * k_h) * out_w + j * k_w
+                        outputs[p - p_lo] = corner * out_channels + c0
+                    for tap in range(taps):
+                        a_d, a, b = tap // (k_h * k_w), (tap // k_w) % k_h, tap % k_w
+                        w = w0 + tap * per_group_in * lanes
+                        shift = ((a_d * out_h + a) * out_w + b) * out_channels
+                        for p0 in range(p_lo, whole, PANEL):
+                            o, x0 = p0 - p_lo, (n * area + p0) * in_channels + g * per_group_in
+                            fma_panel_out(
+                                y,
+                                offsets_from(outputs, o, shift, PANEL),
+                                bias,
+                                c0,
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0, in_channels, PANEL),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
                 for p0 in range(whole, p_hi, PANEL):
                     count = min(PANEL, p_hi - p0)
                     for e in range(taps * PANEL * lanes):
@@ -219,19 +226,18 @@ def nhwc_kernel(shape):
                                 PANEL_BYTES,
                             )
                     for t in range(count):
-                        i = (p0 + t) // in_w
-                        j = p0 + t - i * in_w
-                        for a in range(k_h):
-                            oh = i * k_h + a - pad_h
-                            if oh < 0 or oh >= out_h:
+                        d = (p0 + t) // plane
+                        i = (p0 + t - d * plane) // in_w
+                        j = p0 + t - d * plane - i * in_w
+                        for tap in range(taps):
+                            od = d * k_d + tap // (k_h * k_w) - pad_d
+                            oh = i * k_h + (tap // k_w) % k_h - pad_h
+                            ow = j * k_w + tap % k_w - pad_w
+                            if od < 0 or od >= out_d or oh < 0 or oh >= out_h or ow < 0 or ow >= out_w:
                                 continue
-                            for b in range(k_w):
-                                ow = j * k_w + b - pad_w
-                                if ow < 0 or ow >= out_w:
-                                    continue
-                                src, line = ((a * k_w + b) * PANEL + t) * lanes, y[n, oh, ow]
-                                for lane in range(written):
-                                    line[c0 + lane] = acc[src + lane] + bias[c0 + lane]
+                            src, line = (tap * PANEL + t) * lanes, y[n, od, oh, ow]
+                            for lane in range(written):
+                                line[c0 + lane] = acc[src + lane] + bias[c0 + lane]
                 task = next_task(counter)
 
     return parallel_kernel(_nonoverlap_tiles)
@@ -244,7 +250,7 @@ def nchw_kernel(shape):
     HALF, NCHW_TILE = PANEL // 2, PANEL * (PANEL_BYTES // 4)
 
     def _nonoverlap_tiles_nchw(
-        x, weight, rows, bias, y, pad_h, pad_w, block_pixels, panels, ahead_rows, ahead_planes, chunk_tiles
+        x, weight, rows, bias, y, pad_d, pad_h, pad_w, block_pixels, panels, ahead_rows, ahead_planes, chunk_tiles
     ):
         """``nonoverlap_direct`` in NCHW: the GEMM ``products[(co, a, b), p] = Σ_ci W[ci, co, a, b] · x[n, ci, p]``
         with register tiles of MR weight rows ``r = (co, a, b)`` × ``L`` consecutive input pixels (one panel vector:
@@ -260,11 +266,12 @@ def nchw_kernel(shape):
         and the tile is written out, bias added. Outputs no tap reaches are left to the caller. Each sum runs ``ci``
         ascending from +0.0, one FMA per product, as in the NHWC kernel and ``blocked_direct``: bitwise their
         result."""
-        batch, in_channels, in_h, in_w = x.shape
+        batch, in_channels, in_d, in_h, in_w = x.shape
         groups, tiles, per_group_in = rows.shape[0], rows.shape[1], rows.shape[2]
-        out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-        k_h, k_w = weight.shape[2], weight.shape[3]
-        per_group_out, taps, area, lanes = out_channels // groups, k_h * k_w, in_h * in_w, PANEL_BYTES // y.itemsize
+        out_channels, out_d, out_h, out_w = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
+        k_d, k_h, k_w = weight.shape[2], weight.shape[3], weight.shape[4]
+        per_group_out, taps, lanes = out_channels // groups, k_d * k_h * k_w, PANEL_BYTES // y.itemsize
+        area = in_d * in_h * in_w
         useful_rows = per_group_out * taps
         blocks = (area - 1) // block_pixels + 1
         chunks = (tiles - 1) // chunk_tiles + 1
@@ -272,6 +279,7 @@ def nchw_kernel(shape):
         tasks, counter = groups * chunks + batch * groups * blocks, np.zeros(1, np.int64)
         zero = np.zeros(1, dtype=y.dtype)[0]
         pairs = k_w == 2 and pad_w == 0  # the U-Net case: interleave the two columns
+        pairs_whole = pairs and pad_h == 0 and pad_d == 0  # ... and every row of the pair's outputs exists
         source, target = x.reshape(-1), y.reshape(-1)
         for worker in prange(panels.shape[0]):  # one worker per thread, tasks handed out in turn
             acc = carray(stack_tile(zero, NCHW_TILE), (NCHW_TILE,))
@@ -311,19 +319,21 @@ def nchw_kernel(shape):
                         wait_done(ready, g * chunks + tile // chunk_tiles)
                     r0 = tile * PANEL
                     w0 = (g * tiles + tile) * per_group_in * PANEL
-                    whole = pairs and pad_h == 0 and r0 + PANEL <= useful_rows
+                    whole = pairs_whole and r0 + PANEL <= useful_rows
                     for q in range(count):
                         p0 = p_lo + q * lanes
                         used = min(lanes, p_hi - p0)
-                        i = p0 // in_w
-                        j0 = p0 - i * in_w
+                        line = p0 // in_w  # input row (d, i), of in_d·in_h
+                        j0 = p0 - line * in_w
                         if whole and used == lanes and j0 + lanes <= in_w:
                             # the U-Net case: MR/2 row pairs, each one interleaved run of an output row
+                            d, i = line // in_h, line % in_h
                             for e in range(HALF):
                                 r = r0 + 2 * e
                                 pair_c[e] = g * per_group_out + r // taps
-                                oh = i * k_h + (r % taps) // 2
-                                pair_y[e] = ((n * out_channels + pair_c[e]) * out_h + oh) * out_w + 2 * j0
+                                a_d, a = (r % taps) // 2 // k_h, (r % taps) // 2 % k_h  # (kW = 2)
+                                plane = (n * out_channels + pair_c[e]) * out_d + d * k_d + a_d
+                                pair_y[e] = (plane * out_h + i * k_h + a) * out_w + 2 * j0
                             fma_panel_pairs_out(
                                 y,
                                 offsets_from(pair_y, 0, 0, HALF),
@@ -339,7 +349,7 @@ def nchw_kernel(shape):
                                 PANEL_BYTES,
                             )
                             continue
-                        if pairs and pad_h == 0:
+                        if pairs_whole:
                             # a panel across input rows, or the last tile or pixels: the same interleaved runs, staged
                             for e in range(HALF):
                                 pair_c[e] = g * per_group_out + min(r0 + 2 * e, useful_rows - 1) // taps
@@ -360,13 +370,14 @@ def nchw_kernel(shape):
                             for rr in range(0, min(PANEL, useful_rows - r0), 2):
                                 r = r0 + rr
                                 co = g * per_group_out + r // taps
-                                a = (r % taps) // 2
+                                a_d, a = (r % taps) // 2 // k_h, (r % taps) // 2 % k_h
                                 t = 0
                                 while t < used:  # one run per input row the panel crosses
-                                    ih = (p0 + t) // in_w
-                                    jt = p0 + t - ih * in_w
+                                    line = (p0 + t) // in_w
+                                    jt = p0 + t - line * in_w
                                     run = min(used - t, in_w - jt)
-                                    to = ((n * out_channels + co) * out_h + ih * k_h + a) * out_w + 2 * jt
+                                    plane = (n * out_channels + co) * out_d + line // in_h * k_d + a_d
+                                    to = (plane * out_h + line % in_h * k_h + a) * out_w + 2 * jt
                                     at = rr * lanes + 2 * t
                                     for u in range(2 * run):
                                         target[to + u] = acc[at + u]
@@ -389,12 +400,13 @@ def nchw_kernel(shape):
                         for rr in range(min(PANEL, useful_rows - r0)):
                             r = r0 + rr
                             co, tap = g * per_group_out + r // taps, r % taps
-                            a, b, b_c = tap // k_w, tap % k_w, bias[co]
+                            a_d, a, b, b_c = tap // (k_h * k_w), (tap // k_w) % k_h, tap % k_w, bias[co]
                             for t in range(used):
-                                ih = (p0 + t) // in_w
-                                oh, ow = ih * k_h + a - pad_h, (p0 + t - ih * in_w) * k_w + b - pad_w
-                                if 0 <= oh < out_h and 0 <= ow < out_w:
-                                    at = ((n * out_channels + co) * out_h + oh) * out_w + ow
+                                line = (p0 + t) // in_w
+                                od, oh = line // in_h * k_d + a_d - pad_d, line % in_h * k_h + a - pad_h
+                                ow = (p0 + t - line * in_w) * k_w + b - pad_w
+                                if 0 <= od < out_d and 0 <= oh < out_h and 0 <= ow < out_w:
+                                    at = (((n * out_channels + co) * out_d + od) * out_h + oh) * out_w + ow
                                     target[at] = acc[rr * lanes + t] + b_c
                 task = next_task(counter)
 
@@ -409,39 +421,59 @@ def block_pixels(problem, blocking):
     return panel * max(1, min(fit, blocking.nonoverlap_max_pixels // panel))
 
 
+def computes(problem, blocking) -> bool:
+    """Whether the kernels compute ``problem`` at all (a 2-D or 3-D problem, stride == kernel, dilation 1, at most
+    ``nonoverlap_max_taps`` taps: its stack tile holds that many); :func:`suits` says where they are chosen."""
+    return (
+        problem.rank in (2, 3)
+        and problem.is_nonoverlapping
+        and math.prod(problem.kernel_size) <= blocking.nonoverlap_max_taps
+    )
+
+
 def _fill_uncovered(y, bias, problem):
-    """``(+0.0 + bias)`` (never -0.0) into the outputs no tap reaches in a non-overlapping problem: the
-    ``output_padding`` rows and columns past ``H·kH - p_h``, ``W·kW - p_w``."""
-    (in_h, in_w), (k_h, k_w), (pad_h, pad_w) = problem.in_size, problem.kernel_size, problem.padding
-    covered_h, covered_w = max(0, in_h * k_h - pad_h), max(0, in_w * k_w - pad_w)
-    (out_h, out_w), value = problem.out_size, bias + np.zeros((), problem.dtype)
-    if covered_h >= out_h and covered_w >= out_w:
-        return
-    y_nhwc = y if problem.layout == "NHWC" else y.transpose(0, 2, 3, 1)
-    y_nhwc[:, covered_h:] = value
-    y_nhwc[:, :covered_h, covered_w:] = value
+    """``(+0.0 + bias)`` (never -0.0) into the outputs no tap reaches in a non-overlapping problem: along each axis
+    the ``output_padding`` entries past ``n·k - p``."""
+    value = bias + np.zeros((), problem.dtype)
+    y_last = y if problem.channels_last else np.moveaxis(y, 1, -1)  # (N, *spatial, C), a view
+    for axis, (n, k, p, out) in enumerate(zip(problem.in_size, problem.kernel_size, problem.padding, problem.out_size)):
+        covered = max(0, n * k - p)
+        if covered < out:
+            y_last[(slice(None),) * (axis + 1) + (slice(covered, None),)] = value
+
+
+def _as_3d(array, problem):
+    """A 2-D problem's input or output as the 3-D kernels take it, a view with depth 1: ``(N, 1, H, W, C)`` or
+    ``(N, C, 1, H, W)``."""
+    if problem.rank == 3:
+        return array
+    return array[:, None] if problem.channels_last else array[:, :, None]
 
 
 def run(x, weight, bias, problem, out=None, *, blocking):
-    taps = problem.kernel_size[0] * problem.kernel_size[1]
-    if not problem.is_nonoverlapping or taps > blocking.nonoverlap_max_taps:  # (its stack tile holds that many)
-        raise ValueError(
-            f"nonoverlap_direct needs stride == kernel, dilation 1 and at most "
-            f"{blocking.nonoverlap_max_taps} taps, got stride {problem.stride}, kernel "
-            f"{problem.kernel_size}, dilation {problem.dilation}"
+    """``nonoverlap_direct`` at rank 2 or 3 (a 2-D problem runs the 3-D kernels with depth 1, on views)."""
+    if not computes(problem, blocking):
+        raise ValueError(  # (a 1-D problem arrives here as a 2-D one)
+            f"nonoverlap_direct needs stride == kernel, dilation 1 and at most {blocking.nonoverlap_max_taps} "
+            f"taps (a 2-D or 3-D problem), got stride {problem.stride}, kernel {problem.kernel_size}, dilation "
+            f"{problem.dilation}"
         )
     y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     bias = bias_or_zeros(bias, problem)
     _fill_uncovered(y, bias, problem)
     shape = blocking.kernel_shape()
-    if problem.layout == "NHWC":
+    pads = (0,) * (3 - problem.rank) + tuple(problem.padding)
+    # (C_in, C_out/G, kD, kH, kW), a view
+    weight = weight.reshape(weight.shape[:2] + (1,) * (3 - problem.rank) + weight.shape[2:])
+    x, y_3d = _as_3d(x, problem), _as_3d(y, problem)
+    if problem.channels_last:
         nhwc_kernel(shape)(
             x,
             weight,
             panel_weight(problem, blocking),
             bias,
-            y,
-            *problem.padding,
+            y_3d,
+            *pads,
             block_pixels(problem, blocking),
             numba.get_num_threads(),
             blocking.pack_prefetch_rows,
@@ -457,8 +489,8 @@ def run(x, weight, bias, problem, out=None, *, blocking):
         weight,
         row_weight(problem, blocking),
         bias,
-        y,
-        *problem.padding,
+        y_3d,
+        *pads,
         block,
         panels,
         blocking.pack_prefetch_rows,

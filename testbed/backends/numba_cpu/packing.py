@@ -10,6 +10,8 @@
 workspace (:mod:`testbed.workspace`), so a repeated call allocates nothing.
 """
 
+import math
+
 import numpy as np
 from numba import prange
 
@@ -41,7 +43,7 @@ def pack_row_tiles(weight, rows, g, t0, t1, ahead_rows):
     ms, against 2.5 (3.3) for the earlier pack of all tiles by 8 rows at a time.
     (Broadcasting from the weight as given instead, at a stride of a whole row, made unet1 2.5× slower.)"""
     tiles, per_group_in, panel = rows.shape[1], rows.shape[2], rows.shape[3]
-    useful = weight.shape[1] * weight.shape[2] * weight.shape[3]
+    useful = weight.size // weight.shape[0]  # C_out/G·taps: one weight row, at any rank
     source, target = weight.reshape(-1), rows.reshape(-1)
     zero = np.zeros(1, dtype=rows.dtype)[0]
     run = min(useful, panel * t1) - panel * t0
@@ -153,11 +155,14 @@ def channels_last_input(x, problem, blocking):
 
 def panel_weight(problem, blocking):
     """Room for ``nonoverlap_direct``'s weight panels ``(G, C_out/G⁺/L, kH, kW, C_in/G, L)``, ``L`` lanes of a
-    panel vector (filled by :func:`pack_panel`), in this thread's kept workspace."""
+    panel vector (filled by :func:`pack_panel`), in this thread's kept workspace; at rank 3 the depth and height
+    taps share one axis, ``(..., kD·kH, kW, ...)`` (the taps in ``(kd, kh, kw)`` order, as :func:`pack_panel`
+    writes them)."""
     lanes = blocking.lanes(problem.dtype.itemsize)
+    *outer, k_w = problem.kernel_size
     return workspace.scratch(
         "numba_cpu.panel_weight",
-        (problem.groups, -(-problem.out_per_group // lanes), *problem.kernel_size, problem.in_per_group, lanes),
+        (problem.groups, -(-problem.out_per_group // lanes), math.prod(outer), k_w, problem.in_per_group, lanes),
         problem.dtype,
     )
 
@@ -165,7 +170,7 @@ def panel_weight(problem, blocking):
 def row_weight(problem, blocking):
     """Room for ``nonoverlap_direct``'s NCHW weight rows ``(G, ⌈R/P⌉, C_in/G, P)`` (filled by
     :func:`pack_row_tiles`), in this thread's workspace."""
-    taps, panel = problem.kernel_size[0] * problem.kernel_size[1], blocking.panel_pixels
+    taps, panel = math.prod(problem.kernel_size), blocking.panel_pixels
     return workspace.scratch(
         "numba_cpu.row_weight",
         (problem.groups, -(-problem.out_per_group * taps // panel), problem.in_per_group, panel),
