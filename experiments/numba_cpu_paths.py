@@ -4,6 +4,7 @@
                                           [--blocked-tiles | --unet | --panels 6,8,12,14] [--isa all|avx2,...]
                                           [--rounds N]
     python -m experiments.numba_cpu_paths --asm [--cpu sapphirerapids]
+    python -m experiments.numba_cpu_paths --suite unet3d,vocoder1d [--rounds N] [--allocation alloc|out]
 
 Times each overlapping-tap path of ``numba_cpu`` (``blocked_direct``, ``gemm_col2im``, the ``direct`` gather;
 ``nonoverlap_gemm`` is left to the U-Net shapes) on the decoder suite and on shapes chosen to bracket the
@@ -29,6 +30,12 @@ the host's single-thread SGEMM (NumPy, ``OPENBLAS_NUM_THREADS=1``, measured in a
 ``--asm`` compiles the micro-kernel of each ``avx512`` tile candidate for ``--cpu`` (default ``sapphirerapids``:
 ``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES=""``) in a subprocess, without running it, and counts in its inner loop
 the FMAs, the distinct zmm accumulators and the loads per FMA (``dispatcher.inspect_asm``).
+
+``--suite unet3d,vocoder1d`` (the other ranks' targets, issue 23) times ``numba_cpu`` as dispatched (its
+``choose_path``) against its peers on those suites instead, the backends of a case taking turns in fresh workers:
+on ``unet3d`` in both layouts beside the bare GEMM of the same matrices (:mod:`experiments.references`) and torch
+(``conv_transpose3d``; channels last: ``channels_last_3d`` input and weight), on ``vocoder1d`` (channels first)
+beside torch (``conv_transpose1d``); the tables give each ratio of medians (numba_cpu / GEMM, torch / numba_cpu).
 
 ``--threads 1`` runs the workers with one Numba and one OpenBLAS thread. On a shared 2-core host that is the
 comparison to trust: with two threads each parallel region waits for both, and when another process holds a
@@ -57,7 +64,7 @@ from testbed.registry import Backend
 from testbed.timing import ISOLATIONS, TimingJob, TimingSettings, time_jobs
 
 from .common import DEFAULT_ROUNDS, add_rounds_argument
-from .references import GEMM
+from .references import GEMM, TORCH_CHANNELS_LAST
 
 #: Overlapping paths compared (``nonoverlap_gemm`` needs stride == kernel).
 PATHS = ("blocked_direct", "gemm_col2im", "direct")
@@ -236,6 +243,72 @@ def shapes(names=None, unet=False) -> dict:
     return {name: problem for name, problem in every.items() if not names or name in names}
 
 
+#: The peers of ``--suite``: per suite, the layouts timed (channels first, channels last) and per layout the
+#: columns, numba_cpu first.
+SUITE_PEERS = {
+    "unet3d": {"NCDHW": ("numba_cpu", GEMM, "torch"), "NDHWC": ("numba_cpu", GEMM, TORCH_CHANNELS_LAST)},
+    "vocoder1d": {"NCL": ("numba_cpu", "torch")},
+}
+
+
+def suite_jobs(names) -> dict:
+    """``{case: [TimingJob]}``: every (layout, peer) of each case of the suites ``names`` (:data:`SUITE_PEERS`),
+    columns named ``backend LAYOUT``."""
+    unknown = [n for n in names if n not in SUITE_PEERS]
+    if unknown:
+        raise SystemExit(f"--suite: unknown {unknown}; known: {', '.join(SUITE_PEERS)}")
+    return {
+        case: [
+            (f"{getattr(peer, 'name', peer)} {layout}", problem.with_(layout=layout), peer)
+            for layout, peers in SUITE_PEERS[name].items()
+            for peer in peers
+        ]
+        for name in names
+        for case, problem in suite(name).items()
+    }
+
+
+def measure_suites(cases: dict, settings: TimingSettings, isolation: str, allocation: str) -> dict:
+    """``{case: {column: (median ms, min ms)}}`` of :func:`suite_jobs`' cases (NaN where a cell failed)."""
+    table = {}
+    for case, columns in cases.items():
+        jobs = [TimingJob(problem, peer, allocation, rng=0) for _, problem, peer in columns]
+        rows = time_jobs(jobs, settings, isolation=isolation)
+        table[case] = {
+            column: (row["median_s"] * 1e3, row["min_s"] * 1e3) if row["status"] == "ok" else (np.nan, np.nan)
+            for (column, _, _), row in zip(columns, rows)
+        }
+        print(f"  {case}: " + ", ".join(f"{c} {ms[0]:.3g} ms" for c, ms in table[case].items()), flush=True)
+    return table
+
+
+def suite_markdown(table: dict, cases: dict) -> str:
+    """Per suite, median (min) ms of each column, numba_cpu's ratio to the bare GEMM (within 1.15 is the target)
+    and torch's time over numba_cpu's (above 1: numba_cpu faster)."""
+    blocks = []
+    for name, layouts in SUITE_PEERS.items():
+        rows = [case for case in table if case in suite(name)]
+        if not rows:
+            continue
+        header, ratios = ["case", "path"], []
+        for layout, peers in layouts.items():
+            names = [f"{getattr(peer, 'name', peer)} {layout}" for peer in peers]
+            header += names
+            ratios += [(f"numba_cpu / gemm {layout}", names[0], names[1])] if GEMM in peers else []
+            ratios += [(f"torch / numba_cpu {layout}", names[-1], names[0])]
+        lines = [f"{name}:", "", "| " + " | ".join(header + [r[0] for r in ratios]) + " |"]
+        lines.append("|---" * (len(header) + len(ratios)) + "|")
+        for case in rows:
+            cells = table[case]
+            problem = next(problem for column, problem, _ in cases[case] if column.startswith("numba_cpu"))
+            text = [case, numba_cpu.choose_path(problem)]
+            text += [f"{cells[c][0]:.3g} ({cells[c][1]:.3g})" for c in header[2:]]
+            text += [f"{cells[a][0] / cells[b][0]:.2f}" for _, a, b in ratios]
+            lines.append("| " + " | ".join(text) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def measure(problems: dict, backends: list, settings: TimingSettings, isolation: str) -> dict:
     """``{shape: {backend: (median ms, min ms)}}`` (NaN where a cell failed)."""
     table = {}
@@ -313,6 +386,18 @@ def main(argv=None):
         action="store_true",
         help="count FMAs, accumulators and loads of the AVX-512 tile candidates compiled for --cpu",
     )
+    which.add_argument(
+        "--suite",
+        type=lambda t: [s.strip() for s in t.split(",") if s.strip()],
+        default=None,
+        help="time numba_cpu against the bare GEMM and torch on these suites (unet3d, vocoder1d) instead",
+    )
+    parser.add_argument(
+        "--allocation",
+        choices=("alloc", "out"),
+        default="alloc",
+        help="--suite: each call allocates its result, or writes into a preallocated one",
+    )
     parser.add_argument("--cpu", default="sapphirerapids", help="the CPU --asm compiles for (NUMBA_CPU_NAME)")
     parser.add_argument(
         "--isa",
@@ -324,6 +409,24 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.asm:
         print(assembly_markdown(assembly_counts(args.cpu), args.cpu))
+        return
+    if args.suite:
+        settings = TimingSettings(budget_s=args.budget, rounds=args.rounds or DEFAULT_ROUNDS)
+        if args.threads is not None:
+            for variable in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                os.environ[variable] = str(args.threads)
+        cases = suite_jobs(args.suite)
+        if args.shapes:
+            cases = {case: jobs for case, jobs in cases.items() if case in args.shapes}
+        load_before = os.getloadavg()
+        table = measure_suites(cases, settings, args.isolation, args.allocation)
+        print(
+            f"\nMedian (min) ms per call (float32, isolation {args.isolation}, {settings.rounds} rounds, threads "
+            f"{args.threads or 'all'}, allocation {args.allocation}, load average before {load_before[0]:.2f}, after "
+            f"{os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs; CPU {isa_rows.target_cpu()[0]}, ISA row "
+            f"{isa_rows.selected_isa()}).\n"
+        )
+        print(suite_markdown(table, cases))
         return
     problems = shapes(args.shapes, args.unet)
     rows = args.isa or [None]

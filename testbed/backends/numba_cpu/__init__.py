@@ -6,6 +6,8 @@ per-architecture table.
 
 * one module per path (the algorithm, its kernels and the wrapper that allocates and calls them):
   :mod:`.direct`, :mod:`.gemm_col2im`, :mod:`.nonoverlap_gemm`, :mod:`.blocked_direct`, :mod:`.nonoverlap_direct`;
+* :mod:`.ranks`: 1-D problems as one row of a 2-D one (views, every path), 3-D ones natively by
+  ``nonoverlap_direct`` (stride == kernel) or as a sum over depth taps of 2-D problems (any path);
 * :mod:`.intrinsics`: the LLVM-IR register-tile micro-kernels (FMA panels), stack tiles and prefetches;
 * :mod:`.packing`: the operands rearranged for the micro-kernels;
 * :mod:`.tasks`: dynamic hand-out of tasks to the threads of a kernel (the BLAS GEMM callable from kernels, and
@@ -108,6 +110,12 @@ def choose_path(problem, blocking: Blocking | None = None) -> str:
     k5s3, ahead with groups and large kernels, and 20-25 % behind on k4s2p1 and k3s2p1op1 (at most 2.25 taps
     per output there: the tile's zeroing and write-out weigh more) and where the GEMM is deep (C_in/G ≥ 512)
     or the taps leave gaps (stride ≥ the dilated kernel: at most one tap per output).
+
+    At rank 1 the path of the 2-D problem of one row (:func:`.ranks.as_2d`); at rank 3 ``nonoverlap_direct``
+    where it suits (stride == kernel of width 2, no padding, at most ``nonoverlap_max_taps`` taps: the nnU-Net
+    up-convolution, with no pixel minimum: the alternative reads and writes the output once per depth tap), else
+    the path of the 2-D problem of one depth tap (:func:`.ranks.depth_slice_problem`), which :func:`run_path` runs
+    once per depth tap (:func:`.ranks.depth_taps`).
     """
     b = _blocking.blocking() if blocking is None else blocking
     if problem.rank == 1:  # one row of a 2-D problem (see .ranks)
@@ -146,8 +154,10 @@ def run_path(name, x, weight, bias, problem, out=None, *, isa=None, blocking=Non
     ``isa`` (a :data:`testbed.isa.ISA_ROWS` row) runs that row's kernels and blocking, whatever this process's
     row; ``blocking`` (a :class:`.blocking.Blocking`, e.g. ``dataclasses.replace(blocking.ROWS["avx2"],
     block_bytes=4096)``) gives every field; default: this process's row. ``options`` go to the path (``blocked_direct``
-    takes ``tile_co`` and ``tile_rows``). The path must be able to compute ``problem`` (``nonoverlap_*``: stride
-    == kernel, dilation 1), else ``ValueError``."""
+    takes ``tile_co``, ``tile_rows`` and ``tile_cols``). The path must be able to compute ``problem``
+    (``nonoverlap_*``: stride == kernel, dilation 1), else ``ValueError``. Every path computes every rank: a 1-D
+    problem as one row of a 2-D one, a 3-D one as a sum over depth taps of the path's 2-D problems, but
+    ``nonoverlap_direct`` computes 3-D natively wherever its kernels can (:mod:`.ranks`)."""
     if name not in _MODULES:
         raise ValueError(f"name: expected one of {', '.join(PATHS)}, got {name!r}")
     if isa is not None and blocking is not None:

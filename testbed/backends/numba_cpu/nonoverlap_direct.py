@@ -11,7 +11,12 @@ NCHW: a tile is MR weight rows ``(co, a, b)`` × one panel vector of consecutive
 two columns ``b`` of each row pair interleaved in registers into one contiguous run of twice as many outputs
 (:func:`.intrinsics.fma_panel_pairs_out`). Each sum runs over the input channels in ascending order from +0.0, one FMA
 per product, as ``blocked_direct``'s, so all three give bitwise the same result, in both layouts. Measured against
-``nonoverlap_gemm`` on the U-Net shapes in the README."""
+``nonoverlap_gemm`` on the U-Net shapes in the README.
+
+3-D (the nnU-Net decoder's 2×2×2 up-convolution, NCDHW and NDHWC): the same GEMM with ``kD·kH·kW`` taps, the input
+pixels ``p`` running over ``(d, h, w)`` and each output addressed through ``(d·kD + a_d, h·kH + a, w·kW + b)``; a
+2-D problem is the depth-1 case (its arrays handed over as views with a depth axis of 1), so one compiled kernel
+per layout and dtype serves both ranks, and a 2-D result is bitwise what it was."""
 
 import functools
 import math
