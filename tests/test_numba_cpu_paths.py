@@ -43,3 +43,27 @@ def test_isa_rows_argument():
 def test_forced_backends_name_their_row_and_tile():
     assert paths.path_backend("blocked_direct", "avx512", 8).name == "numba_cpu:blocked_direct@avx512@mr8"
     assert paths.path_backend("direct").layouts == ("NCHW",)
+
+
+def test_suite_jobs_and_table():
+    """``--suite``: each unet3d case in both layouts beside the bare GEMM and torch (channels last: the
+    channels_last_3d reference), each vocoder1d case beside torch; the table's ratios are those of the medians."""
+    cases = paths.suite_jobs(["unet3d", "vocoder1d"])
+    columns = [column for column, _, _ in cases["unet3d1"]]
+    assert columns == [
+        "numba_cpu NCDHW",
+        "gemm NCDHW",
+        "torch NCDHW",
+        "numba_cpu NDHWC",
+        "gemm NDHWC",
+        "torch_channels_last NDHWC",
+    ]
+    assert [p.layout for _, p, _ in cases["unet3d1"]] == ["NCDHW"] * 3 + ["NDHWC"] * 3
+    assert [column for column, _, _ in cases["voc1"]] == ["numba_cpu NCL", "torch NCL"]
+    table = {case: {column: (2.0, 1.0) for column, _, _ in jobs} for case, jobs in cases.items()}
+    table["unet3d1"]["numba_cpu NCDHW"] = (2.2, 2.0)
+    text = paths.suite_markdown(table, cases)
+    assert "| unet3d1 | nonoverlap_direct | 2.2 (2) | 2 (1) |" in text and "| 1.10 | 0.91 |" in text
+    assert "| voc1 |" in text and text.count("\n|---") == 2
+    with pytest.raises(SystemExit, match="--suite: unknown \\['unet'\\]"):
+        paths.suite_jobs(["unet"])
