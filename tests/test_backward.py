@@ -114,9 +114,12 @@ def check_against(reference, backend, case, dtype, layout):
     assert_close(got.grad_bias, want[2], err_msg="grad_bias")
 
 
+#: float64 in both layouts, float32 in one: the dtype and the layout are independent paths through every backend.
+DTYPE_LAYOUTS = [(np.float64, "first"), (np.float64, "last"), (np.float32, "first")]
+
+
 @pytest.mark.reference_backends("torch")
-@pytest.mark.parametrize("layout", ["first", "last"])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype, layout", DTYPE_LAYOUTS, ids=["float64-first", "float64-last", "float32-first"])
 @pytest.mark.parametrize("case", GRID, ids=GRID_IDS)
 def test_matches_torch_autograd(backend, case, dtype, layout):
     """Relative L2 error against autograd's float64 gradients below 1e-12 (float64) / 1e-5 (float32)."""
@@ -354,3 +357,144 @@ def test_float32_stays_float32():
     got = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="naive")
     assert {g.dtype for g in got} == {np.dtype(np.float32)}
     assert relative_error(got.grad_bias, grad_output.astype(np.float64).sum(axis=(0, 2, 3))) <= tolerance(np.float32)
+
+
+# ---- the PyTorch bridge (testbed.torch) ---------------------------------------------------------------------------
+
+
+def bridge_or_skip():
+    pytest.importorskip("torch")
+    import testbed.torch as bridge
+
+    return bridge
+
+
+def both_directions_or_skip(backend, rank):
+    """Skip unless ``backend`` computes forward and both gradients of a small problem of ``rank``."""
+    problem = testbed.Problem(batch=1, in_channels=2, in_size=(3,) * rank, out_channels=2, kernel_size=2, stride=2)
+    missing = {d: backend.unsupported_reason(problem, d) for d in DIRECTIONS if not backend.supports(problem, d)}
+    if missing:
+        pytest.skip(f"{backend.name} does not compute every direction at rank {rank}: {missing}")
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_bridge_gradcheck(backend, rank):
+    """``torch.autograd.gradcheck`` (float64, finite differences against the backward) of the bridge's module and
+    of its function in all three arguments, with groups, padding, output_padding and dilation, on each backend that
+    computes every direction. The function's check is gradcheck's fast mode (random projections of the Jacobian:
+    one backward per input instead of one per output element), the module's the full Jacobian."""
+    bridge = bridge_or_skip()
+    import torch
+
+    both_directions_or_skip(backend, rank)
+    module = getattr(bridge, f"ConvTranspose{rank}d")
+    layer = module(
+        4, 2, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=(2, 1, 1)[:rank], backend=backend.name
+    )
+    layer = layer.double()
+    size = (3, 2, 2)[:rank] if rank < 3 else (2, 1, 2)
+    x = torch.randn(1, 4, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(rank))
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(layer, (x,))
+    weight, bias = layer.weight.detach().clone().requires_grad_(), layer.bias.detach().clone().requires_grad_()
+
+    def functional(x, weight, bias):
+        return bridge.conv_transpose(x, weight, bias, 2, 1, 1, 2, layer.dilation, backend=backend.name)
+
+    assert torch.autograd.gradcheck(functional, (x, weight, bias), fast_mode=True)
+
+
+def test_bridge_loads_torch_state_dict_and_matches_its_module():
+    """A state dict saved from ``torch.nn.ConvTranspose2d`` loads unchanged; forward (also with ``output_size``),
+    the gradients, the keys and ``repr`` are PyTorch's, and a channels-last input stays channels last."""
+    bridge = bridge_or_skip()
+    import io
+
+    import torch
+
+    reference = torch.nn.ConvTranspose2d(6, 4, (3, 2), stride=(2, 3), padding=(1, 0), groups=2, dilation=(1, 2))
+    buffer = io.BytesIO()
+    torch.save(reference.state_dict(), buffer)
+    buffer.seek(0)
+    layer = bridge.ConvTranspose2d(
+        6, 4, (3, 2), stride=(2, 3), padding=(1, 0), groups=2, dilation=(1, 2), backend="naive"
+    )
+    assert layer.load_state_dict(torch.load(buffer)) is not None
+    assert list(layer.state_dict()) == list(reference.state_dict()) == ["weight", "bias"]
+    assert isinstance(layer, torch.nn.ConvTranspose2d) and "backend='naive'" in repr(layer)
+    x = torch.randn(2, 6, 5, 4)
+    for output_size in (None, (10, 12), [2, 4, 10, 13]):
+        torch.testing.assert_close(layer(x, output_size), reference(x, output_size), rtol=1e-5, atol=1e-6)
+    last = x.to(memory_format=torch.channels_last).requires_grad_()
+    y = layer(last)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.square().sum().backward()
+    plain = x.clone().requires_grad_()
+    reference(plain).square().sum().backward()
+    torch.testing.assert_close(last.grad, plain.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="requested an output size of"):
+        layer(x, output_size=(40, 40))  # PyTorch's own message for an unreachable size
+
+
+def decoder(layers, rank):
+    import torch
+
+    first, second = layers
+    return torch.nn.Sequential(
+        first(8, 4, 2, stride=2), torch.nn.ReLU(), second(4, 2, 3, stride=2, padding=1, output_padding=1)
+    )
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_decoder_training_step_matches_torch(backend, rank):
+    """Two SGD steps of a two-layer decoder (up-convolutions, ReLU, MSE) with the bridge's layers on ``backend``
+    reach torch's own layers' losses and weights (float64, from the same state dict)."""
+    bridge = bridge_or_skip()
+    import torch
+
+    both_directions_or_skip(backend, rank)
+    mine_cls = getattr(bridge, f"ConvTranspose{rank}d")
+    theirs_cls = getattr(torch.nn, f"ConvTranspose{rank}d")
+    torch.manual_seed(0)
+    theirs = decoder((theirs_cls, theirs_cls), rank).double()
+    with testbed.use_backend(backend):
+        mine = decoder((mine_cls, mine_cls), rank).double()
+        mine.load_state_dict(theirs.state_dict())
+        x = torch.randn(3, 8, *(4, 3, 2)[:rank], dtype=torch.float64)
+        target = torch.randn(theirs(x).shape, dtype=torch.float64)
+        losses = {}
+        for name, model in (("mine", mine), ("theirs", theirs)):
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+            losses[name] = []
+            for _ in range(2):
+                optimizer.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x), target)
+                loss.backward()
+                optimizer.step()
+                losses[name].append(loss.item())
+    np.testing.assert_allclose(losses["mine"], losses["theirs"], rtol=1e-12)
+    assert losses["mine"][1] < losses["mine"][0]
+    for (key, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=key)
+
+
+def test_bridge_refuses_and_import_fails_clearly_without_torch():
+    from helpers import run_python
+
+    result = run_python(
+        """
+        import sys
+        sys.modules["torch"] = None  # as if torch were not installed
+        try:
+            import testbed.torch
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    assert "testbed.torch needs PyTorch, which is not installed: pip install" in result.stdout, result.stderr
+    bridge = bridge_or_skip()
+    import torch
+
+    with pytest.raises(TypeError, match=r"weight dtype \(float64\) must match the input dtype \(float32\)"):
+        bridge.conv_transpose(torch.ones(1, 2, 3), torch.ones(2, 1, 2, dtype=torch.float64))
