@@ -117,7 +117,7 @@ def _peak_bytes(problem, fft_shape, blocks):
     zero-inserted volumes and their spectra (``rfftn`` writes a new array for the last axis and transforms the
     others in place). Then, kept: those spectra. Per channel block: the output spectra plus either the block's
     taps and a slab's kernel-spectrum chain (two consecutive stages of :func:`_kernel_stages` during each
-    GEMM), or the output volumes (``ifftn`` in place over the leading axes, then ``irfft`` into a new
+    GEMM), or the output volumes (``ifft`` in place over each leading axis, then ``irfft`` into a new
     array)."""
     volume, q = math.prod(fft_shape), fft_shape[-1] // 2 + 1
     spectrum = volume // fft_shape[-1] * q
@@ -315,9 +315,10 @@ def fft_convolve(x, weight, bias, problem):
                         out=y_hat[..., f0:f1, :, :, :],
                     )
                     del w_hat
-                # irfftn in two steps: scipy's irfftn copies its input whatever overwrite_x says; ifftn honours it.
-                if r > 1:
-                    y_hat = scipy.fft.ifftn(y_hat, axes=spatial[:-1], overwrite_x=True)
+                # irfftn in steps: scipy's irfftn copies its input whatever overwrite_x says; ifft honours it (one
+                # call per leading axis: ifftn does the same axis by axis, with ~10 µs more Python per call).
+                for axis in spatial[:-1]:
+                    y_hat = scipy.fft.ifft(y_hat, axis=axis, overwrite_x=True)
                 y_planes = scipy.fft.irfft(y_hat, n=fft_shape[-1], axis=r - 1)
                 del y_hat
                 block = (slice(n0, n1), slice(None), slice(c0, c1), *window_slices)
