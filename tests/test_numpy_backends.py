@@ -384,3 +384,20 @@ def test_torch_keeps_channels_last_3d():
     assert y.flags.c_contiguous and y.shape == problem.output_shape
     first = torch_conv_transpose(np.ascontiguousarray(np.moveaxis(x, -1, 1)), w, b, problem.with_(layout="NCDHW"))
     assert_close(y, np.moveaxis(first, 1, -1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_channels_last_computed_natively_where_declared(rank):
+    """kron, polyphase and torch compute channels-last arrays as they come at every rank (no transposition by
+    Backend.compute); col2im (Caffe's design) computes channels first and is handed converted arrays."""
+    channels_first, channels_last = testbed.problem.LAYOUTS_BY_RANK[rank]
+    problem = testbed.Problem(
+        batch=1, in_channels=2, in_size=(3,) * rank, out_channels=2, kernel_size=2, stride=2, layout=channels_last
+    )
+    native = {name: testbed.get_backend(name).native_layout(problem) for name in RANKED}
+    assert native == {
+        "col2im": channels_first,
+        "kron": channels_last,
+        "polyphase": channels_last,
+        "torch": channels_last,
+    }
