@@ -18,9 +18,7 @@ import numpy as np
 from .problem import Problem
 
 
-def _p(
-    name, c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1, batch=1, rank=2
-):
+def _p(name, c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, dilation=1, groups=1, batch=1, rank=2):
     return name, Problem(
         batch=batch,
         in_channels=c_in,
