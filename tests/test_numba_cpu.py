@@ -485,11 +485,13 @@ def _ranked(c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, di
     )
 
 
-# (configuration, the path choose_path takes). 1-D: one row of a 2-D problem; 3-D: stride == kernel natively
+# (configuration, the path choose_path takes). 1-D: one row of a 2-D problem (gemm_col2im for blocked_direct in
+# channels first, and in channels last from 256 input channels); 3-D: stride == kernel natively
 # (nonoverlap_direct), everything else as a sum over depth taps of 2-D problems (the 2-D path named).
 RANK_CASES = {
-    "1d_k16s8p4": (_ranked(6, 20, (37,), 16, 8, 4, batch=2), "blocked_direct"),  # HiFi-GAN's up-sampling
-    "1d_k4s2p1_groups": (_ranked(8, 32, (29,), 4, 2, 1, groups=2, batch=3), "blocked_direct"),
+    "1d_k16s8p4": (_ranked(6, 20, (37,), 16, 8, 4, batch=2), "gemm_col2im"),  # HiFi-GAN's up-sampling
+    "1d_k4s2p1_groups": (_ranked(8, 32, (29,), 4, 2, 1, groups=2, batch=3), "gemm_col2im"),
+    "1d_k4s2p1_deep": (_ranked(256, 16, (9,), 4, 2, 1), "gemm_col2im"),
     "1d_k3s2_dilation_op": (_ranked(5, 7, (13,), 3, 2, 1, 1, dilation=2), "gemm_col2im"),
     "1d_depthwise": (_ranked(6, 6, (11,), 4, 2, 1, groups=6), "direct"),
     "1d_k2s2": (_ranked(8, 4, (33,), 2, 2), "nonoverlap_gemm"),
@@ -532,11 +534,16 @@ def _torch(problem, x, weight, bias):
     return np.moveaxis(y, 1, -1) if first else y
 
 
+#: Where the channels-last layout takes another path: 1-D blocked_direct reads NLC natively.
+CHANNELS_LAST_PATHS = {"1d_k16s8p4": "blocked_direct", "1d_k4s2p1_groups": "blocked_direct"}
+
+
 @pytest.mark.parametrize("name", RANK_CASES)
 def test_choose_path_ranks(name):
     problem, path = RANK_CASES[name]
     assert numba_cpu.choose_path(problem) == path
-    assert numba_cpu.choose_path(problem.with_(layout=LAYOUTS_BY_RANK[problem.rank][1])) == path
+    last = problem.with_(layout=LAYOUTS_BY_RANK[problem.rank][1])
+    assert numba_cpu.choose_path(last) == CHANNELS_LAST_PATHS.get(name, path)
     assert testbed.get_backend("numba_cpu").describe(problem).startswith(f"path {path}")
 
 
@@ -598,15 +605,16 @@ def test_ranks_batches_unbatched_and_noncontiguous_out(name):
 
 
 def test_blocked_direct_column_blocks_do_not_change_the_result():
-    """A long 1-D sequence is one row: ``blocked_direct`` splits its columns into work items. Every split (and the
-    default) gives bitwise the same result, that of the transposed 2-D problem's column layout."""
+    """A long 1-D sequence is one row: ``blocked_direct`` splits its columns into work items, and reads its NCL
+    input as given. Every split, either input (and the default) give bitwise the same result."""
     problem = RANK_CASES["1d_k16s8p4"][0].with_(dtype=np.float32, in_size=(301,))
     x, weight, bias = problem.random_arrays(4)
     expected = numba_cpu.run_path("blocked_direct", x, weight, bias, problem)
     assert_close(expected, _naive(problem, x, weight, bias))
     for tile_cols in (1, 7, 128, 10**6):
-        y = numba_cpu.run_path("blocked_direct", x, weight, bias, problem, tile_cols=tile_cols)
-        assert np.array_equal(y, expected), tile_cols
+        for planar in (True, False):  # the NCL input read as given, or a channels-last copy
+            y = numba_cpu.run_path("blocked_direct", x, weight, bias, problem, tile_cols=tile_cols, planar=planar)
+            assert np.array_equal(y, expected), (tile_cols, planar)
     with pytest.raises(ValueError, match="tile_cols: expected a positive int, got 0"):
         numba_cpu.run_path("blocked_direct", x, weight, bias, problem, tile_cols=0)
 

@@ -45,7 +45,7 @@ from ._common import bias_or_zeros
 from .intrinsics import fma_panel, offsets_from, stack_tile
 from .packing import channels_last_input, packed_weight, round_up
 
-__all__ = ["default_tile_co", "default_tile_cols", "default_tile_rows", "run", "tiles_kernel"]
+__all__ = ["default_tile_co", "default_tile_cols", "default_tile_rows", "reads_planar", "run", "tiles_kernel"]
 
 
 @functools.cache
@@ -57,7 +57,7 @@ def tiles_kernel(shape):
     TILE_SIZE = TILE_PIXELS * MAX_TILE_CO
 
     def _blocked_direct_tiles(
-        pixels, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co, tile_rows, tile_cols
+        pixels, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co, tile_rows, tile_cols, planar
     ):
         """Register-blocked, phase-decomposed direct kernel:
         ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g + ci] · packed[g, kh, kw, ci, co] + bias`` over the
@@ -82,7 +82,13 @@ def tiles_kernel(shape):
         input-channel sum in registers. Each output's sum runs in the same order everywhere, ``(kh, kw, ci)``
         ascending, one FMA per product, so the result depends neither on the tiling nor on the thread count; the
         bias is added last."""
-        batch, in_h, in_w, in_channels = pixels.shape
+        if planar:  # the input as given, (N, C, H, W): each broadcast a plane further on (see run)
+            batch, in_channels, in_h, in_w = pixels.shape
+            step_c, step_w = in_h * in_w, 1
+        else:
+            batch, in_h, in_w, in_channels = pixels.shape
+            step_c, step_w = 1, in_channels
+        step_h, step_n = in_w * step_w, in_channels * in_h * in_w
         groups, k_h, k_w, per_group_in, padded_out = packed.shape
         out_h, out_w = y.shape[2], y.shape[3]
         per_group_out = y.shape[1] // groups
@@ -142,10 +148,10 @@ def tiles_kernel(shape):
                                 ih = row_m[r] + off_h
                                 if ih < 0 or ih >= in_h:
                                     continue
-                                pixel0 = ((row_n[r] * in_h + ih) * in_w + off) * in_channels + g * per_group_in
+                                pixel0 = row_n[r] * step_n + ih * step_h + off * step_w + g * per_group_in * step_c
                                 for j in range(j_lo, j_hi):
                                     reached_acc[count] = (r * run + j - j0) * MAX_TILE_CO
-                                    reached_x[count] = pixel0 + j * in_channels
+                                    reached_x[count] = pixel0 + j * step_w
                                     count += 1
                             for c in range(0, cot, lanes):
                                 w = w_start + c
@@ -159,7 +165,7 @@ def tiles_kernel(shape):
                                         padded_out,
                                         pixels,
                                         offsets_from(reached_x, i, 0, PANEL),
-                                        1,
+                                        step_c,
                                         per_group_in,
                                         PANEL_BYTES,
                                     )
@@ -173,7 +179,7 @@ def tiles_kernel(shape):
                                         padded_out,
                                         pixels,
                                         offsets_from(reached_x, i, 0, 8),
-                                        1,
+                                        step_c,
                                         per_group_in,
                                         PANEL_BYTES,
                                     )
@@ -187,7 +193,7 @@ def tiles_kernel(shape):
                                         padded_out,
                                         pixels,
                                         offsets_from(reached_x, i, 0, 4),
-                                        1,
+                                        step_c,
                                         per_group_in,
                                         PANEL_BYTES,
                                     )
@@ -201,7 +207,7 @@ def tiles_kernel(shape):
                                         padded_out,
                                         pixels,
                                         offsets_from(reached_x, i, 0, 2),
-                                        1,
+                                        step_c,
                                         per_group_in,
                                         PANEL_BYTES,
                                     )
@@ -215,7 +221,7 @@ def tiles_kernel(shape):
                                         padded_out,
                                         pixels,
                                         offsets_from(reached_x, i, 0, 1),
-                                        1,
+                                        step_c,
                                         per_group_in,
                                         PANEL_BYTES,
                                     )
@@ -267,10 +273,19 @@ def default_tile_cols(problem, blocking, tile_co, tile_rows):
     return max(least, -(-phase // -(-wanted // items)))
 
 
-def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows=None, tile_cols=None):
+def reads_planar(problem) -> bool:
+    """Whether the kernel broadcasts from the NCHW input as given rather than from a channels-last copy: where the
+    input is one row (a 1-D problem), so that a panel's MR pixels are consecutive in every plane (one cache line
+    per channel step, the next panels' too) and the copy would be a serial pass over the whole input. Elsewhere
+    the pixels of a tile lie on several rows, a plane apart per channel (the docstring's input-layout row)."""
+    return problem.layout == "NCHW" and problem.in_size[0] == 1
+
+
+def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows=None, tile_cols=None, planar=None):
     """``blocked_direct`` with ``blocking``'s tiles; ``tile_co`` (a multiple of the float32 lanes of a panel
     vector, at most ``max_tile_co``), ``tile_rows`` and ``tile_cols`` (phase columns per work item) override the
-    chosen tiles (the result is the same bitwise).
+    chosen tiles, ``planar`` (NCHW only) whether the NCHW input is read as given (default :func:`reads_planar`);
+    the result is the same bitwise.
     The channels-last input and the packed weight live in this thread's kept workspace
     (:mod:`testbed.workspace`), so a repeated call allocates only its result."""
     lanes = blocking.lanes(4)
@@ -285,11 +300,12 @@ def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
     tile_rows = tile_rows or default_tile_rows(problem, blocking)
     tile_cols = tile_cols or default_tile_cols(problem, blocking, tile_co, tile_rows)
+    planar = reads_planar(problem) if planar is None else bool(planar) and problem.layout == "NCHW"
     y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     # the kernel indexes the output as (n, c, h, w)
     y_nchw = y.transpose(0, 3, 1, 2) if problem.layout == "NHWC" else y
     tiles_kernel(blocking.kernel_shape())(
-        channels_last_input(x, problem, blocking),
+        x if planar else channels_last_input(x, problem, blocking),
         packed_weight(weight, problem, blocking),
         bias_or_zeros(bias, problem),
         y_nchw,
@@ -299,5 +315,6 @@ def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows
         tile_co,
         tile_rows,
         tile_cols,
+        planar,
     )
     return y
