@@ -16,6 +16,9 @@ from helpers import run_or_skip
 from testbed.testing import call_kwargs
 
 BOTH = (np.dtype(np.float32), np.dtype(np.float64))
+FORWARD = ("forward",)
+#: forward and both gradients (testbed.conv_transpose_backward)
+EVERY_DIRECTION = ("forward", "backward_data", "backward_weight")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class Capabilities:
     dtypes: tuple = BOTH
     #: the PROBES (in every dtype) the backend declares unsupported; all others it must compute.
     unsupported: frozenset = frozenset()
+    #: the directions it computes (Backend.directions)
+    directions: tuple = FORWARD
 
 
 def _probe(c_in=4, c_out=6, kernel=3, stride=1, padding=0, dilation=1, groups=1):
@@ -57,17 +62,17 @@ PROBES = {
 NOT_NONOVERLAPPING = frozenset(PROBES) - {"nonoverlapping", "grouped_nonoverlapping"}
 
 EXPECTED = {
-    "naive": Capabilities(),
-    "col2im": Capabilities(),
+    "naive": Capabilities(directions=EVERY_DIRECTION),
+    "col2im": Capabilities(directions=EVERY_DIRECTION),
     "fft": Capabilities(),
     "kron": Capabilities(unsupported=NOT_NONOVERLAPPING),  # stride == kernel, dilation 1 only
     "polyphase": Capabilities(),
-    "torch": Capabilities(),
+    "torch": Capabilities(directions=EVERY_DIRECTION),
     "numba_cpu": Capabilities(),
     "numba_cuda": Capabilities(device="cuda"),
     "numba_cuda_atomic": Capabilities(device="cuda", deterministic=False),
     "numba_cuda_tiled": Capabilities(device="cuda"),
-    "auto": Capabilities(device="any"),  # every valid configuration, always
+    "auto": Capabilities(device="any", directions=EVERY_DIRECTION),  # every valid configuration, always
 }
 
 
@@ -94,6 +99,7 @@ def test_declared_capabilities(backend_name):
             for dtype in BOTH
             if impl.unsupported_reason(problem.with_(dtype=dtype))
         ),
+        directions=impl.directions,
     )
     assert declared == expected
 
