@@ -400,16 +400,16 @@ def _table_row(problem: Problem, on_device: bool) -> tuple[str, tuple[str, ...]]
 
 
 def _candidates(
-    problem: Problem, on_device: bool, names: Iterable | None
+    problem: Problem, on_device: bool, names: Iterable | None, direction: str = "forward"
 ) -> tuple[list[Backend], list[CandidateTiming]]:
-    """The backends to time, in the class rule's order, and the status rows of the others."""
+    """The backends to time in ``direction``, in the class rule's order, and the status rows of the others."""
     row = _table_row(problem, on_device)[1]
     explicit = names is not None
     pool = [get_backend(name) for name in (list_backends() if names is None else names)]
     pool.sort(key=lambda b: row.index(b.name) if b.name in row else len(row))  # stable: registry order after
     timed, skipped = [], []
     for backend in pool:
-        why = _why_not(backend, problem, on_device)
+        why = _why_not(backend, problem, on_device, direction)
         if why is None and backend.timing_kind is None:  # the CUDA simulator: runs, but times mean nothing
             skipped.append(CandidateTiming(backend.name, "simulator: not timed", message=backend.status))
         elif why is None:
@@ -431,14 +431,20 @@ def _candidates(
 
 
 def _time_candidate(
-    problem: Problem, backend, settings: TimingSettings | None, best_s: float | None, cut_factor: float, seed: int
+    problem: Problem,
+    backend,
+    settings: TimingSettings | None,
+    best_s: float | None,
+    cut_factor: float,
+    seed: int,
+    direction: str = "forward",
 ) -> dict[str, Any]:
     """Pilot (first call, 3 warm calls), then, unless the pilot is ``cut_factor`` times slower than ``best_s``
-    or ``settings`` is None (pilot only), the full measurement with its samples. Runs in a worker process for
-    ``process`` isolation; every exception becomes an ``error`` status."""
+    or ``settings`` is None (pilot only), the full measurement with its samples, of ``direction``. Runs in a
+    worker process for ``process`` isolation; every exception becomes an ``error`` status."""
     try:
         x, weight, bias = problem.random_arrays(seed)
-        pilot = time_backend(backend, problem, x, weight, bias, _PILOT)
+        pilot = time_backend(backend, problem, x, weight, bias, _PILOT, direction=direction)
         if "median_s" not in pilot:
             return pilot
         fastest = pilot["min_s"] if math.isfinite(pilot["min_s"]) else pilot["median_s"]  # GPU: median only
@@ -452,7 +458,9 @@ def _time_candidate(
         if settings is None:
             return {**found, "status": "ok"}
         # the pilot's calls were the warm-ups
-        stats = time_backend(backend, problem, x, weight, bias, replace(settings, warmup=0), keep_samples=True)
+        stats = time_backend(
+            backend, problem, x, weight, bias, replace(settings, warmup=0), keep_samples=True, direction=direction
+        )
         return {**stats, **found, "status": stats.get("status", "ok")}
     except Exception as exc:
         return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
@@ -465,8 +473,9 @@ def _measure(
     settings: TimingSettings,
     cut_factor: float,
     seed: int,
+    direction: str = "forward",
 ) -> list[dict[str, Any]]:
-    """One result dict per backend, in order (see :func:`_time_candidate`)."""
+    """One result dict per backend, in order (see :func:`_time_candidate`), timing ``direction``."""
 
     def picklable(backend: Backend):
         # testbed's own backends travel by name; any other (a test fake, a user's) as the object, so the worker
@@ -488,24 +497,24 @@ def _measure(
                     best,
                     cut_factor,
                     seed,
+                    direction,
                     timeout_s=settings.worker_timeout_s,
                 )
             except (WorkerError, MainModuleError) as exc:
                 result = {"status": "error", "message": str(exc)}
         else:  # inline: measured now; interleaved: only the pilot now, the samples round-robin below
-            result = _time_candidate(
-                problem, picklable(backend), settings if isolation == "inline" else None, best, cut_factor, seed
-            )
+            pilot_only = settings if isolation == "inline" else None
+            result = _time_candidate(problem, picklable(backend), pilot_only, best, cut_factor, seed, direction)
         results.append(result)
         estimate = result.get("median_s", result.get("pilot_s")) if result.get("status") == "ok" else None
         if estimate is not None and math.isfinite(estimate):
             best = estimate if best is None else min(best, estimate)
     if isolation == "process" and settings.rounds > 1:
-        _more_rounds(problem, backends, results, settings, seed, picklable)
+        _more_rounds(problem, backends, results, settings, seed, picklable, direction)
     if isolation == "interleaved":
         survivors = [i for i, result in enumerate(results) if result.get("status") == "ok"]
         rows = time_jobs(
-            [TimingJob(problem, picklable(backends[i]), rng=seed) for i in survivors],
+            [TimingJob(problem, picklable(backends[i]), rng=seed, direction=direction) for i in survivors],
             settings,
             isolation="interleaved",
             keep_samples=True,
@@ -523,6 +532,7 @@ def _more_rounds(
     settings: TimingSettings,
     seed: int,
     picklable,
+    direction: str = "forward",
 ) -> None:
     """``settings.rounds - 1`` more fresh workers for every candidate that was fully timed, the candidates
     taking turns; each one's rounds pooled into its result (:func:`testbed.timing.pool_rounds`)."""
@@ -540,6 +550,7 @@ def _more_rounds(
                         None,
                         math.inf,
                         seed,
+                        direction,
                         timeout_s=settings.worker_timeout_s,
                     )
                 )
@@ -611,6 +622,7 @@ def _confirm(
     isolation: str,
     settings: TimingSettings,
     seed: int,
+    direction: str = "forward",
 ) -> dict[str, Any]:
     """Rounds after the first for a decision that needs them (:func:`_confirmation_reason`): the contenders —
     the winner, the runner-up and the class rule's choice — are timed again, each fully and, under ``process``
@@ -630,7 +642,7 @@ def _confirm(
     single = replace(settings, rounds=1)
     while True:
         order.reverse()
-        fresh = _measure(problem, [by_name[name] for name in order], isolation, single, math.inf, seed)
+        fresh = _measure(problem, [by_name[name] for name in order], isolation, single, math.inf, seed, direction)
         timed = {
             name: r
             for name, r in zip(order, fresh)
@@ -673,22 +685,24 @@ def tune_problem(
     store: bool = True,
     seed: int = 0,
     source: str = "tune",
+    direction: str = "forward",
 ) -> TuneResult:
-    """:func:`tune` for a :class:`Problem` (no arrays needed): time the candidates, return what was found, and
-    with ``store`` keep the winner as wisdom. ``on_device``: the problem's arrays are CUDA device arrays.
-    Raises :class:`TuneError` when no candidate could be measured."""
+    """:func:`tune` for a :class:`Problem` (no arrays needed): time the candidates in ``direction``, return what
+    was found, and with ``store`` keep the winner as wisdom (of that direction). ``on_device``: the problem's
+    arrays are CUDA device arrays. Raises :class:`TuneError` when no candidate could be measured."""
+    _check_direction(direction)
     config = PlannerConfig("measure", isolation, settings or MEASURE_SETTINGS, cut_factor)  # validates
     start = time.perf_counter()
-    rule = rule_backend(problem, on_device)
+    rule = rule_backend(problem, on_device, direction)
     rule_name = None if rule is None else rule.name
-    backends, skipped = _candidates(problem, on_device, candidates)
-    measured = _measure(problem, backends, config.isolation, config.settings, config.cut_factor, seed)
+    backends, skipped = _candidates(problem, on_device, candidates, direction)
+    measured = _measure(problem, backends, config.isolation, config.settings, config.cut_factor, seed, direction)
     timed = {b.name: r for b, r in zip(backends, measured)}
     ok = {
         name: r for name, r in timed.items() if r.get("status") == "ok" and math.isfinite(r.get("median_s", math.nan))
     }
     device = _device(on_device)
-    sig = wisdom.signature(problem, device)
+    sig = wisdom.signature(problem, device, direction)
     if not ok:
         rows = tuple(_candidate_timing(name, r, None, math.nan) for name, r in timed.items()) + tuple(skipped)
         raise TuneError(
@@ -704,7 +718,15 @@ def tune_problem(
         )
     first = min(ok, key=lambda name: ok[name]["median_s"])
     decision = _confirm(
-        problem, {b.name: b for b in backends}, timed, first, rule_name, config.isolation, config.settings, seed
+        problem,
+        {b.name: b for b in backends},
+        timed,
+        first,
+        rule_name,
+        config.isolation,
+        config.settings,
+        seed,
+        direction,
     )
     ok = {name: timed[name] for name in ok}  # pooled over the rounds where there were more
     winner = decision["backend"]
@@ -738,6 +760,7 @@ def tune_problem(
                 "margin": margin,
                 "rule": rule_name,
             },
+            direction,
         )
     return TuneResult(
         problem=problem,
@@ -797,6 +820,7 @@ def tune(
     store: bool = True,
     seed: int = 0,
     layout: str | None = None,
+    direction: str = "forward",
 ) -> TuneResult:
     """Measure now which backend computes this call fastest, and remember it (FFTW's ``FFTW_MEASURE``).
 
@@ -823,6 +847,10 @@ def tune(
         machine, in every later process.
     seed : int, default 0
         Seed of the random arrays timed.
+    direction : {"forward", "backward_data", "backward_weight"}, default "forward"
+        What is timed: the forward, or one gradient of :func:`testbed.conv_transpose_backward` (the candidates
+        are the backends that declare the direction); the winner is that direction's wisdom, which ``auto`` reads
+        for that direction only.
 
     Returns
     -------
@@ -878,6 +906,7 @@ def tune(
         cut_factor=cut_factor,
         store=store,
         seed=seed,
+        direction=direction,
     )
 
 
@@ -896,9 +925,7 @@ def rule_backend(problem: Problem, on_device: bool = False, direction: str = "fo
 def planned_backend(problem: Problem, on_device: bool = False, direction: str = "forward") -> Backend | None:
     """The backend wisdom (or, in the ``measure`` mode, a measurement made now) picks for ``problem`` in
     ``direction``, or None to follow the class rule. Asked by :func:`choose_backend` before the rule; never raises
-    for a valid problem (a failed measurement warns and returns None). The ``measure`` mode times the forward
-    direction only (:func:`tune` does not time the backward ones yet): a backward direction reads its wisdom, else
-    follows the class rule."""
+    for a valid problem (a failed measurement warns and returns None)."""
     device = _device(on_device)
     entry = wisdom.lookup(problem, device, direction)
     if entry is not None:
@@ -906,15 +933,15 @@ def planned_backend(problem: Problem, on_device: bool = False, direction: str = 
         if chosen is not None:
             return chosen
     config = get_planner()
-    if config.mode != "measure" or direction != "forward":
+    if config.mode != "measure":
         return None
-    key = wisdom.signature(problem, device)
+    key = wisdom.signature(problem, device, direction)
     with _MEASURE_LOCK:
         if key in _UNDECIDED:
             return None
-        entry = wisdom.lookup(problem, device)  # measured by another thread while this one waited
-        if entry is not None and _usable(entry["backend"], problem, on_device)[0] is not None:
-            return _usable(entry["backend"], problem, on_device)[0]
+        entry = wisdom.lookup(problem, device, direction)  # measured by another thread while this one waited
+        if entry is not None and _usable(entry["backend"], problem, on_device, direction)[0] is not None:
+            return _usable(entry["backend"], problem, on_device, direction)[0]
         try:
             result = tune_problem(
                 problem,
@@ -923,6 +950,7 @@ def planned_backend(problem: Problem, on_device: bool = False, direction: str = 
                 settings=config.settings,
                 cut_factor=config.cut_factor,
                 source="measure",
+                direction=direction,
             )
         except Exception as exc:
             warnings.warn(
@@ -934,7 +962,7 @@ def planned_backend(problem: Problem, on_device: bool = False, direction: str = 
         if result is None or result.winner is None:
             _UNDECIDED.add(key)
             return None
-    return _usable(result.winner, problem, on_device)[0]
+    return _usable(result.winner, problem, on_device, direction)[0]
 
 
 def choose_backend(problem: Problem, on_device: bool = False, direction: str = "forward") -> Backend:
@@ -985,7 +1013,7 @@ def explain_problem(problem: Problem, on_device: bool = False, direction: str = 
                 kernels=_kernels(chosen.name, problem),
             )
         note = f"wisdom names {entry['backend']}, which is ignored here ({why}). "
-    if config.mode == "measure" and direction == "forward" and base.signature not in _UNDECIDED:
+    if config.mode == "measure" and base.signature not in _UNDECIDED:
         note += (
             "planner 'measure': the first call with this signature times the candidates and may run another backend."
         )

@@ -48,7 +48,7 @@ import numpy as np
 from . import machine
 from .machine import load_average, thread_pools
 from .problem import Problem
-from .registry import Backend
+from .registry import DIRECTIONS, Backend
 from .testing import call_kwargs
 
 __all__ = [
@@ -136,16 +136,20 @@ class TimingJob:
     """One (problem, backend) to time: picklable, so a worker process can time it. ``backend`` is a registered
     name or a :class:`~testbed.registry.Backend` whose functions are importable (module level); ``rng`` is what
     ``problem.random_arrays`` takes (a seed or a ``numpy.random.Generator``): every job of one case should get
-    the same inputs."""
+    the same inputs. ``direction``: which computation is timed (:data:`testbed.registry.DIRECTIONS`, see
+    :func:`prepare_call`)."""
 
     problem: Problem
     backend: str | Backend
     allocation: str = "alloc"
     rng: int | np.random.Generator | None = 0
+    direction: str = "forward"
 
     def __post_init__(self):
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
 
     @property
     def backend_name(self) -> str:
@@ -540,27 +544,44 @@ def speedup_ci(
 # ---- timing a backend --------------------------------------------------------------------------------------------
 
 
-def prepare_call(backend, problem: Problem, x, weight, bias, allocation: str = "alloc") -> Callable[[], object]:
+def prepare_call(
+    backend, problem: Problem, x, weight, bias, allocation: str = "alloc", direction: str = "forward"
+) -> Callable[[], object]:
     """The call to time: the public ``conv_transpose2d`` (``conv_transpose1d``/``3d`` at ``problem.rank``; every
-    backend pays the same validation), with a preallocated, already faulted-in ``out`` in ``out`` mode."""
+    backend pays the same validation), with a preallocated, already faulted-in ``out`` in ``out`` mode. For a
+    backward ``direction``, :func:`testbed.conv_transpose_backward` asked for that one gradient (``output_mask``)
+    of a standard-normal ``grad_output`` (seed 1; ``bias`` unused), its ``out`` entry preallocated in ``out``
+    mode."""
     from . import api
+    from .backward import conv_transpose_backward
 
-    conv_transpose = getattr(api, f"conv_transpose{problem.rank}d")
-    kwargs = call_kwargs(problem)
-    if allocation == "out":
-        kwargs["out"] = np.zeros(problem.output_shape, dtype=problem.dtype)
-    elif allocation != "alloc":
+    if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
-    return lambda: conv_transpose(x, weight, bias, backend=backend, **kwargs)
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    kwargs = call_kwargs(problem)
+    if direction == "forward":
+        conv_transpose = getattr(api, f"conv_transpose{problem.rank}d")
+        if allocation == "out":
+            kwargs["out"] = np.zeros(problem.output_shape, dtype=problem.dtype)
+        return lambda: conv_transpose(x, weight, bias, backend=backend, **kwargs)
+    grad_output = np.random.default_rng(1).standard_normal(problem.output_shape).astype(problem.dtype)
+    data = direction == "backward_data"
+    if allocation == "out":
+        target = np.zeros(problem.input_shape if data else problem.weight_shape, dtype=problem.dtype)
+        kwargs["out"] = (target, None, None) if data else (None, target, None)
+    mask = (data, not data, False)
+    return lambda: conv_transpose_backward(grad_output, x, weight, output_mask=mask, backend=backend, **kwargs)
 
 
-def not_run_status(backend: Backend, problem: Problem) -> dict | None:
-    """``{"status", "message"}`` when ``backend`` cannot run ``problem`` here — ``unavailable`` (its probe's
-    reason) or ``unsupported`` (the reason it declines) — else None. Shared with the harness's sweep rows."""
+def not_run_status(backend: Backend, problem: Problem, direction: str = "forward") -> dict | None:
+    """``{"status", "message"}`` when ``backend`` cannot run ``problem`` in ``direction`` here — ``unavailable``
+    (its probe's reason) or ``unsupported`` (the reason it declines) — else None. Shared with the harness's sweep
+    rows."""
     ok, why = backend.probe()
     if not ok:
         return {"status": "unavailable", "message": why}
-    reason = backend.unsupported_reason(problem)
+    reason = backend.unsupported_reason(problem, direction)
     if reason is not None:
         return {"status": "unsupported", "message": reason}
     return None
@@ -581,9 +602,9 @@ def exception_status(exc: Exception) -> dict:
     return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
 
 
-def _untimed(backend, problem: Problem) -> dict | None:
-    """A status row for a backend that is not timed on ``problem`` here, or None."""
-    status = not_run_status(backend, problem)
+def _untimed(backend, problem: Problem, direction: str = "forward") -> dict | None:
+    """A status row for a backend that is not timed on ``problem`` in ``direction`` here, or None."""
+    status = not_run_status(backend, problem, direction)
     if status is None and backend.timing_kind is None:
         return {"status": "simulator: not timed", "message": backend.probe()[1]}
     return status
@@ -599,9 +620,11 @@ def time_backend(
     *,
     allocation: str = "alloc",
     keep_samples: bool = False,
+    direction: str = "forward",
 ) -> dict:
     """Timing statistics of one backend on one problem in this process, or a ``status`` saying why it was not
-    timed (unavailable, unsupported, the CUDA simulator).
+    timed (unavailable, unsupported, the CUDA simulator). ``direction``: the forward, or one gradient of
+    :func:`testbed.conv_transpose_backward` (:func:`prepare_call`).
 
     CPU backends: :func:`time_call` of the public ``conv_transpose2d`` (with the samples as ``samples_s`` if
     ``keep_samples``). GPU backends (``timing_kind == "gpu"``): the
@@ -614,12 +637,13 @@ def time_backend(
     from .registry import get_backend
 
     backend = get_backend(backend)
-    skipped = _untimed(backend, problem)
+    skipped = _untimed(backend, problem, direction)
     if skipped is not None:
         return skipped
-    call = prepare_call(backend, problem, x, weight, bias, allocation)
+    call = prepare_call(backend, problem, x, weight, bias, allocation, direction)
     module = sys.modules.get(getattr(backend.run, "__module__", ""), None)
-    hook = getattr(module, "time_cuda_backend", None) if backend.timing_kind == "gpu" else None
+    gpu_forward = backend.timing_kind == "gpu" and direction == "forward"
+    hook = getattr(module, "time_cuda_backend", None) if gpu_forward else None
     if hook is not None:
         start = time.perf_counter()
         call()
@@ -662,7 +686,15 @@ def _time_job_here(job: TimingJob, settings: TimingSettings, keep_samples: bool)
     try:
         x, weight, bias = job.problem.random_arrays(job.rng)
         return time_backend(
-            job.backend, job.problem, x, weight, bias, settings, allocation=job.allocation, keep_samples=keep_samples
+            job.backend,
+            job.problem,
+            x,
+            weight,
+            bias,
+            settings,
+            allocation=job.allocation,
+            keep_samples=keep_samples,
+            direction=job.direction,
         )
     except Exception as exc:
         return exception_status(exc)
@@ -675,10 +707,10 @@ def _time_interleaved(jobs: Sequence[TimingJob], settings: TimingSettings, keep_
     timers: dict[int, _Timer] = {}
     for i, job in enumerate(jobs):
         backend = get_backend(job.backend)
-        if _untimed(backend, job.problem) is None and backend.timing_kind == "cpu":
+        if _untimed(backend, job.problem, job.direction) is None and backend.timing_kind == "cpu":
             x, weight, bias = job.problem.random_arrays(job.rng)
             timers[i] = _Timer(
-                prepare_call(backend, job.problem, x, weight, bias, job.allocation), settings, catch=True
+                prepare_call(backend, job.problem, x, weight, bias, job.allocation, job.direction), settings, catch=True
             )
     watch = _Memory()
     _round_robin(list(timers.values()), settings, watch)

@@ -498,3 +498,29 @@ def test_bridge_refuses_and_import_fails_clearly_without_torch():
 
     with pytest.raises(TypeError, match=r"weight dtype \(float64\) must match the input dtype \(float32\)"):
         bridge.conv_transpose(torch.ones(1, 2, 3), torch.ones(2, 1, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("isolation", ["inline", "interleaved", "process"])
+def test_tune_times_a_direction_and_stores_its_wisdom(isolation, wisdom_file):
+    """``tune(direction=...)`` times only the backends declaring the direction, on that gradient, and stores the
+    winner under the direction's signature; the forward's wisdom is untouched and auto follows each."""
+    from testbed.timing import TimingSettings, prepare_call
+
+    _, x, w, params = arrays(GRID[4], np.float32)
+    problem = problem_of(x, w, params)
+    settings = TimingSettings.quick()
+    forward_only = forward_only_backend()
+    candidates = ["naive", "col2im", forward_only]
+    result = testbed.tune(
+        x, w, **params, direction="backward_weight", candidates=candidates, isolation=isolation, settings=settings
+    )
+    assert result.signature == wisdom.signature(problem, "cpu", "backward_weight")
+    assert sorted(result.medians_s) == ["col2im", "naive"] and result.winner in ("col2im", "naive")
+    assert result.timing("forward_only").status == "unsupported"
+    assert "backward_weight direction is not implemented" in result.timing("forward_only").message
+    assert wisdom.lookup(problem, "cpu", "backward_weight")["backend"] == result.winner
+    assert wisdom.lookup(problem) is None and wisdom.lookup(problem, "cpu", "backward_data") is None
+    assert testbed.resolve_backend(x, w, **params, direction="backward_weight").name == result.winner
+    # what is timed is the gradient itself: the prepared call returns it
+    gradients = prepare_call("col2im", problem, x, w, None, "out", "backward_weight")()
+    assert gradients.grad_input is None and gradients.grad_bias is None and gradients.grad_weight.shape == w.shape
