@@ -57,7 +57,7 @@ def test_a_killed_candidate_is_recorded_in_wisdom_and_explained(wisdom_file):
     assert "not measured: fake_killer (worker process died without a result (killed by SIGKILL))" in str(why)
 
 
-def _failing_measure(problem, backends, isolation, settings, cut_factor, seed):
+def _failing_measure(problem, backends, isolation, settings, cut_factor, seed, direction="forward"):
     return [
         {"status": "error", "message": "worker process died without a result (killed by SIGKILL)"} for _ in backends
     ]
@@ -99,7 +99,7 @@ def _scripted(monkeypatch, rounds):
     the candidates were timed in, per round, is kept."""
     orders = []
 
-    def measure(problem, backends, isolation, settings, cut_factor, seed):
+    def measure(problem, backends, isolation, settings, cut_factor, seed, direction="forward"):
         answers = rounds[len(orders)]
         orders.append([b.name for b in backends])
         return [_timed(*answers[b.name]) for b in backends]
@@ -110,7 +110,7 @@ def _scripted(monkeypatch, rounds):
 
 def test_a_burst_in_the_first_round_does_not_decide(monkeypatch, wisdom_file):
     """The unet4 case: col2im won the first round only because numba_cpu's round met a burst of other load."""
-    monkeypatch.setattr(planner, "rule_backend", lambda problem, on_device=False: testbed.get_backend("numba_cpu"))
+    monkeypatch.setattr(planner, "rule_backend", lambda *_: testbed.get_backend("numba_cpu"))
     orders = _scripted(
         monkeypatch,
         [
@@ -131,7 +131,7 @@ def test_a_burst_in_the_first_round_does_not_decide(monkeypatch, wisdom_file):
 
 
 def test_a_winner_that_wins_again_is_kept_after_two_rounds(monkeypatch, wisdom_file):
-    monkeypatch.setattr(planner, "rule_backend", lambda problem, on_device=False: testbed.get_backend("numba_cpu"))
+    monkeypatch.setattr(planner, "rule_backend", lambda *_: testbed.get_backend("numba_cpu"))
     _scripted(
         monkeypatch,
         [
@@ -149,7 +149,7 @@ def test_a_winner_that_wins_again_is_kept_after_two_rounds(monkeypatch, wisdom_f
 
 
 def test_a_clear_winner_the_rule_agrees_with_takes_one_round(monkeypatch, wisdom_file):
-    monkeypatch.setattr(planner, "rule_backend", lambda problem, on_device=False: testbed.get_backend("col2im"))
+    monkeypatch.setattr(planner, "rule_backend", lambda *_: testbed.get_backend("col2im"))
     _scripted(monkeypatch, [{"col2im": (10e-3, 1e-4), "kron": (30e-3, 1e-4)}])
     result = planner.tune_problem(UP, candidates=["col2im", "kron"], isolation="process", settings=FEW)
     assert (result.winner, result.rounds) == ("col2im", 1)
@@ -157,7 +157,7 @@ def test_a_clear_winner_the_rule_agrees_with_takes_one_round(monkeypatch, wisdom
 
 
 def test_a_win_within_the_spread_needs_a_second_round(monkeypatch, wisdom_file):
-    monkeypatch.setattr(planner, "rule_backend", lambda problem, on_device=False: testbed.get_backend("kron"))
+    monkeypatch.setattr(planner, "rule_backend", lambda *_: testbed.get_backend("kron"))
     _scripted(
         monkeypatch,
         [
@@ -173,7 +173,7 @@ def test_a_win_within_the_spread_needs_a_second_round(monkeypatch, wisdom_file):
 
 def test_overturning_the_rule_with_real_fakes_inline(monkeypatch, wisdom_file):
     """The same path end to end, timing sleep-based fakes in this process."""
-    monkeypatch.setattr(planner, "rule_backend", lambda problem, on_device=False: planner_fakes.MEDIUM)
+    monkeypatch.setattr(planner, "rule_backend", lambda *_: planner_fakes.MEDIUM)
     result = planner.tune_problem(
         UP, candidates=[planner_fakes.MEDIUM, planner_fakes.FAST], isolation="inline", settings=FEW
     )
