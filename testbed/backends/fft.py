@@ -110,26 +110,41 @@ def _kernel_slab_elements(kernel_size, fft_shape):
 _SMALL_BYTES = 32 * 2**10
 
 
-def _peak_bytes(problem, fft_shape, blocks):
-    """Bytes of temporaries held at once by :func:`fft_convolve` with ``blocks`` (the result excluded).
+def _channel_roles(problem, direction):
+    """``(transformed, blocked)``: the channels whose spectra are computed first and kept per image block, and the
+    channels per group that are computed in blocks. Forward: the input's channels, then blocks of output channels.
+    The data gradient is the same computation with the roles swapped (grad_output's channels are transformed, the
+    input channels blocked); the weight gradient transforms the input's channels and blocks grad_output's."""
+    if direction == "backward_data":
+        return problem.out_channels, problem.in_per_group
+    return problem.in_channels, problem.out_per_group
+
+
+def _peak_bytes(problem, fft_shape, blocks, direction="forward"):
+    """Bytes of temporaries held at once by :func:`fft_convolve` (or the gradient of ``direction``) with
+    ``blocks`` (the result excluded).
 
     Throughout: the per-axis DFT matrices of the taps and :data:`_SMALL_BYTES`. Input step: an image block's
     zero-inserted volumes and their spectra (``rfftn`` writes a new array for the last axis and transforms the
     others in place). Then, kept: those spectra. Per channel block: the output spectra plus either the block's
     taps and a slab's kernel-spectrum chain (two consecutive stages of :func:`_kernel_stages` during each
     GEMM), or the output volumes (``ifft`` in place over each leading axis, then ``irfft`` into a new
-    array)."""
+    array). The gradients hold the same arrays with the channels of :func:`_channel_roles`: the data gradient's
+    are the forward's with input and output channels swapped; the weight gradient holds grad_output's volumes and
+    spectra where the forward holds its output's, and the adjoint chain of the kernel spectra (the same stages in
+    reverse, ending in a block's taps) where the forward holds the chain."""
     volume, q = math.prod(fft_shape), fft_shape[-1] // 2 + 1
     spectrum = volume // fft_shape[-1] * q
     real = problem.dtype.itemsize
     cplx = 2 * real
-    ci, g = problem.in_channels, problem.groups
+    transformed, _ = _channel_roles(problem, direction)
+    g = problem.groups
     nb, cb, columns = blocks
-    x_planes = nb * ci * volume * real
-    x_hat = nb * ci * spectrum * cplx
+    x_planes = nb * transformed * volume * real
+    x_hat = nb * transformed * spectrum * cplx
     y_hat = spectrum * g * nb * cb * cplx
     taps = math.prod(problem.kernel_size)
-    w_step = (taps + _kernel_slab_elements(problem.kernel_size, fft_shape) * columns) * ci * cb * cplx
+    w_step = (taps + _kernel_slab_elements(problem.kernel_size, fft_shape) * columns) * transformed * cb * cplx
     y_planes = volume * g * nb * cb * real
     dft_matrices = (sum(map(math.prod, zip(fft_shape[:-1], problem.kernel_size))) + q * problem.kernel_size[-1]) * cplx
     return _SMALL_BYTES + dft_matrices + max(x_planes + x_hat, x_hat + y_hat + max(w_step, y_planes))
@@ -147,29 +162,31 @@ def _largest(fits, upper):
     return low
 
 
-def _blocks(problem, fft_shape):
-    """The blocks of :func:`fft_convolve`, or None if one image, one channel and one frequency do not fit.
+def _blocks(problem, fft_shape, direction="forward"):
+    """The blocks of :func:`fft_convolve` (or of the gradient of ``direction``, channels as
+    :func:`_channel_roles`), or None if one image, one channel and one frequency do not fit.
 
     The most images whose input step takes at most half the limit (all of them if they fit: kernel spectra are
     recomputed per image block), then the most output channels that fit the rest, then the most last-axis
     frequencies that fit and (unless a single one exceeds it) keep the kernel slab within :data:`SLAB_BYTES`."""
-    return _blocks_under(problem, fft_shape, problem.workspace_limit, SLAB_BYTES)
+    return _blocks_under(problem, fft_shape, problem.workspace_limit, SLAB_BYTES, direction)
 
 
 @functools.lru_cache(maxsize=256)  # the check and the call ask for the same problem's blocks
-def _blocks_under(problem, fft_shape, limit, slab_bytes):
-    n, cog = problem.batch, problem.out_per_group
+def _blocks_under(problem, fft_shape, limit, slab_bytes, direction="forward"):
+    n = problem.batch
+    transformed, cog = _channel_roles(problem, direction)
     slab_elements = _kernel_slab_elements(problem.kernel_size, fft_shape)
-    kernel_column = slab_elements * problem.in_channels * 2 * problem.dtype.itemsize
+    kernel_column = slab_elements * transformed * 2 * problem.dtype.itemsize
 
     def fits(images, channels=1, columns=1):
-        return _peak_bytes(problem, fft_shape, Blocks(images, channels, columns)) <= limit
+        return _peak_bytes(problem, fft_shape, Blocks(images, channels, columns), direction) <= limit
 
     if not fits(1):
         return None
 
     def input_step(images):  # the input's transform alone, before any channel block
-        return _peak_bytes(problem, fft_shape, Blocks(images, 0, 0))
+        return _peak_bytes(problem, fft_shape, Blocks(images, 0, 0), direction)
 
     images = max(1, _largest(lambda b: fits(b) and input_step(b) <= limit // 2, n))
     channels = _largest(lambda c: fits(images, c) and (c == 1 or c * kernel_column <= slab_bytes), cog)
@@ -185,22 +202,32 @@ def _blocks_under(problem, fft_shape, limit, slab_bytes):
 _LONGEST_TRANSFORM = 2**40
 
 
-def _too_large(problem):
-    """Why even the smallest blocks do not fit :attr:`Problem.workspace_limit`, or None."""
+#: What the transforms hold per direction, for a refusal: (the transformed array, the blocked one).
+_HELD = {
+    "forward": ("one image's stride-dilated input", "one output channel"),
+    "backward_data": ("one image's output gradient", "one input channel"),
+    "backward_weight": ("one image's stride-dilated input", "one output channel's gradient"),
+}
+
+
+def _too_large(problem, direction="forward"):
+    """Why even the smallest blocks of ``direction`` do not fit :attr:`Problem.workspace_limit`, or None."""
     limit = problem.workspace_limit
     full = _linear_size(problem)
     if max(full) > _LONGEST_TRANSFORM:  # next_fast_len refuses these: the linear size is a lower bound
         fft_shape, bound = full, "at least"
     else:
         fft_shape, bound = _fft_shape(problem), "about"
-        if _blocks(problem, fft_shape) is not None:
+        if _blocks(problem, fft_shape, direction) is not None:
             return None
-    need = _peak_bytes(problem, fft_shape, Blocks(1, 1, 1))
+    need = _peak_bytes(problem, fft_shape, Blocks(1, 1, 1), direction)
+    transformed, blocked = _HELD[direction]
+    channels, _ = _channel_roles(problem, direction)
     return (
-        f"the transforms of one image's stride-dilated input ({problem.in_channels} channels of "
-        f"{'×'.join(map(str, fft_shape))} samples, whatever padding crops) with one output channel need {bound} "
-        f"{need:.3g} bytes, above the workspace limit of {limit:.3g} bytes (testbed.problem.WORKSPACE_BYTES, "
-        f"or twice the call's arrays); polyphase and numba_cpu compute only the output"
+        f"the transforms of {transformed} ({channels} channels of {'×'.join(map(str, fft_shape))} samples, "
+        f"whatever padding crops) with {blocked} need {bound} {need:.3g} bytes, above the workspace limit of "
+        f"{limit:.3g} bytes (testbed.problem.WORKSPACE_BYTES, or twice the call's arrays); polyphase and numba_cpu "
+        f"compute only the output"
     )
 
 
@@ -333,6 +360,220 @@ def fft_convolve(x, weight, bias, problem):
     return y
 
 
+# ---- backward: the same spectra, multiplied the other way round -------------------------------------------------
+
+
+def _declined(problem, direction):
+    """Raise UnsupportedConfiguration where even the smallest blocks of ``direction`` exceed the workspace limit
+    (``Backend.check`` is asked only the forward's question, and the data gradient transforms other channels)."""
+    reason = _too_large(problem, direction)
+    if reason is not None:
+        raise UnsupportedConfiguration("fft", reason)
+
+
+def _gradient_window(problem):
+    """``(crop, window)``: where the samples of grad_output that any tap reaches lie in the linear convolution
+    (``crop``, offset by the padding) and in grad_output (``window``; what lies past it, output_padding beyond
+    the linear size, reaches no input and no weight)."""
+    window_size = tuple(
+        max(0, min(m - p, o)) for m, p, o in zip(_linear_size(problem), problem.padding, problem.out_size)
+    )
+    crop = tuple(slice(p, p + size) for p, size in zip(problem.padding, window_size))
+    return crop, tuple(slice(size) for size in window_size)
+
+
+def fft_data_gradient(grad_output, weight, problem):
+    """``grad_input[n, ci, i] = Σ_{co, k} grad_output[n, co, i·s − p + k·d] · W[ci, co, k]``: the correlation of
+    the linear-size canvas holding grad_output at offset ``p`` with the dilated kernel, sampled at ``i·s``.
+
+    In the frequency domain ``X̂[n, ci] = Σ_co Ĝ[n, co] · conj(Ŵ_d[ci, co])``: the forward's channel GEMM with the
+    roles of the channels swapped and conjugated kernel spectra (the taps are real, so the conjugate is the taps'
+    DFT with conjugated DFT matrices). The circular correlation equals the linear one on the same ``P`` grid: the
+    lags that reach an input sample lie in ``(−(n−1)·s, L)`` and ``P ≥ L``. Blocks: images, then input channels,
+    then last-axis frequencies (:func:`_blocks` for ``"backward_data"``). Scaling as the forward: per image of
+    grad_output, per input channel's weights."""
+    _declined(problem, "backward_data")
+    n, g, r = problem.batch, problem.groups, problem.rank
+    cig, cog = problem.in_per_group, problem.out_per_group
+    kernel_size, out_size = problem.kernel_size, problem.out_size
+    fft_shape = _fft_shape(problem)
+    leading, q = fft_shape[:-1], fft_shape[-1] // 2 + 1
+    spatial = tuple(range(r))
+    blocks = _blocks(problem, fft_shape, "backward_data")
+    complex_dtype = np.result_type(problem.dtype, np.complex64)
+    kernels = weight.reshape(g, cig, cog, *kernel_size)
+    crop, window = _gradient_window(problem)
+    reached = grad_output.reshape(n, g, cog, *out_size)[(slice(None),) * 3 + window]
+    g_exp = _scale_exponents(reached.reshape(n, -1), lambda i: f"output gradient image {i}", problem.dtype)
+    w_exp = _scale_exponents(
+        weight.reshape(problem.in_channels, -1), lambda i: f"the weights of input channel {i}", problem.dtype
+    ).reshape(g, cig)
+    leading_dfts = [
+        _dft_matrix(range(p), p, k, d, complex_dtype).conj()  # conj(E_a): the conjugate spectra of real taps
+        for p, k, d in zip(leading, kernel_size, problem.dilation)
+    ]
+    last_dft = _dft_matrix(range(q), fft_shape[-1], kernel_size[-1], problem.dilation[-1], complex_dtype).conj()
+    inserted = tuple(slice(None, (size - 1) * s + 1, s) for size, s in zip(problem.in_size, problem.stride))
+    grad_input = np.empty(problem.input_shape, dtype=problem.dtype)
+    into = grad_input.reshape(n, g, cig, *problem.in_size)
+    small = math.prod(leading) * q * n * problem.out_channels * cig < 2**20  # as the forward
+    with contextlib.nullcontext() if small else single_threaded_blas():
+        for n0 in range(0, n, blocks.images):
+            n1 = min(n, n0 + blocks.images)
+            # (P_1, …, P_r, G, images, Co_g): grad_output placed at offset p in the canvas, scaled.
+            g_planes = np.zeros((*fft_shape, g, n1 - n0, cog), dtype=problem.dtype)
+            np.ldexp(
+                reached[n0:n1].transpose(*(a + 3 for a in spatial), 1, 0, 2),
+                -g_exp[n0:n1].reshape(-1, 1),
+                out=g_planes[crop],
+            )
+            g_hat = scipy.fft.rfftn(g_planes, axes=spatial)  # (P_1, …, Q, G, images, Co_g)
+            del g_planes
+            for c0 in range(0, cig, blocks.channels):
+                c1 = min(cig, c0 + blocks.channels)
+                # (k_1, …, k_r, G·Co_g·block): the block of input channels' scaled taps, output channels first.
+                taps = np.zeros((*kernel_size, g, cog, c1 - c0), dtype=complex_dtype)
+                np.ldexp(
+                    kernels[:, c0:c1].transpose(*(a + 3 for a in spatial), 0, 2, 1),
+                    -w_exp[:, None, c0:c1],
+                    out=taps.real,
+                )
+                taps = taps.reshape(*kernel_size, -1)
+                x_hat = np.empty((*leading, q, g, n1 - n0, c1 - c0), dtype=complex_dtype)
+                for f0 in range(0, q, blocks.columns):
+                    f1 = min(q, f0 + blocks.columns)
+                    w_hat = _kernel_spectra(taps, leading_dfts, last_dft[f0:f1])  # conj(Ŵ_d)
+                    # Channel sum per frequency: (images × Co_g) · (Co_g × block) for every (frequency, group).
+                    np.matmul(
+                        g_hat[..., f0:f1, :, :, :],
+                        w_hat.reshape(*leading, f1 - f0, g, cog, c1 - c0),
+                        out=x_hat[..., f0:f1, :, :, :],
+                    )
+                    del w_hat
+                for axis in spatial[:-1]:  # in place, as the forward's inverse
+                    x_hat = scipy.fft.ifft(x_hat, axis=axis, overwrite_x=True)
+                x_planes = scipy.fft.irfft(x_hat, n=fft_shape[-1], axis=r - 1)
+                del x_hat
+                block = into[n0:n1, :, c0:c1]
+                scale = (g_exp[n0:n1, None, None] + w_exp[None, :, c0:c1]).reshape(*block.shape[:3], *(1,) * r)
+                np.ldexp(x_planes[inserted].transpose(r + 1, r, r + 2, *spatial), scale, out=block)
+                del x_planes
+            del g_hat
+    grad_input += 0.0  # never -0.0, as the forward's outputs
+    return grad_input
+
+
+def _adjoint_kernel_spectra(spectra, leading_adjoints, last_adjoint):
+    """The adjoint of :func:`_kernel_spectra`: ``spectra`` (``(P_1, …, P_{r-1}, slab, M)``) taken back to the
+    taps, ``(k_1, …, k_r, M)``, through ``leading_adjoints`` (``E_a^H``, ``k_a × P_a``) and ``last_adjoint``
+    (``k_r × slab``).
+
+    The same stages as the forward chain in reverse order: the first axis first, one plain GEMM (the largest),
+    then each later leading axis ``a`` as ``E_a^H @ (k_1…k_{a-1}, P_a, rest)``, the last axis's slab last."""
+    m = spectra.shape[-1]
+    for axis, adjoint in enumerate(leading_adjoints):
+        before = math.prod(dft.shape[0] for dft in leading_adjoints[:axis])
+        spectra = np.matmul(adjoint, spectra.reshape(before, adjoint.shape[1], -1))
+    taps_leading = math.prod(dft.shape[0] for dft in leading_adjoints)
+    result = np.matmul(last_adjoint, spectra.reshape(taps_leading, last_adjoint.shape[1], m))
+    return result.reshape(*(dft.shape[0] for dft in leading_adjoints), last_adjoint.shape[0], m)
+
+
+def fft_weight_gradient(grad_output, x, problem):
+    """``grad_W[ci, co, k] = Σ_{n, i} x[n, ci, i] · grad_output[n, co, i·s − p + k·d]``: the cross-correlation of
+    the stride-dilated input with grad_output (placed at offset ``p`` in the linear-size canvas), read at the lags
+    ``k·d``.
+
+    In the frequency domain ``R[ci, co] = Σ_n conj(X̂_s[n, ci]) · Ĝ[n, co]`` per frequency (a GEMM over the
+    images), and only ``k_1·…·k_r`` lags of its inverse are wanted, so the inverse is the adjoint of the kernel
+    spectra's per-axis DFTs (:func:`_adjoint_kernel_spectra`) rather than an inverse FFT of a ``C_in × C_out``
+    volume: ``r[t] = (1/P) Σ_f R(f) e^{+2πi f·t/P}``, and over the half spectrum of the last axis ``Re`` of the
+    sum with the frequencies that stand for their mirror image (all but 0 and ``P_r/2``) counted twice. The lags
+    stay inside the linear size (``j + t ≤ L − 1 < P``), so the circular correlation is the linear one. Blocks:
+    images (the image sum is accumulated across blocks), then output channels, then last-axis frequencies
+    (:func:`_blocks` for ``"backward_weight"``). Scaling by powers of two per channel (per input channel of ``x``,
+    per output channel of grad_output, over the whole batch) so that the image sum needs no rescaling."""
+    _declined(problem, "backward_weight")
+    n, g, r = problem.batch, problem.groups, problem.rank
+    cig, cog = problem.in_per_group, problem.out_per_group
+    kernel_size, out_size = problem.kernel_size, problem.out_size
+    fft_shape = _fft_shape(problem)
+    leading, q = fft_shape[:-1], fft_shape[-1] // 2 + 1
+    spatial = tuple(range(r))
+    blocks = _blocks(problem, fft_shape, "backward_weight")
+    complex_dtype = np.result_type(problem.dtype, np.complex64)
+    crop, window = _gradient_window(problem)
+    reached = grad_output.reshape(n, g, cog, *out_size)[(slice(None),) * 3 + window]
+    x_exp = _scale_exponents(
+        x.reshape(n, problem.in_channels, -1).swapaxes(0, 1).reshape(problem.in_channels, -1),
+        lambda i: f"input channel {i}",
+        problem.dtype,
+    ).reshape(g, cig)
+    g_exp = _scale_exponents(
+        reached.reshape(n, g * cog, -1).swapaxes(0, 1).reshape(g * cog, -1),
+        lambda i: f"output gradient channel {i}",
+        problem.dtype,
+    ).reshape(g, cog)
+    leading_adjoints = [
+        _dft_matrix(range(p), p, k, d, complex_dtype).conj().T  # E_a^H: (k_a, P_a)
+        for p, k, d in zip(leading, kernel_size, problem.dilation)
+    ]
+    # E_r^H over the half spectrum, each frequency weighted by how many of the full spectrum it stands for and the
+    # inverse transform's 1/(P_1·…·P_r) folded in.
+    last_weights = np.full(q, 2.0)
+    last_weights[0] = 1.0
+    if fft_shape[-1] % 2 == 0:
+        last_weights[-1] = 1.0
+    last_adjoint = (
+        _dft_matrix(range(q), fft_shape[-1], kernel_size[-1], problem.dilation[-1], complex_dtype).conj()
+        * (last_weights / math.prod(fft_shape))[:, None]
+    ).T.astype(complex_dtype)
+    inserted = tuple(slice(None, (size - 1) * s + 1, s) for size, s in zip(problem.in_size, problem.stride))
+    grad_weight = np.zeros(problem.weight_shape, dtype=problem.dtype)
+    # (k_1, …, k_r, G, Ci_g, Co_g): the accumulator's view, in the order the adjoint chain yields.
+    taps_major = grad_weight.reshape(g, cig, cog, *kernel_size).transpose(*(a + 3 for a in spatial), 0, 1, 2)
+    small = math.prod(leading) * q * n * problem.in_channels * cog < 2**20  # as the forward
+    with contextlib.nullcontext() if small else single_threaded_blas():
+        for n0 in range(0, n, blocks.images):
+            n1 = min(n, n0 + blocks.images)
+            # (P_1, …, P_r, G, Ci_g, images): the stride-dilated, scaled input, images last for the image-sum GEMM.
+            x_planes = np.zeros((*fft_shape, g, cig, n1 - n0), dtype=problem.dtype)
+            np.ldexp(
+                x[n0:n1].reshape(n1 - n0, g, cig, *problem.in_size).transpose(*(a + 3 for a in spatial), 1, 2, 0),
+                -x_exp[..., None],
+                out=x_planes[inserted],
+            )
+            x_hat = scipy.fft.rfftn(x_planes, axes=spatial)  # (P_1, …, Q, G, Ci_g, images)
+            del x_planes
+            np.conjugate(x_hat, out=x_hat)
+            for c0 in range(0, cog, blocks.channels):
+                c1 = min(cog, c0 + blocks.channels)
+                g_planes = np.zeros((*fft_shape, g, n1 - n0, c1 - c0), dtype=problem.dtype)
+                np.ldexp(
+                    reached[n0:n1, :, c0:c1].transpose(*(a + 3 for a in spatial), 1, 0, 2),
+                    -g_exp[:, None, c0:c1],
+                    out=g_planes[crop],
+                )
+                g_hat = scipy.fft.rfftn(g_planes, axes=spatial)  # (P_1, …, Q, G, images, block)
+                del g_planes
+                for f0 in range(0, q, blocks.columns):
+                    f1 = min(q, f0 + blocks.columns)
+                    # The image sum per frequency: (Ci_g × images) · (images × block) for every (frequency, group).
+                    products = np.matmul(x_hat[..., f0:f1, :, :, :], g_hat[..., f0:f1, :, :, :])
+                    lags = _adjoint_kernel_spectra(
+                        products.reshape(*leading, f1 - f0, -1), leading_adjoints, last_adjoint[:, f0:f1]
+                    )
+                    del products
+                    accumulator = taps_major[..., c0:c1]
+                    accumulator += lags.real.reshape(accumulator.shape)
+                    del lags
+                del g_hat
+            del x_hat
+    scale = (x_exp[:, :, None] + g_exp[:, None, :]).reshape(problem.in_channels, cog, *(1,) * r)
+    np.ldexp(grad_weight, scale, out=grad_weight)
+    return grad_weight
+
+
 register(
     Backend(
         name="fft",
@@ -340,5 +581,7 @@ register(
         run=fft_convolve,
         check=_too_large,
         ranks=(1, 2, 3),
+        backward_data=fft_data_gradient,
+        backward_weight=fft_weight_gradient,
     )
 )
