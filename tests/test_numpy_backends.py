@@ -117,21 +117,38 @@ def test_fft_every_rank_depthwise_batches_unbatched_and_out(rank):
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("blocks", [(1, 1, 1), (2, 1, 2), (1, 2, 4)])
 def test_fft_blocks_match_one_block(monkeypatch, blocks, rank):
-    """Images, output channels and last-axis frequencies in blocks (kernel spectra recomputed per image block,
-    one slab of frequencies at a time) give the one-block result, at every rank."""
+    """Images, channels and last-axis frequencies in blocks (kernel spectra recomputed per image block, one slab
+    of frequencies at a time) give the one-block result, at every rank and in every direction: the forward and
+    the data gradient (blocks of input channels) against the oracle, the weight gradient (blocks of grad_output's
+    channels, the image sum accumulated across image blocks) too."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 6, *(5, 4, 3)[:rank]))
     w = rng.standard_normal((6, 2, *(3,) * rank))
     params = dict(stride=2, padding=1, output_padding=1, groups=3)
     conv_transpose = getattr(testbed, f"conv_transpose{rank}d")
     whole = conv_transpose(x, w, backend="fft", **params)
+    grad_output = rng.standard_normal(whole.shape)
+    whole_gradients = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="fft")
     problem = testbed.Problem.from_shapes(x.shape, w.shape, **params)
     fft_shape = fft_backend._fft_shape(problem)
-    assert fft_backend._blocks(problem, fft_shape) == (3, 2, fft_shape[-1] // 2 + 1)  # one block each
-    monkeypatch.setattr(fft_backend, "_blocks", lambda problem, fft_shape: fft_backend.Blocks(*blocks))
+    for direction in ("forward", "backward_data", "backward_weight"):  # one block each
+        assert fft_backend._blocks(problem, fft_shape, direction) == (3, 2, fft_shape[-1] // 2 + 1)
+    chosen = []
+
+    def forced(problem, fft_shape, direction="forward"):
+        chosen.append(direction)
+        return fft_backend.Blocks(*blocks)
+
+    monkeypatch.setattr(fft_backend, "_blocks", forced)
     blocked = conv_transpose(x, w, backend="fft", **params)
     assert_close(blocked, whole, rtol=1e-14)
     assert_close_to_oracle(blocked, x, w, **params)
+    gradients = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="fft")
+    assert {"forward", "backward_data", "backward_weight"} <= set(chosen)
+    oracle = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="naive")
+    for name in ("grad_input", "grad_weight"):
+        assert_close(getattr(gradients, name), getattr(whole_gradients, name), rtol=1e-14, err_msg=name)
+        assert_close(getattr(gradients, name), getattr(oracle, name), err_msg=name)
 
 
 @pytest.mark.parametrize("limit_mib", [0, 1, 4])
