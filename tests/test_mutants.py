@@ -1,5 +1,5 @@
 """The suite fails when it should: each mutant ``col2im`` of tests/mutants.py makes the registry-parametrised
-parity, property and capability tests fail, the real ``col2im`` passes them, and the oracle tests of ``naive``
+parity, property, capability and backward tests fail, the real ``col2im`` passes them, and the oracle tests of ``naive``
 and ``col2im`` run, none skipped, with torch impossible to import.
 
 Each check is a focused pytest run in a subprocess (the mutant is installed before collection, and torch must
@@ -17,7 +17,12 @@ import pytest
 from mutants import MUTANTS
 
 ROOT = Path(__file__).resolve().parent.parent
-REGISTRY_TESTS = ["tests/test_parity.py", "tests/test_properties.py", "tests/test_capabilities.py"]
+REGISTRY_TESTS = [
+    "tests/test_parity.py",
+    "tests/test_properties.py",
+    "tests/test_capabilities.py",
+    "tests/test_backward.py",
+]
 
 
 def run_pytest(args, *, mutant=None, block_torch=False):
