@@ -13,6 +13,14 @@ arrays (anything with ``__cuda_array_interface__``, or the simulator's arrays; t
 array and nothing is copied or synchronised), so experiments can time kernels without transfers
 (:func:`time_cuda_backend`).
 
+Backward (issue 24): ``numba_cuda`` alone declares ``backward_data`` and ``backward_weight`` at every rank, as
+gathers (``backward_data``/``backward_data3d``, ``backward_weight``/``backward_weight3d`` in
+``numba_cuda_kernels``: one thread per gradient element, no atomics, bitwise repeatable); a 1-D problem again
+runs as 2-D with one row. :func:`testbed.conv_transpose_backward` hands over host arrays only (channels-last
+ones transposed to channels first on the host), so there they are copied to the device and the gradient back;
+``Backend.backward_data``/``backward_weight`` called directly with device arrays return a device array, as
+``run`` does.
+
 Availability: a CUDA GPU, or numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1`` set before numba is
 imported) which runs every CUDA thread as a Python thread: correct, never a speed.
 Importing this module imports neither numba nor numba.cuda; the kernels compile on first use.
@@ -326,6 +334,49 @@ def _run_atomic(x, weight, bias, y, problem):
         )
 
 
+def _launch_backward(run_kernels, result_shape):
+    """Wrap ``run_kernels(grad_output, operand, result, problem)`` (device arrays) as a ``Backend.backward_data``
+    / ``backward_weight`` (``operand``: the weight, resp. the input; the result of ``result_shape(problem)``):
+    host arrays are copied in and the gradient out (a NumPy array), device arrays give a device array."""
+
+    @functools.wraps(run_kernels)
+    def backward(grad_output, operand, problem):
+        from numba import cuda
+
+        result = cuda.device_array(result_shape(problem), dtype=problem.dtype)
+        if result.size > 0:  # an empty batch has no data gradient to launch threads for
+            run_kernels(_on_device(grad_output), _on_device(operand), result, problem)
+        return result if is_device_array(grad_output) else result.copy_to_host()
+
+    return backward
+
+
+def _run_backward_data(grad_output, weight, grad_input, problem):
+    """``backward_data3d`` for a 3-D problem, else ``backward_data`` (1-D as 2-D with one row)."""
+    arrays = (_flat(grad_output), _flat(weight), _flat_output(grad_input))
+    grid = (_blocks(grad_input.size), THREADS_PER_BLOCK)
+    if problem.rank == 3:
+        _kernel("backward_data3d", problem.dtype.name)[grid](
+            *arrays, _shape_args(problem), _geometry_args(problem), _depth_args(problem)
+        )
+    else:
+        plane = as_rank(problem, 2)
+        _kernel("backward_data", problem.dtype.name)[grid](*arrays, _shape_args(plane), _geometry_args(plane))
+
+
+def _run_backward_weight(grad_output, x, grad_weight, problem):
+    """``backward_weight3d`` for a 3-D problem, else ``backward_weight`` (1-D as 2-D with one row)."""
+    arrays = (_flat(grad_output), _flat(x), _flat_output(grad_weight), np.uint32(problem.batch))
+    grid = (_blocks(grad_weight.size), THREADS_PER_BLOCK)
+    if problem.rank == 3:
+        _kernel("backward_weight3d", problem.dtype.name)[grid](
+            *arrays, _shape_args(problem), _geometry_args(problem), _depth_args(problem)
+        )
+    else:
+        plane = as_rank(problem, 2)
+        _kernel("backward_weight", problem.dtype.name)[grid](*arrays, _shape_args(plane), _geometry_args(plane))
+
+
 def tiled_plan(problem) -> dict:
     """Tap chunks and halo of ``tiled_gather``: the largest ``chunk_h × chunk_w`` tap block (halving the
     side with the larger halo) whose weights plus input halo fit :data:`SHARED_BYTES_BUDGET`.
@@ -428,13 +479,16 @@ def time_cuda_backend(backend, problem, *, repeats: int = 10, rng=0) -> dict:
 register(
     Backend(
         name="numba_cuda",
-        description="numba.cuda gather: one thread per output element, phase-aware tap loops, bias fused, no atomics",
+        description="numba.cuda gather: one thread per output element, phase-aware tap loops, bias fused, no atomics "
+        "(backward: one thread per gradient element, gathers too)",
         run=_launch(_run_gather),
         device="cuda",
         check=index_limit_reason,
         probe=probe,
         writes_out=True,
         ranks=(1, 2, 3),
+        backward_data=_launch_backward(_run_backward_data, lambda problem: problem.input_shape),
+        backward_weight=_launch_backward(_run_backward_weight, lambda problem: problem.weight_shape),
     )
 )
 

@@ -17,6 +17,24 @@ has its own ``phase_taps``; ``y[n, co, od, oh, ow]`` sums ``x[n, ci, id, ih, iw]
 PTX is what it was before ``gather3d`` existed. A 1-D problem reaches the 2-D kernels as one row
 (``numba_cuda.as_rank``): with ``H = kH = 1`` each output has its one row tap, and nothing else changes.
 
+Backward (issue 24; ``numba_cuda`` only), gathers as well, so no atomics and a fixed summation order (bitwise
+repeatable). With ``o = i·s - p + k·d`` per axis:
+
+* ``backward_data`` (``backward_data3d``): one thread per ``grad_input[n, ci, i]``, summing
+  ``grad_output[n, g·Co + co, o] · W[ci, co, k]`` over the taps ``k`` whose ``o`` lies inside the output and the
+  ``co`` of the group: the strided convolution, the forward's gather seen from the input side;
+* ``backward_weight`` (``backward_weight3d``): one thread per ``grad_weight[ci, co, k]``, summing
+  ``grad_output[n, g·Co + co, o] · x[n, ci, i]`` over the inputs ``i`` whose ``o`` lies inside the output and the
+  images ``n``.
+
+Both walk one axis's range with ``reach_span`` (the taps, resp. inputs, landing inside the output: a contiguous
+range, found by two divisions) and sum with the forward's ``plane_sum``, whose row/column walk steps the
+position it reads by ``-step`` per tap: the forward walks its input down (``+d/g``), the backward kernels walk
+the output up (a negative int32 step: ``-d`` per tap, resp. ``-s`` per input). ``plane_sum``'s channel loop
+runs over the group's output channels (data gradient) or over the images (weight gradient); 3-D adds a depth
+loop outside it, as ``gather3d`` does. The summation order is rows, columns, then channels (or images)
+innermost, after depth.
+
 Signed zeros as PyTorch's CPU kernels give them: every sum starts from ``+0.0`` and the bias is added
 last, ``y = (+0 + Σ products) + bias``, so an output is never ``-0.0``.
 
@@ -85,6 +103,26 @@ def phase_taps(shifted, stride, dilation, gcd, inverse, kernel, in_len):
 
 
 @cuda.jit(device=True, inline="always")
+def reach_span(position, step, padding, count, out_len):
+    """The ``j < count`` whose canvas position ``position + j·step`` lands in the output, i.e.
+    ``padding <= position + j·step < padding + out_len``: a contiguous range ``[first, end)``, returned as
+    ``(first, its output index position + first·step - padding, end)``; ``(0, 0, 0)`` when none. The backward
+    kernels' walk of one axis: the taps of an input (``position = i·s``, ``step = d``, ``count = k``) or the
+    inputs of a tap (``position = k·d``, ``step = s``, ``count = in_len``). All uint32, every value below
+    ``out_len + 2·padding + step`` (the extent the host checked)."""
+    first = ZERO
+    if position < padding:
+        first = u32(u32(padding - position + step - ONE) // step)
+    limit = u32(padding + out_len)
+    end = ZERO
+    if position < limit:
+        end = min(count, u32(u32(limit - position - ONE) // step + ONE))
+    if first >= end:
+        return ZERO, ZERO, ZERO
+    return first, u32(position + first * step - padding), end
+
+
+@cuda.jit(device=True, inline="always")
 def halo_span(origin, tap_lo, tap_hi, stride, dilation, in_len):
     """Input indices ``[lo, end)`` that the TILE outputs from ``origin - p`` (``origin = o0 + p``) read
     through taps ``[tap_lo, tap_hi)``: ``(origin - (tap_hi-1)·d) // s`` up to
@@ -122,7 +160,8 @@ def plane_sum(x, weight, acc, x_base, w_base, row_taps, col_taps, widths, channe
     over the input channels of the group. The micro-kernel that ``gather`` and ``gather3d`` share.
 
     ``row_taps = (kh, kh_end, tap step, ih, input step)`` (int32 ``ih``: it steps down once more after the
-    last tap, possibly below 0), ``col_taps`` alike, ``widths = (W, kW)``, ``channels = (x_span, x_step,
+    last tap, possibly below 0; ``ih`` minus the input step per tap: the forward passes ``d/g`` as uint32, the
+    backward kernels a negative int32, which walks up), ``col_taps`` alike, ``widths = (W, kW)``, ``channels = (x_span, x_step,
     w_step)``: the input offsets of the group's channels span ``x_span``; offsets in the plane and channel
     steps as the caller lays them out."""
     kh, kh_end, tap_step_h, ih, in_step_h = row_taps
@@ -380,6 +419,124 @@ def _make_kernels(scalar):
                 acc += bias[co]
             y[u32((plane * out_h + oh) * out_w + ow)] = acc
 
+    def backward_data(grad_output, weight, grad_input, shape, geometry):
+        """One thread per ``grad_input[n, ci, ih, iw]``: ``Σ_{kh, kw, co} grad_output[n, g·Co + co, oh, ow] ·
+        W[ci, co, kh, kw]`` over the taps landing inside the output (``oh = ih·s - p + kh·d``, ``reach_span``)
+        and the group's output channels (``plane_sum``'s channel loop). No atomics: bitwise deterministic."""
+        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group, kernel_h, kernel_w) = shape
+        sh, sw, ph, pw, dh, dw, _, _, _, _ = geometry
+        i = u32(cuda.grid(1))
+        if i >= grad_input.size:
+            return
+        iw, rest = u32(i % in_w), u32(i // in_w)
+        ih, rest = u32(rest % in_h), u32(rest // in_h)
+        ci, n = u32(rest % in_channels), u32(rest // in_channels)
+        group = u32(ci // in_per_group)
+        kh, oh, kh_end = reach_span(u32(ih * sh), dh, ph, kernel_h, out_h)
+        kw, ow, kw_end = reach_span(u32(iw * sw), dw, pw, kernel_w, out_w)
+        out_plane, kernel_plane = u32(out_h * out_w), u32(kernel_h * kernel_w)
+        go_base = u32((n * out_channels + group * out_per_group) * out_plane)
+        w_base = u32(ci * out_per_group * kernel_plane)
+        # the output row/column steps up by the dilation per tap: plane_sum subtracts a negative step
+        row_taps = (kh, kh_end, ONE, i32(oh), i32(-i32(dh)))
+        col_taps = (kw, kw_end, ONE, i32(ow), i32(-i32(dw)))
+        channels = (u32(out_per_group * out_plane), out_plane, kernel_plane)
+        grad_input[i] = plane_sum(
+            grad_output, weight, scalar(0), go_base, w_base, row_taps, col_taps, (out_w, kernel_w), channels
+        )
+
+    def backward_data3d(grad_output, weight, grad_input, shape, geometry, depth):
+        """``backward_data`` over three spatial axes: one thread per ``grad_input[n, ci, id, ih, iw]``, each
+        depth tap landing inside the output (``reach_span``) adding one plane of taps (``plane_sum``)."""
+        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group, kernel_h, kernel_w) = shape
+        sh, sw, ph, pw, dh, dw, _, _, _, _ = geometry
+        in_d, out_d, kernel_d, sd, pd, dd, _, _ = depth
+        i = u32(cuda.grid(1))
+        if i >= grad_input.size:
+            return
+        iw, rest = u32(i % in_w), u32(i // in_w)
+        ih, rest = u32(rest % in_h), u32(rest // in_h)
+        i_d, rest = u32(rest % in_d), u32(rest // in_d)
+        ci, n = u32(rest % in_channels), u32(rest // in_channels)
+        group = u32(ci // in_per_group)
+        kd, od, kd_end = reach_span(u32(i_d * sd), dd, pd, kernel_d, out_d)
+        kh, oh, kh_end = reach_span(u32(ih * sh), dh, ph, kernel_h, out_h)
+        kw, ow, kw_end = reach_span(u32(iw * sw), dw, pw, kernel_w, out_w)
+        out_plane, kernel_plane = u32(out_h * out_w), u32(kernel_h * kernel_w)
+        out_volume, kernel_volume = u32(out_d * out_plane), u32(kernel_d * kernel_plane)
+        go_base = u32((n * out_channels + group * out_per_group) * out_volume)
+        w_base = u32(ci * out_per_group * kernel_volume)
+        row_taps = (kh, kh_end, ONE, i32(oh), i32(-i32(dh)))
+        col_taps = (kw, kw_end, ONE, i32(ow), i32(-i32(dw)))
+        channels = (u32(out_per_group * out_volume), out_volume, kernel_volume)
+        acc = scalar(0)
+        while kd < kd_end:
+            go_plane = u32(go_base + od * out_plane)
+            w_plane = u32(w_base + kd * kernel_plane)
+            acc = plane_sum(grad_output, weight, acc, go_plane, w_plane, row_taps, col_taps, (out_w, kernel_w), channels)
+            kd = u32(kd + ONE)
+            od = u32(od + dd)
+        grad_input[i] = acc
+
+    def backward_weight(grad_output, x, grad_weight, batch, shape, geometry):
+        """One thread per ``grad_weight[ci, co, kh, kw]``: ``Σ_{ih, iw, n} grad_output[n, g·Co + co, oh, ow] ·
+        x[n, ci, ih, iw]`` over the inputs whose ``oh = ih·s - p + kh·d`` (and ``ow``) land inside the output
+        (``reach_span``) and the ``batch`` images (``plane_sum``'s channel loop). A fixed order per thread, no
+        atomics: bitwise deterministic."""
+        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group, kernel_h, kernel_w) = shape
+        sh, sw, ph, pw, dh, dw, _, _, _, _ = geometry
+        i = u32(cuda.grid(1))
+        if i >= grad_weight.size:
+            return
+        kw, rest = u32(i % kernel_w), u32(i // kernel_w)
+        kh, rest = u32(rest % kernel_h), u32(rest // kernel_h)
+        co_in_group, ci = u32(rest % out_per_group), u32(rest // out_per_group)
+        co = u32(u32(ci // in_per_group) * out_per_group + co_in_group)
+        ih, oh, ih_end = reach_span(u32(kh * dh), sh, ph, in_h, out_h)
+        iw, ow, iw_end = reach_span(u32(kw * dw), sw, pw, in_w, out_w)
+        in_plane, out_plane = u32(in_h * in_w), u32(out_h * out_w)
+        go_image, x_image = u32(out_channels * out_plane), u32(in_channels * in_plane)  # offset steps per image
+        # the output row/column steps up by the stride per input: plane_sum subtracts a negative step
+        rows = (ih, ih_end, ONE, i32(oh), i32(-i32(sh)))
+        cols = (iw, iw_end, ONE, i32(ow), i32(-i32(sw)))
+        images = (u32(batch * go_image), go_image, x_image)
+        grad_weight[i] = plane_sum(
+            grad_output, x, scalar(0), u32(co * out_plane), u32(ci * in_plane), rows, cols, (out_w, in_w), images
+        )
+
+    def backward_weight3d(grad_output, x, grad_weight, batch, shape, geometry, depth):
+        """``backward_weight`` over three spatial axes: one thread per ``grad_weight[ci, co, kd, kh, kw]``, each
+        input slice whose output slice lies inside the output (``reach_span``) adding one plane (``plane_sum``)."""
+        (in_channels, in_h, in_w, out_channels, out_h, out_w, in_per_group, out_per_group, kernel_h, kernel_w) = shape
+        sh, sw, ph, pw, dh, dw, _, _, _, _ = geometry
+        in_d, out_d, kernel_d, sd, pd, dd, _, _ = depth
+        i = u32(cuda.grid(1))
+        if i >= grad_weight.size:
+            return
+        kw, rest = u32(i % kernel_w), u32(i // kernel_w)
+        kh, rest = u32(rest % kernel_h), u32(rest // kernel_h)
+        kd, rest = u32(rest % kernel_d), u32(rest // kernel_d)
+        co_in_group, ci = u32(rest % out_per_group), u32(rest // out_per_group)
+        co = u32(u32(ci // in_per_group) * out_per_group + co_in_group)
+        i_d, od, id_end = reach_span(u32(kd * dd), sd, pd, in_d, out_d)
+        ih, oh, ih_end = reach_span(u32(kh * dh), sh, ph, in_h, out_h)
+        iw, ow, iw_end = reach_span(u32(kw * dw), sw, pw, in_w, out_w)
+        in_plane, out_plane = u32(in_h * in_w), u32(out_h * out_w)
+        in_volume, out_volume = u32(in_d * in_plane), u32(out_d * out_plane)
+        go_image, x_image = u32(out_channels * out_volume), u32(in_channels * in_volume)
+        rows = (ih, ih_end, ONE, i32(oh), i32(-i32(sh)))
+        cols = (iw, iw_end, ONE, i32(ow), i32(-i32(sw)))
+        images = (u32(batch * go_image), go_image, x_image)
+        go_base, x_base = u32(co * out_volume), u32(ci * in_volume)
+        acc = scalar(0)
+        while i_d < id_end:
+            go_plane = u32(go_base + od * out_plane)
+            x_plane = u32(x_base + i_d * in_plane)
+            acc = plane_sum(grad_output, x, acc, go_plane, x_plane, rows, cols, (out_w, in_w), images)
+            i_d = u32(i_d + ONE)
+            od = u32(od + sd)
+        grad_weight[i] = acc
+
     return {
         "gather": gather,
         "gather3d": gather3d,
@@ -387,6 +544,10 @@ def _make_kernels(scalar):
         "add_bias": add_bias,
         "scatter_atomic": scatter_atomic,
         "tiled_gather": tiled_gather,
+        "backward_data": backward_data,
+        "backward_data3d": backward_data3d,
+        "backward_weight": backward_weight,
+        "backward_weight3d": backward_weight3d,
     }
 
 

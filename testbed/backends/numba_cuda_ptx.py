@@ -54,6 +54,10 @@ def kernel_signature(name: str, dtype: str):
         "add_bias": (array, array, types.uint32, types.uint32),  # bias, y, C_out, H·W
         "scatter_atomic": (array, array, array, shape, geometry),  # x, weight, y, …
         "tiled_gather": (array, array, array, array, types.boolean, shape, geometry, chunks),
+        "backward_data": (array, array, array, shape, geometry),  # grad_output, weight, grad_input, …
+        "backward_data3d": (array, array, array, shape, geometry, depth),
+        "backward_weight": (array, array, array, types.uint32, shape, geometry),  # grad_output, x, grad_weight, N, …
+        "backward_weight3d": (array, array, array, types.uint32, shape, geometry, depth),
     }
     return types.void(*signatures[name])
 
