@@ -9,6 +9,7 @@ unavailable or unregistered, an import error) fails the run at collection, so ``
 pass with zero tests. Without it, the module skips only where no CUDA GPU is usable.
 """
 
+import itertools
 import os
 
 import numpy as np
@@ -415,3 +416,137 @@ def test_timing_helper_times_channels_last_problems_through_the_layout_conversio
     times = numba_cuda.time_cuda_backend(pretend_gpu, problem, repeats=1)
     assert set(times) == {"kernel_ms", "with_transfers_ms"}
     assert seen == ["NCDHW"] * 4  # warm-up and one timed call, device arrays then host arrays
+
+
+# ---- backward (issue 24) ----------------------------------------------------------------------------------------
+
+BACKWARD_BACKENDS = [name for name in CUDA_BACKENDS if len(testbed.get_backend(name).directions) > 1]
+
+# (name, batch, C_in, C_out, in_size, kernel, params): tiny odd shapes at every rank; groups, dilation, output
+# padding, asymmetric parameters, and padding that crops whole taps and inputs (gradients of +0 by no tap)
+BACKWARD_CASES = [
+    ("1d_groups_dil_op", 2, 4, 2, (5,), (3,), dict(stride=2, padding=1, output_padding=1, groups=2, dilation=2)),
+    ("2d_asym_groups", 1, 4, 6, (3, 4), (3, 2), dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2)),
+    ("2d_crop_dilated", 2, 2, 3, (3, 3), (2, 3), dict(stride=3, padding=(3, 2), output_padding=(0, 2), dilation=2)),
+    (
+        "3d_asym_groups",
+        2,
+        2,
+        4,
+        (3, 2, 3),
+        (2, 1, 2),
+        dict(stride=(2, 1, 3), padding=(1, 0, 1), output_padding=(1, 0, 2), dilation=(2, 1, 1), groups=2),
+    ),
+]
+
+
+def _backward_arrays(case, dtype, seed=0):
+    """``(grad_output, x, w, params)`` of a case, channels first, standard normal."""
+    _, batch, c_in, c_out, size, kernel, params = case
+    x, w, _ = call_arrays(batch, c_in, c_out, size, kernel, params, dtype, bias=False, seed=seed)
+    shape = testbed.output_shape(x.shape, w.shape, **params)
+    grad_output = np.random.default_rng(seed + 1).standard_normal(shape).astype(dtype)
+    return grad_output, x, w, params
+
+
+def _naive_backward(grad_output, x, w, params):
+    """The float64 oracle's three gradients, channels first."""
+    return testbed.conv_transpose_backward(
+        *(np.asarray(a, dtype=np.float64) for a in (grad_output, x, w)), **params, backend="naive"
+    )
+
+
+def test_backward_is_declared_by_numba_cuda_only():
+    assert {name: testbed.get_backend(name).directions for name in CUDA_BACKENDS} == {
+        "numba_cuda": ("forward", "backward_data", "backward_weight"),
+        "numba_cuda_atomic": ("forward",),
+        "numba_cuda_tiled": ("forward",),
+    }
+
+
+@pytest.mark.parametrize(
+    "dtype, channels_last",
+    [(np.float64, False), (np.float32, True)],
+    ids=["float64-channels_first", "float32-channels_last"],
+)
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=[c[0] for c in BACKWARD_CASES])
+@pytest.mark.parametrize("name", BACKWARD_BACKENDS)
+def test_backward_matches_float64_naive(name, case, dtype, channels_last):
+    grad_output, x, w, params = _backward_arrays(case, dtype)
+    expected = _naive_backward(grad_output, x, w, params)
+    rank = w.ndim - 2
+    layout = testbed.problem.LAYOUTS_BY_RANK[rank][channels_last]
+    if channels_last:
+        grad_output, x = _channels_last(grad_output), _channels_last(x)
+    copies = [a.copy() for a in (grad_output, x, w)]
+    got = testbed.conv_transpose_backward(grad_output, x, w, **params, backend=name, layout=layout)
+    grad_input = np.moveaxis(got.grad_input, -1, 1) if channels_last else got.grad_input
+    for actual, desired in zip((grad_input, got.grad_weight, got.grad_bias), expected):
+        assert isinstance(actual, np.ndarray) and actual.dtype == np.dtype(dtype) and actual.shape == desired.shape
+        assert relative_error(actual, desired) < TOLERANCES[np.dtype(dtype)]
+    for before, after in zip(copies, (grad_output, x, w)):
+        np.testing.assert_array_equal(before, after)  # arguments untouched
+
+
+def test_backward_cropped_inputs_get_exact_zeros():
+    """Stride 3, kernel rows 2 at dilation 2, padding 3, 3 output rows: input rows 0 (canvas rows 0, 2) and 2
+    (rows 6, 8) land only in the cropped border, so their data gradient is +0.0 exactly (no tap: ``reach_span``
+    is empty), never a -0.0 or a stray read; row 1 gets sums, as the oracle's."""
+    grad_output, x, w, params = _backward_arrays(BACKWARD_CASES[2], np.float64)
+    grad_input = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="numba_cuda").grad_input
+    assert grad_output.shape[2] == 3
+    for row in (0, 2):
+        assert not grad_input[:, :, row].any() and not np.signbit(grad_input[:, :, row]).any()
+    assert np.count_nonzero(grad_input[:, :, 1]) == grad_input[:, :, 1].size
+    np.testing.assert_allclose(grad_input, _naive_backward(grad_output, x, w, params).grad_input, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mask", list(itertools.product([False, True], repeat=3)), ids=str)
+def test_backward_output_mask(mask):
+    """Each combination computes what it asks for, the same bits as the full call (the same kernels), and
+    None for the rest."""
+    grad_output, x, w, params = _backward_arrays(BACKWARD_CASES[1], np.float32)
+    full = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="numba_cuda")
+    got = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="numba_cuda", output_mask=mask)
+    for wanted, actual, reference in zip(mask, got, full):
+        if wanted:
+            np.testing.assert_array_equal(actual, reference)
+        else:
+            assert actual is None
+
+
+@pytest.mark.parametrize("case", [BACKWARD_CASES[1], BACKWARD_CASES[3]], ids=["2d", "3d"])
+def test_backward_is_bitwise_repeatable(case):
+    grad_output, x, w, params = _backward_arrays(case, np.float32)
+    runs = [testbed.conv_transpose_backward(grad_output, x, w, **params, backend="numba_cuda") for _ in "ab"]
+    for first, second in zip(*runs):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_backward_1d_is_the_2d_kernels_on_one_row_bitwise():
+    """A 1-D problem runs as the 2-D problem with one row (``as_rank``): the same gradients bit for bit."""
+    grad_output, x, w, params = _backward_arrays(BACKWARD_CASES[0], np.float32)
+    row = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="numba_cuda")
+    plane_params = {key: value if key == "groups" else (int(key == "stride"), value) for key, value in params.items()}
+    plane_params["padding"], plane_params["output_padding"] = (0, params["padding"]), (0, params["output_padding"])
+    plane_params["dilation"] = (1, params["dilation"])
+    plane = testbed.conv_transpose_backward(
+        grad_output[:, :, None], x[:, :, None], w[:, :, None], **plane_params, backend="numba_cuda"
+    )
+    np.testing.assert_array_equal(row.grad_input, plane.grad_input[:, :, 0])
+    np.testing.assert_array_equal(row.grad_weight, plane.grad_weight[:, :, 0])
+
+
+@pytest.mark.parametrize("case", [BACKWARD_CASES[0], BACKWARD_CASES[3]], ids=["1d", "3d"])
+def test_backward_device_arrays_in_device_array_out(case):
+    """``Backend.backward_data`` / ``backward_weight`` called with device arrays (``conv_transpose_backward``
+    itself takes host arrays) return device arrays, equal to the host path."""
+    grad_output, x, w, params = _backward_arrays(case, np.float64)
+    impl = testbed.get_backend("numba_cuda")
+    problem = Problem.from_shapes(x.shape, w.shape, dtype=x.dtype, **params)
+    expected = _naive_backward(grad_output, x, w, params)
+    d_go = cuda.to_device(grad_output)
+    for direction, operand, reference in (("backward_data", w, expected[0]), ("backward_weight", x, expected[1])):
+        result = getattr(impl, direction)(d_go, cuda.to_device(operand), problem)
+        assert not isinstance(result, np.ndarray) and hasattr(result, "copy_to_host"), direction
+        assert relative_error(result.copy_to_host(), reference) < TOLERANCES[np.dtype(np.float64)], direction

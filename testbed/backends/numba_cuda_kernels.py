@@ -160,10 +160,10 @@ def plane_sum(x, weight, acc, x_base, w_base, row_taps, col_taps, widths, channe
     over the input channels of the group. The micro-kernel that ``gather`` and ``gather3d`` share.
 
     ``row_taps = (kh, kh_end, tap step, ih, input step)`` (int32 ``ih``: it steps down once more after the
-    last tap, possibly below 0; ``ih`` minus the input step per tap: the forward passes ``d/g`` as uint32, the
-    backward kernels a negative int32, which walks up), ``col_taps`` alike, ``widths = (W, kW)``, ``channels = (x_span, x_step,
-    w_step)``: the input offsets of the group's channels span ``x_span``; offsets in the plane and channel
-    steps as the caller lays them out."""
+    last tap, possibly below 0; ``ih`` moves by minus the input step per tap: the forward passes ``d/g`` as
+    uint32, the backward kernels a negative int32, which walks up), ``col_taps`` alike, ``widths = (W, kW)``,
+    ``channels = (x_span, x_step, w_step)``: the input offsets of the group's channels span ``x_span``; offsets
+    in the plane and channel steps as the caller lays them out."""
     kh, kh_end, tap_step_h, ih, in_step_h = row_taps
     kw_first, kw_end, tap_step_w, iw_first, in_step_w = col_taps
     in_w, kernel_w = widths
@@ -473,7 +473,9 @@ def _make_kernels(scalar):
         while kd < kd_end:
             go_plane = u32(go_base + od * out_plane)
             w_plane = u32(w_base + kd * kernel_plane)
-            acc = plane_sum(grad_output, weight, acc, go_plane, w_plane, row_taps, col_taps, (out_w, kernel_w), channels)
+            acc = plane_sum(
+                grad_output, weight, acc, go_plane, w_plane, row_taps, col_taps, (out_w, kernel_w), channels
+            )
             kd = u32(kd + ONE)
             od = u32(od + dd)
         grad_input[i] = acc
