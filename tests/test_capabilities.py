@@ -94,7 +94,7 @@ EXPECTED = {
     "polyphase": Capabilities(),
     "torch": Capabilities(directions=EVERY_DIRECTION),
     "numba_cpu": Capabilities(),
-    "numba_cuda": Capabilities(device="cuda"),
+    "numba_cuda": Capabilities(device="cuda", directions=EVERY_DIRECTION),
     "numba_cuda_atomic": Capabilities(device="cuda", deterministic=False, ranks=(1, 2)),
     "numba_cuda_tiled": Capabilities(device="cuda", ranks=(2,)),
     "auto": Capabilities(device="any", directions=EVERY_DIRECTION),  # every valid configuration, always
