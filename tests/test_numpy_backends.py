@@ -176,6 +176,12 @@ def test_fft_blocks_hold_at_most_the_workspace_limit(monkeypatch, shape, limit_m
     assert testbed.get_backend("fft").supports(problem)
     assert fft_backend._peak_bytes(problem, fft_shape, blocks) <= problem.workspace_limit
     assert blocks.images <= problem.batch and blocks.channels <= problem.out_per_group
+    # The gradients' blocks: the weight gradient blocks output channels, the data gradient input channels.
+    for direction, blocked in (("backward_data", problem.in_per_group), ("backward_weight", problem.out_per_group)):
+        blocks = fft_backend._blocks(problem, fft_shape, direction)
+        assert blocks is not None and fft_backend._too_large(problem, direction) is None, direction
+        assert fft_backend._peak_bytes(problem, fft_shape, blocks, direction) <= problem.workspace_limit, direction
+        assert blocks.images <= problem.batch and blocks.channels <= blocked, direction
 
 
 @pytest.mark.parametrize("in_size", [(32, 32), (4096,), (6, 6, 6)], ids=["2d", "1d", "3d"])
@@ -199,6 +205,71 @@ def test_fft_declines_naming_the_bytes_it_would_need(monkeypatch, in_size):
         conv_transpose(x, w, stride=4, backend="fft")
     monkeypatch.setattr(testbed.problem, "WORKSPACE_BYTES", 16 * 2**20)
     assert_close_to_oracle(conv_transpose(x, w, stride=4, backend="fft"), x, w, stride=4)
+
+
+@pytest.mark.parametrize("in_size", [(32, 32), (4096,), (6, 6, 6)], ids=["2d", "1d", "3d"])
+def test_fft_gradients_decline_naming_the_bytes_they_would_need(monkeypatch, in_size):
+    """The data gradient transforms grad_output's channels: with 1 input and 64 output channels at stride 4 the
+    forward and the weight gradient (one input channel transformed) fit a limit of twice the arrays, the data
+    gradient (64 channels of the 4×-longer transforms) does not, and says so with the bytes and the transform's
+    shape; with 16 MiB it computes the oracle's gradient. The weight gradient's decline is the forward's (it
+    holds the same arrays), refused by unsupported_reason before any work."""
+    problem = testbed.Problem(
+        batch=1, in_channels=1, in_size=in_size, out_channels=64, kernel_size=3, stride=4, dtype="float32"
+    )
+    fft_shape = fft_backend._fft_shape(problem)
+    need = fft_backend._peak_bytes(problem, fft_shape, fft_backend.Blocks(1, 1, 1), "backward_data")
+    monkeypatch.setattr(testbed.problem, "WORKSPACE_BYTES", 0)
+    fft = testbed.get_backend("fft")
+    assert fft.supports(problem, "forward") and fft.supports(problem, "backward_weight")
+    reason = fft_backend._too_large(problem, "backward_data")
+    assert problem.workspace_limit < need and reason is not None
+    assert f"{need:.3g} bytes" in reason and f"{problem.workspace_limit:.3g} bytes" in reason, reason
+    assert f"output gradient (64 channels of {'×'.join(map(str, fft_shape))} samples" in reason, reason
+    x, w, _ = problem.random_arrays(0)
+    grad_output = np.random.default_rng(1).standard_normal(problem.output_shape).astype(np.float32)
+    with pytest.raises(testbed.UnsupportedConfiguration, match="workspace limit"):
+        testbed.conv_transpose_backward(grad_output, x, w, stride=4, backend="fft")
+    weight_only = testbed.conv_transpose_backward(
+        grad_output, x, w, stride=4, backend="fft", output_mask=(False, True, False)
+    )
+    oracle = testbed.conv_transpose_backward(grad_output, x, w, stride=4, backend="naive")
+    assert_close(weight_only.grad_weight, oracle.grad_weight)
+    monkeypatch.setattr(testbed.problem, "WORKSPACE_BYTES", 16 * 2**20)
+    got = testbed.conv_transpose_backward(grad_output, x, w, stride=4, backend="fft")
+    assert_close(got.grad_input, oracle.grad_input)
+    wide = problem.with_(in_channels=64, out_channels=1)  # the forward's decline holds the weight gradient too
+    monkeypatch.setattr(testbed.problem, "WORKSPACE_BYTES", 0)
+    assert fft.unsupported_reason(wide, "backward_weight") == fft_backend._too_large(wide)
+    need = fft_backend._peak_bytes(wide, fft_shape, fft_backend.Blocks(1, 1, 1), "backward_weight")
+    assert need == fft_backend._peak_bytes(wide, fft_shape, fft_backend.Blocks(1, 1, 1))
+    assert f"one output channel's gradient need about {need:.3g} bytes" in fft_backend._too_large(
+        wide, "backward_weight"
+    )
+
+
+def test_fft_gradients_scale_by_powers_of_two_and_refuse_what_they_cannot_carry():
+    """float32 data near the ends of its range (grad_output ~1e37, whose unscaled spectra overflow to inf, and an
+    input ~1e-37, near the smallest normal) give both gradients to float32's tolerance, since only mantissas enter
+    the transforms; a grad_output image (data gradient) or channel (weight gradient) whose magnitudes span more
+    than the FFT carries is refused, naming it."""
+    rng = np.random.default_rng(3)
+    x = (rng.uniform(1, 2, (2, 4, 5, 6)) * 1e-37).astype(np.float32)
+    w = (rng.standard_normal((4, 3, 3, 3)) * 1e-2).astype(np.float32)
+    params = dict(stride=2, padding=1)
+    grad_output = (rng.uniform(1, 2, testbed.output_shape(x.shape, w.shape, **params)) * 1e37).astype(np.float32)
+    gradients = dict(output_mask=(True, True, False))  # the bias gradient, a sum of 1e37s, overflows float32
+    got = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="fft", **gradients)
+    wide = [a.astype(np.float64) for a in (grad_output, x, w)]
+    want = testbed.conv_transpose_backward(*wide, **params, backend="naive", **gradients)
+    assert_close(got.grad_input, want.grad_input)
+    assert_close(got.grad_weight, want.grad_weight)
+    spiked = grad_output * np.float32(1e-10)
+    spiked[1, 2, 3, 4] = 1e37
+    with pytest.raises(testbed.UnsupportedConfiguration, match="output gradient image 1 spans"):
+        testbed.conv_transpose_backward(spiked, x, w, **params, backend="fft", output_mask=(True, False, False))
+    with pytest.raises(testbed.UnsupportedConfiguration, match="output gradient channel 2 spans"):
+        testbed.conv_transpose_backward(spiked, x, w, **params, backend="fft", output_mask=(False, True, False))
 
 
 def test_polyphase_phase_subkernels_cover_every_tap_once():

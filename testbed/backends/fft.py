@@ -226,8 +226,12 @@ def _too_large(problem, direction="forward"):
     return (
         f"the transforms of {transformed} ({channels} channels of {'×'.join(map(str, fft_shape))} samples, "
         f"whatever padding crops) with {blocked} need {bound} {need:.3g} bytes, above the workspace limit of "
-        f"{limit:.3g} bytes (testbed.problem.WORKSPACE_BYTES, or twice the call's arrays); polyphase and numba_cpu "
-        f"compute only the output"
+        f"{limit:.3g} bytes (testbed.problem.WORKSPACE_BYTES, or twice the call's arrays); "
+        + (
+            "polyphase and numba_cpu compute only the output"
+            if direction == "forward"
+            else "the direct backends compute the gradients without transforms"
+        )
     )
 
 
