@@ -346,6 +346,7 @@ def fft_convolve(x, weight, bias, problem):
                         out=y_hat[..., f0:f1, :, :, :],
                     )
                     del w_hat
+                del taps  # the inverse's volumes take the taps' place (_peak_bytes: taps or volumes)
                 # irfftn in steps: scipy's irfftn copies its input whatever overwrite_x says; ifft honours it (one
                 # call per leading axis: ifftn does the same axis by axis, with ~10 µs more Python per call).
                 for axis in spatial[:-1]:
@@ -454,6 +455,7 @@ def fft_data_gradient(grad_output, weight, problem):
                         out=x_hat[..., f0:f1, :, :, :],
                     )
                     del w_hat
+                del taps
                 for axis in spatial[:-1]:  # in place, as the forward's inverse
                     x_hat = scipy.fft.ifft(x_hat, axis=axis, overwrite_x=True)
                 x_planes = scipy.fft.irfft(x_hat, n=fft_shape[-1], axis=r - 1)
