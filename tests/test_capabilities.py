@@ -89,7 +89,7 @@ NOT_NONOVERLAPPING = frozenset(PROBES) - {"nonoverlapping", "grouped_nonoverlapp
 EXPECTED = {
     "naive": Capabilities(directions=EVERY_DIRECTION),
     "col2im": Capabilities(directions=EVERY_DIRECTION),
-    "fft": Capabilities(),
+    "fft": Capabilities(directions=EVERY_DIRECTION),
     "kron": Capabilities(unsupported=NOT_NONOVERLAPPING),  # stride == kernel, dilation 1 only
     "polyphase": Capabilities(),
     "torch": Capabilities(directions=EVERY_DIRECTION),
