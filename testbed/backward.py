@@ -141,7 +141,8 @@ def conv_transpose_backward(
         forward's output (naming both), an ``out`` entry given where not asked for, or an unknown backend.
     TypeError
         For unsupported or mixed dtypes (``grad_output`` must have the input's), a malformed ``output_mask`` or
-        ``out``, or CUDA device arrays (no backend computes the backward on a GPU yet).
+        ``out``, or CUDA device arrays (the backward takes host arrays; ``backend="numba_cuda"`` computes it
+        on the GPU, copying them in and the gradients out).
     UnsupportedConfiguration
         If the chosen backend does not compute an asked direction, or this configuration; ``"auto"`` never does.
     BackendUnavailable
@@ -190,7 +191,7 @@ def conv_transpose_backward(
         groups,
         dilation,
         None,
-        on_device_ok=False,  # no backend declares a backward direction on CUDA device arrays yet
+        on_device_ok=False,  # host arrays only: numba_cuda's backward copies them to the GPU and back
         layout=layout,
     )
     unbatched = x.ndim == problem.rank + 1

@@ -629,8 +629,9 @@ def time_backend(
     CPU backends: :func:`time_call` of the public ``conv_transpose2d`` (with the samples as ``samples_s`` if
     ``keep_samples``). GPU backends (``timing_kind == "gpu"``): the
     first call is timed with perf_counter (JIT compile + transfers), then, if the backend's module defines
-    ``time_cuda_backend(name, problem, *, repeats) -> {"kernel_ms", "with_transfers_ms"}`` (CUDA-event medians,
-    testbed/backends/numba_cuda.py), ``median_s`` is its kernel time on device-resident arrays and
+    ``time_cuda_backend(name, problem, *, repeats, direction) -> {"kernel_ms", "with_transfers_ms"}``
+    (CUDA-event medians, testbed/backends/numba_cuda.py), ``median_s`` is its kernel time on device-resident
+    arrays (for a backward direction: the gradient kernels in the backend's native layout) and
     ``with_transfers_s`` its host-to-host time; without that hook host arrays are timed with perf_counter,
     transfers included (``timing_method`` says which).
     """
@@ -642,14 +643,13 @@ def time_backend(
         return skipped
     call = prepare_call(backend, problem, x, weight, bias, allocation, direction)
     module = sys.modules.get(getattr(backend.run, "__module__", ""), None)
-    gpu_forward = backend.timing_kind == "gpu" and direction == "forward"
-    hook = getattr(module, "time_cuda_backend", None) if gpu_forward else None
+    hook = getattr(module, "time_cuda_backend", None) if backend.timing_kind == "gpu" else None
     if hook is not None:
         start = time.perf_counter()
         call()
         first = time.perf_counter() - start
         repeats = max(settings.min_repeats, min(settings.max_repeats, 10))
-        result = hook(backend.name, problem, repeats=repeats)
+        result = hook(backend.name, problem, repeats=repeats, direction=direction)
         return {
             "first_call_s": first,
             "median_s": result["kernel_ms"] / 1e3,

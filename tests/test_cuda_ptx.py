@@ -130,6 +130,11 @@ def test_timing_refuses_host_backends():
         numba_cuda.time_cuda_backend("naive", Problem(1, 1, 2, 1, 2))
 
 
+def test_timing_refuses_an_unknown_direction():
+    with pytest.raises(ValueError, match=r"direction must be one of.*'sideways'"):
+        numba_cuda.time_cuda_backend("numba_cuda", Problem(1, 1, 2, 1, 2), direction="sideways")
+
+
 @pytest.mark.parametrize(
     "kernel, stride, dilation, dtype",
     [

@@ -550,3 +550,58 @@ def test_backward_device_arrays_in_device_array_out(case):
         result = getattr(impl, direction)(d_go, cuda.to_device(operand), problem)
         assert not isinstance(result, np.ndarray) and hasattr(result, "copy_to_host"), direction
         assert relative_error(result.copy_to_host(), reference) < TOLERANCES[np.dtype(np.float64)], direction
+
+
+@pytest.mark.parametrize("direction", ["backward_data", "backward_weight"])
+def test_timing_helper_times_a_backward_direction_on_native_arrays(monkeypatch, direction):
+    """``time_cuda_backend(..., direction=)`` calls the backend's gradient function on channels-first arrays of
+    the native problem: device arrays (warm-up and one timed call), then host arrays. The simulator's events
+    stand in for a GPU's (its times mean nothing; only the calls are checked)."""
+    import dataclasses
+
+    if SIMULATED:  # the simulator's events take no ``timing`` argument
+        event = cuda.event
+        monkeypatch.setattr(cuda, "event", lambda timing=False: event())
+    impl = testbed.get_backend("numba_cuda")
+    seen = []
+
+    def recording(grad_output, operand, problem):
+        seen.append((problem.layout, isinstance(grad_output, np.ndarray), tuple(grad_output.shape), operand.shape))
+        return getattr(impl, direction)(grad_output, operand, problem)
+
+    pretend_gpu = dataclasses.replace(impl, probe=lambda: (True, "available (pretend GPU)"), **{direction: recording})
+    problem = Problem(1, 2, (2, 1, 3), 2, (2, 1, 2), stride=2, layout="NDHWC", dtype=np.float32)
+    times = numba_cuda.time_cuda_backend(pretend_gpu, problem, repeats=1, direction=direction)
+    assert set(times) == {"kernel_ms", "with_transfers_ms"}
+    native = problem.with_(layout="NCDHW")
+    operand = native.weight_shape if direction == "backward_data" else native.input_shape
+    assert seen == [("NCDHW", on_host, native.output_shape, operand) for on_host in (False, False, True, True)]
+
+
+def test_time_backend_times_a_gpu_backward_direction_with_cuda_events(monkeypatch):
+    """``testbed.timing.time_backend(..., direction=)`` of a GPU backend hands the direction to the module's
+    ``time_cuda_backend`` hook (device-resident kernel time, CUDA events), as for the forward. A pretend GPU
+    stands in for the simulator (whose times mean nothing; only the route is checked)."""
+    import dataclasses
+
+    from testbed import registry, timing
+
+    if SIMULATED:
+        event = cuda.event
+        monkeypatch.setattr(cuda, "event", lambda timing=False: event())
+    impl = testbed.get_backend("numba_cuda")
+    calls = []
+
+    def recording(grad_output, x, problem):
+        calls.append(isinstance(grad_output, np.ndarray))
+        return impl.backward_weight(grad_output, x, problem)
+
+    pretend_gpu = dataclasses.replace(impl, probe=lambda: (True, "available (pretend GPU)"), backward_weight=recording)
+    monkeypatch.setitem(registry._REGISTRY, "numba_cuda", pretend_gpu)
+    problem = Problem(1, 2, (3,), 2, (2,), stride=2, dtype=np.float32)
+    x, w, b = problem.random_arrays(0)
+    settings = timing.TimingSettings(min_repeats=1, max_repeats=1)
+    stats = timing.time_backend("numba_cuda", problem, x, w, b, settings, direction="backward_weight")
+    assert stats["timing_method"].startswith("cuda events"), stats
+    assert {"median_s", "with_transfers_s"} <= set(stats)  # the simulator's events time nothing (-1 ms)
+    assert False in calls and True in calls  # device-resident arrays and host arrays both timed

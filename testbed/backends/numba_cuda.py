@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+from collections.abc import Callable
 
 import numpy as np
 
@@ -429,19 +430,24 @@ def _run_tiled(x, weight, bias, y, problem):
 # ---- timing ---------------------------------------------------------------------------------------------------
 
 
-def time_cuda_backend(backend, problem, *, repeats: int = 10, rng=0) -> dict:
-    """Median milliseconds of one call of a CUDA backend on ``problem``, measured with CUDA events:
-    ``kernel_ms`` with device arrays in and out (kernels plus the output allocation, no transfers) and
+def time_cuda_backend(backend, problem, *, repeats: int = 10, rng=0, direction: str = "forward") -> dict:
+    """Median milliseconds of one call of a CUDA backend on ``problem`` in ``direction``, measured with CUDA
+    events: ``kernel_ms`` with device arrays in and out (kernels plus the result's allocation, no transfers) and
     ``with_transfers_ms`` from NumPy arrays to a NumPy result (host→device copies, kernels, device→host).
-    Each call goes through ``Backend.compute``, as ``conv_transpose1d/2d/3d`` does: a channels-last problem
+
+    The forward goes through ``Backend.compute``, as ``conv_transpose1d/2d/3d`` does: a channels-last problem
     is timed with its layout conversion (strided views copied on the device; host arrays transposed), not
-    as the channels-first kernels on arrays they would misread.
+    as the channels-first kernels on arrays they would misread. A backward direction (``"backward_data"``,
+    ``"backward_weight"``) calls the backend's gradient function on arrays in its native layout
+    (:meth:`Backend.native_layout`): the layout conversion :func:`testbed.conv_transpose_backward` does on the
+    host is not timed.
     One untimed call first compiles the kernels. Refuses the simulator (its times say nothing of a GPU)."""
     impl = get_backend(backend)
     if impl.device != "cuda":
         raise ValueError(f"backend must be a CUDA backend (device 'cuda'), got {impl.name!r} (device {impl.device!r})")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    reason = impl.unsupported_reason(problem, direction)  # ValueError for an unknown direction
     ok, why = impl.probe()
     if not ok:
         raise BackendUnavailable(f"backend {impl.name!r} cannot be timed here: {why}")
@@ -450,28 +456,42 @@ def time_cuda_backend(backend, problem, *, repeats: int = 10, rng=0) -> dict:
             f"backend {impl.name!r} runs in the CUDA simulator ({why}); simulator times are not "
             f"GPU times, so time_cuda_backend refuses to measure them"
         )
-    reason = impl.unsupported_reason(problem)
     if reason is not None:
-        raise ValueError(f"backend {impl.name!r} does not support {problem}: {reason}")
+        raise ValueError(f"backend {impl.name!r} does not support {problem} ({direction}): {reason}")
     from numba import cuda
 
-    x, weight, bias = problem.random_arrays(rng)
-    device_args = tuple(None if a is None else cuda.to_device(a) for a in (x, weight, bias))
+    native = problem.with_(layout=impl.native_layout(problem))
 
-    def median_ms(x, weight, bias):
-        impl.compute(x, weight, bias, problem)  # compile / warm up
+    def forward(x, weight, bias):
+        impl.compute(x, weight, bias, problem)
+
+    def gradient(grad_output, operand):
+        getattr(impl, direction)(grad_output, operand, native)
+
+    call: Callable[..., None]
+    if direction == "forward":
+        call, host_args = forward, problem.random_arrays(rng)
+    else:
+        x, weight, _ = native.random_arrays(rng)
+        grad_output = np.random.default_rng(rng).standard_normal(native.output_shape).astype(native.dtype)
+        call, host_args = gradient, (grad_output, weight if direction == "backward_data" else x)
+
+    device_args = tuple(None if a is None else cuda.to_device(a) for a in host_args)
+
+    def median_ms(*args):
+        call(*args)  # compile / warm up
         cuda.synchronize()
         times = []
         for _ in range(repeats):
             start, stop = cuda.event(timing=True), cuda.event(timing=True)
             start.record()
-            impl.compute(x, weight, bias, problem)
+            call(*args)
             stop.record()
             stop.synchronize()
             times.append(start.elapsed_time(stop))
         return statistics.median(times)
 
-    return {"kernel_ms": median_ms(*device_args), "with_transfers_ms": median_ms(x, weight, bias)}
+    return {"kernel_ms": median_ms(*device_args), "with_transfers_ms": median_ms(*host_args)}
 
 
 # ---- registration --------------------------------------------------------------------------------------------
