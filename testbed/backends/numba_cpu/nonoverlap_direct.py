@@ -251,8 +251,9 @@ def nhwc_kernel(shape):
 @functools.cache
 def nchw_kernel(shape):
     """The NCHW kernel for one :meth:`.blocking.Blocking.kernel_shape` (as :func:`nhwc_kernel`)."""
-    PANEL, PANEL_BYTES = shape[:2]
+    PANEL, PANEL_BYTES, MAX_PIXELS = shape[0], shape[1], shape[5]
     HALF, NCHW_TILE = PANEL // 2, PANEL * (PANEL_BYTES // 4)
+    MAX_BLOCK = MAX_PIXELS + PANEL_BYTES // 4  # a task's pixels: at most MAX_PIXELS rounded up to a panel vector
 
     def _nonoverlap_tiles_nchw(
         x, weight, rows, bias, y, pad_d, pad_h, pad_w, block_pixels, panels, ahead_rows, ahead_planes, chunk_tiles
@@ -290,6 +291,10 @@ def nchw_kernel(shape):
             acc = carray(stack_tile(zero, NCHW_TILE), (NCHW_TILE,))
             pair_y = carray(stack_tile(np.int64(0), HALF), (HALF,))
             pair_c = carray(stack_tile(np.int64(0), HALF), (HALF,))
+            # where each whole-row panel's pairs start past its tile's rows (-1: across rows or past the block), and
+            # each pixel's (a block is at most MAX_PIXELS rounded up to a panel vector)
+            panel_at = carray(stack_tile(np.int64(0), MAX_BLOCK), (MAX_BLOCK,))
+            pixel_at = carray(stack_tile(np.int64(0), MAX_BLOCK), (MAX_BLOCK,))
             buffer = panels[worker]
             task = next_task(counter)
             while task < tasks:
@@ -319,29 +324,40 @@ def nchw_kernel(shape):
                         else:
                             for lane in range(lanes):
                                 buffer[to + lane] = source[at + p0 + lane] if p0 + lane < p_hi else zero
+                # the output offsets split into a panel's part (here) and a tile's (below), so that the panel loop,
+                # a few hundred cycles of FMAs when C_in/G is small (unet3d5: 64), does no integer division
+                if pairs_whole:
+                    for t in range(p_hi - p_lo):
+                        line = (p_lo + t) // in_w  # input row (d, i), of in_d·in_h
+                        j = p_lo + t - line * in_w
+                        pixel_at[t] = (line // in_h * k_d * out_h + line % in_h * k_h) * out_w + 2 * j
+                    for q in range(count):
+                        p0 = p_lo + q * lanes
+                        first = pixel_at[q * lanes]  # (in one input row: the pixels' outputs 2 apart each)
+                        one_row = p0 + lanes <= p_hi and pixel_at[q * lanes + lanes - 1] - first == 2 * (lanes - 1)
+                        panel_at[q] = first if one_row else -1
                 for tile in range(tiles):
                     if tile % chunk_tiles == 0:
                         wait_done(ready, g * chunks + tile // chunk_tiles)
                     r0 = tile * PANEL
                     w0 = (g * tiles + tile) * per_group_in * PANEL
                     whole = pairs_whole and r0 + PANEL <= useful_rows
+                    if (
+                        pairs_whole
+                    ):  # each pair's output row at input pixel (0, 0, 0), its channel (rows past R: the last)
+                        for e in range(HALF):
+                            r = min(r0 + 2 * e, useful_rows - 1)
+                            pair_c[e] = g * per_group_out + r // taps
+                            a_d, a = (r % taps) // 2 // k_h, (r % taps) // 2 % k_h  # (kW = 2)
+                            pair_y[e] = (((n * out_channels + pair_c[e]) * out_d + a_d) * out_h + a) * out_w
                     for q in range(count):
                         p0 = p_lo + q * lanes
                         used = min(lanes, p_hi - p0)
-                        line = p0 // in_w  # input row (d, i), of in_d·in_h
-                        j0 = p0 - line * in_w
-                        if whole and used == lanes and j0 + lanes <= in_w:
+                        if whole and panel_at[q] >= 0:
                             # the U-Net case: MR/2 row pairs, each one interleaved run of an output row
-                            d, i = line // in_h, line % in_h
-                            for e in range(HALF):
-                                r = r0 + 2 * e
-                                pair_c[e] = g * per_group_out + r // taps
-                                a_d, a = (r % taps) // 2 // k_h, (r % taps) // 2 % k_h  # (kW = 2)
-                                plane = (n * out_channels + pair_c[e]) * out_d + d * k_d + a_d
-                                pair_y[e] = (plane * out_h + i * k_h + a) * out_w + 2 * j0
                             fma_panel_pairs_out(
                                 y,
-                                offsets_from(pair_y, 0, 0, HALF),
+                                offsets_from(pair_y, 0, panel_at[q], HALF),
                                 bias,
                                 offsets_from(pair_c, 0, 0, HALF),
                                 buffer,
@@ -356,8 +372,6 @@ def nchw_kernel(shape):
                             continue
                         if pairs_whole:
                             # a panel across input rows, or the last tile or pixels: the same interleaved runs, staged
-                            for e in range(HALF):
-                                pair_c[e] = g * per_group_out + min(r0 + 2 * e, useful_rows - 1) // taps
                             fma_panel_pairs_out(
                                 acc,
                                 strided(0, 2 * lanes, HALF),
@@ -373,20 +387,11 @@ def nchw_kernel(shape):
                                 PANEL_BYTES,
                             )
                             for rr in range(0, min(PANEL, useful_rows - r0), 2):
-                                r = r0 + rr
-                                co = g * per_group_out + r // taps
-                                a_d, a = (r % taps) // 2 // k_h, (r % taps) // 2 % k_h
-                                t = 0
-                                while t < used:  # one run per input row the panel crosses
-                                    line = (p0 + t) // in_w
-                                    jt = p0 + t - line * in_w
-                                    run = min(used - t, in_w - jt)
-                                    plane = (n * out_channels + co) * out_d + line // in_h * k_d + a_d
-                                    to = (plane * out_h + line % in_h * k_h + a) * out_w + 2 * jt
-                                    at = rr * lanes + 2 * t
-                                    for u in range(2 * run):
-                                        target[to + u] = acc[at + u]
-                                    t += run
+                                row_y, at = pair_y[rr // 2], rr * lanes
+                                for t in range(used):  # the pair's two columns of each pixel
+                                    to = row_y + pixel_at[p0 - p_lo + t]
+                                    target[to] = acc[at + 2 * t]
+                                    target[to + 1] = acc[at + 2 * t + 1]
                             continue
                         for e in range(PANEL * lanes):
                             acc[e] = zero

@@ -53,8 +53,12 @@ def pack_row_tiles(weight, rows, g, t0, t1, ahead_rows):
             prefetch(source, at + ahead_rows * useful + line)
         for tile in range(t0, t1):
             to, first = ((g * tiles + tile) * per_group_in + ci) * panel, panel * tile
-            for e in range(panel):
-                target[to + e] = source[at + first - panel * t0 + e] if first + e < useful else zero
+            if first + panel <= useful:  # (a whole tile: a plain copy, no test per element)
+                for e in range(panel):
+                    target[to + e] = source[at + first - panel * t0 + e]
+            else:
+                for e in range(panel):
+                    target[to + e] = source[at + first - panel * t0 + e] if first + e < useful else zero
 
 
 @serial_kernel
@@ -84,6 +88,15 @@ def pack_panel(weight, packed, g, v, ahead_rows):
                 t2, t3 = source[start + 4 * lane + 2], source[start + 4 * lane + 3]
                 target[to + lane], target[to + panel + lane] = t0, t1
                 target[to + 2 * panel + lane], target[to + 3 * panel + lane] = t2, t3
+        elif taps == 8 and used == lanes:  # the 3-D U-Net kernel (2×2×2): the same split, 8 ways
+            for lane in range(lanes):
+                at = start + 8 * lane
+                t0, t1, t2, t3 = source[at], source[at + 1], source[at + 2], source[at + 3]
+                t4, t5, t6, t7 = source[at + 4], source[at + 5], source[at + 6], source[at + 7]
+                target[to + lane], target[to + panel + lane] = t0, t1
+                target[to + 2 * panel + lane], target[to + 3 * panel + lane] = t2, t3
+                target[to + 4 * panel + lane], target[to + 5 * panel + lane] = t4, t5
+                target[to + 6 * panel + lane], target[to + 7 * panel + lane] = t6, t7
         else:
             for tap in range(taps):
                 for lane in range(used):
