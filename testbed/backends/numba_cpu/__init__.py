@@ -53,6 +53,8 @@ from __future__ import annotations
 from ...registry import Backend, register, run_converted
 from . import blocked_direct, direct, gemm_col2im, nonoverlap_direct, nonoverlap_gemm, ranks
 from . import blocking as _blocking
+from .backward_data import run as run_backward_data
+from .backward_weight import run as run_backward_weight
 from .blocking import Blocking
 
 __all__ = ["NHWC_PATHS", "PATHS", "choose_path", "describe", "run_path"]
@@ -244,5 +246,7 @@ register(
         layouts=("NCHW", "NHWC"),
         describe=describe,
         ranks=(1, 2, 3),
+        backward_data=run_backward_data,  # columns of grad_output (pixel unshuffle at stride == kernel) + GEMM blocks
+        backward_weight=run_backward_weight,  # the same columns, GEMM blocks of the weight reduced in a fixed order
     )
 )
