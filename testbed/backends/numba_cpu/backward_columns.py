@@ -83,8 +83,8 @@ def pack_first(grad_output, n, p0, columns, kernel, stride, padding, dilation, i
         a, b, e = tap // (k_h * k_w), (tap // k_w) % k_h, tap % k_w
         dst = columns[row]
         offset = e * d_w - p_w
-        first = max(0, -(offset // s_w))  # the first column l with l·s_w + offset >= 0
-        last = (out_w - 1 - offset) // s_w + 1  # one past the last with l·s_w + offset < out_w
+        first = max(0, -(offset // s_w))  # the first column u with u·s_w + offset >= 0
+        last = (out_w - 1 - offset) // s_w + 1  # one past the last with u·s_w + offset < out_w
         for r in range(p0 // in_w, (p1 - 1) // in_w + 1):  # input rows (i_d, i_h) of the chunk
             l0, l1 = max(p0 - r * in_w, 0), min(p1 - r * in_w, in_w)
             q0 = r * in_w + l0 - p0
