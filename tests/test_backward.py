@@ -131,6 +131,39 @@ def test_matches_torch_autograd(backend, case, dtype, layout):
     check_against(torch_autograd, backend, case, dtype, layout)
 
 
+def held_out_case(rank, seed):
+    """A random valid configuration of ``rank`` (not on the grid): batch 0-3, groups 1-2, per-axis sizes, kernels,
+    strides, dilations, paddings and output paddings drawn independently; redrawn until the output is non-empty."""
+    rng = np.random.default_rng(1000 * rank + seed)
+    while True:
+        groups = int(rng.integers(1, 3))
+        kernel = tuple(int(k) for k in rng.integers(1, 5, rank))
+        stride = tuple(int(s) for s in rng.integers(1, 4, rank))
+        dilation = tuple(int(d) for d in rng.integers(1, 3, rank))
+        padding = tuple(int(rng.integers(0, d * (k - 1) + 1)) for k, d in zip(kernel, dilation))
+        output_padding = tuple(int(rng.integers(0, max(s, d))) for s, d in zip(stride, dilation))
+        size = tuple(int(n) for n in rng.integers(1, 6, rank))
+        params = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
+        c_in, c_out = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4))
+        try:
+            testbed.Problem(batch=1, in_channels=c_in, in_size=size, out_channels=c_out, kernel_size=kernel, **params)
+        except ValueError:
+            continue  # an empty output: draw again
+        return (f"held_out_{rank}d_{seed}", int(rng.integers(0, 4)), c_in, c_out, size, kernel, params)
+
+
+HELD_OUT = [held_out_case(rank, seed) for rank in (1, 2, 3) for seed in range(5)]
+
+
+@pytest.mark.reference_backends("torch")
+@pytest.mark.parametrize("case", HELD_OUT, ids=[case[0] for case in HELD_OUT])
+def test_held_out_random_configurations_match_torch_autograd(backend, case):
+    """Configurations drawn at random (seeded; none was used to write a backend) against autograd, float64."""
+    if backend.name == "auto":
+        pytest.skip("auto's choices are the other backends, each checked here")
+    check_against(torch_autograd, backend, case, np.float64, "first")
+
+
 def naive_gradients(grad_output, x, w, params):
     """The oracle's gradients: ``naive``'s own functions, float64, channels first."""
     problem = problem_of(x, w, params)
