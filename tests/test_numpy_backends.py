@@ -143,12 +143,18 @@ def test_fft_blocks_match_one_block(monkeypatch, blocks, rank):
     blocked = conv_transpose(x, w, backend="fft", **params)
     assert_close(blocked, whole, rtol=1e-14)
     assert_close_to_oracle(blocked, x, w, **params)
-    gradients = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="fft")
-    assert {"forward", "backward_data", "backward_weight"} <= set(chosen)
     oracle = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="naive")
-    for name in ("grad_input", "grad_weight"):
-        assert_close(getattr(gradients, name), getattr(whole_gradients, name), rtol=1e-14, err_msg=name)
-        assert_close(getattr(gradients, name), getattr(oracle, name), err_msg=name)
+    # The weight gradient's two forms: per-frequency products and the adjoint chain (speedup 0), or per-tap GEMMs.
+    per_tap = fft_backend._per_tap_lag_sums
+    monkeypatch.setattr(fft_backend, "_per_tap_lag_sums", lambda *args: (chosen.append("per-tap"), per_tap(*args)))
+    for speedup in (0, 1e9):
+        monkeypatch.setattr(fft_backend, "PARSEVAL_SPEEDUP", speedup)
+        gradients = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="fft")
+        assert speedup > 0 or "per-tap" not in chosen  # per-tap where its chunk fits the blocks' budget
+        for name in ("grad_input", "grad_weight"):
+            assert_close(getattr(gradients, name), getattr(whole_gradients, name), rtol=1e-14, err_msg=name)
+            assert_close(getattr(gradients, name), getattr(oracle, name), err_msg=name)
+    assert {"forward", "backward_data", "backward_weight"} <= set(chosen)
 
 
 @pytest.mark.parametrize("limit_mib", [0, 1, 4])
@@ -246,6 +252,42 @@ def test_fft_gradients_decline_naming_the_bytes_they_would_need(monkeypatch, in_
     assert f"one output channel's gradient need about {need:.3g} bytes" in fft_backend._too_large(
         wide, "backward_weight"
     )
+
+
+@pytest.mark.parametrize("speedup", [0, 1e9], ids=["per-frequency", "per-tap"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(in_channels=32, in_size=(64, 64), out_channels=32, kernel_size=3, padding=1),
+        dict(in_channels=32, in_size=(2048,), out_channels=32, kernel_size=7, padding=3),
+        dict(in_channels=16, in_size=(12, 12, 12), out_channels=16, kernel_size=3, padding=1),
+    ],
+    ids=["2d", "1d", "3d"],
+)
+def test_fft_gradients_temporaries_within_workspace_limit(monkeypatch, shape, speedup):
+    """At a binding limit (twice the arrays, 0.5-2 MiB) each gradient's NumPy temporaries, measured by tracemalloc
+    (the result excluded), stay under Problem.workspace_limit, with either form of the weight gradient."""
+    import tracemalloc
+
+    monkeypatch.setattr(testbed.problem, "WORKSPACE_BYTES", 0)
+    monkeypatch.setattr(fft_backend, "PARSEVAL_SPEEDUP", speedup)
+    per_tap, forms = fft_backend._per_tap_lag_sums, []
+    monkeypatch.setattr(fft_backend, "_per_tap_lag_sums", lambda *args: (forms.append("per-tap"), per_tap(*args)))
+    problem = testbed.Problem(batch=1, **shape, dtype="float32")
+    x, w, _ = problem.random_arrays(0)
+    grad_output = np.random.default_rng(1).standard_normal(problem.output_shape).astype(np.float32)
+    params = {key: shape[key] for key in ("stride", "padding") if key in shape}
+    for index, mask in enumerate([(True, False, False), (False, True, False)]):
+        # warm-up: caches filled once per process (the blocks, scipy's plans) are not the call's temporaries
+        testbed.conv_transpose_backward(grad_output, x, w, **params, backend="fft", output_mask=mask)
+        tracemalloc.start()
+        try:
+            result = testbed.conv_transpose_backward(grad_output, x, w, **params, backend="fft", output_mask=mask)
+            temporaries = tracemalloc.get_traced_memory()[1] - result[index].nbytes
+        finally:
+            tracemalloc.stop()
+        assert temporaries <= problem.workspace_limit, (index, temporaries, problem.workspace_limit)
+    assert bool(forms) == (speedup > 0)  # the form asked for ran
 
 
 def test_fft_gradients_scale_by_powers_of_two_and_refuse_what_they_cannot_carry():

@@ -58,15 +58,18 @@ Backward (issue 24), on the same ``P`` grid, with the same blocks, peak model an
   k·d]``, the cross-correlation of the stride-dilated input with grad_output at the lags ``k·d``:
   ``R[ci, co] = Σ_n conj(X̂_s[n, ci]) · Ĝ[n, co]`` per frequency (a GEMM over the images), taken back to the
   ``k_1·…·k_r`` lags by the adjoint of the per-axis tap DFTs (the kernel-spectrum chain run backwards), so no
-  inverse FFT of a ``C_in × C_out`` volume is made.
+  inverse FFT of a ``C_in × C_out`` volume is made. With few images and taps the per-frequency GEMMs (inner
+  dimension: the image count) run memory-bound; there each lag is summed over frequencies directly (Parseval),
+  one real GEMM per tap with the frequencies and images as its inner dimension (:func:`_per_tap_lag_sums`,
+  chosen by :func:`_parseval_cheaper`).
 
 The circular correlations equal the linear ones because every lag that reaches a sample stays within ``P ≥ L``.
 ``Backend.check`` answers for the forward (the weight gradient holds the same arrays); the data gradient, which
 transforms grad_output's channels, raises UnsupportedConfiguration with its own byte count when they do not fit.
 The U-Net's k2 s2 shapes are this backend's worst case in every direction (the transforms cover 4× the input's
-pixels for 4 taps): on 256→128 @100² float32 the forward, the data and the weight gradient took 3.9, 4.8 and 10.7 s
-against torch's 0.30, 0.29 and 0.31 s (one thread each, fresh processes, busy 2-core Zen 3 host, load ~8); the
-weight gradient's per-frequency GEMMs have one image as their inner dimension there and run memory-bound.
+pixels for 4 taps): on 256→128 @100² float32 the forward, the data and the weight gradient took 3.9, 4.8 and 4.0 s
+(10.7 s per frequency) against torch's 0.30, 0.29 and 0.31 s (one thread each, fresh processes, busy 2-core Zen 3
+host, load ~8).
 """
 
 import contextlib
@@ -506,6 +509,62 @@ def _adjoint_kernel_spectra(spectra, leading_adjoints, last_adjoint):
     return result.reshape(*(dft.shape[0] for dft in leading_adjoints), last_adjoint.shape[0], m)
 
 
+#: The per-tap form's speed relative to the per-frequency form's, per multiply-add of :func:`_parseval_cheaper`'s
+#: counts (one large real GEMM per tap against complex GEMMs whose inner dimension is the image count). Fitted on
+#: weight gradients, float32, one thread, busy 2-core Zen 3: 128→64 k3 s2 @32² per-tap / per-frequency 132 / 218 ms
+#: with 1 image, 1384 / 473 ms with 8, k4 with 4 images 1306 / 297 ms; U-Net 256→128 k2 s2 @100², 1 image,
+#: 4.0 / 10.7 s (speedups per counted multiply-add 1.3-1.8).
+PARSEVAL_SPEEDUP = 1.5
+
+
+def _parseval_cheaper(problem, images):
+    """Whether :func:`_per_tap_lag_sums` beats the per-frequency products for ``images`` images: it costs
+    ``2·taps·images`` real multiply-adds per frequency and channel pair in one large GEMM per tap, the
+    per-frequency form ``≈ 4·(images + k_1)`` (the image-sum GEMM and the adjoint chain, complex) in GEMMs whose
+    inner dimension is the image count."""
+    taps = math.prod(problem.kernel_size)
+    return 2 * taps * images <= PARSEVAL_SPEEDUP * 4 * (images + problem.kernel_size[0])
+
+
+def _per_tap_lag_sums(x_hat, g_hat, leading_adjoints, last_adjoint, chunk, accumulator, kernel_size):
+    """``accumulator[k, g] += Re Σ_{f, n} c_k(f) · conj(X̂[f, g, :, n])ᵀ · Ĝ[f, g, n, :]`` (Parseval: the lag-``k``
+    correlation as a sum over frequencies), ``c_k(f) = Π_a E_a^H[k_a, f_a]`` with the last axis's half-spectrum
+    weights and ``1/P`` folded in (``last_adjoint``), one real GEMM per tap, group and chunk of frequencies:
+    ``[Re A, −Im A] @ [Re Ĝ; Im Ĝ]`` with ``A = c_k · conj(X̂)`` and the frequencies and images as the inner
+    dimension. ``x_hat`` (``(P_1, …, Q, G, Ci_g, images)``) holds ``conj(X̂)`` already; ``accumulator`` is
+    ``(k_1, …, k_r, G, Ci_g, block)``."""
+    *leading, q, g, cig, nb = x_hat.shape
+    cb = g_hat.shape[-1]
+    frequencies = math.prod(leading) * q
+    conj_x = x_hat.reshape(frequencies, g, cig, nb)
+    grad = g_hat.reshape(frequencies, g, nb, cb)
+    real = x_hat.real.dtype
+    for f0 in range(0, frequencies, chunk):
+        f1 = min(frequencies, f0 + chunk)
+        at = np.unravel_index(np.arange(f0, f1), (*leading, q))  # each frequency's index per axis
+        for group in range(g):
+            xr = np.ascontiguousarray(conj_x[f0:f1, group].real.transpose(1, 0, 2))  # (Ci_g, chunk, images)
+            xi = np.ascontiguousarray(conj_x[f0:f1, group].imag.transpose(1, 0, 2))
+            stacked = np.empty((2, f1 - f0, nb, cb), dtype=real)  # [Re Ĝ; Im Ĝ]
+            stacked[0], stacked[1] = grad[f0:f1, group].real, grad[f0:f1, group].imag
+            products = np.empty((cig, 2, f1 - f0, nb), dtype=real)  # [Re A, −Im A]
+            scratch = np.empty_like(xr)
+            for taps in itertools.product(*(range(k) for k in kernel_size)):
+                coefficient = last_adjoint[taps[-1], at[-1]]
+                for axis, adjoint in enumerate(leading_adjoints):
+                    coefficient = coefficient * adjoint[taps[axis], at[axis]]
+                cr, ci = coefficient.real[:, None], coefficient.imag[:, None]
+                np.multiply(xr, cr, out=products[:, 0])
+                np.multiply(xi, ci, out=scratch)
+                products[:, 0] -= scratch  # Re A = cr·xr − ci·xi
+                np.multiply(xr, ci, out=products[:, 1])
+                np.multiply(xi, cr, out=scratch)
+                products[:, 1] += scratch
+                np.negative(products[:, 1], out=products[:, 1])  # −Im A = −(ci·xr + cr·xi)
+                into = (*taps, group)
+                accumulator[into] += products.reshape(cig, -1) @ stacked.reshape(-1, cb)
+
+
 def fft_weight_gradient(grad_output, x, problem):
     """``grad_W[ci, co, k] = Σ_{n, i} x[n, ci, i] · grad_output[n, co, i·s − p + k·d]``: the cross-correlation of
     the stride-dilated input with grad_output (placed at offset ``p`` in the linear-size canvas), read at the lags
@@ -583,6 +642,17 @@ def fft_weight_gradient(grad_output, x, problem):
                 )
                 g_hat = scipy.fft.rfftn(g_planes, axes=spatial)  # (P_1, …, Q, G, images, block)
                 del g_planes
+                budget = _kernel_slab_elements(kernel_size, fft_shape) * blocks.columns * problem.in_channels
+                # Frequencies per chunk: its real arrays (5·Ci_g·images + 2·images·block per frequency) within half
+                # the kernel chain's budget, which keeps the measured peak (NumPy's copies of strided operands
+                # included) under the model (tests/test_numpy_backends.py, tracemalloc at the binding limit).
+                chunk = budget * (c1 - c0) // ((5 * cig + 2 * (c1 - c0)) * (n1 - n0))
+                if chunk >= 1 and _parseval_cheaper(problem, n1 - n0):
+                    _per_tap_lag_sums(
+                        x_hat, g_hat, leading_adjoints, last_adjoint, chunk, taps_major[..., c0:c1], kernel_size
+                    )
+                    del g_hat
+                    continue
                 for f0 in range(0, q, blocks.columns):
                     f1 = min(q, f0 + blocks.columns)
                     # The image sum per frequency: (Ci_g × images) · (images × block) for every (frequency, group).
