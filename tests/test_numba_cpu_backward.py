@@ -23,7 +23,7 @@ CASES = [
     ("2d_unet_k2s2", 1, 6, 3, (5, 7), (2, 2), dict(stride=2)),
     ("2d_asym_groups", 3, 4, 6, (5, 6), (3, 4), dict(stride=(2, 3), padding=(1, 2), output_padding=(1, 0), groups=2)),
     ("2d_big_padding_dil", 2, 3, 5, (6, 5), (3, 2), dict(stride=(1, 2), padding=3, dilation=(2, 1))),
-    ("2d_blocks", 1, 5, 131, (17, 19), (2, 2), dict(stride=2)),  # 323 pixels, 524 weight columns: 2 × 2 blocks
+    ("2d_blocks", 1, 5, 131, (23, 25), (2, 2), dict(stride=2)),  # 575 pixels, 524 weight columns: 2 blocks each
     ("3d_k2s2", 2, 3, 4, (3, 2, 3), (2, 2, 2), dict(stride=2)),
     ("3d_asym_groups", 1, 4, 4, (3, 4, 2), (3, 2, 2), dict(stride=(2, 1, 3), padding=(1, 0, 1), groups=2)),
 ]

@@ -26,7 +26,7 @@ from numba import prange
 from .._blas import INT32_MAX
 from .._runtime import parallel_kernel
 
-__all__ = ["fits_blas", "lift", "pack_first", "pack_last", "parameters_3d", "pixel_chunk"]
+__all__ = ["balanced_block", "fits_blas", "lift", "pack_first", "pack_last", "parameters_3d", "pixel_chunk"]
 
 
 def parameters_3d(problem):
@@ -58,6 +58,13 @@ def pixel_chunk(problem, blocking):
     per_pixel = problem.out_channels * int(np.prod(problem.kernel_size)) * problem.dtype.itemsize
     budget = min(problem.workspace_limit, blocking.column_buffer_bytes)
     return max(1, min(pixels, budget // per_pixel))
+
+
+def balanced_block(extent, most):
+    """The block of ``extent`` items into the fewest blocks of at most ``most``, as equal as they can be (so the
+    last block of a GEMM is not a sliver that leaves a thread idle)."""
+    blocks = -(-extent // most)
+    return max(1, -(-extent // blocks))
 
 
 def fits_blas(problem):

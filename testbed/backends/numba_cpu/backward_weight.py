@@ -34,7 +34,7 @@ from ... import workspace
 from .._blas import gemm, single_threaded_blas
 from .._runtime import parallel_kernel
 from . import blocking as _blocking
-from .backward_columns import fits_blas, lift, pack_first, pack_last, parameters_3d, pixel_chunk
+from .backward_columns import balanced_block, fits_blas, lift, pack_first, pack_last, parameters_3d, pixel_chunk
 from .tasks import next_task
 
 __all__ = ["PATHS", "block_plan", "choose_path", "run"]
@@ -53,9 +53,10 @@ def choose_path(problem, blocking=None) -> str:
 
 
 def block_plan(problem):
-    """``(rows, columns)`` of one block of the weight gradient: input channels (≤ 256) × output channels·taps
-    (≤ 512) of a group. Depends on the problem only."""
-    return min(problem.in_per_group, 256), min(problem.out_per_group * int(np.prod(problem.kernel_size)), 512)
+    """``(rows, columns)`` of one block of the weight gradient: input channels × output channels·taps of a group,
+    each at most 512 in blocks as equal as can be. Depends on the problem only."""
+    reduction = problem.out_per_group * int(np.prod(problem.kernel_size))
+    return balanced_block(problem.in_per_group, 512), balanced_block(reduction, 512)
 
 
 @parallel_kernel
