@@ -37,7 +37,8 @@ __all__ = ["block_pixels", "computes", "nchw_kernel", "nhwc_kernel", "run", "sui
 
 def suits(problem, blocking) -> bool:
     """Kernel width 2, no padding, at most ``nonoverlap_max_taps`` taps, and at least
-    ``nonoverlap_min_pixels`` input pixels (N·H·W); the same rule in both layouts, so that NCHW and NHWC sum
+    ``nonoverlap_min_pixels`` input pixels (N·H·W; at rank 3 any number: there the alternative is a sum over depth
+    taps, which reads and writes the output once per tap); the same rule in both layouts, so that NCHW and NHWC sum
     alike. Elsewhere ``nonoverlap_gemm`` is as fast or faster: with another kernel width or padding, NCHW tiles
     would go out element by element; with few pixels, packing the weight (per call, for each thread's share)
     weighs more. From ``python -m experiments.numba_cpu_paths --unet`` (median (min) ms, float32, 2 threads, 3
