@@ -93,7 +93,7 @@ EXPECTED = {
     "kron": Capabilities(unsupported=NOT_NONOVERLAPPING),  # stride == kernel, dilation 1 only
     "polyphase": Capabilities(),
     "torch": Capabilities(directions=EVERY_DIRECTION),
-    "numba_cpu": Capabilities(),
+    "numba_cpu": Capabilities(directions=EVERY_DIRECTION),
     "numba_cuda": Capabilities(device="cuda", directions=EVERY_DIRECTION),
     "numba_cuda_atomic": Capabilities(device="cuda", deterministic=False, ranks=(1, 2)),
     "numba_cuda_tiled": Capabilities(device="cuda", ranks=(2,)),
