@@ -201,3 +201,28 @@ def test_asv_configuration():
         re.search(rf"pip uninstall -y {re.escape(distribution)}\b", command) for command in conf.uninstall_command
     ), conf.uninstall_command
     assert json.dumps(conf.matrix)  # a valid matrix (asv parsed the commented JSON)
+
+
+def test_direction_benchmark_times_each_declared_direction():
+    """SpeedByDirection on its smallest case: every direction a backend supports there is timed (a positive
+    GFLOP/s), every other one (a direction it does not declare, a case it declines) is asv's skip naming the
+    direction."""
+    from experiments.benchmarks import bench_conv, common
+
+    case = min(common.DIRECTION_CASES, key=lambda name: common.CASES[name].flops)
+    timed = set()
+    for name in bench_conv.BACKENDS:
+        backend = testbed.get_backend(name)
+        if not backend.available or backend.timing_kind is None or name in common.SLOW_ON_LARGE:
+            continue
+        for direction in bench_conv.SpeedByDirection.params[2]:
+            benchmark = bench_conv.SpeedByDirection()
+            if backend.unsupported_reason(common.CASES[case], direction) is not None:
+                with pytest.raises(NotImplementedError, match=direction):
+                    benchmark.setup(name, case, direction)
+                continue
+            benchmark.setup(name, case, direction)
+            benchmark.time_conv_transpose(name, case, direction)
+            assert benchmark.track_gflops(name, case, direction) > 0
+            timed.add((name, direction))
+    assert ("numba_cpu", "backward_data") in timed and ("numba_cpu", "backward_weight") in timed

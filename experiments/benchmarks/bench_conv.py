@@ -1,5 +1,6 @@
-"""Speed, throughput, peak memory and accuracy of ``conv_transpose2d`` for every registered backend, and of
-``conv_transpose1d``/``3d`` (``SpeedByRank``, the 1-D and 3-D ``Accuracy`` cases).
+"""Speed, throughput, peak memory and accuracy of ``conv_transpose2d`` for every registered backend, of
+``conv_transpose1d``/``3d`` (``SpeedByRank``, the 1-D and 3-D ``Accuracy`` cases), and of the backward pass's data and
+weight gradients (``SpeedByDirection``).
 
 GFLOP/s counts useful work only, ``Problem.flops = 2·N·C_in·(C_out/groups)·prod(in_size)·prod(kernel_size)``.
 Accuracy is the relative L2 error ``‖y - ref‖ / ‖ref‖`` against ``testbed.testing.oracle``, the ``naive`` scatter
@@ -13,12 +14,14 @@ import time
 import numpy as np
 
 import testbed
+from testbed.registry import DIRECTIONS
 from testbed.testing import call_kwargs, oracle, relative_error
-from testbed.timing import reset_peak_rss
+from testbed.timing import prepare_call, reset_peak_rss
 
 from .common import (
     ACCURACY_CASES,
     CASES,
+    DIRECTION_CASES,
     LAYOUT_CASES,
     LAYOUT_FAMILIES,
     MEMORY_CASES,
@@ -111,6 +114,30 @@ class SpeedByRank(TimedSampling):
 
     def track_gflops(self, backend, rank, layout):
         return self.call.problem.flops / seconds_per_call(self.call) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+class SpeedByDirection(TimedSampling):
+    """Time per call and throughput of each direction (``testbed.registry.DIRECTIONS``: the forward, and the data
+    and weight gradients of ``testbed.conv_transpose_backward``, each asked for alone through ``output_mask``;
+    ``testbed.timing.prepare_call``). A backend that does not declare a direction (``Backend.directions``) skips
+    it. GFLOP/s counts the same useful work in every direction, ``Problem.flops``: each gradient is a product of
+    the same sizes as the forward."""
+
+    params = [BACKENDS, DIRECTION_CASES, list(DIRECTIONS)]
+    param_names = ["backend", "case", "direction"]
+
+    def setup(self, backend, case, direction):
+        self.problem = require(backend, case, timed=True, direction=direction)
+        self.call = prepare_call(backend, self.problem, *self.problem.random_arrays(0), direction=direction)
+        self.call()
+
+    def time_conv_transpose(self, backend, case, direction):
+        self.call()
+
+    def track_gflops(self, backend, case, direction):
+        return self.problem.flops / seconds_per_call(self.call) / 1e9
 
     track_gflops.unit = "GFLOP/s"
 

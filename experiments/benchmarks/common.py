@@ -39,6 +39,10 @@ ACCURACY_CASES = ["tiny_k2s2", "tiny_g2d2", "k3d2", "k4s2g8", "voc3", "unet3d1"]
 #: and nnU-Net's deepest one (3-D: 320→320 channels at 4³, batch 2, k = s = 2; 0.21 GFLOP).
 RANK_CASES = {1: "voc3", 2: "unet1", 3: "unet3d1"}
 
+#: The cases of the direction benchmark (``bench_conv.SpeedByDirection``): a U-Net up-convolution (stride ==
+#: kernel) and a tiny overlapping layer (k3 s2), where call overhead shows.
+DIRECTION_CASES = ["unet1", "tiny_k3s2"]
+
 #: The layouts of the rank benchmarks: the channels first or last at the case's rank (NCL/NCHW/NCDHW,
 #: NLC/NHWC/NDHWC).
 LAYOUT_FAMILIES = {"channels_first": 0, "channels_last": 1}
@@ -75,9 +79,10 @@ class TimedSampling:
     timeout = 300
 
 
-def require(backend_name, case, *, timed, layout=None):
+def require(backend_name, case, *, timed, layout=None, direction="forward"):
     """The problem of ``case`` (in ``layout``, default its own) if ``backend_name`` can run it here, else
-    ``NotImplementedError`` (asv: skip): also for a spatial rank the backend does not declare.
+    ``NotImplementedError`` (asv: skip): also for a spatial rank or a ``direction`` (``testbed.registry.DIRECTIONS``)
+    the backend does not declare.
 
     ``timed``: the result is a time, so the backend must also give meaningful timings (not the simulator).
     """
@@ -87,9 +92,9 @@ def require(backend_name, case, *, timed, layout=None):
         raise NotImplementedError(f"{backend_name} is not timed here: {backend.status}")
     if not backend.available:
         raise NotImplementedError(f"{backend_name} is unavailable here: {backend.status}")
-    reason = backend.unsupported_reason(problem)
+    reason = backend.unsupported_reason(problem, direction)
     if reason is not None:
-        raise NotImplementedError(f"{backend_name} does not support {case}: {reason}")
+        raise NotImplementedError(f"{backend_name} does not support {case} ({direction}): {reason}")
     if case in LARGE_CASES and backend_name in SLOW_ON_LARGE:
         raise NotImplementedError(f"{backend_name} is too slow for the large case {case}")
     return problem
