@@ -67,9 +67,9 @@ The circular correlations equal the linear ones because every lag that reaches a
 ``Backend.check`` answers for the forward (the weight gradient holds the same arrays); the data gradient, which
 transforms grad_output's channels, raises UnsupportedConfiguration with its own byte count when they do not fit.
 The U-Net's k2 s2 shapes are this backend's worst case in every direction (the transforms cover 4× the input's
-pixels for 4 taps): on 256→128 @100² float32 the forward, the data and the weight gradient took 3.9, 4.8 and 4.0 s
-(10.7 s per frequency) against torch's 0.30, 0.29 and 0.31 s (one thread each, fresh processes, busy 2-core Zen 3
-host, load ~8).
+pixels for 4 taps): on 256→128 @100² float32 the forward took 3.9 s, the data gradient 2.6-4.8 s and the weight
+gradient 4.0-5.4 s (10.7 s per frequency) against torch's 0.30, 0.17-0.29 and 0.17-0.31 s (medians of 5 calls, one
+thread each, fresh processes, two runs on a busy 2-core Zen 3 host, load 7-9).
 """
 
 import contextlib
