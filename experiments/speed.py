@@ -21,6 +21,15 @@ in 1-D, where PyTorch has no channels-last format); the report gives every backe
 / the gemm row's median). Leave them out with ``--references none``, or add them to every such case of the
 other suites with ``all``.
 
+``--direction`` (default ``forward``): a comma list of :data:`testbed.registry.DIRECTIONS`; ``backward_data`` and
+``backward_weight`` time :func:`testbed.conv_transpose_backward` asked for that one gradient (``output_mask``) of
+a standard-normal ``grad_output`` (:func:`testbed.timing.prepare_call`). Every row has a ``direction`` column; a
+backend that does not declare a direction (``Backend.directions``) gets ``unsupported`` rows there; speedups
+compare cells of the same direction. Each gradient's GFLOP/s counts the forward's useful work (``Problem.flops``:
+the data gradient is the product of ``grad_output``'s columns with the weight, the weight gradient that of the
+input with them, the same sizes as the forward); its ``ratio_to_gemm`` is over the forward's bare GEMM, a
+product of the same size (the reference rows are timed in the forward direction).
+
 ``--isolation`` (default ``process``): each cell in a fresh worker process, so no backend's thread pools or
 allocator state reach another's time; ``interleaved``: one process, the backends of a case sampled
 round-robin; ``inline``: one after another in this process (the default with ``--quick``, for tests).
@@ -60,7 +69,7 @@ from experiments.harness.reporting import (
 from experiments.harness.runner import Cell, cell_rng, grid, run_sweep
 from testbed.cases import SUITES, suite
 from testbed.problem import LAYOUTS_BY_RANK, is_channels_last
-from testbed.registry import available_backends, get_backend
+from testbed.registry import DIRECTIONS, available_backends, get_backend
 from testbed.timing import ALLOCATIONS, ISOLATIONS, TimingJob, TimingSettings, speedup_ci, time_jobs
 
 from .common import (
@@ -84,6 +93,7 @@ CELL_COLUMNS = [
     "backend",
     "resolved_backend",
     "dtype",
+    "direction",
     "rank",
     "layout",
     "status",
@@ -135,6 +145,16 @@ def suite_list(text: str) -> list[str]:
     if not names or any(name not in SUITES for name in names):
         raise argparse.ArgumentTypeError(f"--suite must be a comma list of {', '.join(SUITES)}; got {text!r}")
     return names
+
+
+def direction_list(text: str) -> list[str]:
+    """argparse type: a comma list of :data:`testbed.registry.DIRECTIONS`."""
+    import argparse
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or any(name not in DIRECTIONS for name in names):
+        raise argparse.ArgumentTypeError(f"--direction must be a comma list of {', '.join(DIRECTIONS)}; got {text!r}")
+    return list(dict.fromkeys(names))
 
 
 def exclusion_list(text: str) -> list[tuple[str, str]]:
@@ -221,6 +241,13 @@ def build_parser():
         "channels first, NCL/NCHW/NCDHW; NHWC: channels last, NLC/NHWC/NDHWC)",
     )
     parser.add_argument(
+        "--direction",
+        type=direction_list,
+        default=["forward"],
+        help=f"comma list of {', '.join(DIRECTIONS)} (default forward): the gradients time "
+        "conv_transpose_backward asked for that one gradient; a backend not declaring a direction is unsupported",
+    )
+    parser.add_argument(
         "--references",
         choices=("unet", "all", "none"),
         default="unet",
@@ -239,18 +266,21 @@ def with_references(cells, baseline: str, where: str = "unet") -> list:
     out, done = [], set()
     for cell in cells:
         out.append(cell)
-        key = (cell.tags, cell.case, str(cell.problem.dtype))
+        # the references are timed once per case, in the forward direction (a gradient is a product of the same
+        # size as the forward's GEMM: backward rows are compared with the same reference)
+        forward_tags = tuple((name, "forward" if name == "direction" else value) for name, value in cell.tags)
+        key = (forward_tags, cell.case, str(cell.problem.dtype))
         in_scope = where == "all" or any(("suite", name) in cell.tags for name in REFERENCE_SUITES)
         if key in done or not in_scope or not GEMM.supports(cell.problem):
             continue
-        following = [c for c in cells if (c.tags, c.case, str(c.problem.dtype)) == key]
+        following = [c for c in cells if (c.tags, c.case, str(c.problem.dtype)) == (cell.tags, *key[1:])]
         if cell is not next((c for c in following if c.backend_name == baseline), following[0]):
             continue
         done.add(key)
-        out.append(Cell(cell.case, cell.problem, GEMM, cell.tags))
+        out.append(Cell(cell.case, cell.problem, GEMM, forward_tags))
         channels_last = cell.problem.with_(layout=layout_at_rank("NHWC", cell.problem.rank))
         if TORCH_CHANNELS_LAST.available and TORCH_CHANNELS_LAST.supports(channels_last):
-            out.append(Cell(cell.case, channels_last, TORCH_CHANNELS_LAST, cell.tags))
+            out.append(Cell(cell.case, channels_last, TORCH_CHANNELS_LAST, forward_tags))
     return out
 
 
@@ -293,7 +323,7 @@ def make_measure(seed: int, settings: TimingSettings, isolation: str, allocation
     timed_groups: dict = {}
 
     def job(cell):
-        return TimingJob(cell.problem, cell.backend, allocation, rng=cell_rng(seed, cell))
+        return TimingJob(cell.problem, cell.backend, allocation, rng=cell_rng(seed, cell), direction=cell.direction)
 
     def measure(cell, backend):
         if isolation == "interleaved" or settings.rounds > 1:  # a case at once: its backends take turns
@@ -331,8 +361,10 @@ def add_speedup(baseline: str):
         if "median_s" not in frame:
             return frame
         frame = frame.copy()
-        # a run on several hosts compares each time with its own host's baseline
-        by = ["case", "dtype"]
+        if "direction" not in frame:  # a run from before the direction column: every row is the forward
+            frame["direction"] = "forward"
+        # a run on several hosts compares each time with its own host's baseline; speedups within a direction
+        by = ["case", "dtype", "direction"]
         if spans_hosts(frame):
             frame, by = frame.assign(host=frame["host"].fillna("")), ["host", *by]
         keys = list(zip(*(frame[c] for c in by)))
@@ -348,9 +380,10 @@ def add_speedup(baseline: str):
             for k, samples in zip(keys, frame.get("samples_s", [None] * len(frame)))
         ]
         frame["speedup_ci_low"], frame["speedup_ci_high"] = zip(*intervals) if intervals else ((), ())
-        gemm = frame[(frame["backend"] == GEMM.name) & (frame["status"] == "ok")].set_index(by)
+        # every direction over the (forward-timed) bare GEMM of its case: a product of the same size
+        gemm = frame[(frame["backend"] == GEMM.name) & (frame["status"] == "ok")].set_index(by[:-1])
         gemm_median = gemm["median_s"].to_dict()
-        frame["ratio_to_gemm"] = [m / gemm_median.get(k, np.nan) for k, m in zip(keys, frame["median_s"])]
+        frame["ratio_to_gemm"] = [m / gemm_median.get(k[:-1], np.nan) for k, m in zip(keys, frame["median_s"])]
         if "baseline_end_median_s" in frame:
             end = frame.dropna(subset=["baseline_end_median_s"]).set_index(by)
             end = end["baseline_end_median_s"].to_dict()
@@ -387,6 +420,7 @@ def main(argv=None, *, out=None, suites=None):
             "allocation": args.allocation,
             "layout": args.layout,
             "references": args.references,
+            "directions": args.direction,
             "backend_order": backends,
             **machine_ceilings(args.quick),
             **({} if args.quick else {"threadpools_after_every_backend": thread_pools_after_every_backend(backends)}),
@@ -401,6 +435,7 @@ def main(argv=None, *, out=None, suites=None):
     cells = [
         cell
         for name in suites
+        for direction in args.direction
         for cell in grid(
             {
                 case: problem.with_(layout=layout_at_rank(args.layout, problem.rank))
@@ -409,7 +444,7 @@ def main(argv=None, *, out=None, suites=None):
             },
             [b for b in backends if not excluded(args.exclude, name, b)],
             args.dtypes,
-            tags=(("suite", name),),
+            tags=(("suite", name), ("direction", direction)),
         )
     ]
     baseline = meta.get("baseline", baseline)
@@ -487,7 +522,19 @@ def how_measured(meta: dict) -> str:
         f"(getrusage); the process's peak RSS increase during the cell. Speedup = baseline median / median, "
         f"with a bootstrap 95 % interval (scipy.stats.bootstrap, percentile, both sample sets resampled). "
         f"The baseline is timed first in each case and again after the case's last backend (except "
-        f"interleaved or in rounds): `baseline_drift` = end / start - 1.{references}\n"
+        f"interleaved or in rounds): `baseline_drift` = end / start - 1.{references}{_directions_text(meta)}\n"
+    )
+
+
+def _directions_text(meta: dict) -> str:
+    directions = meta.get("directions", ["forward"])
+    if directions == ["forward"]:
+        return ""
+    return (
+        f" Directions: {', '.join(directions)}; a gradient is `conv_transpose_backward` asked for that one "
+        "gradient (`output_mask`) of a standard-normal `grad_output`. Its GFLOP/s counts the forward's useful work "
+        "(2·N·Cin·Cout/g·prod(in)·prod(k): each gradient is a product of the same sizes), speedups compare cells "
+        "of one direction, and `ratio_to_gemm` is over the forward's bare GEMM (a product of the same size)."
     )
 
 
@@ -561,10 +608,13 @@ def write_report(run_dir) -> str:
         ok = frame[frame["status"] == "ok"].copy()
         ok["median_ms"] = ok["median_s"] * 1e3
         ok["first_call_ms"] = ok["first_call_s"] * 1e3
-        for suite_name, group in ok.groupby("suite", sort=False):
+        ok["direction"] = ok["direction"] if "direction" in ok else "forward"
+        for (suite_name, direction), group in ok.groupby(["suite", "direction"], sort=False):
             for dtype, sub in group.groupby("dtype", sort=False):
-                title = f"suite {suite_name}, {dtype}{_layout_title(sub, meta.get('layout', 'NCHW'))}"
-                path = run_dir / f"speed_{suite_name}_{dtype}.png"
+                title = f"suite {suite_name}, {dtype}{_layout_title(sub, meta.get('layout', 'NCHW'))}, {direction}"
+                # the forward's figure keeps its name (experiments.main links it)
+                suffix = "" if direction == "forward" else f"_{direction}"
+                path = run_dir / f"speed_{suite_name}_{dtype}{suffix}.png"
                 grouped_bar_figure(
                     _pivot(sub, "gflops"),
                     f"GFLOP/s of useful work, {title} (higher is better)",

@@ -186,7 +186,52 @@ def test_speed_of_the_1d_and_3d_suites(tmp_path, monkeypatch):
     useful = {case: SUITES[name][case].flops for name, case in (("unet3d", "unet3d1"), ("vocoder1d", "voc1"))}
     assert np.allclose(ok["gflops"], ok["case"].map(useful) / ok["median_s"] / 1e9)  # useful work, any rank
     text = (run_dir / "report.md").read_text()
-    assert "## suite unet3d, float32, NDHWC" in text and "## suite vocoder1d, float32, NLC" in text
+    assert "## suite unet3d, float32, NDHWC, forward" in text and "## suite vocoder1d, float32, NLC, forward" in text
+
+
+def test_speed_directions(tmp_path):
+    """--direction forward,backward_data,backward_weight: a direction column; the gradients timed for every
+    backend declaring them (Backend.directions), ``unsupported`` rows naming the direction for the others;
+    speedups within a direction; GFLOP/s of the forward's useful work; ratio_to_gemm over the forward-timed GEMM;
+    a report section per direction."""
+    run_dir = speed.main(
+        [
+            "--quick",
+            "--no-progress",
+            "--suite",
+            "tiny",
+            "--cases",
+            "tiny_k2s2",
+            "--backends",
+            "col2im,kron,numba_cpu",
+            "--baseline",
+            "col2im",
+            "--direction",
+            "forward,backward_data,backward_weight",
+            "--references",
+            "all",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    frame = check_run(run_dir, "speed", ["direction", "gflops", "speedup", "ratio_to_gemm"])
+    library = frame[~frame["backend"].isin(["gemm", "torch_channels_last"])]
+    for (name, direction), rows in library.groupby(["backend", "direction"]):
+        declared = direction in get_backend(name).directions
+        assert (rows["status"] == ("ok" if declared else "unsupported")).all(), (name, direction)
+        if not declared:
+            assert rows["message"].str.contains(direction).all()
+    assert set(library["direction"]) == {"forward", "backward_data", "backward_weight"}
+    assert set(frame.loc[frame["backend"].isin(["gemm", "torch_channels_last"]), "direction"]) == {"forward"}
+    ok = frame[frame["status"] == "ok"]
+    assert (ok.loc[ok["backend"] == "col2im", "speedup"] == 1).all()
+    flops = SUITES["tiny"]["tiny_k2s2"].flops
+    assert np.allclose(ok["gflops"], flops / ok["median_s"] / 1e9)
+    backward = ok[ok["direction"] != "forward"]
+    assert set(backward["backend"]) == {"col2im", "numba_cpu"} and backward["ratio_to_gemm"].notna().all()
+    text = (run_dir / "report.md").read_text()
+    for direction in ("forward", "backward_data", "backward_weight"):
+        assert f"## suite tiny, float32, NCHW, {direction}" in text
 
 
 def test_speed_quick(tmp_path):

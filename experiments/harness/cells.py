@@ -46,7 +46,9 @@ ROW_COLUMNS = (
 @dataclass(frozen=True)
 class Cell:
     """One (case, problem in its dtype, backend) point of a sweep; ``tags`` are extra (column, value) pairs
-    that distinguish cells sharing a case (e.g. ``(("threads", 2),)``) and become columns themselves."""
+    that distinguish cells sharing a case (e.g. ``(("threads", 2),)``) and become columns themselves. A
+    ``("direction", d)`` tag (:data:`testbed.registry.DIRECTIONS`) says which computation the cell measures
+    (:attr:`direction`; default the forward)."""
 
     case: str
     problem: Problem
@@ -56,6 +58,11 @@ class Cell:
     @property
     def backend_name(self) -> str:
         return self.backend.name if isinstance(self.backend, Backend) else str(self.backend)
+
+    @property
+    def direction(self) -> str:
+        """The direction its ``direction`` tag names, else ``"forward"``."""
+        return str(dict(self.tags).get("direction", "forward"))
 
     @property
     def key(self) -> str:
@@ -107,17 +114,18 @@ def run_cell(cell: Cell, measure: Callable[[Cell, Backend], dict]) -> dict:
     """The row of one cell: its columns, a status and message, and ``measure(cell, backend)``'s metrics.
 
     ``measure`` may put ``"status"``/``"message"`` in its result to override ``ok``. ``resolved_backend`` is the
-    backend that computes the cell (``auto``'s choice; the backend itself otherwise), empty when none runs.
+    backend that computes the cell in its direction (``auto``'s choice; the backend itself otherwise), empty when
+    none runs; a backend that does not declare the cell's direction is ``unsupported``, not measured.
     """
     row = cell.columns()
     row.update(resolved_backend="", status="ok", message="")
     try:
         backend = get_backend(cell.backend)
-        not_run = not_run_status(backend, cell.problem)
+        not_run = not_run_status(backend, cell.problem, cell.direction)
         if not_run is not None:
             row.update(not_run)
         else:
-            row["resolved_backend"] = backend.resolve(cell.problem).name
+            row["resolved_backend"] = backend.resolve(cell.problem, direction=cell.direction).name
             row.update(measure(cell, backend))
     except Exception as exc:  # one bad cell must not stop the sweep
         row.update(exception_status(exc))
