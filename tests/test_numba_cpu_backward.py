@@ -126,3 +126,19 @@ def test_bitwise_repeatable_across_calls_and_thread_counts(path, layout_index):
     for a, b, c in zip(first, again, single):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+
+
+def test_backward_speed_experiment_times_both_peers_and_tabulates():
+    """``python -m experiments.backward_speed``'s pieces in this process on a tiny problem (the CLI runs them in
+    fresh workers): each peer's data + weight gradients timed, and a row per (case, layout) with torch's ratio."""
+    pytest.importorskip("torch")
+    from experiments import backward_speed
+    from testbed.timing import TimingSettings
+
+    problem = arrays(CASES[2], np.float32, 1)[0]
+    rows = {
+        peer: backward_speed.time_peer(problem, peer, TimingSettings.quick(), None) for peer in backward_speed.PEERS
+    }
+    assert all(row["samples_s"] and row["median_s"] > 0 for row in rows.values())
+    table = {("tiny", "NHWC"): {"numba_cpu": [0.002, 0.004], "torch": [0.006]}}
+    assert backward_speed.markdown(table).splitlines()[-1] == "| tiny | NHWC | 3 (2) | 6 (6) | 2.00 |"

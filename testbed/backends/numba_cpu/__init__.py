@@ -8,6 +8,9 @@ per-architecture table.
   :mod:`.direct`, :mod:`.gemm_col2im`, :mod:`.nonoverlap_gemm`, :mod:`.blocked_direct`, :mod:`.nonoverlap_direct`;
 * :mod:`.ranks`: 1-D problems as one row of a 2-D one (views, every path), 3-D ones natively by
   ``nonoverlap_direct`` (stride == kernel) or as a sum over depth taps of 2-D problems (any path);
+* the backward pass: :mod:`.backward_data` and :mod:`.backward_weight`, every rank as 3-D views: the columns of the
+  output gradient (:mod:`.backward_columns`, the pixel unshuffle at stride == kernel), then blocks of one GEMM,
+  each block one single-threaded BLAS call owning its outputs (bitwise repeatable on any thread count);
 * :mod:`.intrinsics`: the LLVM-IR register-tile micro-kernels (FMA panels), stack tiles and prefetches;
 * :mod:`.packing`: the operands rearranged for the micro-kernels;
 * :mod:`.tasks`: dynamic hand-out of tasks to the threads of a kernel (the BLAS GEMM callable from kernels, and
