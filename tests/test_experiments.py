@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import checkerboard, correctness, report, scaling, seed, speed
+from experiments import checkerboard, correctness, report, scaling, seed, speed, training_step
 from experiments import main as main_job
 from experiments.harness.metadata import PROJECT_ROOT
 from experiments.harness.runner import ROW_COLUMNS
@@ -71,7 +71,7 @@ def truthy(series):
 
 
 def test_every_experiment_has_help(capsys):
-    for module in (correctness, speed, scaling, seed, checkerboard, main_job):
+    for module in (correctness, speed, scaling, seed, checkerboard, main_job, training_step):
         with pytest.raises(SystemExit) as info:
             module.build_parser().parse_args(["--help"])
         assert info.value.code == 0
@@ -255,6 +255,36 @@ def test_speed_quick(tmp_path):
     assert f"float32 GEMM ceiling ({meta['gemm_gflops_f32']:.1f} GFLOP/s" in text
     with_pct = speed.with_ceiling_pct(ok, meta["gemm_gflops_f32"])
     assert np.allclose(with_pct["gemm_ceiling_pct"], ok["gflops"] / meta["gemm_gflops_f32"] * 100)
+
+
+@pytest.mark.parametrize("suite_name", ["unet", "unet3d"])
+def test_training_step_quick(tmp_path, suite_name):
+    """--quick on a tiny U-Net up-convolution (2-D and 3-D): a step row per backend declaring all three
+    directions (every part and the whole step timed), ``unsupported`` naming the missing direction for the
+    others, the bare-GEMM reference row whose step is three GEMMs (the floor), speedups and ratios to it, a
+    report with its figure; --resume with every row on disk times nothing again."""
+    argv = ["--quick", "--no-progress", "--suite", suite_name, "--backends", "col2im,kron,numba_cpu"]
+    run_dir = training_step.main([*argv, "--baseline", "col2im", "--out", str(tmp_path / "run")])
+    frame = check_run(run_dir, "training_step", ["median_s", "forward_s", "speedup", "ratio_to_floor", "suite"])
+    rank = next(iter(SUITES[suite_name].values())).rank
+    assert set(frame["suite"]) == {suite_name} and set(frame["rank"]) == {rank}
+    for name, rows in frame[frame["backend"] != "gemm"].groupby("backend"):
+        declared = set(get_backend(name).directions) == {"forward", "backward_data", "backward_weight"}
+        assert (rows["status"] == ("ok" if declared else "unsupported")).all(), name
+        if declared:
+            parts = rows[[f"{part}_s" for part in training_step.PARTS]]
+            assert (parts > 0).all().all() and (rows["median_s"] > 0).all()
+        else:
+            assert rows["message"].str.contains("backward_data").all()
+    gemm = frame[frame["backend"] == "gemm"]
+    assert len(gemm) == 1 and (gemm["status"] == "ok").all()
+    assert np.allclose(gemm["median_s"], 3 * gemm["forward_s"]) and np.allclose(gemm["ratio_to_floor"], 1)
+    ok = frame[frame["status"] == "ok"]
+    assert (ok.loc[ok["backend"] == "col2im", "speedup"] == 1).all() and ok["ratio_to_floor"].notna().all()
+    assert "three such GEMMs, the floor of a step" in (run_dir / "report.md").read_text()
+    before = (run_dir / "rows.jsonl").read_text()
+    training_step.main([*argv, "--baseline", "col2im", "--out", str(run_dir), "--resume"])
+    assert (run_dir / "rows.jsonl").read_text() == before
 
 
 def test_scaling_quick(tmp_path):
