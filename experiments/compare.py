@@ -1,4 +1,4 @@
-"""Do two speed runs agree? Per (suite, case, backend, dtype, layout) the medians of run A and run B, their ratio,
+"""Do two speed runs agree? Per (suite, case, backend, dtype, layout, direction) the medians of run A and run B, their ratio,
 and how many agree within a tolerance (default 15 %): the check that a timing depends on neither the order the
 backends ran in nor the minute it ran at.
 
@@ -18,7 +18,8 @@ from pathlib import Path
 from experiments.harness.reporting import load_run, markdown_table
 from experiments.harness.storage import atomic_write_text
 
-KEYS = ["suite", "case", "backend", "dtype", "layout"]
+#: The columns that identify a cell in both runs (those both runs have: older runs have no ``direction``).
+KEYS = ["suite", "case", "backend", "dtype", "layout", "direction"]
 
 
 def compare(frame_a, frame_b, tolerance: float = 0.15):
