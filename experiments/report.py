@@ -28,6 +28,7 @@ from experiments.harness.storage import atomic_write_csv, atomic_write_text
 METRICS = {
     "speed": ("median_s", "B is faster"),
     "scaling": ("median_s", "B is faster"),
+    "training_step": ("median_s", "B is faster"),
     "correctness": ("rel_l2", "B is more accurate"),
     "seed": ("max_abs_diff", "B deviates less"),
     "checkerboard": ("unevenness", "B's map is more even"),
@@ -37,7 +38,10 @@ PARTS = {"main": ("correctness", "speed")}
 #: the columns an experiment's sweep derives from its whole table (run_sweep's ``finalize``), recomputed when
 #: results.csv is rebuilt from rows.jsonl: experiment: finalize(frame, meta) -> frame
 FINALIZE = {
-    "speed": lambda frame, meta: importlib.import_module("experiments.speed").add_speedup(meta["baseline"])(frame)
+    "speed": lambda frame, meta: importlib.import_module("experiments.speed").add_speedup(meta["baseline"])(frame),
+    "training_step": lambda frame, meta: importlib.import_module("experiments.training_step").add_ratios(
+        meta["baseline"]
+    )(frame),
 }
 
 

@@ -262,7 +262,8 @@ def test_training_step_quick(tmp_path, suite_name):
     """--quick on a tiny U-Net up-convolution (2-D and 3-D): a step row per backend declaring all three
     directions (every part and the whole step timed), ``unsupported`` naming the missing direction for the
     others, the bare-GEMM reference row whose step is three GEMMs (the floor), speedups and ratios to it, a
-    report with its figure; --resume with every row on disk times nothing again."""
+    report with its figure; --resume with every row on disk times nothing again; experiments.report rebuilds the
+    table with its ratios from the log."""
     argv = ["--quick", "--no-progress", "--suite", suite_name, "--backends", "col2im,kron,numba_cpu"]
     run_dir = training_step.main([*argv, "--baseline", "col2im", "--out", str(tmp_path / "run")])
     frame = check_run(run_dir, "training_step", ["median_s", "forward_s", "speedup", "ratio_to_floor", "suite"])
@@ -285,6 +286,9 @@ def test_training_step_quick(tmp_path, suite_name):
     before = (run_dir / "rows.jsonl").read_text()
     training_step.main([*argv, "--baseline", "col2im", "--out", str(run_dir), "--resume"])
     assert (run_dir / "rows.jsonl").read_text() == before
+    (run_dir / "results.csv").unlink()  # a killed run: the table and its ratios rebuilt from the log
+    report.main([str(run_dir)])
+    assert pd.read_csv(run_dir / "results.csv")["ratio_to_floor"].notna().sum() == len(ok)
 
 
 def test_scaling_quick(tmp_path):
