@@ -17,6 +17,34 @@ falls on both; the samples of a cell's rounds are pooled. Prints a markdown tabl
 torch's median over numba_cpu's (above 1: numba_cpu faster), with the host and the load average before and
 after. ``--threads N`` sets ``NUMBA_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and torch's threads to ``N`` in the
 workers.
+
+Measured (``--rounds 3 --budget 0.5``, float32, batch 1; 2-core AMD EPYC (Zen 3, AVX2) shared with other jobs, load
+average 5-7 during the two-thread run, 3-5 during the one-thread one; median (min) ms, torch's median over
+numba_cpu's):
+
+=====  ======  ==========================  ==========================  =====
+case   layout  numba_cpu                   torch                       ratio
+=====  ======  ==========================  ==========================  =====
+(two threads: the default)
+unet1  NCHW    636 (524)                   751 (512)                   1.18
+unet1  NHWC    651 (591)                   1560 (1070)                 2.40
+unet2  NCHW    512 (436)                   624 (459)                   1.22
+unet2  NHWC    359 (241)                   957 (756)                   2.66
+unet3  NCHW    228 (195)                   260 (200)                   1.14
+unet3  NHWC    208 (179)                   702 (487)                   3.38
+unet4  NCHW    304 (289)                   524 (433)                   1.72
+unet4  NHWC    276 (241)                   912 (771)                   3.31
+(one thread: ``--threads 1 --layouts NCHW``)
+unet1  NCHW    189 (167)                   223 (190)                   1.18
+unet2  NCHW    111 (77.3)                  106 (86.5)                  0.96
+unet3  NCHW    79.2 (76.3)                 141 (132)                   1.78
+unet4  NCHW    193 (187)                   372 (273)                   1.93
+=====  ======  ==========================  ==========================  =====
+
+Both are GEMM-bound there (unet2 on one thread: 5.7 GFLOP in ~110 ms, ~50 GFLOP/s, for each); numba_cpu's
+overhead over its two GEMMs is packing the output gradient's columns once per gradient (the pixel unshuffle,
+memory-bound). Channels last numba_cpu packs straight from the NHWC arrays; torch's time there is that of its own
+``channels_last`` route (2-3× its NCHW time on this host).
 """
 
 from __future__ import annotations
@@ -42,8 +70,9 @@ def _torch_backward(grad_output, x, weight, problem):
         return tensor.permute(0, problem.rank + 1, *range(1, problem.rank + 1)) if problem.channels_last else tensor
 
     go, x_t, w_t = channels_first(grad_output), channels_first(x), torch.from_numpy(weight)
-    arguments = (list(problem.stride), list(problem.padding), list(problem.dilation), True)
-    arguments += (list(problem.output_padding), problem.groups, [True, True, False])
+    transposed, mask = True, [True, True, False]
+    parameters = [list(problem.stride), list(problem.padding), list(problem.dilation)]
+    arguments = (*parameters, transposed, list(problem.output_padding), problem.groups, mask)
 
     def call():
         with torch.no_grad():
