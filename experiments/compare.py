@@ -1,5 +1,5 @@
-"""Do two speed runs agree? Per (suite, case, backend, dtype, layout, direction) the medians of run A and run B, their ratio,
-and how many agree within a tolerance (default 15 %): the check that a timing depends on neither the order the
+"""Do two speed runs agree? Per (suite, case, backend, dtype, layout, direction) the medians of run A and run B, their
+ratio, and how many agree within a tolerance (default 15 %): the check that a timing depends on neither the order the
 backends ran in nor the minute it ran at.
 
     python -m experiments.speed --suite unet,decoder --backends numba_cpu,torch,col2im,kron,polyphase,auto --out A
