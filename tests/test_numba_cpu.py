@@ -485,13 +485,12 @@ def _ranked(c_in, c_out, size, kernel, stride=1, padding=0, output_padding=0, di
     )
 
 
-# (configuration, the path choose_path takes). 1-D: one row of a 2-D problem (gemm_col2im for blocked_direct in
-# channels first, and in channels last from 256 input channels); 3-D: stride == kernel natively
+# (configuration, the path choose_path takes). 1-D: one row of a 2-D problem; 3-D: stride == kernel natively
 # (nonoverlap_direct), everything else as a sum over depth taps of 2-D problems (the 2-D path named).
 RANK_CASES = {
-    "1d_k16s8p4": (_ranked(6, 20, (37,), 16, 8, 4, batch=2), "gemm_col2im"),  # HiFi-GAN's up-sampling
-    "1d_k4s2p1_groups": (_ranked(8, 32, (29,), 4, 2, 1, groups=2, batch=3), "gemm_col2im"),
-    "1d_k4s2p1_deep": (_ranked(256, 16, (9,), 4, 2, 1), "gemm_col2im"),
+    "1d_k16s8p4": (_ranked(6, 20, (37,), 16, 8, 4, batch=2), "blocked_direct"),  # HiFi-GAN's up-sampling
+    "1d_k4s2p1_groups": (_ranked(8, 32, (29,), 4, 2, 1, groups=2, batch=3), "blocked_direct"),
+    "1d_k4s2p1_deep": (_ranked(512, 16, (9,), 4, 2, 1), "gemm_col2im"),
     "1d_k3s2_dilation_op": (_ranked(5, 7, (13,), 3, 2, 1, 1, dilation=2), "gemm_col2im"),
     "1d_depthwise": (_ranked(6, 6, (11,), 4, 2, 1, groups=6), "direct"),
     "1d_k2s2": (_ranked(8, 4, (33,), 2, 2), "nonoverlap_gemm"),
@@ -534,16 +533,12 @@ def _torch(problem, x, weight, bias):
     return np.moveaxis(y, 1, -1) if first else y
 
 
-#: Where the channels-last layout takes another path: 1-D blocked_direct reads NLC natively.
-CHANNELS_LAST_PATHS = {"1d_k16s8p4": "blocked_direct", "1d_k4s2p1_groups": "blocked_direct"}
-
-
 @pytest.mark.parametrize("name", RANK_CASES)
 def test_choose_path_ranks(name):
     problem, path = RANK_CASES[name]
     assert numba_cpu.choose_path(problem) == path
     last = problem.with_(layout=LAYOUTS_BY_RANK[problem.rank][1])
-    assert numba_cpu.choose_path(last) == CHANNELS_LAST_PATHS.get(name, path)
+    assert numba_cpu.choose_path(last) == path
     assert testbed.get_backend("numba_cpu").describe(problem).startswith(f"path {path}")
 
 

@@ -116,25 +116,14 @@ def choose_path(problem, blocking: Blocking | None = None) -> str:
     per output there: the tile's zeroing and write-out weigh more) and where the GEMM is deep (C_in/G ≥ 512)
     or the taps leave gaps (stride ≥ the dilated kernel: at most one tap per output).
 
-    At rank 1 the path of the 2-D problem of one row (:func:`.ranks.as_2d`), but ``gemm_col2im`` for
-    ``blocked_direct`` in channels-first layout, and in channels-last from ``gemm_min_in_per_group_1d`` input
-    channels per group on: one row gives the register tiles of ``blocked_direct`` no second row to share their
-    inputs with, and few taps per output to amortise the tile's write-out (at most two on HiFi-GAN's up-samplings).
-    Measured on the vocoder suite with ``run_path``, one thread (``NUMBA_NUM_THREADS=OPENBLAS_NUM_THREADS=1``),
-    process CPU time, median of 9 calls interleaved in one process, float32, ms (AMD EPYC Zen 3 shared with other
-    jobs, load average 3-6; torch's range over two runs):
-
-    ======  ==========================  ==========================  =====
-    case    NCL: blocked / gemm_col2im  NLC: blocked / gemm_col2im  torch
-    ======  ==========================  ==========================  =====
-    voc1    10.8 / 7.5                  8.5 / 6.2                   7.1-9.3
-    voc2    13.6 / 10.6                 14.4 / 11.2                 10.9-12.0
-    voc3    8.0 / 7.1                   6.3 / 8.2                   6.9-8.7
-    voc4    5.9 / 4.8                   4.5 / 6.8                   5.5-6.2
-    ======  ==========================  ==========================  =====
-
-    (NCL ``blocked`` reads the input as given, :func:`.blocked_direct.reads_planar`; the NLC ``gemm_col2im`` pays
-    two transpositions.) At rank 3 ``nonoverlap_direct``
+    At rank 1 the path of the 2-D problem of one row (:func:`.ranks.as_2d`; ``blocked_direct`` splits the row's
+    columns into work items and reads an NCL input as given). On the vocoder suite, one thread
+    (``NUMBA_NUM_THREADS=OPENBLAS_NUM_THREADS=1``, CPU time, median of 9 calls interleaved in one process, ms,
+    float32) ``gemm_col2im`` was faster (NCL voc1-4: 7.5 / 10.6 / 7.1 / 4.8 against ``blocked_direct``'s 10.8 /
+    13.6 / 8.0 / 5.9), but with both threads, in fresh processes side by side (``python -m
+    experiments.numba_cpu_paths --suite vocoder1d --rounds 3``, load average 2-3) ``blocked_direct``'s single
+    parallel region won (voc2-4 medians 24 / 16 / 16 against 28 / 32 / 32: BLAS's pool and then Numba's each
+    wait for their second thread), so the 2-D rule stands. At rank 3 ``nonoverlap_direct``
     where it suits (stride == kernel of width 2, no padding, at most ``nonoverlap_max_taps`` taps: the nnU-Net
     up-convolution, with no pixel minimum: the alternative reads and writes the output once per depth tap), else
     the path of the 2-D problem of one depth tap (:func:`.ranks.depth_slice_problem`), which :func:`run_path` runs
@@ -142,12 +131,7 @@ def choose_path(problem, blocking: Blocking | None = None) -> str:
     """
     b = _blocking.blocking() if blocking is None else blocking
     if problem.rank == 1:  # one row of a 2-D problem (see .ranks)
-        flat = ranks.as_2d(problem)
-        path = choose_path(flat, b)
-        gemm = not problem.channels_last or problem.in_per_group >= b.gemm_min_in_per_group_1d
-        if path == "blocked_direct" and gemm and gemm_col2im.column_bytes_per_image(flat) <= flat.workspace_limit:
-            return "gemm_col2im"
-        return path
+        return choose_path(ranks.as_2d(problem), b)
     if problem.rank == 3:  # stride == kernel natively, else a sum over depth taps of the 2-D path's problems
         if problem.is_nonoverlapping and nonoverlap_direct.suits(problem, b):
             return "nonoverlap_direct"

@@ -126,9 +126,6 @@ class Blocking:
     blocked_min_out_per_group: int = 16
     #: ... or with at least this many input channels per group (``gemm_col2im``).
     gemm_min_in_per_group: int = 512
-    #: A 1-D problem (one row) takes ``gemm_col2im`` over ``blocked_direct`` in channels-first layout, and in
-    #: channels-last from this many input channels per group on (see ``choose_path``).
-    gemm_min_in_per_group_1d: int = 256
 
     def __post_init__(self):
         if self.isa not in _isa.ISA_ROWS:
