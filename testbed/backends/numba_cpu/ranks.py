@@ -15,12 +15,13 @@ p_d + kd·d_d``,
 
     y[n, :, od] = bias + Σ_{kd ascending} conv_transpose2d(x[n, :, id], W[:, :, kd])   (the 2-D parameters)
 
-over the ``(id, kd)`` pairs that land on ``od`` (:meth:`Problem.landing`). The input's depth slices become a batch of
-2-D images (one copy of the input, depth-major), each depth tap one 2-D call of the 2-D path on as many slices
-at a time as fit ``column_buffer_bytes`` of results, added into the output (zeroed first) in ascending ``kd``;
-the bias last. Correct for any configuration (only the products of the scatter definition are formed, so NaN/inf
-reach exactly the outputs the definition says; the sums run in a fixed order, so results are bitwise repeatable),
-but it reads and writes the output once per depth tap: a fallback, not a fast path.
+over the ``(id, kd)`` pairs that land on ``od`` (:meth:`Problem.landing`). The input's depth slices become a batch
+of 2-D images (copied depth-major a chunk at a time), each depth tap one 2-D call of the 2-D path on as many slices
+at a time as fit ``column_buffer_bytes`` and a quarter of :attr:`Problem.workspace_limit` (input copy and result),
+added into the output (zeroed first) in ascending ``kd``; the bias last. Correct for any configuration (only the
+products of the scatter definition are formed, so NaN/inf reach exactly the outputs the definition says; the sums
+run in a fixed order, so results are bitwise repeatable), but it reads and writes the output once per depth tap: a
+fallback, not a fast path.
 """
 
 from __future__ import annotations
@@ -79,10 +80,12 @@ def depth_taps(run_2d, x, weight, bias, problem, out, *, buffer_bytes):
     depth_axis = 1 if problem.channels_last else 2
     y_by_depth = np.moveaxis(y, depth_axis, 0)  # (D_out, N, ...), a view
     if problem.batch:
-        slices = np.ascontiguousarray(np.moveaxis(x, depth_axis, 0))  # (D, N, ...): depth slices as 2-D images
+        slices = np.moveaxis(x, depth_axis, 0)  # (D, N, ...): depth slices as 2-D images (a view)
         sub = depth_slice_problem(problem, problem.batch)
-        per_slice = max(1, int(np.prod(sub.output_shape)) * problem.dtype.itemsize)
-        step = max(1, buffer_bytes // per_slice)
+        per_slice = max(1, (int(np.prod(sub.output_shape)) + int(np.prod(sub.input_shape))) * problem.dtype.itemsize)
+        # a chunk's input copy and 2-D result together within the buffer and a quarter of the workspace limit (the
+        # 2-D path's own packing takes its share of the rest)
+        step = max(1, min(buffer_bytes, problem.workspace_limit // 4) // per_slice)
         for tap in range(problem.kernel_size[0]):
             span = problem.landing(0, tap)
             if span is None:
@@ -91,7 +94,8 @@ def depth_taps(run_2d, x, weight, bias, problem, out, *, buffer_bytes):
             tap_weight = np.ascontiguousarray(weight[:, :, tap])
             for i0 in range(inputs.start, inputs.stop, step):
                 i1 = min(inputs.stop, i0 + step)
-                images = slices[i0:i1].reshape((i1 - i0) * problem.batch, *slices.shape[2:])
+                chunk = np.ascontiguousarray(slices[i0:i1])
+                images = chunk.reshape((i1 - i0) * problem.batch, *slices.shape[2:])
                 z = run_2d(images, tap_weight, None, sub.with_(batch=(i1 - i0) * problem.batch))
                 o0 = outputs.start + (i0 - inputs.start) * outputs.step
                 target = y_by_depth[o0 : o0 + (i1 - i0 - 1) * outputs.step + 1 : outputs.step]
