@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import types
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -126,6 +127,23 @@ def _send(connection: Connection, request: bytes) -> None:
         pass
 
 
+#: The longest single wait for a worker's answer: a signal (Ctrl-C) taken by another thread of this process does not
+#: interrupt the main thread's wait, whose handler runs only when the wait returns, so waits are sliced this short.
+_WAIT_SLICE_S = 0.25
+
+
+def _wait_readable(connection: Connection, timeout_s: float | None) -> bool:
+    """``connection.poll(timeout_s)`` in slices of :data:`_WAIT_SLICE_S`, so that a Ctrl-C is honoured within a
+    slice whichever thread the signal was delivered to."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        left = _WAIT_SLICE_S if deadline is None else min(_WAIT_SLICE_S, deadline - time.monotonic())
+        if connection.poll(max(0.0, left)):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
 def run(fn, args: tuple, timeout_s: float | None, error: type[Exception]) -> Any:
     """``fn(*args)`` in a fresh worker process: its return value, or ``error`` (an exception class taking one
     message) raised when the worker raises, dies or runs past ``timeout_s`` (it is killed then).
@@ -157,7 +175,7 @@ def run(fn, args: tuple, timeout_s: float | None, error: type[Exception]) -> Any
     sender = threading.Thread(target=_send, args=(to_child, request), daemon=True, name="testbed-worker-request")
     sender.start()
     try:
-        if not from_child.poll(timeout_s):
+        if not _wait_readable(from_child, timeout_s):
             raise error(f"worker process timed out after {timeout_s:g} s and was killed")
         try:
             payload = from_child.recv_bytes()
