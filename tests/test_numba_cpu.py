@@ -632,3 +632,27 @@ def test_nonoverlap_direct_3d_is_its_depth_taps_bitwise(name):
 
             expected = numba_cpu.ranks.depth_taps(run_2d, xl, weight, bias, p, None, buffer_bytes=1)
             assert sub.rank == 2 and np.array_equal(y, expected), (dtype, p.layout)
+
+
+@pytest.mark.parametrize("name", ["3d_k2s2_groups", "3d_k2s2_op", "nonoverlap_direct_wide"])
+def test_nonoverlap_direct_weight_packed_or_not_bitwise(name):
+    """With few input pixels ``nonoverlap_direct`` does not pack the weight ahead (NCHW reads it as given, tasks also
+    split by row tiles; NHWC packs each vector's panels in the task that runs them on every pixel): the same sums,
+    so bitwise the result of the packed kernels, in both layouts and dtypes, on one thread or all."""
+    problem = (RANK_CASES[name] if name in RANK_CASES else CASES[name])[0]
+    row = blocking.blocking()
+    packed = dataclasses.replace(row, nonoverlap_pack_min_pixels=0)
+    unpacked = dataclasses.replace(row, nonoverlap_pack_min_pixels=2**62, items_per_thread=1)
+    for dtype in (np.float64, np.float32):
+        x, weight, bias = problem.with_(dtype=dtype).random_arrays(8)
+        for p, xl in ((problem.with_(dtype=dtype), x), _channels_last(problem.with_(dtype=dtype), x)):
+            expected = numba_cpu.run_path("nonoverlap_direct", xl, weight, bias, p, blocking=packed)
+            assert_close_to_oracle(expected, xl, weight, bias, **call_kwargs(p))
+            for threads in (1, numba.get_num_threads()):
+                previous = numba.get_num_threads()
+                numba.set_num_threads(threads)
+                try:
+                    y = numba_cpu.run_path("nonoverlap_direct", xl, weight, bias, p, blocking=unpacked)
+                finally:
+                    numba.set_num_threads(previous)
+                assert np.array_equal(y, expected), (dtype, p.layout, threads)

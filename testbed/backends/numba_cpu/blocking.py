@@ -104,8 +104,10 @@ class Blocking:
     nonoverlap_block_bytes: int = 192 * 2**10
     #: ... at most this many pixels ...
     nonoverlap_max_pixels: int = 384
-    #: ... and is chosen from this many input pixels (N·H·W) on.
+    #: ... and is chosen from this many input pixels (N·H·W) on (2-D).
     nonoverlap_min_pixels: int = 1024
+    #: NCHW: below this many input pixels (N·D·H·W) the kernel reads the weight as given instead of packing it.
+    nonoverlap_pack_min_pixels: int = 1024
     #: ``nonoverlap_gemm``: bytes of products per task (moved into place while in cache) ...
     block_bytes: int = 8 * 2**20
     #: ... and at most this many weight rows (NCHW) or columns (NHWC) per block.

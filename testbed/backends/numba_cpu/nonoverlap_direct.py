@@ -29,7 +29,7 @@ from ... import workspace
 from .._runtime import parallel_kernel
 from ._common import bias_or_zeros
 from .intrinsics import fma_panel, fma_panel_out, fma_panel_pairs_out, offsets_from, prefetch, stack_tile, strided
-from .packing import pack_panel, pack_row_tiles, panel_weight, row_weight
+from .packing import last_row_tile, pack_panel, pack_row_tiles, panel_weight, row_weight
 from .tasks import mark_done, next_task, wait_done
 
 __all__ = ["block_pixels", "computes", "nchw_kernel", "nhwc_kernel", "run", "suits"]
@@ -75,7 +75,9 @@ def nhwc_kernel(shape):
     PANEL, PANEL_BYTES, _, _, MAX_TAPS, MAX_PIXELS = shape
     NHWC_TILE = MAX_TAPS * PANEL * (PANEL_BYTES // 4)  # a panel's products for every tap
 
-    def _nonoverlap_tiles(pixels, weight, packed, bias, y, pad_d, pad_h, pad_w, block_pixels, workers, ahead_rows):
+    def _nonoverlap_tiles(
+        pixels, weight, packed, bias, y, pad_d, pad_h, pad_w, block_pixels, workers, ahead_rows, fused
+    ):
         """``nonoverlap_direct`` in NHWC: ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = Σ_ci pixels[n, i, j, ci] ·
         W[ci, co, a, b] + bias[co]`` (stride == kernel: each output has exactly one tap) as a GEMM whose register
         tiles are written straight to their outputs, with no product buffer and no second pass. ``packed`` receives
@@ -100,7 +102,8 @@ def nhwc_kernel(shape):
         blocks = (area - 1) // block_pixels + 1
         panels = groups * vectors  # the first tasks: one vector's panels each
         ready = np.zeros(panels, np.int64)
-        tasks, counter = panels + batch * groups * blocks * vectors, np.zeros(1, np.int64)
+        tasks = panels if fused else panels + batch * groups * blocks * vectors
+        counter = np.zeros(1, np.int64)
         zero = np.zeros(1, dtype=y.dtype)[0]
         direct_out = pad_d == 0 and pad_h == 0 and pad_w == 0  # every tap's output exists
         for _worker in prange(workers):  # one worker per thread, tasks handed out in turn
@@ -108,142 +111,148 @@ def nhwc_kernel(shape):
             outputs = carray(stack_tile(np.int64(0), MAX_PIXELS), (MAX_PIXELS,))
             task = next_task(counter)
             while task < tasks:
-                if task < panels:
-                    pack_panel(weight, packed, task // vectors, task % vectors, ahead_rows)
-                    mark_done(ready, task)
-                    task = next_task(counter)
-                    continue
-                item = task - panels
-                v = item % vectors  # vectors innermost: neighbours share the inputs
-                block = (item // vectors) % blocks
-                g = (item // (vectors * blocks)) % groups
-                n = item // (vectors * blocks * groups)
-                wait_done(ready, g * vectors + v)
-                c0 = g * per_group_out + v * lanes
-                written = min(lanes, per_group_out - v * lanes)
-                w0 = (g * vectors + v) * taps * per_group_in * lanes
-                p_lo, p_hi = block * block_pixels, min(area, (block + 1) * block_pixels)
-                whole = p_lo
-                if direct_out and written == lanes:
-                    # the U-Net case: each tap's MR × L products go straight to their channels-last outputs, tap by
-                    # tap, so that one tap's weight panel and the block's inputs are what L2 holds
-                    whole = p_lo + (p_hi - p_lo) // PANEL * PANEL
-                    for p in range(p_lo, whole):  # where input pixel p = (d, i, j)'s block of outputs starts
-                        d = p // plane
-                        i = (p - d * plane) // in_w
-                        j = p - d * plane - i * in_w
-                        corner = ((n * out_d + d * k_d) * out_h + i * k_h) * out_w + j * k_w
-                        outputs[p - p_lo] = corner * out_channels + c0
-                    for tap in range(taps):
-                        a_d, a, b = tap // (k_h * k_w), (tap // k_w) % k_h, tap % k_w
-                        w = w0 + tap * per_group_in * lanes
-                        shift = ((a_d * out_h + a) * out_w + b) * out_channels
-                        for p0 in range(p_lo, whole, PANEL):
-                            o, x0 = p0 - p_lo, (n * area + p0) * in_channels + g * per_group_in
-                            fma_panel_out(
-                                y,
-                                offsets_from(outputs, o, shift, PANEL),
-                                bias,
-                                c0,
-                                packed,
-                                w,
-                                lanes,
-                                pixels,
-                                strided(x0, in_channels, PANEL),
-                                1,
-                                per_group_in,
-                                PANEL_BYTES,
-                            )
-                for p0 in range(whole, p_hi, PANEL):
-                    count = min(PANEL, p_hi - p0)
-                    for e in range(taps * PANEL * lanes):
-                        acc[e] = zero
-                    x0 = (n * area + p0) * in_channels + g * per_group_in
-                    for tap in range(taps):
-                        w, a0 = w0 + tap * per_group_in * lanes, tap * PANEL * lanes
-                        if count == PANEL:
-                            fma_panel(
-                                acc,
-                                strided(a0, lanes, PANEL),
-                                packed,
-                                w,
-                                lanes,
-                                pixels,
-                                strided(x0, in_channels, PANEL),
-                                1,
-                                per_group_in,
-                                PANEL_BYTES,
-                            )
-                            continue
-                        t = 0
-                        if PANEL > 8 and count - t >= 8:
-                            fma_panel(
-                                acc,
-                                strided(a0 + lanes * t, lanes, 8),
-                                packed,
-                                w,
-                                lanes,
-                                pixels,
-                                strided(x0 + in_channels * t, in_channels, 8),
-                                1,
-                                per_group_in,
-                                PANEL_BYTES,
-                            )
-                            t += 8
-                        if PANEL > 4 and count - t >= 4:
-                            fma_panel(
-                                acc,
-                                strided(a0 + lanes * t, lanes, 4),
-                                packed,
-                                w,
-                                lanes,
-                                pixels,
-                                strided(x0 + in_channels * t, in_channels, 4),
-                                1,
-                                per_group_in,
-                                PANEL_BYTES,
-                            )
-                            t += 4
-                        if PANEL > 2 and count - t >= 2:
-                            fma_panel(
-                                acc,
-                                strided(a0 + lanes * t, lanes, 2),
-                                packed,
-                                w,
-                                lanes,
-                                pixels,
-                                strided(x0 + in_channels * t, in_channels, 2),
-                                1,
-                                per_group_in,
-                                PANEL_BYTES,
-                            )
-                            t += 2
-                        if count - t >= 1:
-                            fma_panel(
-                                acc,
-                                strided(a0 + lanes * t, lanes, 1),
-                                packed,
-                                w,
-                                lanes,
-                                pixels,
-                                strided(x0 + in_channels * t, in_channels, 1),
-                                1,
-                                per_group_in,
-                                PANEL_BYTES,
-                            )
-                    for t in range(count):
-                        d = (p0 + t) // plane
-                        i = (p0 + t - d * plane) // in_w
-                        j = p0 + t - d * plane - i * in_w
+                if fused:  # few pixels: a task packs one vector's panels and runs them on every pixel while in cache
+                    g, v = task // vectors, task % vectors
+                    pack_panel(weight, packed, g, v, ahead_rows)
+                    first, items = 0, batch * blocks
+                else:
+                    if task < panels:
+                        pack_panel(weight, packed, task // vectors, task % vectors, ahead_rows)
+                        mark_done(ready, task)
+                        task = next_task(counter)
+                        continue
+                    item = task - panels
+                    v = item % vectors  # vectors innermost: neighbours share the inputs
+                    g = (item // (vectors * blocks)) % groups
+                    first, items = (item // (vectors * blocks * groups)) * blocks + (item // vectors) % blocks, 1
+                    wait_done(ready, g * vectors + v)
+                for image_block in range(first, first + items):
+                    n, block = image_block // blocks, image_block % blocks
+                    c0 = g * per_group_out + v * lanes
+                    written = min(lanes, per_group_out - v * lanes)
+                    w0 = (g * vectors + v) * taps * per_group_in * lanes
+                    p_lo, p_hi = block * block_pixels, min(area, (block + 1) * block_pixels)
+                    whole = p_lo
+                    if direct_out and written == lanes:
+                        # the U-Net case: each tap's MR × L products go straight to their channels-last outputs, tap by
+                        # tap, so that one tap's weight panel and the block's inputs are what L2 holds
+                        whole = p_lo + (p_hi - p_lo) // PANEL * PANEL
+                        for p in range(p_lo, whole):  # where input pixel p = (d, i, j)'s block of outputs starts
+                            d = p // plane
+                            i = (p - d * plane) // in_w
+                            j = p - d * plane - i * in_w
+                            corner = ((n * out_d + d * k_d) * out_h + i * k_h) * out_w + j * k_w
+                            outputs[p - p_lo] = corner * out_channels + c0
                         for tap in range(taps):
-                            od = d * k_d + tap // (k_h * k_w) - pad_d
-                            oh = i * k_h + (tap // k_w) % k_h - pad_h
-                            ow = j * k_w + tap % k_w - pad_w
-                            if od < 0 or od >= out_d or oh < 0 or oh >= out_h or ow < 0 or ow >= out_w:
+                            a_d, a, b = tap // (k_h * k_w), (tap // k_w) % k_h, tap % k_w
+                            w = w0 + tap * per_group_in * lanes
+                            shift = ((a_d * out_h + a) * out_w + b) * out_channels
+                            for p0 in range(p_lo, whole, PANEL):
+                                o, x0 = p0 - p_lo, (n * area + p0) * in_channels + g * per_group_in
+                                fma_panel_out(
+                                    y,
+                                    offsets_from(outputs, o, shift, PANEL),
+                                    bias,
+                                    c0,
+                                    packed,
+                                    w,
+                                    lanes,
+                                    pixels,
+                                    strided(x0, in_channels, PANEL),
+                                    1,
+                                    per_group_in,
+                                    PANEL_BYTES,
+                                )
+                    for p0 in range(whole, p_hi, PANEL):
+                        count = min(PANEL, p_hi - p0)
+                        for e in range(taps * PANEL * lanes):
+                            acc[e] = zero
+                        x0 = (n * area + p0) * in_channels + g * per_group_in
+                        for tap in range(taps):
+                            w, a0 = w0 + tap * per_group_in * lanes, tap * PANEL * lanes
+                            if count == PANEL:
+                                fma_panel(
+                                    acc,
+                                    strided(a0, lanes, PANEL),
+                                    packed,
+                                    w,
+                                    lanes,
+                                    pixels,
+                                    strided(x0, in_channels, PANEL),
+                                    1,
+                                    per_group_in,
+                                    PANEL_BYTES,
+                                )
                                 continue
-                            src, line = (tap * PANEL + t) * lanes, y[n, od, oh, ow]
-                            for lane in range(written):
-                                line[c0 + lane] = acc[src + lane] + bias[c0 + lane]
+                            t = 0
+                            if PANEL > 8 and count - t >= 8:
+                                fma_panel(
+                                    acc,
+                                    strided(a0 + lanes * t, lanes, 8),
+                                    packed,
+                                    w,
+                                    lanes,
+                                    pixels,
+                                    strided(x0 + in_channels * t, in_channels, 8),
+                                    1,
+                                    per_group_in,
+                                    PANEL_BYTES,
+                                )
+                                t += 8
+                            if PANEL > 4 and count - t >= 4:
+                                fma_panel(
+                                    acc,
+                                    strided(a0 + lanes * t, lanes, 4),
+                                    packed,
+                                    w,
+                                    lanes,
+                                    pixels,
+                                    strided(x0 + in_channels * t, in_channels, 4),
+                                    1,
+                                    per_group_in,
+                                    PANEL_BYTES,
+                                )
+                                t += 4
+                            if PANEL > 2 and count - t >= 2:
+                                fma_panel(
+                                    acc,
+                                    strided(a0 + lanes * t, lanes, 2),
+                                    packed,
+                                    w,
+                                    lanes,
+                                    pixels,
+                                    strided(x0 + in_channels * t, in_channels, 2),
+                                    1,
+                                    per_group_in,
+                                    PANEL_BYTES,
+                                )
+                                t += 2
+                            if count - t >= 1:
+                                fma_panel(
+                                    acc,
+                                    strided(a0 + lanes * t, lanes, 1),
+                                    packed,
+                                    w,
+                                    lanes,
+                                    pixels,
+                                    strided(x0 + in_channels * t, in_channels, 1),
+                                    1,
+                                    per_group_in,
+                                    PANEL_BYTES,
+                                )
+                        for t in range(count):
+                            d = (p0 + t) // plane
+                            i = (p0 + t - d * plane) // in_w
+                            j = p0 + t - d * plane - i * in_w
+                            for tap in range(taps):
+                                od = d * k_d + tap // (k_h * k_w) - pad_d
+                                oh = i * k_h + (tap // k_w) % k_h - pad_h
+                                ow = j * k_w + tap % k_w - pad_w
+                                if od < 0 or od >= out_d or oh < 0 or oh >= out_h or ow < 0 or ow >= out_w:
+                                    continue
+                                src, line = (tap * PANEL + t) * lanes, y[n, od, oh, ow]
+                                for lane in range(written):
+                                    line[c0 + lane] = acc[src + lane] + bias[c0 + lane]
                 task = next_task(counter)
 
     return parallel_kernel(_nonoverlap_tiles)
@@ -257,7 +266,22 @@ def nchw_kernel(shape):
     MAX_BLOCK = MAX_PIXELS + PANEL_BYTES // 4  # a task's pixels: at most MAX_PIXELS rounded up to a panel vector
 
     def _nonoverlap_tiles_nchw(
-        x, weight, rows, bias, y, pad_d, pad_h, pad_w, block_pixels, panels, ahead_rows, ahead_planes, chunk_tiles
+        x,
+        weight,
+        weight_rows,
+        rows,
+        packs,
+        bias,
+        y,
+        pad_d,
+        pad_h,
+        pad_w,
+        block_pixels,
+        tile_parts,
+        panels,
+        ahead_rows,
+        ahead_planes,
+        chunk_tiles,
     ):
         """``nonoverlap_direct`` in NCHW: the GEMM ``products[(co, a, b), p] = Σ_ci W[ci, co, a, b] · x[n, ci, p]``
         with register tiles of MR weight rows ``r = (co, a, b)`` × ``L`` consecutive input pixels (one panel vector:
@@ -274,16 +298,18 @@ def nchw_kernel(shape):
         ascending from +0.0, one FMA per product, as in the NHWC kernel and ``blocked_direct``: bitwise their
         result."""
         batch, in_channels, in_d, in_h, in_w = x.shape
-        groups, tiles, per_group_in = rows.shape[0], rows.shape[1], rows.shape[2]
+        groups, per_group_in = rows.shape[0], rows.shape[2]
         out_channels, out_d, out_h, out_w = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
         k_d, k_h, k_w = weight.shape[2], weight.shape[3], weight.shape[4]
         per_group_out, taps, lanes = out_channels // groups, k_d * k_h * k_w, PANEL_BYTES // y.itemsize
         area = in_d * in_h * in_w
         useful_rows = per_group_out * taps
+        tiles = (useful_rows - 1) // PANEL + 1
         blocks = (area - 1) // block_pixels + 1
-        chunks = (tiles - 1) // chunk_tiles + 1
-        ready = np.zeros(groups * chunks, np.int64)
-        tasks, counter = groups * chunks + batch * groups * blocks, np.zeros(1, np.int64)
+        chunks = (tiles - 1) // chunk_tiles + 1 if packs else 0
+        ready = np.zeros(max(1, groups * chunks), np.int64)
+        tasks, counter = groups * chunks + batch * groups * blocks * tile_parts, np.zeros(1, np.int64)
+        packed = rows.reshape(-1)
         zero = np.zeros(1, dtype=y.dtype)[0]
         pairs = k_w == 2 and pad_w == 0  # the U-Net case: interleave the two columns
         pairs_whole = pairs and pad_h == 0 and pad_d == 0  # ... and every row of the pair's outputs exists
@@ -306,9 +332,10 @@ def nchw_kernel(shape):
                     task = next_task(counter)
                     continue
                 item = task - groups * chunks
-                block = item % blocks
-                g = (item // blocks) % groups
-                n = item // (blocks * groups)
+                part = item % tile_parts
+                block = (item // tile_parts) % blocks
+                g = (item // (tile_parts * blocks)) % groups
+                n = item // (tile_parts * blocks * groups)
                 p_lo, p_hi = block * block_pixels, min(area, (block + 1) * block_pixels)
                 count = (p_hi - p_lo - 1) // lanes + 1  # panels
                 # channel by channel, so that each input plane is read in order (by panel, every load is another
@@ -337,11 +364,16 @@ def nchw_kernel(shape):
                         first = pixel_at[q * lanes]  # (in one input row: the pixels' outputs 2 apart each)
                         one_row = p0 + lanes <= p_hi and pixel_at[q * lanes + lanes - 1] - first == 2 * (lanes - 1)
                         panel_at[q] = first if one_row else -1
-                for tile in range(tiles):
-                    if tile % chunk_tiles == 0:
-                        wait_done(ready, g * chunks + tile // chunk_tiles)
+                for tile in range(part * tiles // tile_parts, (part + 1) * tiles // tile_parts):
                     r0 = tile * PANEL
-                    w0 = (g * tiles + tile) * per_group_in * PANEL
+                    if packs:
+                        if tile % chunk_tiles == 0 or tile == part * tiles // tile_parts:
+                            wait_done(ready, g * chunks + tile // chunk_tiles)
+                        source_w, w0, w_step = packed, (g * tiles + tile) * per_group_in * PANEL, PANEL
+                    elif r0 + PANEL <= useful_rows:  # the weight as given: a tile's rows adjacent in each of its rows
+                        source_w, w0, w_step = weight_rows, g * per_group_in * useful_rows + r0, useful_rows
+                    else:  # the group's last tile, packed by the caller (its rows past R are zeros)
+                        source_w, w0, w_step = packed, g * per_group_in * PANEL, PANEL
                     whole = pairs_whole and r0 + PANEL <= useful_rows
                     if (
                         pairs_whole
@@ -364,9 +396,9 @@ def nchw_kernel(shape):
                                 buffer,
                                 q * per_group_in * lanes,
                                 lanes,
-                                rows,
+                                source_w,
                                 strided(w0, 1, PANEL),
-                                PANEL,
+                                w_step,
                                 per_group_in,
                                 PANEL_BYTES,
                             )
@@ -381,9 +413,9 @@ def nchw_kernel(shape):
                                 buffer,
                                 q * per_group_in * lanes,
                                 lanes,
-                                rows,
+                                source_w,
                                 strided(w0, 1, PANEL),
-                                PANEL,
+                                w_step,
                                 per_group_in,
                                 PANEL_BYTES,
                             )
@@ -402,9 +434,9 @@ def nchw_kernel(shape):
                             buffer,
                             q * per_group_in * lanes,
                             lanes,
-                            rows,
+                            source_w,
                             strided(w0, 1, PANEL),
-                            PANEL,
+                            w_step,
                             per_group_in,
                             PANEL_BYTES,
                         )
@@ -477,7 +509,11 @@ def run(x, weight, bias, problem, out=None, *, blocking):
     # (C_in, C_out/G, kD, kH, kW), a view
     weight = weight.reshape(weight.shape[:2] + (1,) * (3 - problem.rank) + weight.shape[2:])
     x, y_3d = _as_3d(x, problem), _as_3d(y, problem)
+    threads = numba.get_num_threads()
+    few_pixels = problem.batch * math.prod(problem.in_size) < blocking.nonoverlap_pack_min_pixels
     if problem.channels_last:
+        lanes = blocking.lanes(problem.dtype.itemsize)
+        vectors = problem.groups * -(-problem.out_per_group // lanes)
         nhwc_kernel(shape)(
             x,
             weight,
@@ -486,23 +522,37 @@ def run(x, weight, bias, problem, out=None, *, blocking):
             y_3d,
             *pads,
             block_pixels(problem, blocking),
-            numba.get_num_threads(),
+            threads,
             blocking.pack_prefetch_rows,
+            few_pixels and vectors >= threads * blocking.items_per_thread,
         )
         return y
     lanes = blocking.lanes(problem.dtype.itemsize)
     block = -(-block_pixels(problem, blocking) // lanes) * lanes
-    panels = workspace.scratch(
-        "numba_cpu.pixel_panels", (numba.get_num_threads(), block * problem.in_per_group), problem.dtype
+    panels = workspace.scratch("numba_cpu.pixel_panels", (threads, block * problem.in_per_group), problem.dtype)
+    packs = not few_pixels
+    rows = row_weight(problem, blocking) if packs else last_row_tile(weight, problem, blocking)
+    # few tasks (few pixels): each also split by row tiles, so that every thread has some
+    tasks = problem.batch * problem.groups * -(-math.prod(problem.in_size) // block)
+    wanted = threads * blocking.items_per_thread
+    tile_parts = max(
+        1,
+        min(
+            -(-wanted // max(1, tasks)),
+            -(-problem.out_per_group * math.prod(problem.kernel_size) // blocking.panel_pixels),
+        ),
     )
     nchw_kernel(shape)(
         x,
         weight,
-        row_weight(problem, blocking),
+        np.ascontiguousarray(weight).reshape(-1),
+        rows,
+        packs,
         bias,
         y_3d,
         *pads,
         block,
+        tile_parts,
         panels,
         blocking.pack_prefetch_rows,
         blocking.pack_prefetch_planes,

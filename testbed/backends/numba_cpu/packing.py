@@ -21,6 +21,7 @@ from .intrinsics import prefetch
 
 __all__ = [
     "channels_last_input",
+    "last_row_tile",
     "pack_panel",
     "pack_row_tiles",
     "pack_weight",
@@ -189,3 +190,17 @@ def row_weight(problem, blocking):
         (problem.groups, -(-problem.out_per_group * taps // panel), problem.in_per_group, panel),
         problem.dtype,
     )
+
+
+def last_row_tile(weight, problem, blocking):
+    """Each group's last tile of ``P`` weight rows as :func:`pack_row_tiles` packs it, ``(G, 1, C_in/G, P)``, zero in
+    the rows past ``R = C_out/G·kH·kW`` (for ``nonoverlap_direct``'s NCHW kernel when it reads the other tiles from
+    the weight as given), in this thread's workspace."""
+    taps, panel = math.prod(problem.kernel_size), blocking.panel_pixels
+    useful = problem.out_per_group * taps
+    first = (useful - 1) // panel * panel
+    tile = workspace.scratch("numba_cpu.last_row_tile", (problem.groups, 1, problem.in_per_group, panel), problem.dtype)
+    tile[...] = 0
+    rows = weight.reshape(problem.groups, problem.in_per_group, useful)
+    tile[:, 0, :, : useful - first] = rows[:, :, first:]
+    return tile
