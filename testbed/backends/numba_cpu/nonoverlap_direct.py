@@ -16,7 +16,15 @@ per product, as ``blocked_direct``'s, so all three give bitwise the same result,
 3-D (the nnU-Net decoder's 2×2×2 up-convolution, NCDHW and NDHWC): the same GEMM with ``kD·kH·kW`` taps, the input
 pixels ``p`` running over ``(d, h, w)`` and each output addressed through ``(d·kD + a_d, h·kH + a, w·kW + b)``; a
 2-D problem is the depth-1 case (its arrays handed over as views with a depth axis of 1), so one compiled kernel
-per layout and dtype serves both ranks, and a 2-D result is bitwise what it was."""
+per layout and dtype serves both ranks, and a 2-D result is bitwise what it was.
+
+Few input pixels (N·D·H·W below ``nonoverlap_pack_min_pixels``: unet3d1, 320→320 @4³ batch 2, has 128 against a
+3.3 MB weight) make packing the whole weight ahead a third of the call: NCHW then broadcasts from the weight as given
+(a tile's MR rows are adjacent in each input channel's row; only each group's last, partial tile is packed, by the
+wrapper) and splits tasks by row tiles as well, so that both threads have work; NHWC packs each vector's panels in the
+task that then runs them on every pixel, while they are in cache. The same sums in the same order: bitwise the packed
+kernels' result. In one process (``run_path``, 2 threads, 150 calls each, min ms, AMD EPYC Zen 3, idle): unet3d1 NCDHW
+2.1 → 1.6-1.7 (bare GEMM 1.3), NDHWC 1.9 → 1.6 (1.2)."""
 
 import functools
 import math
