@@ -325,18 +325,27 @@ def test_auto_runs_every_tiny_case():
         assert_close_to_oracle(y, x, weight, bias, **call_kwargs(problem))
 
 
-@pytest.mark.parametrize("name", ["unet_k2s2", "k4s2p1"])
-def test_gemm_paths_slice_large_batches(name):
-    """Column buffers over the limit are computed a slice of the batch at a time; the result is the same."""
-    problem = CASES[name][0].with_(batch=5)
+@pytest.mark.parametrize("name", ["k4s2p1", "k3s2p1op1_asym", "stride1_dilation"])
+def test_gemm_col2im_blocks_of_channels(name):
+    """Its tasks' column blocks depend on the problem only: the same bits on one thread and on all; blocks of one
+    channel (the smallest ``block_bytes``) give the same result to rounding (BLAS may block a narrower GEMM
+    differently), and every block fits the row's ``block_bytes`` where one channel's columns do."""
+    problem = CASES[name][0].with_(batch=3, groups=2, in_channels=8, out_channels=8)
     x, weight, bias = problem.random_arrays(8)
-    backend = testbed.get_backend("numba_cpu")
-    whole = backend.run(x, weight, bias, problem)
-    sliced = dataclasses.replace(blocking.blocking(), column_buffer_bytes=1)
-    assert len(gemm_col2im.image_chunks(problem, sliced)) == 5
-    path = numba_cpu.choose_path(problem)
-    # Same products, but BLAS may block a narrower GEMM differently: equal to rounding, not bitwise.
-    assert_close(numba_cpu.run_path(path, x, weight, bias, problem, blocking=sliced), whole)
+    row = blocking.blocking()
+    whole = numba_cpu.run_path("gemm_col2im", x, weight, bias, problem)
+    assert_close_to_oracle(whole, x, weight, bias, **call_kwargs(problem))
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert np.array_equal(numba_cpu.run_path("gemm_col2im", x, weight, bias, problem), whole)
+    finally:
+        numba.set_num_threads(previous)
+    tiny = dataclasses.replace(row, block_bytes=1)
+    assert gemm_col2im.block_channels(problem, tiny) == 1
+    assert_close(numba_cpu.run_path("gemm_col2im", x, weight, bias, problem, blocking=tiny), whole)
+    per_channel = gemm_col2im.column_bytes_per_image(problem) // problem.out_channels
+    assert gemm_col2im.block_channels(problem, row) * per_channel <= row.block_bytes
 
 
 _pairs = lambda lo, hi: st.tuples(st.integers(lo, hi), st.integers(lo, hi))  # noqa: E731

@@ -140,12 +140,11 @@ def choose_path(problem, blocking: Blocking | None = None) -> str:
         return "direct"
     if problem.is_nonoverlapping and nonoverlap_direct.suits(problem, b):
         return "nonoverlap_direct"
-    if problem.is_nonoverlapping and nonoverlap_gemm.fits_blas(problem):
-        return "nonoverlap_gemm"  # blocks of the GEMM: no column buffer, any size
-    if gemm_col2im.column_bytes_per_image(problem) > problem.workspace_limit:
-        return "direct" if problem.is_nonoverlapping else "blocked_direct"
     if problem.is_nonoverlapping:
-        return "gemm_col2im"  # sizes past BLAS's 32-bit integers: numpy's matmul splits them
+        # blocks of the GEMM: no column buffer, any size; sizes past BLAS's 32-bit integers: the gather
+        return "nonoverlap_gemm" if nonoverlap_gemm.fits_blas(problem) else "direct"
+    if gemm_col2im.column_bytes_per_image(problem) > problem.workspace_limit or not gemm_col2im.fits_blas(problem):
+        return "blocked_direct"
     if problem.out_per_group < b.blocked_min_out_per_group:
         return "gemm_col2im" if problem.groups == 1 else "direct"
     if problem.in_per_group >= b.gemm_min_in_per_group or _taps_leave_gaps(problem):

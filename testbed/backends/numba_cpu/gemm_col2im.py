@@ -1,101 +1,144 @@
 """``gemm_col2im``: overlapping taps with GEMM-sized channels.
 
-``gemm_col2im`` (overlapping taps with GEMM-sized channels). The same GEMM gives every (input pixel, tap)
-product summed over input channels, ``columns[co, kh, kw, n, ih, iw]``; then a *gathering* col2im: each
-thread owns output planes and adds, per row, for each tap ``kh`` with ``(oh + p - kh·d) ≡ 0 (mod s)``, the column
-entries that land in the row (Caffe's / PyTorch's ``slow_conv_transpose2d`` design, with its scatter
-turned into an output-stationary gather and the bias fused in). Only useful products are computed.
+``gemm_col2im`` (overlapping taps with GEMM-sized channels). The GEMM gives every (input pixel, tap) product summed
+over input channels, ``columns[(co, kh, kw), (ih, iw)] = Σ_ci W[ci, co, kh, kw] · x[n, ci, ih, iw]``; then a
+*gathering* col2im: each output plane adds, per row, for each tap ``kh`` with ``(oh + p - kh·d) ≡ 0 (mod s)``, the
+column entries that land in the row (Caffe's / PyTorch's ``slow_conv_transpose2d`` design, with its scatter turned
+into an output-stationary gather and the bias fused in). Only useful products are computed.
+
+Both in one Numba parallel region, as ``nonoverlap_gemm`` does: a task is a block of output channels of one image
+and group; the thread that takes it computes that block's columns with one *single-threaded* BLAS call into its own
+buffer (at most ``block_bytes`` of the :mod:`.blocking` row, kept across calls) and gathers the block's output planes
+from them while they are in cache. Only Numba's thread pool runs: a multithreaded GEMM followed by a Numba gather
+hands the call from OpenBLAS's pool to Numba's, which on this 2-core host cost more than the arithmetic (HiFi-GAN's
+first up-sampling, 512→256 k16 s8 over 86 frames: 8.0 ms on two threads against 5.1 on one, measured in one process;
+see :func:`~testbed.backends.numba_cpu.choose_path`). The blocks depend on the problem only, never on the thread
+count, so every thread count gives bitwise the same result.
 """
 
+import math
+
+import numba
 import numpy as np
 from numba import prange
 
 from ... import workspace
+from .._blas import INT32_MAX, gemm, single_threaded_blas
 from .._runtime import parallel_kernel
 from ._common import bias_or_zeros
+from .tasks import next_task
 
-__all__ = ["column_bytes_per_image", "gemm_columns", "image_chunks", "run"]
+__all__ = ["block_channels", "column_bytes_per_image", "fits_blas", "run"]
+
+#: A call is cut into at least this many tasks where its channels allow (a slow thread then takes fewer of them);
+#: a constant, not the thread count, so that the blocks, and the bits of the result, are the same on any thread count.
+MIN_TASKS = 8
 
 
 @parallel_kernel
-def _col2im_gather(columns, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    """col2im as a gather: ``y[n, c, oh, ow] = Σ columns[c, kh, kw, n, ih, iw] + bias[c]`` over the taps with
-    ``oh = ih·s_h - p_h + kh·d_h``, ``ow = iw·s_w - p_w + kw·d_w``, added in (kh, kw) order. One thread per
-    output plane ``(n, c)``, which it owns."""
-    channels, k_h, k_w, batch, in_h, in_w = columns.shape
-    out_h, out_w = y.shape[2], y.shape[3]
+def _gemm_col2im(x, weight, bias, y, blocks, co_block, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
+    """``y[n, c, oh, ow] = Σ columns[(c, kh, kw), (ih, iw)] + bias[c]`` over the taps with ``oh = ih·s_h - p_h +
+    kh·d_h``, ``ow = iw·s_w - p_w + kw·d_w``, added in (kh, kw) order from +0.0, the columns of image ``n`` and
+    ``co_block`` output channels computed per task by one single-threaded BLAS call into the worker's buffer
+    ``blocks[worker]``. Tasks ``(n, group, block of output channels)`` are handed out one at a time
+    (:mod:`.tasks`); a task owns its channels' output planes of its image."""
+    batch, in_channels, in_h, in_w = x.shape
+    out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    k_h, k_w = weight.shape[2], weight.shape[3]
+    per_group_in, per_group_out, taps, pixels = in_channels // groups, out_channels // groups, k_h * k_w, in_h * in_w
+    flat_x = x.reshape((batch, in_channels, pixels))
+    flat_w = weight.reshape((in_channels, per_group_out * taps))
+    co_blocks = (per_group_out - 1) // co_block + 1
+    # acc[b, j] holds output column b + s_w·j, so each tap adds one unit-stride run. A phase b that holds an output
+    # has b <= ow < W_out, so min(s_w, W_out) phases suffice (a huge stride costs nothing).
     phases, phase_len = min(stride_w, out_w), (out_w - 1) // stride_w + 1
-    for plane in prange(batch * channels):
-        n, c = plane // channels, plane % channels
-        # acc[b, j] holds output column b + s_w·j, so each tap adds one unit-stride run. A phase b that holds an
-        # output has b <= ow < W_out, so min(s_w, W_out) phases suffice (a huge stride costs nothing).
+    tasks, counter = batch * groups * co_blocks, np.zeros(1, np.int64)
+    for worker in prange(blocks.shape[0]):  # one worker per thread, tasks handed out in turn
         acc = np.empty((phases, phase_len), dtype=y.dtype)
-        for oh in range(out_h):
-            acc[:] = 0.0
-            for kh in range(k_h):
-                shift = oh + pad_h - kh * dil_h
-                if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
-                    continue
-                ih = shift // stride_h
-                for kw in range(k_w):
-                    start = kw * dil_w - pad_w  # ow of input column 0
-                    iw_lo = max(0, -(start // stride_w))  # first iw with ow >= 0
-                    iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
-                    if iw_hi <= iw_lo:
-                        continue
-                    skip = start // stride_w  # ow = b + s·(iw + skip)
-                    dst = acc[start % stride_w, iw_lo + skip : iw_hi + skip]
-                    run = columns[c, kh, kw, n, ih, iw_lo:iw_hi]
-                    for i in range(iw_hi - iw_lo):
-                        dst[i] += run[i]
-            line, b_c = y[n, c, oh], bias[c]
-            for b in range(phases):
-                for j in range((out_w - 1 - b) // stride_w + 1):
-                    line[b + stride_w * j] = acc[b, j] + b_c
-
-
-def gemm_columns(x, weight, problem):
-    """``columns[co, kh, kw, n, ih, iw] = Σ_ci W[ci, co, kh, kw] · x[n, ci, ih, iw]`` (ci over co's group) for
-    the images of ``x``: one BLAS GEMM per group for all of them."""
-    n, g = x.shape[0], problem.groups
-    (h, w), (kh, kw) = problem.in_size, problem.kernel_size
-    cig, cog = problem.in_per_group, problem.out_per_group
-    weight_t = weight.reshape(g, cig, cog * kh * kw).transpose(0, 2, 1)  # (G, Co_g·kH·kW, Ci_g), a view
-    pixels = x.reshape(n, g, cig, h * w)
-    # (G, Ci_g, N·HW): the batch becomes GEMM columns (a copy of the input only when N > 1).
-    pixels = pixels[0] if n == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0, 3))
-    columns = np.matmul(weight_t, pixels.reshape(g, cig, n * h * w))  # (G, Co_g·kH·kW, N·HW)
-    return columns.reshape(problem.out_channels, kh, kw, n, h, w)
+        task = next_task(counter)
+        while task < tasks:
+            cb = task % co_blocks
+            g = (task // co_blocks) % groups
+            n = task // (co_blocks * groups)
+            c0, c1 = cb * co_block, min(per_group_out, (cb + 1) * co_block)
+            ci0, ci1 = g * per_group_in, (g + 1) * per_group_in
+            products = blocks[worker, : (c1 - c0) * taps * pixels].reshape(((c1 - c0) * taps, pixels))
+            gemm(flat_w[ci0:ci1, c0 * taps : c1 * taps], flat_x[n, ci0:ci1], products, True, False)
+            columns = products.reshape((c1 - c0, k_h, k_w, in_h, in_w))
+            for c in range(c0, c1):
+                co = g * per_group_out + c
+                for oh in range(out_h):
+                    acc[:] = 0.0
+                    for kh in range(k_h):
+                        shift = oh + pad_h - kh * dil_h
+                        if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
+                            continue
+                        ih = shift // stride_h
+                        for kw in range(k_w):
+                            start = kw * dil_w - pad_w  # ow of input column 0
+                            iw_lo = max(0, -(start // stride_w))  # first iw with ow >= 0
+                            iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
+                            if iw_hi <= iw_lo:
+                                continue
+                            skip = start // stride_w  # ow = b + s·(iw + skip)
+                            dst = acc[start % stride_w, iw_lo + skip : iw_hi + skip]
+                            run = columns[c - c0, kh, kw, ih, iw_lo:iw_hi]
+                            for i in range(iw_hi - iw_lo):
+                                dst[i] += run[i]
+                    line, b_c = y[n, co, oh], bias[co]
+                    for b in range(phases):
+                        for j in range((out_w - 1 - b) // stride_w + 1):
+                            line[b + stride_w * j] = acc[b, j] + b_c
+            task = next_task(counter)
 
 
 def column_bytes_per_image(problem):
     """Bytes of the GEMM paths' ``columns`` (C_out·kH·kW·H·W) for one image."""
-    return (
-        problem.out_channels
-        * problem.kernel_size[0]
-        * problem.kernel_size[1]
-        * problem.in_size[0]
-        * problem.in_size[1]
-        * problem.dtype.itemsize
-    )
+    return problem.out_channels * math.prod(problem.kernel_size) * math.prod(problem.in_size) * problem.dtype.itemsize
 
 
-def image_chunks(problem, blocking):
-    """Slices of the batch whose column buffers stay under ``blocking.column_buffer_bytes`` (at least 1 image)."""
-    step = max(1, blocking.column_buffer_bytes // column_bytes_per_image(problem))
-    return [slice(n0, min(problem.batch, n0 + step)) for n0 in range(0, problem.batch, step)]
+def block_channels(problem, blocking):
+    """Output channels per task: the group's, cut so that a block's columns fit ``block_bytes`` (and the blocks of all
+    of Numba's threads a ``workspace_limit``) and the call has at least :data:`MIN_TASKS` tasks where the channels
+    allow; from the problem and the row only."""
+    per_channel = column_bytes_per_image(problem) // problem.out_channels
+    budget = min(blocking.block_bytes, problem.workspace_limit // numba.config.NUMBA_NUM_THREADS)
+    per_group_out = problem.out_per_group
+    images_and_groups = problem.batch * problem.groups
+    spread = -(-per_group_out // max(1, -(-MIN_TASKS // max(1, images_and_groups))))
+    return max(1, min(per_group_out, spread, budget // max(1, per_channel)))
+
+
+def fits_blas(problem):
+    """Whether every size and leading dimension the path hands to BLAS fits its 32-bit integers."""
+    taps, pixels = math.prod(problem.kernel_size), math.prod(problem.in_size)
+    return max(pixels, problem.out_per_group * taps, problem.in_channels) <= INT32_MAX
 
 
 def run(x, weight, bias, problem, out=None, *, blocking):
+    if not fits_blas(problem):
+        raise ValueError(
+            f"gemm_col2im: a GEMM size of {problem} exceeds BLAS's 32-bit integers ({INT32_MAX}); use blocked_direct"
+        )
     y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
     bias = bias_or_zeros(bias, problem)
-    for images in image_chunks(problem, blocking):
-        _col2im_gather(
-            gemm_columns(x[images], weight, problem),
+    channels = block_channels(problem, blocking)
+    taps, pixels = math.prod(problem.kernel_size), math.prod(problem.in_size)
+    # one worker (and buffer) per Numba thread, kept across calls
+    blocks = workspace.scratch(
+        "numba_cpu.column_blocks", (numba.get_num_threads(), channels * taps * pixels), problem.dtype
+    )
+    with single_threaded_blas():
+        _gemm_col2im(
+            np.ascontiguousarray(x),
+            np.ascontiguousarray(weight),
             bias,
-            y[images],
+            y,
+            blocks,
+            channels,
             *problem.stride,
             *problem.padding,
             *problem.dilation,
+            problem.groups,
         )
     return y
