@@ -643,12 +643,20 @@ def test_nonoverlap_direct_3d_is_its_depth_taps_bitwise(name):
             assert sub.rank == 2 and np.array_equal(y, expected), (dtype, p.layout)
 
 
-@pytest.mark.parametrize("name", ["3d_k2s2_groups", "3d_k2s2_op", "nonoverlap_direct_wide"])
+# rows of 8 and 12 pixels: NCHW panels of 16 float32 (8 float64) pixels that are two runs of half a panel each
+HALF_PANEL_ROWS = {
+    "3d_k2s2_rows8": _ranked(6, 20, (2, 3, 8), 2, 2, batch=2),
+    "2d_k2s2_rows12": _ranked(5, 7, (5, 12), 2, 2),
+}
+
+
+@pytest.mark.parametrize("name", ["3d_k2s2_groups", "3d_k2s2_op", "nonoverlap_direct_wide", *HALF_PANEL_ROWS])
 def test_nonoverlap_direct_weight_packed_or_not_bitwise(name):
     """With few input pixels ``nonoverlap_direct`` does not pack the weight ahead (NCHW reads it as given, tasks also
     split by row tiles; NHWC packs each vector's panels in the task that runs them on every pixel): the same sums,
-    so bitwise the result of the packed kernels, in both layouts and dtypes, on one thread or all."""
-    problem = (RANK_CASES[name] if name in RANK_CASES else CASES[name])[0]
+    so bitwise the result of the packed kernels, in both layouts and dtypes, on one thread or all; both match the
+    oracle (NCHW panels whose pixels are two half-panel runs of input columns are stored as two runs)."""
+    problem = HALF_PANEL_ROWS.get(name) or (RANK_CASES[name] if name in RANK_CASES else CASES[name])[0]
     row = blocking.blocking()
     packed = dataclasses.replace(row, nonoverlap_pack_min_pixels=0)
     unpacked = dataclasses.replace(row, nonoverlap_pack_min_pixels=2**62, items_per_thread=1)

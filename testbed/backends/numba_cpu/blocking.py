@@ -127,7 +127,7 @@ class Blocking:
     #: Not ``blocked_direct`` with fewer output channels per group ...
     blocked_min_out_per_group: int = 16
     #: ... or with at least this many input channels per group (``gemm_col2im``).
-    gemm_min_in_per_group: int = 512
+    gemm_min_in_per_group: int = 256
 
     def __post_init__(self):
         if self.isa not in _isa.ISA_ROWS:

@@ -210,15 +210,18 @@ def fma_panel_out(
 
 @intrinsic
 def fma_panel_pairs_out(
-    typingctx, y, y_starts, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes
+    typingctx, y, y_starts, gap, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes
 ):
     """:func:`fma_panel` for pairs of rows whose lanes interleave in the output (NCHW, kernel width 2: the
     columns ``2j`` and ``2j + 1`` of an output row): with ``s_p = Σ_{k < count} x.flat[x_starts[p] + k·x_step] ·
     weights.flat[w_start + k·w_step + l]`` (from +0.0, ``k`` ascending, one FMA per product) and pair ``q`` being
     the rows ``2q, 2q + 1``: ``y.flat[y_starts[q] + 2l] = s_2q[l] + bias[bias_at[q]]`` and
-    ``y.flat[y_starts[q] + 2l + 1] = s_2q+1[l] + bias[bias_at[q]]``, one interleaved store of ``2L`` values."""
+    ``y.flat[y_starts[q] + 2l + 1] = s_2q+1[l] + bias[bias_at[q]]`` for the first ``L/2`` lanes, the other half
+    ``gap`` elements further on: two stores of ``L`` interleaved values (one run of ``2L`` when ``gap`` is 0; else
+    the panel's pixels are two runs of input columns, each half of them, whose outputs start ``L + gap`` apart)."""
     if not (
         _panel_types_ok((y, bias, weights, x), (y_starts, bias_at, x_starts), y.dtype, panel_bytes)
+        and isinstance(gap, types.Integer)
         and x_starts.count == 2 * y_starts.count == 2 * bias_at.count
     ):
         return None
@@ -233,13 +236,13 @@ def fma_panel_pairs_out(
             context,
             builder,
             [zero] * x_starts.count,
-            a.data(4),
-            a.index(5),
+            a.data(5),
             a.index(6),
-            a.data(7),
-            a.indices(8),
-            a.index(9),
+            a.index(7),
+            a.data(8),
+            a.indices(9),
             a.index(10),
+            a.index(11),
             y.dtype,
             panel_bytes.literal_value,
         )
@@ -247,19 +250,24 @@ def fma_panel_pairs_out(
             ir.VectorType(ir.IntType(32), 2 * lanes), [lane // 2 + (lane % 2) * lanes for lane in range(2 * lanes)]
         )
         splat = ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes), [0] * (2 * lanes))
+        halves = [
+            ir.Constant(ir.VectorType(ir.IntType(32), lanes), list(range(h * lanes, (h + 1) * lanes))) for h in (0, 1)
+        ]
         undefined = ir.Constant(pair, ir.Undefined)
-        for q, (offset, at) in enumerate(zip(a.indices(1), a.indices(3))):
-            value = builder.load(builder.gep(a.data(2), [at]))
+        second = builder.add(a.index(2), context.get_constant(types.intp, lanes))
+        for q, (offset, at) in enumerate(zip(a.indices(1), a.indices(4))):
+            value = builder.load(builder.gep(a.data(3), [at]))
             addend = builder.shuffle_vector(
                 builder.insert_element(undefined, value, ir.Constant(ir.IntType(32), 0)), undefined, splat
             )
-            both = builder.shuffle_vector(sums[2 * q], sums[2 * q + 1], interleave)
-            target = builder.bitcast(builder.gep(a.data(0), [offset]), pair.as_pointer())
-            builder.store(builder.fadd(both, addend), target, align=width)
+            both = builder.fadd(builder.shuffle_vector(sums[2 * q], sums[2 * q + 1], interleave), addend)
+            for half, start in zip(halves, (offset, builder.add(offset, second))):
+                target = builder.bitcast(builder.gep(a.data(0), [start]), vector.as_pointer())
+                builder.store(builder.shuffle_vector(both, undefined, half), target, align=width)
         return context.get_dummy_value()
 
     return (
-        types.none(y, y_starts, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes),
+        types.none(y, y_starts, gap, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes),
         codegen,
     )
 

@@ -326,10 +326,12 @@ def nchw_kernel(shape):
             acc = carray(stack_tile(zero, NCHW_TILE), (NCHW_TILE,))
             pair_y = carray(stack_tile(np.int64(0), HALF), (HALF,))
             pair_c = carray(stack_tile(np.int64(0), HALF), (HALF,))
-            # where each whole-row panel's pairs start past its tile's rows (-1: across rows or past the block), and
-            # each pixel's (a block is at most MAX_PIXELS rounded up to a panel vector)
+            # where each panel's pairs start past its tile's rows (-1: its pixels are not two runs of half a panel,
+            # each in one input row, or it ends past the block), and each pixel's (a block is at most MAX_PIXELS
+            # rounded up to a panel vector)
             panel_at = carray(stack_tile(np.int64(0), MAX_BLOCK), (MAX_BLOCK,))
             pixel_at = carray(stack_tile(np.int64(0), MAX_BLOCK), (MAX_BLOCK,))
+            panel_gap = carray(stack_tile(np.int64(0), MAX_BLOCK), (MAX_BLOCK,))  # outputs between its two runs
             buffer = panels[worker]
             task = next_task(counter)
             while task < tasks:
@@ -367,11 +369,18 @@ def nchw_kernel(shape):
                         line = (p_lo + t) // in_w  # input row (d, i), of in_d·in_h
                         j = p_lo + t - line * in_w
                         pixel_at[t] = (line // in_h * k_d * out_h + line % in_h * k_h) * out_w + 2 * j
+                    half = lanes // 2
                     for q in range(count):
-                        p0 = p_lo + q * lanes
-                        first = pixel_at[q * lanes]  # (in one input row: the pixels' outputs 2 apart each)
-                        one_row = p0 + lanes <= p_hi and pixel_at[q * lanes + lanes - 1] - first == 2 * (lanes - 1)
-                        panel_at[q] = first if one_row else -1
+                        p0, t = p_lo + q * lanes, q * lanes
+                        first, middle = pixel_at[t], pixel_at[t + half] if t + half < p_hi - p_lo else 0
+                        # each half of the panel in one input row (the pixels' outputs 2 apart each): two runs
+                        runs = (
+                            p0 + lanes <= p_hi
+                            and pixel_at[t + half - 1] - first == 2 * (half - 1)
+                            and pixel_at[t + lanes - 1] - middle == 2 * (half - 1)
+                        )
+                        panel_at[q] = first if runs else -1
+                        panel_gap[q] = middle - first - lanes
                 for tile in range(part * tiles // tile_parts, (part + 1) * tiles // tile_parts):
                     r0 = tile * PANEL
                     if packs:
@@ -399,6 +408,7 @@ def nchw_kernel(shape):
                             fma_panel_pairs_out(
                                 y,
                                 offsets_from(pair_y, 0, panel_at[q], HALF),
+                                panel_gap[q],
                                 bias,
                                 offsets_from(pair_c, 0, 0, HALF),
                                 buffer,
@@ -416,6 +426,7 @@ def nchw_kernel(shape):
                             fma_panel_pairs_out(
                                 acc,
                                 strided(0, 2 * lanes, HALF),
+                                0,
                                 bias,
                                 offsets_from(pair_c, 0, 0, HALF),
                                 buffer,
