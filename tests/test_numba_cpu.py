@@ -643,23 +643,24 @@ def test_nonoverlap_direct_3d_is_its_depth_taps_bitwise(name):
             assert sub.rank == 2 and np.array_equal(y, expected), (dtype, p.layout)
 
 
-# rows of 8 and 12 pixels: NCHW panels of 16 float32 (8 float64) pixels that are two runs of half a panel each
-HALF_PANEL_ROWS = {
+# rows of 4, 8 and 12 pixels: NCHW panels of 16 float32 (8 float64) pixels that are runs of a quarter panel
+PANEL_RUN_ROWS = {
+    "3d_k2s2_rows4": _ranked(6, 20, (2, 3, 4), 2, 2, batch=2),
     "3d_k2s2_rows8": _ranked(6, 20, (2, 3, 8), 2, 2, batch=2),
     "2d_k2s2_rows12": _ranked(5, 7, (5, 12), 2, 2),
 }
 
 
-@pytest.mark.parametrize("name", ["3d_k2s2_groups", "3d_k2s2_op", "nonoverlap_direct_wide", *HALF_PANEL_ROWS])
+@pytest.mark.parametrize("name", ["3d_k2s2_groups", "3d_k2s2_op", "nonoverlap_direct_wide", *PANEL_RUN_ROWS])
 def test_nonoverlap_direct_weight_packed_or_not_bitwise(name):
-    """With few input pixels ``nonoverlap_direct`` does not pack the weight ahead (NCHW reads it as given, tasks also
-    split by row tiles; NHWC packs each vector's panels in the task that runs them on every pixel): the same sums,
-    so bitwise the result of the packed kernels, in both layouts and dtypes, on one thread or all; both match the
-    oracle (NCHW panels whose pixels are two half-panel runs of input columns are stored as two runs)."""
-    problem = HALF_PANEL_ROWS.get(name) or (RANK_CASES[name] if name in RANK_CASES else CASES[name])[0]
+    """With few input pixels ``nonoverlap_direct`` NCHW does not pack the weight ahead (it reads it as given, tasks
+    also split by row tiles): the same sums, so bitwise the result of the packed kernel, in both dtypes, on one thread
+    or all; both match the oracle (NCHW panels whose pixels are four runs of input columns, a quarter panel each, are
+    stored as four runs). NHWC (always packed) is checked against the oracle too."""
+    problem = PANEL_RUN_ROWS.get(name) or (RANK_CASES[name] if name in RANK_CASES else CASES[name])[0]
     row = blocking.blocking()
     packed = dataclasses.replace(row, nonoverlap_pack_min_pixels=0)
-    unpacked = dataclasses.replace(row, nonoverlap_pack_min_pixels=2**62, items_per_thread=1)
+    unpacked = dataclasses.replace(row, nonoverlap_pack_min_pixels=2**62, nonoverlap_unpacked_max_in=2**62)
     for dtype in (np.float64, np.float32):
         x, weight, bias = problem.with_(dtype=dtype).random_arrays(8)
         for p, xl in ((problem.with_(dtype=dtype), x), _channels_last(problem.with_(dtype=dtype), x)):

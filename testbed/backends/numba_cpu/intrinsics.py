@@ -210,18 +210,20 @@ def fma_panel_out(
 
 @intrinsic
 def fma_panel_pairs_out(
-    typingctx, y, y_starts, gap, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes
+    typingctx, y, y_starts, quarters, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes
 ):
     """:func:`fma_panel` for pairs of rows whose lanes interleave in the output (NCHW, kernel width 2: the
     columns ``2j`` and ``2j + 1`` of an output row): with ``s_p = Σ_{k < count} x.flat[x_starts[p] + k·x_step] ·
     weights.flat[w_start + k·w_step + l]`` (from +0.0, ``k`` ascending, one FMA per product) and pair ``q`` being
-    the rows ``2q, 2q + 1``: ``y.flat[y_starts[q] + 2l] = s_2q[l] + bias[bias_at[q]]`` and
-    ``y.flat[y_starts[q] + 2l + 1] = s_2q+1[l] + bias[bias_at[q]]`` for the first ``L/2`` lanes, the other half
-    ``gap`` elements further on: two stores of ``L`` interleaved values (one run of ``2L`` when ``gap`` is 0; else
-    the panel's pixels are two runs of input columns, each half of them, whose outputs start ``L + gap`` apart)."""
+    the rows ``2q, 2q + 1``, the ``2L`` interleaved values ``s_2q[0] + b, s_2q+1[0] + b, s_2q[1] + b, …`` (``b =
+    bias[bias_at[q]]``) stored as four runs of ``L/2`` (one vector register each), run ``r`` at ``y.flat[y_starts[q]
+    + quarters[r]]``: one run of ``2L`` when ``quarters`` is ``(0, L/2, L, 3L/2)``; else the panel's pixels are four
+    runs of input columns, a quarter of them each, whose outputs lie apart (rows of 4, 8 or 28 pixels)."""
     if not (
         _panel_types_ok((y, bias, weights, x), (y_starts, bias_at, x_starts), y.dtype, panel_bytes)
-        and isinstance(gap, types.Integer)
+        and isinstance(quarters, types.UniTuple)
+        and quarters.count == 4
+        and isinstance(quarters.dtype, types.Integer)
         and x_starts.count == 2 * y_starts.count == 2 * bias_at.count
     ):
         return None
@@ -250,24 +252,26 @@ def fma_panel_pairs_out(
             ir.VectorType(ir.IntType(32), 2 * lanes), [lane // 2 + (lane % 2) * lanes for lane in range(2 * lanes)]
         )
         splat = ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes), [0] * (2 * lanes))
-        halves = [
-            ir.Constant(ir.VectorType(ir.IntType(32), lanes), list(range(h * lanes, (h + 1) * lanes))) for h in (0, 1)
-        ]
+        run = lanes // 2
+        runs = [ir.Constant(ir.VectorType(ir.IntType(32), run), list(range(r * run, (r + 1) * run))) for r in range(4)]
+        quarter = ir.VectorType(vector.element, run)
         undefined = ir.Constant(pair, ir.Undefined)
-        second = builder.add(a.index(2), context.get_constant(types.intp, lanes))
+        starts = a.indices(2)
         for q, (offset, at) in enumerate(zip(a.indices(1), a.indices(4))):
             value = builder.load(builder.gep(a.data(3), [at]))
             addend = builder.shuffle_vector(
                 builder.insert_element(undefined, value, ir.Constant(ir.IntType(32), 0)), undefined, splat
             )
             both = builder.fadd(builder.shuffle_vector(sums[2 * q], sums[2 * q + 1], interleave), addend)
-            for half, start in zip(halves, (offset, builder.add(offset, second))):
-                target = builder.bitcast(builder.gep(a.data(0), [start]), vector.as_pointer())
-                builder.store(builder.shuffle_vector(both, undefined, half), target, align=width)
+            for lanes_of_run, start in zip(runs, starts):
+                target = builder.bitcast(builder.gep(a.data(0), [builder.add(offset, start)]), quarter.as_pointer())
+                builder.store(builder.shuffle_vector(both, undefined, lanes_of_run), target, align=width)
         return context.get_dummy_value()
 
     return (
-        types.none(y, y_starts, gap, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes),
+        types.none(
+            y, y_starts, quarters, bias, bias_at, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes
+        ),
         codegen,
     )
 

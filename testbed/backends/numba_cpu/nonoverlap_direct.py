@@ -18,13 +18,20 @@ pixels ``p`` running over ``(d, h, w)`` and each output addressed through ``(d·
 2-D problem is the depth-1 case (its arrays handed over as views with a depth axis of 1), so one compiled kernel
 per layout and dtype serves both ranks, and a 2-D result is bitwise what it was.
 
-Few input pixels (N·D·H·W below ``nonoverlap_pack_min_pixels``: unet3d1, 320→320 @4³ batch 2, has 128 against a
-3.3 MB weight) make packing the whole weight ahead a third of the call: NCHW then broadcasts from the weight as given
-(a tile's MR rows are adjacent in each input channel's row; only each group's last, partial tile is packed, by the
-wrapper) and splits tasks by row tiles as well, so that both threads have work; NHWC packs each vector's panels in the
-task that then runs them on every pixel, while they are in cache. The same sums in the same order: bitwise the packed
-kernels' result. In one process (``run_path``, 2 threads, 150 calls each, min ms, AMD EPYC Zen 3, idle): unet3d1 NCDHW
-2.1 → 1.6-1.7 (bare GEMM 1.3), NDHWC 1.9 → 1.6 (1.2)."""
+NCHW with few input pixels and input channels (N·D·H·W below ``nonoverlap_pack_min_pixels``, C_in/G at most
+``nonoverlap_unpacked_max_in``: unet3d1, 320→320 @4³ batch 2, has 128 pixels against a 3.3 MB weight): packing the
+whole weight ahead is then a good part of the call, so the kernel broadcasts from the weight as given (a tile's MR rows
+are adjacent in each input channel's row, and its C_in/G lines stay in L1; only each group's last, partial tile is
+packed, by the wrapper); tasks are split by row tiles as well wherever there are fewer than a few per thread. The same
+sums in the same order: bitwise the packed kernel's result. Interleaved in one process (``run_path``, 2 threads, 40
+rounds, min ms, AMD EPYC Zen 3, idle; packed / as given): 256→256 @4³ N2 1.32 / 1.19, 320→320 @4³ N2 2.17 / 1.83, but
+512→512 @4³ N2 4.85 / 5.67, 320→320 @28² 4.86 / 5.29, 1024→512 @28² 21.4 / 44.0 (64 KB of weight lines per tile).
+(NHWC packed a vector's panels inside the task that used them on every pixel: no difference measured, not kept.)
+
+A pair of rows' outputs is stored from registers as four runs of a quarter panel each (:func:`.intrinsics
+.fma_panel_pairs_out`) wherever each quarter of the panel's pixels lies in one input row: every panel when the rows
+are a multiple of a quarter panel (4 float32 pixels on AVX2: unet3d's 4³ and 8³, U-Net's 28² and 52²); other panels
+are staged through the stack tile."""
 
 import functools
 import math
@@ -83,9 +90,7 @@ def nhwc_kernel(shape):
     PANEL, PANEL_BYTES, _, _, MAX_TAPS, MAX_PIXELS = shape
     NHWC_TILE = MAX_TAPS * PANEL * (PANEL_BYTES // 4)  # a panel's products for every tap
 
-    def _nonoverlap_tiles(
-        pixels, weight, packed, bias, y, pad_d, pad_h, pad_w, block_pixels, workers, ahead_rows, fused
-    ):
+    def _nonoverlap_tiles(pixels, weight, packed, bias, y, pad_d, pad_h, pad_w, block_pixels, workers, ahead_rows):
         """``nonoverlap_direct`` in NHWC: ``y[n, i·kH + a - p_h, j·kW + b - p_w, co] = Σ_ci pixels[n, i, j, ci] ·
         W[ci, co, a, b] + bias[co]`` (stride == kernel: each output has exactly one tap) as a GEMM whose register
         tiles are written straight to their outputs, with no product buffer and no second pass. ``packed`` receives
@@ -110,8 +115,7 @@ def nhwc_kernel(shape):
         blocks = (area - 1) // block_pixels + 1
         panels = groups * vectors  # the first tasks: one vector's panels each
         ready = np.zeros(panels, np.int64)
-        tasks = panels if fused else panels + batch * groups * blocks * vectors
-        counter = np.zeros(1, np.int64)
+        tasks, counter = panels + batch * groups * blocks * vectors, np.zeros(1, np.int64)
         zero = np.zeros(1, dtype=y.dtype)[0]
         direct_out = pad_d == 0 and pad_h == 0 and pad_w == 0  # every tap's output exists
         for _worker in prange(workers):  # one worker per thread, tasks handed out in turn
@@ -119,148 +123,142 @@ def nhwc_kernel(shape):
             outputs = carray(stack_tile(np.int64(0), MAX_PIXELS), (MAX_PIXELS,))
             task = next_task(counter)
             while task < tasks:
-                if fused:  # few pixels: a task packs one vector's panels and runs them on every pixel while in cache
-                    g, v = task // vectors, task % vectors
-                    pack_panel(weight, packed, g, v, ahead_rows)
-                    first, items = 0, batch * blocks
-                else:
-                    if task < panels:
-                        pack_panel(weight, packed, task // vectors, task % vectors, ahead_rows)
-                        mark_done(ready, task)
-                        task = next_task(counter)
-                        continue
-                    item = task - panels
-                    v = item % vectors  # vectors innermost: neighbours share the inputs
-                    g = (item // (vectors * blocks)) % groups
-                    first, items = (item // (vectors * blocks * groups)) * blocks + (item // vectors) % blocks, 1
-                    wait_done(ready, g * vectors + v)
-                for image_block in range(first, first + items):
-                    n, block = image_block // blocks, image_block % blocks
-                    c0 = g * per_group_out + v * lanes
-                    written = min(lanes, per_group_out - v * lanes)
-                    w0 = (g * vectors + v) * taps * per_group_in * lanes
-                    p_lo, p_hi = block * block_pixels, min(area, (block + 1) * block_pixels)
-                    whole = p_lo
-                    if direct_out and written == lanes:
-                        # the U-Net case: each tap's MR × L products go straight to their channels-last outputs, tap by
-                        # tap, so that one tap's weight panel and the block's inputs are what L2 holds
-                        whole = p_lo + (p_hi - p_lo) // PANEL * PANEL
-                        for p in range(p_lo, whole):  # where input pixel p = (d, i, j)'s block of outputs starts
-                            d = p // plane
-                            i = (p - d * plane) // in_w
-                            j = p - d * plane - i * in_w
-                            corner = ((n * out_d + d * k_d) * out_h + i * k_h) * out_w + j * k_w
-                            outputs[p - p_lo] = corner * out_channels + c0
+                if task < panels:
+                    pack_panel(weight, packed, task // vectors, task % vectors, ahead_rows)
+                    mark_done(ready, task)
+                    task = next_task(counter)
+                    continue
+                item = task - panels
+                v = item % vectors  # vectors innermost: neighbours share the inputs
+                block = (item // vectors) % blocks
+                g = (item // (vectors * blocks)) % groups
+                n = item // (vectors * blocks * groups)
+                wait_done(ready, g * vectors + v)
+                c0 = g * per_group_out + v * lanes
+                written = min(lanes, per_group_out - v * lanes)
+                w0 = (g * vectors + v) * taps * per_group_in * lanes
+                p_lo, p_hi = block * block_pixels, min(area, (block + 1) * block_pixels)
+                whole = p_lo
+                if direct_out and written == lanes:
+                    # the U-Net case: each tap's MR × L products go straight to their channels-last outputs, tap by
+                    # tap, so that one tap's weight panel and the block's inputs are what L2 holds
+                    whole = p_lo + (p_hi - p_lo) // PANEL * PANEL
+                    for p in range(p_lo, whole):  # where input pixel p = (d, i, j)'s block of outputs starts
+                        d = p // plane
+                        i = (p - d * plane) // in_w
+                        j = p - d * plane - i * in_w
+                        corner = ((n * out_d + d * k_d) * out_h + i * k_h) * out_w + j * k_w
+                        outputs[p - p_lo] = corner * out_channels + c0
+                    for tap in range(taps):
+                        a_d, a, b = tap // (k_h * k_w), (tap // k_w) % k_h, tap % k_w
+                        w = w0 + tap * per_group_in * lanes
+                        shift = ((a_d * out_h + a) * out_w + b) * out_channels
+                        for p0 in range(p_lo, whole, PANEL):
+                            o, x0 = p0 - p_lo, (n * area + p0) * in_channels + g * per_group_in
+                            fma_panel_out(
+                                y,
+                                offsets_from(outputs, o, shift, PANEL),
+                                bias,
+                                c0,
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0, in_channels, PANEL),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
+                for p0 in range(whole, p_hi, PANEL):
+                    count = min(PANEL, p_hi - p0)
+                    for e in range(taps * PANEL * lanes):
+                        acc[e] = zero
+                    x0 = (n * area + p0) * in_channels + g * per_group_in
+                    for tap in range(taps):
+                        w, a0 = w0 + tap * per_group_in * lanes, tap * PANEL * lanes
+                        if count == PANEL:
+                            fma_panel(
+                                acc,
+                                strided(a0, lanes, PANEL),
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0, in_channels, PANEL),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
+                            continue
+                        t = 0
+                        if PANEL > 8 and count - t >= 8:
+                            fma_panel(
+                                acc,
+                                strided(a0 + lanes * t, lanes, 8),
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0 + in_channels * t, in_channels, 8),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
+                            t += 8
+                        if PANEL > 4 and count - t >= 4:
+                            fma_panel(
+                                acc,
+                                strided(a0 + lanes * t, lanes, 4),
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0 + in_channels * t, in_channels, 4),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
+                            t += 4
+                        if PANEL > 2 and count - t >= 2:
+                            fma_panel(
+                                acc,
+                                strided(a0 + lanes * t, lanes, 2),
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0 + in_channels * t, in_channels, 2),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
+                            t += 2
+                        if count - t >= 1:
+                            fma_panel(
+                                acc,
+                                strided(a0 + lanes * t, lanes, 1),
+                                packed,
+                                w,
+                                lanes,
+                                pixels,
+                                strided(x0 + in_channels * t, in_channels, 1),
+                                1,
+                                per_group_in,
+                                PANEL_BYTES,
+                            )
+                    for t in range(count):
+                        d = (p0 + t) // plane
+                        i = (p0 + t - d * plane) // in_w
+                        j = p0 + t - d * plane - i * in_w
                         for tap in range(taps):
-                            a_d, a, b = tap // (k_h * k_w), (tap // k_w) % k_h, tap % k_w
-                            w = w0 + tap * per_group_in * lanes
-                            shift = ((a_d * out_h + a) * out_w + b) * out_channels
-                            for p0 in range(p_lo, whole, PANEL):
-                                o, x0 = p0 - p_lo, (n * area + p0) * in_channels + g * per_group_in
-                                fma_panel_out(
-                                    y,
-                                    offsets_from(outputs, o, shift, PANEL),
-                                    bias,
-                                    c0,
-                                    packed,
-                                    w,
-                                    lanes,
-                                    pixels,
-                                    strided(x0, in_channels, PANEL),
-                                    1,
-                                    per_group_in,
-                                    PANEL_BYTES,
-                                )
-                    for p0 in range(whole, p_hi, PANEL):
-                        count = min(PANEL, p_hi - p0)
-                        for e in range(taps * PANEL * lanes):
-                            acc[e] = zero
-                        x0 = (n * area + p0) * in_channels + g * per_group_in
-                        for tap in range(taps):
-                            w, a0 = w0 + tap * per_group_in * lanes, tap * PANEL * lanes
-                            if count == PANEL:
-                                fma_panel(
-                                    acc,
-                                    strided(a0, lanes, PANEL),
-                                    packed,
-                                    w,
-                                    lanes,
-                                    pixels,
-                                    strided(x0, in_channels, PANEL),
-                                    1,
-                                    per_group_in,
-                                    PANEL_BYTES,
-                                )
+                            od = d * k_d + tap // (k_h * k_w) - pad_d
+                            oh = i * k_h + (tap // k_w) % k_h - pad_h
+                            ow = j * k_w + tap % k_w - pad_w
+                            if od < 0 or od >= out_d or oh < 0 or oh >= out_h or ow < 0 or ow >= out_w:
                                 continue
-                            t = 0
-                            if PANEL > 8 and count - t >= 8:
-                                fma_panel(
-                                    acc,
-                                    strided(a0 + lanes * t, lanes, 8),
-                                    packed,
-                                    w,
-                                    lanes,
-                                    pixels,
-                                    strided(x0 + in_channels * t, in_channels, 8),
-                                    1,
-                                    per_group_in,
-                                    PANEL_BYTES,
-                                )
-                                t += 8
-                            if PANEL > 4 and count - t >= 4:
-                                fma_panel(
-                                    acc,
-                                    strided(a0 + lanes * t, lanes, 4),
-                                    packed,
-                                    w,
-                                    lanes,
-                                    pixels,
-                                    strided(x0 + in_channels * t, in_channels, 4),
-                                    1,
-                                    per_group_in,
-                                    PANEL_BYTES,
-                                )
-                                t += 4
-                            if PANEL > 2 and count - t >= 2:
-                                fma_panel(
-                                    acc,
-                                    strided(a0 + lanes * t, lanes, 2),
-                                    packed,
-                                    w,
-                                    lanes,
-                                    pixels,
-                                    strided(x0 + in_channels * t, in_channels, 2),
-                                    1,
-                                    per_group_in,
-                                    PANEL_BYTES,
-                                )
-                                t += 2
-                            if count - t >= 1:
-                                fma_panel(
-                                    acc,
-                                    strided(a0 + lanes * t, lanes, 1),
-                                    packed,
-                                    w,
-                                    lanes,
-                                    pixels,
-                                    strided(x0 + in_channels * t, in_channels, 1),
-                                    1,
-                                    per_group_in,
-                                    PANEL_BYTES,
-                                )
-                        for t in range(count):
-                            d = (p0 + t) // plane
-                            i = (p0 + t - d * plane) // in_w
-                            j = p0 + t - d * plane - i * in_w
-                            for tap in range(taps):
-                                od = d * k_d + tap // (k_h * k_w) - pad_d
-                                oh = i * k_h + (tap // k_w) % k_h - pad_h
-                                ow = j * k_w + tap % k_w - pad_w
-                                if od < 0 or od >= out_d or oh < 0 or oh >= out_h or ow < 0 or ow >= out_w:
-                                    continue
-                                src, line = (tap * PANEL + t) * lanes, y[n, od, oh, ow]
-                                for lane in range(written):
-                                    line[c0 + lane] = acc[src + lane] + bias[c0 + lane]
+                            src, line = (tap * PANEL + t) * lanes, y[n, od, oh, ow]
+                            for lane in range(written):
+                                line[c0 + lane] = acc[src + lane] + bias[c0 + lane]
                 task = next_task(counter)
 
     return parallel_kernel(_nonoverlap_tiles)
@@ -326,12 +324,12 @@ def nchw_kernel(shape):
             acc = carray(stack_tile(zero, NCHW_TILE), (NCHW_TILE,))
             pair_y = carray(stack_tile(np.int64(0), HALF), (HALF,))
             pair_c = carray(stack_tile(np.int64(0), HALF), (HALF,))
-            # where each panel's pairs start past its tile's rows (-1: its pixels are not two runs of half a panel,
-            # each in one input row, or it ends past the block), and each pixel's (a block is at most MAX_PIXELS
-            # rounded up to a panel vector)
+            # where each panel's pairs start past its tile's rows (-1: its pixels are not four runs of a quarter
+            # panel, each in one input row, or it ends past the block), and each pixel's (a block is at most
+            # MAX_PIXELS rounded up to a panel vector)
             panel_at = carray(stack_tile(np.int64(0), MAX_BLOCK), (MAX_BLOCK,))
             pixel_at = carray(stack_tile(np.int64(0), MAX_BLOCK), (MAX_BLOCK,))
-            panel_gap = carray(stack_tile(np.int64(0), MAX_BLOCK), (MAX_BLOCK,))  # outputs between its two runs
+            quarter_at = carray(stack_tile(np.int64(0), MAX_BLOCK), (MAX_BLOCK,))  # a panel's four runs, from its first
             buffer = panels[worker]
             task = next_task(counter)
             while task < tasks:
@@ -369,18 +367,17 @@ def nchw_kernel(shape):
                         line = (p_lo + t) // in_w  # input row (d, i), of in_d·in_h
                         j = p_lo + t - line * in_w
                         pixel_at[t] = (line // in_h * k_d * out_h + line % in_h * k_h) * out_w + 2 * j
-                    half = lanes // 2
+                    run = lanes // 4
                     for q in range(count):
                         p0, t = p_lo + q * lanes, q * lanes
-                        first, middle = pixel_at[t], pixel_at[t + half] if t + half < p_hi - p_lo else 0
-                        # each half of the panel in one input row (the pixels' outputs 2 apart each): two runs
-                        runs = (
-                            p0 + lanes <= p_hi
-                            and pixel_at[t + half - 1] - first == 2 * (half - 1)
-                            and pixel_at[t + lanes - 1] - middle == 2 * (half - 1)
-                        )
-                        panel_at[q] = first if runs else -1
-                        panel_gap[q] = middle - first - lanes
+                        # each quarter of the panel in one input row (its pixels' outputs 2 apart each)
+                        runs = p0 + lanes <= p_hi
+                        for r in range(4):
+                            if runs:
+                                start = pixel_at[t + r * run]
+                                runs = pixel_at[t + r * run + run - 1] - start == 2 * (run - 1)
+                                quarter_at[4 * q + r] = start - pixel_at[t]
+                        panel_at[q] = pixel_at[t] if runs else -1
                 for tile in range(part * tiles // tile_parts, (part + 1) * tiles // tile_parts):
                     r0 = tile * PANEL
                     if packs:
@@ -408,7 +405,7 @@ def nchw_kernel(shape):
                             fma_panel_pairs_out(
                                 y,
                                 offsets_from(pair_y, 0, panel_at[q], HALF),
-                                panel_gap[q],
+                                offsets_from(quarter_at, 4 * q, 0, 4),
                                 bias,
                                 offsets_from(pair_c, 0, 0, HALF),
                                 buffer,
@@ -426,7 +423,7 @@ def nchw_kernel(shape):
                             fma_panel_pairs_out(
                                 acc,
                                 strided(0, 2 * lanes, HALF),
-                                0,
+                                strided(0, lanes // 2, 4),
                                 bias,
                                 offsets_from(pair_c, 0, 0, HALF),
                                 buffer,
@@ -529,10 +526,7 @@ def run(x, weight, bias, problem, out=None, *, blocking):
     weight = weight.reshape(weight.shape[:2] + (1,) * (3 - problem.rank) + weight.shape[2:])
     x, y_3d = _as_3d(x, problem), _as_3d(y, problem)
     threads = numba.get_num_threads()
-    few_pixels = problem.batch * math.prod(problem.in_size) < blocking.nonoverlap_pack_min_pixels
     if problem.channels_last:
-        lanes = blocking.lanes(problem.dtype.itemsize)
-        vectors = problem.groups * -(-problem.out_per_group // lanes)
         nhwc_kernel(shape)(
             x,
             weight,
@@ -543,13 +537,15 @@ def run(x, weight, bias, problem, out=None, *, blocking):
             block_pixels(problem, blocking),
             threads,
             blocking.pack_prefetch_rows,
-            few_pixels and vectors >= threads * blocking.items_per_thread,
         )
         return y
     lanes = blocking.lanes(problem.dtype.itemsize)
     block = -(-block_pixels(problem, blocking) // lanes) * lanes
     panels = workspace.scratch("numba_cpu.pixel_panels", (threads, block * problem.in_per_group), problem.dtype)
-    packs = not few_pixels
+    packs = (
+        problem.batch * math.prod(problem.in_size) >= blocking.nonoverlap_pack_min_pixels
+        or problem.in_per_group > blocking.nonoverlap_unpacked_max_in
+    )
     rows = row_weight(problem, blocking) if packs else last_row_tile(weight, problem, blocking)
     # few tasks (few pixels): each also split by row tiles, so that every thread has some
     tasks = problem.batch * problem.groups * -(-math.prod(problem.in_size) // block)
