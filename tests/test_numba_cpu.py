@@ -3,6 +3,7 @@ float32) and with ``torch`` (float32); results are bitwise repeatable; NaN/inf f
 the wrapper copes with non-contiguous input. Also ``auto``'s rule. The registry-wide parity suite covers the rest."""
 
 import dataclasses
+import math
 
 import numba
 import numpy as np
@@ -674,3 +675,28 @@ def test_nonoverlap_direct_weight_packed_or_not_bitwise(name):
                 finally:
                     numba.set_num_threads(previous)
                 assert np.array_equal(y, expected), (dtype, p.layout, threads)
+
+
+@numba.njit
+def _pack_every_vector(weight, packed):
+    for g in range(packed.shape[0]):
+        for v in range(packed.shape[1]):
+            numba_cpu.packing.pack_panel(weight, packed, g, v, 4)
+
+
+@pytest.mark.parametrize("lanes", [8, 16, 32])
+@pytest.mark.parametrize("kernel", [(1, 2, 2), (2, 2, 2), (1, 1, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pack_panel_is_the_panel_layout(kernel, lanes, dtype):
+    """``pack_panel`` (its in-register transposes for 4 and 8 taps of a whole vector of 8, 16 or 32 lanes, the
+    element loop otherwise) writes ``packed[g, v, tap, ci, l] = W[g·Ci_g + ci, v·L + l, tap]``, zero past the group's
+    output channels: checked against NumPy with two groups and a partial last vector."""
+    groups, per_group_in, per_group_out = 2, 3, 2 * lanes + 5
+    weight = np.random.default_rng(3).standard_normal((groups * per_group_in, per_group_out, *kernel)).astype(dtype)
+    vectors, taps = -(-per_group_out // lanes), math.prod(kernel)
+    packed = np.full((groups, vectors, kernel[0] * kernel[1], kernel[2], per_group_in, lanes), np.nan, dtype)
+    _pack_every_vector(weight, packed)
+    padded = np.zeros((groups, per_group_in, vectors * lanes, taps), dtype)
+    padded[:, :, :per_group_out] = weight.reshape(groups, per_group_in, per_group_out, taps)
+    expected = padded.reshape(groups, per_group_in, vectors, lanes, taps).transpose(0, 2, 4, 1, 3)
+    assert np.array_equal(packed.reshape(expected.shape), expected)

@@ -13,7 +13,16 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["fma_panel", "fma_panel_out", "fma_panel_pairs_out", "offsets_from", "prefetch", "stack_tile", "strided"]
+__all__ = [
+    "fma_panel",
+    "fma_panel_out",
+    "fma_panel_pairs_out",
+    "offsets_from",
+    "prefetch",
+    "stack_tile",
+    "strided",
+    "transpose_runs",
+]
 
 
 @intrinsic
@@ -119,6 +128,47 @@ def prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return types.none(array, index), codegen
+
+
+@intrinsic
+def transpose_runs(typingctx, source, start, target, target_start, target_step, rows, cols):
+    """``target.flat[target_start + c·target_step + r] = source.flat[start + r·cols + c]`` for ``r < rows``, ``c <
+    cols`` (both literals): a ``rows × cols`` block transposed into ``cols`` runs of ``rows``, as one vector load,
+    ``cols`` shuffles and ``cols`` vector stores (LLVM lowers the shuffles to the target's permutes), where scalar
+    code would issue a load and a store per element. ``nonoverlap_direct``'s NHWC weight panels: a row of lanes ×
+    taps split into one run per tap. Arrays C-contiguous, of one dtype; indices in bounds (not checked)."""
+    if not (
+        isinstance(source, types.Array)
+        and isinstance(target, types.Array)
+        and source.layout == target.layout == "C"
+        and source.dtype == target.dtype
+        and isinstance(source.dtype, types.Float)
+        and isinstance(rows, types.IntegerLiteral)
+        and isinstance(cols, types.IntegerLiteral)
+        and all(isinstance(t, types.Integer) for t in (start, target_start, target_step))
+    ):
+        return None
+    count_r, count_c = rows.literal_value, cols.literal_value
+
+    def codegen(context, builder, signature, args):
+        a = _Args(context, builder, signature, args)
+        element = context.get_value_type(source.dtype)
+        width = source.dtype.bitwidth // 8
+        block = ir.VectorType(element, count_r * count_c)
+        run = ir.VectorType(element, count_r)
+        values = builder.load(_vector_at(builder, block, a.data(0), a.index(1)), align=width)
+        undefined = ir.Constant(block, ir.Undefined)
+        for c in range(count_c):
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), count_r), [r * count_c + c for r in range(count_r)])
+            offset = builder.add(a.index(3), builder.mul(a.index(4), context.get_constant(types.intp, c)))
+            builder.store(
+                builder.shuffle_vector(values, undefined, mask),
+                _vector_at(builder, run, a.data(2), offset),
+                align=width,
+            )
+        return context.get_dummy_value()
+
+    return types.none(source, start, target, target_start, target_step, rows, cols), codegen
 
 
 @intrinsic
