@@ -329,8 +329,9 @@ def test_auto_runs_every_tiny_case():
 @pytest.mark.parametrize("name", ["k4s2p1", "k3s2p1op1_asym", "stride1_dilation"])
 def test_gemm_col2im_blocks_of_channels(name):
     """Its tasks' column blocks depend on the problem only: the same bits on one thread and on all; blocks of one
-    channel (the smallest ``block_bytes``) give the same result to rounding (BLAS may block a narrower GEMM
-    differently), and every block fits the row's ``block_bytes`` where one channel's columns do."""
+    channel (the smallest ``block_bytes``), and one GEMM per image instead of the images side by side, give the same
+    result to rounding (BLAS may block a narrower GEMM differently); every block fits the row's ``block_bytes``
+    where one channel's columns do."""
     problem = CASES[name][0].with_(batch=3, groups=2, in_channels=8, out_channels=8)
     x, weight, bias = problem.random_arrays(8)
     row = blocking.blocking()
@@ -345,6 +346,10 @@ def test_gemm_col2im_blocks_of_channels(name):
     tiny = dataclasses.replace(row, block_bytes=1)
     assert gemm_col2im.block_channels(problem, tiny) == 1
     assert_close(numba_cpu.run_path("gemm_col2im", x, weight, bias, problem, blocking=tiny), whole)
+    # small images side by side in one GEMM (the default here) or one GEMM per image
+    one_by_one = dataclasses.replace(row, gemm_side_by_side_pixels=0)
+    assert gemm_col2im.side_by_side(problem, row) and not gemm_col2im.side_by_side(problem, one_by_one)
+    assert_close(numba_cpu.run_path("gemm_col2im", x, weight, bias, problem, blocking=one_by_one), whole)
     per_channel = gemm_col2im.column_bytes_per_image(problem) // problem.out_channels
     assert gemm_col2im.block_channels(problem, row) * per_channel <= row.block_bytes
 

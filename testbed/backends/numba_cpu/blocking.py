@@ -130,6 +130,8 @@ class Blocking:
     blocked_min_out_per_group: int = 16
     #: ... or with at least this many input channels per group (``gemm_col2im``).
     gemm_min_in_per_group: int = 256
+    #: ``gemm_col2im`` puts a batch's images side by side in one GEMM below this many pixels per image.
+    gemm_side_by_side_pixels: int = 1024
 
     def __post_init__(self):
         if self.isa not in _isa.ISA_ROWS:

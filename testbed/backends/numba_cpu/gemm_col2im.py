@@ -28,7 +28,7 @@ from .._runtime import parallel_kernel
 from ._common import bias_or_zeros
 from .tasks import next_task
 
-__all__ = ["block_channels", "column_bytes_per_image", "fits_blas", "run"]
+__all__ = ["block_channels", "column_bytes_per_image", "fits_blas", "run", "side_by_side"]
 
 #: A call is cut into at least this many tasks where its channels allow (a slow thread then takes fewer of them);
 #: a constant, not the thread count, so that the blocks, and the bits of the result, are the same on any thread count.
@@ -36,17 +36,21 @@ MIN_TASKS = 8
 
 
 @parallel_kernel
-def _gemm_col2im(x, weight, bias, y, blocks, co_block, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
-    """``y[n, c, oh, ow] = Σ columns[(c, kh, kw), (ih, iw)] + bias[c]`` over the taps with ``oh = ih·s_h - p_h +
-    kh·d_h``, ``ow = iw·s_w - p_w + kw·d_w``, added in (kh, kw) order from +0.0, the columns of image ``n`` and
-    ``co_block`` output channels computed per task by one single-threaded BLAS call into the worker's buffer
-    ``blocks[worker]``. Tasks ``(n, group, block of output channels)`` are handed out one at a time
-    (:mod:`.tasks`); a task owns its channels' output planes of its image."""
-    batch, in_channels, in_h, in_w = x.shape
+def _gemm_col2im(
+    pixels, in_h, in_w, weight, bias, y, blocks, co_block, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups
+):
+    """``y[n, c, oh, ow] = Σ columns[(c, kh, kw), (n, ih, iw)] + bias[c]`` over the taps with ``oh = ih·s_h - p_h +
+    kh·d_h``, ``ow = iw·s_w - p_w + kw·d_w``, added in (kh, kw) order from +0.0, the columns of ``co_block`` output
+    channels computed per task by one single-threaded BLAS call into the worker's buffer ``blocks[worker]``.
+    ``pixels`` is the input as ``(B, C_in, images·H·W)``: the NCHW input itself (``B = N``, one image per GEMM) or,
+    for small images, all images side by side (``B = 1``: one GEMM wide enough for BLAS). Tasks ``(b, group, block
+    of output channels)`` are handed out one at a time (:mod:`.tasks`); a task owns its channels' output planes of
+    its images."""
+    batch, in_channels, columns_per_gemm = pixels.shape
+    images = y.shape[0] // batch
     out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     k_h, k_w = weight.shape[2], weight.shape[3]
-    per_group_in, per_group_out, taps, pixels = in_channels // groups, out_channels // groups, k_h * k_w, in_h * in_w
-    flat_x = x.reshape((batch, in_channels, pixels))
+    per_group_in, per_group_out, taps = in_channels // groups, out_channels // groups, k_h * k_w
     flat_w = weight.reshape((in_channels, per_group_out * taps))
     co_blocks = (per_group_out - 1) // co_block + 1
     # acc[b, j] holds output column b + s_w·j, so each tap adds one unit-stride run. A phase b that holds an output
@@ -59,36 +63,40 @@ def _gemm_col2im(x, weight, bias, y, blocks, co_block, stride_h, stride_w, pad_h
         while task < tasks:
             cb = task % co_blocks
             g = (task // co_blocks) % groups
-            n = task // (co_blocks * groups)
+            first = task // (co_blocks * groups) * images  # the task's first image
             c0, c1 = cb * co_block, min(per_group_out, (cb + 1) * co_block)
             ci0, ci1 = g * per_group_in, (g + 1) * per_group_in
-            products = blocks[worker, : (c1 - c0) * taps * pixels].reshape(((c1 - c0) * taps, pixels))
-            gemm(flat_w[ci0:ci1, c0 * taps : c1 * taps], flat_x[n, ci0:ci1], products, True, False)
-            columns = products.reshape((c1 - c0, k_h, k_w, in_h, in_w))
+            products = blocks[worker, : (c1 - c0) * taps * columns_per_gemm].reshape(
+                ((c1 - c0) * taps, columns_per_gemm)
+            )
+            gemm(flat_w[ci0:ci1, c0 * taps : c1 * taps], pixels[first // images, ci0:ci1], products, True, False)
+            columns = products.reshape((c1 - c0, k_h, k_w, images, in_h, in_w))
             for c in range(c0, c1):
                 co = g * per_group_out + c
-                for oh in range(out_h):
-                    acc[:] = 0.0
-                    for kh in range(k_h):
-                        shift = oh + pad_h - kh * dil_h
-                        if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
-                            continue
-                        ih = shift // stride_h
-                        for kw in range(k_w):
-                            start = kw * dil_w - pad_w  # ow of input column 0
-                            iw_lo = max(0, -(start // stride_w))  # first iw with ow >= 0
-                            iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
-                            if iw_hi <= iw_lo:
+                for image in range(images):
+                    n = first + image
+                    for oh in range(out_h):
+                        acc[:] = 0.0
+                        for kh in range(k_h):
+                            shift = oh + pad_h - kh * dil_h
+                            if shift < 0 or shift % stride_h != 0 or shift // stride_h >= in_h:
                                 continue
-                            skip = start // stride_w  # ow = b + s·(iw + skip)
-                            dst = acc[start % stride_w, iw_lo + skip : iw_hi + skip]
-                            run = columns[c - c0, kh, kw, ih, iw_lo:iw_hi]
-                            for i in range(iw_hi - iw_lo):
-                                dst[i] += run[i]
-                    line, b_c = y[n, co, oh], bias[co]
-                    for b in range(phases):
-                        for j in range((out_w - 1 - b) // stride_w + 1):
-                            line[b + stride_w * j] = acc[b, j] + b_c
+                            ih = shift // stride_h
+                            for kw in range(k_w):
+                                start = kw * dil_w - pad_w  # ow of input column 0
+                                iw_lo = max(0, -(start // stride_w))  # first iw with ow >= 0
+                                iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
+                                if iw_hi <= iw_lo:
+                                    continue
+                                skip = start // stride_w  # ow = b + s·(iw + skip)
+                                dst = acc[start % stride_w, iw_lo + skip : iw_hi + skip]
+                                run = columns[c - c0, kh, kw, image, ih, iw_lo:iw_hi]
+                                for i in range(iw_hi - iw_lo):
+                                    dst[i] += run[i]
+                        line, b_c = y[n, co, oh], bias[co]
+                        for b in range(phases):
+                            for j in range((out_w - 1 - b) // stride_w + 1):
+                                line[b + stride_w * j] = acc[b, j] + b_c
             task = next_task(counter)
 
 
@@ -97,14 +105,23 @@ def column_bytes_per_image(problem):
     return problem.out_channels * math.prod(problem.kernel_size) * math.prod(problem.in_size) * problem.dtype.itemsize
 
 
+def side_by_side(problem, blocking):
+    """Whether the images go side by side into one GEMM (small images in a batch: one image's GEMM would be too narrow
+    for BLAS to run at speed), within the ``block_bytes`` of one output channel's columns."""
+    area = math.prod(problem.in_size)
+    per_channel = column_bytes_per_image(problem) // problem.out_channels * problem.batch
+    return problem.batch > 1 and area < blocking.gemm_side_by_side_pixels and per_channel <= blocking.block_bytes
+
+
 def block_channels(problem, blocking):
     """Output channels per task: the group's, cut so that a block's columns fit ``block_bytes`` (and the blocks of all
     of Numba's threads a ``workspace_limit``) and the call has at least :data:`MIN_TASKS` tasks where the channels
     allow; from the problem and the row only."""
-    per_channel = column_bytes_per_image(problem) // problem.out_channels
+    merged = side_by_side(problem, blocking)
+    per_channel = column_bytes_per_image(problem) // problem.out_channels * (problem.batch if merged else 1)
     budget = min(blocking.block_bytes, problem.workspace_limit // numba.config.NUMBA_NUM_THREADS)
     per_group_out = problem.out_per_group
-    images_and_groups = problem.batch * problem.groups
+    images_and_groups = (1 if merged else problem.batch) * problem.groups
     spread = -(-per_group_out // max(1, -(-MIN_TASKS // max(1, images_and_groups))))
     return max(1, min(per_group_out, spread, budget // max(1, per_channel)))
 
@@ -121,16 +138,22 @@ def run(x, weight, bias, problem, out=None, *, blocking):
             f"gemm_col2im: a GEMM size of {problem} exceeds BLAS's 32-bit integers ({INT32_MAX}); use blocked_direct"
         )
     y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
+    if problem.batch == 0:
+        return y
     bias = bias_or_zeros(bias, problem)
     channels = block_channels(problem, blocking)
-    taps, pixels = math.prod(problem.kernel_size), math.prod(problem.in_size)
+    taps, area = math.prod(problem.kernel_size), math.prod(problem.in_size)
+    pixels = np.ascontiguousarray(x).reshape(problem.batch, problem.in_channels, area)
+    if side_by_side(problem, blocking):  # (1, C_in, N·H·W): a copy of the (small) input
+        pixels = np.ascontiguousarray(pixels.transpose(1, 0, 2)).reshape(1, problem.in_channels, -1)
     # one worker (and buffer) per Numba thread, kept across calls
     blocks = workspace.scratch(
-        "numba_cpu.column_blocks", (numba.get_num_threads(), channels * taps * pixels), problem.dtype
+        "numba_cpu.column_blocks", (numba.get_num_threads(), channels * taps * pixels.shape[2]), problem.dtype
     )
     with single_threaded_blas():
         _gemm_col2im(
-            np.ascontiguousarray(x),
+            pixels,
+            *problem.in_size,
             np.ascontiguousarray(weight),
             bias,
             y,
