@@ -81,49 +81,46 @@ def choose_path(problem, blocking: Blocking | None = None) -> str:
     """The algorithm (one of :data:`PATHS`) ``numba_cpu`` runs for ``problem`` under ``blocking``'s thresholds
     (default: this process's row, :func:`.blocking.blocking`).
 
-    For overlapping taps, from ``python -m experiments.numba_cpu_paths [--threads 1]`` (median ms, float32, a
-    fresh process per cell; 2-core AMD EPYC (Zen 3, AVX2) shared with other jobs, load average 0.7-2 during the
-    single-thread run, 2-12 during the two-thread one):
+    For overlapping taps, from ``python -m experiments.numba_cpu_paths --rounds 2`` (two threads: median ms, float32,
+    2 rounds of fresh workers taking turns, 2026-12-06, 2-core AMD EPYC (Zen 3, AVX2), load average 1.0-1.4, with
+    ``gemm_col2im`` as it is now, GEMM and col2im in one Numba parallel region) and, for one thread, an earlier run of
+    ``--threads 1`` (load average 0.7-2):
 
     ============================  =========  ===========  ======  =========  ===========  ======
-    shape                         2 threads                       1 thread
+    shape                         2 threads                       1 thread (earlier run)
     ----------------------------  -------------------------------  -------------------------------
     (decoder suite + extras)      blocked    gemm_col2im  direct  blocked    gemm_col2im  direct
     ============================  =========  ===========  ======  =========  ===========  ======
-    k4s2p1 256→128 @32²           32         38           323     21         16           284
-    k3s2p1op1 128→64 @64²         24         32           116     13         9.3          76
-    k3s1p1 64→64 @64²             16         35           64      5.1        4.9          41
-    k3d2 64→64 @64² dilation 2    16         33           62      5.0        5.3          55
-    k4s2g8 256→256 g8 @32²        20         144          88      8.1        9.5          60
-    k5s3 64→32 @32²               16         36           33      2.2        2.4          23
-    k2s1 64→64 @32² N4            16         15           26      4.4        3.9          42
-    k7s1p3 32→32 @32² N2          16         8.3          35      4.6        18           65
-    k2s3 64→64 @32² (gaps)        16         16           22      5.5        2.5          21
-    dcgan_head 512→256 @8² N8     58         55           1590    36         31           1850
-    wide 1024→512 @4² N16         187        128          6900    150        74           7340
-    dcgan_rgb 64→3 @32² N8        16         27           16      6.3        1.2          11
-    thin8 8→8 @64² N2             16         24           7.9     1.1        0.98         2.0
-    g16 64→64 g16 @64²            24         256          2.6     9.3        4.5          5.1
-    depthwise 128 g128 @64²       67         41           8.0     44         23           4.4
+    k4s2p1 256→128 @32²           11.6       9.11         120     21         16           284
+    k3s2p1op1 128→64 @64²         7.98       6.09         39      13         9.3          76
+    k3s1p1 64→64 @64²             2.96       3.25         21      5.1        4.9          41
+    k3d2 64→64 @64² dilation 2    3.61       3.37         20      5.0        5.3          55
+    k4s2g8 256→256 g8 @32²        3.78       3.76         29      8.1        9.5          60
+    k5s3 64→32 @32²               1.34       1.36         11      2.2        2.4          23
+    k2s1 64→64 @32² N4            1.34       1.89         13      4.4        3.9          42
+    k7s1p3 32→32 @32² N2          1.54       2.56         20      4.6        18           65
+    k2s3 64→64 @32² (gaps)        1.70       1.42         7.8     5.5        2.5          21
+    dcgan_head 512→256 @8² N8     19         18.6         826     36         31           1850
+    wide 1024→512 @4² N16         47         33.7         3360    150        74           7340
+    dcgan_rgb 64→3 @32² N8        3.73       0.83         6.7     6.3        1.2          11
+    thin8 8→8 @64² N2             0.79       0.79         1.1     1.1        0.98         2.0
+    g16 64→64 g16 @64²            4.34       1.90         2.5     9.3        4.5          5.1
+    depthwise 128 g128 @64²       23         4.09         2.25    44         23           4.4
     ============================  =========  ===========  ======  =========  ===========  ======
 
-    With both threads (the way ``numba_cpu`` runs and the speed suite times it) ``blocked_direct`` wins on the
-    overlapping decoder shapes: one parallel region per call, where ``gemm_col2im`` has OpenBLAS's pool and then
-    Numba's, each waiting for its second thread on a busy host (times below ~30 ms come in steps of ~8 ms, a
-    scheduler time slice lost to the other jobs, so the thin shapes are decided by the single-thread columns).
-    Single-threaded, ``blocked_direct`` is within ±15 % of OpenBLAS GEMM + col2im on stride 1, dilation and
-    k5s3, ahead with groups and large kernels, and 20-25 % behind on k4s2p1 and k3s2p1op1 (at most 2.25 taps
-    per output there: the tile's zeroing and write-out weigh more) and where the GEMM is deep (C_in/G ≥ 512)
-    or the taps leave gaps (stride ≥ the dilated kernel: at most one tap per output).
+    Two threads, run to run (this run and one before it): ``blocked_direct`` wins on stride 1 with small channel
+    counts and large kernels (k3s1p1, k2s1, k7s1p3, k5s3), ``gemm_col2im`` where the GEMM is deep or the taps leave
+    gaps (wide, dcgan_head, k2s3, thin outputs), the two within noise of each other on k4s2p1, k3d2 and k4s2g8 (the
+    winner changed between the runs), and ``gemm_col2im`` ahead by 25 % on k3s2p1op1 (128 input channels) in both.
+    The rule takes ``gemm_col2im`` from ``gemm_min_in_per_group`` = 256 input channels per group (k4s2p1, the
+    vocoder's voc1 and voc2), not from 128: the vocoder's voc3 (128→64, k4 s2, one row of 5504) goes the other way
+    (in one process, interleaved: 4.6 against ``blocked_direct``'s 3.7 ms). Before ``gemm_col2im`` ran its GEMM in
+    Numba's threads (a multithreaded OpenBLAS call, then Numba's gather) it lost on every decoder shape with two
+    threads, each pool waiting for its second thread (voc1: 8.0 ms on two threads, 5.1 on one).
 
     At rank 1 the path of the 2-D problem of one row (:func:`.ranks.as_2d`; ``blocked_direct`` splits the row's
-    columns into work items and reads an NCL input as given). On the vocoder suite, one thread
-    (``NUMBA_NUM_THREADS=OPENBLAS_NUM_THREADS=1``, CPU time, median of 9 calls interleaved in one process, ms,
-    float32) ``gemm_col2im`` was faster (NCL voc1-4: 7.5 / 10.6 / 7.1 / 4.8 against ``blocked_direct``'s 10.8 /
-    13.6 / 8.0 / 5.9), but with both threads, in fresh processes side by side (``python -m
-    experiments.numba_cpu_paths --suite vocoder1d --rounds 3``, load average 2-3) ``blocked_direct``'s single
-    parallel region won (voc2-4 medians 24 / 16 / 16 against 28 / 32 / 32: BLAS's pool and then Numba's each
-    wait for their second thread), so the 2-D rule stands. At rank 3 ``nonoverlap_direct``
+    columns into work items and reads an NCL input as given); the 2-D rule sends voc1 and voc2 (512 and 256 input
+    channels) to ``gemm_col2im`` and voc3, voc4 to ``blocked_direct``. At rank 3 ``nonoverlap_direct``
     where it suits (stride == kernel of width 2, no padding, at most ``nonoverlap_max_taps`` taps: the nnU-Net
     up-convolution, with no pixel minimum: the alternative reads and writes the output once per depth tap), else
     the path of the 2-D problem of one depth tap (:func:`.ranks.depth_slice_problem`), which :func:`run_path` runs
