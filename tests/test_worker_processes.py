@@ -117,14 +117,25 @@ def test_workers_start_from_python_c_and_standard_input(tmp_path, how):
 @pytest.mark.xfail(
     raises=subprocess.TimeoutExpired,
     strict=False,
-    reason="known defect, not yet understood: in the full CPU suite (never alone or with this file) the interrupted "
-    "script does not finish after its SIGINT; any other failure of this test still fails the suite",
+    reason="in the full CPU suite (never alone or with this file) the interrupted script sometimes did not finish "
+    "after its SIGINT: reproduced by running this test from a process whose SIGINT is ignored or blocked, which its "
+    "child inherits; the script now restores both and reports what it inherited (in the timeout's message) -- kept "
+    "non-strict until a full-suite run confirms; any other failure of this test still fails the suite",
 )
 def test_ctrl_c_during_tune_leaves_no_worker_behind(tmp_path):
     pid_file = tmp_path / "worker.pid"
     code = HEADER + textwrap.dedent("""
         import signal, threading, time
         import timing_fakes
+
+        # A user's terminal delivers Ctrl-C to a script whose SIGINT is neither ignored nor blocked; a child of the
+        # test process inherits both from it (whatever an earlier test's libraries left), so the script restores
+        # them and reports what it inherited.
+        inherited = (signal.getsignal(signal.SIGINT), signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        with open(os.environ["FAKE_WORKER_PID_FILE"] + ".sigint", "w") as state:
+            state.write(f"handler {inherited[0]!r}, blocked {inherited[1]}")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 
         def interrupt_once_the_worker_runs():
             while not os.path.exists(os.environ["FAKE_WORKER_PID_FILE"]):
@@ -143,6 +154,12 @@ def test_ctrl_c_during_tune_leaves_no_worker_behind(tmp_path):
     os.environ["FAKE_WORKER_PID_FILE"] = str(pid_file)
     try:
         done, runs = run_script(tmp_path, code, "file", timeout=60)
+    except subprocess.TimeoutExpired as timeout:
+        state = pid_file.with_name(pid_file.name + ".sigint")
+        inherited = state.read_text() if state.exists() else "not recorded"
+        raise subprocess.TimeoutExpired(
+            timeout.cmd, timeout.timeout, f"{timeout.output}\nSIGINT inherited: {inherited}"
+        ) from timeout
     finally:
         del os.environ["FAKE_WORKER_PID_FILE"]
     assert done.returncode == 0 and runs == 1, done.stderr
