@@ -12,7 +12,7 @@ from numba import prange
 
 from ... import workspace
 from .._runtime import parallel_kernel
-from ._common import bias_or_zeros
+from ._common import bias_or_zeros, column_span, write_phases
 
 __all__ = ["run"]
 
@@ -44,21 +44,15 @@ def _direct_gather(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, 
                     src = x[n, ci, ih]
                     for kw in range(k_w):
                         w = weight[ci, co_g, kh, kw]
-                        start = kw * dil_w - pad_w  # ow of input column 0
-                        iw_lo = max(0, -(start // stride_w))  # first iw with ow >= 0
-                        iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
+                        iw_lo, iw_hi, phase, skip = column_span(kw, dil_w, pad_w, stride_w, in_w, out_w)
                         if iw_hi <= iw_lo:
                             continue
-                        # ow = b + s·(iw + skip): views indexed from 0 let LLVM vectorise the loop.
-                        skip = start // stride_w
-                        dst = acc[start % stride_w, iw_lo + skip : iw_hi + skip]
+                        # views indexed from 0 let LLVM vectorise the loop
+                        dst = acc[phase, iw_lo + skip : iw_hi + skip]
                         run = src[iw_lo:iw_hi]
                         for i in range(iw_hi - iw_lo):
                             dst[i] += run[i] * w
-            line, b_c = y[n, co, oh], bias[co]
-            for b in range(phases):
-                for j in range((out_w - 1 - b) // stride_w + 1):
-                    line[b + stride_w * j] = acc[b, j] + b_c
+            write_phases(acc, y[n, co, oh], bias[co], stride_w)
 
 
 def run(x, weight, bias, problem, out=None, *, blocking):

@@ -25,7 +25,7 @@ from numba import prange
 from ... import workspace
 from .._blas import INT32_MAX, gemm, single_threaded_blas
 from .._runtime import parallel_kernel
-from ._common import bias_or_zeros
+from ._common import bias_or_zeros, column_span, write_phases
 from .tasks import next_task
 
 __all__ = ["block_channels", "column_bytes_per_image", "fits_blas", "run", "side_by_side"]
@@ -83,20 +83,14 @@ def _gemm_col2im(
                                 continue
                             ih = shift // stride_h
                             for kw in range(k_w):
-                                start = kw * dil_w - pad_w  # ow of input column 0
-                                iw_lo = max(0, -(start // stride_w))  # first iw with ow >= 0
-                                iw_hi = min(in_w, (out_w - 1 - start) // stride_w + 1)
+                                iw_lo, iw_hi, phase, skip = column_span(kw, dil_w, pad_w, stride_w, in_w, out_w)
                                 if iw_hi <= iw_lo:
                                     continue
-                                skip = start // stride_w  # ow = b + s·(iw + skip)
-                                dst = acc[start % stride_w, iw_lo + skip : iw_hi + skip]
+                                dst = acc[phase, iw_lo + skip : iw_hi + skip]
                                 run = columns[c - c0, kh, kw, image, ih, iw_lo:iw_hi]
                                 for i in range(iw_hi - iw_lo):
                                     dst[i] += run[i]
-                        line, b_c = y[n, co, oh], bias[co]
-                        for b in range(phases):
-                            for j in range((out_w - 1 - b) // stride_w + 1):
-                                line[b + stride_w * j] = acc[b, j] + b_c
+                        write_phases(acc, y[n, co, oh], bias[co], stride_w)
             task = next_task(counter)
 
 
