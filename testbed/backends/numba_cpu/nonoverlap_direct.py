@@ -302,7 +302,12 @@ def nchw_kernel(shape):
         pixel), then for each row tile and panel :func:`.intrinsics.fma_panel` runs the input-channel sum in registers
         and the tile is written out, bias added. Outputs no tap reaches are left to the caller. Each sum runs ``ci``
         ascending from +0.0, one FMA per product, as in the NHWC kernel and ``blocked_direct``: bitwise their
-        result."""
+        result.
+
+        With ``packs`` False nothing is packed here: ``rows`` holds only each group's last, partial tile ``(G, 1,
+        Ci_g, MR)`` and the other tiles broadcast from ``weight_rows``, the weight as given flattened (a tile's MR
+        rows adjacent in each input channel's row, one row ``C_out/G·kD·kH·kW`` apart). Each task is also one of
+        ``tile_parts`` ranges of row tiles (more tasks when pixels are few); neither changes a sum."""
         batch, in_channels, in_d, in_h, in_w = x.shape
         groups, per_group_in = rows.shape[0], rows.shape[2]
         out_channels, out_d, out_h, out_w = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
@@ -547,20 +552,15 @@ def run(x, weight, bias, problem, out=None, *, blocking):
         or problem.in_per_group > blocking.nonoverlap_unpacked_max_in
     )
     rows = row_weight(problem, blocking) if packs else last_row_tile(weight, problem, blocking)
+    weight_rows = rows.reshape(-1) if packs else np.ascontiguousarray(weight).reshape(-1)  # (unread when packed)
     # few tasks (few pixels): each also split by row tiles, so that every thread has some
+    tiles = -(-problem.out_per_group * math.prod(problem.kernel_size) // blocking.panel_pixels)
     tasks = problem.batch * problem.groups * -(-math.prod(problem.in_size) // block)
-    wanted = threads * blocking.items_per_thread
-    tile_parts = max(
-        1,
-        min(
-            -(-wanted // max(1, tasks)),
-            -(-problem.out_per_group * math.prod(problem.kernel_size) // blocking.panel_pixels),
-        ),
-    )
+    tile_parts = min(tiles, -(-threads * blocking.items_per_thread // max(1, tasks)))
     nchw_kernel(shape)(
         x,
         weight,
-        np.ascontiguousarray(weight).reshape(-1),
+        weight_rows,
         rows,
         packs,
         bias,
