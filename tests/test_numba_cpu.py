@@ -188,8 +188,9 @@ def test_nan_and_inf_reach_exactly_the_outputs_of_the_definition(name, path):
 
 @pytest.mark.parametrize("name", ["blocked_k3s2p1op1_asym", "blocked_narrow_batch", "blocked_dilation_groups"])
 def test_blocked_direct_does_not_depend_on_its_tiles(name):
-    """Every output's sum runs in the same order whatever the channel and row tiles (and thread count): bitwise
-    the same result for every tiling, and as ``choose_path``'s default tiling."""
+    """Every output's sum runs in the same order whatever the channel and row tiles, the taps summed in registers
+    at once (the inner pixels' chunks, the border pixels' one by one) and thread count: bitwise the same result for
+    every tiling, and as ``choose_path``'s default tiling."""
     problem = CASES[name][0].with_(dtype=np.float32, has_bias=True)
     x, weight, bias = problem.random_arrays(9)
     expected = numba_cpu.run_path("blocked_direct", x, weight, bias, problem)
@@ -198,6 +199,9 @@ def test_blocked_direct_does_not_depend_on_its_tiles(name):
         for tile_rows in (1, 3, row.tile_pixels):
             y = numba_cpu.run_path("blocked_direct", x, weight, bias, problem, tile_co=tile_co, tile_rows=tile_rows)
             assert np.array_equal(y, expected), (tile_co, tile_rows)
+    for tap_chunk in (1, 2, 3, 64):
+        y = numba_cpu.run_path("blocked_direct", x, weight, bias, problem, tap_chunk=tap_chunk)
+        assert np.array_equal(y, expected), tap_chunk
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)  # also changes the default row tile of small problems

@@ -4,10 +4,13 @@
 A direct kernel with no intermediate buffer (the kernel :func:`tiles_kernel` builds): output-stationary and
 phase-decomposed (each output phase visits only its sub-kernel's taps, so no inserted zero is multiplied), a work item
 being a tile of output channels × up to 128 output pixels (rows of one row phase, across images when narrow), owned by
-one thread. Its micro-kernel :func:`.intrinsics.fma_panel` is a register tile, as in a GEMM: MR pixels × one panel
-vector of output channels (:mod:`.blocking`; on AVX2 6 × 64 bytes, 16 float32 or 8 float64) of accumulators stay in
-registers for a tap's whole input-channel sum, each step loading one weight vector (the weight packed ``(G, kH, kW,
-C_in/G, C_out/G⁺)``) and broadcasting MR inputs (the input channels-last). It is written as LLVM vector IR
+one thread. Its micro-kernel :func:`.intrinsics.fma_panel_taps` is a register tile, as in a GEMM: MR pixels × one
+panel vector of output channels (:mod:`.blocking`; on AVX2 6 × 64 bytes, 16 float32 or 8 float64) of accumulators
+stay in registers for the whole input-channel sum of several taps (pixels whose every tap's input exists; a border
+pixel's taps one at a time), each step loading one weight vector (the weight packed ``(G, kH, kW, C_in/G,
+C_out/G⁺)``) and broadcasting MR inputs (the input channels-last). Summing the taps in registers rather than one
+tap per call (accumulators stored and reloaded between taps) took k3s1p1 64→64 @64² from 63-64 to 74-77 GFLOP/s on
+one Zen 3 thread (in turns with the one-tap kernel, thread CPU time). It is written as LLVM vector IR
 (``llvm.fma`` on ``<16 x float>``) because Numba's pipeline vectorises innermost loops only (its SLP vectoriser is
 off): a first version that let LLVM vectorise the output-channel loop (2 pixels × 4 channels per call, accumulators in
 an L1 tile) reached 40-60 GFLOP/s per core here, this one 55-70, against ~75-85 for OpenBLAS's SGEMM. Assembly
@@ -42,10 +45,18 @@ from numba import carray, prange
 from ... import workspace
 from .._runtime import parallel_kernel
 from ._common import bias_or_zeros
-from .intrinsics import fma_panel, offsets_from, stack_tile
+from .intrinsics import fma_panel_taps, offsets_from, stack_tile
 from .packing import channels_last_input, packed_weight, round_up
 
-__all__ = ["default_tile_co", "default_tile_cols", "default_tile_rows", "reads_planar", "run", "tiles_kernel"]
+__all__ = [
+    "default_tap_chunk",
+    "default_tile_co",
+    "default_tile_cols",
+    "default_tile_rows",
+    "reads_planar",
+    "run",
+    "tiles_kernel",
+]
 
 
 @functools.cache
@@ -57,7 +68,21 @@ def tiles_kernel(shape):
     TILE_SIZE = TILE_PIXELS * MAX_TILE_CO
 
     def _blocked_direct_tiles(
-        pixels, packed, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, tile_co, tile_rows, tile_cols, planar
+        pixels,
+        packed,
+        bias,
+        y,
+        stride_h,
+        stride_w,
+        pad_h,
+        pad_w,
+        dil_h,
+        dil_w,
+        tile_co,
+        tile_rows,
+        tile_cols,
+        planar,
+        tap_chunk,
     ):
         """Register-blocked, phase-decomposed direct kernel:
         ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g + ci] · packed[g, kh, kw, ci, co] + bias`` over the
@@ -77,11 +102,12 @@ def tiles_kernel(shape):
         consecutive columns of every column phase (the whole phase but where the rows are too few to give every
         thread work, as in a long 1-D sequence: one row). Per column phase
         ``b`` and run of ``tile_pixels // tile_rows`` phase pixels, an accumulator tile ``acc[slot, co]``
-        (on the stack, L1-resident) starts at +0.0; for each tap, each block of MR
-        pixels whose input exists and each vector of output channels, :func:`.intrinsics.fma_panel` runs the whole
-        input-channel sum in registers. Each output's sum runs in the same order everywhere, ``(kh, kw, ci)``
-        ascending, one FMA per product, so the result depends neither on the tiling nor on the thread count; the
-        bias is added last."""
+        (on the stack, L1-resident) starts at +0.0; for each chunk of ``tap_chunk`` of the phase's taps, each block
+        of MR inner pixels (whose input exists for every tap of the phase) and each vector of output channels,
+        :func:`.intrinsics.fma_panel_taps` runs the chunk's input-channel sums in registers; then the other pixels
+        get their taps one by one, each over the pixels whose input exists. Each output's sum runs in the same
+        order everywhere, ``(kh, kw, ci)`` ascending, one FMA per product, so the result depends neither on the
+        tiling, the chunks nor on the thread count; the bias is added last."""
         if planar:  # the input as given, (N, C, H, W): each broadcast a plane further on (see run)
             batch, in_channels, in_h, in_w = pixels.shape
             step_c, step_w = in_h * in_w, 1
@@ -118,9 +144,28 @@ def tiles_kernel(shape):
             row_m = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
             reached_acc = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
             reached_x = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
+            tap_w, tap_shift = np.empty(k_h * k_w, np.int64), np.empty(k_h * k_w, np.int64)
+            tap_h, tap_c = np.empty(k_h * k_w, np.int64), np.empty(k_h * k_w, np.int64)
             for r in range(rows):
                 row_n[r], row_m[r] = (first + r) // phase_rows, (first + r) % phase_rows
             for b in range(col_phases):
+                # The taps of phase (ph, b), in (kh, kw) order: weight offset, input offset, row and column offsets.
+                ntaps = 0
+                lo_h, hi_h, lo_w, hi_w = in_h, -in_h, in_w, -in_w
+                for kh in range(k_h):
+                    shift_h = ph + pad_h - kh * dil_h
+                    if shift_h % stride_h != 0:
+                        continue
+                    for kw in range(k_w):
+                        shift_w = b + pad_w - kw * dil_w
+                        if shift_w % stride_w != 0:
+                            continue
+                        off_h, off = shift_h // stride_h, shift_w // stride_w  # ih = m + off_h, iw = j + off
+                        tap_w[ntaps] = (((g * k_h + kh) * k_w + kw) * per_group_in) * padded_out + co0
+                        tap_shift[ntaps] = off_h * step_h + off * step_w
+                        tap_h[ntaps], tap_c[ntaps] = off_h, off
+                        lo_h, hi_h, lo_w, hi_w = min(lo_h, off_h), max(hi_h, off_h), min(lo_w, off), max(hi_w, off)
+                        ntaps += 1
                 phase_len = (out_w - 1 - b) // stride_w + 1
                 col_end = min(phase_len, (cols + 1) * tile_cols)
                 for j0 in range(cols * tile_cols, col_end, run):
@@ -128,103 +173,119 @@ def tiles_kernel(shape):
                     for slot in range(rows * run):
                         for c in range(cot):
                             acc[slot, c] = zero
-                    for kh in range(k_h):
-                        shift_h = ph + pad_h - kh * dil_h
-                        if shift_h % stride_h != 0:
-                            continue
-                        off_h = shift_h // stride_h  # ih = m + off_h
-                        for kw in range(k_w):
-                            shift_w = b + pad_w - kw * dil_w
-                            if shift_w % stride_w != 0:
+                    # Inner pixels (every tap's input exists) sum all taps in registers; then the others, tap by tap.
+                    in_lo, in_hi = max(j0, -lo_w), min(j0 + jn, in_w - hi_w)
+                    chunks = (ntaps - 1) // tap_chunk + 1 if ntaps > 0 else 0
+                    for step in range(chunks + ntaps):
+                        count = 0
+                        whole = step < chunks  # a chunk of taps over the inner pixels, else one tap over the others
+                        tap0 = step * tap_chunk if whole else step - chunks
+                        taps = min(tap_chunk, ntaps - tap0) if whole else 1
+                        off_h, off = tap_h[tap0], tap_c[tap0]
+                        j_lo, j_hi = (in_lo, in_hi) if whole else (max(j0, -off), min(j0 + jn, in_w - off))
+                        for r in range(rows):
+                            m = row_m[r]
+                            inner = m + lo_h >= 0 and m + hi_h < in_h
+                            if (whole and not inner) or (not whole and not 0 <= m + off_h < in_h):
                                 continue
-                            off = shift_w // stride_w  # iw = j + off
-                            j_lo, j_hi = max(j0, -off), min(j0 + jn, in_w - off)
-                            if j_hi <= j_lo:
-                                continue
-                            w_start = (((g * k_h + kh) * k_w + kw) * per_group_in) * padded_out + co0
-                            # The tile's pixels this tap reaches: accumulator offset and pixels.flat index of channel 0.
-                            count = 0
-                            for r in range(rows):
-                                ih = row_m[r] + off_h
-                                if ih < 0 or ih >= in_h:
+                            pixel0 = row_n[r] * step_n + m * step_h + g * per_group_in * step_c
+                            for j in range(j_lo, j_hi):
+                                if not whole and inner and in_lo <= j < in_hi:
                                     continue
-                                pixel0 = row_n[r] * step_n + ih * step_h + off * step_w + g * per_group_in * step_c
-                                for j in range(j_lo, j_hi):
-                                    reached_acc[count] = (r * run + j - j0) * MAX_TILE_CO
-                                    reached_x[count] = pixel0 + j * step_w
-                                    count += 1
-                            for c in range(0, cot, lanes):
-                                w = w_start + c
-                                i = 0
-                                while i + PANEL <= count:
-                                    fma_panel(
-                                        acc,
-                                        offsets_from(reached_acc, i, c, PANEL),
-                                        packed,
-                                        w,
-                                        padded_out,
-                                        pixels,
-                                        offsets_from(reached_x, i, 0, PANEL),
-                                        step_c,
-                                        per_group_in,
-                                        PANEL_BYTES,
-                                    )
-                                    i += PANEL
-                                if PANEL > 8 and i + 8 <= count:  # the rest, in registers too
-                                    fma_panel(
-                                        acc,
-                                        offsets_from(reached_acc, i, c, 8),
-                                        packed,
-                                        w,
-                                        padded_out,
-                                        pixels,
-                                        offsets_from(reached_x, i, 0, 8),
-                                        step_c,
-                                        per_group_in,
-                                        PANEL_BYTES,
-                                    )
-                                    i += 8
-                                if PANEL > 4 and i + 4 <= count:  # the rest, in registers too
-                                    fma_panel(
-                                        acc,
-                                        offsets_from(reached_acc, i, c, 4),
-                                        packed,
-                                        w,
-                                        padded_out,
-                                        pixels,
-                                        offsets_from(reached_x, i, 0, 4),
-                                        step_c,
-                                        per_group_in,
-                                        PANEL_BYTES,
-                                    )
-                                    i += 4
-                                if PANEL > 2 and i + 2 <= count:  # the rest, in registers too
-                                    fma_panel(
-                                        acc,
-                                        offsets_from(reached_acc, i, c, 2),
-                                        packed,
-                                        w,
-                                        padded_out,
-                                        pixels,
-                                        offsets_from(reached_x, i, 0, 2),
-                                        step_c,
-                                        per_group_in,
-                                        PANEL_BYTES,
-                                    )
-                                    i += 2
-                                if i < count:
-                                    fma_panel(
-                                        acc,
-                                        offsets_from(reached_acc, i, c, 1),
-                                        packed,
-                                        w,
-                                        padded_out,
-                                        pixels,
-                                        offsets_from(reached_x, i, 0, 1),
-                                        step_c,
-                                        per_group_in,
-                                        PANEL_BYTES,
-                                    )
+                                reached_acc[count] = (r * run + j - j0) * MAX_TILE_CO
+                                reached_x[count] = pixel0 + j * step_w
+                                count += 1
+                        for c in range(0, cot, lanes):
+                            i = 0
+                            while i + PANEL <= count:
+                                fma_panel_taps(
+                                    acc,
+                                    offsets_from(reached_acc, i, c, PANEL),
+                                    packed,
+                                    c,
+                                    tap_w,
+                                    padded_out,
+                                    pixels,
+                                    offsets_from(reached_x, i, 0, PANEL),
+                                    tap_shift,
+                                    step_c,
+                                    per_group_in,
+                                    tap0,
+                                    taps,
+                                    PANEL_BYTES,
+                                )
+                                i += PANEL
+                            if PANEL > 8 and i + 8 <= count:  # the rest, in registers too
+                                fma_panel_taps(
+                                    acc,
+                                    offsets_from(reached_acc, i, c, 8),
+                                    packed,
+                                    c,
+                                    tap_w,
+                                    padded_out,
+                                    pixels,
+                                    offsets_from(reached_x, i, 0, 8),
+                                    tap_shift,
+                                    step_c,
+                                    per_group_in,
+                                    tap0,
+                                    taps,
+                                    PANEL_BYTES,
+                                )
+                                i += 8
+                            if PANEL > 4 and i + 4 <= count:
+                                fma_panel_taps(
+                                    acc,
+                                    offsets_from(reached_acc, i, c, 4),
+                                    packed,
+                                    c,
+                                    tap_w,
+                                    padded_out,
+                                    pixels,
+                                    offsets_from(reached_x, i, 0, 4),
+                                    tap_shift,
+                                    step_c,
+                                    per_group_in,
+                                    tap0,
+                                    taps,
+                                    PANEL_BYTES,
+                                )
+                                i += 4
+                            if PANEL > 2 and i + 2 <= count:
+                                fma_panel_taps(
+                                    acc,
+                                    offsets_from(reached_acc, i, c, 2),
+                                    packed,
+                                    c,
+                                    tap_w,
+                                    padded_out,
+                                    pixels,
+                                    offsets_from(reached_x, i, 0, 2),
+                                    tap_shift,
+                                    step_c,
+                                    per_group_in,
+                                    tap0,
+                                    taps,
+                                    PANEL_BYTES,
+                                )
+                                i += 2
+                            if i < count:
+                                fma_panel_taps(
+                                    acc,
+                                    offsets_from(reached_acc, i, c, 1),
+                                    packed,
+                                    c,
+                                    tap_w,
+                                    padded_out,
+                                    pixels,
+                                    offsets_from(reached_x, i, 0, 1),
+                                    tap_shift,
+                                    step_c,
+                                    per_group_in,
+                                    tap0,
+                                    taps,
+                                    PANEL_BYTES,
+                                )
                     for r in range(rows):
                         n, oh = row_n[r], ph + stride_h * row_m[r]
                         for c in range(written):
@@ -273,6 +334,12 @@ def default_tile_cols(problem, blocking, tile_co, tile_rows):
     return max(least, -(-phase // -(-wanted // items)))
 
 
+def default_tap_chunk(problem, blocking):
+    """Taps whose sums run in registers at once: as many as have ``tap_block_bytes`` of one panel vector's weights,
+    ``C_in/G · panel_bytes`` each (at least one)."""
+    return max(1, blocking.tap_block_bytes // (problem.in_per_group * blocking.panel_bytes))
+
+
 def reads_planar(problem) -> bool:
     """Whether the kernel broadcasts from the NCHW input as given rather than from a channels-last copy: where the
     input is one row (a 1-D problem), so that a panel's MR pixels are consecutive in every plane (one cache line
@@ -281,11 +348,25 @@ def reads_planar(problem) -> bool:
     return problem.layout == "NCHW" and problem.in_size[0] == 1
 
 
-def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows=None, tile_cols=None, planar=None):
+def run(
+    x,
+    weight,
+    bias,
+    problem,
+    out=None,
+    *,
+    blocking,
+    tile_co=None,
+    tile_rows=None,
+    tile_cols=None,
+    planar=None,
+    tap_chunk=None,
+):
     """``blocked_direct`` with ``blocking``'s tiles; ``tile_co`` (a multiple of the float32 lanes of a panel
     vector, at most ``max_tile_co``), ``tile_rows`` and ``tile_cols`` (phase columns per work item) override the
-    chosen tiles, ``planar`` (NCHW only) whether the NCHW input is read as given (default :func:`reads_planar`);
-    the result is the same bitwise.
+    chosen tiles, ``tap_chunk`` the taps summed in registers at once (default :func:`default_tap_chunk`),
+    ``planar`` (NCHW only) whether the NCHW input is read as given (default :func:`reads_planar`); the result is
+    the same bitwise.
     The channels-last input and the packed weight live in this thread's kept workspace
     (:mod:`testbed.workspace`), so a repeated call allocates only its result."""
     lanes = blocking.lanes(4)
@@ -295,7 +376,7 @@ def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows
             f"tile_co: expected a multiple of {lanes} up to {blocking.max_tile_co} (the {blocking.isa} "
             f"row's panel vector and tile), got {tile_co}"
         )
-    for name, value in (("tile_rows", tile_rows), ("tile_cols", tile_cols)):
+    for name, value in (("tile_rows", tile_rows), ("tile_cols", tile_cols), ("tap_chunk", tap_chunk)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
     tile_rows = tile_rows or default_tile_rows(problem, blocking)
@@ -316,5 +397,6 @@ def run(x, weight, bias, problem, out=None, *, blocking, tile_co=None, tile_rows
         tile_rows,
         tile_cols,
         planar,
+        tap_chunk or default_tap_chunk(problem, blocking),
     )
     return y

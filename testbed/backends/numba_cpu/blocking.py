@@ -96,7 +96,12 @@ class Blocking:
     tile_pixels: int = 128
     #: ... and at most this many output channels per work item (a multiple of every panel vector's lanes).
     max_tile_co: int = 128
-    #: ``blocked_direct`` keeps this many work items per thread (fewer rows per tile) when a problem is small.
+    #: ``blocked_direct`` sums as many taps in registers as have at most this many bytes of one panel vector's
+    #: weights (``taps · C_in/G · panel_bytes``, read again for every panel of pixels). On Zen 3 (32 KiB L1),
+    #: one thread: k3s1p1's 9 taps × 64 channels (36 KiB) 7 % faster at once than one tap at a time; k4s2p1's
+    #: 256 channels as fast in pairs (32 KiB) as one by one, 13 % slower in fours ...
+    tap_block_bytes: int = 36 * 2**10
+    #: ... and keeps this many work items per thread (fewer rows per tile) when a problem is small.
     items_per_thread: int = 4
     #: ``nonoverlap_direct`` takes kernels of at most this many taps (its stack tile holds a panel per tap) ...
     nonoverlap_max_taps: int = 16

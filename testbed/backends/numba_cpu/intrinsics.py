@@ -17,6 +17,7 @@ __all__ = [
     "fma_panel",
     "fma_panel_out",
     "fma_panel_pairs_out",
+    "fma_panel_taps",
     "offsets_from",
     "prefetch",
     "stack_tile",
@@ -50,10 +51,15 @@ def _vector_at(builder, vector, base, offset):
     return builder.bitcast(builder.gep(base, [offset]), vector.as_pointer())
 
 
-def _panel_sums(context, builder, starts, w_p, w_start, w_step, x_p, x_offsets, x_step, count, dtype, panel_bytes):
+def _panel_sums(
+    context, builder, starts, w_p, w_start, w_step, x_p, x_offsets, x_step, count, dtype, panel_bytes, taps=None
+):
     """The IR of the micro-kernels' channel loop: register ``p`` starts at ``starts[p]`` and gets
     ``Σ_{k < count} x[x_offsets[p] + k·x_step] · w[w_start + k·w_step : +L]`` (one FMA per product, ``k`` ascending);
-    returns the final vectors."""
+    returns the final vectors. With ``taps = (w_starts, x_shifts, first, number)`` (pointers to int64 and two
+    indices) that sum runs once per tap ``t`` from ``first`` to ``first + number - 1``, in that order, with
+    ``w_start`` moved by ``w_starts[t]`` and every ``x_offsets[p]`` by ``x_shifts[t]``: the registers stay live
+    across the taps."""
     vector, width = _vector_type(context, dtype, panel_bytes)
     lanes = vector.count
     fma = cgutils.get_or_insert_function(
@@ -67,15 +73,27 @@ def _panel_sums(context, builder, starts, w_p, w_start, w_step, x_p, x_offsets, 
     undefined = ir.Constant(vector, ir.Undefined)
     lane0 = ir.Constant(ir.IntType(32), 0)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-    with cgutils.for_range(builder, count) as loop:
-        w = builder.load(
-            _vector_at(builder, vector, w_p, builder.add(w_start, builder.mul(loop.index, w_step))), align=width
-        )
-        step = builder.mul(loop.index, x_step)
-        for offset, register in zip(x_offsets, registers):
-            value = builder.load(builder.gep(x_p, [builder.add(offset, step)]))
-            broadcast = builder.shuffle_vector(builder.insert_element(undefined, value, lane0), undefined, splat)
-            builder.store(builder.call(fma, [broadcast, w, builder.load(register)]), register)
+
+    def channel_loop(w_start, x_offsets):
+        with cgutils.for_range(builder, count) as loop:
+            w = builder.load(
+                _vector_at(builder, vector, w_p, builder.add(w_start, builder.mul(loop.index, w_step))), align=width
+            )
+            step = builder.mul(loop.index, x_step)
+            for offset, register in zip(x_offsets, registers):
+                value = builder.load(builder.gep(x_p, [builder.add(offset, step)]))
+                broadcast = builder.shuffle_vector(builder.insert_element(undefined, value, lane0), undefined, splat)
+                builder.store(builder.call(fma, [broadcast, w, builder.load(register)]), register)
+
+    if taps is None:
+        channel_loop(w_start, x_offsets)
+    else:
+        w_starts, x_shifts, first, number = taps
+        with cgutils.for_range(builder, number) as tap:
+            t = builder.add(first, tap.index)
+            shift = builder.load(builder.gep(x_shifts, [t]))
+            tap_w = builder.add(w_start, builder.load(builder.gep(w_starts, [t])))
+            channel_loop(tap_w, [builder.add(o, shift) for o in x_offsets])
     return [builder.load(register) for register in registers]
 
 
@@ -213,6 +231,85 @@ def fma_panel(typingctx, acc, acc_starts, weights, w_start, w_step, x, x_starts,
         return context.get_dummy_value()
 
     return types.none(acc, acc_starts, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes), codegen
+
+
+@intrinsic
+def fma_panel_taps(
+    typingctx,
+    acc,
+    acc_starts,
+    weights,
+    w_start,
+    w_starts,
+    w_step,
+    x,
+    x_starts,
+    x_shifts,
+    x_step,
+    count,
+    first,
+    taps,
+    panel_bytes,
+):
+    """:func:`fma_panel` over several taps with the accumulators in registers throughout: for ``t`` from ``first``
+    to ``first + taps - 1`` in turn, ``acc.flat[acc_starts[p] + l] += Σ_{k < count} x.flat[x_starts[p] +
+    x_shifts[t] + k·x_step] · weights.flat[w_start + w_starts[t] + k·w_step + l]`` (``k`` ascending, one FMA per
+    product): bitwise the same as one :func:`fma_panel` per tap, without storing and reloading the tile between taps, as
+    direct convolutions keep it across ``(kh, kw, ci)`` (oneDNN's ``jit_avx2_conv`` kernels). ``w_starts`` and
+    ``x_shifts`` are int64 arrays indexed by tap; the other arguments as :func:`fma_panel`'s."""
+    if not (
+        _panel_types_ok((acc, weights, x), (acc_starts, x_starts), acc.dtype, panel_bytes)
+        and acc_starts.count == x_starts.count
+        and all(
+            isinstance(a, types.Array) and a.layout == "C" and a.ndim == 1 and a.dtype == types.int64
+            for a in (w_starts, x_shifts)
+        )
+        and all(isinstance(i, types.Integer) for i in (w_start, first, taps))
+    ):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a = _Args(context, builder, signature, args)
+        vector, width = _vector_type(context, acc.dtype, panel_bytes.literal_value)
+        homes = [_vector_at(builder, vector, a.data(0), offset) for offset in a.indices(1)]
+        sums = _panel_sums(
+            context,
+            builder,
+            [builder.load(home, align=width) for home in homes],
+            a.data(2),
+            a.index(3),
+            a.index(5),
+            a.data(6),
+            a.indices(7),
+            a.index(9),
+            a.index(10),
+            acc.dtype,
+            panel_bytes.literal_value,
+            taps=(a.data(4), a.data(8), a.index(11), a.index(12)),
+        )
+        for home, value in zip(homes, sums):
+            builder.store(value, home, align=width)
+        return context.get_dummy_value()
+
+    return (
+        types.none(
+            acc,
+            acc_starts,
+            weights,
+            w_start,
+            w_starts,
+            w_step,
+            x,
+            x_starts,
+            x_shifts,
+            x_step,
+            count,
+            first,
+            taps,
+            panel_bytes,
+        ),
+        codegen,
+    )
 
 
 @intrinsic
