@@ -709,3 +709,21 @@ def test_pack_panel_is_the_panel_layout(kernel, lanes, dtype):
     padded[:, :, :per_group_out] = weight.reshape(groups, per_group_in, per_group_out, taps)
     expected = padded.reshape(groups, per_group_in, vectors, lanes, taps).transpose(0, 2, 4, 1, 3)
     assert np.array_equal(packed.reshape(expected.shape), expected)
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 32, 40), (1, 13, 3, 21), (3, 8, 5, 8), (1, 3, 2, 2), (1, 16, 1, 7)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_to_channels_last_is_the_transpose(shape, dtype):
+    """``to_channels_last`` (8 × 8 blocks transposed in registers, element loops for the channels and pixels past
+    the last whole block), serial and parallel, writes ``x.transpose(0, 2, 3, 1)``; ``channels_last_input`` also
+    takes a strided input."""
+    from testbed.backends.numba_cpu.packing import channels_last_input, to_channels_last
+
+    x = np.random.default_rng(5).standard_normal(shape).astype(dtype)
+    for kernel in (to_channels_last, to_channels_last.serial):
+        pixels = np.full(shape[:1] + shape[2:] + shape[1:2], np.nan, dtype)
+        kernel(x, pixels)
+        assert np.array_equal(pixels, x.transpose(0, 2, 3, 1))
+    strided = np.repeat(x, 2, axis=3)[..., ::2]
+    nchw = Problem(batch=shape[0], in_channels=shape[1], in_size=shape[2:], out_channels=1, kernel_size=1, dtype=dtype)
+    assert np.array_equal(channels_last_input(strided, nchw, blocking.blocking()), x.transpose(0, 2, 3, 1))

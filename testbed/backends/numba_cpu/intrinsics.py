@@ -149,12 +149,14 @@ def prefetch(typingctx, array, index):
 
 
 @intrinsic
-def transpose_runs(typingctx, source, start, target, target_start, target_step, rows, cols):
-    """``target.flat[target_start + c·target_step + r] = source.flat[start + r·cols + c]`` for ``r < rows``, ``c <
-    cols`` (both literals): a ``rows × cols`` block transposed into ``cols`` runs of ``rows``, as one vector load,
-    ``cols`` shuffles and ``cols`` vector stores (LLVM lowers the shuffles to the target's permutes), where scalar
-    code would issue a load and a store per element. ``nonoverlap_direct``'s NHWC weight panels: a row of lanes ×
-    taps split into one run per tap. Arrays C-contiguous, of one dtype; indices in bounds (not checked)."""
+def transpose_runs(typingctx, source, start, start_step, target, target_start, target_step, rows, cols):
+    """``target.flat[target_start + c·target_step + r] = source.flat[start + r·start_step + c]`` for ``r < rows``,
+    ``c < cols`` (both literals): a ``rows × cols`` block transposed into ``cols`` runs of ``rows``, as vector loads
+    (one when ``start_step`` is the literal ``cols``, the block contiguous; else one per row, ``rows`` a power of
+    two), ``cols`` shuffles and ``cols`` vector stores (LLVM lowers the shuffles to the target's permutes), where
+    scalar code would issue a load and a store per element. ``nonoverlap_direct``'s NHWC weight panels (a row of
+    lanes × taps split into one run per tap) and the input made channels-last (channels × pixels blocks of an
+    NCHW row). Arrays C-contiguous, of one dtype; indices in bounds (not checked)."""
     if not (
         isinstance(source, types.Array)
         and isinstance(target, types.Array)
@@ -163,10 +165,13 @@ def transpose_runs(typingctx, source, start, target, target_start, target_step, 
         and isinstance(source.dtype, types.Float)
         and isinstance(rows, types.IntegerLiteral)
         and isinstance(cols, types.IntegerLiteral)
-        and all(isinstance(t, types.Integer) for t in (start, target_start, target_step))
+        and all(isinstance(t, types.Integer) for t in (start, start_step, target_start, target_step))
     ):
         return None
     count_r, count_c = rows.literal_value, cols.literal_value
+    contiguous = isinstance(start_step, types.IntegerLiteral) and start_step.literal_value == count_c
+    if not contiguous and count_r & (count_r - 1):
+        return None
 
     def codegen(context, builder, signature, args):
         a = _Args(context, builder, signature, args)
@@ -174,19 +179,40 @@ def transpose_runs(typingctx, source, start, target, target_start, target_step, 
         width = source.dtype.bitwidth // 8
         block = ir.VectorType(element, count_r * count_c)
         run = ir.VectorType(element, count_r)
-        values = builder.load(_vector_at(builder, block, a.data(0), a.index(1)), align=width)
+        if contiguous:
+            values = builder.load(_vector_at(builder, block, a.data(0), a.index(1)), align=width)
+        else:  # the rows loaded one by one and concatenated pairwise
+            row = ir.VectorType(element, count_c)
+            parts = [
+                builder.load(
+                    _vector_at(
+                        builder, row, a.data(0), builder.add(a.index(1), builder.mul(a.index(2), _intp(context, r)))
+                    ),
+                    align=width,
+                )
+                for r in range(count_r)
+            ]
+            while len(parts) > 1:
+                size = parts[0].type.count
+                both = ir.Constant(ir.VectorType(ir.IntType(32), 2 * size), list(range(2 * size)))
+                parts = [builder.shuffle_vector(parts[i], parts[i + 1], both) for i in range(0, len(parts), 2)]
+            values = parts[0]
         undefined = ir.Constant(block, ir.Undefined)
         for c in range(count_c):
             mask = ir.Constant(ir.VectorType(ir.IntType(32), count_r), [r * count_c + c for r in range(count_r)])
-            offset = builder.add(a.index(3), builder.mul(a.index(4), context.get_constant(types.intp, c)))
+            offset = builder.add(a.index(4), builder.mul(a.index(5), _intp(context, c)))
             builder.store(
                 builder.shuffle_vector(values, undefined, mask),
-                _vector_at(builder, run, a.data(2), offset),
+                _vector_at(builder, run, a.data(3), offset),
                 align=width,
             )
         return context.get_dummy_value()
 
-    return types.none(source, start, target, target_start, target_step, rows, cols), codegen
+    return types.none(source, start, start_step, target, target_start, target_step, rows, cols), codegen
+
+
+def _intp(context, value):
+    return context.get_constant(types.intp, value)
 
 
 @intrinsic
