@@ -47,6 +47,7 @@ from .._runtime import parallel_kernel
 from ._common import bias_or_zeros
 from .intrinsics import fma_panel_taps, offsets_from, stack_tile
 from .packing import channels_last_input, packed_weight, round_up
+from .tasks import next_task
 
 __all__ = [
     "default_tap_chunk",
@@ -83,6 +84,7 @@ def tiles_kernel(shape):
         tile_cols,
         planar,
         tap_chunk,
+        workers,
     ):
         """Register-blocked, phase-decomposed direct kernel:
         ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g + ci] · packed[g, kh, kw, ci, co] + bias`` over the
@@ -125,174 +127,179 @@ def tiles_kernel(shape):
         col_blocks = ((out_w - 1) // stride_w) // tile_cols + 1  # of the longest column phase
         run = TILE_PIXELS // tile_rows
         zero = np.zeros(1, dtype=y.dtype)[0]  # +0.0 in y's dtype
-        for item_cols in prange(groups * co_tiles * row_phases * row_blocks * col_blocks):
-            cols = item_cols % col_blocks  # column blocks innermost: neighbours share their rows' inputs
-            item = item_cols // col_blocks
-            block = item % row_blocks
-            ph = (item // row_blocks) % row_phases
-            co0 = (item // (row_blocks * row_phases)) % co_tiles * tile_co
-            g = item // (row_blocks * row_phases * co_tiles)
-            cot = min(tile_co, padded_out - co0)  # a multiple of lanes
-            written = min(cot, per_group_out - co0)
-            phase_rows = (out_h - 1 - ph) // stride_h + 1
-            first = block * tile_rows
-            rows = min(tile_rows, batch * phase_rows - first)
-            if rows <= 0:
-                continue
-            acc = carray(stack_tile(zero, TILE_SIZE), (TILE_PIXELS, MAX_TILE_CO))
-            row_n = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
-            row_m = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
-            reached_acc = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
-            reached_x = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
-            tap_w, tap_shift = np.empty(k_h * k_w, np.int64), np.empty(k_h * k_w, np.int64)
-            tap_h, tap_c = np.empty(k_h * k_w, np.int64), np.empty(k_h * k_w, np.int64)
-            for r in range(rows):
-                row_n[r], row_m[r] = (first + r) // phase_rows, (first + r) % phase_rows
-            for b in range(col_phases):
-                # The taps of phase (ph, b), in (kh, kw) order: weight offset, input offset, row and column offsets.
-                ntaps = 0
-                lo_h, hi_h, lo_w, hi_w = in_h, -in_h, in_w, -in_w
-                for kh in range(k_h):
-                    shift_h = ph + pad_h - kh * dil_h
-                    if shift_h % stride_h != 0:
-                        continue
-                    for kw in range(k_w):
-                        shift_w = b + pad_w - kw * dil_w
-                        if shift_w % stride_w != 0:
+        items, counter = groups * co_tiles * row_phases * row_blocks * col_blocks, np.zeros(1, np.int64)
+        for _worker in prange(workers):  # one worker per thread, work items handed out in turn (.tasks)
+            while True:
+                item_cols = next_task(counter)
+                if item_cols >= items:
+                    break
+                cols = item_cols % col_blocks  # column blocks innermost: neighbours share their rows' inputs
+                item = item_cols // col_blocks
+                block = item % row_blocks
+                ph = (item // row_blocks) % row_phases
+                co0 = (item // (row_blocks * row_phases)) % co_tiles * tile_co
+                g = item // (row_blocks * row_phases * co_tiles)
+                cot = min(tile_co, padded_out - co0)  # a multiple of lanes
+                written = min(cot, per_group_out - co0)
+                phase_rows = (out_h - 1 - ph) // stride_h + 1
+                first = block * tile_rows
+                rows = min(tile_rows, batch * phase_rows - first)
+                if rows <= 0:
+                    continue
+                acc = carray(stack_tile(zero, TILE_SIZE), (TILE_PIXELS, MAX_TILE_CO))
+                row_n = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
+                row_m = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
+                reached_acc = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
+                reached_x = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
+                tap_w, tap_shift = np.empty(k_h * k_w, np.int64), np.empty(k_h * k_w, np.int64)
+                tap_h, tap_c = np.empty(k_h * k_w, np.int64), np.empty(k_h * k_w, np.int64)
+                for r in range(rows):
+                    row_n[r], row_m[r] = (first + r) // phase_rows, (first + r) % phase_rows
+                for b in range(col_phases):
+                    # The taps of phase (ph, b), in (kh, kw) order: weight offset, input offset, row and column offsets.
+                    ntaps = 0
+                    lo_h, hi_h, lo_w, hi_w = in_h, -in_h, in_w, -in_w
+                    for kh in range(k_h):
+                        shift_h = ph + pad_h - kh * dil_h
+                        if shift_h % stride_h != 0:
                             continue
-                        off_h, off = shift_h // stride_h, shift_w // stride_w  # ih = m + off_h, iw = j + off
-                        tap_w[ntaps] = (((g * k_h + kh) * k_w + kw) * per_group_in) * padded_out + co0
-                        tap_shift[ntaps] = off_h * step_h + off * step_w
-                        tap_h[ntaps], tap_c[ntaps] = off_h, off
-                        lo_h, hi_h, lo_w, hi_w = min(lo_h, off_h), max(hi_h, off_h), min(lo_w, off), max(hi_w, off)
-                        ntaps += 1
-                phase_len = (out_w - 1 - b) // stride_w + 1
-                col_end = min(phase_len, (cols + 1) * tile_cols)
-                for j0 in range(cols * tile_cols, col_end, run):
-                    jn = min(run, col_end - j0)
-                    for slot in range(rows * run):
-                        for c in range(cot):
-                            acc[slot, c] = zero
-                    # Inner pixels (every tap's input exists) sum all taps in registers; then the others, tap by tap.
-                    in_lo, in_hi = max(j0, -lo_w), min(j0 + jn, in_w - hi_w)
-                    chunks = (ntaps - 1) // tap_chunk + 1 if ntaps > 0 else 0
-                    for step in range(chunks + ntaps):
-                        count = 0
-                        whole = step < chunks  # a chunk of taps over the inner pixels, else one tap over the others
-                        tap0 = step * tap_chunk if whole else step - chunks
-                        taps = min(tap_chunk, ntaps - tap0) if whole else 1
-                        off_h, off = tap_h[tap0], tap_c[tap0]
-                        j_lo, j_hi = (in_lo, in_hi) if whole else (max(j0, -off), min(j0 + jn, in_w - off))
-                        for r in range(rows):
-                            m = row_m[r]
-                            inner = m + lo_h >= 0 and m + hi_h < in_h
-                            if (whole and not inner) or (not whole and not 0 <= m + off_h < in_h):
+                        for kw in range(k_w):
+                            shift_w = b + pad_w - kw * dil_w
+                            if shift_w % stride_w != 0:
                                 continue
-                            pixel0 = row_n[r] * step_n + m * step_h + g * per_group_in * step_c
-                            for j in range(j_lo, j_hi):
-                                if not whole and inner and in_lo <= j < in_hi:
+                            off_h, off = shift_h // stride_h, shift_w // stride_w  # ih = m + off_h, iw = j + off
+                            tap_w[ntaps] = (((g * k_h + kh) * k_w + kw) * per_group_in) * padded_out + co0
+                            tap_shift[ntaps] = off_h * step_h + off * step_w
+                            tap_h[ntaps], tap_c[ntaps] = off_h, off
+                            lo_h, hi_h, lo_w, hi_w = min(lo_h, off_h), max(hi_h, off_h), min(lo_w, off), max(hi_w, off)
+                            ntaps += 1
+                    phase_len = (out_w - 1 - b) // stride_w + 1
+                    col_end = min(phase_len, (cols + 1) * tile_cols)
+                    for j0 in range(cols * tile_cols, col_end, run):
+                        jn = min(run, col_end - j0)
+                        for slot in range(rows * run):
+                            for c in range(cot):
+                                acc[slot, c] = zero
+                        # Inner pixels (every tap's input exists) sum taps in registers, then the others tap by tap.
+                        in_lo, in_hi = max(j0, -lo_w), min(j0 + jn, in_w - hi_w)
+                        chunks = (ntaps - 1) // tap_chunk + 1 if ntaps > 0 else 0
+                        for step in range(chunks + ntaps):
+                            count = 0
+                            whole = step < chunks  # a chunk of taps over the inner pixels, else one tap over the others
+                            tap0 = step * tap_chunk if whole else step - chunks
+                            taps = min(tap_chunk, ntaps - tap0) if whole else 1
+                            off_h, off = tap_h[tap0], tap_c[tap0]
+                            j_lo, j_hi = (in_lo, in_hi) if whole else (max(j0, -off), min(j0 + jn, in_w - off))
+                            for r in range(rows):
+                                m = row_m[r]
+                                inner = m + lo_h >= 0 and m + hi_h < in_h
+                                if (whole and not inner) or (not whole and not 0 <= m + off_h < in_h):
                                     continue
-                                reached_acc[count] = (r * run + j - j0) * MAX_TILE_CO
-                                reached_x[count] = pixel0 + j * step_w
-                                count += 1
-                        for c in range(0, cot, lanes):
-                            i = 0
-                            while i + PANEL <= count:
-                                fma_panel_taps(
-                                    acc,
-                                    offsets_from(reached_acc, i, c, PANEL),
-                                    packed,
-                                    c,
-                                    tap_w,
-                                    padded_out,
-                                    pixels,
-                                    offsets_from(reached_x, i, 0, PANEL),
-                                    tap_shift,
-                                    step_c,
-                                    per_group_in,
-                                    tap0,
-                                    taps,
-                                    PANEL_BYTES,
-                                )
-                                i += PANEL
-                            if PANEL > 8 and i + 8 <= count:  # the rest, in registers too
-                                fma_panel_taps(
-                                    acc,
-                                    offsets_from(reached_acc, i, c, 8),
-                                    packed,
-                                    c,
-                                    tap_w,
-                                    padded_out,
-                                    pixels,
-                                    offsets_from(reached_x, i, 0, 8),
-                                    tap_shift,
-                                    step_c,
-                                    per_group_in,
-                                    tap0,
-                                    taps,
-                                    PANEL_BYTES,
-                                )
-                                i += 8
-                            if PANEL > 4 and i + 4 <= count:
-                                fma_panel_taps(
-                                    acc,
-                                    offsets_from(reached_acc, i, c, 4),
-                                    packed,
-                                    c,
-                                    tap_w,
-                                    padded_out,
-                                    pixels,
-                                    offsets_from(reached_x, i, 0, 4),
-                                    tap_shift,
-                                    step_c,
-                                    per_group_in,
-                                    tap0,
-                                    taps,
-                                    PANEL_BYTES,
-                                )
-                                i += 4
-                            if PANEL > 2 and i + 2 <= count:
-                                fma_panel_taps(
-                                    acc,
-                                    offsets_from(reached_acc, i, c, 2),
-                                    packed,
-                                    c,
-                                    tap_w,
-                                    padded_out,
-                                    pixels,
-                                    offsets_from(reached_x, i, 0, 2),
-                                    tap_shift,
-                                    step_c,
-                                    per_group_in,
-                                    tap0,
-                                    taps,
-                                    PANEL_BYTES,
-                                )
-                                i += 2
-                            if i < count:
-                                fma_panel_taps(
-                                    acc,
-                                    offsets_from(reached_acc, i, c, 1),
-                                    packed,
-                                    c,
-                                    tap_w,
-                                    padded_out,
-                                    pixels,
-                                    offsets_from(reached_x, i, 0, 1),
-                                    tap_shift,
-                                    step_c,
-                                    per_group_in,
-                                    tap0,
-                                    taps,
-                                    PANEL_BYTES,
-                                )
-                    for r in range(rows):
-                        n, oh = row_n[r], ph + stride_h * row_m[r]
-                        for c in range(written):
-                            co = g * per_group_out + co0 + c
-                            line, b_c = y[n, co, oh], bias[co]
-                            for j in range(jn):
-                                line[b + stride_w * (j0 + j)] = acc[r * run + j, c] + b_c
+                                pixel0 = row_n[r] * step_n + m * step_h + g * per_group_in * step_c
+                                for j in range(j_lo, j_hi):
+                                    if not whole and inner and in_lo <= j < in_hi:
+                                        continue
+                                    reached_acc[count] = (r * run + j - j0) * MAX_TILE_CO
+                                    reached_x[count] = pixel0 + j * step_w
+                                    count += 1
+                            for c in range(0, cot, lanes):
+                                i = 0
+                                while i + PANEL <= count:
+                                    fma_panel_taps(
+                                        acc,
+                                        offsets_from(reached_acc, i, c, PANEL),
+                                        packed,
+                                        c,
+                                        tap_w,
+                                        padded_out,
+                                        pixels,
+                                        offsets_from(reached_x, i, 0, PANEL),
+                                        tap_shift,
+                                        step_c,
+                                        per_group_in,
+                                        tap0,
+                                        taps,
+                                        PANEL_BYTES,
+                                    )
+                                    i += PANEL
+                                if PANEL > 8 and i + 8 <= count:  # the rest, in registers too
+                                    fma_panel_taps(
+                                        acc,
+                                        offsets_from(reached_acc, i, c, 8),
+                                        packed,
+                                        c,
+                                        tap_w,
+                                        padded_out,
+                                        pixels,
+                                        offsets_from(reached_x, i, 0, 8),
+                                        tap_shift,
+                                        step_c,
+                                        per_group_in,
+                                        tap0,
+                                        taps,
+                                        PANEL_BYTES,
+                                    )
+                                    i += 8
+                                if PANEL > 4 and i + 4 <= count:
+                                    fma_panel_taps(
+                                        acc,
+                                        offsets_from(reached_acc, i, c, 4),
+                                        packed,
+                                        c,
+                                        tap_w,
+                                        padded_out,
+                                        pixels,
+                                        offsets_from(reached_x, i, 0, 4),
+                                        tap_shift,
+                                        step_c,
+                                        per_group_in,
+                                        tap0,
+                                        taps,
+                                        PANEL_BYTES,
+                                    )
+                                    i += 4
+                                if PANEL > 2 and i + 2 <= count:
+                                    fma_panel_taps(
+                                        acc,
+                                        offsets_from(reached_acc, i, c, 2),
+                                        packed,
+                                        c,
+                                        tap_w,
+                                        padded_out,
+                                        pixels,
+                                        offsets_from(reached_x, i, 0, 2),
+                                        tap_shift,
+                                        step_c,
+                                        per_group_in,
+                                        tap0,
+                                        taps,
+                                        PANEL_BYTES,
+                                    )
+                                    i += 2
+                                if i < count:
+                                    fma_panel_taps(
+                                        acc,
+                                        offsets_from(reached_acc, i, c, 1),
+                                        packed,
+                                        c,
+                                        tap_w,
+                                        padded_out,
+                                        pixels,
+                                        offsets_from(reached_x, i, 0, 1),
+                                        tap_shift,
+                                        step_c,
+                                        per_group_in,
+                                        tap0,
+                                        taps,
+                                        PANEL_BYTES,
+                                    )
+                        for r in range(rows):
+                            n, oh = row_n[r], ph + stride_h * row_m[r]
+                            for c in range(written):
+                                co = g * per_group_out + co0 + c
+                                line, b_c = y[n, co, oh], bias[co]
+                                for j in range(jn):
+                                    line[b + stride_w * (j0 + j)] = acc[r * run + j, c] + b_c
 
     return parallel_kernel(_blocked_direct_tiles)
 
@@ -398,5 +405,6 @@ def run(
         tile_cols,
         planar,
         tap_chunk or default_tap_chunk(problem, blocking),
+        numba.get_num_threads(),
     )
     return y
