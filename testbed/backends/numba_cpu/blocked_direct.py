@@ -2,22 +2,24 @@
 :func:`~testbed.backends.numba_cpu.choose_path`), a direct kernel with register tiles.
 
 A direct kernel with no intermediate buffer (the kernel :func:`tiles_kernel` builds): output-stationary and
-phase-decomposed (each output phase visits only its sub-kernel's taps, so no inserted zero is multiplied), a work item
-being a tile of output channels × up to 128 output pixels (rows of one row phase, across images when narrow), owned by
-one thread. Its micro-kernel :func:`.intrinsics.fma_panel_taps` is a register tile, as in a GEMM: MR pixels × one
-panel vector of output channels (:mod:`.blocking`; on AVX2 6 × 64 bytes, 16 float32 or 8 float64) of accumulators
-stay in registers for the whole input-channel sum of several taps (pixels whose every tap's input exists; a border
-pixel's taps one at a time), each step loading one weight vector (the weight packed ``(G, kH, kW, C_in/G,
-C_out/G⁺)``) and broadcasting MR inputs (the input channels-last). Summing the taps in registers rather than one
-tap per call (accumulators stored and reloaded between taps) took k3s1p1 64→64 @64² from 63-64 to 74-77 GFLOP/s on
-one Zen 3 thread (in turns with the one-tap kernel, thread CPU time). It is written as LLVM vector IR
-(``llvm.fma`` on ``<16 x float>``) because Numba's pipeline vectorises innermost loops only (its SLP vectoriser is
-off): a first version that let LLVM vectorise the output-channel loop (2 pixels × 4 channels per call, accumulators in
-an L1 tile) reached 40-60 GFLOP/s per core here, this one 55-70, against ~75-85 for OpenBLAS's SGEMM. Assembly
-(``tiles_kernel(blocking().kernel_shape()).parallel.inspect_asm(sig)`` with ``TESTBED_NUMBA_CACHE=0``): on this
-project's current host, an AMD EPYC (Zen 3: AVX2, no AVX-512), the panel loop is 12 ``vfmadd231ps`` on ymm registers
-(two per 16-channel vector) fed by ``vbroadcastss`` and two ``vmovups`` weight loads (98 ymm FMAs in the float32
-kernel, ``vfmadd231pd`` in the float64 one); the ``avx512`` row's tile, compiled for ``sapphirerapids``, is in
+phase-decomposed (each output phase visits only its sub-kernel's taps, so no inserted zero is multiplied), a work
+item being a tile of output channels × up to 128 output pixels (rows of one row phase, across images when narrow),
+owned by one thread; the items are handed out one at a time (:mod:`.tasks`), so a thread whose core is taken for a
+while computes fewer of them instead of holding up the others. Its micro-kernel :func:`.intrinsics.fma_panel_taps` is
+a register tile, as in a GEMM: MR pixels × one panel vector of output channels (:mod:`.blocking`; on AVX2 6 × 64
+bytes, 16 float32 or 8 float64) of accumulators stay in registers for the whole input-channel sum of several taps
+(pixels whose every tap's input exists; a border pixel's taps one at a time), each step loading one weight vector
+(the weight packed ``(G, kH, kW, C_in/G, C_out/G⁺)``) and broadcasting MR inputs (the input channels-last). Summing
+the taps in registers rather than one tap per call (accumulators stored and reloaded between taps) took k3s1p1 64→64
+@64² from 63-64 to 74-77 GFLOP/s on one Zen 3 thread (in turns with the one-tap kernel, thread CPU time). It is
+written as LLVM vector IR (``llvm.fma`` on ``<16 x float>``) because Numba's pipeline vectorises innermost loops only
+(its SLP vectoriser is off): a first version that let LLVM vectorise the output-channel loop (2 pixels × 4 channels
+per call, accumulators in an L1 tile) reached 40-60 GFLOP/s per core here, this one 55-70, against ~75-85 for
+OpenBLAS's SGEMM. Assembly (``tiles_kernel(blocking().kernel_shape()).parallel.inspect_asm(sig)`` with
+``TESTBED_NUMBA_CACHE=0``): on this project's current host, an AMD EPYC (Zen 3: AVX2, no AVX-512), the panel loop is
+12 ``vfmadd231ps`` on ymm registers (two per 16-channel vector) fed by ``vbroadcastss`` and two ``vmovups`` weight
+loads (98 ymm FMAs in the float32 kernel, ``vfmadd231pd`` in the float64 one); the ``avx512`` row's tile, compiled
+for ``sapphirerapids``, is in
 :mod:`.blocking`. Tile sizes (the ``avx2`` row's), measured single-threaded before the per-ISA table (thread CPU
 time, best of interleaved rounds, GFLOP/s):
 
@@ -98,7 +100,7 @@ def tiles_kernel(shape):
         ``ow = b + s_w·j`` the taps ``kw`` with ``b + p_w - kw·d_w ≡ 0 (mod s_w)``, from ``iw = j + off``. Only those
         taps are visited, each over the rows and columns whose input exists: no inserted zero is ever multiplied.
 
-        Work item (owned by one thread): ``tile_co`` (a multiple of the lanes, ≤ ``max_tile_co``) output
+        Work item (owned by the thread that takes it): ``tile_co`` (a multiple of the lanes, ≤ ``max_tile_co``) output
         channels of one group × ``tile_rows`` consecutive rows ``(n, m)`` of one row phase (several rows, across
         images, when the image is narrow, so that a tile has enough pixels to reuse each weight) × ``tile_cols``
         consecutive columns of every column phase (the whole phase but where the rows are too few to give every
