@@ -19,9 +19,8 @@ OpenBLAS's SGEMM. Assembly (``tiles_kernel(blocking().kernel_shape()).parallel.i
 ``TESTBED_NUMBA_CACHE=0``): on this project's current host, an AMD EPYC (Zen 3: AVX2, no AVX-512), the panel loop is
 12 ``vfmadd231ps`` on ymm registers (two per 16-channel vector) fed by ``vbroadcastss`` and two ``vmovups`` weight
 loads (98 ymm FMAs in the float32 kernel, ``vfmadd231pd`` in the float64 one); the ``avx512`` row's tile, compiled
-for ``sapphirerapids``, is in
-:mod:`.blocking`. Tile sizes (the ``avx2`` row's), measured single-threaded before the per-ISA table (thread CPU
-time, best of interleaved rounds, GFLOP/s):
+for ``sapphirerapids``, is in :mod:`.blocking`. Tile sizes (the ``avx2`` row's), measured single-threaded before the
+per-ISA table (thread CPU time, best of interleaved rounds, GFLOP/s):
 
 ==========================  =================================================================================
 micro-kernel                autovectorised 2 pixels × 4 channels: 43-56 at 64 output channels (3×4, 4×4 and
