@@ -65,6 +65,13 @@ nonoverlap_direct unet3 NCHW           74.4 (91 %)   58.7 (72 %)   26.2 (32 %)
 nonoverlap_direct unet3 NHWC           78.7 (96 %)   54.0 (66 %)   30.7 (38 %)
 =====================================  ============  ============  ===========================
 
+After ``blocked_direct`` came to sum a phase's taps in registers (:func:`.intrinsics.fma_panel_taps`; same host,
+load average 0.7-1.0, ``python -m experiments.numba_cpu_paths --threads 1 --shapes k3s1p1,k3d2,k4s2p1 --isa
+avx2,generic --rounds 3``: wall time through ``conv_transpose2d``, a fresh process per cell, median (min); SGEMM
+93 GFLOP/s, best of a few): k3s1p1 (N1) ``avx2`` 63 (69) GFLOP/s, ``generic`` 37 (42); k3d2 56 (67) and 30 (41);
+k4s2p1 69 (74) and 34 (37). Thread CPU time in one process, in turns with SGEMM: k3s1p1 74-80 GFLOP/s, 80-86 % of
+SGEMM (``avx2``).
+
 A row's kernels are separate compiled functions (see :func:`kernel_shape`): Numba's on-disk cache keys a
 closure's entries by the values it closes over, so kernels compiled for one row are never loaded for another.
 """
