@@ -69,7 +69,14 @@ def current_table(path: Path) -> dict:
     """The table ``path`` replaces (its unmeasured classes are kept), or where there is none yet the table that
     answers for this host's row now (the nearest measured row's)."""
     base = path if path.exists() else preference.table_path(preference.preference_table().measured_row)
-    return preference.load_preference(base.read_text(encoding="utf-8"), str(base))
+    text = base.read_text(encoding="utf-8")
+    try:
+        return preference.load_preference(text, str(base))
+    except ValueError:  # written before a class was added: what it has is kept, the new class must be measured
+        table = json.loads(text)
+        if not table.get("classes", {}).get(preference.DEVICE, {}).get("order"):
+            raise
+        return table
 
 
 def build_table(meta: dict, frame, current: dict, dtype: str = "float32") -> dict:

@@ -286,8 +286,10 @@ def preference_table(meta: dict, frame, current: dict, dtype: str = "float32") -
                 "fallback": FALLBACK,
                 **classes[name],
             }
-        else:
+        elif name in current["classes"]:
             table[name] = {**current["classes"][name], "note": "not measured in this run: kept as it was"}
+        else:
+            raise ValueError(f"class {name!r}: not measured in this run, and the current table has none")
     table[preference.DEVICE] = {
         **current["classes"][preference.DEVICE],
         "note": "not measured by a CPU run: kept as it was",

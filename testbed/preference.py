@@ -1,11 +1,12 @@
 """``auto``'s class rule: configuration classes, the measured preference table and the rule that follows it.
 
-A configuration belongs to one of four classes (:func:`problem_class`): ``nonoverlapping`` (stride == kernel,
-dilation 1: the U-Net up-convolution), ``depthwise``, ``grouped`` or ``general``. Each class has an ordered list
-of backends; the rule runs the first one that is *available* on this machine and *supports* the configuration
+A configuration belongs to one of five classes (:func:`problem_class`): ``nonoverlapping`` (stride == kernel,
+dilation 1: the U-Net up-convolution), ``depthwise``, ``grouped``, ``stride1`` (dense, every stride 1: a correlation
+with the flipped kernel, where convolution libraries are at their best) or ``general``. Each class has an ordered
+list of backends; the rule runs the first one that is *available* on this machine and *supports* the configuration
 (:meth:`PreferenceTable.choose`). CUDA device arrays go to the CUDA backends, in their own order (the ``device``
-entry). So the rule works without torch, and never fails for a valid configuration (``naive``, last in every
-list, supports everything).
+entry). So the rule works without torch, and never fails for a valid configuration (``naive``, last in every list,
+supports everything).
 
 The lists are data, not code, and there is one table per instruction-set row (:mod:`testbed.isa`: ``avx512``,
 ``avx2``, ``generic``), since the backends' speeds, and so their order, change with the vector width: the table
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 #: The configuration classes of :func:`problem_class`, and the key of the CUDA device-array list.
-CLASSES = ("nonoverlapping", "depthwise", "grouped", "general")
+CLASSES = ("nonoverlapping", "depthwise", "grouped", "stride1", "general")
 DEVICE = "device"
 #: The package folder holding the tables, one ``<row>.json`` per ISA row.
 TABLES = "preference_tables"
@@ -63,15 +64,18 @@ NEAREST_ROWS = {"avx512": ("avx2", "generic"), "avx2": ("avx512", "generic"), "g
 
 
 def problem_class(problem: Problem) -> str:
-    """The class of ``problem`` in the table: "nonoverlapping", "depthwise", "grouped" or "general" for a 2-D
-    problem; for 1-D and 3-D the same with the rank appended ("nonoverlapping-3d", "general-1d"), since the
-    fastest backend of a class need not be the same at every rank."""
+    """The class of ``problem`` in the table: "nonoverlapping", "depthwise", "grouped", "stride1" (one group, every
+    stride 1, the taps overlapping) or "general" for a 2-D problem; for 1-D and 3-D the same with the rank
+    appended ("nonoverlapping-3d", "general-1d"), since the fastest backend of a class need not be the same at
+    every rank."""
     if problem.is_nonoverlapping:
         kind = "nonoverlapping"
     elif problem.is_depthwise:
         kind = "depthwise"
+    elif problem.groups > 1:
+        kind = "grouped"
     else:
-        kind = "grouped" if problem.groups > 1 else "general"
+        kind = "stride1" if all(s == 1 for s in problem.stride) else "general"
     return kind if problem.rank == 2 else f"{kind}-{problem.rank}d"
 
 
@@ -185,10 +189,11 @@ def preference_table(row: str | None = None) -> PreferenceTable:
     ``avx2``), marked ``fallback``, and :func:`testbed.explain` says so.
 
     Known limitation of the fallback: the shipped ``avx2`` table was measured on an AMD EPYC (Zen 3, AVX2). On an
-    AVX-512 host (an Intel Xeon, Sapphire Rapids) its ``general`` order, ``numba_cpu`` first, runs the decoder's
-    k3s1p1 at 0.58× torch (issue 20). No AVX-512 host was available to measure that row; the AVX2 table is the
-    honest answer until one is (run the command above there), and wisdom (:func:`testbed.tune`) overrides it per
-    problem meanwhile.
+    AVX-512 host (an Intel Xeon, Sapphire Rapids) ``numba_cpu`` ran the decoder's k3s1p1 at 0.58× torch (issue
+    20), when the table's ``general`` class still held stride 1; the ``stride1`` class now has its own order (on
+    the AVX2 host, too, torch is ahead there). No AVX-512 host was available to measure that row; the AVX2 table
+    is the honest answer until one is (run the command above there), and wisdom (:func:`testbed.tune`) overrides
+    it per problem meanwhile.
 
     Raises
     ------

@@ -136,6 +136,7 @@ def fake_run(tmp_path):
     cases = {
         "unet1": "mb1ic1024ih28oc512kh2sh2",
         "k4s2p1": "mb1ic256ih32oc128kh4sh2ph1",
+        "k3s1p1": "mb1ic64ih64oc64kh3ph1",
         "k4s2g8": "g8mb1ic256ih32oc256kh4sh2ph1",
         "depthwise": "g128mb1ic128ih64oc128kh4sh2ph1",
     }

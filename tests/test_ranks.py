@@ -697,6 +697,7 @@ def test_preference_class_names_the_rank():
     for rank, suffix in ((1, "-1d"), (2, ""), (3, "-3d")):
         assert klass(rank, 2, 2) == "nonoverlapping" + suffix
         assert klass(rank, 3, 2) == "general" + suffix
+        assert klass(rank, 3, 1) == "stride1" + suffix
         assert klass(rank, 3, 2, groups=4) == "depthwise" + suffix
         assert klass(rank, 3, 1, groups=2) == "grouped" + suffix
 
