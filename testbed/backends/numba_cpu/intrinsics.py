@@ -97,6 +97,18 @@ def _panel_sums(
     return [builder.load(register) for register in registers]
 
 
+def _accumulate(context, builder, a, dtype, panel_bytes, operands, taps=None):
+    """The IR of an in-place register tile: the accumulators at ``a``'s array 0 and offsets 1 loaded, summed by
+    :func:`_panel_sums` over ``operands`` (``w, w_start, w_step, x, x_offsets, x_step, count``; ``taps`` as
+    there) and stored back."""
+    vector, width = _vector_type(context, dtype, panel_bytes)
+    homes = [_vector_at(builder, vector, a.data(0), offset) for offset in a.indices(1)]
+    starts = [builder.load(home, align=width) for home in homes]
+    for home, value in zip(homes, _panel_sums(context, builder, starts, *operands, dtype, panel_bytes, taps)):
+        builder.store(value, home, align=width)
+    return context.get_dummy_value()
+
+
 def _panel_types_ok(arrays, starts, dtype, panel_bytes):
     return (
         isinstance(panel_bytes, types.IntegerLiteral)
@@ -236,25 +248,8 @@ def fma_panel(typingctx, acc, acc_starts, weights, w_start, w_step, x, x_starts,
 
     def codegen(context, builder, signature, args):
         a = _Args(context, builder, signature, args)
-        vector, width = _vector_type(context, acc.dtype, panel_bytes.literal_value)
-        homes = [_vector_at(builder, vector, a.data(0), offset) for offset in a.indices(1)]
-        sums = _panel_sums(
-            context,
-            builder,
-            [builder.load(home, align=width) for home in homes],
-            a.data(2),
-            a.index(3),
-            a.index(4),
-            a.data(5),
-            a.indices(6),
-            a.index(7),
-            a.index(8),
-            acc.dtype,
-            panel_bytes.literal_value,
-        )
-        for home, value in zip(homes, sums):
-            builder.store(value, home, align=width)
-        return context.get_dummy_value()
+        operands = (a.data(2), a.index(3), a.index(4), a.data(5), a.indices(6), a.index(7), a.index(8))
+        return _accumulate(context, builder, a, acc.dtype, panel_bytes.literal_value, operands)
 
     return types.none(acc, acc_starts, weights, w_start, w_step, x, x_starts, x_step, count, panel_bytes), codegen
 
@@ -296,26 +291,9 @@ def fma_panel_taps(
 
     def codegen(context, builder, signature, args):
         a = _Args(context, builder, signature, args)
-        vector, width = _vector_type(context, acc.dtype, panel_bytes.literal_value)
-        homes = [_vector_at(builder, vector, a.data(0), offset) for offset in a.indices(1)]
-        sums = _panel_sums(
-            context,
-            builder,
-            [builder.load(home, align=width) for home in homes],
-            a.data(2),
-            a.index(3),
-            a.index(5),
-            a.data(6),
-            a.indices(7),
-            a.index(9),
-            a.index(10),
-            acc.dtype,
-            panel_bytes.literal_value,
-            taps=(a.data(4), a.data(8), a.index(11), a.index(12)),
-        )
-        for home, value in zip(homes, sums):
-            builder.store(value, home, align=width)
-        return context.get_dummy_value()
+        operands = (a.data(2), a.index(3), a.index(5), a.data(6), a.indices(7), a.index(9), a.index(10))
+        taps = (a.data(4), a.data(8), a.index(11), a.index(12))
+        return _accumulate(context, builder, a, acc.dtype, panel_bytes.literal_value, operands, taps)
 
     return (
         types.none(
