@@ -104,7 +104,11 @@ def _accumulate(context, builder, a, dtype, panel_bytes, operands, taps=None):
     vector, width = _vector_type(context, dtype, panel_bytes)
     homes = [_vector_at(builder, vector, a.data(0), offset) for offset in a.indices(1)]
     starts = [builder.load(home, align=width) for home in homes]
-    for home, value in zip(homes, _panel_sums(context, builder, starts, *operands, dtype, panel_bytes, taps)):
+    w, w_start, w_step, x, x_offsets, x_step, count = operands
+    sums = _panel_sums(
+        context, builder, starts, w, w_start, w_step, x, x_offsets, x_step, count, dtype, panel_bytes, taps
+    )
+    for home, value in zip(homes, sums):
         builder.store(value, home, align=width)
     return context.get_dummy_value()
 
