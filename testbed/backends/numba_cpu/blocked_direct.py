@@ -86,13 +86,15 @@ def tiles_kernel(shape):
         planar,
         tap_chunk,
         workers,
+        channels_last_out,
     ):
         """Register-blocked, phase-decomposed direct kernel:
         ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g + ci] · packed[g, kh, kw, ci, co] + bias`` over the
         taps of the scatter definition, ``pixels`` being the input channels-last (a pixel's channels are one
         contiguous run, so a panel's inputs stay in L1 for every vector of output channels) and ``packed`` the
         weight as ``(G, kH, kW, Ci_g, Co_g⁺)`` (output channels padded with zeros to a whole panel vector, whose
-        accumulators are never written out) so that a vector of output channels is one contiguous run.
+        accumulators are never written out) so that a vector of output channels is one contiguous run; ``y``
+        C-contiguous, ``(N, H_out, W_out, C_out)`` where ``channels_last_out``, else ``(N, C_out, H_out, W_out)``.
 
         Phases (Shi et al. 2016, see ``polyphase``): output row ``oh = ph + s_h·m`` receives exactly the taps ``kh``
         with ``ph + p_h - kh·d_h ≡ 0 (mod s_h)``, from input row ``ih = m + (ph + p_h - kh·d_h)/s_h``; output column
@@ -119,8 +121,11 @@ def tiles_kernel(shape):
             step_c, step_w = 1, in_channels
         step_h, step_n = in_w * step_w, in_channels * in_h * in_w
         groups, k_h, k_w, per_group_in, padded_out = packed.shape
-        out_h, out_w = y.shape[2], y.shape[3]
-        per_group_out = y.shape[1] // groups
+        if channels_last_out:
+            out_h, out_w, out_channels = y.shape[1], y.shape[2], y.shape[3]
+        else:
+            out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+        per_group_out = out_channels // groups
         lanes = PANEL_BYTES // y.itemsize  # output channels per panel vector
         co_tiles = (per_group_out - 1) // tile_co + 1
         row_phases, col_phases = min(stride_h, out_h), min(stride_w, out_w)
@@ -294,13 +299,19 @@ def tiles_kernel(shape):
                                         taps,
                                         PANEL_BYTES,
                                     )
+                        co_g = g * per_group_out + co0
                         for r in range(rows):
                             n, oh = row_n[r], ph + stride_h * row_m[r]
-                            for c in range(written):
-                                co = g * per_group_out + co0 + c
-                                line, b_c = y[n, co, oh], bias[co]
+                            if channels_last_out:  # a pixel's channels are one run
                                 for j in range(jn):
-                                    line[b + stride_w * (j0 + j)] = acc[r * run + j, c] + b_c
+                                    slot, ow = r * run + j, b + stride_w * (j0 + j)
+                                    for c in range(written):
+                                        y[n, oh, ow, co_g + c] = acc[slot, c] + bias[co_g + c]
+                            else:
+                                for c in range(written):
+                                    line, b_c = y[n, co_g + c, oh], bias[co_g + c]
+                                    for j in range(jn):
+                                        line[b + stride_w * (j0 + j)] = acc[r * run + j, c] + b_c
 
     return parallel_kernel(_blocked_direct_tiles)
 
@@ -391,13 +402,13 @@ def run(
     tile_cols = tile_cols or default_tile_cols(problem, blocking, tile_co, tile_rows)
     planar = reads_planar(problem) if planar is None else bool(planar) and problem.layout == "NCHW"
     y = workspace.empty_result(problem.output_shape, problem.dtype) if out is None else out
-    # the kernel indexes the output as (n, c, h, w)
-    y_nchw = y.transpose(0, 3, 1, 2) if problem.layout == "NHWC" else y
+    # One compiled kernel per dtype: the result C-contiguous in its own layout (a strided out= through a copy).
+    target = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
     tiles_kernel(blocking.kernel_shape())(
         x if planar else channels_last_input(x, problem, blocking),
         packed_weight(weight, problem, blocking),
         bias_or_zeros(bias, problem),
-        y_nchw,
+        target,
         *problem.stride,
         *problem.padding,
         *problem.dilation,
@@ -407,5 +418,8 @@ def run(
         planar,
         tap_chunk or default_tap_chunk(problem, blocking),
         numba.get_num_threads(),
+        problem.layout == "NHWC",
     )
+    if target is not y:
+        y[...] = target
     return y
