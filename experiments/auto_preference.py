@@ -106,6 +106,8 @@ def build_table(meta: dict, frame, current: dict, dtype: str = "float32") -> dic
     table_classes = {}
     for key in (*preference.CLASSES, preference.DEVICE):
         if key not in classes:
+            if key not in current["classes"]:
+                raise ValueError(f"class {key!r}: not measured in this run, and the current table has none")
             table_classes[key] = current["classes"][key]
             continue
         fallback = CPU_FALLBACK if key != preference.DEVICE else list(current["classes"][key]["order"])

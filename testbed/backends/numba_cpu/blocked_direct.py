@@ -135,6 +135,9 @@ def tiles_kernel(shape):
         zero = np.zeros(1, dtype=y.dtype)[0]  # +0.0 in y's dtype
         items, counter = groups * co_tiles * row_phases * row_blocks * col_blocks, np.zeros(1, np.int64)
         for _worker in prange(workers):  # one worker per thread, work items handed out in turn (.tasks)
+            # A phase's taps (see below), allocated once per worker, not per work item.
+            tap_w, tap_shift = np.empty(k_h * k_w, np.int64), np.empty(k_h * k_w, np.int64)
+            tap_h, tap_c = np.empty(k_h * k_w, np.int64), np.empty(k_h * k_w, np.int64)
             while True:
                 item_cols = next_task(counter)
                 if item_cols >= items:
@@ -157,8 +160,6 @@ def tiles_kernel(shape):
                 row_m = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
                 reached_acc = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
                 reached_x = carray(stack_tile(np.int64(0), TILE_PIXELS), (TILE_PIXELS,))
-                tap_w, tap_shift = np.empty(k_h * k_w, np.int64), np.empty(k_h * k_w, np.int64)
-                tap_h, tap_c = np.empty(k_h * k_w, np.int64), np.empty(k_h * k_w, np.int64)
                 for r in range(rows):
                     row_n[r], row_m[r] = (first + r) // phase_rows, (first + r) % phase_rows
                 for b in range(col_phases):
