@@ -70,8 +70,10 @@ def pack_panel(weight, packed, g, v, ahead_rows):
     :func:`.intrinsics.transpose_runs`; an element loop otherwise); the rows are a whole weight row apart (8 KB on
     unet1), a stride the hardware prefetchers do not follow, so each row's lines are asked for ``ahead_rows`` rows
     ahead. Measured on unet3d1's 3.1 MiB weight (320→320, 2×2×2), one thread, median (min) of 50 calls: 0.28 (0.27)
-    ms, against 0.89 (0.86) for the element-by-element 8-way split and 0.13 (0.09) for a plain copy (on unet1's 8 MB
-    weight the 4-way split took 1.4 (2.3) ms, best (median) of 25)."""
+    ms, against 0.89 (0.86) for the element-by-element 8-way split and 0.13 (0.09) for a plain copy; its 16 × 8
+    blocks as two 8 × 8 transposes, 0.20 (0.19) against 0.27 (0.26), thread CPU time, median (min) of 200 in turns
+    (on unet1's 8 MB weight the 4-way split took 1.4 (2.3) ms, best (median) of 25; two 16 × 4 halves as 8 × 4
+    blocks, 0.60 against 0.64 ms, within noise: not kept)."""
     vectors, k_h, k_w, per_group_in, lanes = packed.shape[1:]
     per_group_out, taps = weight.shape[1], k_h * k_w
     source, target = weight.reshape(-1), packed.reshape(-1)
@@ -86,16 +88,13 @@ def pack_panel(weight, packed, g, v, ahead_rows):
         to = ((g * vectors + v) * taps * per_group_in + ci) * lanes
         if taps == 4 and used == lanes == 16:  # the U-Net kernel, float32 on AVX2: a 16 × 4 transpose in registers
             transpose_runs(source, start, 4, target, to, panel, 16, 4)
-        elif taps == 8 and used == lanes == 16:  # the 3-D U-Net kernel (2×2×2): 16 × 8
-            transpose_runs(source, start, 8, target, to, panel, 16, 8)
         elif taps == 4 and used == lanes == 8:  # float64 on AVX2, float32 on the generic row
             transpose_runs(source, start, 4, target, to, panel, 8, 4)
-        elif taps == 8 and used == lanes == 8:
-            transpose_runs(source, start, 8, target, to, panel, 8, 8)
         elif taps == 4 and used == lanes == 32:  # float32 on AVX-512
             transpose_runs(source, start, 4, target, to, panel, 32, 4)
-        elif taps == 8 and used == lanes == 32:
-            transpose_runs(source, start, 8, target, to, panel, 32, 8)
+        elif taps == 8 and used == lanes and lanes % 8 == 0:  # the 3-D U-Net kernel (2×2×2): 8 × 8 blocks
+            for block in range(lanes // 8):
+                transpose_runs(source, start + 64 * block, 8, target, to + 8 * block, panel, 8, 8)
         else:
             for tap in range(taps):
                 for lane in range(used):
