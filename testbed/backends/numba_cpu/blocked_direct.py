@@ -9,9 +9,12 @@ while computes fewer of them instead of holding up the others. Its micro-kernel 
 a register tile, as in a GEMM: MR pixels × one panel vector of output channels (:mod:`.blocking`; on AVX2 6 × 64
 bytes, 16 float32 or 8 float64) of accumulators stay in registers for the whole input-channel sum of several taps
 (pixels whose every tap's input exists; a border pixel's taps one at a time), each step loading one weight vector
-(the weight packed ``(G, kH, kW, C_in/G, C_out/G⁺)``) and broadcasting MR inputs (the input channels-last). Summing
-the taps in registers rather than one tap per call (accumulators stored and reloaded between taps) took k3s1p1 64→64
-@64² from 63-64 to 74-77 GFLOP/s on one Zen 3 thread (in turns with the one-tap kernel, thread CPU time). It is
+(the weight packed as GEMM panels ``(G, C_out/G⁺/L, kH, kW, C_in/G, L)``: a panel vector's weights for all its
+taps one contiguous run) and broadcasting MR inputs (the input channels-last). Summing the taps in registers rather
+than one tap per call (accumulators stored and reloaded between taps) took k3s1p1 64→64 @64² from 63-64 to 74-77
+GFLOP/s on one Zen 3 thread (in turns with the one-tap kernel, thread CPU time); the panels, against the weight
+``(G, kH, kW, C_in/G, C_out/G⁺)`` whose vector of channels is a 64-byte piece of each 256-byte row there, 3-6 %
+more on k3s1p1, k3d2, k4s2p1, k5s3 and k3s2p1op1 (minimum of 40-60 calls in turns: k3s1p1 75.5 → 79.5). It is
 written as LLVM vector IR (``llvm.fma`` on ``<16 x float>``) because Numba's pipeline vectorises innermost loops only
 (its SLP vectoriser is off): a first version that let LLVM vectorise the output-channel loop (2 pixels × 4 channels
 per call, accumulators in an L1 tile) reached 40-60 GFLOP/s per core here, this one 55-70, against ~75-85 for
@@ -89,11 +92,11 @@ def tiles_kernel(shape):
         channels_last_out,
     ):
         """Register-blocked, phase-decomposed direct kernel:
-        ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g + ci] · packed[g, kh, kw, ci, co] + bias`` over the
-        taps of the scatter definition, ``pixels`` being the input channels-last (a pixel's channels are one
-        contiguous run, so a panel's inputs stay in L1 for every vector of output channels) and ``packed`` the
-        weight as ``(G, kH, kW, Ci_g, Co_g⁺)`` (output channels padded with zeros to a whole panel vector, whose
-        accumulators are never written out) so that a vector of output channels is one contiguous run; ``y``
+        ``y[n, g·Co_g + co, oh, ow] = Σ pixels[n, ih, iw, g·Ci_g + ci] · packed[g, co // L, kh, kw, ci, co % L] +
+        bias`` over the taps of the scatter definition, ``pixels`` being the input channels-last (a pixel's channels
+        are one contiguous run, so a panel's inputs stay in L1 for every vector of output channels) and ``packed`` the
+        weight as panels ``(G, Co_g⁺/L, kH, kW, Ci_g, L)`` (output channels padded with zeros to a whole panel vector,
+        whose accumulators are never written out) so that one vector's weights are read as one stream; ``y``
         C-contiguous, ``(N, H_out, W_out, C_out)`` where ``channels_last_out``, else ``(N, C_out, H_out, W_out)``.
 
         Phases (Shi et al. 2016, see ``polyphase``): output row ``oh = ph + s_h·m`` receives exactly the taps ``kh``
@@ -120,13 +123,13 @@ def tiles_kernel(shape):
             batch, in_h, in_w, in_channels = pixels.shape
             step_c, step_w = 1, in_channels
         step_h, step_n = in_w * step_w, in_channels * in_h * in_w
-        groups, k_h, k_w, per_group_in, padded_out = packed.shape
+        groups, vectors, k_h, k_w, per_group_in, lanes = packed.shape
         if channels_last_out:
             out_h, out_w, out_channels = y.shape[1], y.shape[2], y.shape[3]
         else:
             out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-        per_group_out = out_channels // groups
-        lanes = PANEL_BYTES // y.itemsize  # output channels per panel vector
+        per_group_out, padded_out = out_channels // groups, vectors * lanes
+        panel = k_h * k_w * per_group_in * lanes  # one panel vector's weights, every tap
         co_tiles = (per_group_out - 1) // tile_co + 1
         row_phases, col_phases = min(stride_h, out_h), min(stride_w, out_w)
         row_blocks = (batch * ((out_h - 1) // stride_h + 1) - 1) // tile_rows + 1  # of the longest row phase
@@ -175,7 +178,7 @@ def tiles_kernel(shape):
                             if shift_w % stride_w != 0:
                                 continue
                             off_h, off = shift_h // stride_h, shift_w // stride_w  # ih = m + off_h, iw = j + off
-                            tap_w[ntaps] = (((g * k_h + kh) * k_w + kw) * per_group_in) * padded_out + co0
+                            tap_w[ntaps] = (g * vectors + co0 // lanes) * panel + (kh * k_w + kw) * per_group_in * lanes
                             tap_shift[ntaps] = off_h * step_h + off * step_w
                             tap_h[ntaps], tap_c[ntaps] = off_h, off
                             lo_h, hi_h, lo_w, hi_w = min(lo_h, off_h), max(hi_h, off_h), min(lo_w, off), max(hi_w, off)
@@ -216,9 +219,9 @@ def tiles_kernel(shape):
                                         acc,
                                         offsets_from(reached_acc, i, c, PANEL),
                                         packed,
-                                        c,
+                                        c // lanes * panel,
                                         tap_w,
-                                        padded_out,
+                                        lanes,
                                         pixels,
                                         offsets_from(reached_x, i, 0, PANEL),
                                         tap_shift,
@@ -234,9 +237,9 @@ def tiles_kernel(shape):
                                         acc,
                                         offsets_from(reached_acc, i, c, 8),
                                         packed,
-                                        c,
+                                        c // lanes * panel,
                                         tap_w,
-                                        padded_out,
+                                        lanes,
                                         pixels,
                                         offsets_from(reached_x, i, 0, 8),
                                         tap_shift,
@@ -252,9 +255,9 @@ def tiles_kernel(shape):
                                         acc,
                                         offsets_from(reached_acc, i, c, 4),
                                         packed,
-                                        c,
+                                        c // lanes * panel,
                                         tap_w,
-                                        padded_out,
+                                        lanes,
                                         pixels,
                                         offsets_from(reached_x, i, 0, 4),
                                         tap_shift,
@@ -270,9 +273,9 @@ def tiles_kernel(shape):
                                         acc,
                                         offsets_from(reached_acc, i, c, 2),
                                         packed,
-                                        c,
+                                        c // lanes * panel,
                                         tap_w,
-                                        padded_out,
+                                        lanes,
                                         pixels,
                                         offsets_from(reached_x, i, 0, 2),
                                         tap_shift,
@@ -288,9 +291,9 @@ def tiles_kernel(shape):
                                         acc,
                                         offsets_from(reached_acc, i, c, 1),
                                         packed,
-                                        c,
+                                        c // lanes * panel,
                                         tap_w,
-                                        padded_out,
+                                        lanes,
                                         pixels,
                                         offsets_from(reached_x, i, 0, 1),
                                         tap_shift,

@@ -1,8 +1,8 @@
 """``numba_cpu``'s packing routines: the operands rearranged once per call so that the micro-kernels stream them.
 
 * :func:`to_channels_last`: the NCHW input as NHWC (a pixel's channels one contiguous run, for the broadcasts);
-* :func:`pack_weight`: the weight as ``(G, kH, kW, C_in/G, C_out/G⁺)`` (``blocked_direct``);
-* :func:`pack_panel`: as GEMM panels ``(G, C_out/G⁺/L, kH, kW, C_in/G, L)`` (``nonoverlap_direct`` NHWC);
+* :func:`pack_panel`: the weight as GEMM panels ``(G, C_out/G⁺/L, kH, kW, C_in/G, L)`` (``nonoverlap_direct``
+  NHWC; :func:`pack_weight`, all of them, for ``blocked_direct``);
 * :func:`pack_row_tiles`: as tiles of ``P`` weight rows ``(G, ⌈R/P⌉, C_in/G, P)`` (``nonoverlap_direct`` NCHW);
 
 ``L`` is a panel vector's lanes and ``P`` the register tile's rows, from the :mod:`.blocking` row. The
@@ -140,17 +140,12 @@ def to_channels_last(x, pixels):
 
 @serial_kernel
 def pack_weight(weight, packed):
-    """``packed[g, a, b, ci, co] = weight[g·Ci_g + ci, co, a, b]`` (the padding lanes left as they are). On one
-    thread: weights are small, and a parallel region would wait for a second core (NumPy's strided copy took
-    0.6 ms for k4s2p1's 2 MB weight here)."""
-    groups, k_h, k_w, per_group_in = packed.shape[:4]
-    per_group_out = weight.shape[1]
-    for channel in range(groups * per_group_in):
-        g, ci = channel // per_group_in, channel % per_group_in
-        for a in range(k_h):
-            for b in range(k_w):
-                for co in range(per_group_out):
-                    packed[g, a, b, ci, co] = weight[channel, co, a, b]
+    """Every panel vector's GEMM panels (:func:`pack_panel`): ``blocked_direct``'s weight. On one thread: weights
+    are small, and a parallel region would wait for a second core (NumPy's strided copy took 0.6 ms for k4s2p1's
+    2 MB weight here)."""
+    for g in range(packed.shape[0]):
+        for v in range(packed.shape[1]):
+            pack_panel(weight, packed, g, v, 4)
 
 
 def round_up(value, multiple):
@@ -158,16 +153,16 @@ def round_up(value, multiple):
 
 
 def packed_weight(weight, problem, blocking):
-    """The weight as ``(G, kH, kW, C_in/G, C_out/G⁺)``, the output channels padded with zeros to a whole panel
-    vector: for each (group, tap, input channel) whole vectors of output channels are one contiguous run."""
+    """The weight as GEMM panels ``(G, C_out/G⁺/L, kH, kW, C_in/G, L)`` (:func:`pack_panel`; the output channels
+    padded with zeros to a whole panel vector of ``L`` lanes): one panel vector's weights for every tap and input
+    channel are one contiguous run, read in order by :func:`.intrinsics.fma_panel_taps`."""
     g, (kh, kw) = problem.groups, problem.kernel_size
     lanes = blocking.lanes(weight.dtype.itemsize)
     packed = workspace.scratch(
         "numba_cpu.blocked_weight",
-        (g, kh, kw, problem.in_per_group, round_up(problem.out_per_group, lanes)),
+        (g, -(-problem.out_per_group // lanes), kh, kw, problem.in_per_group, lanes),
         weight.dtype,
     )
-    packed[..., problem.out_per_group :] = 0  # never written out, but stale bits could be denormals: slow FMAs
     pack_weight(weight, packed)
     return packed
 
