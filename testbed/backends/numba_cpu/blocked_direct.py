@@ -14,7 +14,9 @@ taps one contiguous run) and broadcasting MR inputs (the input channels-last). S
 than one tap per call (accumulators stored and reloaded between taps) took k3s1p1 64→64 @64² from 63-64 to 74-77
 GFLOP/s on one Zen 3 thread (in turns with the one-tap kernel, thread CPU time); the panels, against the weight
 ``(G, kH, kW, C_in/G, C_out/G⁺)`` whose vector of channels is a 64-byte piece of each 256-byte row there, 3-6 %
-more on k3s1p1, k3d2, k4s2p1, k5s3 and k3s2p1op1 (minimum of 40-60 calls in turns: k3s1p1 75.5 → 79.5). It is
+more on k3s1p1, k3d2, k4s2p1, k5s3 and k3s2p1op1 (minimum of 40-60 calls in turns: k3s1p1 75.5 → 79.5); an NCHW
+tile written out in 8 × 8 blocks transposed in registers where a row's outputs are one run (stride 1), rather than
+element by element down the tile's columns, 3-4 % more (k3s1p1 80.3 → 82.8, k3d2 82.6 → 85.4; NHWC: 86). It is
 written as LLVM vector IR (``llvm.fma`` on ``<16 x float>``) because Numba's pipeline vectorises innermost loops only
 (its SLP vectoriser is off): a first version that let LLVM vectorise the output-channel loop (2 pixels × 4 channels
 per call, accumulators in an L1 tile) reached 40-60 GFLOP/s per core here, this one 55-70, against ~75-85 for
@@ -49,7 +51,7 @@ from numba import carray, prange
 from ... import workspace
 from .._runtime import parallel_kernel
 from ._common import bias_or_zeros
-from .intrinsics import fma_panel_taps, offsets_from, stack_tile
+from .intrinsics import fma_panel_taps, offsets_from, stack_tile, transpose_runs
 from .packing import channels_last_input, packed_weight, round_up
 from .tasks import next_task
 
@@ -311,6 +313,29 @@ def tiles_kernel(shape):
                                     slot, ow = r * run + j, b + stride_w * (j0 + j)
                                     for c in range(written):
                                         y[n, oh, ow, co_g + c] = acc[slot, c] + bias[co_g + c]
+                            elif stride_w == 1:  # the row's outputs of a channel are one run: 8 × 8 blocks
+                                # transposed in registers (column by column, the tile's reads were a line apart each)
+                                for slot in range(r * run, r * run + jn):
+                                    for c in range(written):
+                                        acc[slot, c] += bias[co_g + c]
+                                whole_c, whole_j = written - written % 8, jn - jn % 8
+                                start = ((n * out_channels + co_g) * out_h + oh) * out_w + b + j0  # y[n, co_g, oh, ·]
+                                for c in range(0, whole_c, 8):
+                                    for j in range(0, whole_j, 8):
+                                        transpose_runs(
+                                            acc,
+                                            (r * run + j) * MAX_TILE_CO + c,
+                                            MAX_TILE_CO,
+                                            y,
+                                            start + c * out_h * out_w + j,
+                                            out_h * out_w,
+                                            8,
+                                            8,
+                                        )
+                                for c in range(written):
+                                    line = y[n, co_g + c, oh]
+                                    for j in range(whole_j if c < whole_c else 0, jn):
+                                        line[b + j0 + j] = acc[r * run + j, c]
                             else:
                                 for c in range(written):
                                     line, b_c = y[n, co_g + c, oh], bias[co_g + c]
