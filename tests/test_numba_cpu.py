@@ -53,7 +53,7 @@ def _problem(
 # (configuration, the path choose_path must take). Asymmetric sizes, strides, paddings everywhere.
 CASES = {
     "unet_k2s2": (_problem(8, 4, (5, 6), 2, 2), "nonoverlap_gemm"),
-    # nonoverlap_direct (from 1024 input pixels): rows (C_out/G·kH·kW) not a multiple of its 6-row tile, panels
+    # nonoverlap_direct (from 512 input pixels): rows (C_out/G·kH·kW) not a multiple of its 6-row tile, panels
     # of pixels across input rows and past the image, groups, a batch, output_padding (bias only), a taller kernel
     "nonoverlap_direct_wide": (
         _problem(8, 10, (15, 37), 2, 2, output_padding=(1, 1), groups=2, batch=2),
@@ -85,6 +85,9 @@ CASES = {
     "blocked_narrow_batch": (_problem(4, 16, (2, 3), 3, 2, 1, 1, batch=3), "blocked_direct"),
     "gaps_wide_channels": (_problem(4, 16, (3, 4), 2, (3, 4), output_padding=(2, 1)), "gemm_col2im"),
     "blocked_big_padding": (_problem(7, 16, (5, 5), 5, 2, 4, 1), "blocked_direct"),
+    # deep GEMMs: gemm_col2im from 1024 input channels per group on images of several rows (from 256 on one row)
+    "blocked_deep": (_problem(256, 16, (3, 4), 4, 2, 1), "blocked_direct"),
+    "gemm_col2im_deeper": (_problem(1024, 16, (3, 4), 4, 2, 1), "gemm_col2im"),
 }
 
 

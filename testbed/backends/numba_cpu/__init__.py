@@ -112,11 +112,20 @@ def choose_path(problem, blocking: Blocking | None = None) -> str:
     counts and large kernels (k3s1p1, k2s1, k7s1p3, k5s3), ``gemm_col2im`` where the GEMM is deep or the taps leave
     gaps (wide, dcgan_head, k2s3, thin outputs), the two within noise of each other on k4s2p1, k3d2 and k4s2g8 (the
     winner changed between the runs), and ``gemm_col2im`` ahead by 25 % on k3s2p1op1 (128 input channels) in both.
-    The rule takes ``gemm_col2im`` from ``gemm_min_in_per_group`` = 256 input channels per group (k4s2p1, the
+    The rule took ``gemm_col2im`` from ``gemm_min_in_per_group`` = 256 input channels per group (k4s2p1, the
     vocoder's voc1 and voc2), not from 128: the vocoder's voc3 (128→64, k4 s2, one row of 5504) goes the other way
     (in one process, interleaved: 4.6 against ``blocked_direct``'s 3.7 ms). Before ``gemm_col2im`` ran its GEMM in
     Numba's threads (a multithreaded OpenBLAS call, then Numba's gather) it lost on every decoder shape with two
     threads, each pool waiting for its second thread (voc1: 8.0 ms on two threads, 5.1 on one).
+
+    After ``blocked_direct``'s weight panels and NCHW write-out (3-7 % on one thread), the 2-D shapes with 256-512
+    input channels went the other way (``python -m experiments.numba_cpu_paths --shapes
+    k4s2p1,k3s2p1op1,k4s2g8,k3d2,dcgan_head --rounds 3``, then ``--shapes wide_4x4,k2s3_gaps,k2s1,k7s1p3 --rounds 2``,
+    2 threads, same host, load 0.9-1.4; median (min) ms, ``blocked_direct`` / ``gemm_col2im``): k4s2p1 7.98 (7.21) /
+    8.26 (7.53), dcgan_head 14.2 (13.9) / 15.6 (15.2), k3s2p1op1 5.51 / 6.12, k4s2g8 4.04 (2.88) / 3.82 (3.65),
+    wide_4x4 33.7 / 32.4, k2s3_gaps 1.53 / 1.38. So on images of several rows ``gemm_col2im`` starts at
+    ``gemm_min_in_per_group_2d`` = 1024 input channels per group (wide), on one row (1-D) still at 256: there, in one
+    process interleaved, voc1 5.1 / 3.2 ms and voc2 6.5 / 5.2 (one row reuses each weight for few pixels).
 
     At rank 1 the path of the 2-D problem of one row (:func:`.ranks.as_2d`; ``blocked_direct`` splits the row's
     columns into work items and reads an NCL input as given); the 2-D rule sends voc1 and voc2 (512 and 256 input
@@ -144,7 +153,8 @@ def choose_path(problem, blocking: Blocking | None = None) -> str:
         return "blocked_direct"
     if problem.out_per_group < b.blocked_min_out_per_group:
         return "gemm_col2im" if problem.groups == 1 else "direct"
-    if problem.in_per_group >= b.gemm_min_in_per_group or _taps_leave_gaps(problem):
+    deep = b.gemm_min_in_per_group if problem.in_size[0] == 1 else b.gemm_min_in_per_group_2d
+    if problem.in_per_group >= deep or _taps_leave_gaps(problem):
         return "gemm_col2im"
     return "blocked_direct"
 

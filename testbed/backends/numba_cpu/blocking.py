@@ -117,7 +117,7 @@ class Blocking:
     #: ... at most this many pixels ...
     nonoverlap_max_pixels: int = 384
     #: ... and is chosen from this many input pixels (N·H·W) on (2-D).
-    nonoverlap_min_pixels: int = 1024
+    nonoverlap_min_pixels: int = 512
     #: NCHW: below this many input pixels (N·D·H·W) and with at most ``nonoverlap_unpacked_max_in`` input channels
     #: per group (a tile's weight rows touch that many cache lines) the kernel reads the weight as given, unpacked.
     nonoverlap_pack_min_pixels: int = 512
@@ -140,8 +140,10 @@ class Blocking:
     direct_max_channel_product: int = 16
     #: Not ``blocked_direct`` with fewer output channels per group ...
     blocked_min_out_per_group: int = 16
-    #: ... or with at least this many input channels per group (``gemm_col2im``).
+    #: ... or with at least this many input channels per group on one row (a 1-D problem) ...
     gemm_min_in_per_group: int = 256
+    #: ... or this many on an image of several rows (``gemm_col2im``).
+    gemm_min_in_per_group_2d: int = 1024
     #: ``gemm_col2im`` puts a batch's images side by side in one GEMM below this many pixels per image.
     gemm_side_by_side_pixels: int = 1024
 

@@ -1,7 +1,7 @@
 """``nonoverlap_direct``: stride == kernel, kernel width 2 (the U-Net up-convolution), by this backend's own
 register-tile GEMM written straight to the outputs.
 
-``nonoverlap_direct`` (stride == kernel with kernel width 2, no padding and at least 1024 input pixels: the U-Net
+``nonoverlap_direct`` (stride == kernel with kernel width 2, no padding and at least 512 input pixels: the U-Net
 up-convolution; chosen over ``nonoverlap_gemm`` there, see :func:`suits`). The same GEMM, but computed by this
 module's own register-tile micro-kernel (:func:`.intrinsics.fma_panel`, as ``blocked_direct``'s) on operands packed
 once per call and shared by both threads, with every tile written straight from registers to its outputs: no product
@@ -74,7 +74,10 @@ def suits(problem, blocking) -> bool:
 
     Single-threaded (CPU time, interleaved in one process, ratio to the bare GEMM) the two were within ±10 % on
     unet2-4, and on unet1 (784 pixels against an 8 MB weight) ``nonoverlap_gemm`` was ahead in NCHW (1.12-1.13
-    against 1.16-1.31)."""
+    against 1.16-1.31). Since the NCHW kernel's later changes (5 rounds, 2 threads, same host, load 1.2-1.4; median
+    (min) ms): unet1 NCHW ``nonoverlap_gemm`` 21.0 (18.9), ``nonoverlap_direct`` 21.2 (19.2), bare GEMM 20.5 (18.1);
+    NHWC 22.5 (19.9), 20.2 (18.5), 21.1 (17.8): a tie in NCHW and 10 % in NHWC, so unet1 (784 pixels) is now
+    ``nonoverlap_direct``'s in both layouts (``nonoverlap_min_pixels`` 1024 → 512)."""
     return (
         problem.kernel_size[-1] == 2
         and not any(problem.padding)
