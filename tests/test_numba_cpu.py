@@ -712,6 +712,10 @@ def test_pack_panel_is_the_panel_layout(kernel, lanes, dtype):
     padded[:, :, :per_group_out] = weight.reshape(groups, per_group_in, per_group_out, taps)
     expected = padded.reshape(groups, per_group_in, vectors, lanes, taps).transpose(0, 2, 4, 1, 3)
     assert np.array_equal(packed.reshape(expected.shape), expected)
+    for pack_weight in (numba_cpu.packing.pack_weight, numba_cpu.packing.pack_weight.serial):  # every vector
+        every = np.full_like(packed, np.nan)
+        pack_weight(weight, every)
+        assert np.array_equal(every, packed)
 
 
 @pytest.mark.parametrize("shape", [(2, 64, 32, 40), (1, 13, 3, 21), (3, 8, 5, 8), (1, 3, 2, 2), (1, 16, 1, 7)])

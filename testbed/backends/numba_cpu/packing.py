@@ -138,14 +138,12 @@ def to_channels_last(x, pixels):
                     pixels[n, h, w, c] = x[n, c, h, w]
 
 
-@serial_kernel
+@parallel_kernel
 def pack_weight(weight, packed):
-    """Every panel vector's GEMM panels (:func:`pack_panel`): ``blocked_direct``'s weight. On one thread: weights
-    are small, and a parallel region would wait for a second core (NumPy's strided copy took 0.6 ms for k4s2p1's
-    2 MB weight here)."""
-    for g in range(packed.shape[0]):
-        for v in range(packed.shape[1]):
-            pack_panel(weight, packed, g, v, 4)
+    """Every panel vector's GEMM panels (:func:`pack_panel`), a thread per vector: ``blocked_direct``'s weight."""
+    vectors = packed.shape[1]
+    for panel in prange(packed.shape[0] * vectors):
+        pack_panel(weight, packed, panel // vectors, panel % vectors, 4)
 
 
 def round_up(value, multiple):
@@ -155,7 +153,8 @@ def round_up(value, multiple):
 def packed_weight(weight, problem, blocking):
     """The weight as GEMM panels ``(G, C_out/G⁺/L, kH, kW, C_in/G, L)`` (:func:`pack_panel`; the output channels
     padded with zeros to a whole panel vector of ``L`` lanes): one panel vector's weights for every tap and input
-    channel are one contiguous run, read in order by :func:`.intrinsics.fma_panel_taps`."""
+    channel are one contiguous run, read in order by :func:`.intrinsics.fma_panel_taps`. Packed on every thread
+    above ``blocking.parallel_copy_bytes``."""
     g, (kh, kw) = problem.groups, problem.kernel_size
     lanes = blocking.lanes(weight.dtype.itemsize)
     packed = workspace.scratch(
@@ -163,7 +162,7 @@ def packed_weight(weight, problem, blocking):
         (g, -(-problem.out_per_group // lanes), kh, kw, problem.in_per_group, lanes),
         weight.dtype,
     )
-    pack_weight(weight, packed)
+    (pack_weight if weight.nbytes > blocking.parallel_copy_bytes else pack_weight.serial)(weight, packed)
     return packed
 
 
