@@ -112,7 +112,10 @@ def spatial(value, name: str, *, minimum: int, rank: int = 2) -> tuple[int, ...]
     ``torch.Size`` or 1-D integer NumPy array of ints. Anything else (sets, dicts, strings, bytes, generators,
     floats...) is a TypeError: an unordered or accidental iterable must not silently become a size.
     """
-    items = (value,) * rank if _is_int(value) else _int_sequence(value, name, _expected(rank))
+    if type(value) is tuple and all(type(v) is int for v in value):  # the common case, checked cheaply
+        items = value
+    else:
+        items = (value,) * rank if _is_int(value) else _int_sequence(value, name, _expected(rank))
     if len(items) != rank:
         raise TypeError(f"{name} must be {_expected(rank)}, got {value!r}")
     if min(items) < minimum:
@@ -141,7 +144,8 @@ def _int_sequence(value, name: str, expected: str) -> tuple[int, ...]:
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    # (a plain int first: the ABC check below costs a microsecond, and a call validates a few dozen values)
+    return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)))
 
 
 def _check_layout(layout, rank: int) -> None:
