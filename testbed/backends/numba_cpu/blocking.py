@@ -70,7 +70,11 @@ load average 0.7-1.0, ``python -m experiments.numba_cpu_paths --threads 1 --shap
 avx2,generic --rounds 3``: wall time through ``conv_transpose2d``, a fresh process per cell, median (min); SGEMM
 93 GFLOP/s, best of a few): k3s1p1 (N1) ``avx2`` 63 (69) GFLOP/s, ``generic`` 37 (42); k3d2 56 (67) and 30 (41);
 k4s2p1 69 (74) and 34 (37). Thread CPU time in one process, in turns with SGEMM: k3s1p1 74-80 GFLOP/s, 80-86 % of
-SGEMM (``avx2``).
+SGEMM (``avx2``). After its weight became GEMM panels, its NCHW tiles were written out in register transposes and
+its packing went parallel (same command with ``--shapes k3s1p1,k3d2``, load average 1.0-1.2, SGEMM 95 GFLOP/s in
+the same run): k3s1p1 ``avx2`` 80 (83) GFLOP/s, 84 % (87 %) of SGEMM, ``generic`` 54 (55); k3d2 82 (85) and 53
+(55). ``nonoverlap_direct`` on unet3 (``--unet --threads 1 --shapes unet3:NCHW,unet3:NHWC --rounds 3``, SGEMM 92):
+NCHW 87 GFLOP/s (95 %), NHWC 88 (96 %).
 
 A row's kernels are separate compiled functions (see :func:`kernel_shape`): Numba's on-disk cache keys a
 closure's entries by the values it closes over, so kernels compiled for one row are never loaded for another.
