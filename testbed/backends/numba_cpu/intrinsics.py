@@ -170,9 +170,10 @@ def transpose_runs(typingctx, source, start, start_step, target, target_start, t
     ``c < cols`` (both literals): a ``rows × cols`` block transposed into ``cols`` runs of ``rows``, as vector loads
     (one when ``start_step`` is the literal ``cols``, the block contiguous; else one per row, ``rows`` a power of
     two), ``cols`` shuffles and ``cols`` vector stores (LLVM lowers the shuffles to the target's permutes), where
-    scalar code would issue a load and a store per element. ``nonoverlap_direct``'s NHWC weight panels (a row of
-    lanes × taps split into one run per tap) and the input made channels-last (channels × pixels blocks of an
-    NCHW row). Arrays C-contiguous, of one dtype; indices in bounds (not checked)."""
+    scalar code would issue a load and a store per element. The weight panels (a row of lanes × taps split into one
+    run per tap), the input made channels-last (channels × pixels blocks of an NCHW row) and ``blocked_direct``'s
+    NCHW write-out (pixels × channels blocks of its accumulator tile). Arrays C-contiguous, of one dtype; indices
+    in bounds (not checked)."""
     if not (
         isinstance(source, types.Array)
         and isinstance(target, types.Array)
