@@ -665,28 +665,28 @@ PANEL_RUN_ROWS = {
 
 
 @pytest.mark.parametrize("name", ["3d_k2s2_groups", "3d_k2s2_op", "nonoverlap_direct_wide", *PANEL_RUN_ROWS])
-def test_nonoverlap_direct_weight_packed_or_not_bitwise(name):
-    """With few input pixels ``nonoverlap_direct`` NCHW does not pack the weight ahead (it reads it as given, tasks
-    also split by row tiles): the same sums, so bitwise the result of the packed kernel, in both dtypes, on one thread
-    or all; both match the oracle (NCHW panels whose pixels are four runs of input columns, a quarter panel each, are
-    stored as four runs). NHWC (always packed) is checked against the oracle too."""
+def test_nonoverlap_direct_tasks_bitwise(name):
+    """However ``nonoverlap_direct``'s work is split into tasks (NCHW: tasks split by row tiles as well where pixels
+    are few, each waiting for its tiles' packing; on one thread or all) the sums are the same: bitwise one result,
+    in both dtypes, matching the oracle in both layouts (NCHW panels whose pixels are four runs of input columns, a
+    quarter panel each, are stored as four runs)."""
     problem = PANEL_RUN_ROWS.get(name) or (RANK_CASES[name] if name in RANK_CASES else CASES[name])[0]
     row = blocking.blocking()
-    packed = dataclasses.replace(row, nonoverlap_pack_min_pixels=0)
-    unpacked = dataclasses.replace(row, nonoverlap_pack_min_pixels=2**62, nonoverlap_unpacked_max_in=2**62)
+    splits = [dataclasses.replace(row, items_per_thread=n, pack_row_tiles=t) for n, t in ((1, 1), (64, 2), (4, 32))]
     for dtype in (np.float64, np.float32):
         x, weight, bias = problem.with_(dtype=dtype).random_arrays(8)
         for p, xl in ((problem.with_(dtype=dtype), x), _channels_last(problem.with_(dtype=dtype), x)):
-            expected = numba_cpu.run_path("nonoverlap_direct", xl, weight, bias, p, blocking=packed)
+            expected = numba_cpu.run_path("nonoverlap_direct", xl, weight, bias, p, blocking=row)
             assert_close_to_oracle(expected, xl, weight, bias, **call_kwargs(p))
             for threads in (1, numba.get_num_threads()):
                 previous = numba.get_num_threads()
                 numba.set_num_threads(threads)
                 try:
-                    y = numba_cpu.run_path("nonoverlap_direct", xl, weight, bias, p, blocking=unpacked)
+                    for split in splits:
+                        y = numba_cpu.run_path("nonoverlap_direct", xl, weight, bias, p, blocking=split)
+                        assert np.array_equal(y, expected), (dtype, p.layout, threads, split.items_per_thread)
                 finally:
                     numba.set_num_threads(previous)
-                assert np.array_equal(y, expected), (dtype, p.layout, threads)
 
 
 @numba.njit

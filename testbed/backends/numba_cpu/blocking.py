@@ -122,10 +122,6 @@ class Blocking:
     nonoverlap_max_pixels: int = 384
     #: ... and is chosen from this many input pixels (N·H·W) on (2-D).
     nonoverlap_min_pixels: int = 512
-    #: NCHW: below this many input pixels (N·D·H·W) and with at most ``nonoverlap_unpacked_max_in`` input channels
-    #: per group (a tile's weight rows touch that many cache lines) the kernel reads the weight as given, unpacked.
-    nonoverlap_pack_min_pixels: int = 512
-    nonoverlap_unpacked_max_in: int = 384
     #: ``nonoverlap_gemm``: bytes of products per task (moved into place while in cache) ...
     block_bytes: int = 8 * 2**20
     #: ... and at most this many weight rows (NCHW) or columns (NHWC) per block.

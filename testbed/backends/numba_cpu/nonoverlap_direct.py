@@ -18,14 +18,16 @@ pixels ``p`` running over ``(d, h, w)`` and each output addressed through ``(d·
 2-D problem is the depth-1 case (its arrays handed over as views with a depth axis of 1), so one compiled kernel
 per layout and dtype serves both ranks, and a 2-D result is bitwise what it was.
 
-NCHW with few input pixels and input channels (N·D·H·W below ``nonoverlap_pack_min_pixels``, C_in/G at most
-``nonoverlap_unpacked_max_in``: unet3d1, 320→320 @4³ batch 2, has 128 pixels against a 3.3 MB weight): packing the
-whole weight ahead is then a good part of the call, so the kernel broadcasts from the weight as given (a tile's MR rows
-are adjacent in each input channel's row, and its C_in/G lines stay in L1; only each group's last, partial tile is
-packed, by the wrapper); tasks are split by row tiles as well wherever there are fewer than a few per thread. The same
-sums in the same order: bitwise the packed kernel's result. Interleaved in one process (``run_path``, 2 threads, 40
-rounds, min ms, AMD EPYC Zen 3, idle; packed / as given): 256→256 @4³ N2 1.32 / 1.19, 320→320 @4³ N2 2.17 / 1.83, but
-512→512 @4³ N2 4.85 / 5.67, 320→320 @28² 4.86 / 5.29, 1024→512 @28² 21.4 / 44.0 (64 KB of weight lines per tile).
+NCHW packs the weight on every call, however few the pixels: each tile's MR rows × C_in/G channels one contiguous
+run (:func:`.packing.row_tiles_packer`, vector copies of a tile's MR values), read by the micro-kernel as a stream
+of 24 bytes per channel. Reading it as given instead (a tile's rows adjacent in each input channel's row, C_in/G
+cache lines a tile, each a weight row apart) was kept for few pixels (N·D·H·W < 512) while packing was an element
+loop: on unet3d1 (320→320 @4³ batch 2: 128 pixels against a 3.1 MiB weight) the kernel on packed rows takes 2.32
+ms of one thread against 2.77 as given (one process, in turns, min of 60; packing excluded), and the packing, 1.08
+ms element by element, now takes 0.21. With it the whole call is 2.54 against 2.81 ms on one thread, 1.38 against
+1.50 on two (thread CPU time and wall time, min of 60, in turns, AMD EPYC Zen 3, AVX2): packed 256→256 @4³ N2 0.97
+against 1.05 ms, 384→384 2.14 against 2.38; 64→320 and 320→320 at batch 1 a tie, 128→128 @4³ N2 0.46 against
+0.44 (a tile's 128 lines stay in L1 as given). Bitwise the same sums either way.
 (NHWC packed a vector's panels inside the task that used them on every pixel: no difference measured, not kept.)
 
 A pair of rows' outputs is stored from registers as four runs of a quarter panel each (:func:`.intrinsics
@@ -44,7 +46,7 @@ from ... import workspace
 from .._runtime import parallel_kernel
 from ._common import bias_or_zeros
 from .intrinsics import fma_panel, fma_panel_out, fma_panel_pairs_out, offsets_from, prefetch, stack_tile, strided
-from .packing import last_row_tile, pack_panel, pack_row_tiles, panel_weight, row_weight
+from .packing import pack_panel, panel_weight, row_tiles_packer, row_weight
 from .tasks import mark_done, next_task, wait_done
 
 __all__ = ["block_pixels", "computes", "nchw_kernel", "nhwc_kernel", "run", "suits"]
@@ -272,14 +274,13 @@ def nchw_kernel(shape):
     """The NCHW kernel for one :meth:`.blocking.Blocking.kernel_shape` (as :func:`nhwc_kernel`)."""
     PANEL, PANEL_BYTES, MAX_PIXELS = shape[0], shape[1], shape[5]
     HALF, NCHW_TILE = PANEL // 2, PANEL * (PANEL_BYTES // 4)
+    pack_row_tiles = row_tiles_packer(PANEL)
     MAX_BLOCK = MAX_PIXELS + PANEL_BYTES // 4  # a task's pixels: at most MAX_PIXELS rounded up to a panel vector
 
     def _nonoverlap_tiles_nchw(
         x,
         weight,
-        weight_rows,
         rows,
-        packs,
         bias,
         y,
         pad_d,
@@ -298,19 +299,15 @@ def nchw_kernel(shape):
         output rows, the two columns ``b`` of a row pair (``kW = 2``) interleaved into one contiguous run of ``y[n,
         co, i·kH + a - p_h, :]``. ``rows`` receives the weight as ``(G, ⌈R/MR⌉, Ci_g, MR)`` (``R = C_out/G·kH·kW``,
         padded with zero rows): a tile's MR weights per input channel are adjacent. The first tasks (handed out as in
-        ``nonoverlap_gemm``) each pack ``chunk_tiles`` tiles of one group (:func:`.packing.pack_row_tiles`), so
+        ``nonoverlap_gemm``) each pack ``chunk_tiles`` tiles of one group (:func:`.packing.row_tiles_packer`), so
         packing and the GEMM share one parallel region; a later task waits for each chunk of tiles before its first
         use (:func:`.tasks.wait_done`). Such a task is ``block_pixels`` input pixels of one image and group; its
         worker copies their inputs into its ``panels`` buffer as ``(Ci_g, L)`` panels (zero past the image's last
         pixel), then for each row tile and panel :func:`.intrinsics.fma_panel` runs the input-channel sum in registers
         and the tile is written out, bias added. Outputs no tap reaches are left to the caller. Each sum runs ``ci``
         ascending from +0.0, one FMA per product, as in the NHWC kernel and ``blocked_direct``: bitwise their
-        result.
-
-        With ``packs`` False nothing is packed here: ``rows`` holds only each group's last, partial tile ``(G, 1,
-        Ci_g, MR)`` and the other tiles broadcast from ``weight_rows``, the weight as given flattened (a tile's MR
-        rows adjacent in each input channel's row, one row ``C_out/G·kD·kH·kW`` apart). Each task is also one of
-        ``tile_parts`` ranges of row tiles (more tasks when pixels are few); neither changes a sum."""
+        result. Each task is also one of ``tile_parts`` ranges of row tiles (more tasks when pixels are few), which
+        changes no sum."""
         batch, in_channels, in_d, in_h, in_w = x.shape
         groups, per_group_in = rows.shape[0], rows.shape[2]
         out_channels, out_d, out_h, out_w = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
@@ -320,8 +317,8 @@ def nchw_kernel(shape):
         useful_rows = per_group_out * taps
         tiles = (useful_rows - 1) // PANEL + 1
         blocks = (area - 1) // block_pixels + 1
-        chunks = (tiles - 1) // chunk_tiles + 1 if packs else 0
-        ready = np.zeros(max(1, groups * chunks), np.int64)
+        chunks = (tiles - 1) // chunk_tiles + 1
+        ready = np.zeros(groups * chunks, np.int64)
         tasks, counter = groups * chunks + batch * groups * blocks * tile_parts, np.zeros(1, np.int64)
         packed = rows.reshape(-1)
         zero = np.zeros(1, dtype=y.dtype)[0]
@@ -387,15 +384,9 @@ def nchw_kernel(shape):
                                 quarter_at[4 * q + r] = start - pixel_at[t]
                         panel_at[q] = pixel_at[t] if runs else -1
                 for tile in range(part * tiles // tile_parts, (part + 1) * tiles // tile_parts):
-                    r0 = tile * PANEL
-                    if packs:
-                        if tile % chunk_tiles == 0 or tile == part * tiles // tile_parts:
-                            wait_done(ready, g * chunks + tile // chunk_tiles)
-                        source_w, w0, w_step = packed, (g * tiles + tile) * per_group_in * PANEL, PANEL
-                    elif r0 + PANEL <= useful_rows:  # the weight as given: a tile's rows adjacent in each of its rows
-                        source_w, w0, w_step = weight_rows, g * per_group_in * useful_rows + r0, useful_rows
-                    else:  # the group's last tile, packed by the caller (its rows past R are zeros)
-                        source_w, w0, w_step = packed, g * per_group_in * PANEL, PANEL
+                    r0, w0 = tile * PANEL, (g * tiles + tile) * per_group_in * PANEL
+                    if tile % chunk_tiles == 0 or tile == part * tiles // tile_parts:
+                        wait_done(ready, g * chunks + tile // chunk_tiles)
                     whole = pairs_whole and r0 + PANEL <= useful_rows
                     if (
                         pairs_whole
@@ -419,9 +410,9 @@ def nchw_kernel(shape):
                                 buffer,
                                 q * per_group_in * lanes,
                                 lanes,
-                                source_w,
+                                packed,
                                 strided(w0, 1, PANEL),
-                                w_step,
+                                PANEL,
                                 per_group_in,
                                 PANEL_BYTES,
                             )
@@ -437,9 +428,9 @@ def nchw_kernel(shape):
                                 buffer,
                                 q * per_group_in * lanes,
                                 lanes,
-                                source_w,
+                                packed,
                                 strided(w0, 1, PANEL),
-                                w_step,
+                                PANEL,
                                 per_group_in,
                                 PANEL_BYTES,
                             )
@@ -458,9 +449,9 @@ def nchw_kernel(shape):
                             buffer,
                             q * per_group_in * lanes,
                             lanes,
-                            source_w,
+                            packed,
                             strided(w0, 1, PANEL),
-                            w_step,
+                            PANEL,
                             per_group_in,
                             PANEL_BYTES,
                         )
@@ -501,12 +492,14 @@ def computes(problem, blocking) -> bool:
 def _fill_uncovered(y, bias, problem):
     """``(+0.0 + bias)`` (never -0.0) into the outputs no tap reaches in a non-overlapping problem: along each axis
     the ``output_padding`` entries past ``n·k - p``."""
+    covered = [max(0, n * k - p) for n, k, p in zip(problem.in_size, problem.kernel_size, problem.padding)]
+    if all(reach >= out for reach, out in zip(covered, problem.out_size)):  # (checked first: the common case)
+        return
     value = bias + np.zeros((), problem.dtype)
     y_last = y if problem.channels_last else np.moveaxis(y, 1, -1)  # (N, *spatial, C), a view
-    for axis, (n, k, p, out) in enumerate(zip(problem.in_size, problem.kernel_size, problem.padding, problem.out_size)):
-        covered = max(0, n * k - p)
-        if covered < out:
-            y_last[(slice(None),) * (axis + 1) + (slice(covered, None),)] = value
+    for axis, (reach, out) in enumerate(zip(covered, problem.out_size)):
+        if reach < out:
+            y_last[(slice(None),) * (axis + 1) + (slice(reach, None),)] = value
 
 
 def _as_3d(array, problem):
@@ -550,12 +543,6 @@ def run(x, weight, bias, problem, out=None, *, blocking):
     lanes = blocking.lanes(problem.dtype.itemsize)
     block = -(-block_pixels(problem, blocking) // lanes) * lanes
     panels = workspace.scratch("numba_cpu.pixel_panels", (threads, block * problem.in_per_group), problem.dtype)
-    packs = (
-        problem.batch * math.prod(problem.in_size) >= blocking.nonoverlap_pack_min_pixels
-        or problem.in_per_group > blocking.nonoverlap_unpacked_max_in
-    )
-    rows = row_weight(problem, blocking) if packs else last_row_tile(weight, problem, blocking)
-    weight_rows = rows.reshape(-1) if packs else np.ascontiguousarray(weight).reshape(-1)  # (unread when packed)
     # few tasks (few pixels): each also split by row tiles, so that every thread has some
     tiles = -(-problem.out_per_group * math.prod(problem.kernel_size) // blocking.panel_pixels)
     tasks = problem.batch * problem.groups * -(-math.prod(problem.in_size) // block)
@@ -563,9 +550,7 @@ def run(x, weight, bias, problem, out=None, *, blocking):
     nchw_kernel(shape)(
         x,
         weight,
-        weight_rows,
-        rows,
-        packs,
+        row_weight(problem, blocking),
         bias,
         y_3d,
         *pads,
