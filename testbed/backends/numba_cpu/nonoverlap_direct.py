@@ -336,6 +336,7 @@ def nchw_kernel(shape):
             pixel_at = carray(stack_tile(np.int64(0), MAX_BLOCK), (MAX_BLOCK,))
             quarter_at = carray(stack_tile(np.int64(0), MAX_BLOCK), (MAX_BLOCK,))  # a panel's four runs, from its first
             buffer = panels[worker]
+            loaded = -1  # the (image, group, block) whose pixels ``buffer`` holds
             task = next_task(counter)
             while task < tasks:
                 if task < groups * chunks:
@@ -351,38 +352,41 @@ def nchw_kernel(shape):
                 n = item // (tile_parts * blocks * groups)
                 p_lo, p_hi = block * block_pixels, min(area, (block + 1) * block_pixels)
                 count = (p_hi - p_lo - 1) // lanes + 1  # panels
-                # channel by channel, so that each input plane is read in order (by panel, every load is another
-                # plane: another page, a TLB miss each, measured 1.5-2× the whole kernel's time on unet4)
-                for ci in range(per_group_in):
-                    at = (n * in_channels + g * per_group_in + ci) * area
-                    for line in range(p_lo, p_hi, lanes):  # the run of a plane a few planes on
-                        prefetch(source, at + ahead_planes * area + line)
-                    for q in range(count):
-                        p0, to = p_lo + q * lanes, (q * per_group_in + ci) * lanes
-                        if p0 + lanes <= p_hi:
-                            for lane in range(lanes):
-                                buffer[to + lane] = source[at + p0 + lane]
-                        else:
-                            for lane in range(lanes):
-                                buffer[to + lane] = source[at + p0 + lane] if p0 + lane < p_hi else zero
-                # the output offsets split into a panel's part (here) and a tile's (below), so that the panel loop,
-                # a few hundred cycles of FMAs when C_in/G is small (unet3d5: 64), does no integer division
-                if pairs_whole:
-                    for t in range(p_hi - p_lo):
-                        line = (p_lo + t) // in_w  # input row (d, i), of in_d·in_h
-                        j = p_lo + t - line * in_w
-                        pixel_at[t] = (line // in_h * k_d * out_h + line % in_h * k_h) * out_w + 2 * j
-                    run = lanes // 4
-                    for q in range(count):
-                        p0, t = p_lo + q * lanes, q * lanes
-                        # each quarter of the panel in one input row (its pixels' outputs 2 apart each)
-                        runs = p0 + lanes <= p_hi
-                        for r in range(4):
-                            if runs:
-                                start = pixel_at[t + r * run]
-                                runs = pixel_at[t + r * run + run - 1] - start == 2 * (run - 1)
-                                quarter_at[4 * q + r] = start - pixel_at[t]
-                        panel_at[q] = pixel_at[t] if runs else -1
+                # the task's pixels as panels (and where their outputs go), unless this worker's last task had them
+                if item // tile_parts != loaded:
+                    loaded = item // tile_parts
+                    # channel by channel, so that each input plane is read in order (by panel, every load is another
+                    # plane: another page, a TLB miss each, measured 1.5-2× the whole kernel's time on unet4)
+                    for ci in range(per_group_in):
+                        at = (n * in_channels + g * per_group_in + ci) * area
+                        for line in range(p_lo, p_hi, lanes):  # the run of a plane a few planes on
+                            prefetch(source, at + ahead_planes * area + line)
+                        for q in range(count):
+                            p0, to = p_lo + q * lanes, (q * per_group_in + ci) * lanes
+                            if p0 + lanes <= p_hi:
+                                for lane in range(lanes):
+                                    buffer[to + lane] = source[at + p0 + lane]
+                            else:
+                                for lane in range(lanes):
+                                    buffer[to + lane] = source[at + p0 + lane] if p0 + lane < p_hi else zero
+                    # the output offsets split into a panel's part (here) and a tile's (below), so that the panel loop,
+                    # a few hundred cycles of FMAs when C_in/G is small (unet3d5: 64), does no integer division
+                    if pairs_whole:
+                        for t in range(p_hi - p_lo):
+                            line = (p_lo + t) // in_w  # input row (d, i), of in_d·in_h
+                            j = p_lo + t - line * in_w
+                            pixel_at[t] = (line // in_h * k_d * out_h + line % in_h * k_h) * out_w + 2 * j
+                        run = lanes // 4
+                        for q in range(count):
+                            p0, t = p_lo + q * lanes, q * lanes
+                            # each quarter of the panel in one input row (its pixels' outputs 2 apart each)
+                            runs = p0 + lanes <= p_hi
+                            for r in range(4):
+                                if runs:
+                                    start = pixel_at[t + r * run]
+                                    runs = pixel_at[t + r * run + run - 1] - start == 2 * (run - 1)
+                                    quarter_at[4 * q + r] = start - pixel_at[t]
+                            panel_at[q] = pixel_at[t] if runs else -1
                 for tile in range(part * tiles // tile_parts, (part + 1) * tiles // tile_parts):
                     r0, w0 = tile * PANEL, (g * tiles + tile) * per_group_in * PANEL
                     if tile % chunk_tiles == 0 or tile == part * tiles // tile_parts:
