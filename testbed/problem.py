@@ -13,6 +13,7 @@ written with PyTorch's padding/output_padding/dilation conventions).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -565,8 +566,9 @@ class Problem:
         """Whether :attr:`layout` keeps the channels last (``"NLC"``, ``"NHWC"``, ``"NDHWC"``)."""
         return is_channels_last(self.layout)
 
-    @property
+    @functools.cached_property
     def out_size(self) -> tuple[int, ...]:
+        """Output extent per spatial axis (computed once: part of every call's cost)."""
         return tuple(
             _extent(n, k, s, p, op, d)
             for n, k, s, p, op, d in zip(
@@ -632,7 +634,7 @@ class Problem:
     def weight_shape(self) -> tuple[int, ...]:
         return (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
 
-    @property
+    @functools.cached_property
     def output_shape(self) -> tuple[int, ...]:
         """``(N, C_out, *out_size)``, or ``(N, *out_size, C_out)`` channels last."""
         return _from_channels_first((self.batch, self.out_channels, *self.out_size), self.layout)

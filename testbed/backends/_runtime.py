@@ -230,9 +230,15 @@ def _gnu_openmp() -> bool:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_launched_layer = None  # the threading layer, once Numba has launched one (it never changes after)
+
+
 def _layer_needs_lock() -> bool:
     # Before the first launch the layer is unknown (the launch picks it, perhaps workqueue): lock then too.
-    return _threading_layer() in (None, "workqueue")
+    global _launched_layer
+    if _launched_layer is None:
+        _launched_layer = _threading_layer()
+    return _launched_layer in (None, "workqueue")
 
 
 class ParallelKernel:
